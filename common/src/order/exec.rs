@@ -1,0 +1,1 @@
+//! The `exec` order's parameters and result.

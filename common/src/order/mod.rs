@@ -1,0 +1,204 @@
+//! The order model: what a caller asks an agent to do and the reply it gets back.
+//!
+//! An order travels as a [`Request`] (its name and the original's three string fields
+//! `options`, `args`, `api_key`) whatever the wire, v1 or v2, and comes back as a
+//! [`Reply`]: an HTTP-like status code and a body. Bodies of successful orders are JSON
+//! objects whose values are strings, exactly the keys the original agent produced (see
+//! each order's file), so that a Perl client reading our agent sees what it expects.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub mod exec;
+pub mod rkill;
+pub mod rlist;
+pub mod rsync;
+pub mod status;
+
+/// The orders an agent serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OrderName {
+    /// Dry-run a group and report what a transfer would do, or that one is running.
+    Status,
+    /// Dry-run a group and list the files a transfer would create and delete.
+    Rlist,
+    /// Start a transfer in the background and return its handle.
+    Rsync,
+    /// Kill a running transfer.
+    Rkill,
+    /// Run a whitelisted job.
+    Exec,
+}
+
+impl OrderName {
+    /// Every order, in the order the original documents them.
+    pub const ALL: [OrderName; 5] = [
+        OrderName::Status,
+        OrderName::Rlist,
+        OrderName::Rsync,
+        OrderName::Rkill,
+        OrderName::Exec,
+    ];
+
+    /// The name on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderName::Status => "status",
+            OrderName::Rlist => "rlist",
+            OrderName::Rsync => "rsync",
+            OrderName::Rkill => "rkill",
+            OrderName::Exec => "exec",
+        }
+    }
+
+    /// Exact, case-sensitive lookup (the original matched a regex; we do not).
+    pub fn parse(name: &str) -> Option<OrderName> {
+        OrderName::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for OrderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One order as an agent (or proxy) receives it, independent of the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Order name as sent; validated by the receiver (unknown → 404).
+    pub order: String,
+    /// `--options`: a group name, or `dest,src`, or `job,arg,…` for `exec`.
+    #[serde(default)]
+    pub options: String,
+    /// `--args`: for a proxy, `hosts:…` or `groups:…`.
+    #[serde(default)]
+    pub args: String,
+    /// `--api-key`: for a proxy.
+    #[serde(default)]
+    pub api_key: String,
+    /// v2 only: stream output lines and progress while the order runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow: bool,
+}
+
+/// The body of a reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A JSON object (order results), sent as `application/json`.
+    Json(Map<String, Value>),
+    /// A text message (errors), sent as `text/plain`.
+    Text(String),
+    /// Nothing.
+    Empty,
+}
+
+/// An order's outcome: an HTTP-like status code and a body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// 200, 400, 401, 403, 404, 405, 408, 500.
+    pub code: u16,
+    /// The body.
+    pub body: Body,
+}
+
+impl Reply {
+    /// A 200 reply carrying a JSON object.
+    pub fn ok(body: Map<String, Value>) -> Reply {
+        Reply {
+            code: 200,
+            body: Body::Json(body),
+        }
+    }
+
+    /// An error reply with a text body.
+    pub fn error(code: u16, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            body: Body::Text(text.into()),
+        }
+    }
+
+    /// An error reply with no body (401, 404, 405 in the original).
+    pub fn empty(code: u16) -> Reply {
+        Reply {
+            code,
+            body: Body::Empty,
+        }
+    }
+
+    /// The reason phrase of [`Reply::code`], as the original wrote it.
+    pub fn reason(&self) -> &'static str {
+        reason(self.code)
+    }
+
+    /// The body as a JSON value, the way deploy-client prints `content`.
+    pub fn content(&self) -> Value {
+        match &self.body {
+            Body::Json(map) => Value::Object(map.clone()),
+            Body::Text(text) => Value::String(text.clone()),
+            Body::Empty => Value::Null,
+        }
+    }
+}
+
+/// Reason phrases of the original (note 403 is "Permission Denied").
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Permission Denied",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Builds a JSON object of string values in the given key order.
+pub fn object<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Map<String, Value> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
+/// `"true"`/`"false"`, the original's booleans.
+pub fn flag(b: bool) -> Value {
+    Value::String(if b { "true" } else { "false" }.to_owned())
+}
+
+/// A list of strings as a JSON array of strings.
+pub fn strings<S: ToString>(items: impl IntoIterator<Item = S>) -> Value {
+    Value::Array(
+        items
+            .into_iter()
+            .map(|s| Value::String(s.to_string()))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_names_round_trip() {
+        for o in OrderName::ALL {
+            assert_eq!(OrderName::parse(o.as_str()), Some(o));
+        }
+        assert_eq!(OrderName::parse("stat.*"), None);
+        assert_eq!(OrderName::parse("STATUS"), None);
+    }
+
+    #[test]
+    fn reasons_match_the_original() {
+        assert_eq!(reason(403), "Permission Denied");
+        assert_eq!(Reply::empty(401).content(), Value::Null);
+    }
+}

@@ -1,0 +1,1 @@
+//! The `rkill` order's parameters and result.

@@ -1,0 +1,1 @@
+//! The `rlist` order's parameters and result.

@@ -1,0 +1,1 @@
+//! The `rsync` order's parameters and result.

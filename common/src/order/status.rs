@@ -1,0 +1,1 @@
+//! The `status` order's parameters and result.
