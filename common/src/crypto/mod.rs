@@ -1,1 +1,2 @@
-//! crypto
+//! Cryptographic building blocks shared by both protocols (temporary stub).
+pub mod keys;

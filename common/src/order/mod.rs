@@ -162,10 +162,7 @@ pub fn reason(code: u16) -> &'static str {
 
 /// Builds a JSON object of string values in the given key order.
 pub fn object<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Map<String, Value> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// `"true"`/`"false"`, the original's booleans.
