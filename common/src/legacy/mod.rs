@@ -101,7 +101,10 @@ use std::time::Duration;
 
 pub mod auth;
 pub mod http;
+pub mod ssl;
 
+#[cfg(test)]
+mod tests;
 
 /// Bounds on what a reader accepts from a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +118,7 @@ pub struct Limits {
     /// Most header lines (request or status line included) before the blank line.
     pub max_headers: usize,
     /// Largest `Content-Length` accepted. The ssl envelope's `ssl-length` may exceed it by
-    /// `ssl::SSL_OVERHEAD` (the encrypted header block and padding).
+    /// [`ssl::SSL_OVERHEAD`] (the encrypted header block and padding).
     pub max_body: usize,
 }
 
