@@ -8,6 +8,7 @@
 //! | this module | [`ConfigError`], [`ServerConfig`] (the `[server]` section agent and proxy share), [`Level`], value parsing |
 //! | [`agent`] | [`AgentConfig`] (`deploy_agent.ini`) and [`RsyncGroup`] |
 //! | [`jobs`] | [`Jobs`] (`deploy_agent_exec.ini`) and [`JobTemplate`]: argv, never a shell |
+//! | [`proxy`] | [`ProxyConfig`] (`deploy_proxy.ini`) and [`ApiKeys`] (`deploy_proxy_api.ini`) |
 //!
 //! # Design
 //!
@@ -38,10 +39,12 @@ use std::time::Duration;
 pub mod agent;
 pub mod ini;
 pub mod jobs;
+pub mod proxy;
 
 pub use agent::{AgentConfig, AgentExtras, RsyncGroup};
 pub use ini::Ini;
 pub use jobs::{JobError, JobTemplate, Jobs};
+pub use proxy::{ApiKeys, ProxyClientConfig, ProxyConfig};
 
 use ini::{Entry, Section};
 
@@ -682,16 +685,16 @@ mod tests {
             let name = path.file_name().unwrap().to_str().unwrap().to_owned();
             match name.as_str() {
                 n if n.ends_with("_exec.ini") => drop(Jobs::load(&path).unwrap()),
-                n if n.ends_with("_api.ini") => continue,
+                n if n.ends_with("_api.ini") => drop(ApiKeys::load(&path).unwrap()),
                 n if n.starts_with("deploy_agent") => drop(AgentConfig::load(&path).unwrap()),
-                n if n.starts_with("deploy_proxy") => continue,
+                n if n.starts_with("deploy_proxy") => drop(ProxyConfig::load(&path).unwrap()),
                 n if n.ends_with(".ini") => panic!("no loader for etc/{n}"),
                 _ => continue,
             }
             seen += 1;
         }
         assert!(
-            seen >= 2,
+            seen >= 4,
             "found only {seen} ini files in {}",
             etc.display()
         );
