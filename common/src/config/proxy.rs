@@ -1,0 +1,668 @@
+//! The proxy's configuration (`deploy_proxy.ini`) and its API key file
+//! (`deploy_proxy_api.ini`).
+//!
+//! ```text
+//! [server]          ; ServerConfig, port 3441 by default
+//! [client]          ; how the proxy talks to agents
+//! port = 3440
+//! [allow::hosts]    ; who may call the proxy
+//! host[] = 127.0.0.1
+//! [api]
+//! path = deploy_proxy_api.ini
+//! ```
+//!
+//! The API file:
+//!
+//! ```text
+//! [keys]
+//! <apikey>[] = web,db              ; groups this key may address; comma list, repeatable
+//! sha256:<64 hex>[] = web          ; the same, storing only SHA-256(apikey)
+//! [servers]
+//! web[] = web1.example.org         ; one target per line: name, IPv4,
+//! web[] = 192.0.2.10:3440          ;   optionally with :port,
+//! web[] = [2001:db8::1]:3440       ;   IPv6 in brackets
+//! ```
+//!
+//! An API key is everything left of the first `=` (minus the `[]`), so it cannot contain
+//! `=` or start with `#`/`;`; base64 keys with padding must be stored hashed. Keys are
+//! compared in constant time: every configured key is kept only as its SHA-256, the
+//! presented key is hashed once, and every entry is compared with
+//! [`aws_lc_rs::constant_time::verify_slices_are_equal`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::digest::{digest, SHA256};
+
+use super::ini::{Entry, Ini};
+use super::{reject_implicit, unknown_section, ConfigError, Cx, Ignored, ServerConfig};
+use crate::access::HostAllowList;
+
+/// The sections `deploy_proxy.ini` may contain (for the error message).
+const PROXY_SECTIONS: &str = "server, client, allow::hosts or api";
+
+/// The sections the API file may contain (for the error message).
+const API_SECTIONS: &str = "keys or servers";
+
+/// `[client]`: how the proxy reaches agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyClientConfig {
+    /// `port`: the agents' port (all agents behind one proxy share it, unless a
+    /// `[servers]` entry names its own). Default 3440.
+    pub port: u16,
+    /// `thread_timeout` (seconds): bound on one whole exchange with one agent. Default 10 s.
+    pub thread_timeout: Duration,
+    /// `socket_timeout` (seconds): per read/write. Default 5 s.
+    pub socket_timeout: Duration,
+    /// `key_cipher`: the agents' shared secret. Default `65535`.
+    pub key_cipher: String,
+    /// `ssl`: talk to agents over the encrypted transport. Default false.
+    pub ssl: bool,
+    /// `ssl_public_key`: PEM file of the agents' public key.
+    pub ssl_public_key: Option<PathBuf>,
+    /// `concurrency` (new): agents contacted at once. Default 256.
+    pub concurrency: usize,
+    /// `connect_timeout` (seconds, new): bound on connecting to one agent. Default 3 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyClientConfig {
+    fn default() -> ProxyClientConfig {
+        ProxyClientConfig {
+            port: 3440,
+            thread_timeout: Duration::from_secs(10),
+            socket_timeout: Duration::from_secs(5),
+            key_cipher: "65535".to_owned(),
+            ssl: false,
+            ssl_public_key: None,
+            concurrency: 256,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The whole proxy configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The ini file this was read from.
+    pub path: PathBuf,
+    /// `[server]` (port 3441, process name `deploy::proxy:` by default).
+    pub server: ServerConfig,
+    /// `[client]`.
+    pub client: ProxyClientConfig,
+    /// `[allow::hosts] host[]`: peers allowed to call. Missing section: nobody.
+    pub allow_hosts: HostAllowList,
+    /// `[api] path`, resolved against the ini's directory. `None`: no API keys.
+    pub api_path: Option<PathBuf>,
+    /// The keys read from `api_path` (only by [`ProxyConfig::load`]).
+    pub api: ApiKeys,
+    /// Keys accepted for compatibility but without effect (`ipc_path`,
+    /// `worker_method`); the binary should warn about each.
+    pub ignored: Vec<Ignored>,
+}
+
+impl ProxyConfig {
+    /// The configuration of a proxy started without a file.
+    pub fn defaults(path: &Path) -> ProxyConfig {
+        ProxyConfig {
+            path: path.to_path_buf(),
+            server: ServerConfig::proxy_defaults(),
+            client: ProxyClientConfig::default(),
+            allow_hosts: HostAllowList::new(),
+            api_path: None,
+            api: ApiKeys::default(),
+            ignored: Vec::new(),
+        }
+    }
+
+    /// Reads `path`, then the API file it names.
+    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
+        let ini = Ini::load(path)?;
+        let mut config = ProxyConfig::from_ini(&ini)?;
+        if let Some(api_path) = &config.api_path {
+            let api_ini = match Ini::load(api_path) {
+                Err(ConfigError::Read { source, .. }) => {
+                    let line = ini
+                        .section("api")
+                        .and_then(|s| s.get("path"))
+                        .map_or(0, |e| e.line);
+                    return Err(ConfigError::ReadReferenced {
+                        path: path.to_path_buf(),
+                        line,
+                        section: "api".to_owned(),
+                        key: "path".to_owned(),
+                        target: api_path.clone(),
+                        source,
+                    });
+                }
+                other => other?,
+            };
+            config.api = ApiKeys::from_ini(&api_ini)?;
+        }
+        Ok(config)
+    }
+
+    /// Parses the text of a proxy ini; `path` names it in errors and anchors relative
+    /// paths. The API file is **not** read ([`ProxyConfig::load`] does that).
+    pub fn parse(text: &str, path: &Path) -> Result<ProxyConfig, ConfigError> {
+        ProxyConfig::from_ini(&Ini::parse(text, path)?)
+    }
+
+    /// Builds the configuration from a parsed ini (without reading the API file).
+    pub fn from_ini(ini: &Ini) -> Result<ProxyConfig, ConfigError> {
+        let mut config = ProxyConfig::defaults(ini.path());
+        for section in ini.sections() {
+            reject_implicit(ini, section)?;
+            let cx = Cx::new(ini, section);
+            match section.name() {
+                "server" => config.server.apply(&cx, section)?,
+                "client" => {
+                    for e in section.entries() {
+                        apply_client(&cx, e, &mut config.client, &mut config.ignored)?;
+                    }
+                }
+                "allow::hosts" => {
+                    for e in section.entries() {
+                        match (e.key.as_str(), e.list) {
+                            ("host", true) => config
+                                .allow_hosts
+                                .push_spec(&e.value)
+                                .map_err(|err| cx.invalid(e, err.to_string()))?,
+                            ("host", false) => return Err(cx.want_list(e)),
+                            _ => return Err(cx.unknown_key(e)),
+                        }
+                    }
+                }
+                "api" => {
+                    for e in section.entries() {
+                        match (e.key.as_str(), e.list) {
+                            ("path", false) => config.api_path = cx.file(e),
+                            ("path", true) => return Err(cx.want_scalar(e)),
+                            _ => return Err(cx.unknown_key(e)),
+                        }
+                    }
+                }
+                _ => return Err(unknown_section(ini, section, PROXY_SECTIONS)),
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// One `[client]` entry.
+fn apply_client(
+    cx: &Cx<'_>,
+    e: &Entry,
+    client: &mut ProxyClientConfig,
+    ignored: &mut Vec<Ignored>,
+) -> Result<(), ConfigError> {
+    const KEYS: &[&str] = &[
+        "port",
+        "thread_timeout",
+        "socket_timeout",
+        "key_cipher",
+        "ssl",
+        "ssl_public_key",
+        "ipc_path",
+        "worker_method",
+        "concurrency",
+        "connect_timeout",
+    ];
+    if e.list {
+        return Err(match KEYS.contains(&e.key.as_str()) {
+            true => cx.want_scalar(e),
+            false => cx.unknown_key(e),
+        });
+    }
+    let mut ignore = |note| {
+        ignored.push(Ignored {
+            path: cx.path.to_path_buf(),
+            line: e.line,
+            section: cx.section.to_owned(),
+            key: e.written_key(),
+            note,
+        })
+    };
+    match e.key.as_str() {
+        "port" => client.port = cx.number(e)?,
+        "thread_timeout" => client.thread_timeout = cx.seconds(e)?,
+        "socket_timeout" => client.socket_timeout = cx.seconds(e)?,
+        "key_cipher" => client.key_cipher = e.value.clone(),
+        "ssl" => client.ssl = cx.boolean(e)?,
+        "ssl_public_key" => client.ssl_public_key = cx.file(e),
+        "ipc_path" => ignore("results are passed in memory, not through an IPC directory"),
+        "worker_method" => ignore("agents are contacted concurrently from one process"),
+        "concurrency" => {
+            client.concurrency = cx.number(e)?;
+            if client.concurrency == 0 {
+                return Err(cx.invalid(e, "must be at least 1"));
+            }
+        }
+        "connect_timeout" => client.connect_timeout = cx.seconds(e)?,
+        _ => return Err(cx.unknown_key(e)),
+    }
+    Ok(())
+}
+
+/// The proxy's API keys and server groups (`[api] path`). See the [module docs](self).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiKeys {
+    /// SHA-256 of each key, with its groups (in file order, duplicates kept).
+    keys: Vec<([u8; 32], Vec<String>)>,
+    /// Group → targets (in file order, duplicates kept).
+    servers: BTreeMap<String, Vec<String>>,
+}
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material, even hashed.
+        f.debug_struct("ApiKeys")
+            .field("keys", &self.keys.len())
+            .field("servers", &self.servers)
+            .finish()
+    }
+}
+
+impl ApiKeys {
+    /// Reads and parses the API file at `path`.
+    pub fn load(path: &Path) -> Result<ApiKeys, ConfigError> {
+        ApiKeys::from_ini(&Ini::load(path)?)
+    }
+
+    /// Parses an API file's text; `path` is used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<ApiKeys, ConfigError> {
+        ApiKeys::from_ini(&Ini::parse(text, path)?)
+    }
+
+    /// Builds the keys from a parsed ini.
+    pub fn from_ini(ini: &Ini) -> Result<ApiKeys, ConfigError> {
+        let mut api = ApiKeys::default();
+        for section in ini.sections() {
+            reject_implicit(ini, section)?;
+            let cx = Cx::new(ini, section);
+            match section.name() {
+                "keys" => {
+                    for e in section.entries() {
+                        if !e.list {
+                            return Err(cx.want_list(e));
+                        }
+                        let digest = key_digest(&e.key).map_err(|reason| cx.invalid(e, reason))?;
+                        let groups: Vec<String> = e
+                            .value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|g| !g.is_empty())
+                            .map(str::to_owned)
+                            .collect();
+                        if groups.is_empty() {
+                            return Err(cx.invalid(e, "no groups (expected a comma list)"));
+                        }
+                        match api.keys.iter_mut().find(|(d, _)| *d == digest) {
+                            Some((_, existing)) => existing.extend(groups),
+                            None => api.keys.push((digest, groups)),
+                        }
+                    }
+                }
+                "servers" => {
+                    for e in section.entries() {
+                        if !e.list {
+                            return Err(cx.want_list(e));
+                        }
+                        if !valid_target(&e.value) {
+                            return Err(cx.invalid(
+                                e,
+                                format!(
+                                    "invalid server {:?} (expected a host name or IPv4 address, or [IPv6], optionally with :port)",
+                                    e.value
+                                ),
+                            ));
+                        }
+                        api.servers
+                            .entry(e.key.clone())
+                            .or_default()
+                            .push(e.value.clone());
+                    }
+                }
+                _ => return Err(unknown_section(ini, section, API_SECTIONS)),
+            }
+        }
+        Ok(api)
+    }
+
+    /// The groups the presented API key may address, or `None` for an unknown key.
+    /// Compares against every configured key in constant time.
+    pub fn groups_for(&self, presented_key: &str) -> Option<&[String]> {
+        let presented = digest(&SHA256, presented_key.as_bytes());
+        let mut found = None;
+        for (stored, groups) in &self.keys {
+            // No early exit: every entry costs the same.
+            if verify_slices_are_equal(stored, presented.as_ref()).is_ok() {
+                found = Some(groups.as_slice());
+            }
+        }
+        found
+    }
+
+    /// The targets of a server group (`host`, `host:port` or `[v6]:port`), or `None`.
+    pub fn servers(&self, group: &str) -> Option<&[String]> {
+        self.servers.get(group).map(Vec::as_slice)
+    }
+
+    /// The group names of `[servers]`, sorted.
+    pub fn server_groups(&self) -> impl Iterator<Item = &str> {
+        self.servers.keys().map(String::as_str)
+    }
+
+    /// How many distinct API keys are configured.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The form to store a key hashed in the API file: `sha256:<64 lowercase hex>`.
+    pub fn hashed_form(key: &str) -> String {
+        let d = digest(&SHA256, key.as_bytes());
+        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+}
+
+/// The SHA-256 under which a `[keys]` key is stored: parsed from `sha256:<hex>`, or
+/// computed from a plain key.
+fn key_digest(key: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    match key.strip_prefix("sha256:") {
+        Some(hex) => {
+            let bytes = hex.as_bytes();
+            if bytes.len() != 64 {
+                return Err(format!(
+                    "a hashed key needs 64 hex digits after sha256:, found {}",
+                    bytes.len()
+                ));
+            }
+            for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                let digit = |c: u8| (c as char).to_digit(16);
+                match pair {
+                    [hi, lo] => match (digit(*hi), digit(*lo)) {
+                        (Some(h), Some(l)) => *slot = (h * 16 + l) as u8,
+                        _ => return Err("a hashed key must be hexadecimal after sha256:".into()),
+                    },
+                    _ => return Err("a hashed key must be hexadecimal after sha256:".into()),
+                }
+            }
+        }
+        None => out.copy_from_slice(digest(&SHA256, key.as_bytes()).as_ref()),
+    }
+    Ok(out)
+}
+
+/// `host`, `host:port`, `a.b.c.d[:port]`, `[v6][:port]` (a bare IPv6 address too).
+fn valid_target(s: &str) -> bool {
+    let port_ok = |p: &str| p.parse::<u16>().is_ok() && p.bytes().all(|b| b.is_ascii_digit());
+    let name_ok = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    if let Some(rest) = s.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((v6, tail)) => {
+                v6.parse::<Ipv6Addr>().is_ok()
+                    && (tail.is_empty() || tail.strip_prefix(':').is_some_and(port_ok))
+            }
+            None => false,
+        };
+    }
+    if s.parse::<Ipv6Addr>().is_ok() {
+        return true;
+    }
+    match s.split_once(':') {
+        Some((host, port)) => name_ok(host) && port_ok(port),
+        None => name_ok(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    const ETC_PROXY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/deploy_proxy.ini");
+    const ETC_API: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/deploy_proxy_api.ini");
+
+    fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
+        ProxyConfig::parse(text, Path::new("/etc/deploy/deploy_proxy.ini"))
+    }
+
+    fn api(text: &str) -> Result<ApiKeys, ConfigError> {
+        ApiKeys::parse(text, Path::new("/etc/deploy/api.ini"))
+    }
+
+    #[test]
+    fn shipped_proxy_ini_loads() {
+        let c = ProxyConfig::load(Path::new(ETC_PROXY)).unwrap();
+        assert_eq!(c.server, ServerConfig::proxy_defaults());
+        assert_eq!(c.client.key_cipher, "change-me");
+        assert_eq!(
+            c.client,
+            ProxyClientConfig {
+                key_cipher: "change-me".into(),
+                ..ProxyClientConfig::default()
+            }
+        );
+        assert!(c.allow_hosts.allows("127.0.0.1".parse::<IpAddr>().unwrap()));
+        let etc = Path::new(ETC_PROXY).parent().unwrap();
+        assert_eq!(
+            c.api_path.as_deref(),
+            Some(etc.join("deploy_proxy_api.ini").as_path())
+        );
+        assert!(c.api.key_count() > 0);
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+    }
+
+    #[test]
+    fn shipped_api_ini_parses() {
+        let keys = ApiKeys::load(Path::new(ETC_API)).unwrap();
+        assert_eq!(
+            keys.groups_for("change-me-api-key"),
+            Some(&["web".to_string(), "db".to_string()][..])
+        );
+        assert_eq!(
+            keys.groups_for("change-me-web-only"),
+            Some(&["web".to_string()][..])
+        );
+        assert_eq!(keys.groups_for("nope"), None);
+        assert_eq!(keys.servers("web").unwrap(), ["127.0.0.1", "[::1]:3440"]);
+        assert!(keys.servers("db").is_some());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c,
+            ProxyConfig::defaults(Path::new("/etc/deploy/deploy_proxy.ini"))
+        );
+        assert_eq!(c.server.port, 3441);
+        assert_eq!(c.server.process_name, "deploy::proxy:");
+        assert_eq!(c.client.port, 3440);
+        assert_eq!(c.client.thread_timeout, Duration::from_secs(10));
+        assert_eq!(c.client.socket_timeout, Duration::from_secs(5));
+        assert_eq!(c.client.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.client.concurrency, 256);
+        assert_eq!(c.client.key_cipher, "65535");
+        assert!(c.allow_hosts.is_empty() && c.api_path.is_none() && c.api.key_count() == 0);
+    }
+
+    #[test]
+    fn client_section() {
+        let c = parse(
+            "[client]\nport = 4440\nthread_timeout = 20\nsocket_timeout = 2\n\
+             key_cipher = k\nssl = on\nssl_public_key = agents.pem\n\
+             ipc_path = /tmp/.deploy_proxy_ipc\nworker_method = fork\n\
+             concurrency = 8\nconnect_timeout = 1\n[api]\npath = /opt/api.ini\n",
+        )
+        .unwrap();
+        assert_eq!(c.client.port, 4440);
+        assert_eq!(c.client.thread_timeout, Duration::from_secs(20));
+        assert!(c.client.ssl);
+        assert_eq!(
+            c.client.ssl_public_key.as_deref(),
+            Some(Path::new("/etc/deploy/agents.pem"))
+        );
+        assert_eq!(c.client.concurrency, 8);
+        assert_eq!(c.api_path.as_deref(), Some(Path::new("/opt/api.ini")));
+        let keys: Vec<_> = c.ignored.iter().map(|i| (i.line, i.key.as_str())).collect();
+        assert_eq!(keys, [(8, "ipc_path"), (9, "worker_method")]);
+    }
+
+    #[test]
+    fn proxy_errors() {
+        for (text, want) in [
+            (
+                "[allow::paths]\npath[] = /\n",
+                "/etc/deploy/deploy_proxy.ini:1: unknown section [allow::paths] (expected server, client, allow::hosts or api)",
+            ),
+            (
+                "[client]\nport = x\n",
+                "/etc/deploy/deploy_proxy.ini:2: [client] port: invalid number \"x\"",
+            ),
+            (
+                "[client]\nconcurrency = 0\n",
+                "/etc/deploy/deploy_proxy.ini:2: [client] concurrency: must be at least 1",
+            ),
+            (
+                "[client]\nhost[] = x\n",
+                "/etc/deploy/deploy_proxy.ini:2: [client] host[]: unknown key",
+            ),
+            (
+                "[api]\npath[] = x\n",
+                "/etc/deploy/deploy_proxy.ini:2: [api] path[]: is a single value: write `path = …`",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().to_string(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn keys_plain_and_hashed() {
+        let hashed = ApiKeys::hashed_form("s3cret");
+        assert_eq!(
+            hashed,
+            "sha256:1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0"
+        );
+        let keys = api(&format!(
+            "[keys]\n\
+             plain[] = web, db\n\
+             plain[] = ,extra,\n\
+             {hashed}[] = web\n\
+             s3cret[] = db\n\
+             [servers]\n\
+             web[] = web1.example.org\n\
+             web[] = 192.0.2.1:3440\n\
+             web[] = [2001:db8::1]:4000\n\
+             web[] = web1.example.org\n\
+             db[] = 2001:db8::2\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            keys.key_count(),
+            2,
+            "a plain key and its hash are the same key"
+        );
+        assert_eq!(keys.groups_for("plain").unwrap(), ["web", "db", "extra"]);
+        assert_eq!(keys.groups_for("s3cret").unwrap(), ["web", "db"]);
+        assert_eq!(keys.groups_for(&hashed), None, "the hash is not the key");
+        assert_eq!(keys.groups_for("Plain"), None);
+        assert_eq!(keys.groups_for(""), None);
+        assert_eq!(keys.servers("web").unwrap().len(), 4, "duplicates kept");
+        assert_eq!(keys.servers("db").unwrap(), ["2001:db8::2"]);
+        assert_eq!(keys.servers("nope"), None);
+        assert_eq!(keys.server_groups().collect::<Vec<_>>(), ["db", "web"]);
+        assert!(
+            !format!("{keys:?}").contains("1ec1"),
+            "Debug hides key material"
+        );
+    }
+
+    #[test]
+    fn api_errors() {
+        for (text, want) in [
+            (
+                "[keys]\nk = web\n",
+                "/etc/deploy/api.ini:2: [keys] k: is a list: write `k[] = …`",
+            ),
+            (
+                "[keys]\nk[] = , ,\n",
+                "/etc/deploy/api.ini:2: [keys] k[]: no groups (expected a comma list)",
+            ),
+            (
+                "[keys]\nsha256:abcd[] = web\n",
+                "/etc/deploy/api.ini:2: [keys] sha256:abcd[]: a hashed key needs 64 hex digits after sha256:, found 4",
+            ),
+            (
+                "[servers]\nweb[] = host:99999\n",
+                "/etc/deploy/api.ini:2: [servers] web[]: invalid server \"host:99999\" (expected a host name or IPv4 address, or [IPv6], optionally with :port)",
+            ),
+            (
+                "[server]\n",
+                "/etc/deploy/api.ini:1: unknown section [server] (expected keys or servers)",
+            ),
+            ("k[] = web\n", "/etc/deploy/api.ini:1: key \"k[]\" before the first [section] header"),
+        ] {
+            assert_eq!(api(text).unwrap_err().to_string(), want, "{text:?}");
+        }
+        let bad_hex = format!("[keys]\nsha256:{}[] = web\n", "zz".repeat(32));
+        assert!(api(&bad_hex)
+            .unwrap_err()
+            .to_string()
+            .contains("hexadecimal"));
+    }
+
+    #[test]
+    fn targets() {
+        for ok in [
+            "h",
+            "h.example.org",
+            "h:1",
+            "10.0.0.1",
+            "10.0.0.1:3440",
+            "[::1]",
+            "[::1]:3440",
+            "::1",
+            "under_score",
+        ] {
+            assert!(valid_target(ok), "{ok:?}");
+        }
+        for bad in [
+            "", "h:", "h:x", "[::1", "[::1]:", "[x]:1", "a b", "h:1:2x", "h:+1",
+        ] {
+            assert!(!valid_target(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn load_reports_missing_api_file_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("proxy.ini");
+        std::fs::write(&ini, "[api]\npath = api.ini\n").unwrap();
+        let e = ProxyConfig::load(&ini).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:2: [api] path: cannot read ", ini.display())),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("api.ini"), "[keys]\nk[] = g\n").unwrap();
+        assert_eq!(
+            ProxyConfig::load(&ini)
+                .unwrap()
+                .api
+                .groups_for("k")
+                .unwrap(),
+            ["g"]
+        );
+    }
+}
