@@ -43,10 +43,16 @@ use md5::{Digest, Md5};
 
 pub mod options;
 pub mod output;
+pub mod run;
+pub mod state;
 
+#[cfg(test)]
+mod tests;
 
 pub use options::resolve;
 pub use output::{parse_file_list, parse_stats, FileList, Stats};
+pub use run::{run_foreground, RunOutput};
+pub use state::{runner_main, LastRun, RunnerCommand, StartOutcome, StateDir};
 
 /// The rsync binary used when a group names none, and always for inline `dest,src`.
 pub const DEFAULT_RSYNC: &str = "/usr/bin/rsync";
@@ -118,6 +124,15 @@ pub enum RsyncError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl RsyncError {
+    fn io(context: impl Into<String>, source: std::io::Error) -> RsyncError {
+        RsyncError::Io {
+            context: context.into(),
+            source,
+        }
+    }
 }
 
 /// The transfer's handle: hex MD5 of `dest` followed by `src`, as the original computed it.
