@@ -1,0 +1,745 @@
+//! Background transfers (the `rsync` order) that outlive the worker that started them.
+//!
+//! # What the original did, and why not
+//!
+//! It ran `sh -c "rsync … --include=<checksum> … &> /tmp/<checksum> &"`, found the transfer
+//! later by scanning every process's command line for the checksum, and decided success
+//! from the first 512 bytes of `/tmp/<checksum>` one second later. That allowed two
+//! concurrent starts (check and start were not atomic), counted any process that merely
+//! mentioned the checksum, wrote a predictable, world-writable file in `/tmp` as root, and
+//! never recorded the exit status (spec §4.6, §4.7, §15 items 8, 9 and 15).
+//!
+//! # Design
+//!
+//! Every transfer has a private directory `<root>/<checksum>/` (mode 0700, checksum = hex
+//! MD5 of `dest` and `src`, see [`super::checksum`]):
+//!
+//! | file | written by | content |
+//! |---|---|---|
+//! | `lock` | [`StateDir::start`] | empty; `flock`ed exclusively while a transfer runs |
+//! | `meta.json` | [`StateDir::start`] | `{"dest","src","rsync","argv","started"}` |
+//! | `pid` | start and runner | the runner's pid |
+//! | `output` | rsync (via the runner's stdout/stderr) | combined output, mode 0600 |
+//! | `exit` | the runner | `{"code": N\|null, "signal": S\|null, "finished": unix_time}` |
+//!
+//! **Why `flock`.** Taking `LOCK_EX|LOCK_NB` on `lock` *is* the "already running?" check
+//! and the start in one atomic step, so two concurrent `rsync` orders cannot both start.
+//! The kernel drops the lock when the last descriptor of that open file goes away, so a
+//! crashed runner never leaves a stale "running" state behind, unlike a pid file.
+//!
+//! **Why a runner process.** The lock must be held exactly as long as the transfer runs,
+//! by a process that is not the (short-lived, recyclable) agent worker, and someone must
+//! wait for rsync to record its exit status. The starter spawns the runner (in practice
+//! the agent binary's hidden `__rsync-runner` subcommand, calling [`runner_main`]) in a new
+//! session, handing it the locked descriptor; the runner starts rsync in its own process
+//! group, waits, and writes `exit`. rsync does not inherit the lock: an `--rsh` program
+//! that lingers (ssh `ControlPersist`) must not keep the transfer "running".
+//!
+//! Processes are found through the session: the runner is a session leader (`setsid`),
+//! so the transfer's processes are exactly those whose session id is the runner's pid —
+//! no command-line matching.
+//!
+//! **Reaping.** [`StateDir::start`] hands the runner's `Child` to a small detached thread
+//! that waits for it, so the caller has nothing to reap and no zombie remains while the
+//! worker lives; if the worker exits first, init (or a subreaper) adopts the runner.
+//! Callers must not set `SIGCHLD` to `SIG_IGN` expecting to reap themselves (harmless,
+//! but then the thread's wait just fails).
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use super::{argv, checksum, RsyncError, RsyncSpec};
+
+const LOCK: &str = "lock";
+const META: &str = "meta.json";
+const PID: &str = "pid";
+const OUTPUT: &str = "output";
+const EXIT: &str = "exit";
+
+/// How much of the output [`StateDir::last`] returns: the last 64 KiB.
+pub const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The runner's exit code (and the `code` in `exit`) when it cannot start rsync, like a
+/// shell's "command not found".
+pub const RUNNER_FAILED: i32 = 127;
+
+/// How often [`StateDir::start`] retries a lock that is busy although no runner is
+/// alive (see [`StateDir::start`]), 5 ms apart.
+const LOCK_ATTEMPTS: u32 = 20;
+
+/// How to execute the runner: `program args_prefix… <dir> <lock fd> -- <rsync> <argv…>`.
+///
+/// The agent passes its own executable and a hidden subcommand (e.g. `__rsync-runner`)
+/// whose handler calls [`runner_main`] with the arguments after the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Arguments placed before the runner's own.
+    pub args_prefix: Vec<OsString>,
+}
+
+/// What [`StateDir::start`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// A runner was started; this is its pid (and the transfer's session id).
+    Started {
+        /// The runner's process id.
+        pid: u32,
+    },
+    /// A transfer with the same checksum holds the lock.
+    AlreadyRunning {
+        /// Its processes (see [`StateDir::running`]); may be empty just after its start.
+        pids: Vec<u32>,
+    },
+}
+
+/// How the last finished transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    /// rsync's exit code; `None` if a signal ended it.
+    pub code: Option<i32>,
+    /// The signal that ended rsync, if any.
+    pub signal: Option<i32>,
+    /// When the runner saw it end (Unix time, seconds).
+    pub finished: u64,
+    /// The last [`TAIL_BYTES`] of its output (empty after [`StateDir::kill`]).
+    pub output_tail: Vec<u8>,
+}
+
+/// The directory holding the state of background transfers, one subdirectory each.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Use `root`, creating it (mode 0700) if missing. It must be a directory owned by
+    /// the effective user and not writable by group or others.
+    pub fn new(root: impl Into<PathBuf>) -> Result<StateDir, RsyncError> {
+        let root = root.into();
+        let root = std::path::absolute(&root)
+            .map_err(|e| RsyncError::io(format!("resolve {}", root.display()), e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .map_err(|e| RsyncError::io(format!("create {}", root.display()), e))?;
+        check_private_dir(&root)?;
+        Ok(StateDir { root })
+    }
+
+    /// The state directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of transfer `checksum`, if `checksum` looks like one (32 lowercase
+    /// hex digits); nothing else ever becomes part of a path.
+    fn transfer_dir(&self, checksum: &str) -> Option<PathBuf> {
+        let valid = checksum.len() == 32
+            && checksum
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| self.root.join(checksum))
+    }
+
+    /// Start `spec` in the background unless a transfer with its checksum is running.
+    ///
+    /// Atomically takes the transfer's lock, truncates `output`, removes a previous
+    /// `exit`, writes `meta.json`, and spawns `runner` in a new session with the locked
+    /// descriptor, its stdout and stderr going to `output`. Does not wait for rsync.
+    ///
+    /// A lock that is busy while no runner is alive is retried for up to 100 ms before
+    /// answering [`StartOutcome::AlreadyRunning`] (see `LOCK_ATTEMPTS`). That happens
+    /// when a child forked by another thread still holds a copy of a starter's descriptor
+    /// between its fork and its exec: the descriptor is close-on-exec in this process, but
+    /// a fork copies it anyway.
+    pub fn start(
+        &self,
+        spec: &RsyncSpec,
+        runner: &RunnerCommand,
+    ) -> Result<StartOutcome, RsyncError> {
+        let sum = checksum(spec);
+        let dir = self.root.join(&sum);
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(RsyncError::io(format!("create {}", dir.display()), e)),
+        }
+        check_private_dir(&dir)?;
+
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock_path)
+            .and_then(above_stdio)
+            .map_err(|e| RsyncError::io(format!("open {}", lock_path.display()), e))?;
+        let mut attempt = 0;
+        loop {
+            let locked = try_flock(&lock, libc::LOCK_EX)
+                .map_err(|e| RsyncError::io(format!("lock {}", lock_path.display()), e))?;
+            if locked {
+                break;
+            }
+            if live_runner(&dir).is_some() {
+                return Ok(StartOutcome::AlreadyRunning {
+                    pids: self.running(&sum).unwrap_or_default(),
+                });
+            }
+            // Busy without a live runner: a `running` probe, a concurrent `start` between
+            // its lock and its spawn, or a copy of the descriptor in a child another
+            // thread forked (it goes away when that child calls exec). All are brief.
+            attempt += 1;
+            if attempt >= LOCK_ATTEMPTS {
+                return Ok(StartOutcome::AlreadyRunning {
+                    pids: self.running(&sum).unwrap_or_default(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        // We hold the lock: the previous run's files are ours to replace.
+        remove_if_exists(&dir.join(EXIT))?;
+        remove_if_exists(&dir.join(PID))?;
+        let output_path = dir.join(OUTPUT);
+        let output = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&output_path)
+            .map_err(|e| RsyncError::io(format!("open {}", output_path.display()), e))?;
+        let output_err = output
+            .try_clone()
+            .map_err(|e| RsyncError::io("duplicate the output descriptor", e))?;
+        let args = argv(spec, false);
+        let meta = serde_json::json!({
+            "dest": spec.dest,
+            "src": spec.src,
+            "rsync": spec.rsync.to_string_lossy(),
+            "argv": args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
+            "started": unix_now(),
+        });
+        write_atomic(&dir, META, meta.to_string().as_bytes())?;
+
+        let lock_fd = lock.as_raw_fd();
+        let mut command = Command::new(&runner.program);
+        command
+            .args(&runner.args_prefix)
+            .arg(&dir)
+            .arg(lock_fd.to_string())
+            .arg("--")
+            .arg(&spec.rsync)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(output_err);
+        // SAFETY: the closure runs in the child between fork and exec and only makes
+        // async-signal-safe system calls (setsid, fcntl) on its own copy of `lock_fd`.
+        // The descriptor stays close-on-exec in this process, so no other program that
+        // we (or another thread) spawn inherits the lock.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let flags = libc::fcntl(lock_fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(lock_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| RsyncError::Spawn {
+            binary: runner.program.clone(),
+            source,
+        })?;
+        let pid = child.id();
+        // The runner writes it too; writing it here closes the window in which
+        // `running` would know no pid. Failure is not fatal for the same reason.
+        if let Err(e) = write_atomic(&dir, PID, format!("{pid}\n").as_bytes()) {
+            tracing::warn!(cause = %e, checksum = %sum, "cannot record the rsync runner's pid");
+        }
+        reap_in_background(child);
+        // Close our copy without unlocking: the runner's copy keeps the lock.
+        drop(lock);
+        Ok(StartOutcome::Started { pid })
+    }
+
+    /// Whether transfer `checksum` is running, and if so its processes.
+    ///
+    /// `None` if its lock is free (or `checksum` is not a checksum). Otherwise the sorted
+    /// pids of every process in the runner's session except the runner itself: rsync,
+    /// the processes it forked and an `--rsh` program. Empty while the runner is
+    /// starting, and on systems without `/proc`.
+    pub fn running(&self, checksum: &str) -> Option<Vec<u32>> {
+        let dir = self.transfer_dir(checksum)?;
+        if !lock_held(&dir) {
+            return None;
+        }
+        let mut pids: Vec<u32> = session_members(&dir).iter().map(|m| m.pid).collect();
+        pids.sort_unstable();
+        Some(pids)
+    }
+
+    /// Kill transfer `checksum`: SIGKILL its processes (see [`StateDir::running`]) and
+    /// their process groups, sparing the runner so that it records the signal in `exit`.
+    /// Removes `output` whether or not anything ran, as the original's `rkill` removed
+    /// `/tmp/<checksum>`; `meta.json` and `exit` stay. Returns the pids signalled, sorted.
+    pub fn kill(&self, checksum: &str) -> Vec<u32> {
+        let Some(dir) = self.transfer_dir(checksum) else {
+            return Vec::new();
+        };
+        let mut killed = Vec::new();
+        if lock_held(&dir) {
+            let runner = read_pid(&dir);
+            let members = session_members(&dir);
+            let mut groups = BTreeSet::new();
+            for member in &members {
+                let Ok(pid) = i32::try_from(member.pid) else {
+                    continue;
+                };
+                if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                    killed.push(member.pid);
+                }
+                if Some(member.pgrp) != runner {
+                    groups.insert(member.pgrp);
+                }
+            }
+            // Also catches a process forked between the scan and the kills.
+            for pgrp in groups {
+                if let Ok(pgrp) = i32::try_from(pgrp) {
+                    let _ = killpg(Pid::from_raw(pgrp), Signal::SIGKILL);
+                }
+            }
+        }
+        if let Err(e) = remove_if_exists(&dir.join(OUTPUT)) {
+            tracing::warn!(cause = %e, checksum, "cannot remove rsync output");
+        }
+        killed.sort_unstable();
+        killed
+    }
+
+    /// How the last finished run of `checksum` ended; `None` while running, if it never
+    /// finished, or if `checksum` is not a checksum.
+    pub fn last(&self, checksum: &str) -> Option<LastRun> {
+        let dir = self.transfer_dir(checksum)?;
+        let mut text = Vec::new();
+        open_read(&dir.join(EXIT))
+            .ok()?
+            .read_to_end(&mut text)
+            .ok()?;
+        let exit: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        let int = |key: &str| {
+            exit.get(key)
+                .and_then(serde_json::Value::as_i64)
+                .and_then(|v| i32::try_from(v).ok())
+        };
+        Some(LastRun {
+            code: int("code"),
+            signal: int("signal"),
+            finished: exit
+                .get("finished")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            output_tail: read_tail(&dir.join(OUTPUT), TAIL_BYTES),
+        })
+    }
+
+    /// The first `n` bytes of transfer `checksum`'s output (fewer if there are fewer;
+    /// empty if there is none).
+    pub fn output_head(&self, checksum: &str, n: usize) -> Vec<u8> {
+        let mut head = Vec::new();
+        if let Some(dir) = self.transfer_dir(checksum) {
+            if let Ok(file) = open_read(&dir.join(OUTPUT)) {
+                let limit = u64::try_from(n).unwrap_or(u64::MAX);
+                let _ = file.take(limit).read_to_end(&mut head);
+            }
+        }
+        head
+    }
+}
+
+/// The directory must be a real directory (not a symlink), owned by us, and not writable
+/// by anyone else: its files decide what we kill and what we report.
+fn check_private_dir(dir: &Path) -> Result<(), RsyncError> {
+    let meta = fs::symlink_metadata(dir)
+        .map_err(|e| RsyncError::io(format!("inspect {}", dir.display()), e))?;
+    let problem = if !meta.file_type().is_dir() {
+        Some("not a directory")
+    } else if meta.uid() != nix::unistd::geteuid().as_raw() {
+        Some("owned by another user")
+    } else if meta.mode() & 0o022 != 0 {
+        Some("writable by group or others")
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(RsyncError::io(
+            format!("state directory {}", dir.display()),
+            io::Error::new(io::ErrorKind::PermissionDenied, problem),
+        )),
+    }
+}
+
+/// Move `file` to a descriptor above 2 if it landed on 0, 1 or 2 (a daemon that closed its
+/// standard streams): the runner's stdin/stdout/stderr replace those, and the lock must
+/// survive with its number intact.
+fn above_stdio(file: File) -> io::Result<File> {
+    if file.as_raw_fd() > 2 {
+        return Ok(file);
+    }
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor `file` owns; on success the new
+    // descriptor is ours alone and is wrapped exactly once.
+    unsafe {
+        let fd = libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(File::from_raw_fd(fd))
+    }
+}
+
+/// `flock(op | LOCK_NB)`: `Ok(false)` if someone else holds a conflicting lock.
+fn try_flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    try_flock_fd(file.as_raw_fd(), op)
+}
+
+fn try_flock_fd(fd: RawFd, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock only reads the descriptor number; an invalid one yields EBADF.
+        if unsafe { libc::flock(fd, op | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Whether a runner holds `dir`'s lock: probe with a shared lock on a fresh open file
+/// (released when it is closed on return).
+fn lock_held(dir: &Path) -> bool {
+    let Ok(lock) = open_read(&dir.join(LOCK)) else {
+        return false;
+    };
+    match try_flock(&lock, libc::LOCK_SH) {
+        Ok(got) => !got,
+        Err(e) => {
+            tracing::warn!(cause = %e, dir = %dir.display(), "cannot probe rsync lock");
+            false
+        }
+    }
+}
+
+fn open_read(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), RsyncError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RsyncError::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// Write `dir/name` through a temporary file and a rename, so readers never see half.
+fn write_atomic(dir: &Path, name: &str, content: &[u8]) -> Result<(), RsyncError> {
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let target = dir.join(name);
+    let write = || -> io::Result<()> {
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        file.write_all(content)?;
+        drop(file);
+        fs::rename(&tmp, &target)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        RsyncError::io(format!("write {}", target.display()), e)
+    })
+}
+
+fn read_tail(path: &Path, n: u64) -> Vec<u8> {
+    let mut tail = Vec::new();
+    if let Ok(mut file) = open_read(path) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if file.seek(SeekFrom::Start(len.saturating_sub(n))).is_ok() {
+            let _ = file.take(n).read_to_end(&mut tail);
+        }
+    }
+    tail
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn read_pid(dir: &Path) -> Option<u32> {
+    let mut text = String::new();
+    open_read(&dir.join(PID))
+        .ok()?
+        .take(32)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok().filter(|&pid| pid > 1)
+}
+
+/// The fields of `/proc/<pid>/stat` we need.
+#[derive(Debug, Clone, Copy)]
+struct ProcStat {
+    pid: u32,
+    pgrp: u32,
+    session: u32,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid pgrp session …"; comm may contain anything, even ") ".
+    let after_comm = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = after_comm.split_whitespace().skip(2);
+    Some(ProcStat {
+        pid,
+        pgrp: fields.next()?.parse().ok()?,
+        session: fields.next()?.parse().ok()?,
+    })
+}
+
+/// The recorded runner's pid, if that process exists and leads its own session (so the
+/// pid was not reused by something else).
+fn live_runner(dir: &Path) -> Option<u32> {
+    let runner = read_pid(dir)?;
+    proc_stat(runner)
+        .filter(|stat| stat.session == runner)
+        .map(|_| runner)
+}
+
+/// The processes of the runner's session, the runner excluded. Empty if the recorded
+/// runner is gone or is not a session leader (its pid was reused).
+fn session_members(dir: &Path) -> Vec<ProcStat> {
+    let Some(runner) = live_runner(dir) else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != runner)
+        .filter_map(proc_stat)
+        .filter(|stat| stat.session == runner)
+        .collect()
+}
+
+fn reap_in_background(mut child: Child) {
+    let pid = child.id();
+    let spawned = std::thread::Builder::new()
+        .name("rsync-runner-reaper".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    if let Err(e) = spawned {
+        // The runner stays a zombie until this process exits; nothing else is affected.
+        tracing::warn!(cause = %e, pid, "cannot start a thread to reap the rsync runner");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The runner.
+
+/// rsync's pid (= its process group) once started, for the signal handler.
+static CHILD_PGID: AtomicI32 = AtomicI32::new(0);
+/// A signal that arrived before rsync existed.
+static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(signal: libc::c_int) {
+    let pgid = CHILD_PGID.load(Ordering::SeqCst);
+    if pgid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(-pgid, signal) };
+    } else {
+        PENDING_SIGNAL.store(signal, Ordering::SeqCst);
+    }
+}
+
+/// The runner's parsed command line.
+struct RunnerArgs<'a> {
+    dir: PathBuf,
+    lock_fd: RawFd,
+    rsync: &'a OsStr,
+    rsync_args: &'a [OsString],
+}
+
+fn parse_runner_args(args: &[OsString]) -> Result<RunnerArgs<'_>, String> {
+    const USAGE: &str = "usage: <state dir> <lock fd> -- <rsync> [args…]";
+    let [dir, fd, separator, rsync, rsync_args @ ..] = args else {
+        return Err(USAGE.to_owned());
+    };
+    if separator != "--" {
+        return Err(USAGE.to_owned());
+    }
+    let lock_fd = fd
+        .to_str()
+        .and_then(|fd| fd.parse::<RawFd>().ok())
+        .filter(|&fd| fd > 2)
+        .ok_or_else(|| format!("bad lock descriptor {fd:?}"))?;
+    Ok(RunnerArgs {
+        dir: PathBuf::from(dir),
+        lock_fd,
+        rsync,
+        rsync_args,
+    })
+}
+
+/// The runner: hold the transfer's lock, run rsync, record how it ended.
+///
+/// `args` are the arguments after the [`RunnerCommand::args_prefix`]:
+///
+/// ```text
+/// <transfer dir> <lock fd> -- <rsync binary> <rsync argv…>
+/// ```
+///
+/// It checks that the inherited `lock fd` really holds the transfer's lock (otherwise it
+/// touches nothing and fails), marks it close-on-exec so rsync does not inherit it,
+/// records its pid, and starts rsync in its own process group with stdin `/dev/null`,
+/// sharing the runner's stdout and stderr (the transfer's `output` file). SIGTERM and
+/// SIGINT are forwarded to rsync's process group. When rsync ends it writes `exit`
+/// atomically and returns rsync's exit code (128 + signal if a signal ended it, or
+/// [`RUNNER_FAILED`] if rsync could not be started). Messages of its own go to stderr.
+///
+/// Plain blocking code, no async runtime: call it straight from `main` and exit with
+/// the returned code.
+pub fn runner_main(args: &[OsString]) -> i32 {
+    let args = match parse_runner_args(args) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("deploy rsync runner: {message}");
+            return RUNNER_FAILED;
+        }
+    };
+    // We share the open file description holding the lock, so this succeeds iff it does.
+    match try_flock_fd(args.lock_fd, libc::LOCK_EX) {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            eprintln!(
+                "deploy rsync runner: descriptor {} does not hold the transfer lock",
+                args.lock_fd
+            );
+            return RUNNER_FAILED;
+        }
+    }
+    // SAFETY: fcntl on a descriptor we inherited and verified above.
+    unsafe {
+        let flags = libc::fcntl(args.lock_fd, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(args.lock_fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+    if let Err(e) = write_atomic(
+        &args.dir,
+        PID,
+        format!("{}\n", std::process::id()).as_bytes(),
+    ) {
+        eprintln!("deploy rsync runner: {e}");
+    }
+    install_signal_forwarding();
+
+    let mut child = match Command::new(args.rsync)
+        .args(args.rsync_args)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!(
+                "deploy rsync runner: cannot execute {}: {e}",
+                Path::new(args.rsync).display()
+            );
+            record_exit(&args.dir, Some(RUNNER_FAILED), None);
+            return RUNNER_FAILED;
+        }
+    };
+    if let Ok(pid) = i32::try_from(child.id()) {
+        CHILD_PGID.store(pid, Ordering::SeqCst);
+        let pending = PENDING_SIGNAL.swap(0, Ordering::SeqCst);
+        if pending != 0 {
+            // SAFETY: plain kill(2) of rsync's new process group.
+            unsafe { libc::kill(-pid, pending) };
+        }
+    }
+    let (code, signal) = match child.wait() {
+        Ok(status) => (status.code(), status.signal()),
+        Err(e) => {
+            eprintln!("deploy rsync runner: cannot wait for rsync: {e}");
+            (Some(RUNNER_FAILED), None)
+        }
+    };
+    record_exit(&args.dir, code, signal);
+    code.unwrap_or_else(|| 128 + signal.unwrap_or(0))
+}
+
+fn record_exit(dir: &Path, code: Option<i32>, signal: Option<i32>) {
+    let exit = serde_json::json!({ "code": code, "signal": signal, "finished": unix_now() });
+    if let Err(e) = write_atomic(dir, EXIT, exit.to_string().as_bytes()) {
+        eprintln!("deploy rsync runner: {e}");
+    }
+}
+
+/// Forward SIGTERM and SIGINT to rsync; restore default SIGCHLD handling (an ignored
+/// SIGCHLD inherited from the agent would make waiting for rsync impossible).
+fn install_signal_forwarding() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let forward = SigAction::new(
+        SigHandler::Handler(forward_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler only touches atomics and calls kill(2), both async-signal-safe.
+    unsafe {
+        for signal in [Signal::SIGTERM, Signal::SIGINT] {
+            if let Err(e) = sigaction(signal, &forward) {
+                eprintln!("deploy rsync runner: cannot handle {signal}: {e}");
+            }
+        }
+        let _ = sigaction(Signal::SIGCHLD, &default);
+    }
+}
