@@ -1,1 +1,234 @@
-fn main() {}
+//! deploy-agent: the daemon on every host. It binds its sockets, drops privileges and
+//! forks workers that serve orders over the v2 protocol (and, when enabled, the
+//! original's v1 wire).
+//!
+//! # Layout
+//!
+//! * [`cli`]: flags, applied over the INI file.
+//! * [`order`]: one file per order, and the [`order::Agent`] handler.
+//! * `main`: start-up (config, bind, daemonize, privileges, pid file) and the prefork
+//!   master from `deploy_common::server::prefork`.
+
+mod cli;
+mod order;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use cli::Cli;
+use deploy_common::config::AgentConfig;
+use deploy_common::crypto::keys::RsaPrivateKey;
+use deploy_common::server::conn::{self, Policy};
+use deploy_common::server::prefork::{self, Program, Settings, WorkerSettings};
+use deploy_common::server::{self, log, pidfile, privs, title};
+use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == order::RUNNER_SUBCOMMAND) {
+        let code = deploy_common::rsync::runner_main(args.get(2..).unwrap_or_default());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("deploy-agent: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<AgentConfig> {
+    let mut config = AgentConfig::load(&cli.path)?;
+    cli.apply(&mut config);
+    Ok(config)
+}
+
+/// The connection policy and the order handler of one worker generation.
+struct Generation {
+    config: Arc<AgentConfig>,
+    policy: Arc<Policy>,
+}
+
+fn generation(config: AgentConfig) -> Result<Generation> {
+    let private_key = match &config.server.ssl_private_key {
+        Some(path) => Some(Arc::new(RsaPrivateKey::load(path)?)),
+        None => None,
+    };
+    if config.server.ssl && private_key.is_none() {
+        bail!(
+            "{}: [server] ssl = true needs ssl_private_key",
+            config.path.display()
+        );
+    }
+    let policy = Policy {
+        allow_hosts: config.allow_hosts.clone(),
+        legacy: config.server.legacy_protocol,
+        v1_plain: !config.server.ssl,
+        key_cipher: config.server.key_cipher.clone(),
+        check_v1_auth: true,
+        private_key,
+        socket_timeout: config.server.socket_timeout,
+        request_timeout: config.server.max_process_timeout,
+        v1_prefixes: &["agent"],
+    };
+    Ok(Generation {
+        config: Arc::new(config),
+        policy: Arc::new(policy),
+    })
+}
+
+struct AgentProgram {
+    cli: Cli,
+    current: Generation,
+}
+
+impl Program for AgentProgram {
+    fn reload(&mut self) -> Result<(), String> {
+        let config = load(&self.cli).map_err(|e| format!("{e:#}"))?;
+        let old = &self.current.config.server;
+        if config.server.addr != old.addr
+            || config.server.port != old.port
+            || config.server.listen != old.listen
+        {
+            tracing::warn!("listen addresses changed; they take effect only after a restart");
+        }
+        self.current = generation(config).map_err(|e| format!("{e:#}"))?;
+        Ok(())
+    }
+
+    fn worker(&self, listeners: &[TcpListener]) -> i32 {
+        let config = Arc::clone(&self.current.config);
+        title::set_title(&format!("{} worker process", config.server.process_name));
+        let agent = match order::Agent::new(Arc::clone(&config)) {
+            Ok(agent) => Arc::new(agent),
+            Err(e) => {
+                tracing::error!(cause = %e, "worker cannot start");
+                return 1;
+            }
+        };
+        let policy = Arc::clone(&self.current.policy);
+        let settings = WorkerSettings {
+            max_requests: config.server.max_requests_per_child,
+            max_connections: usize::try_from(config.server.max_connections).unwrap_or(usize::MAX),
+            grace: grace(&config),
+        };
+        prefork::run_worker(listeners, settings, move |stream, peer| {
+            conn::serve(stream, peer, Arc::clone(&policy), Arc::clone(&agent))
+        })
+    }
+}
+
+fn grace(config: &AgentConfig) -> Duration {
+    config
+        .server
+        .max_process_timeout
+        .unwrap_or(Duration::from_secs(30))
+        .min(Duration::from_secs(30))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load(&cli)?;
+    let current = generation(config)?;
+    let config = Arc::clone(&current.config);
+    let s = &config.server;
+    if cli.check {
+        println!(
+            "{}: OK ({} groups, {} jobs, {} allowed host entries, {} allowed paths)",
+            config.path.display(),
+            config.groups.len(),
+            config.jobs.len(),
+            config.allow_hosts.nets().len(),
+            config.allow_paths.roots().len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The state directory must exist before privileges are dropped if it lives in a
+    // root-owned place; create it now, owned by the target user later if needed.
+    let mut addrs = vec![SocketAddr::new(s.addr, s.port)];
+    addrs.extend(s.listen.iter().copied());
+    let defer = s
+        .socket_accept_filter
+        .then(|| u32::try_from(s.socket_timeout.as_secs()).unwrap_or(5));
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        listeners.push(server::bind(*addr, s.backlog, defer)?);
+    }
+    let foreground = cli.foreground();
+    for l in &listeners {
+        let local = l.local_addr().context("listening socket")?;
+        eprintln!("deploy-agent: listening on {local}");
+    }
+    if !foreground {
+        daemonize()?;
+    }
+    privs::set_umask(s.umask);
+    log::init(&log::LogSettings {
+        foreground,
+        verbosity: cli.verbosity(),
+        write: s.log_write,
+        error_level: s.log_error_level,
+        error_path: s.log_error_path.clone(),
+        access_path: s.log_access_path.clone(),
+        program: "deploy-agent",
+    })?;
+    let _pid = match &s.pid_file {
+        Some(path) => Some(pidfile::PidFile::create(path)?),
+        None => None,
+    };
+    std::fs::create_dir_all(&s.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", s.state_dir.display()))?;
+    if let Some(ids) = privs::drop_privileges(s.user.as_deref(), s.group.as_deref())? {
+        tracing::info!(
+            uid = ids.0.as_raw(),
+            gid = ids.1.as_raw(),
+            "privileges dropped"
+        );
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.path.display(),
+        workers = s.max_prefork.max(1),
+        legacy = s.legacy_protocol,
+        "deploy-agent started"
+    );
+    let settings = Settings {
+        workers: usize::try_from(s.max_prefork.max(1)).unwrap_or(1),
+        master_title: format!("{} master process", s.process_name),
+        grace: grace(&config) + Duration::from_secs(2),
+    };
+    drop(config);
+    server::notify_ready();
+    let mut program = AgentProgram { cli, current };
+    let code = prefork::run_master(&mut program, listeners, settings);
+    tracing::info!("deploy-agent stopped");
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Detaches from the terminal: fork (the parent exits), setsid, chdir /, std fds to
+/// /dev/null.
+fn daemonize() -> Result<()> {
+    use nix::unistd::{fork, setsid, ForkResult};
+    // SAFETY: called before any thread is started.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Parent { .. } => std::process::exit(0),
+        ForkResult::Child => {}
+    }
+    setsid().context("setsid")?;
+    std::env::set_current_dir("/").context("chdir /")?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    for fd in 0..=2 {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("dup2");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,477 @@
+//! One accepted connection, whatever its protocol.
+//!
+//! The first byte tells the protocols apart: `0x00` starts a v2 connection
+//! ([`crate::wire::MAGIC`]); `aes:` or `WHO` a v1 "ssl" request; anything else a v1 plain
+//! request. Then, in the original's order: the peer against `[allow::hosts]` (403),
+//! for v1 the method (405) and `auth_key` (401), the order in the URL or message (404),
+//! and finally the program's [`Handler`], bounded by `max_process_timeout` (408). Every
+//! request gets a reply or a closed socket, never a hung one, and one access-log line.
+
+use crate::access::HostAllowList;
+use crate::crypto::keys::RsaPrivateKey;
+use crate::legacy::{self, http, ssl, Limits};
+use crate::order::{Reply, Request};
+use crate::wire::handshake::{self, ServerParams};
+use crate::wire::message::{Event, Message};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// How long a v2 connection may sit idle between requests.
+pub const V2_IDLE: Duration = Duration::from_secs(60);
+
+/// What a program does with an authenticated, well-formed request.
+pub trait Handler: Send + Sync + 'static {
+    /// Whether `order` names something this program serves (otherwise 404).
+    fn knows(&self, order: &str) -> bool;
+
+    /// Runs the request. Events sent on `events` are streamed to v2 clients that asked
+    /// for them (and dropped otherwise); the returned reply ends the request.
+    fn handle(
+        &self,
+        peer: SocketAddr,
+        request: Request,
+        events: Events,
+    ) -> impl Future<Output = Reply> + Send;
+}
+
+/// Where a handler sends streamed events.
+#[derive(Clone, Debug)]
+pub struct Events(Option<mpsc::Sender<Event>>);
+
+impl Events {
+    /// A sink that drops everything (v1, or a client that did not ask to follow).
+    pub fn none() -> Events {
+        Events(None)
+    }
+
+    /// Whether anybody listens.
+    pub fn wanted(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Sends one event, waiting if the client reads slowly; a gone client is ignored.
+    pub async fn send(&self, event: Event) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(event).await;
+        }
+    }
+}
+
+/// The connection-level policy of a server, rebuilt when the config is reloaded.
+pub struct Policy {
+    /// `[allow::hosts]`.
+    pub allow_hosts: HostAllowList,
+    /// Accept the original's v1 wire (`legacy_protocol`).
+    pub legacy: bool,
+    /// v1 plain requests are refused when `ssl = true` (the original's ends had to agree).
+    pub v1_plain: bool,
+    /// The shared secret: v1 `auth_key` and v2 pre-shared key.
+    pub key_cipher: String,
+    /// Check v1 `auth_key` (the agent does; the original proxy ignored it).
+    pub check_v1_auth: bool,
+    /// RSA key for v2 server authentication and v1 ssl.
+    pub private_key: Option<Arc<RsaPrivateKey>>,
+    /// Bound on reading a request (the original's `socket_timeout`).
+    pub socket_timeout: Duration,
+    /// Bound on running one request (`max_process_timeout`).
+    pub request_timeout: Option<Duration>,
+    /// First URL segments accepted for v1 (`agent`; the proxy also takes `api`).
+    pub v1_prefixes: &'static [&'static str],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    V2,
+    V1Plain,
+    V1Ssl,
+}
+
+impl Wire {
+    fn name(self) -> &'static str {
+        match self {
+            Wire::V2 => "v2",
+            Wire::V1Plain => "v1",
+            Wire::V1Ssl => "v1-ssl",
+        }
+    }
+}
+
+fn detect(first: &[u8]) -> Wire {
+    let lower: Vec<u8> = first.iter().take(4).map(u8::to_ascii_lowercase).collect();
+    if first.first() == Some(&0) {
+        Wire::V2
+    } else if lower.starts_with(b"aes:") || lower.starts_with(b"who") {
+        Wire::V1Ssl
+    } else {
+        Wire::V1Plain
+    }
+}
+
+/// Writes the access-log line of one request.
+fn access(
+    peer: SocketAddr,
+    wire: Wire,
+    request: Option<&Request>,
+    code: u16,
+    bytes: usize,
+    started: Instant,
+) {
+    let (order, options) = request
+        .map(|r| (r.order.as_str(), r.options.as_str()))
+        .unwrap_or(("-", ""));
+    tracing::info!(
+        target: "access",
+        peer = %peer.ip(),
+        order,
+        options,
+        protocol = wire.name(),
+        code,
+        bytes,
+        ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+        "{} \"{} {}\" {} {} {} {:.1}ms",
+        peer.ip(),
+        order,
+        options,
+        wire.name(),
+        code,
+        bytes,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+async fn run_bounded<H: Handler>(
+    handler: &H,
+    policy: &Policy,
+    peer: SocketAddr,
+    request: Request,
+    events: Events,
+) -> Reply {
+    let fut = handler.handle(peer, request, events);
+    match policy.request_timeout {
+        Some(limit) => match tokio::time::timeout(limit, fut).await {
+            Ok(reply) => reply,
+            Err(_) => Reply::error(
+                408,
+                format!(
+                    "order did not finish within max_process_timeout ({} s)",
+                    limit.as_secs()
+                ),
+            ),
+        },
+        None => fut.await,
+    }
+}
+
+/// Serves one accepted connection to the end. Never panics; every failure is logged and
+/// ends the connection.
+pub async fn serve<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    policy: Arc<Policy>,
+    handler: Arc<H>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut stream = BufStream::new(stream);
+    let first = match tokio::time::timeout(policy.socket_timeout, stream.fill_buf()).await {
+        Ok(Ok(buf)) if !buf.is_empty() => detect(buf),
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, cause = %e, "read failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "no request within socket_timeout");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let peer_ok = policy.allow_hosts.allows(peer.ip());
+    let result = match first {
+        Wire::V2 => serve_v2(&mut stream, peer, peer_ok, &policy, &*handler).await,
+        legacy_wire if !policy.legacy => {
+            let reply = Reply::error(
+                400,
+                "the legacy (v1) protocol is disabled on this server; use a v2 client or set legacy_protocol = on",
+            );
+            let bytes = http::encode_response(&reply);
+            access(peer, legacy_wire, None, reply.code, bytes.len(), started);
+            write_all_and_close(&mut stream, &bytes)
+                .await
+                .map_err(Into::into)
+        }
+        Wire::V1Plain => serve_v1_plain(&mut stream, peer, peer_ok, &policy, &*handler).await,
+        Wire::V1Ssl => serve_v1_ssl(&mut stream, peer, peer_ok, &policy, &*handler).await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, cause = %e, "connection ended with an error");
+    }
+}
+
+async fn write_all_and_close(
+    stream: &mut BufStream<TcpStream>,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await?;
+    stream.get_mut().shutdown().await
+}
+
+/// v1 checks after parsing: method, auth_key, URL. Returns the request or the error reply.
+fn v1_request(
+    req: &http::HttpRequest,
+    policy: &Policy,
+    knows: impl Fn(&str) -> bool,
+) -> Result<Request, Reply> {
+    if req.method != "GET" && req.method != "POST" {
+        return Err(Reply::empty(405));
+    }
+    let form = req.form();
+    if policy.check_v1_auth
+        && !legacy::auth::verify_auth_key(&policy.key_cipher, &form.auth_key, super::unix_now())
+    {
+        return Err(Reply::empty(401));
+    }
+    let segments = req.path_segments();
+    let prefix_ok = segments
+        .first()
+        .is_some_and(|s| policy.v1_prefixes.contains(&s.as_str()));
+    let order = match segments.get(1) {
+        Some(order) if prefix_ok && knows(order) => order.clone(),
+        _ => return Err(Reply::empty(404)),
+    };
+    Ok(Request {
+        order,
+        options: form.options,
+        args: form.args,
+        api_key: form.api_key,
+        follow: false,
+    })
+}
+
+fn limits(policy: &Policy) -> Limits {
+    Limits {
+        timeout: policy.socket_timeout,
+        ..Limits::default()
+    }
+}
+
+async fn serve_v1_plain<H: Handler>(
+    stream: &mut BufStream<TcpStream>,
+    peer: SocketAddr,
+    peer_ok: bool,
+    policy: &Policy,
+    handler: &H,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    if !peer_ok {
+        let bytes = http::encode_response(&Reply::error(403, ""));
+        access(peer, Wire::V1Plain, None, 403, bytes.len(), started);
+        return Ok(write_all_and_close(stream, &bytes).await?);
+    }
+    let parsed = match http::read_request(stream, &limits(policy)).await {
+        Ok(Some(req)) => req,
+        Ok(None) => return Ok(()),
+        Err(legacy::LegacyError::Timeout) => {
+            let bytes = http::encode_response(&Reply::error(
+                408,
+                "request not received within socket_timeout",
+            ));
+            access(peer, Wire::V1Plain, None, 408, bytes.len(), started);
+            return Ok(write_all_and_close(stream, &bytes).await?);
+        }
+        Err(e) => {
+            let bytes =
+                http::encode_response(&Reply::error(400, format!("malformed request: {e}")));
+            access(peer, Wire::V1Plain, None, 400, bytes.len(), started);
+            return Ok(write_all_and_close(stream, &bytes).await?);
+        }
+    };
+    if !policy.v1_plain {
+        let bytes = http::encode_response(&Reply::error(
+            400,
+            "this server requires the ssl mode (ssl = true)",
+        ));
+        access(peer, Wire::V1Plain, None, 400, bytes.len(), started);
+        return Ok(write_all_and_close(stream, &bytes).await?);
+    }
+    let (request, reply) = match v1_request(&parsed, policy, |o| handler.knows(o)) {
+        Ok(request) => {
+            let reply = run_bounded(handler, policy, peer, request.clone(), Events::none()).await;
+            (Some(request), reply)
+        }
+        Err(reply) => (None, reply),
+    };
+    let bytes = http::encode_response(&reply);
+    access(
+        peer,
+        Wire::V1Plain,
+        request.as_ref(),
+        reply.code,
+        bytes.len(),
+        started,
+    );
+    Ok(write_all_and_close(stream, &bytes).await?)
+}
+
+async fn serve_v1_ssl<H: Handler>(
+    stream: &mut BufStream<TcpStream>,
+    peer: SocketAddr,
+    peer_ok: bool,
+    policy: &Policy,
+    handler: &H,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    let Some(key) = policy.private_key.clone() else {
+        // Not configured for ssl: answer in plain text, as a plain server would, but
+        // explicitly.
+        let bytes = http::encode_response(&Reply::error(
+            400,
+            "this server has no ssl_private_key; use the plain mode",
+        ));
+        access(peer, Wire::V1Ssl, None, 400, bytes.len(), started);
+        return Ok(write_all_and_close(stream, &bytes).await?);
+    };
+    let (head, ciphertext) = match ssl::read_ssl_request(stream, &limits(policy)).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            // Without a passphrase there is no way to answer in kind: close.
+            access(peer, Wire::V1Ssl, None, 400, 0, started);
+            return Err(Box::new(e));
+        }
+    };
+    let (passphrase, parsed) = match ssl::open_request(&key, &head, &ciphertext) {
+        Ok(x) => x,
+        Err(e) => {
+            access(peer, Wire::V1Ssl, None, 400, 0, started);
+            stream.get_mut().shutdown().await?;
+            return Err(Box::new(e));
+        }
+    };
+    let (request, reply) = if !peer_ok {
+        (None, Reply::error(403, ""))
+    } else {
+        match v1_request(&parsed, policy, |o| handler.knows(o)) {
+            Ok(request) => {
+                let reply =
+                    run_bounded(handler, policy, peer, request.clone(), Events::none()).await;
+                (Some(request), reply)
+            }
+            Err(reply) => (None, reply),
+        }
+    };
+    let sealed = ssl::seal(&passphrase, &http::encode_response(&reply))?;
+    let bytes = ssl::encode_ssl_response(&sealed);
+    access(
+        peer,
+        Wire::V1Ssl,
+        request.as_ref(),
+        reply.code,
+        bytes.len(),
+        started,
+    );
+    Ok(write_all_and_close(stream, &bytes).await?)
+}
+
+async fn serve_v2<H: Handler>(
+    stream: &mut BufStream<TcpStream>,
+    peer: SocketAddr,
+    peer_ok: bool,
+    policy: &Policy,
+    handler: &H,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if !peer_ok {
+        handshake::send_error(
+            stream,
+            403,
+            &format!("Your IP [{}] is not allowed on this server.", peer.ip()),
+        )
+        .await?;
+        access(peer, Wire::V2, None, 403, 0, Instant::now());
+        return Ok(());
+    }
+    let params = ServerParams {
+        key_cipher: &policy.key_cipher,
+        private_key: policy.private_key.as_deref(),
+        now: super::unix_now(),
+    };
+    let mut conn = match tokio::time::timeout(
+        policy.socket_timeout,
+        handshake::server(&mut *stream, params),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            access(peer, Wire::V2, None, 401, 0, Instant::now());
+            return Err(Box::new(e));
+        }
+        Err(_) => return Err("handshake timed out".into()),
+    };
+    let mut first = true;
+    loop {
+        let idle = if first {
+            policy.socket_timeout
+        } else {
+            V2_IDLE
+        };
+        first = false;
+        let message = match tokio::time::timeout(idle, conn.recv()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) | Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(Box::new(e)),
+        };
+        let started = Instant::now();
+        let Message::Request { id, request } = message else {
+            return Err("unexpected message from client".into());
+        };
+        let reply = if !handler.knows(&request.order) {
+            Reply::error(404, format!("unknown order {:?}", request.order))
+        } else if request.follow {
+            let (tx, mut rx) = mpsc::channel::<Event>(64);
+            let work = run_bounded(handler, policy, peer, request.clone(), Events(Some(tx)));
+            tokio::pin!(work);
+            let mut events_open = true;
+            loop {
+                tokio::select! {
+                    reply = &mut work => {
+                        // Flush what the handler queued before it returned.
+                        while let Ok(event) = rx.try_recv() {
+                            conn.send(&Message::Event { id, event }).await?;
+                        }
+                        break reply;
+                    }
+                    event = rx.recv(), if events_open => match event {
+                        Some(event) => conn.send(&Message::Event { id, event }).await?,
+                        None => events_open = false,
+                    },
+                }
+            }
+        } else {
+            run_bounded(handler, policy, peer, request.clone(), Events::none()).await
+        };
+        let message = Message::reply(id, &reply);
+        let size = message.encode().len();
+        conn.send(&message).await?;
+        access(peer, Wire::V2, Some(&request), reply.code, size, started);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection() {
+        assert_eq!(detect(b"\0DEPLOY\x02"), Wire::V2);
+        assert_eq!(detect(b"aes:QV"), Wire::V1Ssl);
+        assert_eq!(detect(b"WHO\r\n"), Wire::V1Ssl);
+        assert_eq!(detect(b"POST /agent"), Wire::V1Plain);
+        assert_eq!(detect(b"G"), Wire::V1Plain);
+    }
+}

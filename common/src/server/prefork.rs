@@ -1,0 +1,363 @@
+//! The prefork master and its workers.
+//!
+//! ```text
+//! master (title "<name> master process")
+//!   ├─ binds sockets, drops privileges, writes the pid file     (done by the caller)
+//!   ├─ forks `workers` children; each builds a tokio runtime and accepts on the sockets
+//!   ├─ SIGCHLD → reap; respawn up to `workers` (1 s back-off when a worker dies young)
+//!   ├─ SIGHUP  → Program::reload(); on success old workers get SIGTERM, new ones start
+//!   └─ SIGTERM/SIGINT → workers get SIGTERM, finish in-flight requests within `grace`,
+//!                       then SIGKILL; the master exits last
+//! worker (title "<name> worker process")
+//!   ├─ PR_SET_PDEATHSIG(SIGTERM): never outlives a killed master
+//!   ├─ exits after `max_requests_per_child` connections (the master replaces it)
+//!   └─ SIGTERM/SIGINT → stop accepting, drain, exit 0
+//! ```
+//!
+//! The master is single-threaded and synchronous; signals reach it through
+//! `signal-hook` flags and a self-pipe, so it sleeps until something happens.
+
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What the master needs from the program it supervises.
+pub trait Program {
+    /// Re-reads the configuration (SIGHUP). On error the old workers keep serving.
+    fn reload(&mut self) -> Result<(), String>;
+    /// Runs a worker in a freshly forked child; returns its exit code.
+    fn worker(&self, listeners: &[TcpListener]) -> i32;
+}
+
+/// Master settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Number of worker processes (at least 1).
+    pub workers: usize,
+    /// Title of the master process.
+    pub master_title: String,
+    /// How long workers get to finish in-flight requests on shutdown.
+    pub grace: Duration,
+}
+
+struct Flags {
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+    chld: Arc<AtomicBool>,
+    wake: UnixStream,
+}
+
+fn install_signals() -> std::io::Result<Flags> {
+    let (wake, wake_tx) = UnixStream::pair()?;
+    wake.set_read_timeout(Some(Duration::from_secs(1)))?;
+    wake_tx.set_nonblocking(true)?;
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    let chld = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (signal_hook::consts::SIGTERM, &term),
+        (signal_hook::consts::SIGINT, &term),
+        (signal_hook::consts::SIGHUP, &hup),
+        (signal_hook::consts::SIGCHLD, &chld),
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(flag))?;
+        signal_hook::low_level::pipe::register(sig, wake_tx.try_clone()?)?;
+    }
+    Ok(Flags {
+        term,
+        hup,
+        chld,
+        wake,
+    })
+}
+
+/// Resets in a child what the master installed: default signal dispositions and an
+/// empty signal mask.
+fn reset_signals_in_child() {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        // SAFETY: setting the default disposition installs no Rust handler.
+        unsafe {
+            let _ = signal::signal(sig, SigHandler::SigDfl);
+        }
+    }
+    let _ = signal::sigprocmask(
+        signal::SigmaskHow::SIG_SETMASK,
+        Some(&signal::SigSet::empty()),
+        None,
+    );
+}
+
+struct Worker {
+    started: Instant,
+}
+
+/// Runs the master loop until SIGTERM/SIGINT; returns the process exit code.
+pub fn run_master<P: Program>(
+    program: &mut P,
+    listeners: Vec<TcpListener>,
+    settings: Settings,
+) -> i32 {
+    let flags = match install_signals() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot install signal handlers");
+            return 1;
+        }
+    };
+    super::title::set_title(&settings.master_title);
+    let master = nix::unistd::getpid();
+    let wanted = settings.workers.max(1);
+    let mut active: HashMap<Pid, Worker> = HashMap::new();
+    let mut retiring: HashMap<Pid, Worker> = HashMap::new();
+    let mut spawn_after = Instant::now();
+
+    loop {
+        if flags.chld.swap(false, Ordering::SeqCst) || !active.is_empty() {
+            reap(&mut active, &mut retiring, &mut spawn_after);
+        }
+        if flags.term.load(Ordering::SeqCst) {
+            tracing::info!(workers = active.len() + retiring.len(), "shutting down");
+            shutdown(
+                active.into_keys().chain(retiring.into_keys()).collect(),
+                settings.grace,
+            );
+            return 0;
+        }
+        if flags.hup.swap(false, Ordering::SeqCst) {
+            match program.reload() {
+                Ok(()) => {
+                    tracing::info!("configuration reloaded; replacing workers");
+                    for (pid, w) in active.drain() {
+                        let _ = signal::kill(pid, Signal::SIGTERM);
+                        retiring.insert(pid, w);
+                    }
+                    spawn_after = Instant::now();
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, "reload failed; keeping the running configuration")
+                }
+            }
+        }
+        while active.len() < wanted && Instant::now() >= spawn_after {
+            // Anything buffered would be written twice.
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: the master is single-threaded (signal-hook's flag and pipe
+            // registration spawn no thread), so the child may run arbitrary code.
+            match unsafe { fork() } {
+                Ok(ForkResult::Child) => {
+                    reset_signals_in_child();
+                    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+                    if nix::unistd::getppid() != master {
+                        std::process::exit(0);
+                    }
+                    drop(flags);
+                    let code = program.worker(&listeners);
+                    std::process::exit(code);
+                }
+                Ok(ForkResult::Parent { child }) => {
+                    tracing::debug!(pid = child.as_raw(), "worker started");
+                    active.insert(
+                        child,
+                        Worker {
+                            started: Instant::now(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, "fork failed");
+                    spawn_after = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+        // Sleep until a signal arrives (or a second passes, for the respawn back-off).
+        let mut buf = [0u8; 64];
+        let _ = (&flags.wake).read(&mut buf);
+    }
+}
+
+fn reap(
+    active: &mut HashMap<Pid, Worker>,
+    retiring: &mut HashMap<Pid, Worker>,
+    spawn_after: &mut Instant,
+) {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                gone(pid, Some(code), None, active, retiring, spawn_after)
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                gone(pid, None, Some(sig), active, retiring, spawn_after)
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+fn gone(
+    pid: Pid,
+    code: Option<i32>,
+    sig: Option<Signal>,
+    active: &mut HashMap<Pid, Worker>,
+    retiring: &mut HashMap<Pid, Worker>,
+    spawn_after: &mut Instant,
+) {
+    if retiring.remove(&pid).is_some() {
+        tracing::debug!(pid = pid.as_raw(), "retired worker exited");
+        return;
+    }
+    let Some(worker) = active.remove(&pid) else {
+        return; // not one of ours (e.g. a reparented grandchild)
+    };
+    let clean = code == Some(0);
+    if clean {
+        tracing::info!(
+            pid = pid.as_raw(),
+            "worker exited (max_requests_per_child reached); replacing it"
+        );
+    } else {
+        tracing::warn!(pid = pid.as_raw(), code, signal = ?sig, "worker died; replacing it");
+        if worker.started.elapsed() < Duration::from_secs(1) {
+            *spawn_after = Instant::now() + Duration::from_secs(1);
+        }
+    }
+}
+
+fn shutdown(pids: Vec<Pid>, grace: Duration) {
+    for pid in &pids {
+        let _ = signal::kill(*pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    let mut left: Vec<Pid> = pids;
+    while !left.is_empty() && Instant::now() < deadline {
+        left.retain(|pid| {
+            matches!(
+                waitpid(*pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in &left {
+        tracing::warn!(
+            pid = pid.as_raw(),
+            "worker did not stop within the grace period; killing it"
+        );
+        let _ = signal::kill(*pid, Signal::SIGKILL);
+        let _ = waitpid(*pid, None);
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Exit after this many connections (0 = never).
+    pub max_requests: u64,
+    /// At most this many connections served at once.
+    pub max_connections: usize,
+    /// How long in-flight connections may take to finish after SIGTERM.
+    pub grace: Duration,
+}
+
+/// The worker's main loop: accepts on every listener and hands each connection to
+/// `serve`, until SIGTERM/SIGINT or `max_requests`. Returns the exit code.
+pub fn run_worker<F, Fut>(listeners: &[TcpListener], settings: WorkerSettings, serve: F) -> i32
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot start the runtime");
+            return 1;
+        }
+    };
+    let listeners: Vec<TcpListener> = listeners
+        .iter()
+        .filter_map(|l| l.try_clone().ok())
+        .collect();
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
+        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+                shutdown.cancel();
+            });
+        }
+        for listener in listeners {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                continue;
+            };
+            let (shutdown, tracker2, permits, served, serve) =
+                (shutdown.clone(), tracker.clone(), Arc::clone(&permits), Arc::clone(&served), serve.clone());
+            tracker.spawn(async move {
+                loop {
+                    let permit = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    };
+                    let accepted = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        a = listener.accept() => a,
+                    };
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+                            let serve = serve.clone();
+                            tracker2.spawn(async move {
+                                serve(stream, peer).await;
+                                drop(permit);
+                            });
+                            if settings.max_requests > 0 && n >= settings.max_requests {
+                                tracing::info!(max_requests_per_child = settings.max_requests, "completed; worker recycling");
+                                shutdown.cancel();
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(cause = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        }
+        shutdown.cancelled().await;
+        tracker.close();
+        if tokio::time::timeout(settings.grace, tracker.wait()).await.is_err() {
+            tracing::warn!("in-flight requests did not finish within the grace period");
+        }
+    });
+    0
+}
