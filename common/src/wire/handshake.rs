@@ -67,10 +67,10 @@ pub struct ServerParams<'a> {
 }
 
 /// Session keys derived by both sides.
-struct Keys {
-    c2s: [u8; 32],
-    s2c: [u8; 32],
-    confirm: [u8; 32],
+pub(crate) struct Keys {
+    pub(crate) c2s: [u8; 32],
+    pub(crate) s2c: [u8; 32],
+    pub(crate) confirm: [u8; 32],
 }
 
 struct Len32;
@@ -93,7 +93,7 @@ fn psk(key_cipher: &str) -> digest::Digest {
     ctx.finish()
 }
 
-fn schedule(key_cipher: &str, dh: &[u8], secret: &[u8; 32], th: &[u8]) -> Result<Keys, WireError> {
+pub(crate) fn schedule(key_cipher: &str, dh: &[u8], secret: &[u8; 32], th: &[u8]) -> Result<Keys, WireError> {
     let psk = psk(key_cipher);
     let mut ikm = Vec::with_capacity(dh.len() + 32);
     ikm.extend_from_slice(dh);
@@ -113,7 +113,7 @@ fn schedule(key_cipher: &str, dh: &[u8], secret: &[u8; 32], th: &[u8]) -> Result
     })
 }
 
-fn confirm(keys: &Keys, role: &[u8], th: &[u8]) -> hmac::Tag {
+pub(crate) fn confirm(keys: &Keys, role: &[u8], th: &[u8]) -> hmac::Tag {
     let key = hmac::Key::new(hmac::HMAC_SHA256, &keys.confirm);
     let mut ctx = hmac::Context::with_key(&key);
     ctx.update(role);

@@ -193,3 +193,50 @@ async fn replayed_reordered_and_tampered_records_fail() {
     raw.write_all(&recs[0]).await.unwrap();
     assert!(matches!(same_side.recv().await, Err(WireError::BadRecord)));
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The vectors printed in docs/protocol.md: fixed inputs to the key schedule and one
+/// sealed record. Any change to the derivation or the record format breaks this test.
+#[tokio::test]
+async fn documented_vectors() {
+    use super::handshake::{confirm, schedule};
+    let th = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"transcript");
+    let keys = schedule("agentsecret", &[1u8; 32], &[2u8; 32], th.as_ref()).unwrap();
+    let got = [
+        hex(th.as_ref()),
+        hex(&keys.c2s),
+        hex(&keys.s2c),
+        hex(&keys.confirm),
+        hex(confirm(&keys, b"server", th.as_ref()).as_ref()),
+        hex(confirm(&keys, b"client", th.as_ref()).as_ref()),
+    ];
+    let record = {
+        let (a, mut raw) = duplex(1 << 16);
+        let mut conn = SecureConnection::new(a, &keys.c2s, &keys.s2c).unwrap();
+        conn.send(&Message::Request {
+            id: 1,
+            request: Request {
+                order: "exec".into(),
+                options: "service:echo,hello".into(),
+                ..Request::default()
+            },
+        })
+        .await
+        .unwrap();
+        drop(conn);
+        let mut out = Vec::new();
+        raw.read_to_end(&mut out).await.unwrap();
+        hex(&out)
+    };
+    println!("{got:#?}\n{record}");
+    let expected = include_str!("../../../docs/protocol-vectors.txt");
+    let mut lines = expected.lines().filter(|l| !l.starts_with('#') && !l.is_empty());
+    for value in got.iter().chain(std::iter::once(&record)) {
+        let line = lines.next().unwrap_or_default();
+        let want = line.split_once('=').map(|(_, v)| v.trim()).unwrap_or_default();
+        assert_eq!(value, want, "vector {line}");
+    }
+}
