@@ -31,7 +31,11 @@ fn main() -> ExitCode {
         let code = deploy_common::rsync::runner_main(args.get(2..).unwrap_or_default());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // The daemon changes to /; keep the configuration findable for SIGHUP.
+    if let Ok(path) = std::path::absolute(&cli.path) {
+        cli.path = path;
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

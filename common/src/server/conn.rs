@@ -121,26 +121,16 @@ fn access(
     bytes: usize,
     started: Instant,
 ) {
-    let (order, options) = request
-        .map(|r| (r.order.as_str(), r.options.as_str()))
-        .unwrap_or(("-", ""));
-    tracing::info!(
-        target: "access",
-        peer = %peer.ip(),
-        order,
-        options,
-        protocol = wire.name(),
-        code,
-        bytes,
-        ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
-        "{} \"{} {}\" {} {} {} {:.1}ms",
+    let order = request.map(|r| r.order.as_str()).unwrap_or("");
+    let options = request.map(|r| r.options.as_str()).unwrap_or("");
+    super::log::access(
         peer.ip(),
         order,
-        options,
         wire.name(),
         code,
-        bytes,
-        started.elapsed().as_secs_f64() * 1000.0
+        u64::try_from(bytes).unwrap_or(u64::MAX),
+        started.elapsed(),
+        &[("options", &options)],
     );
 }
 
@@ -221,36 +211,53 @@ async fn write_all_and_close(
     stream.get_mut().shutdown().await
 }
 
-/// v1 checks after parsing: method, auth_key, URL. Returns the request or the error reply.
+/// v1 checks after parsing: method (405), auth_key (401), URL (404). Returns the request
+/// as far as it could be read (for the access log) and, on failure, the error reply.
 fn v1_request(
     req: &http::HttpRequest,
     policy: &Policy,
     knows: impl Fn(&str) -> bool,
-) -> Result<Request, Reply> {
-    if req.method != "GET" && req.method != "POST" {
-        return Err(Reply::empty(405));
-    }
+) -> (Request, Option<Reply>) {
     let form = req.form();
-    if policy.check_v1_auth
-        && !legacy::auth::verify_auth_key(&policy.key_cipher, &form.auth_key, super::unix_now())
-    {
-        return Err(Reply::empty(401));
-    }
     let segments = req.path_segments();
-    let prefix_ok = segments
-        .first()
-        .is_some_and(|s| policy.v1_prefixes.contains(&s.as_str()));
-    let order = match segments.get(1) {
-        Some(order) if prefix_ok && knows(order) => order.clone(),
-        _ => return Err(Reply::empty(404)),
-    };
-    Ok(Request {
-        order,
+    let request = Request {
+        order: segments.get(1).cloned().unwrap_or_default(),
         options: form.options,
         args: form.args,
         api_key: form.api_key,
         follow: false,
-    })
+    };
+    if req.method != "GET" && req.method != "POST" {
+        return (request, Some(Reply::empty(405)));
+    }
+    if policy.check_v1_auth
+        && !legacy::auth::verify_auth_key(&policy.key_cipher, &form.auth_key, super::unix_now())
+    {
+        return (request, Some(Reply::empty(401)));
+    }
+    let prefix_ok = segments
+        .first()
+        .is_some_and(|s| policy.v1_prefixes.contains(&s.as_str()));
+    if !prefix_ok || !knows(&request.order) {
+        return (request, Some(Reply::empty(404)));
+    }
+    (request, None)
+}
+
+/// Runs a v1 request that passed its checks, or returns the check's error reply.
+async fn v1_run<H: Handler>(
+    parsed: &http::HttpRequest,
+    policy: &Policy,
+    handler: &H,
+    peer: SocketAddr,
+) -> (Request, Reply) {
+    match v1_request(parsed, policy, |o| handler.knows(o)) {
+        (request, None) => {
+            let reply = run_bounded(handler, policy, peer, request.clone(), Events::none()).await;
+            (request, reply)
+        }
+        (request, Some(reply)) => (request, reply),
+    }
 }
 
 fn limits(policy: &Policy) -> Limits {
@@ -299,13 +306,8 @@ async fn serve_v1_plain<H: Handler>(
         access(peer, Wire::V1Plain, None, 400, bytes.len(), started);
         return Ok(write_all_and_close(stream, &bytes).await?);
     }
-    let (request, reply) = match v1_request(&parsed, policy, |o| handler.knows(o)) {
-        Ok(request) => {
-            let reply = run_bounded(handler, policy, peer, request.clone(), Events::none()).await;
-            (Some(request), reply)
-        }
-        Err(reply) => (None, reply),
-    };
+    let (request, reply) = v1_run(&parsed, policy, handler, peer).await;
+    let request = Some(request);
     let bytes = http::encode_response(&reply);
     access(
         peer,
@@ -356,14 +358,8 @@ async fn serve_v1_ssl<H: Handler>(
     let (request, reply) = if !peer_ok {
         (None, Reply::error(403, ""))
     } else {
-        match v1_request(&parsed, policy, |o| handler.knows(o)) {
-            Ok(request) => {
-                let reply =
-                    run_bounded(handler, policy, peer, request.clone(), Events::none()).await;
-                (Some(request), reply)
-            }
-            Err(reply) => (None, reply),
-        }
+        let (request, reply) = v1_run(&parsed, policy, handler, peer).await;
+        (Some(request), reply)
     };
     let sealed = ssl::seal(&passphrase, &http::encode_response(&reply))?;
     let bytes = ssl::encode_ssl_response(&sealed);

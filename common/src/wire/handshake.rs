@@ -93,7 +93,12 @@ fn psk(key_cipher: &str) -> digest::Digest {
     ctx.finish()
 }
 
-pub(crate) fn schedule(key_cipher: &str, dh: &[u8], secret: &[u8; 32], th: &[u8]) -> Result<Keys, WireError> {
+pub(crate) fn schedule(
+    key_cipher: &str,
+    dh: &[u8],
+    secret: &[u8; 32],
+    th: &[u8],
+) -> Result<Keys, WireError> {
     let psk = psk(key_cipher);
     let mut ikm = Vec::with_capacity(dh.len() + 32);
     ikm.extend_from_slice(dh);

@@ -41,12 +41,15 @@
 //! * ephemeral X25519 gives forward secrecy: a later leak of the RSA key or of
 //!   `key_cipher` does not open recorded traffic.
 
-#![cfg_attr(not(test), deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-))]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
 pub mod connection;
 pub mod frame;

@@ -233,10 +233,15 @@ async fn documented_vectors() {
     };
     println!("{got:#?}\n{record}");
     let expected = include_str!("../../../docs/protocol-vectors.txt");
-    let mut lines = expected.lines().filter(|l| !l.starts_with('#') && !l.is_empty());
+    let mut lines = expected
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty());
     for value in got.iter().chain(std::iter::once(&record)) {
         let line = lines.next().unwrap_or_default();
-        let want = line.split_once('=').map(|(_, v)| v.trim()).unwrap_or_default();
+        let want = line
+            .split_once('=')
+            .map(|(_, v)| v.trim())
+            .unwrap_or_default();
         assert_eq!(value, want, "vector {line}");
     }
 }
