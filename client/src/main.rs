@@ -1,1 +1,179 @@
-fn main() {}
+//! `deploy-client`: sends one order to deploy agents (or a deploy proxy) in parallel and
+//! prints their results.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`cli`] | flags (the original's and the new ones) → a validated [`cli::Config`] |
+//! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
+//! | [`progress`] | `--follow`: streamed lines and rsync progress bars on standard error |
+//!
+//! # Design
+//!
+//! The binary is thin: it builds an [`AgentTransport`], hands the targets to
+//! [`Fanout`], and renders the stream of events and results as they arrive (`jsonl`,
+//! live lines and bars) or once all hosts are done (`json`, `text`, in command-line
+//! order). One single-threaded Tokio runtime runs every host as a task.
+//!
+//! Exit status: 0 all succeeded, 1 some order failed, 3 some host unreachable, timed out
+//! or broke the protocol (over 1), 2 usage or local error; a closed standard output
+//! (`BrokenPipe`) ends the run quietly with 0.
+
+mod cli;
+mod progress;
+mod render;
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser as _;
+use deploy_common::fanout::{Fanout, FanoutEvent, HostResult};
+use deploy_common::transport::{AgentTransport, Verdict};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Args, Config, Format};
+use crate::progress::Live;
+
+/// Exit status: every host succeeded.
+const EXIT_OK: u8 = 0;
+/// Exit status: some order failed.
+const EXIT_ORDER_FAILED: u8 = 1;
+/// Exit status: usage or local configuration error.
+const EXIT_USAGE: u8 = 2;
+/// Exit status: some host could not be reached, timed out or broke the protocol.
+const EXIT_HOST_FAILED: u8 = 3;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_level());
+    tracing::debug!(
+        version = env!("CARGO_PKG_VERSION"),
+        "deploy-client starting"
+    );
+    let config = match args.into_config(cli::read_stdin) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("deploy-client: error: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("deploy-client: error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(status) => ExitCode::from(status),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("deploy-client: error: cannot write the output: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Logs to standard error at the level of the flags, unless `RUST_LOG` says otherwise.
+fn init_tracing(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Runs the order on every target and prints the results; returns the exit status.
+async fn run(config: Config) -> io::Result<u8> {
+    let Config {
+        targets,
+        request,
+        transport,
+        concurrency,
+        format,
+        quiet,
+    } = config;
+    let order = request.order.clone();
+    let count = targets.len();
+    let width = targets
+        .iter()
+        .map(|t| t.to_string().len())
+        .max()
+        .unwrap_or_default();
+    let mut live =
+        (request.follow && format != Format::Jsonl).then(|| Live::new(order == "rsync", width));
+    let transport: Arc<AgentTransport> = Arc::new(transport);
+    let fanout = Fanout::new(transport).with_concurrency(concurrency);
+    let mut out = BufWriter::new(io::stdout().lock());
+    let mut results: Vec<Option<HostResult>> = (0..count).map(|_| None).collect();
+
+    let mut events = fanout.run(targets, request);
+    while let Some(event) = events.recv().await {
+        match event {
+            FanoutEvent::Event { index, host, event } => match (&mut live, format) {
+                (_, Format::Jsonl) => json_line(&mut out, &render::event_line(&host, &event))?,
+                (Some(live), _) => live.event(index, &host, &event),
+                (None, _) => {}
+            },
+            FanoutEvent::Done(result) => {
+                tracing::info!(
+                    host = %result.host,
+                    outcome = %result.outcome,
+                    elapsed_ms = result.elapsed.as_millis() as u64,
+                    "host done"
+                );
+                if let Some(live) = &mut live {
+                    live.done(&result);
+                }
+                if result.outcome.verdict() == Verdict::HostFailed && !quiet {
+                    let line = format!("deploy-client: error: {}: {}", result.host, result.outcome);
+                    match &live {
+                        Some(live) => live.println(&line),
+                        None => eprintln!("{line}"),
+                    }
+                }
+                if format == Format::Jsonl {
+                    json_line(&mut out, &render::result_line(&order, &result))?;
+                }
+                if let Some(slot) = results.get_mut(result.index) {
+                    *slot = Some(result);
+                }
+            }
+        }
+    }
+
+    let done: Vec<&HostResult> = results.iter().flatten().collect();
+    match format {
+        Format::Json => render::write_perl_pretty(&mut out, &render::document(&order, &done))?,
+        Format::Text => render::write_text(&mut out, &order, &done)?,
+        Format::Jsonl => {}
+    }
+    out.flush()?;
+    Ok(exit_status(&done, count))
+}
+
+/// Writes one compact JSON line and flushes it.
+fn json_line(out: &mut impl Write, value: &serde_json::Value) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(io::Error::other)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// 3 if a host failed (or is missing), else 1 if an order failed, else 0.
+fn exit_status(results: &[&HostResult], expected: usize) -> u8 {
+    let worst = results.iter().map(|r| r.outcome.verdict()).max();
+    if results.len() < expected {
+        return EXIT_HOST_FAILED;
+    }
+    match worst {
+        Some(Verdict::HostFailed) => EXIT_HOST_FAILED,
+        Some(Verdict::OrderFailed) => EXIT_ORDER_FAILED,
+        Some(Verdict::Succeeded) | None => EXIT_OK,
+    }
+}

@@ -31,5 +31,6 @@ pub mod legacy;
 pub mod order;
 pub mod rsync;
 pub mod server;
+pub mod target;
 pub mod transport;
 pub mod wire;

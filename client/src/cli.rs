@@ -1,0 +1,348 @@
+//! Command-line flags and their translation into a run configuration.
+//!
+//! Every flag of the original `deploy-client` is accepted, in both `--x=v` and `--x v`
+//! forms (clap's long options take both). `--ipc-path` and `--worker-method` configured
+//! the original's process-per-host fan-out, which no longer exists; they are accepted and
+//! ignored. New flags: `--protocol`, `--format`, `--concurrency`, `--follow`, `-q`.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use deploy_common::crypto::RsaPublicKey;
+use deploy_common::fanout::DEFAULT_CONCURRENCY;
+use deploy_common::legacy::auth::DEFAULT_KEY_CIPHER;
+use deploy_common::order::Request;
+use deploy_common::target::Target;
+use deploy_common::transport::{AgentTransport, Protocol};
+
+/// The exit-status table shown at the end of `--help`.
+const EXIT_CODES: &str = "\
+Exit status:
+  0  every host answered 200 and its \"return\" is \"true\" (or absent)
+  1  every host answered, but at least one order failed (code other than 200,
+     or \"return\" other than \"true\")
+  2  usage or local configuration error (bad flag or host, unreadable key file)
+  3  at least one host could not be reached, timed out, or broke the protocol
+     (takes precedence over 1)
+
+Hosts are written host, host:port, 1.2.3.4:port, [v6addr]:port or a bare v6
+address; results are keyed by the host as written (with :port only when it
+differs from --port). With --hosts=- they are read from standard input, one
+per line or separated by commas or blanks; '#' starts a comment.
+
+Environment: DEPLOY_KEY_CIPHER and DEPLOY_API_KEY supply --key-cipher and
+--api-key, so that secrets stay out of the process list. RUST_LOG overrides
+the log level chosen by -v/-q/--debug.";
+
+/// The orders an agent serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    /// Dry-run a group: what a transfer would do, or whether one runs.
+    Status,
+    /// Dry-run a group and list the files a transfer would create and delete.
+    Rlist,
+    /// Start a transfer.
+    Rsync,
+    /// Kill a running transfer.
+    Rkill,
+    /// Run a whitelisted job.
+    Exec,
+}
+
+impl OrderArg {
+    /// The order's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderArg::Status => "status",
+            OrderArg::Rlist => "rlist",
+            OrderArg::Rsync => "rsync",
+            OrderArg::Rkill => "rkill",
+            OrderArg::Exec => "exec",
+        }
+    }
+}
+
+/// Wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    /// Authenticated, encrypted, streaming protocol of this rewrite.
+    V2,
+    /// The original Perl deploy's protocol (plain, or "ssl" with --ssl-public-key).
+    V1,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One pretty JSON object keyed by host, as the original printed (at the end).
+    Json,
+    /// One line per host, hosts with identical results folded together.
+    Text,
+    /// One JSON object per line, as events and results arrive.
+    Jsonl,
+}
+
+/// Sends one order to deploy agents (or a deploy proxy) and prints their results.
+#[derive(Debug, Parser)]
+#[command(
+    name = "deploy-client",
+    version,
+    about = "Send one order to deploy agents or a deploy proxy, in parallel, and print the results",
+    after_long_help = EXIT_CODES
+)]
+pub struct Args {
+    /// Hosts to contact, comma separated; `-` reads them from standard input.
+    #[arg(long, value_name = "HOST,...")]
+    pub hosts: String,
+
+    /// Port of hosts given without one (3441 is the proxy's; agents listen on 3440).
+    #[arg(long, default_value_t = 3441)]
+    pub port: u16,
+
+    /// The order to send.
+    #[arg(long, value_enum)]
+    pub order: OrderArg,
+
+    /// The order's options: a group, `dest,src`, or `job,arg,...` for exec.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub options: String,
+
+    /// For a proxy: `hosts:h1,h2` or `groups:g1,g2`.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub args: String,
+
+    /// The agents' shared secret.
+    #[arg(long, env = "DEPLOY_KEY_CIPHER", hide_env_values = true, default_value = DEFAULT_KEY_CIPHER)]
+    pub key_cipher: String,
+
+    /// For a proxy: the API key.
+    #[arg(
+        long,
+        env = "DEPLOY_API_KEY",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub api_key: String,
+
+    /// The agent's RSA public key (PEM). v2: pinned, only its holder can answer; v1:
+    /// switches the "ssl" envelope on.
+    #[arg(long, value_name = "PEM")]
+    pub ssl_public_key: Option<PathBuf>,
+
+    /// Seconds a host may take for the whole exchange.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub thread_timeout: u64,
+
+    /// Seconds to wait for a connection.
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub socket_timeout: u64,
+
+    /// Accepted for compatibility; ignored (there is no IPC queue any more).
+    #[arg(long, value_name = "PATH")]
+    pub ipc_path: Option<String>,
+
+    /// Accepted for compatibility; ignored (hosts are tasks, not processes).
+    #[arg(long, value_name = "fork|thread")]
+    pub worker_method: Option<String>,
+
+    /// Log more to standard error (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log at debug level.
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Log only errors, and no per-host error lines.
+    #[arg(short, long, conflicts_with_all = ["verbose", "debug"])]
+    pub quiet: bool,
+
+    /// Wire protocol.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::V2)]
+    pub protocol: ProtocolArg,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+
+    /// Most hosts contacted at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    pub concurrency: usize,
+
+    /// Ask the agents to stream output lines and progress while the order runs (v2):
+    /// lines go to standard error (to standard output with --format=jsonl); rsync
+    /// progress is shown as bars when standard error is a terminal.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// Everything a run needs, validated.
+pub struct Config {
+    /// The targets, in command-line order, without duplicates.
+    pub targets: Vec<Target>,
+    /// The order to send.
+    pub request: Request,
+    /// How to reach the targets.
+    pub transport: AgentTransport,
+    /// Deliveries at once.
+    pub concurrency: usize,
+    /// Output format.
+    pub format: Format,
+    /// Whether per-host errors are reported on standard error.
+    pub quiet: bool,
+}
+
+impl Args {
+    /// The log filter the flags ask for.
+    pub fn log_level(&self) -> &'static str {
+        match (self.quiet, self.verbose, self.debug) {
+            (true, _, _) => "error",
+            (false, 0, false) => "warn",
+            (false, 1, false) => "info",
+            (false, 0..=2, _) => "debug",
+            _ => "trace",
+        }
+    }
+
+    /// Validates the flags; `stdin` supplies the hosts for `--hosts=-`.
+    pub fn into_config(
+        self,
+        stdin: impl FnOnce() -> std::io::Result<String>,
+    ) -> anyhow::Result<Config> {
+        if let Some(path) = &self.ipc_path {
+            tracing::info!(path = %path, "--ipc-path is accepted for compatibility and ignored");
+        }
+        if let Some(method) = &self.worker_method {
+            tracing::info!(method = %method, "--worker-method is accepted for compatibility and ignored");
+        }
+        let list = if self.hosts.trim() == "-" {
+            stdin().context("cannot read hosts from standard input")?
+        } else {
+            self.hosts.clone()
+        };
+        let targets = parse_targets(&list, self.port)?;
+        let public_key = match &self.ssl_public_key {
+            None => None,
+            Some(path) => Some(Arc::new(
+                RsaPublicKey::load(path).context("--ssl-public-key")?,
+            )),
+        };
+        let protocol = match self.protocol {
+            ProtocolArg::V2 => Protocol::V2,
+            ProtocolArg::V1 => Protocol::V1,
+        };
+        if self.follow && protocol == Protocol::V1 {
+            tracing::warn!("--follow has no effect with --protocol=v1");
+        }
+        let transport = AgentTransport {
+            protocol,
+            key_cipher: self.key_cipher,
+            public_key,
+            connect_timeout: Duration::from_secs(self.socket_timeout),
+            deadline: Duration::from_secs(self.thread_timeout),
+        };
+        let request = Request {
+            order: self.order.as_str().to_owned(),
+            options: self.options,
+            args: self.args,
+            api_key: self.api_key,
+            follow: self.follow,
+        };
+        Ok(Config {
+            targets,
+            request,
+            transport,
+            concurrency: self.concurrency,
+            format: self.format,
+            quiet: self.quiet,
+        })
+    }
+}
+
+/// Splits a host list: lines, `#` comments, items separated by commas or blanks.
+pub fn split_hosts(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or_default())
+        .flat_map(|line| line.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+/// Parses a host list into targets, dropping repeated hosts (results are keyed by host).
+pub fn parse_targets(text: &str, port: u16) -> anyhow::Result<Vec<Target>> {
+    let mut seen = HashSet::new();
+    let mut targets = Vec::new();
+    for spec in split_hosts(text) {
+        let target = Target::parse(spec, port)?;
+        if seen.insert(target.to_string()) {
+            targets.push(target);
+        } else {
+            tracing::info!(host = %target, "host given twice; contacting it once");
+        }
+    }
+    if targets.is_empty() {
+        bail!("no hosts given");
+    }
+    Ok(targets)
+}
+
+/// Reads all of standard input.
+pub fn read_stdin() -> std::io::Result<String> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_lists() {
+        assert_eq!(
+            split_hosts("a,b c\n# comment\n d # trailing\n\n[::1]:9,,e"),
+            ["a", "b", "c", "d", "[::1]:9", "e"]
+        );
+        let t = parse_targets("a,a:3441,a:1,b", 3441).unwrap();
+        let names: Vec<String> = t.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["a", "a:1", "b"]);
+        assert!(parse_targets(" # nothing", 1).is_err());
+        let e = parse_targets("good,bad:port", 1).unwrap_err().to_string();
+        assert!(e.contains("bad:port"), "{e}");
+    }
+
+    #[test]
+    fn flags_in_both_forms() {
+        let a = Args::try_parse_from([
+            "deploy-client",
+            "--hosts=h",
+            "--order",
+            "exec",
+            "--options=job,x",
+            "--port",
+            "3440",
+            "-vv",
+            "--format=text",
+            "--ipc-path=/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(a.order, OrderArg::Exec);
+        assert_eq!(a.port, 3440);
+        assert_eq!(a.log_level(), "debug");
+        assert_eq!(a.format, Format::Text);
+        assert!(Args::try_parse_from(["deploy-client", "--hosts=h", "--order=nope"]).is_err());
+        assert!(Args::try_parse_from([
+            "deploy-client",
+            "--hosts=h",
+            "--order=exec",
+            "--concurrency=0"
+        ])
+        .is_err());
+    }
+}

@@ -1,0 +1,452 @@
+//! Integration tests: the real `deploy-client` binary against in-process fake agents.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod util;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_common::order::Reply;
+use deploy_common::wire::message::{Event, Stream};
+use serde_json::{json, Value};
+use util::{answer, client, closed_port, obj, silent, v1_agent, v2_agent, v2_agent_on, VECTORS};
+
+fn exec_ok() -> Reply {
+    Reply::ok(obj(json!({
+        "return": "true",
+        "command": "L2Jpbi9lY2hvIGhp",
+        "content": "aGkK"
+    })))
+}
+
+fn exec_false() -> Reply {
+    Reply::ok(obj(
+        json!({"return": "false", "command": "L2Jpbi9mYWxzZQ==", "content": ""}),
+    ))
+}
+
+/// The pretty JSON record of one host, as the original printed it.
+fn record(
+    host: &str,
+    order: &str,
+    ret: u8,
+    status: u8,
+    code: &str,
+    reason: &str,
+    content: &str,
+) -> String {
+    format!(
+        "   \"{host}\" : {{\n      \"{order}\" : {{\n         \"return\" : {ret},\n         \"serverStatus\" : {status},\n         \"returnCode\" : {code},\n         \"returnString\" : {reason},\n         \"content\" : {content}\n      }}\n   }}"
+    )
+}
+
+#[tokio::test]
+async fn json_shape_for_success_error_and_unreachable() {
+    let ok = v2_agent("k", answer(exec_ok())).await;
+    let bad = v2_agent("k", answer(Reply::error(400, "exec[x] not found!"))).await;
+    let down = closed_port().await;
+    let hosts = format!("{ok},{bad},{down}");
+    let out = client(
+        &[
+            "--hosts",
+            &hosts,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+        ],
+        None,
+    )
+    .await;
+    let expected = format!(
+        "{{\n{},\n{},\n{}\n}}\n",
+        record(
+            &ok.to_string(), "exec", 1, 1, "\"200\"", "\"OK\"",
+            "{\n            \"return\" : \"true\",\n            \"command\" : \"L2Jpbi9lY2hvIGhp\",\n            \"content\" : \"aGkK\"\n         }"
+        ),
+        record(&bad.to_string(), "exec", 0, 1, "\"400\"", "\"Bad Request\"", "\"exec[x] not found!\""),
+        record(&down.to_string(), "exec", 0, 0, "null", "null", &format!("\"can't connect to {down}\"")),
+    );
+    assert_eq!(out.stdout, expected);
+    assert_eq!(out.status, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "deploy-client: error: {down}: can't connect to {down}: "
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_0_and_1() {
+    let ok = v2_agent("k", answer(exec_ok())).await;
+    let failed = v2_agent("k", answer(exec_false())).await;
+    let out = client(
+        &[
+            "--hosts",
+            &ok.to_string(),
+            "--order",
+            "exec",
+            "--key-cipher",
+            "k",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+
+    let hosts = format!("{ok},{failed}");
+    let out = client(&["--hosts", &hosts, "--order=exec", "--key-cipher=k"], None).await;
+    assert_eq!(out.status, 1, "{out:?}");
+
+    // A wrong key is a 401 answer: the order failed, the host was reachable.
+    let out = client(
+        &[
+            "--hosts",
+            &ok.to_string(),
+            "--order=exec",
+            "--key-cipher=wrong",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 1, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let r = &v[ok.to_string()]["exec"];
+    assert_eq!(r["returnCode"], json!("401"));
+    assert_eq!(r["returnString"], json!("Unauthorized"));
+    assert_eq!(r["serverStatus"], json!(1));
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let out = client(&["--hosts=a:b", "--order=status"], None).await;
+    assert_eq!(out.status, 2);
+    assert!(
+        out.stderr
+            .contains("deploy-client: error: bad host \"a:b\""),
+        "{}",
+        out.stderr
+    );
+
+    let out = client(
+        &[
+            "--hosts=a",
+            "--order=status",
+            "--ssl-public-key=/no/such.pem",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 2);
+    assert!(out.stderr.contains("/no/such.pem"), "{}", out.stderr);
+
+    let out = client(&["--hosts=a", "--order=nope"], None).await;
+    assert_eq!(out.status, 2);
+    let out = client(&["--order=status"], None).await;
+    assert_eq!(out.status, 2);
+    let out = client(&["--hosts=-", "--order=status"], Some("# nobody\n")).await;
+    assert_eq!(out.status, 2);
+    assert!(out.stderr.contains("no hosts"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn help_documents_exit_codes() {
+    let out = client(&["--help"], None).await;
+    assert_eq!(out.status, 0);
+    assert!(out.stdout.contains("Exit status:"), "{}", out.stdout);
+    let out = client(&["--version"], None).await;
+    assert!(out.stdout.starts_with("deploy-client "), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn text_format_folds_identical_results() {
+    let a = v2_agent("k", answer(exec_ok())).await;
+    let b = v2_agent("k", answer(exec_ok())).await;
+    let c = v2_agent("k", answer(Reply::error(400, "exec[x] not found!"))).await;
+    let hosts = format!("{a},{c},{b}");
+    let out = client(
+        &[
+            "--hosts",
+            &hosts,
+            "--order=exec",
+            "--key-cipher=k",
+            "--format=text",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{a},{b} (2): 200 OK return=true command=\"/bin/echo hi\"\n    hi\n{c}: 400 Bad Request exec[x] not found!\n"
+        )
+    );
+    assert_eq!(out.status, 1);
+}
+
+#[tokio::test]
+async fn jsonl_streams_events_then_results() {
+    let follow: util::Handler = Arc::new(|r| {
+        assert!(r.follow);
+        (
+            vec![Event::Line {
+                stream: Stream::Stdout,
+                line: "hi".into(),
+            }],
+            Duration::ZERO,
+            exec_ok(),
+        )
+    });
+    let a = v2_agent("k", follow).await;
+    let down = closed_port().await;
+    let hosts = format!("{a},{down}");
+    let out = client(
+        &[
+            "--hosts",
+            &hosts,
+            "--order=exec",
+            "--key-cipher=k",
+            "--format=jsonl",
+            "--follow",
+            "-q",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 3);
+    assert!(out.stderr.is_empty(), "-q: {}", out.stderr);
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    let host_a = a.to_string();
+    let event_at = lines.iter().position(|l| l.get("event").is_some()).unwrap();
+    let a_done = lines
+        .iter()
+        .position(|l| l["host"] == json!(host_a) && l.get("result").is_some())
+        .unwrap();
+    assert!(event_at < a_done);
+    assert_eq!(
+        lines[event_at],
+        json!({"host": host_a, "event": {"kind": "line", "stream": "stdout", "line": "hi"}})
+    );
+    assert_eq!(
+        serde_json::to_string(&lines[a_done]).unwrap(),
+        format!(
+            r#"{{"host":"{a}","order":"exec","result":{{"return":1,"serverStatus":1,"returnCode":"200","returnString":"OK","content":{{"return":"true","command":"L2Jpbi9lY2hvIGhp","content":"aGkK"}}}}}}"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn hosts_from_stdin() {
+    let a = v2_agent("k", answer(exec_ok())).await;
+    let b = v2_agent("k", answer(exec_ok())).await;
+    let list = format!("# agents\n{a}\n  {b}, {a} # twice\n");
+    let out = client(
+        &[
+            "--hosts=-",
+            "--order=exec",
+            "--key-cipher=k",
+            "--format=text",
+        ],
+        Some(&list),
+    )
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with(&format!("{a},{b} (2): 200 OK")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn ipv6_with_port() {
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback here; skipped");
+        return;
+    };
+    drop(probe);
+    let a = v2_agent_on("[::1]:0", "k", answer(exec_ok())).await;
+    let spec = format!("[::1]:{}", a.port());
+    let out = client(&["--hosts", &spec, "--order=exec", "--key-cipher=k"], None).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[&spec]["exec"]["returnCode"], json!("200"));
+}
+
+#[tokio::test]
+async fn v1_plain_and_ssl() {
+    let plain = v1_agent("k", false, answer(exec_ok())).await;
+    let out = client(
+        &[
+            "--hosts",
+            &plain.to_string(),
+            "--order=exec",
+            "--key-cipher=k",
+            "--protocol=v1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        v[plain.to_string()]["exec"]["content"]["content"],
+        json!("aGkK")
+    );
+
+    // A wrong key: 401 with an empty body is content null, as in the original.
+    let out = client(
+        &[
+            "--hosts",
+            &plain.to_string(),
+            "--order=exec",
+            "--protocol=v1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 1, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[plain.to_string()]["exec"]["content"], Value::Null);
+    assert_eq!(v[plain.to_string()]["exec"]["returnCode"], json!("401"));
+
+    let ssl = v1_agent("k", true, answer(exec_ok())).await;
+    let key = format!("--ssl-public-key={VECTORS}/agent_public.pem");
+    let out = client(
+        &[
+            "--hosts",
+            &ssl.to_string(),
+            "--order=exec",
+            "--key-cipher=k",
+            "--protocol=v1",
+            &key,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        v[ssl.to_string()]["exec"]["content"]["return"],
+        json!("true")
+    );
+
+    // ssl client → plain agent: a clear failure in the record, nothing else on stdout.
+    let out = client(
+        &[
+            "--hosts",
+            &plain.to_string(),
+            "--order=exec",
+            "--key-cipher=k",
+            "--protocol=v1",
+            &key,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 3, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let content = v[plain.to_string()]["exec"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(content.contains("protocol mismatch"), "{content}");
+    assert!(out.stderr.contains("protocol mismatch"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn silent_host_times_out() {
+    let dead = silent().await;
+    let ok = v2_agent("k", answer(exec_ok())).await;
+    let hosts = format!("{dead},{ok}");
+    let start = std::time::Instant::now();
+    let out = client(
+        &[
+            "--hosts",
+            &hosts,
+            "--order=exec",
+            "--key-cipher=k",
+            "--thread-timeout=1",
+        ],
+        None,
+    )
+    .await;
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert_eq!(out.status, 3, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let r = &v[dead.to_string()]["exec"];
+    assert_eq!(r["serverStatus"], json!(0));
+    assert_eq!(r["content"], json!("Process Timeout(1)!"));
+    assert_eq!(v[ok.to_string()]["exec"]["return"], json!(1));
+    // Hosts in command-line order, not arrival order.
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys, [&dead.to_string(), &ok.to_string()]);
+}
+
+#[tokio::test]
+async fn closed_stdout_exits_quietly() {
+    use std::process::Stdio;
+    let slow: util::Handler = Arc::new(|_| (Vec::new(), Duration::from_millis(200), exec_ok()));
+    let a = v2_agent("k", slow).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"))
+        .args(["--hosts", &a.to_string(), "--order=exec", "--key-cipher=k"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn follow_lines_go_to_stderr_in_json_mode() {
+    let lines: util::Handler = Arc::new(|_| {
+        let line = |s: &str| Event::Line {
+            stream: Stream::Stdout,
+            line: s.into(),
+        };
+        (vec![line("one"), line("two")], Duration::ZERO, exec_ok())
+    });
+    let a = v2_agent("k", lines).await;
+    let out = client(
+        &[
+            "--hosts",
+            &a.to_string(),
+            "--order=exec",
+            "--key-cipher=k",
+            "--follow",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stderr, format!("{a}: one\n{a}: two\n"));
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[a.to_string()]["exec"]["return"], json!(1));
+}

@@ -1,0 +1,240 @@
+//! Where an order goes: a host name or address and a TCP port, parsed from what the user
+//! wrote.
+//!
+//! Accepted forms (`P` = the caller's default port):
+//!
+//! ```text
+//! host            web01.example.com          → web01.example.com, P
+//! host:port       web01:3440                 → web01, 3440
+//! IPv4            10.0.0.1                   → 10.0.0.1, P
+//! IPv4:port       10.0.0.1:99                → 10.0.0.1, 99
+//! [IPv6]          [::1]                      → ::1, P
+//! [IPv6]:port     [::1]:99                   → ::1, 99
+//! bare IPv6       fe80::1                    → fe80::1, P   (no port possible)
+//! ```
+//!
+//! # Names in output
+//!
+//! The original keyed every result by the host exactly as given, without a port (the
+//! port was one global flag). [`Target`]'s `Display` keeps that: the bare host when the
+//! port is the default one, `host:port` (`[v6]:port`) only when the user asked for
+//! another port, so that two targets on one host stay apart. That string is the key of
+//! the host in every output format.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Longest host name accepted (the DNS limit).
+const MAX_HOST_LEN: usize = 253;
+
+/// One destination of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Host name or IP address, without brackets.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Whether `Display` shows the port (it differs from the default one).
+    show_port: bool,
+}
+
+/// A host specification that could not be parsed; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad host {spec:?}: {reason}")]
+pub struct TargetError {
+    /// The specification as given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Target {
+    /// A target shown by its host alone (the port is implied, as in the original, whose
+    /// proxy contacted every agent on one port).
+    pub fn new(host: impl Into<String>, port: u16) -> Target {
+        Target {
+            host: host.into(),
+            port,
+            show_port: false,
+        }
+    }
+
+    /// Parses one host specification (see the module documentation). Surrounding
+    /// whitespace is ignored.
+    pub fn parse(spec: &str, default_port: u16) -> Result<Target, TargetError> {
+        let bad = |reason: &str| TargetError {
+            spec: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let s = spec.trim();
+        if s.is_empty() {
+            return Err(bad("empty host"));
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (inside, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("missing ']' after an IPv6 address"))?;
+            if inside.parse::<Ipv6Addr>().is_err() {
+                return Err(bad("not an IPv6 address between '[' and ']'"));
+            }
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("expected ':port' after ']'"))?,
+                ),
+            };
+            (inside, port)
+        } else if s.matches(':').count() > 1 {
+            if s.parse::<Ipv6Addr>().is_err() {
+                return Err(bad(
+                    "not an IPv6 address (write [address]:port to give a port)",
+                ));
+            }
+            (s, None)
+        } else {
+            match s.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (s, None),
+            }
+        };
+        if !host.contains(':') {
+            check_name(host).map_err(|reason| bad(&reason))?;
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => parse_port(p).map_err(|reason| bad(&reason))?,
+        };
+        Ok(Target {
+            host: host.to_owned(),
+            port,
+            show_port: port != default_port,
+        })
+    }
+
+    /// `host:port` for connecting and for messages, with brackets around IPv6 addresses.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    if p.is_empty() {
+        return Err("empty port".to_owned());
+    }
+    if !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {p:?} is not a number"));
+    }
+    match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("port {p} is not in 1-65535")),
+        Ok(port) => Ok(port),
+    }
+}
+
+/// Checks a host name or IPv4 address: letters, digits, `-`, `_` and `.`, with no empty
+/// label, and an all-numeric name must be a valid IPv4 address.
+fn check_name(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("empty host".to_owned());
+    }
+    if host.len() > MAX_HOST_LEN {
+        return Err(format!("host name longer than {MAX_HOST_LEN} characters"));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!("invalid character {c:?} in host name"));
+    }
+    if host.split('.').any(str::is_empty) {
+        return Err("empty label in host name".to_owned());
+    }
+    let numeric = host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if numeric && host.parse::<Ipv4Addr>().is_err() {
+        return Err("not a valid IPv4 address".to_owned());
+    }
+    Ok(())
+}
+
+impl fmt::Display for Target {
+    /// The host as the user named it: `host` with the default port, else `host:port`
+    /// (`[v6]:port`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.show_port {
+            f.write_str(&self.address())
+        } else {
+            f.write_str(&self.host)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ok(spec: &str) -> (String, u16, String) {
+        let t = Target::parse(spec, 3441).unwrap();
+        (t.host.clone(), t.port, t.to_string())
+    }
+
+    #[test]
+    fn accepted_forms() {
+        let s = |a: &str, p: u16, d: &str| (a.to_owned(), p, d.to_owned());
+        assert_eq!(ok("web01"), s("web01", 3441, "web01"));
+        assert_eq!(
+            ok(" web01.example.com "),
+            s("web01.example.com", 3441, "web01.example.com")
+        );
+        assert_eq!(ok("web01:3440"), s("web01", 3440, "web01:3440"));
+        assert_eq!(ok("web01:3441"), s("web01", 3441, "web01"));
+        assert_eq!(ok("1.2.3.4"), s("1.2.3.4", 3441, "1.2.3.4"));
+        assert_eq!(ok("1.2.3.4:99"), s("1.2.3.4", 99, "1.2.3.4:99"));
+        assert_eq!(ok("[::1]"), s("::1", 3441, "::1"));
+        assert_eq!(ok("[::1]:99"), s("::1", 99, "[::1]:99"));
+        assert_eq!(ok("::1"), s("::1", 3441, "::1"));
+        assert_eq!(ok("fe80::1:2"), s("fe80::1:2", 3441, "fe80::1:2"));
+        assert_eq!(Target::parse("[::1]", 1).unwrap().address(), "[::1]:1");
+        assert_eq!(Target::new("h", 5).to_string(), "h");
+        assert_eq!(Target::new("h", 5).address(), "h:5");
+    }
+
+    #[test]
+    fn rejected_forms_name_the_spec() {
+        for spec in [
+            "",
+            " ",
+            ":99",
+            "h:",
+            "h:0",
+            "h:65536",
+            "h:x",
+            "h:9:9",
+            "[::1",
+            "[x]:1",
+            "[::1]99",
+            "a b",
+            "a..b",
+            "1.2.3.999",
+            "h/x",
+            "::g",
+            "[::1]:",
+        ] {
+            let e = Target::parse(spec, 3441).unwrap_err();
+            assert_eq!(e.spec, spec);
+            assert!(e.to_string().contains(&format!("{spec:?}")), "{e}");
+        }
+    }
+}

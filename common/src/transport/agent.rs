@@ -1,0 +1,403 @@
+//! [`AgentTransport`]: one TCP connection per order to a deploy agent or proxy, in
+//! protocol v2 or the original's v1.
+//!
+//! ```text
+//! resolve (lookup_host) ─► connect each address in turn   ≤ connect_timeout
+//!   v2:  handshake ─► Request{id 1} ─► Event* ─► Reply{id 1}
+//!   v1:  POST /agent/<order> ─► HTTP-like response           (plain)
+//!        aes:/ssl-length: envelope ─► ssl-length: envelope   (ssl, iff a public key is set)
+//! └──────────────────────────── whole exchange ≤ deadline ────────────────────────────┘
+//! ```
+//!
+//! Sockets get `TCP_NODELAY`: every exchange is a few small writes answered by the peer.
+//! Before parsing a v1 reply, its first bytes are peeked, so that an agent in the other
+//! mode (plain vs ssl) is reported as a protocol mismatch rather than as garbage.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{lookup_host, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use super::{BoxFuture, Outcome, Transport};
+use crate::crypto::RsaPublicKey;
+use crate::legacy::auth::{make_auth_key, DEFAULT_KEY_CIPHER};
+use crate::legacy::http::{encode_request_escaped, read_response, Form, HttpResponse};
+use crate::legacy::ssl::{
+    encode_ssl_request, new_passphrase, open_response, read_ssl_response, seal, wrap_passphrase,
+};
+use crate::legacy::{LegacyError, Limits};
+use crate::order::{Reply, Request};
+use crate::target::Target;
+use crate::wire::handshake::{self, ClientParams};
+use crate::wire::message::{into_reply, Event, Message};
+use crate::wire::WireError;
+
+/// Largest reply body accepted (a proxy's merged reply for many hosts can be large).
+pub const MAX_REPLY: usize = 64 << 20;
+
+/// The request identifier used on a v2 connection (one order per connection).
+const REQUEST_ID: u64 = 1;
+
+/// Which wire protocol to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// Protocol v2: authenticated key exchange, AES-256-GCM records, streamed events.
+    #[default]
+    V2,
+    /// The original Perl deploy's protocol (plain, or "ssl" with a public key).
+    V1,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::V2 => "v2",
+            Protocol::V1 => "v1",
+        })
+    }
+}
+
+/// Delivers orders to deploy agents (or proxies) over TCP.
+#[derive(Clone)]
+pub struct AgentTransport {
+    /// Protocol to speak.
+    pub protocol: Protocol,
+    /// The agent's shared secret (`key_cipher`).
+    pub key_cipher: String,
+    /// The agent's RSA public key. v2: pinned, so only the key's holder can complete the
+    /// handshake. v1: switches the "ssl" envelope on.
+    pub public_key: Option<Arc<RsaPublicKey>>,
+    /// Longest wait for name resolution and the TCP connection together.
+    pub connect_timeout: Duration,
+    /// Longest wait for the whole exchange, connection included.
+    pub deadline: Duration,
+}
+
+impl fmt::Debug for AgentTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentTransport")
+            .field("protocol", &self.protocol)
+            .field("key_cipher", &"<redacted>")
+            .field(
+                "public_key",
+                &self.public_key.as_ref().map(|k| k.fingerprint()),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl Default for AgentTransport {
+    /// v2, `key_cipher` `65535` (the original's default), no public key, 5 s to connect,
+    /// 30 s for the exchange.
+    fn default() -> Self {
+        AgentTransport {
+            protocol: Protocol::V2,
+            key_cipher: DEFAULT_KEY_CIPHER.to_owned(),
+            public_key: None,
+            connect_timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Transport for AgentTransport {
+    fn deliver<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<Event>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let exchange = async {
+                let stream = match connect(target, self.connect_timeout).await {
+                    Ok(stream) => stream,
+                    Err(outcome) => return outcome,
+                };
+                match self.protocol {
+                    Protocol::V2 => self.exchange_v2(stream, request, &events).await,
+                    Protocol::V1 => match &self.public_key {
+                        None => self.exchange_v1_plain(stream, request).await,
+                        Some(key) => self.exchange_v1_ssl(stream, request, key).await,
+                    },
+                }
+            };
+            timeout(self.deadline, exchange)
+                .await
+                .unwrap_or(Outcome::Timeout(self.deadline))
+        })
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Resolves the target and connects to its addresses in turn, within `limit`.
+async fn connect(target: &Target, limit: Duration) -> Result<TcpStream, Outcome> {
+    let unreachable = |cause: String| Outcome::Unreachable {
+        address: target.address(),
+        cause,
+    };
+    let give_up = Instant::now() + limit;
+    let addrs: Vec<_> =
+        match timeout_at(give_up, lookup_host((target.host.as_str(), target.port))).await {
+            Err(_) => return Err(unreachable("name resolution timed out".into())),
+            Ok(Err(e)) => return Err(unreachable(format!("cannot resolve {}: {e}", target.host))),
+            Ok(Ok(addrs)) => addrs.collect(),
+        };
+    let mut cause = format!("no address for {}", target.host);
+    for addr in &addrs {
+        match timeout_at(give_up, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(peer = %addr, cause = %e, "cannot set TCP_NODELAY");
+                }
+                tracing::debug!(peer = %addr, "connected");
+                return Ok(stream);
+            }
+            Ok(Err(e)) => {
+                cause = if addrs.len() > 1 {
+                    format!("{addr}: {e}")
+                } else {
+                    e.to_string()
+                };
+            }
+            Err(_) => {
+                cause = format!("connection timed out after {} s", super::seconds(limit));
+                break;
+            }
+        }
+    }
+    Err(unreachable(cause))
+}
+
+/// Explains a v2 failure after connecting, with a hint when the peer looks like a v1
+/// server.
+fn v2_failure(error: WireError) -> Outcome {
+    const V1_HINT: &str = "protocol mismatch: the peer does not speak protocol v2 (a v1 agent?)";
+    match error {
+        // An HTTP status line or `ssl-length:` read as a frame length.
+        WireError::TooLarge { len, .. }
+            if [*b"HTTP", *b"ssl-"]
+                .iter()
+                .any(|p| u32::from_be_bytes(*p) as usize == len) =>
+        {
+            Outcome::Failed(V1_HINT.to_owned())
+        }
+        WireError::Closed => Outcome::Failed(
+            "connection closed by the peer before the reply (a v1 agent, or one that refused the connection?)"
+                .to_owned(),
+        ),
+        WireError::Timeout => Outcome::Failed("timed out".to_owned()),
+        other => Outcome::Failed(format!("protocol v2: {other}")),
+    }
+}
+
+fn v1_failure(error: LegacyError, deadline: Duration) -> Outcome {
+    match error {
+        LegacyError::Timeout => Outcome::Timeout(deadline),
+        LegacyError::Crypto => Outcome::Failed(
+            "cannot decrypt the agent's reply (does the public key match the agent's private key?)"
+                .to_owned(),
+        ),
+        other => Outcome::Failed(format!("protocol v1: {other}")),
+    }
+}
+
+/// The reply of a parsed v1 response, or why there is none.
+fn v1_reply(response: &HttpResponse) -> Outcome {
+    match response.to_reply() {
+        Some(reply) => Outcome::Reply(reply),
+        None if response.code.is_none() && response.headers.is_empty() => {
+            Outcome::Failed("connection closed without a reply".to_owned())
+        }
+        None => Outcome::Failed(format!(
+            "protocol v1: reply without a valid status line (code {:?})",
+            response.code.as_deref().unwrap_or("missing")
+        )),
+    }
+}
+
+impl AgentTransport {
+    fn limits(&self) -> Limits {
+        Limits {
+            timeout: self.deadline,
+            max_body: MAX_REPLY,
+            ..Limits::default()
+        }
+    }
+
+    async fn exchange_v2(
+        &self,
+        stream: TcpStream,
+        request: &Request,
+        events: &mpsc::Sender<Event>,
+    ) -> Outcome {
+        let params = ClientParams {
+            key_cipher: &self.key_cipher,
+            pinned: self.public_key.as_deref(),
+            now: unix_now(),
+        };
+        let mut conn = match handshake::client(stream, params).await {
+            Ok(conn) => conn,
+            Err(WireError::Refused { code, message }) => {
+                return Outcome::Reply(Reply::error(code, message))
+            }
+            Err(e) => return v2_failure(e),
+        };
+        let message = Message::Request {
+            id: REQUEST_ID,
+            request: request.clone(),
+        };
+        if let Err(e) = conn.send(&message).await {
+            return v2_failure(e);
+        }
+        loop {
+            match conn.recv().await {
+                Ok(Some(Message::Event { id, event })) if id == REQUEST_ID => {
+                    // A closed receiver means nobody listens for events; keep going.
+                    let _ = events.send(event).await;
+                }
+                Ok(Some(Message::Reply {
+                    id,
+                    code,
+                    body,
+                    text,
+                })) if id == REQUEST_ID => {
+                    let _ = conn.get_mut().shutdown().await;
+                    return Outcome::Reply(into_reply(code, body, text));
+                }
+                Ok(Some(other)) => {
+                    return Outcome::Failed(format!(
+                        "protocol v2: unexpected message from the agent: {}",
+                        String::from_utf8_lossy(&other.encode())
+                            .chars()
+                            .take(120)
+                            .collect::<String>()
+                    ))
+                }
+                Ok(None) => return v2_failure(WireError::Closed),
+                Err(e) => return v2_failure(e),
+            }
+        }
+    }
+
+    fn form(&self, request: &Request) -> Form {
+        Form {
+            auth_key: make_auth_key(&self.key_cipher, unix_now()),
+            options: request.options.clone(),
+            args: request.args.clone(),
+            api_key: request.api_key.clone(),
+        }
+    }
+
+    async fn exchange_v1_plain(&self, mut stream: TcpStream, request: &Request) -> Outcome {
+        let bytes = encode_request_escaped(&request.order, &self.form(request));
+        if let Err(e) = stream.write_all(&bytes).await {
+            return Outcome::Failed(format!("cannot send the request: {e}"));
+        }
+        let mut reader = BufReader::new(stream);
+        match reader.fill_buf().await {
+            Ok([0, ..]) => return v1_sees_v2(),
+            Ok(head) if starts_with_ignore_case(head, b"ssl-length") => {
+                return Outcome::Failed(
+                    "protocol mismatch: the agent answered in v1 \"ssl\" mode; give its public key"
+                        .to_owned(),
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return Outcome::Failed(format!("cannot read the reply: {e}")),
+        }
+        match read_response(&mut reader, &self.limits()).await {
+            Ok(response) => v1_reply(&response),
+            Err(e) => v1_failure(e, self.deadline),
+        }
+    }
+
+    async fn exchange_v1_ssl(
+        &self,
+        mut stream: TcpStream,
+        request: &Request,
+        key: &RsaPublicKey,
+    ) -> Outcome {
+        let crypto = || -> Result<_, LegacyError> {
+            let passphrase = new_passphrase()?;
+            let aes = wrap_passphrase(key, &passphrase)?;
+            let plain = encode_request_escaped(&request.order, &self.form(request));
+            let sealed = seal(&passphrase, &plain)?;
+            Ok((passphrase, encode_ssl_request(&aes, &sealed)))
+        };
+        let (passphrase, bytes) = match crypto() {
+            Ok(parts) => parts,
+            Err(e) => return Outcome::Failed(format!("cannot encrypt the request: {e}")),
+        };
+        if let Err(e) = stream.write_all(&bytes).await {
+            return Outcome::Failed(format!("cannot send the request: {e}"));
+        }
+        let mut reader = BufReader::new(stream);
+        match reader.fill_buf().await {
+            Ok([0, ..]) => return v1_sees_v2(),
+            Ok(head) if starts_with_ignore_case(head, b"HTTP/") => {
+                let limits = self.limits();
+                let status = match read_response(&mut reader, &limits).await {
+                    Ok(r) => format!(
+                        "{} {}",
+                        r.code.as_deref().unwrap_or_default(),
+                        r.reason.as_deref().unwrap_or_default()
+                    ),
+                    Err(_) => String::new(),
+                };
+                let status = status.trim();
+                let status = if status.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({status})")
+                };
+                return Outcome::Failed(format!(
+                    "protocol mismatch: the agent answered in v1 plain mode{status}; it is not configured for \"ssl\""
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Outcome::Failed(format!("cannot read the reply: {e}")),
+        }
+        let limits = self.limits();
+        let (_, ciphertext) = match read_ssl_response(&mut reader, &limits).await {
+            Ok(parts) => parts,
+            Err(e) => return v1_failure(e, self.deadline),
+        };
+        match open_response(&passphrase, &ciphertext) {
+            Ok(response) => v1_reply(&response),
+            Err(e) => v1_failure(e, self.deadline),
+        }
+    }
+}
+
+/// A v1 client got a v2 frame (which starts with a 0 length byte) back.
+fn v1_sees_v2() -> Outcome {
+    Outcome::Failed(
+        "protocol mismatch: the peer answered in protocol v2; use protocol v2 for it".to_owned(),
+    )
+}
+
+fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {
+    bytes
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}

@@ -1,0 +1,200 @@
+//! Delivering one order to one target and streaming its events back.
+//!
+//! # Layout
+//!
+//! | item | owns |
+//! |---|---|
+//! | [`Transport`] | the trait every way of reaching a target implements |
+//! | [`Outcome`] | how a delivery ended: a reply, or why there is none |
+//! | [`agent`] | [`AgentTransport`]: TCP to a deploy agent (or proxy), protocol v2 or v1 |
+//!
+//! # Design
+//!
+//! A transport knows how to reach a target and nothing about who asked: the fan-out
+//! engine ([`crate::fanout`]) drives any number of deliveries at once through a
+//! `dyn Transport`, so an SSH transport or a chained proxy can join later without the
+//! engine or its callers changing. A delivery never fails with an error: everything that
+//! can go wrong with one host is an [`Outcome`], which renders to the original client's
+//! per-host JSON record ([`Outcome::to_json`]).
+//!
+//! ```text
+//! Outcome            return serverStatus returnCode returnString content
+//! Reply 200          1      1            "200"      "OK"         {…agent body…}
+//! Reply 4xx/5xx      0      1            "400"      "Bad Request" "text" | null
+//! Unreachable        0      0            null       null         "can't connect to h:p"
+//! Timeout(t)         0      0            null       null         "Process Timeout(t)!"
+//! Failed(why)        0      1            null       null         "why"
+//! ```
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::order::{Body, Reply, Request};
+use crate::target::Target;
+use crate::wire::message::Event;
+
+pub mod agent;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use agent::{AgentTransport, Protocol};
+
+/// A boxed, sendable future, the return type of [`Transport::deliver`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A way of delivering one order to one target.
+pub trait Transport: Send + Sync {
+    /// Delivers `request` to `target`, sends every event the target streams on `events`
+    /// as it arrives (waiting when the receiver is behind; a closed receiver just drops
+    /// them), and resolves to how the exchange ended. Implementations bound the whole
+    /// exchange by their own deadline and never panic on anything a peer sends. The
+    /// sender is dropped when the future completes, which ends the event stream.
+    fn deliver<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<Event>,
+    ) -> BoxFuture<'a, Outcome>;
+}
+
+/// How one delivery ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The target answered (any code; a refused v2 handshake becomes its code and text).
+    Reply(Reply),
+    /// No connection could be made.
+    Unreachable {
+        /// `host:port` as tried.
+        address: String,
+        /// Why (resolution failure, refused, connect timeout…).
+        cause: String,
+    },
+    /// No reply within the deadline, which is given.
+    Timeout(Duration),
+    /// Connected, but the exchange broke: a protocol mismatch, a bad record, a reply that
+    /// is not a reply. The text says what happened.
+    Failed(String),
+}
+
+/// How a caller should judge an [`Outcome`], e.g. for an exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    /// Code 200 and the body's `return` is `"true"` or absent.
+    Succeeded,
+    /// The target answered, but with another code or `return` other than `"true"`.
+    OrderFailed,
+    /// No usable answer: unreachable, timed out or failed.
+    HostFailed,
+}
+
+impl Outcome {
+    /// Judges the outcome (see [`Verdict`]).
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Outcome::Reply(reply) if reply.code == 200 => match &reply.body {
+                Body::Json(map) => match map.get("return") {
+                    None => Verdict::Succeeded,
+                    Some(Value::String(s)) if s == "true" => Verdict::Succeeded,
+                    Some(_) => Verdict::OrderFailed,
+                },
+                Body::Text(_) | Body::Empty => Verdict::Succeeded,
+            },
+            Outcome::Reply(_) => Verdict::OrderFailed,
+            Outcome::Unreachable { .. } | Outcome::Timeout(_) | Outcome::Failed(_) => {
+                Verdict::HostFailed
+            }
+        }
+    }
+
+    /// The original's `serverStatus`: false when the target could not be reached or did
+    /// not answer in time.
+    pub fn server_status(&self) -> bool {
+        !matches!(self, Outcome::Unreachable { .. } | Outcome::Timeout(_))
+    }
+
+    /// The reply, if the target answered.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Outcome::Reply(reply) => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// The original client's per-host record, keys in this fixed order: `return` (1 iff
+    /// code 200), `serverStatus` (1/0), `returnCode` (string or null), `returnString`
+    /// (reason or null), `content` (the 200 body as an object, an error text, or null).
+    /// Unreachable targets get `"can't connect to host:port"` without the cause, as in
+    /// the original; callers log the cause separately.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let (ok, code, reason, content) = match self {
+            Outcome::Reply(reply) => (
+                reply.code == 200,
+                Value::String(reply.code.to_string()),
+                Value::String(reply.reason().to_owned()),
+                reply.content(),
+            ),
+            Outcome::Unreachable { address, .. } => (
+                false,
+                Value::Null,
+                Value::Null,
+                Value::String(format!("can't connect to {address}")),
+            ),
+            Outcome::Timeout(deadline) => (
+                false,
+                Value::Null,
+                Value::Null,
+                Value::String(format!("Process Timeout({})!", seconds(*deadline))),
+            ),
+            Outcome::Failed(why) => (false, Value::Null, Value::Null, Value::String(why.clone())),
+        };
+        let mut map = Map::new();
+        map.insert("return".into(), Value::from(u8::from(ok)));
+        map.insert(
+            "serverStatus".into(),
+            Value::from(u8::from(self.server_status())),
+        );
+        map.insert("returnCode".into(), code);
+        map.insert("returnString".into(), reason);
+        map.insert("content".into(), content);
+        map
+    }
+}
+
+/// A duration in seconds as a person writes it: `5`, `0.5`.
+pub fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{}", d.as_secs_f64())
+    }
+}
+
+impl fmt::Display for Outcome {
+    /// One line for logs: `200 OK`, `can't connect to h:p: <cause>`,
+    /// `no reply within 5 s`, or the failure text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Reply(reply) => write!(f, "{} {}", reply.code, reply.reason()),
+            Outcome::Unreachable { address, cause } => {
+                write!(f, "can't connect to {address}: {cause}")
+            }
+            Outcome::Timeout(deadline) => write!(f, "no reply within {} s", seconds(*deadline)),
+            Outcome::Failed(why) => f.write_str(why),
+        }
+    }
+}
