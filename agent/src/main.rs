@@ -18,9 +18,9 @@ use cli::Cli;
 use deploy_common::config::AgentConfig;
 use deploy_common::crypto::keys::RsaPrivateKey;
 use deploy_common::server::conn::{self, Policy};
-use deploy_common::server::prefork::{self, Program, Settings, WorkerSettings};
-use deploy_common::server::{self, log, pidfile, privs, title};
-use std::net::{SocketAddr, TcpListener};
+use deploy_common::server::prefork::{self, Program, WorkerSettings};
+use deploy_common::server::{daemon, title};
+use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
 
 fn load(cli: &Cli) -> Result<AgentConfig> {
     let mut config = AgentConfig::load(&cli.path)?;
-    cli.apply(&mut config);
+    cli.server.apply(&mut config.server);
     Ok(config)
 }
 
@@ -138,8 +138,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let config = load(&cli)?;
     let current = generation(config)?;
     let config = Arc::clone(&current.config);
-    let s = &config.server;
-    if cli.check {
+    if cli.server.check {
         println!(
             "{}: OK ({} groups, {} jobs, {} allowed host entries, {} allowed paths)",
             config.path.display(),
@@ -150,89 +149,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    // The state directory must exist before privileges are dropped if it lives in a
-    // root-owned place; create it now, owned by the target user later if needed.
-    let mut addrs = vec![SocketAddr::new(s.addr, s.port)];
-    addrs.extend(s.listen.iter().copied());
-    let defer = s
-        .socket_accept_filter
-        .then(|| u32::try_from(s.socket_timeout.as_secs()).unwrap_or(5));
-    let mut listeners = Vec::new();
-    for addr in &addrs {
-        listeners.push(server::bind(*addr, s.backlog, defer)?);
-    }
-    let foreground = cli.foreground();
-    for l in &listeners {
-        let local = l.local_addr().context("listening socket")?;
-        eprintln!("deploy-agent: listening on {local}");
-    }
-    if !foreground {
-        daemonize()?;
-    }
-    privs::set_umask(s.umask);
-    log::init(&log::LogSettings {
-        foreground,
-        verbosity: cli.verbosity(),
-        write: s.log_write,
-        error_level: s.log_error_level,
-        error_path: s.log_error_path.clone(),
-        access_path: s.log_access_path.clone(),
-        program: "deploy-agent",
+    // Before privileges are dropped: it may live in a root-owned place.
+    std::fs::create_dir_all(&config.server.state_dir).with_context(|| {
+        format!(
+            "cannot create state_dir {}",
+            config.server.state_dir.display()
+        )
     })?;
-    let _pid = match &s.pid_file {
-        Some(path) => Some(pidfile::PidFile::create(path)?),
-        None => None,
-    };
-    std::fs::create_dir_all(&s.state_dir)
-        .with_context(|| format!("cannot create state_dir {}", s.state_dir.display()))?;
-    if let Some(ids) = privs::drop_privileges(s.user.as_deref(), s.group.as_deref())? {
-        tracing::info!(
-            uid = ids.0.as_raw(),
-            gid = ids.1.as_raw(),
-            "privileges dropped"
-        );
-    }
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        config = %config.path.display(),
-        workers = s.max_prefork.max(1),
-        legacy = s.legacy_protocol,
-        "deploy-agent started"
-    );
-    let settings = Settings {
-        workers: usize::try_from(s.max_prefork.max(1)).unwrap_or(1),
-        master_title: format!("{} master process", s.process_name),
-        grace: grace(&config) + Duration::from_secs(2),
+    let server = config.server.clone();
+    let startup = daemon::Startup {
+        server: &server,
+        program: "deploy-agent",
+        foreground: cli.server.foreground(),
+        verbosity: cli.server.verbosity(),
+        extra: Vec::new(),
+        grace: grace(&config),
     };
     drop(config);
-    server::notify_ready();
     let mut program = AgentProgram { cli, current };
-    let code = prefork::run_master(&mut program, listeners, settings);
-    tracing::info!("deploy-agent stopped");
+    let code = daemon::run(startup, &mut program)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
-}
-
-/// Detaches from the terminal: fork (the parent exits), setsid, chdir /, std fds to
-/// /dev/null.
-fn daemonize() -> Result<()> {
-    use nix::unistd::{fork, setsid, ForkResult};
-    // SAFETY: called before any thread is started.
-    match unsafe { fork() }.context("fork")? {
-        ForkResult::Parent { .. } => std::process::exit(0),
-        ForkResult::Child => {}
-    }
-    setsid().context("setsid")?;
-    std::env::set_current_dir("/").context("chdir /")?;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
-    use std::os::fd::AsRawFd;
-    for fd in 0..=2 {
-        // SAFETY: dup2 onto the standard descriptors, which this process owns.
-        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
-            return Err(std::io::Error::last_os_error()).context("dup2");
-        }
-    }
-    Ok(())
 }

@@ -30,7 +30,8 @@ use std::sync::Arc;
 
 use clap::Parser as _;
 use deploy_common::fanout::{Fanout, FanoutEvent, HostResult};
-use deploy_common::transport::{AgentTransport, Verdict};
+use deploy_common::transport::{AgentTransport, Outcome, Verdict};
+use deploy_common::wire::message::Event;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Args, Config, Format};
@@ -113,9 +114,48 @@ async fn run(config: Config) -> io::Result<u8> {
     let mut out = BufWriter::new(io::stdout().lock());
     let mut results: Vec<Option<HostResult>> = (0..count).map(|_| None).collect();
 
+    // Agents' results relayed by a proxy, per proxy (index), in arrival order.
+    let mut relayed: Vec<Vec<HostResult>> = (0..count).map(|_| Vec::new()).collect();
     let mut events = fanout.run(targets, request);
     while let Some(event) = events.recv().await {
         match event {
+            FanoutEvent::Event {
+                index,
+                host: _,
+                event:
+                    Event::Host {
+                        host,
+                        order: _,
+                        result,
+                        via,
+                    },
+            } => {
+                let result = HostResult {
+                    index,
+                    host,
+                    outcome: Outcome::Relayed {
+                        record: match result {
+                            serde_json::Value::Object(map) => map,
+                            other => {
+                                let mut map = serde_json::Map::new();
+                                map.insert("content".into(), other);
+                                map
+                            }
+                        },
+                        via,
+                    },
+                    elapsed: std::time::Duration::ZERO,
+                };
+                if result.outcome.verdict() == Verdict::HostFailed && !quiet {
+                    eprintln!("deploy-client: error: {}: {}", result.host, result.outcome);
+                }
+                if format == Format::Jsonl {
+                    json_line(&mut out, &render::result_line(&order, &result))?;
+                }
+                if let Some(list) = relayed.get_mut(index) {
+                    list.push(result);
+                }
+            }
             FanoutEvent::Event { index, host, event } => match (&mut live, format) {
                 (_, Format::Jsonl) => json_line(&mut out, &render::event_line(&host, &event))?,
                 (Some(live), _) => live.event(index, &host, &event),
@@ -148,14 +188,29 @@ async fn run(config: Config) -> io::Result<u8> {
         }
     }
 
-    let done: Vec<&HostResult> = results.iter().flatten().collect();
+    // A proxy that relayed its agents' results is replaced by them; a proxy that
+    // refused (403…) or failed stays, under its own name.
+    let mut expected = 0;
+    let mut done: Vec<&HostResult> = Vec::new();
+    for (result, relayed) in results.iter().zip(&relayed) {
+        let proxied_ok = result
+            .as_ref()
+            .is_some_and(|r| r.outcome.reply().is_some_and(|reply| reply.code == 200));
+        if proxied_ok && !relayed.is_empty() {
+            expected += relayed.len();
+            done.extend(relayed.iter());
+        } else {
+            expected += 1;
+            done.extend(result.iter());
+        }
+    }
     match format {
         Format::Json => render::write_perl_pretty(&mut out, &render::document(&order, &done))?,
         Format::Text => render::write_text(&mut out, &order, &done)?,
         Format::Jsonl => {}
     }
     out.flush()?;
-    Ok(exit_status(&done, count))
+    Ok(exit_status(&done, expected))
 }
 
 /// Writes one compact JSON line and flushes it.

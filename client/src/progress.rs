@@ -43,6 +43,8 @@ impl Live {
     /// Shows one event.
     pub fn event(&mut self, index: usize, host: &str, event: &Event) {
         match event {
+            // Relayed results are shown with the other results.
+            Event::Host { .. } => {}
             Event::Line { stream, line } => {
                 let text = match stream {
                     Stream::Stdout => format!("{host}: {line}"),

@@ -146,6 +146,11 @@ pub fn text_block(order: &str, outcome: &Outcome) -> Block {
             header: format!("error: {why}"),
             body: Vec::new(),
         },
+        Outcome::Relayed { record, via } => {
+            let mut block = record_block(order, record);
+            block.header.push_str(&format!(" (via {via})"));
+            block
+        }
     }
 }
 

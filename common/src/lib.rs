@@ -24,6 +24,8 @@
 //! (`thiserror`); no code reachable from the network may panic.
 
 pub mod access;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod fanout;

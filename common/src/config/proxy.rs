@@ -46,7 +46,7 @@ use crate::access::HostAllowList;
 const PROXY_SECTIONS: &str = "server, client, allow::hosts or api";
 
 /// The sections the API file may contain (for the error message).
-const API_SECTIONS: &str = "keys or servers";
+const API_SECTIONS: &str = "keys, orders, servers or group::<name>";
 
 /// `[client]`: how the proxy reaches agents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,47 @@ pub struct ProxyClientConfig {
     pub concurrency: usize,
     /// `connect_timeout` (seconds, new): bound on connecting to one agent. Default 3 s.
     pub connect_timeout: Duration,
+    /// `protocol` (new): `v2` (default) or `v1` to drive agents of the original.
+    pub protocol: AgentProtocol,
+    /// `proxy_api_key` (new): the API key presented to chained proxies
+    /// (`proxy://host:port/group` entries).
+    pub proxy_api_key: Option<String>,
+    /// `proxy_id` (new): this proxy's name in loop detection. Default: the host name
+    /// and `[server] port`.
+    pub proxy_id: Option<String>,
+    /// `http_listen` (new): address of the HTTP/JSON API; none by default.
+    pub http_listen: Option<std::net::SocketAddr>,
+}
+
+/// The wire a proxy speaks to agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AgentProtocol {
+    /// The v2 protocol.
+    #[default]
+    V2,
+    /// The original's wire.
+    V1,
+}
+
+/// Per-group overrides, from `[group::<name>]` in the API file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupOverride {
+    /// `port`: the group's agents' port.
+    pub port: Option<u16>,
+    /// `key_cipher`: the group's agents' secret.
+    pub key_cipher: Option<String>,
+    /// `ssl_public_key`: the group's agents' public key (PEM file).
+    pub ssl_public_key: Option<PathBuf>,
+    /// `protocol`: `v2` or `v1`.
+    pub protocol: Option<AgentProtocol>,
+}
+
+fn protocol(cx: &Cx<'_>, e: &Entry) -> Result<AgentProtocol, ConfigError> {
+    match e.value.to_ascii_lowercase().as_str() {
+        "v2" | "2" => Ok(AgentProtocol::V2),
+        "v1" | "1" | "legacy" => Ok(AgentProtocol::V1),
+        _ => Err(cx.invalid(e, format!("expected v2 or v1, got {:?}", e.value))),
+    }
 }
 
 impl Default for ProxyClientConfig {
@@ -81,6 +122,10 @@ impl Default for ProxyClientConfig {
             ssl_public_key: None,
             concurrency: 256,
             connect_timeout: Duration::from_secs(3),
+            protocol: AgentProtocol::V2,
+            proxy_api_key: None,
+            proxy_id: None,
+            http_listen: None,
         }
     }
 }
@@ -211,6 +256,10 @@ fn apply_client(
         "worker_method",
         "concurrency",
         "connect_timeout",
+        "protocol",
+        "proxy_api_key",
+        "proxy_id",
+        "http_listen",
     ];
     if e.list {
         return Err(match KEYS.contains(&e.key.as_str()) {
@@ -243,6 +292,17 @@ fn apply_client(
             }
         }
         "connect_timeout" => client.connect_timeout = cx.seconds(e)?,
+        "protocol" => client.protocol = protocol(cx, e)?,
+        "proxy_api_key" => client.proxy_api_key = cx.opt_string(e),
+        "proxy_id" => client.proxy_id = cx.opt_string(e),
+        "http_listen" => {
+            client.http_listen = Some(e.value.parse().map_err(|_| {
+                cx.invalid(
+                    e,
+                    format!("invalid address {:?} (expected addr:port)", e.value),
+                )
+            })?)
+        }
         _ => return Err(cx.unknown_key(e)),
     }
     Ok(())
@@ -255,6 +315,10 @@ pub struct ApiKeys {
     keys: Vec<([u8; 32], Vec<String>)>,
     /// Group → targets (in file order, duplicates kept).
     servers: BTreeMap<String, Vec<String>>,
+    /// SHA-256 of a key → the orders it may send (`[orders]`; absent: every order).
+    orders: Vec<([u8; 32], Vec<String>)>,
+    /// `[group::<name>]` overrides.
+    overrides: BTreeMap<String, GroupOverride>,
 }
 
 impl fmt::Debug for ApiKeys {
@@ -327,6 +391,41 @@ impl ApiKeys {
                             .push(e.value.clone());
                     }
                 }
+                "orders" => {
+                    for e in section.entries() {
+                        if !e.list {
+                            return Err(cx.want_list(e));
+                        }
+                        let digest = key_digest(&e.key).map_err(|reason| cx.invalid(e, reason))?;
+                        let orders = e
+                            .value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|o| !o.is_empty())
+                            .map(str::to_owned);
+                        match api.orders.iter_mut().find(|(d, _)| *d == digest) {
+                            Some((_, existing)) => existing.extend(orders),
+                            None => api.orders.push((digest, orders.collect())),
+                        }
+                    }
+                }
+                name if name.starts_with("group::") => {
+                    let group = name.trim_start_matches("group::").to_owned();
+                    let mut o = GroupOverride::default();
+                    for e in section.entries() {
+                        if e.list {
+                            return Err(cx.want_scalar(e));
+                        }
+                        match e.key.as_str() {
+                            "port" => o.port = Some(cx.number(e)?),
+                            "key_cipher" => o.key_cipher = Some(e.value.clone()),
+                            "ssl_public_key" => o.ssl_public_key = cx.file(e),
+                            "protocol" => o.protocol = Some(protocol(&cx, e)?),
+                            _ => return Err(cx.unknown_key(e)),
+                        }
+                    }
+                    api.overrides.insert(group, o);
+                }
                 _ => return Err(unknown_section(ini, section, API_SECTIONS)),
             }
         }
@@ -345,6 +444,24 @@ impl ApiKeys {
             }
         }
         found
+    }
+
+    /// The orders the presented key may send, or `None` when it is not restricted.
+    /// Constant time like [`ApiKeys::groups_for`].
+    pub fn orders_for(&self, presented_key: &str) -> Option<&[String]> {
+        let presented = digest(&SHA256, presented_key.as_bytes());
+        let mut found = None;
+        for (stored, orders) in &self.orders {
+            if verify_slices_are_equal(stored, presented.as_ref()).is_ok() {
+                found = Some(orders.as_slice());
+            }
+        }
+        found
+    }
+
+    /// The overrides of a group (`[group::<name>]`), if any.
+    pub fn group_override(&self, group: &str) -> Option<&GroupOverride> {
+        self.overrides.get(group)
     }
 
     /// The targets of a server group (`host`, `host:port` or `[v6]:port`), or `None`.
@@ -401,6 +518,19 @@ fn key_digest(key: &str) -> Result<[u8; 32], String> {
 
 /// `host`, `host:port`, `a.b.c.d[:port]`, `[v6][:port]` (a bare IPv6 address too).
 fn valid_target(s: &str) -> bool {
+    if let Some(rest) = s.strip_prefix("proxy://") {
+        // A chained proxy: proxy://host[:port]/group
+        return match rest.split_once('/') {
+            Some((host, group)) => {
+                !group.is_empty() && !group.contains('/') && valid_plain_target(host)
+            }
+            None => false,
+        };
+    }
+    valid_plain_target(s)
+}
+
+fn valid_plain_target(s: &str) -> bool {
     let port_ok = |p: &str| p.parse::<u16>().is_ok() && p.bytes().all(|b| b.is_ascii_digit());
     let name_ok = |h: &str| {
         !h.is_empty()

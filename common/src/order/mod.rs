@@ -80,6 +80,9 @@ pub struct Request {
     /// v2 only: stream output lines and progress while the order runs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow: bool,
+    /// v2 only: the proxies this request already went through (loop detection).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<String>,
 }
 
 /// The body of a reply.

@@ -226,6 +226,7 @@ fn v1_request(
         args: form.args,
         api_key: form.api_key,
         follow: false,
+        via: Vec::new(),
     };
     if req.method != "GET" && req.method != "POST" {
         return (request, Some(Reply::empty(405)));

@@ -19,6 +19,7 @@
 //! a [`conn::Handler`]: the agent's runs orders, the proxy's fans them out.
 
 pub mod conn;
+pub mod daemon;
 pub mod log;
 pub mod pidfile;
 pub mod prefork;

@@ -89,6 +89,14 @@ pub enum Outcome {
     /// Connected, but the exchange broke: a protocol mismatch, a bad record, a reply that
     /// is not a reply. The text says what happened.
     Failed(String),
+    /// The result of an agent behind a proxy, relayed as the original's per-host record
+    /// (`return`, `serverStatus`, `returnCode`, `returnString`, `content`).
+    Relayed {
+        /// The record.
+        record: Map<String, Value>,
+        /// The proxy (or chain of proxies, outermost first) that relayed it.
+        via: String,
+    },
 }
 
 /// How a caller should judge an [`Outcome`], e.g. for an exit status.
@@ -118,13 +126,18 @@ impl Outcome {
             Outcome::Unreachable { .. } | Outcome::Timeout(_) | Outcome::Failed(_) => {
                 Verdict::HostFailed
             }
+            Outcome::Relayed { record, .. } => relayed_verdict(record),
         }
     }
 
     /// The original's `serverStatus`: false when the target could not be reached or did
     /// not answer in time.
     pub fn server_status(&self) -> bool {
-        !matches!(self, Outcome::Unreachable { .. } | Outcome::Timeout(_))
+        match self {
+            Outcome::Unreachable { .. } | Outcome::Timeout(_) => false,
+            Outcome::Relayed { record, .. } => record.get("serverStatus") != Some(&Value::from(0)),
+            _ => true,
+        }
     }
 
     /// The reply, if the target answered.
@@ -141,6 +154,11 @@ impl Outcome {
     /// Unreachable targets get `"can't connect to host:port"` without the cause, as in
     /// the original; callers log the cause separately.
     pub fn to_json(&self) -> Map<String, Value> {
+        if let Outcome::Relayed { record, via } = self {
+            let mut map = record.clone();
+            map.insert("via".into(), Value::String(via.clone()));
+            return map;
+        }
         let (ok, code, reason, content) = match self {
             Outcome::Reply(reply) => (
                 reply.code == 200,
@@ -161,6 +179,7 @@ impl Outcome {
                 Value::String(format!("Process Timeout({})!", seconds(*deadline))),
             ),
             Outcome::Failed(why) => (false, Value::Null, Value::Null, Value::String(why.clone())),
+            Outcome::Relayed { .. } => (false, Value::Null, Value::Null, Value::Null),
         };
         let mut map = Map::new();
         map.insert("return".into(), Value::from(u8::from(ok)));
@@ -195,6 +214,42 @@ impl fmt::Display for Outcome {
             }
             Outcome::Timeout(deadline) => write!(f, "no reply within {} s", seconds(*deadline)),
             Outcome::Failed(why) => f.write_str(why),
+            Outcome::Relayed { record, via } => {
+                let text = |key: &str| match record.get(key) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => "null".into(),
+                };
+                if record.get("serverStatus") == Some(&Value::from(0)) {
+                    write!(f, "{} (via {via})", text("content"))
+                } else {
+                    write!(
+                        f,
+                        "{} {} (via {via})",
+                        text("returnCode"),
+                        text("returnString")
+                    )
+                }
+            }
         }
+    }
+}
+
+/// The verdict of a relayed per-host record: unreachable or broken hosts (no code)
+/// failed; 200 with a `return` other than `"true"` in the content, or another code, is a
+/// failed order.
+pub fn relayed_verdict(record: &Map<String, Value>) -> Verdict {
+    if record.get("serverStatus") == Some(&Value::from(0))
+        || record.get("returnCode").is_none_or(Value::is_null)
+    {
+        return Verdict::HostFailed;
+    }
+    if record.get("returnCode") != Some(&Value::String("200".into())) {
+        return Verdict::OrderFailed;
+    }
+    match record.get("content").and_then(|c| c.get("return")) {
+        None => Verdict::Succeeded,
+        Some(Value::String(s)) if s == "true" => Verdict::Succeeded,
+        Some(_) => Verdict::OrderFailed,
     }
 }

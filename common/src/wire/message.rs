@@ -69,6 +69,18 @@ pub enum Event {
         /// The text, lossily decoded as UTF-8.
         line: String,
     },
+    /// One agent's result, relayed by a proxy as soon as it arrives.
+    Host {
+        /// The agent as the proxy names it (`host` or `host:port`).
+        host: String,
+        /// The order.
+        order: String,
+        /// The original's per-host object: `return`, `serverStatus`, `returnCode`,
+        /// `returnString`, `content`.
+        result: Value,
+        /// The proxy (or chain of proxies) that relayed it.
+        via: String,
+    },
     /// Transfer progress (rsync `--info=progress2`).
     Progress {
         /// Bytes transferred so far.

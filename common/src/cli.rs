@@ -1,0 +1,152 @@
+//! The daemons' shared command-line flags (the original's, spec §10, plus new ones), as a
+//! clap `Args` group that deploy-agent and deploy-proxy flatten into their own command
+//! lines. A flag overrides the same-named `[server]` key of the INI file, which
+//! overrides the built-in default.
+
+use crate::config::{parse_bool, Level, ServerConfig};
+use clap::{ArgAction, Args};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parses `on|off|true|false|1|0`.
+pub fn on_off(s: &str) -> Result<bool, String> {
+    parse_bool(s).ok_or_else(|| format!("expected on|off|true|false|1|0, got {s:?}"))
+}
+
+/// Flags shared by deploy-agent and deploy-proxy.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// User to run as after binding (name or uid).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Group to run as after binding (name or gid).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Address to listen on.
+    #[arg(long)]
+    pub addr: Option<IpAddr>,
+    /// Port to listen on (0: any free port; the chosen one is printed).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Additional listen address (addr:port or [v6]:port); repeatable.
+    #[arg(long = "listen", value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// listen(2) backlog.
+    #[arg(long)]
+    pub backlog: Option<u32>,
+    /// Number of worker processes.
+    #[arg(long = "max-prefork")]
+    pub max_prefork: Option<u32>,
+    /// A worker is replaced after this many connections (0: never).
+    #[arg(long = "max-requests-per-child")]
+    pub max_requests_per_child: Option<u64>,
+    /// Bound on one request, in seconds (0: none); exceeding it answers 408.
+    #[arg(long = "max-process-timeout")]
+    pub max_process_timeout: Option<u64>,
+    /// Bound on receiving a request, in seconds.
+    #[arg(long = "socket-timeout")]
+    pub socket_timeout: Option<u64>,
+    /// TCP_DEFER_ACCEPT on the listening sockets.
+    #[arg(long = "socket-accept-filter", value_parser = on_off)]
+    pub socket_accept_filter: Option<bool>,
+    /// Write the error and access logs.
+    #[arg(long = "log-write", value_parser = on_off)]
+    pub log_write: Option<bool>,
+    /// Error-log level: emerg alert crit error warn notice info debug (or 0-7).
+    #[arg(long = "log-error-level")]
+    pub log_error_level: Option<Level>,
+    /// Error-log path (strftime template) or "syslog".
+    #[arg(long = "log-error-path")]
+    pub log_error_path: Option<PathBuf>,
+    /// Access-log path (strftime template) or "syslog".
+    #[arg(long = "log-access-path")]
+    pub log_access_path: Option<PathBuf>,
+    /// Shared secret clients must know.
+    #[arg(long = "key-cipher", env = "DEPLOY_KEY_CIPHER", hide_env_values = true)]
+    pub key_cipher: Option<String>,
+    /// RSA private key (PEM) proving the agent's identity (v2) and opening v1 "ssl".
+    #[arg(long = "ssl-private-key")]
+    pub ssl_private_key: Option<PathBuf>,
+    /// Accept the original's v1 wire protocol too.
+    #[arg(long = "legacy-protocol", value_parser = on_off)]
+    pub legacy_protocol: Option<bool>,
+    /// Write the master's pid to this file.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Directory for background transfer state.
+    #[arg(long = "state-dir")]
+    pub state_dir: Option<PathBuf>,
+    /// Stay in the foreground and log to stderr (the original's --debug).
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Same as --foreground, with debug logging (the original's flag).
+    #[arg(long)]
+    pub debug: bool,
+    /// Check the configuration, print a summary and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// More output on stderr (repeatable).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Less output on stderr.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub quiet: u8,
+}
+
+impl ServerArgs {
+    /// Applies the flags over a loaded configuration.
+    pub fn apply(&self, s: &mut ServerConfig) {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { s.$field = v.clone(); } )* };
+        }
+        set!(
+            addr,
+            port,
+            backlog,
+            max_prefork,
+            max_requests_per_child,
+            socket_accept_filter,
+            log_write,
+            log_error_level,
+            log_error_path,
+            log_access_path,
+            key_cipher,
+            legacy_protocol,
+            state_dir
+        );
+        if let Some(v) = &self.user {
+            s.user = Some(v.clone());
+        }
+        if let Some(v) = &self.group {
+            s.group = Some(v.clone());
+        }
+        if let Some(v) = self.max_process_timeout {
+            s.max_process_timeout = (v > 0).then(|| Duration::from_secs(v));
+        }
+        if let Some(v) = self.socket_timeout {
+            s.socket_timeout = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = &self.ssl_private_key {
+            s.ssl_private_key = Some(v.clone());
+        }
+        if let Some(v) = &self.pid_file {
+            s.pid_file = Some(v.clone());
+        }
+        s.listen.extend(self.listen.iter().copied());
+    }
+
+    /// Whether the process stays attached to the terminal.
+    pub fn foreground(&self) -> bool {
+        self.foreground || self.debug
+    }
+
+    /// Verbosity for the stderr log: -q… negative, -v… positive; --debug counts as -vv.
+    pub fn verbosity(&self) -> i8 {
+        let extra = if self.debug { 2 } else { 0 };
+        i8::try_from(self.verbose)
+            .unwrap_or(i8::MAX)
+            .saturating_add(extra)
+            - i8::try_from(self.quiet).unwrap_or(i8::MAX)
+    }
+}
