@@ -1,5 +1,163 @@
-//! deploy-proxy (to come: relays orders to many agents).
-fn main() {
-    eprintln!("deploy-proxy: not yet implemented");
-    std::process::exit(2);
+//! deploy-proxy: authenticates callers by API key, maps keys → groups → agents, and relays
+//! one order to many agents at once, streaming or merging their results.
+//!
+//! # Layout
+//!
+//! * [`cli`]: flags, applied over the INI files.
+//! * [`route`]: how each server of the API file is reached (agents, chained proxies).
+//! * [`relay`]: the order handler (authorization, fan-out, merging).
+//! * [`http`]: the HTTP/JSON API.
+//! * `main`: start-up through the daemon core shared with the agent.
+
+mod cli;
+mod http;
+mod relay;
+mod route;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use cli::Cli;
+use deploy_common::config::proxy::ProxyConfig;
+use deploy_common::crypto::keys::RsaPrivateKey;
+use deploy_common::server::conn::{self, Policy};
+use deploy_common::server::prefork::{self, Program, WorkerSettings};
+use deploy_common::server::{daemon, title};
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    if let Ok(path) = std::path::absolute(&cli.path) {
+        cli.path = path;
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("deploy-proxy: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<ProxyConfig> {
+    let mut config = ProxyConfig::load(&cli.path)?;
+    cli.apply(&mut config);
+    for ignored in &config.ignored {
+        eprintln!("deploy-proxy: note: {ignored}");
+    }
+    Ok(config)
+}
+
+struct Generation {
+    config: Arc<ProxyConfig>,
+    policy: Arc<Policy>,
+    relay: Arc<relay::Relay>,
+}
+
+fn generation(config: ProxyConfig) -> Result<Generation> {
+    let private_key = match &config.server.ssl_private_key {
+        Some(path) => Some(Arc::new(RsaPrivateKey::load(path)?)),
+        None => None,
+    };
+    if config.server.ssl && private_key.is_none() {
+        bail!("{}: [server] ssl = true needs ssl_private_key", config.path.display());
+    }
+    let config = Arc::new(config);
+    let relay = relay::Relay::new(Arc::clone(&config)).map_err(anyhow::Error::msg)?;
+    let policy = Policy {
+        allow_hosts: config.allow_hosts.clone(),
+        legacy: config.server.legacy_protocol,
+        v1_plain: !config.server.ssl,
+        key_cipher: config.server.key_cipher.clone(),
+        // The proxy authenticates callers by API key, as the original did.
+        check_v1_auth: false,
+        private_key,
+        socket_timeout: config.server.socket_timeout,
+        request_timeout: config.server.max_process_timeout,
+        v1_prefixes: &["api", "agent"],
+    };
+    Ok(Generation {
+        config,
+        policy: Arc::new(policy),
+        relay: Arc::new(relay),
+    })
+}
+
+struct ProxyProgram {
+    cli: Cli,
+    current: Generation,
+}
+
+impl Program for ProxyProgram {
+    fn reload(&mut self) -> Result<(), String> {
+        let config = load(&self.cli).map_err(|e| format!("{e:#}"))?;
+        self.current = generation(config).map_err(|e| format!("{e:#}"))?;
+        Ok(())
+    }
+
+    fn worker(&self, listeners: &[TcpListener]) -> i32 {
+        let config = Arc::clone(&self.current.config);
+        title::set_title(&format!("{} worker process", config.server.process_name));
+        let http_addr = config
+            .client
+            .http_listen
+            .and_then(|_| listeners.last())
+            .and_then(|l| l.local_addr().ok());
+        let policy = Arc::clone(&self.current.policy);
+        let relay = Arc::clone(&self.current.relay);
+        let allow = Arc::new(config.allow_hosts.clone());
+        let socket_timeout = config.server.socket_timeout;
+        let settings = WorkerSettings {
+            max_requests: config.server.max_requests_per_child,
+            max_connections: usize::try_from(config.server.max_connections).unwrap_or(usize::MAX),
+            grace: grace(&config),
+        };
+        prefork::run_worker(listeners, settings, move |stream, peer| {
+            let (policy, relay, allow) = (Arc::clone(&policy), Arc::clone(&relay), Arc::clone(&allow));
+            let is_http = http_addr.is_some() && stream.local_addr().ok() == http_addr;
+            async move {
+                if is_http {
+                    http::serve(stream, peer, allow, relay, socket_timeout).await;
+                } else {
+                    conn::serve(stream, peer, policy, relay).await;
+                }
+            }
+        })
+    }
+}
+
+fn grace(config: &ProxyConfig) -> Duration {
+    config.client.thread_timeout + Duration::from_secs(2)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load(&cli)?;
+    let current = generation(config)?;
+    let config = Arc::clone(&current.config);
+    if cli.server.check {
+        let groups = config.api.server_groups().count();
+        println!(
+            "{}: OK ({} API keys, {} server groups, proxy id {})",
+            config.path.display(),
+            config.api.key_count(),
+            groups,
+            current.relay.id
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let server = config.server.clone();
+    let startup = daemon::Startup {
+        server: &server,
+        program: "deploy-proxy",
+        foreground: cli.server.foreground(),
+        verbosity: cli.server.verbosity(),
+        extra: config.client.http_listen.into_iter().collect(),
+        grace: grace(&config),
+    };
+    drop(config);
+    let mut program = ProxyProgram { cli, current };
+    let code = daemon::run(startup, &mut program)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -1,0 +1,234 @@
+//! The proxy's order handler: authorize the API key, select the agents, fan the order
+//! out, and merge (or stream) their results.
+//!
+//! Authorization keeps the original's rules and texts (spec §3.2) but matches names
+//! exactly (case-insensitively), never as regular expressions:
+//!
+//! ```text
+//! args = hosts:<h1,h2,…>   every host must be a server of one of the key's groups
+//! args = groups:<g1,g2,…>  every group must be one of the key's groups; their servers
+//! anything else            403 Syntax error, unrecognized expression: [<args>]
+//! refused                  403 You don't have permission to access on this[<item>].
+//! ```
+//!
+//! Replies: without `follow` (v1 clients, scripts), one body in the original's nested
+//! shape, `{agent: {order: {return, serverStatus, returnCode, returnString, content}}}`.
+//! With `follow` (v2 clients), every agent's record is streamed as an
+//! [`Event::Host`] the moment it arrives, and the reply only counts them.
+
+use crate::route::{Router, Routes, Server};
+use deploy_common::config::proxy::ProxyConfig;
+use deploy_common::fanout::{Fanout, FanoutEvent};
+use deploy_common::order::{object, OrderName, Reply, Request};
+use deploy_common::server::conn::{Events, Handler};
+use deploy_common::target::Target;
+use deploy_common::wire::message::Event;
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The proxy's handler; one per worker.
+pub struct Relay {
+    config: Arc<ProxyConfig>,
+    routes: Arc<Routes>,
+    fanout: Fanout,
+    /// This proxy's name in `via` lists.
+    pub id: String,
+}
+
+impl Relay {
+    /// Builds the handler from a configuration.
+    pub fn new(config: Arc<ProxyConfig>) -> Result<Relay, String> {
+        let routes = Arc::new(Routes::new(&config)?);
+        let fanout = Fanout::new(Arc::new(Router(Arc::clone(&routes))))
+            .with_concurrency(config.client.concurrency);
+        let id = config.client.proxy_id.clone().unwrap_or_else(|| {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}:{}", config.server.port)
+        });
+        Ok(Relay {
+            config,
+            routes,
+            fanout,
+            id,
+        })
+    }
+
+    /// The servers `request` may reach, or the 403 reply.
+    fn authorize(&self, request: &Request) -> Result<Vec<Server>, Reply> {
+        let args: String = request
+            .args
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase();
+        let Some((kind, list)) = args.split_once(':') else {
+            return Err(Reply::error(
+                403,
+                format!("Syntax error, unrecognized expression: [{args}]"),
+            ));
+        };
+        let items: Vec<&str> = list.split(',').filter(|i| !i.is_empty()).collect();
+        let denied = |item: &str| {
+            Reply::error(
+                403,
+                format!("You don't have permission to access on this[{item}]."),
+            )
+        };
+        let api = &self.config.api;
+        let key: String = request.api_key.chars().filter(|c| !c.is_whitespace()).collect();
+        let Some(groups) = api.groups_for(&key) else {
+            return Err(denied(items.first().copied().unwrap_or_default()));
+        };
+        if let Some(orders) = api.orders_for(&key) {
+            if !orders.iter().any(|o| o == &request.order) {
+                return Err(Reply::error(
+                    403,
+                    format!("This API key may not send the order [{}].", request.order),
+                ));
+            }
+        }
+        let mut selected: Vec<Server> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut push = |server: &Server, selected: &mut Vec<Server>| {
+            if seen.insert(server.entry.clone()) {
+                selected.push(server.clone());
+            }
+        };
+        match kind {
+            "groups" => {
+                for item in &items {
+                    let group = groups.iter().find(|g| g.eq_ignore_ascii_case(item));
+                    let servers = group.and_then(|g| self.routes.group(g));
+                    let Some(servers) = servers else {
+                        return Err(denied(item));
+                    };
+                    for s in servers {
+                        push(s, &mut selected);
+                    }
+                }
+            }
+            "hosts" => {
+                for item in &items {
+                    let found = groups
+                        .iter()
+                        .filter_map(|g| self.routes.group(g))
+                        .flatten()
+                        .find(|s| !s.chained && (s.entry.eq_ignore_ascii_case(item) || s.target.host.eq_ignore_ascii_case(item)));
+                    match found {
+                        Some(server) => push(server, &mut selected),
+                        None => return Err(denied(item)),
+                    }
+                }
+            }
+            _ => {
+                return Err(Reply::error(
+                    403,
+                    format!("Syntax error, unrecognized expression: [{args}]"),
+                ))
+            }
+        }
+        Ok(selected)
+    }
+}
+
+impl Handler for Relay {
+    fn knows(&self, order: &str) -> bool {
+        OrderName::parse(order).is_some()
+    }
+
+    async fn handle(&self, peer: SocketAddr, request: Request, events: Events) -> Reply {
+        if request.via.iter().any(|v| v == &self.id) {
+            return Reply::error(
+                508,
+                format!(
+                    "proxy loop: {} would relay this request again (via {})",
+                    self.id,
+                    request.via.join(" > ")
+                ),
+            );
+        }
+        let servers = match self.authorize(&request) {
+            Ok(servers) => servers,
+            Err(reply) => {
+                tracing::info!(peer = %peer, order = %request.order, args = %request.args, code = reply.code, "refused");
+                return reply;
+            }
+        };
+        let order = request.order.clone();
+        let follow = request.follow;
+        let targets: Vec<Target> = servers.iter().map(|s| s.target.clone()).collect();
+        let mut via = request.via.clone();
+        via.push(self.id.clone());
+        let forwarded = Request {
+            order: request.order,
+            options: request.options,
+            args: String::new(),
+            api_key: String::new(),
+            follow: false,
+            via,
+        };
+        let count = targets.len();
+        let mut direct: Vec<Option<(String, Map<String, Value>)>> = (0..count).map(|_| None).collect();
+        let mut relayed: Vec<(String, Value)> = Vec::new();
+        let mut rx = self.fanout.run(targets, forwarded);
+        while let Some(event) = rx.recv().await {
+            match event {
+                FanoutEvent::Event {
+                    event: Event::Host { host, order: o, mut result, via },
+                    ..
+                } => {
+                    let via = format!("{} > {via}", self.id);
+                    if let Value::Object(map) = &mut result {
+                        map.insert("via".into(), Value::String(via.clone()));
+                    }
+                    if follow {
+                        events.send(Event::Host { host: host.clone(), order: o, result: result.clone(), via }).await;
+                    }
+                    relayed.push((host, result));
+                }
+                FanoutEvent::Event { .. } => {}
+                FanoutEvent::Done(done) => {
+                    let chained_ok = servers.get(done.index).is_some_and(|s| s.chained)
+                        && done.outcome.reply().is_some_and(|r| r.code == 200);
+                    if chained_ok {
+                        continue;
+                    }
+                    let record = done.outcome.to_json();
+                    if follow {
+                        events
+                            .send(Event::Host {
+                                host: done.host.clone(),
+                                order: order.clone(),
+                                result: Value::Object(record.clone()),
+                                via: self.id.clone(),
+                            })
+                            .await;
+                    }
+                    if let Some(slot) = direct.get_mut(done.index) {
+                        *slot = Some((done.host, record));
+                    }
+                }
+            }
+        }
+        let hosts = direct.iter().flatten().count() + relayed.len();
+        if follow {
+            return Reply::ok(object([
+                ("via", Value::String(self.id.clone())),
+                ("hosts", Value::String(hosts.to_string())),
+            ]));
+        }
+        let mut merged = Map::new();
+        for (host, record) in direct.into_iter().flatten() {
+            merged.insert(host, Value::Object(object([(order.as_str(), Value::Object(record))])));
+        }
+        for (host, record) in relayed {
+            merged.insert(host, Value::Object(object([(order.as_str(), record)])));
+        }
+        Reply::ok(merged)
+    }
+}

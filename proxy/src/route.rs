@@ -1,0 +1,152 @@
+//! Where each server of the API file is reached, and how.
+//!
+//! A `[servers]` entry is an agent (`host`, `host:port`, `[v6]:port`; the port defaults
+//! to `[client] port` or the group's override) or another proxy
+//! (`proxy://host[:port]/group`, default port 3441), which gets the order with
+//! `groups:<group>`, `[client] proxy_api_key`, and this proxy in its `via` list. The
+//! [`Router`] is the one [`Transport`] the fan-out engine uses; it picks each target's
+//! transport (protocol, key, public key from `[client]` and `[group::<name>]`).
+
+use deploy_common::config::proxy::{AgentProtocol, ProxyConfig};
+use deploy_common::crypto::keys::RsaPublicKey;
+use deploy_common::order::Request;
+use deploy_common::target::Target;
+use deploy_common::transport::{AgentTransport, BoxFuture, Outcome, Protocol, Transport};
+use deploy_common::wire::message::Event;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// How one server is reached.
+pub struct Route {
+    transport: Arc<AgentTransport>,
+    /// For a chained proxy: the group to ask it for.
+    chain: Option<String>,
+}
+
+/// One `[servers]` entry, resolved.
+#[derive(Clone)]
+pub struct Server {
+    /// The entry as written (what `hosts:` names).
+    pub entry: String,
+    /// Where it is.
+    pub target: Target,
+    /// Whether it is a chained proxy.
+    pub chained: bool,
+}
+
+/// Every group's servers and the routes to them.
+pub struct Routes {
+    groups: HashMap<String, Vec<Server>>,
+    by_address: HashMap<String, Arc<Route>>,
+    proxy_api_key: String,
+}
+
+impl Routes {
+    /// Resolves every `[servers]` entry of the configuration. Errors name the group and
+    /// the entry, or the key file.
+    pub fn new(config: &ProxyConfig) -> Result<Routes, String> {
+        let client = &config.client;
+        let load_key = |path: &std::path::Path| {
+            RsaPublicKey::load(path).map(Arc::new).map_err(|e| e.to_string())
+        };
+        let default_key = match &client.ssl_public_key {
+            Some(path) => Some(load_key(path)?),
+            None => None,
+        };
+        let mut groups = HashMap::new();
+        let mut by_address: HashMap<String, Arc<Route>> = HashMap::new();
+        for group in config.api.server_groups() {
+            let o = config.api.group_override(group).cloned().unwrap_or_default();
+            let public_key = match &o.ssl_public_key {
+                Some(path) => Some(load_key(path)?),
+                None => default_key.clone(),
+            };
+            let protocol = match o.protocol.unwrap_or(client.protocol) {
+                AgentProtocol::V2 => Protocol::V2,
+                AgentProtocol::V1 => Protocol::V1,
+            };
+            let agent = Arc::new(AgentTransport {
+                protocol,
+                key_cipher: o.key_cipher.clone().unwrap_or_else(|| client.key_cipher.clone()),
+                // v1 "ssl" only when [client] ssl = true; v2 pins whenever a key is known.
+                public_key: match protocol {
+                    Protocol::V1 if !client.ssl && o.ssl_public_key.is_none() => None,
+                    _ => public_key,
+                },
+                connect_timeout: client.connect_timeout,
+                deadline: client.thread_timeout,
+            });
+            let mut servers = Vec::new();
+            for entry in config.api.servers(group).unwrap_or_default() {
+                let (spec, chain, default_port) = match entry.strip_prefix("proxy://") {
+                    Some(rest) => {
+                        let (host, chained_group) = rest.split_once('/').unwrap_or((rest, ""));
+                        (host, Some(chained_group.to_owned()), 3441)
+                    }
+                    None => (entry.as_str(), None, o.port.unwrap_or(client.port)),
+                };
+                let target = Target::parse(spec, default_port)
+                    .map_err(|e| format!("[servers] {group}: {e}"))?;
+                let transport = match &chain {
+                    // A chained proxy speaks v2 and is not pinned to the agents' key.
+                    Some(_) => Arc::new(AgentTransport {
+                        protocol: Protocol::V2,
+                        public_key: None,
+                        ..(*agent).clone()
+                    }),
+                    None => Arc::clone(&agent),
+                };
+                by_address
+                    .entry(target.address())
+                    .or_insert_with(|| Arc::new(Route { transport, chain: chain.clone() }));
+                servers.push(Server {
+                    entry: entry.clone(),
+                    target,
+                    chained: chain.is_some(),
+                });
+            }
+            groups.insert(group.to_owned(), servers);
+        }
+        Ok(Routes {
+            groups,
+            by_address,
+            proxy_api_key: client.proxy_api_key.clone().unwrap_or_default(),
+        })
+    }
+
+    /// The servers of a group (exact name).
+    pub fn group(&self, name: &str) -> Option<&[Server]> {
+        self.groups.get(name).map(Vec::as_slice)
+    }
+}
+
+/// The fan-out engine's transport: each target through its own route.
+pub struct Router(pub Arc<Routes>);
+
+impl Transport for Router {
+    fn deliver<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<Event>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let Some(route) = self.0.by_address.get(&target.address()) else {
+                return Outcome::Failed(format!("no route to {target}"));
+            };
+            match &route.chain {
+                None => route.transport.deliver(target, request, events).await,
+                Some(group) => {
+                    let chained = Request {
+                        api_key: self.0.proxy_api_key.clone(),
+                        args: format!("groups:{group}"),
+                        follow: true,
+                        ..request.clone()
+                    };
+                    route.transport.deliver(target, &chained, events).await
+                }
+            }
+        })
+    }
+}
