@@ -1,0 +1,130 @@
+//! `deploy-agent --check`: the shipped `etc/` sample passes; broken files fail with exit
+//! status 1 and an error that names the file, the line and the key.
+
+use crate::util::*;
+
+#[test]
+fn shipped_sample_passes_check() {
+    let ini = etc_dir().join("deploy_agent.ini");
+    let (code, stdout, stderr) = run_agent(&["--check", "--path", ini.to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("OK"), "{stdout}");
+    // The summary counts what the sample defines: one group, the sample's two jobs.
+    assert!(stdout.contains("1 groups"), "{stdout}");
+    assert!(stdout.contains("2 jobs"), "{stdout}");
+}
+
+#[test]
+fn test_configs_pass_check() {
+    let sb = Sandbox::new();
+    let config = Config::new(&sb).group(
+        "web",
+        &[
+            ("dest", "rsync://127.0.0.1:8730/DEST"),
+            ("src", &sb.allowed_str("web")),
+            ("exclude[]", ".git"),
+        ],
+    );
+    std::fs::write(sb.join("jobs.ini"), config.jobs_text()).unwrap();
+    std::fs::write(sb.join("agent.ini"), config.ini_text()).unwrap();
+    let ini = sb.join("agent.ini");
+    let (code, stdout, stderr) = run_agent(&["--check", "--path", ini.to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+}
+
+/// Writes `text` as an ini (with an empty jobs file) and runs `--check` on it.
+fn check(text: &str) -> (i32, String, std::path::PathBuf, Sandbox) {
+    let sb = Sandbox::new();
+    std::fs::write(sb.join("jobs.ini"), "[jobs]\n").unwrap();
+    let ini = sb.join("agent.ini");
+    std::fs::write(&ini, text).unwrap();
+    let (code, _stdout, stderr) = run_agent(&["--check", "--path", ini.to_str().unwrap()]);
+    (code, stderr, ini, sb)
+}
+
+#[test]
+fn bad_port_names_file_and_line() {
+    let (code, stderr, ini, _sb) = check("[server]\naddr = 127.0.0.1\nport = 34x0\n");
+    assert_eq!(code, 1, "{stderr}");
+    let want = format!("{}:3:", ini.display());
+    assert!(stderr.contains(&want), "expected {want:?} in {stderr:?}");
+    assert!(stderr.contains("port"), "{stderr}");
+    assert!(stderr.contains("34x0"), "{stderr}");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let (code, stderr, ini, _sb) = check("[server]\nport = 3440\nfrobnicate = yes\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("frobnicate"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:", ini.display())),
+        "{stderr}"
+    );
+    let (code, stderr, _, _sb) = check("[server]\nport = 3440\n[sever]\nport = 1\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("sever"), "{stderr}");
+}
+
+#[test]
+fn missing_file_and_bad_jobs_fail() {
+    let (code, _, stderr) = run_agent(&["--check", "--path", "/nonexistent/deploy_agent.ini"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/deploy_agent.ini"), "{stderr}");
+
+    let sb = Sandbox::new();
+    std::fs::write(sb.join("jobs.ini"), "[jobs]\nx = 'unbalanced\n").unwrap();
+    std::fs::write(sb.join("agent.ini"), "[jobs]\npath = jobs.ini\n").unwrap();
+    let ini = sb.join("agent.ini");
+    let (code, _, stderr) = run_agent(&["--check", "--path", ini.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", sb.join("jobs.ini").display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ssl_without_private_key_fails_check() {
+    let (code, stderr, _, _sb) = check("[server]\nssl = on\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("ssl_private_key"), "{stderr}");
+}
+
+#[test]
+fn port_in_use_fails_to_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let sb = Sandbox::new();
+    let config = Config::new(&sb).server("port", port);
+    std::fs::write(sb.join("jobs.ini"), config.jobs_text()).unwrap();
+    std::fs::write(sb.join("agent.ini"), config.ini_text()).unwrap();
+    let mut child = std::process::Command::new(AGENT_BIN)
+        .args(["--foreground", "--path"])
+        .arg(sb.join("agent.ini"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("deploy-agent kept running although port {port} is taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")),
+        "the error names the address: {stderr}"
+    );
+    drop(taken);
+}

@@ -1,0 +1,302 @@
+//! The prefork process model (spec §7, §15.16): `max_prefork` workers as children of the
+//! master; SIGTERM stops master and workers (none orphaned); a killed worker is replaced;
+//! `max_requests_per_child` recycles workers; SIGHUP reloads the configuration without
+//! closing the listening socket; process titles; the pid file.
+
+use crate::util::*;
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+/// One exec round trip over v1 plain, which must succeed.
+async fn echo(agent: &Agent, word: &str) {
+    let r = call(
+        Proto::V1Plain,
+        agent.addr(),
+        "exec",
+        &format!("service:echo,{word}"),
+    )
+    .await;
+    r.expect_code(200);
+    assert_eq!(r.s("content"), b64(format!("{word}\n")));
+}
+
+#[tokio::test]
+async fn prefork_workers_and_sigterm_stops_everything() {
+    let sb = Sandbox::new();
+    let mut agent = Config::new(&sb).server("max_prefork", 3).start(&sb);
+    let master = agent.pid();
+    let workers = agent.wait_workers(3).await;
+    for &w in &workers {
+        assert_eq!(proc_stat(w).map(|s| s.1), Some(master));
+    }
+    for i in 0..6 {
+        echo(&agent, &format!("w{i}")).await;
+    }
+    agent.signal(Signal::SIGTERM);
+    let status = agent
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("the master did not exit within 5 s of SIGTERM");
+    assert!(status.success(), "master exit status {status:?}");
+    for &w in &workers {
+        assert!(!alive(w), "worker {w} outlived the master: an orphan");
+    }
+
+    // Nobody accepts on the port any more.
+    assert!(
+        std::net::TcpStream::connect_timeout(&agent.addr(), Duration::from_secs(1)).is_err(),
+        "something still listens on {}",
+        agent.addr()
+    );
+}
+
+#[tokio::test]
+async fn killed_worker_is_replaced() {
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb).server("max_prefork", 2).start(&sb);
+    let before = agent.wait_workers(2).await;
+    let victim = before[0];
+    signal(victim, Signal::SIGKILL);
+    let after = eventually(Duration::from_secs(10), "a replacement worker", || {
+        let w = agent.workers();
+        (w.len() == 2 && !w.contains(&victim)).then_some(w)
+    })
+    .await;
+    assert!(after.contains(&before[1]), "the other worker was kept");
+    for i in 0..4 {
+        echo(&agent, &format!("after-kill-{i}")).await;
+    }
+}
+
+#[tokio::test]
+async fn max_requests_per_child_recycles_workers() {
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb)
+        .server("max_prefork", 1)
+        .server("max_requests_per_child", 2)
+        .start(&sb);
+    let first = agent.wait_workers(1).await;
+    let mut seen = first.clone();
+    for i in 0..5 {
+        echo(&agent, &format!("r{i}")).await;
+        for w in agent.workers() {
+            if !seen.contains(&w) {
+                seen.push(w);
+            }
+        }
+    }
+    let now = agent.wait_workers(1).await;
+    assert_ne!(now, first, "the worker was not replaced after 5 requests");
+    // 5 connections with 2 per worker need at least 3 workers in total.
+    assert!(seen.len() >= 3, "workers seen: {seen:?}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_jobs_and_keeps_the_socket() {
+    let sb = Sandbox::new();
+    let config = Config::new(&sb);
+    let agent = config.start(&sb);
+    let master = agent.pid();
+    let addr = agent.addr();
+    let r = call(Proto::V2, addr, "exec", "service:printf,x").await;
+    r.expect_code(400);
+    assert_eq!(r.text, "exec[service:printf] not found!");
+
+    let config = config.job("service:printf", "/usr/bin/printf %s");
+    std::fs::write(sb.join("jobs.ini"), config.jobs_text()).unwrap();
+    let old = agent.wait_workers(1).await;
+    agent.signal(Signal::SIGHUP);
+    // Wait for the new generation of workers (requests racing the switch are the
+    // subject of `in_flight_requests_survive_reload_and_shutdown`).
+    let new = eventually(Duration::from_secs(10), "new workers after SIGHUP", || {
+        let w = agent.workers();
+        (w.len() == 1 && w != old).then_some(w)
+    })
+    .await;
+    let r = call(Proto::V2, addr, "exec", "service:printf,reloaded").await;
+    r.expect_code(200);
+    assert_eq!(r.s("content"), b64("reloaded"));
+    assert_eq!(agent.pid(), master);
+    assert_eq!(agent.workers(), new);
+    assert!(alive(master), "the master restarted");
+    // Every worker serves the new configuration (v1 too, same port).
+    for _ in 0..4 {
+        let r = call(Proto::V1Plain, addr, "exec", "service:printf,v1").await;
+        r.expect_code(200);
+    }
+
+    // A broken file on SIGHUP keeps the running configuration and its workers.
+    std::fs::write(sb.join("jobs.ini"), "[jobs]\nbroken = 'unbalanced\n").unwrap();
+    agent.signal(Signal::SIGHUP);
+    eventually(
+        Duration::from_secs(5),
+        "the reload error in the log",
+        || agent.log().contains("reload failed").then_some(()),
+    )
+    .await;
+    assert_eq!(agent.workers(), new, "workers replaced by a failed reload");
+    let r = call(Proto::V2, addr, "exec", "service:printf,still").await;
+    r.expect_code(200);
+    assert!(alive(master));
+}
+
+/// Whether `pid` has a handler installed for signal `signo` (`SigCgt` in
+/// /proc/PID/status).
+fn catches(pid: i32, signo: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or(0);
+    mask & (1 << (signo - 1)) != 0
+}
+
+#[tokio::test]
+#[ignore = "BUG: workers never catch SIGTERM/SIGINT (SigCgt of a worker lacks them): \
+            prefork::reset_signals_in_child resets the dispositions with a raw sigaction, \
+            but signal-hook-registry's state inherited from the master still says its \
+            handler is installed, so tokio::signal::unix::signal(terminate) in run_worker \
+            installs nothing. A SIGTERM (on SIGHUP reload or on shutdown) kills the worker \
+            outright: accepted connections and running orders are dropped without a reply \
+            and the grace period never applies"]
+async fn in_flight_requests_survive_reload_and_shutdown() {
+    let sb = Sandbox::new();
+    let mut agent = Config::new(&sb).start(&sb);
+    let worker = agent.wait_workers(1).await[0];
+    assert!(
+        catches(worker, Signal::SIGTERM as u32),
+        "worker {worker} does not catch SIGTERM"
+    );
+    let addr = agent.addr();
+
+    // A reload while an order runs: the retiring worker finishes it.
+    let (reply, ()) = tokio::join!(
+        call(Proto::V1Plain, addr, "exec", "service:sleep,2"),
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            agent.signal(Signal::SIGHUP);
+        }
+    );
+    reply.expect_code(200);
+    assert_eq!(reply.s("return"), "true");
+
+    // Shutdown while an order runs: it is answered before the master exits.
+    let (reply, ()) = tokio::join!(call(Proto::V2, addr, "exec", "service:sleep,2"), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        agent.signal(Signal::SIGTERM);
+    });
+    reply.expect_code(200);
+    agent
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("master exit after SIGTERM");
+}
+
+#[tokio::test]
+#[ignore = "BUG: process titles are not implemented: common/src/server/title.rs set_title \
+            is a placeholder, so /proc/PID/cmdline of the master and of the workers is the \
+            plain command line instead of `deploy::agent: master process` / \
+            `deploy::agent: worker process` (spec §9 process_name)"]
+async fn process_titles() {
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb).start(&sb);
+    let worker = agent.wait_workers(1).await[0];
+    let master_title = cmdline(agent.pid());
+    assert!(
+        master_title.starts_with("deploy::agent: master process"),
+        "master cmdline: {master_title:?}"
+    );
+    let worker_title = cmdline(worker);
+    assert!(
+        worker_title.starts_with("deploy::agent: worker process"),
+        "worker cmdline: {worker_title:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "BUG: pid_file is not implemented: common/src/server/pidfile.rs PidFile::create \
+            is a stub that writes nothing (and nothing removes the file on exit), although \
+            [server] pid_file and --pid-file are accepted"]
+async fn pid_file_written_and_removed() {
+    let sb = Sandbox::new();
+    let pid_file = sb.join("run/agent.pid");
+    std::fs::create_dir(sb.join("run")).unwrap();
+    let mut agent = Config::new(&sb)
+        .server("pid_file", pid_file.display())
+        .start(&sb);
+    let master = agent.pid();
+    let text = eventually(Duration::from_secs(5), "the pid file", || {
+        std::fs::read_to_string(&pid_file).ok()
+    })
+    .await;
+    assert_eq!(text.trim(), master.to_string(), "pid file content {text:?}");
+    agent.signal(Signal::SIGTERM);
+    agent
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("master exit");
+    assert!(!pid_file.exists(), "pid file left behind after SIGTERM");
+}
+
+#[tokio::test]
+#[ignore = "BUG: an idle v2 connection holds a stopping worker for the whole grace period \
+            (min(max_process_timeout, 30 s)): conn::serve_v2 waits up to V2_IDLE (60 s) for \
+            the next request without watching the worker's shutdown token, and run_worker \
+            waits for every tracked connection, so SIGTERM (or a SIGHUP reload) with a v2 \
+            client connected takes up to 30 s + 2 s instead of returning at once. Masked \
+            today by the SIGTERM bug above (workers die at once); this test first checks \
+            that the worker handles SIGTERM, then that the idle connection does not delay \
+            the exit"]
+async fn idle_v2_connection_does_not_hold_up_shutdown() {
+    let sb = Sandbox::new();
+    let mut agent = Config::new(&sb).start(&sb);
+    let worker = agent.wait_workers(1).await[0];
+    assert!(
+        catches(worker, Signal::SIGTERM as u32),
+        "worker {worker} does not catch SIGTERM (see in_flight_requests_survive_reload_and_shutdown)"
+    );
+    let mut idle = v2_connect(agent.addr(), KEY, None).await.expect("v2");
+    v2_exchange(&mut idle, 1, request("exec", "service:echo,idle"))
+        .await
+        .expect("v2 request")
+        .expect_code(200);
+    agent.signal(Signal::SIGTERM);
+    agent
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("the master did not exit within 5 s of SIGTERM with an idle v2 client");
+    assert!(!alive(worker));
+    match tokio::time::timeout(Duration::from_secs(2), idle.recv()).await {
+        Ok(Ok(None)) | Ok(Err(_)) => {}
+        other => panic!("the idle v2 connection was not closed: {other:?}"),
+    }
+}
+
+#[tokio::test]
+#[ignore = "BUG: same root cause as the SIGTERM bug above, for SIGCHLD: the worker never \
+            catches SIGCHLD, so tokio's orphan reaper never runs and every job killed by \
+            max_process_timeout (408) stays a zombie child of the worker until it exits"]
+async fn timed_out_jobs_are_reaped() {
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb).server("max_process_timeout", 1).start(&sb);
+    let worker = agent.wait_workers(1).await[0];
+    for _ in 0..3 {
+        call(Proto::V1Plain, agent.addr(), "exec", "service:sleep,5")
+            .await
+            .expect_code(408);
+    }
+    let zombies = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| matches!(proc_stat(pid), Some(('Z', ppid)) if ppid == worker))
+            .collect()
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        zombies(),
+        Vec::<i32>::new(),
+        "zombie children of worker {worker}"
+    );
+}

@@ -1,0 +1,26 @@
+//! Integration tests of `deploy-agent`: the real binary, real sockets, a real rsync
+//! daemon, and clients for all three wires (v2, v1 plain, v1 "ssl").
+//!
+//! One test binary (STYLE.md §8) whose modules follow the test plan:
+//!
+//! | module | covers |
+//! |---|---|
+//! | [`orders`] | every order end to end over each wire |
+//! | [`errors`] | the error codes 400, 401, 403, 404, 405, 408 |
+//! | [`hardening`] | the original's weaknesses (spec §15), each shown closed |
+//! | [`process`] | prefork model: workers, signals, respawn, recycling, reload, titles |
+//! | [`ipv6`] | serving on `::1` |
+//! | [`golden`] | the original's captured wire vectors replayed against the agent |
+//! | [`config`] | `--check` on the shipped samples and on broken files |
+//!
+//! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
+//! is in [`util`].
+
+mod config;
+mod errors;
+mod golden;
+mod hardening;
+mod ipv6;
+mod orders;
+mod process;
+mod util;
