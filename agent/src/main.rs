@@ -120,8 +120,8 @@ impl Program for AgentProgram {
             max_connections: usize::try_from(config.server.max_connections).unwrap_or(usize::MAX),
             grace: grace(&config),
         };
-        prefork::run_worker(listeners, settings, move |stream, peer| {
-            conn::serve(stream, peer, Arc::clone(&policy), Arc::clone(&agent))
+        prefork::run_worker(listeners, settings, move |stream, peer, stop| {
+            conn::serve(stream, peer, Arc::clone(&policy), Arc::clone(&agent), stop)
         })
     }
 }

@@ -153,13 +153,6 @@ fn catches(pid: i32, signo: u32) -> bool {
 }
 
 #[tokio::test]
-#[ignore = "BUG: workers never catch SIGTERM/SIGINT (SigCgt of a worker lacks them): \
-            prefork::reset_signals_in_child resets the dispositions with a raw sigaction, \
-            but signal-hook-registry's state inherited from the master still says its \
-            handler is installed, so tokio::signal::unix::signal(terminate) in run_worker \
-            installs nothing. A SIGTERM (on SIGHUP reload or on shutdown) kills the worker \
-            outright: accepted connections and running orders are dropped without a reply \
-            and the grace period never applies"]
 async fn in_flight_requests_survive_reload_and_shutdown() {
     let sb = Sandbox::new();
     let mut agent = Config::new(&sb).start(&sb);
@@ -194,10 +187,6 @@ async fn in_flight_requests_survive_reload_and_shutdown() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: process titles are not implemented: common/src/server/title.rs set_title \
-            is a placeholder, so /proc/PID/cmdline of the master and of the workers is the \
-            plain command line instead of `deploy::agent: master process` / \
-            `deploy::agent: worker process` (spec §9 process_name)"]
 async fn process_titles() {
     let sb = Sandbox::new();
     let agent = Config::new(&sb).start(&sb);
@@ -215,9 +204,6 @@ async fn process_titles() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: pid_file is not implemented: common/src/server/pidfile.rs PidFile::create \
-            is a stub that writes nothing (and nothing removes the file on exit), although \
-            [server] pid_file and --pid-file are accepted"]
 async fn pid_file_written_and_removed() {
     let sb = Sandbox::new();
     let pid_file = sb.join("run/agent.pid");
@@ -240,14 +226,6 @@ async fn pid_file_written_and_removed() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: an idle v2 connection holds a stopping worker for the whole grace period \
-            (min(max_process_timeout, 30 s)): conn::serve_v2 waits up to V2_IDLE (60 s) for \
-            the next request without watching the worker's shutdown token, and run_worker \
-            waits for every tracked connection, so SIGTERM (or a SIGHUP reload) with a v2 \
-            client connected takes up to 30 s + 2 s instead of returning at once. Masked \
-            today by the SIGTERM bug above (workers die at once); this test first checks \
-            that the worker handles SIGTERM, then that the idle connection does not delay \
-            the exit"]
 async fn idle_v2_connection_does_not_hold_up_shutdown() {
     let sb = Sandbox::new();
     let mut agent = Config::new(&sb).start(&sb);
@@ -274,9 +252,6 @@ async fn idle_v2_connection_does_not_hold_up_shutdown() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: same root cause as the SIGTERM bug above, for SIGCHLD: the worker never \
-            catches SIGCHLD, so tokio's orphan reaper never runs and every job killed by \
-            max_process_timeout (408) stays a zombie child of the worker until it exits"]
 async fn timed_out_jobs_are_reaped() {
     let sb = Sandbox::new();
     let agent = Config::new(&sb).server("max_process_timeout", 1).start(&sb);

@@ -144,7 +144,7 @@ fn v1_order(request: &HttpRequest, key_cipher: &str) -> Result<Request, Reply> {
             options: form.options,
             args: form.args,
             api_key: form.api_key,
-            follow: false,
+            ..Request::default()
         }),
         _ => Err(Reply::empty(404)),
     }

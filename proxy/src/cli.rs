@@ -23,7 +23,11 @@ pub enum ProtocolArg {
 #[command(name = "deploy-proxy", version, about, long_about = None)]
 pub struct Cli {
     /// Configuration file (INI).
-    #[arg(long, value_name = "FILE", default_value = "/etc/deploy/deploy_proxy.ini")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/deploy/deploy_proxy.ini"
+    )]
     pub path: PathBuf,
     /// Flags over `[server]`.
     #[command(flatten)]
@@ -38,7 +42,11 @@ pub struct Cli {
     #[arg(long = "client-socket-timeout")]
     pub client_socket_timeout: Option<u64>,
     /// The agents' shared secret (`[client] key_cipher`).
-    #[arg(long = "client-key-cipher", env = "DEPLOY_CLIENT_KEY_CIPHER", hide_env_values = true)]
+    #[arg(
+        long = "client-key-cipher",
+        env = "DEPLOY_CLIENT_KEY_CIPHER",
+        hide_env_values = true
+    )]
     pub client_key_cipher: Option<String>,
     /// The agents' RSA public key (`[client] ssl_public_key`).
     #[arg(long = "client-ssl-public-key")]

@@ -37,14 +37,25 @@ fn reason(code: u16) -> &'static str {
 }
 
 fn head(code: u16, content_type: &str, length: Option<usize>) -> String {
-    let length = length.map(|n| format!("Content-Length: {n}\r\n")).unwrap_or_default();
-    format!("HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\n{length}Connection: close\r\n\r\n", reason(code))
+    let length = length
+        .map(|n| format!("Content-Length: {n}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\n{length}Connection: close\r\n\r\n",
+        reason(code)
+    )
 }
 
-async fn respond(stream: &mut BufStream<TcpStream>, code: u16, body: &Value) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut BufStream<TcpStream>,
+    code: u16,
+    body: &Value,
+) -> std::io::Result<()> {
     let mut text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
     text.push('\n');
-    stream.write_all(head(code, "application/json", Some(text.len())).as_bytes()).await?;
+    stream
+        .write_all(head(code, "application/json", Some(text.len())).as_bytes())
+        .await?;
     stream.write_all(text.as_bytes()).await?;
     stream.flush().await?;
     stream.get_mut().shutdown().await
@@ -67,7 +78,8 @@ fn parameters(req: &http::HttpRequest) -> Result<Request, String> {
         .header("content-type")
         .is_some_and(|t| t.starts_with("application/json"));
     if is_json && !req.body.is_empty() {
-        let v: Value = serde_json::from_slice(&req.body).map_err(|e| format!("invalid JSON body: {e}"))?;
+        let v: Value =
+            serde_json::from_slice(&req.body).map_err(|e| format!("invalid JSON body: {e}"))?;
         let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         if let Some(o) = field("options") {
             request.options = o;
@@ -97,7 +109,13 @@ fn parameters(req: &http::HttpRequest) -> Result<Request, String> {
 }
 
 /// Serves one HTTP connection.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, allow: Arc<HostAllowList>, relay: Arc<Relay>, timeout: Duration) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    allow: Arc<HostAllowList>,
+    relay: Arc<Relay>,
+    timeout: Duration,
+) {
     let _ = stream.set_nodelay(true);
     let mut stream = BufStream::new(stream);
     let result = async {

@@ -62,7 +62,10 @@ fn generation(config: ProxyConfig) -> Result<Generation> {
         None => None,
     };
     if config.server.ssl && private_key.is_none() {
-        bail!("{}: [server] ssl = true needs ssl_private_key", config.path.display());
+        bail!(
+            "{}: [server] ssl = true needs ssl_private_key",
+            config.path.display()
+        );
     }
     let config = Arc::new(config);
     let relay = relay::Relay::new(Arc::clone(&config)).map_err(anyhow::Error::msg)?;
@@ -114,14 +117,15 @@ impl Program for ProxyProgram {
             max_connections: usize::try_from(config.server.max_connections).unwrap_or(usize::MAX),
             grace: grace(&config),
         };
-        prefork::run_worker(listeners, settings, move |stream, peer| {
-            let (policy, relay, allow) = (Arc::clone(&policy), Arc::clone(&relay), Arc::clone(&allow));
+        prefork::run_worker(listeners, settings, move |stream, peer, stop| {
+            let (policy, relay, allow) =
+                (Arc::clone(&policy), Arc::clone(&relay), Arc::clone(&allow));
             let is_http = http_addr.is_some() && stream.local_addr().ok() == http_addr;
             async move {
                 if is_http {
                     http::serve(stream, peer, allow, relay, socket_timeout).await;
                 } else {
-                    conn::serve(stream, peer, policy, relay).await;
+                    conn::serve(stream, peer, policy, relay, stop).await;
                 }
             }
         })

@@ -80,7 +80,11 @@ impl Relay {
             )
         };
         let api = &self.config.api;
-        let key: String = request.api_key.chars().filter(|c| !c.is_whitespace()).collect();
+        let key: String = request
+            .api_key
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
         let Some(groups) = api.groups_for(&key) else {
             return Err(denied(items.first().copied().unwrap_or_default()));
         };
@@ -118,7 +122,11 @@ impl Relay {
                         .iter()
                         .filter_map(|g| self.routes.group(g))
                         .flatten()
-                        .find(|s| !s.chained && (s.entry.eq_ignore_ascii_case(item) || s.target.host.eq_ignore_ascii_case(item)));
+                        .find(|s| {
+                            !s.chained
+                                && (s.entry.eq_ignore_ascii_case(item)
+                                    || s.target.host.eq_ignore_ascii_case(item))
+                        });
                     match found {
                         Some(server) => push(server, &mut selected),
                         None => return Err(denied(item)),
@@ -173,13 +181,20 @@ impl Handler for Relay {
             via,
         };
         let count = targets.len();
-        let mut direct: Vec<Option<(String, Map<String, Value>)>> = (0..count).map(|_| None).collect();
+        let mut direct: Vec<Option<(String, Map<String, Value>)>> =
+            (0..count).map(|_| None).collect();
         let mut relayed: Vec<(String, Value)> = Vec::new();
         let mut rx = self.fanout.run(targets, forwarded);
         while let Some(event) = rx.recv().await {
             match event {
                 FanoutEvent::Event {
-                    event: Event::Host { host, order: o, mut result, via },
+                    event:
+                        Event::Host {
+                            host,
+                            order: o,
+                            mut result,
+                            via,
+                        },
                     ..
                 } => {
                     let via = format!("{} > {via}", self.id);
@@ -187,7 +202,14 @@ impl Handler for Relay {
                         map.insert("via".into(), Value::String(via.clone()));
                     }
                     if follow {
-                        events.send(Event::Host { host: host.clone(), order: o, result: result.clone(), via }).await;
+                        events
+                            .send(Event::Host {
+                                host: host.clone(),
+                                order: o,
+                                result: result.clone(),
+                                via,
+                            })
+                            .await;
                     }
                     relayed.push((host, result));
                 }
@@ -224,7 +246,10 @@ impl Handler for Relay {
         }
         let mut merged = Map::new();
         for (host, record) in direct.into_iter().flatten() {
-            merged.insert(host, Value::Object(object([(order.as_str(), Value::Object(record))])));
+            merged.insert(
+                host,
+                Value::Object(object([(order.as_str(), Value::Object(record))])),
+            );
         }
         for (host, record) in relayed {
             merged.insert(host, Value::Object(object([(order.as_str(), record)])));

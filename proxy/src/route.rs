@@ -48,7 +48,9 @@ impl Routes {
     pub fn new(config: &ProxyConfig) -> Result<Routes, String> {
         let client = &config.client;
         let load_key = |path: &std::path::Path| {
-            RsaPublicKey::load(path).map(Arc::new).map_err(|e| e.to_string())
+            RsaPublicKey::load(path)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
         };
         let default_key = match &client.ssl_public_key {
             Some(path) => Some(load_key(path)?),
@@ -57,7 +59,11 @@ impl Routes {
         let mut groups = HashMap::new();
         let mut by_address: HashMap<String, Arc<Route>> = HashMap::new();
         for group in config.api.server_groups() {
-            let o = config.api.group_override(group).cloned().unwrap_or_default();
+            let o = config
+                .api
+                .group_override(group)
+                .cloned()
+                .unwrap_or_default();
             let public_key = match &o.ssl_public_key {
                 Some(path) => Some(load_key(path)?),
                 None => default_key.clone(),
@@ -68,7 +74,10 @@ impl Routes {
             };
             let agent = Arc::new(AgentTransport {
                 protocol,
-                key_cipher: o.key_cipher.clone().unwrap_or_else(|| client.key_cipher.clone()),
+                key_cipher: o
+                    .key_cipher
+                    .clone()
+                    .unwrap_or_else(|| client.key_cipher.clone()),
                 // v1 "ssl" only when [client] ssl = true; v2 pins whenever a key is known.
                 public_key: match protocol {
                     Protocol::V1 if !client.ssl && o.ssl_public_key.is_none() => None,
@@ -97,9 +106,12 @@ impl Routes {
                     }),
                     None => Arc::clone(&agent),
                 };
-                by_address
-                    .entry(target.address())
-                    .or_insert_with(|| Arc::new(Route { transport, chain: chain.clone() }));
+                by_address.entry(target.address()).or_insert_with(|| {
+                    Arc::new(Route {
+                        transport,
+                        chain: chain.clone(),
+                    })
+                });
                 servers.push(Server {
                     entry: entry.clone(),
                     target,

@@ -206,7 +206,7 @@ fn valid_ipv6(host: &str) -> bool {
         && addr
             .bytes()
             .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        && zone.map_or(true, |z| {
+        && zone.is_none_or(|z| {
             !z.is_empty()
                 && z.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))

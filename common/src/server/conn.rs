@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// How long a v2 connection may sit idle between requests.
 pub const V2_IDLE: Duration = Duration::from_secs(60);
@@ -42,6 +43,13 @@ pub trait Handler: Send + Sync + 'static {
 /// Where a handler sends streamed events.
 #[derive(Clone, Debug)]
 pub struct Events(Option<mpsc::Sender<Event>>);
+
+impl From<mpsc::Sender<Event>> for Events {
+    /// A sink that forwards to a channel (e.g. an HTTP stream).
+    fn from(tx: mpsc::Sender<Event>) -> Events {
+        Events(Some(tx))
+    }
+}
 
 impl Events {
     /// A sink that drops everything (v1, or a client that did not ask to follow).
@@ -159,11 +167,15 @@ async fn run_bounded<H: Handler>(
 
 /// Serves one accepted connection to the end. Never panics; every failure is logged and
 /// ends the connection.
+///
+/// `shutdown` ends an idle v2 connection between requests (a request in progress
+/// finishes first).
 pub async fn serve<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     policy: Arc<Policy>,
     handler: Arc<H>,
+    shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let mut stream = BufStream::new(stream);
@@ -182,7 +194,7 @@ pub async fn serve<H: Handler>(
     let started = Instant::now();
     let peer_ok = policy.allow_hosts.allows(peer.ip());
     let result = match first {
-        Wire::V2 => serve_v2(&mut stream, peer, peer_ok, &policy, &*handler).await,
+        Wire::V2 => serve_v2(&mut stream, peer, peer_ok, &policy, &*handler, &shutdown).await,
         legacy_wire if !policy.legacy => {
             let reply = Reply::error(
                 400,
@@ -381,6 +393,7 @@ async fn serve_v2<H: Handler>(
     peer_ok: bool,
     policy: &Policy,
     handler: &H,
+    shutdown: &CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if !peer_ok {
         handshake::send_error(
@@ -418,7 +431,11 @@ async fn serve_v2<H: Handler>(
             V2_IDLE
         };
         first = false;
-        let message = match tokio::time::timeout(idle, conn.recv()).await {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = tokio::time::timeout(idle, conn.recv()) => next,
+        };
+        let message = match next {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) | Err(_) => return Ok(()),
             Ok(Err(e)) => return Err(Box::new(e)),

@@ -54,6 +54,8 @@ struct Flags {
     hup: Arc<AtomicBool>,
     chld: Arc<AtomicBool>,
     wake: UnixStream,
+    /// The master's signal actions, removed again in every worker.
+    ids: Vec<signal_hook::SigId>,
 }
 
 fn install_signals() -> std::io::Result<Flags> {
@@ -63,36 +65,40 @@ fn install_signals() -> std::io::Result<Flags> {
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     let chld = Arc::new(AtomicBool::new(false));
+    let mut ids = Vec::new();
     for (sig, flag) in [
         (signal_hook::consts::SIGTERM, &term),
         (signal_hook::consts::SIGINT, &term),
         (signal_hook::consts::SIGHUP, &hup),
         (signal_hook::consts::SIGCHLD, &chld),
     ] {
-        signal_hook::flag::register(sig, Arc::clone(flag))?;
-        signal_hook::low_level::pipe::register(sig, wake_tx.try_clone()?)?;
+        ids.push(signal_hook::flag::register(sig, Arc::clone(flag))?);
+        ids.push(signal_hook::low_level::pipe::register(
+            sig,
+            wake_tx.try_clone()?,
+        )?);
     }
     Ok(Flags {
         term,
         hup,
         chld,
         wake,
+        ids,
     })
 }
 
-/// Resets in a child what the master installed: default signal dispositions and an
-/// empty signal mask.
-fn reset_signals_in_child() {
-    for sig in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-    ] {
-        // SAFETY: setting the default disposition installs no Rust handler.
-        unsafe {
-            let _ = signal::signal(sig, SigHandler::SigDfl);
-        }
+/// Removes in a child what the master installed: its signal actions (through
+/// signal-hook, whose registry tokio shares, so that the worker's own tokio handlers
+/// are really installed; resetting dispositions behind the registry's back would leave
+/// it believing a handler exists) and any blocked signals. A worker ignores SIGHUP: the
+/// master reloads and replaces workers.
+fn reset_signals_in_child(flags: &Flags) {
+    for id in &flags.ids {
+        signal_hook::low_level::unregister(*id);
+    }
+    // SAFETY: SIG_IGN installs no Rust handler.
+    unsafe {
+        let _ = signal::signal(Signal::SIGHUP, SigHandler::SigIgn);
     }
     let _ = signal::sigprocmask(
         signal::SigmaskHow::SIG_SETMASK,
@@ -161,7 +167,7 @@ pub fn run_master<P: Program>(
             // registration spawn no thread), so the child may run arbitrary code.
             match unsafe { fork() } {
                 Ok(ForkResult::Child) => {
-                    reset_signals_in_child();
+                    reset_signals_in_child(&flags);
                     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
                     if nix::unistd::getppid() != master {
                         std::process::exit(0);
@@ -279,7 +285,7 @@ pub struct WorkerSettings {
 /// `serve`, until SIGTERM/SIGINT or `max_requests`. Returns the exit code.
 pub fn run_worker<F, Fut>(listeners: &[TcpListener], settings: WorkerSettings, serve: F) -> i32
 where
-    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    F: Fn(tokio::net::TcpStream, SocketAddr, CancellationToken) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -335,8 +341,9 @@ where
                         Ok((stream, peer)) => {
                             let n = served.fetch_add(1, Ordering::SeqCst) + 1;
                             let serve = serve.clone();
+                            let stop = shutdown.clone();
                             tracker2.spawn(async move {
-                                serve(stream, peer).await;
+                                serve(stream, peer, stop).await;
                                 drop(permit);
                             });
                             if settings.max_requests > 0 && n >= settings.max_requests {

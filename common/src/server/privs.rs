@@ -115,7 +115,7 @@ pub fn drop_privileges(
 
     let euid = unistd::geteuid();
     if !euid.is_root() {
-        let same_user = target_user.as_ref().map_or(true, |u| u.uid == euid);
+        let same_user = target_user.as_ref().is_none_or(|u| u.uid == euid);
         if same_user && gid == unistd::getegid() {
             return Ok(None);
         }
