@@ -246,6 +246,7 @@ impl Args {
             public_key,
             connect_timeout: Duration::from_secs(self.socket_timeout),
             deadline: Duration::from_secs(self.thread_timeout),
+            pool: None,
         };
         // Through a proxy (an API key or a host selection is given), a v2 client asks
         // for each agent's result as it arrives, and prints the agents at top level.

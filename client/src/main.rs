@@ -178,7 +178,11 @@ async fn run(config: Config) -> io::Result<u8> {
                         None => eprintln!("{line}"),
                     }
                 }
-                if format == Format::Jsonl {
+                // A proxy's own summary is not a host's result once its agents' were
+                // streamed.
+                let relayed_here = relayed.get(result.index).is_some_and(|r| !r.is_empty())
+                    && result.outcome.reply().is_some_and(|r| r.code == 200);
+                if format == Format::Jsonl && !relayed_here {
                     json_line(&mut out, &render::result_line(&order, &result))?;
                 }
                 if let Some(slot) = results.get_mut(result.index) {

@@ -264,6 +264,7 @@ mod tests {
             public_key: None,
             connect_timeout: Duration::from_secs(2),
             deadline,
+            pool: None,
         })
     }
 

@@ -11,6 +11,7 @@ use deploy_common::config::proxy::{AgentProtocol, ProxyConfig};
 use deploy_common::crypto::keys::RsaPublicKey;
 use deploy_common::order::Request;
 use deploy_common::target::Target;
+use deploy_common::transport::agent::Pool;
 use deploy_common::transport::{AgentTransport, BoxFuture, Outcome, Protocol, Transport};
 use deploy_common::wire::message::Event;
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ impl Routes {
             Some(path) => Some(load_key(path)?),
             None => None,
         };
+        // One pool of authenticated agent connections for the whole worker.
+        let pool = Arc::new(Pool::default());
         let mut groups = HashMap::new();
         let mut by_address: HashMap<String, Arc<Route>> = HashMap::new();
         for group in config.api.server_groups() {
@@ -85,6 +88,7 @@ impl Routes {
                 },
                 connect_timeout: client.connect_timeout,
                 deadline: client.thread_timeout,
+                pool: Some(Arc::clone(&pool)),
             });
             let mut servers = Vec::new();
             for entry in config.api.servers(group).unwrap_or_default() {

@@ -20,6 +20,7 @@
     clippy::panic
 )]
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,6 +40,7 @@ use crate::legacy::ssl::{
 use crate::legacy::{LegacyError, Limits};
 use crate::order::{Reply, Request};
 use crate::target::Target;
+use crate::wire::connection::SecureConnection;
 use crate::wire::handshake::{self, ClientParams};
 use crate::wire::message::{into_reply, Event, Message};
 use crate::wire::WireError;
@@ -82,6 +84,56 @@ pub struct AgentTransport {
     pub connect_timeout: Duration,
     /// Longest wait for the whole exchange, connection included.
     pub deadline: Duration,
+    /// v2 only: keep authenticated connections open for the next order to the same
+    /// address (the proxy does; a one-shot client has no use for it).
+    pub pool: Option<Arc<Pool>>,
+}
+
+/// How long a pooled connection may sit idle (the agent closes its end after 60 s).
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Idle connections kept per address.
+const POOL_PER_ADDRESS: usize = 16;
+
+/// Authenticated v2 connections waiting for their next order, by address.
+#[derive(Default)]
+pub struct Pool {
+    idle: std::sync::Mutex<HashMap<String, Vec<(Instant, SecureConnection<TcpStream>)>>>,
+}
+
+impl Pool {
+    fn take(&self, address: &str) -> Option<SecureConnection<TcpStream>> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = idle.get_mut(address)?;
+        while let Some((since, conn)) = list.pop() {
+            if since.elapsed() < POOL_IDLE {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, address: String, conn: SecureConnection<TcpStream>) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = idle.entry(address).or_default();
+        list.retain(|(since, _)| since.elapsed() < POOL_IDLE);
+        if list.len() < POOL_PER_ADDRESS {
+            list.push((Instant::now(), conn));
+        }
+    }
+}
+
+/// Why a v2 request on an established connection failed.
+struct V2Error {
+    /// Nothing came back: the connection was already dead (closed while pooled), so
+    /// the agent never saw the request and it may be sent again on a fresh one.
+    stale: bool,
+    outcome: Outcome,
 }
 
 impl fmt::Debug for AgentTransport {
@@ -109,6 +161,7 @@ impl Default for AgentTransport {
             public_key: None,
             connect_timeout: Duration::from_secs(5),
             deadline: Duration::from_secs(30),
+            pool: None,
         }
     }
 }
@@ -122,12 +175,26 @@ impl Transport for AgentTransport {
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let exchange = async {
+                if let (Protocol::V2, Some(pool)) = (self.protocol, &self.pool) {
+                    if let Some(mut conn) = pool.take(&target.address()) {
+                        match self.request_v2(&mut conn, request, &events).await {
+                            Ok(reply) => {
+                                pool.put(target.address(), conn);
+                                return Outcome::Reply(reply);
+                            }
+                            Err(e) if e.stale => {
+                                tracing::debug!(target = %target, "pooled connection was closed; reconnecting");
+                            }
+                            Err(e) => return e.outcome,
+                        }
+                    }
+                }
                 let stream = match connect(target, self.connect_timeout).await {
                     Ok(stream) => stream,
                     Err(outcome) => return outcome,
                 };
                 match self.protocol {
-                    Protocol::V2 => self.exchange_v2(stream, request, &events).await,
+                    Protocol::V2 => self.exchange_v2(target, stream, request, &events).await,
                     Protocol::V1 => match &self.public_key {
                         None => self.exchange_v1_plain(stream, request).await,
                         Some(key) => self.exchange_v1_ssl(stream, request, key).await,
@@ -246,6 +313,7 @@ impl AgentTransport {
 
     async fn exchange_v2(
         &self,
+        target: &Target,
         stream: TcpStream,
         request: &Request,
         events: &mpsc::Sender<Event>,
@@ -262,16 +330,42 @@ impl AgentTransport {
             }
             Err(e) => return v2_failure(e),
         };
+        match self.request_v2(&mut conn, request, events).await {
+            Ok(reply) => {
+                match &self.pool {
+                    Some(pool) => pool.put(target.address(), conn),
+                    None => {
+                        let _ = conn.get_mut().shutdown().await;
+                    }
+                }
+                Outcome::Reply(reply)
+            }
+            Err(e) => e.outcome,
+        }
+    }
+
+    /// One request on an established connection: send it, relay its events, return
+    /// its reply.
+    async fn request_v2(
+        &self,
+        conn: &mut SecureConnection<TcpStream>,
+        request: &Request,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<Reply, V2Error> {
         let message = Message::Request {
             id: REQUEST_ID,
             request: request.clone(),
         };
-        if let Err(e) = conn.send(&message).await {
-            return v2_failure(e);
-        }
+        let fail = |stale: bool, e: WireError| V2Error {
+            stale: stale && matches!(e, WireError::Closed | WireError::Io(_)),
+            outcome: v2_failure(e),
+        };
+        conn.send(&message).await.map_err(|e| fail(true, e))?;
+        let mut received = false;
         loop {
             match conn.recv().await {
                 Ok(Some(Message::Event { id, event })) if id == REQUEST_ID => {
+                    received = true;
                     // A closed receiver means nobody listens for events; keep going.
                     let _ = events.send(event).await;
                 }
@@ -280,21 +374,21 @@ impl AgentTransport {
                     code,
                     body,
                     text,
-                })) if id == REQUEST_ID => {
-                    let _ = conn.get_mut().shutdown().await;
-                    return Outcome::Reply(into_reply(code, body, text));
-                }
+                })) if id == REQUEST_ID => return Ok(into_reply(code, body, text)),
                 Ok(Some(other)) => {
-                    return Outcome::Failed(format!(
-                        "protocol v2: unexpected message from the agent: {}",
-                        String::from_utf8_lossy(&other.encode())
-                            .chars()
-                            .take(120)
-                            .collect::<String>()
-                    ))
+                    return Err(V2Error {
+                        stale: false,
+                        outcome: Outcome::Failed(format!(
+                            "protocol v2: unexpected message from the agent: {}",
+                            String::from_utf8_lossy(&other.encode())
+                                .chars()
+                                .take(120)
+                                .collect::<String>()
+                        )),
+                    })
                 }
-                Ok(None) => return v2_failure(WireError::Closed),
-                Err(e) => return v2_failure(e),
+                Ok(None) => return Err(fail(!received, WireError::Closed)),
+                Err(e) => return Err(fail(!received, e)),
             }
         }
     }

@@ -30,6 +30,7 @@ fn transport(protocol: Protocol, key_cipher: &str) -> AgentTransport {
         public_key: None,
         connect_timeout: Duration::from_secs(2),
         deadline: Duration::from_secs(3),
+        pool: None,
     }
 }
 
