@@ -94,10 +94,13 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 /// Idle connections kept per address.
 const POOL_PER_ADDRESS: usize = 16;
 
+/// A connection and the moment it became idle.
+type Idle = (Instant, SecureConnection<TcpStream>);
+
 /// Authenticated v2 connections waiting for their next order, by address.
 #[derive(Default)]
 pub struct Pool {
-    idle: std::sync::Mutex<HashMap<String, Vec<(Instant, SecureConnection<TcpStream>)>>>,
+    idle: std::sync::Mutex<HashMap<String, Vec<Idle>>>,
 }
 
 impl Pool {
