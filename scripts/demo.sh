@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on one machine, on loopback only: an rsync daemon serving a demo tree, a
-# deploy-agent started from the etc/ samples, and deploy-client pushing the tree to the
-# agent (the agent pulls it from the rsync daemon), printing each answer as JSON.
+# deploy-agent and a deploy-proxy started from the etc/ samples, and deploy-client
+# pushing the tree through the proxy to the agent (the agent pulls it from the rsync
+# daemon), printing each answer as JSON.
 #
 # The samples are copied to a temporary directory and only their paths are pointed there
 # (allowed target, state directory, the rsync source's port), so nothing is written
@@ -10,10 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v rsync >/dev/null || { echo "demo: rsync is needed (apt-get install -y rsync)" >&2; exit 2; }
-cargo build --release --quiet -p deploy-agent -p deploy-client
+cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
 BIN=$PWD/target/release
 WORK=$(mktemp -d /tmp/deploy-demo.XXXXXX)
 cleanup() {
+    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
     [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
     [ -f "$WORK/rsyncd.pid" ] && kill "$(cat "$WORK/rsyncd.pid")" 2>/dev/null
     [ -n "${KEEP:-}" ] || rm -rf "$WORK"
@@ -48,16 +50,37 @@ APORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$WORK/agent.log" | head -
 [ -n "$APORT" ] || { cat "$WORK/agent.log" >&2; exit 1; }
 echo "   agent listening on 127.0.0.1:$APORT"
 
-client() { "$BIN/deploy-client" --hosts 127.0.0.1 --port "$APORT" --key-cipher "$KEY" "$@"; }
+echo "== deploy-proxy from etc/deploy_proxy.ini (+ etc/deploy_proxy_api.ini)"
+cp etc/deploy_proxy.ini etc/deploy_proxy_api.ini "$WORK/"
+# The sample's group web names 127.0.0.1 (and [::1]) on the default port: point it at
+# the demo agent's port.
+sed -i -e "s#^web\[\] = 127.0.0.1\$#web[] = 127.0.0.1:$APORT#" -e '/^web\[\] = \[::1\]/d' \
+    -e "s#^db\[\] = 127.0.0.1\$#db[] = 127.0.0.1:$APORT#" "$WORK/deploy_proxy_api.ini"
+"$BIN/deploy-proxy" --foreground --path "$WORK/deploy_proxy.ini" --addr 127.0.0.1 --port 0 \
+    --client-key-cipher "$KEY" --http-listen 127.0.0.1:0 --state-dir "$WORK/state" 2> "$WORK/proxy.log" &
+PROXY_PID=$!
+for _ in $(seq 1 100); do [ "$(grep -c 'listening on' "$WORK/proxy.log")" -ge 2 ] && break; sleep 0.05; done
+PPORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$WORK/proxy.log" | head -n 1)
+HPORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$WORK/proxy.log" | sed -n 2p)
+[ -n "$PPORT" ] && [ -n "$HPORT" ] || { cat "$WORK/proxy.log" >&2; exit 1; }
+echo "   proxy listening on 127.0.0.1:$PPORT (HTTP API on 127.0.0.1:$HPORT)"
 
-echo "== status (dry run: what would be transferred)"
-client --order status --options web
-echo "== rsync, following the transfer to its end"
-client --order rsync --options web --follow
-echo "== status again (nothing left to do; the last transfer is reported)"
-client --order status --options web
-echo "== exec a whitelisted job"
-client --order exec --options service:echo,hello,world --format text
+agent() { "$BIN/deploy-client" --hosts 127.0.0.1 --port "$APORT" --key-cipher "$KEY" "$@"; }
+proxy() { "$BIN/deploy-client" --hosts 127.0.0.1 --port "$PPORT" --api-key change-me-api-key --args groups:web "$@"; }
+
+echo "== status, straight to the agent (dry run: what would be transferred)"
+agent --order status --options web
+echo "== rsync through the proxy, following the transfer to its end"
+proxy --order rsync --options web --follow
+echo "== status through the proxy (nothing left to do; the last transfer is reported)"
+proxy --order status --options web
+echo "== exec a whitelisted job through the proxy"
+proxy --order exec --options service:echo,hello,world --format text
+if command -v curl >/dev/null; then
+    echo "== the same through the proxy's HTTP API"
+    curl -s -H 'X-Api-Key: change-me-api-key' -d '{"options":"service:echo,hello","args":"groups:web"}' \
+        -H 'Content-Type: application/json' "http://127.0.0.1:$HPORT/api/exec"
+fi
 
 if diff -r "$WORK/tree" "$WORK/target/web" >/dev/null; then
     echo "== OK: $WORK/target/web is identical to the demo tree"

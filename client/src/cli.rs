@@ -248,15 +248,12 @@ impl Args {
             deadline: Duration::from_secs(self.thread_timeout),
             pool: None,
         };
-        // Through a proxy (an API key or a host selection is given), a v2 client asks
-        // for each agent's result as it arrives, and prints the agents at top level.
-        let via_proxy = !self.api_key.is_empty() || !self.args.is_empty();
         let request = Request {
             order: self.order.as_str().to_owned(),
             options: self.options,
             args: self.args,
             api_key: self.api_key,
-            follow: self.follow || (via_proxy && protocol == Protocol::V2),
+            follow: self.follow,
             via: Vec::new(),
         };
         Ok(Config {

@@ -130,7 +130,7 @@ pub async fn serve(
         if req.method != "POST" && req.method != "GET" {
             return respond(&mut stream, 405, &json!({"error": "use POST /api/<order>"})).await;
         }
-        let mut request = match parameters(&req) {
+        let request = match parameters(&req) {
             Ok(r) => r,
             Err(e) => return respond(&mut stream, 404, &json!({"error": e})).await,
         };
@@ -155,7 +155,6 @@ pub async fn serve(
             deploy_common::server::log::access(peer.ip(), &order, "http", code, 0, started.elapsed(), &[]);
             return respond(&mut stream, code, &body).await;
         }
-        request.follow = true;
         let (tx, mut rx) = mpsc::channel::<Event>(256);
         let work = relay.handle(peer, request, Events::from(tx));
         tokio::pin!(work);

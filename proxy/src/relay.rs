@@ -11,10 +11,11 @@
 //! refused                  403 You don't have permission to access on this[<item>].
 //! ```
 //!
-//! Replies: without `follow` (v1 clients, scripts), one body in the original's nested
-//! shape, `{agent: {order: {return, serverStatus, returnCode, returnString, content}}}`.
-//! With `follow` (v2 clients), every agent's record is streamed as an
-//! [`Event::Host`] the moment it arrives, and the reply only counts them.
+//! Replies: to v1 clients (and the non-streaming HTTP API), one body in the original's
+//! nested shape, `{agent: {order: {return, serverStatus, returnCode, returnString,
+//! content}}}`. To v2 clients, every agent's record is streamed as an [`Event::Host`] the
+//! moment it arrives, and the reply only counts them. `follow` is passed on to the
+//! agents (an rsync then answers when the transfer has ended).
 
 use crate::route::{Router, Routes, Server};
 use deploy_common::config::proxy::ProxyConfig;
@@ -48,7 +49,10 @@ impl Relay {
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "localhost".into());
-            format!("{host}:{}", config.server.port)
+            match config.server.port {
+                0 => host,
+                port => format!("{host}:{port}"),
+            }
         });
         Ok(Relay {
             config,
@@ -168,7 +172,8 @@ impl Handler for Relay {
             }
         };
         let order = request.order.clone();
-        let follow = request.follow;
+        // v2 callers get every agent's record as it arrives; v1 callers one document.
+        let follow = events.wanted();
         let targets: Vec<Target> = servers.iter().map(|s| s.target.clone()).collect();
         let mut via = request.via.clone();
         via.push(self.id.clone());
@@ -177,7 +182,8 @@ impl Handler for Relay {
             options: request.options,
             args: String::new(),
             api_key: String::new(),
-            follow: false,
+            // The agents follow (stream, and for rsync wait for the end) when asked.
+            follow: request.follow,
             via,
         };
         let count = targets.len();

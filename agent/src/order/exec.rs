@@ -79,7 +79,7 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
     let mut output = Vec::new();
     let mut truncated = false;
     while let Some((stream, line)) = rx.recv().await {
-        if events.wanted() {
+        if request.follow {
             let text =
                 String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned();
             events.send(Event::Line { stream, line: text }).await;

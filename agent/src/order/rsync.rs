@@ -25,14 +25,14 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         Ok(x) => x,
         Err(reply) => return reply,
     };
-    if events.wanted() {
+    if request.follow {
         spec.option.push("--info=progress2".into());
     }
     match agent.state.start(&spec, &agent.runner) {
         Ok(StartOutcome::AlreadyRunning { pids }) => Reply::ok(running(&pids)),
         Ok(StartOutcome::Started { pid }) => {
             tracing::info!(checksum = %checksum, runner = pid, dest = %spec.dest, src = %spec.src, "transfer started");
-            if !events.wanted() {
+            if !request.follow {
                 return Reply::ok(started(&checksum));
             }
             follow(agent, &checksum, events).await;

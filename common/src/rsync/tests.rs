@@ -350,8 +350,13 @@ fn runner_forwards_sigterm_to_rsync() {
         last.code == Some(20) || last.signal == Some(libc::SIGTERM),
         "{last:?}"
     );
+    // rsync explains itself when its own handler caught the signal; killed before it
+    // installed one (a loaded machine), it just dies of it.
     let text = String::from_utf8_lossy(&last.output_tail).into_owned();
-    assert!(text.contains("rsync error"), "{text}");
+    assert!(
+        last.signal == Some(libc::SIGTERM) || text.contains("rsync error"),
+        "{text}"
+    );
 }
 
 #[test]

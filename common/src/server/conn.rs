@@ -30,8 +30,9 @@ pub trait Handler: Send + Sync + 'static {
     /// Whether `order` names something this program serves (otherwise 404).
     fn knows(&self, order: &str) -> bool;
 
-    /// Runs the request. Events sent on `events` are streamed to v2 clients that asked
-    /// for them (and dropped otherwise); the returned reply ends the request.
+    /// Runs the request. Events sent on `events` are streamed to v2 clients (and
+    /// dropped for v1 ones, see [`Events::wanted`]); the returned reply ends the request.
+    /// Output lines and progress are meant for clients that set `request.follow`.
     fn handle(
         &self,
         peer: SocketAddr,
@@ -57,7 +58,7 @@ impl Events {
         Events(None)
     }
 
-    /// Whether anybody listens.
+    /// Whether anybody listens (a v2 client; v1 has no way to receive events).
     pub fn wanted(&self) -> bool {
         self.0.is_some()
     }
@@ -444,9 +445,11 @@ async fn serve_v2<H: Handler>(
         let Message::Request { id, request } = message else {
             return Err("unexpected message from client".into());
         };
+        // Every v2 request gets an event channel: a proxy streams each agent's result
+        // on it; an agent streams output only when the client asked to `follow`.
         let reply = if !handler.knows(&request.order) {
             Reply::error(404, format!("unknown order {:?}", request.order))
-        } else if request.follow {
+        } else {
             let (tx, mut rx) = mpsc::channel::<Event>(64);
             let work = run_bounded(handler, policy, peer, request.clone(), Events(Some(tx)));
             tokio::pin!(work);
@@ -466,8 +469,6 @@ async fn serve_v2<H: Handler>(
                     },
                 }
             }
-        } else {
-            run_bounded(handler, policy, peer, request.clone(), Events::none()).await
         };
         let message = Message::reply(id, &reply);
         let size = message.encode().len();
