@@ -52,6 +52,12 @@ pub enum OrderArg {
     Rkill,
     /// Run a whitelisted job.
     Exec,
+    /// Run a command given after `--` (agents with allow_run = on, or SSH hosts).
+    Run,
+    /// Take a cluster-wide lock on every host, or on none.
+    Lock,
+    /// Release a lock.
+    Unlock,
 }
 
 impl OrderArg {
@@ -63,6 +69,9 @@ impl OrderArg {
             OrderArg::Rsync => "rsync",
             OrderArg::Rkill => "rkill",
             OrderArg::Exec => "exec",
+            OrderArg::Run => "run",
+            OrderArg::Lock => "lock",
+            OrderArg::Unlock => "unlock",
         }
     }
 }
@@ -180,6 +189,18 @@ pub struct Args {
     /// progress is shown as bars when standard error is a terminal.
     #[arg(long)]
     pub follow: bool,
+
+    /// `run`: send this file to the command's standard input (`-`: this program's).
+    #[arg(long, value_name = "FILE")]
+    pub stdin: Option<PathBuf>,
+
+    /// `run`: run the command under `sudo -n`.
+    #[arg(long)]
+    pub sudo: bool,
+
+    /// `run`: the command and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// Everything a run needs, validated.
@@ -248,13 +269,41 @@ impl Args {
             deadline: Duration::from_secs(self.thread_timeout),
             pool: None,
         };
+        if self.order == OrderArg::Run && self.command.is_empty() {
+            bail!("--order=run needs a command after `--`");
+        }
+        if self.order != OrderArg::Run && !self.command.is_empty() {
+            bail!("a command after `--` is only for --order=run");
+        }
+        if self.hosts == "-" && self.stdin.as_deref() == Some(std::path::Path::new("-")) {
+            bail!("--hosts=- and --stdin=- cannot both read standard input");
+        }
+        let stdin = match &self.stdin {
+            None => None,
+            Some(path) => {
+                let mut bytes = Vec::new();
+                if path.as_os_str() == "-" {
+                    std::io::stdin()
+                        .read_to_end(&mut bytes)
+                        .context("reading standard input")?;
+                } else {
+                    bytes = std::fs::read(path)
+                        .with_context(|| format!("--stdin {}", path.display()))?;
+                }
+                use base64::Engine as _;
+                Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        };
         let request = Request {
             order: self.order.as_str().to_owned(),
             options: self.options,
             args: self.args,
             api_key: self.api_key,
             follow: self.follow,
-            via: Vec::new(),
+            argv: self.command,
+            stdin,
+            sudo: self.sudo,
+            ..Request::default()
         };
         Ok(Config {
             targets,

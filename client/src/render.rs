@@ -232,7 +232,7 @@ fn body_fields(order: &str, map: &Map<String, Value>, header: &mut String, body:
                 ),
                 Err(_) => push_pair(header, key, b64),
             },
-            ("command", Value::String(b64)) if order == "exec" => {
+            ("command", Value::String(b64)) if order == "exec" || order == "run" => {
                 let command = STANDARD
                     .decode(b64)
                     .map(|b| String::from_utf8_lossy(&b).trim_end().to_owned())

@@ -177,14 +177,13 @@ impl Handler for Relay {
         let targets: Vec<Target> = servers.iter().map(|s| s.target.clone()).collect();
         let mut via = request.via.clone();
         via.push(self.id.clone());
+        // The agents follow (stream, and for rsync wait for the end) when asked; the
+        // caller's selection and key stay here.
         let forwarded = Request {
-            order: request.order,
-            options: request.options,
             args: String::new(),
             api_key: String::new(),
-            // The agents follow (stream, and for rsync wait for the end) when asked.
-            follow: request.follow,
             via,
+            ..request
         };
         let count = targets.len();
         let mut direct: Vec<Option<(String, Map<String, Value>)>> =

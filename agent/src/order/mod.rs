@@ -5,9 +5,11 @@
 //! argument vectors only: no shell ever sees a caller's input.
 
 mod exec;
+mod process;
 mod rkill;
 mod rlist;
 mod rsync;
+mod run;
 mod status;
 
 use deploy_common::config::AgentConfig;
@@ -86,6 +88,11 @@ impl Handler for Agent {
             Some(OrderName::Rsync) => rsync::run(self, &request, &events).await,
             Some(OrderName::Rkill) => rkill::run(self, &request),
             Some(OrderName::Exec) => exec::run(self, &request, &events).await,
+            Some(OrderName::Run) => run::run(self, &request, &events).await,
+            Some(OrderName::Lock | OrderName::Unlock) => Reply::error(
+                501,
+                format!("{} is not served by this agent yet", request.order),
+            ),
             None => Reply::empty(404),
         };
         if reply.code >= 400 {

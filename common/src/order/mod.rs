@@ -13,6 +13,7 @@ pub mod exec;
 pub mod rkill;
 pub mod rlist;
 pub mod rsync;
+pub mod run;
 pub mod status;
 
 /// The orders an agent serves.
@@ -28,11 +29,29 @@ pub enum OrderName {
     Rkill,
     /// Run a whitelisted job.
     Exec,
+    /// Run an arbitrary command (argv); on agents only with `allow_run = on`.
+    Run,
+    /// Take a cluster-wide lock (all hosts or none), held with a lease.
+    Lock,
+    /// Release a lock.
+    Unlock,
 }
 
 impl OrderName {
     /// Every order, in the order the original documents them.
-    pub const ALL: [OrderName; 5] = [
+    pub const ALL: [OrderName; 8] = [
+        OrderName::Status,
+        OrderName::Rlist,
+        OrderName::Rsync,
+        OrderName::Rkill,
+        OrderName::Exec,
+        OrderName::Run,
+        OrderName::Lock,
+        OrderName::Unlock,
+    ];
+
+    /// The original's five orders (all the v1 wire can carry).
+    pub const LEGACY: [OrderName; 5] = [
         OrderName::Status,
         OrderName::Rlist,
         OrderName::Rsync,
@@ -48,6 +67,9 @@ impl OrderName {
             OrderName::Rsync => "rsync",
             OrderName::Rkill => "rkill",
             OrderName::Exec => "exec",
+            OrderName::Run => "run",
+            OrderName::Lock => "lock",
+            OrderName::Unlock => "unlock",
         }
     }
 
@@ -83,6 +105,22 @@ pub struct Request {
     /// v2 only: the proxies this request already went through (loop detection).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub via: Vec<String>,
+    /// `run`: the command and its arguments (ssh semantics: joined with spaces and
+    /// given to the remote shell over SSH; on agents, run as argv).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// `run`: bytes for the command's stdin, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// `run`: run under `sudo -n`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sudo: bool,
+    /// `lock`: lease in seconds; the holder renews it (heartbeat) before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// `lock`/`unlock`: who holds the lock (user@host:pid), shown to a second locker.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub holder: String,
 }
 
 /// The body of a reply.
@@ -158,7 +196,9 @@ pub fn reason(code: u16) -> &'static str {
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
+        508 => "Loop Detected",
         _ => "Unknown",
     }
 }

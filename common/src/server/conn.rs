@@ -10,7 +10,7 @@
 use crate::access::HostAllowList;
 use crate::crypto::keys::RsaPrivateKey;
 use crate::legacy::{self, http, ssl, Limits};
-use crate::order::{Reply, Request};
+use crate::order::{OrderName, Reply, Request};
 use crate::wire::handshake::{self, ServerParams};
 use crate::wire::message::{Event, Message};
 use std::future::Future;
@@ -238,8 +238,7 @@ fn v1_request(
         options: form.options,
         args: form.args,
         api_key: form.api_key,
-        follow: false,
-        via: Vec::new(),
+        ..Request::default()
     };
     if req.method != "GET" && req.method != "POST" {
         return (request, Some(Reply::empty(405)));
@@ -252,7 +251,11 @@ fn v1_request(
     let prefix_ok = segments
         .first()
         .is_some_and(|s| policy.v1_prefixes.contains(&s.as_str()));
-    if !prefix_ok || !knows(&request.order) {
+    // The v1 wire carries the original's five orders only.
+    let legacy_order = OrderName::LEGACY
+        .iter()
+        .any(|o| o.as_str() == request.order);
+    if !prefix_ok || !legacy_order || !knows(&request.order) {
         return (request, Some(Reply::empty(404)));
     }
     (request, None)

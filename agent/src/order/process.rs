@@ -1,0 +1,149 @@
+//! Running a program for `exec` and `run`: argv only, a minimal environment, stdin from
+//! the request (or /dev/null), its own process group (killed as a whole if the order is
+//! cancelled or times out), stdout and stderr captured together in arrival order, and
+//! each line streamed with its stream name to a client that follows.
+
+use deploy_common::server::conn::Events;
+use deploy_common::wire::message::{Event, Stream};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+/// Output beyond this is dropped (and said so) rather than held in memory.
+const MAX_OUTPUT: usize = 16 << 20;
+
+/// How a program ended.
+pub struct Finished {
+    /// Exit status 0.
+    pub success: bool,
+    /// The exit code (128 + signal when killed).
+    pub code: i32,
+    /// stdout and stderr, interleaved as they came.
+    pub output: Vec<u8>,
+}
+
+/// Kills the program's whole process group when the order is dropped unfinished.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs `argv` to its end. A program that cannot be started is reported like a shell
+/// would: as output, with code 127.
+pub async fn run(
+    argv: &[String],
+    stdin: Option<Vec<u8>>,
+    follow: bool,
+    events: &Events,
+) -> Finished {
+    let Some((program, rest)) = argv.split_first() else {
+        return Finished {
+            success: false,
+            code: 127,
+            output: b"empty command\n".to_vec(),
+        };
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(rest)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "C.UTF-8")
+        .current_dir("/")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Finished {
+                success: false,
+                code: 127,
+                output: format!("{program}: {e}\n").into_bytes(),
+            }
+        }
+    };
+    let mut guard = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), stdin) {
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&bytes).await;
+        });
+    }
+    let (tx, mut rx) = mpsc::channel::<(Stream, Vec<u8>)>(64);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, Stream::Stdout, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, Stream::Stderr, tx.clone()));
+    }
+    drop(tx);
+    let mut output = Vec::new();
+    let mut truncated = false;
+    while let Some((stream, line)) = rx.recv().await {
+        if follow {
+            let text =
+                String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned();
+            events.send(Event::Line { stream, line: text }).await;
+        }
+        if output.len() + line.len() <= MAX_OUTPUT {
+            output.extend_from_slice(&line);
+        } else {
+            truncated = true;
+        }
+    }
+    if truncated {
+        output.extend_from_slice(
+            format!("\n[deploy-agent: output truncated at {MAX_OUTPUT} bytes]\n").as_bytes(),
+        );
+    }
+    let status = child.wait().await;
+    guard.0 = None;
+    let code = match &status {
+        Ok(s) => s
+            .code()
+            .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(s).unwrap_or(0)),
+        Err(_) => -1,
+    };
+    Finished {
+        success: matches!(&status, Ok(s) if s.success()),
+        code,
+        output,
+    }
+}
+
+/// Reads one pipe line by line (a final unterminated line included) into the channel.
+async fn pump<R: AsyncRead + Unpin>(
+    reader: R,
+    stream: Stream,
+    tx: mpsc::Sender<(Stream, Vec<u8>)>,
+) {
+    let mut reader = BufReader::new(reader);
+    loop {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if tx.send((stream, line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! `run`: an arbitrary command, as argv (no shell), only where the agent's configuration
+//! says `allow_run = on` (off by default: `exec` with whitelisted jobs is the safe
+//! default). With `sudo`, the command runs under `sudo -n`.
+
+use super::{process, Agent};
+use base64::Engine;
+use deploy_common::order::run::ran;
+use deploy_common::order::{Reply, Request};
+use deploy_common::server::conn::Events;
+
+pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Reply {
+    if !agent.config.server.allow_run {
+        return Reply::error(403, "run is disabled on this agent (allow_run = off)");
+    }
+    if request.argv.is_empty() {
+        return Reply::error(400, "run needs a command");
+    }
+    if request.argv.iter().any(|a| a.contains('\0')) {
+        return Reply::error(400, "run: NUL byte in an argument");
+    }
+    let stdin = match &request.stdin {
+        None => None,
+        Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => return Reply::error(400, format!("run: stdin is not base64: {e}")),
+        },
+    };
+    let mut argv = Vec::with_capacity(request.argv.len() + 2);
+    if request.sudo {
+        argv.extend(["sudo".to_owned(), "-n".to_owned(), "--".to_owned()]);
+    }
+    argv.extend(request.argv.iter().cloned());
+    let finished = process::run(&argv, stdin, request.follow, events).await;
+    Reply::ok(ran(finished.code, &argv.join(" "), &finished.output))
+}
