@@ -135,6 +135,11 @@ fn grace(config: &AgentConfig) -> Duration {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(what) = cli.server.generate {
+        use clap::CommandFactory;
+        deploy_common::cli::generate(Cli::command(), what, &mut std::io::stdout())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = load(&cli)?;
     let current = generation(config)?;
     let config = Arc::clone(&current.config);

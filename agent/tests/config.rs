@@ -128,3 +128,23 @@ fn port_in_use_fails_to_start() {
     );
     drop(taken);
 }
+
+/// The man page and completions come from the binary itself (packaging uses them).
+#[test]
+fn generates_man_page_and_completions() {
+    let run = |what: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_deploy-agent"))
+            .args(["--generate", what])
+            .output()
+            .unwrap()
+    };
+    let man = run("man");
+    assert!(man.status.success());
+    let text = String::from_utf8_lossy(&man.stdout);
+    assert!(text.contains(".TH deploy-agent"), "{text}");
+    assert!(text.contains("max\\-prefork"), "{text}");
+    let bash = run("bash");
+    assert!(bash.status.success());
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("--key-cipher"));
+    assert!(!run("nonsense").status.success());
+}

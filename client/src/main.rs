@@ -47,6 +47,9 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_HOST_FAILED: u8 = 3;
 
 fn main() -> ExitCode {
+    if let Some(code) = generate() {
+        return code;
+    }
     let args = Args::parse();
     init_tracing(args.log_level());
     tracing::debug!(
@@ -88,6 +91,34 @@ fn init_tracing(level: &str) {
         .with_writer(io::stderr)
         .with_target(false)
         .init();
+}
+
+/// The hidden `--generate=man|bash|zsh|fish` (before normal parsing, since `--order`
+/// is otherwise required): writes the man page or completions and exits.
+fn generate() -> Option<ExitCode> {
+    use clap::{CommandFactory, ValueEnum};
+    let mut args = std::env::args().skip(1);
+    let what = loop {
+        let arg = args.next()?;
+        if let Some(v) = arg.strip_prefix("--generate=") {
+            break v.to_owned();
+        }
+        if arg == "--generate" {
+            break args.next()?;
+        }
+    };
+    let Ok(what) = deploy_common::cli::Generate::from_str(&what, true) else {
+        eprintln!("deploy-client: error: --generate takes man, bash, zsh or fish");
+        return Some(ExitCode::from(EXIT_USAGE));
+    };
+    let cmd = Args::command().arg(clap::Arg::new("generate").long("generate").hide(true));
+    match deploy_common::cli::generate(cmd, what, &mut io::stdout()) {
+        Ok(()) => Some(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("deploy-client: error: {e}");
+            Some(ExitCode::from(EXIT_USAGE))
+        }
+    }
 }
 
 /// Runs the order on every target and prints the results; returns the exit status.

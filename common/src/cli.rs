@@ -89,6 +89,9 @@ pub struct ServerArgs {
     /// More output on stderr (repeatable).
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
+    /// Write a man page or shell completions to standard output and exit.
+    #[arg(long, value_name = "WHAT", hide = true)]
+    pub generate: Option<Generate>,
     /// Less output on stderr.
     #[arg(short, long, action = ArgAction::Count)]
     pub quiet: u8,
@@ -148,5 +151,46 @@ impl ServerArgs {
             .unwrap_or(i8::MAX)
             .saturating_add(extra)
             - i8::try_from(self.quiet).unwrap_or(i8::MAX)
+    }
+}
+
+/// What `--generate` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generate {
+    /// A man page (roff) on standard output.
+    Man,
+    /// bash completions.
+    Bash,
+    /// zsh completions.
+    Zsh,
+    /// fish completions.
+    Fish,
+}
+
+/// Writes the man page or completions of `cmd` (the binary's own clap command) to `out`;
+/// used by the hidden `--generate` flag of every program, and by packaging. A closed
+/// output (`| head`) is not an error.
+pub fn generate(
+    mut cmd: clap::Command,
+    what: Generate,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let name = cmd.get_name().to_owned();
+    let mut buf: Vec<u8> = Vec::new();
+    let shell = match what {
+        Generate::Man => {
+            clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+            None
+        }
+        Generate::Bash => Some(clap_complete::Shell::Bash),
+        Generate::Zsh => Some(clap_complete::Shell::Zsh),
+        Generate::Fish => Some(clap_complete::Shell::Fish),
+    };
+    if let Some(shell) = shell {
+        clap_complete::generate(shell, &mut cmd, name, &mut buf);
+    }
+    match out.write_all(&buf).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
