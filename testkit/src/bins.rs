@@ -11,12 +11,14 @@
 //! ```
 //!
 //! `cargo test --workspace` builds every package's binaries before running any test, so
-//! they are there and current. When one is missing (e.g. `cargo test -p deploy-proxy` on
-//! a fresh target directory) it is built once with `cargo build -p <name> --bin <name>`
-//! into the same target directory and profile (Cargo does not hold its lock while tests
-//! run). A present binary is used as it is:
-//! after changing the agent, run the proxy's tests through `--workspace` (or build the
-//! agent first). `DEPLOY_TEST_BIN_DIR` overrides the directory.
+//! they are there and current. A missing one (e.g. `cargo test -p deploy-proxy` on a
+//! fresh target directory) is built once with `cargo build -p <name> --bin <name>` into
+//! the same target directory and profile (Cargo does not hold its lock while tests run).
+//! A present one is used as it is, never rebuilt: a nested build resolves features
+//! without the tests' dev-dependencies and could rebuild (and replace) what the outer
+//! `cargo test` just built. So after changing the agent, run the proxy's tests through
+//! `--workspace`, or build the agent first. `DEPLOY_TEST_BIN_DIR` overrides the
+//! directory.
 
 use std::path::PathBuf;
 use std::process::Command;

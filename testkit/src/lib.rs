@@ -5,7 +5,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`env`] | constants (keys, time bounds), the shared spec's test keys, `etc/`, [`eventually`] |
+//! | [`env`](mod@env) | constants (keys, time bounds), the shared spec's test keys, `etc/`, [`eventually`] |
 //! | [`bins`] | where the workspace's binaries are (built on demand when missing) |
 //! | [`sandbox`] | [`Sandbox`] temporary directories, source trees and their comparison |
 //! | [`procfs`] | `/proc` readers (state, parent, children, command line, memory) and signals |
