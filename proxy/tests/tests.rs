@@ -9,6 +9,7 @@
 //! | [`errors`] | the proxy's refusals (403, `[orders]`, `[allow::hosts]`) and single-agent failures (down, silent, wrong key) |
 //! | [`chain`] | chained proxies (`proxy://`), `via` lists, loop refusal |
 //! | [`http`] | the HTTP/JSON API with curl: merged JSON, NDJSON stream, JSON errors |
+//! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
 //!
 //! Every test starts its own agents (a [`util::Farm`]: a few processes listening on
@@ -21,4 +22,5 @@ mod daemon;
 mod errors;
 mod fanout;
 mod http;
+mod legacy;
 mod util;
