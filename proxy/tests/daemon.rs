@@ -1,0 +1,120 @@
+//! The proxy as a daemon: `--check` on the shipped sample and on broken API files
+//! (errors name file:line), and SIGTERM stopping the master and its workers.
+
+use crate::util::*;
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+#[test]
+fn check_accepts_the_shipped_sample() {
+    let ini = etc_dir().join("deploy_proxy.ini");
+    let (code, stdout, stderr) = run_bin(
+        &bins::proxy(),
+        &["--check", "--path", ini.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("OK (2 API keys, 2 server groups"),
+        "stdout: {stdout}"
+    );
+}
+
+#[test]
+fn check_names_the_line_of_a_bad_server_entry() {
+    let dir = Sandbox::new();
+    for (entry, shown) in [
+        ("bad host!", "\"bad host!\""),
+        ("127.0.0.1:99999", "\"127.0.0.1:99999\""),
+        ("proxy://127.0.0.1:3441", "\"proxy://127.0.0.1:3441\""),
+    ] {
+        let ini = ProxyConfig::new("px-check")
+            .key("k", "web")
+            .servers("web", ["127.0.0.1:3440", entry])
+            .write(dir.path());
+        let (code, stdout, stderr) = run_bin(
+            &bins::proxy(),
+            &["--check", "--path", ini.to_str().expect("utf-8")],
+        );
+        assert_eq!(code, 1, "{entry}: stdout: {stdout}\nstderr: {stderr}");
+        // [keys], k[] = web, blank, [servers], the good entry, then the bad one: line 6.
+        let at = format!(
+            "{}:6: [servers] web[]: invalid server {shown}",
+            dir.join("api.ini").display()
+        );
+        assert!(stderr.contains(&at), "{entry}: expected {at:?} in {stderr}");
+    }
+}
+
+#[test]
+fn sigterm_stops_the_master_and_its_workers() {
+    let web = Farm::start(51, 1, 2, KEY);
+    let dir = Sandbox::new();
+    let mut proxy = ProxyConfig::new("px-term")
+        .server("max_prefork", 2)
+        .http()
+        .key("k", "web")
+        .servers("web", &web.addrs)
+        .start(dir.path());
+    let workers = proxy.wait_workers_blocking(2);
+    // It serves before it is told to stop.
+    via_proxy(proxy.port(), "k", "groups:web", ECHO, &[]).expect_code(0);
+
+    proxy.signal(Signal::SIGTERM);
+    let status = proxy
+        .wait_exit_blocking(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the proxy did not exit on SIGTERM; log:\n{}", proxy.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
+    wait_until(Duration::from_secs(5), "the workers to exit", || {
+        workers.iter().all(|&w| !alive(w)).then_some(())
+    });
+    // Its ports are closed.
+    assert!(std::net::TcpStream::connect(proxy.addr()).is_err());
+    assert!(std::net::TcpStream::connect(proxy.http()).is_err());
+}
+
+#[test]
+fn sigterm_lets_a_fanout_in_flight_finish() {
+    let web = Farm::start(52, 1, 2, KEY);
+    let silent = Silent::start(ip(52, 250, 1));
+    let dir = Sandbox::new();
+    let mut proxy = ProxyConfig::new("px-term")
+        .client("thread_timeout", 2)
+        .key("k", "web")
+        .servers("web", &web.addrs)
+        .servers("web", [silent.addr])
+        .start(dir.path());
+    let port = proxy.port();
+    let run = std::thread::spawn(move || via_proxy(port, "k", "groups:web", ECHO, &[]));
+    // The fan-out is under way once the silent agent has a connection.
+    wait_until(
+        Duration::from_secs(5),
+        "the proxy to reach the silent agent",
+        || (silent.accepted() > 0).then_some(()),
+    );
+    proxy.signal(Signal::SIGTERM);
+
+    let out = run.join().expect("client thread");
+    out.expect_code(3);
+    let got = records(&out, "exec");
+    assert_eq!(
+        got.len(),
+        3,
+        "the request in flight is answered whole: {out:#?}"
+    );
+    assert_eq!(
+        got[&silent.addr.to_string()]["content"],
+        "Process Timeout(2)!"
+    );
+    for host in web.names() {
+        assert_echo_ok(&host, &got[&host], "px-term");
+    }
+    let status = proxy
+        .wait_exit_blocking(Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "the proxy did not exit after SIGTERM; log:\n{}",
+                proxy.log()
+            )
+        });
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
+}

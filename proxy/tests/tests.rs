@@ -1,0 +1,26 @@
+//! Integration tests of `deploy-proxy`: the real proxy binary between the real
+//! `deploy-client` (or curl) and real `deploy-agent`s, all on loopback.
+//!
+//! One test binary (STYLE.md §8) whose modules follow the test plan:
+//!
+//! | module | covers |
+//! |---|---|
+//! | [`fanout`] | 24 agents through one proxy: json, text, jsonl (streamed), direct = proxied, v1 shape |
+//! | [`errors`] | the proxy's refusals (403, `[orders]`, `[allow::hosts]`) and single-agent failures (down, silent, wrong key) |
+//! | [`chain`] | chained proxies (`proxy://`), `via` lists, loop refusal |
+//! | [`http`] | the HTTP/JSON API with curl: merged JSON, NDJSON stream, JSON errors |
+//! | [`legacy`] | the original wire by hand: form, query string, path parameters |
+//! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
+//!
+//! Every test starts its own agents (a [`util::Farm`]: a few processes listening on
+//! many 127.x.y.z addresses) and proxies on port 0, so tests run in parallel; every run
+//! of a client is bounded, and every process is stopped when its handle drops. The
+//! shared harness is the `deploy-testkit` crate; [`util`] adds the proxy's own helpers.
+
+mod chain;
+mod daemon;
+mod errors;
+mod fanout;
+mod http;
+mod legacy;
+mod util;

@@ -1,0 +1,123 @@
+//! Running a command to completion under a deadline: [`run_command`] (deploy-client,
+//! curl), whose [`Output`] also keeps when each stdout line arrived, so a test can tell
+//! streamed output from output printed at the end; and [`run_bin`] for quick runs
+//! (`--check`).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What a finished command did.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Each standard output line (without its newline) and when it arrived, from the
+    /// start.
+    pub lines: Vec<(Duration, String)>,
+    /// From spawn to exit.
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// Standard output parsed as one JSON value; panics with the output otherwise.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// Each non-empty standard output line parsed as JSON.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .iter()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(_, l)| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("line {l:?} is not JSON ({e}): {self:?}"))
+            })
+            .collect()
+    }
+
+    /// Asserts the exit code, with the whole output in the message.
+    pub fn expect_code(&self, code: i32) -> &Output {
+        assert_eq!(self.code, Some(code), "unexpected exit code: {self:#?}");
+        self
+    }
+}
+
+/// Runs `cmd` (stdin closed, stdout and stderr captured) and waits at most `limit` for
+/// it; past that the command is killed and the test fails with what it printed.
+pub fn run_command(cmd: &mut Command, limit: Duration) -> Output {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let (tx, rx) = mpsc::channel::<(Duration, String)>();
+    let stdout = child.stdout.take().expect("stdout");
+    let out_thread = std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let _ = tx.send((started.elapsed(), text));
+            line.clear();
+        }
+    });
+    let mut stderr = child.stderr.take().expect("stderr");
+    let err_thread = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = started.elapsed();
+    let _ = out_thread.join();
+    let stderr = err_thread.join().unwrap_or_default();
+    let raw: Vec<(Duration, String)> = rx.try_iter().collect();
+    let stdout: String = raw.iter().map(|(_, l)| l.as_str()).collect();
+    let lines = raw
+        .into_iter()
+        .map(|(t, l)| (t, l.trim_end_matches(['\n', '\r']).to_owned()))
+        .collect();
+    let output = Output {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+        lines,
+        elapsed,
+    };
+    assert!(
+        status.is_some(),
+        "{cmd:?} did not finish within {limit:?}: {output:#?}"
+    );
+    output
+}
+
+/// Runs `bin args…` (for `--check` and the like); returns the exit code, stdout and
+/// stderr. Bounded by 30 s.
+pub fn run_bin(bin: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = run_command(
+        Command::new(bin).args(args).env("NO_COLOR", "1"),
+        Duration::from_secs(30),
+    );
+    (out.code.unwrap_or(-1), out.stdout, out.stderr)
+}

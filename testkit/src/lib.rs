@@ -1,0 +1,53 @@
+//! Test helpers shared by the integration tests of `deploy-agent` and `deploy-proxy`:
+//! everything needed to run the real binaries on loopback and talk to them.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`env`](mod@env) | constants (keys, time bounds), the shared spec's test keys, `etc/`, [`eventually`] |
+//! | [`bins`] | where the workspace's binaries are (built on demand when missing) |
+//! | [`sandbox`] | [`Sandbox`] temporary directories, source trees and their comparison |
+//! | [`procfs`] | `/proc` readers (state, parent, children, command line, memory) and signals |
+//! | [`net`] | free and refusing ports, [`Silent`] peers that accept and never answer |
+//! | [`rsyncd`] | [`RsyncDaemon`]: a real `rsync --daemon` with read-only modules |
+//! | [`daemon`] | [`Daemon`]: a `--foreground` server process learnt from its `listening on` lines |
+//! | [`agent`] | [`AgentConfig`]: an agent ini around a sandbox, started as an [`Agent`] |
+//! | [`proxy`] | [`ProxyConfig`]: a proxy ini and its API file, started as a [`Proxy`] |
+//! | [`clients`] | in-process clients of the three wires: v2, v1 plain, v1 "ssl" |
+//! | [`command`] | running any command (deploy-client, curl) under a deadline, lines timestamped |
+//!
+//! # Design
+//!
+//! Tests drive real processes (agents, proxies, rsync, the client), so tokio's paused
+//! clock cannot stand in for them; instead every wait is bounded: each network exchange
+//! runs under a timeout, each polling loop has a deadline, and each child process is
+//! killed (and its output replayed on a failing test) when its handle drops. Every test
+//! gets its own sandbox and port-0 listeners, so tests run in parallel.
+//!
+//! The crate is a regular library (`publish = false`) rather than a `tests/util.rs`
+//! copied between crates: the agent's tests re-export it, the proxy's tests use it to
+//! start agents as well as proxies.
+
+pub mod agent;
+pub mod bins;
+pub mod clients;
+pub mod command;
+pub mod daemon;
+pub mod env;
+pub mod net;
+pub mod procfs;
+pub mod proxy;
+pub mod rsyncd;
+pub mod sandbox;
+
+pub use agent::{start_agent, Agent, AgentConfig};
+pub use clients::*;
+pub use command::{run_bin, run_command, Output};
+pub use daemon::Daemon;
+pub use env::*;
+pub use net::*;
+pub use procfs::*;
+pub use proxy::{Proxy, ProxyConfig};
+pub use rsyncd::RsyncDaemon;
+pub use sandbox::*;
