@@ -74,9 +74,12 @@ fn parameters(req: &http::HttpRequest) -> Result<Request, String> {
         request.options = form.options;
         request.args = form.args;
     }
+    // JSON when said so, or when the body looks like it (`curl -d '{…}'` sends it as
+    // application/x-www-form-urlencoded).
     let is_json = req
         .header("content-type")
-        .is_some_and(|t| t.starts_with("application/json"));
+        .is_some_and(|t| t.starts_with("application/json"))
+        || req.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     if is_json && !req.body.is_empty() {
         let v: Value =
             serde_json::from_slice(&req.body).map_err(|e| format!("invalid JSON body: {e}"))?;

@@ -17,23 +17,25 @@
 //! moment it arrives, and the reply only counts them. `follow` is passed on to the
 //! agents (an rsync then answers when the transfer has ended).
 
-use crate::route::{Router, Routes, Server};
+use crate::route::{Route, Routes, Server};
 use deploy_common::config::proxy::ProxyConfig;
 use deploy_common::fanout::{Fanout, FanoutEvent};
 use deploy_common::order::{object, OrderName, Reply, Request};
 use deploy_common::server::conn::{Events, Handler};
 use deploy_common::target::Target;
+use deploy_common::transport::Transport;
 use deploy_common::wire::message::Event;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// The proxy's handler; one per worker.
 pub struct Relay {
     config: Arc<ProxyConfig>,
     routes: Arc<Routes>,
-    fanout: Fanout,
+    concurrency: usize,
     /// This proxy's name in `via` lists.
     pub id: String,
 }
@@ -42,8 +44,7 @@ impl Relay {
     /// Builds the handler from a configuration.
     pub fn new(config: Arc<ProxyConfig>) -> Result<Relay, String> {
         let routes = Arc::new(Routes::new(&config)?);
-        let fanout = Fanout::new(Arc::new(Router(Arc::clone(&routes))))
-            .with_concurrency(config.client.concurrency);
+        let concurrency = config.client.concurrency;
         let id = config.client.proxy_id.clone().unwrap_or_else(|| {
             let host = nix::unistd::gethostname()
                 .ok()
@@ -57,7 +58,7 @@ impl Relay {
         Ok(Relay {
             config,
             routes,
-            fanout,
+            concurrency,
             id,
         })
     }
@@ -148,6 +149,55 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Fans `request` out to `servers`, one fan-out per route (servers of one group
+    /// share theirs), merged into one stream with the servers' own indexes.
+    fn fan_out(&self, servers: &[Server], request: Request) -> mpsc::Receiver<FanoutEvent> {
+        let mut buckets: Vec<(Arc<Route>, Vec<usize>)> = Vec::new();
+        for (index, server) in servers.iter().enumerate() {
+            match buckets
+                .iter_mut()
+                .find(|(route, _)| Arc::ptr_eq(route, &server.route))
+            {
+                Some((_, indexes)) => indexes.push(index),
+                None => buckets.push((Arc::clone(&server.route), vec![index])),
+            }
+        }
+        let (tx, rx) = mpsc::channel(256);
+        for (route, indexes) in buckets {
+            let targets: Vec<Target> = indexes
+                .iter()
+                .filter_map(|&i| servers.get(i).map(|s| s.target.clone()))
+                .collect();
+            let transport: Arc<dyn Transport> = route;
+            let mut bucket_rx = Fanout::new(transport)
+                .with_concurrency(self.concurrency)
+                .run(targets, request.clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(event) = bucket_rx.recv().await {
+                    let global = |i: usize| indexes.get(i).copied().unwrap_or(i);
+                    let event = match event {
+                        FanoutEvent::Event { index, host, event } => FanoutEvent::Event {
+                            index: global(index),
+                            host,
+                            event,
+                        },
+                        FanoutEvent::Done(mut done) => {
+                            done.index = global(done.index);
+                            FanoutEvent::Done(done)
+                        }
+                    };
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        rx
+    }
+}
+
 impl Handler for Relay {
     fn knows(&self, order: &str) -> bool {
         OrderName::parse(order).is_some()
@@ -174,7 +224,6 @@ impl Handler for Relay {
         let order = request.order.clone();
         // v2 callers get every agent's record as it arrives; v1 callers one document.
         let follow = events.wanted();
-        let targets: Vec<Target> = servers.iter().map(|s| s.target.clone()).collect();
         let mut via = request.via.clone();
         via.push(self.id.clone());
         // The agents follow (stream, and for rsync wait for the end) when asked; the
@@ -185,11 +234,11 @@ impl Handler for Relay {
             via,
             ..request
         };
-        let count = targets.len();
+        let count = servers.len();
         let mut direct: Vec<Option<(String, Map<String, Value>)>> =
             (0..count).map(|_| None).collect();
         let mut relayed: Vec<(String, Value)> = Vec::new();
-        let mut rx = self.fanout.run(targets, forwarded);
+        let mut rx = self.fan_out(&servers, forwarded);
         while let Some(event) = rx.recv().await {
             match event {
                 FanoutEvent::Event {

@@ -3,9 +3,10 @@
 //! A `[servers]` entry is an agent (`host`, `host:port`, `[v6]:port`; the port defaults
 //! to `[client] port` or the group's override) or another proxy
 //! (`proxy://host[:port]/group`, default port 3441), which gets the order with
-//! `groups:<group>`, `[client] proxy_api_key`, and this proxy in its `via` list. The
-//! [`Router`] is the one [`Transport`] the fan-out engine uses; it picks each target's
-//! transport (protocol, key, public key from `[client]` and `[group::<name>]`).
+//! `groups:<group>`, `[client] proxy_api_key`, and this proxy in its `via` list. Every
+//! server carries its [`Route`] (protocol, key, public key from `[client]` and
+//! `[group::<name>]`, or the chained group), which is the [`Transport`] the fan-out engine
+//! uses for it: the same address listed in two groups keeps each group's route.
 
 use deploy_common::config::proxy::{AgentProtocol, ProxyConfig};
 use deploy_common::crypto::keys::RsaPublicKey;
@@ -23,6 +24,8 @@ pub struct Route {
     transport: Arc<AgentTransport>,
     /// For a chained proxy: the group to ask it for.
     chain: Option<String>,
+    /// The API key presented to a chained proxy.
+    proxy_api_key: String,
 }
 
 /// One `[servers]` entry, resolved.
@@ -34,13 +37,13 @@ pub struct Server {
     pub target: Target,
     /// Whether it is a chained proxy.
     pub chained: bool,
+    /// How it is reached.
+    pub route: Arc<Route>,
 }
 
 /// Every group's servers and the routes to them.
 pub struct Routes {
     groups: HashMap<String, Vec<Server>>,
-    by_address: HashMap<String, Arc<Route>>,
-    proxy_api_key: String,
 }
 
 impl Routes {
@@ -60,7 +63,7 @@ impl Routes {
         // One pool of authenticated agent connections for the whole worker.
         let pool = Arc::new(Pool::default());
         let mut groups = HashMap::new();
-        let mut by_address: HashMap<String, Arc<Route>> = HashMap::new();
+        let proxy_api_key = client.proxy_api_key.clone().unwrap_or_default();
         for group in config.api.server_groups() {
             let o = config
                 .api
@@ -90,6 +93,12 @@ impl Routes {
                 deadline: client.thread_timeout,
                 pool: Some(Arc::clone(&pool)),
             });
+            // Every agent of the group shares one route (one fan-out per route).
+            let agent_route = Arc::new(Route {
+                transport: Arc::clone(&agent),
+                chain: None,
+                proxy_api_key: String::new(),
+            });
             let mut servers = Vec::new();
             for entry in config.api.servers(group).unwrap_or_default() {
                 let (spec, chain, default_port) = match entry.strip_prefix("proxy://") {
@@ -101,34 +110,29 @@ impl Routes {
                 };
                 let target = Target::parse(spec, default_port)
                     .map_err(|e| format!("[servers] {group}: {e}"))?;
-                let transport = match &chain {
+                let route = match chain {
+                    None => Arc::clone(&agent_route),
                     // A chained proxy speaks v2 and is not pinned to the agents' key.
-                    Some(_) => Arc::new(AgentTransport {
-                        protocol: Protocol::V2,
-                        public_key: None,
-                        ..(*agent).clone()
+                    Some(chained_group) => Arc::new(Route {
+                        transport: Arc::new(AgentTransport {
+                            protocol: Protocol::V2,
+                            public_key: None,
+                            ..(*agent).clone()
+                        }),
+                        chain: Some(chained_group),
+                        proxy_api_key: proxy_api_key.clone(),
                     }),
-                    None => Arc::clone(&agent),
                 };
-                by_address.entry(target.address()).or_insert_with(|| {
-                    Arc::new(Route {
-                        transport,
-                        chain: chain.clone(),
-                    })
-                });
                 servers.push(Server {
                     entry: entry.clone(),
                     target,
-                    chained: chain.is_some(),
+                    chained: route.chain.is_some(),
+                    route,
                 });
             }
             groups.insert(group.to_owned(), servers);
         }
-        Ok(Routes {
-            groups,
-            by_address,
-            proxy_api_key: client.proxy_api_key.clone().unwrap_or_default(),
-        })
+        Ok(Routes { groups })
     }
 
     /// The servers of a group (exact name).
@@ -137,10 +141,7 @@ impl Routes {
     }
 }
 
-/// The fan-out engine's transport: each target through its own route.
-pub struct Router(pub Arc<Routes>);
-
-impl Transport for Router {
+impl Transport for Route {
     fn deliver<'a>(
         &'a self,
         target: &'a Target,
@@ -148,19 +149,15 @@ impl Transport for Router {
         events: mpsc::Sender<Event>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let Some(route) = self.0.by_address.get(&target.address()) else {
-                return Outcome::Failed(format!("no route to {target}"));
-            };
-            match &route.chain {
-                None => route.transport.deliver(target, request, events).await,
+            match &self.chain {
+                None => self.transport.deliver(target, request, events).await,
                 Some(group) => {
                     let chained = Request {
-                        api_key: self.0.proxy_api_key.clone(),
+                        api_key: self.proxy_api_key.clone(),
                         args: format!("groups:{group}"),
-                        follow: true,
                         ..request.clone()
                     };
-                    route.transport.deliver(target, &chained, events).await
+                    self.transport.deliver(target, &chained, events).await
                 }
             }
         })

@@ -181,7 +181,6 @@ fn a_proxy_loop_is_refused_promptly() {
 }
 
 #[test]
-#[ignore = "BUG: proxy/src/route.rs keys routes by address only (by_address.entry(target.address()).or_insert_with), so two [servers] groups naming the same proxy (far-db[] = proxy://B/db, far-web[] = proxy://B/web) share the route of the first group in name order: groups:far-web is sent to B as groups:db and returns B's db agents. The same key makes a [group::<name>] override (key_cipher, protocol, ssl_public_key) apply only to the first group listing an address."]
 fn two_groups_chained_to_one_proxy_stay_apart() {
     let b = far(33);
     let dir = Sandbox::new();

@@ -78,7 +78,6 @@ async fn post_with_a_form_and_get_with_a_query() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: the proxy ignores the original's path parameters (spec §6.1: /<api|agent>/<order>/<options>/<args>/<api_key>, which §16 says to accept): GET /api/exec/service:echo,hi/groups:web/<key> answers 403 `Syntax error, unrecognized expression: []` because common/src/server/conn.rs takes only the order from the path and leaves options/args/api_key empty"]
 async fn path_parameters_of_the_original() {
     let s = setup(62);
     for prefix in ["api", "agent"] {

@@ -233,13 +233,27 @@ fn v1_request(
 ) -> (Request, Option<Reply>) {
     let form = req.form();
     let segments = req.path_segments();
-    let request = Request {
+    let mut request = Request {
         order: segments.get(1).cloned().unwrap_or_default(),
         options: form.options,
         args: form.args,
         api_key: form.api_key,
         ..Request::default()
     };
+    // The original proxy's path form, /<api|agent>/<order>/<options>/<args>/<api_key>:
+    // non-empty segments override the form (a proxy-only feature, spec §6.1).
+    if policy.v1_prefixes.contains(&"api") {
+        let fields = [
+            &mut request.options,
+            &mut request.args,
+            &mut request.api_key,
+        ];
+        for (field, segment) in fields.into_iter().zip(segments.iter().skip(2)) {
+            if !segment.is_empty() {
+                *field = segment.clone();
+            }
+        }
+    }
     if req.method != "GET" && req.method != "POST" {
         return (request, Some(Reply::empty(405)));
     }
