@@ -12,11 +12,10 @@
 mod cli;
 mod order;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use cli::Cli;
 use deploy_common::config::AgentConfig;
-use deploy_common::crypto::keys::RsaPrivateKey;
 use deploy_common::server::conn::{self, Policy};
 use deploy_common::server::prefork::{self, Program, WorkerSettings};
 use deploy_common::server::{daemon, title};
@@ -58,27 +57,8 @@ struct Generation {
 }
 
 fn generation(config: AgentConfig) -> Result<Generation> {
-    let private_key = match &config.server.ssl_private_key {
-        Some(path) => Some(Arc::new(RsaPrivateKey::load(path)?)),
-        None => None,
-    };
-    if config.server.ssl && private_key.is_none() {
-        bail!(
-            "{}: [server] ssl = true needs ssl_private_key",
-            config.path.display()
-        );
-    }
-    let policy = Policy {
-        allow_hosts: config.allow_hosts.clone(),
-        legacy: config.server.legacy_protocol,
-        v1_plain: !config.server.ssl,
-        key_cipher: config.server.key_cipher.clone(),
-        check_v1_auth: true,
-        private_key,
-        socket_timeout: config.server.socket_timeout,
-        request_timeout: config.server.max_process_timeout,
-        v1_prefixes: &["agent"],
-    };
+    let policy = Policy::new(&config.server, config.allow_hosts.clone(), true, &["agent"])
+        .with_context(|| config.path.display().to_string())?;
     Ok(Generation {
         config: Arc::new(config),
         policy: Arc::new(policy),

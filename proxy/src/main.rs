@@ -14,11 +14,10 @@ mod http;
 mod relay;
 mod route;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use cli::Cli;
 use deploy_common::config::proxy::ProxyConfig;
-use deploy_common::crypto::keys::RsaPrivateKey;
 use deploy_common::server::conn::{self, Policy};
 use deploy_common::server::prefork::{self, Program, WorkerSettings};
 use deploy_common::server::{daemon, title};
@@ -57,30 +56,16 @@ struct Generation {
 }
 
 fn generation(config: ProxyConfig) -> Result<Generation> {
-    let private_key = match &config.server.ssl_private_key {
-        Some(path) => Some(Arc::new(RsaPrivateKey::load(path)?)),
-        None => None,
-    };
-    if config.server.ssl && private_key.is_none() {
-        bail!(
-            "{}: [server] ssl = true needs ssl_private_key",
-            config.path.display()
-        );
-    }
+    // The proxy authenticates callers by API key, as the original did (no auth_key).
+    let policy = Policy::new(
+        &config.server,
+        config.allow_hosts.clone(),
+        false,
+        &["api", "agent"],
+    )
+    .with_context(|| config.path.display().to_string())?;
     let config = Arc::new(config);
     let relay = relay::Relay::new(Arc::clone(&config)).map_err(anyhow::Error::msg)?;
-    let policy = Policy {
-        allow_hosts: config.allow_hosts.clone(),
-        legacy: config.server.legacy_protocol,
-        v1_plain: !config.server.ssl,
-        key_cipher: config.server.key_cipher.clone(),
-        // The proxy authenticates callers by API key, as the original did.
-        check_v1_auth: false,
-        private_key,
-        socket_timeout: config.server.socket_timeout,
-        request_timeout: config.server.max_process_timeout,
-        v1_prefixes: &["api", "agent"],
-    };
     Ok(Generation {
         config,
         policy: Arc::new(policy),

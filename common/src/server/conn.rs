@@ -93,6 +93,47 @@ pub struct Policy {
     pub v1_prefixes: &'static [&'static str],
 }
 
+/// Why a [`Policy`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The RSA key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] crate::crypto::keys::KeyError),
+    /// `ssl = true` without a key.
+    #[error("[server] ssl = true needs ssl_private_key")]
+    SslWithoutKey,
+}
+
+impl Policy {
+    /// The policy a `[server]` section describes (loading `ssl_private_key`), with the
+    /// program's own peers list, v1 authentication rule and URL prefixes.
+    pub fn new(
+        server: &crate::config::ServerConfig,
+        allow_hosts: HostAllowList,
+        check_v1_auth: bool,
+        v1_prefixes: &'static [&'static str],
+    ) -> Result<Policy, PolicyError> {
+        let private_key = match &server.ssl_private_key {
+            Some(path) => Some(Arc::new(RsaPrivateKey::load(path)?)),
+            None => None,
+        };
+        if server.ssl && private_key.is_none() {
+            return Err(PolicyError::SslWithoutKey);
+        }
+        Ok(Policy {
+            allow_hosts,
+            legacy: server.legacy_protocol,
+            v1_plain: !server.ssl,
+            key_cipher: server.key_cipher.clone(),
+            check_v1_auth,
+            private_key,
+            socket_timeout: server.socket_timeout,
+            request_timeout: server.max_process_timeout,
+            v1_prefixes,
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wire {
     V2,
@@ -298,6 +339,28 @@ fn limits(policy: &Policy) -> Limits {
     }
 }
 
+/// Answers a v1 request (sealed with the request's passphrase in ssl mode), logs it and
+/// closes the connection.
+async fn v1_answer(
+    stream: &mut BufStream<TcpStream>,
+    peer: SocketAddr,
+    request: Option<&Request>,
+    reply: &Reply,
+    passphrase: Option<&[u8]>,
+    started: Instant,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let plain = http::encode_response(reply);
+    let (wire, bytes) = match passphrase {
+        None => (Wire::V1Plain, plain),
+        Some(pass) => (
+            Wire::V1Ssl,
+            ssl::encode_ssl_response(&ssl::seal(pass, &plain)?),
+        ),
+    };
+    access(peer, wire, request, reply.code, bytes.len(), started);
+    Ok(write_all_and_close(stream, &bytes).await?)
+}
+
 async fn serve_v1_plain<H: Handler>(
     stream: &mut BufStream<TcpStream>,
     peer: SocketAddr,
@@ -306,49 +369,37 @@ async fn serve_v1_plain<H: Handler>(
     handler: &H,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
+    let refuse = |code: u16, text: String| Reply::error(code, text);
     if !peer_ok {
-        let bytes = http::encode_response(&Reply::error(403, ""));
-        access(peer, Wire::V1Plain, None, 403, bytes.len(), started);
-        return Ok(write_all_and_close(stream, &bytes).await?);
+        return v1_answer(
+            stream,
+            peer,
+            None,
+            &refuse(403, String::new()),
+            None,
+            started,
+        )
+        .await;
     }
     let parsed = match http::read_request(stream, &limits(policy)).await {
         Ok(Some(req)) => req,
         Ok(None) => return Ok(()),
-        Err(legacy::LegacyError::Timeout) => {
-            let bytes = http::encode_response(&Reply::error(
-                408,
-                "request not received within socket_timeout",
-            ));
-            access(peer, Wire::V1Plain, None, 408, bytes.len(), started);
-            return Ok(write_all_and_close(stream, &bytes).await?);
-        }
         Err(e) => {
-            let bytes =
-                http::encode_response(&Reply::error(400, format!("malformed request: {e}")));
-            access(peer, Wire::V1Plain, None, 400, bytes.len(), started);
-            return Ok(write_all_and_close(stream, &bytes).await?);
+            let reply = match e {
+                legacy::LegacyError::Timeout => {
+                    refuse(408, "request not received within socket_timeout".into())
+                }
+                e => refuse(400, format!("malformed request: {e}")),
+            };
+            return v1_answer(stream, peer, None, &reply, None, started).await;
         }
     };
     if !policy.v1_plain {
-        let bytes = http::encode_response(&Reply::error(
-            400,
-            "this server requires the ssl mode (ssl = true)",
-        ));
-        access(peer, Wire::V1Plain, None, 400, bytes.len(), started);
-        return Ok(write_all_and_close(stream, &bytes).await?);
+        let reply = refuse(400, "this server requires the ssl mode (ssl = true)".into());
+        return v1_answer(stream, peer, None, &reply, None, started).await;
     }
     let (request, reply) = v1_run(&parsed, policy, handler, peer).await;
-    let request = Some(request);
-    let bytes = http::encode_response(&reply);
-    access(
-        peer,
-        Wire::V1Plain,
-        request.as_ref(),
-        reply.code,
-        bytes.len(),
-        started,
-    );
-    Ok(write_all_and_close(stream, &bytes).await?)
+    v1_answer(stream, peer, Some(&request), &reply, None, started).await
 }
 
 async fn serve_v1_ssl<H: Handler>(
@@ -362,47 +413,40 @@ async fn serve_v1_ssl<H: Handler>(
     let Some(key) = policy.private_key.clone() else {
         // Not configured for ssl: answer in plain text, as a plain server would, but
         // explicitly.
-        let bytes = http::encode_response(&Reply::error(
+        let reply = Reply::error(
             400,
             "this server has no ssl_private_key; use the plain mode",
-        ));
-        access(peer, Wire::V1Ssl, None, 400, bytes.len(), started);
-        return Ok(write_all_and_close(stream, &bytes).await?);
+        );
+        return v1_answer(stream, peer, None, &reply, None, started).await;
     };
-    let (head, ciphertext) = match ssl::read_ssl_request(stream, &limits(policy)).await {
-        Ok(Some(x)) => x,
+    // Without a passphrase there is no way to answer in kind: failures close.
+    let opened = match ssl::read_ssl_request(stream, &limits(policy)).await {
         Ok(None) => return Ok(()),
-        Err(e) => {
-            // Without a passphrase there is no way to answer in kind: close.
-            access(peer, Wire::V1Ssl, None, 400, 0, started);
-            return Err(Box::new(e));
-        }
+        Ok(Some((head, ciphertext))) => ssl::open_request(&key, &head, &ciphertext),
+        Err(e) => Err(e),
     };
-    let (passphrase, parsed) = match ssl::open_request(&key, &head, &ciphertext) {
+    let (passphrase, parsed) = match opened {
         Ok(x) => x,
         Err(e) => {
             access(peer, Wire::V1Ssl, None, 400, 0, started);
-            stream.get_mut().shutdown().await?;
+            let _ = stream.get_mut().shutdown().await;
             return Err(Box::new(e));
         }
     };
-    let (request, reply) = if !peer_ok {
-        (None, Reply::error(403, ""))
-    } else {
-        let (request, reply) = v1_run(&parsed, policy, handler, peer).await;
-        (Some(request), reply)
-    };
-    let sealed = ssl::seal(&passphrase, &http::encode_response(&reply))?;
-    let bytes = ssl::encode_ssl_response(&sealed);
-    access(
+    if !peer_ok {
+        let reply = Reply::error(403, "");
+        return v1_answer(stream, peer, None, &reply, Some(&passphrase), started).await;
+    }
+    let (request, reply) = v1_run(&parsed, policy, handler, peer).await;
+    v1_answer(
+        stream,
         peer,
-        Wire::V1Ssl,
-        request.as_ref(),
-        reply.code,
-        bytes.len(),
+        Some(&request),
+        &reply,
+        Some(&passphrase),
         started,
-    );
-    Ok(write_all_and_close(stream, &bytes).await?)
+    )
+    .await
 }
 
 async fn serve_v2<H: Handler>(
