@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Examples are built too: the rsync tests spawn the example background-transfer runner.
-cargo test --workspace --all-targets "$@"
+cargo test --workspace "$@"
