@@ -161,7 +161,14 @@ async fn every_order(proto: Proto) {
         let again = order(proto, &agent, "rsync", "slow").await;
         again.expect_code(200);
         assert_eq!(again.s("alreadyRsync"), "true", "{again:?}");
-        if !again.list("process").is_empty() {
+        // A listed process may be between fork and exec, or already a zombie (empty
+        // cmdline) for an instant: wait for a moment when an rsync is visible.
+        let is_rsync = again
+            .list("process")
+            .iter()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .any(|p| cmdline(p).contains("rsync"));
+        if is_rsync {
             break again;
         }
         assert!(Instant::now() < deadline, "no pids reported: {again:?}");
