@@ -31,4 +31,5 @@
     clippy::panic
 )]
 
+pub mod cluster;
 pub mod store;
