@@ -5,6 +5,7 @@
 //! argument vectors only: no shell ever sees a caller's input.
 
 mod exec;
+mod lock;
 mod process;
 mod rkill;
 mod rlist;
@@ -13,6 +14,7 @@ mod run;
 mod status;
 
 use deploy_common::config::AgentConfig;
+use deploy_common::lock::store::LockStore;
 use deploy_common::order::{OrderName, Reply, Request};
 use deploy_common::rsync::state::{RunnerCommand, StateDir};
 use deploy_common::rsync::{self as rs, RsyncSpec};
@@ -30,6 +32,8 @@ pub struct Agent {
     pub config: Arc<AgentConfig>,
     /// Background transfers.
     pub state: StateDir,
+    /// Leases of the `lock` order, in `<state_dir>/locks`.
+    pub locks: LockStore,
     /// How to start a background transfer's runner.
     pub runner: RunnerCommand,
 }
@@ -39,11 +43,13 @@ impl Agent {
     pub fn new(config: Arc<AgentConfig>) -> Result<Agent, String> {
         let state = StateDir::new(&config.server.state_dir)
             .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?;
+        let locks = lock::open(&config.server.state_dir)?;
         let program =
             std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
         Ok(Agent {
             config,
             state,
+            locks,
             runner: RunnerCommand {
                 program,
                 args_prefix: vec![RUNNER_SUBCOMMAND.into()],
@@ -89,10 +95,8 @@ impl Handler for Agent {
             Some(OrderName::Rkill) => rkill::run(self, &request),
             Some(OrderName::Exec) => exec::run(self, &request, &events).await,
             Some(OrderName::Run) => run::run(self, &request, &events).await,
-            Some(OrderName::Lock | OrderName::Unlock) => Reply::error(
-                501,
-                format!("{} is not served by this agent yet", request.order),
-            ),
+            Some(OrderName::Lock) => lock::lock(self, peer, &request).await,
+            Some(OrderName::Unlock) => lock::unlock(self, &request).await,
             None => Reply::empty(404),
         };
         if reply.code >= 400 {

@@ -1,0 +1,126 @@
+//! `lock` and `unlock`: a named lease in the agent's `state_dir` (see
+//! [`deploy_common::order::lock`] for the fields and replies, and
+//! [`deploy_common::lock::store`] for how leases are kept).
+//!
+//! | request | reply |
+//! |---|---|
+//! | bad name, token, lease or holder | 400 |
+//! | `lock`, free, expired, or our token | 200 grant (`renewed` says which) |
+//! | `lock`, another token's live lease | 423 with the holder and expiry |
+//! | `unlock`, our token | 200 `released: "true"` |
+//! | `unlock`, not held | 200 `released: "false"` |
+//! | `unlock`, another token's (or none) | 403 naming the holder |
+//! | the store fails | 500 (503 if its mutex stays busy) |
+//!
+//! A `lock` without a token gets a fresh random one; without a holder label, the peer's
+//! address is recorded. The store's file operations run on the blocking pool.
+
+use super::Agent;
+use deploy_common::lock::store::{LockOutcome, LockStore, Now, StoreError, UnlockOutcome};
+use deploy_common::order::lock::{self as wire, LockArgError, LockName, Token};
+use deploy_common::order::{Body, Reply, Request};
+use std::net::SocketAddr;
+
+pub(super) async fn lock(agent: &Agent, peer: SocketAddr, request: &Request) -> Reply {
+    let parsed = (|| -> Result<_, LockArgError> {
+        let name = LockName::parse(&request.options)?;
+        let token = match request.token.as_str() {
+            "" => Token::generate()?,
+            token => Token::parse(token)?,
+        };
+        let lease = wire::lease(request.lease)?;
+        wire::check_holder(&request.holder)?;
+        Ok((name, token, lease))
+    })();
+    let (name, token, lease) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return Reply::error(400, e.to_string()),
+    };
+    let holder = match request.holder.as_str() {
+        "" => peer.ip().to_string(),
+        holder => holder.to_owned(),
+    };
+    let store = agent.locks.clone();
+    let outcome = blocking(move || {
+        let now = Now::system();
+        store
+            .lock(&name, &token, &holder, lease, &now)
+            .map(|outcome| (outcome, now))
+    })
+    .await;
+    match outcome {
+        Ok((LockOutcome::Taken { record, previous }, now)) => {
+            match previous {
+                Some(previous) => tracing::info!(
+                    lock = %record.name, holder = %record.holder, lease,
+                    previous = %previous.holder, "lock taken over from an expired lease"
+                ),
+                None => {
+                    tracing::info!(lock = %record.name, holder = %record.holder, lease, "lock taken")
+                }
+            }
+            Reply::ok(record.grant(&now, false).to_body())
+        }
+        Ok((LockOutcome::Renewed(record), now)) => {
+            tracing::debug!(lock = %record.name, holder = %record.holder, lease, "lock renewed");
+            Reply::ok(record.grant(&now, true).to_body())
+        }
+        Ok((LockOutcome::Held(record), now)) => Reply {
+            code: 423,
+            body: Body::Json(record.held_by(&now).to_body()),
+        },
+        Err(reply) => reply,
+    }
+}
+
+pub(super) async fn unlock(agent: &Agent, request: &Request) -> Reply {
+    let name = match LockName::parse(&request.options) {
+        Ok(name) => name,
+        Err(e) => return Reply::error(400, e.to_string()),
+    };
+    let store = agent.locks.clone();
+    let token = request.token.clone();
+    let outcome = blocking(move || {
+        let now = Now::system();
+        store.unlock(&name, &token, &now).map(|o| (o, name, now))
+    })
+    .await;
+    match outcome {
+        Ok((UnlockOutcome::Released(record), _, _)) => {
+            tracing::info!(lock = %record.name, holder = %record.holder, "lock released");
+            Reply::ok(wire::released(&record.name, true))
+        }
+        Ok((UnlockOutcome::NotHeld, name, _)) => Reply::ok(wire::released(name.as_str(), false)),
+        Ok((UnlockOutcome::WrongToken(record), _, now)) => {
+            Reply::error(403, record.held_by(&now).wrong_token())
+        }
+        Err(reply) => reply,
+    }
+}
+
+/// Runs a store operation on the blocking pool; store errors become 500/503 replies.
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Reply> {
+    match tokio::task::spawn_blocking(op).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::error!(cause = %e, "lock store");
+            let code = if matches!(e, StoreError::Busy(_)) {
+                503
+            } else {
+                500
+            };
+            Err(Reply::error(code, e.to_string()))
+        }
+        Err(e) => {
+            tracing::error!(cause = %e, "lock store task failed");
+            Err(Reply::error(500, "lock store task failed"))
+        }
+    }
+}
+
+/// The store in `state_dir`, for [`Agent::new`].
+pub(super) fn open(state_dir: &std::path::Path) -> Result<LockStore, String> {
+    LockStore::open(state_dir).map_err(|e| e.to_string())
+}
