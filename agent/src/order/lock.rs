@@ -18,7 +18,7 @@
 use super::Agent;
 use deploy_common::lock::store::{LockOutcome, LockStore, Now, StoreError, UnlockOutcome};
 use deploy_common::order::lock::{self as wire, LockArgError, LockName, Token};
-use deploy_common::order::{Body, Reply, Request};
+use deploy_common::order::{Reply, Request};
 use std::net::SocketAddr;
 
 pub(super) async fn lock(agent: &Agent, peer: SocketAddr, request: &Request) -> Reply {
@@ -49,26 +49,25 @@ pub(super) async fn lock(agent: &Agent, peer: SocketAddr, request: &Request) -> 
     })
     .await;
     match outcome {
-        Ok((LockOutcome::Taken { record, previous }, now)) => {
-            match previous {
-                Some(previous) => tracing::info!(
+        Ok((outcome, now)) => {
+            match &outcome {
+                LockOutcome::Taken {
+                    record,
+                    previous: Some(previous),
+                } => tracing::info!(
                     lock = %record.name, holder = %record.holder, lease,
                     previous = %previous.holder, "lock taken over from an expired lease"
                 ),
-                None => {
+                LockOutcome::Taken { record, .. } => {
                     tracing::info!(lock = %record.name, holder = %record.holder, lease, "lock taken")
                 }
+                LockOutcome::Renewed(record) => {
+                    tracing::debug!(lock = %record.name, holder = %record.holder, lease, "lock renewed")
+                }
+                LockOutcome::Held(_) => {}
             }
-            Reply::ok(record.grant(&now, false).to_body())
+            outcome.into_reply(&now)
         }
-        Ok((LockOutcome::Renewed(record), now)) => {
-            tracing::debug!(lock = %record.name, holder = %record.holder, lease, "lock renewed");
-            Reply::ok(record.grant(&now, true).to_body())
-        }
-        Ok((LockOutcome::Held(record), now)) => Reply {
-            code: 423,
-            body: Body::Json(record.held_by(&now).to_body()),
-        },
         Err(reply) => reply,
     }
 }
@@ -86,13 +85,11 @@ pub(super) async fn unlock(agent: &Agent, request: &Request) -> Reply {
     })
     .await;
     match outcome {
-        Ok((UnlockOutcome::Released(record), _, _)) => {
-            tracing::info!(lock = %record.name, holder = %record.holder, "lock released");
-            Reply::ok(wire::released(&record.name, true))
-        }
-        Ok((UnlockOutcome::NotHeld, name, _)) => Reply::ok(wire::released(name.as_str(), false)),
-        Ok((UnlockOutcome::WrongToken(record), _, now)) => {
-            Reply::error(403, record.held_by(&now).wrong_token())
+        Ok((outcome, name, now)) => {
+            if let UnlockOutcome::Released(record) = &outcome {
+                tracing::info!(lock = %record.name, holder = %record.holder, "lock released");
+            }
+            outcome.into_reply(&name, &now)
         }
         Err(reply) => reply,
     }

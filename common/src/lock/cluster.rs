@@ -285,7 +285,7 @@ impl ClusterLock {
             .filter(|(_, a)| matches!(a.state, HostLock::Granted(_) | HostLock::Failed(_)))
             .map(|(t, _)| t.clone())
             .collect();
-        let mut unreleased = self.release_on(release).await;
+        let mut unreleased = self.release(release).await;
         unreleased.retain(|(host, _)| granted.contains(host));
         Err(NotAcquired {
             attempts: attempts.into_iter().map(|(_, a)| a).collect(),
@@ -293,8 +293,9 @@ impl ClusterLock {
         })
     }
 
-    /// Sends `unlock` to `targets`; returns the hosts where that failed, and why.
-    async fn release_on(&self, targets: Vec<Target>) -> Vec<(String, String)> {
+    /// Sends `unlock` with this locker's token to `targets` (e.g. all of them, after an
+    /// acquisition was interrupted); returns the hosts where that failed, and why.
+    pub async fn release(&self, targets: Vec<Target>) -> Vec<(String, String)> {
         if targets.is_empty() {
             return Vec::new();
         }
@@ -468,7 +469,7 @@ impl Held {
     /// leases run out by themselves).
     pub async fn release(&self) -> Vec<(String, String)> {
         let targets = self.hosts.iter().map(|h| h.target.clone()).collect();
-        self.lock.release_on(targets).await
+        self.lock.release(targets).await
     }
 }
 

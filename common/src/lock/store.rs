@@ -34,7 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::order::lock::{Grant, HeldBy, LockName, Token};
+use crate::order::lock::{released, Grant, HeldBy, LockName, Token};
+use crate::order::{Body, Reply};
 
 /// The store's subdirectory of `state_dir`.
 pub const LOCKS_DIR: &str = "locks";
@@ -245,6 +246,21 @@ pub enum LockOutcome {
     Held(LockRecord),
 }
 
+impl LockOutcome {
+    /// The order's reply: 200 with the grant (`renewed` for [`LockOutcome::Renewed`]), or
+    /// 423 naming the holder.
+    pub fn into_reply(self, now: &Now) -> Reply {
+        match self {
+            LockOutcome::Taken { record, .. } => Reply::ok(record.grant(now, false).to_body()),
+            LockOutcome::Renewed(record) => Reply::ok(record.grant(now, true).to_body()),
+            LockOutcome::Held(record) => Reply {
+                code: 423,
+                body: Body::Json(record.held_by(now).to_body()),
+            },
+        }
+    }
+}
+
 /// What [`LockStore::unlock`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnlockOutcome {
@@ -254,6 +270,19 @@ pub enum UnlockOutcome {
     NotHeld,
     /// Someone else holds it (or the token is wrong); nothing changed.
     WrongToken(LockRecord),
+}
+
+impl UnlockOutcome {
+    /// The order's reply: 200 `released` true or false, or 403 naming the holder.
+    pub fn into_reply(self, name: &LockName, now: &Now) -> Reply {
+        match self {
+            UnlockOutcome::Released(_) => Reply::ok(released(name.as_str(), true)),
+            UnlockOutcome::NotHeld => Reply::ok(released(name.as_str(), false)),
+            UnlockOutcome::WrongToken(record) => {
+                Reply::error(403, record.held_by(now).wrong_token())
+            }
+        }
+    }
 }
 
 /// The agent's leases, in `<state_dir>/locks/`.
