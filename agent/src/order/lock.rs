@@ -13,7 +13,9 @@
 //! | the store fails | 500 (503 if its mutex stays busy) |
 //!
 //! A `lock` without a token gets a fresh random one; without a holder label, the peer's
-//! address is recorded. The store's file operations run on the blocking pool.
+//! address is recorded. The store's file operations run on the blocking pool. The store's
+//! directory is opened (created and checked) by every request, not at start-up, so an
+//! agent that never serves a lock leaves its `state_dir` holding transfers only.
 
 use super::Agent;
 use deploy_common::lock::store::{LockOutcome, LockStore, Now, StoreError, UnlockOutcome};
@@ -40,8 +42,9 @@ pub(super) async fn lock(agent: &Agent, peer: SocketAddr, request: &Request) -> 
         "" => peer.ip().to_string(),
         holder => holder.to_owned(),
     };
-    let store = agent.locks.clone();
+    let state_dir = agent.state.root().to_path_buf();
     let outcome = blocking(move || {
+        let store = LockStore::open(&state_dir)?;
         let now = Now::system();
         store
             .lock(&name, &token, &holder, lease, &now)
@@ -77,9 +80,10 @@ pub(super) async fn unlock(agent: &Agent, request: &Request) -> Reply {
         Ok(name) => name,
         Err(e) => return Reply::error(400, e.to_string()),
     };
-    let store = agent.locks.clone();
+    let state_dir = agent.state.root().to_path_buf();
     let token = request.token.clone();
     let outcome = blocking(move || {
+        let store = LockStore::open(&state_dir)?;
         let now = Now::system();
         store.unlock(&name, &token, &now).map(|o| (o, name, now))
     })
@@ -115,9 +119,4 @@ async fn blocking<T: Send + 'static>(
             Err(Reply::error(500, "lock store task failed"))
         }
     }
-}
-
-/// The store in `state_dir`, for [`Agent::new`].
-pub(super) fn open(state_dir: &std::path::Path) -> Result<LockStore, String> {
-    LockStore::open(state_dir).map_err(|e| e.to_string())
 }

@@ -14,7 +14,6 @@ mod run;
 mod status;
 
 use deploy_common::config::AgentConfig;
-use deploy_common::lock::store::LockStore;
 use deploy_common::order::{OrderName, Reply, Request};
 use deploy_common::rsync::state::{RunnerCommand, StateDir};
 use deploy_common::rsync::{self as rs, RsyncSpec};
@@ -32,8 +31,6 @@ pub struct Agent {
     pub config: Arc<AgentConfig>,
     /// Background transfers.
     pub state: StateDir,
-    /// Leases of the `lock` order, in `<state_dir>/locks`.
-    pub locks: LockStore,
     /// How to start a background transfer's runner.
     pub runner: RunnerCommand,
 }
@@ -43,13 +40,11 @@ impl Agent {
     pub fn new(config: Arc<AgentConfig>) -> Result<Agent, String> {
         let state = StateDir::new(&config.server.state_dir)
             .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?;
-        let locks = lock::open(&config.server.state_dir)?;
         let program =
             std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
         Ok(Agent {
             config,
             state,
-            locks,
             runner: RunnerCommand {
                 program,
                 args_prefix: vec![RUNNER_SUBCOMMAND.into()],
