@@ -128,7 +128,8 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub order: OrderArg,
 
-    /// The order's options: a group, `dest,src`, or `job,arg,...` for exec.
+    /// The order's options: a group, `dest,src`, `job,arg,...` for exec, or the lock's
+    /// name for lock and unlock (default `deploy`).
     #[arg(long, default_value = "", hide_default_value = true)]
     pub options: String,
 
