@@ -138,7 +138,11 @@ pub async fn run(config: Config, mode: LockMode) -> io::Result<u8> {
     };
     if only {
         let results: Vec<&HostResult> = held.attempts.iter().map(|a| &a.result).collect();
-        print_results(format, &results)?;
+        if let Err(e) = print_results(format, &results) {
+            // Nobody may be left waiting for a lock we cannot report (a closed pipe).
+            let _ = held.release().await;
+            return Err(e);
+        }
         if !quiet {
             eprintln!(
                 "deploy-client: locked on {} hosts; waiting for interrupt",

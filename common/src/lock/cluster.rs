@@ -323,7 +323,6 @@ impl ClusterLock {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();
         let mut slots: Vec<Option<Delivered>> = Vec::with_capacity(targets.len());
-        let mut names = HashMap::new();
         for (index, target) in targets.iter().cloned().enumerate() {
             slots.push(None);
             let (transport, request, permits) = (
@@ -331,7 +330,7 @@ impl ClusterLock {
                 Arc::clone(&request),
                 Arc::clone(&permits),
             );
-            let handle = tasks.spawn(async move {
+            tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.ok();
                 let started = Instant::now();
                 let outcome = deliver(transport.as_ref(), &target, &request, limit).await;
@@ -348,8 +347,8 @@ impl ClusterLock {
                     },
                 }
             });
-            names.insert(handle.id(), index);
         }
+        // A task that panicked leaves its slot empty: it is reported as failed below.
         while let Some(done) = tasks.join_next().await {
             match done {
                 Ok(d) => {
