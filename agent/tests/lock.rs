@@ -287,14 +287,14 @@ async fn heartbeats_hold_the_lock_beyond_its_lease() {
     let agents = start_agents(2);
     let all: Vec<&Agent> = agents.iter().map(|(_, a)| a).collect();
     let held = Arc::new(
-        locker("alice@a:1", 1)
+        locker("alice@a:1", 2)
             .acquire(targets(&all))
             .await
             .expect("alice locks"),
     );
     let (stop, handle) = beat(&held);
-    // Three leases later, still hers everywhere.
-    for _ in 0..6 {
+    // Over two leases later, still hers everywhere.
+    for _ in 0..9 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         for agent in &all {
             let r = send(agent, lock("web", "bob", &token(), Some(1))).await;

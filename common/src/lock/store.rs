@@ -11,8 +11,9 @@
 //!
 //! **One mutex, atomic files.** Every operation takes an exclusive `flock` on `.mutex`
 //! (retrying without blocking for up to a second, then [`StoreError::Busy`]), reads the
-//! lock's record, decides, and writes the new record through a temporary file, `fsync`
-//! and `rename`, or removes it. Workers are separate processes, so nothing in memory could
+//! lock's record, decides, and writes the new record through a temporary file and a
+//! `rename`, or removes it. There is no `fsync`: the rename is atomic for every process,
+//! and a record lost in a machine crash would be void anyway (another boot id). Workers are separate processes, so nothing in memory could
 //! serialize them; the `flock` does, and the kernel drops it if a worker dies inside the
 //! critical section. Two lockers can therefore never both win, and a reader never sees
 //! half a record. Files are opened with `O_NOFOLLOW` and the directory must be private,
@@ -447,7 +448,7 @@ impl LockStore {
         Ok(Some(record))
     }
 
-    /// Replaces the record through a temporary file, fsync and rename.
+    /// Replaces the record through a temporary file and a rename.
     fn write(&self, name: &LockName, record: &LockRecord) -> Result<(), StoreError> {
         let target = self.path(name);
         let tmp = self
@@ -467,8 +468,9 @@ impl LockStore {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
+            // No fsync: rename is atomic for other processes, and after a crash of the
+            // machine every lease is void anyway (another boot id).
             file.write_all(&text)?;
-            file.sync_all()?;
             drop(file);
             fs::rename(&tmp, &target)
         };
