@@ -10,6 +10,7 @@
 //! | [`hardening`] | the original's weaknesses (spec §15), each shown closed |
 //! | [`process`] | prefork model: workers, signals, respawn, recycling, reload, titles |
 //! | [`ipv6`] | serving on `::1` |
+//! | [`lock`] | `lock`/`unlock` and the cluster lock across agents, heartbeats, loss |
 //! | [`golden`] | the original's captured wire vectors replayed against the agent |
 //! | [`config`] | `--check` on the shipped samples and on broken files |
 //!
@@ -21,6 +22,7 @@ mod errors;
 mod golden;
 mod hardening;
 mod ipv6;
+mod lock;
 mod orders;
 mod process;
 mod util;

@@ -3,7 +3,8 @@
 //! Every flag of the original `deploy-client` is accepted, in both `--x=v` and `--x v`
 //! forms (clap's long options take both). `--ipc-path` and `--worker-method` configured
 //! the original's process-per-host fan-out, which no longer exists; they are accepted and
-//! ignored. New flags: `--protocol`, `--format`, `--concurrency`, `--follow`, `-q`.
+//! ignored. New flags: `--protocol`, `--format`, `--concurrency`, `--follow`, `-q`;
+//! for the cluster lock `--lock`, `--lease` and `--token` (see [`crate::lock`]).
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -16,9 +17,12 @@ use clap::{Parser, ValueEnum};
 use deploy_common::crypto::RsaPublicKey;
 use deploy_common::fanout::DEFAULT_CONCURRENCY;
 use deploy_common::legacy::auth::DEFAULT_KEY_CIPHER;
+use deploy_common::order::lock as wire_lock;
 use deploy_common::order::Request;
 use deploy_common::target::Target;
 use deploy_common::transport::{AgentTransport, Protocol};
+
+use crate::lock::{self as cluster_lock, LockMode};
 
 /// The exit-status table shown at the end of `--help`.
 const EXIT_CODES: &str = "\
@@ -29,6 +33,13 @@ Exit status:
   2  usage or local configuration error (bad flag or host, unreadable key file)
   3  at least one host could not be reached, timed out, or broke the protocol
      (takes precedence over 1)
+  4  --order=lock or --lock: the lock could not be taken on every host (it was
+     released where it had been taken); the holders are named on stderr
+  5  --order=lock or --lock: a host's lease could not be renewed (lock lost);
+     an order running under --lock was aborted
+  130 interrupted (SIGINT/SIGTERM) while taking the lock or while an order ran
+     under --lock; the lock was released. --order=lock ends with 0 when
+     interrupted: holding until then is its job
 
 Hosts are written host, host:port, 1.2.3.4:port, [v6addr]:port or a bare v6
 address; results are keyed by the host as written (with :port only when it
@@ -117,7 +128,8 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub order: OrderArg,
 
-    /// The order's options: a group, `dest,src`, or `job,arg,...` for exec.
+    /// The order's options: a group, `dest,src`, `job,arg,...` for exec, or the lock's
+    /// name for lock and unlock (default `deploy`).
     #[arg(long, default_value = "", hide_default_value = true)]
     pub options: String,
 
@@ -198,6 +210,20 @@ pub struct Args {
     #[arg(long)]
     pub sudo: bool,
 
+    /// `run`, `exec`, `rsync`: take the cluster lock NAME (default `deploy`) on every
+    /// host first, hold it while the order runs, and release it at the end.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub lock: Option<String>,
+
+    /// `lock`, `--lock`: the lease in seconds; renewed every third of it.
+    #[arg(long, value_name = "SECS", default_value_t = wire_lock::DEFAULT_LEASE, value_parser = clap::value_parser!(u64).range(1..=wire_lock::MAX_LEASE))]
+    pub lease: u64,
+
+    /// `unlock`: the token of the lock to release (printed by `--order=lock`); `lock`,
+    /// `--lock`: resume a lock held with this token instead of drawing a new one.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -217,6 +243,8 @@ pub struct Config {
     pub format: Format,
     /// Whether per-host errors are reported on standard error.
     pub quiet: bool,
+    /// `--order=lock` or `--lock`: how the cluster lock is used.
+    pub lock: Option<LockMode>,
 }
 
 impl Args {
@@ -278,6 +306,22 @@ impl Args {
         if self.hosts == "-" && self.stdin.as_deref() == Some(std::path::Path::new("-")) {
             bail!("--hosts=- and --stdin=- cannot both read standard input");
         }
+        let token = self.token.as_deref();
+        let lock = match (self.order, &self.lock) {
+            (OrderArg::Lock, None) => Some(LockMode::Only(cluster_lock::spec(
+                &self.options,
+                self.lease,
+                token,
+            )?)),
+            (OrderArg::Run | OrderArg::Exec | OrderArg::Rsync, Some(name)) => Some(
+                LockMode::Around(cluster_lock::spec(name, self.lease, token)?),
+            ),
+            (_, Some(_)) => bail!("--lock is for --order=run, exec or rsync"),
+            (_, None) => None,
+        };
+        if lock.is_some() && protocol == Protocol::V1 {
+            bail!("the cluster lock needs --protocol=v2");
+        }
         let stdin = match &self.stdin {
             None => None,
             Some(path) => {
@@ -303,6 +347,10 @@ impl Args {
             argv: self.command,
             stdin,
             sudo: self.sudo,
+            token: match self.order {
+                OrderArg::Unlock => self.token.unwrap_or_default(),
+                _ => String::new(),
+            },
             ..Request::default()
         };
         Ok(Config {
@@ -312,6 +360,7 @@ impl Args {
             concurrency: self.concurrency,
             format: self.format,
             quiet: self.quiet,
+            lock,
         })
     }
 }

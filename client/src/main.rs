@@ -8,6 +8,7 @@
 //! | [`cli`] | flags (the original's and the new ones) → a validated [`cli::Config`] |
 //! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
 //! | [`progress`] | `--follow`: streamed lines and rsync progress bars on standard error |
+//! | [`lock`] | `--order=lock` and `--lock`: the cluster lock, its heartbeat and release |
 //!
 //! # Design
 //!
@@ -17,10 +18,12 @@
 //! order). One single-threaded Tokio runtime runs every host as a task.
 //!
 //! Exit status: 0 all succeeded, 1 some order failed, 3 some host unreachable, timed out
-//! or broke the protocol (over 1), 2 usage or local error; a closed standard output
-//! (`BrokenPipe`) ends the run quietly with 0.
+//! or broke the protocol (over 1), 2 usage or local error, 4 lock not acquired, 5 lock
+//! lost, 130 interrupted under a lock; a closed standard output (`BrokenPipe`) ends the
+//! run quietly with 0.
 
 mod cli;
+mod lock;
 mod progress;
 mod render;
 
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "deploy-client starting"
     );
-    let config = match args.into_config(cli::read_stdin) {
+    let mut config = match args.into_config(cli::read_stdin) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("deploy-client: error: {e:#}");
@@ -73,7 +76,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match runtime.block_on(run(config)) {
+    let status = match config.lock.take() {
+        Some(mode) => runtime.block_on(lock::run(config, mode)),
+        None => runtime.block_on(run(config)),
+    };
+    match status {
         Ok(status) => ExitCode::from(status),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_OK),
         Err(e) => {
@@ -130,6 +137,7 @@ async fn run(config: Config) -> io::Result<u8> {
         concurrency,
         format,
         quiet,
+        lock: _,
     } = config;
     let order = request.order.clone();
     let count = targets.len();

@@ -7,6 +7,7 @@
     clippy::panic
 )]
 
+mod lock;
 mod util;
 
 use std::sync::Arc;

@@ -96,9 +96,19 @@ async fn listen(addr: &str) -> (TcpListener, SocketAddr) {
 
 /// Starts a v2 agent on `bind` (e.g. `127.0.0.1:0`).
 pub async fn v2_agent_on(bind: &str, key_cipher: &str, handler: Handler) -> SocketAddr {
+    v2_agent_killable(bind, key_cipher, handler).await.0
+}
+
+/// Starts a v2 agent on `bind`; aborting the returned task closes its listening socket
+/// (new connections are refused, as if the agent had died).
+pub async fn v2_agent_killable(
+    bind: &str,
+    key_cipher: &str,
+    handler: Handler,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let (listener, addr) = listen(bind).await;
     let key_cipher = key_cipher.to_owned();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (key_cipher, handler) = (key_cipher.clone(), handler.clone());
             tokio::spawn(async move {
@@ -122,7 +132,7 @@ pub async fn v2_agent_on(bind: &str, key_cipher: &str, handler: Handler) -> Sock
             });
         }
     });
-    addr
+    (addr, task)
 }
 
 /// Starts a v2 agent on 127.0.0.1.

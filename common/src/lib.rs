@@ -15,6 +15,7 @@
 //! | [`rsync`] | rsync argument vectors, output parsing, background transfers |
 //! | [`server`] | prefork master/worker, signals, privileges, logging |
 //! | [`fanout`] | one order to many targets, concurrently, as a stream of results |
+//! | [`lock`] | the cluster lock: the agent's leases and the all-or-nothing locker |
 //! | [`transport`] | delivering one order to one target (v2 or v1) |
 //!
 //! # Design
@@ -30,6 +31,7 @@ pub mod config;
 pub mod crypto;
 pub mod fanout;
 pub mod legacy;
+pub mod lock;
 pub mod order;
 pub mod rsync;
 pub mod server;

@@ -5,6 +5,7 @@
 //! argument vectors only: no shell ever sees a caller's input.
 
 mod exec;
+mod lock;
 mod process;
 mod rkill;
 mod rlist;
@@ -89,10 +90,8 @@ impl Handler for Agent {
             Some(OrderName::Rkill) => rkill::run(self, &request),
             Some(OrderName::Exec) => exec::run(self, &request, &events).await,
             Some(OrderName::Run) => run::run(self, &request, &events).await,
-            Some(OrderName::Lock | OrderName::Unlock) => Reply::error(
-                501,
-                format!("{} is not served by this agent yet", request.order),
-            ),
+            Some(OrderName::Lock) => lock::lock(self, peer, &request).await,
+            Some(OrderName::Unlock) => lock::unlock(self, &request).await,
             None => Reply::empty(404),
         };
         if reply.code >= 400 {

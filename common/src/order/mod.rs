@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod exec;
+pub mod lock;
 pub mod rkill;
 pub mod rlist;
 pub mod rsync;
@@ -121,6 +122,11 @@ pub struct Request {
     /// `lock`/`unlock`: who holds the lock (user@host:pid), shown to a second locker.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub holder: String,
+    /// `lock`/`unlock`: the secret that proves a lock is ours (see [`lock`]): chosen by
+    /// the locker, sent again to renew (heartbeat) and to release. A field of its own, not
+    /// part of `options`, so that it never appears in access logs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
 }
 
 /// The body of a reply.
@@ -137,7 +143,7 @@ pub enum Body {
 /// An order's outcome: an HTTP-like status code and a body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
-    /// 200, 400, 401, 403, 404, 405, 408, 500.
+    /// 200, 400, 401, 403, 404, 405, 408, 423 (`lock`: held by another), 500.
     pub code: u16,
     /// The body.
     pub body: Body,
@@ -193,6 +199,7 @@ pub fn reason(code: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        423 => "Locked",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",

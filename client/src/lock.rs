@@ -1,0 +1,327 @@
+//! The cluster lock on the command line: `--order=lock` (hold it until interrupted) and
+//! `--lock` (hold it around `run`, `exec` or `rsync`).
+//!
+//! ```text
+//! --order=lock [--options=NAME] [--lease=SECS]
+//!   lock every host ──any refused──► unlock the ones taken, print the holders, exit 4
+//!        │ all granted
+//!   print the results; "locked on N hosts; waiting for interrupt"
+//!   heartbeat every lease/3 ──host lost──► release the rest, exit 5
+//!        │ SIGINT / SIGTERM
+//!   release, exit 0
+//!
+//! --order=exec|run|rsync --lock[=NAME]
+//!   lock as above (exit 4, printing nothing on stdout) ─► run the order while
+//!   heartbeating ─► release ─► the order's exit status
+//!   lost mid-run: the order's deliveries are dropped (cancelled), release, exit 5
+//!   SIGINT / SIGTERM mid-run: likewise, exit 130
+//! ```
+//!
+//! `--order=unlock --options=NAME --token=TOKEN` is an ordinary order (no code here): it
+//! needs the token of the live lease, which `--order=lock` prints in every host's
+//! result. Without it the agents answer 403 naming the holder; there is no forced
+//! release, since a lease runs out by itself. `--token` also lets `--order=lock` resume
+//! a lock whose token is known (the same token renews instead of being refused).
+//!
+//! # Design
+//!
+//! The heartbeat runs on a thread of its own with its own runtime, so that a blocked
+//! standard output (a paused pager) can stall the order's output but never the lease
+//! renewals. Signals are caught only while a lock may be held, to release it before
+//! exiting.
+
+use std::io::{self, BufWriter, Write};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use deploy_common::fanout::HostResult;
+use deploy_common::lock::cluster::{ClusterLock, Held, HostLock, LockSpec, Lost, NotAcquired};
+use deploy_common::order::lock::{self as wire, LockName, Token};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Config, Format};
+use crate::render;
+
+/// Exit status: the lock could not be taken on every host (none is left locked).
+pub const EXIT_LOCK_NOT_ACQUIRED: u8 = 4;
+/// Exit status: a host's lease could not be renewed; the lock is no longer guaranteed.
+pub const EXIT_LOCK_LOST: u8 = 5;
+/// Exit status: interrupted (SIGINT/SIGTERM) before the lock was held or during an order
+/// run under `--lock` (128 + SIGINT, the shell's convention).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// How the lock is used.
+#[derive(Debug, Clone)]
+pub enum LockMode {
+    /// `--order=lock`: hold it until interrupted.
+    Only(LockSpec),
+    /// `--lock`: hold it while the order runs.
+    Around(LockSpec),
+}
+
+/// Builds the lock's description from the flags: the name (`""` = `deploy`), the lease,
+/// and a token (`--token`, or 128 fresh random bits). The holder label is
+/// `user@host:pid`.
+pub fn spec(name: &str, lease: u64, token: Option<&str>) -> anyhow::Result<LockSpec> {
+    let name = LockName::parse(name)?;
+    let lease = wire::lease(Some(lease))?;
+    let token = match token {
+        Some(token) => Token::parse(token).context("--token")?,
+        None => Token::generate()?,
+    };
+    Ok(LockSpec {
+        name,
+        holder: holder(),
+        token,
+        lease,
+    })
+}
+
+/// `user@host:pid`, who we are to someone we keep out.
+fn holder() -> String {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| nix::unistd::getuid().to_string());
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let label = format!("{user}@{host}:{}", std::process::id());
+    // The agent refuses labels with control characters or over 256 bytes.
+    let label: String = label.chars().filter(|c| !c.is_control()).collect();
+    match label.char_indices().nth(wire::MAX_HOLDER / 4) {
+        Some((cut, _)) => label.get(..cut).unwrap_or_default().to_owned(),
+        None => label,
+    }
+}
+
+/// Runs `config`'s order under the lock `mode`; returns the exit status.
+pub async fn run(config: Config, mode: LockMode) -> io::Result<u8> {
+    let (spec, only) = match mode {
+        LockMode::Only(spec) => (spec, true),
+        LockMode::Around(spec) => (spec, false),
+    };
+    let (format, quiet) = (config.format, config.quiet);
+    let mut signals = Signals::new()?;
+    let locker = ClusterLock::new(Arc::new(config.transport.clone()), spec)
+        .with_concurrency(config.concurrency);
+    let name = locker.spec().name.clone();
+    let targets = config.targets.clone();
+    let acquired = tokio::select! {
+        acquired = locker.acquire(targets.clone()) => acquired,
+        () = signals.recv() => {
+            // Whatever was granted carries our token: release it everywhere.
+            let _ = locker.release(targets).await;
+            eprintln!("deploy-client: interrupted while taking lock {name}; released");
+            return Ok(EXIT_INTERRUPTED);
+        }
+    };
+    let held = match acquired {
+        Ok(held) => Arc::new(held),
+        Err(refused) => {
+            if only {
+                let results: Vec<&HostResult> =
+                    refused.attempts.iter().map(|a| &a.result).collect();
+                print_results(format, &results)?;
+            }
+            report_refusal(&name, &refused, quiet);
+            return Ok(EXIT_LOCK_NOT_ACQUIRED);
+        }
+    };
+    if only {
+        let results: Vec<&HostResult> = held.attempts.iter().map(|a| &a.result).collect();
+        if let Err(e) = print_results(format, &results) {
+            // Nobody may be left waiting for a lock we cannot report (a closed pipe).
+            let _ = held.release().await;
+            return Err(e);
+        }
+        if !quiet {
+            eprintln!(
+                "deploy-client: locked on {} hosts; waiting for interrupt",
+                held.hosts()
+            );
+        }
+    } else {
+        tracing::info!(lock = %name, hosts = held.hosts(), "locked");
+    }
+
+    let mut heartbeat = Heartbeat::start(Arc::clone(&held))?;
+    let (status, lost) = if only {
+        tokio::select! {
+            () = signals.recv() => (Ok(crate::EXIT_OK), None),
+            lost = heartbeat.lost() => (Ok(EXIT_LOCK_LOST), Some(lost)),
+        }
+    } else {
+        tokio::select! {
+            status = crate::run(config) => (status, None),
+            () = signals.recv() => {
+                eprintln!("deploy-client: interrupted; releasing lock {name}");
+                (Ok(EXIT_INTERRUPTED), None)
+            }
+            lost = heartbeat.lost() => (Ok(EXIT_LOCK_LOST), Some(lost)),
+        }
+    };
+    // Dropping the order's future above cancelled its deliveries.
+    heartbeat.stop().await;
+    if let Some(lost) = &lost {
+        eprintln!("deploy-client: error: {lost}; the order was aborted");
+    }
+    let unreleased = held.release().await;
+    report_unreleased(&name, held.spec().lease, &unreleased, quiet);
+    status
+}
+
+/// Prints the lock results in the chosen format (like any order's).
+fn print_results(format: Format, results: &[&HostResult]) -> io::Result<()> {
+    let order = "lock";
+    let mut out = BufWriter::new(io::stdout().lock());
+    match format {
+        Format::Json => render::write_perl_pretty(&mut out, &render::document(order, results))?,
+        Format::Text => render::write_text(&mut out, order, results)?,
+        Format::Jsonl => {
+            for result in results {
+                serde_json::to_writer(&mut out, &render::result_line(order, result))
+                    .map_err(io::Error::other)?;
+                out.write_all(b"\n")?;
+            }
+        }
+    }
+    out.flush()
+}
+
+/// One line per host that did not grant the lock (unless quiet), then a summary naming
+/// the holders.
+fn report_refusal(name: &LockName, refused: &NotAcquired, quiet: bool) {
+    let mut holders: Vec<&str> = Vec::new();
+    let mut count = 0;
+    for attempt in refused.refusals() {
+        count += 1;
+        if let HostLock::Held(by) = &attempt.state {
+            if !holders.contains(&by.holder.as_str()) {
+                holders.push(&by.holder);
+            }
+        }
+        if !quiet {
+            eprintln!(
+                "deploy-client: error: {}: {}",
+                attempt.result.host, attempt.state
+            );
+        }
+    }
+    let by = if holders.is_empty() {
+        String::new()
+    } else {
+        format!(" (held by {})", holders.join(", "))
+    };
+    eprintln!(
+        "deploy-client: error: lock {name} not acquired on {count} of {} hosts{by}; released where it was taken",
+        refused.attempts.len()
+    );
+    for (host, why) in &refused.unreleased {
+        eprintln!("deploy-client: warning: {host}: lock {name} not released: {why}");
+    }
+}
+
+fn report_unreleased(name: &LockName, lease: u64, unreleased: &[(String, String)], quiet: bool) {
+    if quiet {
+        return;
+    }
+    for (host, why) in unreleased {
+        eprintln!(
+            "deploy-client: warning: {host}: lock {name} not released ({why}); its lease runs out within {lease} s"
+        );
+    }
+}
+
+/// SIGINT and SIGTERM, caught.
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// The heartbeat, on its own thread and runtime.
+struct Heartbeat {
+    stop: CancellationToken,
+    done: Option<oneshot::Receiver<Result<(), Lost>>>,
+    lock: String,
+}
+
+impl Heartbeat {
+    fn start(held: Arc<Held>) -> io::Result<Heartbeat> {
+        let stop = CancellationToken::new();
+        let (tx, rx) = oneshot::channel();
+        let lock = held.spec().name.to_string();
+        let thread_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                let result = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(held.heartbeat(thread_stop)),
+                    Err(e) => Err(Lost {
+                        lock: held.spec().name.to_string(),
+                        host: "localhost".into(),
+                        why: format!("cannot start the heartbeat: {e}"),
+                    }),
+                };
+                let _ = tx.send(result);
+            })?;
+        Ok(Heartbeat {
+            stop,
+            done: Some(rx),
+            lock,
+        })
+    }
+
+    /// Resolves when a host is lost (never after [`Heartbeat::stop`]).
+    async fn lost(&mut self) -> Lost {
+        let Some(done) = self.done.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = done.await;
+        self.done = None;
+        match result {
+            Ok(Err(lost)) => lost,
+            Ok(Ok(())) => std::future::pending().await,
+            Err(_) => Lost {
+                lock: self.lock.clone(),
+                host: "localhost".into(),
+                why: "the heartbeat thread ended".into(),
+            },
+        }
+    }
+
+    /// Stops the heartbeat and waits for its thread to finish.
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+}
