@@ -16,6 +16,7 @@
 //! | [`server`] | prefork master/worker, signals, privileges, logging |
 //! | [`fanout`] | one order to many targets, concurrently, as a stream of results |
 //! | [`transport`] | delivering one order to one target (v2 or v1) |
+//! | `ssh` | agentless hosts over native SSH (feature `ssh`) |
 //!
 //! # Design
 //!
@@ -33,6 +34,8 @@ pub mod legacy;
 pub mod order;
 pub mod rsync;
 pub mod server;
+#[cfg(feature = "ssh")]
+pub mod ssh;
 pub mod target;
 pub mod transport;
 pub mod wire;
