@@ -7,6 +7,7 @@
     clippy::panic
 )]
 
+mod ssh;
 mod util;
 
 use std::sync::Arc;
