@@ -175,11 +175,7 @@ impl SshConfig {
                     "user" => {
                         user.get_or_insert_with(|| value.clone());
                     }
-                    "port" => {
-                        if port.is_none() {
-                            port = parse_port(value).ok();
-                        }
-                    }
+                    "port" if port.is_none() => port = parse_port(value).ok(),
                     "identityfile" => out.identity_files.push(value.clone()),
                     "proxyjump" => {
                         jump.get_or_insert_with(|| value.clone());
