@@ -221,7 +221,7 @@ pub enum SshError {
         cause: std::io::Error,
     },
     /// Every method was refused.
-    #[error("authentication failed for {user}@{host} (tried: {tried})")]
+    #[error("authentication as {user:?} refused by {host} (tried: {tried})")]
     Auth {
         /// Remote user.
         user: String,

@@ -210,8 +210,8 @@ impl Shared {
         Ok(self.hop(&target.host, target.user.as_deref(), port, spec))
     }
 
-    /// A TCP connection with `TCP_NODELAY`, within the connect timeout.
-    async fn tcp(&self, host: &str, port: u16) -> Result<TcpStream, SshError> {
+    /// A TCP connection with `TCP_NODELAY` (and quick ACKs), within the connect timeout.
+    async fn tcp(&self, host: &str, port: u16) -> Result<QuickAck, SshError> {
         let address = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -246,7 +246,7 @@ impl Shared {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(cause = %e, "TCP_NODELAY");
         }
-        Ok(stream)
+        Ok(QuickAck(stream))
     }
 
     fn client_config(&self, hop: &Hop) -> Arc<client::Config> {
@@ -484,6 +484,74 @@ impl Shared {
                 Ok(())
             }
         }
+    }
+}
+
+/// A TCP stream that acknowledges every segment at once (`TCP_QUICKACK`, which Linux
+/// resets by itself, so it is set again after each read).
+///
+/// sshd leaves Nagle's algorithm on for non-interactive sessions, so when it writes
+/// two small packets in a row (debug messages, then the channel confirmation; EOF then
+/// exit status), the second waits for the ACK of the first, which a delayed ACK holds
+/// back for up to 40 ms: several such stalls per command otherwise.
+pub struct QuickAck(TcpStream);
+
+impl QuickAck {
+    fn quickack(&self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+    }
+}
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let poll = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if poll.is_ready() {
+            self.quickack();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
 }
 
