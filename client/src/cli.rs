@@ -50,6 +50,9 @@ Environment: DEPLOY_KEY_CIPHER and DEPLOY_API_KEY supply --key-cipher and
 --api-key, so that secrets stay out of the process list. RUST_LOG overrides
 the log level chosen by -v/-q/--debug.";
 
+/// `--thread-timeout` for agents when not given.
+const DEFAULT_THREAD_TIMEOUT: u64 = 30;
+
 /// The orders an agent serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OrderArg {
@@ -157,9 +160,10 @@ pub struct Args {
     #[arg(long, value_name = "PEM")]
     pub ssl_public_key: Option<PathBuf>,
 
-    /// Seconds a host may take for the whole exchange.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub thread_timeout: u64,
+    /// Seconds a host may take for the whole exchange [default: 30; for ssh:// hosts,
+    /// no limit, so that `run -- tail -f …` goes on until interrupted].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub thread_timeout: Option<u64>,
 
     /// Seconds to wait for a connection.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -318,7 +322,7 @@ impl Args {
             key_cipher: self.key_cipher,
             public_key,
             connect_timeout: Duration::from_secs(self.socket_timeout),
-            deadline: Duration::from_secs(self.thread_timeout),
+            deadline: Duration::from_secs(self.thread_timeout.unwrap_or(DEFAULT_THREAD_TIMEOUT)),
             pool: None,
         };
         let ssh = if targets.iter().any(|t| t.scheme == Scheme::Ssh) {
@@ -328,7 +332,7 @@ impl Args {
             options.accept_new_host_keys = self.accept_new_host_keys;
             options.identities = self.identity.clone();
             options.connect_timeout = Duration::from_secs(self.socket_timeout);
-            options.deadline = Duration::from_secs(self.thread_timeout);
+            options.deadline = self.thread_timeout.map(Duration::from_secs);
             options.keepalive = self.ssh_keepalive.map(Duration::from_secs);
             if self.password {
                 options.password = Some(

@@ -662,7 +662,7 @@ fn ssh_config_alias_with_hostname_port_user_identity() {
     assert_eq!(out.status, 3, "{out:?}");
     assert!(
         out.stderr
-            .contains("authentication failed for root@ssh://web1"),
+            .contains("authentication as \"root\" refused by ssh://web1"),
         "{}",
         out.stderr
     );
@@ -841,4 +841,40 @@ fn ssh_agent_is_tried_first() {
     let _ = agent.wait();
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(out.stdout, "via agent\n");
+}
+
+#[test]
+fn ssh_thread_timeout_bounds_a_run_only_when_given() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let spec = c.spec(3);
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &spec,
+            "--order=run",
+            "--thread-timeout=1",
+            "--",
+            "echo started; sleep 5",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 3, "{out:?}");
+    assert_eq!(out.stdout, format!("{spec}: started\n"));
+    assert!(out.stderr.contains("no reply within 1 s"), "{}", out.stderr);
+    assert!(out.stderr.contains("timed out (1 host)"), "{}", out.stderr);
+    // No default deadline over SSH: longer than a second is fine.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &spec,
+            "--order=run",
+            "--",
+            "sleep 1.5; echo finished",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
 }

@@ -20,7 +20,7 @@
 //!   ─► session channel: exec "argv joined" ─► stdin then EOF
 //!   ◄─ stdout/stderr → Event::Line{stream, line} as each line completes ◄─ exit-status
 //!   = Outcome::Reply(200 {return, code, command, content})
-//! └──────────────────────────── whole exchange ≤ deadline ─────────────────────────────┘
+//! └────────────────────── whole exchange ≤ deadline (if one is set) ──────────────────────┘
 //! ```
 //!
 //! Everything slow or shared is done once per run, not per host: the configuration and
@@ -93,8 +93,8 @@ pub struct SshOptions {
     pub home: PathBuf,
     /// Longest wait for the TCP connection, then again for the SSH handshake.
     pub connect_timeout: Duration,
-    /// Longest wait for the whole exchange.
-    pub deadline: Duration,
+    /// Longest wait for the whole exchange; `None`: as long as the command runs.
+    pub deadline: Option<Duration>,
     /// Send a keep-alive after this much silence from the server (3 unanswered end the
     /// connection).
     pub keepalive: Option<Duration>,
@@ -114,7 +114,7 @@ impl SshOptions {
             local_user: local_user.into(),
             home: home.into(),
             connect_timeout: Duration::from_secs(10),
-            deadline: Duration::from_secs(60),
+            deadline: None,
             keepalive: None,
         }
     }
@@ -407,10 +407,16 @@ impl Shared {
             self.stats.connected.fetch_add(1, Ordering::Relaxed);
             session::run(&session, &command, stdin, &events, &self.stats).await
         };
-        match tokio::time::timeout(self.options.deadline, work).await {
-            Ok(Ok(reply)) => Outcome::Reply(reply),
-            Ok(Err(e)) => e.into_outcome(target),
-            Err(_) => Outcome::Timeout(self.options.deadline),
+        let result = match self.options.deadline {
+            None => work.await,
+            Some(deadline) => match tokio::time::timeout(deadline, work).await {
+                Ok(result) => result,
+                Err(_) => return Outcome::Timeout(deadline),
+            },
+        };
+        match result {
+            Ok(reply) => Outcome::Reply(reply),
+            Err(e) => e.into_outcome(target),
         }
     }
 }

@@ -722,3 +722,93 @@ fn signal_number(signal: &Sig) -> i32 {
         Sig::Custom(_) => 127,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::ssh::{SshOptions, SshTransport};
+    use std::sync::atomic::AtomicUsize;
+
+    fn transport(home: &Path, configure: impl FnOnce(&mut SshOptions)) -> SshTransport {
+        let mut options = SshOptions::new("me", home);
+        options.known_hosts = Some(home.join("known_hosts"));
+        configure(&mut options);
+        SshTransport::new(options).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_passphrase_is_asked_once_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "secret", "-f"])
+            .arg(&key)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: no ssh-keygen");
+            return;
+        }
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let t = transport(dir.path(), |o| {
+            o.passphrase = Some(Arc::new(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Some("secret".to_owned())
+            }))
+        });
+        let (a, b) = tokio::join!(t.shared.key(&key, true), t.shared.key(&key, true));
+        assert!(matches!(a, Ok(Some(_))), "{a:?}");
+        assert!(matches!(b, Ok(Some(_))));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            t.shared.key(&dir.path().join("none"), false).await,
+            Ok(None)
+        ));
+        assert!(t.shared.key(&dir.path().join("none2"), true).await.is_err());
+
+        let wrong = transport(dir.path(), |o| {
+            o.passphrase = Some(Arc::new(|_| Some("wrong".to_owned())))
+        });
+        let e = wrong.shared.key(&key, true).await.unwrap_err();
+        assert!(e.contains("cannot decrypt"), "{e}");
+        let none = transport(dir.path(), |_| {});
+        assert!(none.shared.key(&key, true).await.is_err());
+    }
+
+    #[test]
+    fn hops_apply_the_config_under_what_the_user_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".ssh")).unwrap();
+        std::fs::write(
+            dir.path().join(".ssh/config"),
+            "Host web1\n HostName 10.0.0.1\n User deploy\n Port 2222\n IdentityFile ~/.ssh/%r_%h\n",
+        )
+        .unwrap();
+        let t = transport(dir.path(), |o| o.known_hosts = None);
+        let hop = t.shared.hop("web1", None, None, "ssh://web1");
+        assert_eq!(
+            (hop.host.as_str(), hop.port, hop.user.as_str()),
+            ("10.0.0.1", 2222, "deploy")
+        );
+        assert_eq!(
+            hop.identities,
+            vec![(dir.path().join(".ssh/deploy_10.0.0.1"), true)]
+        );
+        let hop = t.shared.hop("web1", Some("root"), Some(22), "x");
+        assert_eq!((hop.port, hop.user.as_str()), (22, "root"));
+        let hop = t.shared.hop("other", None, None, "x");
+        assert_eq!(
+            (hop.host.as_str(), hop.port, hop.user.as_str()),
+            ("other", 22, "me")
+        );
+        assert_eq!(hop.identities.len(), 3);
+        assert!(hop.identities.iter().all(|(_, explicit)| !explicit));
+        let jump = t.shared.jump_hop("admin@web1:99").unwrap();
+        assert_eq!(
+            (jump.host.as_str(), jump.port, jump.user.as_str()),
+            ("10.0.0.1", 99, "admin")
+        );
+        assert!(t.shared.jump_hop("a b").is_err());
+    }
+}
