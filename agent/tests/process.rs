@@ -196,7 +196,16 @@ async fn process_titles() {
         master_title.starts_with("deploy::agent: master process"),
         "master cmdline: {master_title:?}"
     );
-    let worker_title = cmdline(worker);
+    // A worker sets its title right after the fork; on a loaded machine the test may
+    // look before it has run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut worker_title = cmdline(worker);
+    while !worker_title.starts_with("deploy::agent: worker process")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        worker_title = cmdline(worker);
+    }
     assert!(
         worker_title.starts_with("deploy::agent: worker process"),
         "worker cmdline: {worker_title:?}"

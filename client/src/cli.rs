@@ -4,7 +4,9 @@
 //! forms (clap's long options take both). `--ipc-path` and `--worker-method` configured
 //! the original's process-per-host fan-out, which no longer exists; they are accepted and
 //! ignored. New flags: `--protocol`, `--format`, `--concurrency`, `--follow`, `-q`;
-//! for the cluster lock `--lock`, `--lease` and `--token` (see [`crate::lock`]).
+//! for the cluster lock `--lock`, `--lease` and `--token` (see [`crate::lock`]); and
+//! for `ssh://` hosts `-F`, `--known-hosts`, `--accept-new-host-keys`, `--identity`,
+//! `--password`, `--ssh-keepalive`, `--skip-unreachable`, `--grouped`.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -19,8 +21,9 @@ use deploy_common::fanout::DEFAULT_CONCURRENCY;
 use deploy_common::legacy::auth::DEFAULT_KEY_CIPHER;
 use deploy_common::order::lock as wire_lock;
 use deploy_common::order::Request;
-use deploy_common::target::Target;
-use deploy_common::transport::{AgentTransport, Protocol};
+use deploy_common::ssh::{SshOptions, SshTransport};
+use deploy_common::target::{Scheme, Target};
+use deploy_common::transport::{AgentTransport, Mux, Protocol, Transport};
 
 use crate::lock::{self as cluster_lock, LockMode};
 
@@ -31,8 +34,9 @@ Exit status:
   1  every host answered, but at least one order failed (code other than 200,
      or \"return\" other than \"true\")
   2  usage or local configuration error (bad flag or host, unreadable key file)
-  3  at least one host could not be reached, timed out, or broke the protocol
-     (takes precedence over 1)
+  3  at least one host could not be reached, timed out, or broke the protocol,
+     or refused SSH authentication or host key (takes precedence over 1;
+     with --skip-unreachable, unreachable hosts are only reported)
   4  --order=lock or --lock: the lock could not be taken on every host (it was
      released where it had been taken); the holders are named on stderr
   5  --order=lock or --lock: a host's lease could not be renewed (lock lost);
@@ -43,12 +47,22 @@ Exit status:
 
 Hosts are written host, host:port, 1.2.3.4:port, [v6addr]:port or a bare v6
 address; results are keyed by the host as written (with :port only when it
-differs from --port). With --hosts=- they are read from standard input, one
-per line or separated by commas or blanks; '#' starts a comment.
+differs from --port). ssh://[user@]host[:port] is an agentless SSH host
+(port 22 unless given; ~/.ssh/config applies), keyed as written. With
+--hosts=- they are read from standard input, one per line or separated by
+commas or blanks; '#' starts a comment.
+
+--order=run -- CMD ARGS runs CMD like `ssh host CMD ARGS` (the words joined
+with spaces, for the remote shell); its output is printed live, each line
+prefixed with its host, stdout and stderr apart (raw with -q), and failures
+summarised on standard error at the end (`code 17 (3 hosts)`).
 
 Environment: DEPLOY_KEY_CIPHER and DEPLOY_API_KEY supply --key-cipher and
 --api-key, so that secrets stay out of the process list. RUST_LOG overrides
 the log level chosen by -v/-q/--debug.";
+
+/// `--thread-timeout` for agents when not given.
+const DEFAULT_THREAD_TIMEOUT: u64 = 30;
 
 /// The orders an agent serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,6 +119,8 @@ pub enum Format {
     Text,
     /// One JSON object per line, as events and results arrive.
     Jsonl,
+    /// Output lines as they arrive, prefixed by their host (default for `run`).
+    Lines,
 }
 
 /// Sends one order to deploy agents (or a deploy proxy) and prints their results.
@@ -156,9 +172,10 @@ pub struct Args {
     #[arg(long, value_name = "PEM")]
     pub ssl_public_key: Option<PathBuf>,
 
-    /// Seconds a host may take for the whole exchange.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub thread_timeout: u64,
+    /// Seconds a host may take for the whole exchange [default: 30; for ssh:// hosts,
+    /// no limit, so that `run -- tail -f …` goes on until interrupted].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub thread_timeout: Option<u64>,
 
     /// Seconds to wait for a connection.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -188,9 +205,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ProtocolArg::V2)]
     pub protocol: ProtocolArg,
 
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Json)]
-    pub format: Format,
+    /// Output format [default: lines for run, else json].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    /// `lines`: print each host's output together once it is done, instead of live.
+    #[arg(long)]
+    pub grouped: bool,
 
     /// Most hosts contacted at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
@@ -224,6 +245,35 @@ pub struct Args {
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
 
+    /// SSH: the client configuration file [default: ~/.ssh/config].
+    #[arg(short = 'F', long = "ssh-config", value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+
+    /// SSH: the known_hosts file [default: ~/.ssh/known_hosts]. Unknown host keys are
+    /// refused unless --accept-new-host-keys; a changed key is always refused.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// SSH: append the keys of hosts not yet known to the known_hosts file.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+
+    /// SSH: a private key to try (repeatable), after the ssh-agent's keys.
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+
+    /// SSH: ask for a password once (on the terminal) and try it after the keys.
+    #[arg(long)]
+    pub password: bool,
+
+    /// SSH: send a keep-alive after this many seconds of silence from a server.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub ssh_keepalive: Option<u64>,
+
+    /// Report hosts that cannot be reached, but do not fail the run for them.
+    #[arg(long)]
+    pub skip_unreachable: bool,
+
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -235,8 +285,14 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// The order to send.
     pub request: Request,
-    /// How to reach the targets.
-    pub transport: AgentTransport,
+    /// How to reach the targets (agents, and SSH hosts if any).
+    pub transport: Arc<dyn Transport>,
+    /// The SSH transport, if any target is an SSH host (for its progress counts).
+    pub ssh: Option<Arc<SshTransport>>,
+    /// `lines`: each host's output together.
+    pub grouped: bool,
+    /// Unreachable hosts do not fail the run.
+    pub skip_unreachable: bool,
     /// Deliveries at once.
     pub concurrency: usize,
     /// Output format.
@@ -289,14 +345,42 @@ impl Args {
         if self.follow && protocol == Protocol::V1 {
             tracing::warn!("--follow has no effect with --protocol=v1");
         }
-        let transport = AgentTransport {
+        let agent = AgentTransport {
             protocol,
             key_cipher: self.key_cipher,
             public_key,
             connect_timeout: Duration::from_secs(self.socket_timeout),
-            deadline: Duration::from_secs(self.thread_timeout),
+            deadline: Duration::from_secs(self.thread_timeout.unwrap_or(DEFAULT_THREAD_TIMEOUT)),
             pool: None,
         };
+        let ssh = if targets.iter().any(|t| t.scheme == Scheme::Ssh) {
+            let mut options = ssh_options();
+            options.config_file = self.ssh_config.clone();
+            options.known_hosts = self.known_hosts.clone();
+            options.accept_new_host_keys = self.accept_new_host_keys;
+            options.identities = self.identity.clone();
+            options.connect_timeout = Duration::from_secs(self.socket_timeout);
+            options.deadline = self.thread_timeout.map(Duration::from_secs);
+            options.keepalive = self.ssh_keepalive.map(Duration::from_secs);
+            if self.password {
+                options.password = Some(
+                    rpassword::prompt_password("SSH password: ")
+                        .context("--password needs a terminal to ask on")?,
+                );
+            }
+            Some(Arc::new(SshTransport::new(options)?))
+        } else {
+            None
+        };
+        let transport: Arc<dyn Transport> = Arc::new(Mux {
+            agent: Arc::new(agent),
+            ssh: ssh.clone().map(|t| t as Arc<dyn Transport>),
+        });
+        let format = self.format.unwrap_or(if self.order == OrderArg::Run {
+            Format::Lines
+        } else {
+            Format::Json
+        });
         if self.order == OrderArg::Run && self.command.is_empty() {
             bail!("--order=run needs a command after `--`");
         }
@@ -343,7 +427,7 @@ impl Args {
             options: self.options,
             args: self.args,
             api_key: self.api_key,
-            follow: self.follow,
+            follow: self.follow || format == Format::Lines,
             argv: self.command,
             stdin,
             sudo: self.sudo,
@@ -357,12 +441,39 @@ impl Args {
             targets,
             request,
             transport,
+            ssh,
+            grouped: self.grouped,
+            skip_unreachable: self.skip_unreachable,
             concurrency: self.concurrency,
-            format: self.format,
+            format,
             quiet: self.quiet,
             lock,
         })
     }
+}
+
+/// SSH options from the environment: the local user, home, ssh-agent socket, and a
+/// passphrase prompt on the terminal.
+fn ssh_options() -> SshOptions {
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten();
+    let name = std::env::var("USER")
+        .ok()
+        .or_else(|| user.as_ref().map(|u| u.name.clone()))
+        .unwrap_or_else(|| "root".to_owned());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .or_else(|| user.map(|u| u.dir))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let mut options = SshOptions::new(name, home);
+    options.agent_socket = std::env::var_os("SSH_AUTH_SOCK")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    options.passphrase = Some(Arc::new(|path: &std::path::Path| {
+        rpassword::prompt_password(format!("Enter passphrase for key '{}': ", path.display())).ok()
+    }));
+    options
 }
 
 /// Splits a host list: lines, `#` comments, items separated by commas or blanks.
@@ -435,7 +546,7 @@ mod tests {
         assert_eq!(a.order, OrderArg::Exec);
         assert_eq!(a.port, 3440);
         assert_eq!(a.log_level(), "debug");
-        assert_eq!(a.format, Format::Text);
+        assert_eq!(a.format, Some(Format::Text));
         assert!(Args::try_parse_from(["deploy-client", "--hosts=h", "--order=nope"]).is_err());
         assert!(Args::try_parse_from([
             "deploy-client",

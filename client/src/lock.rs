@@ -111,8 +111,8 @@ pub async fn run(config: Config, mode: LockMode) -> io::Result<u8> {
     };
     let (format, quiet) = (config.format, config.quiet);
     let mut signals = Signals::new()?;
-    let locker = ClusterLock::new(Arc::new(config.transport.clone()), spec)
-        .with_concurrency(config.concurrency);
+    let locker =
+        ClusterLock::new(Arc::clone(&config.transport), spec).with_concurrency(config.concurrency);
     let name = locker.spec().name.clone();
     let targets = config.targets.clone();
     let acquired = tokio::select! {
@@ -185,7 +185,7 @@ fn print_results(format: Format, results: &[&HostResult]) -> io::Result<()> {
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
         Format::Json => render::write_perl_pretty(&mut out, &render::document(order, results))?,
-        Format::Text => render::write_text(&mut out, order, results)?,
+        Format::Text | Format::Lines => render::write_text(&mut out, order, results)?,
         Format::Jsonl => {
             for result in results {
                 serde_json::to_writer(&mut out, &render::result_line(order, result))

@@ -9,11 +9,13 @@
 //! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
 //! | [`progress`] | `--follow`: streamed lines and rsync progress bars on standard error |
 //! | [`lock`] | `--order=lock` and `--lock`: the cluster lock, its heartbeat and release |
+//! | [`lines`] | the `lines` format (default for `run`): live, host-prefixed output; failure summary |
+//! | [`status`] | connected / running / done counts of SSH hosts on a terminal |
 //!
 //! # Design
 //!
-//! The binary is thin: it builds an [`AgentTransport`], hands the targets to
-//! [`Fanout`], and renders the stream of events and results as they arrive (`jsonl`,
+//! The binary is thin: it builds a transport (a `Mux` of the agent transport and, when
+//! an `ssh://` host is given, the SSH one), hands the targets to [`Fanout`], and renders the stream of events and results as they arrive (`jsonl`,
 //! live lines and bars) or once all hosts are done (`json`, `text`, in command-line
 //! order). One single-threaded Tokio runtime runs every host as a task.
 //!
@@ -23,17 +25,19 @@
 //! run quietly with 0.
 
 mod cli;
+mod lines;
 mod lock;
 mod progress;
 mod render;
+mod status;
 
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser as _;
 use deploy_common::fanout::{Fanout, FanoutEvent, HostResult};
-use deploy_common::transport::{AgentTransport, Outcome, Verdict};
+use deploy_common::target::Scheme;
+use deploy_common::transport::{Outcome, Verdict};
 use deploy_common::wire::message::Event;
 use tracing_subscriber::EnvFilter;
 
@@ -134,11 +138,22 @@ async fn run(config: Config) -> io::Result<u8> {
         targets,
         request,
         transport,
+        ssh,
+        grouped,
+        skip_unreachable,
         concurrency,
         format,
         quiet,
         lock: _,
     } = config;
+    let ssh_hosts = targets.iter().filter(|t| t.scheme == Scheme::Ssh).count();
+    let mut status = match (&ssh, quiet, format) {
+        (Some(ssh), false, Format::Lines | Format::Json | Format::Text) => {
+            status::Status::new(ssh.stats(), ssh_hosts)
+        }
+        _ => None,
+    };
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(200));
     let order = request.order.clone();
     let count = targets.len();
     let width = targets
@@ -146,9 +161,10 @@ async fn run(config: Config) -> io::Result<u8> {
         .map(|t| t.to_string().len())
         .max()
         .unwrap_or_default();
-    let mut live =
-        (request.follow && format != Format::Jsonl).then(|| Live::new(order == "rsync", width));
-    let transport: Arc<AgentTransport> = Arc::new(transport);
+    let mut live = (request.follow && matches!(format, Format::Json | Format::Text))
+        .then(|| Live::new(order == "rsync", width));
+    let mut lines =
+        (format == Format::Lines).then(|| lines::Lines::new(&order, quiet, grouped, count));
     let fanout = Fanout::new(transport).with_concurrency(concurrency);
     let mut out = BufWriter::new(io::stdout().lock());
     let mut results: Vec<Option<HostResult>> = (0..count).map(|_| None).collect();
@@ -156,7 +172,19 @@ async fn run(config: Config) -> io::Result<u8> {
     // Agents' results relayed by a proxy, per proxy (index), in arrival order.
     let mut relayed: Vec<Vec<HostResult>> = (0..count).map(|_| Vec::new()).collect();
     let mut events = fanout.run(targets, request);
-    while let Some(event) = events.recv().await {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            _ = ticker.tick(), if status.is_some() => {
+                if let Some(status) = &mut status {
+                    status.tick();
+                }
+                continue;
+            }
+        };
         match event {
             FanoutEvent::Event {
                 index,
@@ -197,6 +225,11 @@ async fn run(config: Config) -> io::Result<u8> {
             }
             FanoutEvent::Event { index, host, event } => match (&mut live, format) {
                 (_, Format::Jsonl) => json_line(&mut out, &render::event_line(&host, &event))?,
+                (_, Format::Lines) => {
+                    if let Some(lines) = &mut lines {
+                        lines.event(index, &host, &event);
+                    }
+                }
                 (Some(live), _) => live.event(index, &host, &event),
                 (None, _) => {}
             },
@@ -210,11 +243,25 @@ async fn run(config: Config) -> io::Result<u8> {
                 if let Some(live) = &mut live {
                     live.done(&result);
                 }
+                if let Some(lines) = &mut lines {
+                    lines.done(&result);
+                }
                 if result.outcome.verdict() == Verdict::HostFailed && !quiet {
-                    let line = format!("deploy-client: error: {}: {}", result.host, result.outcome);
-                    match &live {
-                        Some(live) => live.println(&line),
-                        None => eprintln!("{line}"),
+                    let skipped =
+                        skip_unreachable && matches!(result.outcome, Outcome::Unreachable { .. });
+                    let line = format!(
+                        "deploy-client: {}: {}: {}",
+                        if skipped { "skipped" } else { "error" },
+                        result.host,
+                        result.outcome
+                    );
+                    if let Some(lines) = &mut lines {
+                        flush_lines(lines, &mut out, &status)?;
+                    }
+                    match (&live, &status) {
+                        (Some(live), _) => live.println(&line),
+                        (None, Some(status)) => status.suspend(|| eprintln!("{line}")),
+                        (None, None) => eprintln!("{line}"),
                     }
                 }
                 // A proxy's own summary is not a host's result once its agents' were
@@ -229,6 +276,18 @@ async fn run(config: Config) -> io::Result<u8> {
                 }
             }
         }
+        if let Some(lines) = &mut lines {
+            // Write when the events pause, not per line.
+            if events.is_empty() {
+                flush_lines(lines, &mut out, &status)?;
+            }
+        }
+    }
+    if let Some(lines) = &mut lines {
+        flush_lines(lines, &mut out, &status)?;
+    }
+    if let Some(status) = &mut status {
+        status.finish();
     }
 
     // A proxy that relayed its agents' results is replaced by them; a proxy that
@@ -251,9 +310,44 @@ async fn run(config: Config) -> io::Result<u8> {
         Format::Json => render::write_perl_pretty(&mut out, &render::document(&order, &done))?,
         Format::Text => render::write_text(&mut out, &order, &done)?,
         Format::Jsonl => {}
+        Format::Lines => {
+            if let Some(summary) = lines::summary(&done, skip_unreachable) {
+                eprintln!("deploy-client: {summary}");
+            }
+        }
+    }
+    let unreachable: Vec<&str> = done
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Unreachable { .. }))
+        .map(|r| r.host.as_str())
+        .collect();
+    if skip_unreachable && !unreachable.is_empty() {
+        eprintln!(
+            "deploy-client: note: {} unreachable host{} skipped (--skip-unreachable): {}",
+            unreachable.len(),
+            if unreachable.len() == 1 { "" } else { "s" },
+            unreachable.join(", ")
+        );
     }
     out.flush()?;
-    Ok(exit_status(&done, expected))
+    let judged: Vec<&HostResult> = done
+        .iter()
+        .copied()
+        .filter(|r| !(skip_unreachable && matches!(r.outcome, Outcome::Unreachable { .. })))
+        .collect();
+    Ok(exit_status(&judged, expected - (done.len() - judged.len())))
+}
+
+/// Writes the `lines` output buffered so far, out of the status line's way.
+fn flush_lines(
+    lines: &mut lines::Lines,
+    out: &mut impl Write,
+    status: &Option<status::Status>,
+) -> io::Result<()> {
+    match status {
+        Some(status) => status.suspend(|| lines.flush(out)),
+        None => lines.flush(out),
+    }
 }
 
 /// Writes one compact JSON line and flushes it.

@@ -27,7 +27,8 @@
 //! 127.0.0.3: can't connect to 127.0.0.3:3440: Connection refused (os error 111)
 //! ```
 //!
-//! `jsonl` prints, as they happen, `{"host":…,"event":{…}}` for streamed events and
+//! `jsonl` prints, as they happen, `{"host":…,"stream":…,"line":…}` for output lines,
+//! `{"host":…,"event":{…}}` for other streamed events, and
 //! `{"host":…,"order":…,"result":{…}}` when a host is done, flushing every line.
 
 use std::io::{self, Write};
@@ -106,9 +107,13 @@ pub fn document(order: &str, results: &[&HostResult]) -> Value {
     Value::Object(hosts)
 }
 
-/// One JSON line for a streamed event.
+/// One JSON line for a streamed event: `{host, stream, line}` for an output line,
+/// `{host, event}` for the others.
 pub fn event_line(host: &str, event: &Event) -> Value {
-    json!({ "host": host, "event": event })
+    match event {
+        Event::Line { stream, line } => json!({ "host": host, "stream": stream, "line": line }),
+        _ => json!({ "host": host, "event": event }),
+    }
 }
 
 /// One JSON line for a finished host.

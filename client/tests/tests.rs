@@ -8,6 +8,7 @@
 )]
 
 mod lock;
+mod ssh;
 mod util;
 
 use std::sync::Arc;
@@ -232,7 +233,7 @@ async fn jsonl_streams_events_then_results() {
         .collect();
     assert_eq!(lines.len(), 3, "{}", out.stdout);
     let host_a = a.to_string();
-    let event_at = lines.iter().position(|l| l.get("event").is_some()).unwrap();
+    let event_at = lines.iter().position(|l| l.get("line").is_some()).unwrap();
     let a_done = lines
         .iter()
         .position(|l| l["host"] == json!(host_a) && l.get("result").is_some())
@@ -240,7 +241,7 @@ async fn jsonl_streams_events_then_results() {
     assert!(event_at < a_done);
     assert_eq!(
         lines[event_at],
-        json!({"host": host_a, "event": {"kind": "line", "stream": "stdout", "line": "hi"}})
+        json!({"host": host_a, "stream": "stdout", "line": "hi"})
     );
     assert_eq!(
         serde_json::to_string(&lines[a_done]).unwrap(),

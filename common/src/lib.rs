@@ -17,6 +17,7 @@
 //! | [`fanout`] | one order to many targets, concurrently, as a stream of results |
 //! | [`lock`] | the cluster lock: the agent's leases and the all-or-nothing locker |
 //! | [`transport`] | delivering one order to one target (v2 or v1) |
+//! | `ssh` | agentless hosts over native SSH (feature `ssh`) |
 //!
 //! # Design
 //!
@@ -35,6 +36,8 @@ pub mod lock;
 pub mod order;
 pub mod rsync;
 pub mod server;
+#[cfg(feature = "ssh")]
+pub mod ssh;
 pub mod target;
 pub mod transport;
 pub mod wire;

@@ -11,7 +11,12 @@
 //! [IPv6]          [::1]                      → ::1, P
 //! [IPv6]:port     [::1]:99                   → ::1, 99
 //! bare IPv6       fe80::1                    → fe80::1, P   (no port possible)
+//! ssh://[user@]host[:port]   ssh://root@web01:2222   → SSH to web01, 2222, as root
 //! ```
+//!
+//! A host written with the `ssh://` scheme is reached over SSH (port 22 unless given;
+//! the user is optional, the SSH configuration or the local user supply it), any other
+//! host is a deploy agent ([`Scheme`]).
 //!
 //! # Names in output
 //!
@@ -19,7 +24,8 @@
 //! port was one global flag). [`Target`]'s `Display` keeps that: the bare host when the
 //! port is the default one, `host:port` (`[v6]:port`) only when the user asked for
 //! another port, so that two targets on one host stay apart. That string is the key of
-//! the host in every output format.
+//! the host in every output format. An SSH target is shown exactly as the user wrote it
+//! (`ssh://root@web01`), so that it cannot be mistaken for an agent of the same name.
 
 #![deny(
     clippy::unwrap_used,
@@ -34,15 +40,40 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Longest host name accepted (the DNS limit).
 const MAX_HOST_LEN: usize = 253;
 
+/// How a target is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scheme {
+    /// A deploy agent (or proxy), over its own protocol.
+    #[default]
+    Agent,
+    /// Any SSH server, agentless (`ssh://`).
+    Ssh,
+}
+
+/// The URL scheme of SSH targets.
+pub const SSH_PREFIX: &str = "ssh://";
+
+/// The SSH port used when an `ssh://` target names none.
+pub const SSH_DEFAULT_PORT: u16 = 22;
+
 /// One destination of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
-    /// Host name or IP address, without brackets.
+    /// Host name or IP address, without brackets. For SSH, possibly an alias of the
+    /// SSH configuration (`Host` entry).
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// How the target is reached.
+    pub scheme: Scheme,
+    /// SSH: the user written before `@`, if any.
+    pub user: Option<String>,
     /// Whether `Display` shows the port (it differs from the default one).
     show_port: bool,
+    /// Whether the specification named the port.
+    port_given: bool,
+    /// SSH: the specification as written (trimmed), which `Display` shows.
+    spelling: Option<String>,
 }
 
 /// A host specification that could not be parsed; the message names it.
@@ -62,8 +93,18 @@ impl Target {
         Target {
             host: host.into(),
             port,
+            scheme: Scheme::Agent,
+            user: None,
             show_port: false,
+            port_given: false,
+            spelling: None,
         }
+    }
+
+    /// Whether the specification named the port (an SSH configuration's `Port` applies
+    /// only when it did not).
+    pub fn port_given(&self) -> bool {
+        self.port_given
     }
 
     /// Parses one host specification (see the module documentation). Surrounding
@@ -76,6 +117,27 @@ impl Target {
         let s = spec.trim();
         if s.is_empty() {
             return Err(bad("empty host"));
+        }
+        if let Some(rest) = strip_prefix_ignore_case(s, SSH_PREFIX) {
+            let (user, rest) = match rest.rsplit_once('@') {
+                Some((user, rest)) => {
+                    check_user(user).map_err(|reason| bad(&reason))?;
+                    (Some(user.to_owned()), rest)
+                }
+                None => (None, rest),
+            };
+            let rest = rest.strip_suffix('/').unwrap_or(rest);
+            let mut target = Target::parse(rest, SSH_DEFAULT_PORT).map_err(|e| TargetError {
+                spec: spec.to_owned(),
+                reason: e.reason,
+            })?;
+            target.scheme = Scheme::Ssh;
+            target.user = user;
+            target.spelling = Some(s.to_owned());
+            return Ok(target);
+        }
+        if s.contains("://") {
+            return Err(bad("unknown scheme (only ssh:// is known)"));
         }
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
             let (inside, after) = rest
@@ -109,6 +171,7 @@ impl Target {
         if !host.contains(':') {
             check_name(host).map_err(|reason| bad(&reason))?;
         }
+        let port_given = port.is_some();
         let port = match port {
             None => default_port,
             Some(p) => parse_port(p).map_err(|reason| bad(&reason))?,
@@ -116,7 +179,11 @@ impl Target {
         Ok(Target {
             host: host.to_owned(),
             port,
+            scheme: Scheme::Agent,
+            user: None,
             show_port: port != default_port,
+            port_given,
+            spelling: None,
         })
     }
 
@@ -128,6 +195,32 @@ impl Target {
             format!("{}:{}", self.host, self.port)
         }
     }
+}
+
+/// `s` without `prefix`, compared without regard to ASCII case.
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| s.get(prefix.len()..))
+        .flatten()
+}
+
+/// Checks an SSH user name: not empty, at most 64 bytes, no blanks, controls, `@`,
+/// `/` or `:`.
+fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() {
+        return Err("empty user before '@'".to_owned());
+    }
+    if user.len() > 64 {
+        return Err("user name longer than 64 characters".to_owned());
+    }
+    if let Some(c) = user
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '@' | '/' | ':'))
+    {
+        return Err(format!("invalid character {c:?} in user name"));
+    }
+    Ok(())
 }
 
 fn parse_port(p: &str) -> Result<u16, String> {
@@ -170,9 +263,11 @@ fn check_name(host: &str) -> Result<(), String> {
 
 impl fmt::Display for Target {
     /// The host as the user named it: `host` with the default port, else `host:port`
-    /// (`[v6]:port`).
+    /// (`[v6]:port`); an SSH target exactly as written (`ssh://user@host:port`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.show_port {
+        if let Some(spelling) = &self.spelling {
+            f.write_str(spelling)
+        } else if self.show_port {
             f.write_str(&self.address())
         } else {
             f.write_str(&self.host)
@@ -212,6 +307,28 @@ mod tests {
     }
 
     #[test]
+    fn ssh_targets() {
+        let t = Target::parse(" ssh://root@web01:2222 ", 3441).unwrap();
+        assert_eq!(
+            (t.scheme, t.user.as_deref(), t.host.as_str(), t.port),
+            (Scheme::Ssh, Some("root"), "web01", 2222)
+        );
+        assert!(t.port_given());
+        assert_eq!(t.to_string(), "ssh://root@web01:2222");
+        let t = Target::parse("SSH://h1", 3441).unwrap();
+        assert_eq!((t.scheme, t.user.clone(), t.port), (Scheme::Ssh, None, 22));
+        assert!(!t.port_given());
+        assert_eq!(t.to_string(), "SSH://h1");
+        let t = Target::parse("ssh://u@[::1]:99", 1).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 99));
+        assert_eq!(t.address(), "[::1]:99");
+        let t = Target::parse("h1", 3441).unwrap();
+        assert_eq!((t.scheme, t.user.clone()), (Scheme::Agent, None));
+        assert!(!t.port_given());
+        assert!(Target::parse("h1:3441", 3441).unwrap().port_given());
+    }
+
+    #[test]
     fn rejected_forms_name_the_spec() {
         for spec in [
             "",
@@ -231,6 +348,12 @@ mod tests {
             "h/x",
             "::g",
             "[::1]:",
+            "ssh://",
+            "ssh://@h",
+            "ssh://a b@h",
+            "ssh://u@h:0",
+            "ssh://u@",
+            "http://h",
         ] {
             let e = Target::parse(spec, 3441).unwrap_err();
             assert_eq!(e.spec, spec);

@@ -7,6 +7,7 @@
 //! | [`Transport`] | the trait every way of reaching a target implements |
 //! | [`Outcome`] | how a delivery ended: a reply, or why there is none |
 //! | [`agent`] | [`AgentTransport`]: TCP to a deploy agent (or proxy), protocol v2 or v1 |
+//! | [`mux`] | [`Mux`]: each target to the transport of its scheme (agent or `ssh://`) |
 //!
 //! # Design
 //!
@@ -46,6 +47,7 @@ use crate::target::Target;
 use crate::wire::message::Event;
 
 pub mod agent;
+pub mod mux;
 
 #[cfg(test)]
 mod tests;
@@ -53,6 +55,7 @@ mod tests;
 pub(crate) mod testutil;
 
 pub use agent::{AgentTransport, Protocol};
+pub use mux::Mux;
 
 /// A boxed, sendable future, the return type of [`Transport::deliver`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

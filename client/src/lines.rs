@@ -1,0 +1,262 @@
+//! The `lines` format (default for `run`): every output line as it arrives, prefixed by
+//! its host, on the stream it came from; a summary of failures on standard error.
+//!
+//! ```text
+//! stdout:  ssh://web01: hello                      (-q: "hello")
+//! stderr:  ssh://web02: tail: cannot open 'x'
+//! stderr:  deploy-client: 10 of 10 hosts failed: code 17 (10 hosts)
+//! ```
+//!
+//! Lines arrive whole from the transports, so hosts never interleave inside a line; a
+//! host's lines keep their order. With `--grouped`, a host's lines are held until it is
+//! done and then printed together. Output is buffered and written when the stream of
+//! events pauses, so that a flood of lines costs few system calls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use deploy_common::fanout::HostResult;
+use deploy_common::order::Body;
+use deploy_common::transport::{Outcome, Verdict};
+use deploy_common::wire::message::{Event, Stream};
+
+use crate::render;
+
+/// Renders events in the `lines` format.
+pub struct Lines {
+    raw: bool,
+    grouped: bool,
+    order: String,
+    out: Vec<u8>,
+    err: Vec<u8>,
+    /// `--grouped`: per host, its lines so far.
+    held: HashMap<usize, Vec<(Stream, String)>>,
+    /// Hosts that streamed at least one line.
+    streamed: Vec<bool>,
+}
+
+impl Lines {
+    /// A renderer; `raw` drops the host prefix (`-q`).
+    pub fn new(order: &str, raw: bool, grouped: bool, hosts: usize) -> Lines {
+        Lines {
+            raw,
+            grouped,
+            order: order.to_owned(),
+            out: Vec::new(),
+            err: Vec::new(),
+            held: HashMap::new(),
+            streamed: vec![false; hosts],
+        }
+    }
+
+    fn line(&mut self, host: &str, stream: Stream, line: &str) {
+        let buf = match stream {
+            Stream::Stdout => &mut self.out,
+            Stream::Stderr => &mut self.err,
+        };
+        if !self.raw {
+            buf.extend_from_slice(host.as_bytes());
+            buf.extend_from_slice(b": ");
+        }
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+    }
+
+    /// Takes one streamed event.
+    pub fn event(&mut self, index: usize, host: &str, event: &Event) {
+        let Event::Line { stream, line } = event else {
+            return;
+        };
+        if let Some(seen) = self.streamed.get_mut(index) {
+            *seen = true;
+        }
+        if self.grouped {
+            self.held
+                .entry(index)
+                .or_default()
+                .push((*stream, line.clone()));
+        } else {
+            self.line(host, *stream, line);
+        }
+    }
+
+    /// A host is done: its held lines (`--grouped`), or, when it streamed nothing, what
+    /// its result says (the output of a `run` that did not stream, another order's
+    /// result in the `text` form).
+    pub fn done(&mut self, result: &HostResult) {
+        if let Some(held) = self.held.remove(&result.index) {
+            for (stream, line) in held {
+                self.line(&result.host, stream, &line);
+            }
+            return;
+        }
+        if self.streamed.get(result.index).copied().unwrap_or(false) {
+            return;
+        }
+        match &result.outcome {
+            Outcome::Reply(reply) if self.order == "run" && reply.code == 200 => {
+                if let Body::Json(map) = &reply.body {
+                    let bytes = map
+                        .get("content")
+                        .and_then(|c| c.as_str())
+                        .and_then(|b| STANDARD.decode(b).ok())
+                        .unwrap_or_default();
+                    for line in String::from_utf8_lossy(&bytes).lines() {
+                        self.line(&result.host, Stream::Stdout, line);
+                    }
+                }
+            }
+            outcome if outcome.verdict() != Verdict::HostFailed => {
+                let block = render::text_block(&self.order, outcome);
+                self.line(&result.host, Stream::Stdout, &block.header);
+                for body in block.body {
+                    self.line(&result.host, Stream::Stdout, body.trim_start());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes what is buffered.
+    pub fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if !self.out.is_empty() {
+            out.write_all(&self.out)?;
+            out.flush()?;
+            self.out.clear();
+        }
+        if !self.err.is_empty() {
+            let mut err = io::stderr().lock();
+            err.write_all(&self.err)?;
+            err.flush()?;
+            self.err.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Why a host failed, as a group name for the summary: `code 17`, `unreachable`,
+/// `timed out`, `403 Permission Denied`, `error`. `None` if it succeeded
+/// (or is skipped as unreachable).
+fn failure(result: &HostResult, skip_unreachable: bool) -> Option<String> {
+    if result.outcome.verdict() == Verdict::Succeeded {
+        return None;
+    }
+    Some(match &result.outcome {
+        Outcome::Reply(reply) if reply.code == 200 => match &reply.body {
+            Body::Json(map) => match map.get("code").and_then(|c| c.as_str()) {
+                Some(code) => format!("code {code}"),
+                None => "return false".to_owned(),
+            },
+            _ => "return false".to_owned(),
+        },
+        Outcome::Reply(reply) => format!("{} {}", reply.code, reply.reason()),
+        Outcome::Unreachable { .. } if skip_unreachable => return None,
+        Outcome::Unreachable { .. } => "unreachable".to_owned(),
+        Outcome::Timeout(_) => "timed out".to_owned(),
+        // The reasons (host keys, authentication…) name their host; they were
+        // reported host by host.
+        Outcome::Failed(_) => "error".to_owned(),
+        Outcome::Relayed { .. } => "relayed failure".to_owned(),
+    })
+}
+
+/// `N of M hosts failed: code 17 (2 hosts), unreachable (1 host)`, groups largest
+/// first; `None` if nothing failed.
+pub fn summary(results: &[&HostResult], skip_unreachable: bool) -> Option<String> {
+    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+    for result in results {
+        if let Some(why) = failure(result, skip_unreachable) {
+            *groups.entry(why).or_default() += 1;
+        }
+    }
+    let failed: usize = groups.values().sum();
+    if failed == 0 {
+        return None;
+    }
+    let mut groups: Vec<(String, usize)> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(why, n)| format!("{why} ({n} host{})", if *n == 1 { "" } else { "s" }))
+        .collect();
+    Some(format!(
+        "{failed} of {} host{} failed: {}",
+        results.len(),
+        if results.len() == 1 { "" } else { "s" },
+        parts.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deploy_common::order::run::ran;
+    use deploy_common::order::Reply;
+    use std::time::Duration;
+
+    fn result(index: usize, host: &str, outcome: Outcome) -> HostResult {
+        HostResult {
+            index,
+            host: host.into(),
+            outcome,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn exited(code: i32) -> Outcome {
+        Outcome::Reply(Reply::ok(ran(code, "x", b"")))
+    }
+
+    #[test]
+    fn summary_groups_failures() {
+        let a = result(0, "a", exited(17));
+        let b = result(1, "b", exited(17));
+        let c = result(2, "c", exited(0));
+        let d = result(
+            3,
+            "d",
+            Outcome::Unreachable {
+                address: "d:22".into(),
+                cause: "refused".into(),
+            },
+        );
+        assert_eq!(
+            summary(&[&a, &b, &c, &d], false).as_deref(),
+            Some("3 of 4 hosts failed: code 17 (2 hosts), unreachable (1 host)")
+        );
+        assert_eq!(
+            summary(&[&a, &b, &c, &d], true).as_deref(),
+            Some("2 of 4 hosts failed: code 17 (2 hosts)")
+        );
+        assert_eq!(summary(&[&c], false), None);
+    }
+
+    #[test]
+    fn prefixes_grouping_and_raw() {
+        let line = |s: &str| Event::Line {
+            stream: Stream::Stdout,
+            line: s.into(),
+        };
+        let mut l = Lines::new("run", false, true, 2);
+        l.event(0, "a", &line("1"));
+        l.event(1, "b", &line("x"));
+        l.event(0, "a", &line("2"));
+        assert!(l.out.is_empty());
+        l.done(&result(1, "b", exited(0)));
+        l.done(&result(0, "a", exited(0)));
+        assert_eq!(String::from_utf8_lossy(&l.out), "b: x\na: 1\na: 2\n");
+
+        let mut l = Lines::new("run", true, false, 1);
+        l.event(
+            0,
+            "a",
+            &Event::Line {
+                stream: Stream::Stderr,
+                line: "e".into(),
+            },
+        );
+        assert_eq!(String::from_utf8_lossy(&l.err), "e\n");
+    }
+}

@@ -1,0 +1,880 @@
+//! `ssh://` hosts: the real `deploy-client` binary against ten real sshd instances on
+//! 127.0.0.11–20 (ephemeral ports), plus a jump host on 127.0.0.21, each with its own
+//! generated host key, all accepting one generated user key for root.
+//!
+//! The sshd instances are started once for the whole test binary, by a thread that
+//! lives as long as the process, with `PR_SET_PDEATHSIG`, so they end with it. Every
+//! test has its own HOME (key, known_hosts, config): the real `~/.ssh` is never read.
+//! The tests need root (sshd's privilege separation, `PermitRootLogin`) and
+//! `/usr/sbin/sshd`; without them they are skipped with a message.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const SSHD: &str = "/usr/sbin/sshd";
+const HOSTS: usize = 10;
+/// The extra instance used as a jump host (it logs at debug level, which sshd also
+/// sends to its clients' stderr, so it is kept out of the ten).
+const JUMP: usize = HOSTS;
+
+/// The sshd instances.
+struct Cluster {
+    dir: PathBuf,
+    /// `(address, port, host public key line)` per instance.
+    hosts: Vec<(String, u16, String)>,
+}
+
+impl Cluster {
+    fn spec(&self, i: usize) -> String {
+        let (ip, port, _) = &self.hosts[i];
+        format!("ssh://{ip}:{port}")
+    }
+
+    fn all(&self) -> String {
+        (0..HOSTS)
+            .map(|i| self.spec(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn user_key(&self) -> PathBuf {
+        self.dir.join("id_ed25519")
+    }
+
+    /// known_hosts lines for every instance.
+    fn known_hosts(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|(ip, port, key)| format!("[{ip}]:{port} {key}\n"))
+            .collect()
+    }
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success(), "ssh-keygen failed");
+}
+
+/// Removes the directories of earlier test runs whose process is gone.
+fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("deploy-ssh-tests-") {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Starts one sshd on `ip`, on a free port; `None` if it could not bind (a race for the
+/// port), so that the caller tries another.
+fn start_sshd(dir: &Path, i: usize, ip: &str) -> Option<u16> {
+    let port = TcpListener::bind((ip, 0)).ok()?.local_addr().ok()?.port();
+    let config = dir.join(format!("sshd_config{i}"));
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress {ip}\nHostKey {d}/host{i}\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+             PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PidFile {d}/sshd{i}.pid\nMaxStartups 100\nAllowTcpForwarding yes\n{debug}",
+            d = dir.display(),
+            // The jump host of the ProxyJump test logs the channels it opens.
+            debug = if i == JUMP { "LogLevel DEBUG1\n" } else { "" },
+        ),
+    )
+    .ok()?;
+    let mut cmd = Command::new(SSHD);
+    cmd.args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only an async-signal-safe prctl between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().ok()?;
+    let stderr = child.stderr.take()?;
+    let (tx, rx) = mpsc::channel();
+    let log = dir.join(format!("sshd{i}.log"));
+    std::thread::spawn(move || {
+        let mut log = std::fs::File::create(log).ok();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("Server listening on") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(true);
+                }
+            }
+            if let Some(log) = &mut log {
+                use std::io::Write as _;
+                let _ = writeln!(log, "{line}");
+            }
+        }
+        if let Some(tx) = tx.take() {
+            let _ = tx.send(false);
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(true) => {
+            std::mem::forget(child);
+            Some(port)
+        }
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+fn start_cluster() -> Option<Cluster> {
+    if !Path::new(SSHD).exists() || !nix::unistd::geteuid().is_root() {
+        eprintln!("ssh tests skipped: they need root and {SSHD}");
+        return None;
+    }
+    remove_stale();
+    let dir = std::env::temp_dir().join(format!("deploy-ssh-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _ = std::fs::create_dir_all("/run/sshd");
+    keygen(&dir.join("id_ed25519"));
+    std::fs::copy(dir.join("id_ed25519.pub"), dir.join("authorized_keys")).expect("copy");
+    let (tx, rx) = mpsc::channel();
+    let spawn_dir = dir.clone();
+    // sshd gets PR_SET_PDEATHSIG, which fires when the thread that forked it ends: so
+    // fork from a thread that never ends.
+    std::thread::spawn(move || {
+        let mut hosts = Vec::new();
+        for i in 0..=HOSTS {
+            keygen(&spawn_dir.join(format!("host{i}")));
+            let key =
+                std::fs::read_to_string(spawn_dir.join(format!("host{i}.pub"))).expect("host key");
+            let key = key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            let ip = format!("127.0.0.{}", 11 + i);
+            let port = (0..5).find_map(|_| start_sshd(&spawn_dir, i, &ip));
+            let Some(port) = port else {
+                let _ = tx.send(None);
+                return;
+            };
+            hosts.push((ip, port, key));
+        }
+        let _ = tx.send(Some(hosts));
+        loop {
+            std::thread::park();
+        }
+    });
+    let hosts = rx
+        .recv_timeout(Duration::from_secs(60))
+        .ok()
+        .flatten()
+        .expect("sshd instances did not start; see their logs in the temp dir");
+    Some(Cluster { dir, hosts })
+}
+
+/// The cluster, or `None` (test skipped).
+fn cluster() -> Option<&'static Cluster> {
+    CLUSTER.get_or_init(start_cluster).as_ref()
+}
+
+/// A HOME for one test: the user key as `~/.ssh/id_ed25519`, and known_hosts with
+/// every instance unless `known` is false.
+fn home(cluster: &Cluster, known: bool) -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("home");
+    let ssh = home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh).expect("mkdir");
+    std::fs::copy(cluster.user_key(), ssh.join("id_ed25519")).expect("key");
+    if known {
+        std::fs::write(ssh.join("known_hosts"), cluster.known_hosts()).expect("known_hosts");
+    }
+    home
+}
+
+#[derive(Debug)]
+struct Output {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs deploy-client with HOME = `home`, no ssh-agent, under a 30 s limit.
+fn client(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    client_env(home, args, stdin, &[])
+}
+
+fn client_env(home: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploy-client"));
+    cmd.args(args)
+        .env("HOME", home)
+        .env("USER", "root")
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("DEPLOY_KEY_CIPHER")
+        .env_remove("DEPLOY_API_KEY")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn deploy-client");
+    if let Some(bytes) = stdin {
+        use std::io::Write as _;
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(bytes).expect("write stdin");
+    }
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("deploy-client {args:?} did not finish in 30 s");
+        }
+    };
+    Output {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn sorted_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn ssh_true_and_echo_on_ten_hosts() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=run", "--", "true"],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "");
+    assert_eq!(out.stderr, "");
+
+    // ssh semantics: the words are joined for the remote shell, which expands `$`.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--",
+            "echo",
+            "hello",
+            "$((6*7))",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let mut expected: Vec<String> = (0..HOSTS)
+        .map(|i| format!("{}: hello 42", c.spec(i)))
+        .collect();
+    expected.sort();
+    assert_eq!(sorted_lines(&out.stdout), expected);
+
+    // -q: raw output, no prefix.
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=run", "-q", "--", "echo hi"],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "hi\n".repeat(HOSTS));
+}
+
+#[test]
+fn ssh_ten_thousand_lines_per_host_never_interleave() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--",
+            "seq -f 'line %g of the test, padded to be long enough to span packets' 1 10000; echo done >&2",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let mut next = vec![1u32; HOSTS];
+    let prefixes: Vec<String> = (0..HOSTS).map(|i| format!("{}: ", c.spec(i))).collect();
+    for line in out.stdout.lines() {
+        let host = prefixes
+            .iter()
+            .position(|p| line.starts_with(p.as_str()))
+            .unwrap_or_else(|| panic!("line without a host prefix: {line:?}"));
+        let rest = &line[prefixes[host].len()..];
+        let expected = format!(
+            "line {} of the test, padded to be long enough to span packets",
+            next[host]
+        );
+        assert_eq!(
+            rest, expected,
+            "host {host}: line cut, mixed or out of order"
+        );
+        next[host] += 1;
+    }
+    assert!(next.iter().all(|&n| n == 10_001), "{next:?}");
+    // stderr apart from stdout.
+    assert_eq!(
+        sorted_lines(&out.stderr),
+        sorted_lines(
+            &prefixes
+                .iter()
+                .map(|p| format!("{p}done\n"))
+                .collect::<String>()
+        )
+    );
+}
+
+#[test]
+fn ssh_exit_17_everywhere_is_summarised() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let out = client(
+        home.path(),
+        &["--hosts", &c.all(), "--order=run", "--", "exit", "17"],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stderr.ends_with("code 17 (10 hosts)\n"),
+        "{}",
+        out.stderr
+    );
+
+    // The json document carries each host's code.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(0),
+            "--order=run",
+            "--format=json",
+            "--",
+            "echo x; exit 3",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).expect("json");
+    let record = &doc[c.spec(0)]["run"];
+    assert_eq!(record["returnCode"], "200");
+    assert_eq!(record["content"]["code"], "3");
+    assert_eq!(record["content"]["return"], "false");
+    assert_eq!(record["content"]["content"], "eAo=");
+}
+
+#[test]
+fn ssh_stdin_is_sent_to_every_host() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let script = home.path().join("script.sh");
+    std::fs::write(&script, "echo one\necho two\n").expect("script");
+    let hosts = c.all();
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "-q",
+            "--stdin",
+            script.to_str().expect("path"),
+            "--",
+            "sh",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let mut expected = vec!["one".to_owned(); HOSTS];
+    expected.extend(vec!["two".to_owned(); HOSTS]);
+    assert_eq!(sorted_lines(&out.stdout), expected);
+    // From our own standard input, byte for byte.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "-q",
+            "--stdin=-",
+            "--",
+            "wc",
+            "-c",
+        ],
+        Some(b"12345\n67890"),
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "11\n".repeat(HOSTS));
+    // Without --stdin, the command sees EOF at once (no hang).
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(0),
+            "--order=run",
+            "-q",
+            "--",
+            "cat; echo eof",
+        ],
+        None,
+    );
+    assert_eq!((out.status, out.stdout.as_str()), (0, "eof\n"), "{out:?}");
+}
+
+#[test]
+fn ssh_sudo_covers_every_part_of_the_command() {
+    let Some(c) = cluster() else { return };
+    if !Path::new("/usr/bin/sudo").exists() {
+        eprintln!("ssh_sudo skipped: sudo is not installed");
+        return;
+    }
+    let home = home(c, true);
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(1),
+            "--order=run",
+            "-q",
+            "--sudo",
+            "--",
+            "id -u && echo \"it's $(id -un)\"",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "0\nit's root\n");
+}
+
+#[test]
+fn ssh_unreachable_strict_and_loose() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let dead = format!("ssh://127.0.0.1:{closed}");
+    let hosts = format!("{},{dead},{}", c.spec(0), c.spec(1));
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=run", "--", "echo ok"],
+        None,
+    );
+    assert_eq!(out.status, 3, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "error: {dead}: can't connect to 127.0.0.1:{closed}"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unreachable (1 host)"),
+        "{}",
+        out.stderr
+    );
+
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--skip-unreachable",
+            "--",
+            "echo ok",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "note: 1 unreachable host skipped (--skip-unreachable): {dead}"
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn ssh_host_key_mismatch_is_refused() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, false);
+    // Host 0 recorded with host 1's key.
+    let known = home.path().join(".ssh/known_hosts");
+    let (ip, port, _) = &c.hosts[0];
+    std::fs::write(&known, format!("# first\n[{ip}]:{port} {}\n", c.hosts[1].2)).expect("write");
+    let spec = c.spec(0);
+    for extra in [&[][..], &["--accept-new-host-keys"][..]] {
+        let mut args = vec!["--hosts", spec.as_str(), "--order=run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "echo", "never"]);
+        let out = client(home.path(), &args, None);
+        assert_eq!(out.status, 3, "{out:?}");
+        assert_eq!(out.stdout, "");
+        assert!(out.stderr.contains("HOST KEY MISMATCH"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("{}:2", known.display())),
+            "names the file and line: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn ssh_unknown_host_strict_then_accept_new() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, false);
+    let known = home.path().join("kh");
+    let known_arg = known.to_str().expect("path");
+    let hosts = format!("{},{}", c.spec(2), c.spec(3));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--hosts",
+            hosts.as_str(),
+            "--order=run",
+            "--known-hosts",
+            known_arg,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "echo", "ok"]);
+        client(home.path(), &args, None)
+    };
+    let out = run(&[]);
+    assert_eq!(out.status, 3, "{out:?}");
+    assert!(out.stderr.contains("is not known"), "{}", out.stderr);
+    assert!(out.stderr.contains("SHA256:"), "{}", out.stderr);
+    assert!(out
+        .stderr
+        .contains(&format!("[{}]:{}", c.hosts[2].0, c.hosts[2].1)));
+    assert!(!known.exists());
+
+    let out = run(&["--accept-new-host-keys"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    let text = std::fs::read_to_string(&known).expect("known_hosts written");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains(&c.hosts[2].2) && text.contains(&c.hosts[3].2),
+        "{text}"
+    );
+
+    let out = run(&[]);
+    assert_eq!(out.status, 0, "now known: {out:?}");
+}
+
+#[test]
+fn ssh_config_alias_with_hostname_port_user_identity() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    // The key only where the config says, not at a default path.
+    std::fs::remove_file(home.path().join(".ssh/id_ed25519")).expect("rm");
+    std::fs::create_dir_all(home.path().join("keys")).expect("mkdir");
+    std::fs::copy(c.user_key(), home.path().join("keys/deploy")).expect("copy");
+    let (ip, port, _) = &c.hosts[4];
+    std::fs::write(
+        home.path().join(".ssh/config"),
+        format!(
+            "Host web? !web9\n  HostName {ip}\n  Port {port}\n  User root\n  IdentityFile ~/keys/deploy\n\
+             Host *\n  User nobody\n  Port 1\n"
+        ),
+    )
+    .expect("config");
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            "ssh://web1",
+            "--order=run",
+            "--",
+            "echo",
+            "$USER",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "ssh://web1: root\n");
+
+    // -F names another file; without the key the host refuses us.
+    let other = home.path().join("other_config");
+    std::fs::write(
+        &other,
+        format!("Host web1\n  HostName {ip}\n  Port {port}\n"),
+    )
+    .expect("w");
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            "ssh://web1",
+            "--order=run",
+            "-F",
+            other.to_str().expect("path"),
+            "--",
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 3, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("authentication as \"root\" refused by ssh://web1"),
+        "{}",
+        out.stderr
+    );
+    // --identity supplies the key.
+    let key = home.path().join("keys/deploy");
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            "ssh://web1",
+            "--order=run",
+            "-F",
+            other.to_str().expect("path"),
+            "--identity",
+            key.to_str().expect("path"),
+            "--",
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+}
+
+#[test]
+fn ssh_proxy_jump_through_another_host() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let (jump_ip, jump_port, _) = &c.hosts[JUMP];
+    let (ip, port, _) = &c.hosts[6];
+    std::fs::write(
+        home.path().join(".ssh/config"),
+        format!(
+            "Host behind\n  HostName {ip}\n  Port {port}\n  ProxyJump root@{jump_ip}:{jump_port}\n"
+        ),
+    )
+    .expect("config");
+    let log = c.dir.join(format!("sshd{JUMP}.log"));
+    let forwarded = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(&format!("target {ip} port {port}"))
+            .count()
+    };
+    let before = forwarded();
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            "ssh://behind",
+            "--order=run",
+            "--",
+            "echo $SSH_CONNECTION",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(
+        out.stdout.trim_end().ends_with(&format!(" {ip} {port}")),
+        "{}",
+        out.stdout
+    );
+    // The jump host's sshd opened the channel to the target.
+    let mut waited = 0;
+    while forwarded() == before && waited < 100 {
+        std::thread::sleep(Duration::from_millis(20));
+        waited += 1;
+    }
+    assert!(forwarded() > before, "the jump host forwarded nothing");
+}
+
+#[test]
+fn ssh_jsonl_events_and_grouped_output() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = format!("{},{}", c.spec(7), c.spec(8));
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--format=jsonl",
+            "--",
+            "echo out; echo err >&2",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    for host in [c.spec(7), c.spec(8)] {
+        let of_host: Vec<&Value> = lines.iter().filter(|l| l["host"] == host).collect();
+        assert!(of_host
+            .contains(&&serde_json::json!({"host": host, "stream": "stdout", "line": "out"})));
+        assert!(of_host
+            .contains(&&serde_json::json!({"host": host, "stream": "stderr", "line": "err"})));
+        let last = of_host.last().expect("result");
+        assert_eq!(last["order"], "run", "the result comes last: {of_host:?}");
+        assert_eq!(last["result"]["content"]["code"], "0");
+    }
+
+    // --grouped: each host's lines together.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--grouped",
+            "--",
+            "for i in 1 2 3; do echo $i; sleep 0.1; done",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let got: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(got.len(), 6, "{got:?}");
+    for chunk in got.chunks(3) {
+        let host = chunk[0].split(": ").next().expect("prefix");
+        assert_eq!(
+            chunk.to_vec(),
+            vec![
+                format!("{host}: 1"),
+                format!("{host}: 2"),
+                format!("{host}: 3")
+            ],
+        );
+    }
+}
+
+#[test]
+fn ssh_agent_is_tried_first() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    std::fs::remove_file(home.path().join(".ssh/id_ed25519")).expect("rm");
+    let socket = home.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add")
+        .arg(c.user_key())
+        .env("SSH_AUTH_SOCK", &socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("ssh-add");
+    assert!(added.success());
+    let out = client_env(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(9),
+            "--order=run",
+            "-q",
+            "--",
+            "echo via agent",
+        ],
+        None,
+        &[("SSH_AUTH_SOCK", socket.to_str().expect("path"))],
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "via agent\n");
+}
+
+#[test]
+fn ssh_thread_timeout_bounds_a_run_only_when_given() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let spec = c.spec(3);
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &spec,
+            "--order=run",
+            "--thread-timeout=1",
+            "--",
+            "echo started; sleep 5",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 3, "{out:?}");
+    assert_eq!(out.stdout, format!("{spec}: started\n"));
+    assert!(out.stderr.contains("no reply within 1 s"), "{}", out.stderr);
+    assert!(out.stderr.contains("timed out (1 host)"), "{}", out.stderr);
+    // No default deadline over SSH: longer than a second is fine.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &spec,
+            "--order=run",
+            "--",
+            "sleep 1.5; echo finished",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+}

@@ -1,0 +1,124 @@
+//! Output bytes → whole lines, per stream, and the remote command line.
+//!
+//! ```text
+//! "a\nb" + "c\n" + EOF  →  "a", "bc"          (a line is emitted once complete)
+//! "x"    + EOF          →  "x"                (a last line without newline, at EOF)
+//! ```
+//!
+//! A line is never cut, except one longer than [`MAX_LINE`] (binary output without
+//! newlines), which is emitted in pieces of that size so that memory stays bounded.
+//! Bytes are decoded as UTF-8, invalid sequences replaced.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+/// Longest line kept whole (1 MiB).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Splits one stream into lines.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Feeds bytes; returns the lines they complete, without their newline.
+    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(at) = bytes.iter().position(|&b| b == b'\n') {
+            let (head, tail) = bytes.split_at(at);
+            self.pending.extend_from_slice(head);
+            lines.push(String::from_utf8_lossy(&self.pending).into_owned());
+            self.pending.clear();
+            bytes = tail.get(1..).unwrap_or_default();
+        }
+        self.pending.extend_from_slice(bytes);
+        while self.pending.len() >= MAX_LINE {
+            let rest = self.pending.split_off(MAX_LINE);
+            lines.push(String::from_utf8_lossy(&self.pending).into_owned());
+            self.pending = rest;
+        }
+        lines
+    }
+
+    /// The last line, if the stream ended without a newline.
+    pub fn finish(&mut self) -> Option<String> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        Some(line)
+    }
+}
+
+/// The remote command line for `argv`, with ssh's semantics: the words joined with
+/// spaces and given to the remote user's shell (`ssh host tail -f '/var/log/*.log'`
+/// runs `tail -f /var/log/*.log` there, so the glob expands remotely). With `sudo`,
+/// the whole shell command runs under `sudo -n sh -c '…'`, so every part of a
+/// pipeline or list is privileged.
+pub fn remote_command(argv: &[String], sudo: bool) -> String {
+    let joined = argv.join(" ");
+    if sudo {
+        format!("sudo -n sh -c {}", quote(&joined))
+    } else {
+        joined
+    }
+}
+
+/// Quotes `s` for a POSIX shell: `'…'`, with `'` written `'\''`.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_whole() {
+        let mut s = LineSplitter::default();
+        assert_eq!(s.push(b"a\nb"), ["a"]);
+        assert_eq!(s.push(b"c\n\nd"), ["bc", ""]);
+        assert_eq!(s.push(b""), Vec::<String>::new());
+        assert_eq!(s.finish().as_deref(), Some("d"));
+        assert_eq!(s.finish(), None);
+        assert_eq!(s.push(b"\xff\n"), ["\u{fffd}"]);
+    }
+
+    #[test]
+    fn huge_lines_are_bounded() {
+        let mut s = LineSplitter::default();
+        let big = vec![b'x'; MAX_LINE + 10];
+        let lines = s.push(&big);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].len(), MAX_LINE);
+        assert_eq!(s.finish().map(|l| l.len()), Some(10));
+    }
+
+    #[test]
+    fn commands() {
+        let argv: Vec<String> = ["tail", "-f", "/var/log/*.log"].map(String::from).into();
+        assert_eq!(remote_command(&argv, false), "tail -f /var/log/*.log");
+        let argv: Vec<String> = ["echo it's", "&&", "id"].map(String::from).into();
+        assert_eq!(
+            remote_command(&argv, true),
+            "sudo -n sh -c 'echo it'\\''s && id'"
+        );
+    }
+}

@@ -1,0 +1,814 @@
+//! One SSH connection: reaching the host (directly, or through `ProxyJump` hops),
+//! checking its key, authenticating, and running a command on a session channel.
+//!
+//! ```text
+//! hop 1:  TCP ─► handshake ─► auth                    (each hop resolved in ssh_config)
+//! hop 2:  hop 1 direct-tcpip channel ─► handshake ─► auth
+//! target: last hop's direct-tcpip channel (or TCP) ─► handshake ─► auth
+//! run:    session channel ─► exec ─► data/extended-data*, exit-status, eof, close
+//! ```
+//!
+//! Authentication tries, in order, each key of the ssh-agent, the key files (read once
+//! per run, passphrase asked once), then the password if one was given; the error names
+//! everything that was tried. A jump host's own `ProxyJump` is not followed (the chain
+//! is the target's).
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use russh::client::{self, Handle};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::agent::AgentIdentity;
+use russh::keys::{
+    decode_secret_key, Algorithm, EcdsaCurve, HashAlg, PrivateKey, PrivateKeyWithHashAlg,
+    PublicKeyOrCertificate,
+};
+use russh::{kex, ChannelMsg, Preferred, Sig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{lookup_host, TcpStream};
+use tokio::sync::mpsc;
+
+use super::config::{expand_path, Tokens};
+use super::known_hosts::{self, Check};
+use super::lines::LineSplitter;
+use super::{Shared, SshError, SshStats};
+use crate::order::run::ran;
+use crate::order::Reply;
+use crate::target::{Target, SSH_DEFAULT_PORT, SSH_PREFIX};
+use crate::wire::message::{Event, Stream};
+
+/// Most output kept for the reply's `content` (lines are streamed regardless).
+pub const MAX_CONTENT: usize = 16 << 20;
+
+/// Key exchanges offered, fastest first: curve25519 costs a fraction of the CPU of the
+/// post-quantum hybrids (perf-notes), which stay as fallbacks.
+const KEX: &[kex::Name] = &[
+    kex::CURVE25519,
+    kex::CURVE25519_PRE_RFC_8731,
+    kex::MLKEM768X25519_SHA256,
+    kex::DH_GEX_SHA256,
+    kex::DH_G16_SHA512,
+    kex::DH_G14_SHA256,
+    kex::EXTENSION_SUPPORT_AS_CLIENT,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+];
+
+/// Host key types asked for, in order (those known for the host go first).
+const HOST_KEYS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
+
+/// Where one hop goes and as whom.
+#[derive(Debug, Clone)]
+struct Hop {
+    /// The host as the user named it (messages).
+    label: String,
+    /// The name or address connected to (and looked up in known_hosts).
+    host: String,
+    port: u16,
+    user: String,
+    identities: Vec<(PathBuf, bool)>,
+}
+
+/// An authenticated connection, with the jump connections it runs through.
+pub struct Session {
+    handle: Handle<Checker>,
+    _jumps: Vec<Handle<Checker>>,
+}
+
+/// The russh handler: checks the host key against known_hosts.
+pub struct Checker {
+    shared: Arc<Shared>,
+    host: String,
+    port: u16,
+}
+
+impl Shared {
+    /// Connects and authenticates to `target`, through its jump hosts if any.
+    pub(super) async fn connect(self: &Arc<Self>, target: &Target) -> Result<Session, SshError> {
+        let port = target.port_given().then_some(target.port);
+        let hop = self.hop(
+            &target.host,
+            target.user.as_deref(),
+            port,
+            &target.to_string(),
+        );
+        let resolved = self.config.resolve(&target.host);
+        let mut jumps: Vec<Handle<Checker>> = Vec::new();
+        for spec in &resolved.proxy_jump {
+            let jump = self.jump_hop(spec)?;
+            let label = jump.label.clone();
+            let via = |cause: SshError| SshError::Via {
+                jump: label.clone(),
+                cause: Box::new(cause),
+            };
+            let handle = match jumps.last() {
+                None => {
+                    let tcp = self.tcp(&jump.host, jump.port).await.map_err(via)?;
+                    self.handshake(&jump, tcp).await.map_err(via)?
+                }
+                Some(previous) => {
+                    let stream = tunnel(previous, &jump).await.map_err(via)?;
+                    self.handshake(&jump, stream).await.map_err(via)?
+                }
+            };
+            jumps.push(handle);
+        }
+        let handle = match jumps.last() {
+            None => {
+                let tcp = self.tcp(&hop.host, hop.port).await?;
+                self.handshake(&hop, tcp).await?
+            }
+            Some(previous) => {
+                let stream = tunnel(previous, &hop).await?;
+                self.handshake(&hop, stream).await?
+            }
+        };
+        Ok(Session {
+            handle,
+            _jumps: jumps,
+        })
+    }
+
+    /// A hop for `host` (as written), with the configuration applied under what the
+    /// user wrote.
+    fn hop(&self, host: &str, user: Option<&str>, port: Option<u16>, label: &str) -> Hop {
+        let config = self.config.resolve(host);
+        let name = config.host_name.unwrap_or_else(|| host.to_owned());
+        let port = port.or(config.port).unwrap_or(SSH_DEFAULT_PORT);
+        let user = user
+            .map(str::to_owned)
+            .or(config.user)
+            .unwrap_or_else(|| self.options.local_user.clone());
+        let tokens = Tokens {
+            home: &self.options.home,
+            local_user: &self.options.local_user,
+            host: &name,
+            user: &user,
+            port,
+        };
+        let mut identities: Vec<(PathBuf, bool)> = self
+            .options
+            .identities
+            .iter()
+            .map(|p| (p.clone(), true))
+            .collect();
+        identities.extend(
+            config
+                .identity_files
+                .iter()
+                .map(|raw| (expand_path(raw, &tokens), true)),
+        );
+        if identities.is_empty() {
+            for default in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+                identities.push((self.options.home.join(".ssh").join(default), false));
+            }
+        }
+        Hop {
+            label: label.to_owned(),
+            host: name,
+            port,
+            user,
+            identities,
+        }
+    }
+
+    fn jump_hop(&self, spec: &str) -> Result<Hop, SshError> {
+        let url = if spec.to_ascii_lowercase().starts_with(SSH_PREFIX) {
+            spec.to_owned()
+        } else {
+            format!("{SSH_PREFIX}{spec}")
+        };
+        let target = Target::parse(&url, SSH_DEFAULT_PORT).map_err(|e| SshError::Jump {
+            spec: spec.to_owned(),
+            reason: e.reason,
+        })?;
+        let port = target.port_given().then_some(target.port);
+        Ok(self.hop(&target.host, target.user.as_deref(), port, spec))
+    }
+
+    /// A TCP connection with `TCP_NODELAY` (and quick ACKs), within the connect timeout.
+    async fn tcp(&self, host: &str, port: u16) -> Result<QuickAck, SshError> {
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let fail = |cause: String| SshError::Connect {
+            address: address.clone(),
+            cause,
+        };
+        let attempt = async {
+            let mut last = None;
+            for addr in lookup_host((host, port)).await? {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")
+            }))
+        };
+        let stream = match tokio::time::timeout(self.options.connect_timeout, attempt).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Err(_) => {
+                return Err(fail(format!(
+                    "connect timeout ({} s)",
+                    crate::transport::seconds(self.options.connect_timeout)
+                )))
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(cause = %e, "TCP_NODELAY");
+        }
+        Ok(QuickAck(stream))
+    }
+
+    fn client_config(&self, hop: &Hop) -> Arc<client::Config> {
+        let known = self
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .algorithms(&hop.host, hop.port);
+        let mut keys: Vec<Algorithm> = Vec::new();
+        for algorithm in known {
+            if matches!(algorithm, Algorithm::Rsa { .. }) {
+                for rsa in HOST_KEYS
+                    .iter()
+                    .filter(|a| matches!(a, Algorithm::Rsa { .. }))
+                {
+                    if !keys.contains(rsa) {
+                        keys.push(rsa.clone());
+                    }
+                }
+            } else if HOST_KEYS.contains(&algorithm) && !keys.contains(&algorithm) {
+                keys.push(algorithm);
+            }
+        }
+        for algorithm in HOST_KEYS {
+            if !keys.contains(algorithm) {
+                keys.push(algorithm.clone());
+            }
+        }
+        Arc::new(client::Config {
+            preferred: Preferred {
+                kex: KEX.into(),
+                key: keys.into(),
+                ..Preferred::default()
+            },
+            keepalive_interval: self.options.keepalive,
+            keepalive_max: 3,
+            nodelay: true,
+            ..client::Config::default()
+        })
+    }
+
+    /// Handshake and authentication over `stream`.
+    async fn handshake<S>(
+        self: &Arc<Self>,
+        hop: &Hop,
+        stream: S,
+    ) -> Result<Handle<Checker>, SshError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let checker = Checker {
+            shared: Arc::clone(self),
+            host: hop.host.clone(),
+            port: hop.port,
+        };
+        let config = self.client_config(hop);
+        let limit = self.options.connect_timeout;
+        let mut handle = match tokio::time::timeout(
+            limit,
+            client::connect_stream(config, stream, checker),
+        )
+        .await
+        {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(SshError::HandshakeTimeout {
+                    host: hop.label.clone(),
+                    after: limit,
+                })
+            }
+        };
+        self.authenticate(&mut handle, hop).await?;
+        Ok(handle)
+    }
+
+    async fn authenticate(&self, handle: &mut Handle<Checker>, hop: &Hop) -> Result<(), SshError> {
+        let mut tried: Vec<String> = Vec::new();
+        let mut rsa_hash: Option<Option<HashAlg>> = None;
+        if let Some(socket) = &self.options.agent_socket {
+            match AgentClient::connect_uds(socket).await {
+                Err(e) => tracing::debug!(cause = %e, "ssh-agent not reachable"),
+                Ok(mut agent) => match agent.request_identities().await {
+                    Err(e) => tracing::debug!(cause = %e, "ssh-agent: no identities"),
+                    Ok(identities) => {
+                        for identity in identities {
+                            let AgentIdentity::PublicKey { key, comment } = identity else {
+                                continue;
+                            };
+                            let hash = if key.algorithm().is_rsa() {
+                                rsa(handle, &mut rsa_hash).await
+                            } else {
+                                None
+                            };
+                            let name = if comment.is_empty() {
+                                known_hosts::fingerprint(&key)
+                            } else {
+                                comment
+                            };
+                            match handle
+                                .authenticate_publickey_with(&hop.user, key, hash, &mut agent)
+                                .await
+                            {
+                                Ok(result) if result.success() => return Ok(()),
+                                Ok(_) => tried.push(format!("agent key {name}")),
+                                Err(e) => tried.push(format!("agent key {name} ({e})")),
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        for (path, explicit) in &hop.identities {
+            let key = match self.key(path, *explicit).await {
+                Ok(Some(key)) => key,
+                Ok(None) => continue,
+                Err(why) => {
+                    tried.push(format!("{} ({why})", path.display()));
+                    continue;
+                }
+            };
+            let hash = if key.algorithm().is_rsa() {
+                rsa(handle, &mut rsa_hash).await
+            } else {
+                None
+            };
+            let result = handle
+                .authenticate_publickey(&hop.user, PrivateKeyWithHashAlg::new(key, hash))
+                .await?;
+            if result.success() {
+                return Ok(());
+            }
+            tried.push(path.display().to_string());
+        }
+        if let Some(password) = &self.options.password {
+            if handle
+                .authenticate_password(&hop.user, password)
+                .await?
+                .success()
+            {
+                return Ok(());
+            }
+            tried.push("password".to_owned());
+        }
+        Err(SshError::Auth {
+            user: hop.user.clone(),
+            host: hop.label.clone(),
+            tried: if tried.is_empty() {
+                "no key found: give --identity, start ssh-agent, or --password".to_owned()
+            } else {
+                tried.join(", ")
+            },
+        })
+    }
+
+    /// The key in `path`, read once per run. A missing file is `None` unless `explicit`.
+    async fn key(&self, path: &Path, explicit: bool) -> Result<Option<Arc<PrivateKey>>, String> {
+        let mut keys = self.keys.lock().await;
+        if let Some(loaded) = keys.get(path) {
+            return loaded.clone();
+        }
+        let prompt = self.options.passphrase.clone();
+        let owned = path.to_owned();
+        let loaded = tokio::task::spawn_blocking(move || load_key(&owned, explicit, prompt))
+            .await
+            .unwrap_or_else(|e| Err(format!("internal error: {e}")));
+        keys.insert(path.to_owned(), loaded.clone());
+        loaded
+    }
+
+    /// The host-key verdict for `host`/`port`, appending a new key if so configured.
+    fn check_key(
+        &self,
+        host: &str,
+        port: u16,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<(), SshError> {
+        let name = known_hosts::lookup_name(host, port);
+        let key = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(_) => {
+                return Err(SshError::HostCertificate { host: name })
+            }
+        };
+        let verdict = self
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(host, port, key);
+        let fingerprint = known_hosts::fingerprint(key);
+        let algorithm = key.algorithm().to_string();
+        match verdict {
+            Check::Known => Ok(()),
+            Check::Changed { file, line } => Err(SshError::HostKeyChanged {
+                host: name,
+                algorithm,
+                fingerprint,
+                file,
+                line,
+            }),
+            Check::Revoked { file, line } => Err(SshError::HostKeyRevoked {
+                host: name,
+                fingerprint,
+                file,
+                line,
+            }),
+            Check::Unknown if !self.options.accept_new_host_keys => Err(SshError::UnknownHostKey {
+                host: name,
+                algorithm,
+                fingerprint,
+                file: self.known_file.clone(),
+            }),
+            Check::Unknown => {
+                let _guard = self.learn.lock().unwrap_or_else(PoisonError::into_inner);
+                // Another connection to the same host may have just learned it.
+                let again = self
+                    .known
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .check(host, port, key);
+                if again == Check::Known {
+                    return Ok(());
+                }
+                known_hosts::append(&self.known_file, host, port, key).map_err(|cause| {
+                    SshError::Learn {
+                        host: name.clone(),
+                        file: self.known_file.clone(),
+                        cause,
+                    }
+                })?;
+                self.known
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remember(host, port, key, &self.known_file);
+                tracing::warn!(host = %name, key = %fingerprint, file = %self.known_file.display(), "new host key recorded");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A TCP stream that acknowledges every segment at once (`TCP_QUICKACK`, which Linux
+/// resets by itself, so it is set again after each read).
+///
+/// sshd leaves Nagle's algorithm on for non-interactive sessions, so when it writes
+/// two small packets in a row (debug messages, then the channel confirmation; EOF then
+/// exit status), the second waits for the ACK of the first, which a delayed ACK holds
+/// back for up to 40 ms: several such stalls per command otherwise.
+pub struct QuickAck(TcpStream);
+
+impl QuickAck {
+    fn quickack(&self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+    }
+}
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let poll = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if poll.is_ready() {
+            self.quickack();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+/// The RSA signature hash the server prefers, asked once per connection.
+async fn rsa(handle: &Handle<Checker>, cached: &mut Option<Option<HashAlg>>) -> Option<HashAlg> {
+    if let Some(hash) = cached {
+        return *hash;
+    }
+    let hash = match handle.best_supported_rsa_hash().await {
+        Ok(Some(hash)) => hash,
+        _ => Some(HashAlg::Sha256),
+    };
+    *cached = Some(hash);
+    hash
+}
+
+/// Reads a private key, asking for its passphrase if it is encrypted.
+fn load_key(
+    path: &Path,
+    explicit: bool,
+    prompt: Option<super::PassphrasePrompt>,
+) -> super::LoadedKey {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    match decode_secret_key(&text, None) {
+        Ok(key) => Ok(Some(Arc::new(key))),
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            let Some(passphrase) = prompt.and_then(|ask| ask(path)) else {
+                return Err("encrypted, and no passphrase could be asked".to_owned());
+            };
+            decode_secret_key(&text, Some(&passphrase))
+                .map(|key| Some(Arc::new(key)))
+                .map_err(|e| format!("cannot decrypt: {e}"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A `direct-tcpip` channel from `through` to `hop`, as a byte stream.
+async fn tunnel(
+    through: &Handle<Checker>,
+    hop: &Hop,
+) -> Result<impl AsyncRead + AsyncWrite + Unpin + Send + 'static, SshError> {
+    let channel = through
+        .channel_open_direct_tcpip(hop.host.clone(), u32::from(hop.port), "127.0.0.1", 0)
+        .await
+        .map_err(|e| SshError::Connect {
+            address: format!("{}:{}", hop.host, hop.port),
+            cause: e.to_string(),
+        })?;
+    Ok(channel.into_stream())
+}
+
+impl client::Handler for Checker {
+    type Error = SshError;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, SshError> {
+        self.shared
+            .check_key(&self.host, self.port, server_public_key)?;
+        Ok(true)
+    }
+}
+
+/// Runs `command` on a new session channel: `stdin` (if any) is sent then EOF, output
+/// lines are streamed as `events`, and the reply carries the exit code.
+pub(super) async fn run(
+    session: &Session,
+    command: &str,
+    stdin: Option<Vec<u8>>,
+    events: &mpsc::Sender<Event>,
+    stats: &SshStats,
+) -> Result<Reply, SshError> {
+    let channel = session.handle.channel_open_session().await?;
+    let (mut reader, writer) = channel.split();
+    writer.exec(false, command).await?;
+    stats.running.fetch_add(1, Ordering::Relaxed);
+    let running = Running(stats);
+    let feed = async {
+        if let Some(bytes) = &stdin {
+            writer.data(&bytes[..]).await?;
+        }
+        writer.eof().await
+    };
+    tokio::pin!(feed);
+    let mut fed = false;
+    let mut out = LineSplitter::default();
+    let mut err = LineSplitter::default();
+    let mut content: Vec<u8> = Vec::new();
+    let mut code: Option<i32> = None;
+    loop {
+        let message = tokio::select! {
+            result = &mut feed, if !fed => {
+                fed = true;
+                if let Err(e) = result {
+                    tracing::debug!(cause = %e, "stdin not fully sent");
+                }
+                continue;
+            }
+            message = reader.wait() => message,
+        };
+        let Some(message) = message else { break };
+        let (stream, data) = match message {
+            ChannelMsg::Data { data } => (Stream::Stdout, data),
+            ChannelMsg::ExtendedData { data, ext: 1 } => (Stream::Stderr, data),
+            ChannelMsg::ExitStatus { exit_status } => {
+                code = Some(i32::try_from(exit_status).unwrap_or(255));
+                continue;
+            }
+            ChannelMsg::ExitSignal { signal_name, .. } => {
+                code = Some(128 + signal_number(&signal_name));
+                continue;
+            }
+            ChannelMsg::Close => break,
+            _ => continue,
+        };
+        let room = MAX_CONTENT.saturating_sub(content.len());
+        content.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
+        let splitter = match stream {
+            Stream::Stdout => &mut out,
+            Stream::Stderr => &mut err,
+        };
+        for line in splitter.push(&data) {
+            let _ = events.send(Event::Line { stream, line }).await;
+        }
+    }
+    drop(running);
+    for (stream, splitter) in [(Stream::Stdout, &mut out), (Stream::Stderr, &mut err)] {
+        if let Some(line) = splitter.finish() {
+            let _ = events.send(Event::Line { stream, line }).await;
+        }
+    }
+    match code {
+        Some(code) => Ok(Reply::ok(ran(code, command, &content))),
+        None => Err(SshError::NoExitStatus),
+    }
+}
+
+/// Counts a command as running until dropped (also when the deadline cuts it short).
+struct Running<'a>(&'a SshStats);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The number of a signal, for the shell's `128 + n` exit code (unknown: 127).
+fn signal_number(signal: &Sig) -> i32 {
+    match signal {
+        Sig::HUP => 1,
+        Sig::INT => 2,
+        Sig::QUIT => 3,
+        Sig::ILL => 4,
+        Sig::ABRT => 6,
+        Sig::FPE => 8,
+        Sig::KILL => 9,
+        Sig::USR1 => 10,
+        Sig::SEGV => 11,
+        Sig::PIPE => 13,
+        Sig::ALRM => 14,
+        Sig::TERM => 15,
+        Sig::Custom(_) => 127,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::ssh::{SshOptions, SshTransport};
+    use std::sync::atomic::AtomicUsize;
+
+    fn transport(home: &Path, configure: impl FnOnce(&mut SshOptions)) -> SshTransport {
+        let mut options = SshOptions::new("me", home);
+        options.known_hosts = Some(home.join("known_hosts"));
+        configure(&mut options);
+        SshTransport::new(options).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_passphrase_is_asked_once_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "secret", "-f"])
+            .arg(&key)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: no ssh-keygen");
+            return;
+        }
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let t = transport(dir.path(), |o| {
+            o.passphrase = Some(Arc::new(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Some("secret".to_owned())
+            }))
+        });
+        let (a, b) = tokio::join!(t.shared.key(&key, true), t.shared.key(&key, true));
+        assert!(matches!(a, Ok(Some(_))), "{a:?}");
+        assert!(matches!(b, Ok(Some(_))));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            t.shared.key(&dir.path().join("none"), false).await,
+            Ok(None)
+        ));
+        assert!(t.shared.key(&dir.path().join("none2"), true).await.is_err());
+
+        let wrong = transport(dir.path(), |o| {
+            o.passphrase = Some(Arc::new(|_| Some("wrong".to_owned())))
+        });
+        let e = wrong.shared.key(&key, true).await.unwrap_err();
+        assert!(e.contains("cannot decrypt"), "{e}");
+        let none = transport(dir.path(), |_| {});
+        assert!(none.shared.key(&key, true).await.is_err());
+    }
+
+    #[test]
+    fn hops_apply_the_config_under_what_the_user_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".ssh")).unwrap();
+        std::fs::write(
+            dir.path().join(".ssh/config"),
+            "Host web1\n HostName 10.0.0.1\n User deploy\n Port 2222\n IdentityFile ~/.ssh/%r_%h\n",
+        )
+        .unwrap();
+        let t = transport(dir.path(), |o| o.known_hosts = None);
+        let hop = t.shared.hop("web1", None, None, "ssh://web1");
+        assert_eq!(
+            (hop.host.as_str(), hop.port, hop.user.as_str()),
+            ("10.0.0.1", 2222, "deploy")
+        );
+        assert_eq!(
+            hop.identities,
+            vec![(dir.path().join(".ssh/deploy_10.0.0.1"), true)]
+        );
+        let hop = t.shared.hop("web1", Some("root"), Some(22), "x");
+        assert_eq!((hop.port, hop.user.as_str()), (22, "root"));
+        let hop = t.shared.hop("other", None, None, "x");
+        assert_eq!(
+            (hop.host.as_str(), hop.port, hop.user.as_str()),
+            ("other", 22, "me")
+        );
+        assert_eq!(hop.identities.len(), 3);
+        assert!(hop.identities.iter().all(|(_, explicit)| !explicit));
+        let jump = t.shared.jump_hop("admin@web1:99").unwrap();
+        assert_eq!(
+            (jump.host.as_str(), jump.port, jump.user.as_str()),
+            ("10.0.0.1", 99, "admin")
+        );
+        assert!(t.shared.jump_hop("a b").is_err());
+    }
+}

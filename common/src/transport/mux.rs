@@ -1,0 +1,91 @@
+//! [`Mux`]: one transport that sends each target to the transport of its scheme.
+//!
+//! ```text
+//! Target{scheme: Agent} ─► agent transport (AgentTransport: v2/v1 over TCP)
+//! Target{scheme: Ssh}   ─► ssh transport   (SshTransport), or a failure if there is none
+//! ```
+//!
+//! The fan-out engine sees one `dyn Transport`, so a run may mix agents and SSH hosts;
+//! deploy-client uses it, and a proxy can later route SSH hosts the same way.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{BoxFuture, Outcome, Transport};
+use crate::order::Request;
+use crate::target::{Scheme, Target};
+use crate::wire::message::Event;
+
+/// Dispatches deliveries by [`Target::scheme`].
+#[derive(Clone)]
+pub struct Mux {
+    /// For agents (and proxies).
+    pub agent: Arc<dyn Transport>,
+    /// For `ssh://` hosts; `None` refuses them.
+    pub ssh: Option<Arc<dyn Transport>>,
+}
+
+impl Transport for Mux {
+    fn deliver<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<Event>,
+    ) -> BoxFuture<'a, Outcome> {
+        match (target.scheme, &self.ssh) {
+            (Scheme::Agent, _) => self.agent.deliver(target, request, events),
+            (Scheme::Ssh, Some(ssh)) => ssh.deliver(target, request, events),
+            (Scheme::Ssh, None) => {
+                Box::pin(async { Outcome::Failed("SSH hosts are not supported here".to_owned()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::order::Reply;
+
+    struct Fixed(u16);
+
+    impl Transport for Fixed {
+        fn deliver<'a>(
+            &'a self,
+            _target: &'a Target,
+            _request: &'a Request,
+            _events: mpsc::Sender<Event>,
+        ) -> BoxFuture<'a, Outcome> {
+            Box::pin(async move { Outcome::Reply(Reply::empty(self.0)) })
+        }
+    }
+
+    #[tokio::test]
+    async fn by_scheme() {
+        let mux = Mux {
+            agent: Arc::new(Fixed(201)),
+            ssh: Some(Arc::new(Fixed(202))),
+        };
+        let code = |o: Outcome| o.reply().map(|r| r.code);
+        let (tx, _rx) = mpsc::channel(1);
+        let agent = Target::parse("h", 1).unwrap();
+        let ssh = Target::parse("ssh://h", 1).unwrap();
+        let r = Request::default();
+        assert_eq!(code(mux.deliver(&agent, &r, tx.clone()).await), Some(201));
+        assert_eq!(code(mux.deliver(&ssh, &r, tx.clone()).await), Some(202));
+        let none = Mux { ssh: None, ..mux };
+        assert!(matches!(
+            none.deliver(&ssh, &r, tx).await,
+            Outcome::Failed(_)
+        ));
+    }
+}
