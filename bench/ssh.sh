@@ -5,6 +5,9 @@
 # warm-up. The hosts are sshd instances on loopback, 16 addresses (127.0.x.y) each
 # (sshd's limit of ListenAddress), all on one port; every tool uses the same user key,
 # the same known_hosts (strict checking) and as many connections at once as hosts.
+# The sessions get an empty HOME (sshd's SetEnv): Debian's bash sources ~/.bashrc for
+# commands run by sshd, and a heavy root .bashrc (pyenv, …) would otherwise dominate
+# every tool's time with the same remote cost.
 #
 # Usage: bench/ssh.sh [RUNS] [N…]     (default 5 runs; N = 10 50 100)
 # Needs root (sshd), /usr/sbin/sshd, parallel-ssh and clush
@@ -26,6 +29,7 @@ for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "parallel-ssh", "clush"):
 work = tempfile.mkdtemp(prefix="deploy-bench-ssh-")
 home = f"{work}/home"
 os.makedirs(f"{home}/.ssh")
+os.makedirs(f"{work}/remote-home")
 os.makedirs("/run/sshd", exist_ok=True)
 procs = []
 PER_SSHD = 16
@@ -56,7 +60,7 @@ try:
             f.write(f"HostKey {work}/hostkey\nAuthorizedKeysFile {work}/authorized_keys\n"
                     "StrictModes no\nUsePAM no\nPermitRootLogin yes\nPasswordAuthentication no\n"
                     "KbdInteractiveAuthentication no\nUseDNS no\nMaxStartups 1000\n"
-                    f"LogLevel ERROR\nPidFile {work}/sshd{k}.pid\n")
+                    f"LogLevel ERROR\nPidFile {work}/sshd{k}.pid\nSetEnv HOME={work}/remote-home\n")
         log = open(f"{work}/sshd{k}.log", "w")
         procs.append(subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", cfg],
                                       stdout=subprocess.DEVNULL, stderr=log))
@@ -115,6 +119,7 @@ try:
                 times[t].append(timed(cmds[t]))
         results[n] = {t: statistics.median(v) for t, v in times.items()}
 
+    print(f"load average before: {open('/proc/loadavg').read().split()[:3]}")
     print(f"`true` on N hosts over SSH, median of {runs} runs (seconds); "
           f"ratio = fastest of pssh/clush ÷ deploy-client")
     print(f"{'N':>5} " + " ".join(f"{t:>14}" for t in tools) + f" {'ratio':>7}")
@@ -125,6 +130,7 @@ try:
         ratio = best / r["deploy-client"]
         ok &= ratio > 1
         print(f"{n:>5} " + " ".join(f"{r[t]:>14.3f}" for t in tools) + f" {ratio:>6.2f}x")
+    print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
     print("deploy-client is faster than pssh and clush at every N" if ok
           else "deploy-client is NOT faster at every N")
 finally:

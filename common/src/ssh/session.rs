@@ -407,7 +407,16 @@ impl Shared {
         if let Some(loaded) = keys.get(path) {
             return loaded.clone();
         }
-        let prompt = self.options.passphrase.clone();
+        let prompt = self.options.passphrase.clone().map(|ask| {
+            let stats = Arc::clone(&self.stats);
+            let wrapped: super::PassphrasePrompt = Arc::new(move |path: &Path| {
+                stats.prompting.fetch_add(1, Ordering::Relaxed);
+                let answer = ask(path);
+                stats.prompting.fetch_sub(1, Ordering::Relaxed);
+                answer
+            });
+            wrapped
+        });
         let owned = path.to_owned();
         let loaded = tokio::task::spawn_blocking(move || load_key(&owned, explicit, prompt))
             .await
