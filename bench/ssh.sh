@@ -107,6 +107,7 @@ try:
             sys.exit(f"{cmd[0]} failed ({r.returncode}): {r.stderr.decode(errors='replace')[:2000]}")
         return took
 
+    load_before = " ".join(open("/proc/loadavg").read().split()[:3])
     tools = ["deploy-client", "pssh", "clush", "xargs+ssh"]
     results = {}
     for n in sizes:
@@ -119,7 +120,6 @@ try:
                 times[t].append(timed(cmds[t]))
         results[n] = {t: statistics.median(v) for t, v in times.items()}
 
-    print(f"load average before: {open('/proc/loadavg').read().split()[:3]}")
     print(f"`true` on N hosts over SSH, median of {runs} runs (seconds); "
           f"ratio = fastest of pssh/clush ÷ deploy-client")
     print(f"{'N':>5} " + " ".join(f"{t:>14}" for t in tools) + f" {'ratio':>7}")
@@ -130,7 +130,9 @@ try:
         ratio = best / r["deploy-client"]
         ok &= ratio > 1
         print(f"{n:>5} " + " ".join(f"{r[t]:>14.3f}" for t in tools) + f" {ratio:>6.2f}x")
-    print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
+    load_after = " ".join(open("/proc/loadavg").read().split()[:3])
+    print(f"load average (1, 5, 15 min) before: {load_before}; after: {load_after} "
+          "(other work on the machine slows every tool)")
     print("deploy-client is faster than pssh and clush at every N" if ok
           else "deploy-client is NOT faster at every N")
 finally:
