@@ -44,7 +44,8 @@ impl Status {
             return;
         }
         if self.bar.is_none() && self.start.elapsed() >= SHOW_AFTER {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+                .with_elapsed(self.start.elapsed());
             if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}") {
                 bar.set_style(style);
             }

@@ -881,3 +881,20 @@ fn ssh_thread_timeout_bounds_a_run_only_when_given() {
     );
     assert_eq!(out.status, 0, "{out:?}");
 }
+
+#[test]
+fn ssh_hosts_from_standard_input_mixed_with_comments() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let list = format!("# web\n{}\n{} # second\n\n", c.spec(1), c.spec(2));
+    let out = client(
+        home.path(),
+        &["--hosts=-", "--order=run", "--", "echo", "x"],
+        Some(list.as_bytes()),
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(
+        sorted_lines(&out.stdout),
+        sorted_lines(&format!("{}: x\n{}: x\n", c.spec(1), c.spec(2)))
+    );
+}
