@@ -389,6 +389,11 @@ impl Shared {
                 return Ok(());
             }
             tried.push("password".to_owned());
+            // Servers that check passwords through PAM ask for them this way.
+            if keyboard_interactive(handle, &hop.user, password).await? {
+                return Ok(());
+            }
+            tried.push("keyboard-interactive".to_owned());
         }
         Err(SshError::Auth {
             user: hop.user.clone(),
@@ -562,6 +567,41 @@ impl AsyncWrite for QuickAck {
     fn is_write_vectored(&self) -> bool {
         self.0.is_write_vectored()
     }
+}
+
+/// Keyboard-interactive authentication answering every hidden prompt with `password`
+/// (and visible ones with nothing), for at most a few rounds.
+async fn keyboard_interactive(
+    handle: &mut Handle<Checker>,
+    user: &str,
+    password: &str,
+) -> Result<bool, SshError> {
+    use russh::client::KeyboardInteractiveAuthResponse as Response;
+    let mut response = handle
+        .authenticate_keyboard_interactive_start(user, None)
+        .await?;
+    for _ in 0..4 {
+        match response {
+            Response::Success => return Ok(true),
+            Response::Failure { .. } => return Ok(false),
+            Response::InfoRequest { prompts, .. } => {
+                let answers = prompts
+                    .iter()
+                    .map(|p| {
+                        if p.echo {
+                            String::new()
+                        } else {
+                            password.to_owned()
+                        }
+                    })
+                    .collect();
+                response = handle
+                    .authenticate_keyboard_interactive_respond(answers)
+                    .await?;
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The RSA signature hash the server prefers, asked once per connection.
