@@ -5,6 +5,9 @@
 # warm-up. The hosts are sshd instances on loopback, 16 addresses (127.0.x.y) each
 # (sshd's limit of ListenAddress), all on one port; every tool uses the same user key,
 # the same known_hosts (strict checking) and as many connections at once as hosts.
+# The sessions get an empty HOME (sshd's SetEnv): Debian's bash sources ~/.bashrc for
+# commands run by sshd, and a heavy root .bashrc (pyenv, …) would otherwise dominate
+# every tool's time with the same remote cost.
 #
 # Usage: bench/ssh.sh [RUNS] [N…]     (default 5 runs; N = 10 50 100)
 # Needs root (sshd), /usr/sbin/sshd, parallel-ssh and clush
@@ -26,6 +29,7 @@ for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "parallel-ssh", "clush"):
 work = tempfile.mkdtemp(prefix="deploy-bench-ssh-")
 home = f"{work}/home"
 os.makedirs(f"{home}/.ssh")
+os.makedirs(f"{work}/remote-home")
 os.makedirs("/run/sshd", exist_ok=True)
 procs = []
 PER_SSHD = 16
@@ -56,7 +60,7 @@ try:
             f.write(f"HostKey {work}/hostkey\nAuthorizedKeysFile {work}/authorized_keys\n"
                     "StrictModes no\nUsePAM no\nPermitRootLogin yes\nPasswordAuthentication no\n"
                     "KbdInteractiveAuthentication no\nUseDNS no\nMaxStartups 1000\n"
-                    f"LogLevel ERROR\nPidFile {work}/sshd{k}.pid\n")
+                    f"LogLevel ERROR\nPidFile {work}/sshd{k}.pid\nSetEnv HOME={work}/remote-home\n")
         log = open(f"{work}/sshd{k}.log", "w")
         procs.append(subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", cfg],
                                       stdout=subprocess.DEVNULL, stderr=log))
@@ -103,6 +107,7 @@ try:
             sys.exit(f"{cmd[0]} failed ({r.returncode}): {r.stderr.decode(errors='replace')[:2000]}")
         return took
 
+    load_before = " ".join(open("/proc/loadavg").read().split()[:3])
     tools = ["deploy-client", "pssh", "clush", "xargs+ssh"]
     results = {}
     for n in sizes:
@@ -125,6 +130,9 @@ try:
         ratio = best / r["deploy-client"]
         ok &= ratio > 1
         print(f"{n:>5} " + " ".join(f"{r[t]:>14.3f}" for t in tools) + f" {ratio:>6.2f}x")
+    load_after = " ".join(open("/proc/loadavg").read().split()[:3])
+    print(f"load average (1, 5, 15 min) before: {load_before}; after: {load_after} "
+          "(other work on the machine slows every tool)")
     print("deploy-client is faster than pssh and clush at every N" if ok
           else "deploy-client is NOT faster at every N")
 finally:

@@ -119,6 +119,11 @@ impl Lines {
         }
     }
 
+    /// Bytes waiting to be written.
+    pub fn buffered(&self) -> usize {
+        self.out.len() + self.err.len()
+    }
+
     /// Writes what is buffered.
     pub fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
         if !self.out.is_empty() {

@@ -15,8 +15,9 @@
 //! # Design
 //!
 //! The binary is thin: it builds a transport (a `Mux` of the agent transport and, when
-//! an `ssh://` host is given, the SSH one), hands the targets to [`Fanout`], and renders the stream of events and results as they arrive (`jsonl`,
-//! live lines and bars) or once all hosts are done (`json`, `text`, in command-line
+//! an `ssh://` host is given, the SSH one), hands the targets to [`Fanout`], and
+//! renders the stream of events and results as they arrive (`lines`, `jsonl`, live
+//! lines and bars) or once all hosts are done (`json`, `text`, in command-line
 //! order). One single-threaded Tokio runtime runs every host as a task.
 //!
 //! Exit status: 0 all succeeded, 1 some order failed, 3 some host unreachable, timed out
@@ -43,6 +44,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Args, Config, Format};
 use crate::progress::Live;
+
+/// `lines`: bytes buffered before they are written even while events keep coming.
+const FLUSH_AT: usize = 64 << 10;
 
 /// Exit status: every host succeeded.
 const EXIT_OK: u8 = 0;
@@ -277,8 +281,8 @@ async fn run(config: Config) -> io::Result<u8> {
             }
         }
         if let Some(lines) = &mut lines {
-            // Write when the events pause, not per line.
-            if events.is_empty() {
+            // Write when the events pause (or much is buffered), not per line.
+            if events.is_empty() || lines.buffered() >= FLUSH_AT {
                 flush_lines(lines, &mut out, &status)?;
             }
         }

@@ -1,6 +1,7 @@
 //! A one-line status of SSH hosts on standard error for long runs: how many are
 //! connected, running, done. Shown only when standard error is a terminal, and only
-//! once a run has lasted a second; output lines are printed above it.
+//! once a run has lasted a second; output lines are printed above it, and it hides
+//! while a passphrase is asked.
 //!
 //! ```text
 //! ⠋ 00:00:03 connected 87/100 · running 80 · done 12/100
@@ -37,8 +38,14 @@ impl Status {
 
     /// Refreshes the counts (and shows the line once the run is long enough).
     pub fn tick(&mut self) {
+        if self.stats.prompting() {
+            // A passphrase is being asked on the terminal: keep out of its way.
+            self.finish();
+            return;
+        }
         if self.bar.is_none() && self.start.elapsed() >= SHOW_AFTER {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+                .with_elapsed(self.start.elapsed());
             if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}") {
                 bar.set_style(style);
             }

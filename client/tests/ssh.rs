@@ -94,7 +94,8 @@ fn start_sshd(dir: &Path, i: usize, ip: &str) -> Option<u16> {
             "Port {port}\nListenAddress {ip}\nHostKey {d}/host{i}\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PidFile {d}/sshd{i}.pid\nMaxStartups 100\nAllowTcpForwarding yes\n{debug}",
+             PidFile {d}/sshd{i}.pid\nMaxStartups 100\nAllowTcpForwarding yes\n\
+             SetEnv HOME={d}/remote-home\n{debug}",
             d = dir.display(),
             // The jump host of the ProxyJump test logs the channels it opens.
             debug = if i == JUMP { "LogLevel DEBUG1\n" } else { "" },
@@ -157,7 +158,9 @@ fn start_cluster() -> Option<Cluster> {
     }
     remove_stale();
     let dir = std::env::temp_dir().join(format!("deploy-ssh-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    // The sessions' HOME: empty, so that bash (which sources ~/.bashrc for sshd's
+    // commands on Debian) does not run the machine's root .bashrc.
+    std::fs::create_dir_all(dir.join("remote-home")).expect("temp dir");
     let _ = std::fs::create_dir_all("/run/sshd");
     keygen(&dir.join("id_ed25519"));
     std::fs::copy(dir.join("id_ed25519.pub"), dir.join("authorized_keys")).expect("copy");
@@ -877,4 +880,21 @@ fn ssh_thread_timeout_bounds_a_run_only_when_given() {
         None,
     );
     assert_eq!(out.status, 0, "{out:?}");
+}
+
+#[test]
+fn ssh_hosts_from_standard_input_mixed_with_comments() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let list = format!("# web\n{}\n{} # second\n\n", c.spec(1), c.spec(2));
+    let out = client(
+        home.path(),
+        &["--hosts=-", "--order=run", "--", "echo", "x"],
+        Some(list.as_bytes()),
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(
+        sorted_lines(&out.stdout),
+        sorted_lines(&format!("{}: x\n{}: x\n", c.spec(1), c.spec(2)))
+    );
 }

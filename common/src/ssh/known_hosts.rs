@@ -205,7 +205,14 @@ pub fn lookup_name(host: &str, port: u16) -> String {
 /// `ssh -o StrictHostKeyChecking=accept-new` does.
 pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            // Like ssh: a new ~/.ssh is private.
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
     }
     let openssh = key.to_openssh().map_err(std::io::Error::other)?;
     let mut file = std::fs::OpenOptions::new()

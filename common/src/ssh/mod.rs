@@ -265,6 +265,10 @@ impl SshError {
                 address: target.address(),
                 cause: e.to_string(),
             },
+            e @ SshError::HandshakeTimeout { .. } => Outcome::Unreachable {
+                address: target.address(),
+                cause: e.to_string(),
+            },
             SshError::Via { jump, cause } if matches!(*cause, SshError::Connect { .. }) => {
                 match *cause {
                     SshError::Connect { address, cause } => Outcome::Unreachable {
@@ -290,9 +294,16 @@ pub struct SshStats {
     pub running: AtomicUsize,
     /// Deliveries finished (any outcome).
     pub done: AtomicUsize,
+    /// Passphrase prompts open now (a display should stay out of their way).
+    pub prompting: AtomicUsize,
 }
 
 impl SshStats {
+    /// Whether a passphrase prompt is open on the terminal.
+    pub fn prompting(&self) -> bool {
+        self.prompting.load(Ordering::Relaxed) > 0
+    }
+
     /// `(started, connected, running, done)`.
     pub fn snapshot(&self) -> (usize, usize, usize, usize) {
         (

@@ -389,6 +389,11 @@ impl Shared {
                 return Ok(());
             }
             tried.push("password".to_owned());
+            // Servers that check passwords through PAM ask for them this way.
+            if keyboard_interactive(handle, &hop.user, password).await? {
+                return Ok(());
+            }
+            tried.push("keyboard-interactive".to_owned());
         }
         Err(SshError::Auth {
             user: hop.user.clone(),
@@ -407,7 +412,16 @@ impl Shared {
         if let Some(loaded) = keys.get(path) {
             return loaded.clone();
         }
-        let prompt = self.options.passphrase.clone();
+        let prompt = self.options.passphrase.clone().map(|ask| {
+            let stats = Arc::clone(&self.stats);
+            let wrapped: super::PassphrasePrompt = Arc::new(move |path: &Path| {
+                stats.prompting.fetch_add(1, Ordering::Relaxed);
+                let answer = ask(path);
+                stats.prompting.fetch_sub(1, Ordering::Relaxed);
+                answer
+            });
+            wrapped
+        });
         let owned = path.to_owned();
         let loaded = tokio::task::spawn_blocking(move || load_key(&owned, explicit, prompt))
             .await
@@ -553,6 +567,41 @@ impl AsyncWrite for QuickAck {
     fn is_write_vectored(&self) -> bool {
         self.0.is_write_vectored()
     }
+}
+
+/// Keyboard-interactive authentication answering every hidden prompt with `password`
+/// (and visible ones with nothing), for at most a few rounds.
+async fn keyboard_interactive(
+    handle: &mut Handle<Checker>,
+    user: &str,
+    password: &str,
+) -> Result<bool, SshError> {
+    use russh::client::KeyboardInteractiveAuthResponse as Response;
+    let mut response = handle
+        .authenticate_keyboard_interactive_start(user, None)
+        .await?;
+    for _ in 0..4 {
+        match response {
+            Response::Success => return Ok(true),
+            Response::Failure { .. } => return Ok(false),
+            Response::InfoRequest { prompts, .. } => {
+                let answers = prompts
+                    .iter()
+                    .map(|p| {
+                        if p.echo {
+                            String::new()
+                        } else {
+                            password.to_owned()
+                        }
+                    })
+                    .collect();
+                response = handle
+                    .authenticate_keyboard_interactive_respond(answers)
+                    .await?;
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The RSA signature hash the server prefers, asked once per connection.
@@ -724,7 +773,12 @@ fn signal_number(signal: &Sig) -> i32 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
     use crate::ssh::{SshOptions, SshTransport};
@@ -810,5 +864,170 @@ mod tests {
             ("10.0.0.1", 99, "admin")
         );
         assert!(t.shared.jump_hop("a b").is_err());
+    }
+
+    /// A test-only host key for the in-process server below.
+    const HOST_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACDbitIQ8r+ssGcv1oA0dBbl/R9dACvWBUagpw/FiP3qmQAAAIgjxq5tI8au
+bQAAAAtzc2gtZWQyNTUxOQAAACDbitIQ8r+ssGcv1oA0dBbl/R9dACvWBUagpw/FiP3qmQ
+AAAEAb1BbE/UwP6Uwb50ob58t1HjcfSiGFu5euQNU+GnWz6tuK0hDyv6ywZy/WgDR0FuX9
+H10AK9YFRqCnD8WI/eqZAAAABHRlc3QB
+-----END OPENSSH PRIVATE KEY-----
+";
+    const HOST_PUB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINuK0hDyv6ywZy/WgDR0FuX9H10AK9YFRqCnD8WI/eqZ";
+
+    /// An in-process SSH server (russh) that checks a password, by the `password`
+    /// method or by keyboard-interactive, and answers `exec` with the command as output
+    /// and exit status 3.
+    #[derive(Clone)]
+    struct PasswordServer {
+        keyboard_interactive: bool,
+    }
+
+    impl russh::server::Handler for PasswordServer {
+        type Error = russh::Error;
+
+        async fn auth_password(
+            &mut self,
+            user: &str,
+            password: &str,
+        ) -> Result<russh::server::Auth, Self::Error> {
+            Ok(
+                if !self.keyboard_interactive && user == "alice" && password == "secret" {
+                    russh::server::Auth::Accept
+                } else {
+                    russh::server::Auth::reject()
+                },
+            )
+        }
+
+        async fn auth_keyboard_interactive<'a>(
+            &'a mut self,
+            user: &str,
+            _submethods: &str,
+            response: Option<russh::server::Response<'a>>,
+        ) -> Result<russh::server::Auth, Self::Error> {
+            if !self.keyboard_interactive || user != "alice" {
+                return Ok(russh::server::Auth::reject());
+            }
+            Ok(match response {
+                None => russh::server::Auth::Partial {
+                    name: "".into(),
+                    instructions: "".into(),
+                    prompts: vec![("Password: ".into(), false)].into(),
+                },
+                Some(mut answers) => match answers.next() {
+                    Some(answer) if answer.as_ref() == b"secret" => russh::server::Auth::Accept,
+                    _ => russh::server::Auth::reject(),
+                },
+            })
+        }
+
+        async fn channel_open_session(
+            &mut self,
+            _channel: russh::Channel<russh::server::Msg>,
+            reply: russh::server::ChannelOpenHandle,
+            _session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            reply.accept().await;
+            Ok(())
+        }
+
+        async fn exec_request(
+            &mut self,
+            channel: russh::ChannelId,
+            data: &[u8],
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            let mut line = data.to_vec();
+            line.push(b'\n');
+            session.data(channel, line)?;
+            session.exit_status_request(channel, 3)?;
+            session.eof(channel)?;
+            session.close(channel)?;
+            Ok(())
+        }
+    }
+
+    /// Serves [`PasswordServer`] on a loopback port.
+    async fn password_server(keyboard_interactive: bool) -> u16 {
+        use russh::MethodKind;
+        let config = Arc::new(russh::server::Config {
+            methods: russh::MethodSet::from(
+                &[MethodKind::Password, MethodKind::KeyboardInteractive][..],
+            ),
+            auth_rejection_time: std::time::Duration::ZERO,
+            auth_rejection_time_initial: Some(std::time::Duration::ZERO),
+            keys: vec![decode_secret_key(HOST_KEY, None).unwrap()],
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let handler = PasswordServer {
+                    keyboard_interactive,
+                };
+                let config = Arc::clone(&config);
+                tokio::spawn(async move {
+                    if let Ok(session) = russh::server::run_stream(config, stream, handler).await {
+                        let _ = session.await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn password_and_keyboard_interactive() {
+        use crate::order::Request;
+        use crate::transport::{Outcome, Transport};
+        for keyboard_interactive in [false, true] {
+            let port = password_server(keyboard_interactive).await;
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("known_hosts"),
+                format!("[127.0.0.1]:{port} {HOST_PUB}\n"),
+            )
+            .unwrap();
+            let request = Request {
+                order: "run".into(),
+                argv: vec!["echo".into(), "hi".into()],
+                ..Request::default()
+            };
+            let target = Target::parse(&format!("ssh://alice@127.0.0.1:{port}"), 1).unwrap();
+            for (password, works) in [("secret", true), ("wrong", false)] {
+                let t = transport(dir.path(), |o| o.password = Some(password.to_owned()));
+                let (tx, mut rx) = mpsc::channel(8);
+                let outcome = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    t.deliver(&target, &request, tx),
+                )
+                .await
+                .expect("in time");
+                if works {
+                    let reply = outcome.reply().expect("a reply");
+                    assert_eq!(reply.content()["code"], "3", "{outcome:?}");
+                    assert_eq!(
+                        rx.recv().await,
+                        Some(Event::Line {
+                            stream: Stream::Stdout,
+                            line: "echo hi".into()
+                        })
+                    );
+                } else {
+                    let Outcome::Failed(why) = outcome else {
+                        panic!("{outcome:?}")
+                    };
+                    assert!(
+                        why.contains("tried: password, keyboard-interactive"),
+                        "{why}"
+                    );
+                }
+            }
+        }
     }
 }
