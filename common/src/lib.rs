@@ -31,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod fanout;
+mod fsutil;
 pub mod legacy;
 pub mod lock;
 pub mod order;

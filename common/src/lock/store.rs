@@ -28,7 +28,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -493,18 +493,9 @@ impl LockStore {
 /// The directory must be a real directory (not a symlink), owned by us, and not writable
 /// by anyone else: its files decide who holds a lock.
 fn check_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let meta = fs::symlink_metadata(dir)
-        .map_err(|e| StoreError::io(format!("inspect {}", dir.display()), e))?;
-    let problem = if !meta.file_type().is_dir() {
-        Some("not a directory")
-    } else if meta.uid() != nix::unistd::geteuid().as_raw() {
-        Some("owned by another user")
-    } else if meta.mode() & 0o022 != 0 {
-        Some("writable by group or others")
-    } else {
-        None
-    };
-    match problem {
+    match crate::fsutil::private_dir_problem(dir)
+        .map_err(|e| StoreError::io(format!("inspect {}", dir.display()), e))?
+    {
         None => Ok(()),
         Some(problem) => Err(StoreError::Unsafe {
             path: dir.to_owned(),
@@ -517,6 +508,7 @@ fn check_private_dir(dir: &Path) -> Result<(), StoreError> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
     use std::sync::{Arc, Barrier};
 
     fn name(n: &str) -> LockName {

@@ -50,7 +50,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -382,18 +382,9 @@ impl StateDir {
 /// The directory must be a real directory (not a symlink), owned by us, and not writable
 /// by anyone else: its files decide what we kill and what we report.
 fn check_private_dir(dir: &Path) -> Result<(), RsyncError> {
-    let meta = fs::symlink_metadata(dir)
-        .map_err(|e| RsyncError::io(format!("inspect {}", dir.display()), e))?;
-    let problem = if !meta.file_type().is_dir() {
-        Some("not a directory")
-    } else if meta.uid() != nix::unistd::geteuid().as_raw() {
-        Some("owned by another user")
-    } else if meta.mode() & 0o022 != 0 {
-        Some("writable by group or others")
-    } else {
-        None
-    };
-    match problem {
+    match crate::fsutil::private_dir_problem(dir)
+        .map_err(|e| RsyncError::io(format!("inspect {}", dir.display()), e))?
+    {
         None => Ok(()),
         Some(problem) => Err(RsyncError::io(
             format!("state directory {}", dir.display()),
