@@ -7,7 +7,7 @@
 //! |---|---|
 //! | this file | [`SshTransport`] (a [`Transport`]), [`SshOptions`], [`SshError`], [`SshStats`] |
 //! | [`session`] | TCP (or a jump host's channel), handshake, host-key check, authentication, the command |
-//! | [`config`] | the OpenSSH client configuration: `Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump` |
+//! | [`config`] | the OpenSSH client configuration: `Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump`, `Include` |
 //! | [`known_hosts`] | trusted host keys: known, unknown, changed (mismatch), revoked; appending new ones |
 //! | [`lines`] | output bytes → whole lines; argv → the remote command line (`sudo -n sh -c`) |
 //!
@@ -341,8 +341,8 @@ impl SshTransport {
     /// Reads the configuration and known_hosts files.
     pub fn new(options: SshOptions) -> Result<SshTransport, SshError> {
         let config = match &options.config_file {
-            Some(path) => SshConfig::load(path, false)?,
-            None => SshConfig::load(&options.home.join(".ssh/config"), true)?,
+            Some(path) => SshConfig::load(path, false, &options.home)?,
+            None => SshConfig::load(&options.home.join(".ssh/config"), true, &options.home)?,
         };
         let mut known = KnownHosts::default();
         let known_file = match &options.known_hosts {
