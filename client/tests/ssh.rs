@@ -857,17 +857,17 @@ fn ssh_thread_timeout_bounds_a_run_only_when_given() {
             "--hosts",
             &spec,
             "--order=run",
-            "--thread-timeout=1",
+            "--thread-timeout=3",
             "--",
-            "echo started; sleep 5",
+            "echo started; sleep 10",
         ],
         None,
     );
     assert_eq!(out.status, 3, "{out:?}");
     assert_eq!(out.stdout, format!("{spec}: started\n"));
-    assert!(out.stderr.contains("no reply within 1 s"), "{}", out.stderr);
+    assert!(out.stderr.contains("no reply within 3 s"), "{}", out.stderr);
     assert!(out.stderr.contains("timed out (1 host)"), "{}", out.stderr);
-    // No default deadline over SSH: longer than a second is fine.
+    // Without --thread-timeout there is no deadline (the agents' 30 s does not apply).
     let out = client(
         home.path(),
         &[
