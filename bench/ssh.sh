@@ -130,9 +130,8 @@ try:
         ratio = best / r["deploy-client"]
         ok &= ratio > 1
         print(f"{n:>5} " + " ".join(f"{r[t]:>14.3f}" for t in tools) + f" {ratio:>6.2f}x")
-    load_after = " ".join(open("/proc/loadavg").read().split()[:3])
-    print(f"load average (1, 5, 15 min) before: {load_before}; after: {load_after} "
-          "(other work on the machine slows every tool)")
+    print(f"load average (1, 5, 15 min) before the runs: {load_before} "
+          "(during them, the tools' own processes raise it)")
     print("deploy-client is faster than pssh and clush at every N" if ok
           else "deploy-client is NOT faster at every N")
 finally:

@@ -694,27 +694,39 @@ fn ssh_proxy_jump_through_another_host() {
     let Some(c) = cluster() else { return };
     let home = home(c, true);
     let (jump_ip, jump_port, _) = &c.hosts[JUMP];
-    let (ip, port, _) = &c.hosts[6];
-    std::fs::write(
-        home.path().join(".ssh/config"),
-        format!(
-            "Host behind\n  HostName {ip}\n  Port {port}\n  ProxyJump root@{jump_ip}:{jump_port}\n"
-        ),
-    )
-    .expect("config");
+    let behind = [6, 7, 8];
+    let mut config = String::new();
+    for i in behind {
+        let (ip, port, _) = &c.hosts[i];
+        config.push_str(&format!(
+            "Host behind{i}\n  HostName {ip}\n  Port {port}\n  ProxyJump root@{jump_ip}:{jump_port}\n"
+        ));
+    }
+    config.push_str("Host nowhere\n  HostName 127.0.0.1\n  ProxyJump root@127.0.0.1:1\n");
+    std::fs::write(home.path().join(".ssh/config"), config).expect("config");
     let log = c.dir.join(format!("sshd{JUMP}.log"));
-    let forwarded = || {
+    let count = |what: &str| {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .matches(&format!("target {ip} port {port}"))
+            .matches(what)
             .count()
     };
-    let before = forwarded();
+    let forwards = |i: usize| {
+        let (ip, port, _) = &c.hosts[i];
+        count(&format!("target {ip} port {port}"))
+    };
+    let before: Vec<usize> = behind.iter().map(|&i| forwards(i)).collect();
+    let logins = count("Accepted publickey");
+    let hosts = behind
+        .iter()
+        .map(|i| format!("ssh://behind{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let out = client(
         home.path(),
         &[
             "--hosts",
-            "ssh://behind",
+            &hosts,
             "--order=run",
             "--",
             "echo $SSH_CONNECTION",
@@ -722,18 +734,50 @@ fn ssh_proxy_jump_through_another_host() {
         None,
     );
     assert_eq!(out.status, 0, "{out:?}");
-    assert!(
-        out.stdout.trim_end().ends_with(&format!(" {ip} {port}")),
-        "{}",
-        out.stdout
-    );
-    // The jump host's sshd opened the channel to the target.
+    for i in behind {
+        let (ip, port, _) = &c.hosts[i];
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("ssh://behind{i}: "))
+                    && l.ends_with(&format!(" {ip} {port}"))),
+            "{}",
+            out.stdout
+        );
+    }
+    // The jump host's sshd opened a channel to each target, over one shared login.
     let mut waited = 0;
-    while forwarded() == before && waited < 100 {
+    while behind.iter().zip(&before).any(|(&i, &b)| forwards(i) == b) && waited < 100 {
         std::thread::sleep(Duration::from_millis(20));
         waited += 1;
     }
-    assert!(forwarded() > before, "the jump host forwarded nothing");
+    for (&i, &b) in behind.iter().zip(&before) {
+        assert_eq!(forwards(i), b + 1, "jump host forwards to host {i}");
+    }
+    assert_eq!(
+        count("Accepted publickey"),
+        logins + 1,
+        "one login at the jump host"
+    );
+
+    // An unreachable jump host makes its targets unreachable.
+    let out = client(
+        home.path(),
+        &["--hosts", "ssh://nowhere", "--order=run", "--", "true"],
+        None,
+    );
+    assert_eq!(out.status, 3, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("can't connect to 127.0.0.1:1: via jump host root@127.0.0.1:1: "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unreachable (1 host)"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -857,17 +901,17 @@ fn ssh_thread_timeout_bounds_a_run_only_when_given() {
             "--hosts",
             &spec,
             "--order=run",
-            "--thread-timeout=1",
+            "--thread-timeout=3",
             "--",
-            "echo started; sleep 5",
+            "echo started; sleep 10",
         ],
         None,
     );
     assert_eq!(out.status, 3, "{out:?}");
     assert_eq!(out.stdout, format!("{spec}: started\n"));
-    assert!(out.stderr.contains("no reply within 1 s"), "{}", out.stderr);
+    assert!(out.stderr.contains("no reply within 3 s"), "{}", out.stderr);
     assert!(out.stderr.contains("timed out (1 host)"), "{}", out.stderr);
-    // No default deadline over SSH: longer than a second is fine.
+    // Without --thread-timeout there is no deadline (the agents' 30 s does not apply).
     let out = client(
         home.path(),
         &[

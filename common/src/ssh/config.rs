@@ -9,6 +9,7 @@
 //!     Port 2222
 //!     IdentityFile ~/.ssh/deploy_ed25519   # repeatable; ~ and %d %u %h %r %p %% expand
 //!     ProxyJump bastion,ssh://root@10.1.0.1:2200   # or `none`
+//! Include config.d/*                  # relative to ~/.ssh; inlined where it stands
 //! Match all                           # `Match all` and `Match host a,b` are understood;
 //!     User fallback                   # any other Match block is skipped
 //! ```
@@ -30,6 +31,51 @@ use super::SshError;
 
 /// Longest configuration file read (a config larger than this is surely a mistake).
 const MAX_CONFIG: u64 = 4 << 20;
+
+/// Deepest chain of `Include`s followed (OpenSSH's limit too).
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// Reads a configuration file, at most [`MAX_CONFIG`] bytes of it.
+fn read(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The files an `Include` word names: `~/` is `home`, a relative path is under
+/// `~/.ssh` (as for the user's configuration in OpenSSH), and `*`/`?` in the last
+/// component match file names, in sorted order.
+fn include_files(word: &str, home: &Path) -> Vec<PathBuf> {
+    let path = match word.strip_prefix("~/") {
+        Some(rest) => home.join(rest),
+        None if Path::new(word).is_absolute() => PathBuf::from(word),
+        None => home.join(".ssh").join(word),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.contains(['*', '?']) {
+        return vec![path];
+    }
+    let Some(dir) = path.parent() else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| glob(&name, &e.file_name().to_string_lossy()))
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
 
 /// A parsed configuration file.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,39 +125,54 @@ pub struct HostConfig {
 }
 
 impl SshConfig {
-    /// Reads and parses `path`; a missing file is an empty configuration when
-    /// `optional`.
-    pub fn load(path: &Path, optional: bool) -> Result<SshConfig, SshError> {
-        let read = || -> std::io::Result<String> {
-            use std::io::Read as _;
-            let file = std::fs::File::open(path)?;
-            let mut text = String::new();
-            file.take(MAX_CONFIG).read_to_string(&mut text)?;
-            Ok(text)
-        };
-        match read() {
-            Ok(text) => SshConfig::parse(&text, path),
-            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(SshConfig::default())
+    /// Reads and parses `path` and the files it includes (`~` is `home`); a missing
+    /// file is an empty configuration when `optional`.
+    pub fn load(path: &Path, optional: bool, home: &Path) -> Result<SshConfig, SshError> {
+        let mut config = SshConfig::starting();
+        match read(path) {
+            Ok(text) => config.add(&text, path, Some(home), 0)?,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(cause) => {
+                return Err(SshError::Read {
+                    path: path.to_owned(),
+                    cause,
+                })
             }
-            Err(cause) => Err(SshError::Read {
-                path: path.to_owned(),
-                cause,
-            }),
+        }
+        Ok(config)
+    }
+
+    /// Parses the text of a configuration file; `path` names it in errors. `Include`
+    /// lines are ignored (see [`SshConfig::load`]).
+    pub fn parse(text: &str, path: &Path) -> Result<SshConfig, SshError> {
+        let mut config = SshConfig::starting();
+        config.add(text, path, None, 0)?;
+        Ok(config)
+    }
+
+    /// A configuration with only the block of the lines before any `Host`.
+    fn starting() -> SshConfig {
+        SshConfig {
+            blocks: vec![Block {
+                selector: Selector::All,
+                params: Vec::new(),
+            }],
         }
     }
 
-    /// Parses the text of a configuration file; `path` names it in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<SshConfig, SshError> {
+    /// Adds the lines of one file; `Include`d files are read when `home` is given.
+    fn add(
+        &mut self,
+        text: &str,
+        path: &Path,
+        home: Option<&Path>,
+        depth: usize,
+    ) -> Result<(), SshError> {
         let bad = |line: usize, reason: String| SshError::Config {
             path: path.to_owned(),
             line,
             reason,
         };
-        let mut blocks = vec![Block {
-            selector: Selector::All,
-            params: Vec::new(),
-        }];
         for (number, raw) in text.lines().enumerate() {
             let number = number + 1;
             let line = raw.trim();
@@ -131,15 +192,31 @@ impl SshConfig {
                     if words.is_empty() {
                         return Err(bad(number, "Host needs at least one pattern".into()));
                     }
-                    blocks.push(Block {
+                    self.blocks.push(Block {
                         selector: Selector::Patterns(words.iter().map(|w| pattern(w)).collect()),
                         params: Vec::new(),
                     });
                 }
-                "match" => blocks.push(Block {
+                "match" => self.blocks.push(Block {
                     selector: match_selector(&words),
                     params: Vec::new(),
                 }),
+                "include" => {
+                    let Some(home) = home else { continue };
+                    if depth >= MAX_INCLUDE_DEPTH {
+                        return Err(bad(number, "Include nested too deeply".into()));
+                    }
+                    for word in &words {
+                        for file in include_files(word, home) {
+                            match read(&file) {
+                                Ok(text) => self.add(&text, &file, Some(home), depth + 1)?,
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                Err(cause) => return Err(SshError::Read { path: file, cause }),
+                            }
+                        }
+                    }
+                    continue;
+                }
                 _ => {
                     let Some(value) = words.first() else {
                         return Err(bad(number, format!("{keyword} needs a value")));
@@ -152,13 +229,13 @@ impl SshConfig {
                     } else {
                         value.clone()
                     };
-                    if let Some(block) = blocks.last_mut() {
+                    if let Some(block) = self.blocks.last_mut() {
                         block.params.push((keyword, value));
                     }
                 }
             }
         }
-        Ok(SshConfig { blocks })
+        Ok(())
     }
 
     /// What the configuration says about `host` (the name as written by the user).
@@ -434,6 +511,38 @@ Match all
         let e = SshConfig::parse("User \"x\n", Path::new("f")).unwrap_err();
         assert!(e.to_string().contains("f:1"), "{e}");
         assert!(SshConfig::parse("Host\n", Path::new("f")).is_err());
+    }
+
+    #[test]
+    fn includes_are_inlined() {
+        let home = tempfile::tempdir().unwrap();
+        let ssh = home.path().join(".ssh");
+        std::fs::create_dir_all(ssh.join("config.d")).unwrap();
+        std::fs::write(ssh.join("config.d/b.conf"), "Host b\n  Port 2\n").unwrap();
+        std::fs::write(
+            ssh.join("config.d/a.conf"),
+            "Host a\n  Port 1\nHost b\n User first\n",
+        )
+        .unwrap();
+        std::fs::write(ssh.join("self"), "Include ~/.ssh/self\n").unwrap();
+        let main = ssh.join("config");
+        std::fs::write(
+            &main,
+            "Include config.d/*.conf missing\nHost *\n  User any\n",
+        )
+        .unwrap();
+        let c = SshConfig::load(&main, false, home.path()).unwrap();
+        assert_eq!(c.resolve("a").port, Some(1));
+        assert_eq!(c.resolve("b").port, Some(2));
+        assert_eq!(c.resolve("b").user.as_deref(), Some("first"));
+        assert_eq!(c.resolve("c").user.as_deref(), Some("any"));
+        let e = SshConfig::load(&ssh.join("self"), false, home.path()).unwrap_err();
+        assert!(e.to_string().contains("nested too deeply"), "{e}");
+        assert!(SshConfig::load(&ssh.join("none"), false, home.path()).is_err());
+        assert_eq!(
+            SshConfig::load(&ssh.join("none"), true, home.path()).unwrap(),
+            SshConfig::starting()
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | this file | [`SshTransport`] (a [`Transport`]), [`SshOptions`], [`SshError`], [`SshStats`] |
 //! | [`session`] | TCP (or a jump host's channel), handshake, host-key check, authentication, the command |
-//! | [`config`] | the OpenSSH client configuration: `Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump` |
+//! | [`config`] | the OpenSSH client configuration: `Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump`, `Include` |
 //! | [`known_hosts`] | trusted host keys: known, unknown, changed (mismatch), revoked; appending new ones |
 //! | [`lines`] | output bytes → whole lines; argv → the remote command line (`sudo -n sh -c`) |
 //!
@@ -238,13 +238,15 @@ pub enum SshError {
         /// The limit.
         after: Duration,
     },
-    /// A jump host failed.
+    /// A jump host failed (for every target behind it: its connection is shared).
     #[error("via jump host {jump}: {cause}")]
     Via {
         /// The jump host.
         jump: String,
         /// What went wrong there.
-        cause: Box<SshError>,
+        cause: String,
+        /// `host:port` of the jump host (or the next hop) if it could not be reached.
+        unreachable: Option<String>,
     },
     /// The channel closed without an exit status or signal.
     #[error("the command ended without an exit status (connection lost?)")]
@@ -255,6 +257,26 @@ pub enum SshError {
 }
 
 impl SshError {
+    /// A copy of a jump host's failure, for another target behind it.
+    pub(crate) fn shared(&self) -> SshError {
+        match self {
+            SshError::Via {
+                jump,
+                cause,
+                unreachable,
+            } => SshError::Via {
+                jump: jump.clone(),
+                cause: cause.clone(),
+                unreachable: unreachable.clone(),
+            },
+            other => SshError::Via {
+                jump: String::new(),
+                cause: other.to_string(),
+                unreachable: None,
+            },
+        }
+    }
+
     /// The outcome of a delivery that failed this way: connection failures (here or at a
     /// jump host) are [`Outcome::Unreachable`]; anything else (host keys,
     /// authentication, protocol) is [`Outcome::Failed`].
@@ -269,13 +291,20 @@ impl SshError {
                 address: target.address(),
                 cause: e.to_string(),
             },
-            SshError::Via { jump, cause } if matches!(*cause, SshError::Connect { .. }) => {
-                match *cause {
-                    SshError::Connect { address, cause } => Outcome::Unreachable {
-                        address,
-                        cause: format!("{cause} (jump host {jump})"),
-                    },
-                    other => Outcome::Failed(other.to_string()),
+            e @ SshError::Via {
+                unreachable: Some(_),
+                ..
+            } => {
+                let SshError::Via {
+                    unreachable: Some(address),
+                    ..
+                } = &e
+                else {
+                    return Outcome::Failed(e.to_string());
+                };
+                Outcome::Unreachable {
+                    address: address.clone(),
+                    cause: e.to_string(),
                 }
             }
             other => Outcome::Failed(other.to_string()),
@@ -334,15 +363,21 @@ pub(crate) struct Shared {
     /// Serialises appends to `known_file`.
     learn: std::sync::Mutex<()>,
     keys: tokio::sync::Mutex<HashMap<PathBuf, LoadedKey>>,
+    /// Jump-host connections, by chain (`a,b,` for `ProxyJump a,b`), shared by every
+    /// target behind them: each jump host is connected to and authenticated once.
+    jumps: tokio::sync::Mutex<HashMap<String, Arc<JumpCell>>>,
     stats: Arc<SshStats>,
 }
+
+/// A jump host's connection, made once by the first target that needs it.
+type JumpCell = tokio::sync::OnceCell<Result<Arc<session::JumpHandle>, SshError>>;
 
 impl SshTransport {
     /// Reads the configuration and known_hosts files.
     pub fn new(options: SshOptions) -> Result<SshTransport, SshError> {
         let config = match &options.config_file {
-            Some(path) => SshConfig::load(path, false)?,
-            None => SshConfig::load(&options.home.join(".ssh/config"), true)?,
+            Some(path) => SshConfig::load(path, false, &options.home)?,
+            None => SshConfig::load(&options.home.join(".ssh/config"), true, &options.home)?,
         };
         let mut known = KnownHosts::default();
         let known_file = match &options.known_hosts {
@@ -360,6 +395,7 @@ impl SshTransport {
             known_file,
             learn: std::sync::Mutex::new(()),
             keys: tokio::sync::Mutex::new(HashMap::new()),
+            jumps: tokio::sync::Mutex::new(HashMap::new()),
             stats: Arc::new(SshStats::default()),
         };
         Ok(SshTransport {

@@ -11,7 +11,9 @@
 //! Authentication tries, in order, each key of the ssh-agent, the key files (read once
 //! per run, passphrase asked once), then the password if one was given; the error names
 //! everything that was tried. A jump host's own `ProxyJump` is not followed (the chain
-//! is the target's).
+//! is the target's). Jump connections are shared: every target behind the same chain
+//! opens its `direct-tcpip` channel over one authenticated connection per hop, made
+//! by the first target that needs it (its failure is every such target's failure).
 
 #![deny(
     clippy::unwrap_used,
@@ -96,8 +98,11 @@ struct Hop {
 /// An authenticated connection, with the jump connections it runs through.
 pub struct Session {
     handle: Handle<Checker>,
-    _jumps: Vec<Handle<Checker>>,
+    _jumps: Vec<Arc<JumpHandle>>,
 }
+
+/// A connection to a jump host, shared by the targets behind it.
+pub type JumpHandle = Handle<Checker>;
 
 /// The russh handler: checks the host key against known_hosts.
 pub struct Checker {
@@ -117,24 +122,22 @@ impl Shared {
             &target.to_string(),
         );
         let resolved = self.config.resolve(&target.host);
-        let mut jumps: Vec<Handle<Checker>> = Vec::new();
+        let mut jumps: Vec<Arc<JumpHandle>> = Vec::new();
+        let mut chain = String::new();
         for spec in &resolved.proxy_jump {
-            let jump = self.jump_hop(spec)?;
-            let label = jump.label.clone();
-            let via = |cause: SshError| SshError::Via {
-                jump: label.clone(),
-                cause: Box::new(cause),
+            chain.push_str(spec);
+            chain.push(',');
+            let cell = {
+                let mut shared = self.jumps.lock().await;
+                Arc::clone(shared.entry(chain.clone()).or_default())
             };
-            let handle = match jumps.last() {
-                None => {
-                    let tcp = self.tcp(&jump.host, jump.port).await.map_err(via)?;
-                    self.handshake(&jump, tcp).await.map_err(via)?
-                }
-                Some(previous) => {
-                    let stream = tunnel(previous, &jump).await.map_err(via)?;
-                    self.handshake(&jump, stream).await.map_err(via)?
-                }
-            };
+            let previous = jumps.last().cloned();
+            let handle = cell
+                .get_or_init(|| self.jump(spec, previous))
+                .await
+                .as_ref()
+                .map(Arc::clone)
+                .map_err(SshError::shared)?;
             jumps.push(handle);
         }
         let handle = match jumps.last() {
@@ -193,6 +196,41 @@ impl Shared {
             port,
             user,
             identities,
+        }
+    }
+
+    /// Connects to the jump host `spec`, directly or through `previous`; errors are
+    /// [`SshError::Via`], to be shared by every target behind it.
+    async fn jump(
+        self: &Arc<Self>,
+        spec: &str,
+        previous: Option<Arc<JumpHandle>>,
+    ) -> Result<Arc<JumpHandle>, SshError> {
+        let attempt = async {
+            let jump = self.jump_hop(spec)?;
+            match previous {
+                None => {
+                    let tcp = self.tcp(&jump.host, jump.port).await?;
+                    self.handshake(&jump, tcp).await
+                }
+                Some(previous) => {
+                    let stream = tunnel(&previous, &jump).await?;
+                    self.handshake(&jump, stream).await
+                }
+            }
+        };
+        match attempt.await {
+            Ok(handle) => Ok(Arc::new(handle)),
+            Err(SshError::Connect { address, cause }) => Err(SshError::Via {
+                jump: spec.to_owned(),
+                cause,
+                unreachable: Some(address),
+            }),
+            Err(e) => Err(SshError::Via {
+                jump: spec.to_owned(),
+                cause: e.to_string(),
+                unreachable: None,
+            }),
         }
     }
 
