@@ -23,7 +23,10 @@ use std::path::{Path, PathBuf};
 
 use super::ini::{Ini, Section};
 use super::jobs::Jobs;
-use super::{reject_implicit, unknown_section, ConfigError, Cx, Ignored, ServerConfig};
+use super::{
+    apply_allow_hosts, load_referenced, reject_implicit, unknown_section, ConfigError, Cx, Ignored,
+    ServerConfig,
+};
 use crate::access::{HostAllowList, PathAllowList};
 
 /// The sections `deploy_agent.ini` may contain (for the error message).
@@ -105,22 +108,7 @@ impl AgentConfig {
         let ini = Ini::load(path)?;
         let mut config = AgentConfig::from_ini(&ini)?;
         if let Some(jobs_path) = &config.jobs_path {
-            let jobs_ini = match Ini::load(jobs_path) {
-                Err(ConfigError::Read { source, .. }) => {
-                    // Point at the line that names the file.
-                    let section = ini.section("jobs");
-                    let line = section.and_then(|s| s.get("path")).map_or(0, |e| e.line);
-                    return Err(ConfigError::ReadReferenced {
-                        path: path.to_path_buf(),
-                        line,
-                        section: "jobs".to_owned(),
-                        key: "path".to_owned(),
-                        target: jobs_path.clone(),
-                        source,
-                    });
-                }
-                other => other?,
-            };
+            let jobs_ini = load_referenced(&ini, "jobs", "path", jobs_path)?;
             config.jobs = Jobs::from_ini(&jobs_ini)?;
         }
         Ok(config)
@@ -140,18 +128,7 @@ impl AgentConfig {
             let cx = Cx::new(ini, section);
             match section.name() {
                 "server" => config.server.apply(&cx, section)?,
-                "allow::hosts" => {
-                    for e in section.entries() {
-                        match (e.key.as_str(), e.list) {
-                            ("host", true) => config
-                                .allow_hosts
-                                .push_spec(&e.value)
-                                .map_err(|err| cx.invalid(e, err.to_string()))?,
-                            ("host", false) => return Err(cx.want_list(e)),
-                            _ => return Err(cx.unknown_key(e)),
-                        }
-                    }
-                }
+                "allow::hosts" => apply_allow_hosts(&cx, section, &mut config.allow_hosts)?,
                 "allow::paths" => {
                     for e in section.entries() {
                         match (e.key.as_str(), e.list) {

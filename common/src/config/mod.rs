@@ -663,6 +663,48 @@ pub(crate) fn unknown_section(ini: &Ini, section: &Section, expected: &'static s
     }
 }
 
+/// Reads the file an `ini` entry `[section] key` names (the jobs file, the API file); a
+/// file that cannot be read is reported at the line that names it.
+pub(crate) fn load_referenced(
+    ini: &Ini,
+    section: &str,
+    key: &str,
+    target: &std::path::Path,
+) -> Result<Ini, ConfigError> {
+    match Ini::load(target) {
+        Err(ConfigError::Read { source, .. }) => Err(ConfigError::ReadReferenced {
+            path: ini.path().to_path_buf(),
+            line: ini
+                .section(section)
+                .and_then(|s| s.get(key))
+                .map_or(0, |e| e.line),
+            section: section.to_owned(),
+            key: key.to_owned(),
+            target: target.to_path_buf(),
+            source,
+        }),
+        other => other,
+    }
+}
+
+/// Applies an `[allow::hosts]` section (`host[] = …` entries) to `list`.
+pub(crate) fn apply_allow_hosts(
+    cx: &Cx<'_>,
+    section: &Section,
+    list: &mut crate::access::HostAllowList,
+) -> Result<(), ConfigError> {
+    for e in section.entries() {
+        match (e.key.as_str(), e.list) {
+            ("host", true) => list
+                .push_spec(&e.value)
+                .map_err(|err| cx.invalid(e, err.to_string()))?,
+            ("host", false) => return Err(cx.want_list(e)),
+            _ => return Err(cx.unknown_key(e)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

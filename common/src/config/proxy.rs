@@ -39,7 +39,10 @@ use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{digest, SHA256};
 
 use super::ini::{Entry, Ini};
-use super::{reject_implicit, unknown_section, ConfigError, Cx, Ignored, ServerConfig};
+use super::{
+    apply_allow_hosts, load_referenced, reject_implicit, unknown_section, ConfigError, Cx, Ignored,
+    ServerConfig,
+};
 use crate::access::HostAllowList;
 
 /// The sections `deploy_proxy.ini` may contain (for the error message).
@@ -169,23 +172,7 @@ impl ProxyConfig {
         let ini = Ini::load(path)?;
         let mut config = ProxyConfig::from_ini(&ini)?;
         if let Some(api_path) = &config.api_path {
-            let api_ini = match Ini::load(api_path) {
-                Err(ConfigError::Read { source, .. }) => {
-                    let line = ini
-                        .section("api")
-                        .and_then(|s| s.get("path"))
-                        .map_or(0, |e| e.line);
-                    return Err(ConfigError::ReadReferenced {
-                        path: path.to_path_buf(),
-                        line,
-                        section: "api".to_owned(),
-                        key: "path".to_owned(),
-                        target: api_path.clone(),
-                        source,
-                    });
-                }
-                other => other?,
-            };
+            let api_ini = load_referenced(&ini, "api", "path", api_path)?;
             config.api = ApiKeys::from_ini(&api_ini)?;
         }
         Ok(config)
@@ -210,18 +197,7 @@ impl ProxyConfig {
                         apply_client(&cx, e, &mut config.client, &mut config.ignored)?;
                     }
                 }
-                "allow::hosts" => {
-                    for e in section.entries() {
-                        match (e.key.as_str(), e.list) {
-                            ("host", true) => config
-                                .allow_hosts
-                                .push_spec(&e.value)
-                                .map_err(|err| cx.invalid(e, err.to_string()))?,
-                            ("host", false) => return Err(cx.want_list(e)),
-                            _ => return Err(cx.unknown_key(e)),
-                        }
-                    }
-                }
+                "allow::hosts" => apply_allow_hosts(&cx, section, &mut config.allow_hosts)?,
                 "api" => {
                     for e in section.entries() {
                         match (e.key.as_str(), e.list) {
