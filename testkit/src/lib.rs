@@ -15,6 +15,7 @@
 //! | [`agent`] | [`AgentConfig`]: an agent ini around a sandbox, started as an [`Agent`] |
 //! | [`proxy`] | [`ProxyConfig`]: a proxy ini and its API file, started as a [`Proxy`] |
 //! | [`clients`] | in-process clients of the three wires: v2, v1 plain, v1 "ssl" |
+//! | [`sshd`] | ten real `sshd` instances and a jump host on loopback, user and host keys |
 //! | [`command`] | running any command (deploy-client, curl) under a deadline, lines timestamped |
 //!
 //! # Design
@@ -40,6 +41,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod rsyncd;
 pub mod sandbox;
+pub mod sshd;
 
 pub use agent::{start_agent, Agent, AgentConfig};
 pub use clients::*;
