@@ -245,6 +245,12 @@ pub struct Args {
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
 
+    /// SSH: the file `flock`ed on each host by `lock` and `--lock`, held by a session
+    /// of this run: `%n` the lock's name, `%h`/`%p` the host and port as written
+    /// (hosts sharing a file system need their own file), `%%` a `%`.
+    #[arg(long, value_name = "PATH", default_value = deploy_common::ssh::lock::DEFAULT_LOCK_FILE)]
+    pub lock_file: String,
+
     /// SSH: the client configuration file [default: ~/.ssh/config].
     #[arg(short = 'F', long = "ssh-config", value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
@@ -362,6 +368,7 @@ impl Args {
             options.connect_timeout = Duration::from_secs(self.socket_timeout);
             options.deadline = self.thread_timeout.map(Duration::from_secs);
             options.keepalive = self.ssh_keepalive.map(Duration::from_secs);
+            options.lock_file = self.lock_file.clone();
             if self.password {
                 options.password = Some(
                     rpassword::prompt_password("SSH password: ")

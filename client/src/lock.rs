@@ -23,6 +23,10 @@
 //! release, since a lease runs out by itself. `--token` also lets `--order=lock` resume
 //! a lock whose token is known (the same token renews instead of being refused).
 //!
+//! On `ssh://` hosts the lock is a remote `flock` held by a session of this process
+//! (`--lock-file`, see `deploy_common::ssh::lock`): the heartbeat checks that the
+//! session and its holder are alive, and the lock goes when the session does.
+//!
 //! # Design
 //!
 //! The heartbeat runs on a thread of its own with its own runtime, so that a blocked

@@ -7,7 +7,6 @@
 //! agent dies), `--lock` around `exec` (held during the order, released after, aborted
 //! with exit 5 when lost), `--order=unlock` with and without the token, and usage errors.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,10 +14,8 @@ use deploy_common::lock::store::{LockOutcome, LockStore, Now};
 use deploy_common::order::lock::{LockName, Token};
 use deploy_common::order::{Reply, Request};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::sync::mpsc;
 
-use crate::util::{client, obj, v2_agent_killable, Handler, Output};
+use crate::util::{client, obj, v2_agent_killable, Handler, Running};
 
 /// A fake agent serving `lock`, `unlock` and a slow `exec` from a real lock store.
 struct LockAgent {
@@ -124,92 +121,6 @@ fn pre_lock(agent: &LockAgent, holder: &str, lease: u64) {
         .store
         .lock(&web(), &token, holder, lease, &Now::system())
         .expect("store");
-}
-
-/// A `deploy-client` that keeps running: its stderr is read line by line.
-struct Running {
-    child: tokio::process::Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Running {
-    fn spawn(args: &[&str]) -> Running {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"))
-            .args(args)
-            .env_remove("DEPLOY_KEY_CIPHER")
-            .env_remove("DEPLOY_API_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn deploy-client");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let all = Arc::new(Mutex::new(String::new()));
-        let copy = Arc::clone(&all);
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                copy.lock().expect("mutex").push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        Running {
-            child,
-            lines,
-            stderr: all,
-        }
-    }
-
-    /// Waits (at most 10 s) for a stderr line containing `needle`.
-    async fn wait_for(&mut self, needle: &str) {
-        let found = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(line) = self.lines.recv().await {
-                if line.contains(needle) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert!(
-            found == Ok(true),
-            "no {needle:?} on stderr; got:\n{}",
-            self.stderr.lock().expect("mutex")
-        );
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = self.child.id().expect("running") as i32;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("kill");
-    }
-
-    /// Waits (at most `limit`) for the exit; returns what it printed.
-    async fn finish(mut self, limit: Duration) -> Output {
-        let mut stdout = self.child.stdout.take().expect("stdout");
-        let status = tokio::time::timeout(limit, self.child.wait())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "deploy-client still runs after {limit:?}; stderr:\n{}",
-                    self.stderr.lock().expect("mutex")
-                )
-            })
-            .expect("wait");
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).await.expect("stdout");
-        // Let the reader task take the last lines.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let stderr = self.stderr.lock().expect("mutex").clone();
-        Output {
-            status: status.code().unwrap_or(-1),
-            stdout: out,
-            stderr,
-        }
-    }
 }
 
 fn hosts(agents: &[&LockAgent]) -> String {

@@ -744,3 +744,146 @@ fn ssh_hosts_from_standard_input_mixed_with_comments() {
         sorted_lines(&format!("{}: x\n{}: x\n", c.spec(1), c.spec(2)))
     );
 }
+
+/// `deploy-client` as [`client_env`] runs it, left running.
+fn running(home: &Path, args: &[&str]) -> crate::util::Running {
+    let mut cmd = crate::util::command(args);
+    cmd.env("HOME", home)
+        .env("USER", "root")
+        .env_remove("SSH_AUTH_SOCK");
+    crate::util::Running::start(cmd)
+}
+
+/// The processes that have `file` open.
+fn holders_of(file: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == file))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn ssh_lock_held_by_one_run_is_refused_to_a_second() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let template = home.path().join("%h-%p.lock");
+    let lock_file = format!("--lock-file={}", template.display());
+    let lock = [
+        "--hosts",
+        &hosts,
+        "--order=lock",
+        "--format=text",
+        &lock_file,
+    ];
+    let mut first = running(home.path(), &lock);
+    first
+        .wait_for("locked on 10 hosts; waiting for interrupt")
+        .await;
+    let holder = format!(":{}", first.pid());
+    for i in 0..HOSTS {
+        let (ip, port, _) = &c.hosts[i];
+        let file = home.path().join(format!("{ip}-{port}.lock"));
+        let text = std::fs::read_to_string(&file).expect("lock file");
+        assert!(
+            text.starts_with("root@") && text.trim_end().ends_with(&holder),
+            "{text}"
+        );
+    }
+
+    // A second locker, and an order under --lock, are refused naming the holder.
+    let second = client(home.path(), &lock, None);
+    assert_eq!(second.status, 4, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains("not acquired on 10 of 10 hosts (held by root@"),
+        "{second:?}"
+    );
+    assert!(second.stderr.contains(&holder), "{second:?}");
+    let run = [
+        "--hosts",
+        &hosts,
+        "--order=run",
+        "--lock",
+        &lock_file,
+        "--",
+        "echo",
+        "ran",
+    ];
+    let refused = client(home.path(), &run, None);
+    assert_eq!(refused.status, 4, "{refused:?}");
+    assert_eq!(refused.stdout, "", "the order must not run");
+
+    // Interrupted, the holder releases everywhere; then the order runs under the lock.
+    first.signal(nix::sys::signal::Signal::SIGINT);
+    let out = first.finish(Duration::from_secs(10)).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let ran = client(home.path(), &run, None);
+    assert_eq!(ran.status, 0, "{ran:?}");
+    assert_eq!(ran.stdout.matches(": ran\n").count(), HOSTS, "{ran:?}");
+}
+
+#[tokio::test]
+async fn ssh_lock_lost_when_the_remote_holder_is_killed() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let template = home.path().join("%h-%p.lock");
+    let lock_file = format!("--lock-file={}", template.display());
+    let mut first = running(
+        home.path(),
+        &["--hosts", &hosts, "--order=lock", "--lease=3", &lock_file],
+    );
+    first.wait_for("waiting for interrupt").await;
+    let (ip, port, _) = &c.hosts[3];
+    let file = home.path().join(format!("{ip}-{port}.lock"));
+    let pids = holders_of(&file);
+    assert!(!pids.is_empty(), "nobody holds {}", file.display());
+    for pid in pids {
+        testkit_kill(pid);
+    }
+    // The heartbeat (every second) notices, and the run ends with exit 5.
+    let out = first.finish(Duration::from_secs(15)).await;
+    assert_eq!(out.status, 5, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("lock deploy lost on {}", c.spec(3)))
+            && out.stderr.contains("the lock holder was killed (SIGKILL)"),
+        "{out:?}"
+    );
+    // Every other host was released: the lock can be taken again at once.
+    let again = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--lock",
+            &lock_file,
+            "--",
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(again.status, 0, "{again:?}");
+}
+
+fn testkit_kill(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}

@@ -16,8 +16,11 @@ use deploy_common::order::{Reply, Request};
 use deploy_common::wire::handshake::{self, ServerParams};
 use deploy_common::wire::message::{Event, Message};
 use serde_json::{Map, Value};
-use tokio::io::{AsyncWriteExt, BufReader};
+use std::sync::Mutex;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 /// The legacy test vectors, with the agent's key pair.
 pub const VECTORS: &str = concat!(
@@ -65,6 +68,110 @@ pub async fn client(args: &[&str], stdin: Option<&str>) -> Output {
         status: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `deploy-client` with `args`, in an environment without the variables it reads.
+pub fn command(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"));
+    cmd.args(args)
+        .env_remove("DEPLOY_KEY_CIPHER")
+        .env_remove("DEPLOY_API_KEY")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// A `deploy-client` that keeps running: its stderr is read line by line.
+pub struct Running {
+    child: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    /// Starts `deploy-client` with `args`, without the variables it reads.
+    pub fn spawn(args: &[&str]) -> Running {
+        Running::start(command(args))
+    }
+
+    /// Starts `cmd` (see [`command`]).
+    pub fn start(mut cmd: tokio::process::Command) -> Running {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn deploy-client");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let all = Arc::new(Mutex::new(String::new()));
+        let copy = Arc::clone(&all);
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                copy.lock().expect("mutex").push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            lines,
+            stderr: all,
+        }
+    }
+
+    /// Waits (at most 10 s) for a stderr line containing `needle`.
+    pub async fn wait_for(&mut self, needle: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = self.lines.recv().await {
+                if line.contains(needle) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "no {needle:?} on stderr; got:\n{}",
+            self.stderr.lock().expect("mutex")
+        );
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.id().expect("running") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("kill");
+    }
+
+    /// Waits (at most `limit`) for the exit; returns what it printed.
+    pub async fn finish(mut self, limit: Duration) -> Output {
+        let mut stdout = self.child.stdout.take().expect("stdout");
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "deploy-client still runs after {limit:?}; stderr:\n{}",
+                    self.stderr.lock().expect("mutex")
+                )
+            })
+            .expect("wait");
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).await.expect("stdout");
+        // Let the reader task take the last lines.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stderr = self.stderr.lock().expect("mutex").clone();
+        Output {
+            status: status.code().unwrap_or(-1),
+            stdout: out,
+            stderr,
+        }
     }
 }
 

@@ -216,7 +216,8 @@ pub struct HeldBy {
     pub lock: String,
     /// The holder label.
     pub holder: String,
-    /// When its lease runs out unless renewed, Unix time in seconds.
+    /// When its lease runs out unless renewed, Unix time in seconds; 0 for a lock held
+    /// by an SSH session (no lease: it lasts as long as the session).
     pub expires: u64,
 }
 
@@ -247,8 +248,17 @@ impl HeldBy {
 }
 
 impl fmt::Display for HeldBy {
-    /// `lock web is held by bob@build2:77 until 1700000012 (unix time)`.
+    /// `lock web is held by bob@build2:77 until 1700000012 (unix time)`; with `expires`
+    /// 0 (a lock held by an SSH session, which has no lease) `… held by bob@build2:77
+    /// (for as long as its session lasts)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.expires == 0 {
+            return write!(
+                f,
+                "lock {} is held by {} (for as long as its session lasts)",
+                self.lock, self.holder
+            );
+        }
         write!(
             f,
             "lock {} is held by {} until {} (unix time)",

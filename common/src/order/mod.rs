@@ -199,6 +199,7 @@ pub fn reason(code: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        410 => "Gone",
         423 => "Locked",
         429 => "Too Many Requests",
         500 => "Internal Server Error",

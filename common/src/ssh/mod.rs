@@ -57,6 +57,7 @@ use crate::wire::message::Event;
 pub mod config;
 pub mod known_hosts;
 pub mod lines;
+pub mod lock;
 pub mod session;
 
 pub use config::{HostConfig, SshConfig};
@@ -98,6 +99,9 @@ pub struct SshOptions {
     /// Send a keep-alive after this much silence from the server (3 unanswered end the
     /// connection).
     pub keepalive: Option<Duration>,
+    /// The file `flock(1)`ed on each host by `lock`: `%n` the lock's name, `%h` and `%p`
+    /// the host and port as written, `%%` a `%` (see [`lock`]).
+    pub lock_file: String,
 }
 
 impl SshOptions {
@@ -116,6 +120,7 @@ impl SshOptions {
             connect_timeout: Duration::from_secs(10),
             deadline: None,
             keepalive: None,
+            lock_file: lock::DEFAULT_LOCK_FILE.to_owned(),
         }
     }
 }
@@ -367,6 +372,8 @@ pub(crate) struct Shared {
     /// target behind them: each jump host is connected to and authenticated once.
     jumps: tokio::sync::Mutex<HashMap<String, Arc<JumpCell>>>,
     stats: Arc<SshStats>,
+    /// Cluster locks held by this process's sessions.
+    locks: lock::Locks,
 }
 
 /// A jump host's connection, made once by the first target that needs it.
@@ -397,6 +404,7 @@ impl SshTransport {
             keys: tokio::sync::Mutex::new(HashMap::new()),
             jumps: tokio::sync::Mutex::new(HashMap::new()),
             stats: Arc::new(SshStats::default()),
+            locks: lock::Locks::default(),
         };
         Ok(SshTransport {
             shared: Arc::new(shared),
@@ -421,14 +429,15 @@ impl Shared {
         request: &Request,
         events: mpsc::Sender<Event>,
     ) -> Outcome {
-        if request.order != "run" {
-            return Outcome::Reply(Reply::error(
-                501,
-                format!(
-                    "order {:?} is not available over SSH (only run)",
-                    request.order
-                ),
-            ));
+        match request.order.as_str() {
+            "run" => {}
+            "lock" | "unlock" => return Outcome::Reply(self.deliver_lock(target, request).await),
+            other => {
+                return Outcome::Reply(Reply::error(
+                    501,
+                    format!("order {other:?} is not available over SSH (only run, lock, unlock)"),
+                ))
+            }
         }
         if request.argv.is_empty() {
             return Outcome::Reply(Reply::error(400, "run needs a command"));

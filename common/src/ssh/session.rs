@@ -101,6 +101,13 @@ pub struct Session {
     _jumps: Vec<Arc<JumpHandle>>,
 }
 
+impl Session {
+    /// Opens a session channel.
+    pub(super) async fn channel(&self) -> Result<russh::Channel<client::Msg>, SshError> {
+        Ok(self.handle.channel_open_session().await?)
+    }
+}
+
 /// A connection to a jump host, shared by the targets behind it.
 pub type JumpHandle = Handle<Checker>;
 
