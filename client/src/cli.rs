@@ -20,10 +20,12 @@ use deploy_common::crypto::RsaPublicKey;
 use deploy_common::fanout::DEFAULT_CONCURRENCY;
 use deploy_common::legacy::auth::DEFAULT_KEY_CIPHER;
 use deploy_common::order::lock as wire_lock;
+use deploy_common::order::sync::SyncRun;
 use deploy_common::order::Request;
 use deploy_common::ssh::{SshOptions, SshTransport};
 use deploy_common::target::{Scheme, Target};
 use deploy_common::transport::{AgentTransport, Mux, Protocol, Transport};
+use deploy_common::upload::{Manifest, UploadSpec};
 
 use crate::lock::{self as cluster_lock, LockMode};
 
@@ -79,6 +81,12 @@ pub enum OrderArg {
     Exec,
     /// Run a command given after `--` (agents with allow_run = on, or SSH hosts).
     Run,
+    /// SSH hosts: stream --upload files as one tar into --root, then run the command
+    /// after `--` there (if any).
+    Upload,
+    /// SSH hosts: upload (if --upload), then run the sync tool after `--` on every host
+    /// and speak orgalorg's sync protocol with it (barriers between steps).
+    Sync,
     /// Take a cluster-wide lock on every host, or on none.
     Lock,
     /// Release a lock.
@@ -95,6 +103,8 @@ impl OrderArg {
             OrderArg::Rkill => "rkill",
             OrderArg::Exec => "exec",
             OrderArg::Run => "run",
+            OrderArg::Upload => "upload",
+            OrderArg::Sync => "sync",
             OrderArg::Lock => "lock",
             OrderArg::Unlock => "unlock",
         }
@@ -227,9 +237,30 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub stdin: Option<PathBuf>,
 
-    /// `run`: run the command under `sudo -n`.
+    /// `run`, `upload`, `sync`: run the command (and the extraction) under `sudo -n`.
     #[arg(long)]
     pub sudo: bool,
+
+    /// `upload`, `sync`: a file or directory to send (repeatable). Directories are sent
+    /// whole; modes, times and numeric owners are kept.
+    #[arg(long = "upload", value_name = "PATH")]
+    pub upload: Vec<String>,
+
+    /// `upload`, `sync`: the remote directory to extract into (created if missing) and
+    /// to run the command in; `%h`/`%p` are the host and port as written [sync default:
+    /// a fresh `.deploy-runs/<run>` in the remote home].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<String>,
+
+    /// `upload`, `sync`: keep the paths as given (relative), instead of recreating their
+    /// absolute local paths under --root.
+    #[arg(long)]
+    pub relative: bool,
+
+    /// `upload`, `sync`: do not give the files their local numeric uid/gid (they belong
+    /// to the remote user).
+    #[arg(long)]
+    pub no_preserve_owner: bool,
 
     /// `run`, `exec`, `rsync`: take the cluster lock NAME (default `deploy`) on every
     /// host first, hold it while the order runs, and release it at the end.
@@ -383,17 +414,72 @@ impl Args {
             agent: Arc::new(agent),
             ssh: ssh.clone().map(|t| t as Arc<dyn Transport>),
         });
-        let format = self.format.unwrap_or(if self.order == OrderArg::Run {
-            Format::Lines
-        } else {
-            Format::Json
-        });
-        if self.order == OrderArg::Run && self.command.is_empty() {
-            bail!("--order=run needs a command after `--`");
+        let live = matches!(
+            self.order,
+            OrderArg::Run | OrderArg::Upload | OrderArg::Sync
+        );
+        let format = self
+            .format
+            .unwrap_or(if live { Format::Lines } else { Format::Json });
+        if matches!(self.order, OrderArg::Run | OrderArg::Sync) && self.command.is_empty() {
+            bail!("--order={} needs a command after `--`", self.order.as_str());
         }
-        if self.order != OrderArg::Run && !self.command.is_empty() {
-            bail!("a command after `--` is only for --order=run");
+        if !live && !self.command.is_empty() {
+            bail!("a command after `--` is only for --order=run, upload or sync");
         }
+        let mut concurrency = self.concurrency;
+        let (upload, sync) = match self.order {
+            OrderArg::Upload | OrderArg::Sync => {
+                if let Some(agent) = targets.iter().find(|t| t.scheme != Scheme::Ssh) {
+                    bail!(
+                        "--order={} is for ssh:// hosts; {agent} is an agent (agents receive files with rsync)",
+                        self.order.as_str()
+                    );
+                }
+                let sync = (self.order == OrderArg::Sync).then(|| {
+                    SyncRun::new(
+                        targets.iter().map(ToString::to_string).collect(),
+                        !self.skip_unreachable,
+                    )
+                });
+                if self.upload.is_empty() && self.order == OrderArg::Upload {
+                    bail!("--order=upload needs --upload=PATH (repeatable)");
+                }
+                let root = match (&self.root, &sync) {
+                    (Some(root), _) => root.clone(),
+                    (None, Some(run)) if !self.upload.is_empty() => format!(
+                        ".deploy-runs/{}",
+                        run.prefix.trim_start_matches("ORGALORG:")
+                    ),
+                    (None, Some(_)) => String::new(),
+                    (None, None) => bail!("--order=upload needs --root=DIR"),
+                };
+                let spec = UploadSpec {
+                    files: self.upload.clone(),
+                    root,
+                    relative: self.relative,
+                    no_owner: self.no_preserve_owner,
+                };
+                if !spec.files.is_empty() {
+                    // Refuse a missing or odd file now, not once per host.
+                    let cwd = std::env::current_dir().context("current directory")?;
+                    let manifest = Manifest::build(&spec, &cwd)?;
+                    let (files, bytes) = manifest.totals();
+                    tracing::info!(files, bytes, "files to upload");
+                }
+                if sync.is_some() {
+                    // Every tool must run at once to meet at the barriers.
+                    concurrency = concurrency.max(targets.len());
+                }
+                (Some(spec), sync)
+            }
+            _ => {
+                if !self.upload.is_empty() || self.root.is_some() {
+                    bail!("--upload and --root are for --order=upload or sync");
+                }
+                (None, None)
+            }
+        };
         if self.hosts == "-" && self.stdin.as_deref() == Some(std::path::Path::new("-")) {
             bail!("--hosts=- and --stdin=- cannot both read standard input");
         }
@@ -404,10 +490,17 @@ impl Args {
                 self.lease,
                 token,
             )?)),
-            (OrderArg::Run | OrderArg::Exec | OrderArg::Rsync, Some(name)) => Some(
-                LockMode::Around(cluster_lock::spec(name, self.lease, token)?),
-            ),
-            (_, Some(_)) => bail!("--lock is for --order=run, exec or rsync"),
+            (
+                OrderArg::Run
+                | OrderArg::Exec
+                | OrderArg::Rsync
+                | OrderArg::Upload
+                | OrderArg::Sync,
+                Some(name),
+            ) => Some(LockMode::Around(cluster_lock::spec(
+                name, self.lease, token,
+            )?)),
+            (_, Some(_)) => bail!("--lock is for --order=run, exec, rsync, upload or sync"),
             (_, None) => None,
         };
         if lock.is_some() && protocol == Protocol::V1 {
@@ -442,6 +535,8 @@ impl Args {
                 OrderArg::Unlock => self.token.unwrap_or_default(),
                 _ => String::new(),
             },
+            upload: upload.map(Box::new),
+            sync: sync.map(Box::new),
             ..Request::default()
         };
         Ok(Config {
@@ -451,7 +546,7 @@ impl Args {
             ssh,
             grouped: self.grouped,
             skip_unreachable: self.skip_unreachable,
-            concurrency: self.concurrency,
+            concurrency,
             format,
             quiet: self.quiet,
             lock,

@@ -96,7 +96,10 @@ impl Lines {
             return;
         }
         match &result.outcome {
-            Outcome::Reply(reply) if self.order == "run" && reply.code == 200 => {
+            Outcome::Reply(reply)
+                if matches!(self.order.as_str(), "run" | "upload" | "sync")
+                    && reply.code == 200 =>
+            {
                 if let Body::Json(map) = &reply.body {
                     let bytes = map
                         .get("content")

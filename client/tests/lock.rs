@@ -384,11 +384,11 @@ async fn lock_usage_errors() {
     for (args, needle) in [
         (
             &["--hosts=h", "--order=status", "--lock"][..],
-            "--lock is for --order=run, exec or rsync",
+            "--lock is for --order=run, exec, rsync, upload or sync",
         ),
         (
             &["--hosts=h", "--order=lock", "--lock=x"][..],
-            "--lock is for --order=run, exec or rsync",
+            "--lock is for --order=run, exec, rsync, upload or sync",
         ),
         (
             &["--hosts=h", "--order=lock", "--protocol=v1"][..],

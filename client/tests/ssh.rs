@@ -29,7 +29,25 @@ fn client(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
 }
 
 fn client_env(home: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
+    client_at(home, None, args, stdin, env)
+}
+
+/// Runs deploy-client like [`client`], in the directory `cwd`.
+fn client_in(home: &Path, cwd: &Path, args: &[&str]) -> Output {
+    client_at(home, Some(cwd), args, None, &[])
+}
+
+fn client_at(
+    home: &Path,
+    cwd: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploy-client"));
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
     cmd.args(args)
         .env("HOME", home)
         .env("USER", "root")
@@ -63,7 +81,17 @@ fn client_env(home: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &s
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            panic!("deploy-client {args:?} did not finish in 30 s");
+            let out = rx.recv_timeout(Duration::from_secs(5));
+            let (stdout, stderr) = match &out {
+                Ok(Ok(out)) => (
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ),
+                _ => Default::default(),
+            };
+            panic!(
+                "deploy-client {args:?} did not finish in 30 s\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            );
         }
     };
     Output {
@@ -885,5 +913,251 @@ fn testkit_kill(pid: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// The root directory of host `i` for a `--root=<base>/%h-%p`.
+fn host_root(c: &deploy_testkit::sshd::Cluster, base: &Path, i: usize) -> std::path::PathBuf {
+    let (ip, port, _) = &c.hosts[i];
+    base.join(format!("{ip}-{port}"))
+}
+
+#[test]
+fn ssh_upload_a_file_two_files_and_a_directory() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let src = home.path().join("src");
+    std::fs::create_dir_all(src.join("tree/sub")).expect("mkdir");
+    std::fs::create_dir_all(src.join("tree/empty")).expect("mkdir");
+    std::fs::write(src.join("one.txt"), "one\n").expect("write");
+    std::fs::write(src.join("two.sh"), "#!/bin/sh\necho two\n").expect("write");
+    std::fs::set_permissions(src.join("two.sh"), std::fs::Permissions::from_mode(0o750))
+        .expect("chmod");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(src.join("tree/sub/big.bin"), &big).expect("write");
+    std::os::unix::fs::chown(src.join("one.txt"), Some(4242), Some(4343)).expect("chown");
+    let base = home.path().join("up");
+    let root = format!("--root={}/%h-%p", base.display());
+
+    // One file, relative layout, owner kept.
+    let out = client_in(
+        home.path(),
+        &src,
+        &[
+            "--hosts",
+            &hosts,
+            "--order=upload",
+            "--relative",
+            "--upload=one.txt",
+            &root,
+            "-q",
+        ],
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    for i in 0..HOSTS {
+        let file = host_root(c, &base, i).join("one.txt");
+        assert_eq!(std::fs::read_to_string(&file).expect("uploaded"), "one\n");
+        let meta = std::fs::metadata(&file).expect("meta");
+        assert_eq!((meta.uid(), meta.gid()), (4242, 4343));
+    }
+
+    // Two files, then a command run in the root on every host.
+    let out = client_in(
+        home.path(),
+        &src,
+        &[
+            "--hosts",
+            &hosts,
+            "--order=upload",
+            "--relative",
+            "--upload=one.txt",
+            "--upload=two.sh",
+            "--no-preserve-owner",
+            &root,
+            "--",
+            "./two.sh",
+            "&&",
+            "cat",
+            "one.txt",
+        ],
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    for i in 0..HOSTS {
+        assert!(
+            out.stdout
+                .contains(&format!("{}: two\n{}: one\n", c.spec(i), c.spec(i)))
+                || (out.stdout.contains(&format!("{}: two\n", c.spec(i)))
+                    && out.stdout.contains(&format!("{}: one\n", c.spec(i)))),
+            "{out:?}"
+        );
+        let dir = host_root(c, &base, i);
+        let mode = std::fs::metadata(dir.join("two.sh"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o750);
+        assert_eq!(
+            std::fs::metadata(dir.join("one.txt")).expect("meta").uid(),
+            0
+        );
+    }
+
+    // A directory, absolute layout (the local path recreated under the root).
+    let out = client_in(
+        home.path(),
+        &src,
+        &["--hosts", &hosts, "--order=upload", "--upload=tree", &root],
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let inside = src
+        .join("tree")
+        .strip_prefix("/")
+        .expect("absolute")
+        .to_owned();
+    for i in 0..HOSTS {
+        let tree = host_root(c, &base, i).join(&inside);
+        assert_eq!(std::fs::read(tree.join("sub/big.bin")).expect("big"), big);
+        assert!(tree.join("empty").is_dir());
+    }
+
+    // A command that fails after the upload, and a file that does not exist.
+    let out = client_in(
+        home.path(),
+        &src,
+        &[
+            "--hosts",
+            &hosts,
+            "--order=upload",
+            "--relative",
+            "--upload=one.txt",
+            &root,
+            "--",
+            "exit",
+            "17",
+        ],
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stderr.contains("code 17 (10 hosts)"), "{out:?}");
+    let out = client_in(
+        home.path(),
+        &src,
+        &["--hosts", &hosts, "--order=upload", "--upload=nope", &root],
+    );
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(out.stderr.contains("cannot read nope"), "{out:?}");
+}
+
+/// A sync tool: counts the NODE lines, waits longer the earlier its host comes in the
+/// list, prints phase 1, then meets every host at a barrier before phase 2.
+const SYNC_TOOL: &str = r#"#!/bin/bash
+read -r prefix hello || exit 0
+nodes=0; me=0
+while read -r p kind node current; do
+  case "$kind" in
+    NODE) nodes=$((nodes+1)); [ "$current" = CURRENT ] && me=$nodes ;;
+    START) break ;;
+  esac
+done
+echo "dir $DEPLOY_RUN_DIR pwd $PWD nodes $nodes"
+sleep "0.$((nodes - me))"
+echo "phase1"
+echo "$prefix SYNC phase1 done"
+got=0
+while [ "$got" -lt "$nodes" ] && read -r p kind node desc; do
+  [ "$kind" = SYNC ] && got=$((got+1))
+done
+echo "phase2 after $got"
+"#;
+
+#[test]
+fn ssh_sync_two_phase_barrier() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let src = home.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("tool.sh"), SYNC_TOOL).expect("write");
+    let base = home.path().join("runs");
+    let root = format!("--root={}/%h-%p", base.display());
+    let out = client_in(
+        home.path(),
+        &src,
+        &[
+            "--hosts",
+            &hosts,
+            "--order=sync",
+            "--relative",
+            "--upload=tool.sh",
+            &root,
+            "--",
+            "bash",
+            "tool.sh",
+        ],
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let phase1: Vec<usize> = (0..lines.len())
+        .filter(|&n| lines[n].ends_with(": phase1"))
+        .collect();
+    let phase2: Vec<usize> = (0..lines.len())
+        .filter(|&n| lines[n].ends_with(": phase2 after 10"))
+        .collect();
+    assert_eq!((phase1.len(), phase2.len()), (HOSTS, HOSTS), "{out:?}");
+    assert!(
+        phase1.iter().max() < phase2.iter().min(),
+        "a phase 2 before a phase 1:\n{}",
+        out.stdout
+    );
+    for i in 0..HOSTS {
+        let dir = host_root(c, &base, i);
+        let told = format!("{}: dir {d} pwd {d} nodes 10", c.spec(i), d = dir.display());
+        assert!(out.stdout.contains(&told), "{told:?} in {out:?}");
+    }
+    assert!(
+        !out.stdout.contains("ORGALORG:"),
+        "protocol lines are not output: {out:?}"
+    );
+
+    // Strict: an unreachable host aborts the run before START; loose: it is left out.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!(
+        "ssh://127.0.0.1:{}",
+        closed.local_addr().expect("addr").port()
+    );
+    drop(closed);
+    let with_dead = format!("{hosts},{dead}");
+    let args = [
+        "--hosts",
+        &with_dead,
+        "--order=sync",
+        "--relative",
+        "--upload=tool.sh",
+        &root,
+    ];
+    let mut strict: Vec<&str> = args.to_vec();
+    strict.extend(["--", "bash", "tool.sh"]);
+    let out = client_in(home.path(), &src, &strict);
+    assert_eq!(out.status, 3, "{out:?}");
+    assert!(!out.stdout.contains("phase1"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains(": sync: aborted before START: ssh://127.0.0.1:"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("code 1 (10 hosts), unreachable (1 host)"),
+        "{out:?}"
+    );
+    let mut loose: Vec<&str> = args.to_vec();
+    loose.extend(["--skip-unreachable", "--", "bash", "tool.sh"]);
+    let out = client_in(home.path(), &src, &loose);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.matches(": phase2 after 10\n").count(),
+        HOSTS,
+        "{out:?}"
     );
 }

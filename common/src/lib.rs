@@ -17,6 +17,7 @@
 //! | [`fanout`] | one order to many targets, concurrently, as a stream of results |
 //! | [`lock`] | the cluster lock: the agent's leases and the all-or-nothing locker |
 //! | [`transport`] | delivering one order to one target (v2 or v1) |
+//! | [`upload`] | files walked once and streamed as tar (`upload`, `sync`) |
 //! | `ssh` | agentless hosts over native SSH (feature `ssh`) |
 //!
 //! # Design
@@ -41,4 +42,5 @@ pub mod server;
 pub mod ssh;
 pub mod target;
 pub mod transport;
+pub mod upload;
 pub mod wire;

@@ -16,6 +16,8 @@ pub mod rlist;
 pub mod rsync;
 pub mod run;
 pub mod status;
+pub mod sync;
+pub mod upload;
 
 /// The orders an agent serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,6 +129,12 @@ pub struct Request {
     /// part of `options`, so that it never appears in access logs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
+    /// `upload`, `sync`: the files to send and where ([`upload`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<Box<crate::upload::UploadSpec>>,
+    /// `sync`: the run's protocol prefix and hosts ([`sync`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<Box<sync::SyncRun>>,
 }
 
 /// The body of a reply.

@@ -59,6 +59,7 @@ pub mod known_hosts;
 pub mod lines;
 pub mod lock;
 pub mod session;
+pub mod upload;
 
 pub use config::{HostConfig, SshConfig};
 pub use known_hosts::{Check, KnownHosts};
@@ -374,6 +375,10 @@ pub(crate) struct Shared {
     stats: Arc<SshStats>,
     /// Cluster locks held by this process's sessions.
     locks: lock::Locks,
+    /// `upload`/`sync`: the files, walked once per run.
+    manifests: upload::Manifests,
+    /// `sync`: the runs' meeting points.
+    hubs: upload::Hubs,
 }
 
 /// A jump host's connection, made once by the first target that needs it.
@@ -405,6 +410,8 @@ impl SshTransport {
             jumps: tokio::sync::Mutex::new(HashMap::new()),
             stats: Arc::new(SshStats::default()),
             locks: lock::Locks::default(),
+            manifests: upload::Manifests::default(),
+            hubs: upload::Hubs::default(),
         };
         Ok(SshTransport {
             shared: Arc::new(shared),
@@ -432,10 +439,16 @@ impl Shared {
         match request.order.as_str() {
             "run" => {}
             "lock" | "unlock" => return Outcome::Reply(self.deliver_lock(target, request).await),
+            "upload" | "sync" => {
+                let work = self.deliver_upload(target, request, &events);
+                return self.bounded(target, work).await;
+            }
             other => {
                 return Outcome::Reply(Reply::error(
                     501,
-                    format!("order {other:?} is not available over SSH (only run, lock, unlock)"),
+                    format!(
+                        "order {other:?} is not available over SSH (only run, upload, sync, lock, unlock)"
+                    ),
                 ))
             }
         }
@@ -463,6 +476,15 @@ impl Shared {
             self.stats.connected.fetch_add(1, Ordering::Relaxed);
             session::run(&session, &command, stdin, &events, &self.stats).await
         };
+        self.bounded(target, work).await
+    }
+
+    /// Runs `work` within the deadline, if one is set.
+    async fn bounded(
+        &self,
+        target: &Target,
+        work: impl std::future::Future<Output = Result<Reply, SshError>>,
+    ) -> Outcome {
         let result = match self.options.deadline {
             None => work.await,
             Some(deadline) => match tokio::time::timeout(deadline, work).await {

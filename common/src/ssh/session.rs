@@ -22,6 +22,7 @@
     clippy::panic
 )]
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -33,7 +34,7 @@ use russh::keys::{
     decode_secret_key, Algorithm, EcdsaCurve, HashAlg, PrivateKey, PrivateKeyWithHashAlg,
     PublicKeyOrCertificate,
 };
-use russh::{kex, ChannelMsg, Preferred, Sig};
+use russh::{kex, ChannelMsg, ChannelWriteHalf, Preferred, Sig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{lookup_host, TcpStream};
 use tokio::sync::mpsc;
@@ -42,7 +43,7 @@ use super::config::{expand_path, Tokens};
 use super::known_hosts::{self, Check};
 use super::lines::LineSplitter;
 use super::{Shared, SshError, SshStats};
-use crate::order::run::ran;
+use crate::order::run::ran as ran_body;
 use crate::order::Reply;
 use crate::target::{Target, SSH_DEFAULT_PORT, SSH_PREFIX};
 use crate::wire::message::{Event, Stream};
@@ -724,30 +725,76 @@ pub(super) async fn run(
     events: &mpsc::Sender<Event>,
     stats: &SshStats,
 ) -> Result<Reply, SshError> {
+    let feed = |writer: Arc<ChannelWriteHalf<client::Msg>>| async move {
+        if let Some(bytes) = stdin {
+            writer.data_bytes(bytes).await.map_err(|e| e.to_string())?;
+        }
+        Ok(true)
+    };
+    let ran = exec(session, command, events, stats, feed, |_, _| true).await?;
+    if let Err(why) = &ran.fed {
+        tracing::debug!(cause = %why, "stdin not fully sent");
+    }
+    Ok(Reply::ok(ran_body(ran.code, command, &ran.content)))
+}
+
+/// How a command ended.
+pub(super) struct Ran {
+    /// Its exit code (128 + n for signal n).
+    pub code: i32,
+    /// Its output (stdout and stderr as they came), at most [`MAX_CONTENT`] bytes.
+    pub content: Vec<u8>,
+    /// What became of its input: `Err` if feeding it failed (the command then read
+    /// EOF where its input stopped).
+    pub fed: Result<(), String>,
+}
+
+/// Runs `command` on a new session channel, feeding its standard input with `feed`
+/// (given the channel's writer; `Ok(true)`: send EOF when done, `Ok(false)`: leave the
+/// input open) while its output is read: each complete line for which `keep(stream,
+/// line)` is true is streamed as an event (the others are consumed by the caller).
+pub(super) async fn exec<F, Fut>(
+    session: &Session,
+    command: &str,
+    events: &mpsc::Sender<Event>,
+    stats: &SshStats,
+    feed: F,
+    mut keep: impl FnMut(Stream, &str) -> bool,
+) -> Result<Ran, SshError>
+where
+    F: FnOnce(Arc<ChannelWriteHalf<client::Msg>>) -> Fut,
+    Fut: Future<Output = Result<bool, String>>,
+{
     let channel = session.handle.channel_open_session().await?;
     let (mut reader, writer) = channel.split();
+    let writer = Arc::new(writer);
     writer.exec(false, command).await?;
     stats.running.fetch_add(1, Ordering::Relaxed);
     let running = Running(stats);
-    let feed = async {
-        if let Some(bytes) = &stdin {
-            writer.data(&bytes[..]).await?;
+    let feed_writer = Arc::clone(&writer);
+    let feed = async move {
+        let eof = feed(Arc::clone(&feed_writer)).await?;
+        if eof {
+            feed_writer.eof().await.map_err(|e| e.to_string())?;
         }
-        writer.eof().await
+        Ok::<(), String>(())
     };
     tokio::pin!(feed);
-    let mut fed = false;
+    let mut fed: Option<Result<(), String>> = None;
     let mut out = LineSplitter::default();
     let mut err = LineSplitter::default();
     let mut content: Vec<u8> = Vec::new();
     let mut code: Option<i32> = None;
     loop {
         let message = tokio::select! {
-            result = &mut feed, if !fed => {
-                fed = true;
-                if let Err(e) = result {
-                    tracing::debug!(cause = %e, "stdin not fully sent");
+            result = &mut feed, if fed.is_none() => {
+                if result.is_err() {
+                    // End the input where it stopped: tar then fails on the cut
+                    // archive, a sync tool reads EOF instead of HELLO. (sshd does not
+                    // end a command whose channel we close, so EOF it is.)
+                    let _ = writer.eof().await;
                 }
+                fed = Some(result);
                 continue;
             }
             message = reader.wait() => message,
@@ -767,25 +814,45 @@ pub(super) async fn run(
             ChannelMsg::Close => break,
             _ => continue,
         };
-        let room = MAX_CONTENT.saturating_sub(content.len());
-        content.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
         let splitter = match stream {
             Stream::Stdout => &mut out,
             Stream::Stderr => &mut err,
         };
         for line in splitter.push(&data) {
-            let _ = events.send(Event::Line { stream, line }).await;
+            if keep(stream, &line) {
+                keep_content(&mut content, &line);
+                let _ = events.send(Event::Line { stream, line }).await;
+            }
         }
     }
     drop(running);
     for (stream, splitter) in [(Stream::Stdout, &mut out), (Stream::Stderr, &mut err)] {
         if let Some(line) = splitter.finish() {
-            let _ = events.send(Event::Line { stream, line }).await;
+            if keep(stream, &line) {
+                keep_content(&mut content, &line);
+                let _ = events.send(Event::Line { stream, line }).await;
+            }
         }
     }
-    match code {
-        Some(code) => Ok(Reply::ok(ran(code, command, &content))),
-        None => Err(SshError::NoExitStatus),
+    let fed = fed.unwrap_or(Ok(()));
+    match (code, fed) {
+        (Some(code), fed) => Ok(Ran { code, content, fed }),
+        (None, Err(why)) => Ok(Ran {
+            code: 255,
+            content,
+            fed: Err(why),
+        }),
+        (None, Ok(())) => Err(SshError::NoExitStatus),
+    }
+}
+
+/// Appends `line` and a newline to `content`, up to [`MAX_CONTENT`].
+fn keep_content(content: &mut Vec<u8>, line: &str) {
+    let room = MAX_CONTENT.saturating_sub(content.len());
+    let bytes = line.as_bytes();
+    content.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
+    if content.len() < MAX_CONTENT {
+        content.push(b'\n');
     }
 }
 
