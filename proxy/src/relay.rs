@@ -9,7 +9,14 @@
 //! args = groups:<g1,g2,…>  every group must be one of the key's groups; their servers
 //! anything else            403 Syntax error, unrecognized expression: [<args>]
 //! refused                  403 You don't have permission to access on this[<item>].
+//! order not in [orders]    403 This API key may not send the order [<order>].
+//! run, [server] allow_run off   403 run is disabled on this proxy (allow_run = off)
 //! ```
+//!
+//! The same rules cover every kind of server: an `ssh://` host is reachable only by the
+//! keys whose groups list it, like an agent. `run` is relayed only when the proxy's own
+//! `[server] allow_run` is on: agents refuse it unless theirs is too, but an `ssh://`
+//! host has nothing else to refuse it.
 //!
 //! Replies: to v1 clients (and the non-streaming HTTP API), one body in the original's
 //! nested shape, `{agent: {order: {return, serverStatus, returnCode, returnString,
@@ -43,7 +50,8 @@ pub struct Relay {
 impl Relay {
     /// Builds the handler from a configuration.
     pub fn new(config: Arc<ProxyConfig>) -> Result<Relay, String> {
-        let routes = Arc::new(Routes::new(&config)?);
+        let ssh = crate::ssh::transport(&config)?;
+        let routes = Arc::new(Routes::new(&config, ssh)?);
         let concurrency = config.client.concurrency;
         let id = config.client.proxy_id.clone().unwrap_or_else(|| {
             let host = nix::unistd::gethostname()
@@ -144,6 +152,14 @@ impl Relay {
                     format!("Syntax error, unrecognized expression: [{args}]"),
                 ))
             }
+        }
+        // An arbitrary command is this proxy's decision too (agents have their own
+        // allow_run; ssh:// hosts have no other gate).
+        if request.order == "run" && !self.config.server.allow_run {
+            return Err(Reply::error(
+                403,
+                "run is disabled on this proxy (allow_run = off)",
+            ));
         }
         Ok(selected)
     }
