@@ -26,7 +26,8 @@ use deploy_common::ssh::SshTransport;
 use deploy_common::target::{Scheme, Target};
 use deploy_common::transport::agent::Pool;
 use deploy_common::transport::{AgentTransport, BoxFuture, Mux, Outcome, Protocol, Transport};
-use deploy_common::wire::message::Event;
+use deploy_common::wire::message::{Event, TaggedEvent};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -164,6 +165,21 @@ impl Routes {
     }
 }
 
+impl Route {
+    /// The request as this route sends it: a chained proxy gets its group and the key
+    /// for it.
+    fn request_for<'r>(&self, request: &'r Request) -> Cow<'r, Request> {
+        match &self.chain {
+            None => Cow::Borrowed(request),
+            Some(group) => Cow::Owned(Request {
+                api_key: self.proxy_api_key.clone(),
+                args: format!("groups:{group}"),
+                ..request.clone()
+            }),
+        }
+    }
+}
+
 impl Transport for Route {
     fn deliver<'a>(
         &'a self,
@@ -172,17 +188,23 @@ impl Transport for Route {
         events: mpsc::Sender<Event>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            match &self.chain {
-                None => self.transport.deliver(target, request, events).await,
-                Some(group) => {
-                    let chained = Request {
-                        api_key: self.proxy_api_key.clone(),
-                        args: format!("groups:{group}"),
-                        ..request.clone()
-                    };
-                    self.transport.deliver(target, &chained, events).await
-                }
-            }
+            let request = self.request_for(request);
+            self.transport.deliver(target, &request, events).await
+        })
+    }
+
+    /// Keeps the names a chained proxy puts on its agents' events.
+    fn deliver_tagged<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<TaggedEvent>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let request = self.request_for(request);
+            self.transport
+                .deliver_tagged(target, &request, events)
+                .await
         })
     }
 }
