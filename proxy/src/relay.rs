@@ -22,7 +22,15 @@
 //! nested shape, `{agent: {order: {return, serverStatus, returnCode, returnString,
 //! content}}}`. To v2 clients, every agent's record is streamed as an [`Event::Host`] the
 //! moment it arrives, and the reply only counts them. `follow` is passed on to the
-//! agents (an rsync then answers when the transfer has ended).
+//! agents (an rsync then answers when the transfer has ended), and the output lines and
+//! progress they stream (an `ssh://` host streams its lines always) are relayed to a v2
+//! caller as they come, each tagged with its agent's name
+//! ([`TaggedEvent`](deploy_common::wire::message::TaggedEvent)), so that the caller can
+//! show them under that name:
+//!
+//! ```text
+//! agent web1 ─ {"kind":"line","line":"hi"} ─► proxy ─ {"host":"web1","event":{"kind":"line","line":"hi"}} ─► client
+//! ```
 
 use crate::route::{Route, Routes, Server};
 use deploy_common::config::proxy::ProxyConfig;
@@ -283,7 +291,10 @@ impl Handler for Relay {
                     }
                     relayed.push((host, result));
                 }
-                FanoutEvent::Event { .. } => {}
+                // An agent's (or SSH host's) output line or progress: streamed to a v2
+                // caller under the agent's name, which a chained proxy has already put
+                // on the events it relays.
+                FanoutEvent::Event { host, event, .. } => events.send_for(&host, event).await,
                 FanoutEvent::Done(done) => {
                     let chained_ok = servers.get(done.index).is_some_and(|s| s.chained)
                         && done.outcome.reply().is_some_and(|r| r.code == 200);
