@@ -249,14 +249,14 @@ fn a_key_without_the_group_is_refused_for_ssh_hosts() {
     let out = site.client(OTHER_KEY, "groups:other", &run);
     out.expect_code(0);
     assert_eq!(
-        records(&out, "run").keys().cloned().collect::<Vec<_>>(),
-        [site.agent.clone()]
+        records(&out, "run").keys().collect::<Vec<_>>(),
+        [&site.agent]
     );
     // …and the SSH host for a key with its group.
     let out = site.client(RUN_KEY, &format!("hosts:{host}"), &run);
     out.expect_code(0);
     let got = records(&out, "run");
-    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), [host.clone()]);
+    assert_eq!(got.keys().collect::<Vec<_>>(), [&host]);
     assert_eq!(ran(&host, &got[&host], "0", &out)["content"], HI);
 
     // [orders] applies: this key may address the group, but not send `run`.
