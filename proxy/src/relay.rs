@@ -293,8 +293,15 @@ impl Handler for Relay {
                 }
                 // An agent's (or SSH host's) output line or progress: streamed to a v2
                 // caller under the agent's name, which a chained proxy has already put
-                // on the events it relays.
-                FanoutEvent::Event { host, event, .. } => events.send_for(&host, event).await,
+                // on the events it relays. Only a chained proxy speaks for other hosts:
+                // whatever an agent tags its events with, they are its own.
+                FanoutEvent::Event { index, host, event } => {
+                    let host = match servers.get(index) {
+                        Some(server) if !server.chained => server.target.to_string(),
+                        _ => host,
+                    };
+                    events.send_for(&host, event).await;
+                }
                 FanoutEvent::Done(done) => {
                     let chained_ok = servers.get(done.index).is_some_and(|s| s.chained)
                         && done.outcome.reply().is_some_and(|r| r.code == 200);

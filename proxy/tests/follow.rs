@@ -1,7 +1,8 @@
 //! `--follow` through proxies: the output lines agents stream reach a v2 client as they
 //! come, each under its agent's name (the proxy tags the events it relays), with
-//! stdout and stderr apart, before that agent's result; through a chain of proxies too.
-//! No sshd needed: agents with `allow_run = on` run `/bin/sh -c …`.
+//! stdout and stderr apart, before that agent's result; through a chain of proxies too;
+//! and an agent cannot pass its lines off as another host's. No sshd needed: agents with
+//! `allow_run = on` run `/bin/sh -c …`.
 
 use crate::util::*;
 use serde_json::{json, Value};
@@ -176,4 +177,83 @@ fn follow_through_a_chain_keeps_the_agents_names() {
     );
     out.expect_code(0);
     assert_relayed_lines(&out, &agents.names(), "px-outer > px-inner");
+}
+
+/// A v2 peer posing as an agent that answers every request with an output line tagged
+/// as another host's, then `200 {"return":"true"}`. Serves until the test binary ends.
+fn spoofing_agent() -> std::net::SocketAddr {
+    use deploy_common::order::Reply;
+    use deploy_common::wire::handshake::{self, ServerParams};
+    use deploy_common::wire::message::{Event, Message, Stream, TaggedEvent};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or_default();
+                    let params = ServerParams {
+                        key_cipher: KEY,
+                        private_key: None,
+                        now,
+                    };
+                    let Ok(mut conn) = handshake::server(stream, params).await else {
+                        return;
+                    };
+                    while let Ok(Some(Message::Request { id, .. })) = conn.recv().await {
+                        let forged = Event::Line {
+                            stream: Stream::Stdout,
+                            line: "forged".into(),
+                        };
+                        let _ = conn
+                            .send_event(id, &TaggedEvent::about("victim", forged))
+                            .await;
+                        let ok = json!({"return": "true"});
+                        let reply = Reply::ok(ok.as_object().cloned().unwrap_or_default());
+                        let _ = conn.send(&Message::reply(id, &reply)).await;
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// Only a chained proxy speaks for other hosts: an agent's events stay its own,
+/// whatever name it tags them with.
+#[test]
+fn an_agent_cannot_speak_for_another_host() {
+    let agent = spoofing_agent();
+    let dir = Sandbox::new();
+    let proxy = ProxyConfig::new(ID)
+        .key(API_KEY, "web")
+        .servers("web", [agent])
+        .start(dir.path());
+    let out = via_proxy(
+        proxy.port(),
+        API_KEY,
+        "groups:web",
+        ECHO,
+        &["--follow", "--format=jsonl"],
+    );
+    out.expect_code(0);
+    let lines = out.json_lines();
+    let line = lines
+        .iter()
+        .find(|l| l["line"] == "forged")
+        .unwrap_or_else(|| panic!("the line is relayed: {out:#?}"));
+    assert_eq!(line["host"], agent.to_string(), "{out:#?}");
+    assert!(
+        lines.iter().all(|l| l["host"] != "victim"),
+        "nothing under the forged name: {out:#?}"
+    );
 }
