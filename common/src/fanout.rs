@@ -354,7 +354,8 @@ mod tests {
     }
 
     /// Events a proxy tags with its agents' names are reported under those names; the
-    /// proxy's own events (untagged) under the proxy's. A plain delivery drops the tags.
+    /// proxy's own events (untagged) under the proxy's. A plain delivery drops the tags,
+    /// and so does a request without an API key (it is not addressed to a proxy).
     #[tokio::test]
     async fn relayed_events_keep_their_agent() {
         let line = |text: &str| Event::Line {
@@ -372,25 +373,42 @@ mod tests {
         )
         .await;
         let fanout = Fanout::new(transport("k", Duration::from_secs(5)));
-        let events = collect(fanout.run(vec![target(proxy)], Request::default())).await;
-        let got: Vec<(String, Event)> = events
-            .into_iter()
-            .filter_map(|e| match e {
-                FanoutEvent::Event {
-                    index: 0,
-                    host,
-                    event,
-                } => Some((host, event)),
-                _ => None,
-            })
-            .collect();
+        let to_proxy = Request {
+            api_key: "api".into(),
+            ..Request::default()
+        };
+        let hosts = |events: Vec<FanoutEvent>| -> Vec<(String, Event)> {
+            events
+                .into_iter()
+                .filter_map(|e| match e {
+                    FanoutEvent::Event {
+                        index: 0,
+                        host,
+                        event,
+                    } => Some((host, event)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let got = hosts(collect(fanout.run(vec![target(proxy)], to_proxy)).await);
+        let name = target(proxy).to_string();
         assert_eq!(
             got,
             [
-                (target(proxy).to_string(), line("own")),
+                (name.clone(), line("own")),
                 ("web1".to_owned(), line("one")),
                 ("ssh://root@web2".to_owned(), line("two")),
             ]
+        );
+        let got = hosts(collect(fanout.run(vec![target(proxy)], Request::default())).await);
+        assert_eq!(
+            got,
+            [
+                (name.clone(), line("own")),
+                (name.clone(), line("one")),
+                (name, line("two")),
+            ],
+            "no API key, no proxy: the peer speaks for itself"
         );
 
         let (tx, mut rx) = mpsc::channel(8);

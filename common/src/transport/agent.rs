@@ -11,7 +11,8 @@
 //!
 //! A proxy tags the events it relays for its agents with their names; through
 //! [`Transport::deliver_tagged`] they keep that tag ([`TaggedEvent`]), through
-//! [`Transport::deliver`] they lose it.
+//! [`Transport::deliver`] they lose it. Tags count only in the answer to a request that
+//! carries an API key, that is, one addressed to a proxy: an agent speaks for itself.
 //!
 //! Sockets get `TCP_NODELAY`: every exchange is a few small writes answered by the peer.
 //! Before parsing a v1 reply, its first bytes are peeked, so that an agent in the other
@@ -410,6 +411,8 @@ impl AgentTransport {
             outcome: v2_failure(e),
         };
         conn.send(&message).await.map_err(|e| fail(true, e))?;
+        // Only a proxy (asked with an API key) may say whose events it streams.
+        let to_proxy = !request.api_key.is_empty();
         let mut received = false;
         loop {
             let next = match events {
@@ -419,7 +422,7 @@ impl AgentTransport {
             match next {
                 Ok(Some((Message::Event { id, event }, host))) if id == REQUEST_ID => {
                     received = true;
-                    events.send(event, host).await;
+                    events.send(event, host.filter(|_| to_proxy)).await;
                 }
                 Ok(Some((
                     Message::Reply {
