@@ -4,8 +4,9 @@
 //! Fanout::run(targets, request) ──► Receiver<FanoutEvent>
 //!
 //!   driver task ── Semaphore(concurrency) ──► JoinSet: one task per target
-//!                                               transport.deliver(target, request, events)
-//!   per target:  Event{index, host, event}*   as the target streams them
+//!                                               transport.deliver_tagged(target, request, events)
+//!   per target:  Event{index, host, event}*   as the target streams them (host: the
+//!                                             agent's, for events a proxy relays)
 //!                Done(HostResult)             exactly once, the moment it is known
 //! ```
 //!
@@ -40,7 +41,7 @@ use tokio::time::Instant;
 use crate::order::Request;
 use crate::target::Target;
 use crate::transport::{Outcome, Transport};
-use crate::wire::message::Event;
+use crate::wire::message::{Event, TaggedEvent};
 
 /// Default number of deliveries in flight at once.
 pub const DEFAULT_CONCURRENCY: usize = 256;
@@ -71,7 +72,9 @@ pub enum FanoutEvent {
     Event {
         /// Position of the target in the input.
         index: usize,
-        /// The target as named by the user.
+        /// The target as named by the user; for an event a proxy relayed for one of its
+        /// agents, that agent as the proxy names it (the `host` of its
+        /// [`Event::Host`] result).
         host: String,
         /// What happened.
         event: Event,
@@ -213,12 +216,12 @@ async fn deliver_one(
 ) {
     let start = Instant::now();
     let (events_tx, mut events_rx) = mpsc::channel(PER_TARGET_CHANNEL);
-    let delivery = transport.deliver(&target, &request, events_tx);
+    let delivery = transport.deliver_tagged(&target, &request, events_tx);
     let forward = async {
-        while let Some(event) = events_rx.recv().await {
+        while let Some(TaggedEvent { host: about, event }) = events_rx.recv().await {
             let tagged = FanoutEvent::Event {
                 index,
-                host: host.clone(),
+                host: about.unwrap_or_else(|| host.clone()),
                 event,
             };
             if tx.send(tagged).await.is_err() {
@@ -248,7 +251,7 @@ async fn deliver_one(
 mod tests {
     use super::*;
     use crate::order::Reply;
-    use crate::transport::testutil::{canned, closed_port, silent, target, v2_agent};
+    use crate::transport::testutil::{canned, closed_port, silent, target, v2_agent, v2_relay};
     use crate::transport::{AgentTransport, BoxFuture, Protocol};
     use crate::wire::message::Stream;
     use serde_json::json;
@@ -348,6 +351,120 @@ mod tests {
             .position(|e| matches!(e, FanoutEvent::Done(r) if r.index == 2))
             .unwrap();
         assert!(event_at < done_at);
+    }
+
+    /// Events a proxy tags with its agents' names are reported under those names; the
+    /// proxy's own events (untagged) under the proxy's. A plain delivery drops the tags,
+    /// and so does a request without an API key (it is not addressed to a proxy).
+    #[tokio::test]
+    async fn relayed_events_keep_their_agent() {
+        let line = |text: &str| Event::Line {
+            stream: Stream::Stdout,
+            line: text.into(),
+        };
+        let proxy = v2_relay(
+            "k",
+            vec![
+                TaggedEvent::from(line("own")),
+                TaggedEvent::about("web1", line("one")),
+                TaggedEvent::about("ssh://root@web2", line("two")),
+            ],
+            ok(),
+        )
+        .await;
+        let fanout = Fanout::new(transport("k", Duration::from_secs(5)));
+        let to_proxy = Request {
+            api_key: "api".into(),
+            ..Request::default()
+        };
+        let hosts = |events: Vec<FanoutEvent>| -> Vec<(String, Event)> {
+            events
+                .into_iter()
+                .filter_map(|e| match e {
+                    FanoutEvent::Event {
+                        index: 0,
+                        host,
+                        event,
+                    } => Some((host, event)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let got = hosts(collect(fanout.run(vec![target(proxy)], to_proxy)).await);
+        let name = target(proxy).to_string();
+        assert_eq!(
+            got,
+            [
+                (name.clone(), line("own")),
+                ("web1".to_owned(), line("one")),
+                ("ssh://root@web2".to_owned(), line("two")),
+            ]
+        );
+        let got = hosts(collect(fanout.run(vec![target(proxy)], Request::default())).await);
+        assert_eq!(
+            got,
+            [
+                (name.clone(), line("own")),
+                (name.clone(), line("one")),
+                (name, line("two")),
+            ],
+            "no API key, no proxy: the peer speaks for itself"
+        );
+
+        let (tx, mut rx) = mpsc::channel(8);
+        let outcome = transport("k", Duration::from_secs(5))
+            .deliver(&target(proxy), &Request::default(), tx)
+            .await;
+        assert_eq!(outcome, Outcome::Reply(ok()));
+        let mut plain = Vec::new();
+        while let Some(event) = rx.recv().await {
+            plain.push(event);
+        }
+        assert_eq!(plain, [line("own"), line("one"), line("two")]);
+    }
+
+    /// A transport that only implements `deliver` gets the default `deliver_tagged`:
+    /// its events come under the target's name, and nothing is lost.
+    #[tokio::test]
+    async fn untagged_transports_keep_the_target() {
+        struct Lines;
+        impl Transport for Lines {
+            fn deliver<'a>(
+                &'a self,
+                _target: &'a Target,
+                _request: &'a Request,
+                events: mpsc::Sender<Event>,
+            ) -> BoxFuture<'a, Outcome> {
+                Box::pin(async move {
+                    for i in 0..200 {
+                        let line = Event::Line {
+                            stream: Stream::Stderr,
+                            line: i.to_string(),
+                        };
+                        events.send(line).await.unwrap();
+                    }
+                    Outcome::Reply(Reply::empty(200))
+                })
+            }
+        }
+        let fanout = Fanout::new(Arc::new(Lines));
+        let events = collect(fanout.run(vec![Target::new("h", 1)], Request::default())).await;
+        let lines: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                FanoutEvent::Event {
+                    host,
+                    event: Event::Line { line, .. },
+                    ..
+                } => {
+                    assert_eq!(host, "h");
+                    Some(line.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lines, (0..200).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(done(&events).len(), 1);
     }
 
     /// A transport that records how many deliveries run at once.

@@ -20,7 +20,7 @@ use deploy_common::access::HostAllowList;
 use deploy_common::legacy::{http, Limits};
 use deploy_common::order::{Body, OrderName, Reply, Request};
 use deploy_common::server::conn::{Events, Handler};
-use deploy_common::wire::message::Event;
+use deploy_common::wire::message::{Event, TaggedEvent};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -158,7 +158,7 @@ pub async fn serve(
             deploy_common::server::log::access(peer.ip(), &order, "http", code, 0, started.elapsed(), &[]);
             return respond(&mut stream, code, &body).await;
         }
-        let (tx, mut rx) = mpsc::channel::<Event>(256);
+        let (tx, mut rx) = mpsc::channel::<TaggedEvent>(256);
         let work = relay.handle(peer, request, Events::from(tx));
         tokio::pin!(work);
         let mut started_body = false;
@@ -166,7 +166,8 @@ pub async fn serve(
         loop {
             tokio::select! {
                 event = rx.recv() => {
-                    let Some(Event::Host { host, order, result, via }) = event else { continue };
+                    // Results only: output lines and progress are not part of this API.
+                    let Some(TaggedEvent { event: Event::Host { host, order, result, via }, .. }) = event else { continue };
                     if !started_body {
                         stream.write_all(head(200, "application/x-ndjson", None).as_bytes()).await?;
                         started_body = true;
@@ -178,7 +179,8 @@ pub async fn serve(
                     stream.flush().await?;
                 }
                 reply = &mut work => {
-                    while let Ok(Event::Host { host, order, result, via }) = rx.try_recv() {
+                    while let Ok(TaggedEvent { event, .. }) = rx.try_recv() {
+                        let Event::Host { host, order, result, via } = event else { continue };
                         if !started_body {
                             stream.write_all(head(200, "application/x-ndjson", None).as_bytes()).await?;
                             started_body = true;

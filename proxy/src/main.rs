@@ -4,7 +4,9 @@
 //! # Layout
 //!
 //! * [`cli`]: flags, applied over the INI files.
-//! * [`route`]: how each server of the API file is reached (agents, chained proxies).
+//! * [`route`]: how each server of the API file is reached (agents, `ssh://` hosts,
+//!   chained proxies).
+//! * [`ssh`]: the `[ssh]` options → the one SSH transport of a worker generation.
 //! * [`relay`]: the order handler (authorization, fan-out, merging).
 //! * [`http`]: the HTTP/JSON API.
 //! * `main`: start-up through the daemon core shared with the agent.
@@ -13,6 +15,7 @@ mod cli;
 mod http;
 mod relay;
 mod route;
+mod ssh;
 
 use anyhow::{Context, Result};
 use clap::Parser;

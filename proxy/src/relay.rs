@@ -9,13 +9,28 @@
 //! args = groups:<g1,g2,…>  every group must be one of the key's groups; their servers
 //! anything else            403 Syntax error, unrecognized expression: [<args>]
 //! refused                  403 You don't have permission to access on this[<item>].
+//! order not in [orders]    403 This API key may not send the order [<order>].
+//! run, [server] allow_run off   403 run is disabled on this proxy (allow_run = off)
 //! ```
+//!
+//! The same rules cover every kind of server: an `ssh://` host is reachable only by the
+//! keys whose groups list it, like an agent. `run` is relayed only when the proxy's own
+//! `[server] allow_run` is on: agents refuse it unless theirs is too, but an `ssh://`
+//! host has nothing else to refuse it.
 //!
 //! Replies: to v1 clients (and the non-streaming HTTP API), one body in the original's
 //! nested shape, `{agent: {order: {return, serverStatus, returnCode, returnString,
 //! content}}}`. To v2 clients, every agent's record is streamed as an [`Event::Host`] the
 //! moment it arrives, and the reply only counts them. `follow` is passed on to the
-//! agents (an rsync then answers when the transfer has ended).
+//! agents (an rsync then answers when the transfer has ended), and the output lines and
+//! progress they stream (an `ssh://` host streams its lines always) are relayed to a v2
+//! caller as they come, each tagged with its agent's name
+//! ([`TaggedEvent`](deploy_common::wire::message::TaggedEvent)), so that the caller can
+//! show them under that name:
+//!
+//! ```text
+//! agent web1 ─ {"kind":"line","line":"hi"} ─► proxy ─ {"host":"web1","event":{"kind":"line","line":"hi"}} ─► client
+//! ```
 
 use crate::route::{Route, Routes, Server};
 use deploy_common::config::proxy::ProxyConfig;
@@ -43,7 +58,8 @@ pub struct Relay {
 impl Relay {
     /// Builds the handler from a configuration.
     pub fn new(config: Arc<ProxyConfig>) -> Result<Relay, String> {
-        let routes = Arc::new(Routes::new(&config)?);
+        let ssh = crate::ssh::transport(&config)?;
+        let routes = Arc::new(Routes::new(&config, ssh)?);
         let concurrency = config.client.concurrency;
         let id = config.client.proxy_id.clone().unwrap_or_else(|| {
             let host = nix::unistd::gethostname()
@@ -144,6 +160,14 @@ impl Relay {
                     format!("Syntax error, unrecognized expression: [{args}]"),
                 ))
             }
+        }
+        // An arbitrary command is this proxy's decision too (agents have their own
+        // allow_run; ssh:// hosts have no other gate).
+        if request.order == "run" && !self.config.server.allow_run {
+            return Err(Reply::error(
+                403,
+                "run is disabled on this proxy (allow_run = off)",
+            ));
         }
         Ok(selected)
     }
@@ -267,7 +291,17 @@ impl Handler for Relay {
                     }
                     relayed.push((host, result));
                 }
-                FanoutEvent::Event { .. } => {}
+                // An agent's (or SSH host's) output line or progress: streamed to a v2
+                // caller under the agent's name, which a chained proxy has already put
+                // on the events it relays. Only a chained proxy speaks for other hosts:
+                // whatever an agent tags its events with, they are its own.
+                FanoutEvent::Event { index, host, event } => {
+                    let host = match servers.get(index) {
+                        Some(server) if !server.chained => server.target.to_string(),
+                        _ => host,
+                    };
+                    events.send_for(&host, event).await;
+                }
                 FanoutEvent::Done(done) => {
                     let chained_ok = servers.get(done.index).is_some_and(|s| s.chained)
                         && done.outcome.reply().is_some_and(|r| r.code == 200);

@@ -1,27 +1,41 @@
 //! Where each server of the API file is reached, and how.
 //!
 //! A `[servers]` entry is an agent (`host`, `host:port`, `[v6]:port`; the port defaults
-//! to `[client] port` or the group's override) or another proxy
+//! to `[client] port` or the group's override), an agentless host
+//! (`ssh://[user@]host[:port]`, port 22 by default, reached over native SSH with the
+//! options of `[ssh]`, see [`crate::ssh`]) or another proxy
 //! (`proxy://host[:port]/group`, default port 3441), which gets the order with
 //! `groups:<group>`, `[client] proxy_api_key`, and this proxy in its `via` list. Every
 //! server carries its [`Route`] (protocol, key, public key from `[client]` and
 //! `[group::<name>]`, or the chained group), which is the [`Transport`] the fan-out engine
 //! uses for it: the same address listed in two groups keeps each group's route.
+//!
+//! ```text
+//! group route = Mux ─┬─ host, host:port     → the group's AgentTransport (pooled)
+//!                    └─ ssh://…             → the proxy's one SshTransport (if any server is ssh://)
+//! chained route      → AgentTransport (v2, unpinned) with groups:<group> and proxy_api_key
+//! ```
+//!
+//! A group's agents and SSH hosts share its route, so one fan-out (and one concurrency
+//! limit) covers the whole group.
 
 use deploy_common::config::proxy::{AgentProtocol, ProxyConfig};
 use deploy_common::crypto::keys::RsaPublicKey;
 use deploy_common::order::Request;
-use deploy_common::target::Target;
+use deploy_common::ssh::SshTransport;
+use deploy_common::target::{Scheme, Target};
 use deploy_common::transport::agent::Pool;
-use deploy_common::transport::{AgentTransport, BoxFuture, Outcome, Protocol, Transport};
-use deploy_common::wire::message::Event;
+use deploy_common::transport::{AgentTransport, BoxFuture, Mux, Outcome, Protocol, Transport};
+use deploy_common::wire::message::{Event, TaggedEvent};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// How one server is reached.
 pub struct Route {
-    transport: Arc<AgentTransport>,
+    /// A group's [`Mux`] (agents and SSH hosts), or a chained proxy's agent transport.
+    transport: Arc<dyn Transport>,
     /// For a chained proxy: the group to ask it for.
     chain: Option<String>,
     /// The API key presented to a chained proxy.
@@ -47,9 +61,11 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Resolves every `[servers]` entry of the configuration. Errors name the group and
-    /// the entry, or the key file.
-    pub fn new(config: &ProxyConfig) -> Result<Routes, String> {
+    /// Resolves every `[servers]` entry of the configuration; `ssh` reaches the `ssh://`
+    /// ones ([`crate::ssh::transport`]). Errors name the group and the entry, or the key
+    /// file.
+    pub fn new(config: &ProxyConfig, ssh: Option<Arc<SshTransport>>) -> Result<Routes, String> {
+        let ssh: Option<Arc<dyn Transport>> = ssh.map(|t| t as Arc<dyn Transport>);
         let client = &config.client;
         let load_key = |path: &std::path::Path| {
             RsaPublicKey::load(path)
@@ -93,9 +109,13 @@ impl Routes {
                 deadline: client.thread_timeout,
                 pool: Some(Arc::clone(&pool)),
             });
-            // Every agent of the group shares one route (one fan-out per route).
-            let agent_route = Arc::new(Route {
-                transport: Arc::clone(&agent),
+            // Every agent and SSH host of the group shares one route (one fan-out per
+            // route).
+            let group_route = Arc::new(Route {
+                transport: Arc::new(Mux {
+                    agent: Arc::clone(&agent) as Arc<dyn Transport>,
+                    ssh: ssh.clone(),
+                }),
                 chain: None,
                 proxy_api_key: String::new(),
             });
@@ -110,8 +130,12 @@ impl Routes {
                 };
                 let target = Target::parse(spec, default_port)
                     .map_err(|e| format!("[servers] {group}: {e}"))?;
+                if target.scheme == Scheme::Ssh && ssh.is_none() {
+                    // Cannot happen: the transport exists whenever a server is ssh://.
+                    return Err(format!("[servers] {group}: {entry}: no SSH transport"));
+                }
                 let route = match chain {
-                    None => Arc::clone(&agent_route),
+                    None => Arc::clone(&group_route),
                     // A chained proxy speaks v2 and is not pinned to the agents' key.
                     Some(chained_group) => Arc::new(Route {
                         transport: Arc::new(AgentTransport {
@@ -125,8 +149,8 @@ impl Routes {
                 };
                 servers.push(Server {
                     entry: entry.clone(),
-                    target,
                     chained: route.chain.is_some(),
+                    target,
                     route,
                 });
             }
@@ -141,6 +165,21 @@ impl Routes {
     }
 }
 
+impl Route {
+    /// The request as this route sends it: a chained proxy gets its group and the key
+    /// for it.
+    fn request_for<'r>(&self, request: &'r Request) -> Cow<'r, Request> {
+        match &self.chain {
+            None => Cow::Borrowed(request),
+            Some(group) => Cow::Owned(Request {
+                api_key: self.proxy_api_key.clone(),
+                args: format!("groups:{group}"),
+                ..request.clone()
+            }),
+        }
+    }
+}
+
 impl Transport for Route {
     fn deliver<'a>(
         &'a self,
@@ -149,17 +188,23 @@ impl Transport for Route {
         events: mpsc::Sender<Event>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            match &self.chain {
-                None => self.transport.deliver(target, request, events).await,
-                Some(group) => {
-                    let chained = Request {
-                        api_key: self.proxy_api_key.clone(),
-                        args: format!("groups:{group}"),
-                        ..request.clone()
-                    };
-                    self.transport.deliver(target, &chained, events).await
-                }
-            }
+            let request = self.request_for(request);
+            self.transport.deliver(target, &request, events).await
+        })
+    }
+
+    /// Keeps the names a chained proxy puts on its agents' events.
+    fn deliver_tagged<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<TaggedEvent>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let request = self.request_for(request);
+            self.transport
+                .deliver_tagged(target, &request, events)
+                .await
         })
     }
 }

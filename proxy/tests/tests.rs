@@ -8,6 +8,8 @@
 //! | [`fanout`] | 24 agents through one proxy: json, text, jsonl (streamed), direct = proxied, v1 shape |
 //! | [`errors`] | the proxy's refusals (403, `[orders]`, `[allow::hosts]`) and single-agent failures (down, silent, wrong key) |
 //! | [`chain`] | chained proxies (`proxy://`), `via` lists, loop refusal |
+//! | [`ssh`] | `ssh://` servers beside an agent (real sshd, root only): `run`, stdin, sudo, authorization, host keys |
+//! | [`follow`] | `--follow`: agents' output lines relayed under each agent's name, through a chain too |
 //! | [`http`] | the HTTP/JSON API with curl: merged JSON, NDJSON stream, JSON errors |
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
@@ -21,6 +23,8 @@ mod chain;
 mod daemon;
 mod errors;
 mod fanout;
+mod follow;
 mod http;
 mod legacy;
+mod ssh;
 mod util;

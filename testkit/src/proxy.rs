@@ -12,6 +12,7 @@
 //!           connect_timeout 2
 //! [allow::hosts] 127.0.0.1
 //! [api]     path = api.ini
+//! [ssh]     only what ssh() sets (identity[], known_hosts, config…)
 //! ```
 //!
 //! The proxy prints `deploy-proxy: listening on ADDR` for `addr:port`, each `listen[]`,
@@ -35,6 +36,7 @@ pub struct ProxyConfig {
     orders: Vec<(String, String)>,
     servers: Vec<(String, String)>,
     groups: Vec<(String, Vec<(String, String)>)>,
+    ssh: Vec<(String, String)>,
 }
 
 fn set(list: &mut Vec<(String, String)>, key: &str, value: String) {
@@ -74,6 +76,7 @@ impl ProxyConfig {
             orders: Vec::new(),
             servers: Vec::new(),
             groups: Vec::new(),
+            ssh: Vec::new(),
         }
     }
 
@@ -95,6 +98,15 @@ impl ProxyConfig {
     /// Serves the HTTP API on a free 127.0.0.1 port (`[client] http_listen`).
     pub fn http(self) -> ProxyConfig {
         self.client("http_listen", "127.0.0.1:0")
+    }
+
+    /// Sets an `[ssh]` key; `identity` appends an `identity[]` line.
+    pub fn ssh(mut self, key: &str, value: impl ToString) -> ProxyConfig {
+        match key {
+            "identity" => self.ssh.push(("identity[]".into(), value.to_string())),
+            _ => set(&mut self.ssh, key, value.to_string()),
+        }
+        self
     }
 
     /// Replaces `[allow::hosts]`.
@@ -162,6 +174,12 @@ impl ProxyConfig {
             out.push_str(&format!("host[] = {h}\n"));
         }
         out.push_str("\n[api]\npath = api.ini\n");
+        if !self.ssh.is_empty() {
+            out.push_str("\n[ssh]\n");
+            for (k, v) in &self.ssh {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
         out
     }
 

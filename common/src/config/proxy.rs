@@ -9,6 +9,9 @@
 //! host[] = 127.0.0.1
 //! [api]
 //! path = deploy_proxy_api.ini
+//! [ssh]             ; how the proxy logs in to ssh:// servers (ProxySshConfig)
+//! identity[] = /etc/deploy/keys/proxy_ed25519
+//! known_hosts = /etc/deploy/known_hosts
 //! ```
 //!
 //! The API file:
@@ -21,6 +24,8 @@
 //! web[] = web1.example.org         ; one target per line: name, IPv4,
 //! web[] = 192.0.2.10:3440          ;   optionally with :port,
 //! web[] = [2001:db8::1]:3440       ;   IPv6 in brackets
+//! web[] = ssh://deploy@web3:2222   ; agentless: reached over SSH ([ssh] in the proxy ini)
+//! far[] = proxy://proxy2:3441/web  ; a group of another proxy
 //! ```
 //!
 //! An API key is everything left of the first `=` (minus the `[]`), so it cannot contain
@@ -44,9 +49,10 @@ use super::{
     ServerConfig,
 };
 use crate::access::HostAllowList;
+use crate::target::{Scheme, Target, SSH_PREFIX};
 
 /// The sections `deploy_proxy.ini` may contain (for the error message).
-const PROXY_SECTIONS: &str = "server, client, allow::hosts or api";
+const PROXY_SECTIONS: &str = "server, client, allow::hosts, api or ssh";
 
 /// The sections the API file may contain (for the error message).
 const API_SECTIONS: &str = "keys, orders, servers or group::<name>";
@@ -81,6 +87,39 @@ pub struct ProxyClientConfig {
     pub proxy_id: Option<String>,
     /// `http_listen` (new): address of the HTTP/JSON API; none by default.
     pub http_listen: Option<std::net::SocketAddr>,
+}
+
+/// `[ssh]` (new): how the proxy logs in to the `ssh://` servers of its API file.
+///
+/// Every default is what `ssh` would use when run as the user the proxy runs as
+/// (`[server] user`, else the user that starts it): its `~/.ssh/config`, its
+/// `~/.ssh/known_hosts` (and `/etc/ssh/ssh_known_hosts`), its `~/.ssh/id_ed25519`,
+/// `id_ecdsa`, `id_rsa`. A daemon asks nobody: no ssh-agent, no passphrase, no password,
+/// so key files must be unencrypted and readable by that user. Host keys are checked
+/// strictly: an unknown key is refused unless `accept_new_host_keys = on`, a changed key
+/// always.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxySshConfig {
+    /// `identity[]`: private key files, tried in order (before the SSH configuration's
+    /// `IdentityFile`s).
+    pub identities: Vec<PathBuf>,
+    /// `known_hosts`: the file of trusted host keys (and where accepted new keys go).
+    pub known_hosts: Option<PathBuf>,
+    /// `accept_new_host_keys`: record unknown host keys instead of refusing them (trust
+    /// on first use). Default off.
+    pub accept_new_host_keys: bool,
+    /// `config`: an OpenSSH client configuration file (`Host`, `HostName`, `User`,
+    /// `Port`, `IdentityFile`, `ProxyJump`, `Include`).
+    pub config: Option<PathBuf>,
+    /// `user`: the remote user when neither the server entry (`ssh://user@host`) nor the
+    /// configuration names one. Default: the user the proxy runs as.
+    pub user: Option<String>,
+    /// `connect_timeout` (seconds): bound on connecting, then again on the SSH
+    /// handshake. Default: `[client] connect_timeout`.
+    pub connect_timeout: Option<Duration>,
+    /// `keepalive` (seconds, 0 = off): probe a silent server after this long (three
+    /// unanswered probes end the connection). Default off.
+    pub keepalive: Option<Duration>,
 }
 
 /// The wire a proxy speaks to agents.
@@ -146,6 +185,8 @@ pub struct ProxyConfig {
     pub allow_hosts: HostAllowList,
     /// `[api] path`, resolved against the ini's directory. `None`: no API keys.
     pub api_path: Option<PathBuf>,
+    /// `[ssh]`: how `ssh://` servers are reached.
+    pub ssh: ProxySshConfig,
     /// The keys read from `api_path` (only by [`ProxyConfig::load`]).
     pub api: ApiKeys,
     /// Keys accepted for compatibility but without effect (`ipc_path`,
@@ -162,6 +203,7 @@ impl ProxyConfig {
             client: ProxyClientConfig::default(),
             allow_hosts: HostAllowList::new(),
             api_path: None,
+            ssh: ProxySshConfig::default(),
             api: ApiKeys::default(),
             ignored: Vec::new(),
         }
@@ -207,11 +249,71 @@ impl ProxyConfig {
                         }
                     }
                 }
+                "ssh" => {
+                    for e in section.entries() {
+                        apply_ssh(&cx, e, &mut config.ssh)?;
+                    }
+                }
                 _ => return Err(unknown_section(ini, section, PROXY_SECTIONS)),
             }
         }
         Ok(config)
     }
+
+    /// Whether some server of the API file is an `ssh://` host.
+    pub fn has_ssh_servers(&self) -> bool {
+        self.api
+            .server_groups()
+            .filter_map(|g| self.api.servers(g))
+            .flatten()
+            .any(|entry| is_ssh(entry))
+    }
+}
+
+/// Whether a `[servers]` entry is an `ssh://` host (the scheme in any case).
+pub fn is_ssh(entry: &str) -> bool {
+    entry
+        .get(..SSH_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(SSH_PREFIX))
+}
+
+/// One `[ssh]` entry.
+fn apply_ssh(cx: &Cx<'_>, e: &Entry, ssh: &mut ProxySshConfig) -> Result<(), ConfigError> {
+    match (e.key.as_str(), e.list) {
+        ("identity", true) => match cx.file(e) {
+            Some(path) => ssh.identities.push(path),
+            None => return Err(cx.invalid(e, "empty value")),
+        },
+        ("identity", false) => return Err(cx.want_list(e)),
+        ("known_hosts" | "config" | "user" | "connect_timeout" | "keepalive", true)
+        | ("accept_new_host_keys", true) => return Err(cx.want_scalar(e)),
+        ("known_hosts", false) => ssh.known_hosts = cx.file(e),
+        ("config", false) => ssh.config = cx.file(e),
+        ("accept_new_host_keys", false) => ssh.accept_new_host_keys = cx.boolean(e)?,
+        ("user", false) => {
+            ssh.user = cx.opt_string(e);
+            if let Some(user) = &ssh.user {
+                if user
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '@' | '/' | ':'))
+                {
+                    return Err(cx.invalid(e, format!("invalid user name {user:?}")));
+                }
+            }
+        }
+        ("connect_timeout", false) => {
+            let timeout = cx.seconds(e)?;
+            if timeout.is_zero() {
+                return Err(cx.invalid(e, "must be at least 1"));
+            }
+            ssh.connect_timeout = Some(timeout);
+        }
+        ("keepalive", false) => {
+            ssh.keepalive = Some(cx.seconds(e)?).filter(|d| !d.is_zero());
+        }
+        _ => return Err(cx.unknown_key(e)),
+    }
+    Ok(())
 }
 
 /// One `[client]` entry.
@@ -356,7 +458,7 @@ impl ApiKeys {
                             return Err(cx.invalid(
                                 e,
                                 format!(
-                                    "invalid server {:?} (expected a host name or IPv4 address, or [IPv6], optionally with :port)",
+                                    "invalid server {:?} (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port])",
                                     e.value
                                 ),
                             ));
@@ -440,7 +542,8 @@ impl ApiKeys {
         self.overrides.get(group)
     }
 
-    /// The targets of a server group (`host`, `host:port` or `[v6]:port`), or `None`.
+    /// The targets of a server group (`host`, `host:port`, `[v6]:port`, `ssh://…` or
+    /// `proxy://…`, as written), or `None`.
     pub fn servers(&self, group: &str) -> Option<&[String]> {
         self.servers.get(group).map(Vec::as_slice)
     }
@@ -492,8 +595,12 @@ fn key_digest(key: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-/// `host`, `host:port`, `a.b.c.d[:port]`, `[v6][:port]` (a bare IPv6 address too).
+/// `host`, `host:port`, `a.b.c.d[:port]`, `[v6][:port]` (a bare IPv6 address too),
+/// `ssh://[user@]host[:port]`, `proxy://host[:port]/group`.
 fn valid_target(s: &str) -> bool {
+    if is_ssh(s) {
+        return Target::parse(s, 22).is_ok_and(|t| t.scheme == Scheme::Ssh);
+    }
     if let Some(rest) = s.strip_prefix("proxy://") {
         // A chained proxy: proxy://host[:port]/group
         return match rest.split_once('/') {
@@ -567,6 +674,8 @@ mod tests {
             Some(etc.join("deploy_proxy_api.ini").as_path())
         );
         assert!(c.api.key_count() > 0);
+        assert_eq!(c.ssh, ProxySshConfig::default());
+        assert!(!c.server.allow_run);
         assert!(c.ignored.is_empty(), "{:?}", c.ignored);
     }
 
@@ -631,7 +740,7 @@ mod tests {
         for (text, want) in [
             (
                 "[allow::paths]\npath[] = /\n",
-                "/etc/deploy/deploy_proxy.ini:1: unknown section [allow::paths] (expected server, client, allow::hosts or api)",
+                "/etc/deploy/deploy_proxy.ini:1: unknown section [allow::paths] (expected server, client, allow::hosts, api or ssh)",
             ),
             (
                 "[client]\nport = x\n",
@@ -712,7 +821,7 @@ mod tests {
             ),
             (
                 "[servers]\nweb[] = host:99999\n",
-                "/etc/deploy/api.ini:2: [servers] web[]: invalid server \"host:99999\" (expected a host name or IPv4 address, or [IPv6], optionally with :port)",
+                "/etc/deploy/api.ini:2: [servers] web[]: invalid server \"host:99999\" (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port])",
             ),
             (
                 "[server]\n",
@@ -741,14 +850,100 @@ mod tests {
             "[::1]:3440",
             "::1",
             "under_score",
+            "ssh://h",
+            "SSH://root@h:2222",
+            "ssh://[::1]:22",
+            "proxy://p:3441/web",
         ] {
             assert!(valid_target(ok), "{ok:?}");
         }
         for bad in [
-            "", "h:", "h:x", "[::1", "[::1]:", "[x]:1", "a b", "h:1:2x", "h:+1",
+            "",
+            "h:",
+            "h:x",
+            "[::1",
+            "[::1]:",
+            "[x]:1",
+            "a b",
+            "h:1:2x",
+            "h:+1",
+            "ssh://",
+            "ssh://@h",
+            "ssh://h:0",
+            "ssh://a b",
+            "rsh://h",
+            "proxy://p",
         ] {
             assert!(!valid_target(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ssh_section() {
+        let c = parse("").unwrap();
+        assert_eq!(c.ssh, ProxySshConfig::default());
+        assert!(!c.has_ssh_servers());
+        let c = parse(
+            "[ssh]\nidentity[] = keys/id_ed25519\nidentity[] = /k/id_rsa\n\
+             known_hosts = known_hosts\naccept_new_host_keys = on\nconfig = /etc/deploy/ssh_config\n\
+             user = deploy\nconnect_timeout = 4\nkeepalive = 15\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.ssh,
+            ProxySshConfig {
+                identities: vec![
+                    PathBuf::from("/etc/deploy/keys/id_ed25519"),
+                    PathBuf::from("/k/id_rsa")
+                ],
+                known_hosts: Some(PathBuf::from("/etc/deploy/known_hosts")),
+                accept_new_host_keys: true,
+                config: Some(PathBuf::from("/etc/deploy/ssh_config")),
+                user: Some("deploy".into()),
+                connect_timeout: Some(Duration::from_secs(4)),
+                keepalive: Some(Duration::from_secs(15)),
+            }
+        );
+        assert_eq!(parse("[ssh]\nkeepalive = 0\n").unwrap().ssh.keepalive, None);
+        for (text, want) in [
+            (
+                "[ssh]\nidentity = k\n",
+                "/etc/deploy/deploy_proxy.ini:2: [ssh] identity: is a list: write `identity[] = …`",
+            ),
+            (
+                "[ssh]\nknown_hosts[] = k\n",
+                "/etc/deploy/deploy_proxy.ini:2: [ssh] known_hosts[]: is a single value: write `known_hosts = …`",
+            ),
+            (
+                "[ssh]\naccept_new_host_keys = maybe\n",
+                "/etc/deploy/deploy_proxy.ini:2: [ssh] accept_new_host_keys: invalid boolean \"maybe\" (expected true, on, 1, yes, false, off, 0 or no)",
+            ),
+            (
+                "[ssh]\nuser = a@b\n",
+                "/etc/deploy/deploy_proxy.ini:2: [ssh] user: invalid user name \"a@b\"",
+            ),
+            (
+                "[ssh]\nconnect_timeout = 0\n",
+                "/etc/deploy/deploy_proxy.ini:2: [ssh] connect_timeout: must be at least 1",
+            ),
+            (
+                "[ssh]\npassword = x\n",
+                "/etc/deploy/deploy_proxy.ini:2: [ssh] password: unknown key",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().to_string(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn ssh_servers() {
+        let mut c = parse("").unwrap();
+        c.api =
+            api("[keys]\nk[] = web\n[servers]\nweb[] = h1\nweb[] = SSH://root@h2:2222\n").unwrap();
+        assert!(c.has_ssh_servers());
+        assert_eq!(c.api.servers("web").unwrap(), ["h1", "SSH://root@h2:2222"]);
+        c.api = api("[servers]\nweb[] = h1\nfar[] = proxy://p/web\n").unwrap();
+        assert!(!c.has_ssh_servers());
     }
 
     #[test]

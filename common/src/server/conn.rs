@@ -12,7 +12,7 @@ use crate::crypto::keys::RsaPrivateKey;
 use crate::legacy::{self, http, ssl, Limits};
 use crate::order::{OrderName, Reply, Request};
 use crate::wire::handshake::{self, ServerParams};
-use crate::wire::message::{Event, Message};
+use crate::wire::message::{Event, Message, TaggedEvent};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,11 +43,11 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Where a handler sends streamed events.
 #[derive(Clone, Debug)]
-pub struct Events(Option<mpsc::Sender<Event>>);
+pub struct Events(Option<mpsc::Sender<TaggedEvent>>);
 
-impl From<mpsc::Sender<Event>> for Events {
+impl From<mpsc::Sender<TaggedEvent>> for Events {
     /// A sink that forwards to a channel (e.g. an HTTP stream).
-    fn from(tx: mpsc::Sender<Event>) -> Events {
+    fn from(tx: mpsc::Sender<TaggedEvent>) -> Events {
         Events(Some(tx))
     }
 }
@@ -65,6 +65,16 @@ impl Events {
 
     /// Sends one event, waiting if the client reads slowly; a gone client is ignored.
     pub async fn send(&self, event: Event) {
+        self.send_tagged(TaggedEvent::from(event)).await;
+    }
+
+    /// Sends one event about another host (a proxy relaying an agent's output lines or
+    /// progress), tagged with its name; see [`TaggedEvent`].
+    pub async fn send_for(&self, host: &str, event: Event) {
+        self.send_tagged(TaggedEvent::about(host, event)).await;
+    }
+
+    async fn send_tagged(&self, event: TaggedEvent) {
         if let Some(tx) = &self.0 {
             let _ = tx.send(event).await;
         }
@@ -511,7 +521,7 @@ async fn serve_v2<H: Handler>(
         let reply = if !handler.knows(&request.order) {
             Reply::error(404, format!("unknown order {:?}", request.order))
         } else {
-            let (tx, mut rx) = mpsc::channel::<Event>(64);
+            let (tx, mut rx) = mpsc::channel::<TaggedEvent>(64);
             let work = run_bounded(handler, policy, peer, request.clone(), Events(Some(tx)));
             tokio::pin!(work);
             let mut events_open = true;
@@ -520,12 +530,12 @@ async fn serve_v2<H: Handler>(
                     reply = &mut work => {
                         // Flush what the handler queued before it returned.
                         while let Ok(event) = rx.try_recv() {
-                            conn.send(&Message::Event { id, event }).await?;
+                            conn.send_event(id, &event).await?;
                         }
                         break reply;
                     }
                     event = rx.recv(), if events_open => match event {
-                        Some(event) => conn.send(&Message::Event { id, event }).await?,
+                        Some(event) => conn.send_event(id, &event).await?,
                         None => events_open = false,
                     },
                 }

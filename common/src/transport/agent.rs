@@ -9,6 +9,11 @@
 //! └──────────────────────────── whole exchange ≤ deadline ────────────────────────────┘
 //! ```
 //!
+//! A proxy tags the events it relays for its agents with their names; through
+//! [`Transport::deliver_tagged`] they keep that tag ([`TaggedEvent`]), through
+//! [`Transport::deliver`] they lose it. Tags count only in the answer to a request that
+//! carries an API key, that is, one addressed to a proxy: an agent speaks for itself.
+//!
 //! Sockets get `TCP_NODELAY`: every exchange is a few small writes answered by the peer.
 //! Before parsing a v1 reply, its first bytes are peeked, so that an agent in the other
 //! mode (plain vs ssl) is reported as a protocol mismatch rather than as garbage.
@@ -42,7 +47,7 @@ use crate::order::{Reply, Request};
 use crate::target::Target;
 use crate::wire::connection::SecureConnection;
 use crate::wire::handshake::{self, ClientParams};
-use crate::wire::message::{into_reply, Event, Message};
+use crate::wire::message::{into_reply, Event, Message, TaggedEvent};
 use crate::wire::WireError;
 
 /// Largest reply body accepted (a proxy's merged reply for many hosts can be large).
@@ -169,12 +174,54 @@ impl Default for AgentTransport {
     }
 }
 
+/// Where a delivery's events go: plain ([`Transport::deliver`]) or with the host tags a
+/// proxy put on them ([`Transport::deliver_tagged`]).
+enum Sink {
+    Plain(mpsc::Sender<Event>),
+    Tagged(mpsc::Sender<TaggedEvent>),
+}
+
+impl Sink {
+    /// Passes one event on, waiting if the receiver is behind. A closed receiver means
+    /// nobody listens for events; the exchange goes on.
+    async fn send(&self, event: Event, host: Option<String>) {
+        match self {
+            Sink::Plain(tx) => {
+                let _ = tx.send(event).await;
+            }
+            Sink::Tagged(tx) => {
+                let _ = tx.send(TaggedEvent { host, event }).await;
+            }
+        }
+    }
+}
+
 impl Transport for AgentTransport {
     fn deliver<'a>(
         &'a self,
         target: &'a Target,
         request: &'a Request,
         events: mpsc::Sender<Event>,
+    ) -> BoxFuture<'a, Outcome> {
+        self.deliver_to(target, request, Sink::Plain(events))
+    }
+
+    fn deliver_tagged<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<TaggedEvent>,
+    ) -> BoxFuture<'a, Outcome> {
+        self.deliver_to(target, request, Sink::Tagged(events))
+    }
+}
+
+impl AgentTransport {
+    fn deliver_to<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: Sink,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let exchange = async {
@@ -319,7 +366,7 @@ impl AgentTransport {
         target: &Target,
         stream: TcpStream,
         request: &Request,
-        events: &mpsc::Sender<Event>,
+        events: &Sink,
     ) -> Outcome {
         let params = ClientParams {
             key_cipher: &self.key_cipher,
@@ -353,7 +400,7 @@ impl AgentTransport {
         &self,
         conn: &mut SecureConnection<TcpStream>,
         request: &Request,
-        events: &mpsc::Sender<Event>,
+        events: &Sink,
     ) -> Result<Reply, V2Error> {
         let message = Message::Request {
             id: REQUEST_ID,
@@ -364,21 +411,29 @@ impl AgentTransport {
             outcome: v2_failure(e),
         };
         conn.send(&message).await.map_err(|e| fail(true, e))?;
+        // Only a proxy (asked with an API key) may say whose events it streams.
+        let to_proxy = !request.api_key.is_empty();
         let mut received = false;
         loop {
-            match conn.recv().await {
-                Ok(Some(Message::Event { id, event })) if id == REQUEST_ID => {
+            let next = match events {
+                Sink::Tagged(_) => conn.recv_tagged().await,
+                Sink::Plain(_) => conn.recv().await.map(|m| m.map(|m| (m, None))),
+            };
+            match next {
+                Ok(Some((Message::Event { id, event }, host))) if id == REQUEST_ID => {
                     received = true;
-                    // A closed receiver means nobody listens for events; keep going.
-                    let _ = events.send(event).await;
+                    events.send(event, host.filter(|_| to_proxy)).await;
                 }
-                Ok(Some(Message::Reply {
-                    id,
-                    code,
-                    body,
-                    text,
-                })) if id == REQUEST_ID => return Ok(into_reply(code, body, text)),
-                Ok(Some(other)) => {
+                Ok(Some((
+                    Message::Reply {
+                        id,
+                        code,
+                        body,
+                        text,
+                    },
+                    _,
+                ))) if id == REQUEST_ID => return Ok(into_reply(code, body, text)),
+                Ok(Some((other, _))) => {
                     return Err(V2Error {
                         stale: false,
                         outcome: Outcome::Failed(format!(

@@ -14,7 +14,8 @@
 //! A transport knows how to reach a target and nothing about who asked: the fan-out
 //! engine ([`crate::fanout`]) drives any number of deliveries at once through a
 //! `dyn Transport`, so an SSH transport or a chained proxy can join later without the
-//! engine or its callers changing. A delivery never fails with an error: everything that
+//! engine or its callers changing. Events come with the name of the host they are about
+//! when a proxy relayed them ([`Transport::deliver_tagged`]). A delivery never fails with an error: everything that
 //! can go wrong with one host is an [`Outcome`], which renders to the original client's
 //! per-host JSON record ([`Outcome::to_json`]).
 //!
@@ -44,7 +45,7 @@ use tokio::sync::mpsc;
 
 use crate::order::{Body, Reply, Request};
 use crate::target::Target;
-use crate::wire::message::Event;
+use crate::wire::message::{Event, TaggedEvent};
 
 pub mod agent;
 pub mod mux;
@@ -73,7 +74,36 @@ pub trait Transport: Send + Sync {
         request: &'a Request,
         events: mpsc::Sender<Event>,
     ) -> BoxFuture<'a, Outcome>;
+
+    /// Like [`Transport::deliver`], but an event a proxy relayed for one of its agents
+    /// keeps that agent's name ([`TaggedEvent::host`]), which the fan-out engine then
+    /// reports instead of the target's. The default delivers through
+    /// [`Transport::deliver`] and tags nothing: only transports that can reach a proxy
+    /// (and those that wrap them) override it.
+    fn deliver_tagged<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<TaggedEvent>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let (tx, mut rx) = mpsc::channel(TAGGING_CHANNEL);
+            let delivery = self.deliver(target, request, tx);
+            let forward = async {
+                while let Some(event) = rx.recv().await {
+                    // A closed receiver drops events; keep draining so the delivery goes on.
+                    let _ = events.send(TaggedEvent::from(event)).await;
+                }
+            };
+            let (outcome, ()) = tokio::join!(delivery, forward);
+            outcome
+        })
+    }
 }
+
+/// Capacity of the channel [`Transport::deliver_tagged`]'s default puts between
+/// [`Transport::deliver`] and its caller.
+const TAGGING_CHANNEL: usize = 64;
 
 /// How one delivery ended.
 #[derive(Debug, Clone, PartialEq)]

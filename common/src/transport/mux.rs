@@ -6,7 +6,9 @@
 //! ```
 //!
 //! The fan-out engine sees one `dyn Transport`, so a run may mix agents and SSH hosts;
-//! deploy-client uses it, and a proxy can later route SSH hosts the same way.
+//! deploy-client uses it, and deploy-proxy for each group's servers. Tagged deliveries
+//! ([`Transport::deliver_tagged`]) go to the chosen transport's own, so the names a
+//! proxy puts on its agents' events survive.
 
 #![deny(
     clippy::unwrap_used,
@@ -22,7 +24,7 @@ use tokio::sync::mpsc;
 use super::{BoxFuture, Outcome, Transport};
 use crate::order::Request;
 use crate::target::{Scheme, Target};
-use crate::wire::message::Event;
+use crate::wire::message::{Event, TaggedEvent};
 
 /// Dispatches deliveries by [`Target::scheme`].
 #[derive(Clone)]
@@ -43,11 +45,27 @@ impl Transport for Mux {
         match (target.scheme, &self.ssh) {
             (Scheme::Agent, _) => self.agent.deliver(target, request, events),
             (Scheme::Ssh, Some(ssh)) => ssh.deliver(target, request, events),
-            (Scheme::Ssh, None) => {
-                Box::pin(async { Outcome::Failed("SSH hosts are not supported here".to_owned()) })
-            }
+            (Scheme::Ssh, None) => unsupported(),
         }
     }
+
+    fn deliver_tagged<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<TaggedEvent>,
+    ) -> BoxFuture<'a, Outcome> {
+        match (target.scheme, &self.ssh) {
+            (Scheme::Agent, _) => self.agent.deliver_tagged(target, request, events),
+            (Scheme::Ssh, Some(ssh)) => ssh.deliver_tagged(target, request, events),
+            (Scheme::Ssh, None) => unsupported(),
+        }
+    }
+}
+
+/// The outcome for an SSH target without an SSH transport.
+fn unsupported<'a>() -> BoxFuture<'a, Outcome> {
+    Box::pin(async { Outcome::Failed("SSH hosts are not supported here".to_owned()) })
 }
 
 #[cfg(test)]
@@ -87,5 +105,57 @@ mod tests {
             none.deliver(&ssh, &r, tx).await,
             Outcome::Failed(_)
         ));
+    }
+
+    /// Tags, like `deliver_tagged` of a proxy's agent transport puts on relayed events.
+    struct Tags;
+
+    impl Transport for Tags {
+        fn deliver<'a>(
+            &'a self,
+            _target: &'a Target,
+            _request: &'a Request,
+            _events: mpsc::Sender<Event>,
+        ) -> BoxFuture<'a, Outcome> {
+            Box::pin(async { Outcome::Failed("untagged path taken".to_owned()) })
+        }
+
+        fn deliver_tagged<'a>(
+            &'a self,
+            _target: &'a Target,
+            _request: &'a Request,
+            events: mpsc::Sender<TaggedEvent>,
+        ) -> BoxFuture<'a, Outcome> {
+            Box::pin(async move {
+                let event = Event::Progress {
+                    bytes: 1,
+                    percent: 2,
+                    rate: "3".into(),
+                };
+                events
+                    .send(TaggedEvent::about("web1", event))
+                    .await
+                    .unwrap();
+                Outcome::Reply(Reply::empty(200))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn tagged_deliveries_keep_their_tags() {
+        let mux = Mux {
+            agent: Arc::new(Tags),
+            ssh: Some(Arc::new(Fixed(202))),
+        };
+        let r = Request::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        let agent = Target::parse("h", 1).unwrap();
+        let outcome = mux.deliver_tagged(&agent, &r, tx.clone()).await;
+        assert_eq!(outcome.reply().map(|r| r.code), Some(200));
+        assert_eq!(rx.recv().await.unwrap().host.as_deref(), Some("web1"));
+        // The SSH side has only `deliver`: the default adapter, no tag.
+        let ssh = Target::parse("ssh://h", 1).unwrap();
+        let outcome = mux.deliver_tagged(&ssh, &r, tx).await;
+        assert_eq!(outcome.reply().map(|r| r.code), Some(202));
     }
 }

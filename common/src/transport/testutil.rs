@@ -23,7 +23,7 @@ use crate::legacy::Limits;
 use crate::order::{Reply, Request};
 use crate::target::Target;
 use crate::wire::handshake::{self, ServerParams};
-use crate::wire::message::{Event, Message};
+use crate::wire::message::{Event, Message, TaggedEvent};
 
 /// The test keys of the legacy vectors.
 pub const VECTORS: &str = concat!(
@@ -97,6 +97,39 @@ pub async fn v2_agent(
                     conn.send(&Message::Event { id, event }).await.unwrap();
                 }
                 tokio::time::sleep(delay).await;
+                let _ = conn.send(&Message::reply(id, &reply)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Starts a v2 peer that answers every request like a proxy: `events` (tagged with the
+/// agents they are about, or not), then `reply`.
+pub async fn v2_relay(key_cipher: &str, events: Vec<TaggedEvent>, reply: Reply) -> SocketAddr {
+    let (listener, addr) = listen().await;
+    let key_cipher = key_cipher.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (key_cipher, events, reply) = (key_cipher.clone(), events.clone(), reply.clone());
+            tokio::spawn(async move {
+                let params = ServerParams {
+                    key_cipher: &key_cipher,
+                    private_key: None,
+                    now: unix_now(),
+                };
+                let Ok(mut conn) = handshake::server(stream, params).await else {
+                    return;
+                };
+                let Ok(Some(Message::Request { id, .. })) = conn.recv().await else {
+                    return;
+                };
+                for event in &events {
+                    conn.send_event(id, event).await.unwrap();
+                }
                 let _ = conn.send(&Message::reply(id, &reply)).await;
             });
         }

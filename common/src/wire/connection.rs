@@ -10,7 +10,7 @@
 //! reordered record fails authentication, and the connection is then unusable.
 
 use super::frame::{eof_is_closed, header, read_frame, MAX_RECORD};
-use super::message::Message;
+use super::message::{Message, TaggedEvent};
 use super::WireError;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -51,7 +51,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureConnection<S> {
 
     /// Seals and sends one message, then flushes.
     pub async fn send(&mut self, message: &Message) -> Result<(), WireError> {
-        let mut record = message.encode();
+        self.send_payload(message.encode()).await
+    }
+
+    /// Seals and sends one event message for request `id`, with its host tag if any.
+    pub async fn send_event(&mut self, id: u64, event: &TaggedEvent) -> Result<(), WireError> {
+        self.send_payload(event.encode(id)).await
+    }
+
+    async fn send_payload(&mut self, mut record: Vec<u8>) -> Result<(), WireError> {
         let len = record.len() + AES_256_GCM.tag_len();
         if len > MAX_RECORD {
             return Err(WireError::TooLarge {
@@ -74,15 +82,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureConnection<S> {
 
     /// Receives and opens one message; `Ok(None)` on a clean EOF between records.
     pub async fn recv(&mut self) -> Result<Option<Message>, WireError> {
+        match self.open_next().await? {
+            Some(plain) => Message::decode(&plain).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Like [`SecureConnection::recv`], with the `host` tag of an event message that
+    /// has one ([`TaggedEvent`]).
+    pub async fn recv_tagged(&mut self) -> Result<Option<(Message, Option<String>)>, WireError> {
+        match self.open_next().await? {
+            Some(plain) => Message::decode_tagged(&plain).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads and opens the next record: its plaintext, or `None` on a clean EOF.
+    async fn open_next(&mut self) -> Result<Option<Vec<u8>>, WireError> {
         let Some((head, mut record)) = read_frame(&mut self.stream, MAX_RECORD).await? else {
             return Ok(None);
         };
-        let plain = self
+        let len = self
             .recv_key
             .open_in_place(nonce(self.recv_seq), Aad::from(head), &mut record)
-            .map_err(|_| WireError::BadRecord)?;
+            .map_err(|_| WireError::BadRecord)?
+            .len();
         self.recv_seq = self.recv_seq.wrapping_add(1);
-        Message::decode(plain).map(Some)
+        // The plaintext is the record's prefix (the tag follows it).
+        record.truncate(len);
+        Ok(Some(record))
     }
 
     /// The underlying stream (for shutdown, peer address…).

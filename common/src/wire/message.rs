@@ -3,6 +3,7 @@
 //! ```text
 //! client → agent   {"type":"request","id":1,"order":"exec","options":"job,arg","args":"","api_key":"","follow":true}
 //! agent → client   {"type":"event","id":1,"event":{"kind":"line","stream":"stdout","line":"hello"}}
+//! proxy → client   {"type":"event","id":1,"host":"web1","event":{"kind":"line",…}}   (TaggedEvent)
 //! agent → client   {"type":"reply","id":1,"code":200,"body":{"return":"true",…}}
 //! agent → client   {"type":"reply","id":1,"code":400,"text":"exec[x] not found!"}
 //! ```
@@ -92,7 +93,87 @@ pub enum Event {
     },
 }
 
+/// An event and, when a proxy relays it for one of its agents, that agent's name as the
+/// proxy names it (the `host` of its [`Event::Host`] result), so that a client can show
+/// each agent's output lines and progress under the agent's name rather than the
+/// proxy's.
+///
+/// On the wire the name is an optional `host` member of the event message, omitted when
+/// there is none (an untagged event encodes exactly as [`Message::Event`]). It is
+/// additive: a decoder that does not know it ignores it and attributes the event to the
+/// proxy, as before.
+///
+/// ```text
+/// {"type":"event","id":1,"host":"web1","event":{"kind":"line","stream":"stdout","line":"hello"}}
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaggedEvent {
+    /// The agent the event is about, if a proxy relayed it.
+    pub host: Option<String>,
+    /// The event.
+    pub event: Event,
+}
+
+impl From<Event> for TaggedEvent {
+    /// An event about the peer itself (untagged).
+    fn from(event: Event) -> TaggedEvent {
+        TaggedEvent { host: None, event }
+    }
+}
+
+impl TaggedEvent {
+    /// An event about `host`.
+    pub fn about(host: impl Into<String>, event: Event) -> TaggedEvent {
+        TaggedEvent {
+            host: Some(host.into()),
+            event,
+        }
+    }
+
+    /// Encodes the event message for request `id` as JSON.
+    pub fn encode(&self, id: u64) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            id: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            host: Option<&'a str>,
+            event: &'a Event,
+        }
+        let wire = Wire {
+            kind: "event",
+            id,
+            host: self.host.as_deref(),
+            event: &self.event,
+        };
+        // As for Message::encode: plain data, cannot fail; never panic.
+        serde_json::to_vec(&wire).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
+/// The optional `host` tag of an event message.
+#[derive(Deserialize)]
+struct HostTag {
+    #[serde(default)]
+    host: Option<String>,
+}
+
 impl Message {
+    /// Decodes a payload, with the `host` tag if it is an event message that has one
+    /// ([`TaggedEvent`]). A tag that is empty or holds control characters is ignored.
+    pub fn decode_tagged(bytes: &[u8]) -> Result<(Message, Option<String>), super::WireError> {
+        let message = Message::decode(bytes)?;
+        let host = match &message {
+            Message::Event { .. } => serde_json::from_slice::<HostTag>(bytes)
+                .ok()
+                .and_then(|tag| tag.host)
+                .filter(|h| !h.is_empty() && !h.chars().any(char::is_control)),
+            _ => None,
+        };
+        Ok((message, host))
+    }
+
     /// The reply message for `reply`.
     pub fn reply(id: u64, reply: &Reply) -> Message {
         let (body, text) = match &reply.body {
@@ -166,5 +247,49 @@ mod tests {
         );
         assert!(Message::decode(b"{\"type\":\"nope\"}").is_err());
         assert!(Message::decode(b"\xff").is_err());
+    }
+
+    /// A relayed event carries its agent's name; without one it encodes exactly as
+    /// before, and a decoder that ignores the tag still reads the event.
+    #[test]
+    fn tagged_events() {
+        let event = Event::Line {
+            stream: Stream::Stdout,
+            line: "hi".into(),
+        };
+        let plain = TaggedEvent::from(event.clone()).encode(3);
+        let message = Message::Event {
+            id: 3,
+            event: event.clone(),
+        };
+        assert_eq!(plain, message.encode());
+        assert_eq!(
+            Message::decode_tagged(&plain).unwrap(),
+            (message.clone(), None)
+        );
+
+        let tagged = TaggedEvent::about("web1:3445", event.clone()).encode(3);
+        assert_eq!(
+            String::from_utf8(tagged.clone()).unwrap(),
+            r#"{"type":"event","id":3,"host":"web1:3445","event":{"kind":"line","stream":"stdout","line":"hi"}}"#
+        );
+        assert_eq!(Message::decode(&tagged).unwrap(), message, "old decoders");
+        assert_eq!(
+            Message::decode_tagged(&tagged).unwrap(),
+            (message.clone(), Some("web1:3445".to_owned()))
+        );
+        for bad in [r#""""#, r#""a\nb""#, "5", "null"] {
+            let text = format!(
+                r#"{{"type":"event","id":3,"host":{bad},"event":{{"kind":"line","stream":"stdout","line":"hi"}}}}"#
+            );
+            assert_eq!(
+                Message::decode_tagged(text.as_bytes()).unwrap(),
+                (message.clone(), None),
+                "{bad}"
+            );
+        }
+        // Only event messages have a tag.
+        let reply = br#"{"type":"reply","id":3,"code":200,"host":"x"}"#;
+        assert_eq!(Message::decode_tagged(reply).unwrap().1, None);
     }
 }
