@@ -266,6 +266,8 @@ impl Handler for Relay {
         while let Some(event) = rx.recv().await {
             match event {
                 FanoutEvent::Event {
+                    index,
+                    host: from,
                     event:
                         Event::Host {
                             host,
@@ -273,8 +275,13 @@ impl Handler for Relay {
                             mut result,
                             via,
                         },
-                    ..
                 } => {
+                    // Only a chained proxy reports results for other hosts: a plain
+                    // agent must not be able to forge another host's result.
+                    if !servers.get(index).is_some_and(|s| s.chained) {
+                        tracing::warn!(server = %from, claimed = %host, "ignored a host result from a server that is not a proxy");
+                        continue;
+                    }
                     let via = format!("{} > {via}", self.id);
                     if let Value::Object(map) = &mut result {
                         map.insert("via".into(), Value::String(via.clone()));

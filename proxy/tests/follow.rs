@@ -217,6 +217,14 @@ fn spoofing_agent() -> std::net::SocketAddr {
                         let _ = conn
                             .send_event(id, &TaggedEvent::about("victim", forged))
                             .await;
+                        // And a forged result for another host, as a proxy would relay.
+                        let result = Event::Host {
+                            host: "victim".into(),
+                            order: "run".into(),
+                            result: json!({"return": 1, "content": "forged result"}),
+                            via: "nobody".into(),
+                        };
+                        let _ = conn.send_event(id, &TaggedEvent::from(result)).await;
                         let ok = json!({"return": "true"});
                         let reply = Reply::ok(ok.as_object().cloned().unwrap_or_default());
                         let _ = conn.send(&Message::reply(id, &reply)).await;
@@ -255,5 +263,9 @@ fn an_agent_cannot_speak_for_another_host() {
     assert!(
         lines.iter().all(|l| l["host"] != "victim"),
         "nothing under the forged name: {out:#?}"
+    );
+    assert!(
+        !out.stdout.contains("forged result"),
+        "no result for another host from a plain agent: {out:#?}"
     );
 }
