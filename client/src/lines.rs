@@ -12,7 +12,7 @@
 //! done and then printed together. Output is buffered and written when the stream of
 //! events pauses, so that a flood of lines costs few system calls.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Write};
 
 use base64::engine::general_purpose::STANDARD;
@@ -31,15 +31,16 @@ pub struct Lines {
     order: String,
     out: Vec<u8>,
     err: Vec<u8>,
-    /// `--grouped`: per host, its lines so far.
-    held: HashMap<usize, Vec<(Stream, String)>>,
-    /// Hosts that streamed at least one line.
-    streamed: Vec<bool>,
+    /// `--grouped`: per target and host (the agents behind one proxy share its
+    /// target), the lines so far.
+    held: HashMap<(usize, String), Vec<(Stream, String)>>,
+    /// Targets and hosts that streamed at least one line.
+    streamed: HashSet<(usize, String)>,
 }
 
 impl Lines {
     /// A renderer; `raw` drops the host prefix (`-q`).
-    pub fn new(order: &str, raw: bool, grouped: bool, hosts: usize) -> Lines {
+    pub fn new(order: &str, raw: bool, grouped: bool) -> Lines {
         Lines {
             raw,
             grouped,
@@ -47,7 +48,7 @@ impl Lines {
             out: Vec::new(),
             err: Vec::new(),
             held: HashMap::new(),
-            streamed: vec![false; hosts],
+            streamed: HashSet::new(),
         }
     }
 
@@ -69,12 +70,10 @@ impl Lines {
         let Event::Line { stream, line } = event else {
             return;
         };
-        if let Some(seen) = self.streamed.get_mut(index) {
-            *seen = true;
-        }
+        self.streamed.insert((index, host.to_owned()));
         if self.grouped {
             self.held
-                .entry(index)
+                .entry((index, host.to_owned()))
                 .or_default()
                 .push((*stream, line.clone()));
         } else {
@@ -86,13 +85,14 @@ impl Lines {
     /// its result says (the output of a `run` that did not stream, another order's
     /// result in the `text` form).
     pub fn done(&mut self, result: &HostResult) {
-        if let Some(held) = self.held.remove(&result.index) {
+        let key = (result.index, result.host.clone());
+        if let Some(held) = self.held.remove(&key) {
             for (stream, line) in held {
                 self.line(&result.host, stream, &line);
             }
             return;
         }
-        if self.streamed.get(result.index).copied().unwrap_or(false) {
+        if self.streamed.contains(&key) {
             return;
         }
         match &result.outcome {
@@ -109,6 +109,20 @@ impl Lines {
                     for line in String::from_utf8_lossy(&bytes).lines() {
                         self.line(&result.host, Stream::Stdout, line);
                     }
+                }
+            }
+            Outcome::Relayed { record, .. }
+                if matches!(self.order.as_str(), "run" | "upload" | "sync")
+                    && record.get("returnCode").and_then(|c| c.as_str()) == Some("200") =>
+            {
+                let bytes = record
+                    .get("content")
+                    .and_then(|c| c.get("content"))
+                    .and_then(|c| c.as_str())
+                    .and_then(|b| STANDARD.decode(b).ok())
+                    .unwrap_or_default();
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    self.line(&result.host, Stream::Stdout, line);
                 }
             }
             outcome if outcome.verdict() != Verdict::HostFailed => {
@@ -247,7 +261,7 @@ mod tests {
             stream: Stream::Stdout,
             line: s.into(),
         };
-        let mut l = Lines::new("run", false, true, 2);
+        let mut l = Lines::new("run", false, true);
         l.event(0, "a", &line("1"));
         l.event(1, "b", &line("x"));
         l.event(0, "a", &line("2"));
@@ -256,7 +270,7 @@ mod tests {
         l.done(&result(0, "a", exited(0)));
         assert_eq!(String::from_utf8_lossy(&l.out), "b: x\na: 1\na: 2\n");
 
-        let mut l = Lines::new("run", true, false, 1);
+        let mut l = Lines::new("run", true, false);
         l.event(
             0,
             "a",

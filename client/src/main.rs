@@ -167,8 +167,7 @@ async fn run(config: Config) -> io::Result<u8> {
         .unwrap_or_default();
     let mut live = (request.follow && matches!(format, Format::Json | Format::Text))
         .then(|| Live::new(order == "rsync", width));
-    let mut lines =
-        (format == Format::Lines).then(|| lines::Lines::new(&order, quiet, grouped, count));
+    let mut lines = (format == Format::Lines).then(|| lines::Lines::new(&order, quiet, grouped));
     let fanout = Fanout::new(transport).with_concurrency(concurrency);
     let mut out = BufWriter::new(io::stdout().lock());
     let mut results: Vec<Option<HostResult>> = (0..count).map(|_| None).collect();
@@ -222,6 +221,14 @@ async fn run(config: Config) -> io::Result<u8> {
                 }
                 if format == Format::Jsonl {
                     json_line(&mut out, &render::result_line(&order, &result))?;
+                }
+                // An agent behind a proxy is done: its held lines (--grouped), or its
+                // result if it streamed nothing; its bar ends.
+                if let Some(lines) = &mut lines {
+                    lines.done(&result);
+                }
+                if let Some(live) = &mut live {
+                    live.done(&result);
                 }
                 if let Some(list) = relayed.get_mut(index) {
                     list.push(result);

@@ -18,7 +18,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// Streams events to standard error as they arrive.
 pub struct Live {
     bars: Option<MultiProgress>,
-    by_host: HashMap<usize, ProgressBar>,
+    /// By target and host (the agents behind one proxy share its target).
+    by_host: HashMap<(usize, String), ProgressBar>,
     style: Option<ProgressStyle>,
     width: usize,
 }
@@ -60,14 +61,17 @@ impl Live {
                 let Some(multi) = &self.bars else {
                     return;
                 };
-                let bar = self.by_host.entry(index).or_insert_with(|| {
-                    let bar = multi.add(ProgressBar::new(100));
-                    if let Some(style) = &self.style {
-                        bar.set_style(style.clone());
-                    }
-                    bar.set_prefix(format!("{host:<w$}", w = self.width));
-                    bar
-                });
+                let bar = self
+                    .by_host
+                    .entry((index, host.to_owned()))
+                    .or_insert_with(|| {
+                        let bar = multi.add(ProgressBar::new(100));
+                        if let Some(style) = &self.style {
+                            bar.set_style(style.clone());
+                        }
+                        bar.set_prefix(format!("{host:<w$}", w = self.width));
+                        bar
+                    });
                 bar.set_position(u64::from(*percent).min(100));
                 bar.set_message(format!("{rate} {}", human_bytes(*bytes)));
             }
@@ -76,7 +80,7 @@ impl Live {
 
     /// Ends the host's bar, if it has one, with its outcome.
     pub fn done(&mut self, result: &HostResult) {
-        if let Some(bar) = self.by_host.remove(&result.index) {
+        if let Some(bar) = self.by_host.remove(&(result.index, result.host.clone())) {
             bar.finish_with_message(result.outcome.to_string());
         }
     }

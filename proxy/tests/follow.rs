@@ -128,6 +128,17 @@ fn follow_relays_each_agents_lines_under_its_name() {
         );
     }
 
+    // --grouped: each agent's stdout together, under its own name (not the proxy's).
+    let out = run_script(proxy.port(), API_KEY, "groups:web", &["--grouped"]);
+    out.expect_code(0);
+    let got: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(got.len(), 4, "{out:#?}");
+    for pair in got.chunks(2) {
+        let name = pair[0].strip_suffix(": one").expect("one first");
+        assert!(names.contains(name), "{out:#?}");
+        assert_eq!(pair[1], format!("{name}: three"), "{out:#?}");
+    }
+
     // Without --follow (json), agents do not stream, and the records are as before.
     let out = run_script(proxy.port(), API_KEY, "groups:web", &["--format=jsonl"]);
     out.expect_code(0);
