@@ -13,6 +13,7 @@
 //! | [`lock`] | `lock`/`unlock` and the cluster lock across agents, heartbeats, loss |
 //! | [`golden`] | the original's captured wire vectors replayed against the agent |
 //! | [`config`] | `--check` on the shipped samples and on broken files |
+//! | [`upload`] | `upload`: a tar body from the real client, extracted under `[allow::paths]` |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
 //! is in [`util`].
@@ -25,4 +26,5 @@ mod ipv6;
 mod lock;
 mod orders;
 mod process;
+mod upload;
 mod util;

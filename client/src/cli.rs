@@ -430,11 +430,19 @@ impl Args {
         let mut concurrency = self.concurrency;
         let (upload, sync) = match self.order {
             OrderArg::Upload | OrderArg::Sync => {
-                if let Some(agent) = targets.iter().find(|t| t.scheme != Scheme::Ssh) {
+                if self.order == OrderArg::Sync {
+                    if let Some(agent) = targets.iter().find(|t| t.scheme != Scheme::Ssh) {
+                        bail!("--order=sync is for ssh:// hosts; {agent} is an agent");
+                    }
+                }
+                if !self.api_key.is_empty() || !self.args.is_empty() {
                     bail!(
-                        "--order={} is for ssh:// hosts; {agent} is an agent (agents receive files with rsync)",
+                        "--order={} goes to agents and SSH hosts directly, not through a proxy",
                         self.order.as_str()
                     );
+                }
+                if protocol == Protocol::V1 {
+                    bail!("--order={} needs --protocol=v2", self.order.as_str());
                 }
                 let sync = (self.order == OrderArg::Sync).then(|| {
                     SyncRun::new(

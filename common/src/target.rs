@@ -275,6 +275,38 @@ impl fmt::Display for Target {
     }
 }
 
+/// Expands `%h` (host as written), `%p` (port: for SSH hosts written without one, 22),
+/// `%%` and the `extra` tokens in `template` (lock files, upload roots: hosts that share
+/// a file system can each have their own path); an unknown `%x` is kept as written.
+pub fn expand(template: &str, target: &Target, extra: &[(char, &str)]) -> String {
+    let port = match (target.scheme, target.port_given()) {
+        (Scheme::Ssh, false) => SSH_DEFAULT_PORT,
+        _ => target.port,
+    };
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some('h') => out.push_str(&target.host),
+            Some('p') => out.push_str(&port.to_string()),
+            Some(token) => match extra.iter().find(|(t, _)| *t == token) {
+                Some((_, value)) => out.push_str(value),
+                None => {
+                    out.push('%');
+                    out.push(token);
+                }
+            },
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

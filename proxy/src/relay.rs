@@ -238,6 +238,14 @@ impl Handler for Relay {
                 ),
             );
         }
+        if request.upload.is_some() || OrderName::parse(&request.order) == Some(OrderName::Upload) {
+            // The files are the caller's: a proxy has none to send, and must never
+            // read its own on a caller's say-so.
+            return Reply::error(
+                501,
+                "upload is sent to agents and SSH hosts directly, not through a proxy",
+            );
+        }
         let servers = match self.authorize(&request) {
             Ok(servers) => servers,
             Err(reply) => {

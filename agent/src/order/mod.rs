@@ -12,6 +12,7 @@ mod rlist;
 mod rsync;
 mod run;
 mod status;
+mod upload;
 
 use deploy_common::config::AgentConfig;
 use deploy_common::order::{OrderName, Reply, Request};
@@ -90,6 +91,7 @@ impl Handler for Agent {
             Some(OrderName::Rkill) => rkill::run(self, &request),
             Some(OrderName::Exec) => exec::run(self, &request, &events).await,
             Some(OrderName::Run) => run::run(self, &request, &events).await,
+            Some(OrderName::Upload) => upload::run(self, &request, &events).await,
             Some(OrderName::Lock) => lock::lock(self, peer, &request).await,
             Some(OrderName::Unlock) => lock::unlock(self, &request).await,
             None => Reply::empty(404),

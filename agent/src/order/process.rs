@@ -37,13 +37,24 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Runs `argv` to its end. A program that cannot be started is reported like a shell
-/// would: as output, with code 127.
+/// Runs `argv` to its end, in `/`. A program that cannot be started is reported like a
+/// shell would: as output, with code 127.
 pub async fn run(
     argv: &[String],
     stdin: Option<Vec<u8>>,
     follow: bool,
     events: &Events,
+) -> Finished {
+    run_in(argv, stdin, follow, events, std::path::Path::new("/")).await
+}
+
+/// [`run`] in the directory `cwd`.
+pub async fn run_in(
+    argv: &[String],
+    stdin: Option<Vec<u8>>,
+    follow: bool,
+    events: &Events,
+    cwd: &std::path::Path,
 ) -> Finished {
     let Some((program, rest)) = argv.split_first() else {
         return Finished {
@@ -60,7 +71,7 @@ pub async fn run(
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
         .env("LANG", "C.UTF-8")
-        .current_dir("/")
+        .current_dir(cwd)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

@@ -352,6 +352,9 @@ pub struct ServerConfig {
     /// `allow_run` (new): an opt-in switch, default false; the config layer only parses
     /// it, its effect is documented by the program that reads it.
     pub allow_run: bool,
+    /// `allow_upload` (new): an opt-in switch, default false: the agent extracts
+    /// `upload` tar streams under `[allow::paths]`.
+    pub allow_upload: bool,
     /// `umask` (new, octal): the daemon's umask. Default `022` (the original used 0).
     pub umask: u32,
 }
@@ -385,6 +388,7 @@ impl ServerConfig {
             pid_file: None,
             state_dir: PathBuf::from("/var/lib/deploy-agent"),
             allow_run: false,
+            allow_upload: false,
             umask: 0o022,
         }
     }
@@ -465,6 +469,7 @@ impl ServerConfig {
                 }
                 ("state_dir", _) => self.state_dir = cx.absolute(e)?,
                 ("allow_run", _) => self.allow_run = cx.boolean(e)?,
+                ("allow_upload", _) => self.allow_upload = cx.boolean(e)?,
                 ("umask", _) => self.umask = cx.octal_mode(e)?,
                 _ => return Err(cx.unknown_key(e)),
             }
@@ -499,6 +504,7 @@ const SERVER_KEYS: &[&str] = &[
     "pid_file",
     "state_dir",
     "allow_run",
+    "allow_upload",
     "umask",
 ];
 

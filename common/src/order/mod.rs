@@ -34,6 +34,9 @@ pub enum OrderName {
     Exec,
     /// Run an arbitrary command (argv); on agents only with `allow_run = on`.
     Run,
+    /// Extract a tar stream (the request's body) under a directory; on agents only with
+    /// `allow_upload = on`, and only under `[allow::paths]`.
+    Upload,
     /// Take a cluster-wide lock (all hosts or none), held with a lease.
     Lock,
     /// Release a lock.
@@ -42,13 +45,14 @@ pub enum OrderName {
 
 impl OrderName {
     /// Every order, in the order the original documents them.
-    pub const ALL: [OrderName; 8] = [
+    pub const ALL: [OrderName; 9] = [
         OrderName::Status,
         OrderName::Rlist,
         OrderName::Rsync,
         OrderName::Rkill,
         OrderName::Exec,
         OrderName::Run,
+        OrderName::Upload,
         OrderName::Lock,
         OrderName::Unlock,
     ];
@@ -71,6 +75,7 @@ impl OrderName {
             OrderName::Rkill => "rkill",
             OrderName::Exec => "exec",
             OrderName::Run => "run",
+            OrderName::Upload => "upload",
             OrderName::Lock => "lock",
             OrderName::Unlock => "unlock",
         }

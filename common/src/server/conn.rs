@@ -41,26 +41,80 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Reply> + Send;
 }
 
-/// Where a handler sends streamed events.
-#[derive(Clone, Debug)]
-pub struct Events(Option<mpsc::Sender<TaggedEvent>>);
+/// Where a handler sends streamed events, and where it gets the request's body from
+/// (v2 only, see [`Events::body`]).
+#[derive(Clone, Debug, Default)]
+pub struct Events {
+    tx: Option<mpsc::Sender<TaggedEvent>>,
+    body: Option<Arc<BodySlot>>,
+}
+
+/// A piece of a request's body (see [`Events::body`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyChunk {
+    /// Some bytes.
+    Data(Vec<u8>),
+    /// The client sent the whole body. A channel that closes without it means the body
+    /// was cut short (the client went away or stalled): the order must not use it.
+    End,
+}
+
+/// The body of one v2 request, until its handler asks for it.
+#[derive(Debug)]
+struct BodySlot {
+    ready: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<BodyChunk>>>,
+}
+
+/// Pieces of a body buffered between the connection and its handler.
+const BODY_QUEUE: usize = 8;
 
 impl From<mpsc::Sender<TaggedEvent>> for Events {
     /// A sink that forwards to a channel (e.g. an HTTP stream).
     fn from(tx: mpsc::Sender<TaggedEvent>) -> Events {
-        Events(Some(tx))
+        Events {
+            tx: Some(tx),
+            body: None,
+        }
     }
 }
 
 impl Events {
     /// A sink that drops everything (v1, or a client that did not ask to follow).
     pub fn none() -> Events {
-        Events(None)
+        Events::default()
     }
 
     /// Whether anybody listens (a v2 client; v1 has no way to receive events).
     pub fn wanted(&self) -> bool {
-        self.0.is_some()
+        self.tx.is_some()
+    }
+
+    /// Whether the client can send a body (v2; not v1, nor the HTTP API).
+    pub fn can_have_body(&self) -> bool {
+        self.body.is_some()
+    }
+
+    /// Asks the client for the request's body and returns its pieces as they arrive
+    /// (the client is told to send it now: call this once ready to take it, after any
+    /// check that could refuse the order). `None` if there can be none: v1, the HTTP
+    /// API, or asked already.
+    pub fn body(&self) -> Option<mpsc::Receiver<BodyChunk>> {
+        let slot = self.body.as_ref()?;
+        let rx = slot
+            .rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()?;
+        if let Some(ready) = slot
+            .ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            let _ = ready.send(());
+        }
+        Some(rx)
     }
 
     /// Sends one event, waiting if the client reads slowly; a gone client is ignored.
@@ -75,7 +129,7 @@ impl Events {
     }
 
     async fn send_tagged(&self, event: TaggedEvent) {
-        if let Some(tx) = &self.0 {
+        if let Some(tx) = &self.tx {
             let _ = tx.send(event).await;
         }
     }
@@ -522,10 +576,21 @@ async fn serve_v2<H: Handler>(
             Reply::error(404, format!("unknown order {:?}", request.order))
         } else {
             let (tx, mut rx) = mpsc::channel::<TaggedEvent>(64);
-            let work = run_bounded(handler, policy, peer, request.clone(), Events(Some(tx)));
+            let (ready_tx, mut ready_rx) = tokio::sync::oneshot::channel();
+            let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE);
+            let events = Events {
+                tx: Some(tx),
+                body: Some(Arc::new(BodySlot {
+                    ready: std::sync::Mutex::new(Some(ready_tx)),
+                    rx: std::sync::Mutex::new(Some(body_rx)),
+                })),
+            };
+            let work = run_bounded(handler, policy, peer, request.clone(), events);
             tokio::pin!(work);
             let mut events_open = true;
-            loop {
+            let mut body_tx = Some(body_tx);
+            let mut cut = false;
+            let reply = loop {
                 tokio::select! {
                     reply = &mut work => {
                         // Flush what the handler queued before it returned.
@@ -538,13 +603,87 @@ async fn serve_v2<H: Handler>(
                         Some(event) => conn.send_event(id, &event).await?,
                         None => events_open = false,
                     },
+                    asked = &mut ready_rx, if body_tx.is_some() => {
+                        let Some(tx) = body_tx.take() else { continue };
+                        if asked.is_err() {
+                            continue;
+                        }
+                        conn.send(&Message::Continue { id }).await?;
+                        match receive_body(&mut conn, id, tx, &mut work, policy.socket_timeout).await? {
+                            None => {}
+                            Some(reply) => {
+                                cut = true;
+                                break reply;
+                            }
+                        }
+                    }
                 }
+            };
+            if cut {
+                // The order ended before its body did: the connection is out of step.
+                let message = Message::reply(id, &reply);
+                let size = message.encode().len();
+                conn.send(&message).await?;
+                access(peer, Wire::V2, Some(&request), reply.code, size, started);
+                return Ok(());
             }
+            reply
         };
         let message = Message::reply(id, &reply);
         let size = message.encode().len();
         conn.send(&message).await?;
         access(peer, Wire::V2, Some(&request), reply.code, size, started);
+    }
+}
+
+/// Receives the body of request `id` into `tx` until its `end` (then `None`), while
+/// `work` runs; `Some(reply)` if the order ended first (the rest of the body is then
+/// unread: the caller closes the connection after the reply). A client that sends
+/// nothing for `idle` ends the connection, and the order sees its body cut short.
+async fn receive_body<F: Future<Output = Reply>>(
+    conn: &mut crate::wire::connection::SecureConnection<&mut BufStream<TcpStream>>,
+    id: u64,
+    tx: mpsc::Sender<BodyChunk>,
+    work: &mut std::pin::Pin<&mut F>,
+    idle: Duration,
+) -> Result<Option<Reply>, Box<dyn std::error::Error + Send + Sync>> {
+    use base64::Engine as _;
+    let mut tx = Some(tx);
+    loop {
+        let next = tokio::select! {
+            reply = work.as_mut() => return Ok(Some(reply)),
+            next = tokio::time::timeout(idle, conn.recv()) => next,
+        };
+        let (data, end) = match next {
+            Ok(Ok(Some(Message::Data { id: of, data, end }))) if of == id => (data, end),
+            Ok(Ok(Some(_))) => return Err("protocol v2: expected the request's body".into()),
+            Ok(Ok(None)) => return Err("the client went away during the request's body".into()),
+            Ok(Err(e)) => return Err(Box::new(e)),
+            Err(_) => return Err("request body: nothing received within socket_timeout".into()),
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.as_bytes())
+            .map_err(|e| format!("request body: bad base64: {e}"))?;
+        let mut chunks = Vec::with_capacity(2);
+        if !bytes.is_empty() {
+            chunks.push(BodyChunk::Data(bytes));
+        }
+        if end {
+            chunks.push(BodyChunk::End);
+        }
+        for chunk in chunks {
+            // A handler that stopped reading gets no more; the body is still read to its
+            // end so that the connection stays in step.
+            if let Some(sender) = &tx {
+                tokio::select! {
+                    sent = sender.send(chunk) => if sent.is_err() { tx = None },
+                    reply = work.as_mut() => return Ok(Some(reply)),
+                }
+            }
+        }
+        if end {
+            return Ok(None);
+        }
     }
 }
 

@@ -48,7 +48,7 @@ use super::session::Session;
 use super::{Shared, SshError};
 use crate::order::lock::{self as wire, Grant, HeldBy, LockName, Token};
 use crate::order::{Reply, Request};
-use crate::target::{Target, SSH_DEFAULT_PORT};
+use crate::target::{expand, Target};
 
 /// The lock file when none is configured.
 pub const DEFAULT_LOCK_FILE: &str = "/tmp/deploy-%n.lock";
@@ -97,38 +97,6 @@ impl Answer {
 /// The remote lock file for `name` on `target`, from the template.
 pub fn lock_path(template: &str, name: &str, target: &Target) -> String {
     expand(template, target, &[('n', name)])
-}
-
-/// Expands `%h` (host as written), `%p` (port), `%%` and the `extra` tokens in
-/// `template`; an unknown `%x` is kept as written.
-pub fn expand(template: &str, target: &Target, extra: &[(char, &str)]) -> String {
-    let port = if target.port_given() {
-        target.port
-    } else {
-        SSH_DEFAULT_PORT
-    };
-    let mut out = String::with_capacity(template.len() + 16);
-    let mut chars = template.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('%') => out.push('%'),
-            Some('h') => out.push_str(&target.host),
-            Some('p') => out.push_str(&port.to_string()),
-            Some(token) => match extra.iter().find(|(t, _)| *t == token) {
-                Some((_, value)) => out.push_str(value),
-                None => {
-                    out.push('%');
-                    out.push(token);
-                }
-            },
-            None => out.push('%'),
-        }
-    }
-    out
 }
 
 /// The remote script: prints `acquired` then echoes its input while holding the lock,

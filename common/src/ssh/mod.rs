@@ -375,8 +375,6 @@ pub(crate) struct Shared {
     stats: Arc<SshStats>,
     /// Cluster locks held by this process's sessions.
     locks: lock::Locks,
-    /// `upload`/`sync`: the files, walked once per run.
-    manifests: upload::Manifests,
     /// `sync`: the runs' meeting points.
     hubs: upload::Hubs,
 }
@@ -410,7 +408,6 @@ impl SshTransport {
             jumps: tokio::sync::Mutex::new(HashMap::new()),
             stats: Arc::new(SshStats::default()),
             locks: lock::Locks::default(),
-            manifests: upload::Manifests::default(),
             hubs: upload::Hubs::default(),
         };
         Ok(SshTransport {

@@ -29,21 +29,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, watch};
 
 use super::lines::{quote, remote_command};
-use super::lock::expand;
 use super::session::{self, Session};
 use super::{Shared, SshError};
 use crate::order::run::ran;
 use crate::order::sync::SyncRun;
 use crate::order::upload::sent;
 use crate::order::{Reply, Request};
-use crate::target::Target;
-use crate::upload::{tar, Manifest, UploadSpec};
+use crate::target::{expand, Target};
+use crate::upload::{tar, Manifest};
 use crate::wire::message::{Event, Stream};
-
-/// Manifests by spec, walked once per run.
-pub(super) type Manifests = tokio::sync::Mutex<
-    HashMap<UploadSpec, Arc<tokio::sync::OnceCell<Result<Arc<Manifest>, String>>>>,
->;
 
 /// Sync hubs by prefix.
 pub(super) type Hubs = Mutex<HashMap<String, Arc<Hub>>>;
@@ -203,7 +197,7 @@ impl Shared {
                         "upload needs a root directory",
                     )));
                 }
-                match self.manifest(spec).await {
+                match crate::upload::manifest(spec).await {
                     Ok(manifest) => Some(manifest),
                     Err(why) => return Ok(Prepared::Done(Reply::error(400, why))),
                 }
@@ -254,27 +248,6 @@ impl Shared {
             files,
             sent: sent_bytes,
         })
-    }
-
-    /// The manifest of `spec`, walked by the first host that needs it.
-    async fn manifest(&self, spec: &UploadSpec) -> Result<Arc<Manifest>, String> {
-        let cell = {
-            let mut manifests = self.manifests.lock().await;
-            Arc::clone(manifests.entry(spec.clone()).or_default())
-        };
-        cell.get_or_init(|| async {
-            let spec = spec.clone();
-            tokio::task::spawn_blocking(move || {
-                let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
-                Manifest::build(&spec, &cwd)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("internal error: {e}")))
-        })
-        .await
-        .clone()
     }
 
     /// The hub of `run`, made by the first host of the run.

@@ -224,6 +224,19 @@ impl AgentTransport {
         events: Sink,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
+            // An upload root may name the host (`%h`, `%p`): each agent gets its own.
+            let expanded;
+            let request = match request.upload.as_deref() {
+                Some(spec) if spec.root.contains('%') => {
+                    let mut copy = request.clone();
+                    let mut spec = spec.clone();
+                    spec.root = crate::target::expand(&spec.root, target, &[]);
+                    copy.upload = Some(Box::new(spec));
+                    expanded = copy;
+                    &expanded
+                }
+                _ => request,
+            };
             let exchange = async {
                 if let (Protocol::V2, Some(pool)) = (self.protocol, &self.pool) {
                     if let Some(mut conn) = pool.take(&target.address()) {
@@ -424,6 +437,10 @@ impl AgentTransport {
                     received = true;
                     events.send(event, host.filter(|_| to_proxy)).await;
                 }
+                Ok(Some((Message::Continue { id }, _))) if id == REQUEST_ID => {
+                    received = true;
+                    send_body(conn, request).await?;
+                }
                 Ok(Some((
                     Message::Reply {
                         id,
@@ -542,6 +559,47 @@ impl AgentTransport {
 }
 
 /// A v1 client got a v2 frame (which starts with a 0 length byte) back.
+/// Sends the body the agent asked for: the `upload` files as one tar stream, in
+/// [`CHUNK`](crate::upload::tar::CHUNK)-sized `data` messages, then `end`. If the files
+/// cannot be read the connection is dropped mid-body, so that the agent never takes a
+/// cut archive for a whole one.
+async fn send_body(
+    conn: &mut SecureConnection<TcpStream>,
+    request: &Request,
+) -> Result<(), V2Error> {
+    let failed = |why: String| V2Error {
+        stale: false,
+        outcome: Outcome::Failed(why),
+    };
+    let Some(spec) = request.upload.as_deref().filter(|s| !s.files.is_empty()) else {
+        return Err(failed(
+            "the agent asked for a body, but this order has none".to_owned(),
+        ));
+    };
+    let manifest = crate::upload::manifest(spec).await.map_err(failed)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let producer = tokio::spawn(async move {
+        crate::upload::tar::stream(&manifest, |chunk| {
+            let tx = tx.clone();
+            async move { tx.send(chunk).await.map_err(|_| "the agent went away") }
+        })
+        .await
+    });
+    while let Some(chunk) = rx.recv().await {
+        conn.send(&Message::data(REQUEST_ID, &chunk, false))
+            .await
+            .map_err(|e| failed(format!("sending the upload: {e}")))?;
+    }
+    match producer.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(failed(format!("upload stopped: {e}"))),
+        Err(e) => return Err(failed(format!("upload stopped: internal error: {e}"))),
+    }
+    conn.send(&Message::data(REQUEST_ID, &[], true))
+        .await
+        .map_err(|e| failed(format!("sending the upload: {e}")))
+}
+
 fn v1_sees_v2() -> Outcome {
     Outcome::Failed(
         "protocol mismatch: the peer answered in protocol v2; use protocol v2 for it".to_owned(),

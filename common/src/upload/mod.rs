@@ -18,9 +18,10 @@
 //!   applied is the extracting side's choice (`--no-preserve-owner`).
 //! * Sockets, FIFOs and devices are refused, naming the path.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -230,6 +231,33 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// A walked manifest, shared by every delivery of a process.
+type Cached = Arc<tokio::sync::OnceCell<Result<Arc<Manifest>, String>>>;
+
+/// The manifest of `spec` (paths relative to the current directory), walked once per
+/// process by the first delivery that needs it: a run sends the same files to every
+/// host, whatever its transport. Only programs that upload (the client) call this.
+pub async fn manifest(spec: &UploadSpec) -> Result<Arc<Manifest>, String> {
+    static CACHE: OnceLock<tokio::sync::Mutex<HashMap<UploadSpec, Cached>>> = OnceLock::new();
+    let cell = {
+        let mut cache = CACHE.get_or_init(Default::default).lock().await;
+        Arc::clone(cache.entry(spec.clone()).or_default())
+    };
+    cell.get_or_init(|| async {
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || {
+            let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+            Manifest::build(&spec, &cwd)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("internal error: {e}")))
+    })
+    .await
+    .clone()
 }
 
 /// The archive name of `given`: cleaned, made absolute (then without its leading `/`)

@@ -10,6 +10,17 @@
 //!
 //! A connection carries any number of requests one after another; each request gets zero
 //! or more events and exactly one reply with the same `id`.
+//!
+//! An order that takes a body (`upload`: a tar stream) asks for it once it is ready to
+//! receive it; the client then sends it in `data` messages, the last one marked `end`,
+//! and reads events and the reply as for any order. An order that refuses (403…) just
+//! replies, and no body is sent.
+//!
+//! ```text
+//! agent → client   {"type":"continue","id":1}
+//! client → agent   {"type":"data","id":1,"data":"<base64, at most 64 KiB decoded>"}  …
+//! client → agent   {"type":"data","id":1,"data":"","end":true}
+//! ```
 
 use crate::order::{Body, Reply, Request};
 use serde::{Deserialize, Serialize};
@@ -33,6 +44,21 @@ pub enum Message {
         id: u64,
         /// What happened.
         event: Event,
+    },
+    /// The order is ready for its body: send it (as [`Message::Data`]).
+    Continue {
+        /// The request's identifier.
+        id: u64,
+    },
+    /// A piece of a request's body; the last one has `end` set.
+    Data {
+        /// The request's identifier.
+        id: u64,
+        /// The bytes, base64.
+        data: String,
+        /// This is the last piece.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        end: bool,
     },
     /// The order's outcome; the last message for its `id`.
     Reply {
@@ -172,6 +198,16 @@ impl Message {
             _ => None,
         };
         Ok((message, host))
+    }
+
+    /// A body piece for request `id`.
+    pub fn data(id: u64, bytes: &[u8], end: bool) -> Message {
+        use base64::Engine as _;
+        Message::Data {
+            id,
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+            end,
+        }
     }
 
     /// The reply message for `reply`.
