@@ -453,13 +453,24 @@ impl Args {
                 if self.upload.is_empty() && self.order == OrderArg::Upload {
                     bail!("--order=upload needs --upload=PATH (repeatable)");
                 }
+                if self.stdin.is_some() {
+                    bail!(
+                        "--stdin is not for --order={}: {}",
+                        self.order.as_str(),
+                        if sync.is_some() {
+                            "the tool's standard input carries the sync protocol"
+                        } else {
+                            "the command after the upload reads no input"
+                        }
+                    );
+                }
                 let root = match (&self.root, &sync) {
                     (Some(root), _) => root.clone(),
-                    (None, Some(run)) if !self.upload.is_empty() => format!(
+                    // The tool is always told its run directory.
+                    (None, Some(run)) => format!(
                         ".deploy-runs/{}",
                         run.prefix.trim_start_matches("ORGALORG:")
                     ),
-                    (None, Some(_)) => String::new(),
                     (None, None) => bail!("--order=upload needs --root=DIR"),
                 };
                 let spec = UploadSpec {

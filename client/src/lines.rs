@@ -84,7 +84,25 @@ impl Lines {
     /// A host is done: its held lines (`--grouped`), or, when it streamed nothing, what
     /// its result says (the output of a `run` that did not stream, another order's
     /// result in the `text` form).
-    pub fn done(&mut self, result: &HostResult) {
+    ///
+    /// `target_done` says the whole target ended (not one agent behind a proxy): lines
+    /// still held for its agents are printed then rather than lost.
+    pub fn done(&mut self, result: &HostResult, target_done: bool) {
+        if target_done {
+            let orphans: Vec<(usize, String)> = self
+                .held
+                .keys()
+                .filter(|(index, host)| *index == result.index && *host != result.host)
+                .cloned()
+                .collect();
+            for orphan in orphans {
+                if let Some(held) = self.held.remove(&orphan) {
+                    for (stream, line) in held {
+                        self.line(&orphan.1, stream, &line);
+                    }
+                }
+            }
+        }
         let key = (result.index, result.host.clone());
         if let Some(held) = self.held.remove(&key) {
             for (stream, line) in held {
@@ -92,6 +110,7 @@ impl Lines {
             }
             return;
         }
+
         if self.streamed.contains(&key) {
             return;
         }
@@ -266,9 +285,20 @@ mod tests {
         l.event(1, "b", &line("x"));
         l.event(0, "a", &line("2"));
         assert!(l.out.is_empty());
-        l.done(&result(1, "b", exited(0)));
-        l.done(&result(0, "a", exited(0)));
+        l.done(&result(1, "b", exited(0)), true);
+        l.done(&result(0, "a", exited(0)), true);
         assert_eq!(String::from_utf8_lossy(&l.out), "b: x\na: 1\na: 2\n");
+
+        // Behind a proxy (one target, index 0): each agent's lines together under its
+        // name; an agent whose result never came is printed when the proxy ends.
+        let mut l = Lines::new("run", false, true);
+        l.event(0, "x", &line("x1"));
+        l.event(0, "y", &line("y1"));
+        l.event(0, "x", &line("x2"));
+        l.done(&result(0, "x", exited(0)), false);
+        assert_eq!(String::from_utf8_lossy(&l.out), "x: x1\nx: x2\n");
+        l.done(&result(0, "px", exited(0)), true);
+        assert_eq!(String::from_utf8_lossy(&l.out), "x: x1\nx: x2\ny: y1\n");
 
         let mut l = Lines::new("run", true, false);
         l.event(

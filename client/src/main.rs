@@ -225,7 +225,7 @@ async fn run(config: Config) -> io::Result<u8> {
                 // An agent behind a proxy is done: its held lines (--grouped), or its
                 // result if it streamed nothing; its bar ends.
                 if let Some(lines) = &mut lines {
-                    lines.done(&result);
+                    lines.done(&result, false);
                 }
                 if let Some(live) = &mut live {
                     live.done(&result);
@@ -255,7 +255,7 @@ async fn run(config: Config) -> io::Result<u8> {
                     live.done(&result);
                 }
                 if let Some(lines) = &mut lines {
-                    lines.done(&result);
+                    lines.done(&result, true);
                 }
                 if result.outcome.verdict() == Verdict::HostFailed && !quiet {
                     let skipped =

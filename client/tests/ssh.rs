@@ -823,8 +823,8 @@ async fn ssh_lock_held_by_one_run_is_refused_to_a_second() {
     let holder = format!(":{}", first.pid());
     for i in 0..HOSTS {
         let (ip, port, _) = &c.hosts[i];
-        let file = home.path().join(format!("{ip}-{port}.lock"));
-        let text = std::fs::read_to_string(&file).expect("lock file");
+        let file = home.path().join(format!("{ip}-{port}.lock.holder"));
+        let text = std::fs::read_to_string(&file).expect("holder file");
         assert!(
             text.starts_with("root@") && text.trim_end().ends_with(&holder),
             "{text}"
@@ -1022,6 +1022,32 @@ fn ssh_upload_a_file_two_files_and_a_directory() {
         assert!(tree.join("empty").is_dir());
     }
 
+    // A root with a quote and a space, and a command with a trailing comment, run by
+    // `sh` whatever the login shell.
+    let odd = format!("--root={}/it's a dir/%h-%p", base.display());
+    let out = client_in(
+        home.path(),
+        &src,
+        &[
+            "--hosts",
+            &hosts,
+            "--order=upload",
+            "--relative",
+            "--upload=one.txt",
+            &odd,
+            "--",
+            "cat",
+            "one.txt",
+            "#",
+            "a comment",
+        ],
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout.matches(": one\n").count(), HOSTS, "{out:?}");
+    assert!(host_root(c, &base.join("it's a dir"), 0)
+        .join("one.txt")
+        .exists());
+
     // A command that fails after the upload, and a file that does not exist.
     let out = client_in(
         home.path(),
@@ -1141,9 +1167,11 @@ fn ssh_sync_two_phase_barrier() {
     let out = client_in(home.path(), &src, &strict);
     assert_eq!(out.status, 3, "{out:?}");
     assert!(!out.stdout.contains("phase1"), "{out:?}");
-    assert!(
-        out.stdout
-            .contains(": sync: aborted before START: ssh://127.0.0.1:"),
+    assert_eq!(
+        out.stderr
+            .matches(": sync: aborted before START: ssh://127.0.0.1:")
+            .count(),
+        HOSTS,
         "{out:?}"
     );
     assert!(
@@ -1158,6 +1186,102 @@ fn ssh_sync_two_phase_barrier() {
     assert_eq!(
         out.stdout.matches(": phase2 after 10\n").count(),
         HOSTS,
+        "{out:?}"
+    );
+}
+
+/// A sync tool that fails on the first host after START; the others wait at a barrier
+/// that can then never complete.
+const FAILING_TOOL: &str = r#"#!/bin/bash
+touch started
+read -r prefix hello || exit 0
+nodes=0; me=0
+while read -r p kind node current; do
+  case "$kind" in
+    NODE) nodes=$((nodes+1)); [ "$current" = CURRENT ] && me=$nodes ;;
+    START) break ;;
+  esac
+done
+[ "$me" = 1 ] && exit 3
+echo "$prefix SYNC waiting"
+got=0
+while [ "$got" -lt "$nodes" ] && read -r p kind node desc; do
+  [ "$kind" = SYNC ] && got=$((got+1))
+done
+echo "left the barrier with $got"
+"#;
+
+#[test]
+fn ssh_sync_nothing_starts_before_start_and_a_failed_tool_ends_the_run() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let src = home.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("tool.sh"), FAILING_TOOL).expect("write");
+    let base = home.path().join("runs");
+    let root = format!("--root={}/%h-%p", base.display());
+
+    // Strict, with an unreachable host: no tool starts anywhere (`started` is the
+    // tool's first act, before it reads anything).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!(
+        "ssh://127.0.0.1:{}",
+        closed.local_addr().expect("addr").port()
+    );
+    drop(closed);
+    let with_dead = format!("{hosts},{dead}");
+    let out = client_in(
+        home.path(),
+        &src,
+        &[
+            "--hosts",
+            &with_dead,
+            "--order=sync",
+            "--relative",
+            "--upload=tool.sh",
+            &root,
+            "--",
+            "bash",
+            "tool.sh",
+        ],
+    );
+    assert_eq!(out.status, 3, "{out:?}");
+    for i in 0..HOSTS {
+        let dir = host_root(c, &base, i);
+        assert!(dir.join("tool.sh").exists(), "uploaded: {out:?}");
+        assert!(
+            !dir.join("started").exists(),
+            "a tool ran before START: {out:?}"
+        );
+    }
+
+    // A tool that fails after START ends the others' input: nobody waits forever.
+    let out = client_in(
+        home.path(),
+        &src,
+        &[
+            "--hosts",
+            &hosts,
+            "--order=sync",
+            "--relative",
+            "--upload=tool.sh",
+            &root,
+            "--",
+            "bash",
+            "tool.sh",
+        ],
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stderr.contains("code 3 (1 host)"), "{out:?}");
+    assert_eq!(
+        out.stderr.matches(": sync: aborted: ssh://").count(),
+        HOSTS - 1,
+        "{out:?}"
+    );
+    assert_eq!(
+        out.stdout.matches(": left the barrier with").count(),
+        HOSTS - 1,
         "{out:?}"
     );
 }

@@ -238,6 +238,18 @@ impl Handler for Relay {
                 ),
             );
         }
+        if matches!(
+            OrderName::parse(&request.order),
+            Some(OrderName::Lock | OrderName::Unlock)
+        ) {
+            // All-or-nothing needs every host's own answer, and an SSH host's lock is a
+            // session of whoever took it: here, a proxy worker that no client could
+            // release. deploy-client takes locks on the hosts directly.
+            return Reply::error(
+                501,
+                "the cluster lock is taken on agents and SSH hosts directly, not through a proxy",
+            );
+        }
         if request.upload.is_some() || OrderName::parse(&request.order) == Some(OrderName::Upload) {
             // The files are the caller's: a proxy has none to send, and must never
             // read its own on a caller's say-so.

@@ -268,3 +268,45 @@ fn an_agent_with_another_key_is_unauthorized_alone() {
         assert_echo_ok(&host, &got[&host], ID);
     }
 }
+
+/// The cluster lock and uploads are refused (501) by the proxy itself: a lock must be
+/// every host's own answer (and an SSH host's lock would be a session of the proxy's
+/// worker that no client could release), and an upload's files are the caller's, which a
+/// proxy must never read on its own disk. Nothing reaches the agents.
+#[test]
+fn lock_and_upload_are_not_relayed() {
+    let s = setup(23, |c| c);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], s.proxy.port()).into();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let secret = s._dir.path().join("secret.txt");
+    std::fs::write(&secret, "proxy-local secret\n").unwrap();
+    for order in ["lock", "unlock", "upload"] {
+        let mut request = deploy_testkit::request(order, "");
+        request.api_key = "web-key".into();
+        request.args = "groups:web".into();
+        if order == "upload" {
+            request.upload = Some(Box::new(deploy_common::upload::UploadSpec {
+                files: vec![secret.display().to_string()],
+                root: "/tmp".into(),
+                ..Default::default()
+            }));
+        }
+        let reply = runtime
+            .block_on(deploy_testkit::v2(
+                addr,
+                deploy_common::legacy::auth::DEFAULT_KEY_CIPHER,
+                None,
+                request,
+            ))
+            .expect("v2 exchange");
+        assert_eq!(reply.code, 501, "{order}: {reply:?}");
+        assert!(
+            reply.text.contains("not through a proxy"),
+            "{order}: {reply:?}"
+        );
+    }
+    let _ = &s.web;
+}

@@ -21,13 +21,17 @@
 //! The lock lives exactly as long as the session: if this process dies, `cat` reads EOF
 //! and exits, and the kernel releases the lock, so there are no stale locks and no lease
 //! to run out on the host. The lease of the request only sets the heartbeat's period
-//! (a third of it) and how long an answer may take. The lock file is opened for
-//! appending, locked on its own descriptor (which `cat` inherits), and then rewritten
-//! with the holder's label, which a refused locker reads and reports. Its path is a
-//! template ([`SshOptions::lock_file`](super::SshOptions::lock_file)): `%n` the lock's
+//! (a third of it). The lock file is opened for appending (never truncated; a symbolic
+//! link is refused) and locked on its own descriptor, which `cat` inherits; the holder's
+//! label goes beside it, to `<file>.holder`, which a refused locker reads and reports.
+//! Its path is a template ([`SshOptions::lock_file`](super::SshOptions::lock_file)): `%n` the lock's
 //! name, `%h`/`%p` the host and port as written, so hosts that share a file system can
 //! each have their own file. The script runs under `sh -c` whatever the remote user's
-//! shell, and under `sudo -n` with `--sudo`.
+//! shell (under `sudo -n` if the request says `sudo`).
+//!
+//! Known limit: the session's connection is served by the runtime that made it (the
+//! client's main one), so a heartbeat cannot answer while that runtime is blocked, e.g.
+//! on a paused pager for more than a lease.
 
 #![deny(
     clippy::unwrap_used,
@@ -100,15 +104,22 @@ pub fn lock_path(template: &str, name: &str, target: &Target) -> String {
 }
 
 /// The remote script: prints `acquired` then echoes its input while holding the lock,
-/// or prints `locked <holder>` or `error <why>`.
+/// or prints `locked <holder>` or `error <why>`. The lock file is opened for appending
+/// (never truncated: it may be any file, as with orgalorg) and must not be a symbolic
+/// link; the holder's label goes to `<file>.holder`, written to a fresh temporary file
+/// and renamed over it, so that no planted link is followed.
 fn script(path: &str, holder: &str) -> String {
     format!(
         "l={path}; h={holder}; \
          command -v flock >/dev/null 2>&1 || {{ echo 'error flock(1) is not installed'; exit 0; }}; \
+         [ -L \"$l\" ] && {{ echo \"error $l is a symbolic link\"; exit 0; }}; \
          ( : >>\"$l\" ) 2>/dev/null || {{ echo \"error cannot open $l for writing\"; exit 0; }}; \
          exec 9>>\"$l\"; \
-         if flock -n -x 9; then printf '%s\\n' \"$h\" >\"$l\"; echo acquired; exec cat; fi; \
-         printf 'locked %s\\n' \"$(head -n 1 \"$l\" 2>/dev/null)\"",
+         if flock -n -x 9; then \
+           t=$(mktemp \"$l.holder.XXXXXX\" 2>/dev/null) && printf '%s\\n' \"$h\" >\"$t\" && mv -f \"$t\" \"$l.holder\"; \
+           echo acquired; exec cat; \
+         fi; \
+         printf 'locked %s\\n' \"$(head -n 1 \"$l.holder\" 2>/dev/null)\"",
         path = quote(path),
         holder = quote(holder),
     )
@@ -284,26 +295,31 @@ impl Shared {
     }
 
     async fn unlock(&self, key: (String, String), request: &Request) -> Reply {
+        // The map is locked only to look up and remove, never while a host is awaited:
+        // one stuck host must not hold up the others' heartbeats.
+        let Some(entry) = self.locks.held.lock().await.get(&key).cloned() else {
+            return Reply::ok(wire::released(&key.1, false));
+        };
+        {
+            let held = entry.lock().await;
+            if !held.token.matches(&request.token) {
+                return Reply::error(
+                    403,
+                    HeldBy {
+                        lock: key.1.clone(),
+                        holder: held.holder.clone(),
+                        expires: 0,
+                    }
+                    .wrong_token(),
+                );
+            }
+        }
         let entry = {
             let mut locks = self.locks.held.lock().await;
             match locks.get(&key) {
-                None => return Reply::ok(wire::released(&key.1, false)),
-                Some(entry) => {
-                    let held = entry.lock().await;
-                    if !held.token.matches(&request.token) {
-                        return Reply::error(
-                            403,
-                            HeldBy {
-                                lock: key.1.clone(),
-                                holder: held.holder.clone(),
-                                expires: 0,
-                            }
-                            .wrong_token(),
-                        );
-                    }
-                    drop(held);
-                    locks.remove(&key)
-                }
+                Some(current) if Arc::ptr_eq(current, &entry) => locks.remove(&key),
+                // Released (or lost and retaken) meanwhile.
+                _ => None,
             }
         };
         if let Some(entry) = entry {
@@ -438,8 +454,18 @@ mod tests {
         // Stdin is /dev/null: acquired, then `cat` ends at once.
         let out = run();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "acquired\n");
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "me@h:1 'q'\n");
-        // Held elsewhere: refused, naming the holder written in the file.
+        let sidecar = dir.path().join("it's.lock.holder");
+        assert_eq!(std::fs::read_to_string(&sidecar).unwrap(), "me@h:1 'q'\n");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "",
+            "never truncated or written"
+        );
+        // An existing file keeps its contents.
+        std::fs::write(&file, "precious\n").unwrap();
+        assert_eq!(String::from_utf8_lossy(&run().stdout), "acquired\n");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious\n");
+        // Held elsewhere: refused, naming the holder written beside the file.
         let holder = std::fs::File::open(&file).unwrap();
         nix::fcntl::Flock::lock(holder, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map(|held| {
@@ -448,5 +474,19 @@ mod tests {
                 drop(held);
             })
             .unwrap();
+        // A symbolic link is refused, and what it points to is left alone.
+        let link = dir.path().join("link.lock");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", &super::script(&link.to_string_lossy(), "x")])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.starts_with("error ") && said.contains("symbolic link"),
+            "{said}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious\n");
     }
 }

@@ -283,6 +283,21 @@ impl SshError {
         }
     }
 
+    /// Whether the host (or a jump host on the way) could not be reached: what
+    /// [`SshError::into_outcome`] makes [`Outcome::Unreachable`].
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            SshError::Connect { .. }
+                | SshError::Protocol(russh::Error::IO(_))
+                | SshError::HandshakeTimeout { .. }
+                | SshError::Via {
+                    unreachable: Some(_),
+                    ..
+                }
+        )
+    }
+
     /// The outcome of a delivery that failed this way: connection failures (here or at a
     /// jump host) are [`Outcome::Unreachable`]; anything else (host keys,
     /// authentication, protocol) is [`Outcome::Failed`].
@@ -435,7 +450,10 @@ impl Shared {
     ) -> Outcome {
         match request.order.as_str() {
             "run" => {}
-            "lock" | "unlock" => return Outcome::Reply(self.deliver_lock(target, request).await),
+            "lock" | "unlock" => {
+                let work = async { Ok(self.deliver_lock(target, request).await) };
+                return self.bounded(target, work).await;
+            }
             "upload" | "sync" => {
                 let work = self.deliver_upload(target, request, &events);
                 return self.bounded(target, work).await;

@@ -4,17 +4,22 @@
 //! ```text
 //! connect ─► exec "mkdir -p -- ROOT && tar -x -p -f - -C ROOT --numeric-owner [--no-same-owner]"
 //!            stdin ◄─ the manifest as tar, chunk by chunk (the host's window paces it)
-//!   tar exits 0 ─► upload: exec "cd ROOT && { COMMAND; }"   (if one was given)
-//!              └─► sync:   exec "cd ROOT && export DEPLOY_RUN_DIR=\"$PWD\" && { TOOL; }"
-//!                          stdin ◄─ the hub's lines; stdout SYNC lines ─► the hub
+//!   tar exits 0 ─► upload: exec sh -c 'mkdir -p -- ROOT && cd ROOT && {⏎COMMAND⏎}'  (if given)
+//!              └─► sync:   wait until every host is there (or failed), then
+//!                          exec sh -c '… cd ROOT && DEPLOY_RUN_DIR=$PWD … {⏎TOOL⏎}'
+//!                          stdin ◄─ HELLO/NODE/START, then the hub's lines; stdout SYNC ─► hub
 //! ```
 //!
 //! The manifest is walked once per run and shared by every host; each host's stream
 //! reads the files itself, so a slow host paces only itself and memory stays constant.
 //! Under `--sudo` the extraction and the command run under `sudo -n sh -c`.
 //!
-//! The sync [`Hub`] (one per run, by prefix) sends HELLO/NODE/START to every tool once
-//! every host has either started its tool or failed, and relays each SYNC to all.
+//! The sync [`Hub`] (one per run, by prefix) lets the tools start once every host has
+//! its files or has failed (strict: any failure aborts before any tool starts; loose:
+//! unreachable hosts are left out), gives each HELLO/NODE/START, and relays each SYNC
+//! to all. A tool that fails after START ends the others' input (EOF), since they could
+//! wait at a barrier for it forever. A file that cannot be sent whole fails its host,
+//! but what was extracted before stays on it (there is no staging directory).
 
 #![deny(
     clippy::unwrap_used,
@@ -28,7 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, watch};
 
-use super::lines::{quote, remote_command};
+use super::lines::quote;
 use super::session::{self, Session};
 use super::{Shared, SshError};
 use crate::order::run::ran;
@@ -72,31 +77,43 @@ impl Shared {
             }) => (session, root, files, sent),
             Ok(Prepared::Done(reply)) => {
                 if let Some(member) = &mut member {
-                    member.why = format!("{} {}", reply.code, reply.content());
+                    member.why = match &reply.body {
+                        crate::order::Body::Text(text) => format!("{} {text}", reply.code),
+                        _ => format!("its upload failed ({} {})", reply.code, reply.reason()),
+                    };
                 }
                 return Ok(reply);
             }
             Err(e) => {
                 if let Some(member) = &mut member {
                     member.why = e.to_string();
+                    // Only a host that cannot be reached may be left out (loose mode).
+                    member.unreachable = e.is_unreachable();
                 }
                 return Err(e);
             }
         };
+        // The command runs under `sh -c` whatever the login shell, in the root (made if
+        // missing); on lines of its own, so that `cmd &` or a trailing comment work.
+        let command = request.argv.join(" ");
         let cd = if root.is_empty() {
             String::new()
         } else {
-            format!("cd {} && ", quote(&root))
+            format!("mkdir -p -- {r} && cd {r} && ", r = quote(&root))
+        };
+        let wrap = |script: String| {
+            if request.sudo {
+                format!("sudo -n sh -c {}", quote(&script))
+            } else {
+                format!("sh -c {}", quote(&script))
+            }
         };
         let Some((hub, run)) = sync else {
             if request.argv.is_empty() {
                 let body = ran(0, "tar -x", b"");
                 return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
             }
-            let command = remote_command(
-                &[format!("{cd}{{ {}; }}", request.argv.join(" "))],
-                request.sudo,
-            );
+            let command = wrap(format!("{cd}{{\n{command}\n}}"));
             let reply = session::run(&session, &command, None, events, &self.stats).await?;
             return Ok(match reply.body {
                 crate::order::Body::Json(body) if reply.code == 200 => {
@@ -105,44 +122,55 @@ impl Shared {
                 _ => reply,
             });
         };
-        let tool = remote_command(
-            &[format!(
-                "{cd}export DEPLOY_RUN_DIR=\"$PWD\" && {{ {}; }}",
-                request.argv.join(" ")
-            )],
-            request.sudo,
-        );
+        let tool = wrap(format!(
+            "{cd}DEPLOY_RUN_DIR=\"$PWD\" && export DEPLOY_RUN_DIR && {{\n{command}\n}}"
+        ));
+        // Ready: wait for every host before anything starts (strict: abort if one
+        // failed), with this host's input queue already taking SYNC lines.
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let mut decided = hub.decided.subscribe();
         if let Some(member) = &mut member {
             member.join(tx);
         }
-        let mut decided = hub.decided.subscribe();
-        let opening_run = run.clone();
-        let me = node.clone();
+        let nodes = loop {
+            if let Some(decision) = decided.borrow_and_update().clone() {
+                break decision;
+            }
+            if decided.changed().await.is_err() {
+                break Err("the run ended before it started".to_owned());
+            }
+        };
+        let nodes = match nodes {
+            Ok(nodes) => nodes,
+            Err(why) => {
+                let line = format!("sync: {why}");
+                let _ = events
+                    .send(Event::Line {
+                        stream: Stream::Stderr,
+                        line: line.clone(),
+                    })
+                    .await;
+                let body = ran(1, &tool, format!("{line}\n").as_bytes());
+                return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
+            }
+        };
+        let opening = run.opening(&nodes, &node);
         let feed = |writer: Arc<russh::ChannelWriteHalf<russh::client::Msg>>| async move {
-            let nodes = loop {
-                if let Some(decision) = decided.borrow_and_update().clone() {
-                    break decision?;
-                }
-                decided
-                    .changed()
-                    .await
-                    .map_err(|_| "the run ended before it started".to_owned())?;
-            };
             let send = |text: String| {
                 let writer = Arc::clone(&writer);
                 async move { writer.data_bytes(text.into_bytes()).await }
             };
             // A tool that ended before HELLO is fine: nothing more to tell it.
-            if send(opening_run.opening(&nodes, &me)).await.is_err() {
+            if send(opening).await.is_err() {
                 return Ok(false);
             }
             while let Some(line) = rx.recv().await {
                 if send(line).await.is_err() {
-                    break;
+                    return Ok(false);
                 }
             }
-            Ok(false)
+            // The run was aborted (a tool failed): EOF tells the tool.
+            Ok(true)
         };
         let relay = Arc::clone(&hub);
         let keep = |stream: Stream, line: &str| {
@@ -158,16 +186,29 @@ impl Shared {
                 Some(None) => false,
             }
         };
-        let ran_tool = session::exec(&session, &tool, events, &self.stats, feed, keep).await?;
+        let ran_tool = session::exec(&session, &tool, events, &self.stats, feed, keep).await;
+        let (mut code, mut content) = match &ran_tool {
+            Ok(ran) => (ran.code, ran.content.clone()),
+            Err(e) => (255, format!("{e}\n").into_bytes()),
+        };
+        if let Some(member) = &mut member {
+            member.ended(code == 0, &format!("its tool ended with code {code}"));
+        }
         drop(member);
-        let mut content = ran_tool.content;
-        let mut code = ran_tool.code;
-        if let Err(why) = &ran_tool.fed {
-            content.extend_from_slice(format!("sync: {why}\n").as_bytes());
+        if let Some(why) = hub.aborted(&node) {
+            let line = format!("sync: {why}");
+            let _ = events
+                .send(Event::Line {
+                    stream: Stream::Stderr,
+                    line: line.clone(),
+                })
+                .await;
+            content.extend_from_slice(format!("{line}\n").as_bytes());
             if code == 0 {
                 code = 1;
             }
         }
+        ran_tool?;
         Ok(Reply::ok(sent(
             ran(code, &tool, &content),
             &root,
@@ -313,19 +354,21 @@ enum Prepared {
 pub(super) struct Hub {
     run: SyncRun,
     state: Mutex<HubState>,
-    /// `Some(Ok(nodes))` once every host has started or failed (the NODE list), or
+    /// `Some(Ok(nodes))` once every host has uploaded or failed (the NODE list), or
     /// `Some(Err(why))` if the run is aborted before START.
     decided: watch::Sender<Option<Result<Vec<String>, String>>>,
 }
 
 #[derive(Default)]
 struct HubState {
-    /// Hosts not yet started nor failed.
+    /// Hosts neither ready nor failed yet.
     pending: HashSet<String>,
-    /// Hosts whose tool runs, and their input queue.
+    /// Hosts ready (then running their tool), and their input queue.
     ready: HashMap<String, mpsc::UnboundedSender<String>>,
-    /// Hosts that failed before their tool started, and why.
-    gone: Vec<(String, String)>,
+    /// Hosts that failed before START: why, and whether only because unreachable.
+    gone: Vec<(String, String, bool)>,
+    /// Why the run was aborted after START (a tool failed), and by which host.
+    aborted: Option<(String, String)>,
 }
 
 impl Hub {
@@ -345,7 +388,7 @@ impl Hub {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `node`'s tool runs; its input is `queue`.
+    /// `node` has its files and waits for START; its input is `queue`.
     fn join(&self, node: &str, queue: mpsc::UnboundedSender<String>) {
         let mut state = self.state();
         state.pending.remove(node);
@@ -353,35 +396,58 @@ impl Hub {
         self.decide(&state);
     }
 
-    /// `node` failed before its tool started.
-    fn leave(&self, node: &str, why: &str) {
+    /// `node` failed before START.
+    fn leave(&self, node: &str, why: &str, unreachable: bool) {
         let mut state = self.state();
         if state.pending.remove(node) {
-            state.gone.push((node.to_owned(), why.to_owned()));
+            state
+                .gone
+                .push((node.to_owned(), why.to_owned(), unreachable));
         }
         self.decide(&state);
     }
 
-    /// `node`'s tool ended: no more lines for it.
-    fn finish(&self, node: &str) {
-        self.state().ready.remove(node);
+    /// `node`'s tool ended. A failure after START aborts the run: the other tools could
+    /// wait at a barrier forever, so their input ends (EOF).
+    fn ended(&self, node: &str, ok: bool, why: &str) {
+        let mut state = self.state();
+        state.ready.remove(node);
+        let started = matches!(&*self.decided.borrow(), Some(Ok(_)));
+        if !ok && started && state.aborted.is_none() && !state.ready.is_empty() {
+            state.aborted = Some((node.to_owned(), format!("aborted: {node} failed ({why})")));
+            state.ready.clear();
+        }
     }
 
-    /// Once nobody is pending, START (or abort) everyone.
+    /// Why the run was aborted by another host than `node`, if it was.
+    fn aborted(&self, node: &str) -> Option<String> {
+        match &self.state().aborted {
+            Some((by, why)) if by != node => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// Once nobody is pending, START (or abort) everyone: strict, any failed host
+    /// aborts; loose, only unreachable ones are left out.
     fn decide(&self, state: &HubState) {
         if !state.pending.is_empty() || self.decided.borrow().is_some() {
             return;
         }
-        let decision = match state.gone.first() {
-            Some((node, why)) if self.run.strict => Err(format!(
+        let fatal: Vec<&(String, String, bool)> = state
+            .gone
+            .iter()
+            .filter(|(_, _, unreachable)| self.run.strict || !unreachable)
+            .collect();
+        let decision = match fatal.first() {
+            Some((node, why, _)) => Err(format!(
                 "aborted before START: {node} failed ({why}){}",
-                if state.gone.len() > 1 {
-                    format!(" and {} more", state.gone.len() - 1)
+                if fatal.len() > 1 {
+                    format!(" and {} more", fatal.len() - 1)
                 } else {
                     String::new()
                 }
             )),
-            _ => Ok(self
+            None => Ok(self
                 .run
                 .nodes
                 .iter()
@@ -402,14 +468,17 @@ impl Hub {
     }
 }
 
-/// A host's membership of a hub: until [`Member::join`], dropping it means the host
-/// failed; after, that its tool ended.
+/// A host's membership of a hub: dropped before [`Member::join`], the host failed
+/// before START; after, its tool ended (failed, unless [`Member::ended`] said so).
 struct Member {
     hub: Arc<Hub>,
     node: String,
     joined: bool,
+    ended: bool,
     /// Why the host failed, if it did.
     why: String,
+    /// Whether it failed only because it could not be reached.
+    unreachable: bool,
 }
 
 impl Member {
@@ -418,7 +487,9 @@ impl Member {
             hub,
             node: node.to_owned(),
             joined: false,
+            ended: false,
             why: "cancelled".to_owned(),
+            unreachable: false,
         }
     }
 
@@ -426,14 +497,19 @@ impl Member {
         self.hub.join(&self.node, queue);
         self.joined = true;
     }
+
+    fn ended(&mut self, ok: bool, why: &str) {
+        self.hub.ended(&self.node, ok, why);
+        self.ended = true;
+    }
 }
 
 impl Drop for Member {
     fn drop(&mut self) {
-        if self.joined {
-            self.hub.finish(&self.node);
-        } else {
-            self.hub.leave(&self.node, &self.why);
+        match (self.joined, self.ended) {
+            (false, _) => self.hub.leave(&self.node, &self.why, self.unreachable),
+            (true, false) => self.hub.ended(&self.node, false, "cancelled"),
+            (true, true) => {}
         }
     }
 }

@@ -130,6 +130,13 @@ impl Manifest {
         let mut manifest = Manifest::default();
         let mut seen = HashSet::new();
         for given in &spec.files {
+            if given.trim().is_empty() {
+                // `--upload="$UNSET"` must not send the whole current directory.
+                return Err(UploadError::Read {
+                    path: given.clone(),
+                    cause: "empty path".to_owned(),
+                });
+            }
             let name = archive_name(given, spec.relative, cwd)?;
             let local = if Path::new(given).is_absolute() {
                 PathBuf::from(given)
@@ -167,6 +174,11 @@ impl Manifest {
         seen: &mut HashSet<String>,
     ) -> Result<(), UploadError> {
         let kind = if meta.is_file() {
+            // Unreadable files are refused now, not once per host mid-stream.
+            std::fs::File::open(local).map_err(|e| UploadError::Read {
+                path: shown.to_owned(),
+                cause: e.to_string(),
+            })?;
             Kind::File { size: meta.len() }
         } else if meta.is_dir() {
             Kind::Dir

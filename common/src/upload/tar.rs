@@ -61,8 +61,8 @@ where
         async move { fut.await.map_err(|e| TarError::Send(e.to_string())) }
     };
     for entry in &manifest.entries {
-        out(header(entry)).await?;
         let Kind::File { size } = entry.kind else {
+            out(header(entry)).await?;
             continue;
         };
         let path = entry.local.display().to_string();
@@ -70,9 +70,12 @@ where
             path: path.clone(),
             cause,
         };
+        // Opened before its header goes out: a file that cannot be read stops the
+        // stream at an entry boundary.
         let mut file = tokio::fs::File::open(&entry.local)
             .await
             .map_err(read_err)?;
+        out(header(entry)).await?;
         let mut left = size;
         while left > 0 {
             let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
