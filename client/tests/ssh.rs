@@ -940,21 +940,14 @@ fn ssh_upload_a_file_two_files_and_a_directory() {
     std::os::unix::fs::chown(src.join("one.txt"), Some(4242), Some(4343)).expect("chown");
     let base = home.path().join("up");
     let root = format!("--root={}/%h-%p", base.display());
+    let upload = |args: &[&str]| {
+        let mut all = vec!["--hosts", &hosts, "--order=upload"];
+        all.extend_from_slice(args);
+        client_in(home.path(), &src, &all)
+    };
 
     // One file, relative layout, owner kept.
-    let out = client_in(
-        home.path(),
-        &src,
-        &[
-            "--hosts",
-            &hosts,
-            "--order=upload",
-            "--relative",
-            "--upload=one.txt",
-            &root,
-            "-q",
-        ],
-    );
+    let out = upload(&["--relative", "--upload=one.txt", &root, "-q"]);
     assert_eq!(out.status, 0, "{out:?}");
     for i in 0..HOSTS {
         let file = host_root(c, &base, i).join("one.txt");
@@ -964,25 +957,18 @@ fn ssh_upload_a_file_two_files_and_a_directory() {
     }
 
     // Two files, then a command run in the root on every host.
-    let out = client_in(
-        home.path(),
-        &src,
-        &[
-            "--hosts",
-            &hosts,
-            "--order=upload",
-            "--relative",
-            "--upload=one.txt",
-            "--upload=two.sh",
-            "--no-preserve-owner",
-            &root,
-            "--",
-            "./two.sh",
-            "&&",
-            "cat",
-            "one.txt",
-        ],
-    );
+    let out = upload(&[
+        "--relative",
+        "--upload=one.txt",
+        "--upload=two.sh",
+        "--no-preserve-owner",
+        &root,
+        "--",
+        "./two.sh",
+        "&&",
+        "cat",
+        "one.txt",
+    ]);
     assert_eq!(out.status, 0, "{out:?}");
     for i in 0..HOSTS {
         assert!(
@@ -1005,11 +991,7 @@ fn ssh_upload_a_file_two_files_and_a_directory() {
     }
 
     // A directory, absolute layout (the local path recreated under the root).
-    let out = client_in(
-        home.path(),
-        &src,
-        &["--hosts", &hosts, "--order=upload", "--upload=tree", &root],
-    );
+    let out = upload(&["--upload=tree", &root]);
     assert_eq!(out.status, 0, "{out:?}");
     let inside = src
         .join("tree")
@@ -1025,23 +1007,16 @@ fn ssh_upload_a_file_two_files_and_a_directory() {
     // A root with a quote and a space, and a command with a trailing comment, run by
     // `sh` whatever the login shell.
     let odd = format!("--root={}/it's a dir/%h-%p", base.display());
-    let out = client_in(
-        home.path(),
-        &src,
-        &[
-            "--hosts",
-            &hosts,
-            "--order=upload",
-            "--relative",
-            "--upload=one.txt",
-            &odd,
-            "--",
-            "cat",
-            "one.txt",
-            "#",
-            "a comment",
-        ],
-    );
+    let out = upload(&[
+        "--relative",
+        "--upload=one.txt",
+        &odd,
+        "--",
+        "cat",
+        "one.txt",
+        "#",
+        "a comment",
+    ]);
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(out.stdout.matches(": one\n").count(), HOSTS, "{out:?}");
     assert!(host_root(c, &base.join("it's a dir"), 0)
@@ -1049,28 +1024,10 @@ fn ssh_upload_a_file_two_files_and_a_directory() {
         .exists());
 
     // A command that fails after the upload, and a file that does not exist.
-    let out = client_in(
-        home.path(),
-        &src,
-        &[
-            "--hosts",
-            &hosts,
-            "--order=upload",
-            "--relative",
-            "--upload=one.txt",
-            &root,
-            "--",
-            "exit",
-            "17",
-        ],
-    );
+    let out = upload(&["--relative", "--upload=one.txt", &root, "--", "exit", "17"]);
     assert_eq!(out.status, 1, "{out:?}");
     assert!(out.stderr.contains("code 17 (10 hosts)"), "{out:?}");
-    let out = client_in(
-        home.path(),
-        &src,
-        &["--hosts", &hosts, "--order=upload", "--upload=nope", &root],
-    );
+    let out = upload(&["--upload=nope", &root]);
     assert_eq!(out.status, 2, "{out:?}");
     assert!(out.stderr.contains("cannot read nope"), "{out:?}");
 }
@@ -1097,31 +1054,55 @@ done
 echo "phase2 after $got"
 "#;
 
-#[test]
-fn ssh_sync_two_phase_barrier() {
-    let Some(c) = cluster() else { return };
-    let home = home(c, true);
-    let hosts = c.all();
-    let src = home.path().join("src");
-    std::fs::create_dir_all(&src).expect("mkdir");
-    std::fs::write(src.join("tool.sh"), SYNC_TOOL).expect("write");
-    let base = home.path().join("runs");
-    let root = format!("--root={}/%h-%p", base.display());
-    let out = client_in(
-        home.path(),
-        &src,
-        &[
+/// A sync run's setting: a HOME, the tool in `src/tool.sh`, roots `runs/%h-%p`.
+struct SyncSetup {
+    home: tempfile::TempDir,
+    src: std::path::PathBuf,
+    base: std::path::PathBuf,
+}
+
+impl SyncSetup {
+    fn new(c: &deploy_testkit::sshd::Cluster, tool: &str) -> SyncSetup {
+        let home = home(c, true);
+        let src = home.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("tool.sh"), tool).expect("write");
+        let base = home.path().join("runs");
+        SyncSetup { home, src, base }
+    }
+
+    /// `--order=sync` of the tool on `hosts`, with `extra` flags.
+    fn sync(&self, hosts: &str, extra: &[&str]) -> Output {
+        let root = format!("--root={}/%h-%p", self.base.display());
+        let mut args = vec![
             "--hosts",
-            &hosts,
+            hosts,
             "--order=sync",
             "--relative",
             "--upload=tool.sh",
             &root,
-            "--",
-            "bash",
-            "tool.sh",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["--", "bash", "tool.sh"]);
+        client_in(self.home.path(), &self.src, &args)
+    }
+}
+
+/// An `ssh://` host on a loopback port where nothing listens.
+fn dead_host() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!(
+        "ssh://127.0.0.1:{}",
+        closed.local_addr().expect("addr").port()
+    )
+}
+
+#[test]
+fn ssh_sync_two_phase_barrier() {
+    let Some(c) = cluster() else { return };
+    let s = SyncSetup::new(c, SYNC_TOOL);
+    let hosts = c.all();
+    let out = s.sync(&hosts, &[]);
     assert_eq!(out.status, 0, "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     let phase1: Vec<usize> = (0..lines.len())
@@ -1137,7 +1118,7 @@ fn ssh_sync_two_phase_barrier() {
         out.stdout
     );
     for i in 0..HOSTS {
-        let dir = host_root(c, &base, i);
+        let dir = host_root(c, &s.base, i);
         let told = format!("{}: dir {d} pwd {d} nodes 10", c.spec(i), d = dir.display());
         assert!(out.stdout.contains(&told), "{told:?} in {out:?}");
     }
@@ -1147,24 +1128,8 @@ fn ssh_sync_two_phase_barrier() {
     );
 
     // Strict: an unreachable host aborts the run before START; loose: it is left out.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead = format!(
-        "ssh://127.0.0.1:{}",
-        closed.local_addr().expect("addr").port()
-    );
-    drop(closed);
-    let with_dead = format!("{hosts},{dead}");
-    let args = [
-        "--hosts",
-        &with_dead,
-        "--order=sync",
-        "--relative",
-        "--upload=tool.sh",
-        &root,
-    ];
-    let mut strict: Vec<&str> = args.to_vec();
-    strict.extend(["--", "bash", "tool.sh"]);
-    let out = client_in(home.path(), &src, &strict);
+    let with_dead = format!("{hosts},{}", dead_host());
+    let out = s.sync(&with_dead, &[]);
     assert_eq!(out.status, 3, "{out:?}");
     assert!(!out.stdout.contains("phase1"), "{out:?}");
     assert_eq!(
@@ -1179,9 +1144,7 @@ fn ssh_sync_two_phase_barrier() {
             .contains("code 1 (10 hosts), unreachable (1 host)"),
         "{out:?}"
     );
-    let mut loose: Vec<&str> = args.to_vec();
-    loose.extend(["--skip-unreachable", "--", "bash", "tool.sh"]);
-    let out = client_in(home.path(), &src, &loose);
+    let out = s.sync(&with_dead, &["--skip-unreachable"]);
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(
         out.stdout.matches(": phase2 after 10\n").count(),
@@ -1190,8 +1153,6 @@ fn ssh_sync_two_phase_barrier() {
     );
 }
 
-/// A sync tool that fails on the first host after START; the others wait at a barrier
-/// that can then never complete.
 const FAILING_TOOL: &str = r#"#!/bin/bash
 touch started
 read -r prefix hello || exit 0
@@ -1214,41 +1175,15 @@ echo "left the barrier with $got"
 #[test]
 fn ssh_sync_nothing_starts_before_start_and_a_failed_tool_ends_the_run() {
     let Some(c) = cluster() else { return };
-    let home = home(c, true);
+    let s = SyncSetup::new(c, FAILING_TOOL);
     let hosts = c.all();
-    let src = home.path().join("src");
-    std::fs::create_dir_all(&src).expect("mkdir");
-    std::fs::write(src.join("tool.sh"), FAILING_TOOL).expect("write");
-    let base = home.path().join("runs");
-    let root = format!("--root={}/%h-%p", base.display());
 
     // Strict, with an unreachable host: no tool starts anywhere (`started` is the
     // tool's first act, before it reads anything).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead = format!(
-        "ssh://127.0.0.1:{}",
-        closed.local_addr().expect("addr").port()
-    );
-    drop(closed);
-    let with_dead = format!("{hosts},{dead}");
-    let out = client_in(
-        home.path(),
-        &src,
-        &[
-            "--hosts",
-            &with_dead,
-            "--order=sync",
-            "--relative",
-            "--upload=tool.sh",
-            &root,
-            "--",
-            "bash",
-            "tool.sh",
-        ],
-    );
+    let out = s.sync(&format!("{hosts},{}", dead_host()), &[]);
     assert_eq!(out.status, 3, "{out:?}");
     for i in 0..HOSTS {
-        let dir = host_root(c, &base, i);
+        let dir = host_root(c, &s.base, i);
         assert!(dir.join("tool.sh").exists(), "uploaded: {out:?}");
         assert!(
             !dir.join("started").exists(),
@@ -1257,21 +1192,7 @@ fn ssh_sync_nothing_starts_before_start_and_a_failed_tool_ends_the_run() {
     }
 
     // A tool that fails after START ends the others' input: nobody waits forever.
-    let out = client_in(
-        home.path(),
-        &src,
-        &[
-            "--hosts",
-            &hosts,
-            "--order=sync",
-            "--relative",
-            "--upload=tool.sh",
-            &root,
-            "--",
-            "bash",
-            "tool.sh",
-        ],
-    );
+    let out = s.sync(&hosts, &[]);
     assert_eq!(out.status, 1, "{out:?}");
     assert!(out.stderr.contains("code 3 (1 host)"), "{out:?}");
     assert_eq!(

@@ -143,14 +143,9 @@ impl Shared {
         let nodes = match nodes {
             Ok(nodes) => nodes,
             Err(why) => {
-                let line = format!("sync: {why}");
-                let _ = events
-                    .send(Event::Line {
-                        stream: Stream::Stderr,
-                        line: line.clone(),
-                    })
-                    .await;
-                let body = ran(1, &tool, format!("{line}\n").as_bytes());
+                let mut content = Vec::new();
+                say(events, &mut content, &format!("sync: {why}")).await;
+                let body = ran(1, &tool, &content);
                 return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
             }
         };
@@ -196,14 +191,7 @@ impl Shared {
         }
         drop(member);
         if let Some(why) = hub.aborted(&node) {
-            let line = format!("sync: {why}");
-            let _ = events
-                .send(Event::Line {
-                    stream: Stream::Stderr,
-                    line: line.clone(),
-                })
-                .await;
-            content.extend_from_slice(format!("{line}\n").as_bytes());
+            say(events, &mut content, &format!("sync: {why}")).await;
             if code == 0 {
                 code = 1;
             }
@@ -274,7 +262,7 @@ impl Shared {
             if ran_tar.code != 0 || ran_tar.fed.is_err() {
                 let mut content = ran_tar.content;
                 if let Err(why) = &ran_tar.fed {
-                    content.extend_from_slice(format!("upload stopped: {why}\n").as_bytes());
+                    say(events, &mut content, &format!("upload stopped: {why}")).await;
                 }
                 let code = if ran_tar.code == 0 { 1 } else { ran_tar.code };
                 let body = ran(code, "tar -x", &content);
@@ -337,6 +325,19 @@ impl Shared {
         let ran = session::exec(session, &command, events, &self.stats, feed, |_, _| true).await?;
         Ok((ran, counted.load(std::sync::atomic::Ordering::Relaxed)))
     }
+}
+
+/// Tells the user why a host failed: a line on its standard error now, and in its
+/// result's `content`.
+async fn say(events: &mpsc::Sender<Event>, content: &mut Vec<u8>, line: &str) {
+    let _ = events
+        .send(Event::Line {
+            stream: Stream::Stderr,
+            line: line.to_owned(),
+        })
+        .await;
+    content.extend_from_slice(line.as_bytes());
+    content.push(b'\n');
 }
 
 /// A host connected and its files extracted, or the order's end.
