@@ -18,7 +18,8 @@
 //! an `ssh://` host is given, the SSH one), hands the targets to [`Fanout`], and
 //! renders the stream of events and results as they arrive (`lines`, `jsonl`, live
 //! lines and bars) or once all hosts are done (`json`, `text`, in command-line
-//! order). One single-threaded Tokio runtime runs every host as a task.
+//! order). One single-threaded Tokio runtime runs every host as a task (two worker
+//! threads under a lock, see [`lock`]).
 //!
 //! Exit status: 0 all succeeded, 1 some order failed, 3 some host unreachable, timed out
 //! or broke the protocol (over 1), 2 usage or local error, 4 lock not acquired, 5 lock
@@ -74,10 +75,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // Under a lock, connections (an SSH host's lock session among them) are served by
+    // worker threads, so that a blocked standard output (a paused pager) stalls the
+    // output but never the heartbeat; otherwise one thread does everything.
+    let mut builder = if config.lock.is_some() {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        builder
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("deploy-client: error: cannot start the runtime: {e}");

@@ -1206,3 +1206,59 @@ fn ssh_sync_nothing_starts_before_start_and_a_failed_tool_ends_the_run() {
         "{out:?}"
     );
 }
+
+/// A paused reader (a pager) blocks the client's standard output for longer than the
+/// lease: the output waits, the SSH lock's heartbeat does not.
+#[test]
+fn ssh_lock_heartbeat_survives_a_blocked_stdout() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = format!("{},{}", c.spec(0), c.spec(1));
+    let lock_file = format!("--lock-file={}/%h-%p.lock", home.path().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deploy-client"))
+        .args([
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--lock",
+            "--lease=2",
+            &lock_file,
+            "--",
+            "seq",
+            "1",
+            "300000",
+        ])
+        .env("HOME", home.path())
+        .env("USER", "root")
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Nobody reads for 5 s (2.5 leases) while the hosts send 4 MB.
+    std::thread::sleep(Duration::from_secs(5));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("deploy-client did not finish");
+        })
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        600_000,
+        "{stderr}"
+    );
+}

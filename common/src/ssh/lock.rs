@@ -29,9 +29,8 @@
 //! each have their own file. The script runs under `sh -c` whatever the remote user's
 //! shell (under `sudo -n` if the request says `sudo`).
 //!
-//! Known limit: the session's connection is served by the runtime that made it (the
-//! client's main one), so a heartbeat cannot answer while that runtime is blocked, e.g.
-//! on a paused pager for more than a lease.
+//! The session's connection is served by the runtime that made it: deploy-client runs
+//! worker threads under a lock, so that its blocked standard output cannot stall it.
 
 #![deny(
     clippy::unwrap_used,
