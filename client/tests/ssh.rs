@@ -1215,7 +1215,7 @@ fn ssh_lock_heartbeat_survives_a_blocked_stdout() {
     let home = home(c, true);
     let hosts = format!("{},{}", c.spec(0), c.spec(1));
     let lock_file = format!("--lock-file={}/%h-%p.lock", home.path().display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deploy-client"))
+    let child = Command::new(env!("CARGO_BIN_EXE_deploy-client"))
         .args([
             "--hosts",
             &hosts,
