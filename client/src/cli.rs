@@ -59,6 +59,13 @@ with spaces, for the remote shell); its output is printed live, each line
 prefixed with its host, stdout and stderr apart (raw with -q), and failures
 summarised on standard error at the end (`code 17 (3 hosts)`).
 
+--order=upload --upload=PATH... --root=DIR [-- CMD] streams the files as one
+tar to every host (SSH hosts; agents with allow_upload = on) and runs CMD in
+DIR. --order=sync [--upload=PATH...] -- TOOL ARGS runs TOOL on every SSH host
+at once and speaks orgalorg's sync protocol with it (HELLO, NODE, START, SYNC),
+so that steps can wait for every host. --lock-file, --root: %h and %p are the
+host and port as written.
+
 Environment: DEPLOY_KEY_CIPHER and DEPLOY_API_KEY supply --key-cipher and
 --api-key, so that secrets stay out of the process list. RUST_LOG overrides
 the log level chosen by -v/-q/--debug.";
