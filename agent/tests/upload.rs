@@ -155,3 +155,117 @@ fn upload_refusals_name_their_reason() {
         "refused before extracting"
     );
 }
+
+/// Sends `archive` as an upload's body with a raw v2 client; returns the reply's code
+/// and text.
+fn raw_upload(addr: std::net::SocketAddr, root: &str, archive: &[u8]) -> (u16, String) {
+    use deploy_common::wire::message::Message;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = v2_connect(addr, KEY, None).await.expect("connect");
+        let mut request = request("upload", "");
+        request.upload = Some(Box::new(deploy_common::upload::UploadSpec {
+            files: vec!["x".into()],
+            root: root.to_owned(),
+            ..Default::default()
+        }));
+        conn.send(&Message::Request { id: 1, request })
+            .await
+            .unwrap();
+        match conn.recv().await.unwrap() {
+            Some(Message::Continue { id: 1 }) => {}
+            other => panic!("expected continue, got {other:?}"),
+        }
+        for piece in archive.chunks(1000) {
+            conn.send(&Message::data(1, piece, false)).await.unwrap();
+        }
+        conn.send(&Message::data(1, &[], true)).await.unwrap();
+        loop {
+            match conn.recv().await.unwrap() {
+                Some(Message::Reply {
+                    code, text, body, ..
+                }) => break (code, text.unwrap_or_else(|| format!("{body:?}"))),
+                Some(Message::Event { .. }) => continue,
+                other => panic!("expected the reply, got {other:?}"),
+            }
+        }
+    })
+}
+
+/// A hostile (or careless) archive cannot write outside the root: not through a link
+/// already under it, nor one it makes itself; no hard links, no devices.
+#[test]
+fn hostile_archives_are_refused() {
+    use deploy_common::upload::{tar, Entry, Kind};
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb).server("allow_upload", "on").start(&sb);
+    let dest = sb.allowed().join("dest");
+    let outside = sb.join("outside");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join("etc")).unwrap();
+    let entry = |name: &str, kind: Kind| Entry {
+        local: "/dev/null".into(),
+        name: name.into(),
+        kind,
+        mode: 0o4755,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+    };
+    let archive = |entries: &[Entry]| {
+        let mut out: Vec<u8> = entries.iter().flat_map(tar::header).collect();
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    };
+    let root = dest.display().to_string();
+    let file = || Kind::File { size: 0 };
+    for (entries, why) in [
+        (vec![entry("etc/pwned", file())], "symbolic link"),
+        (
+            vec![
+                entry(
+                    "l",
+                    Kind::Symlink {
+                        target: outside.display().to_string(),
+                    },
+                ),
+                entry("l/pwned", file()),
+            ],
+            "symbolic link of the archive",
+        ),
+        (vec![entry("../pwned", file())], "`..`"),
+    ] {
+        let (code, text) = raw_upload(agent.addr(), &root, &archive(&entries));
+        assert_eq!(code, 400, "{text}");
+        assert!(text.contains(why), "{text}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing outside"
+    );
+    // A hard link to a file outside the root.
+    let mut h = tar::header(&entry("hard", file()));
+    h[156] = b'1';
+    let target = format!("{}/x", outside.display());
+    h[157..157 + target.len()].copy_from_slice(target.as_bytes());
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h.extend_from_slice(&[0u8; 1024]);
+    let (code, text) = raw_upload(agent.addr(), &root, &h);
+    assert_eq!((code, text.contains("hard links")), (400, true), "{text}");
+    // A fine archive still goes in, without its setuid bit.
+    let (code, text) = raw_upload(agent.addr(), &root, &archive(&[entry("ok", file())]));
+    assert_eq!(code, 200, "{text}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dest.join("ok"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "no setuid bit");
+}

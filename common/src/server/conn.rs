@@ -69,6 +69,10 @@ struct BodySlot {
 /// Pieces of a body buffered between the connection and its handler.
 const BODY_QUEUE: usize = 8;
 
+/// The longest `data` message: 64 KiB of bytes in base64 (so at most
+/// `BODY_QUEUE + 1` such pieces, about 600 KiB, are held per connection).
+const MAX_DATA_B64: usize = (64usize << 10).div_ceil(3) * 4;
+
 impl From<mpsc::Sender<TaggedEvent>> for Events {
     /// A sink that forwards to a channel (e.g. an HTTP stream).
     fn from(tx: mpsc::Sender<TaggedEvent>) -> Events {
@@ -98,7 +102,8 @@ impl Events {
     /// Asks the client for the request's body and returns its pieces as they arrive
     /// (the client is told to send it now: call this once ready to take it, after any
     /// check that could refuse the order). `None` if there can be none: v1, the HTTP
-    /// API, or asked already.
+    /// API, or asked already. While the body flows no event reaches the client (they
+    /// wait, 64 at most): a handler should send none until it has read the body's end.
     pub fn body(&self) -> Option<mpsc::Receiver<BodyChunk>> {
         let slot = self.body.as_ref()?;
         let rx = slot
@@ -661,6 +666,13 @@ async fn receive_body<F: Future<Output = Reply>>(
             Ok(Err(e)) => return Err(Box::new(e)),
             Err(_) => return Err("request body: nothing received within socket_timeout".into()),
         };
+        if data.len() > MAX_DATA_B64 {
+            return Err(format!(
+                "request body: a data message of {} bytes (at most {MAX_DATA_B64})",
+                data.len()
+            )
+            .into());
+        }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.as_bytes())
             .map_err(|e| format!("request body: bad base64: {e}"))?;
