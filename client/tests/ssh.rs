@@ -1023,6 +1023,22 @@ fn ssh_upload_a_file_two_files_and_a_directory() {
         .join("one.txt")
         .exists());
 
+    // Under --sudo: the extraction and the command.
+    let out = upload(&[
+        "--relative",
+        "--upload=one.txt",
+        &root,
+        "--sudo",
+        "--",
+        "id",
+        "-u",
+        "&&",
+        "cat",
+        "one.txt",
+    ]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout.matches(": 0\n").count(), HOSTS, "{out:?}");
+
     // A command that fails after the upload, and a file that does not exist.
     let out = upload(&["--relative", "--upload=one.txt", &root, "--", "exit", "17"]);
     assert_eq!(out.status, 1, "{out:?}");
