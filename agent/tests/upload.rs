@@ -269,3 +269,50 @@ fn hostile_archives_are_refused() {
         .mode();
     assert_eq!(mode & 0o7777, 0o755, "no setuid bit");
 }
+
+/// The order's deadline passes while its body still flows: the client still gets the
+/// 408 (the agent reads the rest of the body before closing, instead of resetting the
+/// connection under the reply).
+#[test]
+fn a_deadline_during_the_body_still_answers() {
+    use deploy_common::wire::message::Message;
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb)
+        .server("allow_upload", "on")
+        .server("max_process_timeout", 1)
+        .start(&sb);
+    let root = sb.allowed_str("dest");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = runtime.block_on(async {
+        let mut conn = v2_connect(agent.addr(), KEY, None).await.expect("connect");
+        let mut request = request("upload", "");
+        request.upload = Some(Box::new(deploy_common::upload::UploadSpec {
+            files: vec!["x".into()],
+            root,
+            ..Default::default()
+        }));
+        conn.send(&Message::Request { id: 1, request })
+            .await
+            .unwrap();
+        assert!(matches!(
+            conn.recv().await.unwrap(),
+            Some(Message::Continue { id: 1 })
+        ));
+        let zeros = vec![0u8; 60_000];
+        conn.send(&Message::data(1, &zeros, false)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        // Past the deadline: the rest of the body, about 3 MB.
+        for _ in 0..50 {
+            conn.send(&Message::data(1, &zeros, false)).await.unwrap();
+        }
+        conn.send(&Message::data(1, &[], true)).await.unwrap();
+        match conn.recv().await {
+            Ok(Some(Message::Reply { code, .. })) => code,
+            other => panic!("expected the reply, got {other:?}"),
+        }
+    });
+    assert_eq!(code, 408);
+}

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -630,6 +630,20 @@ async fn serve_v2<H: Handler>(
                 let size = message.encode().len();
                 conn.send(&message).await?;
                 access(peer, Wire::V2, Some(&request), reply.code, size, started);
+                // Read what the client still sends (the rest of its body) for a while
+                // before closing: closing with unread data would reset the connection
+                // and could destroy the reply before the client reads it.
+                let stream = conn.get_mut();
+                let _ = stream.flush().await;
+                let drain = async {
+                    let mut sink = [0u8; 16 << 10];
+                    let idle = policy.socket_timeout;
+                    while matches!(
+                        tokio::time::timeout(idle, stream.read(&mut sink)).await,
+                        Ok(Ok(n)) if n > 0
+                    ) {}
+                };
+                let _ = tokio::time::timeout(V2_IDLE, drain).await;
                 return Ok(());
             }
             reply
