@@ -310,9 +310,11 @@ pub struct Args {
     #[arg(long)]
     pub password: bool,
 
-    /// SSH: send a keep-alive after this many seconds of silence from a server.
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub ssh_keepalive: Option<u64>,
+    /// SSH: send a keep-alive after this many seconds of silence from a server; three
+    /// unanswered end the connection (a host that died mid-run fails instead of
+    /// hanging the run). 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub ssh_keepalive: u64,
 
     /// Report hosts that cannot be reached, but do not fail the run for them.
     #[arg(long)]
@@ -405,7 +407,8 @@ impl Args {
             options.identities = self.identity.clone();
             options.connect_timeout = Duration::from_secs(self.socket_timeout);
             options.deadline = self.thread_timeout.map(Duration::from_secs);
-            options.keepalive = self.ssh_keepalive.map(Duration::from_secs);
+            options.keepalive =
+                (self.ssh_keepalive > 0).then(|| Duration::from_secs(self.ssh_keepalive));
             options.lock_file = self.lock_file.clone();
             if self.password {
                 options.password = Some(

@@ -1278,3 +1278,93 @@ fn ssh_lock_heartbeat_survives_a_blocked_stdout() {
         "{stderr}"
     );
 }
+
+/// Every process below `pid`.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut all = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for child in deploy_testkit::procfs::children(p) {
+            all.push(child);
+            todo.push(child);
+        }
+    }
+    all
+}
+
+/// A host that stops answering mid-run (its sshd session frozen) is given up after the
+/// keep-alives go unanswered, instead of hanging the run; the other host finishes.
+#[test]
+fn ssh_keepalive_gives_up_on_a_frozen_host() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = format!("{},{}", c.spec(4), c.spec(5));
+    let child = Command::new(env!("CARGO_BIN_EXE_deploy-client"))
+        .args([
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--ssh-keepalive=1",
+            "--",
+            "sleep 4; echo slept",
+        ])
+        .env("HOME", home.path())
+        .env("USER", "root")
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let listener: i32 = std::fs::read_to_string(c.dir.join("sshd4.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    // Wait for host 4's command, then freeze its whole session.
+    let started = std::time::Instant::now();
+    let frozen = loop {
+        let below = descendants(listener);
+        if below
+            .iter()
+            .any(|&p| deploy_testkit::procfs::cmdline(p).contains("sleep 4"))
+        {
+            break below;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no session");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for &pid in &frozen {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        );
+    }
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx.recv_timeout(Duration::from_secs(20));
+    for &pid in &frozen {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let out = out
+        .unwrap_or_else(|_| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("the run hung on the frozen host");
+        })
+        .expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert_eq!(stdout, format!("{}: slept\n", c.spec(5)), "{stderr}");
+    assert!(stderr.contains(&c.spec(4)), "{stderr}");
+}
