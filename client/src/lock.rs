@@ -41,6 +41,7 @@ use anyhow::Context as _;
 use deploy_common::fanout::HostResult;
 use deploy_common::lock::cluster::{ClusterLock, Held, HostLock, LockSpec, Lost, NotAcquired};
 use deploy_common::order::lock::{self as wire, LockName, Token};
+use deploy_common::transport::Outcome;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -108,7 +109,7 @@ fn holder() -> String {
 }
 
 /// Runs `config`'s order under the lock `mode`; returns the exit status.
-pub async fn run(config: Config, mode: LockMode) -> io::Result<u8> {
+pub async fn run(mut config: Config, mode: LockMode) -> io::Result<u8> {
     let (spec, only) = match mode {
         LockMode::Only(spec) => (spec, true),
         LockMode::Around(spec) => (spec, false),
@@ -118,8 +119,8 @@ pub async fn run(config: Config, mode: LockMode) -> io::Result<u8> {
     let locker =
         ClusterLock::new(Arc::clone(&config.transport), spec).with_concurrency(config.concurrency);
     let name = locker.spec().name.clone();
-    let targets = config.targets.clone();
-    let acquired = tokio::select! {
+    let mut targets = config.targets.clone();
+    let mut acquired = tokio::select! {
         acquired = locker.acquire(targets.clone()) => acquired,
         () = signals.recv() => {
             // Whatever was granted carries our token: release it everywhere.
@@ -128,6 +129,34 @@ pub async fn run(config: Config, mode: LockMode) -> io::Result<u8> {
             return Ok(EXIT_INTERRUPTED);
         }
     };
+    // Loose mode (--skip-unreachable): if only unreachable hosts kept the lock from
+    // being taken, they are left out, and the lock (and the order) is for the others.
+    if let Err(refused) = &acquired {
+        let unreachable: Vec<&str> = refused
+            .refusals()
+            .filter(|a| matches!(a.result.outcome, Outcome::Unreachable { .. }))
+            .map(|a| a.result.host.as_str())
+            .collect();
+        let only_unreachable = unreachable.len() == refused.refusals().count();
+        if config.skip_unreachable && only_unreachable && unreachable.len() < targets.len() {
+            eprintln!(
+                "deploy-client: note: {} unreachable host{} left out of lock {name} (--skip-unreachable): {}",
+                unreachable.len(),
+                if unreachable.len() == 1 { "" } else { "s" },
+                unreachable.join(", ")
+            );
+            targets.retain(|t| !unreachable.contains(&t.to_string().as_str()));
+            config.targets = targets.clone();
+            acquired = tokio::select! {
+                acquired = locker.acquire(targets.clone()) => acquired,
+                () = signals.recv() => {
+                    let _ = locker.release(targets).await;
+                    eprintln!("deploy-client: interrupted while taking lock {name}; released");
+                    return Ok(EXIT_INTERRUPTED);
+                }
+            };
+        }
+    }
     let held = match acquired {
         Ok(held) => Arc::new(held),
         Err(refused) => {

@@ -1368,3 +1368,36 @@ fn ssh_keepalive_gives_up_on_a_frozen_host() {
     assert_eq!(stdout, format!("{}: slept\n", c.spec(5)), "{stderr}");
     assert!(stderr.contains(&c.spec(4)), "{stderr}");
 }
+
+/// Loose mode: an unreachable host is left out of the lock and the order; strict, it
+/// keeps the lock from being taken anywhere.
+#[test]
+fn ssh_lock_with_an_unreachable_host_strict_and_loose() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = format!("{},{}", c.all(), dead_host());
+    let lock_file = format!("--lock-file={}/%h-%p.lock", home.path().display());
+    let args = [
+        "--hosts",
+        &hosts,
+        "--order=run",
+        "--lock",
+        &lock_file,
+        "--",
+        "echo",
+        "hi",
+    ];
+    let strict = client(home.path(), &args, None);
+    assert_eq!(strict.status, 4, "{strict:?}");
+    assert_eq!(strict.stdout, "", "{strict:?}");
+    let mut loose = args.to_vec();
+    loose.insert(0, "--skip-unreachable");
+    let out = client(home.path(), &loose, None);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout.matches(": hi\n").count(), HOSTS, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("1 unreachable host left out of lock deploy"),
+        "{out:?}"
+    );
+}

@@ -133,34 +133,35 @@ fn unix_now() -> u64 {
 }
 
 impl Shared {
-    /// Serves `lock` and `unlock` for `target`.
+    /// Serves `lock` and `unlock` for `target`; an error only if the host could not be
+    /// connected to (every answer of the host is a reply).
     pub(super) async fn deliver_lock(
         self: &Arc<Self>,
         target: &Target,
         request: &Request,
-    ) -> Reply {
+    ) -> Result<Reply, SshError> {
         let name = match LockName::parse(&request.options) {
             Ok(name) => name,
-            Err(e) => return Reply::error(400, e.to_string()),
+            Err(e) => return Ok(Reply::error(400, e.to_string())),
         };
         let key = (target.to_string(), name.as_str().to_owned());
         if request.order == "unlock" {
-            return self.unlock(key, request).await;
+            return Ok(self.unlock(key, request).await);
         }
         let lease = match wire::lease(request.lease) {
             Ok(lease) => lease,
-            Err(e) => return Reply::error(400, e.to_string()),
+            Err(e) => return Ok(Reply::error(400, e.to_string())),
         };
         if let Err(e) = wire::check_holder(&request.holder) {
-            return Reply::error(400, e.to_string());
+            return Ok(Reply::error(400, e.to_string()));
         }
         let token = match Token::parse(&request.token) {
             Ok(token) => token,
             Err(_) if request.token.is_empty() => match Token::generate() {
                 Ok(token) => token,
-                Err(e) => return Reply::error(500, e.to_string()),
+                Err(e) => return Ok(Reply::error(500, e.to_string())),
             },
-            Err(e) => return Reply::error(400, e.to_string()),
+            Err(e) => return Ok(Reply::error(400, e.to_string())),
         };
         let existing = self.locks.held.lock().await.get(&key).cloned();
         let grant = |renewed: bool, holder: &str| Grant {
@@ -174,7 +175,7 @@ impl Shared {
         if let Some(entry) = existing {
             let mut held = entry.lock().await;
             if !held.token.matches(token.as_str()) {
-                return Reply {
+                return Ok(Reply {
                     code: 423,
                     body: crate::order::Body::Json(
                         HeldBy {
@@ -184,9 +185,9 @@ impl Shared {
                         }
                         .to_body(),
                     ),
-                };
+                });
             }
-            return match ping(&mut held).await {
+            return Ok(match ping(&mut held).await {
                 Ok(()) => Reply::ok(grant(true, &held.holder.clone()).to_body()),
                 Err(why) => {
                     drop(held);
@@ -196,47 +197,53 @@ impl Shared {
                         format!("the session holding lock {name} on {target} ended: {why}"),
                     )
                 }
-            };
+            });
         }
         let path = lock_path(&self.options.lock_file, name.as_str(), target);
-        match self
-            .acquire(target, &path, &request.holder, request.sudo)
-            .await
-        {
-            Ok(Acquired::Held {
-                reader,
-                writer,
-                session,
-            }) => {
-                let held = HeldLock {
-                    token: token.clone(),
-                    holder: request.holder.clone(),
+        Ok(
+            match self
+                .acquire(target, &path, &request.holder, request.sudo)
+                .await
+            {
+                Ok(Acquired::Held {
                     reader,
                     writer,
-                    _session: session,
-                };
-                let mut locks = self.locks.held.lock().await;
-                locks.insert(key, Arc::new(tokio::sync::Mutex::new(held)));
-                Reply::ok(grant(false, &request.holder).to_body())
-            }
-            Ok(Acquired::Refused(holder)) => Reply {
-                code: 423,
-                body: crate::order::Body::Json(
-                    HeldBy {
-                        lock: name.as_str().to_owned(),
-                        holder: if holder.is_empty() {
-                            format!("an unnamed holder of {path}")
-                        } else {
-                            holder
-                        },
-                        expires: 0,
-                    }
-                    .to_body(),
-                ),
+                    session,
+                }) => {
+                    let held = HeldLock {
+                        token: token.clone(),
+                        holder: request.holder.clone(),
+                        reader,
+                        writer,
+                        _session: session,
+                    };
+                    let mut locks = self.locks.held.lock().await;
+                    locks.insert(key, Arc::new(tokio::sync::Mutex::new(held)));
+                    Reply::ok(grant(false, &request.holder).to_body())
+                }
+                Ok(Acquired::Refused(holder)) => Reply {
+                    code: 423,
+                    body: crate::order::Body::Json(
+                        HeldBy {
+                            lock: name.as_str().to_owned(),
+                            holder: if holder.is_empty() {
+                                format!("an unnamed holder of {path}")
+                            } else {
+                                holder
+                            },
+                            expires: 0,
+                        }
+                        .to_body(),
+                    ),
+                },
+                Ok(Acquired::Error(why)) => {
+                    Reply::error(500, format!("lock {name} ({path}): {why}"))
+                }
+                // Not reached, or refused at the SSH level: the transport's usual outcome
+                // (unreachable hosts can then be told apart, e.g. by --skip-unreachable).
+                Err(e) => return Err(e),
             },
-            Ok(Acquired::Error(why)) => Reply::error(500, format!("lock {name} ({path}): {why}")),
-            Err(e) => Reply::error(502, e.to_string()),
-        }
+        )
     }
 
     /// Connects and runs the lock script.

@@ -451,7 +451,7 @@ impl Shared {
         match request.order.as_str() {
             "run" => {}
             "lock" | "unlock" => {
-                let work = async { Ok(self.deliver_lock(target, request).await) };
+                let work = self.deliver_lock(target, request);
                 return self.bounded(target, work).await;
             }
             "upload" | "sync" => {
