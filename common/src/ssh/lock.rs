@@ -31,6 +31,10 @@
 //!
 //! The session's connection is served by the runtime that made it: deploy-client runs
 //! worker threads under a lock, so that its blocked standard output cannot stall it.
+//! The lock has a connection of its own, not shared with the order it guards: a run
+//! whose output nobody reads stalls its whole connection (a channel that is not read
+//! blocks the connection's task), which must not stall the heartbeat. (Sharing one was
+//! tried; `ssh_lock_heartbeat_survives_a_blocked_stdout` then loses the lock.)
 
 #![deny(
     clippy::unwrap_used,
