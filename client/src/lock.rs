@@ -193,16 +193,27 @@ pub async fn run(mut config: Config, mode: LockMode) -> io::Result<u8> {
             lost = heartbeat.lost() => (Ok(EXIT_LOCK_LOST), Some(lost)),
         }
     } else {
-        tokio::select! {
-            status = crate::run(config) => (status, None),
+        let ssh = config.ssh.clone();
+        let order = crate::run(config);
+        tokio::pin!(order);
+        let (status, lost, finished) = tokio::select! {
+            status = &mut order => (status, None, true),
             () = signals.recv() => {
                 eprintln!("deploy-client: interrupted; releasing lock {name}");
-                (Ok(EXIT_INTERRUPTED), None)
+                (Ok(EXIT_INTERRUPTED), None, false)
             }
-            lost = heartbeat.lost() => (Ok(EXIT_LOCK_LOST), Some(lost)),
+            lost = heartbeat.lost() => (Ok(EXIT_LOCK_LOST), Some(lost), false),
+        };
+        // Commands on SSH hosts outlive their connection: stop them (SIGINT, then
+        // SIGKILL) before the lock goes, rather than just dropping the order.
+        if let (Some(ssh), false) = (&ssh, finished) {
+            ssh.interrupt();
+            let grace = deploy_common::ssh::session::KILL_AFTER + std::time::Duration::from_secs(2);
+            let _ = tokio::time::timeout(grace, &mut order).await;
         }
+        (status, lost)
     };
-    // Dropping the order's future above cancelled its deliveries.
+    // Otherwise dropping the order's future cancelled its deliveries.
     heartbeat.stop().await;
     if let Some(lost) = &lost {
         eprintln!("deploy-client: error: {lost}; the order was aborted");

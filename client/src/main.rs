@@ -57,6 +57,8 @@ const EXIT_ORDER_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 /// Exit status: some host could not be reached, timed out or broke the protocol.
 const EXIT_HOST_FAILED: u8 = 3;
+/// Exit status: interrupted (SIGINT/SIGTERM), 128 + SIGINT.
+const EXIT_INTERRUPTED: u8 = lock::EXIT_INTERRUPTED;
 
 fn main() -> ExitCode {
     if let Some(code) = generate() {
@@ -183,12 +185,30 @@ async fn run(config: Config) -> io::Result<u8> {
     // Agents' results relayed by a proxy, per proxy (index), in arrival order.
     let mut relayed: Vec<Vec<HostResult>> = (0..count).map(|_| Vec::new()).collect();
     let mut events = fanout.run(targets, request);
+    // SSH commands outlive a dropped connection: on SIGINT/SIGTERM they are interrupted
+    // (SIGINT, then SIGKILL) and the run ends once they have; a second signal quits.
+    let mut signals = match &ssh {
+        Some(_) => Some(Interrupts::new()?),
+        None => None,
+    };
+    let mut interrupted = false;
     loop {
         let event = tokio::select! {
             event = events.recv() => match event {
                 Some(event) => event,
                 None => break,
             },
+            () = async { if let Some(s) = &mut signals { s.recv().await } }, if signals.is_some() => {
+                if interrupted {
+                    std::process::exit(i32::from(EXIT_INTERRUPTED));
+                }
+                interrupted = true;
+                if let Some(ssh) = &ssh {
+                    eprintln!("deploy-client: interrupted; stopping the commands on the SSH hosts (again to quit now)");
+                    ssh.interrupt();
+                }
+                continue;
+            }
             _ = ticker.tick(), if status.is_some() => {
                 if let Some(status) = &mut status {
                     status.tick();
@@ -354,7 +374,33 @@ async fn run(config: Config) -> io::Result<u8> {
         .copied()
         .filter(|r| !(skip_unreachable && matches!(r.outcome, Outcome::Unreachable { .. })))
         .collect();
+    if interrupted {
+        return Ok(EXIT_INTERRUPTED);
+    }
     Ok(exit_status(&judged, expected - (done.len() - judged.len())))
+}
+
+/// SIGINT and SIGTERM, caught.
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> io::Result<Interrupts> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Interrupts {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 /// Writes the `lines` output buffered so far, out of the status line's way.

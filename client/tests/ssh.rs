@@ -1401,3 +1401,51 @@ fn ssh_lock_with_an_unreachable_host_strict_and_loose() {
         "{out:?}"
     );
 }
+
+/// Host `i`'s processes whose command line contains `needle`.
+fn remote_processes(c: &deploy_testkit::sshd::Cluster, i: usize, needle: &str) -> Vec<i32> {
+    let listener: i32 = std::fs::read_to_string(c.dir.join(format!("sshd{i}.pid")))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    descendants(listener)
+        .into_iter()
+        .filter(|&p| deploy_testkit::procfs::cmdline(p).contains(needle))
+        .collect()
+}
+
+/// Ctrl-C stops the commands on the hosts (without a terminal they would outlive the
+/// connection), with and without a lock, and the run ends with 130.
+#[tokio::test]
+async fn ssh_interrupt_stops_the_remote_commands() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = format!("{},{}", c.spec(6), c.spec(7));
+    let lock_file = format!("--lock-file={}/%h-%p.lock", home.path().display());
+    for (extra, needle) in [(None, "sleep 301"), (Some(lock_file.as_str()), "sleep 302")] {
+        let seconds = needle.trim_start_matches("sleep ");
+        let mut args = vec!["--hosts", &hosts, "--order=run"];
+        if let Some(lock_file) = extra {
+            args.extend(["--lock", lock_file]);
+        }
+        args.extend(["--", "sleep", seconds]);
+        let run = running(home.path(), &args);
+        let started = std::time::Instant::now();
+        while (6..8).any(|i| remote_processes(c, i, needle).is_empty()) {
+            assert!(started.elapsed() < Duration::from_secs(10), "not started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        run.signal(nix::sys::signal::Signal::SIGINT);
+        let out = run.finish(Duration::from_secs(10)).await;
+        assert_eq!(out.status, 130, "{extra:?}: {out:?}");
+        let gone = std::time::Instant::now();
+        while (6..8).any(|i| !remote_processes(c, i, needle).is_empty()) {
+            assert!(
+                gone.elapsed() < Duration::from_secs(5),
+                "{needle} still runs on a host after the interrupt"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -17,8 +17,11 @@
 //! deliver(ssh://[user@]host[:port], run argv)
 //!   resolve host in ssh_config ─► [ProxyJump hops: connect+auth, direct-tcpip ─►]* TCP (NODELAY)
 //!   ─► kex curve25519-sha256 ─► host key vs known_hosts ─► auth: agent, key files, password
-//!   ─► session channel: exec "argv joined" ─► stdin then EOF
+//!   ─► session channel: exec "printf 'MARK %s' $$ >&2; argv joined" ─► stdin then EOF
 //!   ◄─ stdout/stderr → Event::Line{stream, line} as each line completes ◄─ exit-status
+//!   (the first stderr line, the shell's pid, is kept back: on interrupt the command's
+//!   process group gets SIGINT then SIGKILL, since sshd keeps a command without a
+//!   terminal running after its connection is gone, and refuses `signal` to root)
 //!   = Outcome::Reply(200 {return, code, command, content})
 //! └────────────────────── whole exchange ≤ deadline (if one is set) ──────────────────────┘
 //! ```
@@ -392,6 +395,8 @@ pub(crate) struct Shared {
     locks: lock::Locks,
     /// `sync`: the runs' meeting points.
     hubs: upload::Hubs,
+    /// Cancelled by [`SshTransport::interrupt`]: running commands are signalled.
+    interrupt: tokio_util::sync::CancellationToken,
 }
 
 /// A jump host's connection, made once by the first target that needs it.
@@ -424,6 +429,7 @@ impl SshTransport {
             stats: Arc::new(SshStats::default()),
             locks: lock::Locks::default(),
             hubs: upload::Hubs::default(),
+            interrupt: tokio_util::sync::CancellationToken::new(),
         };
         Ok(SshTransport {
             shared: Arc::new(shared),
@@ -438,6 +444,14 @@ impl SshTransport {
     /// The options.
     pub fn options(&self) -> &SshOptions {
         &self.shared.options
+    }
+
+    /// Interrupts every command running through this transport (the user pressed
+    /// Ctrl-C): each gets SIGINT, then SIGKILL if it has not ended within
+    /// [`session::KILL_AFTER`], so that nothing keeps running on the hosts; the
+    /// deliveries then end as usual, with the commands' codes (130 for SIGINT).
+    pub fn interrupt(&self) {
+        self.shared.interrupt.cancel();
     }
 }
 
@@ -489,7 +503,7 @@ impl Shared {
         let work = async {
             let session = self.connect(target).await?;
             self.stats.connected.fetch_add(1, Ordering::Relaxed);
-            session::run(&session, &command, stdin, &events, &self.stats).await
+            session::run(&session, &command, stdin, &events, self).await
         };
         self.bounded(target, work).await
     }

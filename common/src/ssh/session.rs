@@ -26,6 +26,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use russh::client::{self, Handle};
 use russh::keys::agent::client::AgentClient;
@@ -47,6 +48,9 @@ use crate::order::run::ran as ran_body;
 use crate::order::Reply;
 use crate::target::{Target, SSH_DEFAULT_PORT, SSH_PREFIX};
 use crate::wire::message::{Event, Stream};
+
+/// How long an interrupted command has to end after SIGINT before it gets SIGKILL.
+pub const KILL_AFTER: Duration = Duration::from_secs(3);
 
 /// Most output kept for the reply's `content` (lines are streamed regardless).
 pub const MAX_CONTENT: usize = 16 << 20;
@@ -723,7 +727,7 @@ pub(super) async fn run(
     command: &str,
     stdin: Option<Vec<u8>>,
     events: &mpsc::Sender<Event>,
-    stats: &SshStats,
+    shared: &Shared,
 ) -> Result<Reply, SshError> {
     let feed = |writer: Arc<ChannelWriteHalf<client::Msg>>| async move {
         if let Some(bytes) = stdin {
@@ -731,7 +735,7 @@ pub(super) async fn run(
         }
         Ok(true)
     };
-    let ran = exec(session, command, events, stats, feed, |_, _| true).await?;
+    let ran = exec(session, command, events, shared, feed, |_, _| true).await?;
     if let Err(why) = &ran.fed {
         tracing::debug!(cause = %why, "stdin not fully sent");
     }
@@ -753,11 +757,16 @@ pub(super) struct Ran {
 /// (given the channel's writer; `Ok(true)`: send EOF when done, `Ok(false)`: leave the
 /// input open) while its output is read: each complete line for which `keep(stream,
 /// line)` is true is streamed as an event (the others are consumed by the caller).
+///
+/// When the transport is interrupted ([`super::SshTransport::interrupt`]) the command
+/// gets SIGINT (sshd sends it to the command's process group), then SIGKILL if it is
+/// still there after [`KILL_AFTER`]: without a terminal, a remote command outlives its
+/// connection, and `tail -f` would run on every host for ever.
 pub(super) async fn exec<F, Fut>(
     session: &Session,
     command: &str,
     events: &mpsc::Sender<Event>,
-    stats: &SshStats,
+    shared: &Shared,
     feed: F,
     mut keep: impl FnMut(Stream, &str) -> bool,
 ) -> Result<Ran, SshError>
@@ -768,9 +777,26 @@ where
     let channel = session.handle.channel_open_session().await?;
     let (mut reader, writer) = channel.split();
     let writer = Arc::new(writer);
-    writer.exec(false, command).await?;
+    // The remote shell says its pid (the command's process group) first, on stderr,
+    // marked with a secret of this process, so that an interrupt can reach the command.
+    let mark = pid_mark();
+    writer
+        .exec(
+            false,
+            format!("printf '{mark} %s\\n' \"$$\" >&2; {command}"),
+        )
+        .await?;
+    let mut group: Option<u32> = None;
+    let mut first_err = true;
+    let stats = &*shared.stats;
     stats.running.fetch_add(1, Ordering::Relaxed);
     let running = Running(stats);
+    let interrupted = shared.interrupt.cancelled();
+    tokio::pin!(interrupted);
+    let mut signalled = false;
+    let kill = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(kill);
+    let mut killed = false;
     let feed_writer = Arc::clone(&writer);
     let feed = async move {
         let eof = feed(Arc::clone(&feed_writer)).await?;
@@ -787,6 +813,23 @@ where
     let mut code: Option<i32> = None;
     loop {
         let message = tokio::select! {
+            () = &mut interrupted, if !signalled => {
+                signalled = true;
+                // sshd refuses `signal` requests for root logins (no privilege
+                // separation there), so the process group is also signalled with kill.
+                let _ = writer.signal(Sig::INT).await;
+                signal_group(session, group, "INT").await;
+                kill.as_mut().reset(tokio::time::Instant::now() + KILL_AFTER);
+                continue;
+            }
+            () = &mut kill, if signalled && !killed => {
+                killed = true;
+                let _ = writer.signal(Sig::KILL).await;
+                signal_group(session, group, "KILL").await;
+                let _ = writer.eof().await;
+                let _ = writer.close().await;
+                continue;
+            }
             result = &mut feed, if fed.is_none() => {
                 if result.is_err() {
                     // End the input where it stopped: tar then fails on the cut
@@ -819,6 +862,12 @@ where
             Stream::Stderr => &mut err,
         };
         for line in splitter.push(&data) {
+            if stream == Stream::Stderr && std::mem::take(&mut first_err) {
+                if let Some(pid) = line.strip_prefix(&mark) {
+                    group = pid.trim().parse().ok().filter(|&p| p > 1);
+                    continue;
+                }
+            }
             if keep(stream, &line) {
                 keep_content(&mut content, &line);
                 let _ = events.send(Event::Line { stream, line }).await;
@@ -853,6 +902,45 @@ fn keep_content(content: &mut Vec<u8>, line: &str) {
     content.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
     if content.len() < MAX_CONTENT {
         content.push(b'\n');
+    }
+}
+
+/// The marker of the remote shell's pid line: `DEPLOY-PID-<random>`, drawn once per
+/// process (a command cannot guess it to pass off another pid).
+fn pid_mark() -> String {
+    static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARK.get_or_init(|| {
+        let token = crate::order::lock::Token::generate()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_else(|_| std::process::id().to_string());
+        format!("DEPLOY-PID-{token}")
+    })
+    .clone()
+}
+
+/// Sends `signal` to the remote process group `group` (the command's shell and all it
+/// started), on a channel of its own; with sudo if the user's own kill is refused
+/// (the command ran under `--sudo`).
+async fn signal_group(session: &Session, group: Option<u32>, signal: &str) {
+    let Some(group) = group else { return };
+    let command = format!(
+        "kill -s {signal} -- -{group} 2>/dev/null || sudo -n kill -s {signal} -- -{group} 2>/dev/null"
+    );
+    let attempt = async {
+        let channel = session.handle.channel_open_session().await?;
+        channel.exec(true, command).await?;
+        let (mut reader, _writer) = channel.split();
+        while let Some(message) = reader.wait().await {
+            if matches!(message, ChannelMsg::Close) {
+                break;
+            }
+        }
+        Ok::<(), russh::Error>(())
+    };
+    match tokio::time::timeout(KILL_AFTER, attempt).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(cause = %e, group, signal, "cannot signal the command"),
+        Err(_) => tracing::debug!(group, signal, "signalling the command timed out"),
     }
 }
 
@@ -1123,13 +1211,14 @@ H10AK9YFRqCnD8WI/eqZAAAABHRlc3QB
                 if works {
                     let reply = outcome.reply().expect("a reply");
                     assert_eq!(reply.content()["code"], "3", "{outcome:?}");
-                    assert_eq!(
-                        rx.recv().await,
-                        Some(Event::Line {
-                            stream: Stream::Stdout,
-                            line: "echo hi".into()
-                        })
-                    );
+                    // The server echoes the command line it was given: the user's
+                    // command, after the shell's pid line.
+                    let Some(Event::Line { stream, line }) = rx.recv().await else {
+                        panic!("no line")
+                    };
+                    assert_eq!(stream, Stream::Stdout);
+                    assert!(line.starts_with("printf 'DEPLOY-PID-"), "{line}");
+                    assert!(line.ends_with(" >&2; echo hi"), "{line}");
                 } else {
                     let Outcome::Failed(why) = outcome else {
                         panic!("{outcome:?}")

@@ -114,7 +114,7 @@ impl Shared {
                 return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
             }
             let command = wrap(format!("{cd}{{\n{command}\n}}"));
-            let reply = session::run(&session, &command, None, events, &self.stats).await?;
+            let reply = session::run(&session, &command, None, events, self).await?;
             return Ok(match reply.body {
                 crate::order::Body::Json(body) if reply.code == 200 => {
                     Reply::ok(sent(body, &root, files, sent_bytes))
@@ -181,7 +181,7 @@ impl Shared {
                 Some(None) => false,
             }
         };
-        let ran_tool = session::exec(&session, &tool, events, &self.stats, feed, keep).await;
+        let ran_tool = session::exec(&session, &tool, events, self, feed, keep).await;
         let (mut code, mut content) = match &ran_tool {
             Ok(ran) => (ran.code, ran.content.clone()),
             Err(e) => (255, format!("{e}\n").into_bytes()),
@@ -322,7 +322,7 @@ impl Shared {
             count.store(sent, std::sync::atomic::Ordering::Relaxed);
             Ok(true)
         };
-        let ran = session::exec(session, &command, events, &self.stats, feed, |_, _| true).await?;
+        let ran = session::exec(session, &command, events, self, feed, |_, _| true).await?;
         Ok((ran, counted.load(std::sync::atomic::Ordering::Relaxed)))
     }
 }
