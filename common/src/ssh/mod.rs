@@ -17,7 +17,7 @@
 //! deliver(ssh://[user@]host[:port], run argv)
 //!   resolve host in ssh_config ─► [ProxyJump hops: connect+auth, direct-tcpip ─►]* TCP (NODELAY)
 //!   ─► kex curve25519-sha256 ─► host key vs known_hosts ─► auth: agent, key files, password
-//!   ─► session channel: exec "printf 'MARK %s' $$ >&2; argv joined" ─► stdin then EOF
+//!   ─► session channel: exec "sh -c 'printf … \"$PPID\" >&2'; argv joined" ─► stdin, EOF
 //!   ◄─ stdout/stderr → Event::Line{stream, line} as each line completes ◄─ exit-status
 //!   (the first stderr line, the shell's pid, is kept back: on interrupt the command's
 //!   process group gets SIGINT then SIGKILL, since sshd keeps a command without a

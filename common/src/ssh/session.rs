@@ -777,13 +777,15 @@ where
     let channel = session.handle.channel_open_session().await?;
     let (mut reader, writer) = channel.split();
     let writer = Arc::new(writer);
-    // The remote shell says its pid (the command's process group) first, on stderr,
-    // marked with a secret of this process, so that an interrupt can reach the command.
+    // The remote login shell's pid (the command's process group: sshd starts it in a
+    // session of its own) comes first, on stderr, marked with a secret of this process,
+    // so that an interrupt can reach the command. A child `sh` says it as `$PPID`, in
+    // syntax that bash, dash, csh and fish all read the same way.
     let mark = pid_mark();
     writer
         .exec(
             false,
-            format!("printf '{mark} %s\\n' \"$$\" >&2; {command}"),
+            format!("sh -c 'printf \"{mark} %s\\n\" \"$PPID\" >&2'; {command}"),
         )
         .await?;
     let mut group: Option<u32> = None;
@@ -1217,8 +1219,8 @@ H10AK9YFRqCnD8WI/eqZAAAABHRlc3QB
                         panic!("no line")
                     };
                     assert_eq!(stream, Stream::Stdout);
-                    assert!(line.starts_with("printf 'DEPLOY-PID-"), "{line}");
-                    assert!(line.ends_with(" >&2; echo hi"), "{line}");
+                    assert!(line.starts_with("sh -c 'printf \"DEPLOY-PID-"), "{line}");
+                    assert!(line.ends_with(" >&2'; echo hi"), "{line}");
                 } else {
                     let Outcome::Failed(why) = outcome else {
                         panic!("{outcome:?}")
