@@ -285,21 +285,21 @@ fn report_unreleased(name: &LockName, lease: u64, unreleased: &[(String, String)
     }
 }
 
-/// SIGINT and SIGTERM, caught.
-struct Signals {
+/// SIGINT and SIGTERM, caught (from the moment this is made).
+pub(crate) struct Signals {
     int: Signal,
     term: Signal,
 }
 
 impl Signals {
-    fn new() -> io::Result<Signals> {
+    pub(crate) fn new() -> io::Result<Signals> {
         Ok(Signals {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
         })
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}

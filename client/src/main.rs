@@ -188,7 +188,7 @@ async fn run(config: Config) -> io::Result<u8> {
     // SSH commands outlive a dropped connection: on SIGINT/SIGTERM they are interrupted
     // (SIGINT, then SIGKILL) and the run ends once they have; a second signal quits.
     let mut signals = match &ssh {
-        Some(_) => Some(Interrupts::new()?),
+        Some(_) => Some(lock::Signals::new()?),
         None => None,
     };
     let mut interrupted = false;
@@ -378,29 +378,6 @@ async fn run(config: Config) -> io::Result<u8> {
         return Ok(EXIT_INTERRUPTED);
     }
     Ok(exit_status(&judged, expected - (done.len() - judged.len())))
-}
-
-/// SIGINT and SIGTERM, caught.
-struct Interrupts {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Interrupts {
-    fn new() -> io::Result<Interrupts> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Interrupts {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
 }
 
 /// Writes the `lines` output buffered so far, out of the status line's way.
