@@ -204,8 +204,8 @@ pub async fn run(mut config: Config, mode: LockMode) -> io::Result<u8> {
             }
             lost = heartbeat.lost() => (Ok(EXIT_LOCK_LOST), Some(lost), false),
         };
-        // Commands on SSH hosts outlive their connection: stop them (SIGINT, then
-        // SIGKILL) before the lock goes, rather than just dropping the order.
+        // Stop the commands on SSH hosts (SIGINT, then SIGKILL) before the lock goes,
+        // rather than just dropping their connections.
         if let (Some(ssh), false) = (&ssh, finished) {
             ssh.interrupt();
             let grace = deploy_common::ssh::session::KILL_AFTER + std::time::Duration::from_secs(2);

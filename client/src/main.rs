@@ -185,8 +185,8 @@ async fn run(config: Config) -> io::Result<u8> {
     // Agents' results relayed by a proxy, per proxy (index), in arrival order.
     let mut relayed: Vec<Vec<HostResult>> = (0..count).map(|_| Vec::new()).collect();
     let mut events = fanout.run(targets, request);
-    // SSH commands outlive a dropped connection: on SIGINT/SIGTERM they are interrupted
-    // (SIGINT, then SIGKILL) and the run ends once they have; a second signal quits.
+    // On SIGINT/SIGTERM the commands on SSH hosts are interrupted (SIGINT, then
+    // SIGKILL) and the run ends once they have; a second signal quits.
     let mut signals = match &ssh {
         Some(_) => Some(lock::Signals::new()?),
         None => None,

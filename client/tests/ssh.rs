@@ -1415,37 +1415,86 @@ fn remote_processes(c: &deploy_testkit::sshd::Cluster, i: usize, needle: &str) -
         .collect()
 }
 
-/// Ctrl-C stops the commands on the hosts (without a terminal they would outlive the
-/// connection), with and without a lock, and the run ends with 130.
+/// A command that reports SIGINT, then sleeps.
+fn trapping(seconds: &str) -> String {
+    format!("trap 'echo got INT; exit 7' INT; sleep {seconds}")
+}
+
+/// Ctrl-C interrupts the commands on the hosts (their process groups get SIGINT, which
+/// they may handle, then SIGKILL), with and without a lock; the run ends with 130 once
+/// they have, and nothing is left running.
 #[tokio::test]
 async fn ssh_interrupt_stops_the_remote_commands() {
     let Some(c) = cluster() else { return };
     let home = home(c, true);
     let hosts = format!("{},{}", c.spec(6), c.spec(7));
     let lock_file = format!("--lock-file={}/%h-%p.lock", home.path().display());
-    for (extra, needle) in [(None, "sleep 301"), (Some(lock_file.as_str()), "sleep 302")] {
-        let seconds = needle.trim_start_matches("sleep ");
+    for (extra, seconds) in [(None, "301"), (Some(lock_file.as_str()), "302")] {
+        let needle = format!("sleep {seconds}");
+        let command = trapping(seconds);
         let mut args = vec!["--hosts", &hosts, "--order=run"];
         if let Some(lock_file) = extra {
             args.extend(["--lock", lock_file]);
         }
-        args.extend(["--", "sleep", seconds]);
+        args.extend(["--", &command]);
         let run = running(home.path(), &args);
         let started = std::time::Instant::now();
-        while (6..8).any(|i| remote_processes(c, i, needle).is_empty()) {
+        while (6..8).any(|i| remote_processes(c, i, &needle).is_empty()) {
             assert!(started.elapsed() < Duration::from_secs(10), "not started");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         run.signal(nix::sys::signal::Signal::SIGINT);
         let out = run.finish(Duration::from_secs(10)).await;
         assert_eq!(out.status, 130, "{extra:?}: {out:?}");
+        for i in 6..8 {
+            let said = format!("{}: got INT\n", c.spec(i));
+            assert!(out.stdout.contains(&said), "{extra:?}: {out:?}");
+        }
         let gone = std::time::Instant::now();
-        while (6..8).any(|i| !remote_processes(c, i, needle).is_empty()) {
+        while (6..8).any(|i| !remote_processes(c, i, &needle).is_empty()) {
             assert!(
                 gone.elapsed() < Duration::from_secs(5),
                 "{needle} still runs on a host after the interrupt"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A run cut by --thread-timeout interrupts its commands on the hosts as Ctrl-C does
+/// (rather than just dropping their connections).
+#[test]
+fn ssh_thread_timeout_stops_the_remote_commands() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = format!("{},{}", c.spec(8), c.spec(9));
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--thread-timeout=1",
+            "--",
+            &trapping("304"),
+        ],
+        None,
+    );
+    assert_eq!(out.status, 3, "{out:?}");
+    assert!(out.stderr.contains("no reply within 1 s"), "{out:?}");
+    for i in 8..10 {
+        let said = format!("{}: got INT\n", c.spec(i));
+        assert!(
+            out.stdout.contains(&said),
+            "interrupted, not cut off: {out:?}"
+        );
+    }
+    let gone = std::time::Instant::now();
+    while (8..10).any(|i| !remote_processes(c, i, "sleep 304").is_empty()) {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "sleep 304 still runs on a host after the timeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -19,9 +19,9 @@
 //!   ─► kex curve25519-sha256 ─► host key vs known_hosts ─► auth: agent, key files, password
 //!   ─► session channel: exec "sh -c 'printf … \"$PPID\" >&2'; argv joined" ─► stdin, EOF
 //!   ◄─ stdout/stderr → Event::Line{stream, line} as each line completes ◄─ exit-status
-//!   (the first stderr line, the shell's pid, is kept back: on interrupt the command's
-//!   process group gets SIGINT then SIGKILL, since sshd keeps a command without a
-//!   terminal running after its connection is gone, and refuses `signal` to root)
+//!   (the first stderr line, the shell's pid, is kept back: on interrupt or at the
+//!   deadline the command's process group gets SIGINT then SIGKILL; sshd refuses
+//!   `signal` requests for root logins, so it is sent with kill)
 //!   = Outcome::Reply(200 {return, code, command, content})
 //! └────────────────────── whole exchange ≤ deadline (if one is set) ──────────────────────┘
 //! ```
@@ -508,17 +508,28 @@ impl Shared {
         self.bounded(target, work).await
     }
 
-    /// Runs `work` within the deadline, if one is set.
+    /// Runs `work` within the deadline, if one is set. At the deadline its commands
+    /// are interrupted like on Ctrl-C (see [`session::exec`]), and given
+    /// [`session::KILL_AFTER`] and a little more to end, so that nothing keeps running
+    /// on the host after its delivery timed out.
     async fn bounded(
         &self,
         target: &Target,
         work: impl std::future::Future<Output = Result<Reply, SshError>>,
     ) -> Outcome {
+        let token = self.interrupt.child_token();
+        let work = session::DELIVERY.scope(token.clone(), work);
+        tokio::pin!(work);
         let result = match self.options.deadline {
             None => work.await,
-            Some(deadline) => match tokio::time::timeout(deadline, work).await {
+            Some(deadline) => match tokio::time::timeout(deadline, &mut work).await {
                 Ok(result) => result,
-                Err(_) => return Outcome::Timeout(deadline),
+                Err(_) => {
+                    token.cancel();
+                    let grace = session::KILL_AFTER + Duration::from_secs(2);
+                    let _ = tokio::time::timeout(grace, &mut work).await;
+                    return Outcome::Timeout(deadline);
+                }
             },
         };
         match result {

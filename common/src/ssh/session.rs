@@ -49,6 +49,11 @@ use crate::order::Reply;
 use crate::target::{Target, SSH_DEFAULT_PORT, SSH_PREFIX};
 use crate::wire::message::{Event, Stream};
 
+tokio::task_local! {
+    /// The interrupt of the delivery being run (see `Shared::bounded`).
+    pub(super) static DELIVERY: tokio_util::sync::CancellationToken;
+}
+
 /// How long an interrupted command has to end after SIGINT before it gets SIGKILL.
 pub const KILL_AFTER: Duration = Duration::from_secs(3);
 
@@ -758,10 +763,12 @@ pub(super) struct Ran {
 /// input open) while its output is read: each complete line for which `keep(stream,
 /// line)` is true is streamed as an event (the others are consumed by the caller).
 ///
-/// When the transport is interrupted ([`super::SshTransport::interrupt`]) the command
-/// gets SIGINT (sshd sends it to the command's process group), then SIGKILL if it is
-/// still there after [`KILL_AFTER`]: without a terminal, a remote command outlives its
-/// connection, and `tail -f` would run on every host for ever.
+/// When the transport is interrupted ([`super::SshTransport::interrupt`]), or the
+/// delivery's deadline passes, the command
+/// gets SIGINT (its process group, which it may handle and report), then SIGKILL if
+/// it is still there after [`KILL_AFTER`]: a stop the command can clean up after, whose
+/// output is kept, rather than whatever the server does with a command whose
+/// connection is gone (OpenSSH 9.2 ends it; servers differ).
 pub(super) async fn exec<F, Fut>(
     session: &Session,
     command: &str,
@@ -793,7 +800,11 @@ where
     let stats = &*shared.stats;
     stats.running.fetch_add(1, Ordering::Relaxed);
     let running = Running(stats);
-    let interrupted = shared.interrupt.cancelled();
+    // This delivery's token (cancelled at its deadline, or with the transport's).
+    let token = DELIVERY
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| shared.interrupt.clone());
+    let interrupted = token.cancelled();
     tokio::pin!(interrupted);
     let mut signalled = false;
     let kill = tokio::time::sleep(Duration::MAX);
