@@ -26,7 +26,7 @@
 //! the remaining time. Operations take the time as a [`Now`] so tests can move it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -448,36 +448,15 @@ impl LockStore {
         Ok(Some(record))
     }
 
-    /// Replaces the record through a temporary file and a rename.
+    /// Replaces the record through a temporary file and a rename. (No fsync: after a
+    /// crash of the machine every lease is void anyway, another boot id.)
     fn write(&self, name: &LockName, record: &LockRecord) -> Result<(), StoreError> {
         let target = self.path(name);
-        let tmp = self
-            .dir
-            .join(format!(".{name}.json.{}.tmp", std::process::id()));
         let text = serde_json::to_vec(record).map_err(|e| {
             StoreError::io(format!("encode {}", target.display()), io::Error::other(e))
         })?;
-        let write = || -> io::Result<()> {
-            match fs::remove_file(&tmp) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            // No fsync: rename is atomic for other processes, and after a crash of the
-            // machine every lease is void anyway (another boot id).
-            file.write_all(&text)?;
-            drop(file);
-            fs::rename(&tmp, &target)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            StoreError::io(format!("write {}", target.display()), e)
-        })
+        crate::fsutil::write_atomic(&self.dir, &format!("{name}.json"), &text)
+            .map_err(|e| StoreError::io(format!("write {}", target.display()), e))
     }
 
     fn remove(&self, name: &LockName) -> Result<(), StoreError> {

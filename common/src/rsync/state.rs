@@ -48,7 +48,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -461,29 +461,10 @@ fn remove_if_exists(path: &Path) -> Result<(), RsyncError> {
     }
 }
 
-/// Write `dir/name` through a temporary file and a rename, so readers never see half.
+/// Writes `dir/name` through a temporary file and a rename, so readers never see half.
 fn write_atomic(dir: &Path, name: &str, content: &[u8]) -> Result<(), RsyncError> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let target = dir.join(name);
-    let write = || -> io::Result<()> {
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        file.write_all(content)?;
-        drop(file);
-        fs::rename(&tmp, &target)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        RsyncError::io(format!("write {}", target.display()), e)
-    })
+    crate::fsutil::write_atomic(dir, name, content)
+        .map_err(|e| RsyncError::io(format!("write {}", dir.join(name).display()), e))
 }
 
 fn read_tail(path: &Path, n: u64) -> Vec<u8> {
