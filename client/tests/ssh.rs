@@ -1498,3 +1498,56 @@ fn ssh_thread_timeout_stops_the_remote_commands() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `upload` and `sync` refuse what they cannot do, before contacting anyone: exit 2 and
+/// the reason.
+#[test]
+fn upload_and_sync_usage_errors() {
+    let home = tempfile::tempdir().expect("home");
+    let ssh = "ssh://127.0.0.1:1";
+    for (args, needle) in [
+        (
+            vec!["--hosts", ssh, "--order=upload", "--root=/tmp/x"],
+            "needs --upload",
+        ),
+        (
+            vec!["--hosts", ssh, "--order=upload", "--upload=Cargo.toml"],
+            "needs --root",
+        ),
+        (
+            vec!["--hosts", ssh, "--order=upload", "--upload=", "--root=/x"],
+            "empty path",
+        ),
+        (
+            vec!["--hosts", ssh, "--order=sync"],
+            "needs a command after `--`",
+        ),
+        (
+            vec!["--hosts", "127.0.0.1:1", "--order=sync", "--", "true"],
+            "is an agent",
+        ),
+        (
+            vec![
+                "--hosts",
+                "127.0.0.1",
+                "--order=upload",
+                "--api-key=k",
+                "--upload=x",
+                "--root=/x",
+            ],
+            "not through a proxy",
+        ),
+        (
+            vec!["--hosts", ssh, "--order=sync", "--stdin=-", "--", "true"],
+            "--stdin is not for --order=sync",
+        ),
+        (
+            vec!["--hosts", ssh, "--order=run", "--root=/x", "--", "true"],
+            "--upload and --root are for",
+        ),
+    ] {
+        let out = client(home.path(), &args, None);
+        assert_eq!(out.status, 2, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+}
