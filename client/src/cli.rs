@@ -25,7 +25,7 @@ use deploy_common::order::Request;
 use deploy_common::ssh::{SshOptions, SshTransport};
 use deploy_common::target::{Scheme, Target};
 use deploy_common::transport::{AgentTransport, Mux, Protocol, Transport};
-use deploy_common::upload::{Manifest, UploadSpec};
+use deploy_common::upload::UploadSpec;
 
 use crate::lock::{self as cluster_lock, LockMode};
 
@@ -490,9 +490,9 @@ impl Args {
                     no_owner: self.no_preserve_owner,
                 };
                 if !spec.files.is_empty() {
-                    // Refuse a missing or odd file now, not once per host.
-                    let cwd = std::env::current_dir().context("current directory")?;
-                    let manifest = Manifest::build(&spec, &cwd)?;
+                    // Refuse a missing or odd file now, not once per host; the walk is
+                    // kept for the deliveries.
+                    let manifest = deploy_common::upload::build_and_keep(&spec)?;
                     let (files, bytes) = manifest.totals();
                     tracing::info!(files, bytes, "files to upload");
                 }

@@ -275,14 +275,11 @@ impl fmt::Display for Target {
     }
 }
 
-/// Expands `%h` (host as written), `%p` (port: for SSH hosts written without one, 22),
+/// Expands `%h` (host as written), `%p` (port; 22 for SSH hosts written without one),
 /// `%%` and the `extra` tokens in `template` (lock files, upload roots: hosts that share
 /// a file system can each have their own path); an unknown `%x` is kept as written.
 pub fn expand(template: &str, target: &Target, extra: &[(char, &str)]) -> String {
-    let port = match (target.scheme, target.port_given()) {
-        (Scheme::Ssh, false) => SSH_DEFAULT_PORT,
-        _ => target.port,
-    };
+    let port = target.port;
     let mut out = String::with_capacity(template.len() + 16);
     let mut chars = template.chars();
     while let Some(c) = chars.next() {

@@ -3,7 +3,6 @@
 //! default). With `sudo`, the command runs under `sudo -n`.
 
 use super::{process, Agent};
-use base64::Engine;
 use deploy_common::order::run::ran;
 use deploy_common::order::{Reply, Request};
 use deploy_common::server::conn::Events;
@@ -18,12 +17,9 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
     if request.argv.iter().any(|a| a.contains('\0')) {
         return Reply::error(400, "run: NUL byte in an argument");
     }
-    let stdin = match &request.stdin {
-        None => None,
-        Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
-            Ok(bytes) => Some(bytes),
-            Err(e) => return Reply::error(400, format!("run: stdin is not base64: {e}")),
-        },
+    let stdin = match deploy_common::order::run::stdin(request) {
+        Ok(stdin) => stdin,
+        Err(reply) => return reply,
     };
     let mut argv = Vec::with_capacity(request.argv.len() + 2);
     if request.sudo {

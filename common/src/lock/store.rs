@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::order::lock::{released, Grant, HeldBy, LockName, Token};
-use crate::order::{Body, Reply};
+use crate::order::Reply;
 
 /// The store's subdirectory of `state_dir`.
 pub const LOCKS_DIR: &str = "locks";
@@ -254,10 +254,7 @@ impl LockOutcome {
         match self {
             LockOutcome::Taken { record, .. } => Reply::ok(record.grant(now, false).to_body()),
             LockOutcome::Renewed(record) => Reply::ok(record.grant(now, true).to_body()),
-            LockOutcome::Held(record) => Reply {
-                code: 423,
-                body: Body::Json(record.held_by(now).to_body()),
-            },
+            LockOutcome::Held(record) => record.held_by(now).into_reply(),
         }
     }
 }

@@ -241,6 +241,14 @@ impl HeldBy {
         })
     }
 
+    /// The 423 reply naming the holder.
+    pub fn into_reply(self) -> crate::order::Reply {
+        crate::order::Reply {
+            code: 423,
+            body: crate::order::Body::Json(self.to_body()),
+        }
+    }
+
     /// The 403 text of an `unlock` without the right token.
     pub fn wrong_token(&self) -> String {
         format!("{self}; the token does not match")

@@ -7,9 +7,20 @@
 //!
 //! `return` is `"true"` iff the exit code is 0; a client's summary groups hosts by code.
 
-use super::{flag, object};
+use super::{flag, object, Reply, Request};
 use base64::Engine;
 use serde_json::{Map, Value};
+
+/// The request's `stdin`, decoded; the 400 reply if it is not base64.
+pub fn stdin(request: &Request) -> Result<Option<Vec<u8>>, Reply> {
+    match &request.stdin {
+        None => Ok(None),
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Some)
+            .map_err(|e| Reply::error(400, format!("run: stdin is not base64: {e}"))),
+    }
+}
 
 /// The command ran and exited with `code`.
 pub fn ran(code: i32, command: &str, output: &[u8]) -> Map<String, Value> {

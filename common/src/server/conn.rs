@@ -577,8 +577,12 @@ async fn serve_v2<H: Handler>(
         };
         // Every v2 request gets an event channel: a proxy streams each agent's result
         // on it; an agent streams output only when the client asked to `follow`.
-        let reply = if !handler.knows(&request.order) {
-            Reply::error(404, format!("unknown order {:?}", request.order))
+        // `cut`: the order ended before its body did, the connection is out of step.
+        let (reply, cut) = if !handler.knows(&request.order) {
+            (
+                Reply::error(404, format!("unknown order {:?}", request.order)),
+                false,
+            )
         } else {
             let (tx, mut rx) = mpsc::channel::<TaggedEvent>(64);
             let (ready_tx, mut ready_rx) = tokio::sync::oneshot::channel();
@@ -624,34 +628,29 @@ async fn serve_v2<H: Handler>(
                     }
                 }
             };
-            if cut {
-                // The order ended before its body did: the connection is out of step.
-                let message = Message::reply(id, &reply);
-                let size = message.encode().len();
-                conn.send(&message).await?;
-                access(peer, Wire::V2, Some(&request), reply.code, size, started);
-                // Read what the client still sends (the rest of its body) for a while
-                // before closing: closing with unread data would reset the connection
-                // and could destroy the reply before the client reads it.
-                let stream = conn.get_mut();
-                let _ = stream.flush().await;
-                let drain = async {
-                    let mut sink = [0u8; 16 << 10];
-                    let idle = policy.socket_timeout;
-                    while matches!(
-                        tokio::time::timeout(idle, stream.read(&mut sink)).await,
-                        Ok(Ok(n)) if n > 0
-                    ) {}
-                };
-                let _ = tokio::time::timeout(V2_IDLE, drain).await;
-                return Ok(());
-            }
-            reply
+            (reply, cut)
         };
         let message = Message::reply(id, &reply);
         let size = message.encode().len();
         conn.send(&message).await?;
         access(peer, Wire::V2, Some(&request), reply.code, size, started);
+        if cut {
+            // Read what the client still sends (the rest of its body) for a while
+            // before closing: closing with unread data would reset the connection
+            // and could destroy the reply before the client reads it.
+            let stream = conn.get_mut();
+            let _ = stream.flush().await;
+            let drain = async {
+                let mut sink = [0u8; 16 << 10];
+                let idle = policy.socket_timeout;
+                while matches!(
+                    tokio::time::timeout(idle, stream.read(&mut sink)).await,
+                    Ok(Ok(n)) if n > 0
+                ) {}
+            };
+            let _ = tokio::time::timeout(V2_IDLE, drain).await;
+            return Ok(());
+        }
     }
 }
 

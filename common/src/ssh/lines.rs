@@ -70,6 +70,15 @@ pub fn remote_command(argv: &[String], sudo: bool) -> String {
     }
 }
 
+/// `script` for `sh -c`, whatever the remote login shell, under `sudo -n` if `sudo`.
+pub fn shell(script: &str, sudo: bool) -> String {
+    if sudo {
+        format!("sudo -n sh -c {}", quote(script))
+    } else {
+        format!("sh -c {}", quote(script))
+    }
+}
+
 /// Quotes `s` for a POSIX shell: `'…'`, with `'` written `'\''`.
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

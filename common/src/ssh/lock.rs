@@ -179,17 +179,12 @@ impl Shared {
         if let Some(entry) = existing {
             let mut held = entry.lock().await;
             if !held.token.matches(token.as_str()) {
-                return Ok(Reply {
-                    code: 423,
-                    body: crate::order::Body::Json(
-                        HeldBy {
-                            lock: name.as_str().to_owned(),
-                            holder: held.holder.clone(),
-                            expires: 0,
-                        }
-                        .to_body(),
-                    ),
-                });
+                return Ok(HeldBy {
+                    lock: name.as_str().to_owned(),
+                    holder: held.holder.clone(),
+                    expires: 0,
+                }
+                .into_reply());
             }
             return Ok(match ping(&mut held).await {
                 Ok(()) => Reply::ok(grant(true, &held.holder.clone()).to_body()),
@@ -225,21 +220,16 @@ impl Shared {
                     locks.insert(key, Arc::new(tokio::sync::Mutex::new(held)));
                     Reply::ok(grant(false, &request.holder).to_body())
                 }
-                Ok(Acquired::Refused(holder)) => Reply {
-                    code: 423,
-                    body: crate::order::Body::Json(
-                        HeldBy {
-                            lock: name.as_str().to_owned(),
-                            holder: if holder.is_empty() {
-                                format!("an unnamed holder of {path}")
-                            } else {
-                                holder
-                            },
-                            expires: 0,
-                        }
-                        .to_body(),
-                    ),
-                },
+                Ok(Acquired::Refused(holder)) => HeldBy {
+                    lock: name.as_str().to_owned(),
+                    holder: if holder.is_empty() {
+                        format!("an unnamed holder of {path}")
+                    } else {
+                        holder
+                    },
+                    expires: 0,
+                }
+                .into_reply(),
                 Ok(Acquired::Error(why)) => {
                     Reply::error(500, format!("lock {name} ({path}): {why}"))
                 }
@@ -260,11 +250,7 @@ impl Shared {
     ) -> Result<Acquired, SshError> {
         let session = self.connect(target).await?;
         let script = script(path, holder);
-        let command = if sudo {
-            format!("sudo -n sh -c {}", quote(&script))
-        } else {
-            format!("sh -c {}", quote(&script))
-        };
+        let command = super::lines::shell(&script, sudo);
         let channel = session.channel().await?;
         let (mut reader, writer) = channel.split();
         writer.exec(false, command).await?;

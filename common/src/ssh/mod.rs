@@ -484,20 +484,9 @@ impl Shared {
         if request.argv.is_empty() {
             return Outcome::Reply(Reply::error(400, "run needs a command"));
         }
-        let stdin = match &request.stdin {
-            None => None,
-            Some(b64) => {
-                use base64::Engine as _;
-                match base64::engine::general_purpose::STANDARD.decode(b64) {
-                    Ok(bytes) => Some(bytes),
-                    Err(e) => {
-                        return Outcome::Reply(Reply::error(
-                            400,
-                            format!("run: stdin is not base64: {e}"),
-                        ))
-                    }
-                }
-            }
+        let stdin = match crate::order::run::stdin(request) {
+            Ok(stdin) => stdin,
+            Err(reply) => return Outcome::Reply(reply),
         };
         let command = lines::remote_command(&request.argv, request.sudo);
         let work = async {

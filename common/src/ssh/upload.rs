@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, watch};
 
-use super::lines::quote;
+use super::lines::{quote, shell};
 use super::session::{self, Session};
 use super::{Shared, SshError};
 use crate::order::run::ran;
@@ -101,19 +101,12 @@ impl Shared {
         } else {
             format!("mkdir -p -- {r} && cd {r} && ", r = quote(&root))
         };
-        let wrap = |script: String| {
-            if request.sudo {
-                format!("sudo -n sh -c {}", quote(&script))
-            } else {
-                format!("sh -c {}", quote(&script))
-            }
-        };
         let Some((hub, run)) = sync else {
             if request.argv.is_empty() {
                 let body = ran(0, "tar -x", b"");
                 return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
             }
-            let command = wrap(format!("{cd}{{\n{command}\n}}"));
+            let command = shell(&format!("{cd}{{\n{command}\n}}"), request.sudo);
             let reply = session::run(&session, &command, None, events, self).await?;
             return Ok(match reply.body {
                 crate::order::Body::Json(body) if reply.code == 200 => {
@@ -122,9 +115,10 @@ impl Shared {
                 _ => reply,
             });
         };
-        let tool = wrap(format!(
-            "{cd}DEPLOY_RUN_DIR=\"$PWD\" && export DEPLOY_RUN_DIR && {{\n{command}\n}}"
-        ));
+        let tool = shell(
+            &format!("{cd}DEPLOY_RUN_DIR=\"$PWD\" && export DEPLOY_RUN_DIR && {{\n{command}\n}}"),
+            request.sudo,
+        );
         // Ready: wait for every host before anything starts (strict: abort if one
         // failed), with this host's input queue already taking SYNC lines.
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -304,11 +298,7 @@ impl Shared {
             r = quote(root),
             owner = if no_owner { " --no-same-owner" } else { "" },
         );
-        let command = if sudo {
-            format!("sudo -n sh -c {}", quote(&command))
-        } else {
-            command
-        };
+        let command = shell(&command, sudo);
         let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = Arc::clone(&counted);
         let manifest = Arc::clone(manifest);

@@ -558,7 +558,6 @@ impl AgentTransport {
     }
 }
 
-/// A v1 client got a v2 frame (which starts with a 0 length byte) back.
 /// Sends the body the agent asked for: the `upload` files as one tar stream, in
 /// [`CHUNK`](crate::upload::tar::CHUNK)-sized `data` messages, then `end`. If the files
 /// cannot be read the connection is dropped mid-body, so that the agent never takes a
@@ -600,6 +599,7 @@ async fn send_body(
         .map_err(|e| failed(format!("sending the upload: {e}")))
 }
 
+/// A v1 client got a v2 frame (which starts with a 0 length byte) back.
 fn v1_sees_v2() -> Outcome {
     Outcome::Failed(
         "protocol mismatch: the peer answered in protocol v2; use protocol v2 for it".to_owned(),

@@ -253,9 +253,8 @@ type Cached = Arc<tokio::sync::OnceCell<Result<Arc<Manifest>, String>>>;
 /// process by the first delivery that needs it: a run sends the same files to every
 /// host, whatever its transport. Only programs that upload (the client) call this.
 pub async fn manifest(spec: &UploadSpec) -> Result<Arc<Manifest>, String> {
-    static CACHE: OnceLock<tokio::sync::Mutex<HashMap<UploadSpec, Cached>>> = OnceLock::new();
     let cell = {
-        let mut cache = CACHE.get_or_init(Default::default).lock().await;
+        let mut cache = cache().lock().await;
         Arc::clone(cache.entry(spec.clone()).or_default())
     };
     cell.get_or_init(|| async {
@@ -271,6 +270,31 @@ pub async fn manifest(spec: &UploadSpec) -> Result<Arc<Manifest>, String> {
     })
     .await
     .clone()
+}
+
+/// Builds the manifest of `spec` now (paths relative to the current directory) and
+/// keeps it for [`manifest`], so that the deliveries of this process do not walk the
+/// files again: a caller that must refuse bad paths before any delivery uses this.
+pub fn build_and_keep(spec: &UploadSpec) -> Result<Arc<Manifest>, UploadError> {
+    let cwd = std::env::current_dir().map_err(|e| UploadError::Read {
+        path: ".".to_owned(),
+        cause: e.to_string(),
+    })?;
+    let built = Arc::new(Manifest::build(spec, &cwd)?);
+    // Nobody else holds the cache this early; if someone did, they walk it themselves.
+    if let Ok(mut cache) = cache().try_lock() {
+        let _ = cache
+            .entry(spec.clone())
+            .or_default()
+            .set(Ok(Arc::clone(&built)));
+    }
+    Ok(built)
+}
+
+/// The process's manifests, by spec.
+fn cache() -> &'static tokio::sync::Mutex<HashMap<UploadSpec, Cached>> {
+    static CACHE: OnceLock<tokio::sync::Mutex<HashMap<UploadSpec, Cached>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
 }
 
 /// The archive name of `given`: cleaned, made absolute (then without its leading `/`)
