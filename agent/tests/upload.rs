@@ -1,10 +1,11 @@
 //! `upload` to agents: the real deploy-client streams a tar as the request's body (v2
 //! `continue`/`data` messages) to real agents, which extract it under `[allow::paths]`
-//! with the real `tar`, then run the command that follows (with `allow_run`). Refused
+//! in-process (the confined extractor), then run the command that follows (with `allow_run`). Refused
 //! without `allow_upload`, outside the allowed paths, and for the command without
 //! `allow_run`.
 
 use crate::util::*;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
@@ -235,7 +236,7 @@ fn hostile_archives_are_refused() {
                 ),
                 entry("l/pwned", file()),
             ],
-            "symbolic link of the archive",
+            "absolute path",
         ),
         (vec![entry("../pwned", file())], "`..`"),
     ] {
@@ -315,4 +316,181 @@ fn a_deadline_during_the_body_still_answers() {
         }
     });
     assert_eq!(code, 408);
+}
+
+/// One raw tar header block (`gnu`: old-GNU magic, else POSIX ustar).
+fn raw_header(name: &[u8], typeflag: u8, size: usize, gnu: bool) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..124].copy_from_slice(b"0000000\x000000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = typeflag;
+    h[257..265].copy_from_slice(if gnu { b"ustar  \0" } else { b"ustar\x0000" });
+    reseal(&mut h);
+    h
+}
+
+fn reseal(h: &mut [u8]) {
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// `data` padded to whole blocks.
+fn padded(data: &[u8]) -> Vec<u8> {
+    let mut v = data.to_vec();
+    v.resize(data.len().div_ceil(512) * 512, 0);
+    v
+}
+
+/// One pax record.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let inner = key.len() + value.len() + 3;
+    let mut len = inner + 1;
+    while format!("{len}").len() + inner != len {
+        len += 1;
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// The four archives of the security review, each of which showed the old guard one
+/// name while GNU tar extracted another, through a link `esc -> outside` already under
+/// the root. Every one is refused or lands inside; nothing is written outside.
+#[test]
+fn the_reviews_parser_differentials_write_nothing_outside() {
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb).server("allow_upload", "on").start(&sb);
+    let dest = sb.allowed().join("dest");
+    let outside = sb.join("outside");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join("esc")).unwrap();
+    // And one whose name is not UTF-8 (the old guard checked a lossy decoding of it).
+    std::os::unix::fs::symlink(&outside, dest.join(std::ffi::OsStr::from_bytes(b"\xffesc")))
+        .unwrap();
+    let root = dest.display().to_string();
+    let end = vec![0u8; 1024];
+    let file = |h: Vec<u8>| [h, padded(b"pwned\n")].concat();
+
+    // 1. pax GNU.sparse.name: GNU tar extracts under that name.
+    let rec = pax_record("GNU.sparse.name", b"esc/pwned1");
+    let sparse = [
+        raw_header(b"PaxHeader", b'x', rec.len(), false),
+        padded(&rec),
+        file(raw_header(b"innocent1", b'0', 6, false)),
+        end.clone(),
+    ]
+    .concat();
+    // 2. pax path, then a GNU long name: tar takes the pax path.
+    let rec = pax_record("path", b"esc/pwned2");
+    let long = b"innocent2\0";
+    let both = [
+        raw_header(b"PaxHeader", b'x', rec.len(), false),
+        padded(&rec),
+        raw_header(b"././@LongLink", b'L', long.len(), true),
+        padded(long),
+        file(raw_header(b"innocent2", b'0', 6, false)),
+        end.clone(),
+    ]
+    .concat();
+    // 3. old-GNU magic with bytes at offset 345 (not a prefix for old GNU).
+    let mut h = raw_header(b"pwned3", b'0', 6, true);
+    h[345..348].copy_from_slice(b"esc");
+    reseal(&mut h);
+    let gnu = [file(h), end.clone()].concat();
+    // 4. a name through the non-UTF-8 link.
+    let odd = [
+        file(raw_header(b"\xffesc/pwned4", b'0', 6, false)),
+        end.clone(),
+    ]
+    .concat();
+    for (what, archive) in [("sparse", sparse), ("pax+L", both), ("odd", odd)] {
+        let (code, text) = raw_upload(agent.addr(), &root, &archive);
+        assert_eq!(code, 400, "{what}: {text}");
+    }
+    // Old GNU: the name is `pwned3`, under the root.
+    let (code, text) = raw_upload(agent.addr(), &root, &gnu);
+    assert_eq!(code, 200, "{text}");
+    assert!(dest.join("pwned3").is_file());
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing outside"
+    );
+    for name in ["innocent1", "innocent2"] {
+        assert!(!dest.join(name).exists(), "{name}");
+    }
+}
+
+/// A body cut in the middle of a file leaves the complete files and no partial one
+/// under its final name (nor a temporary file).
+#[test]
+fn a_cut_upload_leaves_no_partial_file() {
+    use deploy_common::wire::message::Message;
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb).server("allow_upload", "on").start(&sb);
+    let dest = sb.allowed().join("cut");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("second"), b"old contents").unwrap();
+    let big = vec![7u8; 200_000];
+    let archive = [
+        raw_header(b"first", b'0', 3, false),
+        padded(b"one"),
+        raw_header(b"second", b'0', big.len(), false),
+        padded(&big),
+    ]
+    .concat();
+    let root = dest.display().to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = v2_connect(agent.addr(), KEY, None).await.expect("connect");
+        let mut request = request("upload", "");
+        request.upload = Some(Box::new(deploy_common::upload::UploadSpec {
+            files: vec!["x".into()],
+            root,
+            ..Default::default()
+        }));
+        conn.send(&Message::Request { id: 1, request })
+            .await
+            .unwrap();
+        assert!(matches!(
+            conn.recv().await.unwrap(),
+            Some(Message::Continue { id: 1 })
+        ));
+        // Half of the second file, then the connection goes away.
+        for piece in archive[..100_000].chunks(30_000) {
+            conn.send(&Message::data(1, piece, false)).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(conn);
+    });
+    // The agent notices the cut at once; give it a moment to clean up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut names = names;
+        names.sort();
+        if names == ["first", "second"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "left: {names:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(dest.join("first")).unwrap(), b"one");
+    assert_eq!(
+        std::fs::read(dest.join("second")).unwrap(),
+        b"old contents",
+        "the old file stays until a new one is complete"
+    );
 }

@@ -282,6 +282,34 @@ impl PathAllowList {
             Err(deny(DenyReason::Outside))
         }
     }
+
+    /// Like [`check`](Self::check), but returns the allowed root (canonical) that holds
+    /// the target and the target relative to it, so that the caller can open the root
+    /// and reach the target beneath it without following links (`openat2`): a link
+    /// planted between the check and the use then cannot lead out of the root.
+    pub fn check_beneath(&self, target: &str) -> Result<(PathBuf, PathBuf), PathDenied> {
+        let resolved = self.check(target)?;
+        // The deepest root that holds it (the most specific).
+        let root = self
+            .roots
+            .iter()
+            .filter_map(|root| root.canonicalize().ok())
+            .filter(|root| resolved.starts_with(root))
+            .max_by_key(|root| root.components().count());
+        match root {
+            Some(root) => {
+                let rel = resolved
+                    .strip_prefix(&root)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                Ok((root, rel))
+            }
+            None => Err(PathDenied {
+                target: target.to_owned(),
+                reason: DenyReason::Outside,
+            }),
+        }
+    }
 }
 
 /// Canonicalizes the longest existing ancestor of `target` and appends the rest.
@@ -347,6 +375,25 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn check_beneath_names_the_deepest_root_and_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        let mut list = PathAllowList::new();
+        list.push_root(base.to_str().unwrap()).unwrap();
+        list.push_root(base.join("a").to_str().unwrap()).unwrap();
+        let target = base.join("a/b/new/dir");
+        let (root, rel) = list.check_beneath(target.to_str().unwrap()).unwrap();
+        assert_eq!(root, base.join("a"));
+        assert_eq!(rel, Path::new("b/new/dir"));
+        let (root, rel) = list
+            .check_beneath(base.join("a").to_str().unwrap())
+            .unwrap();
+        assert_eq!((root, rel), (base.join("a"), PathBuf::new()));
+        assert!(list.check_beneath("/etc").is_err());
     }
 
     #[test]

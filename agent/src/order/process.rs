@@ -158,3 +158,13 @@ async fn pump<R: AsyncRead + Unpin>(
         }
     }
 }
+
+/// `argv`, under `sudo -n --` when `sudo` is asked.
+pub fn with_sudo(sudo: bool, argv: &[String]) -> Vec<String> {
+    let mut command = Vec::with_capacity(argv.len() + 3);
+    if sudo {
+        command.extend(["sudo", "-n", "--"].map(String::from));
+    }
+    command.extend(argv.iter().cloned());
+    command
+}

@@ -21,11 +21,7 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         Ok(stdin) => stdin,
         Err(reply) => return reply,
     };
-    let mut argv = Vec::with_capacity(request.argv.len() + 2);
-    if request.sudo {
-        argv.extend(["sudo".to_owned(), "-n".to_owned(), "--".to_owned()]);
-    }
-    argv.extend(request.argv.iter().cloned());
+    let argv = process::with_sudo(request.sudo, &request.argv);
     let finished = process::run(&argv, stdin, request.follow, events).await;
     Reply::ok(ran(finished.code, &argv.join(" "), &finished.output))
 }

@@ -25,7 +25,6 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-pub mod guard;
 pub mod tar;
 
 /// What to upload and where, as the client asked.
