@@ -6,11 +6,13 @@
 //!
 //! * [`cli`]: flags, applied over the INI file.
 //! * [`order`]: one file per order, and the [`order::Agent`] handler.
+//! * [`stretcher`]: `deploy-agent stretcher`, stretcher's event mode (Serf, Consul).
 //! * `main`: start-up (config, bind, daemonize, privileges, pid file) and the prefork
 //!   master from `deploy_common::server::prefork`.
 
 mod cli;
 mod order;
+mod stretcher;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -29,6 +31,9 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == order::RUNNER_SUBCOMMAND) {
         let code = deploy_common::rsync::runner_main(args.get(2..).unwrap_or_default());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    if args.get(1).is_some_and(|a| a == "stretcher") {
+        return stretcher::main(args.get(2..).unwrap_or_default());
     }
     let mut cli = Cli::parse();
     // The daemon changes to /; keep the configuration findable for SIGHUP.
@@ -94,6 +99,9 @@ impl Program for AgentProgram {
                 return 1;
             }
         };
+        if config.server.allow_deploy {
+            order::release::start_sweeper(config.server.state_dir.clone());
+        }
         let policy = Arc::clone(&self.current.policy);
         let settings = WorkerSettings {
             max_requests: config.server.max_requests_per_child,

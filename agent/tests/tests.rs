@@ -14,6 +14,7 @@
 //! | [`golden`] | the original's captured wire vectors replayed against the agent |
 //! | [`config`] | `--check` on the shipped samples and on broken files |
 //! | [`upload`] | `upload`: a tar body from the real client, extracted under `[allow::paths]` |
+//! | [`release`] | releases: rollouts in two phases, rollback, confirm-or-revert, stretcher's event mode |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
 //! is in [`util`].
@@ -26,5 +27,6 @@ mod ipv6;
 mod lock;
 mod orders;
 mod process;
+mod release;
 mod upload;
 mod util;

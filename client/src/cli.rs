@@ -20,6 +20,7 @@ use deploy_common::crypto::RsaPublicKey;
 use deploy_common::fanout::DEFAULT_CONCURRENCY;
 use deploy_common::legacy::auth::DEFAULT_KEY_CIPHER;
 use deploy_common::order::lock as wire_lock;
+use deploy_common::order::release::ReleaseSpec;
 use deploy_common::order::sync::SyncRun;
 use deploy_common::order::Request;
 use deploy_common::ssh::{SshOptions, SshTransport};
@@ -98,6 +99,15 @@ pub enum OrderArg {
     Lock,
     /// Release a lock.
     Unlock,
+    /// Deploy a release from a stretcher manifest (--manifest): prepare on every host,
+    /// then switch every host at once.
+    Deploy,
+    /// List the releases of --dest on every host.
+    Releases,
+    /// Switch --dest back to the previous release (or --release=PREFIX).
+    Rollback,
+    /// Confirm a switch made with --confirm-within.
+    Confirm,
 }
 
 impl OrderArg {
@@ -114,6 +124,10 @@ impl OrderArg {
             OrderArg::Sync => "sync",
             OrderArg::Lock => "lock",
             OrderArg::Unlock => "unlock",
+            OrderArg::Deploy => "deploy",
+            OrderArg::Releases => "releases",
+            OrderArg::Rollback => "rollback",
+            OrderArg::Confirm => "confirm",
         }
     }
 }
@@ -248,6 +262,48 @@ pub struct Args {
     #[arg(long)]
     pub sudo: bool,
 
+    /// `deploy`: the manifest, a URL the agents fetch (from their [deploy] manifest[]
+    /// prefixes), or `@FILE` sent inline (agents with [deploy] inline = on).
+    #[arg(long, value_name = "URL|@FILE")]
+    pub manifest: Option<String>,
+
+    /// `deploy`, `rollback`: why (recorded with the release on every host).
+    #[arg(short = 'm', long, value_name = "TEXT")]
+    pub message: Option<String>,
+
+    /// `deploy`: switch in waves of N hosts or P% of them, stopping at the first wave
+    /// that fails.
+    #[arg(long, value_name = "N|P%")]
+    pub batch: Option<String>,
+
+    /// `deploy`: a first wave of K hosts.
+    #[arg(long, value_name = "K")]
+    pub canary: Option<usize>,
+
+    /// `deploy`: each host reverts to its previous release by itself unless
+    /// `--order=confirm` reaches it within this (`90`, `90s`, `5m`, `1h`).
+    #[arg(long, value_name = "DURATION")]
+    pub confirm_within: Option<String>,
+
+    /// `deploy`: when a host fails to switch, leave the hosts that switched as they are
+    /// (by default they are rolled back).
+    #[arg(long)]
+    pub no_rollback: bool,
+
+    /// `releases`, `rollback`, `confirm`: the release link (the manifest's dest).
+    #[arg(long, value_name = "PATH")]
+    pub dest: Option<String>,
+
+    /// `rollback`: the release to go back to (an id prefix of 3+ characters; default:
+    /// the previous one).
+    #[arg(long = "release", value_name = "ID")]
+    pub release_id: Option<String>,
+
+    /// `releases`, `rollback`, `confirm`: the releases directory when not
+    /// `<dest>.releases`.
+    #[arg(long, value_name = "DIR")]
+    pub releases_dir: Option<String>,
+
     /// `upload`, `sync`: a file or directory to send (repeatable). Directories are sent
     /// whole; modes, times and numeric owners are kept.
     #[arg(long = "upload", value_name = "PATH")]
@@ -347,6 +403,8 @@ pub struct Config {
     pub quiet: bool,
     /// `--order=lock` or `--lock`: how the cluster lock is used.
     pub lock: Option<LockMode>,
+    /// `--order=deploy`: the waves of the rollout.
+    pub rollout: Option<crate::rollout::Plan>,
 }
 
 impl Args {
@@ -366,6 +424,7 @@ impl Args {
         self,
         stdin: impl FnOnce() -> std::io::Result<String>,
     ) -> anyhow::Result<Config> {
+        let release = release_spec(&self)?;
         if let Some(path) = &self.ipc_path {
             tracing::info!(path = %path, "--ipc-path is accepted for compatibility and ignored");
         }
@@ -551,6 +610,17 @@ impl Args {
                 Some(base64::engine::general_purpose::STANDARD.encode(bytes))
             }
         };
+        let rollout = (self.order == OrderArg::Deploy).then(|| crate::rollout::Plan {
+            batch: self.batch.clone(),
+            canary: self.canary,
+            rollback_on_failure: !self.no_rollback,
+        });
+        if let Some(plan) = &rollout {
+            plan.check()?;
+            if protocol == Protocol::V1 {
+                bail!("--order=deploy needs --protocol=v2");
+            }
+        }
         let request = Request {
             order: self.order.as_str().to_owned(),
             options: self.options,
@@ -566,6 +636,7 @@ impl Args {
             },
             upload: upload.map(Box::new),
             sync: sync.map(Box::new),
+            release: release.map(Box::new),
             ..Request::default()
         };
         Ok(Config {
@@ -579,6 +650,7 @@ impl Args {
             format,
             quiet: self.quiet,
             lock,
+            rollout,
         })
     }
 }
@@ -639,6 +711,84 @@ pub fn read_stdin() -> std::io::Result<String> {
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text)?;
     Ok(text)
+}
+
+/// `90`, `90s`, `5m`, `2h`, `1d` as seconds.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits.parse().ok()?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// The release fields of `deploy`, `releases`, `rollback` and `confirm`.
+fn release_spec(args: &Args) -> anyhow::Result<Option<ReleaseSpec>> {
+    let release_order = matches!(
+        args.order,
+        OrderArg::Deploy | OrderArg::Releases | OrderArg::Rollback | OrderArg::Confirm
+    );
+    if !release_order {
+        if args.manifest.is_some() || args.dest.is_some() || args.release_id.is_some() {
+            bail!("--manifest, --dest and --release are for --order=deploy, releases, rollback or confirm");
+        }
+        if args.batch.is_some() || args.canary.is_some() || args.confirm_within.is_some() {
+            bail!("--batch, --canary and --confirm-within are for --order=deploy");
+        }
+        return Ok(None);
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut spec = ReleaseSpec {
+        who: format!("{user}@{host}"),
+        message: args.message.clone().unwrap_or_default(),
+        releases_dir: args.releases_dir.clone().unwrap_or_default(),
+        ..ReleaseSpec::default()
+    };
+    if args.order == OrderArg::Deploy {
+        match args.manifest.as_deref() {
+            None => bail!("--order=deploy needs --manifest=URL (or @FILE)"),
+            Some(file) if file.starts_with('@') => {
+                let path = &file[1..];
+                spec.manifest =
+                    std::fs::read_to_string(path).with_context(|| format!("--manifest {path}"))?;
+            }
+            Some(url) => spec.manifest_url = url.to_owned(),
+        }
+        if let Some(within) = &args.confirm_within {
+            spec.confirm_within = Some(parse_duration(within).ok_or_else(|| {
+                anyhow::anyhow!("--confirm-within {within:?}: expected e.g. 90, 90s, 5m or 1h")
+            })?);
+        }
+        if args.dest.is_some() {
+            bail!("--order=deploy takes dest from the manifest, not --dest");
+        }
+    } else {
+        spec.dest = match &args.dest {
+            Some(dest) => dest.clone(),
+            None => bail!(
+                "--order={} needs --dest=PATH (the manifest's dest)",
+                args.order.as_str()
+            ),
+        };
+        if args.order == OrderArg::Rollback {
+            spec.id = args.release_id.clone().unwrap_or_default();
+        } else if args.release_id.is_some() {
+            bail!("--release is for --order=rollback");
+        }
+        if args.manifest.is_some() {
+            bail!("--manifest is for --order=deploy");
+        }
+    }
+    Ok(Some(spec))
 }
 
 #[cfg(test)]

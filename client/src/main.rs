@@ -31,6 +31,7 @@ mod lines;
 mod lock;
 mod progress;
 mod render;
+mod rollout;
 mod status;
 
 use std::io::{self, BufWriter, Write};
@@ -94,9 +95,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let status = match config.lock.take() {
-        Some(mode) => runtime.block_on(lock::run(config, mode)),
-        None => runtime.block_on(run(config)),
+    let status = match (config.lock.take(), config.rollout.take()) {
+        (Some(mode), _) => runtime.block_on(lock::run(config, mode)),
+        (None, Some(plan)) => runtime.block_on(rollout::run(config, plan)),
+        (None, None) => runtime.block_on(run(config)),
     };
     match status {
         Ok(status) => ExitCode::from(status),
@@ -159,6 +161,7 @@ async fn run(config: Config) -> io::Result<u8> {
         format,
         quiet,
         lock: _,
+        rollout: _,
     } = config;
     let ssh_hosts = targets.iter().filter(|t| t.scheme == Scheme::Ssh).count();
     let mut status = match (&ssh, quiet, format) {

@@ -94,6 +94,9 @@ pub struct Context {
     pub who: String,
     /// Their message.
     pub message: String,
+    /// The time part of the release id, when the caller chooses it (so that every
+    /// host of a rollout names the release alike); otherwise this host's clock.
+    pub stamp: Option<String>,
 }
 
 /// A prepared deploy, ready to activate.
@@ -261,7 +264,10 @@ async fn prepare_in(
             if hash.is_empty() {
                 hash = format!("{:08x}", rand_u32());
             }
-            let id = releases.new_id(&hash);
+            let id = match &context.stamp {
+                Some(stamp) => releases.id_with_stamp(stamp, &hash)?,
+                None => releases.new_id(&hash),
+            };
             (Some(id.clone()), releases.staging(&id))
         }
         Strategy::Rsync | Strategy::Mv => (None, scratch.join("tree")),

@@ -58,6 +58,17 @@ pub enum LayoutError {
     /// A prefix too short to name a release safely.
     #[error("a release prefix needs at least 3 characters (got {0:?})")]
     TooShort(String),
+    /// A stamp that is not `YYYYmmddTHHMMSS.mmmZ`.
+    #[error("invalid release stamp {0:?} (expected YYYYmmddTHHMMSS.mmmZ)")]
+    BadStamp(String),
+    /// A proposed id that would not be the newest.
+    #[error("release {id} would not be newer than {newest} (is the caller's clock behind?)")]
+    NotNewest {
+        /// The proposed id.
+        id: String,
+        /// The newest release here.
+        newest: String,
+    },
     /// Nothing to roll back to.
     #[error("there is no previous release to roll back to")]
     NoPrevious,
@@ -218,6 +229,24 @@ impl Releases {
         }
         let short: String = hash.chars().take(8).collect();
         format!("{}-{short}", stamp.format(FORMAT))
+    }
+
+    /// The id `<stamp>-<hash>` for a stamp chosen by the caller (a fleet's rollout
+    /// gives every host the same one), refused unless it sorts after every release
+    /// here (a caller's clock behind this host's history would break the order).
+    pub fn id_with_stamp(&self, stamp: &str, hash: &str) -> Result<String, LayoutError> {
+        const FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
+        if chrono::NaiveDateTime::parse_from_str(stamp, FORMAT).is_err() {
+            return Err(LayoutError::BadStamp(stamp.to_owned()));
+        }
+        let short: String = hash.chars().take(8).collect();
+        let id = format!("{stamp}-{short}");
+        if let Some(newest) = self.ids().into_iter().chain(self.staging_ids()).max() {
+            if newest.as_str() >= id.as_str() {
+                return Err(LayoutError::NotNewest { id, newest });
+            }
+        }
+        Ok(id)
     }
 
     /// Ids being prepared.

@@ -134,18 +134,21 @@ impl Checksum {
         let algorithm = match (named.as_deref(), by_len) {
             (None, Some(a)) => a,
             (Some(name), Some(a)) if name == a.as_str() => a,
-            (Some(name), _) => return Err(ManifestError::Invalid(format!(
-                "checksum {text:?}: {name} needs {} hex digits",
-                match name {
-                    "md5" => "32",
-                    "sha1" => "40",
-                    "sha256" => "64",
-                    "sha512" => "128",
-                    _ => return Err(ManifestError::Invalid(format!(
+            (Some(name), _) => {
+                return Err(ManifestError::Invalid(format!(
+                    "checksum {text:?}: {name} needs {} hex digits",
+                    match name {
+                        "md5" => "32",
+                        "sha1" => "40",
+                        "sha256" => "64",
+                        "sha512" => "128",
+                        _ =>
+                            return Err(ManifestError::Invalid(format!(
                         "checksum {text:?}: unknown algorithm {name:?} (md5, sha1, sha256, sha512)"
                     ))),
-                }
-            ))),
+                    }
+                )))
+            }
             (None, None) => {
                 return Err(ManifestError::Invalid(
                     "checksum must be md5, sha1, sha256, sha512".into(),

@@ -27,6 +27,8 @@ pub struct AgentConfig {
     paths: Vec<String>,
     groups: Vec<(String, Vec<(String, String)>)>,
     jobs: Vec<(String, String)>,
+    raw: String,
+    env: Vec<(String, String)>,
 }
 
 impl AgentConfig {
@@ -64,6 +66,8 @@ impl AgentConfig {
                 ("service:sleep".into(), "/bin/sleep %s".into()),
                 ("service:false".into(), "/bin/false %s".into()),
             ],
+            raw: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -104,6 +108,24 @@ impl AgentConfig {
         self
     }
 
+    /// Appends raw ini text (other sections, such as `[deploy]`).
+    pub fn raw(mut self, text: &str) -> AgentConfig {
+        self.raw.push_str(text);
+        self
+    }
+
+    /// Adds an environment variable to the agent's (otherwise clean) environment.
+    pub fn env(mut self, key: &str, value: impl ToString) -> AgentConfig {
+        self.env.push((key.into(), value.to_string()));
+        self
+    }
+
+    /// Adds an `[allow::paths]` root.
+    pub fn path(mut self, path: impl ToString) -> AgentConfig {
+        self.paths.push(path.to_string());
+        self
+    }
+
     /// Adds a job.
     pub fn job(mut self, name: &str, template: &str) -> AgentConfig {
         self.jobs.push((name.into(), template.into()));
@@ -140,13 +162,22 @@ impl AgentConfig {
             }
         }
         out.push_str("\n[jobs]\npath = jobs.ini\n");
+        if !self.raw.is_empty() {
+            out.push('\n');
+            out.push_str(&self.raw);
+        }
         out
     }
 
     /// Writes `agent.ini` and `jobs.ini` into the sandbox and starts the agent.
     pub fn start(&self, sb: &Sandbox) -> Agent {
         std::fs::write(sb.join("jobs.ini"), self.jobs_text()).expect("write jobs.ini");
-        start_agent(sb.path(), &self.ini_text())
+        if self.env.is_empty() {
+            return start_agent(sb.path(), &self.ini_text());
+        }
+        let ini_path = sb.path().join("agent.ini");
+        std::fs::write(&ini_path, self.ini_text()).expect("write agent.ini");
+        Daemon::start_env(&bins::agent(), &ini_path, &[], 1, &self.env)
     }
 }
 

@@ -35,6 +35,17 @@ impl Daemon {
     /// Starts `bin --foreground --path ini args…` and waits for `expected` lines
     /// `<program>: listening on ADDR`, where `program` is the binary's file name.
     pub fn start(bin: &Path, ini: &Path, args: &[&str], expected: usize) -> Daemon {
+        Daemon::start_env(bin, ini, args, expected, &[])
+    }
+
+    /// [`Daemon::start`] with environment variables added to its clean environment.
+    pub fn start_env(
+        bin: &Path,
+        ini: &Path,
+        args: &[&str],
+        expected: usize,
+        env: &[(String, String)],
+    ) -> Daemon {
         let program = bin
             .file_name()
             .and_then(|n| n.to_str())
@@ -49,6 +60,7 @@ impl Daemon {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("NO_COLOR", "1")
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

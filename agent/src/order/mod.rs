@@ -7,6 +7,7 @@
 mod exec;
 mod lock;
 mod process;
+pub mod release;
 mod rkill;
 mod rlist;
 mod rsync;
@@ -94,6 +95,10 @@ impl Handler for Agent {
             Some(OrderName::Upload) => upload::run(self, &request, &events).await,
             Some(OrderName::Lock) => lock::lock(self, peer, &request).await,
             Some(OrderName::Unlock) => lock::unlock(self, &request).await,
+            Some(OrderName::Deploy) => release::deploy(self, peer, &request, &events).await,
+            Some(OrderName::Releases) => release::list(self, &request),
+            Some(OrderName::Rollback) => release::rollback(self, peer, &request),
+            Some(OrderName::Confirm) => release::confirm(self, peer, &request),
             None => Reply::empty(404),
         };
         if reply.code >= 400 {

@@ -13,6 +13,9 @@
 //! exclude[] = .git
 //! [jobs]                      ; the exec order's whitelist (see jobs.rs)
 //! path = deploy_agent_exec.ini
+//! [deploy]                    ; releases (with [server] allow_deploy = on)
+//! manifest[] = https://artifacts.example.org/manifests/
+//! hooks = off
 //! ```
 //!
 //! No other sections are allowed, nor keys before the first section header. The shipped
@@ -20,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::ini::{Ini, Section};
 use super::jobs::Jobs;
@@ -30,7 +34,8 @@ use super::{
 use crate::access::{HostAllowList, PathAllowList};
 
 /// The sections `deploy_agent.ini` may contain (for the error message).
-const AGENT_SECTIONS: &str = "server, allow::hosts, allow::paths, rsync::group::<name> or jobs";
+const AGENT_SECTIONS: &str =
+    "server, allow::hosts, allow::paths, rsync::group::<name>, jobs or deploy";
 
 /// The prefix of rsync group sections.
 const GROUP_PREFIX: &str = "rsync::group::";
@@ -56,6 +61,65 @@ pub struct RsyncGroup {
 
 /// The default rsync binary of a group.
 pub const DEFAULT_RSYNC: &str = "/usr/bin/rsync";
+
+/// `[deploy]`: where release manifests and artifacts may come from, and the knobs of
+/// their download (stretcher's flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployConfig {
+    /// `manifest[]`: URL prefixes a manifest's URL must start with. None: no manifest
+    /// by URL.
+    pub manifests: Vec<String>,
+    /// `src[]`: URL prefixes an artifact's `src` must start with. None: any.
+    pub sources: Vec<String>,
+    /// `inline`: accept manifests sent inline by the caller. Default off.
+    pub inline: bool,
+    /// `hooks`: run the manifests' commands (arbitrary shell). Default off.
+    pub hooks: bool,
+    /// `work_dir`: downloads and staging trees. Default `<state_dir>/deploy`.
+    pub work_dir: Option<PathBuf>,
+    /// `random_delay` (seconds): wait up to this long before fetching. Default 0.
+    pub random_delay: Duration,
+    /// `max_bandwidth` (bytes per second, `10M`-style sizes). Default none.
+    pub max_bandwidth: Option<u64>,
+    /// `retry`: further attempts to open a source. Default 0.
+    pub retry: u32,
+    /// `retry_wait` (seconds). Default 3.
+    pub retry_wait: Duration,
+    /// `timeout` (seconds): the whole download. Default none.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for DeployConfig {
+    fn default() -> DeployConfig {
+        DeployConfig {
+            manifests: Vec::new(),
+            sources: Vec::new(),
+            inline: false,
+            hooks: false,
+            work_dir: None,
+            random_delay: Duration::ZERO,
+            max_bandwidth: None,
+            retry: 0,
+            retry_wait: Duration::from_secs(3),
+            timeout: None,
+        }
+    }
+}
+
+/// `10M`, `512k`, `1G`, `1000` (bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
 
 /// Agent-only facts gathered while reading the file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,6 +147,8 @@ pub struct AgentConfig {
     /// The jobs read from `jobs_path` (only by [`AgentConfig::load`]; empty after
     /// [`AgentConfig::parse`]).
     pub jobs: Jobs,
+    /// `[deploy]`.
+    pub deploy: DeployConfig,
     /// Agent-only extras.
     pub agent: AgentExtras,
 }
@@ -99,6 +165,7 @@ impl AgentConfig {
             groups: BTreeMap::new(),
             jobs_path: None,
             jobs: Jobs::default(),
+            deploy: DeployConfig::default(),
             agent: AgentExtras::default(),
         }
     }
@@ -146,6 +213,30 @@ impl AgentConfig {
                         match (e.key.as_str(), e.list) {
                             ("path", false) => config.jobs_path = cx.file(e),
                             ("path", true) => return Err(cx.want_scalar(e)),
+                            _ => return Err(cx.unknown_key(e)),
+                        }
+                    }
+                }
+                "deploy" => {
+                    let d = &mut config.deploy;
+                    for e in section.entries() {
+                        match (e.key.as_str(), e.list) {
+                            ("manifest", true) => d.manifests.push(cx.nonempty(e)?),
+                            ("src", true) => d.sources.push(cx.nonempty(e)?),
+                            ("manifest" | "src", false) => return Err(cx.want_list(e)),
+                            (_, true) => return Err(cx.want_scalar(e)),
+                            ("inline", _) => d.inline = cx.boolean(e)?,
+                            ("hooks", _) => d.hooks = cx.boolean(e)?,
+                            ("work_dir", _) => d.work_dir = Some(cx.absolute(e)?),
+                            ("random_delay", _) => d.random_delay = cx.seconds(e)?,
+                            ("max_bandwidth", _) => {
+                                d.max_bandwidth = Some(parse_size(&e.value).ok_or_else(|| {
+                                    cx.invalid(e, "expected a size such as 10M, 512k or 1000")
+                                })?)
+                            }
+                            ("retry", _) => d.retry = cx.number(e)?,
+                            ("retry_wait", _) => d.retry_wait = cx.seconds(e)?,
+                            ("timeout", _) => d.timeout = Some(cx.seconds(e)?),
                             _ => return Err(cx.unknown_key(e)),
                         }
                     }
@@ -227,6 +318,25 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn deploy_section() {
+        let c = parse(
+            "[server]\nallow_deploy = on\n[deploy]\nmanifest[] = https://a/\nsrc[] = s3://b/\n\
+             hooks = on\nmax_bandwidth = 10M\nretry = 3\ntimeout = 60\n",
+        )
+        .unwrap();
+        assert!(c.server.allow_deploy);
+        assert_eq!(c.deploy.manifests, ["https://a/"]);
+        assert_eq!(c.deploy.sources, ["s3://b/"]);
+        assert!(c.deploy.hooks && !c.deploy.inline);
+        assert_eq!(c.deploy.max_bandwidth, Some(10 << 20));
+        assert_eq!(c.deploy.retry, 3);
+        assert_eq!(c.deploy.timeout, Some(Duration::from_secs(60)));
+        assert!(err("[deploy]\nmax_bandwidth = fast\n").contains("max_bandwidth"));
+        assert!(err("[deploy]\nmanifest = x\n").contains("manifest"));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
     }
 
     #[test]
@@ -354,9 +464,9 @@ mod tests {
         for (text, want) in [
             (
                 "[server]\nport = 1\n[sever]\nport = 2\n",
-                "/etc/deploy/deploy_agent.ini:3: unknown section [sever] (expected server, allow::hosts, allow::paths, rsync::group::<name> or jobs)",
+                "/etc/deploy/deploy_agent.ini:3: unknown section [sever] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs or deploy)",
             ),
-            ("[client]\n", "/etc/deploy/deploy_agent.ini:1: unknown section [client] (expected server, allow::hosts, allow::paths, rsync::group::<name> or jobs)"),
+            ("[client]\n", "/etc/deploy/deploy_agent.ini:1: unknown section [client] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs or deploy)"),
             (
                 "port = 3440\n[server]\n",
                 "/etc/deploy/deploy_agent.ini:1: key \"port\" before the first [section] header",

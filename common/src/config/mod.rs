@@ -355,6 +355,9 @@ pub struct ServerConfig {
     /// `allow_upload` (new): an opt-in switch, default false: the agent extracts
     /// `upload` tar streams under `[allow::paths]`.
     pub allow_upload: bool,
+    /// `allow_deploy` (new): an opt-in switch, default false: the agent serves the
+    /// release orders (`deploy`, `rollback`, `confirm`; `[deploy]` says from where).
+    pub allow_deploy: bool,
     /// `umask` (new, octal): the daemon's umask. Default `022` (the original used 0).
     pub umask: u32,
 }
@@ -389,6 +392,7 @@ impl ServerConfig {
             state_dir: PathBuf::from("/var/lib/deploy-agent"),
             allow_run: false,
             allow_upload: false,
+            allow_deploy: false,
             umask: 0o022,
         }
     }
@@ -470,6 +474,7 @@ impl ServerConfig {
                 ("state_dir", _) => self.state_dir = cx.absolute(e)?,
                 ("allow_run", _) => self.allow_run = cx.boolean(e)?,
                 ("allow_upload", _) => self.allow_upload = cx.boolean(e)?,
+                ("allow_deploy", _) => self.allow_deploy = cx.boolean(e)?,
                 ("umask", _) => self.umask = cx.octal_mode(e)?,
                 _ => return Err(cx.unknown_key(e)),
             }
@@ -505,6 +510,7 @@ const SERVER_KEYS: &[&str] = &[
     "state_dir",
     "allow_run",
     "allow_upload",
+    "allow_deploy",
     "umask",
 ];
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 pub mod exec;
 pub mod lock;
+pub mod release;
 pub mod rkill;
 pub mod rlist;
 pub mod rsync;
@@ -41,11 +42,19 @@ pub enum OrderName {
     Lock,
     /// Release a lock.
     Unlock,
+    /// Deploy a release from a stretcher manifest (in phases across a fleet).
+    Deploy,
+    /// List a host's releases and history.
+    Releases,
+    /// Switch back to an earlier release.
+    Rollback,
+    /// Confirm a switch that would otherwise revert by itself.
+    Confirm,
 }
 
 impl OrderName {
     /// Every order, in the order the original documents them.
-    pub const ALL: [OrderName; 9] = [
+    pub const ALL: [OrderName; 13] = [
         OrderName::Status,
         OrderName::Rlist,
         OrderName::Rsync,
@@ -55,6 +64,10 @@ impl OrderName {
         OrderName::Upload,
         OrderName::Lock,
         OrderName::Unlock,
+        OrderName::Deploy,
+        OrderName::Releases,
+        OrderName::Rollback,
+        OrderName::Confirm,
     ];
 
     /// The original's five orders (all the v1 wire can carry).
@@ -78,6 +91,10 @@ impl OrderName {
             OrderName::Upload => "upload",
             OrderName::Lock => "lock",
             OrderName::Unlock => "unlock",
+            OrderName::Deploy => "deploy",
+            OrderName::Releases => "releases",
+            OrderName::Rollback => "rollback",
+            OrderName::Confirm => "confirm",
         }
     }
 
@@ -140,6 +157,9 @@ pub struct Request {
     /// `sync`: the run's protocol prefix and hosts ([`sync`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<Box<sync::SyncRun>>,
+    /// `deploy`, `releases`, `rollback`, `confirm`: what is asked ([`release`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Box<release::ReleaseSpec>>,
 }
 
 /// The body of a reply.

@@ -1,0 +1,389 @@
+//! Releases on real agents driven by the real client: a fleet-wide rollout in two
+//! phases (nobody switches when one host fails to prepare), rollback, `releases`,
+//! confirm-or-revert across an agent restart, the allow-lists, and stretcher's event
+//! mode (`deploy-agent stretcher`) with a Serf-style line and a Consul JSON array.
+
+use crate::util::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Artifacts and manifests shared by the fleet: `v1.tar`, `v2.tar`, and `m1.yml`,
+/// `m2.yml` deploying them (release strategy) to `$DEST` on each host.
+struct Shelf {
+    _t: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Shelf {
+    fn new() -> Shelf {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_owned();
+        for v in ["1", "2"] {
+            let src = dir.join(format!("src{v}"));
+            std::fs::create_dir_all(&src).unwrap();
+            std::fs::write(src.join("version"), v).unwrap();
+            let tar = dir.join(format!("v{v}.tar"));
+            assert!(Command::new("tar")
+                .arg("-cf")
+                .arg(&tar)
+                .arg("-C")
+                .arg(&src)
+                .arg(".")
+                .status()
+                .unwrap()
+                .success());
+            let out = Command::new("sha256sum").arg(&tar).output().unwrap();
+            let sum = String::from_utf8(out.stdout).unwrap();
+            let sum = sum.split_whitespace().next().unwrap();
+            std::fs::write(
+                dir.join(format!("m{v}.yml")),
+                format!(
+                    "src: file://{}\nchecksum: {sum}\ndest: {{{{ must_env \"DEST\" }}}}\nsync_strategy: release\nkeep: 3\n",
+                    tar.display()
+                ),
+            )
+            .unwrap();
+        }
+        Shelf { _t: t, dir }
+    }
+
+    fn manifest(&self, v: &str) -> String {
+        format!("file://{}/m{v}.yml", self.dir.display())
+    }
+}
+
+/// An agent that deploys from `shelf` to `<sandbox>/allowed/app`.
+fn deploying_agent(sb: &Sandbox, shelf: &Shelf) -> (Agent, PathBuf) {
+    let dest = sb.allowed().join("app");
+    std::fs::create_dir_all(sb.allowed()).unwrap();
+    let agent = Config::new(sb)
+        .server("allow_deploy", "on")
+        .raw(&format!(
+            "[deploy]\nmanifest[] = file://{}/\n",
+            shelf.dir.display()
+        ))
+        .env("DEST", dest.display())
+        .start(sb);
+    (agent, dest)
+}
+
+fn client(args: &[&str]) -> Output {
+    run_command(
+        Command::new(bins::client())
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("DEPLOY_KEY_CIPHER", KEY)
+            .env("USER", "tester")
+            .env("NO_COLOR", "1"),
+        std::time::Duration::from_secs(60),
+    )
+}
+
+fn version(dest: &Path) -> String {
+    std::fs::read_to_string(dest.join("version")).unwrap_or_default()
+}
+
+#[test]
+fn a_rollout_prepares_everywhere_then_switches_everywhere() {
+    let shelf = Shelf::new();
+    let sbs: Vec<Sandbox> = (0..3).map(|_| Sandbox::new()).collect();
+    let fleet: Vec<(Agent, PathBuf)> = sbs.iter().map(|sb| deploying_agent(sb, &shelf)).collect();
+    let hosts: Vec<String> = fleet.iter().map(|(a, _)| a.addr().to_string()).collect();
+    let hosts = hosts.join(",");
+    let m1 = shelf.manifest("1");
+    let out = client(&[
+        "--hosts",
+        &hosts,
+        "--order=deploy",
+        "--manifest",
+        &m1,
+        "-m",
+        "first",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stderr.contains("3 of 3 hosts switched"), "{out:#?}");
+    for (_, dest) in &fleet {
+        assert_eq!(version(dest), "1");
+    }
+    // Every host names the release alike.
+    let doc = out.json();
+    let ids: Vec<String> = doc
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|h| h["deploy"]["content"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+
+    // v2 with one host whose manifest is refused: nobody switches, nothing is left.
+    let m2 = shelf.manifest("2");
+    let broken = Sandbox::new();
+    let refusing = Config::new(&broken)
+        .server("allow_deploy", "on")
+        .env("DEST", broken.allowed().join("app").display())
+        .start(&broken);
+    let with_bad = format!("{hosts},{}", refusing.addr());
+    let out = client(&["--hosts", &with_bad, "--order=deploy", "--manifest", &m2]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("nobody in it switched"), "{out:#?}");
+    assert!(
+        out.stdout.contains("manifest[]"),
+        "the refusal is named: {out:#?}"
+    );
+    for (_, dest) in &fleet {
+        assert_eq!(version(dest), "1", "nobody switched");
+        let releases = std::fs::read_dir(dest.with_file_name("app.releases"))
+            .unwrap()
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count();
+        assert_eq!(releases, 1, "the prepared release was discarded");
+    }
+
+    // v2 everywhere, in waves with a canary; then roll back one host by prefix.
+    let out = client(&[
+        "--hosts",
+        &hosts,
+        "--order=deploy",
+        "--manifest",
+        &m2,
+        "--canary=1",
+        "--batch=50%",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains("wave 1: 1 hosts") && out.stderr.contains("wave 2: 2 hosts"),
+        "a canary, then the rest: {out:#?}"
+    );
+    for (_, dest) in &fleet {
+        assert_eq!(version(dest), "2");
+    }
+    let (first, first_dest) = &fleet[0];
+    let out = client(&[
+        "--hosts",
+        &first.addr().to_string(),
+        "--order=rollback",
+        "--dest",
+        &first_dest.display().to_string(),
+        "-m",
+        "bad",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(version(first_dest), "1");
+    let out = client(&[
+        "--hosts",
+        &first.addr().to_string(),
+        "--order=releases",
+        "--dest",
+        &first_dest.display().to_string(),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let content = &out.json()[first.addr().to_string()]["releases"]["content"];
+    let history: serde_json::Value =
+        serde_json::from_str(content["history"].as_str().unwrap()).unwrap();
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["switch", "switch", "rollback"]);
+    assert_eq!(history[2]["message"], "bad");
+}
+
+#[test]
+fn an_unconfirmed_switch_reverts_even_across_a_restart() {
+    let shelf = Shelf::new();
+    let sb = Sandbox::new();
+    let (agent, dest) = deploying_agent(&sb, &shelf);
+    let host = agent.addr().to_string();
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=deploy",
+        "--manifest",
+        &shelf.manifest("1"),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=deploy",
+        "--manifest",
+        &shelf.manifest("2"),
+        "--confirm-within=3s",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(version(&dest), "2");
+    // The agent goes away and comes back before the deadline; it still reverts.
+    drop(agent);
+    let (agent, _) = deploying_agent(&sb, &shelf);
+    wait_until(std::time::Duration::from_secs(10), "the revert", || {
+        (version(&dest) == "1").then_some(())
+    });
+    // A confirmed one stays.
+    let host = agent.addr().to_string();
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=deploy",
+        "--manifest",
+        &shelf.manifest("2"),
+        "--confirm-within=2s",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=confirm",
+        "--dest",
+        &dest.display().to_string(),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(version(&dest), "2");
+}
+
+#[test]
+fn releases_are_off_unless_enabled_and_manifests_come_from_the_allow_list() {
+    let shelf = Shelf::new();
+    let sb = Sandbox::new();
+    let off = Config::new(&sb).start(&sb);
+    let out = client(&[
+        "--hosts",
+        &off.addr().to_string(),
+        "--order=deploy",
+        "--manifest",
+        &shelf.manifest("1"),
+    ]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stdout.contains("allow_deploy = off"), "{out:#?}");
+    // Enabled, but a manifest outside [deploy] manifest[], and one with hooks.
+    let sb2 = Sandbox::new();
+    let (agent, dest) = deploying_agent(&sb2, &shelf);
+    let host = agent.addr().to_string();
+    let elsewhere = sb2.join("evil.yml");
+    std::fs::write(&elsewhere, "commands:\n  pre: [\"touch /tmp/pwned\"]\n").unwrap();
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=deploy",
+        "--manifest",
+        &format!("file://{}", elsewhere.display()),
+    ]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stdout.contains("manifest[]"), "{out:#?}");
+    let hooked = shelf.dir.join("hooked.yml");
+    std::fs::write(
+        &hooked,
+        format!(
+            "commands:\n  pre: [\"touch {}/pwned\"]\n",
+            sb2.path().display()
+        ),
+    )
+    .unwrap();
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=deploy",
+        "--manifest",
+        &format!("file://{}", hooked.display()),
+    ]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stdout.contains("hooks = off"), "{out:#?}");
+    assert!(!sb2.join("pwned").exists());
+    // A dest outside [allow::paths].
+    let outside = shelf.dir.join("outside.yml");
+    let m1 = std::fs::read_to_string(shelf.dir.join("m1.yml")).unwrap();
+    std::fs::write(&outside, m1.replace("{{ must_env \"DEST\" }}", "/etc/app")).unwrap();
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=deploy",
+        "--manifest",
+        &format!("file://{}", outside.display()),
+    ]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stdout.contains("not allowed"), "{out:#?}");
+    assert!(!dest.exists());
+}
+
+/// Runs `deploy-agent stretcher` on `ini` with `input` on stdin and `env`.
+fn stretcher(ini: &Path, input: &[u8], env: &[(&str, &str)]) -> (i32, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(bins::agent())
+        .args(["stretcher", "--path"])
+        .arg(ini)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn stretcher_event_mode_deploys_once_per_event() {
+    let shelf = Shelf::new();
+    let sb = Sandbox::new();
+    let (agent, dest) = deploying_agent(&sb, &shelf);
+    let ini = sb.join("agent.ini");
+    drop(agent);
+    let dest_text = dest.display().to_string();
+    let env = [
+        ("DEST", dest_text.as_str()),
+        ("SERF_USER_EVENT", "deploy"),
+        ("SERF_USER_LTIME", "7"),
+    ];
+    // A Serf user event: one line, no trailing newline.
+    let (code, log) = stretcher(&ini, shelf.manifest("1").as_bytes(), &env);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(version(&dest), "1");
+    // The same event again (Serf re-delivery): skipped.
+    let (code, log) = stretcher(&ini, shelf.manifest("2").as_bytes(), &env);
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("applied already"), "{log}");
+    assert_eq!(version(&dest), "1");
+    // Consul: the last event's payload.
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let events = format!(
+        "[{{\"ID\":\"e1\",\"Name\":\"deploy\",\"Payload\":\"{}\",\"LTime\":1}},{{\"ID\":\"e2\",\"Name\":\"deploy\",\"Payload\":\"{}\",\"LTime\":2}}]",
+        b64(&shelf.manifest("1")),
+        b64(&shelf.manifest("2"))
+    );
+    let (code, log) = stretcher(
+        &ini,
+        events.as_bytes(),
+        &[("DEST", &dest_text), ("CONSUL_INDEX", "3")],
+    );
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(version(&dest), "2");
+    // A failing deploy under Consul still exits 0 (stretcher's rule); without, 1.
+    let bad = format!(
+        "[{{\"ID\":\"e3\",\"Payload\":\"{}\"}}]",
+        b64("file:///nowhere.yml")
+    );
+    let (code, _) = stretcher(
+        &ini,
+        bad.as_bytes(),
+        &[("DEST", &dest_text), ("CONSUL_INDEX", "4")],
+    );
+    assert_eq!(code, 0);
+    let (code, log) = stretcher(&ini, b"file:///nowhere.yml\n", &[("DEST", &dest_text)]);
+    assert_eq!(code, 1, "{log}");
+}

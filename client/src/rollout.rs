@@ -1,0 +1,411 @@
+//! `--order=deploy`: a fleet-wide rollout, not N independent deploys.
+//!
+//! ```text
+//! waves      --canary=K first, then --batch=N|P% (default: every host in one wave)
+//! per wave   prepare on every host (fetch, verify, unpack, pre; one release id for all)
+//!            ─► any host failed (strict; --skip-unreachable: unreachable ones left out)?
+//!                  abort the prepared releases, stop (exit 1 or 3): nobody switched
+//!            ─► switch every prepared host at once (one round trip)
+//!            ─► a host failed to switch? roll back the hosts of this wave that did
+//!               (unless --no-rollback), stop
+//! ```
+//!
+//! Every host gets the same release stamp (the time part of the id; the agent adds the
+//! checksum's first digits), so one `switch` request serves the hosts behind a proxy
+//! too. Through a proxy the group is one wave. The output is the usual per-host
+//! document of the last phase each host went through; a summary on standard error
+//! gives the switch skew (latest minus earliest switch instant, from the hosts' own
+//! clocks).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write as _};
+use std::sync::Arc;
+
+use anyhow::bail;
+use deploy_common::fanout::{Fanout, FanoutEvent, HostResult};
+use deploy_common::order::release::Phase;
+use deploy_common::order::Request;
+use deploy_common::target::Target;
+use deploy_common::transport::{Outcome, Transport, Verdict};
+use deploy_common::wire::message::Event;
+
+use crate::cli::{Config, Format};
+
+/// The waves of a rollout.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// `--batch`: `N` or `P%`.
+    pub batch: Option<String>,
+    /// `--canary`: the first wave's size.
+    pub canary: Option<usize>,
+    /// Roll back a wave's switched hosts when one of them fails to switch.
+    pub rollback_on_failure: bool,
+}
+
+impl Plan {
+    /// Checks the flags.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(batch) = &self.batch {
+            if batch_size(batch, 100).is_none() {
+                bail!("--batch {batch:?}: expected a number of hosts (5) or a percentage (20%)");
+            }
+        }
+        if self.canary == Some(0) {
+            bail!("--canary needs at least one host");
+        }
+        Ok(())
+    }
+
+    /// The waves over `n` hosts, as index lists.
+    pub fn waves(&self, n: usize) -> Vec<Vec<usize>> {
+        let mut waves = Vec::new();
+        let mut next = 0;
+        if let Some(k) = self.canary {
+            let k = k.min(n);
+            waves.push((0..k).collect());
+            next = k;
+        }
+        let size = self
+            .batch
+            .as_deref()
+            .and_then(|b| batch_size(b, n))
+            .unwrap_or(n)
+            .max(1);
+        while next < n {
+            let end = (next + size).min(n);
+            waves.push((next..end).collect());
+            next = end;
+        }
+        waves
+    }
+}
+
+/// `N` or `P%` of `n` hosts (at least one).
+fn batch_size(text: &str, n: usize) -> Option<usize> {
+    match text.strip_suffix('%') {
+        Some(p) => {
+            let p: usize = p.trim().parse().ok().filter(|p| (1..=100).contains(p))?;
+            Some((n * p).div_ceil(100).max(1))
+        }
+        None => text.trim().parse().ok().filter(|&k| k > 0),
+    }
+}
+
+/// One host's record of a phase: the agent behind a proxy, or the target itself.
+#[derive(Debug, Clone)]
+struct Record {
+    result: HostResult,
+    /// The target it was reached through (its index).
+    target: usize,
+}
+
+impl Record {
+    fn ok(&self) -> bool {
+        self.result.outcome.verdict() == Verdict::Succeeded
+    }
+
+    fn field(&self, key: &str) -> Option<String> {
+        let map = match &self.result.outcome {
+            Outcome::Relayed { record, .. } => match record.get("content") {
+                Some(serde_json::Value::Object(map)) => Some(map.clone()),
+                _ => None,
+            },
+            other => match other.reply().map(|r| r.content()) {
+                Some(serde_json::Value::Object(map)) => Some(map),
+                _ => None,
+            },
+        }?;
+        map.get(key).and_then(|v| v.as_str()).map(str::to_owned)
+    }
+}
+
+/// Sends `request` to `targets` and returns every host's result (an agent relayed by a
+/// proxy counts as a host; the proxy's own summary does not).
+async fn phase(
+    transport: &Arc<dyn Transport>,
+    targets: &[Target],
+    request: Request,
+    lines: bool,
+) -> Vec<Record> {
+    let fanout = Fanout::new(Arc::clone(transport)).with_concurrency(targets.len().max(1));
+    let mut events = fanout.run(targets.to_vec(), request);
+    let mut direct: BTreeMap<usize, HostResult> = BTreeMap::new();
+    let mut relayed: BTreeMap<usize, Vec<HostResult>> = BTreeMap::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            FanoutEvent::Event {
+                index,
+                event: Event::Host {
+                    host, result, via, ..
+                },
+                ..
+            } => {
+                let record = match result {
+                    serde_json::Value::Object(map) => map,
+                    other => {
+                        let mut map = serde_json::Map::new();
+                        map.insert("content".into(), other);
+                        map
+                    }
+                };
+                relayed.entry(index).or_default().push(HostResult {
+                    index,
+                    host,
+                    outcome: Outcome::Relayed { record, via },
+                    elapsed: std::time::Duration::ZERO,
+                });
+            }
+            FanoutEvent::Event {
+                host,
+                event: Event::Line { line, .. },
+                ..
+            } if lines => eprintln!("{host}: {line}"),
+            FanoutEvent::Event { .. } => {}
+            FanoutEvent::Done(result) => {
+                direct.insert(result.index, result);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (index, result) in direct {
+        let proxied_ok = result.outcome.reply().is_some_and(|r| r.code == 200);
+        match relayed.remove(&index) {
+            Some(agents) if proxied_ok && !agents.is_empty() => {
+                out.extend(agents.into_iter().map(|result| Record {
+                    result,
+                    target: index,
+                }));
+            }
+            _ => out.push(Record {
+                result,
+                target: index,
+            }),
+        }
+    }
+    out
+}
+
+fn with_phase(base: &Request, phase: Phase, dest: &str, id: &str) -> Request {
+    let mut request = base.clone();
+    if let Some(spec) = request.release.as_deref_mut() {
+        spec.phase = phase;
+        if !dest.is_empty() {
+            spec.dest = dest.to_owned();
+        }
+        spec.id = id.to_owned();
+        if phase != Phase::Prepare {
+            spec.manifest.clear();
+            spec.manifest_url.clear();
+        }
+    }
+    request
+}
+
+/// Runs the rollout; returns the exit code.
+pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
+    let Config {
+        targets,
+        request,
+        transport,
+        skip_unreachable,
+        format,
+        quiet,
+        ..
+    } = config;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let lines = request.follow && !quiet;
+    let mut finals: Vec<HostResult> = Vec::new();
+    let mut code = crate::EXIT_OK;
+    let mut switched_total = 0usize;
+    let mut notes: Vec<String> = Vec::new();
+    let started = std::time::Instant::now();
+    for (n, wave) in plan.waves(targets.len()).into_iter().enumerate() {
+        let wave_targets: Vec<Target> = wave
+            .iter()
+            .filter_map(|&i| targets.get(i).cloned())
+            .collect();
+        // Phase 1: prepare everywhere.
+        let prepare_start = std::time::Instant::now();
+        let prepared = phase(
+            &transport,
+            &wave_targets,
+            with_phase(&request, Phase::Prepare, "", &stamp),
+            lines,
+        )
+        .await;
+        let prepare_time = prepare_start.elapsed();
+        let (ok, failed): (Vec<&Record>, Vec<&Record>) = prepared.iter().partition(|r| r.ok());
+        let blocking: Vec<&&Record> = failed
+            .iter()
+            .filter(|r| {
+                !(skip_unreachable && matches!(r.result.outcome, Outcome::Unreachable { .. }))
+            })
+            .collect();
+        // Every prepared host names its release alike; one dest per switch request.
+        let mut by_dest: BTreeMap<(String, String), Vec<&Record>> = BTreeMap::new();
+        for r in &ok {
+            by_dest
+                .entry((
+                    r.field("dest").unwrap_or_default(),
+                    r.field("id").unwrap_or_default(),
+                ))
+                .or_default()
+                .push(r);
+        }
+        if !blocking.is_empty() {
+            for (dest, id) in by_dest.keys() {
+                let _ = phase(
+                    &transport,
+                    &wave_targets,
+                    with_phase(&request, Phase::Abort, dest, id),
+                    false,
+                )
+                .await;
+            }
+            notes.push(format!(
+                "wave {}: prepare failed on {} of {} hosts ({}); nobody in it switched, prepared releases discarded",
+                n + 1,
+                blocking.len(),
+                prepared.len(),
+                blocking.iter().map(|r| r.result.host.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+            code = if blocking
+                .iter()
+                .any(|r| r.result.outcome.verdict() == Verdict::HostFailed)
+            {
+                crate::EXIT_HOST_FAILED
+            } else {
+                crate::EXIT_ORDER_FAILED
+            };
+            finals.extend(prepared.into_iter().map(|r| r.result));
+            break;
+        }
+        // Phase 2: switch every prepared host at once.
+        let switch_start = std::time::Instant::now();
+        let mut switched: Vec<Record> = Vec::new();
+        for ((dest, id), hosts) in &by_dest {
+            let mut ts: Vec<usize> = hosts.iter().map(|r| r.target).collect();
+            ts.sort_unstable();
+            ts.dedup();
+            let group: Vec<Target> = ts
+                .iter()
+                .filter_map(|&i| wave_targets.get(i).cloned())
+                .collect();
+            switched.extend(
+                phase(
+                    &transport,
+                    &group,
+                    with_phase(&request, Phase::Switch, dest, id),
+                    lines,
+                )
+                .await,
+            );
+        }
+        let switch_time = switch_start.elapsed();
+        let instants: Vec<i64> = switched
+            .iter()
+            .filter(|r| r.ok())
+            .filter_map(|r| r.field("switched_at")?.parse().ok())
+            .collect();
+        let skew = match (instants.iter().min(), instants.iter().max()) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        };
+        notes.push(format!(
+            "wave {}: {} hosts prepared in {:.2}s, {} switched in {:.0} ms (switch skew {skew} ms)",
+            n + 1,
+            ok.len(),
+            prepare_time.as_secs_f64(),
+            instants.len(),
+            switch_time.as_secs_f64() * 1000.0,
+        ));
+        let switch_failed: Vec<&Record> = switched.iter().filter(|r| !r.ok()).collect();
+        switched_total += instants.len();
+        if !switch_failed.is_empty() {
+            code = crate::EXIT_ORDER_FAILED;
+            if plan.rollback_on_failure {
+                let done: Vec<usize> = switched
+                    .iter()
+                    .filter(|r| r.ok())
+                    .map(|r| r.target)
+                    .collect();
+                let group: Vec<Target> = done
+                    .iter()
+                    .filter_map(|&i| wave_targets.get(i).cloned())
+                    .collect();
+                if let Some(((dest, _), _)) = by_dest.iter().next() {
+                    let mut back = with_phase(&request, Phase::All, dest, "");
+                    back.order = "rollback".into();
+                    let rolled = phase(&transport, &group, back, false).await;
+                    notes.push(format!(
+                        "wave {}: switch failed on {}; {} hosts rolled back",
+                        n + 1,
+                        switch_failed
+                            .iter()
+                            .map(|r| r.result.host.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        rolled.iter().filter(|r| r.ok()).count()
+                    ));
+                }
+            }
+            finals.extend(switched.into_iter().map(|r| r.result));
+            finals.extend(failed.into_iter().map(|r| r.result.clone()));
+            break;
+        }
+        finals.extend(switched.into_iter().map(|r| r.result));
+        finals.extend(failed.into_iter().map(|r| r.result.clone()));
+    }
+    notes.push(format!(
+        "{switched_total} of {} hosts switched in {:.2}s",
+        targets.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let refs: Vec<&HostResult> = finals.iter().collect();
+    match format {
+        Format::Json => {
+            crate::render::write_perl_pretty(&mut out, &crate::render::document("deploy", &refs))?
+        }
+        Format::Text | Format::Lines => crate::render::write_text(&mut out, "deploy", &refs)?,
+        Format::Jsonl => {
+            for r in &refs {
+                serde_json::to_writer(&mut out, &crate::render::result_line("deploy", r))
+                    .map_err(io::Error::other)?;
+                out.write_all(b"\n")?;
+            }
+        }
+    }
+    out.flush()?;
+    if !quiet {
+        for note in notes {
+            eprintln!("deploy-client: {note}");
+        }
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waves() {
+        let plan = |batch: Option<&str>, canary| Plan {
+            batch: batch.map(str::to_owned),
+            canary,
+            rollback_on_failure: true,
+        };
+        assert_eq!(plan(None, None).waves(3), vec![vec![0, 1, 2]]);
+        assert_eq!(
+            plan(Some("2"), None).waves(5),
+            vec![vec![0, 1], vec![2, 3], vec![4]]
+        );
+        assert_eq!(
+            plan(Some("50%"), Some(1)).waves(5),
+            vec![vec![0], vec![1, 2, 3], vec![4]]
+        );
+        assert!(plan(Some("0"), None).check().is_err());
+        assert!(plan(Some("150%"), None).check().is_err());
+    }
+}
