@@ -81,7 +81,7 @@ pub enum Call {
     /// An order to relay.
     Order {
         /// The order, its parameters and the caller's API key (never empty).
-        request: Request,
+        request: Box<Request>,
         /// Whether the caller asked for NDJSON, one line per agent as it answers.
         stream: bool,
     },
@@ -217,13 +217,13 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
 
     let api_key = api_key.ok_or(ApiError::MissingKey)?;
     Ok(Call::Order {
-        request: Request {
+        request: Box::new(Request {
             order: order.as_str().to_owned(),
             options: params.options.unwrap_or_default(),
             args: params.args.unwrap_or_default(),
             api_key,
             ..Request::default()
-        },
+        }),
         stream,
     })
 }
@@ -262,7 +262,7 @@ fn api_key(headers: &[(&str, &[u8])]) -> Result<Option<String>, ApiError> {
             let value = text("Authorization", value)?;
             match value.split_once(' ') {
                 Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => {
-                    Some(key.trim_start_matches(' ').to_owned()).filter(|k| !k.is_empty())
+                    Some(key.trim_matches([' ', '\t']).to_owned()).filter(|k| !k.is_empty())
                 }
                 _ => None,
             }
@@ -363,7 +363,7 @@ mod tests {
 
     fn order(call: Result<Call, ApiError>) -> (Request, bool) {
         match call {
-            Ok(Call::Order { request, stream }) => (request, stream),
+            Ok(Call::Order { request, stream }) => (*request, stream),
             other => panic!("not an order: {other:?}"),
         }
     }

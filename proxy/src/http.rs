@@ -160,11 +160,11 @@ async fn answer(
         Ok(Call::Order {
             request,
             stream: false,
-        }) => merged(peer, relay, request).await,
+        }) => merged(peer, relay, *request).await,
         Ok(Call::Order {
             request,
             stream: true,
-        }) => streamed(peer, relay, request).await,
+        }) => streamed(peer, relay, *request).await,
     }
 }
 
