@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! POST /api/<order>                      (loopback-only unless [client] http_listen says otherwise)
-//! X-Api-Key: <key>                       (or Authorization: Bearer <key>)
+//! X-Api-Key: <key>                       (or Authorization: Bearer <key>; one of them, once)
 //! Content-Type: application/json         {"options":"service:echo,hi","args":"groups:web"}
 //!                                        (a form body or query string works too)
 //! Accept: application/x-ndjson           optional: stream one line per agent as it answers
@@ -11,107 +11,53 @@
 //! 200 application/x-ndjson   {"host":"<agent>","order":"<order>","result":{…},"via":"<proxy>"}\n …
 //!                            {"done":true,"hosts":N}\n
 //! 4xx application/json       {"error":"<text>"}
+//!
+//! GET /healthz                           no key
+//! 200 application/json       {"status":"ok","version":"<version>"}
 //! ```
 //!
-//! `[allow::hosts]` applies as on the main port. One request per connection.
+//! HTTP/1.1 is parsed by hyper (strict: a malformed request line or header, such as a
+//! space before a header's colon, is a 400 without a body, sent by hyper); what a parsed
+//! request means is [`deploy_proxy::api`]'s business (400, 401, 404, 405, 413 as JSON).
+//! `[allow::hosts]` is checked at accept, before any byte is read, and applies to
+//! `/healthz` too. One request per connection; the request (head and body) must arrive
+//! within `socket_timeout` (408 for a late body; a late head closes the connection).
+//! The v1 wire's parser (`deploy_common::legacy::http`) is never used here.
 
 use crate::relay::Relay;
 use deploy_common::access::HostAllowList;
-use deploy_common::legacy::{http, Limits};
-use deploy_common::order::{Body, OrderName, Reply, Request};
+use deploy_common::order::{Body, Reply, Request};
 use deploy_common::server::conn::{Events, Handler};
+use deploy_common::server::log::access;
 use deploy_common::wire::message::{Event, TaggedEvent};
+use deploy_proxy::api::{self, ApiError, ApiRequest, Call, MAX_BODY};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufStream};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-fn reason(code: u16) -> &'static str {
-    match code {
-        403 => "Forbidden",
-        other => deploy_common::order::reason(other),
-    }
-}
+/// The largest request head hyper buffers (hyper's minimum is 8 KiB); larger is a 431.
+const MAX_HEAD: usize = 16 * 1024;
 
-fn head(code: u16, content_type: &str, length: Option<usize>) -> String {
-    let length = length
-        .map(|n| format!("Content-Length: {n}\r\n"))
-        .unwrap_or_default();
-    format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\n{length}Connection: close\r\n\r\n",
-        reason(code)
-    )
-}
+/// A response body: whole (JSON) or streamed (NDJSON lines from a channel).
+type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
 
-async fn respond(
-    stream: &mut BufStream<TcpStream>,
-    code: u16,
-    body: &Value,
-) -> std::io::Result<()> {
-    let mut text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
-    text.push('\n');
-    stream
-        .write_all(head(code, "application/json", Some(text.len())).as_bytes())
-        .await?;
-    stream.write_all(text.as_bytes()).await?;
-    stream.flush().await?;
-    stream.get_mut().shutdown().await
-}
-
-/// The request's parameters from the body (JSON or form) and the query string.
-fn parameters(req: &http::HttpRequest) -> Result<Request, String> {
-    let mut request = Request::default();
-    let segments = req.path_segments();
-    match (segments.first().map(String::as_str), segments.get(1)) {
-        (Some("api"), Some(order)) if segments.len() == 2 => request.order = order.clone(),
-        _ => return Err("expected /api/<order>".into()),
-    }
-    if let Some((_, query)) = req.url.split_once('?') {
-        let form = http::Form::parse(query.as_bytes());
-        request.options = form.options;
-        request.args = form.args;
-    }
-    // JSON when said so, or when the body looks like it (`curl -d '{…}'` sends it as
-    // application/x-www-form-urlencoded).
-    let is_json = req
-        .header("content-type")
-        .is_some_and(|t| t.starts_with("application/json"))
-        || req.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    if is_json && !req.body.is_empty() {
-        let v: Value =
-            serde_json::from_slice(&req.body).map_err(|e| format!("invalid JSON body: {e}"))?;
-        let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        if let Some(o) = field("options") {
-            request.options = o;
-        }
-        if let Some(a) = field("args") {
-            request.args = a;
-        }
-    } else if !req.body.is_empty() {
-        let form = http::Form::parse(&req.body);
-        if !form.options.is_empty() {
-            request.options = form.options;
-        }
-        if !form.args.is_empty() {
-            request.args = form.args;
-        }
-    }
-    request.api_key = req
-        .header("x-api-key")
-        .map(str::to_owned)
-        .or_else(|| {
-            req.header("authorization")
-                .and_then(|a| a.strip_prefix("Bearer "))
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    Ok(request)
-}
-
-/// Serves one HTTP connection.
+/// Serves one HTTP connection: at most one request, within `timeout`.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -120,91 +66,257 @@ pub async fn serve(
     timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut stream = BufStream::new(stream);
-    let result = async {
-        if !allow.allows(peer.ip()) {
-            return respond(&mut stream, 403, &json!({"error": format!("Your IP [{}] is not allowed on this server.", peer.ip())})).await;
+    if !allow.allows(peer.ip()) {
+        refuse(stream, peer).await;
+        return;
+    }
+    let deadline = Instant::now() + timeout;
+    let service = service_fn(move |req| {
+        let relay = Arc::clone(&relay);
+        async move { Ok::<_, Infallible>(answer(req, peer, relay, deadline).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(false)
+        .max_buf_size(MAX_HEAD);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(peer = %peer, cause = %e, "http connection ended with an error");
+    }
+}
+
+/// Answers a peer outside `[allow::hosts]` without reading its request.
+async fn refuse(mut stream: TcpStream, peer: SocketAddr) {
+    tracing::info!(peer = %peer, "http caller refused by [allow::hosts]");
+    let body = json!({"error": format!("Your IP [{}] is not allowed on this server.", peer.ip())});
+    let body = format!("{body}\n");
+    let head = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    if let Err(e) = write.await {
+        tracing::debug!(peer = %peer, cause = %e, "cannot answer a refused http caller");
+    }
+}
+
+/// One request → one response; never fails (errors are JSON responses).
+async fn answer(
+    req: hyper::Request<Incoming>,
+    peer: SocketAddr,
+    relay: Arc<Relay>,
+    deadline: Instant,
+) -> Response<ApiBody> {
+    let (parts, body) = req.into_parts();
+    // The endpoint first: a wrong path or method is answered without reading the body.
+    if let Err(e) = api::route(parts.method.as_str(), parts.uri.path()) {
+        return refused(peer, &e);
+    }
+    let announced = hyper::body::Body::size_hint(&body).lower();
+    if usize::try_from(announced).map_or(true, |n| n > MAX_BODY) {
+        return refused(peer, &ApiError::TooLarge);
+    }
+    let body = match tokio::time::timeout_at(deadline, Limited::new(body, MAX_BODY).collect()).await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return refused(peer, &ApiError::TooLarge);
         }
-        let req = match http::read_request(&mut stream, &Limits { timeout, ..Limits::default() }).await {
-            Ok(Some(req)) => req,
-            Ok(None) => return Ok(()),
-            Err(e) => return respond(&mut stream, 400, &json!({"error": e.to_string()})).await,
-        };
-        if req.method != "POST" && req.method != "GET" {
-            return respond(&mut stream, 405, &json!({"error": "use POST /api/<order>"})).await;
+        Ok(Err(e)) => {
+            tracing::info!(peer = %peer, cause = %e, "http request body unreadable");
+            return json_response(400, &json!({"error": format!("cannot read the body: {e}")}));
         }
-        let request = match parameters(&req) {
-            Ok(r) => r,
-            Err(e) => return respond(&mut stream, 404, &json!({"error": e})).await,
-        };
-        if OrderName::parse(&request.order).is_none() {
-            return respond(&mut stream, 404, &json!({"error": format!("unknown order {:?}", request.order)})).await;
+        Err(_) => {
+            tracing::info!(peer = %peer, "http request body not received in time");
+            return json_response(408, &json!({"error": "timed out reading the request"}));
         }
-        if request.api_key.is_empty() {
-            return respond(&mut stream, 401, &json!({"error": "missing API key (X-Api-Key header)"})).await;
+    };
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
+    let call = api::parse(&ApiRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &headers,
+        body: &body,
+    });
+    match call {
+        Err(e) => refused(peer, &e),
+        Ok(Call::Health) => json_response(
+            200,
+            &json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}),
+        ),
+        Ok(Call::Order {
+            request,
+            stream: false,
+        }) => merged(peer, relay, *request).await,
+        Ok(Call::Order {
+            request,
+            stream: true,
+        }) => streamed(peer, relay, *request).await,
+    }
+}
+
+/// The JSON error response for `e`, logged.
+fn refused(peer: SocketAddr, e: &ApiError) -> Response<ApiBody> {
+    tracing::info!(peer = %peer, status = e.status(), cause = %e, "http request refused");
+    let mut response = json_response(e.status(), &json!({"error": e.to_string()}));
+    if let Some(allow) = e.allow() {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    response
+}
+
+/// `code` with `body` as one line of JSON.
+fn json_response(code: u16, body: &Value) -> Response<ApiBody> {
+    let text = format!("{body}\n");
+    response(
+        code,
+        "application/json",
+        Full::new(Bytes::from(text)).boxed_unsync(),
+    )
+}
+
+fn response(code: u16, content_type: &'static str, body: ApiBody) -> Response<ApiBody> {
+    let mut response = Response::new(body);
+    // A relayed reply's code is any number; one HTTP cannot say is a bad gateway.
+    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The order's merged document (or its error), once every agent has answered.
+async fn merged(peer: SocketAddr, relay: Arc<Relay>, request: Request) -> Response<ApiBody> {
+    let started = std::time::Instant::now();
+    let order = request.order.clone();
+    let reply = relay.handle(peer, request, Events::none()).await;
+    let code = reply.code;
+    access(peer.ip(), &order, "http", code, 0, started.elapsed(), &[]);
+    let body = match reply.body {
+        Body::Json(map) if code == 200 => Value::Object(map),
+        other => json!({"error": Reply { code, body: other }.content()}),
+    };
+    json_response(code, &body)
+}
+
+/// One NDJSON line for a result event; `None` for other events (output lines and
+/// progress are not part of this API).
+fn host_line(event: TaggedEvent) -> Option<Bytes> {
+    let Event::Host {
+        host,
+        order,
+        result,
+        via,
+    } = event.event
+    else {
+        return None;
+    };
+    let line = json!({"host": host, "order": order, "result": result, "via": via});
+    Some(Bytes::from(format!("{line}\n")))
+}
+
+fn done_line(hosts: usize) -> Bytes {
+    Bytes::from(format!("{}\n", json!({"done": true, "hosts": hosts})))
+}
+
+/// The order's results as NDJSON, each line sent as its agent answers. The status is
+/// chosen at the first result: an order refused before any agent answered (a bad key, a
+/// refused group) is a JSON error with its status, like [`merged`]'s.
+async fn streamed(peer: SocketAddr, relay: Arc<Relay>, request: Request) -> Response<ApiBody> {
+    let started = std::time::Instant::now();
+    let order = request.order.clone();
+    let (tx, mut events) = mpsc::channel::<TaggedEvent>(256);
+    let mut work = Box::pin(async move { relay.handle(peer, request, Events::from(tx)).await });
+    let mut open = true;
+    let first = loop {
+        tokio::select! {
+            event = events.recv(), if open => match event {
+                Some(event) => if let Some(line) = host_line(event) { break line },
+                None => open = false,
+            },
+            reply = &mut work => {
+                let mut lines = Vec::new();
+                while let Ok(event) = events.try_recv() {
+                    lines.extend(host_line(event));
+                }
+                access(peer.ip(), &order, "http", reply.code, 0, started.elapsed(), &[]);
+                if lines.is_empty() && reply.code != 200 {
+                    return json_response(reply.code, &json!({"error": reply.content()}));
+                }
+                let hosts = lines.len();
+                lines.push(done_line(hosts));
+                let body = Full::new(Bytes::from(lines.concat())).boxed_unsync();
+                return response(200, "application/x-ndjson", body);
+            }
         }
-        let streaming = req
-            .header("accept")
-            .is_some_and(|a| a.contains("application/x-ndjson"));
-        let started = std::time::Instant::now();
-        let order = request.order.clone();
-        if !streaming {
-            let reply = relay.handle(peer, request, Events::none()).await;
-            let code = reply.code;
-            let body = match reply.body {
-                Body::Json(map) if code == 200 => Value::Object(map),
-                other => json!({"error": Reply { code, body: other }.content()}),
-            };
-            deploy_common::server::log::access(peer.ip(), &order, "http", code, 0, started.elapsed(), &[]);
-            return respond(&mut stream, code, &body).await;
+    };
+    let (out, lines) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut hosts = 1;
+        if out.send(first).await.is_err() {
+            return;
         }
-        let (tx, mut rx) = mpsc::channel::<TaggedEvent>(256);
-        let work = relay.handle(peer, request, Events::from(tx));
-        tokio::pin!(work);
-        let mut started_body = false;
-        let mut hosts = 0usize;
         loop {
             tokio::select! {
-                event = rx.recv() => {
-                    // Results only: output lines and progress are not part of this API.
-                    let Some(TaggedEvent { event: Event::Host { host, order, result, via }, .. }) = event else { continue };
-                    if !started_body {
-                        stream.write_all(head(200, "application/x-ndjson", None).as_bytes()).await?;
-                        started_body = true;
-                    }
-                    hosts += 1;
-                    let mut line = serde_json::to_string(&json!({"host": host, "order": order, "result": result, "via": via})).unwrap_or_default();
-                    line.push('\n');
-                    stream.write_all(line.as_bytes()).await?;
-                    stream.flush().await?;
-                }
-                reply = &mut work => {
-                    while let Ok(TaggedEvent { event, .. }) = rx.try_recv() {
-                        let Event::Host { host, order, result, via } = event else { continue };
-                        if !started_body {
-                            stream.write_all(head(200, "application/x-ndjson", None).as_bytes()).await?;
-                            started_body = true;
-                        }
+                // The caller went away: dropping the work cancels the order.
+                () = out.closed() => return,
+                event = events.recv(), if open => match event {
+                    Some(event) => if let Some(line) = host_line(event) {
                         hosts += 1;
-                        let line = serde_json::to_string(&json!({"host": host, "order": order, "result": result, "via": via})).unwrap_or_default();
-                        stream.write_all(format!("{line}\n").as_bytes()).await?;
-                    }
-                    deploy_common::server::log::access(peer.ip(), &order, "http", reply.code, 0, started.elapsed(), &[]);
-                    if !started_body {
-                        if reply.code != 200 {
-                            return respond(&mut stream, reply.code, &json!({"error": reply.content()})).await;
+                        if out.send(line).await.is_err() {
+                            return;
                         }
-                        stream.write_all(head(200, "application/x-ndjson", None).as_bytes()).await?;
+                    },
+                    None => open = false,
+                },
+                reply = &mut work => {
+                    while let Ok(event) = events.try_recv() {
+                        if let Some(line) = host_line(event) {
+                            hosts += 1;
+                            if out.send(line).await.is_err() {
+                                return;
+                            }
+                        }
                     }
-                    stream.write_all(format!("{}\n", json!({"done": true, "hosts": hosts})).as_bytes()).await?;
-                    stream.flush().await?;
-                    return stream.get_mut().shutdown().await;
+                    access(peer.ip(), &order, "http", reply.code, 0, started.elapsed(), &[]);
+                    let _ = out.send(done_line(hosts)).await;
+                    return;
                 }
             }
         }
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::debug!(peer = %peer, cause = %e, "http connection ended with an error");
+    });
+    response(200, "application/x-ndjson", Lines(lines).boxed_unsync())
+}
+
+/// A streamed body: each received chunk is one frame, the end of the channel its end.
+struct Lines(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Lines {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|line| line.map(|line| Ok(Frame::data(line))))
     }
 }

@@ -8,7 +8,8 @@
 //!   chained proxies).
 //! * [`ssh`]: the `[ssh]` options → the one SSH transport of a worker generation.
 //! * [`relay`]: the order handler (authorization, fan-out, merging).
-//! * [`http`]: the HTTP/JSON API.
+//! * [`http`]: the HTTP/JSON API server (hyper); what its requests mean is
+//!   [`deploy_proxy::api`], the library half, which the fuzz targets call.
 //! * `main`: start-up through the daemon core shared with the agent.
 
 mod cli;

@@ -10,7 +10,7 @@
 //! | [`chain`] | chained proxies (`proxy://`), `via` lists, loop refusal |
 //! | [`ssh`] | `ssh://` servers beside an agent (real sshd, root only): `run`, stdin, sudo, authorization, host keys |
 //! | [`follow`] | `--follow`: agents' output lines relayed under each agent's name, through a chain too |
-//! | [`http`] | the HTTP/JSON API with curl: merged JSON, NDJSON stream, JSON errors |
+//! | [`http`] | the HTTP/JSON API: merged JSON, NDJSON stream (curl); strict parsing, JSON errors, `/healthz`, deadlines (raw bytes) |
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
 //!

@@ -127,15 +127,6 @@ fn hex_digit(c: u8) -> Option<u8> {
 }
 
 impl HttpRequest {
-    /// The value of header `name` (any case); the last duplicate wins.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     /// The order's form: the body for `POST`, the URL's query (after the first `?`) for
     /// `GET`, empty otherwise (including a `GET` without `?`, which crashed the original).
     pub fn form(&self) -> Form {
@@ -909,19 +900,21 @@ mod tests {
         assert_eq!(read(b"").await.unwrap(), None);
         // Headers then EOF: what was collected, no body.
         let r = read(b"Host: x\r\n").await.unwrap().unwrap();
-        assert_eq!((r.method.as_str(), r.header("HOST")), ("", Some("x")));
+        assert_eq!(r.method, "");
+        assert_eq!(r.headers, [("host".to_owned(), "x".to_owned())]);
         // Partial last line.
         let r = read(b"GET /agent/status?options=a HTTP/1.1")
             .await
             .unwrap()
             .unwrap();
         assert_eq!(r.form().options, "a");
-        // Duplicate headers: last wins.
+        // Duplicate headers: all kept, in order, names lower-cased and trimmed.
         let r = read(b"GET / HTTP/1.1\r\nX: 1\r\nx :  2 \r\n\r\n")
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(r.header("x"), Some("2"));
+        let x = |v: &str| ("x".to_owned(), v.to_owned());
+        assert_eq!(r.headers, [x("1"), x("2")]);
     }
 
     #[tokio::test]

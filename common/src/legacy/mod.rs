@@ -58,6 +58,11 @@
 //! bytes. Unlike the original, every read has a total deadline and size limits
 //! ([`Limits`]).
 //!
+//! That leniency is for compatibility with v1 peers only: a header line shaped like a
+//! request line redefines the method and URL, so this parser must never front anything
+//! but the v1 wire. The proxy's HTTP/JSON API is served by hyper (deploy-proxy's `api`
+//! module).
+//!
 //! # `auth_key`
 //!
 //! ```text
