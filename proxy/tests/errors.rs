@@ -297,7 +297,7 @@ fn lock_and_upload_are_not_relayed() {
         let reply = runtime
             .block_on(deploy_testkit::v2(
                 addr,
-                deploy_common::legacy::auth::DEFAULT_KEY_CIPHER,
+                PROXY_KEY,
                 None,
                 request,
             ))
