@@ -62,6 +62,9 @@ use nix::unistd::Pid;
 
 use super::{argv, checksum, RsyncError, RsyncSpec};
 
+/// How long `rkill` lets a transfer's processes clean up after SIGTERM before SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
 const LOCK: &str = "lock";
 const META: &str = "meta.json";
 const PID: &str = "pid";
@@ -301,11 +304,43 @@ impl StateDir {
         Some(pids)
     }
 
-    /// Kill transfer `checksum`: SIGKILL its processes (see [`StateDir::running`]) and
-    /// their process groups, sparing the runner so that it records the signal in `exit`.
-    /// Removes `output` whether or not anything ran, as the original's `rkill` removed
-    /// `/tmp/<checksum>`; `meta.json` and `exit` stay. Returns the pids signalled, sorted.
+    /// Stop transfer `checksum`: SIGTERM its processes (see [`StateDir::running`]) and
+    /// their process groups, sparing the runner so that it records how rsync ended; if
+    /// any is left after [`KILL_GRACE`], SIGKILL. rsync removes its temporary files on
+    /// SIGTERM, which SIGKILL would leave behind. Removes `output` whether or not
+    /// anything ran, as the original's `rkill` removed `/tmp/<checksum>`; `meta.json` and
+    /// `exit` stay. Returns the pids signalled, sorted. Blocks for up to the grace; an
+    /// async caller uses [`StateDir::signal`] and [`StateDir::has_members`] instead.
     pub fn kill(&self, checksum: &str) -> Vec<u32> {
+        let killed = self.signal(checksum, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + KILL_GRACE;
+        while self.has_members(checksum) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.signal(checksum, Signal::SIGKILL);
+        self.remove_output(checksum);
+        killed
+    }
+
+    /// Whether transfer `checksum` still has processes besides its runner.
+    pub fn has_members(&self, checksum: &str) -> bool {
+        self.transfer_dir(checksum)
+            .is_some_and(|dir| lock_held(&dir) && !session_members(&dir).is_empty())
+    }
+
+    /// Removes transfer `checksum`'s `output` (see [`StateDir::kill`]).
+    pub fn remove_output(&self, checksum: &str) {
+        let Some(dir) = self.transfer_dir(checksum) else {
+            return;
+        };
+        if let Err(e) = remove_if_exists(&dir.join(OUTPUT)) {
+            tracing::warn!(cause = %e, checksum, "cannot remove rsync output");
+        }
+    }
+
+    /// Sends `signal` to transfer `checksum`'s processes and their process groups,
+    /// sparing the runner; returns the pids signalled, sorted.
+    pub fn signal(&self, checksum: &str, signal: Signal) -> Vec<u32> {
         let Some(dir) = self.transfer_dir(checksum) else {
             return Vec::new();
         };
@@ -318,7 +353,7 @@ impl StateDir {
                 let Ok(pid) = i32::try_from(member.pid) else {
                     continue;
                 };
-                if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                if kill(Pid::from_raw(pid), signal).is_ok() {
                     killed.push(member.pid);
                 }
                 if Some(member.pgrp) != runner {
@@ -328,12 +363,9 @@ impl StateDir {
             // Also catches a process forked between the scan and the kills.
             for pgrp in groups {
                 if let Ok(pgrp) = i32::try_from(pgrp) {
-                    let _ = killpg(Pid::from_raw(pgrp), Signal::SIGKILL);
+                    let _ = killpg(Pid::from_raw(pgrp), signal);
                 }
             }
-        }
-        if let Err(e) = remove_if_exists(&dir.join(OUTPUT)) {
-            tracing::warn!(cause = %e, checksum, "cannot remove rsync output");
         }
         killed.sort_unstable();
         killed

@@ -7,9 +7,10 @@
 //! cannot write is refused at start and by `--check` ([`check`]) instead of making every
 //! worker die at start.
 //!
-//! The check reads permission bits (owner, group, other; supplementary groups from the
-//! group database) on the directory and search permission on each ancestor; ACLs and
-//! read-only mounts are not modelled.
+//! The check asks what the workers' state store asks (the directory is theirs and
+//! writable by nobody else), plus search permission on each ancestor (owner, group,
+//! other bits; supplementary groups from the group database). ACLs and read-only
+//! mounts are not modelled.
 
 use super::privs::{self, PrivError};
 use nix::unistd::{Gid, Uid};
@@ -135,22 +136,32 @@ pub fn check(dir: &Path, user: Option<&str>, group: Option<&str>) -> Result<(), 
             reason: "not a directory".into(),
         });
     }
-    // A root-owned directory is handed over at start (when started as root).
+    // The workers keep their state private (see `rsync::state`): the directory must be
+    // theirs, and writable by nobody else. A root-owned one is handed over at start
+    // (when started as root).
     let handed_over = meta.uid() == 0 && nix::unistd::geteuid().is_root();
-    if !handed_over && !granted(&meta, &who, 0o3) {
-        return Err(StateDirError::Unusable {
+    let mode = meta.mode() & 0o7777;
+    let reason = if meta.uid() != who.uid.as_raw() && !handed_over {
+        Some(format!(
+            "owned by uid {}, not by {} (uid {}) whom the workers run as",
+            meta.uid(),
+            who.name,
+            who.uid
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!("writable by group or others (mode {mode:o}): chmod go-w it"))
+    } else if mode & 0o300 != 0o300 {
+        Some(format!("not writable by its owner (mode {mode:o})"))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(StateDirError::Unusable {
             path: dir.to_path_buf(),
-            reason: format!(
-                "{} (uid {}) cannot write it (owner uid {}, gid {}, mode {:o})",
-                who.name,
-                who.uid,
-                meta.uid(),
-                meta.gid(),
-                meta.mode() & 0o7777
-            ),
-        });
+            reason,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Creates `dir` if needed and, when the daemon is root and will switch to `user` /
@@ -159,11 +170,18 @@ pub fn check(dir: &Path, user: Option<&str>, group: Option<&str>) -> Result<(), 
 pub fn prepare(dir: &Path, user: Option<&str>, group: Option<&str>) -> Result<(), StateDirError> {
     let created = !dir.exists();
     if created {
-        std::fs::create_dir_all(dir).map_err(|source| StateDirError::Io {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let io = |source| StateDirError::Io {
             path: dir.to_path_buf(),
             what: "create it".into(),
             source,
-        })?;
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
     if let Some((uid, gid, _)) = privs::target_ids(user, group)? {
         let owner = std::fs::metadata(dir).map(|m| m.uid()).unwrap_or(0);
@@ -227,7 +245,7 @@ mod tests {
         let err = prepare(&other, Some("nobody"), None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("cannot write"), "{err}");
+        assert!(err.contains("not by nobody"), "{err}");
         // Created by root: handed over.
         let fresh = dir.path().join("fresh");
         prepare(&fresh, Some("nobody"), None).unwrap();
