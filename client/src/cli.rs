@@ -381,9 +381,8 @@ impl Args {
         let targets = parse_targets(&list, self.port)?;
         // A server that knows only a default secret, with no pinned key, could be
         // anyone: it must not be handed an API key.
-        let server_unauthenticated =
-            deploy_common::config::is_default_secret(&self.key_cipher)
-                && self.ssl_public_key.is_none();
+        let server_unauthenticated = deploy_common::config::is_default_secret(&self.key_cipher)
+            && self.ssl_public_key.is_none();
         let public_key = match &self.ssl_public_key {
             None => None,
             Some(path) => Some(Arc::new(

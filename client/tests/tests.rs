@@ -486,7 +486,10 @@ async fn api_key_only_to_an_authenticated_server() {
             out.stderr
         );
     }
-    assert!(seen.lock().unwrap().is_empty(), "the key reached the impostor");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the key reached the impostor"
+    );
 
     // A real secret: the key goes (and this server, knowing it, answers).
     let proxy = v2_agent("proxy-secret", {

@@ -149,7 +149,9 @@ pub fn check(dir: &Path, user: Option<&str>, group: Option<&str>) -> Result<(), 
             who.uid
         ))
     } else if mode & 0o022 != 0 {
-        Some(format!("writable by group or others (mode {mode:o}): chmod go-w it"))
+        Some(format!(
+            "writable by group or others (mode {mode:o}): chmod go-w it"
+        ))
     } else if mode & 0o300 != 0o300 {
         Some(format!("not writable by its owner (mode {mode:o})"))
     } else {
