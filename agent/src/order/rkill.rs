@@ -6,7 +6,6 @@ use super::Agent;
 use deploy_common::order::rkill::killed;
 use deploy_common::order::{Reply, Request};
 use deploy_common::rsync::state::KILL_GRACE;
-use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
 pub(super) async fn run(agent: &Agent, request: &Request) -> Reply {
@@ -14,13 +13,13 @@ pub(super) async fn run(agent: &Agent, request: &Request) -> Reply {
         Ok(x) => x,
         Err(reply) => return reply,
     };
-    let pids = agent.state.signal(&checksum, Signal::SIGTERM);
+    let stopping = agent.state.terminate(&checksum);
     let deadline = Instant::now() + KILL_GRACE;
-    while agent.state.has_members(&checksum) && Instant::now() < deadline {
+    while stopping.any_left() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let forced = agent.state.signal(&checksum, Signal::SIGKILL);
+    let forced = stopping.kill_left();
     agent.state.remove_output(&checksum);
-    tracing::info!(checksum = %checksum, killed = ?pids, forced = ?forced, "rkill");
-    Reply::ok(killed(&pids))
+    tracing::info!(checksum = %checksum, killed = ?stopping.pids(), forced = ?forced, "rkill");
+    Reply::ok(killed(stopping.pids()))
 }

@@ -514,3 +514,75 @@ where
     });
     0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers that fail at once, or that serve until told to stop.
+    struct Fake {
+        fail: bool,
+    }
+
+    impl Program for Fake {
+        fn reload(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn worker(&self, listeners: &[TcpListener]) -> i32 {
+            if self.fail {
+                return 1;
+            }
+            let settings = WorkerSettings {
+                max_requests: 0,
+                max_connections: 1,
+                grace: Duration::from_millis(100),
+            };
+            run_worker(listeners, settings, |_, _, _| async {})
+        }
+    }
+
+    /// Runs a master for `fake` in a forked child; the child exits with the master's
+    /// code, plus 100 if it reported ready. `term_after` sends the master SIGTERM.
+    fn master_in_child(fake: Fake, term_after: Option<Duration>) -> i32 {
+        // SAFETY: the child runs the master (single-threaded after the fork: it only
+        // forks workers and waits for signals) and leaves with `_exit`.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let mut fake = fake;
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                listener.set_nonblocking(true).expect("nonblocking");
+                let mut ready = false;
+                let settings = Settings {
+                    workers: 1,
+                    master_title: "test master".into(),
+                    grace: Duration::from_secs(1),
+                };
+                let code = run_master(&mut fake, vec![listener], settings, &mut || ready = true);
+                // SAFETY: ends the child without running the test harness.
+                unsafe { libc::_exit(code + if ready { 100 } else { 0 }) }
+            }
+            ForkResult::Parent { child } => {
+                if let Some(after) = term_after {
+                    std::thread::sleep(after);
+                    let _ = signal::kill(child, Signal::SIGTERM);
+                }
+                match waitpid(child, None).expect("waitpid") {
+                    WaitStatus::Exited(_, code) => code,
+                    other => panic!("master ended with {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn master_gives_up_when_no_worker_can_start() {
+        // Not ready, exit 1 (after START_FAILURES deaths and the 1 s back-offs).
+        assert_eq!(master_in_child(Fake { fail: true }, None), 1);
+    }
+
+    #[test]
+    fn master_is_ready_once_a_worker_serves() {
+        let code = master_in_child(Fake { fail: false }, Some(Duration::from_secs(2)));
+        assert_eq!(code, 100, "ready, then a clean stop");
+    }
+}
