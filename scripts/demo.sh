@@ -41,7 +41,10 @@ echo "== deploy-agent from etc/deploy_agent.ini (+ etc/deploy_agent_exec.ini)"
 cp etc/deploy_agent.ini etc/deploy_agent_exec.ini "$WORK/"
 sed -i -e "s#/var/lib/deploy/target#$WORK/target#g" \
        -e "s#^dest = 127.0.0.1::DEST#dest = rsync://127.0.0.1:$RPORT/DEST#" "$WORK/deploy_agent.ini"
+# The daemons refuse default secrets: the agents' (agent key_cipher, proxy [client]
+# key_cipher) and the proxy's callers' ([server] key_cipher), one fresh each.
 KEY=demo-$RANDOM$RANDOM
+PKEY=demo-proxy-$RANDOM$RANDOM
 "$BIN/deploy-agent" --foreground --path "$WORK/deploy_agent.ini" --addr 127.0.0.1 --port 0 \
     --state-dir "$WORK/state" --key-cipher "$KEY" 2> "$WORK/agent.log" &
 AGENT_PID=$!
@@ -57,7 +60,7 @@ cp etc/deploy_proxy.ini etc/deploy_proxy_api.ini "$WORK/"
 sed -i -e "s#^web\[\] = 127.0.0.1\$#web[] = 127.0.0.1:$APORT#" -e '/^web\[\] = \[::1\]/d' \
     -e "s#^db\[\] = 127.0.0.1\$#db[] = 127.0.0.1:$APORT#" "$WORK/deploy_proxy_api.ini"
 "$BIN/deploy-proxy" --foreground --path "$WORK/deploy_proxy.ini" --addr 127.0.0.1 --port 0 \
-    --client-key-cipher "$KEY" --http-listen 127.0.0.1:0 --state-dir "$WORK/state" 2> "$WORK/proxy.log" &
+    --key-cipher "$PKEY" --client-key-cipher "$KEY" --http-listen 127.0.0.1:0 --state-dir "$WORK/state" 2> "$WORK/proxy.log" &
 PROXY_PID=$!
 for _ in $(seq 1 100); do [ "$(grep -c 'listening on' "$WORK/proxy.log")" -ge 2 ] && break; sleep 0.05; done
 PPORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$WORK/proxy.log" | head -n 1)
@@ -66,7 +69,7 @@ HPORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$WORK/proxy.log" | sed -n
 echo "   proxy listening on 127.0.0.1:$PPORT (HTTP API on 127.0.0.1:$HPORT)"
 
 agent() { "$BIN/deploy-client" --hosts 127.0.0.1 --port "$APORT" --key-cipher "$KEY" "$@"; }
-proxy() { "$BIN/deploy-client" --hosts 127.0.0.1 --port "$PPORT" --api-key change-me-api-key --args groups:web "$@"; }
+proxy() { "$BIN/deploy-client" --hosts 127.0.0.1 --port "$PPORT" --key-cipher "$PKEY" --api-key change-me-api-key --args groups:web "$@"; }
 
 echo "== status, straight to the agent (dry run: what would be transferred)"
 agent --order status --options web

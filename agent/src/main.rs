@@ -132,6 +132,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let current = generation(config)?;
     let config = Arc::clone(&current.config);
     if cli.server.check {
+        let problems = deploy_common::config::check::agent_problems(&config);
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("deploy-agent: {p}");
+            }
+            anyhow::bail!("{}: {} problem(s)", config.path.display(), problems.len());
+        }
         println!(
             "{}: OK ({} groups, {} jobs, {} allowed host entries, {} allowed paths)",
             config.path.display(),
@@ -142,13 +149,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    // Before privileges are dropped: it may live in a root-owned place.
-    std::fs::create_dir_all(&config.server.state_dir).with_context(|| {
-        format!(
-            "cannot create state_dir {}",
-            config.server.state_dir.display()
-        )
-    })?;
+    let weak = deploy_common::config::check::agent_default_secrets(&config);
+    if let Some(refusal) =
+        deploy_common::config::check::secrets_refusal(&config.path, &weak, &config.server)
+    {
+        anyhow::bail!("refusing to start: {refusal}");
+    }
+    if !weak.is_empty() {
+        eprintln!(
+            "deploy-agent: warning: {} is a default secret (allow_default_secrets = on)",
+            weak.join(", ")
+        );
+    }
     let server = config.server.clone();
     let startup = daemon::Startup {
         server: &server,

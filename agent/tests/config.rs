@@ -4,14 +4,68 @@
 use crate::util::*;
 
 #[test]
-fn shipped_sample_passes_check() {
+fn shipped_sample_passes_check_once_its_secret_is_set() {
     let ini = etc_dir().join("deploy_agent.ini");
-    let (code, stdout, stderr) = run_agent(&["--check", "--path", ini.to_str().unwrap()]);
+    // As shipped, its key_cipher is a placeholder: --check (and start-up) refuse it.
+    let (code, _, stderr) = run_agent(&["--check", "--path", ini.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("[server] key_cipher is a default secret"),
+        "{stderr}"
+    );
+    // With a secret of its own (and an rsync this machine has), it passes.
+    let sb = Sandbox::new();
+    let rsync = ["/usr/bin/rsync", "/usr/local/bin/rsync"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("/bin/true");
+    let text = std::fs::read_to_string(&ini)
+        .unwrap()
+        .replace("key_cipher = change-me", "key_cipher = a-real-secret")
+        .replace("rsync = /usr/bin/rsync", &format!("rsync = {rsync}"));
+    std::fs::write(sb.join("deploy_agent.ini"), text).unwrap();
+    std::fs::copy(
+        etc_dir().join("deploy_agent_exec.ini"),
+        sb.join("deploy_agent_exec.ini"),
+    )
+    .unwrap();
+    let copy = sb.join("deploy_agent.ini");
+    let (code, stdout, stderr) = run_agent(&["--check", "--path", copy.to_str().unwrap()]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.contains("OK"), "{stdout}");
-    // The summary counts what the sample defines: one group, the sample's two jobs.
+    // The summary counts what the sample defines: one group, the sample's one job.
     assert!(stdout.contains("1 groups"), "{stdout}");
-    assert!(stdout.contains("2 jobs"), "{stdout}");
+    assert!(stdout.contains("1 jobs"), "{stdout}");
+}
+
+#[test]
+fn check_catches_what_would_fail_later() {
+    let sb = Sandbox::new();
+    let config = Config::new(&sb)
+        .group(
+            "web",
+            &[
+                ("dest", "rsync://127.0.0.1:8730/DEST"),
+                ("src", "/etc/not-allowed"),
+                ("rsync", "/nonexistent/rsync"),
+                ("option[]", "--delete"),
+            ],
+        )
+        .job("app:gone", "/nonexistent/tool %s");
+    std::fs::write(sb.join("jobs.ini"), config.jobs_text()).unwrap();
+    std::fs::write(sb.join("agent.ini"), config.ini_text()).unwrap();
+    let ini = sb.join("agent.ini");
+    let (code, _, stderr) = run_agent(&["--check", "--path", ini.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    for want in [
+        "[rsync::group::web] rsync: /nonexistent/rsync is not an executable file",
+        "[rsync::group::web] src: /etc/not-allowed is outside every [allow::paths] path",
+        "[rsync::group::web] option[]: neither -a/--archive nor -r/--recursive",
+        "[jobs] app:gone: program \"/nonexistent/tool\" is not an executable file",
+        "4 problem(s)",
+    ] {
+        assert!(stderr.contains(want), "expected {want:?} in {stderr}");
+    }
 }
 
 #[test]

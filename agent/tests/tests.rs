@@ -25,6 +25,7 @@ mod golden;
 mod hardening;
 mod ipv6;
 mod lock;
+mod ops;
 mod orders;
 mod process;
 mod release;

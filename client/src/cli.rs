@@ -188,7 +188,8 @@ pub struct Args {
     #[arg(long, env = "DEPLOY_KEY_CIPHER", hide_env_values = true, default_value = DEFAULT_KEY_CIPHER)]
     pub key_cipher: String,
 
-    /// For a proxy: the API key.
+    /// For a proxy: the API key. Sent only to a server that proved it knows a
+    /// non-default --key-cipher, or holds the pinned --ssl-public-key.
     #[arg(
         long,
         env = "DEPLOY_API_KEY",
@@ -437,6 +438,10 @@ impl Args {
             self.hosts.clone()
         };
         let targets = parse_targets(&list, self.port)?;
+        // A server that knows only a default secret, with no pinned key, could be
+        // anyone: it must not be handed an API key.
+        let server_unauthenticated = deploy_common::config::is_default_secret(&self.key_cipher)
+            && self.ssl_public_key.is_none();
         let public_key = match &self.ssl_public_key {
             None => None,
             Some(path) => Some(Arc::new(
@@ -610,6 +615,14 @@ impl Args {
                 Some(base64::engine::general_purpose::STANDARD.encode(bytes))
             }
         };
+        if !self.api_key.is_empty() && server_unauthenticated {
+            bail!(
+                "refusing to send the API key to a server that is not authenticated: \
+                 --key-cipher (DEPLOY_KEY_CIPHER) is a default secret and no --ssl-public-key \
+                 is pinned, so anyone on the way could pose as the proxy; give the proxy's \
+                 [server] key_cipher or pin its public key"
+            );
+        }
         let rollout = (self.order == OrderArg::Deploy).then(|| crate::rollout::Plan {
             batch: self.batch.clone(),
             canary: self.canary,

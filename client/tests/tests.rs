@@ -452,3 +452,66 @@ async fn follow_lines_go_to_stderr_in_json_mode() {
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v[a.to_string()]["exec"]["return"], json!(1));
 }
+
+/// An impostor that knows the default secret (every stock client's) would learn the API
+/// key: the client refuses to send it (exit 2) unless the server is authenticated by a
+/// non-default secret or a pinned key.
+#[tokio::test]
+async fn api_key_only_to_an_authenticated_server() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = Arc::clone(&seen);
+    let impostor = v2_agent(
+        deploy_common::legacy::auth::DEFAULT_KEY_CIPHER,
+        Arc::new(move |r: &deploy_common::order::Request| {
+            log.lock().unwrap().push(r.api_key.clone());
+            (Vec::new(), Duration::ZERO, exec_ok())
+        }),
+    )
+    .await;
+    let host = format!("--hosts={impostor}");
+    for extra in [&[][..], &["--key-cipher=change-me"][..]] {
+        let mut args = vec![
+            host.as_str(),
+            "--order=exec",
+            "--options=service:echo,hi",
+            "--api-key=the-api-key",
+            "--args=groups:web",
+        ];
+        args.extend_from_slice(extra);
+        let out = client(&args, None).await;
+        assert_eq!(out.status, 2, "{extra:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("refusing to send the API key"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the key reached the impostor"
+    );
+
+    // A real secret: the key goes (and this server, knowing it, answers).
+    let proxy = v2_agent("proxy-secret", {
+        let log = Arc::clone(&seen);
+        Arc::new(move |r: &deploy_common::order::Request| {
+            log.lock().unwrap().push(r.api_key.clone());
+            (Vec::new(), Duration::ZERO, exec_ok())
+        })
+    })
+    .await;
+    let out = client(
+        &[
+            &format!("--hosts={proxy}"),
+            "--order=exec",
+            "--options=service:echo,hi",
+            "--api-key=the-api-key",
+            "--args=groups:web",
+            "--key-cipher=proxy-secret",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert_eq!(*seen.lock().unwrap(), ["the-api-key"]);
+}

@@ -135,6 +135,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let current = generation(config)?;
     let config = Arc::clone(&current.config);
     if cli.server.check {
+        let problems = deploy_common::config::check::proxy_problems(&config);
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("deploy-proxy: {p}");
+            }
+            anyhow::bail!("{}: {} problem(s)", config.path.display(), problems.len());
+        }
         let groups = config.api.server_groups().count();
         println!(
             "{}: OK ({} API keys, {} server groups, proxy id {})",
@@ -144,6 +151,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             current.relay.id
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    let weak = deploy_common::config::check::proxy_default_secrets(&config);
+    if let Some(refusal) =
+        deploy_common::config::check::secrets_refusal(&config.path, &weak, &config.server)
+    {
+        anyhow::bail!("refusing to start: {refusal}");
+    }
+    if !weak.is_empty() {
+        eprintln!(
+            "deploy-proxy: warning: {} is a default secret (allow_default_secrets = on)",
+            weak.join(", ")
+        );
     }
     let server = config.server.clone();
     let startup = daemon::Startup {

@@ -6,17 +6,115 @@ use nix::sys::signal::Signal;
 use std::time::Duration;
 
 #[test]
-fn check_accepts_the_shipped_sample() {
+fn check_accepts_the_shipped_sample_once_its_secrets_are_set() {
     let ini = etc_dir().join("deploy_proxy.ini");
     let (code, stdout, stderr) = run_bin(
         &bins::proxy(),
         &["--check", "--path", ini.to_str().expect("utf-8")],
+    );
+    // As shipped, both secrets are placeholders.
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("[server] key_cipher, [client] key_cipher are a default secret"),
+        "stderr: {stderr}"
+    );
+    let dir = Sandbox::new();
+    let text = std::fs::read_to_string(&ini)
+        .expect("sample")
+        .replacen("key_cipher = change-me", "key_cipher = callers-secret", 1)
+        .replacen("key_cipher = change-me", "key_cipher = agents-secret", 1);
+    std::fs::write(dir.join("deploy_proxy.ini"), text).expect("write");
+    std::fs::copy(
+        etc_dir().join("deploy_proxy_api.ini"),
+        dir.join("deploy_proxy_api.ini"),
+    )
+    .expect("copy");
+    let copy = dir.join("deploy_proxy.ini");
+    let (code, stdout, stderr) = run_bin(
+        &bins::proxy(),
+        &["--check", "--path", copy.to_str().expect("utf-8")],
     );
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert!(
         stdout.contains("OK (2 API keys, 2 server groups"),
         "stdout: {stdout}"
     );
+}
+
+#[test]
+fn default_secrets_are_refused_unless_allowed() {
+    let dir = Sandbox::new();
+    for (section, config) in [
+        (
+            "[server]",
+            ProxyConfig::new("px-weak").server("key_cipher", "65535"),
+        ),
+        (
+            "[client]",
+            ProxyConfig::new("px-weak").client("key_cipher", "change-me"),
+        ),
+    ] {
+        let ini = config
+            .key("k", "web")
+            .servers("web", ["127.0.0.1:3440"])
+            .write(dir.path());
+        let (code, _, stderr) = run_bin(
+            &bins::proxy(),
+            &["--foreground", "--path", ini.to_str().expect("utf-8")],
+        );
+        assert_eq!(code, 1, "{section}: {stderr}");
+        assert!(
+            stderr.contains(&format!("refusing to start: {}", ini.display()))
+                && stderr.contains(&format!("{section} key_cipher is a default secret")),
+            "{section}: {stderr}"
+        );
+    }
+    // The lab override.
+    let _proxy = ProxyConfig::new("px-lab")
+        .server("key_cipher", "65535")
+        .server("allow_default_secrets", "on")
+        .key("k", "web")
+        .servers("web", ["127.0.0.1:3440"])
+        .start(dir.path());
+}
+
+/// The agent and the proxy with `user`/`group` set and state dirs the masters hand
+/// over: an order goes through both.
+#[test]
+fn agent_and_proxy_run_as_nobody() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let agent_dir = Sandbox::new();
+    std::fs::set_permissions(agent_dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let agent = AgentConfig::new(&agent_dir)
+        .server("addr", "127.0.0.1")
+        .server("user", "nobody")
+        .server("group", "nogroup")
+        .server("state_dir", agent_dir.join("new/state").display())
+        .start(&agent_dir);
+    let dir = Sandbox::new();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let proxy = ProxyConfig::new("px-nobody")
+        .server("user", "nobody")
+        .server("group", "nogroup")
+        .server("state_dir", dir.join("proxy-state").display())
+        .key("k", "web")
+        .servers("web", [agent.addr()])
+        .start(dir.path());
+    let worker = proxy.wait_workers_blocking(1)[0];
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "{status}"
+    );
+    via_proxy(proxy.port(), "k", "groups:web", ECHO, &[]).expect_code(0);
+    assert!(proxy.log().contains("started"), "{}", proxy.log());
 }
 
 #[test]

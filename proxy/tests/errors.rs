@@ -295,12 +295,7 @@ fn lock_and_upload_are_not_relayed() {
             }));
         }
         let reply = runtime
-            .block_on(deploy_testkit::v2(
-                addr,
-                deploy_common::legacy::auth::DEFAULT_KEY_CIPHER,
-                None,
-                request,
-            ))
+            .block_on(deploy_testkit::v2(addr, PROXY_KEY, None, request))
             .expect("v2 exchange");
         assert_eq!(reply.code, 501, "{order}: {reply:?}");
         assert!(

@@ -77,13 +77,15 @@ impl Farm {
     }
 }
 
-/// Runs `deploy-client args…` (environment cleared but `PATH`) within [`RUN_LIMIT`].
+/// Runs `deploy-client args…` (environment cleared but `PATH`, and
+/// `DEPLOY_KEY_CIPHER` = the proxies' [`PROXY_KEY`]) within [`RUN_LIMIT`].
 pub fn client(args: &[&str]) -> Output {
     run_command(
         Command::new(bins::client())
             .args(args)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("DEPLOY_KEY_CIPHER", PROXY_KEY)
             .env("NO_COLOR", "1"),
         RUN_LIMIT,
     )

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 /// The agents' shared secret in these tests (the golden vectors' too).
 pub const KEY: &str = "agentsecret";
+/// The proxies' `[server] key_cipher` in these tests: the secret their callers (the
+/// client, `DEPLOY_KEY_CIPHER` in the proxy tests) prove they know. Daemons refuse
+/// default secrets, so the test world has none.
+pub const PROXY_KEY: &str = "proxysecret";
 /// Bound on any single network exchange.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on a daemon printing its listening lines.

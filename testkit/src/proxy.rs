@@ -5,7 +5,8 @@
 //! ```text
 //! proxy.ini                                   api.ini
 //! [server]  addr 127.0.0.1, port 0,           [keys]     <key>[] = g1,g2   (key())
-//!           legacy on, one worker,            [orders]   <key>[] = exec    (orders())
+//!           key_cipher proxysecret,           [orders]   <key>[] = exec    (orders())
+//!           legacy on, one worker,
 //!           state in the directory            [servers]  <g>[] = host:port (servers())
 //! [client]  key_cipher agentsecret,           [group::<g>] overrides       (group())
 //!           proxy_id <id>, thread_timeout 5,
@@ -21,7 +22,7 @@
 
 use crate::bins;
 use crate::daemon::Daemon;
-use crate::env::KEY;
+use crate::env::{KEY, PROXY_KEY};
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ impl ProxyConfig {
         let server = [
             ("addr", "127.0.0.1"),
             ("port", "0"),
+            ("key_cipher", PROXY_KEY),
             ("legacy_protocol", "on"),
             ("max_prefork", "1"),
             ("socket_timeout", "5"),

@@ -89,7 +89,7 @@ impl Handler for Agent {
             Some(OrderName::Status) => status::run(self, &request).await,
             Some(OrderName::Rlist) => rlist::run(self, &request).await,
             Some(OrderName::Rsync) => rsync::run(self, &request, &events).await,
-            Some(OrderName::Rkill) => rkill::run(self, &request),
+            Some(OrderName::Rkill) => rkill::run(self, &request).await,
             Some(OrderName::Exec) => exec::run(self, &request, &events).await,
             Some(OrderName::Run) => run::run(self, &request, &events).await,
             Some(OrderName::Upload) => upload::run(self, &request, &events).await,

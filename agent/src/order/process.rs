@@ -1,7 +1,12 @@
 //! Running a program for `exec` and `run`: argv only, a minimal environment, stdin from
-//! the request (or /dev/null), its own process group (killed as a whole if the order is
-//! cancelled or times out), stdout and stderr captured together in arrival order, and
-//! each line streamed with its stream name to a client that follows.
+//! the request (or /dev/null), its own process group, stdout and stderr captured
+//! together in arrival order, and each line streamed with its stream name to a client
+//! that follows.
+//!
+//! When the order is dropped unfinished (it timed out, or its caller went away: the
+//! connection driver drops the order when the client closes the connection) the whole
+//! group gets SIGTERM, then SIGKILL after [`KILL_GRACE`]. A worker that dies takes its
+//! jobs with it: they are in its session, which the master kills.
 
 use deploy_common::server::conn::Events;
 use deploy_common::wire::message::{Event, Stream};
@@ -23,18 +28,42 @@ pub struct Finished {
     pub output: Vec<u8>,
 }
 
-/// Kills the program's whole process group when the order is dropped unfinished.
+/// How long a job gets between SIGTERM and SIGKILL when its order is dropped.
+pub const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stops the program's whole process group when the order is dropped unfinished:
+/// SIGTERM now, SIGKILL after [`KILL_GRACE`] if any member is left.
 struct GroupGuard(Option<i32>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            terminate_group(pgid, KILL_GRACE);
         }
     }
+}
+
+/// SIGTERM to group `pgid`, then SIGKILL after `grace` unless the group is gone by
+/// then (checked every 50 ms, on a thread of its own since this runs in `Drop`). A
+/// group's id is not reused while any member lives, so the late SIGKILL can only reach
+/// what is left of this group.
+pub fn terminate_group(pgid: i32, grace: std::time::Duration) {
+    use nix::sys::signal::{killpg, Signal};
+    let group = nix::unistd::Pid::from_raw(pgid);
+    if killpg(group, Signal::SIGTERM).is_err() {
+        return; // already gone
+    }
+    tracing::info!(pgid, "stopping an abandoned job (SIGTERM, then SIGKILL)");
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if killpg(group, None).is_err() {
+                return;
+            }
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+    });
 }
 
 /// Runs `argv` to its end, in `/`. A program that cannot be started is reported like a
@@ -79,8 +108,7 @@ pub async fn run_in(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {

@@ -35,6 +35,24 @@
 //!   newlines reach the program as data, since there is no shell to interpret them;
 //! * with no `%s` in the template, arguments are ignored (as the original's `sprintf`
 //!   ignored surplus arguments).
+//!
+//! # Arguments that look like options
+//!
+//! Passing arguments verbatim means an argument may start with `-` and be read as an
+//! option by the program (`/bin/date %s` with `-s 2000-01-01` sets the clock). So an
+//! argument starting with `-` is **refused** unless the job allows it by writing its
+//! placeholder `%-s`. A placeholder may also restrict the characters of every argument
+//! with a set in braces, written right after it, as in a shell glob's `[...]`: single
+//! characters and ranges `a-z`; a `-` first or last is itself; `}` and whitespace
+//! cannot be in a set:
+//!
+//! ```text
+//! service:nginx = /usr/sbin/service nginx %s{a-z}      ; reload, restart…
+//! app:tag       = /usr/local/bin/tag %s{a-zA-Z0-9._-}  ; still no leading '-'
+//! app:grep      = /bin/grep %-s /var/log/app.log       ; options allowed: think twice
+//! ```
+//!
+//! Both rules apply to each argument, wherever the placeholder stands.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,6 +85,9 @@ pub enum TemplateError {
     /// The first word is empty (`''`).
     #[error("empty program name")]
     EmptyProgram,
+    /// A `%s{…}` character set is not closed, is empty or has a reversed range.
+    #[error("bad character set after %s: {0}")]
+    BadSet(String),
 }
 
 /// Why [`JobTemplate::argv`] refused the arguments.
@@ -78,6 +99,73 @@ pub enum JobError {
         /// 0-based index of the argument.
         index: usize,
     },
+    /// An argument starts with `-` and the job does not allow that (`%-s`).
+    #[error("argument {index} starts with '-' (the job does not take options; its template would say %-s)")]
+    Dash {
+        /// 0-based index of the argument.
+        index: usize,
+    },
+    /// An argument has a character outside the job's set (`%s{…}`).
+    #[error("argument {index} has a character outside [{set}]")]
+    Charset {
+        /// 0-based index of the argument.
+        index: usize,
+        /// The set as written in the template.
+        set: String,
+    },
+}
+
+/// What a job's `%s` accepts: see the [module docs](self).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ArgRule {
+    /// `%-s`: arguments may start with `-`.
+    dash: bool,
+    /// `%s{…}`: the set as written, and its ranges (single characters are `(c, c)`).
+    set: Option<(String, Vec<(char, char)>)>,
+}
+
+impl ArgRule {
+    fn check(&self, index: usize, arg: &str) -> Result<(), JobError> {
+        if !self.dash && arg.starts_with('-') {
+            return Err(JobError::Dash { index });
+        }
+        if let Some((written, ranges)) = &self.set {
+            let inside = |c: char| ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+            if !arg.chars().all(inside) {
+                return Err(JobError::Charset {
+                    index,
+                    set: written.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses the inside of `{…}`: characters and `a-z` ranges; `-` first or last is literal.
+fn parse_set(written: &str) -> Result<Vec<(char, char)>, TemplateError> {
+    let chars: Vec<char> = written.chars().collect();
+    if chars.is_empty() {
+        return Err(TemplateError::BadSet("empty set {}".into()));
+    }
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while let Some(&c) = chars.get(i) {
+        match (chars.get(i + 1), chars.get(i + 2)) {
+            (Some('-'), Some(&hi)) => {
+                if hi < c {
+                    return Err(TemplateError::BadSet(format!("reversed range {c}-{hi}")));
+                }
+                ranges.push((c, hi));
+                i += 3;
+            }
+            _ => {
+                ranges.push((c, c));
+                i += 1;
+            }
+        }
+    }
+    Ok(ranges)
 }
 
 /// One piece of a word.
@@ -86,14 +174,14 @@ enum Piece {
     /// Literal text.
     Text(String),
     /// `%s` inside a word: the arguments joined with spaces.
-    Args,
+    Args(ArgRule),
 }
 
 /// One word of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Word {
     /// A bare `%s` word: the arguments, one argv element each.
-    Splat,
+    Splat(ArgRule),
     /// Any other word: one argv element.
     Pieces(Vec<Piece>),
 }
@@ -111,18 +199,19 @@ impl JobTemplate {
         if template.contains('\0') {
             return Err(TemplateError::Nul);
         }
-        let words: Vec<Word> = split_words(template)?
-            .into_iter()
-            .map(|(text, bare)| match (bare, text.as_str()) {
-                (true, "%s") => Word::Splat,
-                _ => Word::Pieces(percent_pieces(&text)),
-            })
-            .collect();
+        let mut words = Vec::new();
+        for (text, bare) in split_words(template)? {
+            let pieces = percent_pieces(&text)?;
+            words.push(match (bare, pieces.as_slice()) {
+                (true, [Piece::Args(rule)]) => Word::Splat(rule.clone()),
+                _ => Word::Pieces(pieces),
+            });
+        }
         let placeholders: usize = words
             .iter()
             .map(|w| match w {
-                Word::Splat => 1,
-                Word::Pieces(p) => p.iter().filter(|p| **p == Piece::Args).count(),
+                Word::Splat(_) => 1,
+                Word::Pieces(p) => p.iter().filter(|p| matches!(p, Piece::Args(_))).count(),
             })
             .sum();
         if placeholders > 1 {
@@ -130,8 +219,8 @@ impl JobTemplate {
         }
         match words.first() {
             None => return Err(TemplateError::Empty),
-            Some(Word::Splat) => return Err(TemplateError::PlaceholderInProgram),
-            Some(Word::Pieces(p)) if p.contains(&Piece::Args) => {
+            Some(Word::Splat(_)) => return Err(TemplateError::PlaceholderInProgram),
+            Some(Word::Pieces(p)) if p.iter().any(|p| matches!(p, Piece::Args(_))) => {
                 return Err(TemplateError::PlaceholderInProgram)
             }
             Some(Word::Pieces(p)) if p.iter().all(|p| *p == Piece::Text(String::new())) => {
@@ -152,16 +241,31 @@ impl JobTemplate {
 
     /// Whether the template has a `%s` (otherwise arguments are ignored).
     pub fn takes_args(&self) -> bool {
-        self.words.iter().any(|w| match w {
-            Word::Splat => true,
-            Word::Pieces(p) => p.contains(&Piece::Args),
+        self.rule().is_some()
+    }
+
+    /// The rule of the template's `%s`, if it has one.
+    fn rule(&self) -> Option<&ArgRule> {
+        self.words.iter().find_map(|w| match w {
+            Word::Splat(rule) => Some(rule),
+            Word::Pieces(p) => p.iter().find_map(|p| match p {
+                Piece::Args(rule) => Some(rule),
+                Piece::Text(_) => None,
+            }),
         })
     }
 
-    /// The argument vector to execute (program first) with `args` substituted.
+    /// The argument vector to execute (program first) with `args` substituted. Refuses
+    /// NUL bytes, and arguments the placeholder's rule does not accept (see the
+    /// [module docs](self)); arguments of a template without `%s` are ignored.
     pub fn argv(&self, args: &[String]) -> Result<Vec<String>, JobError> {
         if let Some(index) = args.iter().position(|a| a.contains('\0')) {
             return Err(JobError::Nul { index });
+        }
+        if let Some(rule) = self.rule() {
+            for (index, arg) in args.iter().enumerate() {
+                rule.check(index, arg)?;
+            }
         }
         Ok(self.expand(args))
     }
@@ -176,13 +280,13 @@ impl JobTemplate {
         let mut argv = Vec::with_capacity(self.words.len() + args.len());
         for word in &self.words {
             match word {
-                Word::Splat => argv.extend(args.iter().cloned()),
+                Word::Splat(_) => argv.extend(args.iter().cloned()),
                 Word::Pieces(pieces) => {
                     let mut s = String::new();
                     for piece in pieces {
                         match piece {
                             Piece::Text(t) => s.push_str(t),
-                            Piece::Args => s.push_str(&args.join(" ")),
+                            Piece::Args(_) => s.push_str(&args.join(" ")),
                         }
                     }
                     argv.push(s);
@@ -266,23 +370,46 @@ fn split_words(s: &str) -> Result<Vec<(String, bool)>, TemplateError> {
     Ok(words)
 }
 
-/// `%%` → `%`, `%s` → [`Piece::Args`], other `%x` kept as written.
-fn percent_pieces(text: &str) -> Vec<Piece> {
+/// `%%` → `%`, `%s`, `%-s` (each optionally followed by `{set}`) → [`Piece::Args`],
+/// other `%x` kept as written.
+fn percent_pieces(text: &str) -> Result<Vec<Piece>, TemplateError> {
     let mut pieces = Vec::new();
     let mut lit = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, chars.peek()) {
-            ('%', Some('%')) => {
-                chars.next();
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        let after = rest.get(c.len_utf8()..).unwrap_or_default();
+        if c != '%' {
+            lit.push(c);
+            rest = after;
+            continue;
+        }
+        let (dash, spec) = match after.strip_prefix("-s") {
+            Some(tail) => (true, Some(tail)),
+            None => (false, after.strip_prefix('s')),
+        };
+        match (after.strip_prefix('%'), spec) {
+            (Some(tail), _) => {
                 lit.push('%');
+                rest = tail;
             }
-            ('%', Some('s')) => {
-                chars.next();
+            (None, Some(tail)) => {
+                let mut rule = ArgRule { dash, set: None };
+                rest = tail;
+                if let Some(open) = tail.strip_prefix('{') {
+                    let close = open
+                        .find('}')
+                        .ok_or_else(|| TemplateError::BadSet("unclosed {".into()))?;
+                    let written = open.get(..close).unwrap_or_default();
+                    rule.set = Some((written.to_owned(), parse_set(written)?));
+                    rest = open.get(close + 1..).unwrap_or_default();
+                }
                 pieces.push(Piece::Text(std::mem::take(&mut lit)));
-                pieces.push(Piece::Args);
+                pieces.push(Piece::Args(rule));
             }
-            (c, _) => lit.push(c),
+            (None, None) => {
+                lit.push('%');
+                rest = after;
+            }
         }
     }
     pieces.push(Piece::Text(lit));
@@ -290,7 +417,7 @@ fn percent_pieces(text: &str) -> Vec<Piece> {
     if pieces.is_empty() {
         pieces.push(Piece::Text(String::new()));
     }
-    pieces
+    Ok(pieces)
 }
 
 /// The jobs an agent's `exec` order may run, by exact name. See the [module docs](self).
@@ -469,7 +596,7 @@ mod tests {
             "'\"",
             "*",
             "%s",
-            "--help",
+            "x --help",
         ]);
         let argv = job.argv(&hostile).unwrap();
         assert_eq!(argv[0], "/bin/echo");
@@ -478,6 +605,81 @@ mod tests {
             job.argv(&args(&["ok", "a\0b"])),
             Err(JobError::Nul { index: 1 })
         );
+    }
+
+    #[test]
+    fn leading_dash_is_refused_unless_allowed() {
+        let date = t("/bin/date %s");
+        assert_eq!(
+            date.argv(&args(&["+%s", "-s", "2000-01-01"])),
+            Err(JobError::Dash { index: 1 })
+        );
+        assert_eq!(
+            t("/bin/echo x%s").argv(&args(&["--help"])),
+            Err(JobError::Dash { index: 0 }),
+            "embedded placeholders too"
+        );
+        assert_eq!(
+            t("/bin/echo \"%s\"").argv(&args(&["-n"])),
+            Err(JobError::Dash { index: 0 })
+        );
+        let dash = t("/bin/echo %-s");
+        assert_eq!(
+            dash.argv(&args(&["-n", "x"])).unwrap(),
+            ["/bin/echo", "-n", "x"]
+        );
+        let err = date.argv(&args(&["-s"])).unwrap_err().to_string();
+        assert!(err.contains("%-s"), "{err}");
+    }
+
+    #[test]
+    fn character_sets() {
+        let job = t("/usr/sbin/service nginx %s{a-z}");
+        assert_eq!(
+            job.argv(&args(&["reload"])).unwrap(),
+            ["/usr/sbin/service", "nginx", "reload"]
+        );
+        assert_eq!(
+            job.argv(&args(&["reload", "re.load"])),
+            Err(JobError::Charset {
+                index: 1,
+                set: "a-z".into()
+            })
+        );
+        let tag = t("/bin/echo tag=%s{a-zA-Z0-9._-}");
+        assert_eq!(
+            tag.argv(&args(&["v1.2_x-y"])).unwrap(),
+            ["/bin/echo", "tag=v1.2_x-y"]
+        );
+        assert_eq!(
+            tag.argv(&args(&["-x"])),
+            Err(JobError::Dash { index: 0 }),
+            "a '-' in the set does not allow a leading one"
+        );
+        assert_eq!(
+            t("/bin/echo %-s{-a-z}").argv(&args(&["-abc"])).unwrap(),
+            ["/bin/echo", "-abc"]
+        );
+        assert_eq!(
+            tag.argv(&args(&["a b"])),
+            Err(JobError::Charset {
+                index: 0,
+                set: "a-zA-Z0-9._-".into()
+            })
+        );
+        assert_eq!(t("/bin/echo %s{é}").argv(&args(&["éé"])).unwrap().len(), 2);
+        for bad in ["/bin/echo %s{a-z", "/bin/echo %s{}", "/bin/echo %s{z-a}"] {
+            assert!(
+                matches!(JobTemplate::parse(bad), Err(TemplateError::BadSet(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            JobTemplate::parse("/bin/echo %s{a} %-s"),
+            Err(TemplateError::MultiplePlaceholders)
+        );
+        // `%%s` is a literal `%s`, not a placeholder.
+        assert!(!t("/bin/printf %%s{a}").takes_args());
     }
 
     #[test]

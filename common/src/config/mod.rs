@@ -9,6 +9,7 @@
 //! | [`agent`] | [`AgentConfig`] (`deploy_agent.ini`) and [`RsyncGroup`] |
 //! | [`jobs`] | [`Jobs`] (`deploy_agent_exec.ini`) and [`JobTemplate`]: argv, never a shell |
 //! | [`proxy`] | [`ProxyConfig`] (`deploy_proxy.ini`) and [`ApiKeys`] (`deploy_proxy_api.ini`) |
+//! | [`check`] | what `--check` reports beyond syntax; default secrets a daemon refuses |
 //!
 //! # Design
 //!
@@ -37,6 +38,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub mod agent;
+pub mod check;
 pub mod ini;
 pub mod jobs;
 pub mod proxy;
@@ -285,6 +287,16 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// Whether `secret` is one nobody should run a daemon with: empty, the built-in
+/// `65535` (the original's default, which every stock client also uses) or a sample's
+/// `change-me` placeholder (any case, surrounding blanks ignored).
+pub fn is_default_secret(secret: &str) -> bool {
+    let s = secret.trim();
+    s.is_empty()
+        || s == crate::legacy::auth::DEFAULT_KEY_CIPHER
+        || s.eq_ignore_ascii_case("change-me")
+}
+
 /// The `[server]` section, shared by agent and proxy.
 ///
 /// Defaults are those of [`ServerConfig::agent_defaults`] or
@@ -329,9 +341,15 @@ pub struct ServerConfig {
     pub log_error_path: PathBuf,
     /// `log_access_path`: as `log_error_path`. Default `/var/log/deploy/access.log`.
     pub log_access_path: PathBuf,
-    /// `key_cipher`: the shared secret behind the legacy `auth_key`. Default `65535`
-    /// (as the original; its comments wrongly said 4294967295). Unused by the proxy.
+    /// `key_cipher`: the secret the daemon's callers prove they know (the v2 handshake's
+    /// pre-shared key; behind the legacy `auth_key`). On the proxy it is the callers'
+    /// secret too, beside their API keys. Default `65535` (as the original; its comments
+    /// wrongly said 4294967295), which a daemon refuses to start with (see
+    /// [`is_default_secret`]) unless `allow_default_secrets` is on.
     pub key_cipher: String,
+    /// `allow_default_secrets` (new): start even though a secret is a default (lab
+    /// only). Default false.
+    pub allow_default_secrets: bool,
     /// `ssl`: use the encrypted transport. Default false.
     pub ssl: bool,
     /// `ssl_private_key`: PEM file of this server's private key.
@@ -383,6 +401,7 @@ impl ServerConfig {
             log_error_path: PathBuf::from("/var/log/deploy/error.log"),
             log_access_path: PathBuf::from("/var/log/deploy/access.log"),
             key_cipher: "65535".to_owned(),
+            allow_default_secrets: false,
             ssl: false,
             ssl_private_key: None,
             ssl_public_key: None,
@@ -460,6 +479,7 @@ impl ServerConfig {
                 ("log_error_path", _) => self.log_error_path = cx.nonempty(e)?.into(),
                 ("log_access_path", _) => self.log_access_path = cx.nonempty(e)?.into(),
                 ("key_cipher", _) => self.key_cipher = e.value.clone(),
+                ("allow_default_secrets", _) => self.allow_default_secrets = cx.boolean(e)?,
                 ("ssl", _) => self.ssl = cx.boolean(e)?,
                 ("ssl_private_key", _) => self.ssl_private_key = cx.file(e),
                 ("ssl_public_key", _) => self.ssl_public_key = cx.file(e),
@@ -501,6 +521,7 @@ const SERVER_KEYS: &[&str] = &[
     "log_error_path",
     "log_access_path",
     "key_cipher",
+    "allow_default_secrets",
     "ssl",
     "ssl_private_key",
     "ssl_public_key",
@@ -833,6 +854,22 @@ mod tests {
         assert_eq!(c.ssl_public_key.as_deref(), Some(Path::new("/k/pub.pem")));
         assert!(c.ssl && c.log_write && c.legacy_protocol && c.allow_run);
         assert_eq!(c.umask, 0o027);
+        assert!(!c.allow_default_secrets);
+        assert!(
+            server("[server]\nallow_default_secrets = on\n")
+                .unwrap()
+                .allow_default_secrets
+        );
+    }
+
+    #[test]
+    fn default_secrets() {
+        for weak in ["", " ", "65535", "change-me", " CHANGE-ME "] {
+            assert!(is_default_secret(weak), "{weak:?}");
+        }
+        for strong in ["655351", "change-me-now", "s3cret"] {
+            assert!(!is_default_secret(strong), "{strong:?}");
+        }
     }
 
     #[test]

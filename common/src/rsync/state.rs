@@ -62,6 +62,72 @@ use nix::unistd::Pid;
 
 use super::{argv, checksum, RsyncError, RsyncSpec};
 
+/// How long `rkill` lets a transfer's processes clean up after SIGTERM before SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// A transfer's processes after SIGTERM ([`StateDir::terminate`]). They are followed
+/// by pid *and* session (the runner's), so a pid reused meanwhile is never signalled,
+/// and they are followed even after the runner has exited and released the lock.
+#[derive(Debug, Default)]
+pub struct Stopping {
+    session: u32,
+    pids: Vec<u32>,
+    groups: BTreeSet<u32>,
+}
+
+impl Stopping {
+    /// The pids that got SIGTERM, sorted.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
+    /// The pids still running (not zombies) in the transfer's session.
+    pub fn left(&self) -> Vec<u32> {
+        self.pids
+            .iter()
+            .copied()
+            .filter(|&pid| runs_in_session(pid, self.session))
+            .collect()
+    }
+
+    /// Whether any of them still runs.
+    pub fn any_left(&self) -> bool {
+        !self.left().is_empty()
+    }
+
+    /// SIGKILL what is left (and its process groups); returns those pids.
+    pub fn kill_left(&self) -> Vec<u32> {
+        let left = self.left();
+        for &pid in &left {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        if !left.is_empty() {
+            for &pgrp in &self.groups {
+                if let Ok(pgrp) = i32::try_from(pgrp) {
+                    let _ = killpg(Pid::from_raw(pgrp), Signal::SIGKILL);
+                }
+            }
+        }
+        left
+    }
+}
+
+/// Whether `pid` exists, is not a zombie, and belongs to session `session`.
+fn runs_in_session(pid: u32, session: u32) -> bool {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let mut fields = text
+        .get(text.rfind(')').map_or(0, |i| i + 1)..)
+        .unwrap_or_default()
+        .split_whitespace();
+    let state = fields.next();
+    let session_field = fields.nth(2).and_then(|s| s.parse::<u32>().ok());
+    state != Some("Z") && session_field == Some(session)
+}
+
 const LOCK: &str = "lock";
 const META: &str = "meta.json";
 const PID: &str = "pid";
@@ -301,42 +367,66 @@ impl StateDir {
         Some(pids)
     }
 
-    /// Kill transfer `checksum`: SIGKILL its processes (see [`StateDir::running`]) and
-    /// their process groups, sparing the runner so that it records the signal in `exit`.
-    /// Removes `output` whether or not anything ran, as the original's `rkill` removed
-    /// `/tmp/<checksum>`; `meta.json` and `exit` stay. Returns the pids signalled, sorted.
+    /// Stop transfer `checksum`: SIGTERM its processes (see [`StateDir::running`]) and
+    /// their process groups, sparing the runner so that it records how rsync ended; if
+    /// any is left after [`KILL_GRACE`], SIGKILL. rsync removes its temporary files on
+    /// SIGTERM, which SIGKILL would leave behind. Removes `output` whether or not
+    /// anything ran, as the original's `rkill` removed `/tmp/<checksum>`; `meta.json` and
+    /// `exit` stay. Returns the pids signalled, sorted. Blocks for up to the grace; an
+    /// async caller uses [`StateDir::terminate`] and [`Stopping`] instead.
     pub fn kill(&self, checksum: &str) -> Vec<u32> {
+        let stopping = self.terminate(checksum);
+        let deadline = std::time::Instant::now() + KILL_GRACE;
+        while stopping.any_left() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stopping.kill_left();
+        self.remove_output(checksum);
+        stopping.pids().to_vec()
+    }
+
+    /// Sends SIGTERM to transfer `checksum`'s processes and their process groups,
+    /// sparing the runner; the returned [`Stopping`] tells whether any is left and
+    /// kills what is.
+    pub fn terminate(&self, checksum: &str) -> Stopping {
+        let mut stopping = Stopping::default();
         let Some(dir) = self.transfer_dir(checksum) else {
-            return Vec::new();
+            return stopping;
         };
-        let mut killed = Vec::new();
-        if lock_held(&dir) {
-            let runner = read_pid(&dir);
-            let members = session_members(&dir);
-            let mut groups = BTreeSet::new();
-            for member in &members {
-                let Ok(pid) = i32::try_from(member.pid) else {
-                    continue;
-                };
-                if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-                    killed.push(member.pid);
-                }
-                if Some(member.pgrp) != runner {
-                    groups.insert(member.pgrp);
-                }
+        if !lock_held(&dir) {
+            return stopping;
+        }
+        let runner = read_pid(&dir);
+        for member in session_members(&dir) {
+            stopping.session = member.session;
+            let Ok(pid) = i32::try_from(member.pid) else {
+                continue;
+            };
+            if kill(Pid::from_raw(pid), Signal::SIGTERM).is_ok() {
+                stopping.pids.push(member.pid);
             }
-            // Also catches a process forked between the scan and the kills.
-            for pgrp in groups {
-                if let Ok(pgrp) = i32::try_from(pgrp) {
-                    let _ = killpg(Pid::from_raw(pgrp), Signal::SIGKILL);
-                }
+            if Some(member.pgrp) != runner {
+                stopping.groups.insert(member.pgrp);
             }
         }
+        // Also catches a process forked between the scan and the kills.
+        for &pgrp in &stopping.groups {
+            if let Ok(pgrp) = i32::try_from(pgrp) {
+                let _ = killpg(Pid::from_raw(pgrp), Signal::SIGTERM);
+            }
+        }
+        stopping.pids.sort_unstable();
+        stopping
+    }
+
+    /// Removes transfer `checksum`'s `output` (see [`StateDir::kill`]).
+    pub fn remove_output(&self, checksum: &str) {
+        let Some(dir) = self.transfer_dir(checksum) else {
+            return;
+        };
         if let Err(e) = remove_if_exists(&dir.join(OUTPUT)) {
             tracing::warn!(cause = %e, checksum, "cannot remove rsync output");
         }
-        killed.sort_unstable();
-        killed
     }
 
     /// How the last finished run of `checksum` ended; `None` while running, if it never

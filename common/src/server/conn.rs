@@ -556,14 +556,17 @@ async fn serve_v2<H: Handler>(
     };
     let mut first = true;
     loop {
+        let is_first = first;
         let idle = if first {
             policy.socket_timeout
         } else {
             V2_IDLE
         };
         first = false;
+        // A worker told to stop still answers a fresh connection's first request: the
+        // client connected to the shared socket in good faith (a reload loses none).
         let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled(), if !is_first => return Ok(()),
             next = tokio::time::timeout(idle, conn.recv()) => next,
         };
         let message = match next {
@@ -612,6 +615,11 @@ async fn serve_v2<H: Handler>(
                         Some(event) => conn.send_event(id, &event).await?,
                         None => events_open = false,
                     },
+                    // The caller went away: dropping `work` stops what it started.
+                    () = peer_closed(conn.get_ref().get_ref()) => {
+                        access(peer, Wire::V2, Some(&request), 499, 0, started);
+                        return Err("the client closed the connection during the order; order stopped".into());
+                    }
                     asked = &mut ready_rx, if body_tx.is_some() => {
                         let Some(tx) = body_tx.take() else { continue };
                         if asked.is_err() {
@@ -650,6 +658,19 @@ async fn serve_v2<H: Handler>(
             };
             let _ = tokio::time::timeout(V2_IDLE, drain).await;
             return Ok(());
+        }
+    }
+}
+
+/// Resolves when the peer has closed its side of `stream` (EOF, or an error, on a
+/// peek); stays pending while the peer is silent or has sent more (which is left
+/// unread for the connection).
+async fn peer_closed(stream: &TcpStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.peek(&mut byte).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => std::future::pending::<()>().await,
         }
     }
 }

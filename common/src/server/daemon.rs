@@ -1,10 +1,12 @@
 //! Start-up shared by the agent and the proxy, in the order that keeps it safe:
 //! bind every socket (as root if a privileged port needs it) → report `listening on` →
-//! detach unless in the foreground → umask → logging → pid file → drop privileges →
-//! systemd readiness → the prefork master.
+//! create `state_dir` and hand it to the workers' user → detach unless in the
+//! foreground → umask → logging → pid file → drop privileges → the prefork master,
+//! which logs `started` and tells systemd `READY=1` only once a worker serves (and
+//! exits 1 if none can).
 
 use super::prefork::{self, Program, Settings};
-use super::{log, pidfile, privs};
+use super::{log, pidfile, privs, statedir};
 use crate::config::ServerConfig;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -27,6 +29,9 @@ pub enum DaemonError {
     /// Privileges could not be dropped.
     #[error(transparent)]
     Privs(#[from] privs::PrivError),
+    /// `state_dir` cannot be made usable by the workers' user.
+    #[error(transparent)]
+    StateDir(#[from] statedir::StateDirError),
 }
 
 /// What [`run`] needs besides the `[server]` section.
@@ -68,6 +73,8 @@ pub fn run<P: Program>(startup: Startup<'_>, program: &mut P) -> Result<i32, Dae
     {
         listeners.push(super::bind(addr, s.backlog, defer).map_err(DaemonError::Bind)?);
     }
+    // Before privileges are dropped: it may live in a root-owned place.
+    statedir::prepare(&s.state_dir, s.user.as_deref(), s.group.as_deref())?;
     for l in &listeners {
         if let Ok(local) = l.local_addr() {
             eprintln!("{}: listening on {local}", startup.program);
@@ -93,21 +100,30 @@ pub fn run<P: Program>(startup: Startup<'_>, program: &mut P) -> Result<i32, Dae
     if let Some((uid, gid)) = privs::drop_privileges(s.user.as_deref(), s.group.as_deref())? {
         tracing::info!(uid = uid.as_raw(), gid = gid.as_raw(), "privileges dropped");
     }
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        workers = s.max_prefork.max(1),
-        legacy = s.legacy_protocol,
-        "{} started",
-        startup.program
-    );
     let settings = Settings {
         workers: usize::try_from(s.max_prefork.max(1)).unwrap_or(1),
         master_title: format!("{} master process", s.process_name),
         grace: startup.grace + Duration::from_secs(2),
     };
-    super::notify_ready();
-    let code = prefork::run_master(program, listeners, settings);
-    tracing::info!("{} stopped", startup.program);
+    let mut on_ready = || {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            workers = s.max_prefork.max(1),
+            legacy = s.legacy_protocol,
+            "{} started",
+            startup.program
+        );
+        super::notify_ready();
+    };
+    let code = prefork::run_master(program, listeners, settings, &mut on_ready);
+    match code {
+        0 => tracing::info!("{} stopped", startup.program),
+        _ => tracing::error!(
+            code,
+            "{} stopped: its workers cannot serve",
+            startup.program
+        ),
+    }
     Ok(code)
 }
 

@@ -10,6 +10,7 @@
 //! | [`privs`] | privilege drop and umask |
 //! | [`title`] | process titles |
 //! | [`pidfile`] | the pid file |
+//! | [`statedir`] | `state_dir` created, handed to the workers' user, checked |
 //!
 //! # Design
 //!
@@ -24,6 +25,7 @@ pub mod log;
 pub mod pidfile;
 pub mod prefork;
 pub mod privs;
+pub mod statedir;
 pub mod title;
 
 use socket2::{Domain, Protocol, Socket, Type};

@@ -4,14 +4,21 @@
 //! master (title "<name> master process")
 //!   ├─ binds sockets, drops privileges, writes the pid file     (done by the caller)
 //!   ├─ forks `workers` children; each builds a tokio runtime and accepts on the sockets
-//!   ├─ SIGCHLD → reap; respawn up to `workers` (1 s back-off when a worker dies young)
-//!   ├─ SIGHUP  → Program::reload(); on success old workers get SIGTERM, new ones start
+//!   ├─ the first worker that says it is serving (a byte on the ready pipe) makes the
+//!   │  master ready (`on_ready`: the "started" line, systemd READY=1); if
+//!   │  START_FAILURES workers die before any serves, the master exits 1
+//!   ├─ SIGCHLD → reap; kill what is left in the dead worker's session (its jobs);
+//!   │  respawn up to `workers` (1 s back-off when a worker dies young)
+//!   ├─ SIGHUP  → Program::reload(); on success new workers start first, and the old
+//!   │  ones get SIGTERM once a new one serves (the listening sockets stay open all along)
 //!   └─ SIGTERM/SIGINT → workers get SIGTERM, finish in-flight requests within `grace`,
 //!                       then SIGKILL; the master exits last
 //! worker (title "<name> worker process")
+//!   ├─ setsid(): its session holds every job it starts, so they die with it
 //!   ├─ PR_SET_PDEATHSIG(SIGTERM): never outlives a killed master
 //!   ├─ exits after `max_requests_per_child` connections (the master replaces it)
-//!   └─ SIGTERM/SIGINT → stop accepting, drain, exit 0
+//!   └─ SIGTERM/SIGINT → stop accepting, serve what it accepted (a fresh connection
+//!                       gets its first request answered), drain, exit 0
 //! ```
 //!
 //! The master is single-threaded and synchronous; signals reach it through
@@ -111,11 +118,66 @@ struct Worker {
     started: Instant,
 }
 
-/// Runs the master loop until SIGTERM/SIGINT; returns the process exit code.
+/// Workers that may die before any of them serves, before the master gives up.
+pub const START_FAILURES: u32 = 3;
+
+/// The write end of the ready pipe, in a worker (-1 elsewhere, or once used).
+static READY_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Tells the master that this worker serves (once; a no-op outside a worker).
+fn signal_serving() {
+    let fd = READY_FD.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: `fd` is this worker's copy of the ready pipe's write end, owned by
+        // nothing else in this process; it is written once and closed.
+        unsafe {
+            let _ = libc::write(fd, b"R".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+    }
+}
+
+/// Kills (SIGKILL) every process left in session `sid`: the jobs of a worker that is
+/// gone (workers are session leaders, see the module docs). Linux `/proc` only.
+fn kill_session(sid: Pid) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp session …; comm may hold spaces and parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        if fields.get(3).and_then(|s| s.parse::<i32>().ok()) == Some(sid.as_raw())
+            && pid != sid.as_raw()
+            && signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Runs the master loop until SIGTERM/SIGINT; returns the process exit code. `on_ready`
+/// runs once, when the first worker serves; if [`START_FAILURES`] workers die before
+/// that, the master stops its workers and returns 1.
 pub fn run_master<P: Program>(
     program: &mut P,
     listeners: Vec<TcpListener>,
     settings: Settings,
+    on_ready: &mut dyn FnMut(),
 ) -> i32 {
     let flags = match install_signals() {
         Ok(f) => f,
@@ -124,6 +186,18 @@ pub fn run_master<P: Program>(
             return 1;
         }
     };
+    let (ready_rx, ready_tx) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot create the ready pipe");
+            return 1;
+        }
+    };
+    let _ = ready_rx.set_nonblocking(true);
+    let mut ready = false;
+    let mut early_deaths = 0u32;
+    // Old workers waiting for a new generation to serve before they get SIGTERM.
+    let mut superseded: HashMap<Pid, Worker> = HashMap::new();
     super::title::set_title(&settings.master_title);
     let master = nix::unistd::getpid();
     let wanted = settings.workers.max(1);
@@ -133,12 +207,47 @@ pub fn run_master<P: Program>(
 
     loop {
         if flags.chld.swap(false, Ordering::SeqCst) || !active.is_empty() {
-            reap(&mut active, &mut retiring, &mut spawn_after);
+            let died = reap(
+                &mut active,
+                &mut retiring,
+                &mut superseded,
+                &mut spawn_after,
+            );
+            if !ready {
+                early_deaths += died;
+            }
+        }
+        let mut buf = [0u8; 64];
+        if matches!((&ready_rx).read(&mut buf), Ok(n) if n > 0) {
+            if !ready {
+                ready = true;
+                on_ready();
+            }
+            // A new generation serves: the old one may go.
+            for (pid, w) in superseded.drain() {
+                let _ = signal::kill(pid, Signal::SIGTERM);
+                retiring.insert(pid, w);
+            }
+        }
+        if !ready && early_deaths >= START_FAILURES {
+            tracing::error!(
+                died = early_deaths,
+                "no worker could start: {early_deaths} died before serving (their errors are above); giving up"
+            );
+            shutdown(active.into_keys().collect(), settings.grace);
+            return 1;
         }
         if flags.term.load(Ordering::SeqCst) {
-            tracing::info!(workers = active.len() + retiring.len(), "shutting down");
+            tracing::info!(
+                workers = active.len() + retiring.len() + superseded.len(),
+                "shutting down"
+            );
             shutdown(
-                active.into_keys().chain(retiring.into_keys()).collect(),
+                active
+                    .into_keys()
+                    .chain(retiring.into_keys())
+                    .chain(superseded.into_keys())
+                    .collect(),
                 settings.grace,
             );
             return 0;
@@ -147,10 +256,8 @@ pub fn run_master<P: Program>(
             match program.reload() {
                 Ok(()) => {
                     tracing::info!("configuration reloaded; replacing workers");
-                    for (pid, w) in active.drain() {
-                        let _ = signal::kill(pid, Signal::SIGTERM);
-                        retiring.insert(pid, w);
-                    }
+                    // They keep accepting until a new worker serves; then SIGTERM.
+                    superseded.extend(active.drain());
                     spawn_after = Instant::now();
                 }
                 Err(e) => {
@@ -173,6 +280,16 @@ pub fn run_master<P: Program>(
                         std::process::exit(0);
                     }
                     drop(flags);
+                    // Its own session: what it starts stays in it (unless it calls
+                    // setsid itself), so the master can kill its jobs when it dies.
+                    let _ = nix::unistd::setsid();
+                    {
+                        use std::os::fd::IntoRawFd;
+                        match ready_tx.try_clone() {
+                            Ok(tx) => READY_FD.store(tx.into_raw_fd(), Ordering::SeqCst),
+                            Err(_) => READY_FD.store(-1, Ordering::SeqCst),
+                        }
+                    }
                     let code = program.worker(&listeners);
                     std::process::exit(code);
                 }
@@ -191,31 +308,50 @@ pub fn run_master<P: Program>(
                 }
             }
         }
-        // Sleep until a signal arrives (or a second passes, for the respawn back-off).
-        let mut buf = [0u8; 64];
+        // Sleep until a signal arrives (or a second passes, for the respawn back-off);
+        // while a new generation is awaited, look at the ready pipe every 20 ms.
+        let waiting = !ready || !superseded.is_empty();
+        let _ = flags.wake.set_read_timeout(Some(if waiting {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_secs(1)
+        }));
         let _ = (&flags.wake).read(&mut buf);
     }
 }
 
+/// Reaps every exited child; returns how many active workers died uncleanly.
 fn reap(
     active: &mut HashMap<Pid, Worker>,
     retiring: &mut HashMap<Pid, Worker>,
+    superseded: &mut HashMap<Pid, Worker>,
     spawn_after: &mut Instant,
-) {
+) -> u32 {
+    let mut died = 0;
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => {
-                gone(pid, Some(code), None, active, retiring, spawn_after)
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                gone(pid, None, Some(sig), active, retiring, spawn_after)
-            }
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
+        let (pid, code, sig) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, Some(code), None),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, None, Some(sig)),
+            Ok(WaitStatus::StillAlive) | Err(_) => return died,
             Ok(_) => continue,
+        };
+        let left = kill_session(pid);
+        if left > 0 {
+            tracing::warn!(
+                pid = pid.as_raw(),
+                killed = left,
+                "killed the jobs a gone worker left running"
+            );
+        }
+        if superseded.remove(&pid).is_some() {
+            tracing::debug!(pid = pid.as_raw(), "superseded worker exited");
+        } else if gone(pid, code, sig, active, retiring, spawn_after) {
+            died += 1;
         }
     }
 }
 
+/// Forgets worker `pid`; `true` if it was active and died uncleanly.
 fn gone(
     pid: Pid,
     code: Option<i32>,
@@ -223,13 +359,13 @@ fn gone(
     active: &mut HashMap<Pid, Worker>,
     retiring: &mut HashMap<Pid, Worker>,
     spawn_after: &mut Instant,
-) {
+) -> bool {
     if retiring.remove(&pid).is_some() {
         tracing::debug!(pid = pid.as_raw(), "retired worker exited");
-        return;
+        return false;
     }
     let Some(worker) = active.remove(&pid) else {
-        return; // not one of ours (e.g. a reparented grandchild)
+        return false; // not one of ours (e.g. a reparented grandchild)
     };
     let clean = code == Some(0);
     if clean {
@@ -243,9 +379,11 @@ fn gone(
             *spawn_after = Instant::now() + Duration::from_secs(1);
         }
     }
+    !clean
 }
 
 fn shutdown(pids: Vec<Pid>, grace: Duration) {
+    let pids_all = pids.clone();
     for pid in &pids {
         let _ = signal::kill(*pid, Signal::SIGTERM);
     }
@@ -267,6 +405,9 @@ fn shutdown(pids: Vec<Pid>, grace: Duration) {
         );
         let _ = signal::kill(*pid, Signal::SIGKILL);
         let _ = waitpid(*pid, None);
+    }
+    for pid in &pids_all {
+        kill_session(*pid);
     }
 }
 
@@ -321,10 +462,12 @@ where
                 shutdown.cancel();
             });
         }
+        let mut serving = false;
         for listener in listeners {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 continue;
             };
+            serving = true;
             let (shutdown, tracker2, permits, served, serve) =
                 (shutdown.clone(), tracker.clone(), Arc::clone(&permits), Arc::clone(&served), serve.clone());
             tracker.spawn(async move {
@@ -360,6 +503,9 @@ where
                 }
             });
         }
+        if serving {
+            signal_serving();
+        }
         shutdown.cancelled().await;
         tracker.close();
         if tokio::time::timeout(settings.grace, tracker.wait()).await.is_err() {
@@ -367,4 +513,76 @@ where
         }
     });
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers that fail at once, or that serve until told to stop.
+    struct Fake {
+        fail: bool,
+    }
+
+    impl Program for Fake {
+        fn reload(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn worker(&self, listeners: &[TcpListener]) -> i32 {
+            if self.fail {
+                return 1;
+            }
+            let settings = WorkerSettings {
+                max_requests: 0,
+                max_connections: 1,
+                grace: Duration::from_millis(100),
+            };
+            run_worker(listeners, settings, |_, _, _| async {})
+        }
+    }
+
+    /// Runs a master for `fake` in a forked child; the child exits with the master's
+    /// code, plus 100 if it reported ready. `term_after` sends the master SIGTERM.
+    fn master_in_child(fake: Fake, term_after: Option<Duration>) -> i32 {
+        // SAFETY: the child runs the master (single-threaded after the fork: it only
+        // forks workers and waits for signals) and leaves with `_exit`.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let mut fake = fake;
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                listener.set_nonblocking(true).expect("nonblocking");
+                let mut ready = false;
+                let settings = Settings {
+                    workers: 1,
+                    master_title: "test master".into(),
+                    grace: Duration::from_secs(1),
+                };
+                let code = run_master(&mut fake, vec![listener], settings, &mut || ready = true);
+                // SAFETY: ends the child without running the test harness.
+                unsafe { libc::_exit(code + if ready { 100 } else { 0 }) }
+            }
+            ForkResult::Parent { child } => {
+                if let Some(after) = term_after {
+                    std::thread::sleep(after);
+                    let _ = signal::kill(child, Signal::SIGTERM);
+                }
+                match waitpid(child, None).expect("waitpid") {
+                    WaitStatus::Exited(_, code) => code,
+                    other => panic!("master ended with {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn master_gives_up_when_no_worker_can_start() {
+        // Not ready, exit 1 (after START_FAILURES deaths and the 1 s back-offs).
+        assert_eq!(master_in_child(Fake { fail: true }, None), 1);
+    }
+
+    #[test]
+    fn master_is_ready_once_a_worker_serves() {
+        let code = master_in_child(Fake { fail: false }, Some(Duration::from_secs(2)));
+        assert_eq!(code, 100, "ready, then a clean stop");
+    }
 }

@@ -160,6 +160,32 @@ pub fn drop_privileges(
     Ok(Some((uid, gid)))
 }
 
+/// The ids [`drop_privileges`] would switch to, with the supplementary groups the user
+/// would get, without changing anything: `None` when neither is asked for.
+pub fn target_ids(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<Option<(Uid, Gid, Vec<Gid>)>, PrivError> {
+    let user = user.map(str::trim).filter(|s| !s.is_empty());
+    let group = group.map(str::trim).filter(|s| !s.is_empty());
+    let target_user = user.map(resolve_user).transpose()?;
+    let gid = match (group, &target_user) {
+        (Some(group), _) => resolve_group(group)?,
+        (None, Some(resolved)) => resolved.gid.ok_or_else(|| PrivError::NoPrimaryGroup {
+            user: user.unwrap_or_default().to_owned(),
+        })?,
+        (None, None) => return Ok(None),
+    };
+    let uid = target_user.as_ref().map_or_else(unistd::geteuid, |u| u.uid);
+    let mut groups = vec![gid];
+    if let Some(name) = target_user.as_ref().and_then(|u| u.name.as_deref()) {
+        if let Ok(name) = CString::new(name) {
+            groups = unistd::getgrouplist(&name, gid).unwrap_or(groups);
+        }
+    }
+    Ok(Some((uid, gid, groups)))
+}
+
 /// Checks the ids after the switch, and that root cannot be regained.
 fn verify(uid: Uid, gid: Gid, target: &str) -> Result<(), PrivError> {
     let not_dropped = |detail: String| PrivError::NotDropped {

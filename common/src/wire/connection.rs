@@ -117,4 +117,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureConnection<S> {
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.stream
     }
+
+    /// The underlying stream, shared (e.g. to notice the peer closing it).
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
 }
