@@ -320,6 +320,13 @@ pub struct ServerConfig {
     pub max_process_timeout: Option<Duration>,
     /// `max_connections` (new): concurrent connections served. Default 256.
     pub max_connections: u32,
+    /// `max_connections_per_peer` (new): live connections one peer address may hold
+    /// (per worker). Default 64.
+    pub max_connections_per_peer: u32,
+    /// `ssl_max_failures` (new): failed v1 "ssl" requests a peer may make within a
+    /// minute before its v1 ssl is refused for ten minutes (per worker); 0 = unbounded.
+    /// Default 10.
+    pub ssl_max_failures: u32,
     /// `log_write`: write the error and access logs at all. Default false.
     pub log_write: bool,
     /// `log_error_level`: the most verbose level written to the error log. Default info.
@@ -332,8 +339,12 @@ pub struct ServerConfig {
     /// `key_cipher`: the shared secret behind the legacy `auth_key`. Default `65535`
     /// (as the original; its comments wrongly said 4294967295). Unused by the proxy.
     pub key_cipher: String,
-    /// `ssl`: use the encrypted transport. Default false.
+    /// `ssl`: the v1 mode served: `off` plain only, `on` "ssl" only (both as the
+    /// original), or `both` (new, for migrations; [`ServerConfig::ssl_both`]). `true`
+    /// for `on` and `both`. Default false.
     pub ssl: bool,
+    /// `ssl = both`: serve v1 plain and v1 "ssl" side by side.
+    pub ssl_both: bool,
     /// `ssl_private_key`: PEM file of this server's private key.
     pub ssl_private_key: Option<PathBuf>,
     /// `ssl_public_key`: PEM file of this server's public key (read but unused by the
@@ -375,12 +386,15 @@ impl ServerConfig {
             max_requests_per_child: 0,
             max_process_timeout: Some(Duration::from_secs(300)),
             max_connections: 256,
+            max_connections_per_peer: 64,
+            ssl_max_failures: 10,
             log_write: false,
             log_error_level: Level::Info,
             log_error_path: PathBuf::from("/var/log/deploy/error.log"),
             log_access_path: PathBuf::from("/var/log/deploy/access.log"),
             key_cipher: "65535".to_owned(),
             ssl: false,
+            ssl_both: false,
             ssl_private_key: None,
             ssl_public_key: None,
             process_name: "deploy::agent:".to_owned(),
@@ -446,6 +460,13 @@ impl ServerConfig {
                         return Err(cx.invalid(e, "must be at least 1"));
                     }
                 }
+                ("max_connections_per_peer", _) => {
+                    self.max_connections_per_peer = cx.number(e)?;
+                    if self.max_connections_per_peer == 0 {
+                        return Err(cx.invalid(e, "must be at least 1"));
+                    }
+                }
+                ("ssl_max_failures", _) => self.ssl_max_failures = cx.number(e)?,
                 ("log_write", _) => self.log_write = cx.boolean(e)?,
                 ("log_error_level", _) => {
                     self.log_error_level = e
@@ -456,7 +477,10 @@ impl ServerConfig {
                 ("log_error_path", _) => self.log_error_path = cx.nonempty(e)?.into(),
                 ("log_access_path", _) => self.log_access_path = cx.nonempty(e)?.into(),
                 ("key_cipher", _) => self.key_cipher = e.value.clone(),
-                ("ssl", _) => self.ssl = cx.boolean(e)?,
+                ("ssl", _) => {
+                    self.ssl_both = e.value.trim().eq_ignore_ascii_case("both");
+                    self.ssl = self.ssl_both || cx.boolean(e)?;
+                }
                 ("ssl_private_key", _) => self.ssl_private_key = cx.file(e),
                 ("ssl_public_key", _) => self.ssl_public_key = cx.file(e),
                 ("process_name", _) => self.process_name = e.value.clone(),
@@ -491,6 +515,8 @@ const SERVER_KEYS: &[&str] = &[
     "max_requests_per_child",
     "max_process_timeout",
     "max_connections",
+    "max_connections_per_peer",
+    "ssl_max_failures",
     "log_write",
     "log_error_level",
     "log_error_path",

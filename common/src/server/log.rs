@@ -320,6 +320,32 @@ pub fn access(
     tracing::info!(target: ACCESS_TARGET, "{line}");
 }
 
+/// How logs name an API key without revealing it: `sha256:` and the first 12 hex digits
+/// of the SHA-256 of the key (whitespace removed, as the proxy compares keys), the same
+/// digest a `[keys]` line may hold as `sha256:<64 hex digits>`.
+pub fn key_id(api_key: &str) -> String {
+    let key: String = api_key.chars().filter(|c| !c.is_whitespace()).collect();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    let mut out = String::from("sha256:");
+    for byte in digest.as_ref().iter().take(6) {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// A command line for a log: each argument as is when it is a plain word, else quoted
+/// (`"` and `\` escaped), separated by spaces.
+pub fn argv_text(argv: &[String]) -> String {
+    let mut out = String::new();
+    for (i, arg) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        push_value(&mut out, arg);
+    }
+    out
+}
+
 /// `3.2ms` below a second, `1.234s` from there on.
 fn format_elapsed(elapsed: Duration) -> String {
     let micros = elapsed.as_micros();
