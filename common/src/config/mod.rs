@@ -910,8 +910,27 @@ mod tests {
                 "[server]\nmax_connections = 0\n",
                 "/etc/deploy/deploy_agent.ini:2: [server] max_connections: must be at least 1",
             ),
+            (
+                "[server]\nmax_connections_per_peer = 0\n",
+                "/etc/deploy/deploy_agent.ini:2: [server] max_connections_per_peer: must be at least 1",
+            ),
         ] {
             assert_eq!(server(text).unwrap_err().to_string(), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn ssl_modes_and_peer_limits() {
+        let defaults = ServerConfig::agent_defaults();
+        assert_eq!(
+            (defaults.max_connections_per_peer, defaults.ssl_max_failures),
+            (64, 10)
+        );
+        for (value, ssl, both) in [("off", false, false), ("on", true, false), ("Both", true, true)] {
+            let c = server(&format!("[server]\nssl = {value}\n")).unwrap();
+            assert_eq!((c.ssl, c.ssl_both), (ssl, both), "{value}");
+        }
+        let c = server("[server]\nmax_connections_per_peer = 3\nssl_max_failures = 0\n").unwrap();
+        assert_eq!((c.max_connections_per_peer, c.ssl_max_failures), (3, 0));
     }
 }
