@@ -211,3 +211,72 @@ async fn ssl_off_serves_no_v1_ssl_and_on_no_v1_plain() {
         .await
         .expect_code(400);
 }
+
+#[tokio::test]
+async fn the_log_names_keys_commands_auth_failures_and_transfer_ends() {
+    let sb = Sandbox::new();
+    let source = sb.join("source");
+    make_tree(&source);
+    let rsyncd = RsyncDaemon::start(&source);
+    let target = sb.allowed().join("web");
+    let agent = Config::new(&sb)
+        .server("allow_run", "on")
+        .group(
+            "web",
+            &[
+                ("dest", &rsyncd.url("DEST")),
+                ("src", &target.display().to_string()),
+            ],
+        )
+        .start(&sb);
+    let addr = agent.addr();
+
+    // A `run` with an API key: the access line has the command and the key's hash only.
+    let mut run = request("run", "");
+    run.argv = vec!["/bin/echo".into(), "hello there".into()];
+    run.api_key = "very-secret-api-key".into();
+    let reply = v2(addr, KEY, None, run).await.expect("v2");
+    assert_eq!(reply.code, 200, "{reply:?}");
+    // An auth failure on each wire: a WARN line with the peer's address.
+    let _ = v2(addr, "wrong-key", None, request("exec", "service:echo,x")).await;
+    v1_plain(addr, "exec", "service:echo,x", "wrong-key")
+        .await
+        .expect_code(401);
+    // A followed transfer: its end is logged with code, bytes and time.
+    let mut rsync = request("rsync", "web");
+    rsync.follow = true;
+    v2(addr, KEY, None, rsync).await.expect("v2").expect_code(200);
+
+    let log = eventually(Duration::from_secs(10), "the transfer's end", || {
+        let log = agent.log();
+        log.contains("transfer finished").then_some(log)
+    })
+    .await;
+    let run_line = log
+        .lines()
+        .find(|l| l.contains("\"run v2\" 200"))
+        .unwrap_or_else(|| panic!("no access line for run: {log}"));
+    assert!(run_line.contains("argv=\"/bin/echo \\\"hello there\\\"\""), "{run_line}");
+    let key = deploy_common::server::log::key_id("very-secret-api-key");
+    assert!(key.starts_with("sha256:") && key.len() == 19, "{key}");
+    assert!(run_line.contains(&format!("key={key}")), "{run_line}");
+    assert!(!log.contains("very-secret-api-key"), "{log}");
+    let warns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("127.0.0.1"))
+        .collect();
+    assert!(
+        warns.iter().any(|l| l.contains("handshake failed")),
+        "{warns:#?}"
+    );
+    assert!(warns.iter().any(|l| l.contains("auth_key")), "{warns:#?}");
+    let end = log
+        .lines()
+        .find(|l| l.contains("transfer finished"))
+        .unwrap_or_default();
+    assert!(end.contains("code=0"), "{end}");
+    assert!(end.contains("elapsed="), "{end}");
+    assert!(!end.contains("bytes=-"), "{end}");
+    // Standard error is a pipe here: no colours.
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}
