@@ -86,7 +86,11 @@ async fn connections_per_peer_are_capped() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(agent.log().contains("max_connections_per_peer"), "{}", agent.log());
+    assert!(
+        agent.log().contains("max_connections_per_peer"),
+        "{}",
+        agent.log()
+    );
 }
 
 /// Sends a v1 ssl request (raw, already wrapped) and returns the raw answer.
@@ -245,7 +249,10 @@ async fn the_log_names_keys_commands_auth_failures_and_transfer_ends() {
     // A followed transfer: its end is logged with code, bytes and time.
     let mut rsync = request("rsync", "web");
     rsync.follow = true;
-    v2(addr, KEY, None, rsync).await.expect("v2").expect_code(200);
+    v2(addr, KEY, None, rsync)
+        .await
+        .expect("v2")
+        .expect_code(200);
 
     let log = eventually(Duration::from_secs(10), "the transfer's end", || {
         let log = agent.log();
@@ -256,7 +263,10 @@ async fn the_log_names_keys_commands_auth_failures_and_transfer_ends() {
         .lines()
         .find(|l| l.contains("\"run v2\" 200"))
         .unwrap_or_else(|| panic!("no access line for run: {log}"));
-    assert!(run_line.contains("argv=\"/bin/echo \\\"hello there\\\"\""), "{run_line}");
+    assert!(
+        run_line.contains("argv=\"/bin/echo \\\"hello there\\\"\""),
+        "{run_line}"
+    );
     let key = deploy_common::server::log::key_id("very-secret-api-key");
     assert!(key.starts_with("sha256:") && key.len() == 19, "{key}");
     assert!(run_line.contains(&format!("key={key}")), "{run_line}");

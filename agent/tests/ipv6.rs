@@ -33,7 +33,9 @@ async fn ipv6_peer_must_be_allowed() {
         .start(&sb);
     // Refused at accept: closed before anything is read.
     let mut stream = connect(agent.addr()).await;
-    assert!(read_to_eof(&mut stream, Duration::from_secs(2)).await.is_empty());
+    assert!(read_to_eof(&mut stream, Duration::from_secs(2))
+        .await
+        .is_empty());
     let e = v2(agent.addr(), KEY, None, request("exec", "service:echo,x")).await;
     assert!(
         matches!(

@@ -70,12 +70,18 @@ fn log_end(state: rs::state::StateDir, checksum: String) {
             tracing::warn!(checksum = %checksum, elapsed = %elapsed, "transfer ended without recording its exit status");
             return;
         };
-        let bytes = transferred_bytes(&last.output_tail)
-            .map_or_else(|| "-".to_owned(), |b| b.to_string());
+        let bytes =
+            transferred_bytes(&last.output_tail).map_or_else(|| "-".to_owned(), |b| b.to_string());
         match (last.code, last.signal) {
-            (Some(0), _) => tracing::info!(checksum = %checksum, code = 0, bytes = %bytes, elapsed = %elapsed, "transfer finished"),
-            (Some(code), _) => tracing::warn!(checksum = %checksum, code, meaning = rs::exit_meaning(code), bytes = %bytes, elapsed = %elapsed, "transfer failed"),
-            (None, signal) => tracing::warn!(checksum = %checksum, signal = ?signal, bytes = %bytes, elapsed = %elapsed, "transfer killed"),
+            (Some(0), _) => {
+                tracing::info!(checksum = %checksum, code = 0, bytes = %bytes, elapsed = %elapsed, "transfer finished")
+            }
+            (Some(code), _) => {
+                tracing::warn!(checksum = %checksum, code, meaning = rs::exit_meaning(code), bytes = %bytes, elapsed = %elapsed, "transfer failed")
+            }
+            (None, signal) => {
+                tracing::warn!(checksum = %checksum, signal = ?signal, bytes = %bytes, elapsed = %elapsed, "transfer killed")
+            }
         }
     });
 }
@@ -97,13 +103,17 @@ fn transferred_bytes(tail: &[u8]) -> Option<u64> {
             .rev()
             .find_map(|l| l.trim().strip_prefix(label).and_then(|v| number(v.trim())))
     };
-    if let (Some(sent), Some(received)) = (total("Total bytes sent:"), total("Total bytes received:")) {
+    if let (Some(sent), Some(received)) =
+        (total("Total bytes sent:"), total("Total bytes received:"))
+    {
         return Some(sent.saturating_add(received));
     }
-    text.split(['\r', '\n']).rev().find_map(|l| match parse_progress(l.trim()) {
-        Some(Event::Progress { bytes, .. }) => Some(bytes),
-        _ => None,
-    })
+    text.split(['\r', '\n'])
+        .rev()
+        .find_map(|l| match parse_progress(l.trim()) {
+            Some(Event::Progress { bytes, .. }) => Some(bytes),
+            _ => None,
+        })
 }
 
 /// Streams the transfer's output file until its runner has finished.
@@ -176,9 +186,13 @@ mod tests {
         assert_eq!(transferred_bytes(v), Some(1290));
         let stats = b"Total bytes sent: 100\nTotal bytes received: 20\n";
         assert_eq!(transferred_bytes(stats), Some(120));
-        let progress = b"\r     1,000  10%  1.00MB/s  0:00:01\r     32,768 100%  1.00MB/s  0:00:01 (xfr#1)\n";
+        let progress =
+            b"\r     1,000  10%  1.00MB/s  0:00:01\r     32,768 100%  1.00MB/s  0:00:01 (xfr#1)\n";
         assert_eq!(transferred_bytes(progress), Some(32768));
-        assert_eq!(transferred_bytes(b"rsync error: some files vanished\n"), None);
+        assert_eq!(
+            transferred_bytes(b"rsync error: some files vanished\n"),
+            None
+        );
     }
 
     #[test]

@@ -926,7 +926,11 @@ mod tests {
             (defaults.max_connections_per_peer, defaults.ssl_max_failures),
             (64, 10)
         );
-        for (value, ssl, both) in [("off", false, false), ("on", true, false), ("Both", true, true)] {
+        for (value, ssl, both) in [
+            ("off", false, false),
+            ("on", true, false),
+            ("Both", true, true),
+        ] {
             let c = server(&format!("[server]\nssl = {value}\n")).unwrap();
             assert_eq!((c.ssl, c.ssl_both), (ssl, both), "{value}");
         }

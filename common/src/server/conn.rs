@@ -1,13 +1,23 @@
 //! One accepted connection, whatever its protocol.
 //!
+//! Before anything is read, the peer is checked against `[allow::hosts]` and its
+//! connection cap (`max_connections_per_peer`, [`super::peers`]); a refused peer's
+//! connection is closed at once, with no reply, so it can neither hold a slot while it
+//! stalls nor cause a private-key operation.
+//!
 //! The first byte tells the protocols apart: `0x00` starts a v2 connection
 //! ([`crate::wire::MAGIC`]); `aes:` or `WHO` a v1 "ssl" request; anything else a v1 plain
-//! request. Then, in the original's order: the peer against `[allow::hosts]` (403),
-//! for v1 the method (405) and `auth_key` (401), the order in the URL or message (404),
-//! and finally the program's [`Handler`], bounded by `max_process_timeout` (408). Every
-//! request gets a reply or a closed socket, never a hung one, and one access-log line.
+//! request. Then, in the original's order: for v1 the method (405) and `auth_key` (401),
+//! the order in the URL or message (404), and finally the program's [`Handler`], bounded
+//! by `max_process_timeout` (408). Every request gets a reply or a closed socket, never a
+//! hung one, and one access-log line.
+//!
+//! v1 "ssl" has no MAC, so after the RSA unwrap every failure (no passphrase, bad
+//! padding, not a request, wrong `auth_key` — checked first) gets one answer: the sealed
+//! empty 401 a wrong key gets, of the same length; a peer with `ssl_max_failures`
+//! failures within a minute has its v1 ssl refused for a while (see [`super::peers`]).
 
-use super::peers::{PeerLimits, PeerTable};
+use super::peers::{LogRate, PeerLimits, PeerTable};
 use crate::access::HostAllowList;
 use crate::crypto::keys::RsaPrivateKey;
 use crate::legacy::{self, http, ssl, Limits};
@@ -172,6 +182,9 @@ pub struct Policy {
     pub peers: PeerTable,
     /// Bound on the memory of v2 records being received (this worker's).
     pub records: RecordBudget,
+    /// Rate of the warnings about connections refused at accept (a flood of them must
+    /// not become a flood of log lines).
+    pub refusals: LogRate,
 }
 
 /// Why a [`Policy`] could not be built.
@@ -213,11 +226,11 @@ impl Policy {
             request_timeout: server.max_process_timeout,
             v1_prefixes,
             peers: PeerTable::new(PeerLimits {
-                connections: usize::try_from(server.max_connections_per_peer)
-                    .unwrap_or(usize::MAX),
+                connections: usize::try_from(server.max_connections_per_peer).unwrap_or(usize::MAX),
                 ssl_failures: server.ssl_max_failures,
             }),
             records: RecordBudget::new(RECORD_MEMORY),
+            refusals: LogRate::new(Duration::from_secs(1)),
         })
     }
 }
@@ -335,15 +348,20 @@ pub async fn serve<H: Handler>(
     // operation): a refused or over-cap peer costs one accept and one close, and never
     // holds a connection slot while it stalls.
     if !policy.allow_hosts.allows(peer.ip()) {
-        tracing::warn!(peer = %peer.ip(), "peer not allowed by [allow::hosts]; connection closed");
+        if let Some(suppressed) = policy.refusals.admit() {
+            tracing::warn!(peer = %peer.ip(), suppressed, "peer not allowed by [allow::hosts]; connection closed");
+        }
         refused(peer, 403);
         return;
     }
     let Some(_slot) = policy.peers.enter(peer.ip()) else {
-        tracing::warn!(
-            peer = %peer.ip(),
-            "too many connections from this peer (max_connections_per_peer); connection closed"
-        );
+        if let Some(suppressed) = policy.refusals.admit() {
+            tracing::warn!(
+                peer = %peer.ip(),
+                suppressed,
+                "too many connections from this peer (max_connections_per_peer); connection closed"
+            );
+        }
         refused(peer, 503);
         return;
     };

@@ -1020,13 +1020,19 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("conn", peer = "10.0.0.1", order = 7);
             let _enter = span.enter();
-            tracing::warn!(cause = "boom", "deploy-common log test: coloured on stderr only");
+            tracing::warn!(
+                cause = "boom",
+                "deploy-common log test: coloured on stderr only"
+            );
             tracing::info!(target: ACCESS_TARGET, "deploy-common log test: access");
         });
         let errors = read(dir.path(), &format!("error.{}.log", year()));
         assert!(errors.contains("peer=\"10.0.0.1\""), "{errors:?}");
         for text in [errors, read(dir.path(), "access.log")] {
-            assert!(!text.contains('\u{1b}') && !text.contains("\\u{1b}"), "{text:?}");
+            assert!(
+                !text.contains('\u{1b}') && !text.contains("\\u{1b}"),
+                "{text:?}"
+            );
         }
     }
 

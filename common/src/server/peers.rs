@@ -167,6 +167,40 @@ impl PeerTable {
     }
 }
 
+/// At most one log line per interval: the others are counted and the next line says
+/// how many were suppressed.
+#[derive(Debug)]
+pub struct LogRate {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogRate {
+    /// One line per `interval`.
+    pub fn new(interval: Duration) -> LogRate {
+        LogRate {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed since the last line)` if a line may be written now.
+    pub fn admit(&self) -> Option<u64> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, suppressed) = &mut *state;
+        if last.is_some_and(|t| now < t + self.interval) {
+            *suppressed += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(suppressed))
+    }
+}
+
 /// An IPv4-mapped IPv6 address counts as the IPv4 address (a dual-stack listener).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -197,10 +231,23 @@ mod tests {
         let _two = t.enter(A).unwrap();
         assert!(t.enter(A).is_none());
         let mapped = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
-        assert!(t.enter(mapped).is_none(), "a mapped address is the same peer");
+        assert!(
+            t.enter(mapped).is_none(),
+            "a mapped address is the same peer"
+        );
         let _other = t.enter(B).unwrap();
         drop(one);
         assert!(t.enter(A).is_some());
+    }
+
+    #[test]
+    fn log_rate() {
+        let rate = LogRate::new(Duration::from_secs(1));
+        let now = Instant::now();
+        assert_eq!(rate.admit_at(now), Some(0));
+        assert_eq!(rate.admit_at(now), None);
+        assert_eq!(rate.admit_at(now + Duration::from_millis(999)), None);
+        assert_eq!(rate.admit_at(now + Duration::from_secs(1)), Some(2));
     }
 
     #[test]

@@ -107,7 +107,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureConnection<S> {
 
     /// Reads and opens the next record: its plaintext, or `None` on a clean EOF.
     async fn open_next(&mut self) -> Result<Option<Vec<u8>>, WireError> {
-        let Some((head, mut record)) = read_frame_within(&mut self.stream, MAX_RECORD, &self.budget).await? else {
+        let Some((head, mut record)) =
+            read_frame_within(&mut self.stream, MAX_RECORD, &self.budget).await?
+        else {
             return Ok(None);
         };
         let len = self
