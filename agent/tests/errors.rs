@@ -1,5 +1,5 @@
 //! The error codes of spec §5.2, over every wire where they apply: 401 (wrong or stale
-//! key), 403 (peer not allowed, path outside `[allow::paths]`), 404 (unknown order),
+//! key), 403 (path outside `[allow::paths]`; a peer not allowed is closed at once), 404 (unknown order),
 //! 405 (bad method), 400 (empty options, legacy wire disabled, plain request to an ssl
 //! agent) and 408 (`max_process_timeout`).
 
@@ -105,20 +105,19 @@ async fn unauthorized_401_on_every_wire() {
 }
 
 #[tokio::test]
-async fn peer_not_allowed_403() {
+async fn peer_not_allowed_is_closed_without_a_reply() {
     let sb = Sandbox::new();
-    // We connect from 127.0.0.1; only 127.0.0.2 is allowed.
+    // We connect from 127.0.0.1; only 127.0.0.2 is allowed. The peer is checked at
+    // accept, before a byte is read: every wire sees the connection closed, nothing else.
     let agent = Config::new(&sb).hosts(&["127.0.0.2"]).start(&sb);
     let addr = agent.addr();
-    for proto in [Proto::V1Plain, Proto::V1Ssl] {
-        let r = call(proto, addr, "exec", "service:echo,x").await;
-        r.expect_code(403);
-        assert_eq!(r.reason, "Permission Denied");
-        assert_eq!(r.text, "You don't have permission to access.");
-    }
-    assert_refused(
-        v2(addr, KEY, None, request("exec", "service:echo,x")).await,
-        403,
+    let plain = http::encode_request("exec", &form("service:echo,x", KEY));
+    let got = v1_raw(addr, &plain).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    let e = v2(addr, KEY, None, request("exec", "service:echo,x")).await;
+    assert!(
+        matches!(e, Err(WireError::Closed | WireError::Io(_))),
+        "{e:?}"
     );
 }
 
@@ -334,7 +333,11 @@ async fn ssl_agent_refuses_plain_400() {
 #[tokio::test]
 async fn agent_without_rsa_key() {
     let sb = Sandbox::new();
-    let agent = Config::new(&sb).without("ssl_private_key").start(&sb);
+    // (`ssl = on|both` need the key, so the v1 mode is plain.)
+    let agent = Config::new(&sb)
+        .without("ssl_private_key")
+        .server("ssl", "off")
+        .start(&sb);
     let addr = agent.addr();
     // Pinning a key the agent does not have is an error, not a silent downgrade.
     assert_refused(
@@ -367,5 +370,5 @@ async fn agent_without_rsa_key() {
     .await;
     let r = parse_plain(&raw);
     r.expect_code(400);
-    assert!(r.text.contains("ssl_private_key"), "{r:?}");
+    assert!(r.text.contains("ssl = off"), "{r:?}");
 }

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`orders`] | every order end to end over each wire |
 //! | [`errors`] | the error codes 400, 401, 403, 404, 405, 408 |
+//! | [`exposure`] | untrusted peers: checked at accept, capped, no v1 ssl oracle |
 //! | [`hardening`] | the original's weaknesses (spec §15), each shown closed |
 //! | [`process`] | prefork model: workers, signals, respawn, recycling, reload, titles |
 //! | [`ipv6`] | serving on `::1` |
@@ -21,6 +22,7 @@
 
 mod config;
 mod errors;
+mod exposure;
 mod golden;
 mod hardening;
 mod ipv6;

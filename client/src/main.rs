@@ -116,6 +116,8 @@ fn init_tracing(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        // Colours only on a terminal: a pipe or a file gets plain text.
+        .with_ansi(deploy_common::server::log::colours_on_stderr())
         .with_target(false)
         .init();
 }

@@ -515,3 +515,32 @@ async fn api_key_only_to_an_authenticated_server() {
     assert_eq!(out.status, 0, "{}", out.stderr);
     assert_eq!(*seen.lock().unwrap(), ["the-api-key"]);
 }
+
+/// Warnings on a pipe are plain text: no ANSI colour codes (issue 8 §7), whatever
+/// `NO_COLOR` says.
+#[tokio::test]
+async fn logs_on_a_pipe_have_no_colours() {
+    let plain = v1_agent("k", false, answer(exec_ok())).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"))
+        .args([
+            "--hosts",
+            &plain.to_string(),
+            "--order=exec",
+            "--key-cipher=k",
+            "--protocol=v1",
+            "--follow",
+        ])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .env_remove("DEPLOY_KEY_CIPHER")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), out)
+        .await
+        .expect("deploy-client did not finish in 10 s")
+        .expect("run deploy-client");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--follow has no effect"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}

@@ -261,7 +261,16 @@ impl Handler for Relay {
         let servers = match self.authorize(&request) {
             Ok(servers) => servers,
             Err(reply) => {
-                tracing::info!(peer = %peer, order = %request.order, args = %request.args, code = reply.code, "refused");
+                // An unknown key, or one without these groups or this order: an
+                // authorization failure, named by its hash only.
+                tracing::warn!(
+                    peer = %peer.ip(),
+                    order = %request.order,
+                    args = %request.args,
+                    key = %deploy_common::server::log::key_id(&request.api_key),
+                    code = reply.code,
+                    "refused"
+                );
                 return reply;
             }
         };

@@ -3,8 +3,9 @@
 //! [`Agent`].
 //!
 //! ```text
-//! [server]        addr 127.0.0.1, port 0, key_cipher agentsecret, legacy on, ssl off but
-//!                 the test RSA key, one worker, socket_timeout 5, max_process_timeout 30
+//! [server]        addr 127.0.0.1, port 0, key_cipher agentsecret, legacy on, ssl both
+//!                 (v1 plain and ssl) with the test RSA key, one worker, socket_timeout 5,
+//!                 max_process_timeout 30
 //! [allow::hosts]  127.0.0.1, ::1
 //! [allow::paths]  <sandbox>/allowed
 //! [jobs]          service:echo, service:sleep, service:false
@@ -32,8 +33,8 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults: `127.0.0.1:0`, `key_cipher = agentsecret`, legacy on, ssl off but with
-    /// the test private key (so v2 pinning and v1 ssl work too), one worker,
+    /// Defaults: `127.0.0.1:0`, `key_cipher = agentsecret`, legacy on, `ssl = both` with
+    /// the test private key (so v2 pinning, v1 plain and v1 ssl all work), one worker,
     /// `socket_timeout = 5`, `max_process_timeout = 30`, state in the sandbox; peers
     /// `127.0.0.1` and `::1`; the sandbox's `allowed/`; jobs `service:echo`,
     /// `service:sleep`, `service:false`.
@@ -43,7 +44,7 @@ impl AgentConfig {
             ("port", "0".into()),
             ("key_cipher", KEY.into()),
             ("legacy_protocol", "on".into()),
-            ("ssl", "off".into()),
+            ("ssl", "both".into()),
             (
                 "ssl_private_key",
                 agent_private_key_path().display().to_string(),

@@ -32,6 +32,7 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         Ok(StartOutcome::AlreadyRunning { pids }) => Reply::ok(running(&pids)),
         Ok(StartOutcome::Started { pid }) => {
             tracing::info!(checksum = %checksum, runner = pid, dest = %spec.dest, src = %spec.src, "transfer started");
+            log_end(agent.state.clone(), checksum.clone());
             if !request.follow {
                 return Reply::ok(started(&checksum));
             }
@@ -50,6 +51,69 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         }
         Err(e) => Reply::error(500, e.to_string()),
     }
+}
+
+/// How often a started transfer is checked for its end (to log it).
+const END_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Logs the end of transfer `checksum` once its runner has exited: rsync's code (or
+/// signal) and its meaning, the bytes it reports, and the time since the start. Best
+/// effort: a worker that stops first logs nothing (`status` still reports the end).
+fn log_end(state: rs::state::StateDir, checksum: String) {
+    let started = std::time::Instant::now();
+    tokio::spawn(async move {
+        while state.running(&checksum).is_some() {
+            tokio::time::sleep(END_INTERVAL).await;
+        }
+        let elapsed = format!("{:.1}s", started.elapsed().as_secs_f64());
+        let Some(last) = state.last(&checksum) else {
+            tracing::warn!(checksum = %checksum, elapsed = %elapsed, "transfer ended without recording its exit status");
+            return;
+        };
+        let bytes =
+            transferred_bytes(&last.output_tail).map_or_else(|| "-".to_owned(), |b| b.to_string());
+        match (last.code, last.signal) {
+            (Some(0), _) => {
+                tracing::info!(checksum = %checksum, code = 0, bytes = %bytes, elapsed = %elapsed, "transfer finished")
+            }
+            (Some(code), _) => {
+                tracing::warn!(checksum = %checksum, code, meaning = rs::exit_meaning(code), bytes = %bytes, elapsed = %elapsed, "transfer failed")
+            }
+            (None, signal) => {
+                tracing::warn!(checksum = %checksum, signal = ?signal, bytes = %bytes, elapsed = %elapsed, "transfer killed")
+            }
+        }
+    });
+}
+
+/// The bytes rsync reports in the tail of its output: `sent X bytes  received Y bytes`
+/// (`-v`), `Total bytes sent: X` / `received: Y` (`--stats`), or the last
+/// `--info=progress2` count; `None` if it reports none.
+fn transferred_bytes(tail: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(tail);
+    let number = |s: &str| s.replace([',', '.'], "").parse::<u64>().ok();
+    for line in text.lines().rev() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["sent", sent, "bytes", "received", received, "bytes", ..] = words.as_slice() {
+            return Some(number(sent)?.saturating_add(number(received)?));
+        }
+    }
+    let total = |label: &str| {
+        text.lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(label).and_then(|v| number(v.trim())))
+    };
+    if let (Some(sent), Some(received)) =
+        (total("Total bytes sent:"), total("Total bytes received:"))
+    {
+        return Some(sent.saturating_add(received));
+    }
+    text.split(['\r', '\n'])
+        .rev()
+        .find_map(|l| match parse_progress(l.trim()) {
+            Some(Event::Progress { bytes, .. }) => Some(bytes),
+            _ => None,
+        })
 }
 
 /// Streams the transfer's output file until its runner has finished.
@@ -115,6 +179,21 @@ fn parse_progress(line: &str) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_from_rsync_output() {
+        let v = b"file\n\nsent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec\ntotal size is 9  speedup is 0.01\n";
+        assert_eq!(transferred_bytes(v), Some(1290));
+        let stats = b"Total bytes sent: 100\nTotal bytes received: 20\n";
+        assert_eq!(transferred_bytes(stats), Some(120));
+        let progress =
+            b"\r     1,000  10%  1.00MB/s  0:00:01\r     32,768 100%  1.00MB/s  0:00:01 (xfr#1)\n";
+        assert_eq!(transferred_bytes(progress), Some(32768));
+        assert_eq!(
+            transferred_bytes(b"rsync error: some files vanished\n"),
+            None
+        );
+    }
 
     #[test]
     fn progress_lines() {

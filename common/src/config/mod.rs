@@ -332,6 +332,13 @@ pub struct ServerConfig {
     pub max_process_timeout: Option<Duration>,
     /// `max_connections` (new): concurrent connections served. Default 256.
     pub max_connections: u32,
+    /// `max_connections_per_peer` (new): live connections one peer address may hold
+    /// (per worker). Default 64.
+    pub max_connections_per_peer: u32,
+    /// `ssl_max_failures` (new): failed v1 "ssl" requests a peer may make within a
+    /// minute before its v1 ssl is refused for ten minutes (per worker); 0 = unbounded.
+    /// Default 10.
+    pub ssl_max_failures: u32,
     /// `log_write`: write the error and access logs at all. Default false.
     pub log_write: bool,
     /// `log_error_level`: the most verbose level written to the error log. Default info.
@@ -350,8 +357,12 @@ pub struct ServerConfig {
     /// `allow_default_secrets` (new): start even though a secret is a default (lab
     /// only). Default false.
     pub allow_default_secrets: bool,
-    /// `ssl`: use the encrypted transport. Default false.
+    /// `ssl`: the v1 mode served: `off` plain only, `on` "ssl" only (both as the
+    /// original), or `both` (new, for migrations; [`ServerConfig::ssl_both`]). `true`
+    /// for `on` and `both`. Default false.
     pub ssl: bool,
+    /// `ssl = both`: serve v1 plain and v1 "ssl" side by side.
+    pub ssl_both: bool,
     /// `ssl_private_key`: PEM file of this server's private key.
     pub ssl_private_key: Option<PathBuf>,
     /// `ssl_public_key`: PEM file of this server's public key (read but unused by the
@@ -396,6 +407,8 @@ impl ServerConfig {
             max_requests_per_child: 0,
             max_process_timeout: Some(Duration::from_secs(300)),
             max_connections: 256,
+            max_connections_per_peer: 64,
+            ssl_max_failures: 10,
             log_write: false,
             log_error_level: Level::Info,
             log_error_path: PathBuf::from("/var/log/deploy/error.log"),
@@ -403,6 +416,7 @@ impl ServerConfig {
             key_cipher: "65535".to_owned(),
             allow_default_secrets: false,
             ssl: false,
+            ssl_both: false,
             ssl_private_key: None,
             ssl_public_key: None,
             process_name: "deploy::agent:".to_owned(),
@@ -469,6 +483,13 @@ impl ServerConfig {
                         return Err(cx.invalid(e, "must be at least 1"));
                     }
                 }
+                ("max_connections_per_peer", _) => {
+                    self.max_connections_per_peer = cx.number(e)?;
+                    if self.max_connections_per_peer == 0 {
+                        return Err(cx.invalid(e, "must be at least 1"));
+                    }
+                }
+                ("ssl_max_failures", _) => self.ssl_max_failures = cx.number(e)?,
                 ("log_write", _) => self.log_write = cx.boolean(e)?,
                 ("log_error_level", _) => {
                     self.log_error_level = e
@@ -480,7 +501,10 @@ impl ServerConfig {
                 ("log_access_path", _) => self.log_access_path = cx.nonempty(e)?.into(),
                 ("key_cipher", _) => self.key_cipher = e.value.clone(),
                 ("allow_default_secrets", _) => self.allow_default_secrets = cx.boolean(e)?,
-                ("ssl", _) => self.ssl = cx.boolean(e)?,
+                ("ssl", _) => {
+                    self.ssl_both = e.value.trim().eq_ignore_ascii_case("both");
+                    self.ssl = self.ssl_both || cx.boolean(e)?;
+                }
                 ("ssl_private_key", _) => self.ssl_private_key = cx.file(e),
                 ("ssl_public_key", _) => self.ssl_public_key = cx.file(e),
                 ("process_name", _) => self.process_name = e.value.clone(),
@@ -516,6 +540,8 @@ const SERVER_KEYS: &[&str] = &[
     "max_requests_per_child",
     "max_process_timeout",
     "max_connections",
+    "max_connections_per_peer",
+    "ssl_max_failures",
     "log_write",
     "log_error_level",
     "log_error_path",
@@ -927,8 +953,31 @@ mod tests {
                 "[server]\nmax_connections = 0\n",
                 "/etc/deploy/deploy_agent.ini:2: [server] max_connections: must be at least 1",
             ),
+            (
+                "[server]\nmax_connections_per_peer = 0\n",
+                "/etc/deploy/deploy_agent.ini:2: [server] max_connections_per_peer: must be at least 1",
+            ),
         ] {
             assert_eq!(server(text).unwrap_err().to_string(), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn ssl_modes_and_peer_limits() {
+        let defaults = ServerConfig::agent_defaults();
+        assert_eq!(
+            (defaults.max_connections_per_peer, defaults.ssl_max_failures),
+            (64, 10)
+        );
+        for (value, ssl, both) in [
+            ("off", false, false),
+            ("on", true, false),
+            ("Both", true, true),
+        ] {
+            let c = server(&format!("[server]\nssl = {value}\n")).unwrap();
+            assert_eq!((c.ssl, c.ssl_both), (ssl, both), "{value}");
+        }
+        let c = server("[server]\nmax_connections_per_peer = 3\nssl_max_failures = 0\n").unwrap();
+        assert_eq!((c.max_connections_per_peer, c.ssl_max_failures), (3, 0));
     }
 }

@@ -365,6 +365,39 @@ pub fn open_request(
     Ok((passphrase, request))
 }
 
+/// Server side, taking the same steps whatever the bytes: unwraps the passphrase of
+/// `head` with `key` (a random one takes its place when that fails), decrypts
+/// `ciphertext` with it and parses the plain request in it.
+///
+/// Returns the passphrase to seal the reply with (the client's, or the random one: the
+/// reply is then the same size but nobody can read it) and the request, or
+/// [`LegacyError::Crypto`] for every failure alike. The caller must answer every failure
+/// the same way (same reply, same length), or bad padding becomes an oracle again. Only a
+/// failing random generator is an error of its own.
+pub fn open_request_uniform(
+    key: &RsaPrivateKey,
+    head: &SslHead,
+    ciphertext: &[u8],
+) -> Result<(Vec<u8>, Result<HttpRequest, LegacyError>), LegacyError> {
+    let decoy = new_passphrase()?.to_vec();
+    let unwrapped = head
+        .aes
+        .as_deref()
+        .ok_or(LegacyError::Crypto)
+        .and_then(|aes| unwrap_passphrase(key, aes));
+    let (passphrase, unwrapped) = match unwrapped {
+        Ok(passphrase) => (passphrase, true),
+        Err(_) => (decoy, false),
+    };
+    let request = open(&passphrase, ciphertext)
+        .and_then(|plain| http::parse_request_bytes(&plain).map_err(|_| LegacyError::Crypto))
+        .and_then(|request| match unwrapped {
+            true => Ok(request),
+            false => Err(LegacyError::Crypto),
+        });
+    Ok((passphrase, request))
+}
+
 /// Client side: decrypts a response with the connection's passphrase and parses it.
 pub fn open_response(passphrase: &[u8], ciphertext: &[u8]) -> Result<HttpResponse, LegacyError> {
     let plain = open(passphrase, ciphertext)?;

@@ -1,16 +1,28 @@
 //! One accepted connection, whatever its protocol.
 //!
+//! Before anything is read, the peer is checked against `[allow::hosts]` and its
+//! connection cap (`max_connections_per_peer`, [`super::peers`]); a refused peer's
+//! connection is closed at once, with no reply, so it can neither hold a slot while it
+//! stalls nor cause a private-key operation.
+//!
 //! The first byte tells the protocols apart: `0x00` starts a v2 connection
 //! ([`crate::wire::MAGIC`]); `aes:` or `WHO` a v1 "ssl" request; anything else a v1 plain
-//! request. Then, in the original's order: the peer against `[allow::hosts]` (403),
-//! for v1 the method (405) and `auth_key` (401), the order in the URL or message (404),
-//! and finally the program's [`Handler`], bounded by `max_process_timeout` (408). Every
-//! request gets a reply or a closed socket, never a hung one, and one access-log line.
+//! request. Then, in the original's order: for v1 the method (405) and `auth_key` (401),
+//! the order in the URL or message (404), and finally the program's [`Handler`], bounded
+//! by `max_process_timeout` (408). Every request gets a reply or a closed socket, never a
+//! hung one, and one access-log line.
+//!
+//! v1 "ssl" has no MAC, so after the RSA unwrap every failure (no passphrase, bad
+//! padding, not a request, wrong `auth_key` — checked first) gets one answer: the sealed
+//! empty 401 a wrong key gets, of the same length; a peer with `ssl_max_failures`
+//! failures within a minute has its v1 ssl refused for a while (see [`super::peers`]).
 
+use super::peers::{LogRate, PeerLimits, PeerTable};
 use crate::access::HostAllowList;
 use crate::crypto::keys::RsaPrivateKey;
 use crate::legacy::{self, http, ssl, Limits};
 use crate::order::{OrderName, Reply, Request};
+use crate::wire::frame::RecordBudget;
 use crate::wire::handshake::{self, ServerParams};
 use crate::wire::message::{Event, Message, TaggedEvent};
 use std::future::Future;
@@ -21,6 +33,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// How many bytes of v2 records a worker holds while they arrive, all connections
+/// together (see [`RecordBudget`]).
+pub const RECORD_MEMORY: usize = 64 << 20;
 
 /// How long a v2 connection may sit idle between requests.
 pub const V2_IDLE: Duration = Duration::from_secs(60);
@@ -146,8 +162,10 @@ pub struct Policy {
     pub allow_hosts: HostAllowList,
     /// Accept the original's v1 wire (`legacy_protocol`).
     pub legacy: bool,
-    /// v1 plain requests are refused when `ssl = true` (the original's ends had to agree).
+    /// v1 plain requests are refused when `ssl = on` (the original's ends had to agree).
     pub v1_plain: bool,
+    /// v1 "ssl" requests are refused when `ssl = off` (`on` and `both` serve them).
+    pub v1_ssl: bool,
     /// The shared secret: v1 `auth_key` and v2 pre-shared key.
     pub key_cipher: String,
     /// Check v1 `auth_key` (the agent does; the original proxy ignored it).
@@ -160,6 +178,13 @@ pub struct Policy {
     pub request_timeout: Option<Duration>,
     /// First URL segments accepted for v1 (`agent`; the proxy also takes `api`).
     pub v1_prefixes: &'static [&'static str],
+    /// Live connections and v1 ssl failures per peer (this worker's).
+    pub peers: PeerTable,
+    /// Bound on the memory of v2 records being received (this worker's).
+    pub records: RecordBudget,
+    /// Rate of the warnings about connections refused at accept (a flood of them must
+    /// not become a flood of log lines).
+    pub refusals: LogRate,
 }
 
 /// Why a [`Policy`] could not be built.
@@ -192,13 +217,20 @@ impl Policy {
         Ok(Policy {
             allow_hosts,
             legacy: server.legacy_protocol,
-            v1_plain: !server.ssl,
+            v1_plain: !server.ssl || server.ssl_both,
+            v1_ssl: server.ssl,
             key_cipher: server.key_cipher.clone(),
             check_v1_auth,
             private_key,
             socket_timeout: server.socket_timeout,
             request_timeout: server.max_process_timeout,
             v1_prefixes,
+            peers: PeerTable::new(PeerLimits {
+                connections: usize::try_from(server.max_connections_per_peer).unwrap_or(usize::MAX),
+                ssl_failures: server.ssl_max_failures,
+            }),
+            records: RecordBudget::new(RECORD_MEMORY),
+            refusals: LogRate::new(Duration::from_secs(1)),
         })
     }
 }
@@ -231,6 +263,11 @@ fn detect(first: &[u8]) -> Wire {
     }
 }
 
+/// Writes the access-log line of a connection closed before anything was read from it.
+fn refused(peer: SocketAddr, code: u16) {
+    super::log::access(peer.ip(), "", "-", code, 0, Duration::ZERO, &[]);
+}
+
 /// Writes the access-log line of one request.
 fn access(
     peer: SocketAddr,
@@ -242,6 +279,25 @@ fn access(
 ) {
     let order = request.map(|r| r.order.as_str()).unwrap_or("");
     let options = request.map(|r| r.options.as_str()).unwrap_or("");
+    // Who asked for what: the API key's short hash (never the key), the proxy's target
+    // selection (`groups:…`/`hosts:…`) and a `run`'s command, when there are any.
+    let key = request
+        .filter(|r| !r.api_key.trim().is_empty())
+        .map(|r| super::log::key_id(&r.api_key));
+    let args = request.map(|r| r.args.as_str()).filter(|a| !a.is_empty());
+    let argv = request
+        .filter(|r| !r.argv.is_empty())
+        .map(|r| super::log::argv_text(&r.argv));
+    let mut extra: Vec<(&str, &dyn std::fmt::Display)> = vec![("options", &options)];
+    if let Some(args) = &args {
+        extra.push(("args", args));
+    }
+    if let Some(key) = &key {
+        extra.push(("key", key));
+    }
+    if let Some(argv) = &argv {
+        extra.push(("argv", argv));
+    }
     super::log::access(
         peer.ip(),
         order,
@@ -249,7 +305,7 @@ fn access(
         code,
         u64::try_from(bytes).unwrap_or(u64::MAX),
         started.elapsed(),
-        &[("options", &options)],
+        &extra,
     );
 }
 
@@ -288,6 +344,27 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
+    // The peer is checked before anything is read from it (and before any private-key
+    // operation): a refused or over-cap peer costs one accept and one close, and never
+    // holds a connection slot while it stalls.
+    if !policy.allow_hosts.allows(peer.ip()) {
+        if let Some(suppressed) = policy.refusals.admit() {
+            tracing::warn!(peer = %peer.ip(), suppressed, "peer not allowed by [allow::hosts]; connection closed");
+        }
+        refused(peer, 403);
+        return;
+    }
+    let Some(_slot) = policy.peers.enter(peer.ip()) else {
+        if let Some(suppressed) = policy.refusals.admit() {
+            tracing::warn!(
+                peer = %peer.ip(),
+                suppressed,
+                "too many connections from this peer (max_connections_per_peer); connection closed"
+            );
+        }
+        refused(peer, 503);
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let mut stream = BufStream::new(stream);
     let first = match tokio::time::timeout(policy.socket_timeout, stream.fill_buf()).await {
@@ -303,9 +380,8 @@ pub async fn serve<H: Handler>(
         }
     };
     let started = Instant::now();
-    let peer_ok = policy.allow_hosts.allows(peer.ip());
     let result = match first {
-        Wire::V2 => serve_v2(&mut stream, peer, peer_ok, &policy, &*handler, &shutdown).await,
+        Wire::V2 => serve_v2(&mut stream, peer, &policy, &*handler, &shutdown).await,
         legacy_wire if !policy.legacy => {
             let reply = Reply::error(
                 400,
@@ -317,8 +393,8 @@ pub async fn serve<H: Handler>(
                 .await
                 .map_err(Into::into)
         }
-        Wire::V1Plain => serve_v1_plain(&mut stream, peer, peer_ok, &policy, &*handler).await,
-        Wire::V1Ssl => serve_v1_ssl(&mut stream, peer, peer_ok, &policy, &*handler).await,
+        Wire::V1Plain => serve_v1_plain(&mut stream, peer, &policy, &*handler).await,
+        Wire::V1Ssl => serve_v1_ssl(&mut stream, peer, &policy, &*handler).await,
     };
     if let Err(e) = result {
         tracing::debug!(peer = %peer, cause = %e, "connection ended with an error");
@@ -433,23 +509,11 @@ async fn v1_answer(
 async fn serve_v1_plain<H: Handler>(
     stream: &mut BufStream<TcpStream>,
     peer: SocketAddr,
-    peer_ok: bool,
     policy: &Policy,
     handler: &H,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
     let refuse = |code: u16, text: String| Reply::error(code, text);
-    if !peer_ok {
-        return v1_answer(
-            stream,
-            peer,
-            None,
-            &refuse(403, String::new()),
-            None,
-            started,
-        )
-        .await;
-    }
     let parsed = match http::read_request(stream, &limits(policy)).await {
         Ok(Some(req)) => req,
         Ok(None) => return Ok(()),
@@ -468,17 +532,26 @@ async fn serve_v1_plain<H: Handler>(
         return v1_answer(stream, peer, None, &reply, None, started).await;
     }
     let (request, reply) = v1_run(&parsed, policy, handler, peer).await;
+    if reply.code == 401 {
+        tracing::warn!(peer = %peer.ip(), order = %request.order, "v1 request refused: wrong or expired auth_key");
+    }
     v1_answer(stream, peer, Some(&request), &reply, None, started).await
 }
 
 async fn serve_v1_ssl<H: Handler>(
     stream: &mut BufStream<TcpStream>,
     peer: SocketAddr,
-    peer_ok: bool,
     policy: &Policy,
     handler: &H,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
+    if !policy.v1_ssl {
+        let reply = Reply::error(
+            400,
+            "this server does not serve the v1 ssl mode (ssl = off); use the plain mode",
+        );
+        return v1_answer(stream, peer, None, &reply, None, started).await;
+    }
     let Some(key) = policy.private_key.clone() else {
         // Not configured for ssl: answer in plain text, as a plain server would, but
         // explicitly.
@@ -488,29 +561,71 @@ async fn serve_v1_ssl<H: Handler>(
         );
         return v1_answer(stream, peer, None, &reply, None, started).await;
     };
-    // Without a passphrase there is no way to answer in kind: failures close.
-    let opened = match ssl::read_ssl_request(stream, &limits(policy)).await {
+    if policy.peers.ssl_refused(peer.ip()) {
+        // Closed before reading: no private-key operation, no answer to learn from.
+        tracing::warn!(
+            peer = %peer.ip(),
+            "v1 ssl refused: too many failed requests from this peer (ssl_max_failures)"
+        );
+        access(peer, Wire::V1Ssl, None, 429, 0, started);
+        let _ = stream.get_mut().shutdown().await;
+        return Ok(());
+    }
+    // A framing error comes before any private-key operation and says nothing about the
+    // secret: it closes.
+    let (head, ciphertext) = match ssl::read_ssl_request(stream, &limits(policy)).await {
         Ok(None) => return Ok(()),
-        Ok(Some((head, ciphertext))) => ssl::open_request(&key, &head, &ciphertext),
-        Err(e) => Err(e),
-    };
-    let (passphrase, parsed) = match opened {
-        Ok(x) => x,
+        Ok(Some(message)) => message,
         Err(e) => {
             access(peer, Wire::V1Ssl, None, 400, 0, started);
             let _ = stream.get_mut().shutdown().await;
             return Err(Box::new(e));
         }
     };
-    if !peer_ok {
-        let reply = Reply::error(403, "");
-        return v1_answer(stream, peer, None, &reply, Some(&passphrase), started).await;
+    // From here on every failure — passphrase not unwrapped, bad padding, not a request,
+    // wrong auth_key — gets the very same answer: a sealed, empty 401, as a wrong key
+    // always got. (Without a passphrase it is sealed under a random one.) Otherwise the
+    // difference between "bad padding" and "good padding" is a decryption oracle.
+    let (passphrase, opened) = ssl::open_request_uniform(&key, &head, &ciphertext)?;
+    // The auth_key is checked before anything else the plaintext could show (a method
+    // that is not GET/POST would otherwise answer 405 to a request with a wrong key).
+    let opened = opened.and_then(|parsed| {
+        let authentic = !policy.check_v1_auth
+            || legacy::auth::verify_auth_key(
+                &policy.key_cipher,
+                &parsed.form().auth_key,
+                super::unix_now(),
+            );
+        if authentic {
+            Ok(parsed)
+        } else {
+            Err(legacy::LegacyError::Crypto)
+        }
+    });
+    let (request, reply) = match opened {
+        Ok(parsed) => {
+            let (request, reply) = v1_run(&parsed, policy, handler, peer).await;
+            (Some(request), reply)
+        }
+        Err(_) => (None, Reply::empty(401)),
+    };
+    if reply.code == 401 {
+        tracing::warn!(
+            peer = %peer.ip(),
+            "v1 ssl request refused: it could not be decrypted or its auth_key is wrong"
+        );
+        if policy.peers.ssl_failed(peer.ip()) {
+            tracing::warn!(
+                peer = %peer.ip(),
+                refused_for_s = super::peers::SSL_REFUSAL.as_secs(),
+                "too many failed v1 ssl requests from this peer (ssl_max_failures); its v1 ssl is refused for a while"
+            );
+        }
     }
-    let (request, reply) = v1_run(&parsed, policy, handler, peer).await;
     v1_answer(
         stream,
         peer,
-        Some(&request),
+        request.as_ref(),
         &reply,
         Some(&passphrase),
         started,
@@ -521,21 +636,10 @@ async fn serve_v1_ssl<H: Handler>(
 async fn serve_v2<H: Handler>(
     stream: &mut BufStream<TcpStream>,
     peer: SocketAddr,
-    peer_ok: bool,
     policy: &Policy,
     handler: &H,
     shutdown: &CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    if !peer_ok {
-        handshake::send_error(
-            stream,
-            403,
-            &format!("Your IP [{}] is not allowed on this server.", peer.ip()),
-        )
-        .await?;
-        access(peer, Wire::V2, None, 403, 0, Instant::now());
-        return Ok(());
-    }
     let params = ServerParams {
         key_cipher: &policy.key_cipher,
         private_key: policy.private_key.as_deref(),
@@ -547,8 +651,12 @@ async fn serve_v2<H: Handler>(
     )
     .await
     {
-        Ok(Ok(conn)) => conn,
+        Ok(Ok(mut conn)) => {
+            conn.set_record_budget(policy.records.clone());
+            conn
+        }
         Ok(Err(e)) => {
+            tracing::warn!(peer = %peer.ip(), cause = %e, "v2 handshake failed");
             access(peer, Wire::V2, None, 401, 0, Instant::now());
             return Err(Box::new(e));
         }

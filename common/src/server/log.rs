@@ -158,7 +158,30 @@ pub fn init(settings: &LogSettings) -> Result<(), LogError> {
 /// Opens the log files, so path errors are reported here.
 pub fn subscriber(settings: &LogSettings) -> Result<impl Subscriber + Send + Sync, LogError> {
     let rust_log = std::env::var("RUST_LOG").ok();
-    build(settings, rust_log.as_deref())
+    build(settings, rust_log.as_deref(), colours_on_stderr())
+}
+
+/// Colours on standard error only when it is a terminal and `NO_COLOR` is unset or
+/// empty: a pipe, a file or journald gets plain text.
+pub fn colours_on_stderr() -> bool {
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// The field formatter of the file and syslog layers. A type of its own, so that the
+/// span fields they render are kept apart from the stderr layer's: `tracing-subscriber`
+/// caches formatted span fields per formatter type, and with one shared type the
+/// stderr layer's coloured rendering would end up in the files.
+#[derive(Debug, Default)]
+struct PlainFields(tracing_subscriber::fmt::format::DefaultFields);
+
+impl<'w> FormatFields<'w> for PlainFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        self.0.format_fields(writer, fields)
+    }
 }
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
@@ -167,16 +190,16 @@ type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 fn build(
     settings: &LogSettings,
     rust_log: Option<&str>,
+    stderr_colours: bool,
 ) -> Result<impl Subscriber + Send + Sync, LogError> {
     let default = default_level(settings.error_level, settings.verbosity);
     let mut layers: Vec<BoxedLayer> = Vec::new();
 
     if settings.foreground {
-        let stderr = io::stderr().is_terminal();
         layers.push(
             tracing_subscriber::fmt::layer()
                 .with_writer(io::stderr)
-                .with_ansi(stderr)
+                .with_ansi(stderr_colours)
                 .with_filter(env_filter(rust_log, default)?)
                 .boxed(),
         );
@@ -188,6 +211,7 @@ fn build(
         layers.push(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
+                .fmt_fields(PlainFields::default())
                 .event_format(ErrorFormat {
                     timestamp: !errors.is_syslog(),
                 })
@@ -203,6 +227,7 @@ fn build(
         layers.push(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
+                .fmt_fields(PlainFields::default())
                 .event_format(AccessFormat)
                 .with_writer(access)
                 .with_filter(only_access)
@@ -318,6 +343,32 @@ pub fn access(
         extra,
     );
     tracing::info!(target: ACCESS_TARGET, "{line}");
+}
+
+/// How logs name an API key without revealing it: `sha256:` and the first 12 hex digits
+/// of the SHA-256 of the key (whitespace removed, as the proxy compares keys), the same
+/// digest a `[keys]` line may hold as `sha256:<64 hex digits>`.
+pub fn key_id(api_key: &str) -> String {
+    let key: String = api_key.chars().filter(|c| !c.is_whitespace()).collect();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    let mut out = String::from("sha256:");
+    for byte in digest.as_ref().iter().take(6) {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// A command line for a log: each argument as is when it is a plain word, else quoted
+/// (`"` and `\` escaped), separated by spaces.
+pub fn argv_text(argv: &[String]) -> String {
+    let mut out = String::new();
+    for (i, arg) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        push_value(&mut out, arg);
+    }
+    out
 }
 
 /// `3.2ms` below a second, `1.234s` from there on.
@@ -870,7 +921,7 @@ mod tests {
     #[test]
     fn errors_and_access_go_to_their_own_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let subscriber = build(&settings(dir.path()), None).expect("subscriber");
+        let subscriber = build(&settings(dir.path()), None, false).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(pid = 12, status = "exit 1", "worker exited");
             tracing::debug!("too verbose for info");
@@ -921,7 +972,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("access.log");
         std::fs::write(&path, "old line\n").expect("write");
-        let subscriber = build(&settings(dir.path()), None).expect("subscriber");
+        let subscriber = build(&settings(dir.path()), None, false).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: ACCESS_TARGET, "first");
             std::fs::rename(&path, dir.path().join("access.log.1")).expect("rotate");
@@ -935,7 +986,7 @@ mod tests {
     #[test]
     fn rust_log_replaces_the_level_but_not_the_access_log() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let subscriber = build(&settings(dir.path()), Some("error")).expect("subscriber");
+        let subscriber = build(&settings(dir.path()), Some("error"), false).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!("hidden");
             tracing::error!("shown");
@@ -952,7 +1003,7 @@ mod tests {
         let mut settings = settings(dir.path());
         settings.error_path = PathBuf::from("SYSLOG");
         settings.access_path = PathBuf::from("syslog:daemon");
-        let subscriber = build(&settings, None).expect("subscriber");
+        let subscriber = build(&settings, None, false).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(test = true, "deploy-common log test: syslog line\0with NUL");
             tracing::info!(target: ACCESS_TARGET, "deploy-common log test: access line");
@@ -961,14 +1012,39 @@ mod tests {
     }
 
     #[test]
+    fn files_get_no_colours_even_when_stderr_has_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = settings(dir.path());
+        settings.foreground = true;
+        let subscriber = build(&settings, None, true).expect("subscriber");
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("conn", peer = "10.0.0.1", order = 7);
+            let _enter = span.enter();
+            tracing::warn!(
+                cause = "boom",
+                "deploy-common log test: coloured on stderr only"
+            );
+            tracing::info!(target: ACCESS_TARGET, "deploy-common log test: access");
+        });
+        let errors = read(dir.path(), &format!("error.{}.log", year()));
+        assert!(errors.contains("peer=\"10.0.0.1\""), "{errors:?}");
+        for text in [errors, read(dir.path(), "access.log")] {
+            assert!(
+                !text.contains('\u{1b}') && !text.contains("\\u{1b}"),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
     fn nothing_is_opened_without_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut settings = settings(dir.path());
         settings.write = false;
         settings.error_path = PathBuf::from("/nonexistent-deploy-dir/error.log");
-        assert!(build(&settings, None).is_ok());
+        assert!(build(&settings, None, false).is_ok());
         settings.write = true;
-        let err = build(&settings, None).err().expect("missing dir");
+        let err = build(&settings, None, false).err().expect("missing dir");
         assert!(err.to_string().contains("/nonexistent-deploy-dir"), "{err}");
     }
 }

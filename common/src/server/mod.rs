@@ -22,6 +22,7 @@
 pub mod conn;
 pub mod daemon;
 pub mod log;
+pub mod peers;
 pub mod pidfile;
 pub mod prefork;
 pub mod privs;

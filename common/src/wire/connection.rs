@@ -9,7 +9,7 @@
 //! receiver's expected sequence number is part of the nonce, so a replayed, dropped or
 //! reordered record fails authentication, and the connection is then unusable.
 
-use super::frame::{eof_is_closed, header, read_frame, MAX_RECORD};
+use super::frame::{eof_is_closed, header, read_frame_within, RecordBudget, MAX_RECORD};
 use super::message::{Message, TaggedEvent};
 use super::WireError;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -22,6 +22,7 @@ pub struct SecureConnection<S> {
     recv_key: LessSafeKey,
     send_seq: u64,
     recv_seq: u64,
+    budget: RecordBudget,
 }
 
 fn nonce(seq: u64) -> Nonce {
@@ -46,7 +47,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureConnection<S> {
             recv_key: key(recv)?,
             send_seq: 0,
             recv_seq: 0,
+            budget: RecordBudget::unlimited(),
         })
+    }
+
+    /// Counts the records this connection receives against `budget` (a server shares one
+    /// among its connections); unlimited by default.
+    pub fn set_record_budget(&mut self, budget: RecordBudget) {
+        self.budget = budget;
     }
 
     /// Seals and sends one message, then flushes.
@@ -99,7 +107,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureConnection<S> {
 
     /// Reads and opens the next record: its plaintext, or `None` on a clean EOF.
     async fn open_next(&mut self) -> Result<Option<Vec<u8>>, WireError> {
-        let Some((head, mut record)) = read_frame(&mut self.stream, MAX_RECORD).await? else {
+        let Some((head, mut record)) =
+            read_frame_within(&mut self.stream, MAX_RECORD, &self.budget).await?
+        else {
             return Ok(None);
         };
         let len = self

@@ -74,6 +74,13 @@ pub enum WireError {
         /// The limit.
         max: usize,
     },
+    /// A record larger than [`frame::SMALL_RECORD`] could not be received now: the
+    /// receiver's [`frame::RecordBudget`] is spent by other connections.
+    #[error("record of {len} bytes refused: the receiver's memory budget for records is spent")]
+    Busy {
+        /// Announced length.
+        len: usize,
+    },
     /// The peer closed the connection in the middle of a frame or handshake.
     #[error("connection closed by peer")]
     Closed,
