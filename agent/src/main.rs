@@ -13,7 +13,6 @@ mod cli;
 mod order;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use cli::Cli;
 use deploy_common::config::AgentConfig;
 use deploy_common::server::conn::{self, Policy};
@@ -30,7 +29,7 @@ fn main() -> ExitCode {
         let code = deploy_common::rsync::runner_main(args.get(2..).unwrap_or_default());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    let mut cli = Cli::parse();
+    let mut cli: Cli = deploy_common::cli::parse();
     // The daemon changes to /; keep the configuration findable for SIGHUP.
     if let Ok(path) = std::path::absolute(&cli.path) {
         cli.path = path;

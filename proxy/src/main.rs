@@ -18,7 +18,6 @@ mod route;
 mod ssh;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use cli::Cli;
 use deploy_common::config::proxy::ProxyConfig;
 use deploy_common::server::conn::{self, Policy};
@@ -30,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let mut cli: Cli = deploy_common::cli::parse();
     if let Ok(path) = std::path::absolute(&cli.path) {
         cli.path = path;
     }
