@@ -15,6 +15,7 @@ mod order;
 use anyhow::{Context, Result};
 use cli::Cli;
 use deploy_common::config::AgentConfig;
+use deploy_common::report;
 use deploy_common::server::conn::{self, Policy};
 use deploy_common::server::prefork::{self, Program, WorkerSettings};
 use deploy_common::server::{daemon, title};
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("deploy-agent: error: {e:#}");
+            eprintln!("deploy-agent: error: {}", report::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }
@@ -71,7 +72,7 @@ struct AgentProgram {
 
 impl Program for AgentProgram {
     fn reload(&mut self) -> Result<(), String> {
-        let config = load(&self.cli).map_err(|e| format!("{e:#}"))?;
+        let config = load(&self.cli).map_err(|e| report::chain(e.as_ref()).to_string())?;
         let old = &self.current.config.server;
         if config.server.addr != old.addr
             || config.server.port != old.port
@@ -79,7 +80,7 @@ impl Program for AgentProgram {
         {
             tracing::warn!("listen addresses changed; they take effect only after a restart");
         }
-        self.current = generation(config).map_err(|e| format!("{e:#}"))?;
+        self.current = generation(config).map_err(|e| report::chain(e.as_ref()).to_string())?;
         Ok(())
     }
 

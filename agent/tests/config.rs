@@ -166,3 +166,24 @@ fn non_utf8_arguments() {
     assert!(stderr.contains("/nonexistent/"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A missing file's reason is printed once (issue 8 §7: the error message repeated its
+/// cause, "…(os error 2): No such file or directory (os error 2)").
+#[test]
+fn missing_files_name_their_reason_once() {
+    let (code, _, stderr) = run_agent(&["--check", "--path", "/nonexistent/deploy_agent.ini"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.join("agent.ini"),
+        "[jobs]\npath = /nonexistent/jobs.ini\n",
+    )
+    .unwrap();
+    let ini = sb.join("agent.ini");
+    let (code, _, stderr) = run_agent(&["--check", "--path", ini.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/jobs.ini"), "{stderr}");
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+}

@@ -33,6 +33,7 @@ mod progress;
 mod render;
 mod status;
 
+use deploy_common::report;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
     let mut config = match args.into_config(cli::read_stdin) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("deploy-client: error: {e:#}");
+            eprintln!("deploy-client: error: {}", report::chain(e.as_ref()));
             return ExitCode::from(EXIT_USAGE);
         }
     };

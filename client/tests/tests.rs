@@ -213,6 +213,52 @@ async fn non_utf8_arguments_are_usage_errors() {
     assert!(!stderr.contains("UTF-8"), "{stderr}");
 }
 
+/// Missing local files (key, upload, stdin) are named with their reason once.
+#[tokio::test]
+async fn missing_files_name_their_reason_once() {
+    for (args, path) in [
+        (
+            &[
+                "--hosts=a",
+                "--order=status",
+                "--ssl-public-key=/no/such.pem",
+            ][..],
+            "/no/such.pem",
+        ),
+        (
+            &[
+                "--hosts=a",
+                "--order=upload",
+                "--upload=/no/such/file",
+                "--root=/tmp",
+                "--",
+                "true",
+            ],
+            "/no/such/file",
+        ),
+        (
+            &[
+                "--hosts=a",
+                "--order=run",
+                "--stdin=/no/such/in",
+                "--",
+                "true",
+            ],
+            "/no/such/in",
+        ),
+    ] {
+        let out = client(args, None).await;
+        assert_eq!(out.status, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(path), "{args:?}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.matches("(os error 2)").count(),
+            1,
+            "{}",
+            out.stderr
+        );
+    }
+}
+
 #[tokio::test]
 async fn help_documents_exit_codes() {
     let out = client(&["--help"], None).await;

@@ -20,6 +20,7 @@ mod ssh;
 use anyhow::{Context, Result};
 use cli::Cli;
 use deploy_common::config::proxy::ProxyConfig;
+use deploy_common::report;
 use deploy_common::server::conn::{self, Policy};
 use deploy_common::server::prefork::{self, Program, WorkerSettings};
 use deploy_common::server::{daemon, title};
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("deploy-proxy: error: {e:#}");
+            eprintln!("deploy-proxy: error: {}", report::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }
@@ -82,8 +83,8 @@ struct ProxyProgram {
 
 impl Program for ProxyProgram {
     fn reload(&mut self) -> Result<(), String> {
-        let config = load(&self.cli).map_err(|e| format!("{e:#}"))?;
-        self.current = generation(config).map_err(|e| format!("{e:#}"))?;
+        let config = load(&self.cli).map_err(|e| report::chain(e.as_ref()).to_string())?;
+        self.current = generation(config).map_err(|e| report::chain(e.as_ref()).to_string())?;
         Ok(())
     }
 

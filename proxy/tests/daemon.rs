@@ -136,3 +136,15 @@ fn non_utf8_arguments() {
     assert!(stderr.contains("/nonexistent/"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A missing file's reason is printed once (issue 8 §7).
+#[test]
+fn missing_config_names_its_reason_once() {
+    let (code, _, stderr) = run_bin(
+        &bins::proxy(),
+        &["--check", "--path", "/nonexistent/deploy_proxy.ini"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/deploy_proxy.ini"), "{stderr}");
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+}
