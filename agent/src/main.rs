@@ -15,9 +15,9 @@ mod order;
 mod stretcher;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use cli::Cli;
 use deploy_common::config::AgentConfig;
+use deploy_common::report;
 use deploy_common::server::conn::{self, Policy};
 use deploy_common::server::prefork::{self, Program, WorkerSettings};
 use deploy_common::server::{daemon, title};
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "stretcher") {
         return stretcher::main(args.get(2..).unwrap_or_default());
     }
-    let mut cli = Cli::parse();
+    let mut cli: Cli = deploy_common::cli::parse();
     // The daemon changes to /; keep the configuration findable for SIGHUP.
     if let Ok(path) = std::path::absolute(&cli.path) {
         cli.path = path;
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("deploy-agent: error: {e:#}");
+            eprintln!("deploy-agent: error: {}", report::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }
@@ -77,7 +77,7 @@ struct AgentProgram {
 
 impl Program for AgentProgram {
     fn reload(&mut self) -> Result<(), String> {
-        let config = load(&self.cli).map_err(|e| format!("{e:#}"))?;
+        let config = load(&self.cli).map_err(|e| report::chain(e.as_ref()).to_string())?;
         let old = &self.current.config.server;
         if config.server.addr != old.addr
             || config.server.port != old.port
@@ -85,7 +85,7 @@ impl Program for AgentProgram {
         {
             tracing::warn!("listen addresses changed; they take effect only after a restart");
         }
-        self.current = generation(config).map_err(|e| format!("{e:#}"))?;
+        self.current = generation(config).map_err(|e| report::chain(e.as_ref()).to_string())?;
         Ok(())
     }
 

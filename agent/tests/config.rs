@@ -202,3 +202,42 @@ fn generates_man_page_and_completions() {
     assert!(String::from_utf8_lossy(&bash.stdout).contains("--key-cipher"));
     assert!(!run("nonsense").status.success());
 }
+
+/// Arguments that are not UTF-8: a string flag is a usage error (exit 2) naming the flag,
+/// a path flag keeps its bytes (the error is then about the file).
+#[test]
+fn non_utf8_arguments() {
+    let bin = std::path::Path::new(AGENT_BIN);
+    let (code, _, stderr) = run_bin_bytes(bin, &[b"--check", b"--user=\xff"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'--user <USER>'"), "{stderr}");
+    assert!(stderr.contains(r#""\xFF""#), "{stderr}");
+    let (code, _, stderr) = run_bin_bytes(bin, &[b"--check", b"--key-cipher", b"k\xfe"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'--key-cipher"), "{stderr}");
+    let (code, _, stderr) = run_bin_bytes(bin, &[b"--check", b"--path=/nonexistent/\xff.ini"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A missing file's reason is printed once (issue 8 §7: the error message repeated its
+/// cause, "…(os error 2): No such file or directory (os error 2)").
+#[test]
+fn missing_files_name_their_reason_once() {
+    let (code, _, stderr) = run_agent(&["--check", "--path", "/nonexistent/deploy_agent.ini"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.join("agent.ini"),
+        "[jobs]\npath = /nonexistent/jobs.ini\n",
+    )
+    .unwrap();
+    let ini = sb.join("agent.ini");
+    let (code, _, stderr) = run_agent(&["--check", "--path", ini.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/jobs.ini"), "{stderr}");
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+}

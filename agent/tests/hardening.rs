@@ -9,7 +9,9 @@
 //! * v2 records cannot be replayed or tampered with (§15.5, §15.6);
 //! * a client that stalls mid-request is cut off at `socket_timeout` (§15.12);
 //! * a huge `Content-Length` is refused at once, not allocated (§15.11);
-//! * two concurrent `rsync` orders start one transfer (§15.15).
+//! * two concurrent `rsync` orders start one transfer (§15.15);
+//! * `rlist` reads rsync's itemized output, so a new file named `deleting x` is new and
+//!   a file named `x -> y` is one name (issue 8 §7).
 
 use crate::util::*;
 use deploy_common::legacy::http;
@@ -223,6 +225,37 @@ async fn dotdot_and_symlinks_cannot_escape() {
         assert_eq!(r.text, format!("{allowed}/link/web is not allowed!"));
     }
     assert_eq!(std::fs::read_dir(sb.join("outside")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn rlist_names_that_look_like_rsync_output() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new();
+    let source = sb.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    for name in [&b"deleting x"[..], b"x -> y", b"a  b ", b"n\nl", b"bad\xff"] {
+        std::fs::write(source.join(OsStr::from_bytes(name)), "s").unwrap();
+    }
+    let rsyncd = RsyncDaemon::start(&source);
+    let agent = Config::new(&sb).start(&sb);
+    let target = sb.allowed_str("names");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(Path::new(&target).join("deleting y"), "t").unwrap();
+    let options = format!("rsync://127.0.0.1:{}/DEST,{target}", rsyncd.port);
+    for proto in [Proto::V2, Proto::V1Plain] {
+        let r = call(proto, agent.addr(), "rlist", &options).await;
+        r.expect_code(200);
+        let mut new = r.list("transferNewFiles");
+        new.sort();
+        assert_eq!(
+            new,
+            ["a  b ", r"bad\#377", "deleting x", r"n\#012l", "x -> y"],
+            "{r:?}"
+        );
+        assert_eq!(r.list("transferDeleteFiles"), ["deleting y"], "{r:?}");
+        assert_eq!(r.s("transferFilesCount"), "6", "{r:?}");
+    }
 }
 
 #[tokio::test]

@@ -34,10 +34,10 @@ mod render;
 mod rollout;
 mod status;
 
+use deploy_common::report;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use deploy_common::fanout::{Fanout, FanoutEvent, HostResult};
 use deploy_common::target::Scheme;
 use deploy_common::transport::{Outcome, Verdict};
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     if let Some(code) = generate() {
         return code;
     }
-    let args = Args::parse();
+    let args: Args = deploy_common::cli::parse();
     init_tracing(args.log_level());
     tracing::debug!(
         version = env!("CARGO_PKG_VERSION"),
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let mut config = match args.into_config(cli::read_stdin) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("deploy-client: error: {e:#}");
+            eprintln!("deploy-client: error: {}", report::chain(e.as_ref()));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -126,14 +126,17 @@ fn init_tracing(level: &str) {
 /// is otherwise required): writes the man page or completions and exits.
 fn generate() -> Option<ExitCode> {
     use clap::{CommandFactory, ValueEnum};
-    let mut args = std::env::args().skip(1);
+    // `args_os`: `std::env::args` panics on an argument that is not UTF-8; such an
+    // argument is left to clap, which refuses it as a usage error.
+    let mut args = std::env::args_os().skip(1);
     let what = loop {
         let arg = args.next()?;
+        let Some(arg) = arg.to_str() else { continue };
         if let Some(v) = arg.strip_prefix("--generate=") {
             break v.to_owned();
         }
         if arg == "--generate" {
-            break args.next()?;
+            break args.next()?.to_string_lossy().into_owned();
         }
     };
     let Ok(what) = deploy_common::cli::Generate::from_str(&what, true) else {

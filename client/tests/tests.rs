@@ -160,6 +160,105 @@ async fn usage_errors_exit_2() {
     assert!(out.stdout.is_empty());
 }
 
+/// Arguments that are not UTF-8 are usage errors naming the flag (they panicked with
+/// exit 101 in `std::env::args`), while a path flag keeps its bytes.
+#[tokio::test]
+async fn non_utf8_arguments_are_usage_errors() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    for (args, named) in [
+        (
+            &[&b"--hosts=\xff"[..], b"--order=status"][..],
+            "'--hosts <HOST,...>'",
+        ),
+        (
+            &[b"--hosts=a", b"--order=status", b"--api-key=k\xfe"],
+            "'--api-key",
+        ),
+        (
+            &[b"--hosts=a", b"--order=upload", b"--upload", b"/tmp/\xff"],
+            "'--upload <PATH>'",
+        ),
+        (
+            &[b"--hosts=a", b"--order=run", b"--", b"echo", b"\xff"],
+            "COMMAND",
+        ),
+        (
+            &[b"--hosts=a", b"--order=status", b"\xff"],
+            "unexpected argument",
+        ),
+        (&[b"--generate", b"\xff"], "--generate takes"),
+    ] {
+        let mut cmd = util::command(&[]);
+        cmd.args(args.iter().map(|a| OsStr::from_bytes(a)))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), cmd.output())
+            .await
+            .expect("deploy-client did not finish in 10 s")
+            .expect("spawn deploy-client");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // A path flag keeps any bytes: the error is about the file, not the argument.
+    let mut cmd = util::command(&["--hosts=a", "--order=status"]);
+    cmd.arg(OsStr::from_bytes(b"--ssl-public-key=/no/such/\xff.pem"))
+        .kill_on_drop(true);
+    let out = cmd.output().await.expect("spawn deploy-client");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/no/such/"), "{stderr}");
+    assert!(!stderr.contains("UTF-8"), "{stderr}");
+}
+
+/// Missing local files (key, upload, stdin) are named with their reason once.
+#[tokio::test]
+async fn missing_files_name_their_reason_once() {
+    for (args, path) in [
+        (
+            &[
+                "--hosts=a",
+                "--order=status",
+                "--ssl-public-key=/no/such.pem",
+            ][..],
+            "/no/such.pem",
+        ),
+        (
+            &[
+                "--hosts=a",
+                "--order=upload",
+                "--upload=/no/such/file",
+                "--root=/tmp",
+                "--",
+                "true",
+            ],
+            "/no/such/file",
+        ),
+        (
+            &[
+                "--hosts=a",
+                "--order=run",
+                "--stdin=/no/such/in",
+                "--",
+                "true",
+            ],
+            "/no/such/in",
+        ),
+    ] {
+        let out = client(args, None).await;
+        assert_eq!(out.status, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(path), "{args:?}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.matches("(os error 2)").count(),
+            1,
+            "{}",
+            out.stderr
+        );
+    }
+}
+
 #[tokio::test]
 async fn help_documents_exit_codes() {
     let out = client(&["--help"], None).await;

@@ -194,3 +194,98 @@ pub fn generate(
         other => other,
     }
 }
+
+/// Parses the process's arguments into `P`, like `P::parse()`, except that a value that is
+/// not UTF-8 where a string is expected is refused as a usage error (exit 2) that names
+/// the flag and shows the value, instead of clap's "invalid UTF-8 was detected in one or
+/// more arguments". Flags typed as paths (`PathBuf`, `OsString`) keep any bytes.
+///
+/// Every argument whose value parser yields a `String` gets [`Utf8`] instead; that
+/// includes a custom parser returning `String`, so such a flag must validate elsewhere.
+pub fn parse<P: clap::Parser>() -> P {
+    let mut cmd = utf8_strings(P::command());
+    let mut matches = cmd.clone().get_matches();
+    P::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+}
+
+/// Gives every `String`-valued argument of `cmd` (and of its subcommands) the [`Utf8`]
+/// value parser.
+pub fn utf8_strings(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|arg| {
+        if arg.get_value_parser().type_id() == std::any::TypeId::of::<String>() {
+            arg.value_parser(Utf8)
+        } else {
+            arg
+        }
+    })
+    .mut_subcommands(utf8_strings)
+}
+
+/// A `String` value parser whose error for bytes that are not UTF-8 names the argument.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Utf8;
+
+impl clap::builder::TypedValueParser for Utf8 {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        value.to_str().map(str::to_owned).ok_or_else(|| {
+            let name = arg.map_or_else(|| "an argument".to_owned(), |a| format!("'{a}'"));
+            cmd.clone().error(
+                clap::error::ErrorKind::InvalidUtf8,
+                format!("the value of {name} is not valid UTF-8: {value:?}"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod utf8_tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        path: Option<PathBuf>,
+        #[arg(last = true)]
+        rest: Vec<String>,
+    }
+
+    fn try_parse(args: &[&[u8]]) -> Result<Flags, clap::Error> {
+        let argv =
+            std::iter::once(OsStr::new("prog")).chain(args.iter().map(|a| OsStr::from_bytes(a)));
+        let mut matches = utf8_strings(Flags::command()).try_get_matches_from(argv)?;
+        Flags::from_arg_matches_mut(&mut matches)
+    }
+
+    #[test]
+    fn a_string_flag_that_is_not_utf8_is_named() {
+        let err = try_parse(&[b"--name=a\xffb"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidUtf8);
+        let text = err.to_string();
+        assert!(text.contains("'--name <NAME>'"), "{text}");
+        assert!(text.contains(r#""a\xFFb""#), "{text}");
+        let err = try_parse(&[b"--", b"\xfe"]).unwrap_err();
+        assert!(err.to_string().contains("[REST]"), "{err}");
+    }
+
+    #[test]
+    fn a_path_flag_keeps_any_bytes() {
+        let flags = try_parse(&[b"--path=/tmp/\xff", b"--name=ok"]).unwrap();
+        assert_eq!(
+            flags.path.unwrap().as_os_str().as_bytes(),
+            b"/tmp/\xff".as_slice()
+        );
+        assert_eq!(flags.name.as_deref(), Some("ok"));
+    }
+}

@@ -18,6 +18,7 @@
 //! | [`lock`] | the cluster lock: the agent's leases and the all-or-nothing locker |
 //! | [`transport`] | delivering one order to one target (v2 or v1) |
 //! | [`upload`] | files walked once and streamed as tar (`upload`, `sync`) |
+//! | [`report`] | an error and its causes for a person, each message once |
 //! | `ssh` | agentless hosts over native SSH (feature `ssh`) |
 //!
 //! # Design
@@ -36,6 +37,7 @@ mod fsutil;
 pub mod legacy;
 pub mod lock;
 pub mod order;
+pub mod report;
 pub mod rsync;
 pub mod server;
 #[cfg(feature = "ssh")]

@@ -19,9 +19,9 @@ mod route;
 mod ssh;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use cli::Cli;
 use deploy_common::config::proxy::ProxyConfig;
+use deploy_common::report;
 use deploy_common::server::conn::{self, Policy};
 use deploy_common::server::prefork::{self, Program, WorkerSettings};
 use deploy_common::server::{daemon, title};
@@ -31,14 +31,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let mut cli: Cli = deploy_common::cli::parse();
     if let Ok(path) = std::path::absolute(&cli.path) {
         cli.path = path;
     }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("deploy-proxy: error: {e:#}");
+            eprintln!("deploy-proxy: error: {}", report::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }
@@ -84,8 +84,8 @@ struct ProxyProgram {
 
 impl Program for ProxyProgram {
     fn reload(&mut self) -> Result<(), String> {
-        let config = load(&self.cli).map_err(|e| format!("{e:#}"))?;
-        self.current = generation(config).map_err(|e| format!("{e:#}"))?;
+        let config = load(&self.cli).map_err(|e| report::chain(e.as_ref()).to_string())?;
+        self.current = generation(config).map_err(|e| report::chain(e.as_ref()).to_string())?;
         Ok(())
     }
 

@@ -216,3 +216,33 @@ fn sigterm_lets_a_fanout_in_flight_finish() {
         });
     assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
 }
+
+/// Arguments that are not UTF-8: a string flag is a usage error (exit 2) naming the flag,
+/// a path flag keeps its bytes (the error is then about the file).
+#[test]
+fn non_utf8_arguments() {
+    let bin = &bins::proxy();
+    let (code, _, stderr) = run_bin_bytes(bin, &[b"--check", b"--user=\xff"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'--user <USER>'"), "{stderr}");
+    assert!(stderr.contains(r#""\xFF""#), "{stderr}");
+    let (code, _, stderr) = run_bin_bytes(bin, &[b"--check", b"--key-cipher", b"k\xfe"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'--key-cipher"), "{stderr}");
+    let (code, _, stderr) = run_bin_bytes(bin, &[b"--check", b"--path=/nonexistent/\xff.ini"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A missing file's reason is printed once (issue 8 §7).
+#[test]
+fn missing_config_names_its_reason_once() {
+    let (code, _, stderr) = run_bin(
+        &bins::proxy(),
+        &["--check", "--path", "/nonexistent/deploy_proxy.ini"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/deploy_proxy.ini"), "{stderr}");
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+}

@@ -121,3 +121,15 @@ pub fn run_bin(bin: &Path, args: &[&str]) -> (i32, String, String) {
     );
     (out.code.unwrap_or(-1), out.stdout, out.stderr)
 }
+
+/// [`run_bin`] with raw argument bytes, for arguments that are not UTF-8.
+pub fn run_bin_bytes(bin: &Path, args: &[&[u8]]) -> (i32, String, String) {
+    use std::os::unix::ffi::OsStrExt;
+    let out = run_command(
+        Command::new(bin)
+            .args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
+            .env("NO_COLOR", "1"),
+        Duration::from_secs(30),
+    );
+    (out.code.unwrap_or(-1), out.stdout, out.stderr)
+}

@@ -1021,4 +1021,27 @@ mod tests {
             let _ = Form::parse(bytes);
         }
     }
+
+    /// Header names and values are trimmed of Perl's `\s` on bytes (ASCII space, `\t`,
+    /// `\n`, `\v`, `\f`, `\r`), as the original did, and keep Unicode spaces such as
+    /// U+00A0: the fuzz target `legacy_request` used `str::trim` and reported this as
+    /// "not trimmed" (regressions/legacy_request/header-name-nbsp).
+    #[test]
+    fn headers_are_trimmed_of_ascii_space_only() {
+        let req = parse_request_bytes(
+            b"POST /agent/exec HTTP/1.0\r\nX-Note\xc2\xa0: v\r\n \x0b\x0cX-B\t : \xc2\xa0w \t\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            req.headers,
+            [
+                ("x-note\u{a0}".to_owned(), "v".to_owned()),
+                ("x-b".to_owned(), "\u{a0}w".to_owned())
+            ]
+        );
+        assert_eq!(
+            parse_header(b"\xa0A:b"),
+            Some(("\u{fffd}a".into(), "b".into()))
+        );
+    }
 }

@@ -50,7 +50,7 @@ pub mod state;
 mod tests;
 
 pub use options::resolve;
-pub use output::{parse_file_list, parse_stats, FileList, Stats};
+pub use output::{parse_file_list, parse_stats, unescape, FileList, Stats, LOCALE};
 pub use run::{run_foreground, RunOutput};
 pub use state::{runner_main, LastRun, RunnerCommand, StartOutcome, StateDir};
 
@@ -162,10 +162,12 @@ pub fn checksum(spec: &RsyncSpec) -> String {
 ///
 /// ```text
 /// --stats --verbose [--archive --delete --force] [--dry-run] [--rsh=R]
-/// [--exclude=E]… [--include=I]… [option]… -- DEST SRC
+/// [--exclude=E]… [--include=I]… [option]… --out-format=%i %n%L -- DEST SRC
 /// ```
 ///
-/// Always in this order. Each value is one argument; nothing is quoted because nothing
+/// Always in this order. `--out-format` ([`output::ITEM_FORMAT`]) comes after the
+/// group's `option[]` so that a group's own `--out-format`, `--log-format` or `-i`
+/// cannot change the itemized file list that [`output`] reads. Each value is one argument; nothing is quoted because nothing
 /// goes through a shell. The original's `--include=<checksum>` marker is not added:
 /// transfers are found through [`StateDir`] instead.
 pub fn argv(spec: &RsyncSpec, dry_run: bool) -> Vec<OsString> {
@@ -182,6 +184,7 @@ pub fn argv(spec: &RsyncSpec, dry_run: bool) -> Vec<OsString> {
     args.extend(spec.exclude.iter().map(|e| format!("--exclude={e}").into()));
     args.extend(spec.include.iter().map(|i| format!("--include={i}").into()));
     args.extend(spec.option.iter().map(OsString::from));
+    args.push(format!("--out-format={}", output::ITEM_FORMAT).into());
     args.push("--".into());
     args.push(spec.dest.clone().into());
     args.push(spec.src.clone().into());

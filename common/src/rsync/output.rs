@@ -1,17 +1,23 @@
-//! Reading `rsync --stats --verbose` output, from rsync 3.0 and from rsync 3.1 and later.
+//! Reading the output of `rsync --stats --verbose --out-format=ITEM_FORMAT`, from rsync
+//! 3.0 and from rsync 3.1 and later.
 //!
-//! The output of a receiving rsync looks like this (3.5). `\r\n` and a lone `\r` (progress
-//! updates) are both read as `\n`:
+//! [`argv`](super::argv) always passes `--out-format=%i %n%L` ([`ITEM_FORMAT`]), last
+//! before `--` so that a group's own `option[]` cannot change it. The output of a
+//! receiving rsync then looks like this (3.5). `\r\n` and a lone `\r` (progress updates)
+//! are both read as `\n`:
 //!
 //! ```text
 //! [daemon MOTD lines, possibly with blank lines]
 //! receiving incremental file list          <- header ("receiving file list ... done" in 3.0)
 //! created directory /srv/target/web        <- only if the target is missing
-//! deleting old/gone
-//! deleting old/
-//! a.txt
-//! link -> a.txt
-//! sub/
+//! *deleting   old/gone                     <- %i is "*deleting" padded to 11 characters
+//! *deleting   old/
+//! >f+++++++++ a.txt                        <- %i (11 characters), a space, %n%L
+//! cL+++++++++ link -> a.txt
+//! cd+++++++++ sub/
+//! .f...p..... sub/c                        <- attributes only: not listed
+//! >f+++++++++ deleting x                   <- a file *named* "deleting x"
+//! >f+++++++++ new\#012line                 <- rsync's escape for a newline in a name
 //!                                           <- blank line ends the file list
 //! Number of files: 7 (reg: 3, dir: 3, link: 1)
 //! Number of regular files transferred: 3   <- "Number of files transferred: 3" in 3.0
@@ -19,11 +25,40 @@
 //! …
 //! ```
 //!
-//! The original split the text on blank lines and took block 0 as the file list, so a
-//! daemon MOTD became "files"; it also only understood 3.0's stats lines (§4.9, §15 item
-//! 15). Here the file list starts after the `receiving … file list` header, and the stats
-//! are searched after the file list, so neither a MOTD nor a file name can fake them
-//! (rsync escapes newlines in names as `\#012`, so a name never ends the list).
+//! The original read rsync's human `--verbose` text, so a new file named `deleting x`
+//! was reported as a deletion. Here an entry is only a line of the file list that starts
+//! with an 11-character itemize field (`%i`) and a space; the field, not the name, says
+//! what happens to it (`*deleting`, a transfer `<`/`>`, a local change `c`, a hard link
+//! `h`; `.` means attributes only). Other lines of the list (rsync warnings such as
+//! `skipping non-regular file "x"`) are ignored, except `created directory X`, which
+//! the original listed as new and is kept.
+//!
+//! # Names
+//!
+//! A name is reported exactly as rsync printed it (`%n%L`), which is a safe, lossless
+//! text encoding: rsync (without `-8`) writes every control character and every byte that
+//! is not printable in its locale as `\#ooo` (three octal digits; a newline is `\#012`),
+//! and a backslash that precedes `#` as `\#134`, so a name never spans lines, never
+//! carries a terminal escape, and `\#ooo` can always be decoded back to the bytes on disk.
+//! rsync runs under `LC_ALL=C.UTF-8` ([`LOCALE`]), so UTF-8 names print as themselves and
+//! only invalid bytes are escaped (`bad\#377name`). `%L` adds ` -> target` to a symlink
+//! and ` => target` to a hard link, as the original listed them; the type in the itemize
+//! field, not the text, tells a symlink from a file named `x -> y`.
+//!
+//! The list starts after the `receiving … file list` header, and the stats are searched
+//! after the file list, so neither a MOTD nor a file name can fake them.
+
+/// The `--out-format` passed to rsync: the itemize field, a space, the name (with a
+/// trailing `/` for directories) and, for links, ` -> target` / ` => target`.
+pub const ITEM_FORMAT: &str = "%i %n%L";
+
+/// The locale rsync runs under (`LC_ALL`): it decides which bytes of a name rsync prints
+/// as they are and which it escapes as `\#ooo`, and the stats' digit grouping. Where it
+/// does not exist rsync falls back to `C` and escapes every byte above 0x7f.
+pub const LOCALE: &str = "C.UTF-8";
+
+/// Width of rsync's `%i` (3.0 and later: `YXcstpoguax`).
+const ITEM_WIDTH: usize = 11;
 
 /// The counts `status` and `rlist` report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,19 +122,45 @@ fn sections(text: &str) -> Sections<'_> {
     }
 }
 
-fn strip_deleting(line: &str) -> Option<&str> {
-    const PREFIX: &str = "deleting ";
-    let head = line.get(..PREFIX.len())?;
-    if head.eq_ignore_ascii_case(PREFIX) {
-        line.get(PREFIX.len()..)
-    } else {
-        None
+/// What one itemized line of the file list says.
+#[derive(Debug, PartialEq, Eq)]
+enum Item<'a> {
+    /// `*deleting`: the name (a directory ends in `/`).
+    Deleted(&'a str),
+    /// Created or transferred (`<`, `>`, `c`, `h`); `dir` from the file type `d`.
+    New { name: &'a str, dir: bool },
+    /// Attributes only (`.`), or a message item: not listed.
+    Unchanged,
+}
+
+/// Splits `%i %n%L`; `None` when the line is not an itemized entry.
+fn item(line: &str) -> Option<Item<'_>> {
+    let field = line.get(..ITEM_WIDTH)?;
+    let name = line.get(ITEM_WIDTH..)?.strip_prefix(' ')?;
+    if name.is_empty() || !field.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return None;
+    }
+    if field == "*deleting  " {
+        return Some(Item::Deleted(name));
+    }
+    let mut kinds = field.bytes();
+    let (update, kind) = (kinds.next()?, kinds.next()?);
+    if !matches!(kind, b'f' | b'd' | b'L' | b'D' | b'S') {
+        return None;
+    }
+    match update {
+        b'<' | b'>' | b'c' | b'h' => Some(Item::New {
+            name,
+            dir: kind == b'd',
+        }),
+        b'.' => Some(Item::Unchanged),
+        _ => None,
     }
 }
 
 /// Files and bytes a (dry-)run transfers; both 0 when absent.
 ///
-/// `files` = `deleting ` lines in the file list (directories included, as the original
+/// `files` = `*deleting` entries in the file list (directories included, as the original
 /// counted) + `Number of files transferred: N` (3.0) or `Number of regular files
 /// transferred: N` (3.1+). `size` = `Total transferred file size: N bytes`, with digit
 /// grouping (`,` `.` `'` or a space, per locale) removed; a `--human-readable` value such
@@ -110,7 +171,7 @@ pub fn parse_stats(output: &str) -> Stats {
     let deleting = sections
         .list
         .iter()
-        .filter(|l| strip_deleting(l).is_some())
+        .filter(|l| matches!(item(l), Some(Item::Deleted(_))))
         .count() as u64;
     let mut transferred = 0;
     let mut size = 0;
@@ -159,24 +220,52 @@ fn parse_number(text: &str) -> u64 {
     n
 }
 
-/// The names a dry-run would create and delete (spec §4.5).
+/// The names a dry-run would create and delete (spec §4.5), as rsync printed them (see
+/// the module docs).
 ///
-/// From the file list (see the module docs): lines ending in `/` (directories, including
-/// `deleting dir/`) are dropped; `deleting X` (any case) → `deleted` gets `X`; every
-/// other line → `new`, as is.
+/// From the itemized file list: directories (type `d`, or a deleted name ending in `/`)
+/// are dropped, as the original dropped them; `*deleting X` → `deleted` gets `X`; a
+/// created or transferred entry → `new` gets `X` (with ` -> target` for a symlink);
+/// `created directory X` → `new`, as the original kept it. Everything else is ignored.
 pub fn parse_file_list(output: &str) -> FileList {
     let output = normalize(output);
     let mut list = FileList::default();
     for line in sections(&output).list {
-        if line.ends_with('/') {
-            continue;
-        }
-        match strip_deleting(line) {
-            Some(name) => list.deleted.push(name.to_owned()),
-            None => list.new.push(line.to_owned()),
+        match item(line) {
+            Some(Item::Deleted(name)) if !name.ends_with('/') => {
+                list.deleted.push(name.to_owned());
+            }
+            Some(Item::New { name, dir: false }) => list.new.push(name.to_owned()),
+            Some(_) => {}
+            None if line.starts_with("created directory ") => list.new.push(line.to_owned()),
+            None => {}
         }
     }
     list
+}
+
+/// The bytes of a name as rsync printed it: each `\#ooo` (three octal digits) becomes
+/// that byte; everything else is kept. Inverse of rsync's escaping (see the module docs).
+pub fn unescape(name: &str) -> Vec<u8> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if let Some([b'\\', b'#', d @ ..]) = bytes.get(i..i + 5) {
+            if let Some(v) = d.iter().try_fold(0u16, |v, &c| {
+                matches!(c, b'0'..=b'7').then(|| v * 8 + u16::from(c - b'0'))
+            }) {
+                if let Ok(v) = u8::try_from(v) {
+                    out.push(v);
+                    i += 5;
+                    continue;
+                }
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -184,17 +273,18 @@ pub fn parse_file_list(output: &str) -> FileList {
 mod tests {
     use super::*;
 
-    /// rsync 3.5.0, `--stats --verbose --archive --delete --force --dry-run`, captured.
+    /// rsync 3.5.0, `--stats --verbose --archive --delete --force --dry-run
+    /// --out-format='%i %n%L'`, captured.
     const RSYNC_35: &str = "receiving incremental file list
-deleting old/gone
-deleting old/
-deleting stale
-a.txt
-link -> a.txt
-we\"ird name.txt
-empty/
-sub/
-sub/b
+*deleting   old/gone
+*deleting   old/
+*deleting   stale
+>f+++++++++ a.txt
+cL+++++++++ link -> a.txt
+>f+++++++++ we\"ird name.txt
+cd+++++++++ empty/
+cd+++++++++ sub/
+>f+++++++++ sub/b
 
 Number of files: 7 (reg: 3, dir: 3, link: 1)
 Number of created files: 6 (reg: 3, dir: 2, link: 1)
@@ -216,17 +306,17 @@ total size is 11  speedup is 0.04 (DRY RUN)
 
     /// rsync 3.5.0 into a missing target, from a daemon with a MOTD containing a blank line.
     const RSYNC_35_MOTD: &str = "Welcome\r\n\r\nNumber of files transferred: 99\r\n\r\n\
-receiving incremental file list\r\ncreated directory /tmp/rx/newdir/x\r\n./\r\na.txt\r\n\
-sub/\r\nsub/b\r\n\r\nNumber of files: 4 (reg: 2, dir: 2)\r\n\
+receiving incremental file list\r\ncreated directory /tmp/rx/newdir/x\r\n\
+cd+++++++++ ./\r\n>f+++++++++ a.txt\r\ncd+++++++++ sub/\r\n>f+++++++++ sub/b\r\n\r\nNumber of files: 4 (reg: 2, dir: 2)\r\n\
 Number of regular files transferred: 2\r\nTotal transferred file size: 2 bytes\r\n\r\n\
 sent 54 bytes  received 212 bytes  532.00 bytes/sec\r\n";
 
     /// rsync 3.0 style, with the numbers from the original's README.
     const RSYNC_30: &str = "receiving file list ... done
-deleting www/old.html
-deleting www/tmp/
-www/index.html
-www/img/logo.png
+*deleting   www/old.html
+*deleting   www/tmp/
+>f+++++++++ www/index.html
+>f+++++++++ www/img/logo.png
 
 Number of files: 1520
 Number of files transferred: 328
@@ -327,13 +417,62 @@ total size is 98765432  speedup is 3.96 (DRY RUN)
         let error = "@ERROR: Unknown module 'NOPE'\nrsync error: error starting client-server protocol (code 5)\n";
         assert_eq!(parse_stats(error), Stats::default());
         assert_eq!(parse_file_list(error), FileList::default());
-        // Multi-byte text right where a prefix would be sliced.
+        // Multi-byte text right where the itemize field would be sliced.
         assert_eq!(
-            parse_file_list("receiving file list\ndéléting é\n"),
+            parse_file_list("receiving file list\ndéléting é\n>f+++++++é x\n"),
+            FileList::default()
+        );
+    }
+
+    #[test]
+    fn unescapes_rsync_names() {
+        assert_eq!(unescape(r"new\#012line"), b"new\nline");
+        assert_eq!(unescape(r"bad\#377name"), b"bad\xffname");
+        assert_eq!(unescape(r"back\#134#012slash"), br"back\#012slash");
+        assert_eq!(unescape(r"a\b\#9\#400\#"), br"a\b\#9\#400\#");
+        assert_eq!(unescape("ünï"), "ünï".as_bytes());
+    }
+
+    /// Names that look like rsync's human output are read by the itemize field, not by
+    /// their text (issue 8 §7: a new file `deleting x` was listed as a deletion).
+    #[test]
+    fn hostile_names() {
+        let text = "receiving incremental file list
+*deleting   deleting y
+*deleting   gone -> here
+>f+++++++++ deleting x
+>f+++++++++ x -> y
+cL+++++++++ lnk -> z -> deleting x
+cL+++++++++ to-dir -> d/
+>f+++++++++  lead and trail 
+>f+++++++++ new\\#012line
+>f+++++++++ bad\\#377name
+>f.st...... *deleting   fake
+.f...p..... attrs-only
+.d..t...... sub/
+skipping non-regular file \"deleting z\"
+deleting plain
+created directory /t
+
+Number of regular files transferred: 6
+";
+        assert_eq!(
+            parse_file_list(text),
             FileList {
-                new: vec!["déléting é".into()],
-                deleted: vec![],
+                new: vec![
+                    "deleting x".into(),
+                    "x -> y".into(),
+                    "lnk -> z -> deleting x".into(),
+                    "to-dir -> d/".into(),
+                    " lead and trail ".into(),
+                    "new\\#012line".into(),
+                    "bad\\#377name".into(),
+                    "*deleting   fake".into(),
+                    "created directory /t".into(),
+                ],
+                deleted: vec!["deleting y".into(), "gone -> here".into()],
             }
         );
+        assert_eq!(parse_stats(text), Stats { files: 8, size: 0 });
     }
 }

@@ -76,6 +76,8 @@ pub async fn run_foreground(
     let mut command = tokio::process::Command::new(&spec.rsync);
     command
         .args(argv(spec, dry_run))
+        // Which bytes of a name rsync escapes depends on the locale (see `output`).
+        .env("LC_ALL", super::LOCALE)
         .stdin(Stdio::null())
         .stdout(Stdio::from(write))
         .stderr(Stdio::from(write_err))

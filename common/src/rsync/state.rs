@@ -316,6 +316,8 @@ impl StateDir {
             .arg("--")
             .arg(&spec.rsync)
             .args(&args)
+            // The same output encoding as foreground runs (see `output`).
+            .env("LC_ALL", super::LOCALE)
             .stdin(Stdio::null())
             .stdout(output)
             .stderr(output_err);

@@ -239,6 +239,76 @@ async fn foreground_dry_run_then_transfer() {
     assert_eq!(parse_file_list(&text), FileList::default(), "{text}");
 }
 
+/// Names that look like rsync's human output, or that rsync must escape, are listed by
+/// the itemize field and in rsync's escaped form, which decodes back to the bytes on
+/// disk (issue 8 §7: a new file `deleting x` was reported as a deletion).
+#[tokio::test]
+async fn file_list_of_hostile_names() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let daemon = Daemon::start();
+    let hostile: [&[u8]; 8] = [
+        b"deleting x",
+        b"x -> y",
+        b" with  space ",
+        b"new\nline",
+        b"bad\xffname",
+        br"back\#012slash",
+        b"esc\x1b[31m",
+        "ünï".as_bytes(),
+    ];
+    for name in hostile {
+        fs::write(daemon.source.join(OsStr::from_bytes(name)), "h").unwrap();
+    }
+    symlink("deleting x", daemon.source.join("lnk -> z")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("target");
+    fs::create_dir_all(&target).unwrap();
+    fs::write(target.join("deleting y"), "o").unwrap();
+    fs::write(target.join("gone -> here"), "o").unwrap();
+    let spec = inline(&daemon.url("DEST"), &target);
+
+    let dry = run_foreground(&spec, true, LIMIT).await.unwrap();
+    let text = String::from_utf8_lossy(&dry.output).into_owned();
+    assert!(dry.success(), "{text}");
+    let list = parse_file_list(&text);
+    let new: BTreeSet<_> = list.new.iter().map(String::as_str).collect();
+    let deleted: BTreeSet<_> = list.deleted.iter().map(String::as_str).collect();
+    assert_eq!(
+        new,
+        BTreeSet::from([
+            "a.txt",
+            "link -> a.txt",
+            "sub/b",
+            "we\"ird name.txt",
+            "deleting x",
+            "x -> y",
+            " with  space ",
+            r"new\#012line",
+            r"bad\#377name",
+            r"back\#134#012slash",
+            r"esc\#033[31m",
+            "ünï",
+            "lnk -> z -> deleting x",
+        ]),
+        "{text}"
+    );
+    assert_eq!(
+        deleted,
+        BTreeSet::from(["deleting y", "gone -> here"]),
+        "{text}"
+    );
+    for name in &list.new {
+        let bytes = unescape(name);
+        if !name.contains(" -> ") || hostile.contains(&bytes.as_slice()) {
+            let path = daemon.source.join(OsStr::from_bytes(&bytes));
+            assert!(path.exists(), "{name:?} decodes to {bytes:?}, not on disk");
+        }
+    }
+    // 2 deletions + 11 regular files.
+    assert_eq!(parse_stats(&text).files, 13, "{text}");
+}
+
 #[tokio::test]
 async fn foreground_into_missing_target_reports_created_directory() {
     let daemon = Daemon::start();
@@ -571,6 +641,7 @@ fn argv_is_deterministic_and_shell_free() {
         "--exclude=.git",
         "--exclude=*.tmp",
         "--include=keep; rm -rf /",
+        "--out-format=%i %n%L",
         "--",
         "127.0.0.1::DEST",
         "/srv/target/web",
@@ -588,6 +659,7 @@ fn argv_is_deterministic_and_shell_free() {
         "--include=keep; rm -rf /",
         "--recursive",
         "--times",
+        "--out-format=%i %n%L",
         "--",
         "127.0.0.1::DEST",
         "/srv/target/web",
