@@ -224,6 +224,7 @@ async fn every_order(proto: Proto) {
     let exec = order(proto, &agent, "exec", "service:echo,hello,world").await;
     exec.expect_code(200);
     assert_eq!(exec.s("return"), "true");
+    assert_eq!(exec.s("code"), "0");
     assert_eq!(exec.s("content"), b64("hello world\n"));
     assert_eq!(exec.s("content"), "aGVsbG8gd29ybGQK");
     assert_eq!(exec.s("command"), b64("/bin/echo hello world"));
@@ -237,6 +238,7 @@ async fn every_order(proto: Proto) {
     let fails = order(proto, &agent, "exec", "service:false").await;
     fails.expect_code(200);
     assert_eq!(fails.s("return"), "false");
+    assert_eq!(fails.s("code"), "1", "the job's exit code (issue 9)");
     assert_eq!(fails.s("content"), "");
     assert!(
         String::from_utf8(unb64(fails.s("command")))
@@ -361,6 +363,13 @@ async fn failures_are_reported_in_the_body() {
             let out = String::from_utf8_lossy(&unb64(r.s("content"))).into_owned();
             assert!(out.contains("Connection refused"), "{o}: {out}");
         }
+        // rsync fails at once: "false" with rsync's error, as the original answered
+        // after its 1 s wait (issue 9), in v1 and v2 alike.
+        let r = call(proto, agent.addr(), "rsync", "down").await;
+        r.expect_code(200);
+        assert_eq!(r.s("return"), "false", "rsync: {r:?}");
+        let out = String::from_utf8_lossy(&unb64(r.s("content"))).into_owned();
+        assert!(out.contains("Connection refused"), "rsync: {out}");
         let r = call(proto, agent.addr(), "exec", "service:missing,x").await;
         r.expect_code(200);
         assert_eq!(r.s("return"), "false");

@@ -79,13 +79,13 @@ fn a_chained_proxy_relays_its_agents_with_via() {
     let text = out.stdout.clone();
     assert!(
         text.contains(&format!(
-            "(3): 200 OK return=true command=\"/bin/echo hi\" (via {A} > {B})"
+            "(3): 200 OK return=true command=\"/bin/echo hi\" code=0 (via {A} > {B})"
         )),
         "{out:#?}"
     );
     assert!(
         text.contains(&format!(
-            "(2): 200 OK return=true command=\"/bin/echo hi\" (via {A})"
+            "(2): 200 OK return=true command=\"/bin/echo hi\" code=0 (via {A})"
         )),
         "{out:#?}"
     );

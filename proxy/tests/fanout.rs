@@ -96,7 +96,7 @@ fn text_folds_the_agents_into_one_block() {
         .unwrap_or_else(|| panic!("24 hosts folded together: {out:#?}"));
     assert_eq!(
         rest,
-        format!("200 OK return=true command=\"/bin/echo hi\" (via {ID})")
+        format!("200 OK return=true command=\"/bin/echo hi\" code=0 (via {ID})")
     );
     let hosts: BTreeSet<String> = hosts.split(',').map(str::to_owned).collect();
     assert_eq!(hosts, fleet.names());

@@ -57,7 +57,7 @@ fn echo_record() -> Value {
         "serverStatus": 1,
         "returnCode": "200",
         "returnString": "OK",
-        "content": {"return": "true", "command": ECHO_COMMAND, "content": ECHO_CONTENT},
+        "content": {"return": "true", "command": ECHO_COMMAND, "content": ECHO_CONTENT, "code": "0"},
     })
 }
 

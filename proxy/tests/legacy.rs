@@ -45,7 +45,7 @@ fn assert_nested(reply: &Reply, web: &Farm) {
                 "serverStatus": 1,
                 "returnCode": "200",
                 "returnString": "OK",
-                "content": {"return": "true", "command": ECHO_COMMAND, "content": ECHO_CONTENT},
+                "content": {"return": "true", "command": ECHO_COMMAND, "content": ECHO_CONTENT, "code": "0"},
             }}),
             "{host}"
         );

@@ -174,7 +174,7 @@ pub fn assert_echo_ok(host: &str, record: &Map<String, Value>, via: &str) {
         "serverStatus": 1,
         "returnCode": "200",
         "returnString": "OK",
-        "content": {"return": "true", "command": ECHO_COMMAND, "content": ECHO_CONTENT},
+        "content": {"return": "true", "command": ECHO_COMMAND, "content": ECHO_CONTENT, "code": "0"},
         "via": via,
     });
     assert_eq!(

@@ -16,5 +16,5 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         Err(e) => return Reply::error(400, format!("exec[{name}]: {e}")),
     };
     let finished = process::run(&argv, None, request.follow, events).await;
-    Reply::ok(ran(finished.success, &job.display(&args), &finished.output))
+    Reply::ok(ran(finished.code, &job.display(&args), &finished.output))
 }

@@ -20,8 +20,6 @@ const MAX_OUTPUT: usize = 16 << 20;
 
 /// How a program ended.
 pub struct Finished {
-    /// Exit status 0.
-    pub success: bool,
     /// The exit code (128 + signal when killed).
     pub code: i32,
     /// stdout and stderr, interleaved as they came.
@@ -87,7 +85,6 @@ pub async fn run_in(
 ) -> Finished {
     let Some((program, rest)) = argv.split_first() else {
         return Finished {
-            success: false,
             code: 127,
             output: b"empty command\n".to_vec(),
         };
@@ -113,7 +110,6 @@ pub async fn run_in(
         Ok(child) => child,
         Err(e) => {
             return Finished {
-                success: false,
                 code: 127,
                 output: format!("{program}: {e}\n").into_bytes(),
             }
@@ -160,11 +156,7 @@ pub async fn run_in(
             .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(s).unwrap_or(0)),
         Err(_) => -1,
     };
-    Finished {
-        success: matches!(&status, Ok(s) if s.success()),
-        code,
-        output,
-    }
+    Finished { code, output }
 }
 
 /// Reads one pipe line by line (a final unterminated line included) into the channel.

@@ -34,6 +34,12 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
             tracing::info!(checksum = %checksum, runner = pid, dest = %spec.dest, src = %spec.src, "transfer started");
             log_end(agent.state.clone(), checksum.clone());
             if !request.follow {
+                // A transfer that fails at once (unknown module, refused connection)
+                // is reported as failed, as the original did after its 1 s wait; one
+                // still running after a short wait is reported started.
+                if let Some(body) = early_failure(agent, &checksum).await {
+                    return Reply::ok(body);
+                }
                 return Reply::ok(started(&checksum));
             }
             follow(agent, &checksum, events).await;
@@ -51,6 +57,41 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         }
         Err(e) => Reply::error(500, e.to_string()),
     }
+}
+
+/// How long a started transfer is watched for an early failure.
+const EARLY_WAIT: Duration = Duration::from_millis(300);
+
+/// The original's failure body (`return` `"false"`, `content` rsync's output in base64)
+/// if the transfer ended with an error within [`EARLY_WAIT`].
+async fn early_failure(
+    agent: &Agent,
+    checksum: &str,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let deadline = tokio::time::Instant::now() + EARLY_WAIT;
+    while agent.state.running(checksum).is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let last = agent.state.last(checksum)?;
+    if last.code == Some(0) {
+        return None;
+    }
+    use base64::Engine as _;
+    let code = last.code.unwrap_or_else(|| 128 + last.signal.unwrap_or(0));
+    Some(deploy_common::order::object([
+        ("return", deploy_common::order::flag(false)),
+        (
+            "content",
+            serde_json::Value::String(
+                base64::engine::general_purpose::STANDARD.encode(&last.output_tail),
+            ),
+        ),
+        ("checksum", serde_json::Value::String(checksum.to_owned())),
+        ("exitCode", serde_json::Value::String(code.to_string())),
+    ]))
 }
 
 /// How often a started transfer is checked for its end (to log it).

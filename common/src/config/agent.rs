@@ -55,7 +55,8 @@ pub struct RsyncGroup {
     pub exclude: Vec<String>,
     /// `include[]` values.
     pub include: Vec<String>,
-    /// `option[]` values: extra rsync arguments, each one argv element.
+    /// `option[]` values: extra rsync arguments, each value split on whitespace as the
+    /// original did (so one line can give several).
     pub option: Vec<String>,
 }
 
@@ -280,7 +281,11 @@ fn parse_group(
         match (e.key.as_str(), e.list) {
             ("exclude", true) => group.exclude.push(e.value.clone()),
             ("include", true) => group.include.push(e.value.clone()),
-            ("option", true) => group.option.push(cx.nonempty(e)?),
+            // The original split the value on whitespace (`option[] = --recursive
+            // --times` is two arguments); an argument cannot contain a space.
+            ("option", true) => group
+                .option
+                .extend(cx.nonempty(e)?.split_whitespace().map(str::to_owned)),
             ("exclude" | "include" | "option", false) => return Err(cx.want_list(e)),
             ("dest" | "src" | "rsync" | "rsh" | "queue_path", true) => {
                 return Err(cx.want_scalar(e))
@@ -404,7 +409,7 @@ mod tests {
              rsh = ssh -p 2222 -o BatchMode=yes\n\
              exclude[] = .git\nexclude[] = *.tmp\n\
              include[] = keep/\n\
-             option[] = --delete\noption[] = --bwlimit=1000\n\
+             option[] = --delete\noption[] = --bwlimit=1000\noption[] =  --recursive   --times \n\
              queue_path = /tmp\n\
              [rsync::group::db]\ndest = a::B\nsrc = /srv/db\n",
         )
@@ -415,12 +420,15 @@ mod tests {
         assert_eq!(web.rsh.as_deref(), Some("ssh -p 2222 -o BatchMode=yes"));
         assert_eq!(web.exclude, [".git", "*.tmp"]);
         assert_eq!(web.include, ["keep/"]);
-        assert_eq!(web.option, ["--delete", "--bwlimit=1000"]);
+        assert_eq!(
+            web.option,
+            ["--delete", "--bwlimit=1000", "--recursive", "--times"]
+        );
         assert_eq!(c.groups["db"].rsync, PathBuf::from(DEFAULT_RSYNC));
         assert_eq!(c.agent.ignored.len(), 1);
         assert_eq!(
             c.agent.ignored[0].to_string(),
-            "/etc/deploy/deploy_agent.ini:11: [rsync::group::web] queue_path: ignored (the original documented it but never used it; transfer state lives in [server] state_dir)"
+            "/etc/deploy/deploy_agent.ini:12: [rsync::group::web] queue_path: ignored (the original documented it but never used it; transfer state lives in [server] state_dir)"
         );
     }
 
