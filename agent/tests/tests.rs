@@ -31,5 +31,6 @@ mod ops;
 mod orders;
 mod process;
 mod release;
+mod serf;
 mod upload;
 mod util;

@@ -175,12 +175,13 @@ impl Stream {
                 .chunk()
                 .await
                 .map(|c| c.map(|b| b.to_vec()))
-                .map_err(|e| error_chain(&e)),
+                .map_err(|e| error_chain(&e.without_url())),
         }
     }
 }
 
-/// An error with its causes (reqwest's own message is terse).
+/// An error with its causes (reqwest's own message is terse). Give it reqwest errors
+/// `without_url()`: their text would otherwise carry a presigned URL's credentials.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -264,7 +265,10 @@ async fn open(url: &str) -> Result<Stream, OpenError> {
         .get(&http)
         .send()
         .await
-        .map_err(|e| OpenError::Retry(error_chain(&e)))?;
+        // Without the URL: a presigned one carries the session token (and the
+        // signature) in its query, and this text goes to logs and replies. The caller
+        // names the source by its own URL.
+        .map_err(|e| OpenError::Retry(error_chain(&e.without_url())))?;
     let status = response.status();
     if status.is_success() {
         Ok(Stream::Http(response))
