@@ -486,7 +486,12 @@ impl Args {
         };
         let transport: Arc<dyn Transport> = Arc::new(Mux {
             agent: Arc::new(agent),
-            ssh: ssh.clone().map(|t| t as Arc<dyn Transport>),
+            // Release orders become scripts on SSH hosts (agents run them natively).
+            ssh: ssh.clone().map(|t| {
+                Arc::new(crate::ssh_release::SshReleases::new(
+                    t as Arc<dyn Transport>,
+                )) as Arc<dyn Transport>
+            }),
         });
         let live = matches!(
             self.order,

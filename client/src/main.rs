@@ -11,6 +11,7 @@
 //! | [`lock`] | `--order=lock` and `--lock`: the cluster lock, its heartbeat and release |
 //! | [`lines`] | the `lines` format (default for `run`): live, host-prefixed output; failure summary |
 //! | [`status`] | connected / running / done counts of SSH hosts on a terminal |
+//! | [`ssh_release`] | release orders on `ssh://` hosts: scripts on the agents' layout |
 //!
 //! # Design
 //!
@@ -32,6 +33,7 @@ mod lock;
 mod progress;
 mod render;
 mod rollout;
+mod ssh_release;
 mod status;
 
 use deploy_common::report;

@@ -17,14 +17,14 @@ use deploy_testkit::sshd::{cluster, home, HOSTS, JUMP};
 use serde_json::Value;
 
 #[derive(Debug)]
-struct Output {
-    status: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub(crate) status: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs deploy-client with HOME = `home`, no ssh-agent, under a 30 s limit.
-fn client(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+pub(crate) fn client(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     client_env(home, args, stdin, &[])
 }
 

@@ -1,0 +1,530 @@
+//! Releases on `ssh://` hosts: the real `deploy-client` rolling out stretcher manifests
+//! to real sshd instances (see [`crate::ssh`]), each host with its own `dest`
+//! (`%h-%p` in the manifest), and the layout it leaves read back by the Rust layout
+//! code of the agents (`deploy_release::layout::Releases`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use deploy_release::fetch::Hasher;
+use deploy_release::layout::Releases;
+use deploy_release::manifest::Algorithm;
+use deploy_testkit::sshd::{cluster, home, Cluster};
+use serde_json::Value;
+
+use crate::ssh::{client, Output};
+
+/// Artifacts and manifests in a temporary directory; hosts' dests beside them.
+struct Shelf {
+    dir: tempfile::TempDir,
+}
+
+impl Shelf {
+    fn new() -> Shelf {
+        Shelf {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A tar.gz whose `version` file says `version`; returns its path and sha256.
+    fn artifact(&self, version: &str) -> (PathBuf, String) {
+        let tree = self.path().join(format!("tree-{version}"));
+        std::fs::create_dir_all(tree.join("bin")).unwrap();
+        std::fs::write(tree.join("version"), version).unwrap();
+        std::fs::write(tree.join("bin/app"), format!("#!/bin/sh\necho {version}\n")).unwrap();
+        let archive = self.path().join(format!("app-{version}.tar.gz"));
+        let status = Command::new("tar")
+            .arg("-czf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&tree)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        (archive.clone(), sha256(&archive))
+    }
+
+    /// A manifest for `version` (the release strategy, dest `<shelf>/%h-%p/app`).
+    fn manifest(&self, version: &str, checksum: Option<&str>, extra: &str) -> String {
+        let (archive, sum) = self.artifact(version);
+        let path = self.path().join(format!("app-{version}.yml"));
+        std::fs::write(
+            &path,
+            format!(
+                "src: file://{}\nchecksum: {}\ndest: {}/%h-%p/app\nsync_strategy: release\nkeep: 3\n{extra}",
+                archive.display(),
+                checksum.unwrap_or(&sum),
+                self.path().display()
+            ),
+        )
+        .unwrap();
+        format!("@{}", path.display())
+    }
+
+    /// Host `i`'s dest.
+    fn dest(&self, c: &Cluster, i: usize) -> PathBuf {
+        let (ip, port, _) = &c.hosts[i];
+        self.path().join(format!("{ip}-{port}/app"))
+    }
+
+    /// `--dest` for every host.
+    fn dest_arg(&self) -> String {
+        format!("--dest={}/%h-%p/app", self.path().display())
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    let mut h = Hasher::new(Algorithm::Sha256);
+    h.update(&std::fs::read(path).unwrap());
+    h.hex()
+}
+
+fn version(dest: &Path) -> String {
+    std::fs::read_to_string(dest.join("version")).unwrap_or_default()
+}
+
+fn hosts(c: &Cluster, n: usize) -> String {
+    (0..n).map(|i| c.spec(i)).collect::<Vec<_>>().join(",")
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"))
+}
+
+/// The names in a releases directory that are not dot files.
+fn release_dirs(dest: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dest.with_file_name("app.releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn ssh_release_rollout_history_releases_rollback() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let shelf = Shelf::new();
+    let hosts = hosts(c, 3);
+    // post and success hooks run on each host, with the host's own dest.
+    let hooks = "commands:\n  post:\n    - echo \"$DEPLOY_RELEASE\" > \"$DEPLOY_DEST.post\"\n  success:\n    - cat > \"$DEPLOY_DEST.success\"\n";
+    let m1 = shelf.manifest("1", None, hooks);
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=deploy",
+            "--manifest",
+            &m1,
+            "-m",
+            "first",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:#?}");
+    assert!(out.stderr.contains("3 of 3 hosts switched"), "{out:#?}");
+    let doc = json(&out);
+    let id1 = doc[c.spec(0)]["deploy"]["content"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..3 {
+        let record = &doc[c.spec(i)]["deploy"]["content"];
+        assert_eq!(record["phase"], "switch", "{out:#?}");
+        assert_eq!(
+            record["id"],
+            id1.as_str(),
+            "every host names the release alike"
+        );
+        assert!(record["switched_at"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok());
+        let dest = shelf.dest(c, i);
+        assert_eq!(version(&dest), "1");
+        assert_eq!(
+            std::fs::read_link(&dest).unwrap(),
+            dest.with_file_name("app.releases").join(&id1),
+            "dest is a link to the release"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.with_file_name("app.post")).unwrap(),
+            format!("{id1}\n")
+        );
+        let log = std::fs::read_to_string(dest.with_file_name("app.success")).unwrap();
+        assert!(
+            log.contains(&format!("switched {} to {id1}", dest.display())),
+            "{log}"
+        );
+        let releases = dest.with_file_name("app.releases");
+        assert!(releases
+            .join(".meta")
+            .join(format!("{id1}.manifest"))
+            .is_file());
+        assert!(!releases.join(format!(".staging-{id1}")).exists());
+        assert!(!releases.join(format!(".download-{id1}")).exists());
+    }
+
+    // v2: the link moves, the history grows.
+    let m2 = shelf.manifest("2", None, "");
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=deploy",
+            "--manifest",
+            &m2,
+            "-m",
+            "second",
+            "--follow",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:#?}");
+    // --follow: each host's log, the result line kept out of it.
+    let spec1 = c.spec(1);
+    assert!(
+        out.stderr.contains(&format!("{spec1}: fetching file://")),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr.contains(&format!("{spec1}: switched ")),
+        "{out:#?}"
+    );
+    assert!(!out.stderr.contains("\"return\""), "{out:#?}");
+    let id2 = json(&out)[c.spec(1)]["deploy"]["content"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(id2 > id1);
+    for i in 0..3 {
+        assert_eq!(version(&shelf.dest(c, i)), "2");
+    }
+
+    // The agents' layout code reads what the scripts wrote: the same files.
+    let dest0 = shelf.dest(c, 0);
+    let layout = Releases::new(&dest0, None);
+    assert_eq!(layout.current().as_deref(), Some(id2.as_str()));
+    assert_eq!(layout.previous().as_deref(), Some(id1.as_str()));
+    assert_eq!(layout.ids(), [id1.clone(), id2.clone()]);
+    let listed = layout.list();
+    assert_eq!(listed[0].meta.id, id2);
+    assert!(listed[0].current);
+    assert_eq!(listed[0].meta.state, "active");
+    assert_eq!(listed[0].meta.message, "second");
+    assert_eq!(listed[1].meta.state, "inactive");
+    assert!(listed[1].meta.src.starts_with("file://"));
+    assert!(listed[1].meta.checksum.starts_with("sha256:"));
+    assert!(
+        listed[1].meta.who.starts_with("root@"),
+        "{:?}",
+        listed[1].meta
+    );
+    let history = layout.history();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[1].action, "switch");
+    assert_eq!(history[1].id, id2);
+    assert_eq!(history[1].from, id1);
+    assert_eq!(history[1].message, "second");
+    assert_eq!(layout.pending(), None);
+    // The agents' own rollback works on it too, and so does the lock (flock) between
+    // them; then back to v2 by the scripts below.
+    let (to, from) = deploy_release::ops::rollback(&layout, None, "rust", "").unwrap();
+    assert_eq!(
+        (to.as_str(), from.as_deref()),
+        (id1.as_str(), Some(id2.as_str()))
+    );
+    assert_eq!(version(&dest0), "1");
+
+    // releases: the agents' reply shape, the current one marked.
+    let dest_arg = shelf.dest_arg();
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=releases", &dest_arg],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:#?}");
+    let doc = json(&out);
+    let content = &doc[c.spec(0)]["releases"]["content"];
+    assert_eq!(content["current"], id1.as_str());
+    let listed: Value = serde_json::from_str(content["releases"].as_str().unwrap()).unwrap();
+    assert_eq!(listed[0]["id"], id2.as_str());
+    assert_eq!(listed[0]["current"], false);
+    assert_eq!(listed[1]["id"], id1.as_str());
+    assert_eq!(listed[1]["current"], true);
+    assert_eq!(listed[1]["message"], "first");
+    let history: Value = serde_json::from_str(content["history"].as_str().unwrap()).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 3);
+    assert_eq!(history[2]["action"], "rollback");
+    assert_eq!(history[2]["who"], "rust");
+    assert_eq!(
+        doc[c.spec(2)]["releases"]["content"]["current"],
+        id2.as_str()
+    );
+
+    // rollback by the scripts: host 0 by id prefix (back to v2), the others to the
+    // previous release (v1); revert-style, the history only grows.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(0),
+            "--order=rollback",
+            &dest_arg,
+            &format!("--release={}", &id2[..id2.len() - 2]),
+            "-m",
+            "forward",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:#?}");
+    assert_eq!(version(&dest0), "2");
+    let rest = format!("{},{}", c.spec(1), c.spec(2));
+    let out = client(
+        home.path(),
+        &["--hosts", &rest, "--order=rollback", &dest_arg, "-m", "bad"],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:#?}");
+    let record = &json(&out)[c.spec(1)]["rollback"]["content"];
+    assert_eq!(record["id"], id1.as_str());
+    assert_eq!(record["previous"], id2.as_str());
+    for i in 1..3 {
+        let dest = shelf.dest(c, i);
+        assert_eq!(version(&dest), "1");
+        let history = Releases::new(&dest, None).history();
+        let actions: Vec<&str> = history.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["switch", "switch", "rollback"]);
+        assert_eq!(history[2].message, "bad");
+        assert_eq!(Releases::new(&dest, None).meta(&id2).state, "inactive");
+    }
+    let actions: Vec<String> = Releases::new(&dest0, None)
+        .history()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["switch", "switch", "rollback", "rollback"]);
+
+    // Errors come back as an agent gives them: an unknown prefix, nothing to confirm.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(0),
+            "--order=rollback",
+            &dest_arg,
+            "--release=zzzz",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:#?}");
+    let record = &json(&out)[c.spec(0)]["rollback"];
+    assert_eq!(record["returnCode"], "409");
+    assert_eq!(
+        record["content"],
+        "rollback failed: no release matches \"zzzz\""
+    );
+    let out = client(
+        home.path(),
+        &["--hosts", &c.spec(0), "--order=confirm", &dest_arg],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:#?}");
+    assert_eq!(
+        json(&out)[c.spec(0)]["confirm"]["content"],
+        "no switch waits for a confirm"
+    );
+
+    // Keep 3: a fourth and a fifth release prune the oldest, never current or previous.
+    for v in ["3", "4"] {
+        let m = shelf.manifest(v, None, "");
+        let out = client(
+            home.path(),
+            &["--hosts", &c.spec(0), "--order=deploy", "--manifest", &m],
+            None,
+        );
+        assert_eq!(out.status, 0, "{out:#?}");
+    }
+    let left = release_dirs(&dest0);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(!left.contains(&id1), "{left:?}");
+    assert!(left.contains(&id2));
+    assert_eq!(version(&dest0), "4");
+}
+
+#[test]
+fn ssh_release_prepare_failure_switches_nobody() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let shelf = Shelf::new();
+    let hosts: String = (3..6).map(|i| c.spec(i)).collect::<Vec<_>>().join(",");
+    let m1 = shelf.manifest("1", None, "");
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=deploy", "--manifest", &m1],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:#?}");
+
+    // One host fails its `pre`: nobody switches, the prepared releases are discarded.
+    let blocked = shelf.dest(c, 5).with_file_name("block");
+    std::fs::write(&blocked, "").unwrap();
+    let pre = "commands:\n  pre:\n    - test ! -e \"$(dirname \"$DEPLOY_DEST\")/block\"\n";
+    let m2 = shelf.manifest("2", None, pre);
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=deploy", "--manifest", &m2],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:#?}");
+    assert!(out.stderr.contains("nobody in it switched"), "{out:#?}");
+    assert!(
+        out.stdout.contains("prepare failed: pre command failed"),
+        "{out:#?}"
+    );
+    for i in 3..6 {
+        let dest = shelf.dest(c, i);
+        assert_eq!(version(&dest), "1", "nobody switched");
+        assert_eq!(
+            release_dirs(&dest).len(),
+            1,
+            "the prepared release was discarded"
+        );
+        assert_eq!(Releases::new(&dest, None).history().len(), 1);
+    }
+
+    // A wrong checksum: refused before anything is unpacked.
+    let wrong = "0".repeat(64);
+    let m3 = shelf.manifest("3", Some(&wrong), "");
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=deploy", "--manifest", &m3],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:#?}");
+    let doc = json(&out);
+    let why = doc[c.spec(3)]["deploy"]["content"].as_str().unwrap();
+    assert!(
+        why.starts_with(&format!(
+            "prepare failed: checksum mismatch: expected sha256:{wrong}, got sha256:"
+        )),
+        "{why}"
+    );
+    for i in 3..6 {
+        let dest = shelf.dest(c, i);
+        assert_eq!(version(&dest), "1");
+        let dirs: Vec<String> = std::fs::read_dir(dest.with_file_name("app.releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !dirs
+                .iter()
+                .any(|n| n.starts_with(".staging-") || n.starts_with(".download-")),
+            "nothing left behind: {dirs:?}"
+        );
+    }
+
+    // A hostile archive (a `..` name) is refused whole.
+    let up = shelf.path().join("hostile/in");
+    std::fs::create_dir_all(&up).unwrap();
+    std::fs::write(shelf.path().join("hostile/evil"), "x").unwrap();
+    let archive = shelf.path().join("hostile.tar");
+    let status = Command::new("tar")
+        .arg("-cPf")
+        .arg(&archive)
+        .arg("../evil")
+        .current_dir(&up)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest = shelf.path().join("hostile.yml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "src: file://{}\nchecksum: {}\ndest: {}/%h-%p/app\nsync_strategy: release\n",
+            archive.display(),
+            sha256(&archive),
+            shelf.path().display()
+        ),
+    )
+    .unwrap();
+    let at = format!("@{}", manifest.display());
+    let out = client(
+        home.path(),
+        &["--hosts", &c.spec(3), "--order=deploy", "--manifest", &at],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:#?}");
+    assert!(out.stdout.contains("absolute or .. names"), "{out:#?}");
+    assert_eq!(version(&shelf.dest(c, 3)), "1");
+}
+
+#[test]
+fn ssh_release_unconfirmed_switch_reverts() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let shelf = Shelf::new();
+    let hosts = format!("{},{}", c.spec(6), c.spec(7));
+    let m1 = shelf.manifest("1", None, "");
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=deploy", "--manifest", &m1],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:#?}");
+    let m2 = shelf.manifest("2", None, "");
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=deploy",
+            "--manifest",
+            &m2,
+            "--confirm-within=2s",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:#?}");
+    let (kept, reverted) = (shelf.dest(c, 6), shelf.dest(c, 7));
+    assert_eq!(version(&kept), "2");
+    assert_eq!(version(&reverted), "2");
+    let pending = Releases::new(&kept, None).pending().expect("pending");
+    assert_eq!(
+        Some(pending.id.as_str()),
+        Releases::new(&kept, None).current().as_deref()
+    );
+    // One host is confirmed in time, the other is not.
+    let dest_arg = shelf.dest_arg();
+    let out = client(
+        home.path(),
+        &["--hosts", &c.spec(6), "--order=confirm", &dest_arg],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:#?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    // The reverter clears the pending confirm last, after the switch and the history.
+    while Releases::new(&reverted, None).pending().is_some() && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(version(&reverted), "1", "not confirmed: reverted");
+    assert_eq!(version(&kept), "2", "confirmed: kept");
+    let history = Releases::new(&reverted, None).history();
+    assert_eq!(history.last().unwrap().action, "revert");
+    assert_eq!(Releases::new(&reverted, None).pending(), None);
+    let history = Releases::new(&kept, None).history();
+    assert_eq!(history.last().unwrap().action, "confirm");
+}
