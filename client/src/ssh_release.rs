@@ -335,7 +335,7 @@ rm -rf -- "$W"; mkdir -m 700 -- "$W" || fail "cannot create $W"
 printf 'fetching %s\n' "$SRC"
 case $SRC in
   file://*) cp -- "${SRC#file://}" "$W/artifact" || fail "cannot fetch $SRC";;
-  *) curl -fsSL --proto =http,https --max-redirs 5 --connect-timeout 30 -o "$W/artifact" -- "$SRC" || fail "cannot fetch $SRC";;
+  *) curl -fsSL --proto =http,https --proto-redir =http,https --max-redirs 5 --connect-timeout 30 -o "$W/artifact" -- "$SRC" || fail "cannot fetch $SRC";;
 esac
 BYTES=$(wc -c <"$W/artifact" | tr -d ' ')
 printf 'Wrote %s bytes to %s\n' "$BYTES" "$W/artifact"
@@ -530,8 +530,16 @@ pub fn translate(
     let spec = spec_of(request)?;
     let who = who(spec, target);
     // The layout a manifest names, when the request is about its dest.
+    // (A switch or abort may come by id alone, without its dest, when the hosts of a
+    // rollout reported different dests: the run's manifest then names it.)
     let from_manifest = |dest: &str| -> Option<&Loaded> {
-        loaded.filter(|l| l.manifest.dest.as_deref() == Some(dest))
+        loaded.filter(|l| dest.is_empty() || l.manifest.dest.as_deref() == Some(dest))
+    };
+    let dest_of = |dest: &str| -> String {
+        match from_manifest(dest) {
+            Some(l) if dest.is_empty() => l.manifest.dest.clone().unwrap_or_default(),
+            _ => dest.to_owned(),
+        }
     };
     match (request.order.as_str(), spec.phase) {
         ("deploy", Phase::Prepare | Phase::All) => {
@@ -611,7 +619,8 @@ pub fn translate(
                 (_, Some(l)) => l.manifest.releases_dir.clone().unwrap_or_default(),
                 _ => String::new(),
             };
-            let releases = layout_for(target, &spec.dest, &releases_dir)?;
+            let dest = dest_of(&spec.dest);
+            let releases = layout_for(target, &dest, &releases_dir)?;
             let keep = kept.map_or(5, |l| l.manifest.keep);
             let revert = spec
                 .confirm_within
@@ -629,12 +638,7 @@ pub fn translate(
             script.text.push_str(
                 "finish \"{\\\"return\\\":\\\"true\\\",\\\"id\\\":\\\"$ID\\\",\\\"previous\\\":\\\"$FROM\\\",\\\"switched_at\\\":\\\"$SWITCHED_AT\\\"}\"\n",
             );
-            Ok((
-                script.into_request(request, None)?,
-                Kind::Switch {
-                    dest: spec.dest.clone(),
-                },
-            ))
+            Ok((script.into_request(request, None)?, Kind::Switch { dest }))
         }
         ("deploy", Phase::Abort) => {
             if !valid_id(&spec.id) {
@@ -645,7 +649,7 @@ pub fn translate(
                 (_, Some(l)) => l.manifest.releases_dir.clone().unwrap_or_default(),
                 _ => String::new(),
             };
-            let releases = layout_for(target, &spec.dest, &releases_dir)?;
+            let releases = layout_for(target, &dest_of(&spec.dest), &releases_dir)?;
             let mut script = Script::new(&releases, &who, &spec.message)?;
             script.var("ID", "id", &spec.id)?;
             script.text.push_str(ABORT);
@@ -1087,6 +1091,59 @@ mod tests {
         assert_eq!(record(&Kind::Confirm, down.clone()), down);
     }
 
+    /// Every script this module writes is valid `sh` (parsed with `sh -n`, whose
+    /// quoting of the script itself is then undone by a real shell too).
+    #[test]
+    fn every_script_parses() {
+        let target = Target::parse("ssh://web1", 22).unwrap();
+        let manifest = "src: https://example.invalid/a.tgz\nchecksum: sha1:da39a3ee5e6b4b0d3255bfef95601890afd80709\n\
+                        dest: /srv/app\nsync_strategy: release\ncommands:\n  pre: [\"echo it's\"]\n  \
+                        post: ['echo \"$DEPLOY_RELEASE\"']\n  success: [cat]\n  failure: ['cat >&2']\n";
+        let loaded = Loaded {
+            manifest: Manifest::parse_rendered(manifest).unwrap(),
+            rendered: manifest.to_owned(),
+        };
+        let mut requests = Vec::new();
+        for (order, phase, id) in [
+            ("deploy", Phase::Prepare, "20260102T030405.006Z"),
+            ("deploy", Phase::All, ""),
+            ("deploy", Phase::Switch, "20260102T030405.006Z-da39a3ee"),
+            ("deploy", Phase::Abort, "20260102T030405.006Z-da39a3ee"),
+            ("releases", Phase::All, ""),
+            ("rollback", Phase::All, "da39"),
+            ("confirm", Phase::All, ""),
+        ] {
+            requests.push(Request {
+                order: order.into(),
+                release: Some(Box::new(ReleaseSpec {
+                    dest: "/srv/app".into(),
+                    id: id.into(),
+                    phase,
+                    message: "it's \"$(v2)\"".into(),
+                    confirm_within: Some(30),
+                    ..ReleaseSpec::default()
+                })),
+                ..Request::default()
+            });
+        }
+        for request in &requests {
+            let (run, _) = translate(request, &target, Some(&loaded)).unwrap();
+            let command = run.argv.join(" ");
+            // The remote login shell gets `sh -c '<script>'`: check the script with -n.
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(command.replacen("sh -c", "sh -n -c", 1))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                request.order,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     #[test]
     fn translate_checks_and_expands() {
         let target = Target::parse("ssh://root@web1:2222", 22).unwrap();
@@ -1122,6 +1179,28 @@ mod tests {
             r.release.as_mut().unwrap().phase = Phase::Switch;
             assert_eq!(translate(&r, &target, None).unwrap_err().code, 400, "{id}");
         }
+        // A switch by id alone: the run's manifest names the dest (and its keep).
+        let text = "src: file:///a.tgz\nchecksum: sha1:da39a3ee5e6b4b0d3255bfef95601890afd80709\n\
+                    dest: /srv/%h/app\nsync_strategy: release\nreleases_dir: /srv/r-%h\n";
+        let loaded = Loaded {
+            manifest: Manifest::parse_rendered(text).unwrap(),
+            rendered: text.to_owned(),
+        };
+        let mut r = request("deploy", "", "20260102T030405.006Z-da39a3ee");
+        r.release.as_mut().unwrap().phase = Phase::Switch;
+        let (run, kind) = translate(&r, &target, Some(&loaded)).unwrap();
+        assert_eq!(
+            kind,
+            Kind::Switch {
+                dest: "/srv/%h/app".into()
+            }
+        );
+        assert!(
+            run.argv[2].contains("D='\\''/srv/web1/app'\\''"),
+            "{}",
+            run.argv[2]
+        );
+        assert!(run.argv[2].contains("R='\\''/srv/r-web1'\\''"));
         assert_eq!(
             translate(&request("rollback", "/srv/app", "ab"), &target, None)
                 .unwrap_err()
