@@ -387,3 +387,86 @@ fn stretcher_event_mode_deploys_once_per_event() {
     let (code, log) = stretcher(&ini, b"file:///nowhere.yml\n", &[("DEST", &dest_text)]);
     assert_eq!(code, 1, "{log}");
 }
+
+/// Agents and `ssh://` hosts in one rollout: the client renders the manifest for the
+/// SSH hosts (with its own `DEST`, `%h-%p` per host) and drives them with scripts, the
+/// agents run it natively; both prepare before either switches, and both leave the
+/// same layout, which `releases` and `rollback` read alike.
+#[test]
+fn a_rollout_mixes_agents_and_ssh_hosts() {
+    let Some(c) = deploy_testkit::sshd::cluster() else {
+        return;
+    };
+    let home = deploy_testkit::sshd::home(c, true);
+    let shelf = Shelf::new();
+    let sb = Sandbox::new();
+    let (agent, agent_dest) = deploying_agent(&sb, &shelf);
+    let ssh: Vec<String> = (8..10).map(|i| c.spec(i)).collect();
+    let ssh_dest = |i: usize| {
+        let (ip, port, _) = &c.hosts[i];
+        shelf.dir.join(format!("ssh-{ip}-{port}/app"))
+    };
+    let hosts = format!("{},{}", agent.addr(), ssh.join(","));
+    let template = format!("{}/ssh-%h-%p/app", shelf.dir.display());
+    let client = |args: &[&str]| {
+        run_command(
+            Command::new(bins::client())
+                .args(args)
+                .env_clear()
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .env("DEPLOY_KEY_CIPHER", KEY)
+                .env("HOME", home.path())
+                .env("USER", "root")
+                .env("DEST", &template),
+            std::time::Duration::from_secs(60),
+        )
+    };
+    for v in ["1", "2"] {
+        let out = client(&[
+            "--hosts",
+            &hosts,
+            "--order=deploy",
+            "--manifest",
+            &shelf.manifest(v),
+        ]);
+        assert_eq!(out.code, Some(0), "{out:#?}");
+        assert!(out.stderr.contains("3 of 3 hosts switched"), "{out:#?}");
+        let doc = out.json();
+        let ids: Vec<&str> = doc
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|h| h["deploy"]["content"]["id"].as_str().unwrap())
+            .collect();
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "one release id: {ids:?}"
+        );
+        assert_eq!(version(&agent_dest), v);
+        for i in 8..10 {
+            assert_eq!(version(&ssh_dest(i)), v);
+        }
+    }
+    // The SSH hosts' layout is the agents': the agent's own code lists it.
+    let agent_side = deploy_release::layout::Releases::new(&ssh_dest(8), None);
+    assert_eq!(agent_side.ids().len(), 2);
+    assert_eq!(agent_side.history().len(), 2);
+    // Back everywhere, each host on its own dest.
+    for (host, dest) in [
+        (agent.addr().to_string(), agent_dest.display().to_string()),
+        (ssh.join(","), template.clone()),
+    ] {
+        let out = client(&["--hosts", &host, "--order=rollback", "--dest", &dest]);
+        assert_eq!(out.code, Some(0), "{out:#?}");
+    }
+    assert_eq!(version(&agent_dest), "1");
+    for i in 8..10 {
+        assert_eq!(version(&ssh_dest(i)), "1");
+        let actions: Vec<String> = deploy_release::layout::Releases::new(&ssh_dest(i), None)
+            .history()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(actions, ["switch", "switch", "rollback"]);
+    }
+}
