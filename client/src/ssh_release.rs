@@ -199,7 +199,7 @@ fn layout_for(target: &Target, dest: &str, releases_dir: &str) -> Result<Release
     ))
 }
 
-/// The script's functions and variables, then `body`, as a `run` request for `sh -c`.
+/// The script's functions and variables, then its steps, as a `run` request for `sh -s`.
 struct Script {
     text: String,
 }
@@ -236,18 +236,22 @@ impl Script {
         Ok(())
     }
 
-    /// `run` request: `sh -c SCRIPT` (each argv word is already shell syntax: the
-    /// remote login shell joins and parses them).
-    fn into_request(self, original: &Request, stdin: Option<&[u8]>) -> Result<Request, Reply> {
-        let script = quote("the script", &self.text).map_err(|e| bad(400, e.to_string()))?;
-        Ok(Request {
+    /// The `run` request: `sh -s`, the script on its standard input. The remote login
+    /// shell (bash, csh, fish: whichever) sees only `sh -s`, so the script's newlines
+    /// and quotes are `sh`'s alone, and its size is not bounded by the command line's.
+    /// The script is one brace group, which `sh` reads whole before running any of it,
+    /// with its standard input from `/dev/null`: nothing in it can read the rest of the
+    /// script.
+    fn into_request(self, original: &Request) -> Request {
+        let stdin = format!("{{\n{}\n}} </dev/null\n", self.text);
+        Request {
             order: "run".to_owned(),
-            argv: vec!["sh".to_owned(), "-c".to_owned(), script],
-            stdin: stdin.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+            argv: vec!["sh".to_owned(), "-s".to_owned()],
+            stdin: Some(base64::engine::general_purpose::STANDARD.encode(stdin)),
             sudo: original.sudo,
             follow: original.follow,
             ..Request::default()
-        })
+        }
     }
 }
 
@@ -317,6 +321,7 @@ fn prepare_steps(script: &mut Script, loaded: &Loaded, id: &str, meta: &Meta) ->
         "the record",
         &serde_json::to_string(meta).unwrap_or_default(),
     )?;
+    script.var("MANIFEST", "the manifest", &loaded.rendered)?;
     script.text.push_str(PREPARE_FETCH);
     script.hooks("pre", &m.commands.pre)?;
     script.text.push_str(PREPARE_UNPACK);
@@ -352,7 +357,7 @@ tar -x --no-same-owner -f "$W/artifact" -C "$S" || fail "cannot unpack $SRC"
 chmod "$MODE" "$S" || fail "cannot chmod $S"
 mv -T -- "$S" "$R/$ID" || fail "cannot rename into $R/$ID"
 printf '%s\n' "$META" >"$R/.meta/$ID.json.tmp" && mv -f "$R/.meta/$ID.json.tmp" "$R/.meta/$ID.json" || fail "cannot write $R/.meta/$ID.json"
-cat >"$R/.meta/$ID.manifest.tmp" && mv -f "$R/.meta/$ID.manifest.tmp" "$R/.meta/$ID.manifest" || fail "cannot write $R/.meta/$ID.manifest"
+printf '%s' "$MANIFEST" >"$R/.meta/$ID.manifest.tmp" && mv -f "$R/.meta/$ID.manifest.tmp" "$R/.meta/$ID.manifest" || fail "cannot write $R/.meta/$ID.manifest"
 rm -rf -- "$W"
 on_fail() { :; }
 printf 'prepared release %s\n' "$ID"
@@ -606,7 +611,7 @@ pub fn translate(
                     .push_str("finish \"{\\\"return\\\":\\\"true\\\",\\\"id\\\":\\\"$ID\\\",\\\"bytes\\\":\\\"$BYTES\\\"}\"\n");
                 Kind::Prepare { dest }
             };
-            let run = script.into_request(request, Some(loaded.rendered.as_bytes()))?;
+            let run = script.into_request(request);
             Ok((run, kind))
         }
         ("deploy", Phase::Switch) => {
@@ -638,7 +643,7 @@ pub fn translate(
             script.text.push_str(
                 "finish \"{\\\"return\\\":\\\"true\\\",\\\"id\\\":\\\"$ID\\\",\\\"previous\\\":\\\"$FROM\\\",\\\"switched_at\\\":\\\"$SWITCHED_AT\\\"}\"\n",
             );
-            Ok((script.into_request(request, None)?, Kind::Switch { dest }))
+            Ok((script.into_request(request), Kind::Switch { dest }))
         }
         ("deploy", Phase::Abort) => {
             if !valid_id(&spec.id) {
@@ -654,7 +659,7 @@ pub fn translate(
             script.var("ID", "id", &spec.id)?;
             script.text.push_str(ABORT);
             Ok((
-                script.into_request(request, None)?,
+                script.into_request(request),
                 Kind::Abort {
                     id: spec.id.clone(),
                 },
@@ -692,7 +697,7 @@ pub fn translate(
                     Kind::Confirm
                 }
             };
-            Ok((script.into_request(request, None)?, kind))
+            Ok((script.into_request(request), kind))
         }
         (other, _) => Err(bad(501, format!("order {other:?} is not a release order"))),
     }
@@ -1128,12 +1133,20 @@ mod tests {
         }
         for request in &requests {
             let (run, _) = translate(request, &target, Some(&loaded)).unwrap();
-            let command = run.argv.join(" ");
-            // The remote login shell gets `sh -c '<script>'`: check the script with -n.
+            assert_eq!(run.argv, ["sh", "-s"]);
             let out = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(command.replacen("sh -c", "sh -n -c", 1))
-                .output()
+                .args(["-n", "-s"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write as _;
+                    let mut pipe = child.stdin.take().unwrap();
+                    pipe.write_all(&script_of(&run))?;
+                    drop(pipe);
+                    child.wait_with_output()
+                })
                 .unwrap();
             assert!(
                 out.status.success(),
@@ -1142,6 +1155,13 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    /// The script a translated request sends.
+    fn script_of(run: &Request) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(run.stdin.as_deref().unwrap())
+            .unwrap()
     }
 
     #[test]
@@ -1160,13 +1180,12 @@ mod tests {
             translate(&request("releases", "/srv/%h-%p/app", ""), &target, None).unwrap();
         assert_eq!(kind, Kind::Releases);
         assert_eq!(run.order, "run");
-        assert_eq!(run.argv[..2], ["sh", "-c"]);
+        let script = String::from_utf8(script_of(&run)).unwrap();
+        assert!(script.contains("D='/srv/web1-2222/app'\n"), "{script}");
         assert!(
-            run.argv[2].contains("D='\\''/srv/web1-2222/app'\\''"),
-            "{}",
-            run.argv[2]
+            script.contains("R='/srv/web1-2222/app.releases'\n"),
+            "{script}"
         );
-        assert!(run.argv[2].contains("R='\\''/srv/web1-2222/app.releases'\\''"));
         // Relative dests, hostile ids and short prefixes are refused before any host.
         assert_eq!(
             translate(&request("releases", "srv/app", ""), &target, None)
@@ -1195,12 +1214,9 @@ mod tests {
                 dest: "/srv/%h/app".into()
             }
         );
-        assert!(
-            run.argv[2].contains("D='\\''/srv/web1/app'\\''"),
-            "{}",
-            run.argv[2]
-        );
-        assert!(run.argv[2].contains("R='\\''/srv/r-web1'\\''"));
+        let script = String::from_utf8(script_of(&run)).unwrap();
+        assert!(script.contains("D='/srv/web1/app'\n"), "{script}");
+        assert!(script.contains("R='/srv/r-web1'\n"), "{script}");
         assert_eq!(
             translate(&request("rollback", "/srv/app", "ab"), &target, None)
                 .unwrap_err()

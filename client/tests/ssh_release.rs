@@ -115,7 +115,7 @@ fn ssh_release_rollout_history_releases_rollback() {
     let shelf = Shelf::new();
     let hosts = hosts(c, 3);
     // post and success hooks run on each host, with the host's own dest.
-    let hooks = "commands:\n  post:\n    - echo \"$DEPLOY_RELEASE\" > \"$DEPLOY_DEST.post\"\n  success:\n    - cat > \"$DEPLOY_DEST.success\"\n";
+    let hooks = "commands:\n  pre:\n    - cat > \"$DEPLOY_DEST.pre-stdin\"\n  post:\n    - echo \"$DEPLOY_RELEASE\" > \"$DEPLOY_DEST.post\"\n  success:\n    - cat > \"$DEPLOY_DEST.success\"\n";
     let m1 = shelf.manifest("1", None, hooks);
     let out = client(
         home.path(),
@@ -160,6 +160,11 @@ fn ssh_release_rollout_history_releases_rollback() {
         assert_eq!(
             std::fs::read_to_string(dest.with_file_name("app.post")).unwrap(),
             format!("{id1}\n")
+        );
+        // The script comes on sh's standard input; none of it reaches a hook.
+        assert_eq!(
+            std::fs::read_to_string(dest.with_file_name("app.pre-stdin")).unwrap(),
+            ""
         );
         let log = std::fs::read_to_string(dest.with_file_name("app.success")).unwrap();
         assert!(
