@@ -369,7 +369,7 @@ fn ssh_release_rollout_history_releases_rollback() {
 }
 
 #[test]
-fn ssh_release_prepare_failure_switches_nobody() {
+fn ssh_release_failures_switch_nobody_or_roll_back() {
     let Some(c) = cluster() else { return };
     let home = home(c, true);
     let shelf = Shelf::new();
@@ -474,6 +474,38 @@ fn ssh_release_prepare_failure_switches_nobody() {
     assert_eq!(out.status, 1, "{out:#?}");
     assert!(out.stdout.contains("absolute or .. names"), "{out:#?}");
     assert_eq!(version(&shelf.dest(c, 3)), "1");
+
+    // One host fails to switch (its dest became a real directory): the hosts that
+    // switched are rolled back, and the failing one ran its failure hooks.
+    let odd = shelf.dest(c, 5);
+    std::fs::remove_file(&odd).unwrap();
+    std::fs::create_dir(&odd).unwrap();
+    let failure = "commands:\n  failure:\n    - cat > \"$DEPLOY_DEST.failure\"\n";
+    let m4 = shelf.manifest("4", None, failure);
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=deploy", "--manifest", &m4],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:#?}");
+    assert!(out.stderr.contains("2 hosts rolled back"), "{out:#?}");
+    let why = json(&out)[c.spec(5)]["deploy"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(why.contains("is not a symbolic link to a release"), "{why}");
+    let log = std::fs::read_to_string(odd.with_file_name("app.failure")).unwrap();
+    assert!(log.contains("deploy failed"), "{log}");
+    for i in 3..5 {
+        let dest = shelf.dest(c, i);
+        assert_eq!(version(&dest), "1", "rolled back");
+        let actions: Vec<String> = Releases::new(&dest, None)
+            .history()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(actions, ["switch", "switch", "rollback"]);
+    }
 }
 
 #[test]
