@@ -217,6 +217,8 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
     let mut finals: Vec<HostResult> = Vec::new();
     let mut code = crate::EXIT_OK;
     let mut switched_total = 0usize;
+    // Hosts: the agents behind a proxy count one each, targets not reached count too.
+    let mut hosts_total = targets.len();
     let mut notes: Vec<String> = Vec::new();
     let started = std::time::Instant::now();
     for (n, wave) in plan.waves(targets.len()).into_iter().enumerate() {
@@ -234,6 +236,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
         )
         .await;
         let prepare_time = prepare_start.elapsed();
+        hosts_total = hosts_total - wave_targets.len() + prepared.len();
         let (ok, failed): (Vec<&Record>, Vec<&Record>) = prepared.iter().partition(|r| r.ok());
         let blocking: Vec<&&Record> = failed
             .iter()
@@ -371,8 +374,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
         finals.extend(failed.into_iter().map(|r| r.result.clone()));
     }
     notes.push(format!(
-        "{switched_total} of {} hosts switched in {:.2}s",
-        targets.len(),
+        "{switched_total} of {hosts_total} hosts switched in {:.2}s",
         started.elapsed().as_secs_f64()
     ));
     let mut out = io::BufWriter::new(io::stdout().lock());
