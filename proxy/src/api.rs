@@ -314,7 +314,10 @@ fn release(order: OrderName, fields: Map<String, Value>) -> Result<ReleaseSpec, 
             order.as_str()
         )));
     }
-    if let Some(unknown) = fields.keys().find(|k| !RELEASE_FIELDS.contains(&k.as_str())) {
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !RELEASE_FIELDS.contains(&k.as_str()))
+    {
         return Err(ApiError::InvalidRelease(format!(
             "unknown field {:?} (expected one of {})",
             short(unknown),
@@ -550,8 +553,16 @@ mod tests {
         )));
         let spec = r.release.unwrap();
         assert_eq!(
-            (spec.manifest_url.as_str(), spec.phase, spec.message.as_str()),
-            ("file:///m.yml", deploy_common::order::release::Phase::Prepare, "v2")
+            (
+                spec.manifest_url.as_str(),
+                spec.phase,
+                spec.message.as_str()
+            ),
+            (
+                "file:///m.yml",
+                deploy_common::order::release::Phase::Prepare,
+                "v2"
+            )
         );
         assert_eq!(spec.confirm_within, Some(60));
         let status = |t, b: &[u8]| parse(&req("POST", t, KEY, b)).map_err(|e| e.status());
@@ -590,7 +601,11 @@ mod tests {
         let Value::Object(map) = serde_json::to_value(full).unwrap() else {
             panic!("not an object");
         };
-        let mut wire: Vec<&str> = map.keys().map(String::as_str).filter(|k| *k != "who").collect();
+        let mut wire: Vec<&str> = map
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "who")
+            .collect();
         let mut ours = RELEASE_FIELDS.to_vec();
         wire.sort_unstable();
         ours.sort_unstable();

@@ -159,7 +159,13 @@ fn a_rollout_through_the_proxy_switches_every_agent_and_names_the_key() {
     let s = setup();
     let out = s.client(
         "groups:fleet",
-        &["--order=deploy", "--manifest", &s.shelf.manifest("1"), "-m", "first"],
+        &[
+            "--order=deploy",
+            "--manifest",
+            &s.shelf.manifest("1"),
+            "-m",
+            "first",
+        ],
     );
     out.expect_code(0);
     assert!(
@@ -197,11 +203,21 @@ fn a_rollout_through_the_proxy_switches_every_agent_and_names_the_key() {
     let (agent1, dest1) = &s.fleet[1];
     let out = s.client(
         &format!("hosts:{}", agent1.addr()),
-        &["--order=rollback", "--dest", &dest1.display().to_string(), "-m", "bad"],
+        &[
+            "--order=rollback",
+            "--dest",
+            &dest1.display().to_string(),
+            "-m",
+            "bad",
+        ],
     );
     out.expect_code(0);
     assert_eq!(version(dest1), "1");
-    assert_eq!(version(&s.fleet[2].1), "2", "only the named agent rolled back");
+    assert_eq!(
+        version(&s.fleet[2].1),
+        "2",
+        "only the named agent rolled back"
+    );
     let last = s.history(1).pop().unwrap();
     assert_eq!(
         (&last["action"], &last["who"], &last["message"]),
@@ -235,7 +251,13 @@ fn an_agent_refusing_to_prepare_means_nobody_switches() {
         assert_eq!(version(dest), "1", "nobody switched");
         let kept = std::fs::read_dir(dest.with_file_name("app.releases"))
             .unwrap()
-            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
             .count();
         assert_eq!(kept, 1, "the prepared release was discarded");
     }

@@ -343,7 +343,8 @@ fn remember(agent: &Agent, id: &str, dest: &str, releases_dir: Option<&str>) {
     let Some(path) = prepared_record(agent, id) else {
         return;
     };
-    let record = serde_json::json!({"dest": dest, "releases_dir": releases_dir.unwrap_or_default()});
+    let record =
+        serde_json::json!({"dest": dest, "releases_dir": releases_dir.unwrap_or_default()});
     let written = path
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)

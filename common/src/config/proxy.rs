@@ -762,7 +762,11 @@ mod tests {
         assert_eq!(api.name_for("b").as_deref(), Some("ci"));
         assert_eq!(api.name_for("change-me-web-only").as_deref(), Some("ops"));
         assert_eq!(api.name_for("zz"), None, "a name alone grants nothing");
-        for bad in ["[names]\na[] = x\n", "[names]\na = \n", "[names]\na = x y\n"] {
+        for bad in [
+            "[names]\na[] = x\n",
+            "[names]\na = \n",
+            "[names]\na = x y\n",
+        ] {
             assert!(
                 ApiKeys::parse(bad, Path::new("/etc/deploy/api.ini")).is_err(),
                 "{bad:?}"
