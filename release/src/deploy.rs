@@ -132,6 +132,9 @@ pub struct Activated {
     pub previous: Option<String>,
     /// Releases removed by pruning.
     pub pruned: Vec<String>,
+    /// The instant `dest` was switched (the rename), in Unix milliseconds (release
+    /// strategy): the history, states and pruning that follow do not count.
+    pub switched_at: Option<i64>,
 }
 
 fn check_hooks(manifest: &Manifest, settings: &Settings) -> Result<(), DeployError> {
@@ -543,6 +546,7 @@ pub fn switch(
     let releases = Releases::new(dest, manifest.releases_dir.as_deref().map(Path::new));
     let _lock = releases.lock()?;
     let previous = releases.switch(id)?;
+    let switched_at = chrono::Utc::now().timestamp_millis();
     releases.append(&Event {
         time: layout::now(),
         action: action.to_owned(),
@@ -579,6 +583,7 @@ pub fn switch(
         id: Some(id.to_owned()),
         previous,
         pruned,
+        switched_at: Some(switched_at),
     })
 }
 

@@ -447,7 +447,12 @@ async fn switch(
             "switch",
             &log,
         );
-        let switched_at = unix_ms();
+        // The instant of the rename itself (what a fleet's skew is about), not the end
+        // of the bookkeeping after it.
+        let switched_at = match &switched {
+            Ok(a) => a.switched_at.map_or_else(unix_ms, |ms| ms.to_string()),
+            Err(_) => unix_ms(),
+        };
         let result = match switched {
             Ok(activated) => {
                 let env = vec![("DEPLOY_RELEASE".to_owned(), id.clone())];
