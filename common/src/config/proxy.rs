@@ -904,7 +904,7 @@ mod tests {
             ),
             (
                 "[server]\n",
-                "/etc/deploy/api.ini:1: unknown section [server] (expected keys, orders, servers or group::<name>)",
+                "/etc/deploy/api.ini:1: unknown section [server] (expected keys, orders, servers, names or group::<name>)",
             ),
             ("k[] = web\n", "/etc/deploy/api.ini:1: key \"k[]\" before the first [section] header"),
         ] {
