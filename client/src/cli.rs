@@ -461,7 +461,11 @@ impl Args {
             public_key,
             connect_timeout: Duration::from_secs(self.socket_timeout),
             deadline: Duration::from_secs(self.thread_timeout.unwrap_or(DEFAULT_THREAD_TIMEOUT)),
-            pool: None,
+            // A rollout's phases go to the same hosts one after the other: the switch
+            // reuses the authenticated connections of the prepare, so that it lands on
+            // every host within one round trip rather than one handshake each.
+            pool: (self.order == OrderArg::Deploy)
+                .then(|| Arc::new(deploy_common::transport::agent::Pool::default())),
         };
         let ssh = if targets.iter().any(|t| t.scheme == Scheme::Ssh) {
             let mut options = ssh_options();

@@ -217,6 +217,8 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
     let mut finals: Vec<HostResult> = Vec::new();
     let mut code = crate::EXIT_OK;
     let mut switched_total = 0usize;
+    // Hosts: the agents behind a proxy count one each, targets not reached count too.
+    let mut hosts_total = targets.len();
     let mut notes: Vec<String> = Vec::new();
     let started = std::time::Instant::now();
     for (n, wave) in plan.waves(targets.len()).into_iter().enumerate() {
@@ -234,6 +236,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
         )
         .await;
         let prepare_time = prepare_start.elapsed();
+        hosts_total = hosts_total - wave_targets.len() + prepared.len();
         let (ok, failed): (Vec<&Record>, Vec<&Record>) = prepared.iter().partition(|r| r.ok());
         let blocking: Vec<&&Record> = failed
             .iter()
@@ -241,23 +244,28 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
                 !(skip_unreachable && matches!(r.result.outcome, Outcome::Unreachable { .. }))
             })
             .collect();
-        // Every prepared host names its release alike; one dest per switch request.
-        let mut by_dest: BTreeMap<(String, String), Vec<&Record>> = BTreeMap::new();
+        // Every prepared host names its release alike: one switch request per id. Its
+        // dest is sent when the hosts share it; hosts whose dests differ (each renders
+        // the manifest with its own environment; or agents behind a proxy, which one
+        // request reaches) find theirs from the id.
+        let mut by_id: BTreeMap<String, (Option<String>, Vec<&Record>)> = BTreeMap::new();
         for r in &ok {
-            by_dest
-                .entry((
-                    r.field("dest").unwrap_or_default(),
-                    r.field("id").unwrap_or_default(),
-                ))
-                .or_default()
-                .push(r);
+            let dest = r.field("dest").unwrap_or_default();
+            let entry = by_id
+                .entry(r.field("id").unwrap_or_default())
+                .or_insert_with(|| (Some(dest.clone()), Vec::new()));
+            if entry.0.as_deref() != Some(dest.as_str()) {
+                entry.0 = None;
+            }
+            entry.1.push(r);
         }
+        let dest_of = |d: &Option<String>| d.clone().unwrap_or_default();
         if !blocking.is_empty() {
-            for (dest, id) in by_dest.keys() {
+            for (id, (dest, _)) in &by_id {
                 let _ = phase(
                     &transport,
                     &wave_targets,
-                    with_phase(&request, Phase::Abort, dest, id),
+                    with_phase(&request, Phase::Abort, &dest_of(dest), id),
                     false,
                 )
                 .await;
@@ -283,7 +291,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
         // Phase 2: switch every prepared host at once.
         let switch_start = std::time::Instant::now();
         let mut switched: Vec<Record> = Vec::new();
-        for ((dest, id), hosts) in &by_dest {
+        for (id, (dest, hosts)) in &by_id {
             let mut ts: Vec<usize> = hosts.iter().map(|r| r.target).collect();
             ts.sort_unstable();
             ts.dedup();
@@ -295,7 +303,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
                 phase(
                     &transport,
                     &group,
-                    with_phase(&request, Phase::Switch, dest, id),
+                    with_phase(&request, Phase::Switch, &dest_of(dest), id),
                     lines,
                 )
                 .await,
@@ -324,30 +332,39 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
         if !switch_failed.is_empty() {
             code = crate::EXIT_ORDER_FAILED;
             if plan.rollback_on_failure {
-                let done: Vec<usize> = switched
-                    .iter()
-                    .filter(|r| r.ok())
-                    .map(|r| r.target)
-                    .collect();
-                let group: Vec<Target> = done
-                    .iter()
-                    .filter_map(|&i| wave_targets.get(i).cloned())
-                    .collect();
-                if let Some(((dest, _), _)) = by_dest.iter().next() {
-                    let mut back = with_phase(&request, Phase::All, dest, "");
-                    back.order = "rollback".into();
-                    let rolled = phase(&transport, &group, back, false).await;
-                    notes.push(format!(
-                        "wave {}: switch failed on {}; {} hosts rolled back",
-                        n + 1,
-                        switch_failed
-                            .iter()
-                            .map(|r| r.result.host.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        rolled.iter().filter(|r| r.ok()).count()
-                    ));
+                // Each switched host goes back on its own dest; behind a proxy, only
+                // the agents that switched are named (`hosts:`), so that a host that
+                // failed to switch is not rolled back past its current release.
+                let mut back_groups: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
+                for r in switched.iter().filter(|r| r.ok()) {
+                    let relayed = matches!(r.result.outcome, Outcome::Relayed { .. });
+                    back_groups
+                        .entry((r.field("dest").unwrap_or_default(), r.target))
+                        .or_default()
+                        .extend(relayed.then(|| r.result.host.clone()));
                 }
+                let mut rolled_back = 0;
+                for ((dest, target), agents) in back_groups {
+                    let Some(t) = wave_targets.get(target).cloned() else {
+                        continue;
+                    };
+                    let mut back = with_phase(&request, Phase::All, &dest, "");
+                    back.order = "rollback".into();
+                    if !agents.is_empty() {
+                        back.args = format!("hosts:{}", agents.join(","));
+                    }
+                    let rolled = phase(&transport, &[t], back, false).await;
+                    rolled_back += rolled.iter().filter(|r| r.ok()).count();
+                }
+                notes.push(format!(
+                    "wave {}: switch failed on {}; {rolled_back} hosts rolled back",
+                    n + 1,
+                    switch_failed
+                        .iter()
+                        .map(|r| r.result.host.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ));
             }
             finals.extend(switched.into_iter().map(|r| r.result));
             finals.extend(failed.into_iter().map(|r| r.result.clone()));
@@ -357,8 +374,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
         finals.extend(failed.into_iter().map(|r| r.result.clone()));
     }
     notes.push(format!(
-        "{switched_total} of {} hosts switched in {:.2}s",
-        targets.len(),
+        "{switched_total} of {hosts_total} hosts switched in {:.2}s",
         started.elapsed().as_secs_f64()
     ));
     let mut out = io::BufWriter::new(io::stdout().lock());

@@ -14,6 +14,9 @@
 //!   body        {"options":"…","args":"…"}   when Content-Type is application/json or the
 //!                                            body starts with `{` (what `curl -d` sends);
 //!               options=…&args=…             otherwise (application/x-www-form-urlencoded)
+//!   release     {"release":{"manifest_url":"…","phase":"prepare",…}}   JSON body only, for
+//!               deploy, releases, rollback and confirm: the fields of the v2 wire's
+//!               `release` (ReleaseSpec), each checked; `who` is the proxy's to set
 //!   stream      Accept: application/x-ndjson
 //! ```
 //!
@@ -31,8 +34,10 @@
     clippy::panic
 )]
 
+use deploy_common::order::release::ReleaseSpec;
 use deploy_common::order::{OrderName, Request};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 /// The largest request body accepted (1 MiB); larger is a 413.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -128,6 +133,10 @@ pub enum ApiError {
     /// No API key.
     #[error("missing API key (X-Api-Key header)")]
     MissingKey,
+    /// A `release` field that is not an object of the known fields, or one sent with an
+    /// order that has none.
+    #[error("invalid release field: {0}")]
+    InvalidRelease(String),
 }
 
 impl ApiError {
@@ -143,7 +152,8 @@ impl ApiError {
             | ApiError::HeaderNotUtf8(_)
             | ApiError::InvalidJson(_)
             | ApiError::UnknownParameter(_)
-            | ApiError::DuplicateParameter(_) => 400,
+            | ApiError::DuplicateParameter(_)
+            | ApiError::InvalidRelease(_) => 400,
         }
     }
 
@@ -215,6 +225,10 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
         .filter(|(name, _)| name.eq_ignore_ascii_case("accept"))
         .any(|(_, value)| contains_ignore_case(value, b"application/x-ndjson"));
 
+    let release = match params.release {
+        None => None,
+        Some(fields) => Some(Box::new(release(order, fields)?)),
+    };
     let api_key = api_key.ok_or(ApiError::MissingKey)?;
     Ok(Call::Order {
         request: Box::new(Request {
@@ -222,6 +236,7 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
             options: params.options.unwrap_or_default(),
             args: params.args.unwrap_or_default(),
             api_key,
+            release,
             ..Request::default()
         }),
         stream,
@@ -275,20 +290,61 @@ fn api_key(headers: &[(&str, &[u8])]) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The fields a `release` object may carry: those of [`ReleaseSpec`] (a unit test
+/// checks the two agree), minus `who`, which the proxy sets.
+const RELEASE_FIELDS: &[&str] = &[
+    "manifest_url",
+    "manifest",
+    "phase",
+    "dest",
+    "releases_dir",
+    "id",
+    "message",
+    "confirm_within",
+];
+
+/// The `release` of `order`: only the release orders take one, and only known fields.
+fn release(order: OrderName, fields: Map<String, Value>) -> Result<ReleaseSpec, ApiError> {
+    if !matches!(
+        order,
+        OrderName::Deploy | OrderName::Releases | OrderName::Rollback | OrderName::Confirm
+    ) {
+        return Err(ApiError::InvalidRelease(format!(
+            "{} takes no release (deploy, releases, rollback and confirm do)",
+            order.as_str()
+        )));
+    }
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !RELEASE_FIELDS.contains(&k.as_str()))
+    {
+        return Err(ApiError::InvalidRelease(format!(
+            "unknown field {:?} (expected one of {})",
+            short(unknown),
+            RELEASE_FIELDS.join(", ")
+        )));
+    }
+    serde_json::from_value(Value::Object(fields))
+        .map_err(|e| ApiError::InvalidRelease(e.to_string()))
+}
+
 /// The order's parameters, each set at most once.
 #[derive(Default)]
 struct Params {
     options: Option<String>,
     args: Option<String>,
+    release: Option<Map<String, Value>>,
 }
 
-/// The JSON body: an object with optional string fields `options` and `args`, nothing
-/// else, each once (serde refuses duplicate and unknown fields).
+/// The JSON body: an object with optional string fields `options` and `args` and an
+/// optional object `release`, nothing else, each once (serde refuses duplicate and
+/// unknown fields).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonBody {
     options: Option<String>,
     args: Option<String>,
+    release: Option<Map<String, Value>>,
 }
 
 impl Params {
@@ -322,6 +378,7 @@ impl Params {
         if let Some(args) = body.args {
             self.set("args", args)?;
         }
+        self.release = body.release;
         Ok(())
     }
 }
@@ -484,6 +541,75 @@ mod tests {
         );
         let big = vec![b' '; MAX_BODY + 1];
         assert_eq!(status(KEY, "/api/exec", &big), Err(413));
+    }
+
+    #[test]
+    fn a_release_is_strictly_checked() {
+        let (r, _) = order(parse(&req(
+            "POST",
+            "/api/deploy",
+            KEY,
+            br#"{"args":"groups:web","release":{"manifest_url":"file:///m.yml","phase":"prepare","message":"v2","confirm_within":60}}"#,
+        )));
+        let spec = r.release.unwrap();
+        assert_eq!(
+            (
+                spec.manifest_url.as_str(),
+                spec.phase,
+                spec.message.as_str()
+            ),
+            (
+                "file:///m.yml",
+                deploy_common::order::release::Phase::Prepare,
+                "v2"
+            )
+        );
+        assert_eq!(spec.confirm_within, Some(60));
+        let status = |t, b: &[u8]| parse(&req("POST", t, KEY, b)).map_err(|e| e.status());
+        for bad in [
+            &br#"{"release":{"phase":"later"}}"#[..],
+            br#"{"release":{"who":"root@evil"}}"#,
+            br#"{"release":{"dest":"/a","extra":1}}"#,
+            br#"{"release":{"confirm_within":"60"}}"#,
+            br#"{"release":"dest=/a"}"#,
+            br#"{"release":{},"release":{}}"#,
+        ] {
+            assert_eq!(
+                status("/api/deploy", bad),
+                Err(400),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(status("/api/exec", br#"{"release":{}}"#), Err(400));
+        assert!(status("/api/rollback", br#"{"release":{"dest":"/a","id":"abc"}}"#).is_ok());
+    }
+
+    #[test]
+    fn release_fields_match_the_wire() {
+        let full = ReleaseSpec {
+            manifest_url: "u".into(),
+            manifest: "m".into(),
+            dest: "d".into(),
+            releases_dir: "r".into(),
+            id: "i".into(),
+            message: "m".into(),
+            who: "w".into(),
+            confirm_within: Some(1),
+            ..ReleaseSpec::default()
+        };
+        let Value::Object(map) = serde_json::to_value(full).unwrap() else {
+            panic!("not an object");
+        };
+        let mut wire: Vec<&str> = map
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "who")
+            .collect();
+        let mut ours = RELEASE_FIELDS.to_vec();
+        wire.sort_unstable();
+        ours.sort_unstable();
+        assert_eq!(wire, ours);
     }
 
     #[test]

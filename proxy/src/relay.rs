@@ -281,12 +281,24 @@ impl Handler for Relay {
         via.push(self.id.clone());
         // The agents follow (stream, and for rsync wait for the end) when asked; the
         // caller's selection and key stay here.
-        let forwarded = Request {
+        // Who asked for a release is this key, by name (never the key itself): what
+        // the caller says of itself is not taken on trust.
+        let who = format!(
+            "apikey:{}",
+            self.config
+                .api
+                .name_for(request.api_key.trim())
+                .unwrap_or_default()
+        );
+        let mut forwarded = Request {
             args: String::new(),
             api_key: String::new(),
             via,
             ..request
         };
+        if let Some(spec) = forwarded.release.as_deref_mut() {
+            spec.who = who;
+        }
         let count = servers.len();
         let mut direct: Vec<Option<(String, Map<String, Value>)>> =
             (0..count).map(|_| None).collect();

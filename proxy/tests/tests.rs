@@ -11,6 +11,7 @@
 //! | [`ssh`] | `ssh://` servers beside an agent (real sshd, root only): `run`, stdin, sudo, authorization, host keys |
 //! | [`follow`] | `--follow`: agents' output lines relayed under each agent's name, through a chain too |
 //! | [`http`] | the HTTP/JSON API: merged JSON, NDJSON stream (curl); strict parsing, JSON errors, `/healthz`, deadlines (raw bytes) |
+//! | [`release`] | rollouts through the proxy (agents with their own dests), nobody switches when one refuses, releases/rollback over v2 and the HTTP API, `apikey:<name>` in the history |
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
 //!
@@ -26,5 +27,6 @@ mod fanout;
 mod follow;
 mod http;
 mod legacy;
+mod release;
 mod ssh;
 mod util;

@@ -4,6 +4,8 @@
 //! ```text
 //! prepare   fetch src (retries, timeout, bandwidth) while hashing ─► verify checksum
 //!           ─► pre ─► unpack (confined) into a staging directory ─► chmod dest_mode
+//!           (a file:// release with no pre and no bandwidth cap: read once, unpacked
+//!           into the staging directory while hashed, discarded unless the digest holds)
 //!           release strategy: staging renamed to <releases>/<id>, recorded `prepared`
 //! activate  rsync: rsync -a --delete [--exclude …] [--exclude-from …] tree/ dest/
 //!           mv:    rename(tree, dest) (fails if dest exists, as stretcher)
@@ -130,6 +132,9 @@ pub struct Activated {
     pub previous: Option<String>,
     /// Releases removed by pruning.
     pub pruned: Vec<String>,
+    /// The instant `dest` was switched (the rename), in Unix milliseconds (release
+    /// strategy): the history, states and pruning that follow do not count.
+    pub switched_at: Option<i64>,
 }
 
 fn check_hooks(manifest: &Manifest, settings: &Settings) -> Result<(), DeployError> {
@@ -226,7 +231,21 @@ async fn prepare_in(
     let mut bytes = 0;
     let mut artifact = None;
     let mut hash = String::new();
-    if let Some(checksum) = &manifest.checksum {
+    // A local artifact for a release, with nothing to run between fetch and unpack:
+    // read once, hashed while it is unpacked into the staging directory (removed if the
+    // digest is wrong), instead of copied, read back and unpacked.
+    let one_pass = match (&manifest.checksum, src.strip_prefix("file://")) {
+        (Some(checksum), Some(path))
+            if manifest.strategy == Strategy::Release
+                && manifest.commands.pre.is_empty()
+                && settings.limits.max_bandwidth.is_none_or(|r| r == 0) =>
+        {
+            hash = checksum.hex.clone();
+            Some((checksum.clone(), PathBuf::from(path)))
+        }
+        _ => None,
+    };
+    if let Some(checksum) = manifest.checksum.as_ref().filter(|_| one_pass.is_none()) {
         let path = scratch.join("artifact");
         log.line(&format!("fetching {src}"));
         let fetched =
@@ -273,8 +292,33 @@ async fn prepare_in(
         Strategy::Rsync | Strategy::Mv => (None, scratch.join("tree")),
     };
     std::fs::create_dir_all(&tree).map_err(step(format!("cannot create {}", tree.display())))?;
-    let filled = match &artifact {
-        Some(artifact) => {
+    let filled = match (&artifact, &one_pass) {
+        (_, Some((checksum, path))) => {
+            log.line(&format!("unpacking {src} while hashing it"));
+            let read = read_local(
+                path.clone(),
+                src.to_owned(),
+                tree.clone(),
+                checksum.algorithm,
+                settings.limits.clone(),
+            )
+            .await;
+            match read {
+                Ok((n, hex)) if hex == checksum.hex => {
+                    bytes = n;
+                    progress(n);
+                    log.line(&format!("Read and unpacked {n} bytes"));
+                    Ok(())
+                }
+                Ok((_, hex)) => Err(DeployError::Checksum {
+                    algorithm: checksum.algorithm.as_str(),
+                    expected: checksum.hex.clone(),
+                    got: hex,
+                }),
+                Err(e) => Err(e),
+            }
+        }
+        (Some(artifact), None) => {
             let (artifact, into) = (artifact.clone(), tree.clone());
             tokio::task::spawn_blocking(move || {
                 unpack::unpack(&artifact, &into, &deploy_extract::Options::default())
@@ -287,7 +331,7 @@ async fn prepare_in(
             .map(drop)
             .map_err(DeployError::from)
         }
-        None => rsync_tree(src, &tree, log).await,
+        (None, None) => rsync_tree(src, &tree, log).await,
     };
     if let Err(e) = filled {
         let _ = std::fs::remove_dir_all(&tree);
@@ -325,6 +369,55 @@ async fn prepare_in(
         scratch: Some(scratch.to_owned()),
         bytes,
     })
+}
+
+/// Reads the local artifact at `path` once, unpacking it into `into` while hashing it
+/// (opening it retried as a fetch is); returns the byte count and the digest.
+async fn read_local(
+    path: PathBuf,
+    url: String,
+    into: PathBuf,
+    algorithm: crate::manifest::Algorithm,
+    limits: Limits,
+) -> Result<(u64, String), DeployError> {
+    let mut attempt = 0;
+    let file = loop {
+        match std::fs::File::open(&path) {
+            Ok(f) => break f,
+            Err(e) if attempt < limits.retry => {
+                attempt += 1;
+                tracing::warn!(url = %url, attempt, reason = %e, "cannot open the source; retrying");
+                tokio::time::sleep(limits.retry_wait).await;
+            }
+            Err(e) => {
+                return Err(FetchError::Open {
+                    url,
+                    reason: format!("{}: {e}", path.display()),
+                }
+                .into())
+            }
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut reader = fetch::Hashing::new(file, algorithm, &limits);
+        unpack::unpack_from(
+            &mut reader,
+            &url,
+            &into,
+            &deploy_extract::Options::default(),
+        )?;
+        reader.finish().map_err(|e| {
+            DeployError::from(FetchError::Read {
+                url: url.clone(),
+                reason: e.to_string(),
+            })
+        })
+    })
+    .await
+    .map_err(|e| DeployError::Step {
+        what: "unpack".into(),
+        reason: e.to_string(),
+    })?
 }
 
 /// Copies an `rsync://` tree into `into`.
@@ -453,6 +546,7 @@ pub fn switch(
     let releases = Releases::new(dest, manifest.releases_dir.as_deref().map(Path::new));
     let _lock = releases.lock()?;
     let previous = releases.switch(id)?;
+    let switched_at = chrono::Utc::now().timestamp_millis();
     releases.append(&Event {
         time: layout::now(),
         action: action.to_owned(),
@@ -489,6 +583,7 @@ pub fn switch(
         id: Some(id.to_owned()),
         previous,
         pruned,
+        switched_at: Some(switched_at),
     })
 }
 

@@ -2,7 +2,8 @@
 //! local file, hashing while it streams, in constant memory.
 //!
 //! ```text
-//! file:///srv/a.tar.gz        a local file (copied, so it cannot change under the check)
+//! file:///srv/a.tar.gz        a local file (copied, so it cannot change under the check;
+//!                             or read once through [`Hashing`] while it is unpacked)
 //! https://host/a.tar.gz       status checked (2xx), at most 5 redirects, connect and
 //!                             read timeouts, a size cap
 //! s3://bucket/key             SigV4-signed GET: region from AWS_REGION (or
@@ -154,6 +155,59 @@ impl Hasher {
             Hasher::Sha512(h) => h.finalize().to_vec(),
         };
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A reader that hashes every byte it passes on, counts them, and fails past a size
+/// cap or a deadline: for reading a local artifact once, unpacking it as it is hashed
+/// (what is unpacked is exactly what is checked, so the file cannot change between
+/// the check and the use).
+pub struct Hashing<R> {
+    inner: R,
+    hasher: Hasher,
+    bytes: u64,
+    max: u64,
+    deadline: Option<Instant>,
+}
+
+impl<R: std::io::Read> Hashing<R> {
+    /// Hashes what is read from `inner` with `algorithm`, within `limits` (size and
+    /// timeout; the bandwidth is not paced here).
+    pub fn new(inner: R, algorithm: Algorithm, limits: &Limits) -> Hashing<R> {
+        Hashing {
+            inner,
+            hasher: Hasher::new(algorithm),
+            bytes: 0,
+            max: limits.max_size,
+            deadline: limits.timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// Reads (and hashes) what is left, then returns the byte count and the digest.
+    pub fn finish(mut self) -> std::io::Result<(u64, String)> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok((self.bytes, self.hasher.hex()))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timeout: reading the artifact took too long",
+            ));
+        }
+        let n = self.inner.read(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        self.bytes += n as u64;
+        if self.bytes > self.max {
+            return Err(std::io::Error::other(format!(
+                "the artifact is larger than {} bytes",
+                self.max
+            )));
+        }
+        Ok(n)
     }
 }
 
@@ -366,8 +420,10 @@ async fn fetch_inner(
             }
         }
     }
+    // No fsync: the download is a scratch file, read back at once and then removed; a
+    // crash loses it either way (and syncing N artifacts at once costs more than the
+    // rollout's every other step).
     file.flush().await.map_err(write_error)?;
-    file.sync_all().await.map_err(write_error)?;
     Ok(Fetched {
         bytes,
         hex: hasher.hex(),

@@ -53,16 +53,30 @@ pub fn detect(head: &[u8]) -> Result<Format, UnpackError> {
 
 /// Unpacks `artifact` under the directory `into` (which must exist).
 pub fn unpack(artifact: &Path, into: &Path, options: &Options) -> Result<Summary, UnpackError> {
-    let open_error = |source| UnpackError::Open {
+    let file = File::open(artifact).map_err(|source| UnpackError::Open {
         path: artifact.display().to_string(),
         source,
-    };
-    let mut file = File::open(artifact).map_err(open_error)?;
+    })?;
+    unpack_from(file, &artifact.display().to_string(), into, options)
+}
+
+/// Unpacks the artifact read from `input` (named `name` in errors) under the directory
+/// `into` (which must exist), reading it once: its first bytes tell the format and are
+/// then read again from memory.
+pub fn unpack_from<R: Read>(
+    mut input: R,
+    name: &str,
+    into: &Path,
+    options: &Options,
+) -> Result<Summary, UnpackError> {
     let mut head = [0u8; 8];
-    let n = read_up_to(&mut file, &mut head).map_err(open_error)?;
-    let format = detect(head.get(..n).unwrap_or_default())?;
-    let file = File::open(artifact).map_err(open_error)?;
-    let input = BufReader::with_capacity(256 << 10, file);
+    let n = read_up_to(&mut input, &mut head).map_err(|source| UnpackError::Open {
+        path: name.to_owned(),
+        source,
+    })?;
+    let head = head.get(..n).unwrap_or_default();
+    let format = detect(head)?;
+    let input = BufReader::with_capacity(256 << 10, head.chain(input));
     let root = Root::open(into)?;
     let summary = match format {
         Format::Tar => deploy_extract::extract(input, &root, options)?,
@@ -82,7 +96,7 @@ pub fn unpack(artifact: &Path, into: &Path, options: &Options) -> Result<Summary
     Ok(summary)
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to<R: Read>(file: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         let Some(rest) = buf.get_mut(got..) else {

@@ -231,9 +231,24 @@ fn checksum_mismatch_truncated_and_hostile_archives_fail() {
     let (result, _) = run(&lab, &m(&hostile, &digest(&hostile, Algorithm::Sha256)));
     assert!(result.unwrap_err().to_string().contains("`..`"));
     assert!(!lab.path("pwned").exists());
-    // None of them left a release behind.
+    // None of them left a release behind, nor a staging tree (a local release artifact
+    // is unpacked while it is hashed: a wrong digest discards what was unpacked).
     assert!(Releases::new(&dest, None).ids().is_empty());
     assert!(!dest.exists());
+    let left: Vec<_> = std::fs::read_dir(lab.path("dest.releases"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n.to_string_lossy().starts_with(".meta")
+            || n.to_string_lossy().starts_with(".lock")),
+        "{left:?}"
+    );
+    // A gzip artifact whose digest is right, read once: every byte hashed, unpacked.
+    let gz = lab.archive("ok.tar.gz", "7", &["-z"]);
+    let (result, log) = run(&lab, &m(&gz, &digest(&gz, Algorithm::Sha256)));
+    result.unwrap();
+    assert!(log.contains("while hashing"), "{log}");
+    assert_eq!(std::fs::read_to_string(dest.join("version")).unwrap(), "7");
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! [server]  addr 127.0.0.1, port 0,           [keys]     <key>[] = g1,g2   (key())
 //!           key_cipher proxysecret,           [orders]   <key>[] = exec    (orders())
 //!           legacy on, one worker,
-//!           state in the directory            [servers]  <g>[] = host:port (servers())
+//!           state in the directory            [names]    <key> = <name>    (name())
+//!                                             [servers]  <g>[] = host:port (servers())
 //! [client]  key_cipher agentsecret,           [group::<g>] overrides       (group())
 //!           proxy_id <id>, thread_timeout 5,
 //!           connect_timeout 2
@@ -35,6 +36,7 @@ pub struct ProxyConfig {
     hosts: Vec<String>,
     keys: Vec<(String, String)>,
     orders: Vec<(String, String)>,
+    names: Vec<(String, String)>,
     servers: Vec<(String, String)>,
     groups: Vec<(String, Vec<(String, String)>)>,
     ssh: Vec<(String, String)>,
@@ -76,6 +78,7 @@ impl ProxyConfig {
             hosts: vec!["127.0.0.1".into()],
             keys: Vec::new(),
             orders: Vec::new(),
+            names: Vec::new(),
             servers: Vec::new(),
             groups: Vec::new(),
             ssh: Vec::new(),
@@ -126,6 +129,12 @@ impl ProxyConfig {
     /// Adds `[orders] <key>[] = <orders>`.
     pub fn orders(mut self, key: &str, orders: &str) -> ProxyConfig {
         self.orders.push((key.into(), orders.into()));
+        self
+    }
+
+    /// Adds `[names] <key> = <name>`: the key's name in release records.
+    pub fn name(mut self, key: &str, name: &str) -> ProxyConfig {
+        self.names.push((key.into(), name.into()));
         self
     }
 
@@ -195,6 +204,12 @@ impl ProxyConfig {
             out.push_str("\n[orders]\n");
             for (k, v) in &self.orders {
                 out.push_str(&format!("{k}[] = {v}\n"));
+            }
+        }
+        if !self.names.is_empty() {
+            out.push_str("\n[names]\n");
+            for (k, v) in &self.names {
+                out.push_str(&format!("{k} = {v}\n"));
             }
         }
         out.push_str("\n[servers]\n");

@@ -12,6 +12,11 @@
 //!          all: stretcher's one-shot (every strategy)
 //! ```
 //!
+//! A prepared release is remembered under the agent's state directory
+//! (`prepared/<id>`: its dest and releases directory), so that `switch` and `abort` may
+//! name only the id: a rollout through a proxy sends one request for hosts whose dests
+//! differ (each host renders the manifest with its own environment).
+//!
 //! The manifest's hooks are arbitrary shell run as the agent's user: that is why they
 //! have a switch of their own. The rendered manifest is kept with the release, so
 //! `switch` runs the `post` and hooks of the manifest that was prepared. Lines of the
@@ -271,6 +276,9 @@ async fn prepare_or_all(
         return match result {
             Ok(prepared) => {
                 prepared.cleanup();
+                if let Some(id) = &prepared.id {
+                    remember(agent, id, &dest, manifest.releases_dir.as_deref());
+                }
                 Reply::ok(object([
                     ("return", text("true")),
                     ("phase", text("prepare")),
@@ -320,6 +328,68 @@ fn watch(agent: &Agent, manifest: &Manifest) {
     }
 }
 
+/// Where the record of prepared release `id` is kept.
+fn prepared_record(agent: &Agent, id: &str) -> Option<PathBuf> {
+    let valid = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        && !id.starts_with('.');
+    valid.then(|| agent.config.server.state_dir.join("prepared").join(id))
+}
+
+/// Records the dest (and releases directory) of a prepared release.
+fn remember(agent: &Agent, id: &str, dest: &str, releases_dir: Option<&str>) {
+    let Some(path) = prepared_record(agent, id) else {
+        return;
+    };
+    let record =
+        serde_json::json!({"dest": dest, "releases_dir": releases_dir.unwrap_or_default()});
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&path, record.to_string()));
+    if let Err(e) = written {
+        tracing::warn!(id = %id, error = %e, "cannot record the prepared release; its switch must name the dest");
+    }
+}
+
+/// The dest and releases directory a `switch`/`abort` addresses: as sent, or, when the
+/// request names only the id, those recorded when the release was prepared.
+fn addressed(agent: &Agent, spec: &ReleaseSpec) -> Result<(String, String), Reply> {
+    if !spec.dest.is_empty() {
+        return Ok((spec.dest.clone(), spec.releases_dir.clone()));
+    }
+    let unknown = || {
+        Reply::error(
+            404,
+            format!(
+                "no prepared release {:?} on this host (and no dest given)",
+                spec.id
+            ),
+        )
+    };
+    let path = prepared_record(agent, &spec.id).ok_or_else(unknown)?;
+    let text = std::fs::read_to_string(path).map_err(|_| unknown())?;
+    let record: serde_json::Map<String, Value> =
+        serde_json::from_str(&text).map_err(|_| unknown())?;
+    let field = |k: &str| {
+        record
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok((field("dest"), field("releases_dir")))
+}
+
+/// Forgets the record of a prepared release once it is switched to or discarded.
+fn forget(agent: &Agent, id: &str) {
+    if let Some(path) = prepared_record(agent, id) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// The manifest kept with a prepared release.
 fn kept_manifest(releases: &Releases, id: &str) -> Result<Manifest, Reply> {
     if id.is_empty() || id.contains('/') || id.starts_with('.') {
@@ -342,7 +412,11 @@ async fn switch(
     spec: &ReleaseSpec,
     events: &Events,
 ) -> Reply {
-    let releases = match releases_for(agent, &spec.dest, Some(&spec.releases_dir)) {
+    let (dest, releases_dir) = match addressed(agent, spec) {
+        Ok(a) => a,
+        Err(reply) => return reply,
+    };
+    let releases = match releases_for(agent, &dest, Some(&releases_dir)) {
         Ok(r) => r,
         Err(reply) => return reply,
     };
@@ -350,7 +424,7 @@ async fn switch(
         Ok(m) => m,
         Err(reply) => return reply,
     };
-    if manifest.dest.as_deref() != Some(spec.dest.as_str()) {
+    if manifest.dest.as_deref() != Some(dest.as_str()) {
         return Reply::error(400, "the release was prepared for another dest");
     }
     let context = Context {
@@ -366,14 +440,19 @@ async fn switch(
     let ((result, switched_at), log) = with_log(request, events, async |log: Log| {
         let switched = deploy::switch(
             &manifest,
-            Path::new(&spec.dest),
+            Path::new(&dest),
             &id,
             &context,
             &activation,
             "switch",
             &log,
         );
-        let switched_at = unix_ms();
+        // The instant of the rename itself (what a fleet's skew is about), not the end
+        // of the bookkeeping after it.
+        let switched_at = match &switched {
+            Ok(a) => a.switched_at.map_or_else(unix_ms, |ms| ms.to_string()),
+            Err(_) => unix_ms(),
+        };
         let result = match switched {
             Ok(activated) => {
                 let env = vec![("DEPLOY_RELEASE".to_owned(), id.clone())];
@@ -418,13 +497,14 @@ async fn switch(
     .await;
     match result {
         Ok(activated) => {
+            forget(agent, &id);
             if activation.confirm_within.is_some() {
                 watch(agent, &manifest);
             }
             Reply::ok(object([
                 ("return", text("true")),
                 ("phase", text("switch")),
-                ("dest", text(spec.dest.clone())),
+                ("dest", text(dest)),
                 ("id", text(id)),
                 ("previous", text(activated.previous.unwrap_or_default())),
                 ("switched_at", text(switched_at)),
@@ -436,7 +516,11 @@ async fn switch(
 }
 
 fn abort(agent: &Agent, spec: &ReleaseSpec) -> Reply {
-    let releases = match releases_for(agent, &spec.dest, Some(&spec.releases_dir)) {
+    let (dest, releases_dir) = match addressed(agent, spec) {
+        Ok(a) => a,
+        Err(reply) => return reply,
+    };
+    let releases = match releases_for(agent, &dest, Some(&releases_dir)) {
         Ok(r) => r,
         Err(reply) => return reply,
     };
@@ -448,6 +532,7 @@ fn abort(agent: &Agent, spec: &ReleaseSpec) -> Reply {
     }
     let _ = std::fs::remove_dir_all(releases.path(&spec.id));
     let _ = releases.set_state(&spec.id, "discarded");
+    forget(agent, &spec.id);
     Reply::ok(object([
         ("return", text("true")),
         ("phase", text("abort")),

@@ -26,7 +26,13 @@
 //! web[] = [2001:db8::1]:3440       ;   IPv6 in brackets
 //! web[] = ssh://deploy@web3:2222   ; agentless: reached over SSH ([ssh] in the proxy ini)
 //! far[] = proxy://proxy2:3441/web  ; a group of another proxy
+//! [names]                          ; optional: how a key is named to agents
+//! <apikey> = ci                    ;   (or sha256:<64 hex> = ci); default key<N>,
+//!                                  ;   N its position under [keys]
 //! ```
+//!
+//! A key's name is what the proxy records as who asked for a release
+//! (`apikey:<name>`): never the key itself.
 //!
 //! An API key is everything left of the first `=` (minus the `[]`), so it cannot contain
 //! `=` or start with `#`/`;`; base64 keys with padding must be stored hashed. Keys are
@@ -55,7 +61,7 @@ use crate::target::{Scheme, Target, SSH_PREFIX};
 const PROXY_SECTIONS: &str = "server, client, allow::hosts, api or ssh";
 
 /// The sections the API file may contain (for the error message).
-const API_SECTIONS: &str = "keys, orders, servers or group::<name>";
+const API_SECTIONS: &str = "keys, orders, servers, names or group::<name>";
 
 /// `[client]`: how the proxy reaches agents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,6 +403,8 @@ pub struct ApiKeys {
     orders: Vec<([u8; 32], Vec<String>)>,
     /// `[group::<name>]` overrides.
     overrides: BTreeMap<String, GroupOverride>,
+    /// SHA-256 of a key → its name (`[names]`).
+    names: Vec<([u8; 32], String)>,
 }
 
 impl fmt::Debug for ApiKeys {
@@ -487,6 +495,26 @@ impl ApiKeys {
                         }
                     }
                 }
+                "names" => {
+                    for e in section.entries() {
+                        if e.list {
+                            return Err(cx.want_scalar(e));
+                        }
+                        let digest = key_digest(&e.key).map_err(|reason| cx.invalid(e, reason))?;
+                        let name = e.value.trim();
+                        let printable = name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+                        if name.is_empty() || name.len() > 64 || !printable {
+                            return Err(cx.invalid(
+                                e,
+                                "a key's name is 1 to 64 letters, digits, '-', '_', '.' or '@'",
+                            ));
+                        }
+                        api.names.retain(|(d, _)| *d != digest);
+                        api.names.push((digest, name.to_owned()));
+                    }
+                }
                 name if name.starts_with("group::") => {
                     let group = name.trim_start_matches("group::").to_owned();
                     let mut o = GroupOverride::default();
@@ -532,6 +560,25 @@ impl ApiKeys {
         for (stored, orders) in &self.orders {
             if verify_slices_are_equal(stored, presented.as_ref()).is_ok() {
                 found = Some(orders.as_slice());
+            }
+        }
+        found
+    }
+
+    /// The name of the presented key (`[names]`, else `key<N>` with N its position
+    /// under `[keys]`), or `None` for an unknown key. Never the key itself.
+    /// Constant time like [`ApiKeys::groups_for`].
+    pub fn name_for(&self, presented_key: &str) -> Option<String> {
+        let presented = digest(&SHA256, presented_key.as_bytes());
+        let mut found = None;
+        for (n, (stored, _)) in self.keys.iter().enumerate() {
+            if verify_slices_are_equal(stored, presented.as_ref()).is_ok() {
+                found = Some(format!("key{}", n + 1));
+            }
+        }
+        for (stored, name) in &self.names {
+            if verify_slices_are_equal(stored, presented.as_ref()).is_ok() && found.is_some() {
+                found = Some(name.clone());
             }
         }
         found
@@ -704,6 +751,30 @@ mod tests {
     }
 
     #[test]
+    fn key_names() {
+        let hashed = "sha256:0fdd93d2188ce4987e70277a5fef28d4fbf22637e279eb76ab1e88c0dcfca107";
+        let api = ApiKeys::parse(
+            &format!("[keys]\na[] = web\nb[] = web\n{hashed}[] = web\n[names]\nb = ci\n{hashed} = ops\nzz = ghost\n"),
+            Path::new("/etc/deploy/api.ini"),
+        )
+        .unwrap();
+        assert_eq!(api.name_for("a").as_deref(), Some("key1"));
+        assert_eq!(api.name_for("b").as_deref(), Some("ci"));
+        assert_eq!(api.name_for("change-me-web-only").as_deref(), Some("ops"));
+        assert_eq!(api.name_for("zz"), None, "a name alone grants nothing");
+        for bad in [
+            "[names]\na[] = x\n",
+            "[names]\na = \n",
+            "[names]\na = x y\n",
+        ] {
+            assert!(
+                ApiKeys::parse(bad, Path::new("/etc/deploy/api.ini")).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults() {
         let c = parse("").unwrap();
         assert_eq!(
@@ -833,7 +904,7 @@ mod tests {
             ),
             (
                 "[server]\n",
-                "/etc/deploy/api.ini:1: unknown section [server] (expected keys, orders, servers or group::<name>)",
+                "/etc/deploy/api.ini:1: unknown section [server] (expected keys, orders, servers, names or group::<name>)",
             ),
             ("k[] = web\n", "/etc/deploy/api.ini:1: key \"k[]\" before the first [section] header"),
         ] {
