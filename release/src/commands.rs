@@ -121,29 +121,7 @@ async fn run_one(
     });
     let out = child.stdout.take();
     let err = child.stderr.take();
-    let pump = |pipe: Option<tokio::process::ChildStdout>| {
-        let log = log.clone();
-        async move {
-            if let Some(pipe) = pipe {
-                let mut lines = tokio::io::BufReader::new(pipe).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    log.line(&l);
-                }
-            }
-        }
-    };
-    let pump_err = |pipe: Option<tokio::process::ChildStderr>| {
-        let log = log.clone();
-        async move {
-            if let Some(pipe) = pipe {
-                let mut lines = tokio::io::BufReader::new(pipe).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    log.line(&l);
-                }
-            }
-        }
-    };
-    let (status, (), ()) = tokio::join!(child.wait(), pump(out), pump_err(err));
+    let (status, (), ()) = tokio::join!(child.wait(), pump(out, log), pump(err, log));
     if let Some(feed) = feed {
         feed.abort();
     }
@@ -155,6 +133,16 @@ async fn run_one(
             Some(code) => format!("exit status {code}"),
             None => "killed by a signal".into(),
         }))
+    }
+}
+
+/// Each line of `pipe` into `log`, to its end.
+async fn pump(pipe: Option<impl tokio::io::AsyncRead + Unpin>, log: &Log) {
+    if let Some(pipe) = pipe {
+        let mut lines = tokio::io::BufReader::new(pipe).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            log.line(&l);
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 //!   (`env`, `must_env`), so stretcher's manifests work unchanged.
 //! * [`fetch`] streams `file://`, `http(s)://` and `s3://` sources to a local file while
 //!   hashing (constant memory), with stretcher's retry, timeout and bandwidth knobs; the
-//!   checksum is verified before a byte is unpacked.
+//!   checksum of a download is verified before a byte is unpacked (a local `file://`
+//!   artifact is unpacked while hashed into a staging directory, discarded unless the
+//!   digest holds: nothing is switched before it is verified).
 //! * [`unpack`] tells tar, gzip and zstd apart by content and hands the stream to
 //!   [`deploy_extract`]: nothing can be written outside the release directory,
 //!   whatever the archive says.

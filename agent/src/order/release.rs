@@ -542,11 +542,8 @@ fn abort(agent: &Agent, spec: &ReleaseSpec) -> Reply {
 
 /// `releases`.
 pub(super) fn list(agent: &Agent, request: &Request) -> Reply {
-    let releases = match enabled(agent)
-        .and_then(|()| spec(request))
-        .and_then(|spec| releases_for(agent, &spec.dest, Some(&spec.releases_dir)))
-    {
-        Ok(r) => r,
+    let releases = match addressed_releases(agent, request) {
+        Ok((releases, _)) => releases,
         Err(reply) => return reply,
     };
     let listed = releases.list();
@@ -573,13 +570,23 @@ pub(super) fn list(agent: &Agent, request: &Request) -> Reply {
     ]))
 }
 
+/// The releases a `releases`, `rollback` or `confirm` order names (enabled, fields present, under
+/// `[allow::paths]`), and the request's release fields.
+fn addressed_releases<'r>(
+    agent: &Agent,
+    request: &'r Request,
+) -> Result<(Releases, &'r ReleaseSpec), Reply> {
+    enabled(agent)?;
+    let spec = spec(request)?;
+    Ok((
+        releases_for(agent, &spec.dest, Some(&spec.releases_dir))?,
+        spec,
+    ))
+}
+
 /// `rollback`.
 pub(super) fn rollback(agent: &Agent, peer: SocketAddr, request: &Request) -> Reply {
-    let (releases, spec) = match enabled(agent)
-        .and_then(|()| spec(request))
-        .and_then(|spec| {
-            releases_for(agent, &spec.dest, Some(&spec.releases_dir)).map(|r| (r, spec))
-        }) {
+    let (releases, spec) = match addressed_releases(agent, request) {
         Ok(r) => r,
         Err(reply) => return reply,
     };
@@ -596,11 +603,7 @@ pub(super) fn rollback(agent: &Agent, peer: SocketAddr, request: &Request) -> Re
 
 /// `confirm`.
 pub(super) fn confirm(agent: &Agent, peer: SocketAddr, request: &Request) -> Reply {
-    let (releases, spec) = match enabled(agent)
-        .and_then(|()| spec(request))
-        .and_then(|spec| {
-            releases_for(agent, &spec.dest, Some(&spec.releases_dir)).map(|r| (r, spec))
-        }) {
+    let (releases, spec) = match addressed_releases(agent, request) {
         Ok(r) => r,
         Err(reply) => return reply,
     };
