@@ -470,3 +470,65 @@ fn a_rollout_mixes_agents_and_ssh_hosts() {
         assert_eq!(actions, ["switch", "switch", "rollback"]);
     }
 }
+
+/// stretcher's knobs per order: a caller may ask for a stricter download than the
+/// host's own settings (here a bandwidth cap and a timeout that cannot both hold).
+#[test]
+fn per_order_knobs_bound_the_download() {
+    let shelf = Shelf::new();
+    let big = shelf.dir.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    make_blob(&big.join("blob"), 1 << 20);
+    let tar = shelf.dir.join("big.tar");
+    assert!(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&big)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let out = Command::new("sha256sum").arg(&tar).output().unwrap();
+    let sum = String::from_utf8(out.stdout).unwrap();
+    let sum = sum.split_whitespace().next().unwrap().to_owned();
+    std::fs::write(
+        shelf.dir.join("big.yml"),
+        format!(
+            "src: file://{}\nchecksum: {sum}\ndest: {{{{ must_env \"DEST\" }}}}\nsync_strategy: release\n",
+            tar.display()
+        ),
+    )
+    .unwrap();
+    let sb = Sandbox::new();
+    let (agent, dest) = deploying_agent(&sb, &shelf);
+    let host = agent.addr().to_string();
+    let manifest = format!("file://{}/big.yml", shelf.dir.display());
+    // 1 MiB at 256 KiB/s takes 4 s: a 1 s limit stops it, naming the timeout.
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=deploy",
+        "--manifest",
+        &manifest,
+        "--max-bandwidth=256k",
+        "--fetch-timeout=1s",
+    ]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stdout.contains("timeout"), "{out:#?}");
+    assert!(!dest.exists(), "nobody switched");
+    // Without them the same deploy goes through.
+    let out = client(&["--hosts", &host, "--order=deploy", "--manifest", &manifest]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(dest.join("blob").is_file());
+    // Knobs are for deploy only.
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=releases",
+        "--dest",
+        "/x",
+        "--retry=3",
+    ]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+}

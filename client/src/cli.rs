@@ -286,6 +286,29 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     pub confirm_within: Option<String>,
 
+    /// `deploy`: each host waits a random time up to this before fetching (`30s`, `5m`),
+    /// so a fleet does not hit the artifact store at once.
+    #[arg(long, value_name = "DURATION")]
+    pub random_delay: Option<String>,
+
+    /// `deploy`: download rate limit per host (`10M`, `512k`); a host's own limit, if
+    /// lower, wins.
+    #[arg(long, value_name = "SIZE")]
+    pub max_bandwidth: Option<String>,
+
+    /// `deploy`: further attempts to open the artifact's source.
+    #[arg(long, value_name = "N")]
+    pub retry: Option<u32>,
+
+    /// `deploy`: wait between attempts (`3s`).
+    #[arg(long, value_name = "DURATION")]
+    pub retry_wait: Option<String>,
+
+    /// `deploy`: limit of each host's download (`10m`); a host's own limit, if shorter,
+    /// wins.
+    #[arg(long, value_name = "DURATION")]
+    pub fetch_timeout: Option<String>,
+
     /// `deploy`: when a host fails to switch, leave the hosts that switched as they are
     /// (by default they are rolled back).
     #[arg(long)]
@@ -756,6 +779,15 @@ fn release_spec(args: &Args) -> anyhow::Result<Option<ReleaseSpec>> {
         args.order,
         OrderArg::Deploy | OrderArg::Releases | OrderArg::Rollback | OrderArg::Confirm
     );
+    if args.order != OrderArg::Deploy
+        && (args.random_delay.is_some()
+            || args.max_bandwidth.is_some()
+            || args.retry.is_some()
+            || args.retry_wait.is_some()
+            || args.fetch_timeout.is_some())
+    {
+        bail!("--random-delay, --max-bandwidth, --retry, --retry-wait and --fetch-timeout are for --order=deploy");
+    }
     if !release_order {
         if args.manifest.is_some() || args.dest.is_some() || args.release_id.is_some() {
             bail!("--manifest, --dest and --release are for --order=deploy, releases, rollback or confirm");
@@ -785,6 +817,33 @@ fn release_spec(args: &Args) -> anyhow::Result<Option<ReleaseSpec>> {
             }
             Some(url) => spec.manifest_url = url.to_owned(),
         }
+        let duration = |flag: &str, value: &Option<String>| -> anyhow::Result<Option<u64>> {
+            value
+                .as_deref()
+                .map(|v| {
+                    parse_duration(v).ok_or_else(|| {
+                        anyhow::anyhow!("--{flag} {v:?}: expected e.g. 90, 90s, 5m or 1h")
+                    })
+                })
+                .transpose()
+        };
+        spec.knobs = deploy_common::order::release::Knobs {
+            random_delay: duration("random-delay", &args.random_delay)?,
+            max_bandwidth: args
+                .max_bandwidth
+                .as_deref()
+                .map(|v| {
+                    deploy_common::config::agent::parse_size(v).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--max-bandwidth {v:?}: expected a size such as 10M or 512k"
+                        )
+                    })
+                })
+                .transpose()?,
+            retry: args.retry,
+            retry_wait: duration("retry-wait", &args.retry_wait)?,
+            timeout: duration("fetch-timeout", &args.fetch_timeout)?,
+        };
         if let Some(within) = &args.confirm_within {
             spec.confirm_within = Some(parse_duration(within).ok_or_else(|| {
                 anyhow::anyhow!("--confirm-within {within:?}: expected e.g. 90, 90s, 5m or 1h")

@@ -87,6 +87,29 @@ pub fn settings(agent: &Agent) -> Settings {
     }
 }
 
+/// [`settings`] with an order's knobs: a caller may ask for a stricter download than
+/// the host's `[deploy]` (a lower bandwidth, a shorter timeout), never a looser one;
+/// retries are the caller's, at most 10, waits at most 10 minutes.
+fn settings_for(agent: &Agent, spec: &ReleaseSpec) -> Settings {
+    let mut settings = settings(agent);
+    let k = &spec.knobs;
+    let limits = &mut settings.limits;
+    let stricter = |host: Option<u64>, asked: Option<u64>| match (host, asked) {
+        (Some(h), Some(a)) => Some(h.min(a)),
+        (h, a) => h.or(a),
+    };
+    limits.max_bandwidth = stricter(limits.max_bandwidth, k.max_bandwidth.filter(|&b| b > 0));
+    limits.timeout =
+        stricter(limits.timeout.map(|t| t.as_secs()), k.timeout).map(Duration::from_secs);
+    if let Some(retry) = k.retry {
+        limits.retry = retry.min(10);
+    }
+    if let Some(wait) = k.retry_wait {
+        limits.retry_wait = Duration::from_secs(wait.min(600));
+    }
+    settings
+}
+
 /// `dest` and the releases directory, both under `[allow::paths]`.
 fn releases_for(agent: &Agent, dest: &str, releases_dir: Option<&str>) -> Result<Releases, Reply> {
     if !dest.starts_with('/') {
@@ -251,13 +274,16 @@ async fn prepare_or_all(
             "a rollout in phases needs `sync_strategy: release` (rsync and mv deploys run in one phase)",
         );
     }
-    let delay = agent.config.deploy.random_delay;
+    let delay = match spec.knobs.random_delay {
+        Some(secs) => Duration::from_secs(secs.min(3600)),
+        None => agent.config.deploy.random_delay,
+    };
     if !delay.is_zero() {
         let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         let wait = Duration::from_nanos(u64::from(rand_u32()) * nanos / u64::from(u32::MAX));
         tokio::time::sleep(wait).await;
     }
-    let settings = settings(agent);
+    let settings = settings_for(agent, spec);
     let context = Context {
         manifest_url: spec.manifest_url.clone(),
         manifest_text: rendered,

@@ -81,4 +81,35 @@ pub struct ReleaseSpec {
     /// `switch`/`all`: revert by itself unless `confirm` comes within this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirm_within: Option<u64>,
+    /// `prepare`/`all`: stretcher's knobs for this order; a host's own `[deploy]`
+    /// settings bound them (the stricter wins).
+    #[serde(default, skip_serializing_if = "Knobs::is_empty")]
+    pub knobs: Knobs,
+}
+
+/// stretcher's download knobs, per order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Knobs {
+    /// Wait a random time in `[0, random_delay)` seconds before fetching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_delay: Option<u64>,
+    /// Download rate limit, bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u64>,
+    /// Further attempts to open the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<u32>,
+    /// Seconds between attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_wait: Option<u64>,
+    /// Limit of the download, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
+impl Knobs {
+    /// No knob set.
+    pub fn is_empty(&self) -> bool {
+        *self == Knobs::default()
+    }
 }
