@@ -21,7 +21,9 @@
 //!
 //! **Time.** A record is live iff it was written during this boot (same
 //! `/proc/sys/kernel/random/boot_id`) and `CLOCK_BOOTTIME` is before its
-//! `expires_mono_ms` (and not before its `acquired_mono_ms`, a guard for systems without a
+//! `expires_mono_ms` (and not more than the mutex wait before its `acquired_mono_ms`: a
+//! caller samples the time before it waits, while a racer may write meanwhile; a guard
+//! for systems without a
 //! boot id). `expires_unix_ms` is only for people; replies compute the Unix expiry from
 //! the remaining time. Operations take the time as a [`Now`] so tests can move it.
 
@@ -197,9 +199,16 @@ impl LockRecord {
     }
 
     /// Whether the lease is running at `now`.
+    ///
+    /// `now` is taken by the caller before it waits for the store's mutex (up to
+    /// [`MUTEX_WAIT`]), so a racer that won meanwhile wrote a record acquired *after*
+    /// `now`: that record is live, not one from an earlier clock. Only a record acquired
+    /// later than the longest wait (a monotonic clock that went back, on a system
+    /// without a boot id) is not.
     pub fn live(&self, now: &Now) -> bool {
+        let slack = u64::try_from(MUTEX_WAIT.as_millis()).unwrap_or(u64::MAX) + 1000;
         self.boot == now.boot
-            && self.acquired_mono_ms <= now.mono_ms
+            && self.acquired_mono_ms <= now.mono_ms.saturating_add(slack)
             && now.mono_ms < self.expires_mono_ms
     }
 
@@ -591,7 +600,17 @@ mod tests {
             LockOutcome::Taken { previous: None, .. }
         ));
 
-        // Another boot, or a clock behind the record: not live.
+        // A racer that sampled its time before bob's take, then waited for the mutex
+        // while bob wrote: bob's lease is live for it too (two winners otherwise).
+        let sampled_before = now.later(4900);
+        assert!(matches!(
+            store
+                .lock(&web, &token(), "carol", 2, &sampled_before)
+                .unwrap(),
+            LockOutcome::Held(_)
+        ));
+
+        // Another boot, or a clock far behind the record: not live.
         let rebooted = Now {
             boot: "other".into(),
             ..now.later(5100)
