@@ -668,7 +668,19 @@ pub async fn run(
         activated
     }
     .await;
-    let (kind, lines) = match &result {
+    finish(manifest, settings, &result, log).await;
+    Outcome { result, bytes }
+}
+
+/// stretcher's last step: the `success` or `failure` commands, each given the whole log
+/// on stdin; their own failures are only logged, as stretcher does.
+pub async fn finish(
+    manifest: &Manifest,
+    settings: &Settings,
+    result: &Result<Activated, DeployError>,
+    log: &Log,
+) {
+    let (kind, lines) = match result {
         Ok(_) => ("success", &manifest.commands.success),
         Err(e) => {
             log.line(&format!("deploy failed: {e}"));
@@ -681,9 +693,7 @@ pub async fn run(
         if let Err(e) =
             commands::run_list(kind, lines, &settings.cwd, &env, Some(&input), log).await
         {
-            // As stretcher: errors of success/failure commands are only logged.
             log.line(&format!("{kind} command {e}"));
         }
     }
-    Outcome { result, bytes }
 }

@@ -496,28 +496,7 @@ async fn switch(
             }
             Err(e) => Err(e),
         };
-        let (kind, lines) = match &result {
-            Ok(_) => ("success", &manifest.commands.success),
-            Err(e) => {
-                log.line(&format!("deploy failed: {e}"));
-                ("failure", &manifest.commands.failure)
-            }
-        };
-        if settings.hooks && !lines.is_empty() {
-            let input = log.bytes();
-            if let Err(e) = deploy_release::commands::run_list(
-                kind,
-                lines,
-                &settings.cwd,
-                &[],
-                Some(&input),
-                &log,
-            )
-            .await
-            {
-                log.line(&format!("{kind} command {e}"));
-            }
-        }
+        deploy::finish(&manifest, &settings, &result, &log).await;
         (result, switched_at)
     })
     .await;
