@@ -532,3 +532,71 @@ fn per_order_knobs_bound_the_download() {
     ]);
     assert_eq!(out.code, Some(2), "{out:#?}");
 }
+
+#[test]
+fn a_followed_rollout_streams_each_hosts_log_and_ends() {
+    // The log's kept copy used to hold the follower's channel open: a followed
+    // deploy never answered.
+    let shelf = Shelf::new();
+    let sbs: Vec<Sandbox> = (0..2).map(|_| Sandbox::new()).collect();
+    let fleet: Vec<(Agent, PathBuf)> = sbs.iter().map(|sb| deploying_agent(sb, &shelf)).collect();
+    let hosts: Vec<String> = fleet.iter().map(|(a, _)| a.addr().to_string()).collect();
+    let m1 = shelf.manifest("1");
+    let out = client(&[
+        "--hosts",
+        &hosts.join(","),
+        "--order=deploy",
+        "--manifest",
+        &m1,
+        "--follow",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for host in &hosts {
+        assert!(
+            out.stderr.contains(&format!("{host}: prepared release ")),
+            "each host's log streams under its name: {out:#?}"
+        );
+    }
+    for (_, dest) in &fleet {
+        assert_eq!(version(dest), "1");
+    }
+}
+
+#[test]
+fn a_rollout_on_a_terminal_shows_each_hosts_progress() {
+    let shelf = Shelf::new();
+    let sbs: Vec<Sandbox> = (0..2).map(|_| Sandbox::new()).collect();
+    let fleet: Vec<(Agent, PathBuf)> = sbs.iter().map(|sb| deploying_agent(sb, &shelf)).collect();
+    let hosts: Vec<String> = fleet.iter().map(|(a, _)| a.addr().to_string()).collect();
+    let m1 = shelf.manifest("1");
+    // `script` gives the client a terminal; what the terminal showed is its output.
+    let command = format!(
+        "{} --hosts {} --order=deploy --manifest {m1} --format=text",
+        bins::client().display(),
+        hosts.join(",")
+    );
+    let out = run_command(
+        Command::new("script")
+            .args(["-qefc", &command, "/dev/null"])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("DEPLOY_KEY_CIPHER", KEY)
+            .env("USER", "tester")
+            .env("TERM", "xterm")
+            .env("NO_COLOR", "1"),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for host in &hosts {
+        let bar = out
+            .stdout
+            .lines()
+            .flat_map(|l| l.split('\r'))
+            .any(|l| l.contains(host.as_str()) && l.contains("100%") && l.contains("prepared"));
+        assert!(bar, "a finished bar for {host}: {out:#?}");
+    }
+    assert!(
+        !out.stdout.contains("prepared release "),
+        "no log lines without --follow: {out:#?}"
+    );
+}

@@ -80,8 +80,13 @@ impl Live {
 
     /// Ends the host's bar, if it has one, with its outcome.
     pub fn done(&mut self, result: &HostResult) {
-        if let Some(bar) = self.by_host.remove(&(result.index, result.host.clone())) {
-            bar.finish_with_message(result.outcome.to_string());
+        self.finish(result.index, &result.host, result.outcome.to_string());
+    }
+
+    /// Ends the bar of `host` (of target `index`), if it has one, with `message`.
+    pub fn finish(&mut self, index: usize, host: &str, message: String) {
+        if let Some(bar) = self.by_host.remove(&(index, host.to_owned())) {
+            bar.finish_with_message(message);
         }
     }
 

@@ -18,7 +18,7 @@
 //! clocks).
 
 use std::collections::BTreeMap;
-use std::io::{self, Write as _};
+use std::io::{self, IsTerminal as _, Write as _};
 use std::sync::Arc;
 
 use anyhow::bail;
@@ -30,6 +30,7 @@ use deploy_common::transport::{Outcome, Transport, Verdict};
 use deploy_common::wire::message::Event;
 
 use crate::cli::{Config, Format};
+use crate::progress::Live;
 
 /// The waves of a rollout.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,14 +120,60 @@ impl Record {
     }
 }
 
+/// What a rollout shows on standard error while it runs.
+struct Show {
+    /// Bars and lines; `None`: nothing (`-q`, or neither a terminal nor `--follow`).
+    live: Option<Live>,
+    /// The hosts' log lines too (`--follow`), not only their progress.
+    lines: bool,
+}
+
+impl Show {
+    /// Shows nothing (aborts and rollbacks run quietly).
+    fn off() -> Show {
+        Show {
+            live: None,
+            lines: false,
+        }
+    }
+
+    fn event(&mut self, index: usize, host: &str, event: &Event) {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        match event {
+            Event::Line { .. } if !self.lines => {}
+            other => live.event(index, host, other),
+        }
+    }
+
+    /// Ends a host's bar with the phase it reached.
+    fn finish(&mut self, phase: Phase, record: &HostResult) {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        let message = match (record.outcome.verdict(), phase) {
+            (Verdict::Succeeded, Phase::Prepare) => "prepared".to_owned(),
+            (Verdict::Succeeded, _) => "done".to_owned(),
+            _ => record.outcome.to_string(),
+        };
+        live.finish(record.index, &record.host, message);
+    }
+}
+
 /// Sends `request` to `targets` and returns every host's result (an agent relayed by a
 /// proxy counts as a host; the proxy's own summary does not).
 async fn phase(
     transport: &Arc<dyn Transport>,
     targets: &[Target],
     request: Request,
-    lines: bool,
+    show: &mut Show,
 ) -> Vec<Record> {
+    let which = request
+        .release
+        .as_deref()
+        .map(|s| s.phase)
+        .unwrap_or_default();
     let fanout = Fanout::new(Arc::clone(transport)).with_concurrency(targets.len().max(1));
     let mut events = fanout.run(targets.to_vec(), request);
     let mut direct: BTreeMap<usize, HostResult> = BTreeMap::new();
@@ -148,20 +195,18 @@ async fn phase(
                         map
                     }
                 };
-                relayed.entry(index).or_default().push(HostResult {
+                let result = HostResult {
                     index,
                     host,
                     outcome: Outcome::Relayed { record, via },
                     elapsed: std::time::Duration::ZERO,
-                });
+                };
+                show.finish(which, &result);
+                relayed.entry(index).or_default().push(result);
             }
-            FanoutEvent::Event {
-                host,
-                event: Event::Line { line, .. },
-                ..
-            } if lines => eprintln!("{host}: {line}"),
-            FanoutEvent::Event { .. } => {}
+            FanoutEvent::Event { index, host, event } => show.event(index, &host, &event),
             FanoutEvent::Done(result) => {
+                show.finish(which, &result);
                 direct.insert(result.index, result);
             }
         }
@@ -213,7 +258,22 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
         ..
     } = config;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    // On a terminal each host's progress shows (bytes fetched, then the phase reached):
+    // the hosts are asked to stream, and their log lines show only with --follow.
     let lines = request.follow && !quiet;
+    let bars =
+        !quiet && matches!(format, Format::Json | Format::Text) && io::stderr().is_terminal();
+    let mut request = request;
+    request.follow |= bars;
+    let width = targets
+        .iter()
+        .map(|t| t.to_string().len())
+        .max()
+        .unwrap_or_default();
+    let mut show = Show {
+        live: (bars || lines).then(|| Live::new(bars, width)),
+        lines,
+    };
     let mut finals: Vec<HostResult> = Vec::new();
     let mut code = crate::EXIT_OK;
     let mut switched_total = 0usize;
@@ -232,7 +292,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
             &transport,
             &wave_targets,
             with_phase(&request, Phase::Prepare, "", &stamp),
-            lines,
+            &mut show,
         )
         .await;
         let prepare_time = prepare_start.elapsed();
@@ -266,7 +326,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
                     &transport,
                     &wave_targets,
                     with_phase(&request, Phase::Abort, &dest_of(dest), id),
-                    false,
+                    &mut Show::off(),
                 )
                 .await;
             }
@@ -304,7 +364,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
                     &transport,
                     &group,
                     with_phase(&request, Phase::Switch, &dest_of(dest), id),
-                    lines,
+                    &mut show,
                 )
                 .await,
             );
@@ -353,7 +413,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
                     if !agents.is_empty() {
                         back.args = format!("hosts:{}", agents.join(","));
                     }
-                    let rolled = phase(&transport, &[t], back, false).await;
+                    let rolled = phase(&transport, &[t], back, &mut Show::off()).await;
                     rolled_back += rolled.iter().filter(|r| r.ok()).count();
                 }
                 notes.push(format!(

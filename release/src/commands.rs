@@ -38,6 +38,15 @@ impl Log {
         }
     }
 
+    /// A handle on the kept bytes alone: unlike a clone, it does not keep the sink (and
+    /// whatever the sink holds, such as a channel's sender) alive.
+    pub fn keeper(&self) -> Log {
+        Log {
+            kept: Arc::clone(&self.kept),
+            sink: None,
+        }
+    }
+
     /// Adds a line.
     pub fn line(&self, text: &str) {
         if let Some(sink) = &self.sink {

@@ -177,7 +177,7 @@ pub async fn prepare(
     settings: &Settings,
     context: &Context,
     log: &Log,
-    progress: &(dyn Fn(u64) + Send + Sync),
+    progress: fetch::OnProgress<'_>,
 ) -> Result<Prepared, DeployError> {
     check_hooks(manifest, settings)?;
     let env = hook_env(manifest, None);
@@ -222,7 +222,7 @@ async fn prepare_in(
     settings: &Settings,
     context: &Context,
     log: &Log,
-    progress: &(dyn Fn(u64) + Send + Sync),
+    progress: fetch::OnProgress<'_>,
     src: &str,
     dest: &Path,
     scratch: &Path,
@@ -306,7 +306,10 @@ async fn prepare_in(
             match read {
                 Ok((n, hex)) if hex == checksum.hex => {
                     bytes = n;
-                    progress(n);
+                    progress(fetch::Progress {
+                        bytes: n,
+                        total: Some(n),
+                    });
                     log.line(&format!("Read and unpacked {n} bytes"));
                     Ok(())
                 }

@@ -113,6 +113,18 @@ pub struct Fetched {
     pub elapsed: Duration,
 }
 
+/// How far a fetch is: the bytes so far and, when the source said, the whole size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes fetched so far.
+    pub bytes: u64,
+    /// The source's size (a file's length, an HTTP `Content-Length`), if known.
+    pub total: Option<u64>,
+}
+
+/// What a fetch tells of its progress, chunk by chunk.
+pub type OnProgress<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
 /// A running digest.
 pub enum Hasher {
     /// MD5.
@@ -218,6 +230,14 @@ enum Stream {
 }
 
 impl Stream {
+    /// The size of the whole, if the source says.
+    async fn size(&self) -> Option<u64> {
+        match self {
+            Stream::File(f) => f.metadata().await.ok().map(|m| m.len()),
+            Stream::Http(r) => r.content_length(),
+        }
+    }
+
     async fn chunk(&mut self, buf: &mut [u8]) -> Result<Option<Vec<u8>>, String> {
         match self {
             Stream::File(f) => match f.read(buf).await {
@@ -334,13 +354,13 @@ async fn open(url: &str) -> Result<Stream, OpenError> {
 }
 
 /// Fetches `url` into the file `to` (created, replacing), hashing with `algorithm`;
-/// `progress` is told the bytes so far.
+/// `progress` is told the bytes so far, chunk by chunk.
 pub async fn fetch(
     url: &str,
     to: &Path,
     algorithm: Algorithm,
     limits: &Limits,
-    progress: &(dyn Fn(u64) + Send + Sync),
+    progress: OnProgress<'_>,
 ) -> Result<Fetched, FetchError> {
     let work = fetch_inner(url, to, algorithm, limits, progress);
     match limits.timeout {
@@ -359,7 +379,7 @@ async fn fetch_inner(
     to: &Path,
     algorithm: Algorithm,
     limits: &Limits,
-    progress: &(dyn Fn(u64) + Send + Sync),
+    progress: OnProgress<'_>,
 ) -> Result<Fetched, FetchError> {
     if !["file://", "http://", "https://", "s3://"]
         .iter()
@@ -389,6 +409,7 @@ async fn fetch_inner(
         path: to.display().to_string(),
         source,
     };
+    let total = stream.size().await;
     let mut file = tokio::fs::File::create(to).await.map_err(write_error)?;
     let mut hasher = Hasher::new(algorithm);
     let mut buf = vec![0u8; 64 << 10];
@@ -411,7 +432,7 @@ async fn fetch_inner(
         }
         hasher.update(&chunk);
         file.write_all(&chunk).await.map_err(write_error)?;
-        progress(bytes);
+        progress(Progress { bytes, total });
         if let Some(rate) = limits.max_bandwidth.filter(|&r| r > 0) {
             let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
             let spent = paced.elapsed();

@@ -29,7 +29,7 @@ use deploy_common::server::conn::Events;
 use deploy_common::wire::message::{Event, Stream};
 use deploy_release::commands::Log;
 use deploy_release::deploy::{self, Activation, Context, Settings};
-use deploy_release::fetch::Limits;
+use deploy_release::fetch::{Limits, Progress};
 use deploy_release::layout::Releases;
 use deploy_release::{ops, Manifest};
 use serde_json::Value;
@@ -191,33 +191,98 @@ async fn manifest(agent: &Agent, spec: &ReleaseSpec) -> Result<(Manifest, String
     Ok((manifest, rendered))
 }
 
-/// Runs `work` with a log whose lines stream to a follower.
+/// What a deploy streams to a client that follows: its log's lines and how far its
+/// fetch is.
+enum Note {
+    Line(String),
+    Progress(Event),
+}
+
+/// The fetch's progress, as [`Event::Progress`] at most every 200 ms or each whole
+/// percent (and the last one always), so that a fast fetch does not flood a follower.
+struct Meter {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Note>>,
+    started: std::time::Instant,
+    /// When the last event went, and its percent.
+    last: std::sync::Mutex<Option<(std::time::Instant, u8)>>,
+}
+
+impl Meter {
+    fn tell(&self, p: Progress) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let percent = match p.total {
+            Some(total) if total > 0 => {
+                u8::try_from((p.bytes.min(total) * 100) / total).unwrap_or(100)
+            }
+            _ => 0,
+        };
+        let now = std::time::Instant::now();
+        let done = p.total == Some(p.bytes);
+        {
+            let mut last = self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, pct)) = *last {
+                if !done && pct == percent && now.duration_since(at) < Duration::from_millis(200) {
+                    return;
+                }
+            }
+            *last = Some((now, percent));
+        }
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = format!("{:.2}MB/s", p.bytes as f64 / secs / 1e6);
+        let _ = tx.send(Note::Progress(Event::Progress {
+            bytes: p.bytes,
+            percent,
+            rate,
+        }));
+    }
+}
+
+/// Runs `work` with a log whose lines, and a meter whose progress, stream to a
+/// follower (lines in their order, progress between them).
 async fn with_log<T>(
     request: &Request,
     events: &Events,
-    work: impl AsyncFnOnce(Log) -> T,
+    work: impl AsyncFnOnce(Log, &Meter) -> T,
 ) -> (T, Vec<u8>) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let log = if request.follow && events.wanted() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Note>();
+    let following = request.follow && events.wanted();
+    let log = if following {
+        let tx = tx.clone();
         Log::with_sink(move |line| {
-            let _ = tx.send(line.to_owned());
+            let _ = tx.send(Note::Line(line.to_owned()));
         })
     } else {
-        drop(tx);
         Log::default()
     };
-    let kept = log.clone();
+    let meter = Meter {
+        tx: following.then_some(tx),
+        started: std::time::Instant::now(),
+        last: std::sync::Mutex::new(None),
+    };
+    let kept = log.keeper();
     let forward = async {
-        while let Some(line) = rx.recv().await {
-            events
-                .send(Event::Line {
+        while let Some(note) = rx.recv().await {
+            let event = match note {
+                Note::Line(line) => Event::Line {
                     stream: Stream::Stdout,
                     line,
-                })
-                .await;
+                },
+                Note::Progress(event) => event,
+            };
+            events.send(event).await;
         }
     };
-    let (result, ()) = tokio::join!(work(log), forward);
+    let run = async {
+        let result = work(log, &meter).await;
+        drop(meter);
+        result
+    };
+    let (result, ()) = tokio::join!(run, forward);
     (result, kept.bytes())
 }
 
@@ -295,8 +360,8 @@ async fn prepare_or_all(
         confirm_within: spec.confirm_within.map(Duration::from_secs),
     };
     if spec.phase == Phase::Prepare {
-        let (result, log) = with_log(request, events, async |log: Log| {
-            deploy::prepare(&manifest, &settings, &context, &log, &|_| {}).await
+        let (result, log) = with_log(request, events, async |log: Log, meter: &Meter| {
+            deploy::prepare(&manifest, &settings, &context, &log, &|p| meter.tell(p)).await
         })
         .await;
         return match result {
@@ -317,7 +382,7 @@ async fn prepare_or_all(
             Err(e) => Reply::error(500, format!("prepare failed: {e}")),
         };
     }
-    let (outcome, log) = with_log(request, events, async |log: Log| {
+    let (outcome, log) = with_log(request, events, async |log: Log, _: &Meter| {
         deploy::run(&manifest, &settings, &context, &activation, &log).await
     })
     .await;
@@ -463,7 +528,7 @@ async fn switch(
     };
     let settings = settings(agent);
     let id = spec.id.clone();
-    let ((result, switched_at), log) = with_log(request, events, async |log: Log| {
+    let ((result, switched_at), log) = with_log(request, events, async |log: Log, _: &Meter| {
         let switched = deploy::switch(
             &manifest,
             Path::new(&dest),
