@@ -328,6 +328,13 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub releases_dir: Option<String>,
 
+    /// `deploy` on `ssh://` hosts: who fetches the artifact. `host`: each host (file://
+    /// on it, or http(s):// with curl). `client`: this client, once (any source), checked
+    /// and unpacked here by the confined extractor, the tree streamed to every host.
+    /// Agents always fetch for themselves.
+    #[arg(long, value_enum, value_name = "WHO", default_value_t = crate::ssh_release::Fetch::Host)]
+    pub fetch: crate::ssh_release::Fetch,
+
     /// `upload`, `sync`: a file or directory to send (repeatable). Directories are sent
     /// whole; modes, times and numeric owners are kept.
     #[arg(long = "upload", value_name = "PATH")]
@@ -517,6 +524,7 @@ impl Args {
             ssh: ssh.clone().map(|t| {
                 Arc::new(crate::ssh_release::SshReleases::new(
                     t as Arc<dyn Transport>,
+                    self.fetch,
                 )) as Arc<dyn Transport>
             }),
         });

@@ -290,7 +290,18 @@ hook_log() { cp "$L" "$L.in"; printf '%s: %s\n' "$1" "$2"; ( cd / && DEPLOY_DEST
 "#;
 
 /// Prepare: fetch, verify, pre, unpack into `.staging-<id>`, then `<id>` and its record.
-fn prepare_steps(script: &mut Script, loaded: &Loaded, id: &str, meta: &Meta) -> Result<(), Reply> {
+/// `staged`: the client fetched (that many bytes), verified and unpacked the release
+/// itself and sent the tree into `.staging-<id>` (`--fetch=client`); the host only
+/// runs `pre` and files it.
+fn prepare_steps(
+    script: &mut Script,
+    loaded: &Loaded,
+    id: &str,
+    meta: &Meta,
+    staged: Option<u64>,
+) -> Result<(), Reply> {
+    let staged_bytes = staged;
+    let staged = staged.is_some();
     let m = &loaded.manifest;
     let (Some(src), Some(checksum)) = (&m.src, &m.checksum) else {
         return Err(bad(
@@ -298,10 +309,13 @@ fn prepare_steps(script: &mut Script, loaded: &Loaded, id: &str, meta: &Meta) ->
             "over SSH a deploy needs `src` and its `checksum` (commands-only manifests go to agents)",
         ));
     };
-    if !(src.starts_with("file://") || src.starts_with("http://") || src.starts_with("https://")) {
+    let host_fetches = ["file://", "http://", "https://"]
+        .iter()
+        .any(|scheme| src.starts_with(scheme));
+    if !staged && !host_fetches {
         return Err(bad(
             501,
-            format!("src {src}: over SSH the host fetches file:// or http(s):// sources only"),
+            format!("src {src}: over SSH the host fetches file:// or http(s):// sources only (--fetch=client fetches any source on this side)"),
         ));
     }
     let tool = match checksum.algorithm {
@@ -322,21 +336,39 @@ fn prepare_steps(script: &mut Script, loaded: &Loaded, id: &str, meta: &Meta) ->
         &serde_json::to_string(meta).unwrap_or_default(),
     )?;
     script.var("MANIFEST", "the manifest", &loaded.rendered)?;
-    script.text.push_str(PREPARE_FETCH);
-    script.hooks("pre", &m.commands.pre)?;
-    script.text.push_str(PREPARE_UNPACK);
+    script.var("STAGED", "a flag", if staged { "1" } else { "" })?;
+    script.text.push_str(PREPARE_CHECK);
+    if let Some(bytes) = staged_bytes {
+        script.var("BYTES", "a size", &bytes.to_string())?;
+        script.text.push_str(PREPARE_STAGED);
+        script.hooks("pre", &m.commands.pre)?;
+    } else {
+        script.text.push_str(PREPARE_FETCH);
+        script.hooks("pre", &m.commands.pre)?;
+        script.text.push_str(PREPARE_UNPACK);
+    }
+    script.text.push_str(PREPARE_FILE);
     Ok(())
 }
 
-const PREPARE_FETCH: &str = r#"W="$R/.download-$ID"; S="$R/.staging-$ID"
+/// Both ways: the id must be newer than every release and staging tree (but the one
+/// the client sent for it).
+const PREPARE_CHECK: &str = r#"W="$R/.download-$ID"; S="$R/.staging-$ID"
 on_fail() { rm -rf -- "$W" "$S"; }
 mkdir -p "$R/.meta" || fail "cannot create $R/.meta"
-newest=$(for p in "$R"/* "$R"/.staging-*; do [ -d "$p" ] || continue; n=${p##*/}; n=${n#.staging-}; ok_id "$n" && printf '%s\n' "$n"; done | sort | tail -n 1)
+newest=$(for p in "$R"/* "$R"/.staging-*; do [ -d "$p" ] || continue; [ -n "$STAGED" ] && [ "$p" = "$S" ] && continue; n=${p##*/}; n=${n#.staging-}; ok_id "$n" && printf '%s\n' "$n"; done | sort | tail -n 1)
 if [ -n "$newest" ]; then
   last=$(printf '%s\n%s\n' "$newest" "$ID" | sort | tail -n 1)
   if [ "$newest" = "$ID" ] || [ "$last" != "$ID" ]; then ECODE=409; fail "release $ID would not be newer than $newest (is the caller's clock behind?)"; fi
 fi
-rm -rf -- "$W"; mkdir -m 700 -- "$W" || fail "cannot create $W"
+"#;
+
+/// `--fetch=client`: the tree is there already, checked and unpacked by the client.
+const PREPARE_STAGED: &str = r#"[ -d "$S" ] && [ ! -L "$S" ] || fail "the release the client sent is not in $S"
+printf 'received %s (fetched and verified by the client) into %s\n' "$SRC" "$S"
+"#;
+
+const PREPARE_FETCH: &str = r#"rm -rf -- "$W"; mkdir -m 700 -- "$W" || fail "cannot create $W"
 printf 'fetching %s\n' "$SRC"
 case $SRC in
   file://*) cp -- "${SRC#file://}" "$W/artifact" || fail "cannot fetch $SRC";;
@@ -354,7 +386,10 @@ const PREPARE_UNPACK: &str = r#"tar -tf "$W/artifact" >"$W/names" || fail "$SRC:
 if grep -E -q '^/|(^|/)\.\.(/|$)' "$W/names"; then fail "$SRC: refusing an archive with absolute or .. names: $(grep -E '^/|(^|/)\.\.(/|$)' "$W/names" | head -n 1)"; fi
 mkdir -- "$S" || fail "cannot create $S"
 tar -x --no-same-owner -f "$W/artifact" -C "$S" || fail "cannot unpack $SRC"
-chmod "$MODE" "$S" || fail "cannot chmod $S"
+"#;
+
+/// Both ways: the staging tree becomes the release, with its records.
+const PREPARE_FILE: &str = r#"chmod "$MODE" "$S" || fail "cannot chmod $S"
 mv -T -- "$S" "$R/$ID" || fail "cannot rename into $R/$ID"
 printf '%s\n' "$META" >"$R/.meta/$ID.json.tmp" && mv -f "$R/.meta/$ID.json.tmp" "$R/.meta/$ID.json" || fail "cannot write $R/.meta/$ID.json"
 printf '%s' "$MANIFEST" >"$R/.meta/$ID.manifest.tmp" && mv -f "$R/.meta/$ID.manifest.tmp" "$R/.meta/$ID.manifest" || fail "cannot write $R/.meta/$ID.manifest"
@@ -531,6 +566,7 @@ pub fn translate(
     request: &Request,
     target: &Target,
     loaded: Option<&Loaded>,
+    staged: Option<u64>,
 ) -> Result<(Request, Kind), Reply> {
     let spec = spec_of(request)?;
     let who = who(spec, target);
@@ -587,7 +623,7 @@ pub fn translate(
                 state: "prepared".into(),
             };
             let mut script = Script::new(&releases, &who, &spec.message)?;
-            prepare_steps(&mut script, loaded, &id, &meta)?;
+            prepare_steps(&mut script, loaded, &id, &meta, staged)?;
             let kind = if spec.phase == Phase::All {
                 let revert = spec
                     .confirm_within
@@ -896,20 +932,50 @@ fn listing(lines: &[String]) -> serde_json::Map<String, Value> {
     ])
 }
 
-/// The SSH transport with the release orders translated (see the module doc); every
-/// other order, and every agent, is untouched.
+/// Who fetches a release's artifact for SSH hosts (`--fetch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fetch {
+    /// Each host fetches it (`file://` on the host, or `http(s)://` with curl), checks
+    /// it and unpacks it with its own `tar`.
+    #[default]
+    Host,
+    /// This client fetches it once (any source: file, http(s), s3, rsync), checks it,
+    /// unpacks it with the confined extractor, and streams the tree to every host.
+    Client,
+}
+
+/// A release fetched, checked and unpacked on this side (`--fetch=client`), ready to
+/// be sent to every host.
+struct Local {
+    /// Holds the tree; removed when the run ends.
+    _dir: tempfile::TempDir,
+    /// The release's time stamp (the id's first part), for every host.
+    stamp: String,
+    /// Bytes fetched.
+    bytes: u64,
+    /// The upload of the tree into the hosts' staging directory (`None`: an empty tree).
+    upload: Option<deploy_common::upload::UploadSpec>,
+}
+
+/// The SSH transport with the release orders added.
 pub struct SshReleases {
     inner: Arc<dyn Transport>,
     /// The run's manifest, read and rendered once for every host.
     manifest: tokio::sync::OnceCell<Result<Arc<Loaded>, String>>,
+    /// Who fetches artifacts.
+    fetch: Fetch,
+    /// `--fetch=client`: the release, fetched once for every host.
+    local: tokio::sync::OnceCell<Result<Arc<Local>, String>>,
 }
 
 impl SshReleases {
-    /// Wraps the SSH transport `inner`.
-    pub fn new(inner: Arc<dyn Transport>) -> SshReleases {
+    /// Wraps the SSH transport `inner`; `fetch` says who fetches artifacts.
+    pub fn new(inner: Arc<dyn Transport>, fetch: Fetch) -> SshReleases {
         SshReleases {
             inner,
             manifest: tokio::sync::OnceCell::new(),
+            fetch,
+            local: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -930,6 +996,155 @@ impl SshReleases {
             Err(why) => Err(Reply::error(400, why.clone())),
         }
     }
+
+    /// `--fetch=client`, for a prepare: the release fetched, checked and unpacked here
+    /// once (the first host to ask does it, the others wait for it).
+    async fn local(&self, spec: &ReleaseSpec, loaded: &Loaded) -> Result<Arc<Local>, Reply> {
+        let local = self
+            .local
+            .get_or_init(|| async { fetch_here(spec, loaded).await.map(Arc::new) })
+            .await;
+        local
+            .as_ref()
+            .map(Arc::clone)
+            .map_err(|why| Reply::error(500, format!("prepare failed: {why}")))
+    }
+
+    /// Sends the client-side release to `target`'s staging directory; `Err` is the
+    /// outcome to give instead of preparing.
+    async fn send_tree(
+        &self,
+        target: &Target,
+        request: &Request,
+        local: &Local,
+    ) -> Result<(), Outcome> {
+        let Some(spec) = &local.upload else {
+            return Ok(());
+        };
+        let upload = Request {
+            order: "upload".to_owned(),
+            upload: Some(Box::new(spec.clone())),
+            sudo: request.sudo,
+            ..Request::default()
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let drain = async { while rx.recv().await.is_some() {} };
+        let (outcome, ()) = tokio::join!(self.inner.deliver(target, &upload, tx), drain);
+        match outcome {
+            Outcome::Reply(reply) if reply.code == 200 => {
+                let content = reply.content();
+                if content.get("return").and_then(Value::as_str) == Some("true") {
+                    return Ok(());
+                }
+                let output = content
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .unwrap_or_default();
+                Err(Outcome::Reply(Reply::error(
+                    500,
+                    format!(
+                        "prepare failed: cannot send the release to {}: {}",
+                        spec.root,
+                        String::from_utf8_lossy(&output).trim()
+                    ),
+                )))
+            }
+            // A refusal, or the host unreachable: as the host said it.
+            other => Err(other),
+        }
+    }
+}
+
+/// Fetches, checks and unpacks the release of `loaded` here, under a private temporary
+/// directory, with the same code (and confined extractor) as an agent; no hook runs
+/// here. Returns it with the upload that sends it to a host's staging directory.
+async fn fetch_here(spec: &ReleaseSpec, loaded: &Loaded) -> Result<Local, String> {
+    use deploy_release::deploy::{self, Context, Settings};
+    let m = &loaded.manifest;
+    let (Some(dest), Some(checksum)) = (&m.dest, &m.checksum) else {
+        return Err("over SSH a deploy needs `dest`, `src` and its `checksum`".to_owned());
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("deploy-release.")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let mut here = m.clone();
+    here.dest = Some(dir.path().join("tree").display().to_string());
+    here.releases_dir = None;
+    here.commands = Default::default();
+    let mut limits = deploy_release::fetch::Limits::default();
+    let k = &spec.knobs;
+    limits.max_bandwidth = k.max_bandwidth.filter(|&b| b > 0);
+    limits.timeout = k.timeout.map(std::time::Duration::from_secs);
+    if let Some(retry) = k.retry {
+        limits.retry = retry.min(10);
+    }
+    if let Some(wait) = k.retry_wait {
+        limits.retry_wait = std::time::Duration::from_secs(wait.min(600));
+    }
+    let settings = Settings {
+        work_dir: dir.path().join("work"),
+        limits,
+        hooks: false,
+        cwd: dir.path().to_owned(),
+    };
+    let stamp = if spec.id.is_empty() {
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string()
+    } else {
+        spec.id.clone()
+    };
+    let context = Context {
+        stamp: Some(stamp.clone()),
+        ..Context::default()
+    };
+    let log = deploy_release::commands::Log::default();
+    let prepared = deploy::prepare(&here, &settings, &context, &log, &|_| {})
+        .await
+        .map_err(|e| e.to_string())?;
+    prepared.cleanup();
+    let id = prepared
+        .id
+        .clone()
+        .ok_or_else(|| "the client-side release has no id".to_owned())?;
+    let tree = dir.path().join("tree.releases").join(&id);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&tree).map_err(|e| format!("{}: {e}", tree.display()))? {
+        let entry = entry.map_err(|e| format!("{}: {e}", tree.display()))?;
+        let name = entry.file_name();
+        let name = name
+            .to_str()
+            .ok_or_else(|| format!("{}: a name that is not UTF-8", tree.display()))?;
+        files.push(name.to_owned());
+    }
+    files.sort();
+    // The hosts' staging directory, as a template (`%h`, `%p`): the upload expands it
+    // per host, so one walk of the tree serves them all.
+    let layout = Releases::new(Path::new(dest), m.releases_dir.as_deref().map(Path::new));
+    let hash: String = checksum.hex.chars().take(8).collect();
+    let root = layout
+        .dir()
+        .join(format!(".staging-{stamp}-{hash}"))
+        .display()
+        .to_string();
+    let upload = if files.is_empty() {
+        None
+    } else {
+        let spec = deploy_common::upload::UploadSpec {
+            files,
+            root,
+            relative: true,
+            no_owner: true,
+        };
+        deploy_common::upload::build_and_keep_in(&spec, &tree).await?;
+        Some(spec)
+    };
+    Ok(Local {
+        _dir: dir,
+        stamp,
+        bytes: prepared.bytes,
+        upload,
+    })
 }
 
 impl Transport for SshReleases {
@@ -947,7 +1162,30 @@ impl Transport for SshReleases {
                 Ok(l) => l,
                 Err(reply) => return Outcome::Reply(reply),
             };
-            let (run, kind) = match translate(request, target, loaded.as_deref()) {
+            let mut request = std::borrow::Cow::Borrowed(request);
+            let mut staged = None;
+            let preparing = request.order == "deploy"
+                && request
+                    .release
+                    .as_deref()
+                    .is_some_and(|s| matches!(s.phase, Phase::Prepare | Phase::All));
+            if let (Fetch::Client, true, Some(loaded)) = (self.fetch, preparing, &loaded) {
+                let Some(spec) = request.release.as_deref() else {
+                    return Outcome::Reply(bad(400, "deploy needs its release fields"));
+                };
+                let local = match self.local(spec, loaded).await {
+                    Ok(l) => l,
+                    Err(reply) => return Outcome::Reply(reply),
+                };
+                if let Some(spec) = request.to_mut().release.as_deref_mut() {
+                    spec.id.clone_from(&local.stamp);
+                }
+                if let Err(outcome) = self.send_tree(target, &request, &local).await {
+                    return outcome;
+                }
+                staged = Some(local.bytes);
+            }
+            let (run, kind) = match translate(&request, target, loaded.as_deref(), staged) {
                 Ok(t) => t,
                 Err(reply) => return Outcome::Reply(reply),
             };
@@ -1132,7 +1370,7 @@ mod tests {
             });
         }
         for request in &requests {
-            let (run, _) = translate(request, &target, Some(&loaded)).unwrap();
+            let (run, _) = translate(request, &target, Some(&loaded), None).unwrap();
             assert_eq!(run.argv, ["sh", "-s"]);
             let out = std::process::Command::new("/bin/sh")
                 .args(["-n", "-s"])
@@ -1176,8 +1414,13 @@ mod tests {
             })),
             ..Request::default()
         };
-        let (run, kind) =
-            translate(&request("releases", "/srv/%h-%p/app", ""), &target, None).unwrap();
+        let (run, kind) = translate(
+            &request("releases", "/srv/%h-%p/app", ""),
+            &target,
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(kind, Kind::Releases);
         assert_eq!(run.order, "run");
         let script = String::from_utf8(script_of(&run)).unwrap();
@@ -1188,7 +1431,7 @@ mod tests {
         );
         // Relative dests, hostile ids and short prefixes are refused before any host.
         assert_eq!(
-            translate(&request("releases", "srv/app", ""), &target, None)
+            translate(&request("releases", "srv/app", ""), &target, None, None)
                 .unwrap_err()
                 .code,
             400
@@ -1196,7 +1439,11 @@ mod tests {
         for id in ["../x", ".staging-x", "a b", "$(id)"] {
             let mut r = request("deploy", "/srv/app", id);
             r.release.as_mut().unwrap().phase = Phase::Switch;
-            assert_eq!(translate(&r, &target, None).unwrap_err().code, 400, "{id}");
+            assert_eq!(
+                translate(&r, &target, None, None).unwrap_err().code,
+                400,
+                "{id}"
+            );
         }
         // A switch by id alone: the run's manifest names the dest (and its keep).
         let text = "src: file:///a.tgz\nchecksum: sha1:da39a3ee5e6b4b0d3255bfef95601890afd80709\n\
@@ -1207,7 +1454,7 @@ mod tests {
         };
         let mut r = request("deploy", "", "20260102T030405.006Z-da39a3ee");
         r.release.as_mut().unwrap().phase = Phase::Switch;
-        let (run, kind) = translate(&r, &target, Some(&loaded)).unwrap();
+        let (run, kind) = translate(&r, &target, Some(&loaded), None).unwrap();
         assert_eq!(
             kind,
             Kind::Switch {
@@ -1218,7 +1465,7 @@ mod tests {
         assert!(script.contains("D='/srv/web1/app'\n"), "{script}");
         assert!(script.contains("R='/srv/r-web1'\n"), "{script}");
         assert_eq!(
-            translate(&request("rollback", "/srv/app", "ab"), &target, None)
+            translate(&request("rollback", "/srv/app", "ab"), &target, None, None)
                 .unwrap_err()
                 .code,
             409

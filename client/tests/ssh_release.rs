@@ -565,3 +565,140 @@ fn ssh_release_unconfirmed_switch_reverts() {
     let history = Releases::new(&kept, None).history();
     assert_eq!(history.last().unwrap().action, "confirm");
 }
+
+/// An HTTP server on loopback serving `body` to every request until dropped; counts
+/// the requests.
+struct Counting {
+    url: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn counting_server(body: Vec<u8>) -> Counting {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/app.tar.gz", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(&body);
+        }
+    });
+    Counting { url, hits }
+}
+
+#[test]
+fn ssh_release_fetched_once_by_the_client() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let shelf = Shelf::new();
+    let hosts = hosts(c, 2);
+    let (archive, sum) = shelf.artifact("1");
+    let server = counting_server(std::fs::read(&archive).unwrap());
+    let manifest = shelf.path().join("http.yml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "src: {}\nchecksum: {sum}\ndest: {}/%h-%p/app\nsync_strategy: release\n",
+            server.url,
+            shelf.path().display()
+        ),
+    )
+    .unwrap();
+    let m = format!("@{}", manifest.display());
+    let deploy = |fetch: &str| {
+        client(
+            home.path(),
+            &[
+                "--hosts",
+                &hosts,
+                "--order=deploy",
+                "--manifest",
+                &m,
+                &format!("--fetch={fetch}"),
+            ],
+            None,
+        )
+    };
+    let out = deploy("client");
+    assert_eq!(out.status, 0, "{out:#?}");
+    assert_eq!(
+        server.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one fetch for the whole fleet"
+    );
+    for i in 0..2 {
+        let dest = shelf.dest(c, i);
+        assert_eq!(version(&dest), "1", "{out:#?}");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("bin/app")).unwrap(),
+            "#!/bin/sh\necho 1\n"
+        );
+        assert_eq!(release_dirs(&dest).len(), 1);
+    }
+    // The hosts fetch for themselves by default: one request each.
+    std::thread::sleep(Duration::from_millis(5));
+    let out = deploy("host");
+    assert_eq!(out.status, 0, "{out:#?}");
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // A hostile archive (a link out of the tree, then a file through it) is refused by
+    // the client's extractor: no host receives anything, nothing is written outside.
+    let outside = shelf.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let evil = shelf.path().join("evil.tar");
+    let py = format!(
+        "import tarfile, io\nt = tarfile.open({evil:?}, 'w')\nl = tarfile.TarInfo('link'); l.type = tarfile.SYMTYPE; l.linkname = {outside:?}; t.addfile(l)\nd = b'pwned'\nf = tarfile.TarInfo('link/x'); f.size = len(d); t.addfile(f, io.BytesIO(d))\nt.close()\n",
+        evil = evil.display().to_string(),
+        outside = outside.display().to_string(),
+    );
+    assert!(Command::new("python3")
+        .args(["-c", &py])
+        .status()
+        .unwrap()
+        .success());
+    let manifest = shelf.path().join("evil.yml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "src: file://{}\nchecksum: {}\ndest: {}/%h-%p/app\nsync_strategy: release\n",
+            evil.display(),
+            sha256(&evil),
+            shelf.path().display()
+        ),
+    )
+    .unwrap();
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=deploy",
+            "--manifest",
+            &format!("@{}", manifest.display()),
+            "--fetch=client",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:#?}");
+    assert!(out.stderr.contains("nobody in it switched"), "{out:#?}");
+    assert!(!outside.join("x").exists(), "nothing written outside");
+    for i in 0..2 {
+        let dest = shelf.dest(c, i);
+        assert_eq!(version(&dest), "1", "nobody switched");
+        let staging: Vec<_> = std::fs::read_dir(dest.with_file_name("app.releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".staging"))
+            .collect();
+        assert!(staging.is_empty(), "{staging:?}");
+    }
+}

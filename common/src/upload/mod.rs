@@ -290,6 +290,29 @@ pub fn build_and_keep(spec: &UploadSpec) -> Result<Arc<Manifest>, UploadError> {
     Ok(built)
 }
 
+/// Builds the manifest of `spec` with its relative paths taken under `base` (not the
+/// current directory), and keeps it for [`manifest`]: every later delivery of `spec`
+/// sends that tree. For a caller that made the tree itself (a release the client
+/// fetched and unpacked once, sent to SSH hosts).
+pub async fn build_and_keep_in(spec: &UploadSpec, base: &Path) -> Result<Arc<Manifest>, String> {
+    let cell = {
+        let mut cache = cache().lock().await;
+        Arc::clone(cache.entry(spec.clone()).or_default())
+    };
+    let (spec, base) = (spec.clone(), base.to_owned());
+    cell.get_or_init(|| async move {
+        tokio::task::spawn_blocking(move || {
+            Manifest::build(&spec, &base)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("internal error: {e}")))
+    })
+    .await
+    .clone()
+}
+
 /// The process's manifests, by spec.
 fn cache() -> &'static tokio::sync::Mutex<HashMap<UploadSpec, Cached>> {
     static CACHE: OnceLock<tokio::sync::Mutex<HashMap<UploadSpec, Cached>>> = OnceLock::new();
