@@ -328,11 +328,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub releases_dir: Option<String>,
 
-    /// `deploy` on `ssh://` hosts: who fetches the artifact. `host`: each host (file://
-    /// on it, or http(s):// with curl). `client`: this client, once (any source), checked
-    /// and unpacked here by the confined extractor, the tree streamed to every host.
-    /// Agents always fetch for themselves.
-    #[arg(long, value_enum, value_name = "WHO", default_value_t = crate::ssh_release::Fetch::Host)]
+    /// `deploy` on `ssh://` hosts: who fetches the artifact. `client` (default): this
+    /// client, once (any source), checked and unpacked here by the confined extractor,
+    /// the tree streamed to every host. `host`: each host (file:// on it, or http(s)://
+    /// with curl), unpacked by its own tar. Agents always fetch for themselves.
+    #[arg(long, value_enum, value_name = "WHO", default_value_t = crate::ssh_release::Fetch::Client)]
     pub fetch: crate::ssh_release::Fetch,
 
     /// `upload`, `sync`: a file or directory to send (repeatable). Directories are sent

@@ -9,8 +9,10 @@
 //!   .pending-confirm ({id, previous, deadline})   .lock (flock)
 //! <dest> -> <dest>.releases/<id>     ln -s TARGET TMP && mv -T TMP DEST (rename(2))
 //!
-//! prepare   curl -fsSL | cp (file://) ─► sha256sum -c (or md5/sha1/sha512) ─► pre
-//!           ─► tar -t (absolute or `..` names refused) ─► tar -x -C .staging-<id>
+//! prepare   --fetch=client (default): once, here: fetch, verify, confined unpack
+//!           ─► the tree streamed into .staging-<id> (SSH upload) ─► pre ─► chmod, mv -T
+//!           --fetch=host: curl -fsSL | cp (file://) ─► sha256sum -c (or md5/sha1/sha512)
+//!           ─► pre ─► tar -t (absolute or `..` names refused) ─► tar -x -C .staging-<id>
 //!           ─► chmod dest_mode ─► mv -T to <id> ─► .meta/<id>.json, .meta/<id>.manifest
 //! switch    flock .lock ─► link swap ─► .history ─► states ─► .pending-confirm (and a
 //!           detached reverter) ─► prune to keep K (never current or previous)
@@ -33,8 +35,9 @@
 //!
 //! Paths: `dest` (the manifest's, or `--dest`) and `releases_dir` may hold `%h` and `%p`
 //! (the host and port as written), expanded per host as `--root` and `--lock-file` are,
-//! so that hosts sharing a file system each have their own. Sources are `file://` (a
-//! path on the host) and `http(s)://` (fetched by the host with curl); a `checksum` is
+//! so that hosts sharing a file system each have their own. Sources are those of the
+//! agents with `--fetch=client` (the client fetches them); with `--fetch=host`, `file://`
+//! (a path on the host) and `http(s)://` (fetched by the host with curl). A `checksum` is
 //! required; the strategy must be `release`.
 
 use std::path::Path;

@@ -193,11 +193,12 @@ fn ssh_release_rollout_history_releases_rollback() {
             "-m",
             "second",
             "--follow",
+            "--fetch=host",
         ],
         None,
     );
     assert_eq!(out.status, 0, "{out:#?}");
-    // --follow: each host's log, the result line kept out of it.
+    // --follow: each host's log (this host fetched), the result line kept out of it.
     let spec1 = c.spec(1);
     assert!(
         out.stderr.contains(&format!("{spec1}: fetching file://")),
@@ -466,9 +467,27 @@ fn ssh_release_failures_switch_nobody_or_roll_back() {
     )
     .unwrap();
     let at = format!("@{}", manifest.display());
+    // By the client's extractor (the default), and by the host's checks.
     let out = client(
         home.path(),
         &["--hosts", &c.spec(3), "--order=deploy", "--manifest", &at],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:#?}");
+    assert!(
+        out.stdout.contains("archive refused at \\\"../evil\\\""),
+        "{out:#?}"
+    );
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(3),
+            "--order=deploy",
+            "--manifest",
+            &at,
+            "--fetch=host",
+        ],
         None,
     );
     assert_eq!(out.status, 1, "{out:#?}");
@@ -644,7 +663,7 @@ fn ssh_release_fetched_once_by_the_client() {
         );
         assert_eq!(release_dirs(&dest).len(), 1);
     }
-    // The hosts fetch for themselves by default: one request each.
+    // --fetch=host: the hosts fetch for themselves, one request each.
     std::thread::sleep(Duration::from_millis(5));
     let out = deploy("host");
     assert_eq!(out.status, 0, "{out:#?}");
