@@ -288,6 +288,22 @@ switch_to() {
   if ! { ln -s -- "$R/$1" "$tmp" && mv -T -- "$tmp" "$D"; }; then rm -f -- "$tmp"; fail "cannot switch $D"; fi
   SWITCHED_AT=$(ms)
 }
+overdue() {
+  [ -f "$R/.pending-confirm" ] || return 1
+  pid=$(sed -n 's/.*"id": *"\([A-Za-z0-9._-]*\)".*/\1/p' "$R/.pending-confirm")
+  pprev=$(sed -n 's/.*"previous": *"\([A-Za-z0-9._-]*\)".*/\1/p' "$R/.pending-confirm")
+  dl=$(sed -n 's/.*"deadline": *\([0-9]*\).*/\1/p' "$R/.pending-confirm")
+  if [ -z "$dl" ] || [ "$(date +%s)" -lt "$dl" ]; then return 1; fi
+  if [ -n "$pid" ] && [ -n "$pprev" ] && [ "$(cur)" = "$pid" ]; then
+    switch_to "$pprev"
+    hist revert "$pprev" "$pid" '"deploy (not confirmed in time)"' '""'
+    state "$pid" reverted
+    state "$pprev" active
+    printf 'reverted %s to %s: not confirmed in time\n' "$pid" "$pprev"
+  fi
+  rm -f "$R/.pending-confirm"
+  return 0
+}
 hook() { printf '%s: %s\n' "$1" "$2"; ( cd / && DEPLOY_DEST="$D" DEPLOY_RELEASE="${ID:-}" exec sh -c "$2" ) </dev/null || fail "$1 command failed: $2 exit status $?"; }
 hook_log() { cp "$L" "$L.in"; printf '%s: %s\n' "$1" "$2"; ( cd / && DEPLOY_DEST="$D" DEPLOY_RELEASE="${ID:-}" exec sh -c "$2" ) <"$L.in" || printf '%s command failed: %s exit status %s\n' "$1" "$2" "$?"; }
 "#;
@@ -445,6 +461,7 @@ fn switch_steps(
 }
 
 const SWITCH: &str = r#"lock
+overdue || :
 [ -d "$R/$ID" ] || { ECODE=404; fail "no prepared release $ID"; }
 switch_to "$ID"
 hist switch "$ID" "$FROM" "$WHO" "$MSG"
@@ -476,18 +493,7 @@ fn reverter(releases: &Releases, within: u64) -> Result<String, Reply> {
     s.text.push_str(
         r#"sleep "$WITHIN"
 lock
-[ -f "$R/.pending-confirm" ] || { finish '{"return":"true"}'; exit 0; }
-pid=$(sed -n 's/.*"id": *"\([A-Za-z0-9._-]*\)".*/\1/p' "$R/.pending-confirm")
-pprev=$(sed -n 's/.*"previous": *"\([A-Za-z0-9._-]*\)".*/\1/p' "$R/.pending-confirm")
-dl=$(sed -n 's/.*"deadline": *\([0-9]*\).*/\1/p' "$R/.pending-confirm")
-if [ -z "$dl" ] || [ "$(date +%s)" -lt "$dl" ]; then finish '{"return":"true"}'; exit 0; fi
-if [ -n "$pid" ] && [ -n "$pprev" ] && [ "$(cur)" = "$pid" ]; then
-  switch_to "$pprev"
-  hist revert "$pprev" "$pid" "$WHO" "$MSG"
-  state "$pid" reverted
-  state "$pprev" active
-fi
-rm -f "$R/.pending-confirm"
+overdue || :
 finish '{"return":"true"}'
 "#,
     );
@@ -501,7 +507,10 @@ rm -rf -- "$R/$ID"
 finish "{\"return\":\"true\",\"id\":\"$ID\"}"
 "#;
 
-const LIST: &str = r#"printf 'current %s\n' "$(cur)"
+const LIST: &str = r#"lock
+overdue >/dev/null || :
+unlock
+printf 'current %s\n' "$(cur)"
 for n in $(ids); do
   printf 'release %s ' "$n"; if [ -f "$R/.meta/$n.json" ]; then base64 <"$R/.meta/$n.json" | tr -d '\n'; fi; printf '\n'
 done
@@ -511,6 +520,7 @@ finish '{"return":"true"}'
 "#;
 
 const ROLLBACK: &str = r#"lock
+overdue || :
 ECODE=409
 if [ -n "$P" ]; then
   T=; k=0; m=
@@ -536,6 +546,7 @@ finish "{\"return\":\"true\",\"id\":\"$T\",\"previous\":\"$FROM\",\"switched_at\
 
 const CONFIRM: &str = r#"lock
 if [ ! -f "$R/.pending-confirm" ]; then ECODE=409; fail "no switch waits for a confirm"; fi
+if overdue; then ECODE=409; fail "the confirm came after the deadline: $pid was reverted to $pprev"; fi
 id=$(sed -n 's/.*"id": *"\([A-Za-z0-9._-]*\)".*/\1/p' "$R/.pending-confirm")
 rm -f "$R/.pending-confirm" || fail "cannot remove $R/.pending-confirm"
 hist confirm "$id" "" "$WHO" '""'

@@ -532,7 +532,7 @@ fn ssh_release_unconfirmed_switch_reverts() {
     let Some(c) = cluster() else { return };
     let home = home(c, true);
     let shelf = Shelf::new();
-    let hosts = format!("{},{}", c.spec(6), c.spec(7));
+    let hosts = format!("{},{},{}", c.spec(6), c.spec(7), c.spec(8));
     let m1 = shelf.manifest("1", None, "");
     let out = client(
         home.path(),
@@ -554,9 +554,17 @@ fn ssh_release_unconfirmed_switch_reverts() {
         None,
     );
     assert_eq!(out.status, 0, "{out:#?}");
-    let (kept, reverted) = (shelf.dest(c, 6), shelf.dest(c, 7));
+    let (kept, reverted, rebooted) = (shelf.dest(c, 6), shelf.dest(c, 7), shelf.dest(c, 8));
     assert_eq!(version(&kept), "2");
     assert_eq!(version(&reverted), "2");
+    // The third host "reboots": its detached reverter is gone (its script names its
+    // releases directory).
+    let releases_dir = rebooted.with_file_name("app.releases");
+    let killed = Command::new("pkill")
+        .args(["-f", &format!("R='{}'", releases_dir.display())])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "the reverter was running");
     let pending = Releases::new(&kept, None).pending().expect("pending");
     assert_eq!(
         Some(pending.id.as_str()),
@@ -583,6 +591,20 @@ fn ssh_release_unconfirmed_switch_reverts() {
     assert_eq!(Releases::new(&reverted, None).pending(), None);
     let history = Releases::new(&kept, None).history();
     assert_eq!(history.last().unwrap().action, "confirm");
+
+    // Nobody reverted the rebooted host in time: a confirm after the deadline is
+    // refused, and reverts it (as its deadline said) instead of keeping the release.
+    assert_eq!(version(&rebooted), "2");
+    let out = client(
+        home.path(),
+        &["--hosts", &c.spec(8), "--order=confirm", &dest_arg],
+        None,
+    );
+    assert_ne!(out.status, 0, "{out:#?}");
+    assert!(out.stdout.contains("came after the deadline"), "{out:#?}");
+    assert_eq!(version(&rebooted), "1", "reverted by the late confirm");
+    let history = Releases::new(&rebooted, None).history();
+    assert_eq!(history.last().unwrap().action, "revert");
 }
 
 /// An HTTP server on loopback serving `body` to every request until dropped; counts

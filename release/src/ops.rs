@@ -38,12 +38,37 @@ pub fn rollback(
     Ok((target, from))
 }
 
-/// Confirms the pending switch, if any; returns the release confirmed.
-pub fn confirm(releases: &Releases, who: &str) -> Result<Option<String>, DeployError> {
+/// What a `confirm` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmed {
+    /// The pending switch to this release is confirmed.
+    Confirmed(String),
+    /// The deadline had passed (the host was down, or the sweeper had not come by yet):
+    /// the switch to `id` was reverted to `previous` instead.
+    TooLate {
+        /// The release that was not confirmed in time.
+        id: String,
+        /// The release current again.
+        previous: String,
+    },
+    /// No switch waits for a confirm.
+    Nothing,
+}
+
+/// Confirms the pending switch, if its deadline (against unix time `now`) has not
+/// passed; a late confirm reverts it, as the deadline said.
+pub fn confirm(releases: &Releases, who: &str, now: i64) -> Result<Confirmed, DeployError> {
     let _lock = releases.lock()?;
     let Some(pending) = releases.pending() else {
-        return Ok(None);
+        return Ok(Confirmed::Nothing);
     };
+    if pending.deadline <= now {
+        revert_locked(releases, &pending)?;
+        return Ok(Confirmed::TooLate {
+            id: pending.id,
+            previous: pending.previous,
+        });
+    }
     releases.set_pending(None)?;
     releases.append(&Event {
         time: layout::now(),
@@ -53,7 +78,7 @@ pub fn confirm(releases: &Releases, who: &str) -> Result<Option<String>, DeployE
         who: who.to_owned(),
         message: String::new(),
     })?;
-    Ok(Some(pending.id))
+    Ok(Confirmed::Confirmed(pending.id))
 }
 
 /// Reverts a switch whose confirm deadline has passed at unix time `now`; returns the
@@ -70,6 +95,13 @@ pub fn revert_if_overdue(releases: &Releases, now: i64) -> Result<Option<String>
     let Some(pending) = releases.pending().filter(|p| p.deadline <= now) else {
         return Ok(None);
     };
+    revert_locked(releases, &pending)?;
+    Ok(Some(pending.previous))
+}
+
+/// The revert of an unconfirmed switch, under the layout's lock: back to the previous
+/// release if the pending one is still current, and the pending record gone.
+fn revert_locked(releases: &Releases, pending: &layout::Pending) -> Result<(), DeployError> {
     if releases.current().as_deref() == Some(pending.id.as_str()) {
         releases.switch(&pending.previous)?;
         releases.append(&Event {
@@ -84,7 +116,7 @@ pub fn revert_if_overdue(releases: &Releases, now: i64) -> Result<Option<String>
         let _ = releases.set_state(&pending.previous, "active");
     }
     releases.set_pending(None)?;
-    Ok(Some(pending.previous))
+    Ok(())
 }
 
 /// A registry of the `dest`s with a pending confirm, in a state directory, so that an

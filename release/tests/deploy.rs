@@ -529,15 +529,36 @@ fn unconfirmed_switches_revert() {
     let hash = pending.id.rsplit('-').next().unwrap();
     let (to, _) = ops::rollback(&releases, Some(hash), "", "").unwrap();
     assert_eq!(to, pending.id);
-    releases
-        .set_pending(Some(&deploy_release::layout::Pending {
-            id: to.clone(),
-            previous: pending.previous.clone(),
-            deadline: 0,
-        }))
-        .unwrap();
-    assert_eq!(ops::confirm(&releases, "me").unwrap(), Some(to));
+    let wait_until = |deadline| {
+        releases
+            .set_pending(Some(&deploy_release::layout::Pending {
+                id: to.clone(),
+                previous: pending.previous.clone(),
+                deadline,
+            }))
+            .unwrap();
+    };
+    wait_until(100);
+    assert_eq!(
+        ops::confirm(&releases, "me", 99).unwrap(),
+        ops::Confirmed::Confirmed(to.clone())
+    );
     watch.add(&releases).unwrap();
     assert!(watch.sweep(i64::MAX).is_empty());
     assert_eq!(std::fs::read_to_string(dest.join("version")).unwrap(), "2");
+    // A confirm after the deadline (the host was down when it passed) reverts.
+    wait_until(100);
+    assert_eq!(
+        ops::confirm(&releases, "me", 100).unwrap(),
+        ops::Confirmed::TooLate {
+            id: to.clone(),
+            previous: pending.previous.clone()
+        }
+    );
+    assert_eq!(std::fs::read_to_string(dest.join("version")).unwrap(), "1");
+    assert!(releases.pending().is_none());
+    assert_eq!(
+        ops::confirm(&releases, "me", 0).unwrap(),
+        ops::Confirmed::Nothing
+    );
 }

@@ -677,9 +677,15 @@ pub(super) fn confirm(agent: &Agent, peer: SocketAddr, request: &Request) -> Rep
         Ok(r) => r,
         Err(reply) => return reply,
     };
-    match ops::confirm(&releases, &who(spec, peer)) {
-        Ok(Some(id)) => Reply::ok(object([("return", text("true")), ("id", text(id))])),
-        Ok(None) => Reply::error(409, "no switch waits for a confirm"),
+    match ops::confirm(&releases, &who(spec, peer), chrono::Utc::now().timestamp()) {
+        Ok(ops::Confirmed::Confirmed(id)) => {
+            Reply::ok(object([("return", text("true")), ("id", text(id))]))
+        }
+        Ok(ops::Confirmed::TooLate { id, previous }) => Reply::error(
+            409,
+            format!("the confirm came after the deadline: {id} was reverted to {previous}"),
+        ),
+        Ok(ops::Confirmed::Nothing) => Reply::error(409, "no switch waits for a confirm"),
         Err(e) => Reply::error(500, format!("confirm failed: {e}")),
     }
 }
