@@ -600,3 +600,74 @@ fn a_rollout_on_a_terminal_shows_each_hosts_progress() {
         "no log lines without --follow: {out:#?}"
     );
 }
+
+/// One release order on a raw v2 connection; the reply's content.
+fn release_order(agent: &Agent, spec: deploy_common::order::release::ReleaseSpec) -> serde_json::Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut request = request("deploy", "");
+    request.release = Some(Box::new(spec));
+    let reply = runtime
+        .block_on(v2(agent.addr(), KEY, None, request))
+        .unwrap();
+    assert_eq!(reply.code, 200, "{reply:?}");
+    serde_json::Value::Object(reply.body().clone())
+}
+
+#[test]
+fn a_switch_waits_for_the_rollouts_instant() {
+    use deploy_common::order::release::{Phase, ReleaseSpec};
+    let shelf = Shelf::new();
+    let sb = Sandbox::new();
+    let (agent, dest) = deploying_agent(&sb, &shelf);
+    let now = || chrono::Utc::now().timestamp_millis();
+    let prepare = |v: &str| {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+        let content = release_order(
+            &agent,
+            ReleaseSpec {
+                manifest_url: shelf.manifest(v),
+                phase: Phase::Prepare,
+                id: stamp,
+                ..ReleaseSpec::default()
+            },
+        );
+        content["id"].as_str().unwrap().to_owned()
+    };
+    let switch = |id: &str, at: i64| {
+        release_order(
+            &agent,
+            ReleaseSpec {
+                phase: Phase::Switch,
+                dest: dest.display().to_string(),
+                id: id.to_owned(),
+                at: Some(at),
+                ..ReleaseSpec::default()
+            },
+        )
+    };
+    // An instant a minute ahead means the caller's clock is off: no wait, said so.
+    let id1 = prepare("1");
+    let asked = now() + 60_000;
+    let content = switch(&id1, asked);
+    let switched_at: i64 = content["switched_at"].as_str().unwrap().parse().unwrap();
+    assert!(switched_at < asked, "{content}");
+    let log = base64_decode(content["log"].as_str().unwrap());
+    assert!(log.contains("ahead of this host's clock"), "{log}");
+    assert_eq!(version(&dest), "1");
+    // A near instant is waited for: the rename is not before it.
+    let id2 = prepare("2");
+    let asked = now() + 1_500;
+    let content = switch(&id2, asked);
+    let switched_at: i64 = content["switched_at"].as_str().unwrap().parse().unwrap();
+    assert!(switched_at >= asked, "{switched_at} < {asked}: {content}");
+    assert_eq!(version(&dest), "2");
+}
+
+fn base64_decode(b64: &str) -> String {
+    use base64::Engine as _;
+    String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(b64).unwrap())
+        .into_owned()
+}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use deploy_common::fanout::{Fanout, FanoutEvent, HostResult};
-use deploy_common::order::release::Phase;
+use deploy_common::order::release::{Phase, MAX_SWITCH_WAIT_MS};
 use deploy_common::order::Request;
 use deploy_common::target::Target;
 use deploy_common::transport::{Outcome, Transport, Verdict};
@@ -246,6 +246,22 @@ fn with_phase(base: &Request, phase: Phase, dest: &str, id: &str) -> Request {
     request
 }
 
+/// How far ahead of now the switch instant is set for `hosts` hosts: time for the
+/// requests to fan out (through a proxy, or over new SSH sessions), bounded by what a
+/// host accepts ([`MAX_SWITCH_WAIT_MS`]).
+fn switch_lead_ms(hosts: usize, ssh: bool) -> i64 {
+    let hosts = i64::try_from(hosts).unwrap_or(i64::MAX / 8);
+    let base = if ssh { 800 } else { 150 };
+    (base + 3 * hosts).min(MAX_SWITCH_WAIT_MS / 2)
+}
+
+fn at_instant(mut request: Request, at: i64) -> Request {
+    if let Some(spec) = request.release.as_deref_mut() {
+        spec.at = Some(at);
+    }
+    request
+}
+
 /// Runs the rollout; returns the exit code.
 pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
     let Config {
@@ -348,8 +364,14 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
             finals.extend(prepared.into_iter().map(|r| r.result));
             break;
         }
-        // Phase 2: switch every prepared host at once.
+        // Phase 2: switch every prepared host at once: at one instant, far enough
+        // ahead for the requests to reach every host (one that gets it late switches
+        // as soon as it does).
         let switch_start = std::time::Instant::now();
+        let ssh = wave_targets
+            .iter()
+            .any(|t| t.scheme == deploy_common::target::Scheme::Ssh);
+        let at = chrono::Utc::now().timestamp_millis() + switch_lead_ms(ok.len(), ssh);
         let mut switched: Vec<Record> = Vec::new();
         for (id, (dest, hosts)) in &by_id {
             let mut ts: Vec<usize> = hosts.iter().map(|r| r.target).collect();
@@ -363,7 +385,7 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
                 phase(
                     &transport,
                     &group,
-                    with_phase(&request, Phase::Switch, &dest_of(dest), id),
+                    at_instant(with_phase(&request, Phase::Switch, &dest_of(dest), id), at),
                     &mut show,
                 )
                 .await,

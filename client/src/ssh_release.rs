@@ -288,6 +288,13 @@ switch_to() {
   if ! { ln -s -- "$R/$1" "$tmp" && mv -T -- "$tmp" "$D"; }; then rm -f -- "$tmp"; fail "cannot switch $D"; fi
   SWITCHED_AT=$(ms)
 }
+wait_until() {
+  [ -n "$1" ] || return 0
+  d=$(( $1 - $(ms) ))
+  if [ "$d" -gt 10000 ]; then printf 'the switch instant is %s s ahead of this host'"'"'s clock: switching now\n' "$((d / 1000))"; return 0; fi
+  [ "$d" -gt 0 ] || return 0
+  sleep "$((d / 1000)).$(printf '%03d' "$((d % 1000))")" 2>/dev/null || sleep "$(( (d + 999) / 1000 ))"
+}
 overdue() {
   [ -f "$R/.pending-confirm" ] || return 1
   pid=$(sed -n 's/.*"id": *"\([A-Za-z0-9._-]*\)".*/\1/p' "$R/.pending-confirm")
@@ -425,9 +432,11 @@ fn switch_steps(
     keep: usize,
     confirm_within: Option<u64>,
     revert: Option<String>,
+    at: Option<i64>,
 ) -> Result<(), Reply> {
     script.var("ID", "id", id)?;
     script.var("KEEP", "keep", &keep.to_string())?;
+    script.var("AT", "the switch instant", &at.map(|a| a.to_string()).unwrap_or_default())?;
     if let (Some(within), Some(revert)) = (confirm_within, revert) {
         script.var("WITHIN", "confirm_within", &within.to_string())?;
         script.var("REVERT", "the reverter", &revert)?;
@@ -463,6 +472,7 @@ fn switch_steps(
 const SWITCH: &str = r#"lock
 overdue || :
 [ -d "$R/$ID" ] || { ECODE=404; fail "no prepared release $ID"; }
+wait_until "$AT"
 switch_to "$ID"
 hist switch "$ID" "$FROM" "$WHO" "$MSG"
 state "$ID" active
@@ -650,6 +660,7 @@ pub fn translate(
                     m.keep,
                     spec.confirm_within,
                     revert,
+                    None,
                 )?;
                 script.text.push_str(
                     "finish \"{\\\"return\\\":\\\"true\\\",\\\"id\\\":\\\"$ID\\\",\\\"previous\\\":\\\"$FROM\\\",\\\"switched_at\\\":\\\"$SWITCHED_AT\\\",\\\"bytes\\\":\\\"$BYTES\\\"}\"\n",
@@ -689,6 +700,7 @@ pub fn translate(
                 keep,
                 spec.confirm_within,
                 revert,
+                spec.at,
             )?;
             script.text.push_str(
                 "finish \"{\\\"return\\\":\\\"true\\\",\\\"id\\\":\\\"$ID\\\",\\\"previous\\\":\\\"$FROM\\\",\\\"switched_at\\\":\\\"$SWITCHED_AT\\\"}\"\n",
@@ -1235,6 +1247,12 @@ impl Transport for SshReleases {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
+    #[test]
+    fn the_scripts_wait_no_longer_than_an_agent() {
+        let bound = deploy_common::order::release::MAX_SWITCH_WAIT_MS;
+        assert!(HEAD.contains(&format!("\"$d\" -gt {bound} ]")), "{HEAD}");
+    }
+
     use super::*;
 
     /// Every hostile string comes back from a real `sh` byte for byte.

@@ -548,8 +548,7 @@ pub fn switch(
 ) -> Result<Activated, DeployError> {
     let releases = Releases::new(dest, manifest.releases_dir.as_deref().map(Path::new));
     let _lock = releases.lock()?;
-    let previous = releases.switch(id)?;
-    let switched_at = chrono::Utc::now().timestamp_millis();
+    let (previous, switched_at) = releases.switch_timed(id)?;
     releases.append(&Event {
         time: layout::now(),
         action: action.to_owned(),

@@ -375,6 +375,12 @@ impl Releases {
 
     /// Points `dest` at release `id`, atomically; returns the release it pointed to.
     pub fn switch(&self, id: &str) -> Result<Option<String>, LayoutError> {
+        self.switch_timed(id).map(|(previous, _)| previous)
+    }
+
+    /// [`switch`](Self::switch), also giving the instant of the rename (unix ms): when
+    /// readers start to see the new release, before the directory is synced.
+    pub fn switch_timed(&self, id: &str) -> Result<(Option<String>, i64), LayoutError> {
         let target = self.path(id);
         if !target.is_dir() {
             return Err(LayoutError::NoMatch(id.to_owned()));
@@ -396,10 +402,11 @@ impl Releases {
             let _ = fs::remove_file(&temp);
             return Err(io_err("cannot switch", &self.dest)(e));
         }
+        let at = chrono::Utc::now().timestamp_millis();
         if let Ok(dir) = File::open(parent) {
             let _ = dir.sync_all();
         }
-        Ok(previous)
+        Ok((previous, at))
     }
 
     /// Removes old releases beyond the newest `keep`, never the current or previous one,

@@ -23,7 +23,7 @@
 //! deploy's log stream to a client that follows.
 
 use super::Agent;
-use deploy_common::order::release::{Phase, ReleaseSpec};
+use deploy_common::order::release::{self as release_spec, Phase, ReleaseSpec};
 use deploy_common::order::{object, Reply, Request};
 use deploy_common::server::conn::Events;
 use deploy_common::wire::message::{Event, Stream};
@@ -529,6 +529,17 @@ async fn switch(
     let settings = settings(agent);
     let id = spec.id.clone();
     let ((result, switched_at), log) = with_log(request, events, async |log: Log, _: &Meter| {
+        // Every host of the rollout renames at the caller's instant, not as the
+        // requests happen to arrive.
+        let now = chrono::Utc::now().timestamp_millis();
+        match (spec.at, release_spec::switch_wait(spec.at, now)) {
+            (_, Some(wait)) => tokio::time::sleep(wait).await,
+            (Some(at), None) if at > now => log.line(&format!(
+                "the switch instant is {} s ahead of this host's clock: switching now",
+                (at - now) / 1000
+            )),
+            _ => {}
+        }
         let switched = deploy::switch(
             &manifest,
             Path::new(&dest),

@@ -49,6 +49,18 @@ impl Phase {
     }
 }
 
+/// The longest a host waits for a `switch` instant ([`ReleaseSpec::at`]); further ahead
+/// of its clock, the caller's clock is taken to be wrong.
+pub const MAX_SWITCH_WAIT_MS: i64 = 10_000;
+
+/// How long a host must wait for the switch instant `at` (unix ms), its clock now
+/// reading `now`: nothing if the instant has passed or lies implausibly far ahead.
+pub fn switch_wait(at: Option<i64>, now: i64) -> Option<std::time::Duration> {
+    let ahead = at? - now;
+    (ahead > 0 && ahead <= MAX_SWITCH_WAIT_MS)
+        .then(|| std::time::Duration::from_millis(u64::try_from(ahead).unwrap_or(0)))
+}
+
 /// What a release order asks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ReleaseSpec {
@@ -81,6 +93,12 @@ pub struct ReleaseSpec {
     /// `switch`/`all`: revert by itself unless `confirm` comes within this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirm_within: Option<u64>,
+    /// `switch`: the instant (unix milliseconds, by the caller's clock) at which every
+    /// host of a rollout renames its link, so that the fleet switches at once rather than
+    /// in the order the requests arrive. A host that gets it late switches at once; one
+    /// whose clock puts it over [`MAX_SWITCH_WAIT_MS`] ahead does not wait either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
     /// `prepare`/`all`: stretcher's knobs for this order; a host's own `[deploy]`
     /// settings bound them (the stricter wins).
     #[serde(default, skip_serializing_if = "Knobs::is_empty")]
@@ -111,5 +129,25 @@ impl Knobs {
     /// No knob set.
     pub fn is_empty(&self) -> bool {
         *self == Knobs::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switch_waits_only_for_a_plausible_instant() {
+        assert_eq!(switch_wait(None, 1_000), None);
+        assert_eq!(switch_wait(Some(900), 1_000), None, "passed");
+        assert_eq!(
+            switch_wait(Some(1_250), 1_000),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            switch_wait(Some(1_000 + MAX_SWITCH_WAIT_MS + 1), 1_000),
+            None,
+            "the caller's clock is off"
+        );
     }
 }
