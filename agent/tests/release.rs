@@ -4,53 +4,9 @@
 //! mode (`deploy-agent stretcher`) with a Serf-style line and a Consul JSON array.
 
 use crate::util::*;
+use deploy_testkit::shelf::{version, Shelf};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-/// Artifacts and manifests shared by the fleet: `v1.tar`, `v2.tar`, and `m1.yml`,
-/// `m2.yml` deploying them (release strategy) to `$DEST` on each host.
-struct Shelf {
-    _t: tempfile::TempDir,
-    dir: PathBuf,
-}
-
-impl Shelf {
-    fn new() -> Shelf {
-        let t = tempfile::tempdir().unwrap();
-        let dir = t.path().to_owned();
-        for v in ["1", "2"] {
-            let src = dir.join(format!("src{v}"));
-            std::fs::create_dir_all(&src).unwrap();
-            std::fs::write(src.join("version"), v).unwrap();
-            let tar = dir.join(format!("v{v}.tar"));
-            assert!(Command::new("tar")
-                .arg("-cf")
-                .arg(&tar)
-                .arg("-C")
-                .arg(&src)
-                .arg(".")
-                .status()
-                .unwrap()
-                .success());
-            let out = Command::new("sha256sum").arg(&tar).output().unwrap();
-            let sum = String::from_utf8(out.stdout).unwrap();
-            let sum = sum.split_whitespace().next().unwrap();
-            std::fs::write(
-                dir.join(format!("m{v}.yml")),
-                format!(
-                    "src: file://{}\nchecksum: {sum}\ndest: {{{{ must_env \"DEST\" }}}}\nsync_strategy: release\nkeep: 3\n",
-                    tar.display()
-                ),
-            )
-            .unwrap();
-        }
-        Shelf { _t: t, dir }
-    }
-
-    fn manifest(&self, v: &str) -> String {
-        format!("file://{}/m{v}.yml", self.dir.display())
-    }
-}
 
 /// An agent that deploys from `shelf` to `<sandbox>/allowed/app`.
 fn deploying_agent(sb: &Sandbox, shelf: &Shelf) -> (Agent, PathBuf) {
@@ -60,7 +16,7 @@ fn deploying_agent(sb: &Sandbox, shelf: &Shelf) -> (Agent, PathBuf) {
         .server("allow_deploy", "on")
         .raw(&format!(
             "[deploy]\nmanifest[] = file://{}/\n",
-            shelf.dir.display()
+            shelf.path().display()
         ))
         .env("DEST", dest.display())
         .start(sb);
@@ -78,10 +34,6 @@ fn client(args: &[&str]) -> Output {
             .env("NO_COLOR", "1"),
         std::time::Duration::from_secs(60),
     )
-}
-
-fn version(dest: &Path) -> String {
-    std::fs::read_to_string(dest.join("version")).unwrap_or_default()
 }
 
 #[test]
@@ -279,7 +231,7 @@ fn releases_are_off_unless_enabled_and_manifests_come_from_the_allow_list() {
     ]);
     assert_eq!(out.code, Some(1), "{out:#?}");
     assert!(out.stdout.contains("manifest[]"), "{out:#?}");
-    let hooked = shelf.dir.join("hooked.yml");
+    let hooked = shelf.path().join("hooked.yml");
     std::fs::write(
         &hooked,
         format!(
@@ -299,8 +251,8 @@ fn releases_are_off_unless_enabled_and_manifests_come_from_the_allow_list() {
     assert!(out.stdout.contains("hooks = off"), "{out:#?}");
     assert!(!sb2.join("pwned").exists());
     // A dest outside [allow::paths].
-    let outside = shelf.dir.join("outside.yml");
-    let m1 = std::fs::read_to_string(shelf.dir.join("m1.yml")).unwrap();
+    let outside = shelf.path().join("outside.yml");
+    let m1 = std::fs::read_to_string(shelf.path().join("m1.yml")).unwrap();
     std::fs::write(&outside, m1.replace("{{ must_env \"DEST\" }}", "/etc/app")).unwrap();
     let out = client(&[
         "--hosts",
@@ -404,10 +356,10 @@ fn a_rollout_mixes_agents_and_ssh_hosts() {
     let ssh: Vec<String> = (8..10).map(|i| c.spec(i)).collect();
     let ssh_dest = |i: usize| {
         let (ip, port, _) = &c.hosts[i];
-        shelf.dir.join(format!("ssh-{ip}-{port}/app"))
+        shelf.path().join(format!("ssh-{ip}-{port}/app"))
     };
     let hosts = format!("{},{}", agent.addr(), ssh.join(","));
-    let template = format!("{}/ssh-%h-%p/app", shelf.dir.display());
+    let template = format!("{}/ssh-%h-%p/app", shelf.path().display());
     let client = |args: &[&str]| {
         run_command(
             Command::new(bins::client())
@@ -476,10 +428,10 @@ fn a_rollout_mixes_agents_and_ssh_hosts() {
 #[test]
 fn per_order_knobs_bound_the_download() {
     let shelf = Shelf::new();
-    let big = shelf.dir.join("big");
+    let big = shelf.path().join("big");
     std::fs::create_dir_all(&big).unwrap();
     make_blob(&big.join("blob"), 1 << 20);
-    let tar = shelf.dir.join("big.tar");
+    let tar = shelf.path().join("big.tar");
     assert!(Command::new("tar")
         .arg("-cf")
         .arg(&tar)
@@ -493,7 +445,7 @@ fn per_order_knobs_bound_the_download() {
     let sum = String::from_utf8(out.stdout).unwrap();
     let sum = sum.split_whitespace().next().unwrap().to_owned();
     std::fs::write(
-        shelf.dir.join("big.yml"),
+        shelf.path().join("big.yml"),
         format!(
             "src: file://{}\nchecksum: {sum}\ndest: {{{{ must_env \"DEST\" }}}}\nsync_strategy: release\n",
             tar.display()
@@ -503,7 +455,7 @@ fn per_order_knobs_bound_the_download() {
     let sb = Sandbox::new();
     let (agent, dest) = deploying_agent(&sb, &shelf);
     let host = agent.addr().to_string();
-    let manifest = format!("file://{}/big.yml", shelf.dir.display());
+    let manifest = format!("file://{}/big.yml", shelf.path().display());
     // 1 MiB at 256 KiB/s takes 4 s: a 1 s limit stops it, naming the timeout.
     let out = client(&[
         "--hosts",
@@ -602,7 +554,10 @@ fn a_rollout_on_a_terminal_shows_each_hosts_progress() {
 }
 
 /// One release order on a raw v2 connection; the reply's content.
-fn release_order(agent: &Agent, spec: deploy_common::order::release::ReleaseSpec) -> serde_json::Value {
+fn release_order(
+    agent: &Agent,
+    spec: deploy_common::order::release::ReleaseSpec,
+) -> serde_json::Value {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -668,6 +623,10 @@ fn a_switch_waits_for_the_rollouts_instant() {
 
 fn base64_decode(b64: &str) -> String {
     use base64::Engine as _;
-    String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(b64).unwrap())
-        .into_owned()
+    String::from_utf8_lossy(
+        &base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .into_owned()
 }

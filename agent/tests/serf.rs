@@ -9,6 +9,7 @@
 //! when `CI` is set and is skipped (saying why) otherwise.
 
 use crate::util::*;
+use deploy_testkit::shelf::Shelf;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -181,36 +182,6 @@ impl Drop for Node {
     }
 }
 
-/// Two tar artifacts and the manifests deploying them (release strategy) to `$DEST`.
-fn shelf(dir: &Path) {
-    for v in ["1", "2"] {
-        let src = dir.join(format!("src{v}"));
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("version"), v).unwrap();
-        let tar = dir.join(format!("v{v}.tar"));
-        assert!(Command::new("tar")
-            .arg("-cf")
-            .arg(&tar)
-            .arg("-C")
-            .arg(&src)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
-        let out = Command::new("sha256sum").arg(&tar).output().unwrap();
-        let sum = String::from_utf8(out.stdout).unwrap();
-        let sum = sum.split_whitespace().next().unwrap();
-        std::fs::write(
-            dir.join(format!("m{v}.yml")),
-            format!(
-                "src: file://{}\nchecksum: {sum}\ndest: {{{{ must_env \"DEST\" }}}}\nsync_strategy: release\n",
-                tar.display()
-            ),
-        )
-        .unwrap();
-    }
-}
-
 fn send_event(serf: &Path, node: &Node, payload: &str) {
     let out = run_command(
         Command::new(serf).args([
@@ -240,9 +211,8 @@ fn one_serf_event_deploys_on_every_node_once() {
             return;
         }
     };
-    let shelf_dir = tempfile::tempdir().unwrap();
-    shelf(shelf_dir.path());
-    let mut nodes: Vec<Node> = (1..=5).map(|i| Node::new(i, shelf_dir.path())).collect();
+    let shelf = Shelf::new();
+    let mut nodes: Vec<Node> = (1..=5).map(|i| Node::new(i, shelf.path())).collect();
     let first = format!("127.0.0.1:{}", nodes[0].bind);
     nodes[0].start(&serf, None, false);
     for node in nodes.iter_mut().skip(1) {
@@ -258,13 +228,13 @@ fn one_serf_event_deploys_on_every_node_once() {
         (text.matches(" alive").count() == 5).then_some(())
     });
 
-    let m1 = format!("file://{}/m1.yml", shelf_dir.path().display());
+    let m1 = shelf.manifest("1");
     send_event(&serf, &nodes[0], &m1);
     wait_for_version(&nodes, "1");
 
     // The same event name with another URL (sent from another node): a new LTime, a
     // new deploy everywhere.
-    let m2 = format!("file://{}/m2.yml", shelf_dir.path().display());
+    let m2 = shelf.manifest("2");
     send_event(&serf, &nodes[2], &m2);
     wait_for_version(&nodes, "2");
     // The history line follows the switch: wait for it too.

@@ -436,7 +436,11 @@ fn switch_steps(
 ) -> Result<(), Reply> {
     script.var("ID", "id", id)?;
     script.var("KEEP", "keep", &keep.to_string())?;
-    script.var("AT", "the switch instant", &at.map(|a| a.to_string()).unwrap_or_default())?;
+    script.var(
+        "AT",
+        "the switch instant",
+        &at.map(|a| a.to_string()).unwrap_or_default(),
+    )?;
     if let (Some(within), Some(revert)) = (confirm_within, revert) {
         script.var("WITHIN", "confirm_within", &within.to_string())?;
         script.var("REVERT", "the reverter", &revert)?;

@@ -6,9 +6,9 @@
 //! by what the caller says of itself.
 
 use crate::util::*;
+use deploy_testkit::shelf::{version, Shelf};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 /// The proxy's name in these tests.
 const ID: &str = "px-rel";
@@ -16,56 +16,13 @@ const ID: &str = "px-rel";
 const API_KEY: &str = "release-key-5d1c";
 const KEY_NAME: &str = "ci-bot";
 
-/// `v1.tar`, `v2.tar` and manifests `m1.yml`, `m2.yml` deploying them (release
-/// strategy) to `$DEST`, each agent's own.
-struct Shelf {
-    dir: Sandbox,
-}
-
-impl Shelf {
-    fn new() -> Shelf {
-        let dir = Sandbox::new();
-        for v in ["1", "2"] {
-            let src = dir.join(&format!("src{v}"));
-            std::fs::create_dir_all(&src).unwrap();
-            std::fs::write(src.join("version"), v).unwrap();
-            let tar = dir.join(&format!("v{v}.tar"));
-            assert!(Command::new("tar")
-                .arg("-cf")
-                .arg(&tar)
-                .arg("-C")
-                .arg(&src)
-                .arg(".")
-                .status()
-                .unwrap()
-                .success());
-            let out = Command::new("sha256sum").arg(&tar).output().unwrap();
-            let sum = String::from_utf8(out.stdout).unwrap();
-            let sum = sum.split_whitespace().next().unwrap().to_owned();
-            std::fs::write(
-                dir.join(&format!("m{v}.yml")),
-                format!(
-                    "src: file://{}\nchecksum: {sum}\ndest: {{{{ must_env \"DEST\" }}}}\nsync_strategy: release\n",
-                    tar.display()
-                ),
-            )
-            .unwrap();
-        }
-        Shelf { dir }
-    }
-
-    fn manifest(&self, v: &str) -> String {
-        format!("file://{}/m{v}.yml", self.dir.path().display())
-    }
-}
-
 /// An agent that deploys from the shelf to `<its sandbox>/allowed/app` (or, with
 /// `allowed = false`, one whose `[deploy]` allows no manifest).
 fn agent(sb: &Sandbox, shelf: &Shelf, allowed: bool) -> (Agent, PathBuf) {
     let dest = sb.allowed().join("app");
     std::fs::create_dir_all(sb.allowed()).unwrap();
     let prefix = if allowed {
-        format!("file://{}/", shelf.dir.path().display())
+        format!("file://{}/", shelf.path().display())
     } else {
         "file:///nowhere/".to_owned()
     };
@@ -75,10 +32,6 @@ fn agent(sb: &Sandbox, shelf: &Shelf, allowed: bool) -> (Agent, PathBuf) {
         .env("DEST", dest.display())
         .start(sb);
     (agent, dest)
-}
-
-fn version(dest: &Path) -> String {
-    std::fs::read_to_string(dest.join("version")).unwrap_or_default()
 }
 
 /// Three deploying agents (group `fleet`), a fourth that refuses the manifest (group

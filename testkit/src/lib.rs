@@ -17,6 +17,7 @@
 //! | [`clients`] | in-process clients of the three wires: v2, v1 plain, v1 "ssl" |
 //! | [`sshd`] | ten real `sshd` instances and a jump host on loopback, user and host keys |
 //! | [`command`] | running any command (deploy-client, curl) under a deadline, lines timestamped |
+//! | [`shelf`] | [`Shelf`]: release artifacts and the manifests deploying them |
 //!
 //! # Design
 //!
@@ -41,6 +42,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod rsyncd;
 pub mod sandbox;
+pub mod shelf;
 pub mod sshd;
 
 pub use agent::{start_agent, Agent, AgentConfig};
