@@ -630,3 +630,129 @@ fn base64_decode(b64: &str) -> String {
     )
     .into_owned()
 }
+
+#[test]
+fn a_switch_failure_rolls_back_the_others_unless_no_rollback() {
+    let shelf = Shelf::new();
+    let sbs: Vec<Sandbox> = (0..2).map(|_| Sandbox::new()).collect();
+    let fleet: Vec<(Agent, PathBuf)> = sbs.iter().map(|sb| deploying_agent(sb, &shelf)).collect();
+    let hosts: Vec<String> = fleet.iter().map(|(a, _)| a.addr().to_string()).collect();
+    let hosts = hosts.join(",");
+    let out = client(&[
+        "--hosts",
+        &hosts,
+        "--order=deploy",
+        "--manifest",
+        &shelf.manifest("1"),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    // The second host's dest becomes a real directory: it prepares, but cannot switch.
+    let odd = &fleet[1].1;
+    std::fs::remove_file(odd).unwrap();
+    std::fs::create_dir(odd).unwrap();
+    let m2 = shelf.manifest("2");
+    let out = client(&["--hosts", &hosts, "--order=deploy", "--manifest", &m2]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("1 hosts rolled back"), "{out:#?}");
+    assert_eq!(version(&fleet[0].1), "1", "rolled back");
+    let out = client(&[
+        "--hosts",
+        &hosts,
+        "--order=deploy",
+        "--manifest",
+        &m2,
+        "--no-rollback",
+    ]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(!out.stderr.contains("rolled back"), "{out:#?}");
+    assert_eq!(version(&fleet[0].1), "2", "kept: --no-rollback");
+    assert_eq!(version(odd), "", "the real directory is left alone");
+}
+
+#[test]
+fn the_agents_deploy_keys_and_a_releases_dir() {
+    let shelf = Shelf::new();
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.allowed()).unwrap();
+    let dest = sb.allowed().join("app");
+    let work = sb.join("work");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let start = |deploy: &str| {
+        Config::new(&sb)
+            .server("allow_deploy", "on")
+            .raw(&format!(
+                "[deploy]\nmanifest[] = file://{}/\n{deploy}",
+                shelf.path().display()
+            ))
+            .env("DEST", dest.display())
+            .start(&sb)
+    };
+    let deploy = |agent: &Agent, manifest: &str| {
+        client(&[
+            "--hosts",
+            &agent.addr().to_string(),
+            "--order=deploy",
+            "--manifest",
+            manifest,
+        ])
+    };
+    // src[]: an artifact outside the allowed prefixes is refused, naming the key.
+    let agent = start(&format!("src[] = file://{}/\n", elsewhere.path().display()));
+    let out = deploy(&agent, &shelf.manifest("1"));
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stdout.contains("src[]"), "{out:#?}");
+    assert_eq!(version(&dest), "");
+    drop(agent);
+    // inline: a manifest sent by the client (@FILE) only where `inline = on`.
+    let inline = format!("@{}/m1.yml", shelf.path().display());
+    let agent = start("");
+    let out = deploy(&agent, &inline);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stdout.contains("inline"), "{out:#?}");
+    drop(agent);
+    // work_dir: downloads and staging go there; one the agent cannot use fails the
+    // deploy, naming it.
+    let agent = start("inline = on\nwork_dir = /proc/no-such-dir\n");
+    let out = deploy(&agent, &inline);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stdout.contains("/proc/no-such-dir"), "{out:#?}");
+    drop(agent);
+    let agent = start(&format!("inline = on\nwork_dir = {}\n", work.display()));
+    let out = deploy(&agent, &inline);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(version(&dest), "1");
+    assert!(work.is_dir());
+    // A releases directory of the manifest's own, found again with --releases-dir.
+    let releases = sb.allowed().join("kept-releases");
+    let m2 = std::fs::read_to_string(shelf.path().join("m2.yml")).unwrap();
+    let m2_path = shelf.path().join("m2-dir.yml");
+    std::fs::write(
+        &m2_path,
+        format!("{m2}releases_dir: {}\n", releases.display()),
+    )
+    .unwrap();
+    let out = deploy(&agent, &format!("file://{}", m2_path.display()));
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(version(&dest), "2");
+    assert!(std::fs::read_link(&dest).unwrap().starts_with(&releases));
+    let list = |extra: &[&str]| {
+        let mut args = vec![
+            "--hosts".to_owned(),
+            agent.addr().to_string(),
+            "--order=releases".to_owned(),
+            format!("--dest={}", dest.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        client(&args)
+    };
+    let releases_arg = format!("--releases-dir={}", releases.display());
+    let out = list(&[&releases_arg]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let content = &out.json()[agent.addr().to_string()]["releases"]["content"];
+    let current = content["current"].as_str().unwrap_or_default();
+    assert!(
+        !current.is_empty() && std::fs::read_link(&dest).unwrap().ends_with(current),
+        "{out:#?}"
+    );
+}

@@ -445,25 +445,33 @@ fn remember(agent: &Agent, id: &str, dest: &str, releases_dir: Option<&str>) {
     }
 }
 
-/// The dest and releases directory a `switch`/`abort` addresses: as sent, or, when the
-/// request names only the id, those recorded when the release was prepared.
+/// The dest and releases directory a `switch`/`abort` addresses: as sent, or those
+/// recorded when the release was prepared when the request names only the id, or names
+/// its dest but not the releases directory (a manifest's own `releases_dir`, which the
+/// caller need not know).
 fn addressed(agent: &Agent, spec: &ReleaseSpec) -> Result<(String, String), Reply> {
-    if !spec.dest.is_empty() {
-        return Ok((spec.dest.clone(), spec.releases_dir.clone()));
-    }
-    let unknown = || {
-        Reply::error(
+    let recorded = prepared_at(agent, &spec.id);
+    match recorded {
+        Some((dest, dir))
+            if spec.dest.is_empty() || (spec.dest == dest && spec.releases_dir.is_empty()) =>
+        {
+            Ok((dest, dir))
+        }
+        _ if !spec.dest.is_empty() => Ok((spec.dest.clone(), spec.releases_dir.clone())),
+        _ => Err(Reply::error(
             404,
             format!(
                 "no prepared release {:?} on this host (and no dest given)",
                 spec.id
             ),
-        )
-    };
-    let path = prepared_record(agent, &spec.id).ok_or_else(unknown)?;
-    let text = std::fs::read_to_string(path).map_err(|_| unknown())?;
-    let record: serde_json::Map<String, Value> =
-        serde_json::from_str(&text).map_err(|_| unknown())?;
+        )),
+    }
+}
+
+/// The dest and releases directory recorded for the prepared release `id`.
+fn prepared_at(agent: &Agent, id: &str) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(prepared_record(agent, id)?).ok()?;
+    let record: serde_json::Map<String, Value> = serde_json::from_str(&text).ok()?;
     let field = |k: &str| {
         record
             .get(k)
@@ -471,7 +479,7 @@ fn addressed(agent: &Agent, spec: &ReleaseSpec) -> Result<(String, String), Repl
             .unwrap_or_default()
             .to_owned()
     };
-    Ok((field("dest"), field("releases_dir")))
+    Some((field("dest"), field("releases_dir")))
 }
 
 /// Forgets the record of a prepared release once it is switched to or discarded.
