@@ -17,9 +17,6 @@ use deploy_common::wire::message::{Event, Stream};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-/// How often a followed transfer's output file is read for new lines.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
-
 pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Reply {
     let (mut spec, checksum) = match agent.resolve(&request.options) {
         Ok(x) => x,
@@ -37,12 +34,12 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
                 // A transfer that fails at once (unknown module, refused connection)
                 // is reported as failed, as the original did after its 1 s wait; one
                 // still running after a short wait is reported started.
-                if let Some(body) = early_failure(agent, &checksum).await {
+                if let Some(body) = early_failure(agent, &checksum, pid).await {
                     return Reply::ok(body);
                 }
                 return Reply::ok(started(&checksum));
             }
-            follow(agent, &checksum, events).await;
+            follow(agent, &checksum, pid, events).await;
             match agent.state.last(&checksum) {
                 Some(last) => {
                     let code = last.code.unwrap_or_else(|| 128 + last.signal.unwrap_or(0));
@@ -67,13 +64,17 @@ const EARLY_WAIT: Duration = Duration::from_millis(300);
 async fn early_failure(
     agent: &Agent,
     checksum: &str,
+    runner: u32,
 ) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let deadline = tokio::time::Instant::now() + EARLY_WAIT;
-    while agent.state.running(checksum).is_some() {
-        if tokio::time::Instant::now() >= deadline {
-            return None;
+    let mut wake = rs::wake::Wake::new(&agent.state.root().join(checksum), Some(runner));
+    let waited = tokio::time::timeout(EARLY_WAIT, async {
+        while agent.state.running(checksum).is_some() {
+            wake.wait().await;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    })
+    .await;
+    if waited.is_err() {
+        return None;
     }
     let last = agent.state.last(checksum)?;
     if last.code == Some(0) {
@@ -157,9 +158,12 @@ fn transferred_bytes(tail: &[u8]) -> Option<u64> {
         })
 }
 
-/// Streams the transfer's output file until its runner has finished.
-async fn follow(agent: &Agent, checksum: &str, events: &Events) {
-    let path = agent.state.root().join(checksum).join("output");
+/// Streams the transfer's output file until its runner has finished, reading what is
+/// new each time the runner writes (or exits), not on a timer.
+async fn follow(agent: &Agent, checksum: &str, runner: u32, events: &Events) {
+    let dir = agent.state.root().join(checksum);
+    let mut wake = rs::wake::Wake::new(&dir, Some(runner));
+    let path = dir.join("output");
     let mut offset = 0u64;
     let mut pending: Vec<u8> = Vec::new();
     loop {
@@ -200,7 +204,7 @@ async fn follow(agent: &Agent, checksum: &str, events: &Events) {
             }
             return;
         }
-        tokio::time::sleep(FOLLOW_INTERVAL).await;
+        wake.wait().await;
     }
 }
 

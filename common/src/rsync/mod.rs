@@ -15,6 +15,7 @@
 //! | [`output`] | [`parse_stats`] and [`parse_file_list`] for rsync 3.0 and 3.1+ output |
 //! | [`run`] | [`run_foreground`]: a dry-run (or any run) with combined output and a timeout |
 //! | [`state`] | [`StateDir`]: background transfers that outlive the worker, and [`runner_main`] |
+//! | [`wake`] | [`wake::Wake`]: a follower woken by the transfer's writes and its runner's exit |
 //!
 //! # Design
 //!
@@ -45,6 +46,7 @@ pub mod options;
 pub mod output;
 pub mod run;
 pub mod state;
+pub mod wake;
 
 #[cfg(test)]
 mod tests;
