@@ -108,6 +108,7 @@ fn pidfd(pid: u32) -> Option<OwnedFd> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
