@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Benchmark: a followed `rsync` order (`--follow`) through deploy-proxy to N agents
+# (default 50, each its own deploy-agent process on 127.0.10.x with its own target),
+# every agent pulling one MIB MiB file (default 20) from one rsync daemon on loopback,
+# against the floor of this method run side by side in the same run: the same N rsyncs
+# started by `xargs -P N`. Every run starts from empty targets on both sides.
+#
+# Target (issue 12, "no timer in the path"): the followed push within 1.1x of raw rsync.
+#
+# Usage: bench/follow.sh [RUNS] [N] [MIB]        (default 5 runs, 50 agents, 20 MiB)
+# BENCH_BIN=DIR takes the binaries from DIR (no build). Needs rsync and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-5}
+N=${2:-50}
+MIB=${3:-20}
+if [ -z "${BENCH_BIN:-}" ]; then
+    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
+fi
+exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$MIB" <<'EOP'
+import os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+
+bin_dir, runs, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+work = tempfile.mkdtemp(prefix="deploy-follow-bench-")
+procs = []
+
+def start(cmd, log, expect):
+    f = open(log, "w+")
+    p = subprocess.Popen(cmd, stderr=f, stdout=subprocess.DEVNULL)
+    procs.append(p)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        f.seek(0)
+        lines = re.findall(r"listening on (\S+)", f.read())
+        if len(lines) >= expect:
+            return lines
+        if p.poll() is not None:
+            f.seek(0)
+            sys.exit(f"{cmd[0]} exited: {f.read()}")
+        time.sleep(0.05)
+    sys.exit(f"{cmd[0]} did not start")
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+def clean(path):
+    subprocess.run(["rm", "-rf", path], check=True)
+
+try:
+    shelf = f"{work}/shelf"
+    os.makedirs(shelf)
+    with open(f"{shelf}/blob", "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    rsync_port = free_port()
+    with open(f"{work}/rsyncd.conf", "w") as f:
+        f.write(f"use chroot = no\nuid = {os.getuid()}\ngid = {os.getgid()}\n"
+                f"pid file = {work}/rsyncd.pid\nmax connections = 0\n"
+                f"[shelf]\npath = {shelf}\nread only = yes\n")
+    procs.append(subprocess.Popen(
+        ["rsync", "--daemon", "--no-detach", f"--config={work}/rsyncd.conf",
+         "--address=127.0.0.1", f"--port={rsync_port}"], stderr=open(f"{work}/rsyncd.log", "w")))
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", rsync_port), 0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+
+    agents = []
+    for i in range(1, n + 1):
+        d = f"{work}/agent{i}"
+        os.makedirs(f"{d}/target")
+        with open(f"{d}/agent.ini", "w") as f:
+            f.write(f"[server]\naddr = 127.0.10.{i}\nport = 0\nkey_cipher = bench\nstate_dir = {d}/state\n"
+                    "max_prefork = 1\n"
+                    f"[allow::hosts]\nhost[] = 127.0.0.0/8\n[allow::paths]\npath[] = {d}/target\n"
+                    f"[rsync::group::blob]\ndest = rsync://127.0.0.1:{rsync_port}/shelf/\n"
+                    f"src = {d}/target/blob\noption[] = --archive\n")
+        addrs = start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path", f"{d}/agent.ini"],
+                      f"{d}/agent.log", 1)
+        agents.append((addrs[0], d))
+    with open(f"{work}/api.ini", "w") as f:
+        f.write("[keys]\nbench[] = fleet\n[servers]\n")
+        for a, _ in agents:
+            f.write(f"fleet[] = {a}\n")
+    with open(f"{work}/proxy.ini", "w") as f:
+        f.write("[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nkey_cipher = bench\n"
+                "[client]\nkey_cipher = bench\nconcurrency = 1024\nthread_timeout = 600\n"
+                f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api.ini\n")
+    proxy_port = start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path", f"{work}/proxy.ini"],
+                       f"{work}/proxy.log", 1)[0].rsplit(":", 1)[1]
+    client = [f"{bin_dir}/deploy-client", "--hosts", "127.0.0.1", "--port", proxy_port,
+              "--api-key", "bench", "--key-cipher", "bench", "--args", "groups:fleet",
+              "--order=rsync", "--options=blob", "--follow", "--thread-timeout", "600",
+              "--format", "json", "-q"]
+
+    def followed():
+        for _, d in agents:
+            clean(f"{d}/target/blob")
+            os.makedirs(f"{d}/target/blob")
+        subprocess.run(["sync"])
+        t = time.perf_counter()
+        r = subprocess.run(client, capture_output=True, text=True)
+        total = time.perf_counter() - t
+        if r.returncode != 0:
+            sys.exit(f"followed rsync failed ({r.returncode}):\n{r.stderr[:3000]}\n{r.stdout[:3000]}")
+        for _, d in agents:
+            if os.path.getsize(f"{d}/target/blob/blob") != mib << 20:
+                sys.exit(f"{d}: the file did not arrive whole")
+        return total
+
+    def raw():
+        dests = f"{work}/raw"
+        clean(dests)
+        for i in range(1, n + 1):
+            os.makedirs(f"{dests}/{i}")
+        subprocess.run(["sync"])
+        t = time.perf_counter()
+        r = subprocess.run(
+            f"seq 1 {n} | xargs -P {n} -I{{}} rsync --archive rsync://127.0.0.1:{rsync_port}/shelf/ {dests}/{{}}/",
+            shell=True, capture_output=True, text=True)
+        total = time.perf_counter() - t
+        if r.returncode != 0:
+            sys.exit(f"rsync failed: {r.stderr[:2000]}")
+        clean(dests)
+        return total
+
+    print(f"{mib} MiB to {n} agents: `--order=rsync --follow` through deploy-proxy vs "
+          f"{n} rsyncs by xargs -P {n}, {runs} runs each, release build")
+    print(f"{'run':>4} {'followed':>9} {'raw rsync':>10} {'ratio':>7}")
+    rows = []
+    for i in range(runs):
+        a, b = followed(), raw()
+        rows.append((a, b))
+        print(f"{i + 1:>4} {a:8.2f}s {b:9.2f}s {a / b:6.2f}x")
+    a = statistics.median(r[0] for r in rows)
+    b = statistics.median(r[1] for r in rows)
+    print(f" med {a:8.2f}s {b:9.2f}s {a / b:6.2f}x")
+    print(f"target: followed <= 1.1x raw rsync: {'met' if a <= 1.1 * b else 'MISSED'}")
+finally:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    subprocess.run(["rm", "-rf", work])
+EOP
