@@ -448,6 +448,7 @@ impl Args {
         self,
         stdin: impl FnOnce() -> std::io::Result<String>,
     ) -> anyhow::Result<Config> {
+        check_required(&self)?;
         let release = release_spec(&self)?;
         if let Some(path) = &self.ipc_path {
             tracing::info!(path = %path, "--ipc-path is accepted for compatibility and ignored");
@@ -604,6 +605,26 @@ impl Args {
                 }
                 (None, None)
             }
+        };
+        // Strict (no --skip-unreachable): `run` and `upload` start nowhere unless every
+        // SSH host connected and authenticated, like `sync` (see `connect_all_or_none`
+        // in the SSH transport): they carry a run whose hosts meet once connected.
+        // Agents take an order in one exchange, so for them it does not apply.
+        let ssh_nodes: Vec<String> = targets
+            .iter()
+            .filter(|t| t.scheme == Scheme::Ssh)
+            .map(ToString::to_string)
+            .collect();
+        let sync = match sync {
+            None if matches!(self.order, OrderArg::Run | OrderArg::Upload)
+                && !self.skip_unreachable
+                && ssh_nodes.len() > 1 =>
+            {
+                // Every host must be connecting at once to meet.
+                concurrency = concurrency.max(ssh_nodes.len());
+                Some(SyncRun::new(ssh_nodes, true))
+            }
+            sync => sync,
         };
         if self.hosts == "-" && self.stdin.as_deref() == Some(std::path::Path::new("-")) {
             bail!("--hosts=- and --stdin=- cannot both read standard input");
@@ -771,6 +792,23 @@ pub fn parse_duration(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+/// What an order cannot go without, refused here (exit 2) rather than by every host:
+/// the rsync-family orders name a group (or `dest,src`), `exec` a job; `run` and
+/// `sync` a command (checked with the format, below).
+fn check_required(args: &Args) -> anyhow::Result<()> {
+    let what = match args.order {
+        OrderArg::Exec => "JOB[,ARG...] (a job of the agents' jobs file)",
+        OrderArg::Status | OrderArg::Rlist | OrderArg::Rsync | OrderArg::Rkill => {
+            "GROUP (an [rsync::group::GROUP] of the agents) or DEST,SRC"
+        }
+        _ => return Ok(()),
+    };
+    if args.options.trim().is_empty() {
+        bail!("--order={} needs --options={what}", args.order.as_str());
+    }
+    Ok(())
 }
 
 /// The release fields of `deploy`, `releases`, `rollback` and `confirm`.

@@ -5,6 +5,7 @@
 //! stdout:  ssh://web01: hello                      (-q: "hello")
 //! stderr:  ssh://web02: tail: cannot open 'x'
 //! stderr:  deploy-client: 10 of 10 hosts failed: code 17 (10 hosts)
+//! stderr:  deploy-client: 2 of 10 hosts failed: code 1: ssh://web3, ssh://web7
 //! ```
 //!
 //! Lines arrive whole from the transports, so hosts never interleave inside a line; a
@@ -145,10 +146,19 @@ impl Lines {
                 }
             }
             outcome if outcome.verdict() != Verdict::HostFailed => {
+                // A command's output is on stdout; a refusal of `run`, `upload` or
+                // `sync` (not started, 403…) is an error, on stderr.
+                let refused = matches!(self.order.as_str(), "run" | "upload" | "sync")
+                    && outcome.reply().is_some_and(|r| r.code != 200);
+                let stream = if refused {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                };
                 let block = render::text_block(&self.order, outcome);
-                self.line(&result.host, Stream::Stdout, &block.header);
+                self.line(&result.host, stream, &block.header);
                 for body in block.body {
-                    self.line(&result.host, Stream::Stdout, body.trim_start());
+                    self.line(&result.host, stream, body.trim_start());
                 }
             }
             _ => {}
@@ -192,6 +202,9 @@ fn failure(result: &HostResult, skip_unreachable: bool) -> Option<String> {
             },
             _ => "return false".to_owned(),
         },
+        Outcome::Reply(reply) if reply.code == 503 && is_not_started(&reply.body) => {
+            "not started".to_owned()
+        }
         Outcome::Reply(reply) => format!("{} {}", reply.code, reply.reason()),
         Outcome::Unreachable { .. } if skip_unreachable => return None,
         Outcome::Unreachable { .. } => "unreachable".to_owned(),
@@ -203,30 +216,58 @@ fn failure(result: &HostResult, skip_unreachable: bool) -> Option<String> {
     })
 }
 
-/// `N of M hosts failed: code 17 (2 hosts), unreachable (1 host)`, groups largest
-/// first; `None` if nothing failed.
+/// Whether a 503 body says the order did not start (strict mode, another host failed).
+fn is_not_started(body: &Body) -> bool {
+    matches!(body, Body::Text(text) if text.starts_with("not started"))
+}
+
+/// Most hosts named per group of the summary; the rest are counted.
+const NAMED_HOSTS: usize = 20;
+
+/// `N of M hosts failed: code 17: web3, web7; unreachable: db1` when only some
+/// failed (hosts sorted naturally, at most [`NAMED_HOSTS`] named per group), or
+/// `M of M hosts failed: code 17 (M hosts)` when all did; groups largest first;
+/// `None` if nothing failed.
 pub fn summary(results: &[&HostResult], skip_unreachable: bool) -> Option<String> {
-    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for result in results {
         if let Some(why) = failure(result, skip_unreachable) {
-            *groups.entry(why).or_default() += 1;
+            groups.entry(why).or_default().push(&result.host);
         }
     }
-    let failed: usize = groups.values().sum();
+    let failed: usize = groups.values().map(Vec::len).sum();
     if failed == 0 {
         return None;
     }
-    let mut groups: Vec<(String, usize)> = groups.into_iter().collect();
-    groups.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut groups: Vec<(String, Vec<&str>)> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
     let parts: Vec<String> = groups
-        .iter()
-        .map(|(why, n)| format!("{why} ({n} host{})", if *n == 1 { "" } else { "s" }))
+        .iter_mut()
+        .map(|(why, hosts)| {
+            let n = hosts.len();
+            if failed == results.len() {
+                return format!("{why} ({n} host{})", plural(n));
+            }
+            hosts.sort_by(|a, b| render::natural_cmp(a, b));
+            let mut named = hosts
+                .iter()
+                .take(NAMED_HOSTS)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if n > NAMED_HOSTS {
+                named.push_str(&format!(" and {} more", n - NAMED_HOSTS));
+            }
+            format!("{why}: {named}")
+        })
         .collect();
+    let separator = if failed == results.len() { ", " } else { "; " };
     Some(format!(
         "{failed} of {} host{} failed: {}",
         results.len(),
-        if results.len() == 1 { "" } else { "s" },
-        parts.join(", ")
+        plural(results.len()),
+        parts.join(separator)
     ))
 }
 
@@ -264,14 +305,31 @@ mod tests {
             },
         );
         assert_eq!(
-            summary(&[&a, &b, &c, &d], false).as_deref(),
-            Some("3 of 4 hosts failed: code 17 (2 hosts), unreachable (1 host)")
+            summary(&[&b, &a, &c, &d], false).as_deref(),
+            Some("3 of 4 hosts failed: code 17: a, b; unreachable: d")
         );
         assert_eq!(
             summary(&[&a, &b, &c, &d], true).as_deref(),
-            Some("2 of 4 hosts failed: code 17 (2 hosts)")
+            Some("2 of 4 hosts failed: code 17: a, b")
         );
         assert_eq!(summary(&[&c], false), None);
+        // Everyone failed: counts say it all.
+        assert_eq!(
+            summary(&[&a, &b, &d], false).as_deref(),
+            Some("3 of 3 hosts failed: code 17 (2 hosts), unreachable (1 host)")
+        );
+        // Many failed hosts: the first ones (naturally sorted) are named.
+        let many: Vec<HostResult> = (0..25)
+            .map(|i| result(i, &format!("web{i}"), exited(1)))
+            .collect();
+        let mut all: Vec<&HostResult> = many.iter().collect();
+        all.push(&c);
+        let text = summary(&all, false).unwrap();
+        assert!(
+            text.starts_with("25 of 26 hosts failed: code 1: web0, web1, web2,"),
+            "{text}"
+        );
+        assert!(text.ends_with("web19 and 5 more"), "{text}");
     }
 
     #[test]

@@ -18,8 +18,8 @@
 //! The binary is thin: it builds a transport (a `Mux` of the agent transport and, when
 //! an `ssh://` host is given, the SSH one), hands the targets to [`Fanout`], and
 //! renders the stream of events and results as they arrive (`lines`, `jsonl`, live
-//! lines and bars) or once all hosts are done (`json`, `text`, in command-line
-//! order). One single-threaded Tokio runtime runs every host as a task (two worker
+//! lines and bars) or once all hosts are done (`json`, `text`, sorted by host, so
+//! that two runs diff cleanly). One single-threaded Tokio runtime runs every host as a task (two worker
 //! threads under a lock, see [`lock`]).
 //!
 //! Exit status: 0 all succeeded, 1 some order failed, 3 some host unreachable, timed out
@@ -354,6 +354,10 @@ async fn run(config: Config) -> io::Result<u8> {
             expected += 1;
             done.extend(result.iter());
         }
+    }
+    // Deterministic documents: by host, not by arrival or command-line order.
+    if matches!(format, Format::Json | Format::Text) {
+        render::sort_by_host(&mut done);
     }
     match format {
         Format::Json => render::write_perl_pretty(&mut out, &render::document(&order, &done))?,

@@ -238,6 +238,61 @@ fn ssh_exit_17_everywhere_is_summarised() {
     assert_eq!(record["content"]["content"], "eAo=");
 }
 
+/// When only some hosts fail, the summary names them (sorted), per reason; the json
+/// document is sorted by host whatever the command line's order.
+#[test]
+fn ssh_summary_names_the_hosts_that_failed() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let ip = |i: usize| c.hosts[i].0.clone();
+    // SSH_CONNECTION is "client port server port": fail on hosts 7 and 2.
+    let command = format!(
+        "case \"$SSH_CONNECTION\" in *' {} '*|*' {} '*) exit 1;; esac",
+        ip(7),
+        ip(2)
+    );
+    let hosts = format!("{},{},{},{}", c.spec(7), c.spec(0), c.spec(2), c.spec(1));
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=run", "--", &command],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stderr.ends_with(&format!(
+            "2 of 4 hosts failed: code 1: {}, {}\n",
+            c.spec(2),
+            c.spec(7)
+        )),
+        "{}",
+        out.stderr
+    );
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--format=json",
+            "--",
+            &command,
+        ],
+        None,
+    );
+    let doc: Value = serde_json::from_str(&out.stdout).expect("json");
+    let keys: Vec<&String> = doc.as_object().expect("object").keys().collect();
+    let mut sorted = [c.spec(0), c.spec(1), c.spec(2), c.spec(7)];
+    sorted.sort_by_key(|s| {
+        let (ip, port) = s
+            .trim_start_matches("ssh://")
+            .split_once(':')
+            .expect("port");
+        let ip: std::net::Ipv4Addr = ip.parse().expect("ip");
+        (ip, port.parse::<u16>().expect("port"))
+    });
+    assert_eq!(keys, sorted.iter().collect::<Vec<_>>());
+}
+
 #[test]
 fn ssh_stdin_is_sent_to_every_host() {
     let Some(c) = cluster() else { return };
@@ -331,13 +386,23 @@ fn ssh_unreachable_strict_and_loose() {
     };
     let dead = format!("ssh://127.0.0.1:{closed}");
     let hosts = format!("{},{dead},{}", c.spec(0), c.spec(1));
+    // Strict (the default): every host or none. The two reachable hosts connected,
+    // but nothing ran on them, since the third could not be reached.
+    let marker = home.path().join("ran");
+    let command = format!("echo ok; echo x >> {}", marker.display());
     let out = client(
         home.path(),
-        &["--hosts", &hosts, "--order=run", "--", "echo ok"],
+        &["--hosts", &hosts, "--order=run", "--", &command],
         None,
     );
     assert_eq!(out.status, 3, "{out:?}");
-    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    assert!(!marker.exists(), "a command ran in strict mode: {out:?}");
+    assert!(
+        out.stderr.contains(&format!("not started (strict: every host or none; --skip-unreachable runs on the others): {dead} failed (can't connect")),
+        "{}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains(&format!(
             "error: {dead}: can't connect to 127.0.0.1:{closed}"
@@ -359,12 +424,16 @@ fn ssh_unreachable_strict_and_loose() {
             "--order=run",
             "--skip-unreachable",
             "--",
-            "echo ok",
+            &command,
         ],
         None,
     );
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "x\nx\n"
+    );
     assert!(
         out.stderr.contains(&format!(
             "note: 1 unreachable host skipped (--skip-unreachable): {dead}"
@@ -1150,14 +1219,14 @@ fn ssh_sync_two_phase_barrier() {
     assert!(!out.stdout.contains("phase1"), "{out:?}");
     assert_eq!(
         out.stderr
-            .matches(": sync: aborted before START: ssh://127.0.0.1:")
+            .matches(": 503 Service Unavailable not started (strict: every host or none; --skip-unreachable runs on the others): ssh://127.0.0.1:")
             .count(),
         HOSTS,
         "{out:?}"
     );
     assert!(
         out.stderr
-            .contains("code 1 (10 hosts), unreachable (1 host)"),
+            .contains("not started (10 hosts), unreachable (1 host)"),
         "{out:?}"
     );
     let out = s.sync(&with_dead, &["--skip-unreachable"]);
@@ -1194,13 +1263,13 @@ fn ssh_sync_nothing_starts_before_start_and_a_failed_tool_ends_the_run() {
     let s = SyncSetup::new(c, FAILING_TOOL);
     let hosts = c.all();
 
-    // Strict, with an unreachable host: no tool starts anywhere (`started` is the
-    // tool's first act, before it reads anything).
+    // Strict, with an unreachable host: nothing is uploaded and no tool starts
+    // anywhere (`started` is the tool's first act, before it reads anything).
     let out = s.sync(&format!("{hosts},{}", dead_host()), &[]);
     assert_eq!(out.status, 3, "{out:?}");
     for i in 0..HOSTS {
         let dir = host_root(c, &s.base, i);
-        assert!(dir.join("tool.sh").exists(), "uploaded: {out:?}");
+        assert!(!dir.join("tool.sh").exists(), "uploaded: {out:?}");
         assert!(
             !dir.join("started").exists(),
             "a tool ran before START: {out:?}"
@@ -1496,6 +1565,46 @@ fn ssh_thread_timeout_stops_the_remote_commands() {
             "sleep 304 still runs on a host after the timeout"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Strict `upload`: with one host unreachable, no file reaches the others and no
+/// command runs there; loose (`--skip-unreachable`), the others get it.
+#[test]
+fn ssh_strict_upload_starts_nowhere_unless_every_host_connects() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let dead = dead_host();
+    let hosts = format!("{},{dead},{}", c.spec(0), c.spec(1));
+    let src = home.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("one.txt"), "one\n").expect("write");
+    let base = home.path().join("up");
+    let root = format!("--root={}/%h-%p", base.display());
+    let args = [
+        "--hosts",
+        &hosts,
+        "--order=upload",
+        "--relative",
+        "--upload=one.txt",
+        &root,
+        "--",
+        "cat one.txt",
+    ];
+    let out = client_in(home.path(), &src, &args);
+    assert_eq!(out.status, 3, "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    for i in 0..2 {
+        assert!(!host_root(c, &base, i).exists(), "{out:?}");
+    }
+    assert!(out.stderr.contains(&format!("{dead} failed")), "{out:?}");
+
+    let mut loose = args.to_vec();
+    loose.insert(0, "--skip-unreachable");
+    let out = client_in(home.path(), &src, &loose);
+    assert_eq!(out.status, 0, "{out:?}");
+    for i in 0..2 {
+        assert!(host_root(c, &base, i).join("one.txt").exists(), "{out:?}");
     }
 }
 

@@ -66,15 +66,18 @@ async fn json_shape_for_success_error_and_unreachable() {
         None,
     )
     .await;
-    let expected = format!(
-        "{{\n{},\n{},\n{}\n}}\n",
-        record(
+    // Hosts sorted (all on 127.0.0.1: by port), whatever the command line's order.
+    let mut records = vec![
+        (ok.port(), record(
             &ok.to_string(), "exec", 1, 1, "\"200\"", "\"OK\"",
             "{\n            \"return\" : \"true\",\n            \"command\" : \"L2Jpbi9lY2hvIGhp\",\n            \"content\" : \"aGkK\"\n         }"
-        ),
-        record(&bad.to_string(), "exec", 0, 1, "\"400\"", "\"Bad Request\"", "\"exec[x] not found!\""),
-        record(&down.to_string(), "exec", 0, 0, "null", "null", &format!("\"can't connect to {down}\"")),
-    );
+        )),
+        (bad.port(), record(&bad.to_string(), "exec", 0, 1, "\"400\"", "\"Bad Request\"", "\"exec[x] not found!\"")),
+        (down.port(), record(&down.to_string(), "exec", 0, 0, "null", "null", &format!("\"can't connect to {down}\""))),
+    ];
+    records.sort();
+    let records: Vec<String> = records.into_iter().map(|(_, r)| r).collect();
+    let expected = format!("{{\n{}\n}}\n", records.join(",\n"));
     assert_eq!(out.stdout, expected);
     assert_eq!(out.status, 3, "{out:?}");
     assert!(
@@ -96,6 +99,7 @@ async fn exit_codes_0_and_1() {
             &ok.to_string(),
             "--order",
             "exec",
+            "--options=x",
             "--key-cipher",
             "k",
         ],
@@ -106,7 +110,17 @@ async fn exit_codes_0_and_1() {
     assert!(out.stderr.is_empty(), "{}", out.stderr);
 
     let hosts = format!("{ok},{failed}");
-    let out = client(&["--hosts", &hosts, "--order=exec", "--key-cipher=k"], None).await;
+    let out = client(
+        &[
+            "--hosts",
+            &hosts,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+        ],
+        None,
+    )
+    .await;
     assert_eq!(out.status, 1, "{out:?}");
 
     // A wrong key is a 401 answer: the order failed, the host was reachable.
@@ -115,6 +129,7 @@ async fn exit_codes_0_and_1() {
             "--hosts",
             &ok.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=wrong",
         ],
         None,
@@ -130,7 +145,7 @@ async fn exit_codes_0_and_1() {
 
 #[tokio::test]
 async fn usage_errors_exit_2() {
-    let out = client(&["--hosts=a:b", "--order=status"], None).await;
+    let out = client(&["--hosts=a:b", "--order=status", "--options=g"], None).await;
     assert_eq!(out.status, 2);
     assert!(
         out.stderr
@@ -143,6 +158,7 @@ async fn usage_errors_exit_2() {
         &[
             "--hosts=a",
             "--order=status",
+            "--options=g",
             "--ssl-public-key=/no/such.pem",
         ],
         None,
@@ -153,12 +169,38 @@ async fn usage_errors_exit_2() {
 
     let out = client(&["--hosts=a", "--order=nope"], None).await;
     assert_eq!(out.status, 2);
-    let out = client(&["--order=status"], None).await;
+    let out = client(&["--order=status", "--options=g"], None).await;
     assert_eq!(out.status, 2);
-    let out = client(&["--hosts=-", "--order=status"], Some("# nobody\n")).await;
+    let out = client(
+        &["--hosts=-", "--order=status", "--options=g"],
+        Some("# nobody\n"),
+    )
+    .await;
     assert_eq!(out.status, 2);
     assert!(out.stderr.contains("no hosts"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
+
+    // An order without what it needs is refused here, before any host is contacted
+    // (the agent below would answer 200).
+    let agent = v2_agent("k", answer(exec_ok())).await;
+    let host = agent.to_string();
+    for (order, needle) in [
+        ("exec", "--order=exec needs --options=JOB[,ARG...]"),
+        ("status", "--order=status needs --options=GROUP"),
+        ("rlist", "--order=rlist needs --options=GROUP"),
+        ("rsync", "--order=rsync needs --options=GROUP"),
+        ("rkill", "--order=rkill needs --options=GROUP"),
+    ] {
+        let order = format!("--order={order}");
+        for extra in [None, Some("--options= ")] {
+            let mut args = vec!["--hosts", &host, &order, "--key-cipher=k"];
+            args.extend(extra);
+            let out = client(&args, None).await;
+            assert_eq!(out.status, 2, "{args:?}: {out:?}");
+            assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+            assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        }
+    }
 }
 
 /// Arguments that are not UTF-8 are usage errors naming the flag (they panicked with
@@ -169,11 +211,16 @@ async fn non_utf8_arguments_are_usage_errors() {
     use std::os::unix::ffi::OsStrExt;
     for (args, named) in [
         (
-            &[&b"--hosts=\xff"[..], b"--order=status"][..],
+            &[&b"--hosts=\xff"[..], b"--order=status", b"--options=g"][..],
             "'--hosts <HOST,...>'",
         ),
         (
-            &[b"--hosts=a", b"--order=status", b"--api-key=k\xfe"],
+            &[
+                b"--hosts=a",
+                b"--order=status",
+                b"--options=g",
+                b"--api-key=k\xfe",
+            ],
             "'--api-key",
         ),
         (
@@ -185,7 +232,7 @@ async fn non_utf8_arguments_are_usage_errors() {
             "COMMAND",
         ),
         (
-            &[b"--hosts=a", b"--order=status", b"\xff"],
+            &[b"--hosts=a", b"--order=status", b"--options=g", b"\xff"],
             "unexpected argument",
         ),
         (&[b"--generate", b"\xff"], "--generate takes"),
@@ -204,7 +251,7 @@ async fn non_utf8_arguments_are_usage_errors() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
     // A path flag keeps any bytes: the error is about the file, not the argument.
-    let mut cmd = util::command(&["--hosts=a", "--order=status"]);
+    let mut cmd = util::command(&["--hosts=a", "--order=status", "--options=g"]);
     cmd.arg(OsStr::from_bytes(b"--ssl-public-key=/no/such/\xff.pem"))
         .kill_on_drop(true);
     let out = cmd.output().await.expect("spawn deploy-client");
@@ -222,6 +269,7 @@ async fn missing_files_name_their_reason_once() {
             &[
                 "--hosts=a",
                 "--order=status",
+                "--options=g",
                 "--ssl-public-key=/no/such.pem",
             ][..],
             "/no/such.pem",
@@ -280,19 +328,40 @@ async fn text_format_folds_identical_results() {
             "--hosts",
             &hosts,
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--format=text",
         ],
         None,
     )
     .await;
-    assert_eq!(
-        out.stdout,
-        format!(
-            "{a},{b} (2): 200 OK return=true command=\"/bin/echo hi\"\n    hi\n{c}: 400 Bad Request exec[x] not found!\n"
-        )
-    );
+    // Sorted by host (here by port), folded in the order of their first host.
+    let (first, second) = if a.port() < b.port() { (a, b) } else { (b, a) };
+    let ok = format!("{first},{second} (2): 200 OK return=true command=\"/bin/echo hi\"\n    hi\n");
+    let bad = format!("{c}: 400 Bad Request exec[x] not found!\n");
+    let expected = if first.port() < c.port() {
+        format!("{ok}{bad}")
+    } else {
+        format!("{bad}{ok}")
+    };
+    assert_eq!(out.stdout, expected);
     assert_eq!(out.status, 1);
+
+    // Two runs print the same document whatever the order of the hosts given.
+    let reversed = format!("{b},{c},{a}");
+    let again = client(
+        &[
+            "--hosts",
+            &reversed,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+            "--format=text",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(again.stdout, out.stdout);
 }
 
 #[tokio::test]
@@ -316,6 +385,7 @@ async fn jsonl_streams_events_then_results() {
             "--hosts",
             &hosts,
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--format=jsonl",
             "--follow",
@@ -360,6 +430,7 @@ async fn hosts_from_stdin() {
         &[
             "--hosts=-",
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--format=text",
         ],
@@ -383,7 +454,17 @@ async fn ipv6_with_port() {
     drop(probe);
     let a = v2_agent_on("[::1]:0", "k", answer(exec_ok())).await;
     let spec = format!("[::1]:{}", a.port());
-    let out = client(&["--hosts", &spec, "--order=exec", "--key-cipher=k"], None).await;
+    let out = client(
+        &[
+            "--hosts",
+            &spec,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+        ],
+        None,
+    )
+    .await;
     assert_eq!(out.status, 0, "{out:?}");
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v[&spec]["exec"]["returnCode"], json!("200"));
@@ -397,6 +478,7 @@ async fn v1_plain_and_ssl() {
             "--hosts",
             &plain.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--protocol=v1",
         ],
@@ -416,6 +498,7 @@ async fn v1_plain_and_ssl() {
             "--hosts",
             &plain.to_string(),
             "--order=exec",
+            "--options=x",
             "--protocol=v1",
         ],
         None,
@@ -433,6 +516,7 @@ async fn v1_plain_and_ssl() {
             "--hosts",
             &ssl.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--protocol=v1",
             &key,
@@ -453,6 +537,7 @@ async fn v1_plain_and_ssl() {
             "--hosts",
             &plain.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--protocol=v1",
             &key,
@@ -481,6 +566,7 @@ async fn silent_host_times_out() {
             "--hosts",
             &hosts,
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--thread-timeout=1",
         ],
@@ -494,9 +580,11 @@ async fn silent_host_times_out() {
     assert_eq!(r["serverStatus"], json!(0));
     assert_eq!(r["content"], json!("Process Timeout(1)!"));
     assert_eq!(v[ok.to_string()]["exec"]["return"], json!(1));
-    // Hosts in command-line order, not arrival order.
+    // Hosts sorted (by port here), not in arrival order.
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, [&dead.to_string(), &ok.to_string()]);
+    let mut sorted = [dead, ok];
+    sorted.sort_by_key(|a| a.port());
+    assert_eq!(keys, [&sorted[0].to_string(), &sorted[1].to_string()]);
 }
 
 #[tokio::test]
@@ -505,7 +593,13 @@ async fn closed_stdout_exits_quietly() {
     let slow: util::Handler = Arc::new(|_| (Vec::new(), Duration::from_millis(200), exec_ok()));
     let a = v2_agent("k", slow).await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"))
-        .args(["--hosts", &a.to_string(), "--order=exec", "--key-cipher=k"])
+        .args([
+            "--hosts",
+            &a.to_string(),
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+        ])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -541,6 +635,7 @@ async fn follow_lines_go_to_stderr_in_json_mode() {
             "--hosts",
             &a.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--follow",
         ],
@@ -626,6 +721,7 @@ async fn logs_on_a_pipe_have_no_colours() {
             "--hosts",
             &plain.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--protocol=v1",
             "--follow",

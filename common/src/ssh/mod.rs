@@ -490,7 +490,10 @@ impl Shared {
         };
         let command = lines::remote_command(&request.argv, request.sudo);
         let work = async {
-            let session = self.connect(target).await?;
+            let session = match self.connect_all_or_none(target, request).await? {
+                Ok(session) => session,
+                Err(reply) => return Ok(reply),
+            };
             self.stats.connected.fetch_add(1, Ordering::Relaxed);
             session::run(&session, &command, stdin, &events, self).await
         };
