@@ -19,6 +19,7 @@ use clap::{Parser, ValueEnum};
 use deploy_common::crypto::RsaPublicKey;
 use deploy_common::fanout::DEFAULT_CONCURRENCY;
 use deploy_common::legacy::auth::DEFAULT_KEY_CIPHER;
+use deploy_common::nodeset;
 use deploy_common::order::lock as wire_lock;
 use deploy_common::order::release::ReleaseSpec;
 use deploy_common::order::sync::SyncRun;
@@ -53,7 +54,9 @@ address; results are keyed by the host as written (with :port only when it
 differs from --port). ssh://[user@]host[:port] is an agentless SSH host
 (port 22 unless given; ~/.ssh/config applies), keyed as written. With
 --hosts=- they are read from standard input, one per line or separated by
-commas or blanks; '#' starts a comment.
+commas or blanks; '#' starts a comment. Node sets as in ClusterShell:
+web[01-20] (zero-padded), db[1,3,5-7], h[1-9/2], n[1-2]r[1-4]; `!name` (or
+-x name) leaves hosts out.
 
 --order=run -- CMD ARGS runs CMD like `ssh host CMD ARGS` (the words joined
 with spaces, for the remote shell); its output is printed live, each line
@@ -163,9 +166,15 @@ pub enum Format {
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
-    /// Hosts to contact, comma separated; `-` reads them from standard input.
+    /// Hosts to contact, comma separated, as node sets (`web[01-20]`, `db[1,3,5-7]`,
+    /// `!web05` to leave one out); `-` reads them from standard input.
     #[arg(long, value_name = "HOST,...")]
     pub hosts: String,
+
+    /// Hosts to leave out (repeatable): names or node sets like --hosts', e.g.
+    /// `-x web05` or `--exclude='db[2-3]'` (in --hosts, `!web05` does the same).
+    #[arg(short = 'x', long, value_name = "HOSTS")]
+    pub exclude: Vec<String>,
 
     /// Port of hosts given without one (3441 is the proxy's; agents listen on 3440).
     #[arg(long, default_value_t = 3441)]
@@ -461,7 +470,7 @@ impl Args {
         } else {
             self.hosts.clone()
         };
-        let targets = parse_targets(&list, self.port)?;
+        let targets = parse_targets(&list, &self.exclude, self.port)?;
         // A server that knows only a default secret, with no pinned key, could be
         // anyone: it must not be handed an API key.
         let server_unauthenticated = deploy_common::config::is_default_secret(&self.key_cipher)
@@ -745,21 +754,39 @@ fn ssh_options() -> SshOptions {
     options
 }
 
-/// Splits a host list: lines, `#` comments, items separated by commas or blanks.
-pub fn split_hosts(text: &str) -> Vec<&str> {
-    text.lines()
-        .map(|line| line.split('#').next().unwrap_or_default())
-        .flat_map(|line| line.split(|c: char| c == ',' || c.is_whitespace()))
-        .filter(|item| !item.is_empty())
-        .collect()
+/// Whether `exclusion` (a host given after `!` or to `--exclude`) names `target`: the
+/// same scheme, host and port, and the same user if the exclusion names one.
+fn excludes(exclusion: &Target, target: &Target) -> bool {
+    exclusion.scheme == target.scheme
+        && exclusion.host == target.host
+        && exclusion.port == target.port
+        && (exclusion.user.is_none() || exclusion.user == target.user)
 }
 
-/// Parses a host list into targets, dropping repeated hosts (results are keyed by host).
-pub fn parse_targets(text: &str, port: u16) -> anyhow::Result<Vec<Target>> {
+/// Parses a host list (node sets: `web[01-20]`, `db[1,3,5-7]`, `!web05`; see
+/// [`nodeset`]) into targets, leaving out those `exclude` (more node sets) names and
+/// dropping repeated hosts (results are keyed by host).
+pub fn parse_targets(text: &str, exclude: &[String], port: u16) -> anyhow::Result<Vec<Target>> {
+    let mut set = nodeset::parse_list(text, nodeset::DEFAULT_LIMIT)?;
+    for pattern in exclude {
+        let more = nodeset::parse_list(pattern, nodeset::DEFAULT_LIMIT)
+            .with_context(|| format!("--exclude {pattern:?}"))?;
+        // `-x web1` and `-x '!web1'` both exclude.
+        set.exclude.extend(more.include);
+        set.exclude.extend(more.exclude);
+    }
+    let excluded: Vec<Target> = set
+        .exclude
+        .iter()
+        .map(|spec| Target::parse(spec, port))
+        .collect::<Result<_, _>>()?;
     let mut seen = HashSet::new();
     let mut targets = Vec::new();
-    for spec in split_hosts(text) {
+    for spec in &set.include {
         let target = Target::parse(spec, port)?;
+        if excluded.iter().any(|x| excludes(x, &target)) {
+            continue;
+        }
         if seen.insert(target.to_string()) {
             targets.push(target);
         } else {
@@ -916,15 +943,35 @@ mod tests {
 
     #[test]
     fn host_lists() {
+        let names = |text: &str, exclude: &[&str]| -> Vec<String> {
+            let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
+            parse_targets(text, &exclude, 3441)
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
         assert_eq!(
-            split_hosts("a,b c\n# comment\n d # trailing\n\n[::1]:9,,e"),
+            names("a,b c\n# comment\n d # trailing\n\n[::1]:9,,e", &[]),
             ["a", "b", "c", "d", "[::1]:9", "e"]
         );
-        let t = parse_targets("a,a:3441,a:1,b", 3441).unwrap();
-        let names: Vec<String> = t.iter().map(ToString::to_string).collect();
-        assert_eq!(names, ["a", "a:1", "b"]);
-        assert!(parse_targets(" # nothing", 1).is_err());
-        let e = parse_targets("good,bad:port", 1).unwrap_err().to_string();
+        assert_eq!(names("a,a:3441,a:1,b", &[]), ["a", "a:1", "b"]);
+        assert_eq!(
+            names("web[1-4],db[1,3] !web2", &["web3:3441", "!db3"]),
+            ["web1", "web4", "db1"]
+        );
+        // An exclusion without a user names the host whatever the user.
+        assert_eq!(
+            names("ssh://root@h[1-2],ssh://u@h3", &["ssh://h1", "ssh://x@h3"]),
+            ["ssh://root@h2", "ssh://u@h3"]
+        );
+        assert!(parse_targets(" # nothing", &[], 1).is_err());
+        assert!(parse_targets("a", &["a".to_owned()], 1).is_err());
+        let e = parse_targets("a", &["b[1-".to_owned()], 1).unwrap_err();
+        assert!(format!("{e:#}").contains("--exclude \"b[1-\""), "{e:#}");
+        let e = parse_targets("good,bad:port", &[], 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad:port"), "{e}");
     }
 

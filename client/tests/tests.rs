@@ -740,3 +740,54 @@ async fn logs_on_a_pipe_have_no_colours() {
     assert!(stderr.contains("--follow has no effect"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+/// Node sets on the command line and in a host list read from stdin, with `!` and
+/// `-x`/`--exclude`: only the hosts left are contacted (the excluded ones are agents
+/// too, which would answer).
+#[tokio::test]
+async fn node_sets_expand_and_exclude() {
+    let first = v2_agent_on("127.0.0.31:0", "k", answer(exec_ok())).await;
+    let port = first.port();
+    for i in 32..=35 {
+        v2_agent_on(&format!("127.0.0.{i}:{port}"), "k", answer(exec_ok())).await;
+    }
+    let port = port.to_string();
+    let keys = |out: &util::Output| -> Vec<String> {
+        let v: Value = serde_json::from_str(&out.stdout).expect("json");
+        v.as_object().expect("object").keys().cloned().collect()
+    };
+    let args = [
+        "--order=exec",
+        "--options=x",
+        "--key-cipher=k",
+        "--port",
+        &port,
+    ];
+    let mut cli = vec!["--hosts=127.0.0.[31-35],!127.0.0.34", "-x", "127.0.0.33"];
+    cli.extend(args);
+    let out = client(&cli, None).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(keys(&out), ["127.0.0.31", "127.0.0.32", "127.0.0.35"]);
+
+    let mut stdin = vec!["--hosts=-", "--exclude=127.0.0.[31,35]"];
+    stdin.extend(args);
+    let out = client(
+        &stdin,
+        Some("# web\n127.0.0.[32-33]\n127.0.0.[34-35] !127.0.0.33\n"),
+    )
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(keys(&out), ["127.0.0.32", "127.0.0.34"]);
+
+    // A bad node set is a usage error naming it.
+    let mut bad = vec!["--hosts=127.0.0.[35-31]"];
+    bad.extend(args);
+    let out = client(&bad, None).await;
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("bad node set \"127.0.0.[35-31]\": range \"35-31\" goes backwards"),
+        "{}",
+        out.stderr
+    );
+}
