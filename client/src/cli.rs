@@ -167,9 +167,18 @@ pub enum Format {
 )]
 pub struct Args {
     /// Hosts to contact, comma separated, as node sets (`web[01-20]`, `db[1,3,5-7]`,
-    /// `!web05` to leave one out); `-` reads them from standard input.
+    /// `!web05` to leave one out); `-` reads them from standard input, `@FILE` (or a
+    /// path starting with `/` or `./`) from a file.
     #[arg(long, value_name = "HOST,...")]
     pub hosts: String,
+
+    /// SSH: hosts written without a scheme are SSH hosts (`[user@]host[:port]`).
+    #[arg(long)]
+    pub ssh: bool,
+
+    /// SSH: the remote user of hosts that name none (before ~/.ssh/config's `User`).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
 
     /// Hosts to leave out (repeatable): names or node sets like --hosts', e.g.
     /// `-x web05` or `--exclude='db[2-3]'` (in --hosts, `!web05` does the same).
@@ -465,12 +474,23 @@ impl Args {
         if let Some(method) = &self.worker_method {
             tracing::info!(method = %method, "--worker-method is accepted for compatibility and ignored");
         }
-        let list = if self.hosts.trim() == "-" {
+        let spec = self.hosts.trim();
+        let list = if spec == "-" {
             stdin().context("cannot read hosts from standard input")?
+        } else if let Some(path) = hosts_file(spec) {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--hosts: cannot read the hosts file {path}"))?
         } else {
             self.hosts.clone()
         };
-        let targets = parse_targets(&list, &self.exclude, self.port)?;
+        let mut targets = parse_targets(&list, &self.exclude, self.port, self.ssh)?;
+        if let Some(user) = &self.user {
+            // Checked as the user of an ssh:// host is.
+            Target::parse(&format!("ssh://{user}@h"), 22).context("--user")?;
+            for target in targets.iter_mut().filter(|t| t.scheme == Scheme::Ssh) {
+                target.user.get_or_insert_with(|| user.clone());
+            }
+        }
         // A server that knows only a default secret, with no pinned key, could be
         // anyone: it must not be handed an API key.
         let server_unauthenticated = deploy_common::config::is_default_secret(&self.key_cipher)
@@ -521,6 +541,18 @@ impl Args {
         } else {
             None
         };
+        if let Some(ssh) = &ssh {
+            // One host written several ways (`ssh://h`, `ssh://h:22`, `ssh://me@h`) is
+            // contacted once, as its first spelling.
+            let mut seen = HashSet::new();
+            targets.retain(|t| {
+                let fresh = t.scheme != Scheme::Ssh || seen.insert(ssh.endpoint(t));
+                if !fresh {
+                    tracing::info!(host = %t, "host given twice; contacting it once");
+                }
+                fresh
+            });
+        }
         let transport: Arc<dyn Transport> = Arc::new(Mux {
             agent: Arc::new(agent),
             // Release orders become scripts on SSH hosts (agents run them natively).
@@ -763,10 +795,35 @@ fn excludes(exclusion: &Target, target: &Target) -> bool {
         && (exclusion.user.is_none() || exclusion.user == target.user)
 }
 
+/// The hosts file a `--hosts` value names: `@FILE`, or a path starting with `/` or `./`.
+fn hosts_file(spec: &str) -> Option<&str> {
+    spec.strip_prefix('@')
+        .or_else(|| (spec.starts_with('/') || spec.starts_with("./")).then_some(spec))
+}
+
 /// Parses a host list (node sets: `web[01-20]`, `db[1,3,5-7]`, `!web05`; see
 /// [`nodeset`]) into targets, leaving out those `exclude` (more node sets) names and
 /// dropping repeated hosts (results are keyed by host).
-pub fn parse_targets(text: &str, exclude: &[String], port: u16) -> anyhow::Result<Vec<Target>> {
+///
+/// With `ssh` (`--ssh`), a host written without a scheme is an SSH host
+/// (`[user@]host[:port]`).
+pub fn parse_targets(
+    text: &str,
+    exclude: &[String],
+    port: u16,
+    ssh: bool,
+) -> anyhow::Result<Vec<Target>> {
+    let parse = |spec: &str| match ssh && !spec.contains("://") {
+        true => Target::parse(
+            &format!("{}{spec}", deploy_common::target::SSH_PREFIX),
+            port,
+        )
+        .map_err(|e| deploy_common::target::TargetError {
+            spec: spec.to_owned(),
+            reason: e.reason,
+        }),
+        false => Target::parse(spec, port),
+    };
     let mut set = nodeset::parse_list(text, nodeset::DEFAULT_LIMIT)?;
     for pattern in exclude {
         let more = nodeset::parse_list(pattern, nodeset::DEFAULT_LIMIT)
@@ -778,12 +835,12 @@ pub fn parse_targets(text: &str, exclude: &[String], port: u16) -> anyhow::Resul
     let excluded: Vec<Target> = set
         .exclude
         .iter()
-        .map(|spec| Target::parse(spec, port))
+        .map(|spec| parse(spec))
         .collect::<Result<_, _>>()?;
     let mut seen = HashSet::new();
     let mut targets = Vec::new();
     for spec in &set.include {
-        let target = Target::parse(spec, port)?;
+        let target = parse(spec)?;
         if excluded.iter().any(|x| excludes(x, &target)) {
             continue;
         }
@@ -945,7 +1002,7 @@ mod tests {
     fn host_lists() {
         let names = |text: &str, exclude: &[&str]| -> Vec<String> {
             let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
-            parse_targets(text, &exclude, 3441)
+            parse_targets(text, &exclude, 3441, false)
                 .unwrap()
                 .iter()
                 .map(ToString::to_string)
@@ -965,11 +1022,26 @@ mod tests {
             names("ssh://root@h[1-2],ssh://u@h3", &["ssh://h1", "ssh://x@h3"]),
             ["ssh://root@h2", "ssh://u@h3"]
         );
-        assert!(parse_targets(" # nothing", &[], 1).is_err());
-        assert!(parse_targets("a", &["a".to_owned()], 1).is_err());
-        let e = parse_targets("a", &["b[1-".to_owned()], 1).unwrap_err();
+        // --ssh: no scheme needed; errors name the host as written.
+        let t = parse_targets("root@web[1-2]:2222,h", &[], 3441, true).unwrap();
+        let shown: Vec<String> = t.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["ssh://root@web1:2222", "ssh://root@web2:2222", "ssh://h"]
+        );
+        assert!(t.iter().all(|t| t.scheme == Scheme::Ssh));
+        assert_eq!((t[2].port, t[0].user.as_deref()), (22, Some("root")));
+        let e = parse_targets("h:0", &[], 1, true).unwrap_err().to_string();
+        assert!(e.contains("bad host \"h:0\""), "{e}");
+        assert_eq!(hosts_file("@x"), Some("x"));
+        assert_eq!(hosts_file("./x"), Some("./x"));
+        assert_eq!(hosts_file("/etc/x"), Some("/etc/x"));
+        assert_eq!(hosts_file("x,y"), None);
+        assert!(parse_targets(" # nothing", &[], 1, false).is_err());
+        assert!(parse_targets("a", &["a".to_owned()], 1, false).is_err());
+        let e = parse_targets("a", &["b[1-".to_owned()], 1, false).unwrap_err();
         assert!(format!("{e:#}").contains("--exclude \"b[1-\""), "{e:#}");
-        let e = parse_targets("good,bad:port", &[], 1)
+        let e = parse_targets("good,bad:port", &[], 1, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad:port"), "{e}");

@@ -293,6 +293,81 @@ fn ssh_summary_names_the_hosts_that_failed() {
     assert_eq!(keys, sorted.iter().collect::<Vec<_>>());
 }
 
+/// Hosts from a file (`--hosts=@FILE`, `./FILE`), without the scheme under `--ssh`,
+/// the default user `-u`, and one host written several ways contacted once.
+#[test]
+fn ssh_hosts_file_default_user_and_spellings() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let (ip0, port0, _) = &c.hosts[0];
+    let (ip1, port1, _) = &c.hosts[1];
+    // Host 0 three ways (the local user is root); host 1 once, as a node set.
+    let (net, last) = ip1.rsplit_once('.').expect("IPv4");
+    let list = format!(
+        "# web\n{ip0}:{port0}\nssh://{ip0}:{port0}, root@{ip0}:{port0}\n{net}.[{last}]:{port1}\n"
+    );
+    std::fs::write(home.path().join("hosts"), &list).expect("write");
+    let file = format!("@{}", home.path().join("hosts").display());
+    for spec in [file.as_str(), "./hosts"] {
+        let out = client_in(
+            home.path(),
+            home.path(),
+            &["--ssh", "--hosts", spec, "--order=run", "--", "echo hi"],
+        );
+        assert_eq!(out.status, 0, "{list}: {out:?}");
+        assert_eq!(
+            sorted_lines(&out.stdout),
+            [
+                format!("ssh://{ip0}:{port0}: hi"),
+                format!("ssh://{ip1}:{port1}: hi")
+            ],
+            "{list}: {out:?}"
+        );
+    }
+    // -u: the user of hosts that name none (`nobody`, whose shell refuses to run
+    // anything, where root would succeed); a user written wins.
+    let hosts = format!("{ip0}:{port0},root@{ip1}:{port1}");
+    let out = client(
+        home.path(),
+        &[
+            "--ssh",
+            "-u",
+            "nobody",
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--",
+            "whoami",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("ssh://root@{ip1}:{port1}: root\n")),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("currently not available")
+            && out
+                .stderr
+                .ends_with(&format!("code 1: ssh://{ip0}:{port0}\n")),
+        "{out:?}"
+    );
+    // A missing hosts file is a usage error naming it.
+    let out = client(
+        home.path(),
+        &["--hosts=@/no/such/hosts", "--order=run", "--", "true"],
+        None,
+    );
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot read the hosts file /no/such/hosts"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn ssh_stdin_is_sent_to_every_host() {
     let Some(c) = cluster() else { return };

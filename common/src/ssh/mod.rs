@@ -446,6 +446,12 @@ impl SshTransport {
         &self.shared.options
     }
 
+    /// Where `target` leads: `user@host:port` with the SSH configuration applied, the
+    /// same for every spelling of one host (the client counts each host once).
+    pub fn endpoint(&self, target: &Target) -> String {
+        self.shared.endpoint(target)
+    }
+
     /// Interrupts every command running through this transport (the user pressed
     /// Ctrl-C): each gets SIGINT, then SIGKILL if it has not ended within
     /// [`session::KILL_AFTER`], so that nothing keeps running on the hosts; the

@@ -173,6 +173,19 @@ impl Shared {
         })
     }
 
+    /// `user@host:port` that `target` reaches once the configuration is applied, so
+    /// that spellings of one host (`ssh://h`, `ssh://h:22`, `ssh://me@h`) compare equal.
+    pub(super) fn endpoint(&self, target: &Target) -> String {
+        let port = target.port_given().then_some(target.port);
+        let hop = self.hop(&target.host, target.user.as_deref(), port, "");
+        format!(
+            "{}@{}:{}",
+            hop.user,
+            hop.host.to_ascii_lowercase(),
+            hop.port
+        )
+    }
+
     /// A hop for `host` (as written), with the configuration applied under what the
     /// user wrote.
     fn hop(&self, host: &str, user: Option<&str>, port: Option<u16>, label: &str) -> Hop {
