@@ -418,6 +418,11 @@ pub struct Args {
     #[arg(long)]
     pub skip_unreachable: bool,
 
+    /// `run` on SSH hosts: run the command in DIR (relative to the remote home), like
+    /// orgalorg's `-r`; the command does not run where DIR is missing.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -571,6 +576,17 @@ impl Args {
             .unwrap_or(if live { Format::Lines } else { Format::Json });
         if matches!(self.order, OrderArg::Run | OrderArg::Sync) && self.command.is_empty() {
             bail!("--order={} needs a command after `--`", self.order.as_str());
+        }
+        if let Some(dir) = &self.cwd {
+            if self.order != OrderArg::Run {
+                bail!("--cwd is for --order=run (upload and sync run in --root)");
+            }
+            if dir.is_empty() || dir.contains('\0') {
+                bail!("--cwd {dir:?}: expected a directory");
+            }
+            if let Some(agent) = targets.iter().find(|t| t.scheme != Scheme::Ssh) {
+                bail!("--cwd is for ssh:// hosts; {agent} is an agent (or proxy), which runs commands in its own directory");
+            }
         }
         if !live && !self.command.is_empty() {
             bail!("a command after `--` is only for --order=run, upload or sync");
@@ -734,7 +750,18 @@ impl Args {
             args: self.args,
             api_key: self.api_key,
             follow: self.follow || format == Format::Lines,
-            argv: self.command,
+            argv: match &self.cwd {
+                // The words are joined for the remote shell: a `cd` first, and
+                // nothing else if it fails (sh, bash, zsh and fish all take this).
+                Some(dir) => [format!(
+                    "cd {} || exit 1;",
+                    deploy_common::ssh::lines::quote(dir)
+                )]
+                .into_iter()
+                .chain(self.command)
+                .collect(),
+                None => self.command,
+            },
             stdin,
             sudo: self.sudo,
             token: match self.order {

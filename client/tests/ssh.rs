@@ -368,6 +368,58 @@ fn ssh_hosts_file_default_user_and_spellings() {
     );
 }
 
+/// `run --cwd=DIR`: the command runs there; where DIR is missing it does not run.
+#[test]
+fn ssh_run_cwd() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let dir = home.path().join("it's here");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let cwd = format!("--cwd={}", dir.display());
+    let hosts = format!("{},{}", c.spec(0), c.spec(1));
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=run", "-q", &cwd, "--", "pwd"],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("{d}\n{d}\n", d = dir.display()),
+        "{out:?}"
+    );
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--cwd=/no/such/dir",
+            "--",
+            "echo",
+            "ran",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(!out.stdout.contains("ran"), "{out:?}");
+    // Agents run commands in their own directory: refused before contacting anyone.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            "127.0.0.1",
+            "--order=run",
+            "--cwd=/tmp",
+            "--",
+            "pwd",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(out.stderr.contains("--cwd is for ssh:// hosts"), "{out:?}");
+}
+
 #[test]
 fn ssh_stdin_is_sent_to_every_host() {
     let Some(c) = cluster() else { return };
