@@ -74,6 +74,9 @@ Environment: DEPLOY_KEY_CIPHER and DEPLOY_API_KEY supply --key-cipher and
 --api-key, so that secrets stay out of the process list. RUST_LOG overrides
 the log level chosen by -v/-q/--debug.";
 
+/// `--port` when neither the command line nor the defaults file gives one.
+const DEFAULT_PORT: u16 = 3441;
+
 /// `--thread-timeout` for agents when not given.
 const DEFAULT_THREAD_TIMEOUT: u64 = 30;
 
@@ -169,8 +172,9 @@ pub struct Args {
     /// Hosts to contact, comma separated, as node sets (`web[01-20]`, `db[1,3,5-7]`,
     /// `!web05` to leave one out); `-` reads them from standard input, `@FILE` (or a
     /// path starting with `/` or `./`) from a file.
+    /// [required unless the defaults file gives hosts]
     #[arg(long, value_name = "HOST,...")]
-    pub hosts: String,
+    pub hosts: Option<String>,
 
     /// SSH: hosts written without a scheme are SSH hosts (`[user@]host[:port]`).
     #[arg(long)]
@@ -185,9 +189,10 @@ pub struct Args {
     #[arg(short = 'x', long, value_name = "HOSTS")]
     pub exclude: Vec<String>,
 
-    /// Port of hosts given without one (3441 is the proxy's; agents listen on 3440).
-    #[arg(long, default_value_t = 3441)]
-    pub port: u16,
+    /// Port of hosts given without one (3441 is the proxy's; agents listen on 3440)
+    /// [default: 3441].
+    #[arg(long)]
+    pub port: Option<u16>,
 
     /// The order to send.
     #[arg(long, value_enum)]
@@ -479,16 +484,23 @@ impl Args {
         if let Some(method) = &self.worker_method {
             tracing::info!(method = %method, "--worker-method is accepted for compatibility and ignored");
         }
-        let spec = self.hosts.trim();
+        let Some(hosts) = self.hosts.as_deref() else {
+            bail!(
+                "no hosts given: --hosts=HOST,... (or hosts = … under [client] in {})",
+                crate::defaults::SYSTEM_FILE
+            );
+        };
+        let spec = hosts.trim();
         let list = if spec == "-" {
             stdin().context("cannot read hosts from standard input")?
         } else if let Some(path) = hosts_file(spec) {
             std::fs::read_to_string(path)
                 .with_context(|| format!("--hosts: cannot read the hosts file {path}"))?
         } else {
-            self.hosts.clone()
+            hosts.to_owned()
         };
-        let mut targets = parse_targets(&list, &self.exclude, self.port, self.ssh)?;
+        let port = self.port.unwrap_or(DEFAULT_PORT);
+        let mut targets = parse_targets(&list, &self.exclude, port, self.ssh)?;
         if let Some(user) = &self.user {
             // Checked as the user of an ssh:// host is.
             Target::parse(&format!("ssh://{user}@h"), 22).context("--user")?;
@@ -683,7 +695,9 @@ impl Args {
             }
             sync => sync,
         };
-        if self.hosts == "-" && self.stdin.as_deref() == Some(std::path::Path::new("-")) {
+        if self.hosts.as_deref().map(str::trim) == Some("-")
+            && self.stdin.as_deref() == Some(std::path::Path::new("-"))
+        {
             bail!("--hosts=- and --stdin=- cannot both read standard input");
         }
         let token = self.token.as_deref();
@@ -1090,7 +1104,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.order, OrderArg::Exec);
-        assert_eq!(a.port, 3440);
+        assert_eq!(a.port, Some(3440));
         assert_eq!(a.log_level(), "debug");
         assert_eq!(a.format, Some(Format::Text));
         assert!(Args::try_parse_from(["deploy-client", "--hosts=h", "--order=nope"]).is_err());

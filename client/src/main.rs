@@ -6,6 +6,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`cli`] | flags (the original's and the new ones) → a validated [`cli::Config`] |
+//! | [`defaults`] | `~/.config/deploy/client.ini`, `/etc/deploy/client.ini`: defaults under the flags |
 //! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
 //! | [`progress`] | `--follow`: streamed lines and rsync progress bars on standard error |
 //! | [`lock`] | `--order=lock` and `--lock`: the cluster lock, its heartbeat and release |
@@ -28,6 +29,7 @@
 //! run quietly with 0.
 
 mod cli;
+mod defaults;
 mod lines;
 mod lock;
 mod progress;
@@ -67,8 +69,19 @@ fn main() -> ExitCode {
     if let Some(code) = generate() {
         return code;
     }
-    let args: Args = deploy_common::cli::parse();
+    let mut args: Args = deploy_common::cli::parse();
     init_tracing(args.log_level());
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(std::path::PathBuf::from);
+    let env = std::env::var(defaults::ENV).ok();
+    match defaults::load(env.as_deref(), home.as_deref()) {
+        Ok(defaults) => defaults.apply(&mut args),
+        Err(e) => {
+            eprintln!("deploy-client: error: {}", report::chain(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     tracing::debug!(
         version = env!("CARGO_PKG_VERSION"),
         "deploy-client starting"

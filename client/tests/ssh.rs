@@ -55,6 +55,7 @@ fn client_at(
         .env_remove("DEPLOY_KEY_CIPHER")
         .env_remove("DEPLOY_API_KEY")
         .env_remove("RUST_LOG")
+        .env("DEPLOY_CLIENT_CONFIG", "")
         .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()

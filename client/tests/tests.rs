@@ -791,3 +791,67 @@ async fn node_sets_expand_and_exclude() {
         out.stderr
     );
 }
+
+/// The defaults file: hosts, port and format from `DEPLOY_CLIENT_CONFIG` (or
+/// `~/.config/deploy/client.ini`), flags winning; a bad line is a usage error naming
+/// the file and line.
+#[tokio::test]
+async fn defaults_file_under_the_flags() {
+    let first = v2_agent_on("127.0.0.41:0", "k", answer(exec_ok())).await;
+    let port = first.port();
+    v2_agent_on(&format!("127.0.0.42:{port}"), "k", answer(exec_ok())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client.ini");
+    std::fs::write(
+        &file,
+        format!("; defaults\n[client]\nhosts = 127.0.0.[41-42]\nport = {port}\nformat = text\n"),
+    )
+    .unwrap();
+    let run = |env: Vec<(&'static str, std::ffi::OsString)>, args: &'static [&'static str]| {
+        let mut cmd = util::command(&["--order=exec", "--options=x", "--key-cipher=k"]);
+        cmd.args(args).envs(env).stdin(std::process::Stdio::null());
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+                .await
+                .unwrap()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let text = "127.0.0.41,127.0.0.42 (2): 200 OK return=true command=\"/bin/echo hi\"\n    hi\n";
+    let env = vec![("DEPLOY_CLIENT_CONFIG", file.clone().into_os_string())];
+    let (code, stdout, stderr) = run(env.clone(), &[]).await;
+    assert_eq!((code, stdout.as_str()), (Some(0), text), "{stderr}");
+    // Flags win.
+    let (code, stdout, _) = run(env.clone(), &["--format=json", "--hosts=127.0.0.42"]).await;
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["127.0.0.42"]
+    );
+    // The user's file, found through HOME.
+    std::fs::create_dir_all(dir.path().join(".config/deploy")).unwrap();
+    std::fs::copy(&file, dir.path().join(".config/deploy/client.ini")).unwrap();
+    let home = vec![("HOME", dir.path().as_os_str().to_owned())];
+    let mut cmd = util::command(&["--order=exec", "--options=x", "--key-cipher=k"]);
+    cmd.env_remove("DEPLOY_CLIENT_CONFIG").envs(home);
+    let out = cmd.output().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    // A bad line names the file and line.
+    std::fs::write(&file, "[client]\nport = 3441\nformat = yaml\n").unwrap();
+    let (code, stdout, stderr) = run(env, &["--hosts=127.0.0.41"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: [client] format: \"yaml\": expected json, text, jsonl or lines",
+            file.display()
+        )),
+        "{stderr}"
+    );
+}
