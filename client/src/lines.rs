@@ -2,7 +2,9 @@
 //! its host, on the stream it came from; a summary of failures on standard error.
 //!
 //! ```text
-//! stdout:  ssh://web01: hello                      (-q: "hello")
+//! stdout:  ssh://web01: hello                      (-q: "hello", exactly the
+//!                                                    host's bytes: no newline
+//!                                                    added after a last partial line)
 //! stderr:  ssh://web02: tail: cannot open 'x'
 //! stderr:  deploy-client: 10 of 10 hosts failed: code 17 (10 hosts)
 //! stderr:  deploy-client: 2 of 10 hosts failed: code 1: ssh://web3, ssh://web7
@@ -34,7 +36,7 @@ pub struct Lines {
     err: Vec<u8>,
     /// `--grouped`: per target and host (the agents behind one proxy share its
     /// target), the lines so far.
-    held: HashMap<(usize, String), Vec<(Stream, String)>>,
+    held: HashMap<(usize, String), Vec<(Stream, String, bool)>>,
     /// Targets and hosts that streamed at least one line.
     streamed: HashSet<(usize, String)>,
 }
@@ -54,6 +56,12 @@ impl Lines {
     }
 
     fn line(&mut self, host: &str, stream: Stream, line: &str) {
+        self.text(host, stream, line, false);
+    }
+
+    /// One line, or with `partial` the last text of a stream that had no newline
+    /// after it: raw (`-q`), none is added, so the output is copied exactly.
+    fn text(&mut self, host: &str, stream: Stream, line: &str, partial: bool) {
         let buf = match stream {
             Stream::Stdout => &mut self.out,
             Stream::Stderr => &mut self.err,
@@ -63,12 +71,19 @@ impl Lines {
             buf.extend_from_slice(b": ");
         }
         buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
+        if !(self.raw && partial) {
+            buf.push(b'\n');
+        }
     }
 
     /// Takes one streamed event.
     pub fn event(&mut self, index: usize, host: &str, event: &Event) {
-        let Event::Line { stream, line } = event else {
+        let Event::Line {
+            stream,
+            line,
+            partial,
+        } = event
+        else {
             return;
         };
         self.streamed.insert((index, host.to_owned()));
@@ -76,9 +91,9 @@ impl Lines {
             self.held
                 .entry((index, host.to_owned()))
                 .or_default()
-                .push((*stream, line.clone()));
+                .push((*stream, line.clone(), *partial));
         } else {
-            self.line(host, *stream, line);
+            self.text(host, *stream, line, *partial);
         }
     }
 
@@ -98,16 +113,16 @@ impl Lines {
                 .collect();
             for orphan in orphans {
                 if let Some(held) = self.held.remove(&orphan) {
-                    for (stream, line) in held {
-                        self.line(&orphan.1, stream, &line);
+                    for (stream, line, partial) in held {
+                        self.text(&orphan.1, stream, &line, partial);
                     }
                 }
             }
         }
         let key = (result.index, result.host.clone());
         if let Some(held) = self.held.remove(&key) {
-            for (stream, line) in held {
-                self.line(&result.host, stream, &line);
+            for (stream, line, partial) in held {
+                self.text(&result.host, stream, &line, partial);
             }
             return;
         }
@@ -337,6 +352,7 @@ mod tests {
         let line = |s: &str| Event::Line {
             stream: Stream::Stdout,
             line: s.into(),
+            partial: false,
         };
         let mut l = Lines::new("run", false, true);
         l.event(0, "a", &line("1"));
@@ -365,8 +381,24 @@ mod tests {
             &Event::Line {
                 stream: Stream::Stderr,
                 line: "e".into(),
+                partial: false,
             },
         );
         assert_eq!(String::from_utf8_lossy(&l.err), "e\n");
+
+        // A last text without newline: raw, none added; prefixed, one (the next
+        // prefix needs its own line).
+        let partial = Event::Line {
+            stream: Stream::Stdout,
+            line: "abc".into(),
+            partial: true,
+        };
+        let mut raw = Lines::new("run", true, false);
+        raw.event(0, "a", &partial);
+        assert_eq!(String::from_utf8_lossy(&raw.out), "abc");
+        let mut prefixed = Lines::new("run", false, true);
+        prefixed.event(0, "a", &partial);
+        prefixed.done(&result(0, "a", exited(0)), true);
+        assert_eq!(String::from_utf8_lossy(&prefixed.out), "a: abc\n");
     }
 }

@@ -146,7 +146,7 @@ pub fn document(order: &str, results: &[&HostResult]) -> Value {
 /// `{host, event}` for the others.
 pub fn event_line(host: &str, event: &Event) -> Value {
     match event {
-        Event::Line { stream, line } => json!({ "host": host, "stream": stream, "line": line }),
+        Event::Line { stream, line, .. } => json!({ "host": host, "stream": stream, "line": line }),
         _ => json!({ "host": host, "event": event }),
     }
 }

@@ -970,6 +970,7 @@ impl Transport for SshReleases {
                             .send(Event::Line {
                                 stream: Stream::Stdout,
                                 line: line.to_owned(),
+                                partial: false,
                             })
                             .await;
                     }

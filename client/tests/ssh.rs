@@ -421,6 +421,33 @@ fn ssh_run_cwd() {
     assert!(out.stderr.contains("--cwd is for ssh:// hosts"), "{out:?}");
 }
 
+/// `-q` copies the output exactly: no newline is added after a last partial line.
+#[test]
+fn ssh_quiet_output_is_raw() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(0),
+            "--order=run",
+            "-q",
+            "--",
+            "printf 'a\\nbc'",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "a\nbc");
+    let out = client(
+        home.path(),
+        &["--hosts", &c.spec(0), "--order=run", "--", "printf abc"],
+        None,
+    );
+    assert_eq!(out.stdout, format!("{}: abc\n", c.spec(0)));
+}
+
 #[test]
 fn ssh_stdin_is_sent_to_every_host() {
     let Some(c) = cluster() else { return };

@@ -372,6 +372,7 @@ async fn jsonl_streams_events_then_results() {
             vec![Event::Line {
                 stream: Stream::Stdout,
                 line: "hi".into(),
+                partial: false,
             }],
             Duration::ZERO,
             exec_ok(),
@@ -626,6 +627,7 @@ async fn follow_lines_go_to_stderr_in_json_mode() {
         let line = |s: &str| Event::Line {
             stream: Stream::Stdout,
             line: s.into(),
+            partial: false,
         };
         (vec![line("one"), line("two")], Duration::ZERO, exec_ok())
     });

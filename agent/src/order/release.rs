@@ -213,6 +213,7 @@ async fn with_log<T>(
                 .send(Event::Line {
                     stream: Stream::Stdout,
                     line,
+                    partial: false,
                 })
                 .await;
         }

@@ -185,6 +185,7 @@ async fn follow(agent: &Agent, checksum: &str, events: &Events) {
                 .send(parse_progress(&text).unwrap_or(Event::Line {
                     stream: Stream::Stdout,
                     line: text,
+                    partial: false,
                 }))
                 .await;
         }
@@ -195,6 +196,7 @@ async fn follow(agent: &Agent, checksum: &str, events: &Events) {
                     .send(Event::Line {
                         stream: Stream::Stdout,
                         line: text,
+                        partial: false,
                     })
                     .await;
             }

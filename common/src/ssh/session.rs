@@ -896,7 +896,13 @@ where
             }
             if keep(stream, &line) {
                 keep_content(&mut content, &line);
-                let _ = events.send(Event::Line { stream, line }).await;
+                let _ = events
+                    .send(Event::Line {
+                        stream,
+                        line,
+                        partial: false,
+                    })
+                    .await;
             }
         }
     }
@@ -905,7 +911,13 @@ where
         if let Some(line) = splitter.finish() {
             if keep(stream, &line) {
                 keep_content(&mut content, &line);
-                let _ = events.send(Event::Line { stream, line }).await;
+                let _ = events
+                    .send(Event::Line {
+                        stream,
+                        line,
+                        partial: true,
+                    })
+                    .await;
             }
         }
     }
@@ -1239,7 +1251,7 @@ H10AK9YFRqCnD8WI/eqZAAAABHRlc3QB
                     assert_eq!(reply.content()["code"], "3", "{outcome:?}");
                     // The server echoes the command line it was given: the user's
                     // command, after the shell's pid line.
-                    let Some(Event::Line { stream, line }) = rx.recv().await else {
+                    let Some(Event::Line { stream, line, .. }) = rx.recv().await else {
                         panic!("no line")
                     };
                     assert_eq!(stream, Stream::Stdout);

@@ -373,6 +373,7 @@ async fn say(events: &mpsc::Sender<Event>, content: &mut Vec<u8>, line: &str) {
         .send(Event::Line {
             stream: Stream::Stderr,
             line: line.to_owned(),
+            partial: false,
         })
         .await;
     content.extend_from_slice(line.as_bytes());
