@@ -27,6 +27,9 @@ use deploy_common::wire::message::{Event, Stream};
 
 use crate::render;
 
+/// A line held back (`--grouped`): its stream, text, and whether it is partial.
+type Held = (Stream, String, bool);
+
 /// Renders events in the `lines` format.
 pub struct Lines {
     raw: bool,
@@ -36,7 +39,7 @@ pub struct Lines {
     err: Vec<u8>,
     /// `--grouped`: per target and host (the agents behind one proxy share its
     /// target), the lines so far.
-    held: HashMap<(usize, String), Vec<(Stream, String, bool)>>,
+    held: HashMap<(usize, String), Vec<Held>>,
     /// Targets and hosts that streamed at least one line.
     streamed: HashSet<(usize, String)>,
 }

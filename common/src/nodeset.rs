@@ -150,7 +150,7 @@ pub fn expand(name: &str, limit: usize) -> Result<Vec<String>, NodeSetError> {
     let mut count: usize = 1;
     for part in &parts {
         if let Part::Range(numbers) = part {
-            count = count.checked_mul(numbers.len()).unwrap_or(usize::MAX);
+            count = count.saturating_mul(numbers.len());
         }
     }
     if count > limit {
