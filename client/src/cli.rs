@@ -268,7 +268,9 @@ pub struct Args {
     #[arg(long)]
     pub grouped: bool,
 
-    /// Most hosts contacted at once.
+    /// Most hosts contacted at once (raised to the number of SSH hosts for `sync`,
+    /// and for `run` and `upload` unless --skip-unreachable, whose hosts must all be
+    /// connected before anything starts).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub concurrency: usize,
 
