@@ -475,10 +475,18 @@ impl ApiKeys {
                         }
                         for server in set.include.iter().chain(&set.exclude) {
                             if !valid_target(server) {
+                                // The entry as written, and the part at fault if the
+                                // entry is a list.
+                                let part = if *server == e.value {
+                                    String::new()
+                                } else {
+                                    format!(": {server:?} is not a server")
+                                };
                                 return Err(cx.invalid(
                                     e,
                                     format!(
-                                        "invalid server {server:?} (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port]; node sets like web[01-20] expand to these)",
+                                        "invalid server {:?}{part} (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port]; node sets like web[01-20] expand to these)",
+                                        e.value
                                     ),
                                 ));
                             }
