@@ -348,6 +348,33 @@ mod tests {
         }
     }
 
+    /// The fuzz target's invariants over many generated lists (a cheap stand-in when
+    /// cargo-fuzz is not at hand): no panic, the cap holds, names have no blanks.
+    #[test]
+    fn generated_lists_keep_the_invariants() {
+        const ALPHABET: &[u8] = b"ab01239[],-/! :#\n.";
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let len = (seed % 24) as usize;
+            let mut text = String::new();
+            for _ in 0..len {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let pick = ALPHABET.get((seed >> 33) as usize % ALPHABET.len());
+                text.push(char::from(*pick.unwrap()));
+            }
+            seed = seed.wrapping_add(0x632b_e59b_d9b4_e019);
+            if let Ok(set) = parse_list(&text, 1000) {
+                assert!(set.include.len() + set.exclude.len() <= 1000, "{text:?}");
+                for name in set.include.iter().chain(&set.exclude) {
+                    assert!(
+                        !name.is_empty() && !name.contains(char::is_whitespace),
+                        "{text:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_cap_holds_before_anything_is_built() {
         let e = parse_list("h[0-9999][0-9999]", 1000).unwrap_err();
