@@ -284,6 +284,23 @@ async fn v2_follow_streams_exec_lines() {
         })
         .collect();
     assert_eq!(lines, ["one", "two"]);
+
+    // Output that does not end with a newline: the last line says so.
+    let mut req = request("exec", r"service:printf,one\ntwo");
+    req.follow = true;
+    let reply = v2(agent.addr(), KEY, None, req).await.expect("v2");
+    reply.expect_code(200);
+    let lines: Vec<(String, bool)> = reply
+        .events
+        .iter()
+        .map(|e| match e {
+            deploy_common::wire::message::Event::Line { line, partial, .. } => {
+                (line.clone(), *partial)
+            }
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(lines, [("one".into(), false), ("two".into(), true)]);
 }
 
 /// v2 `follow` on `rsync`: the transfer's output and progress arrive as events, and the

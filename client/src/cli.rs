@@ -19,6 +19,7 @@ use clap::{Parser, ValueEnum};
 use deploy_common::crypto::RsaPublicKey;
 use deploy_common::fanout::DEFAULT_CONCURRENCY;
 use deploy_common::legacy::auth::DEFAULT_KEY_CIPHER;
+use deploy_common::nodeset;
 use deploy_common::order::lock as wire_lock;
 use deploy_common::order::release::ReleaseSpec;
 use deploy_common::order::sync::SyncRun;
@@ -53,7 +54,9 @@ address; results are keyed by the host as written (with :port only when it
 differs from --port). ssh://[user@]host[:port] is an agentless SSH host
 (port 22 unless given; ~/.ssh/config applies), keyed as written. With
 --hosts=- they are read from standard input, one per line or separated by
-commas or blanks; '#' starts a comment.
+commas or blanks; '#' starts a comment. Node sets as in ClusterShell:
+web[01-20] (zero-padded), db[1,3,5-7], h[1-9/2], n[1-2]r[1-4]; `!name` (or
+-x name) leaves hosts out.
 
 --order=run -- CMD ARGS runs CMD like `ssh host CMD ARGS` (the words joined
 with spaces, for the remote shell); its output is printed live, each line
@@ -70,6 +73,9 @@ host and port as written.
 Environment: DEPLOY_KEY_CIPHER and DEPLOY_API_KEY supply --key-cipher and
 --api-key, so that secrets stay out of the process list. RUST_LOG overrides
 the log level chosen by -v/-q/--debug.";
+
+/// `--port` when neither the command line nor the defaults file gives one.
+const DEFAULT_PORT: u16 = 3441;
 
 /// `--thread-timeout` for agents when not given.
 const DEFAULT_THREAD_TIMEOUT: u64 = 30;
@@ -163,13 +169,30 @@ pub enum Format {
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
-    /// Hosts to contact, comma separated; `-` reads them from standard input.
+    /// Hosts to contact, comma separated, as node sets (`web[01-20]`, `db[1,3,5-7]`,
+    /// `!web05` to leave one out); `-` reads them from standard input, `@FILE` (or a
+    /// path starting with `/` or `./`) from a file.
+    /// [required unless the defaults file gives hosts]
     #[arg(long, value_name = "HOST,...")]
-    pub hosts: String,
+    pub hosts: Option<String>,
 
-    /// Port of hosts given without one (3441 is the proxy's; agents listen on 3440).
-    #[arg(long, default_value_t = 3441)]
-    pub port: u16,
+    /// SSH: hosts written without a scheme are SSH hosts (`[user@]host[:port]`).
+    #[arg(long)]
+    pub ssh: bool,
+
+    /// SSH: the remote user of hosts that name none (before ~/.ssh/config's `User`).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Hosts to leave out (repeatable): names or node sets like --hosts', e.g.
+    /// `-x web05` or `--exclude='db[2-3]'` (in --hosts, `!web05` does the same).
+    #[arg(short = 'x', long, value_name = "HOSTS")]
+    pub exclude: Vec<String>,
+
+    /// Port of hosts given without one (3441 is the proxy's; agents listen on 3440)
+    /// [default: 3441].
+    #[arg(long)]
+    pub port: Option<u16>,
 
     /// The order to send.
     #[arg(long, value_enum)]
@@ -245,7 +268,9 @@ pub struct Args {
     #[arg(long)]
     pub grouped: bool,
 
-    /// Most hosts contacted at once.
+    /// Most hosts contacted at once (raised to the number of SSH hosts for `sync`,
+    /// and for `run` and `upload` unless --skip-unreachable, whose hosts must all be
+    /// connected before anything starts).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub concurrency: usize,
 
@@ -407,6 +432,11 @@ pub struct Args {
     #[arg(long)]
     pub skip_unreachable: bool,
 
+    /// `run` on SSH hosts: run the command in DIR (relative to the remote home), like
+    /// orgalorg's `-r`; the command does not run where DIR is missing.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -455,6 +485,7 @@ impl Args {
         self,
         stdin: impl FnOnce() -> std::io::Result<String>,
     ) -> anyhow::Result<Config> {
+        check_required(&self)?;
         let release = release_spec(&self)?;
         if let Some(path) = &self.ipc_path {
             tracing::info!(path = %path, "--ipc-path is accepted for compatibility and ignored");
@@ -462,12 +493,30 @@ impl Args {
         if let Some(method) = &self.worker_method {
             tracing::info!(method = %method, "--worker-method is accepted for compatibility and ignored");
         }
-        let list = if self.hosts.trim() == "-" {
-            stdin().context("cannot read hosts from standard input")?
-        } else {
-            self.hosts.clone()
+        let Some(hosts) = self.hosts.as_deref() else {
+            bail!(
+                "no hosts given: --hosts=HOST,... (or hosts = … under [client] in {})",
+                crate::defaults::SYSTEM_FILE
+            );
         };
-        let targets = parse_targets(&list, self.port)?;
+        let spec = hosts.trim();
+        let list = if spec == "-" {
+            stdin().context("cannot read hosts from standard input")?
+        } else if let Some(path) = hosts_file(spec) {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--hosts: cannot read the hosts file {path}"))?
+        } else {
+            hosts.to_owned()
+        };
+        let port = self.port.unwrap_or(DEFAULT_PORT);
+        let mut targets = parse_targets(&list, &self.exclude, port, self.ssh)?;
+        if let Some(user) = &self.user {
+            // Checked as the user of an ssh:// host is.
+            Target::parse(&format!("ssh://{user}@h"), 22).context("--user")?;
+            for target in targets.iter_mut().filter(|t| t.scheme == Scheme::Ssh) {
+                target.user.get_or_insert_with(|| user.clone());
+            }
+        }
         // A server that knows only a default secret, with no pinned key, could be
         // anyone: it must not be handed an API key.
         let server_unauthenticated = deploy_common::config::is_default_secret(&self.key_cipher)
@@ -518,6 +567,18 @@ impl Args {
         } else {
             None
         };
+        if let Some(ssh) = &ssh {
+            // One host written several ways (`ssh://h`, `ssh://h:22`, `ssh://me@h`) is
+            // contacted once, as its first spelling.
+            let mut seen = HashSet::new();
+            targets.retain(|t| {
+                let fresh = t.scheme != Scheme::Ssh || seen.insert(ssh.endpoint(t));
+                if !fresh {
+                    tracing::info!(host = %t, "host given twice; contacting it once");
+                }
+                fresh
+            });
+        }
         let transport: Arc<dyn Transport> = Arc::new(Mux {
             agent: Arc::new(agent),
             // Release orders become scripts on SSH hosts (agents run them natively).
@@ -537,6 +598,17 @@ impl Args {
             .unwrap_or(if live { Format::Lines } else { Format::Json });
         if matches!(self.order, OrderArg::Run | OrderArg::Sync) && self.command.is_empty() {
             bail!("--order={} needs a command after `--`", self.order.as_str());
+        }
+        if let Some(dir) = &self.cwd {
+            if self.order != OrderArg::Run {
+                bail!("--cwd is for --order=run (upload and sync run in --root)");
+            }
+            if dir.is_empty() || dir.contains('\0') {
+                bail!("--cwd {dir:?}: expected a directory");
+            }
+            if let Some(agent) = targets.iter().find(|t| t.scheme != Scheme::Ssh) {
+                bail!("--cwd is for ssh:// hosts; {agent} is an agent (or proxy), which runs commands in its own directory");
+            }
         }
         if !live && !self.command.is_empty() {
             bail!("a command after `--` is only for --order=run, upload or sync");
@@ -613,7 +685,29 @@ impl Args {
                 (None, None)
             }
         };
-        if self.hosts == "-" && self.stdin.as_deref() == Some(std::path::Path::new("-")) {
+        // Strict (no --skip-unreachable): `run` and `upload` start nowhere unless every
+        // SSH host connected and authenticated, like `sync` (see `connect_all_or_none`
+        // in the SSH transport): they carry a run whose hosts meet once connected.
+        // Agents take an order in one exchange, so for them it does not apply.
+        let ssh_nodes: Vec<String> = targets
+            .iter()
+            .filter(|t| t.scheme == Scheme::Ssh)
+            .map(ToString::to_string)
+            .collect();
+        let sync = match sync {
+            None if matches!(self.order, OrderArg::Run | OrderArg::Upload)
+                && !self.skip_unreachable
+                && ssh_nodes.len() > 1 =>
+            {
+                // Every host must be connecting at once to meet.
+                concurrency = concurrency.max(ssh_nodes.len());
+                Some(SyncRun::new(ssh_nodes, true))
+            }
+            sync => sync,
+        };
+        if self.hosts.as_deref().map(str::trim) == Some("-")
+            && self.stdin.as_deref() == Some(std::path::Path::new("-"))
+        {
             bail!("--hosts=- and --stdin=- cannot both read standard input");
         }
         let token = self.token.as_deref();
@@ -680,7 +774,18 @@ impl Args {
             args: self.args,
             api_key: self.api_key,
             follow: self.follow || format == Format::Lines,
-            argv: self.command,
+            argv: match &self.cwd {
+                // The words are joined for the remote shell: a `cd` first, and
+                // nothing else if it fails (sh, bash, zsh and fish all take this).
+                Some(dir) => [format!(
+                    "cd {} || exit 1;",
+                    deploy_common::ssh::lines::quote(dir)
+                )]
+                .into_iter()
+                .chain(self.command)
+                .collect(),
+                None => self.command,
+            },
             stdin,
             sudo: self.sudo,
             token: match self.order {
@@ -732,21 +837,64 @@ fn ssh_options() -> SshOptions {
     options
 }
 
-/// Splits a host list: lines, `#` comments, items separated by commas or blanks.
-pub fn split_hosts(text: &str) -> Vec<&str> {
-    text.lines()
-        .map(|line| line.split('#').next().unwrap_or_default())
-        .flat_map(|line| line.split(|c: char| c == ',' || c.is_whitespace()))
-        .filter(|item| !item.is_empty())
-        .collect()
+/// Whether `exclusion` (a host given after `!` or to `--exclude`) names `target`: the
+/// same scheme, host and port, and the same user if the exclusion names one.
+fn excludes(exclusion: &Target, target: &Target) -> bool {
+    exclusion.scheme == target.scheme
+        && exclusion.host == target.host
+        && exclusion.port == target.port
+        && (exclusion.user.is_none() || exclusion.user == target.user)
 }
 
-/// Parses a host list into targets, dropping repeated hosts (results are keyed by host).
-pub fn parse_targets(text: &str, port: u16) -> anyhow::Result<Vec<Target>> {
+/// The hosts file a `--hosts` value names: `@FILE`, or a path starting with `/` or `./`.
+fn hosts_file(spec: &str) -> Option<&str> {
+    spec.strip_prefix('@')
+        .or_else(|| (spec.starts_with('/') || spec.starts_with("./")).then_some(spec))
+}
+
+/// Parses a host list (node sets: `web[01-20]`, `db[1,3,5-7]`, `!web05`; see
+/// [`nodeset`]) into targets, leaving out those `exclude` (more node sets) names and
+/// dropping repeated hosts (results are keyed by host).
+///
+/// With `ssh` (`--ssh`), a host written without a scheme is an SSH host
+/// (`[user@]host[:port]`).
+pub fn parse_targets(
+    text: &str,
+    exclude: &[String],
+    port: u16,
+    ssh: bool,
+) -> anyhow::Result<Vec<Target>> {
+    let parse = |spec: &str| match ssh && !spec.contains("://") {
+        true => Target::parse(
+            &format!("{}{spec}", deploy_common::target::SSH_PREFIX),
+            port,
+        )
+        .map_err(|e| deploy_common::target::TargetError {
+            spec: spec.to_owned(),
+            reason: e.reason,
+        }),
+        false => Target::parse(spec, port),
+    };
+    let mut set = nodeset::parse_list(text, nodeset::DEFAULT_LIMIT)?;
+    for pattern in exclude {
+        let more = nodeset::parse_list(pattern, nodeset::DEFAULT_LIMIT)
+            .with_context(|| format!("--exclude {pattern:?}"))?;
+        // `-x web1` and `-x '!web1'` both exclude.
+        set.exclude.extend(more.include);
+        set.exclude.extend(more.exclude);
+    }
+    let excluded: Vec<Target> = set
+        .exclude
+        .iter()
+        .map(|spec| parse(spec))
+        .collect::<Result<_, _>>()?;
     let mut seen = HashSet::new();
     let mut targets = Vec::new();
-    for spec in split_hosts(text) {
-        let target = Target::parse(spec, port)?;
+    for spec in &set.include {
+        let target = parse(spec)?;
+        if excluded.iter().any(|x| excludes(x, &target)) {
+            continue;
+        }
         if seen.insert(target.to_string()) {
             targets.push(target);
         } else {
@@ -779,6 +927,23 @@ pub fn parse_duration(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+/// What an order cannot go without, refused here (exit 2) rather than by every host:
+/// the rsync-family orders name a group (or `dest,src`), `exec` a job; `run` and
+/// `sync` a command (checked with the format, below).
+fn check_required(args: &Args) -> anyhow::Result<()> {
+    let what = match args.order {
+        OrderArg::Exec => "JOB[,ARG...] (a job of the agents' jobs file)",
+        OrderArg::Status | OrderArg::Rlist | OrderArg::Rsync | OrderArg::Rkill => {
+            "GROUP (an [rsync::group::GROUP] of the agents) or DEST,SRC"
+        }
+        _ => return Ok(()),
+    };
+    if args.options.trim().is_empty() {
+        bail!("--order={} needs --options={what}", args.order.as_str());
+    }
+    Ok(())
 }
 
 /// The release fields of `deploy`, `releases`, `rollback` and `confirm`.
@@ -886,15 +1051,50 @@ mod tests {
 
     #[test]
     fn host_lists() {
+        let names = |text: &str, exclude: &[&str]| -> Vec<String> {
+            let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
+            parse_targets(text, &exclude, 3441, false)
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
         assert_eq!(
-            split_hosts("a,b c\n# comment\n d # trailing\n\n[::1]:9,,e"),
+            names("a,b c\n# comment\n d # trailing\n\n[::1]:9,,e", &[]),
             ["a", "b", "c", "d", "[::1]:9", "e"]
         );
-        let t = parse_targets("a,a:3441,a:1,b", 3441).unwrap();
-        let names: Vec<String> = t.iter().map(ToString::to_string).collect();
-        assert_eq!(names, ["a", "a:1", "b"]);
-        assert!(parse_targets(" # nothing", 1).is_err());
-        let e = parse_targets("good,bad:port", 1).unwrap_err().to_string();
+        assert_eq!(names("a,a:3441,a:1,b", &[]), ["a", "a:1", "b"]);
+        assert_eq!(
+            names("web[1-4],db[1,3] !web2", &["web3:3441", "!db3"]),
+            ["web1", "web4", "db1"]
+        );
+        // An exclusion without a user names the host whatever the user.
+        assert_eq!(
+            names("ssh://root@h[1-2],ssh://u@h3", &["ssh://h1", "ssh://x@h3"]),
+            ["ssh://root@h2", "ssh://u@h3"]
+        );
+        // --ssh: no scheme needed; errors name the host as written.
+        let t = parse_targets("root@web[1-2]:2222,h", &[], 3441, true).unwrap();
+        let shown: Vec<String> = t.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["ssh://root@web1:2222", "ssh://root@web2:2222", "ssh://h"]
+        );
+        assert!(t.iter().all(|t| t.scheme == Scheme::Ssh));
+        assert_eq!((t[2].port, t[0].user.as_deref()), (22, Some("root")));
+        let e = parse_targets("h:0", &[], 1, true).unwrap_err().to_string();
+        assert!(e.contains("bad host \"h:0\""), "{e}");
+        assert_eq!(hosts_file("@x"), Some("x"));
+        assert_eq!(hosts_file("./x"), Some("./x"));
+        assert_eq!(hosts_file("/etc/x"), Some("/etc/x"));
+        assert_eq!(hosts_file("x,y"), None);
+        assert!(parse_targets(" # nothing", &[], 1, false).is_err());
+        assert!(parse_targets("a", &["a".to_owned()], 1, false).is_err());
+        let e = parse_targets("a", &["b[1-".to_owned()], 1, false).unwrap_err();
+        assert!(format!("{e:#}").contains("--exclude \"b[1-\""), "{e:#}");
+        let e = parse_targets("good,bad:port", &[], 1, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad:port"), "{e}");
     }
 
@@ -914,7 +1114,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.order, OrderArg::Exec);
-        assert_eq!(a.port, 3440);
+        assert_eq!(a.port, Some(3440));
         assert_eq!(a.log_level(), "debug");
         assert_eq!(a.format, Some(Format::Text));
         assert!(Args::try_parse_from(["deploy-client", "--hosts=h", "--order=nope"]).is_err());

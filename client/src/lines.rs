@@ -2,9 +2,12 @@
 //! its host, on the stream it came from; a summary of failures on standard error.
 //!
 //! ```text
-//! stdout:  ssh://web01: hello                      (-q: "hello")
+//! stdout:  ssh://web01: hello                      (-q: "hello", exactly the
+//!                                                    host's bytes: no newline
+//!                                                    added after a last partial line)
 //! stderr:  ssh://web02: tail: cannot open 'x'
 //! stderr:  deploy-client: 10 of 10 hosts failed: code 17 (10 hosts)
+//! stderr:  deploy-client: 2 of 10 hosts failed: code 1: ssh://web3, ssh://web7
 //! ```
 //!
 //! Lines arrive whole from the transports, so hosts never interleave inside a line; a
@@ -24,6 +27,9 @@ use deploy_common::wire::message::{Event, Stream};
 
 use crate::render;
 
+/// A line held back (`--grouped`): its stream, text, and whether it is partial.
+type Held = (Stream, String, bool);
+
 /// Renders events in the `lines` format.
 pub struct Lines {
     raw: bool,
@@ -33,7 +39,7 @@ pub struct Lines {
     err: Vec<u8>,
     /// `--grouped`: per target and host (the agents behind one proxy share its
     /// target), the lines so far.
-    held: HashMap<(usize, String), Vec<(Stream, String)>>,
+    held: HashMap<(usize, String), Vec<Held>>,
     /// Targets and hosts that streamed at least one line.
     streamed: HashSet<(usize, String)>,
 }
@@ -53,6 +59,12 @@ impl Lines {
     }
 
     fn line(&mut self, host: &str, stream: Stream, line: &str) {
+        self.text(host, stream, line, false);
+    }
+
+    /// One line, or with `partial` the last text of a stream that had no newline
+    /// after it: raw (`-q`), none is added, so the output is copied exactly.
+    fn text(&mut self, host: &str, stream: Stream, line: &str, partial: bool) {
         let buf = match stream {
             Stream::Stdout => &mut self.out,
             Stream::Stderr => &mut self.err,
@@ -62,12 +74,19 @@ impl Lines {
             buf.extend_from_slice(b": ");
         }
         buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
+        if !(self.raw && partial) {
+            buf.push(b'\n');
+        }
     }
 
     /// Takes one streamed event.
     pub fn event(&mut self, index: usize, host: &str, event: &Event) {
-        let Event::Line { stream, line } = event else {
+        let Event::Line {
+            stream,
+            line,
+            partial,
+        } = event
+        else {
             return;
         };
         self.streamed.insert((index, host.to_owned()));
@@ -75,9 +94,9 @@ impl Lines {
             self.held
                 .entry((index, host.to_owned()))
                 .or_default()
-                .push((*stream, line.clone()));
+                .push((*stream, line.clone(), *partial));
         } else {
-            self.line(host, *stream, line);
+            self.text(host, *stream, line, *partial);
         }
     }
 
@@ -97,16 +116,16 @@ impl Lines {
                 .collect();
             for orphan in orphans {
                 if let Some(held) = self.held.remove(&orphan) {
-                    for (stream, line) in held {
-                        self.line(&orphan.1, stream, &line);
+                    for (stream, line, partial) in held {
+                        self.text(&orphan.1, stream, &line, partial);
                     }
                 }
             }
         }
         let key = (result.index, result.host.clone());
         if let Some(held) = self.held.remove(&key) {
-            for (stream, line) in held {
-                self.line(&result.host, stream, &line);
+            for (stream, line, partial) in held {
+                self.text(&result.host, stream, &line, partial);
             }
             return;
         }
@@ -145,10 +164,19 @@ impl Lines {
                 }
             }
             outcome if outcome.verdict() != Verdict::HostFailed => {
+                // A command's output is on stdout; a refusal of `run`, `upload` or
+                // `sync` (not started, 403…) is an error, on stderr.
+                let refused = matches!(self.order.as_str(), "run" | "upload" | "sync")
+                    && outcome.reply().is_some_and(|r| r.code != 200);
+                let stream = if refused {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                };
                 let block = render::text_block(&self.order, outcome);
-                self.line(&result.host, Stream::Stdout, &block.header);
+                self.line(&result.host, stream, &block.header);
                 for body in block.body {
-                    self.line(&result.host, Stream::Stdout, body.trim_start());
+                    self.line(&result.host, stream, body.trim_start());
                 }
             }
             _ => {}
@@ -192,6 +220,9 @@ fn failure(result: &HostResult, skip_unreachable: bool) -> Option<String> {
             },
             _ => "return false".to_owned(),
         },
+        Outcome::Reply(reply) if reply.code == 503 && is_not_started(&reply.body) => {
+            "not started".to_owned()
+        }
         Outcome::Reply(reply) => format!("{} {}", reply.code, reply.reason()),
         Outcome::Unreachable { .. } if skip_unreachable => return None,
         Outcome::Unreachable { .. } => "unreachable".to_owned(),
@@ -203,30 +234,58 @@ fn failure(result: &HostResult, skip_unreachable: bool) -> Option<String> {
     })
 }
 
-/// `N of M hosts failed: code 17 (2 hosts), unreachable (1 host)`, groups largest
-/// first; `None` if nothing failed.
+/// Whether a 503 body says the order did not start (strict mode, another host failed).
+fn is_not_started(body: &Body) -> bool {
+    matches!(body, Body::Text(text) if text.starts_with("not started"))
+}
+
+/// Most hosts named per group of the summary; the rest are counted.
+const NAMED_HOSTS: usize = 20;
+
+/// `N of M hosts failed: code 17: web3, web7; unreachable: db1` when only some
+/// failed (hosts sorted naturally, at most [`NAMED_HOSTS`] named per group), or
+/// `M of M hosts failed: code 17 (M hosts)` when all did; groups largest first;
+/// `None` if nothing failed.
 pub fn summary(results: &[&HostResult], skip_unreachable: bool) -> Option<String> {
-    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for result in results {
         if let Some(why) = failure(result, skip_unreachable) {
-            *groups.entry(why).or_default() += 1;
+            groups.entry(why).or_default().push(&result.host);
         }
     }
-    let failed: usize = groups.values().sum();
+    let failed: usize = groups.values().map(Vec::len).sum();
     if failed == 0 {
         return None;
     }
-    let mut groups: Vec<(String, usize)> = groups.into_iter().collect();
-    groups.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut groups: Vec<(String, Vec<&str>)> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
     let parts: Vec<String> = groups
-        .iter()
-        .map(|(why, n)| format!("{why} ({n} host{})", if *n == 1 { "" } else { "s" }))
+        .iter_mut()
+        .map(|(why, hosts)| {
+            let n = hosts.len();
+            if failed == results.len() {
+                return format!("{why} ({n} host{})", plural(n));
+            }
+            hosts.sort_by(|a, b| render::natural_cmp(a, b));
+            let mut named = hosts
+                .iter()
+                .take(NAMED_HOSTS)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if n > NAMED_HOSTS {
+                named.push_str(&format!(" and {} more", n - NAMED_HOSTS));
+            }
+            format!("{why}: {named}")
+        })
         .collect();
+    let separator = if failed == results.len() { ", " } else { "; " };
     Some(format!(
         "{failed} of {} host{} failed: {}",
         results.len(),
-        if results.len() == 1 { "" } else { "s" },
-        parts.join(", ")
+        plural(results.len()),
+        parts.join(separator)
     ))
 }
 
@@ -264,14 +323,31 @@ mod tests {
             },
         );
         assert_eq!(
-            summary(&[&a, &b, &c, &d], false).as_deref(),
-            Some("3 of 4 hosts failed: code 17 (2 hosts), unreachable (1 host)")
+            summary(&[&b, &a, &c, &d], false).as_deref(),
+            Some("3 of 4 hosts failed: code 17: a, b; unreachable: d")
         );
         assert_eq!(
             summary(&[&a, &b, &c, &d], true).as_deref(),
-            Some("2 of 4 hosts failed: code 17 (2 hosts)")
+            Some("2 of 4 hosts failed: code 17: a, b")
         );
         assert_eq!(summary(&[&c], false), None);
+        // Everyone failed: counts say it all.
+        assert_eq!(
+            summary(&[&a, &b, &d], false).as_deref(),
+            Some("3 of 3 hosts failed: code 17 (2 hosts), unreachable (1 host)")
+        );
+        // Many failed hosts: the first ones (naturally sorted) are named.
+        let many: Vec<HostResult> = (0..25)
+            .map(|i| result(i, &format!("web{i}"), exited(1)))
+            .collect();
+        let mut all: Vec<&HostResult> = many.iter().collect();
+        all.push(&c);
+        let text = summary(&all, false).unwrap();
+        assert!(
+            text.starts_with("25 of 26 hosts failed: code 1: web0, web1, web2,"),
+            "{text}"
+        );
+        assert!(text.ends_with("web19 and 5 more"), "{text}");
     }
 
     #[test]
@@ -279,6 +355,7 @@ mod tests {
         let line = |s: &str| Event::Line {
             stream: Stream::Stdout,
             line: s.into(),
+            partial: false,
         };
         let mut l = Lines::new("run", false, true);
         l.event(0, "a", &line("1"));
@@ -307,8 +384,24 @@ mod tests {
             &Event::Line {
                 stream: Stream::Stderr,
                 line: "e".into(),
+                partial: false,
             },
         );
         assert_eq!(String::from_utf8_lossy(&l.err), "e\n");
+
+        // A last text without newline: raw, none added; prefixed, one (the next
+        // prefix needs its own line).
+        let partial = Event::Line {
+            stream: Stream::Stdout,
+            line: "abc".into(),
+            partial: true,
+        };
+        let mut raw = Lines::new("run", true, false);
+        raw.event(0, "a", &partial);
+        assert_eq!(String::from_utf8_lossy(&raw.out), "abc");
+        let mut prefixed = Lines::new("run", false, true);
+        prefixed.event(0, "a", &partial);
+        prefixed.done(&result(0, "a", exited(0)), true);
+        assert_eq!(String::from_utf8_lossy(&prefixed.out), "a: abc\n");
     }
 }

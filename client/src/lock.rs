@@ -226,6 +226,11 @@ pub async fn run(mut config: Config, mode: LockMode) -> io::Result<u8> {
 /// Prints the lock results in the chosen format (like any order's).
 fn print_results(format: Format, results: &[&HostResult]) -> io::Result<()> {
     let order = "lock";
+    let mut results = results.to_vec();
+    if format != Format::Jsonl {
+        render::sort_by_host(&mut results);
+    }
+    let results = &results[..];
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
         Format::Json => render::write_perl_pretty(&mut out, &render::document(order, results))?,

@@ -6,6 +6,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`cli`] | flags (the original's and the new ones) → a validated [`cli::Config`] |
+//! | [`defaults`] | `~/.config/deploy/client.ini`, `/etc/deploy/client.ini`: defaults under the flags |
 //! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
 //! | [`progress`] | `--follow`: streamed lines and rsync progress bars on standard error |
 //! | [`lock`] | `--order=lock` and `--lock`: the cluster lock, its heartbeat and release |
@@ -18,8 +19,8 @@
 //! The binary is thin: it builds a transport (a `Mux` of the agent transport and, when
 //! an `ssh://` host is given, the SSH one), hands the targets to [`Fanout`], and
 //! renders the stream of events and results as they arrive (`lines`, `jsonl`, live
-//! lines and bars) or once all hosts are done (`json`, `text`, in command-line
-//! order). One single-threaded Tokio runtime runs every host as a task (two worker
+//! lines and bars) or once all hosts are done (`json`, `text`, sorted by host, so
+//! that two runs diff cleanly). One single-threaded Tokio runtime runs every host as a task (two worker
 //! threads under a lock, see [`lock`]).
 //!
 //! Exit status: 0 all succeeded, 1 some order failed, 3 some host unreachable, timed out
@@ -28,6 +29,7 @@
 //! run quietly with 0.
 
 mod cli;
+mod defaults;
 mod lines;
 mod lock;
 mod progress;
@@ -67,8 +69,19 @@ fn main() -> ExitCode {
     if let Some(code) = generate() {
         return code;
     }
-    let args: Args = deploy_common::cli::parse();
+    let mut args: Args = deploy_common::cli::parse();
     init_tracing(args.log_level());
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(std::path::PathBuf::from);
+    let env = std::env::var(defaults::ENV).ok();
+    match defaults::load(env.as_deref(), home.as_deref()) {
+        Ok(defaults) => defaults.apply(&mut args),
+        Err(e) => {
+            eprintln!("deploy-client: error: {}", report::chain(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     tracing::debug!(
         version = env!("CARGO_PKG_VERSION"),
         "deploy-client starting"
@@ -354,6 +367,10 @@ async fn run(config: Config) -> io::Result<u8> {
             expected += 1;
             done.extend(result.iter());
         }
+    }
+    // Deterministic documents: by host, not by arrival or command-line order.
+    if matches!(format, Format::Json | Format::Text) {
+        render::sort_by_host(&mut done);
     }
     match format {
         Format::Json => render::write_perl_pretty(&mut out, &render::document(&order, &done))?,

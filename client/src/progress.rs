@@ -46,7 +46,7 @@ impl Live {
         match event {
             // Relayed results are shown with the other results.
             Event::Host { .. } => {}
-            Event::Line { stream, line } => {
+            Event::Line { stream, line, .. } => {
                 let text = match stream {
                     Stream::Stdout => format!("{host}: {line}"),
                     Stream::Stderr => format!("{host}: (stderr) {line}"),

@@ -1,7 +1,7 @@
 //! Output formats: the original's pretty JSON, folded text, and JSON lines.
 //!
 //! `json` (default) is the original client's document, printed once every host is done,
-//! hosts in command-line order, record keys in a fixed order, and the layout of Perl's
+//! hosts sorted by name (naturally: `web9` before `web10`; see [`sort_by_host`]), record keys in a fixed order, and the layout of Perl's
 //! `JSON::XS->pretty` (3-space indent, `" : "`):
 //!
 //! ```text
@@ -19,7 +19,7 @@
 //! ```
 //!
 //! `text` prints one block per distinct result, naming the hosts that share it (like
-//! `clush -b`):
+//! `clush -b`), hosts sorted like `json`'s:
 //!
 //! ```text
 //! 127.0.0.1,127.0.0.2 (2): 200 OK return=true command="/bin/echo hi"
@@ -96,6 +96,41 @@ pub fn write_perl_pretty(out: &mut impl Write, value: &Value) -> io::Result<()> 
     out.write_all(b"\n")
 }
 
+/// Sorts results by host in natural order (`web2` before `web10`, `h:99` before
+/// `h:3440`), so that two runs over the same hosts print the same document whatever
+/// order the answers came in. Ties (one host through two proxies) keep their order.
+pub fn sort_by_host(results: &mut [&HostResult]) {
+    results.sort_by(|a, b| natural_cmp(&a.host, &b.host));
+}
+
+/// Compares two names with their runs of digits as numbers (`web9` < `web10`); runs
+/// equal as numbers (`01`, `1`) are ordered by length, then the text decides.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (mut x, mut y) = (a, b);
+    loop {
+        let (Some(cx), Some(cy)) = (x.chars().next(), y.chars().next()) else {
+            return x.len().cmp(&y.len()).then_with(|| a.cmp(b));
+        };
+        if cx.is_ascii_digit() && cy.is_ascii_digit() {
+            let end = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (dx, rx) = x.split_at(end(x));
+            let (dy, ry) = y.split_at(end(y));
+            let (tx, ty) = (dx.trim_start_matches('0'), dy.trim_start_matches('0'));
+            let by_value = tx.len().cmp(&ty.len()).then_with(|| tx.cmp(ty));
+            match by_value.then_with(|| dx.len().cmp(&dy.len())) {
+                Ordering::Equal => (x, y) = (rx, ry),
+                other => return other,
+            }
+        } else {
+            match cx.cmp(&cy) {
+                Ordering::Equal => (x, y) = (&x[cx.len_utf8()..], &y[cy.len_utf8()..]),
+                other => return other,
+            }
+        }
+    }
+}
+
 /// The original client's document: host → order → record, in the order of `results`.
 pub fn document(order: &str, results: &[&HostResult]) -> Value {
     let mut hosts = Map::new();
@@ -111,7 +146,7 @@ pub fn document(order: &str, results: &[&HostResult]) -> Value {
 /// `{host, event}` for the others.
 pub fn event_line(host: &str, event: &Event) -> Value {
     match event {
-        Event::Line { stream, line } => json!({ "host": host, "stream": stream, "line": line }),
+        Event::Line { stream, line, .. } => json!({ "host": host, "stream": stream, "line": line }),
         _ => json!({ "host": host, "event": event }),
     }
 }
@@ -318,6 +353,43 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn hosts_sort_naturally() {
+        let mut names = vec![
+            "web10",
+            "web9",
+            "web09",
+            "db1",
+            "127.0.0.1:3440",
+            "127.0.0.1:99",
+            "web",
+            "ssh://a",
+        ];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            [
+                "127.0.0.1:99",
+                "127.0.0.1:3440",
+                "db1",
+                "ssh://a",
+                "web",
+                "web9",
+                "web09",
+                "web10"
+            ]
+        );
+        let results = [
+            result("b2", Outcome::Timeout(Duration::ZERO)),
+            result("b10", Outcome::Timeout(Duration::ZERO)),
+            result("a", Outcome::Timeout(Duration::ZERO)),
+        ];
+        let mut refs: Vec<&HostResult> = results.iter().collect();
+        sort_by_host(&mut refs);
+        let hosts: Vec<&str> = refs.iter().map(|r| r.host.as_str()).collect();
+        assert_eq!(hosts, ["a", "b2", "b10"]);
     }
 
     #[test]

@@ -1238,6 +1238,7 @@ impl Transport for SshReleases {
                             .send(Event::Line {
                                 stream: Stream::Stdout,
                                 line: line.to_owned(),
+                                partial: false,
                             })
                             .await;
                     }

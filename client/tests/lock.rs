@@ -383,7 +383,7 @@ async fn unlock_needs_the_token() {
 async fn lock_usage_errors() {
     for (args, needle) in [
         (
-            &["--hosts=h", "--order=status", "--lock"][..],
+            &["--hosts=h", "--order=status", "--options=g", "--lock"][..],
             "--lock is for --order=run, exec, rsync, upload or sync",
         ),
         (

@@ -55,6 +55,7 @@ fn client_at(
         .env_remove("DEPLOY_KEY_CIPHER")
         .env_remove("DEPLOY_API_KEY")
         .env_remove("RUST_LOG")
+        .env("DEPLOY_CLIENT_CONFIG", "")
         .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -238,6 +239,215 @@ fn ssh_exit_17_everywhere_is_summarised() {
     assert_eq!(record["content"]["content"], "eAo=");
 }
 
+/// When only some hosts fail, the summary names them (sorted), per reason; the json
+/// document is sorted by host whatever the command line's order.
+#[test]
+fn ssh_summary_names_the_hosts_that_failed() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let ip = |i: usize| c.hosts[i].0.clone();
+    // SSH_CONNECTION is "client port server port": fail on hosts 7 and 2.
+    let command = format!(
+        "case \"$SSH_CONNECTION\" in *' {} '*|*' {} '*) exit 1;; esac",
+        ip(7),
+        ip(2)
+    );
+    let hosts = format!("{},{},{},{}", c.spec(7), c.spec(0), c.spec(2), c.spec(1));
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=run", "--", &command],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stderr.ends_with(&format!(
+            "2 of 4 hosts failed: code 1: {}, {}\n",
+            c.spec(2),
+            c.spec(7)
+        )),
+        "{}",
+        out.stderr
+    );
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--format=json",
+            "--",
+            &command,
+        ],
+        None,
+    );
+    let doc: Value = serde_json::from_str(&out.stdout).expect("json");
+    let keys: Vec<&String> = doc.as_object().expect("object").keys().collect();
+    let mut sorted = [c.spec(0), c.spec(1), c.spec(2), c.spec(7)];
+    sorted.sort_by_key(|s| {
+        let (ip, port) = s
+            .trim_start_matches("ssh://")
+            .split_once(':')
+            .expect("port");
+        let ip: std::net::Ipv4Addr = ip.parse().expect("ip");
+        (ip, port.parse::<u16>().expect("port"))
+    });
+    assert_eq!(keys, sorted.iter().collect::<Vec<_>>());
+}
+
+/// Hosts from a file (`--hosts=@FILE`, `./FILE`), without the scheme under `--ssh`,
+/// the default user `-u`, and one host written several ways contacted once.
+#[test]
+fn ssh_hosts_file_default_user_and_spellings() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let (ip0, port0, _) = &c.hosts[0];
+    let (ip1, port1, _) = &c.hosts[1];
+    // Host 0 three ways (the local user is root); host 1 once, as a node set.
+    let (net, last) = ip1.rsplit_once('.').expect("IPv4");
+    let list = format!(
+        "# web\n{ip0}:{port0}\nssh://{ip0}:{port0}, root@{ip0}:{port0}\n{net}.[{last}]:{port1}\n"
+    );
+    std::fs::write(home.path().join("hosts"), &list).expect("write");
+    let file = format!("@{}", home.path().join("hosts").display());
+    for spec in [file.as_str(), "./hosts"] {
+        let out = client_in(
+            home.path(),
+            home.path(),
+            &["--ssh", "--hosts", spec, "--order=run", "--", "echo hi"],
+        );
+        assert_eq!(out.status, 0, "{list}: {out:?}");
+        assert_eq!(
+            sorted_lines(&out.stdout),
+            [
+                format!("ssh://{ip0}:{port0}: hi"),
+                format!("ssh://{ip1}:{port1}: hi")
+            ],
+            "{list}: {out:?}"
+        );
+    }
+    // -u: the user of hosts that name none (`nobody`, whose shell refuses to run
+    // anything, where root would succeed); a user written wins.
+    let hosts = format!("{ip0}:{port0},root@{ip1}:{port1}");
+    let out = client(
+        home.path(),
+        &[
+            "--ssh",
+            "-u",
+            "nobody",
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--",
+            "whoami",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("ssh://root@{ip1}:{port1}: root\n")),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("currently not available")
+            && out
+                .stderr
+                .ends_with(&format!("code 1: ssh://{ip0}:{port0}\n")),
+        "{out:?}"
+    );
+    // A missing hosts file is a usage error naming it.
+    let out = client(
+        home.path(),
+        &["--hosts=@/no/such/hosts", "--order=run", "--", "true"],
+        None,
+    );
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot read the hosts file /no/such/hosts"),
+        "{out:?}"
+    );
+}
+
+/// `run --cwd=DIR`: the command runs there; where DIR is missing it does not run.
+#[test]
+fn ssh_run_cwd() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let dir = home.path().join("it's here");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let cwd = format!("--cwd={}", dir.display());
+    let hosts = format!("{},{}", c.spec(0), c.spec(1));
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=run", "-q", &cwd, "--", "pwd"],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("{d}\n{d}\n", d = dir.display()),
+        "{out:?}"
+    );
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--cwd=/no/such/dir",
+            "--",
+            "echo",
+            "ran",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(!out.stdout.contains("ran"), "{out:?}");
+    // Agents run commands in their own directory: refused before contacting anyone.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            "127.0.0.1",
+            "--order=run",
+            "--cwd=/tmp",
+            "--",
+            "pwd",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(out.stderr.contains("--cwd is for ssh:// hosts"), "{out:?}");
+}
+
+/// `-q` copies the output exactly: no newline is added after a last partial line.
+#[test]
+fn ssh_quiet_output_is_raw() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(0),
+            "--order=run",
+            "-q",
+            "--",
+            "printf 'a\\nbc'",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "a\nbc");
+    let out = client(
+        home.path(),
+        &["--hosts", &c.spec(0), "--order=run", "--", "printf abc"],
+        None,
+    );
+    assert_eq!(out.stdout, format!("{}: abc\n", c.spec(0)));
+}
+
 #[test]
 fn ssh_stdin_is_sent_to_every_host() {
     let Some(c) = cluster() else { return };
@@ -331,13 +541,23 @@ fn ssh_unreachable_strict_and_loose() {
     };
     let dead = format!("ssh://127.0.0.1:{closed}");
     let hosts = format!("{},{dead},{}", c.spec(0), c.spec(1));
+    // Strict (the default): every host or none. The two reachable hosts connected,
+    // but nothing ran on them, since the third could not be reached.
+    let marker = home.path().join("ran");
+    let command = format!("echo ok; echo x >> {}", marker.display());
     let out = client(
         home.path(),
-        &["--hosts", &hosts, "--order=run", "--", "echo ok"],
+        &["--hosts", &hosts, "--order=run", "--", &command],
         None,
     );
     assert_eq!(out.status, 3, "{out:?}");
-    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    assert!(!marker.exists(), "a command ran in strict mode: {out:?}");
+    assert!(
+        out.stderr.contains(&format!("not started (strict: every host or none; --skip-unreachable runs on the others): {dead} failed (can't connect")),
+        "{}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains(&format!(
             "error: {dead}: can't connect to 127.0.0.1:{closed}"
@@ -359,12 +579,16 @@ fn ssh_unreachable_strict_and_loose() {
             "--order=run",
             "--skip-unreachable",
             "--",
-            "echo ok",
+            &command,
         ],
         None,
     );
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "x\nx\n"
+    );
     assert!(
         out.stderr.contains(&format!(
             "note: 1 unreachable host skipped (--skip-unreachable): {dead}"
@@ -1150,14 +1374,14 @@ fn ssh_sync_two_phase_barrier() {
     assert!(!out.stdout.contains("phase1"), "{out:?}");
     assert_eq!(
         out.stderr
-            .matches(": sync: aborted before START: ssh://127.0.0.1:")
+            .matches(": 503 Service Unavailable not started (strict: every host or none; --skip-unreachable runs on the others): ssh://127.0.0.1:")
             .count(),
         HOSTS,
         "{out:?}"
     );
     assert!(
         out.stderr
-            .contains("code 1 (10 hosts), unreachable (1 host)"),
+            .contains("not started (10 hosts), unreachable (1 host)"),
         "{out:?}"
     );
     let out = s.sync(&with_dead, &["--skip-unreachable"]);
@@ -1194,13 +1418,13 @@ fn ssh_sync_nothing_starts_before_start_and_a_failed_tool_ends_the_run() {
     let s = SyncSetup::new(c, FAILING_TOOL);
     let hosts = c.all();
 
-    // Strict, with an unreachable host: no tool starts anywhere (`started` is the
-    // tool's first act, before it reads anything).
+    // Strict, with an unreachable host: nothing is uploaded and no tool starts
+    // anywhere (`started` is the tool's first act, before it reads anything).
     let out = s.sync(&format!("{hosts},{}", dead_host()), &[]);
     assert_eq!(out.status, 3, "{out:?}");
     for i in 0..HOSTS {
         let dir = host_root(c, &s.base, i);
-        assert!(dir.join("tool.sh").exists(), "uploaded: {out:?}");
+        assert!(!dir.join("tool.sh").exists(), "uploaded: {out:?}");
         assert!(
             !dir.join("started").exists(),
             "a tool ran before START: {out:?}"
@@ -1496,6 +1720,46 @@ fn ssh_thread_timeout_stops_the_remote_commands() {
             "sleep 304 still runs on a host after the timeout"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Strict `upload`: with one host unreachable, no file reaches the others and no
+/// command runs there; loose (`--skip-unreachable`), the others get it.
+#[test]
+fn ssh_strict_upload_starts_nowhere_unless_every_host_connects() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let dead = dead_host();
+    let hosts = format!("{},{dead},{}", c.spec(0), c.spec(1));
+    let src = home.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("one.txt"), "one\n").expect("write");
+    let base = home.path().join("up");
+    let root = format!("--root={}/%h-%p", base.display());
+    let args = [
+        "--hosts",
+        &hosts,
+        "--order=upload",
+        "--relative",
+        "--upload=one.txt",
+        &root,
+        "--",
+        "cat one.txt",
+    ];
+    let out = client_in(home.path(), &src, &args);
+    assert_eq!(out.status, 3, "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    for i in 0..2 {
+        assert!(!host_root(c, &base, i).exists(), "{out:?}");
+    }
+    assert!(out.stderr.contains(&format!("{dead} failed")), "{out:?}");
+
+    let mut loose = args.to_vec();
+    loose.insert(0, "--skip-unreachable");
+    let out = client_in(home.path(), &src, &loose);
+    assert_eq!(out.status, 0, "{out:?}");
+    for i in 0..2 {
+        assert!(host_root(c, &base, i).join("one.txt").exists(), "{out:?}");
     }
 }
 

@@ -66,15 +66,18 @@ async fn json_shape_for_success_error_and_unreachable() {
         None,
     )
     .await;
-    let expected = format!(
-        "{{\n{},\n{},\n{}\n}}\n",
-        record(
+    // Hosts sorted (all on 127.0.0.1: by port), whatever the command line's order.
+    let mut records = vec![
+        (ok.port(), record(
             &ok.to_string(), "exec", 1, 1, "\"200\"", "\"OK\"",
             "{\n            \"return\" : \"true\",\n            \"command\" : \"L2Jpbi9lY2hvIGhp\",\n            \"content\" : \"aGkK\"\n         }"
-        ),
-        record(&bad.to_string(), "exec", 0, 1, "\"400\"", "\"Bad Request\"", "\"exec[x] not found!\""),
-        record(&down.to_string(), "exec", 0, 0, "null", "null", &format!("\"can't connect to {down}\"")),
-    );
+        )),
+        (bad.port(), record(&bad.to_string(), "exec", 0, 1, "\"400\"", "\"Bad Request\"", "\"exec[x] not found!\"")),
+        (down.port(), record(&down.to_string(), "exec", 0, 0, "null", "null", &format!("\"can't connect to {down}\""))),
+    ];
+    records.sort();
+    let records: Vec<String> = records.into_iter().map(|(_, r)| r).collect();
+    let expected = format!("{{\n{}\n}}\n", records.join(",\n"));
     assert_eq!(out.stdout, expected);
     assert_eq!(out.status, 3, "{out:?}");
     assert!(
@@ -96,6 +99,7 @@ async fn exit_codes_0_and_1() {
             &ok.to_string(),
             "--order",
             "exec",
+            "--options=x",
             "--key-cipher",
             "k",
         ],
@@ -106,7 +110,17 @@ async fn exit_codes_0_and_1() {
     assert!(out.stderr.is_empty(), "{}", out.stderr);
 
     let hosts = format!("{ok},{failed}");
-    let out = client(&["--hosts", &hosts, "--order=exec", "--key-cipher=k"], None).await;
+    let out = client(
+        &[
+            "--hosts",
+            &hosts,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+        ],
+        None,
+    )
+    .await;
     assert_eq!(out.status, 1, "{out:?}");
 
     // A wrong key is a 401 answer: the order failed, the host was reachable.
@@ -115,6 +129,7 @@ async fn exit_codes_0_and_1() {
             "--hosts",
             &ok.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=wrong",
         ],
         None,
@@ -130,7 +145,7 @@ async fn exit_codes_0_and_1() {
 
 #[tokio::test]
 async fn usage_errors_exit_2() {
-    let out = client(&["--hosts=a:b", "--order=status"], None).await;
+    let out = client(&["--hosts=a:b", "--order=status", "--options=g"], None).await;
     assert_eq!(out.status, 2);
     assert!(
         out.stderr
@@ -143,6 +158,7 @@ async fn usage_errors_exit_2() {
         &[
             "--hosts=a",
             "--order=status",
+            "--options=g",
             "--ssl-public-key=/no/such.pem",
         ],
         None,
@@ -153,12 +169,38 @@ async fn usage_errors_exit_2() {
 
     let out = client(&["--hosts=a", "--order=nope"], None).await;
     assert_eq!(out.status, 2);
-    let out = client(&["--order=status"], None).await;
+    let out = client(&["--order=status", "--options=g"], None).await;
     assert_eq!(out.status, 2);
-    let out = client(&["--hosts=-", "--order=status"], Some("# nobody\n")).await;
+    let out = client(
+        &["--hosts=-", "--order=status", "--options=g"],
+        Some("# nobody\n"),
+    )
+    .await;
     assert_eq!(out.status, 2);
     assert!(out.stderr.contains("no hosts"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
+
+    // An order without what it needs is refused here, before any host is contacted
+    // (the agent below would answer 200).
+    let agent = v2_agent("k", answer(exec_ok())).await;
+    let host = agent.to_string();
+    for (order, needle) in [
+        ("exec", "--order=exec needs --options=JOB[,ARG...]"),
+        ("status", "--order=status needs --options=GROUP"),
+        ("rlist", "--order=rlist needs --options=GROUP"),
+        ("rsync", "--order=rsync needs --options=GROUP"),
+        ("rkill", "--order=rkill needs --options=GROUP"),
+    ] {
+        let order = format!("--order={order}");
+        for extra in [None, Some("--options= ")] {
+            let mut args = vec!["--hosts", &host, &order, "--key-cipher=k"];
+            args.extend(extra);
+            let out = client(&args, None).await;
+            assert_eq!(out.status, 2, "{args:?}: {out:?}");
+            assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+            assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        }
+    }
 }
 
 /// Arguments that are not UTF-8 are usage errors naming the flag (they panicked with
@@ -169,11 +211,16 @@ async fn non_utf8_arguments_are_usage_errors() {
     use std::os::unix::ffi::OsStrExt;
     for (args, named) in [
         (
-            &[&b"--hosts=\xff"[..], b"--order=status"][..],
+            &[&b"--hosts=\xff"[..], b"--order=status", b"--options=g"][..],
             "'--hosts <HOST,...>'",
         ),
         (
-            &[b"--hosts=a", b"--order=status", b"--api-key=k\xfe"],
+            &[
+                b"--hosts=a",
+                b"--order=status",
+                b"--options=g",
+                b"--api-key=k\xfe",
+            ],
             "'--api-key",
         ),
         (
@@ -185,7 +232,7 @@ async fn non_utf8_arguments_are_usage_errors() {
             "COMMAND",
         ),
         (
-            &[b"--hosts=a", b"--order=status", b"\xff"],
+            &[b"--hosts=a", b"--order=status", b"--options=g", b"\xff"],
             "unexpected argument",
         ),
         (&[b"--generate", b"\xff"], "--generate takes"),
@@ -204,7 +251,7 @@ async fn non_utf8_arguments_are_usage_errors() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
     // A path flag keeps any bytes: the error is about the file, not the argument.
-    let mut cmd = util::command(&["--hosts=a", "--order=status"]);
+    let mut cmd = util::command(&["--hosts=a", "--order=status", "--options=g"]);
     cmd.arg(OsStr::from_bytes(b"--ssl-public-key=/no/such/\xff.pem"))
         .kill_on_drop(true);
     let out = cmd.output().await.expect("spawn deploy-client");
@@ -222,6 +269,7 @@ async fn missing_files_name_their_reason_once() {
             &[
                 "--hosts=a",
                 "--order=status",
+                "--options=g",
                 "--ssl-public-key=/no/such.pem",
             ][..],
             "/no/such.pem",
@@ -280,19 +328,40 @@ async fn text_format_folds_identical_results() {
             "--hosts",
             &hosts,
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--format=text",
         ],
         None,
     )
     .await;
-    assert_eq!(
-        out.stdout,
-        format!(
-            "{a},{b} (2): 200 OK return=true command=\"/bin/echo hi\"\n    hi\n{c}: 400 Bad Request exec[x] not found!\n"
-        )
-    );
+    // Sorted by host (here by port), folded in the order of their first host.
+    let (first, second) = if a.port() < b.port() { (a, b) } else { (b, a) };
+    let ok = format!("{first},{second} (2): 200 OK return=true command=\"/bin/echo hi\"\n    hi\n");
+    let bad = format!("{c}: 400 Bad Request exec[x] not found!\n");
+    let expected = if first.port() < c.port() {
+        format!("{ok}{bad}")
+    } else {
+        format!("{bad}{ok}")
+    };
+    assert_eq!(out.stdout, expected);
     assert_eq!(out.status, 1);
+
+    // Two runs print the same document whatever the order of the hosts given.
+    let reversed = format!("{b},{c},{a}");
+    let again = client(
+        &[
+            "--hosts",
+            &reversed,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+            "--format=text",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(again.stdout, out.stdout);
 }
 
 #[tokio::test]
@@ -303,6 +372,7 @@ async fn jsonl_streams_events_then_results() {
             vec![Event::Line {
                 stream: Stream::Stdout,
                 line: "hi".into(),
+                partial: false,
             }],
             Duration::ZERO,
             exec_ok(),
@@ -316,6 +386,7 @@ async fn jsonl_streams_events_then_results() {
             "--hosts",
             &hosts,
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--format=jsonl",
             "--follow",
@@ -360,6 +431,7 @@ async fn hosts_from_stdin() {
         &[
             "--hosts=-",
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--format=text",
         ],
@@ -383,7 +455,17 @@ async fn ipv6_with_port() {
     drop(probe);
     let a = v2_agent_on("[::1]:0", "k", answer(exec_ok())).await;
     let spec = format!("[::1]:{}", a.port());
-    let out = client(&["--hosts", &spec, "--order=exec", "--key-cipher=k"], None).await;
+    let out = client(
+        &[
+            "--hosts",
+            &spec,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+        ],
+        None,
+    )
+    .await;
     assert_eq!(out.status, 0, "{out:?}");
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v[&spec]["exec"]["returnCode"], json!("200"));
@@ -397,6 +479,7 @@ async fn v1_plain_and_ssl() {
             "--hosts",
             &plain.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--protocol=v1",
         ],
@@ -416,6 +499,7 @@ async fn v1_plain_and_ssl() {
             "--hosts",
             &plain.to_string(),
             "--order=exec",
+            "--options=x",
             "--protocol=v1",
         ],
         None,
@@ -433,6 +517,7 @@ async fn v1_plain_and_ssl() {
             "--hosts",
             &ssl.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--protocol=v1",
             &key,
@@ -453,6 +538,7 @@ async fn v1_plain_and_ssl() {
             "--hosts",
             &plain.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--protocol=v1",
             &key,
@@ -481,6 +567,7 @@ async fn silent_host_times_out() {
             "--hosts",
             &hosts,
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--thread-timeout=1",
         ],
@@ -494,9 +581,11 @@ async fn silent_host_times_out() {
     assert_eq!(r["serverStatus"], json!(0));
     assert_eq!(r["content"], json!("Process Timeout(1)!"));
     assert_eq!(v[ok.to_string()]["exec"]["return"], json!(1));
-    // Hosts in command-line order, not arrival order.
+    // Hosts sorted (by port here), not in arrival order.
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, [&dead.to_string(), &ok.to_string()]);
+    let mut sorted = [dead, ok];
+    sorted.sort_by_key(|a| a.port());
+    assert_eq!(keys, [&sorted[0].to_string(), &sorted[1].to_string()]);
 }
 
 #[tokio::test]
@@ -505,7 +594,13 @@ async fn closed_stdout_exits_quietly() {
     let slow: util::Handler = Arc::new(|_| (Vec::new(), Duration::from_millis(200), exec_ok()));
     let a = v2_agent("k", slow).await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"))
-        .args(["--hosts", &a.to_string(), "--order=exec", "--key-cipher=k"])
+        .args([
+            "--hosts",
+            &a.to_string(),
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+        ])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -532,6 +627,7 @@ async fn follow_lines_go_to_stderr_in_json_mode() {
         let line = |s: &str| Event::Line {
             stream: Stream::Stdout,
             line: s.into(),
+            partial: false,
         };
         (vec![line("one"), line("two")], Duration::ZERO, exec_ok())
     });
@@ -541,6 +637,7 @@ async fn follow_lines_go_to_stderr_in_json_mode() {
             "--hosts",
             &a.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--follow",
         ],
@@ -626,6 +723,7 @@ async fn logs_on_a_pipe_have_no_colours() {
             "--hosts",
             &plain.to_string(),
             "--order=exec",
+            "--options=x",
             "--key-cipher=k",
             "--protocol=v1",
             "--follow",
@@ -643,4 +741,119 @@ async fn logs_on_a_pipe_have_no_colours() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--follow has no effect"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+/// Node sets on the command line and in a host list read from stdin, with `!` and
+/// `-x`/`--exclude`: only the hosts left are contacted (the excluded ones are agents
+/// too, which would answer).
+#[tokio::test]
+async fn node_sets_expand_and_exclude() {
+    let first = v2_agent_on("127.0.0.31:0", "k", answer(exec_ok())).await;
+    let port = first.port();
+    for i in 32..=35 {
+        v2_agent_on(&format!("127.0.0.{i}:{port}"), "k", answer(exec_ok())).await;
+    }
+    let port = port.to_string();
+    let keys = |out: &util::Output| -> Vec<String> {
+        let v: Value = serde_json::from_str(&out.stdout).expect("json");
+        v.as_object().expect("object").keys().cloned().collect()
+    };
+    let args = [
+        "--order=exec",
+        "--options=x",
+        "--key-cipher=k",
+        "--port",
+        &port,
+    ];
+    let mut cli = vec!["--hosts=127.0.0.[31-35],!127.0.0.34", "-x", "127.0.0.33"];
+    cli.extend(args);
+    let out = client(&cli, None).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(keys(&out), ["127.0.0.31", "127.0.0.32", "127.0.0.35"]);
+
+    let mut stdin = vec!["--hosts=-", "--exclude=127.0.0.[31,35]"];
+    stdin.extend(args);
+    let out = client(
+        &stdin,
+        Some("# web\n127.0.0.[32-33]\n127.0.0.[34-35] !127.0.0.33\n"),
+    )
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(keys(&out), ["127.0.0.32", "127.0.0.34"]);
+
+    // A bad node set is a usage error naming it.
+    let mut bad = vec!["--hosts=127.0.0.[35-31]"];
+    bad.extend(args);
+    let out = client(&bad, None).await;
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("bad node set \"127.0.0.[35-31]\": range \"35-31\" goes backwards"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The defaults file: hosts, port and format from `DEPLOY_CLIENT_CONFIG` (or
+/// `~/.config/deploy/client.ini`), flags winning; a bad line is a usage error naming
+/// the file and line.
+#[tokio::test]
+async fn defaults_file_under_the_flags() {
+    let first = v2_agent_on("127.0.0.41:0", "k", answer(exec_ok())).await;
+    let port = first.port();
+    v2_agent_on(&format!("127.0.0.42:{port}"), "k", answer(exec_ok())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client.ini");
+    std::fs::write(
+        &file,
+        format!("; defaults\n[client]\nhosts = 127.0.0.[41-42]\nport = {port}\nformat = text\n"),
+    )
+    .unwrap();
+    let run = |env: Vec<(&'static str, std::ffi::OsString)>, args: &'static [&'static str]| {
+        let mut cmd = util::command(&["--order=exec", "--options=x", "--key-cipher=k"]);
+        cmd.args(args).envs(env).stdin(std::process::Stdio::null());
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+                .await
+                .unwrap()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let text = "127.0.0.41,127.0.0.42 (2): 200 OK return=true command=\"/bin/echo hi\"\n    hi\n";
+    let env = vec![("DEPLOY_CLIENT_CONFIG", file.clone().into_os_string())];
+    let (code, stdout, stderr) = run(env.clone(), &[]).await;
+    assert_eq!((code, stdout.as_str()), (Some(0), text), "{stderr}");
+    // Flags win.
+    let (code, stdout, _) = run(env.clone(), &["--format=json", "--hosts=127.0.0.42"]).await;
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["127.0.0.42"]
+    );
+    // The user's file, found through HOME.
+    std::fs::create_dir_all(dir.path().join(".config/deploy")).unwrap();
+    std::fs::copy(&file, dir.path().join(".config/deploy/client.ini")).unwrap();
+    let home = vec![("HOME", dir.path().as_os_str().to_owned())];
+    let mut cmd = util::command(&["--order=exec", "--options=x", "--key-cipher=k"]);
+    cmd.env_remove("DEPLOY_CLIENT_CONFIG").envs(home);
+    let out = cmd.output().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    // A bad line names the file and line.
+    std::fs::write(&file, "[client]\nport = 3441\nformat = yaml\n").unwrap();
+    let (code, stdout, stderr) = run(env, &["--hosts=127.0.0.41"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: [client] format: \"yaml\": expected json, text, jsonl or lines",
+            file.display()
+        )),
+        "{stderr}"
+    );
 }

@@ -47,6 +47,8 @@ pub async fn client(args: &[&str], stdin: Option<&str>) -> Output {
         .env_remove("DEPLOY_KEY_CIPHER")
         .env_remove("DEPLOY_API_KEY")
         .env_remove("RUST_LOG")
+        // No defaults file (tests that want one set it).
+        .env("DEPLOY_CLIENT_CONFIG", "")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -77,7 +79,8 @@ pub fn command(args: &[&str]) -> tokio::process::Command {
     cmd.args(args)
         .env_remove("DEPLOY_KEY_CIPHER")
         .env_remove("DEPLOY_API_KEY")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env("DEPLOY_CLIENT_CONFIG", "");
     cmd
 }
 

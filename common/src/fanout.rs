@@ -302,6 +302,7 @@ mod tests {
         let line = Event::Line {
             stream: Stream::Stdout,
             line: "hello".into(),
+            partial: false,
         };
         let fast = v2_agent("k", None, canned(vec![line.clone()], Duration::ZERO, ok())).await;
         let slow = v2_agent("k", None, canned(vec![], Duration::from_millis(400), ok())).await;
@@ -361,6 +362,7 @@ mod tests {
         let line = |text: &str| Event::Line {
             stream: Stream::Stdout,
             line: text.into(),
+            partial: false,
         };
         let proxy = v2_relay(
             "k",
@@ -440,6 +442,7 @@ mod tests {
                         let line = Event::Line {
                             stream: Stream::Stderr,
                             line: i.to_string(),
+                            partial: false,
                         };
                         events.send(line).await.unwrap();
                     }

@@ -16,6 +16,7 @@
 //! | [`server`] | prefork master/worker, signals, privileges, logging |
 //! | [`fanout`] | one order to many targets, concurrently, as a stream of results |
 //! | [`lock`] | the cluster lock: the agent's leases and the all-or-nothing locker |
+//! | [`nodeset`] | ClusterShell node sets (`web[01-20]`, `!web05`) → host names |
 //! | [`transport`] | delivering one order to one target (v2 or v1) |
 //! | [`upload`] | files walked once and streamed as tar (`upload`, `sync`) |
 //! | [`report`] | an error and its causes for a person, each message once |
@@ -36,6 +37,7 @@ pub mod fanout;
 mod fsutil;
 pub mod legacy;
 pub mod lock;
+pub mod nodeset;
 pub mod order;
 pub mod report;
 pub mod rsync;

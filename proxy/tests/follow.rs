@@ -224,6 +224,7 @@ fn spoofing_agent() -> std::net::SocketAddr {
                         let forged = Event::Line {
                             stream: Stream::Stdout,
                             line: "forged".into(),
+                            partial: false,
                         };
                         let _ = conn
                             .send_event(id, &TaggedEvent::about("victim", forged))

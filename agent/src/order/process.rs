@@ -133,9 +133,19 @@ pub async fn run_in(
     let mut truncated = false;
     while let Some((stream, line)) = rx.recv().await {
         if follow {
-            let text =
-                String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned();
-            events.send(Event::Line { stream, line: text }).await;
+            // read_until ends a line at its newline, or at the end of the stream.
+            let (text, partial) = match line.strip_suffix(b"\n") {
+                Some(text) => (text, false),
+                None => (&line[..], true),
+            };
+            let text = String::from_utf8_lossy(text).into_owned();
+            events
+                .send(Event::Line {
+                    stream,
+                    line: text,
+                    partial,
+                })
+                .await;
         }
         if output.len() + line.len() <= MAX_OUTPUT {
             output.extend_from_slice(&line);

@@ -271,6 +271,7 @@ async fn with_log<T>(
                 Note::Line(line) => Event::Line {
                     stream: Stream::Stdout,
                     line,
+                    partial: false,
                 },
                 Note::Progress(event) => event,
             };

@@ -189,6 +189,7 @@ async fn follow(agent: &Agent, checksum: &str, runner: u32, events: &Events) {
                 .send(parse_progress(&text).unwrap_or(Event::Line {
                     stream: Stream::Stdout,
                     line: text,
+                    partial: false,
                 }))
                 .await;
         }
@@ -199,6 +200,7 @@ async fn follow(agent: &Agent, checksum: &str, runner: u32, events: &Events) {
                     .send(Event::Line {
                         stream: Stream::Stdout,
                         line: text,
+                        partial: false,
                     })
                     .await;
             }

@@ -26,6 +26,8 @@
 //! web[] = [2001:db8::1]:3440       ;   IPv6 in brackets
 //! web[] = ssh://deploy@web3:2222   ; agentless: reached over SSH ([ssh] in the proxy ini)
 //! far[] = proxy://proxy2:3441/web  ; a group of another proxy
+//! db[] = db[01-20] !db13           ; node sets (ClusterShell): ranges, lists,
+//!                                  ;   `!x` leaves x out of the whole group
 //! [names]                          ; optional: how a key is named to agents
 //! <apikey> = ci                    ;   (or sha256:<64 hex> = ci); default key<N>,
 //!                                  ;   N its position under [keys]
@@ -55,6 +57,7 @@ use super::{
     ServerConfig,
 };
 use crate::access::HostAllowList;
+use crate::nodeset;
 use crate::target::{Scheme, Target, SSH_PREFIX};
 
 /// The sections `deploy_proxy.ini` may contain (for the error message).
@@ -458,23 +461,46 @@ impl ApiKeys {
                     }
                 }
                 "servers" => {
+                    // Node sets (`web[01-20]`, `!web05`): a group's exclusions apply to
+                    // all its entries, wherever they are written.
+                    let mut excluded: Vec<(String, String)> = Vec::new();
                     for e in section.entries() {
                         if !e.list {
                             return Err(cx.want_list(e));
                         }
-                        if !valid_target(&e.value) {
-                            return Err(cx.invalid(
-                                e,
-                                format!(
-                                    "invalid server {:?} (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port])",
-                                    e.value
-                                ),
-                            ));
+                        let set = nodeset::parse_list(&e.value, nodeset::DEFAULT_LIMIT)
+                            .map_err(|err| cx.invalid(e, err.to_string()))?;
+                        if set.include.is_empty() && set.exclude.is_empty() {
+                            return Err(cx.invalid(e, "no server given".to_owned()));
+                        }
+                        for server in set.include.iter().chain(&set.exclude) {
+                            if !valid_target(server) {
+                                // The entry as written, and the part at fault if the
+                                // entry is a list.
+                                let part = if *server == e.value {
+                                    String::new()
+                                } else {
+                                    format!(": {server:?} is not a server")
+                                };
+                                return Err(cx.invalid(
+                                    e,
+                                    format!(
+                                        "invalid server {:?}{part} (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port]; node sets like web[01-20] expand to these)",
+                                        e.value
+                                    ),
+                                ));
+                            }
                         }
                         api.servers
                             .entry(e.key.clone())
                             .or_default()
-                            .push(e.value.clone());
+                            .extend(set.include);
+                        excluded.extend(set.exclude.into_iter().map(|x| (e.key.clone(), x)));
+                    }
+                    for (group, server) in &excluded {
+                        if let Some(servers) = api.servers.get_mut(group) {
+                            servers.retain(|s| s != server);
+                        }
                     }
                 }
                 "orders" => {
@@ -900,7 +926,7 @@ mod tests {
             ),
             (
                 "[servers]\nweb[] = host:99999\n",
-                "/etc/deploy/api.ini:2: [servers] web[]: invalid server \"host:99999\" (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port])",
+                "/etc/deploy/api.ini:2: [servers] web[]: invalid server \"host:99999\" (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port]; node sets like web[01-20] expand to these)",
             ),
             (
                 "[server]\n",
@@ -1021,6 +1047,23 @@ mod tests {
             api("[keys]\nk[] = web\n[servers]\nweb[] = h1\nweb[] = SSH://root@h2:2222\n").unwrap();
         assert!(c.has_ssh_servers());
         assert_eq!(c.api.servers("web").unwrap(), ["h1", "SSH://root@h2:2222"]);
+        // Node sets, with exclusions anywhere in the group.
+        c.api = api(
+            "[servers]\nweb[] = !web03\nweb[] = web[01-04]\nweb[] = ssh://db[1,3]\ndb[] = x[8-10] !x9\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.api.servers("web").unwrap(),
+            ["web01", "web02", "web04", "ssh://db1", "ssh://db3"]
+        );
+        assert_eq!(c.api.servers("db").unwrap(), ["x8", "x10"]);
+        let e = api("[servers]\nweb[] = web[3-1]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("web[3-1]") && e.contains("goes backwards"),
+            "{e}"
+        );
         c.api = api("[servers]\nweb[] = h1\nfar[] = proxy://p/web\n").unwrap();
         assert!(!c.has_ssh_servers());
     }

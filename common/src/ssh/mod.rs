@@ -446,6 +446,12 @@ impl SshTransport {
         &self.shared.options
     }
 
+    /// Where `target` leads: `user@host:port` with the SSH configuration applied, the
+    /// same for every spelling of one host (the client counts each host once).
+    pub fn endpoint(&self, target: &Target) -> String {
+        self.shared.endpoint(target)
+    }
+
     /// Interrupts every command running through this transport (the user pressed
     /// Ctrl-C): each gets SIGINT, then SIGKILL if it has not ended within
     /// [`session::KILL_AFTER`], so that nothing keeps running on the hosts; the
@@ -490,7 +496,10 @@ impl Shared {
         };
         let command = lines::remote_command(&request.argv, request.sudo);
         let work = async {
-            let session = self.connect(target).await?;
+            let session = match self.connect_all_or_none(target, request).await? {
+                Ok(session) => session,
+                Err(reply) => return Ok(reply),
+            };
             self.stats.connected.fetch_add(1, Ordering::Relaxed);
             session::run(&session, &command, stdin, &events, self).await
         };

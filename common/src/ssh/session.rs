@@ -173,6 +173,19 @@ impl Shared {
         })
     }
 
+    /// `user@host:port` that `target` reaches once the configuration is applied, so
+    /// that spellings of one host (`ssh://h`, `ssh://h:22`, `ssh://me@h`) compare equal.
+    pub(super) fn endpoint(&self, target: &Target) -> String {
+        let port = target.port_given().then_some(target.port);
+        let hop = self.hop(&target.host, target.user.as_deref(), port, "");
+        format!(
+            "{}@{}:{}",
+            hop.user,
+            hop.host.to_ascii_lowercase(),
+            hop.port
+        )
+    }
+
     /// A hop for `host` (as written), with the configuration applied under what the
     /// user wrote.
     fn hop(&self, host: &str, user: Option<&str>, port: Option<u16>, label: &str) -> Hop {
@@ -883,7 +896,13 @@ where
             }
             if keep(stream, &line) {
                 keep_content(&mut content, &line);
-                let _ = events.send(Event::Line { stream, line }).await;
+                let _ = events
+                    .send(Event::Line {
+                        stream,
+                        line,
+                        partial: false,
+                    })
+                    .await;
             }
         }
     }
@@ -892,7 +911,13 @@ where
         if let Some(line) = splitter.finish() {
             if keep(stream, &line) {
                 keep_content(&mut content, &line);
-                let _ = events.send(Event::Line { stream, line }).await;
+                let _ = events
+                    .send(Event::Line {
+                        stream,
+                        line,
+                        partial: true,
+                    })
+                    .await;
             }
         }
     }
@@ -1226,7 +1251,7 @@ H10AK9YFRqCnD8WI/eqZAAAABHRlc3QB
                     assert_eq!(reply.content()["code"], "3", "{outcome:?}");
                     // The server echoes the command line it was given: the user's
                     // command, after the shell's pid line.
-                    let Some(Event::Line { stream, line }) = rx.recv().await else {
+                    let Some(Event::Line { stream, line, .. }) = rx.recv().await else {
                         panic!("no line")
                     };
                     assert_eq!(stream, Stream::Stdout);

@@ -126,15 +126,7 @@ impl Shared {
         if let Some(member) = &mut member {
             member.join(tx);
         }
-        let nodes = loop {
-            if let Some(decision) = decided.borrow_and_update().clone() {
-                break decision;
-            }
-            if decided.changed().await.is_err() {
-                break Err("the run ended before it started".to_owned());
-            }
-        };
-        let nodes = match nodes {
+        let nodes = match Hub::wait(&mut decided).await {
             Ok(nodes) => nodes,
             Err(why) => {
                 let mut content = Vec::new();
@@ -235,7 +227,10 @@ impl Shared {
                 "sync needs a tool to run",
             )));
         }
-        let session = self.connect(target).await?;
+        let session = match self.connect_all_or_none(target, request).await? {
+            Ok(session) => session,
+            Err(reply) => return Ok(Prepared::Done(reply)),
+        };
         self.stats
             .connected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -275,11 +270,65 @@ impl Shared {
 
     /// The hub of `run`, made by the first host of the run.
     fn hub(&self, run: &SyncRun) -> Arc<Hub> {
+        self.hub_at(&run.prefix, run)
+    }
+
+    /// The hub named `key` for `run`'s hosts, made by the first host that asks.
+    fn hub_at(&self, key: &str, run: &SyncRun) -> Arc<Hub> {
         let mut hubs = self.hubs.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(
-            hubs.entry(run.prefix.clone())
+            hubs.entry(key.to_owned())
                 .or_insert_with(|| Arc::new(Hub::new(run.clone()))),
         )
+    }
+
+    /// Connects to `target`; in strict mode (`request.sync` with `strict`, which the
+    /// client sets on `run`, `upload` and `sync` unless `--skip-unreachable`), then
+    /// waits until every host of the run has connected or failed, so that nothing
+    /// starts anywhere unless every host is there: `Ok(Err(reply))` (503, naming the
+    /// host that failed) when one is not. This is the sync hub's barrier, met once more
+    /// right after authentication.
+    pub(super) async fn connect_all_or_none(
+        self: &Arc<Self>,
+        target: &Target,
+        request: &Request,
+    ) -> Result<Result<Session, Reply>, SshError> {
+        let node = target.to_string();
+        // A host outside the run's list (a proxy's own servers) is never waited for.
+        let gate = request
+            .sync
+            .as_deref()
+            .filter(|run| run.strict && run.nodes.contains(&node))
+            .map(|run| self.hub_at(&format!("{} connect", run.prefix), run));
+        let mut member = gate.as_ref().map(|hub| Member::new(Arc::clone(hub), &node));
+        let session = match self.connect(target).await {
+            Ok(session) => session,
+            Err(e) => {
+                if let Some(member) = &mut member {
+                    member.why = e.to_string();
+                    member.unreachable = e.is_unreachable();
+                }
+                return Err(e);
+            }
+        };
+        let (Some(hub), Some(mut member)) = (gate, member) else {
+            return Ok(Ok(session));
+        };
+        let mut decided = hub.decided.subscribe();
+        // Nobody reads this queue: the connect barrier relays no SYNC lines.
+        member.join(mpsc::unbounded_channel().0);
+        let decision = Hub::wait(&mut decided).await;
+        member.ended(true, "connected");
+        Ok(match decision {
+            Ok(_) => Ok(session),
+            Err(why) => Err(Reply::error(
+                503,
+                format!(
+                    "not started (strict: every host or none; --skip-unreachable runs on the others): {}",
+                    why.replace("aborted before START: ", "")
+                ),
+            )),
+        })
     }
 
     /// Streams `manifest` into `tar -x` under `root`; returns how tar ended and the
@@ -324,6 +373,7 @@ async fn say(events: &mpsc::Sender<Event>, content: &mut Vec<u8>, line: &str) {
         .send(Event::Line {
             stream: Stream::Stderr,
             line: line.to_owned(),
+            partial: false,
         })
         .await;
     content.extend_from_slice(line.as_bytes());
@@ -377,6 +427,20 @@ impl Hub {
 
     fn state(&self) -> std::sync::MutexGuard<'_, HubState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the decision: the hosts to START with, or why the run is aborted.
+    async fn wait(
+        decided: &mut watch::Receiver<Option<Result<Vec<String>, String>>>,
+    ) -> Result<Vec<String>, String> {
+        loop {
+            if let Some(decision) = decided.borrow_and_update().clone() {
+                return decision;
+            }
+            if decided.changed().await.is_err() {
+                return Err("the run ended before it started".to_owned());
+            }
+        }
     }
 
     /// `node` has its files and waits for START; its input is `queue`.

@@ -66,6 +66,7 @@ fn echo() -> Handler {
             vec![Event::Line {
                 stream: Stream::Stdout,
                 line: format!("running {}", r.order),
+                partial: false,
             }],
             Duration::ZERO,
             Reply::ok(body.as_object().unwrap().clone()),
@@ -105,7 +106,8 @@ async fn v2_round_trip_with_events() {
         events,
         vec![Event::Line {
             stream: Stream::Stdout,
-            line: "running exec".into()
+            line: "running exec".into(),
+            partial: false,
         }]
     );
     assert_eq!(outcome.verdict(), Verdict::Succeeded);

@@ -95,6 +95,10 @@ pub enum Event {
         stream: Stream,
         /// The text, lossily decoded as UTF-8.
         line: String,
+        /// The stream ended after this text, without a newline (`printf abc`): a raw
+        /// copy of the output (`-q`) adds none. Omitted when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        partial: bool,
     },
     /// One agent's result, relayed by a proxy as soon as it arrives.
     Host {
@@ -274,6 +278,7 @@ mod tests {
             event: Event::Line {
                 stream: Stream::Stderr,
                 line: "x".into(),
+                partial: false,
             },
         };
         let s = String::from_utf8(e.encode()).unwrap();
@@ -292,6 +297,7 @@ mod tests {
         let event = Event::Line {
             stream: Stream::Stdout,
             line: "hi".into(),
+            partial: false,
         };
         let plain = TaggedEvent::from(event.clone()).encode(3);
         let message = Message::Event {
