@@ -35,13 +35,13 @@ pub const REQUIRED_TARGETS: [&str; 4] = ["prepare", "start", "stop", "purge"];
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Deployment {
     /// The scenario's name (the `<scenario>` of `<app>@<scenario>`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub name: String,
     /// Free text.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
     /// The applications.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub applications: Vec<Application>,
     /// Keys Octopoda ignores.
     #[serde(flatten)]
@@ -52,22 +52,22 @@ pub struct Deployment {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Application {
     /// The application's name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub name: String,
     /// Free text.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub description: String,
     /// The directory of its scripts, relative to the folder.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub scriptpath: String,
     /// The directory pushed to each node on `prepare`, relative to the folder.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub sourcepath: String,
     /// Where it runs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub nodes: Vec<String>,
     /// Its scripts, one per target.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub script: Vec<ScriptEntry>,
     /// Keys Octopoda ignores.
     #[serde(flatten)]
@@ -78,17 +78,38 @@ pub struct Application {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ScriptEntry {
     /// `prepare`, `start`, `stop`, `purge` or any custom name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub target: String,
     /// The file, relative to the application's `scriptpath`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub file: String,
     /// Lower orders run first; default 0.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub order: i64,
     /// Keys Octopoda ignores.
     #[serde(flatten)]
     unknown: BTreeMap<String, IgnoredAny>,
+}
+
+/// A YAML `null` (`nodes:` with nothing after it) is the empty value, as Go's yaml.v3
+/// makes it; the rules then report the key as missing.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// The parser's message is several lines (a snippet of `<input>`); its first line says
+/// where and what, and the file is named here instead.
+fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Error {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    Error::Yaml {
+        file: file.to_path_buf(),
+        message: first.strip_prefix("error: ").unwrap_or(first).to_owned(),
+    }
 }
 
 /// A key that Octopoda would have ignored.
@@ -114,10 +135,7 @@ impl fmt::Display for Warning {
 impl Deployment {
     /// Parses `deployment.yaml`'s text; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Deployment, Error> {
-        serde_saphyr::from_str(text).map_err(|e| Error::Yaml {
-            file: file.to_path_buf(),
-            message: e.to_string(),
-        })
+        serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))
     }
 
     /// The keys Octopoda would ignore, in file order of sections.
@@ -271,12 +289,13 @@ pub struct Aliases {
 impl Aliases {
     /// Parses and expands `alias.yaml`; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Aliases, Error> {
-        let raw: Option<BTreeMap<String, Vec<String>>> =
-            serde_saphyr::from_str(text).map_err(|e| Error::Yaml {
-                file: file.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        let raw = raw.unwrap_or_default();
+        let raw: Option<BTreeMap<String, Option<Vec<String>>>> =
+            serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        let raw: BTreeMap<String, Vec<String>> = raw
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap_or_default()))
+            .collect();
         let mut expanded = BTreeMap::new();
         for name in raw.keys() {
             let mut chain = Vec::new();
@@ -447,11 +466,32 @@ applications:
     }
 
     #[test]
-    fn yaml_errors_name_the_file() {
-        let e = Deployment::parse("name: [", file()).unwrap_err();
-        assert!(e.to_string().starts_with("s/deployment.yaml: "), "{e}");
-        let e = Deployment::parse("applications: 3", file()).unwrap_err();
-        assert!(e.to_string().starts_with("s/deployment.yaml: "), "{e}");
+    fn yaml_errors_name_the_file_and_line() {
+        let e = Deployment::parse("name: x\napplications: 3\n", file()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s/deployment.yaml: line 2 column 15: expected sequence start"
+        );
+        let e = Deployment::parse("name: x\nname: y\n", file()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("s/deployment.yaml: line 2 column 1: duplicate mapping key: name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn nulls_are_empty_as_in_go_and_then_missing() {
+        let text = APP
+            .replace("  nodes: [n1]\n", "  nodes:\n")
+            .replace("description: d\napp", "description:\napp");
+        let d = Deployment::parse(&text, file()).unwrap();
+        assert!(d.description.is_empty() && d.applications[0].nodes.is_empty());
+        assert!(
+            matches!(d.validate(file()), Err(Error::Missing { key, .. }) if key == "description")
+        );
+        let a = Aliases::parse("a:\nb: ['@a', n]\n", Path::new("alias.yaml")).unwrap();
+        assert_eq!(a.get("b").unwrap(), ["n"]);
     }
 
     #[test]
