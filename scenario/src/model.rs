@@ -305,6 +305,11 @@ impl Aliases {
         Ok(Aliases { expanded })
     }
 
+    /// The aliases' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.expanded.keys().map(String::as_str)
+    }
+
     /// The nodes of an alias, if it is one.
     pub fn get(&self, alias: &str) -> Option<&[String]> {
         self.expanded.get(alias).map(Vec::as_slice)
