@@ -213,12 +213,20 @@ impl Folder {
                 path: self.path.join(rel(&app.scriptpath)).join(&s.file),
             });
         }
+        let nodes = aliases.resolve(&app.nodes);
+        if nodes.is_empty() {
+            return Err(Error::NoNodes {
+                file: file.to_path_buf(),
+                app: app.name.clone(),
+                key: format!("applications[{index}].nodes"),
+            });
+        }
         Ok(App {
             name: app.name.clone(),
             description: app.description.clone(),
             source: self.path.join(rel(&app.sourcepath)),
             script_dir: self.path.join(rel(&app.scriptpath)),
-            nodes: aliases.resolve(&app.nodes),
+            nodes,
             scripts,
         })
     }
@@ -252,7 +260,7 @@ impl Place<'_> {
         within: &str,
     ) -> Result<OwnedFd, Error> {
         fcntl::openat2(dir, rel(path), how(flags)).map_err(|e| match e {
-            Errno::EXDEV | Errno::ELOOP => Error::Escape {
+            Errno::EXDEV => Error::Escape {
                 file: self.file.to_path_buf(),
                 app: Some(self.app.to_owned()),
                 key: key.to_owned(),
@@ -261,6 +269,7 @@ impl Place<'_> {
             },
             Errno::ENOENT => self.bad(key, path, "does not exist".into()),
             Errno::ENOTDIR => self.bad(key, path, "is not a directory".into()),
+            Errno::ELOOP => self.bad(key, path, "goes through too many symbolic links".into()),
             other => self.bad(key, path, other.desc().into()),
         })
     }

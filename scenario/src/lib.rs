@@ -163,6 +163,16 @@ pub enum Error {
         /// What is wrong (`does not exist`, `is not a directory`…).
         reason: String,
     },
+    /// An application's `nodes` come to nothing once `alias.yaml` is applied.
+    #[error("{file}: application {app:?}: key `{key}`: no node left once alias.yaml is applied")]
+    NoNodes {
+        /// The deployment file.
+        file: PathBuf,
+        /// The application.
+        app: String,
+        /// The application's `nodes` key.
+        key: String,
+    },
     /// `alias.yaml` refers to itself in a loop.
     #[error("{file}: alias loop: {chain}")]
     AliasLoop {

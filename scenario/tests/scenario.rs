@@ -259,6 +259,23 @@ fn missing_and_wrong_kind_paths_are_named() {
             "is not a directory"
         )
     );
+    let src = dir.join("world/src");
+    fs::remove_dir_all(&src).unwrap();
+    symlink("src", &src).unwrap();
+    edit(
+        &dir,
+        "sourcepath: \"world/src/README\"",
+        "sourcepath: \"world/src/\"",
+    );
+    assert_eq!(
+        load_err(&dir),
+        at(
+            "worldPrinter",
+            "applications[1].sourcepath",
+            "world/src/",
+            "goes through too many symbolic links"
+        )
+    );
     fs::remove_file(dir.join("deployment.yaml")).unwrap();
     assert!(load_err(&dir).starts_with(&format!("{}: read: ", file.display())));
 }
@@ -296,6 +313,15 @@ fn aliases_and_unknown_keys_through_the_folder() {
     );
     let warned: Vec<String> = scen.warnings.iter().map(|w| w.key.clone()).collect();
     assert_eq!(warned, ["applications[1].scripts"]);
+    edit(&dir, "    - '@proxygroup'\n", "");
+    fs::write(dir.join("alias.yaml"), "pis: []\nmore: ['@pis']\n").unwrap();
+    assert_eq!(
+        load_err(&dir),
+        format!(
+            "{}: application \"worldPrinter\": key `applications[1].nodes`: no node left once alias.yaml is applied",
+            fs::canonicalize(&dir).unwrap().join("deployment.yaml").display()
+        )
+    );
     fs::write(dir.join("alias.yaml"), "pis: ['@more']\nmore: ['@pis']\n").unwrap();
     assert_eq!(
         load_err(&dir),
