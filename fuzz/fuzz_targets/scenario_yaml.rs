@@ -53,7 +53,9 @@ fuzz_target!(|data: &[u8]| {
 
 fn check_aliases(aliases: &Aliases) {
     for k in aliases.names() {
-        let Some(nodes) = aliases.get(k) else { continue };
+        let Some(nodes) = aliases.get(k) else {
+            continue;
+        };
         let unique: HashSet<&String> = nodes.iter().collect();
         assert_eq!(unique.len(), nodes.len(), "duplicates in {k}");
         for n in nodes {
