@@ -136,6 +136,11 @@ impl Folder {
         let fd = match fcntl::openat2(&self.fd, name, how(OFlag::O_RDONLY)) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::EXDEV) => {
+                return Err(io(std::io::Error::other(
+                    "a symbolic link out of the scenario folder",
+                )))
+            }
             Err(e) => return Err(io(e.into())),
         };
         let mut text = String::new();

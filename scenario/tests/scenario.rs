@@ -158,6 +158,21 @@ fn a_symlink_out_of_the_folder_is_refused_one_inside_is_not() {
     fs::remove_file(&src).unwrap();
     symlink("../../outside", &src).unwrap();
     assert!(matches!(load(&dir), Err(Error::Escape { .. })));
+    // deployment.yaml and alias.yaml themselves.
+    for name in ["alias.yaml", "deployment.yaml"] {
+        let path = dir.join(name);
+        fs::rename(&path, outside.join(name)).ok();
+        symlink(outside.join(name), &path).unwrap();
+        assert_eq!(
+            load_err(&dir),
+            format!(
+                "{}: read: a symbolic link out of the scenario folder",
+                fs::canonicalize(&dir).unwrap().join(name).display()
+            )
+        );
+        fs::remove_file(&path).unwrap();
+        fs::rename(outside.join(name), &path).ok();
+    }
     // A link that stays in the folder is the user's business.
     fs::remove_file(&src).unwrap();
     symlink("../world/src", &src).unwrap();
