@@ -1,11 +1,24 @@
-//! The agents' results decide how the client exits, whichever protocol reached the
-//! proxy: a v1 caller gets the original's one nested document, yet its exit status
-//! follows the agents' records inside it (a failing job exits 1, dead agents exit 3).
+//! The agents' results decide what the client says and how it exits, whichever
+//! protocol reached the proxy: a v1 caller gets the original's one nested document,
+//! yet its exit status follows the agents' records inside it (a failing job exits 1,
+//! dead agents exit 3), and the failure summary names the agents' own exit codes
+//! rather than "relayed failure", over v2 as over v1.
 
 use crate::util::*;
 
 const ID: &str = "px-verdicts";
 const API_KEY: &str = "verdict-key";
+
+/// An agent on `127.<net>.1.1` whose job `exit:n` exits with `code`.
+fn exiting_agent(net: u8, code: u8) -> (Agent, Sandbox) {
+    let sb = Sandbox::new();
+    let agent = AgentConfig::new(&sb)
+        .server("addr", ip(net, 1, 1))
+        .hosts(&["127.0.0.0/8"])
+        .job("exit:n", &format!("/bin/sh -c 'exit {code}'"))
+        .start(&sb);
+    (agent, sb)
+}
 
 #[test]
 fn a_v1_caller_exits_by_the_agents_results() {
@@ -49,5 +62,35 @@ fn a_v1_caller_exits_by_the_agents_results() {
                 .contains(&format!("deploy-client: error: {addr}: can't connect")),
             "each dead agent is reported on stderr: {out:#?}"
         );
+    }
+}
+
+#[test]
+fn the_summary_keeps_the_agents_exit_codes() {
+    let (one, _sb1) = exiting_agent(72, 1);
+    let (two, _sb2) = exiting_agent(73, 2);
+    let (_hold, down) = refusing_addr(ip(74, 250, 1));
+    let dir = Sandbox::new();
+    let proxy = ProxyConfig::new(ID)
+        .key(API_KEY, "web")
+        .servers("web", [one.addr(), two.addr(), down])
+        .start(dir.path());
+    for protocol in [&[][..], &["--protocol", "v1"][..]] {
+        let mut extra = vec!["--format", "lines"];
+        extra.extend_from_slice(protocol);
+        let out = via_proxy(proxy.port(), API_KEY, "groups:web", "exit:n", &extra);
+        out.expect_code(3);
+        let summary = out
+            .stderr
+            .lines()
+            .find(|l| l.contains("hosts failed"))
+            .unwrap_or_else(|| panic!("{protocol:?}: no summary: {out:#?}"));
+        for part in ["3 of 3 hosts failed", "code 1", "code 2", "unreachable"] {
+            assert!(
+                summary.contains(part),
+                "{protocol:?}: {part:?} in {summary:?}"
+            );
+        }
+        assert!(!summary.contains("relayed"), "{protocol:?}: {summary:?}");
     }
 }
