@@ -170,8 +170,12 @@ pub struct Policy {
     pub key_cipher: String,
     /// Check v1 `auth_key` (the agent does; the original proxy ignored it).
     pub check_v1_auth: bool,
-    /// RSA key for v2 server authentication and v1 ssl.
+    /// RSA key for v2 server authentication and v1 ssl. A legacy key (under 2048 bits,
+    /// taken only with `legacy_protocol` and `ssl` on) serves v1 ssl alone: v2 runs as
+    /// if there were no key.
     pub private_key: Option<Arc<RsaPrivateKey>>,
+    /// What to say about a legacy `ssl_private_key`, at start-up and in `--check`.
+    pub key_warning: Option<String>,
     /// Bound on reading a request (the original's `socket_timeout`).
     pub socket_timeout: Duration,
     /// Bound on running one request (`max_process_timeout`).
@@ -207,10 +211,28 @@ impl Policy {
         check_v1_auth: bool,
         v1_prefixes: &'static [&'static str],
     ) -> Result<Policy, PolicyError> {
+        // A key under 2048 bits is taken only where it is used for the v1 "ssl" mode,
+        // which fleets migrating from the Perl deploy need; v2 never uses it.
+        let v1_ssl = server.legacy_protocol && server.ssl;
         let private_key = match &server.ssl_private_key {
+            Some(path) if v1_ssl => Some(Arc::new(RsaPrivateKey::load_v1(path)?)),
             Some(path) => Some(Arc::new(RsaPrivateKey::load(path)?)),
             None => None,
         };
+        let key_warning = match (&server.ssl_private_key, &private_key) {
+            (Some(path), Some(key)) if key.is_legacy() => Some(format!(
+                "[server] ssl_private_key {}: a {}-bit RSA key, accepted for the v1 \"ssl\" mode \
+                 only (legacy); v2 does not use it and v2 clients cannot pin it. Replace it with a \
+                 key of at least {} bits (openssl genrsa 3072) on the agents and their callers",
+                path.display(),
+                key.bits(),
+                crate::crypto::MIN_RSA_BITS
+            )),
+            _ => None,
+        };
+        if let Some(warning) = &key_warning {
+            tracing::warn!("{warning}");
+        }
         if server.ssl && private_key.is_none() {
             return Err(PolicyError::SslWithoutKey);
         }
@@ -222,6 +244,7 @@ impl Policy {
             key_cipher: server.key_cipher.clone(),
             check_v1_auth,
             private_key,
+            key_warning,
             socket_timeout: server.socket_timeout,
             request_timeout: server.max_process_timeout,
             v1_prefixes,
@@ -642,7 +665,8 @@ async fn serve_v2<H: Handler>(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let params = ServerParams {
         key_cipher: &policy.key_cipher,
-        private_key: policy.private_key.as_deref(),
+        // A legacy key is the v1 ssl mode's only.
+        private_key: policy.private_key.as_deref().filter(|k| !k.is_legacy()),
         now: super::unix_now(),
     };
     let mut conn = match tokio::time::timeout(
