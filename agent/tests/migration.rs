@@ -1,5 +1,7 @@
 //! What fleets migrating from the Perl deploy bring along: 1024-bit RSA keys, accepted
-//! for the v1 "ssl" mode only and loudly (at start-up and in `--check`), never for v2.
+//! for the v1 "ssl" mode only and loudly (at start-up and in `--check`), never for v2;
+//! and Perl clients in "ssl" mode, which read why an agent with `legacy_protocol = off`
+//! refuses them.
 
 use crate::util::*;
 use serde_json::Value;
@@ -124,4 +126,36 @@ fn a_1024_bit_key_serves_v1_ssl_only_and_loudly() {
         assert_eq!(code, 1, "{key} = {value}: {stderr}");
         assert!(stderr.contains("1024 bits is too small"), "{stderr}");
     }
+}
+
+/// With `legacy_protocol = off`, a v1 "ssl" caller (the Perl client's dialect, spoken
+/// by our client with `--protocol=v1 --ssl-public-key`) reads the reason: the refusal is
+/// sealed with its passphrase, not sent in plain text that the Perl client could only
+/// show as `Protocol mismatch.`.
+#[test]
+fn a_v1_ssl_caller_reads_why_v1_is_off() {
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb).server("legacy_protocol", "off").start(&sb);
+    let host = agent.addr().to_string();
+    let public = agent_public_key_path();
+    let out = deploy_client(
+        &[
+            "--hosts",
+            &host,
+            "--protocol=v1",
+            "--ssl-public-key",
+            public.to_str().unwrap(),
+            "--order=exec",
+            "--options=service:echo,hi",
+        ],
+        KEY,
+    );
+    let rec = record(&out);
+    assert_eq!(rec["returnCode"], "400", "{out:#?}");
+    let reason = rec["content"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the legacy (v1) protocol is disabled on this server"),
+        "{out:#?}"
+    );
+    out.expect_code(1);
 }

@@ -410,6 +410,12 @@ pub async fn serve<H: Handler>(
                 400,
                 "the legacy (v1) protocol is disabled on this server; use a v2 client or set legacy_protocol = on",
             );
+            if legacy_wire == Wire::V1Ssl {
+                return log_end(
+                    peer,
+                    refuse_v1_ssl(&mut stream, peer, &policy, &reply).await,
+                );
+            }
             let bytes = http::encode_response(&reply);
             access(peer, legacy_wire, None, reply.code, bytes.len(), started);
             write_all_and_close(&mut stream, &bytes)
@@ -419,6 +425,11 @@ pub async fn serve<H: Handler>(
         Wire::V1Plain => serve_v1_plain(&mut stream, peer, &policy, &*handler).await,
         Wire::V1Ssl => serve_v1_ssl(&mut stream, peer, &policy, &*handler).await,
     };
+    log_end(peer, result);
+}
+
+/// Logs how a connection ended, if with an error.
+fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(e) = result {
         tracing::debug!(peer = %peer, cause = %e, "connection ended with an error");
     }
@@ -573,6 +584,7 @@ async fn serve_v1_ssl<H: Handler>(
             400,
             "this server does not serve the v1 ssl mode (ssl = off); use the plain mode",
         );
+        // In plain text: with ssl off, no private-key operation is done for v1 callers.
         return v1_answer(stream, peer, None, &reply, None, started).await;
     }
     let Some(key) = policy.private_key.clone() else {
@@ -584,32 +596,13 @@ async fn serve_v1_ssl<H: Handler>(
         );
         return v1_answer(stream, peer, None, &reply, None, started).await;
     };
-    if policy.peers.ssl_refused(peer.ip()) {
-        // Closed before reading: no private-key operation, no answer to learn from.
-        tracing::warn!(
-            peer = %peer.ip(),
-            "v1 ssl refused: too many failed requests from this peer (ssl_max_failures)"
-        );
-        access(peer, Wire::V1Ssl, None, 429, 0, started);
-        let _ = stream.get_mut().shutdown().await;
-        return Ok(());
-    }
-    // A framing error comes before any private-key operation and says nothing about the
-    // secret: it closes.
-    let (head, ciphertext) = match ssl::read_ssl_request(stream, &limits(policy)).await {
-        Ok(None) => return Ok(()),
-        Ok(Some(message)) => message,
-        Err(e) => {
-            access(peer, Wire::V1Ssl, None, 400, 0, started);
-            let _ = stream.get_mut().shutdown().await;
-            return Err(Box::new(e));
-        }
-    };
     // From here on every failure — passphrase not unwrapped, bad padding, not a request,
     // wrong auth_key — gets the very same answer: a sealed, empty 401, as a wrong key
     // always got. (Without a passphrase it is sealed under a random one.) Otherwise the
     // difference between "bad padding" and "good padding" is a decryption oracle.
-    let (passphrase, opened) = ssl::open_request_uniform(&key, &head, &ciphertext)?;
+    let Some((passphrase, opened)) = open_v1_ssl(stream, peer, policy, &key, started).await? else {
+        return Ok(());
+    };
     // The auth_key is checked before anything else the plaintext could show (a method
     // that is not GET/POST would otherwise answer 405 to a request with a wrong key).
     let opened = opened.and_then(|parsed| {
@@ -654,6 +647,70 @@ async fn serve_v1_ssl<H: Handler>(
         started,
     )
     .await
+}
+
+/// Reads a v1 "ssl" request and opens it with `key` ([`ssl::open_request_uniform`]):
+/// the passphrase to seal the answer with and the request (or why it could not be
+/// opened, all failures alike). `None` when there is nothing to answer: the peer closed,
+/// sent a broken envelope (closed, logged) or is refused for its failures
+/// (`ssl_max_failures`: closed before any private-key operation).
+async fn open_v1_ssl(
+    stream: &mut BufStream<TcpStream>,
+    peer: SocketAddr,
+    policy: &Policy,
+    key: &RsaPrivateKey,
+    started: Instant,
+) -> Result<
+    Option<(Vec<u8>, Result<http::HttpRequest, legacy::LegacyError>)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    if policy.peers.ssl_refused(peer.ip()) {
+        // Closed before reading: no private-key operation, no answer to learn from.
+        tracing::warn!(
+            peer = %peer.ip(),
+            "v1 ssl refused: too many failed requests from this peer (ssl_max_failures)"
+        );
+        access(peer, Wire::V1Ssl, None, 429, 0, started);
+        let _ = stream.get_mut().shutdown().await;
+        return Ok(None);
+    }
+    // A framing error comes before any private-key operation and says nothing about the
+    // secret: it closes.
+    let (head, ciphertext) = match ssl::read_ssl_request(stream, &limits(policy)).await {
+        Ok(None) => return Ok(None),
+        Ok(Some(message)) => message,
+        Err(e) => {
+            access(peer, Wire::V1Ssl, None, 400, 0, started);
+            let _ = stream.get_mut().shutdown().await;
+            return Err(Box::new(e));
+        }
+    };
+    Ok(Some(ssl::open_request_uniform(key, &head, &ciphertext)?))
+}
+
+/// Refuses a v1 "ssl" caller when `legacy_protocol = off` with `reply`. With its
+/// private key (loaded for v2) the server reads the request and
+/// seals the refusal with the caller's passphrase, so that the Perl client prints the
+/// reason; a refusal in plain text is all it could show as `Protocol mismatch.`.
+/// Without the key, plain text is the only answer there is.
+async fn refuse_v1_ssl(
+    stream: &mut BufStream<TcpStream>,
+    peer: SocketAddr,
+    policy: &Policy,
+    reply: &Reply,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    let Some(key) = policy.private_key.clone() else {
+        return v1_answer(stream, peer, None, reply, None, started).await;
+    };
+    match open_v1_ssl(stream, peer, policy, &key, started).await? {
+        // Sealed whether or not the request opened: a caller without the agent's
+        // public key learns nothing it could not read in plain text before.
+        Some((passphrase, _)) => {
+            v1_answer(stream, peer, None, reply, Some(&passphrase), started).await
+        }
+        None => Ok(()),
+    }
 }
 
 async fn serve_v2<H: Handler>(
