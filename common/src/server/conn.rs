@@ -689,10 +689,11 @@ async fn open_v1_ssl(
 }
 
 /// Refuses a v1 "ssl" caller when `legacy_protocol = off` with `reply`. With its
-/// private key (loaded for v2) the server reads the request and
-/// seals the refusal with the caller's passphrase, so that the Perl client prints the
-/// reason; a refusal in plain text is all it could show as `Protocol mismatch.`.
-/// Without the key, plain text is the only answer there is.
+/// private key (loaded for v2) the server reads the request and seals the refusal with
+/// the caller's passphrase, so that the Perl client prints the reason; a refusal in
+/// plain text is all it could show as `Protocol mismatch.`. Without the key, plain text
+/// is the only answer there is. A request that does not open counts towards the peer's
+/// `ssl_max_failures`, as on the served path.
 async fn refuse_v1_ssl(
     stream: &mut BufStream<TcpStream>,
     peer: SocketAddr,
@@ -706,7 +707,14 @@ async fn refuse_v1_ssl(
     match open_v1_ssl(stream, peer, policy, &key, started).await? {
         // Sealed whether or not the request opened: a caller without the agent's
         // public key learns nothing it could not read in plain text before.
-        Some((passphrase, _)) => {
+        Some((passphrase, opened)) => {
+            if opened.is_err() && policy.peers.ssl_failed(peer.ip()) {
+                tracing::warn!(
+                    peer = %peer.ip(),
+                    refused_for_s = super::peers::SSL_REFUSAL.as_secs(),
+                    "too many failed v1 ssl requests from this peer (ssl_max_failures); its v1 ssl is refused for a while"
+                );
+            }
             v1_answer(stream, peer, None, reply, Some(&passphrase), started).await
         }
         None => Ok(()),
