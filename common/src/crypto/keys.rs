@@ -22,7 +22,7 @@
 //! "ssl" mode alone also takes keys of 1024 to 2047 bits, which fleets migrating from the
 //! Perl deploy still have ([`RsaPrivateKey::load_v1`], [`RsaPublicKey::load_v1`]): such a
 //! key is [legacy](RsaPrivateKey::is_legacy), does OAEP-SHA-1 only (through
-//! [`super::legacy_rsa`]), and refuses everything v2 would ask of it. Encrypted PEM files
+//! `crypto::legacy_rsa`), and refuses everything v2 would ask of it. Encrypted PEM files
 //! are not supported.
 
 #![deny(
