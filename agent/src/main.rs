@@ -131,6 +131,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let config = load(&cli)?;
     let current = generation(config)?;
     let config = Arc::clone(&current.config);
+    if let Some(warning) = &current.policy.key_warning {
+        eprintln!("deploy-agent: warning: {warning}");
+    }
     if cli.server.check {
         let problems = deploy_common::config::check::agent_problems(&config);
         if !problems.is_empty() {

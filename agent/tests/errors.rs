@@ -297,17 +297,9 @@ async fn legacy_disabled_400() {
     r.expect_code(400);
     assert!(r.text.contains("legacy_protocol"), "{r:?}");
 
-    // An ssl client gets the same explanation in plain text (no passphrase is unwrapped).
-    let passphrase = deploy_common::legacy::ssl::new_passphrase().unwrap();
-    let aes =
-        deploy_common::legacy::ssl::wrap_passphrase(&agent_public_key(), &passphrase).unwrap();
-    let sealed = deploy_common::legacy::ssl::seal(&passphrase, &plain).unwrap();
-    let raw = v1_raw(
-        addr,
-        &deploy_common::legacy::ssl::encode_ssl_request(&aes, &sealed),
-    )
-    .await;
-    let r = parse_plain(&raw);
+    // An ssl client gets the same explanation, sealed with its passphrase (the agent
+    // has its private key), so that the Perl client can print it.
+    let r = parse_plain(&v1_ssl_raw(addr, &plain).await);
     r.expect_code(400);
     assert!(r.text.contains("legacy_protocol"), "{r:?}");
 

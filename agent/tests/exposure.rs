@@ -190,6 +190,35 @@ async fn repeated_ssl_failures_refuse_the_peer() {
     }
 }
 
+/// With `legacy_protocol = off` a v1 ssl caller still costs a private-key operation
+/// (its refusal is sealed), so requests that do not open count as failures there too.
+#[tokio::test]
+async fn ssl_failures_count_when_v1_is_off() {
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb)
+        .server("legacy_protocol", "off")
+        .server("ssl_max_failures", 3)
+        .start(&sb);
+    let addr = agent.addr();
+    let good = http::encode_request("exec", &form("service:echo,x", KEY));
+    let exchange = |key: deploy_common::crypto::RsaPublicKey| {
+        let good = good.clone();
+        async move {
+            let passphrase = ssl::new_passphrase().unwrap();
+            let aes = ssl::wrap_passphrase(&key, &passphrase).unwrap();
+            ssl_exchange(addr, &aes, &ssl::seal(&passphrase, &good).unwrap()).await
+        }
+    };
+    // Wrapped for another key: answered (sealed, unreadable), and counted.
+    for _ in 0..3 {
+        assert!(!exchange(other_public_key()).await.is_empty());
+    }
+    // The fourth, even for the right key, is closed before anything is decrypted.
+    let raw = exchange(agent_public_key()).await;
+    assert!(raw.is_empty(), "{:?}", String::from_utf8_lossy(&raw));
+    assert!(agent.log().contains("ssl_max_failures"), "{}", agent.log());
+}
+
 #[tokio::test]
 async fn ssl_off_serves_no_v1_ssl_and_on_no_v1_plain() {
     let sb = Sandbox::new();

@@ -16,6 +16,7 @@
 //! | [`config`] | `--check` on the shipped samples and on broken files |
 //! | [`upload`] | `upload`: a tar body from the real client, extracted under `[allow::paths]` |
 //! | [`release`] | releases: rollouts in two phases, rollback, confirm-or-revert, stretcher's event mode |
+//! | [`migration`] | what Perl deploy fleets bring: 1024-bit keys (v1 "ssl" only, with warnings), ssl callers of an agent with v1 off |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
 //! is in [`util`].
@@ -27,6 +28,7 @@ mod golden;
 mod hardening;
 mod ipv6;
 mod lock;
+mod migration;
 mod ops;
 mod orders;
 mod process;

@@ -521,15 +521,28 @@ impl Args {
         // anyone: it must not be handed an API key.
         let server_unauthenticated = deploy_common::config::is_default_secret(&self.key_cipher)
             && self.ssl_public_key.is_none();
-        let public_key = match &self.ssl_public_key {
-            None => None,
-            Some(path) => Some(Arc::new(
-                RsaPublicKey::load(path).context("--ssl-public-key")?,
-            )),
-        };
         let protocol = match self.protocol {
             ProtocolArg::V2 => Protocol::V2,
             ProtocolArg::V1 => Protocol::V1,
+        };
+        // v1 "ssl" also takes the 1024-bit keys of fleets migrating from the Perl
+        // deploy (with a warning); v2 refuses keys under 2048 bits.
+        let public_key = match &self.ssl_public_key {
+            None => None,
+            Some(path) if protocol == Protocol::V1 => {
+                let key = RsaPublicKey::load_v1(path).context("--ssl-public-key")?;
+                if key.is_legacy() {
+                    tracing::warn!(
+                        key = %path.display(),
+                        bits = key.bits(),
+                        "--ssl-public-key is a legacy RSA key, accepted for --protocol=v1 only; replace it with one of at least 2048 bits"
+                    );
+                }
+                Some(Arc::new(key))
+            }
+            Some(path) => Some(Arc::new(
+                RsaPublicKey::load(path).context("--ssl-public-key")?,
+            )),
         };
         if self.follow && protocol == Protocol::V1 {
             tracing::warn!("--follow has no effect with --protocol=v1");

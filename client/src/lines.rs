@@ -209,10 +209,16 @@ impl Lines {
 /// `timed out`, `403 Permission Denied`, `error`. `None` if it succeeded
 /// (or is skipped as unreachable).
 fn failure(result: &HostResult, skip_unreachable: bool) -> Option<String> {
-    if result.outcome.verdict() == Verdict::Succeeded {
+    outcome_failure(&result.outcome, skip_unreachable)
+}
+
+/// [`failure`] of an outcome; an agent's record relayed by a proxy counts as the
+/// outcome it stands for (its exit code, its refusal, unreachable…).
+fn outcome_failure(outcome: &Outcome, skip_unreachable: bool) -> Option<String> {
+    if outcome.verdict() == Verdict::Succeeded {
         return None;
     }
-    Some(match &result.outcome {
+    Some(match outcome {
         Outcome::Reply(reply) if reply.code == 200 => match &reply.body {
             Body::Json(map) => match map.get("code").and_then(|c| c.as_str()) {
                 Some(code) => format!("code {code}"),
@@ -230,7 +236,12 @@ fn failure(result: &HostResult, skip_unreachable: bool) -> Option<String> {
         // The reasons (host keys, authentication…) name their host; they were
         // reported host by host.
         Outcome::Failed(_) => "error".to_owned(),
-        Outcome::Relayed { .. } => "relayed failure".to_owned(),
+        Outcome::Relayed { record, .. } => {
+            return outcome_failure(
+                &deploy_common::transport::record_outcome(record),
+                skip_unreachable,
+            )
+        }
     })
 }
 
@@ -348,6 +359,26 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("web19 and 5 more"), "{text}");
+
+        // Agents behind a proxy: their own exit codes and failures, not the relay's.
+        let relayed = |index: usize, host: &str, outcome: Outcome| {
+            result(
+                index,
+                host,
+                Outcome::Relayed {
+                    record: outcome.to_json(),
+                    via: "px".into(),
+                },
+            )
+        };
+        let e = relayed(0, "e", exited(1));
+        let f = relayed(0, "f", exited(2));
+        let g = relayed(0, "g", exited(0));
+        let h = relayed(0, "h", Outcome::Reply(Reply::error(403, "no")));
+        assert_eq!(
+            summary(&[&e, &f, &g, &h, &d], false).as_deref(),
+            Some("4 of 5 hosts failed: 403 Permission Denied: h; code 1: e; code 2: f; unreachable: d")
+        );
     }
 
     #[test]

@@ -39,12 +39,14 @@ mod ssh_release;
 mod status;
 
 use deploy_common::report;
+use std::collections::VecDeque;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
 use deploy_common::fanout::{Fanout, FanoutEvent, HostResult};
+use deploy_common::order::{Body, Reply};
 use deploy_common::target::Scheme;
-use deploy_common::transport::{Outcome, Verdict};
+use deploy_common::transport::{Outcome, ProxyRecord, Verdict};
 use deploy_common::wire::message::Event;
 use tracing_subscriber::EnvFilter;
 
@@ -207,6 +209,11 @@ async fn run(config: Config) -> io::Result<u8> {
 
     // Agents' results relayed by a proxy, per proxy (index), in arrival order.
     let mut relayed: Vec<Vec<HostResult>> = (0..count).map(|_| Vec::new()).collect();
+    // Proxies that answered a v1 request with their agents' document: shown as they
+    // answered (the original's nested shape), judged by their agents' records.
+    let mut nested: Vec<bool> = vec![false; count];
+    // Events taken apart from a v1 proxy's document, handled before the next one.
+    let mut pending: VecDeque<FanoutEvent> = VecDeque::new();
     let mut events = fanout.run(targets, request);
     // On SIGINT/SIGTERM the commands on SSH hosts are interrupted (SIGINT, then
     // SIGKILL) and the run ends once they have; a second signal quits.
@@ -216,27 +223,31 @@ async fn run(config: Config) -> io::Result<u8> {
     };
     let mut interrupted = false;
     loop {
-        let event = tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => event,
-                None => break,
-            },
-            () = async { if let Some(s) = &mut signals { s.recv().await } }, if signals.is_some() => {
-                if interrupted {
-                    std::process::exit(i32::from(EXIT_INTERRUPTED));
+        let event = if let Some(event) = pending.pop_front() {
+            event
+        } else {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                () = async { if let Some(s) = &mut signals { s.recv().await } }, if signals.is_some() => {
+                    if interrupted {
+                        std::process::exit(i32::from(EXIT_INTERRUPTED));
+                    }
+                    interrupted = true;
+                    if let Some(ssh) = &ssh {
+                        eprintln!("deploy-client: interrupted; stopping the commands on the SSH hosts (again to quit now)");
+                        ssh.interrupt();
+                    }
+                    continue;
                 }
-                interrupted = true;
-                if let Some(ssh) = &ssh {
-                    eprintln!("deploy-client: interrupted; stopping the commands on the SSH hosts (again to quit now)");
-                    ssh.interrupt();
+                _ = ticker.tick(), if status.is_some() => {
+                    if let Some(status) = &mut status {
+                        status.tick();
+                    }
+                    continue;
                 }
-                continue;
-            }
-            _ = ticker.tick(), if status.is_some() => {
-                if let Some(status) = &mut status {
-                    status.tick();
-                }
-                continue;
             }
         };
         match event {
@@ -295,6 +306,31 @@ async fn run(config: Config) -> io::Result<u8> {
                 (Some(live), _) => live.event(index, &host, &event),
                 (None, _) => {}
             },
+            FanoutEvent::Done(result)
+                if relayed.get(result.index).is_some_and(Vec::is_empty)
+                    && v1_document(&result).is_some() =>
+            {
+                // A proxy's answer to a v1 request holds its agents' records: each is
+                // taken like a record a v2 proxy streams (judged, summarised, shown by
+                // jsonl), then the proxy's own result, as it answered.
+                let index = result.index;
+                for (host, order, record) in v1_document(&result).unwrap_or_default() {
+                    pending.push_back(FanoutEvent::Event {
+                        index,
+                        host: result.host.clone(),
+                        event: Event::Host {
+                            host: host.to_owned(),
+                            order: order.to_owned(),
+                            result: serde_json::Value::Object(record.clone()),
+                            via: result.host.clone(),
+                        },
+                    });
+                }
+                if let Some(flag) = nested.get_mut(index) {
+                    *flag = true;
+                }
+                pending.push_back(FanoutEvent::Done(result));
+            }
             FanoutEvent::Done(result) => {
                 tracing::info!(
                     host = %result.host,
@@ -305,7 +341,8 @@ async fn run(config: Config) -> io::Result<u8> {
                 if let Some(live) = &mut live {
                     live.done(&result);
                 }
-                if let Some(lines) = &mut lines {
+                let is_nested = nested.get(result.index).copied().unwrap_or(false);
+                if let Some(lines) = lines.as_mut().filter(|_| !is_nested) {
                     lines.done(&result, true);
                 }
                 if result.outcome.verdict() == Verdict::HostFailed && !quiet {
@@ -353,19 +390,28 @@ async fn run(config: Config) -> io::Result<u8> {
     }
 
     // A proxy that relayed its agents' results is replaced by them; a proxy that
-    // refused (403…) or failed stays, under its own name.
+    // refused (403…) or failed stays, under its own name. A v1 proxy's document is
+    // shown as it came (the original's shape), but its agents' results are what
+    // counts.
     let mut expected = 0;
     let mut done: Vec<&HostResult> = Vec::new();
-    for (result, relayed) in results.iter().zip(&relayed) {
+    let mut shown: Vec<&HostResult> = Vec::new();
+    for ((result, relayed), is_nested) in results.iter().zip(&relayed).zip(&nested) {
         let proxied_ok = result
             .as_ref()
             .is_some_and(|r| r.outcome.reply().is_some_and(|reply| reply.code == 200));
         if proxied_ok && !relayed.is_empty() {
             expected += relayed.len();
             done.extend(relayed.iter());
+            if *is_nested {
+                shown.extend(result.iter());
+            } else {
+                shown.extend(relayed.iter());
+            }
         } else {
             expected += 1;
             done.extend(result.iter());
+            shown.extend(result.iter());
         }
     }
     // Deterministic documents: by host, not by arrival or command-line order.
@@ -373,8 +419,8 @@ async fn run(config: Config) -> io::Result<u8> {
         render::sort_by_host(&mut done);
     }
     match format {
-        Format::Json => render::write_perl_pretty(&mut out, &render::document(&order, &done))?,
-        Format::Text => render::write_text(&mut out, &order, &done)?,
+        Format::Json => render::write_perl_pretty(&mut out, &render::document(&order, &shown))?,
+        Format::Text => render::write_text(&mut out, &order, &shown)?,
         Format::Jsonl => {}
         Format::Lines => {
             if let Some(summary) = lines::summary(&done, skip_unreachable) {
@@ -405,6 +451,18 @@ async fn run(config: Config) -> io::Result<u8> {
         return Ok(EXIT_INTERRUPTED);
     }
     Ok(exit_status(&judged, expected - (done.len() - judged.len())))
+}
+
+/// The agents' records in a proxy's answer to a v1 request (`{agent: {order: record}}`,
+/// spec §5.4); `None` for any other result.
+fn v1_document(result: &HostResult) -> Option<Vec<ProxyRecord<'_>>> {
+    match result.outcome.reply()? {
+        Reply {
+            code: 200,
+            body: Body::Json(map),
+        } => deploy_common::transport::proxy_records(map),
+        _ => None,
+    }
 }
 
 /// Writes the `lines` output buffered so far, out of the status line's way.

@@ -248,16 +248,7 @@ fn record_block(order: &str, record: &Map<String, Value>) -> Block {
 
 /// Whether a 200 body is a proxy's document (host → order → record).
 fn is_proxy_document(map: &Map<String, Value>) -> bool {
-    !map.is_empty()
-        && map.values().all(|v| {
-            v.as_object().is_some_and(|by_order| {
-                by_order.len() == 1
-                    && by_order.values().all(|r| {
-                        r.as_object()
-                            .is_some_and(|r| r.contains_key("serverStatus"))
-                    })
-            })
-        })
+    deploy_common::transport::proxy_records(map).is_some()
 }
 
 /// `key=value` pairs on the header; decoded `content` and long lists as body lines.

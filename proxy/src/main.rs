@@ -134,6 +134,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let config = load(&cli)?;
     let current = generation(config)?;
     let config = Arc::clone(&current.config);
+    if let Some(warning) = &current.policy.key_warning {
+        eprintln!("deploy-proxy: warning: {warning}");
+    }
     if cli.server.check {
         let problems = deploy_common::config::check::proxy_problems(&config);
         if !problems.is_empty() {

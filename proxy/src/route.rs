@@ -67,15 +67,25 @@ impl Routes {
     pub fn new(config: &ProxyConfig, ssh: Option<Arc<SshTransport>>) -> Result<Routes, String> {
         let ssh: Option<Arc<dyn Transport>> = ssh.map(|t| t as Arc<dyn Transport>);
         let client = &config.client;
-        let load_key = |path: &std::path::Path| {
-            RsaPublicKey::load(path)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
+        // A key under 2048 bits (the Perl deploy's fleets) is taken for the v1 "ssl"
+        // mode only, with a warning; a v2 group refuses it.
+        let load_key = |path: &std::path::Path, protocol: AgentProtocol| {
+            let key = match protocol {
+                AgentProtocol::V1 => RsaPublicKey::load_v1(path),
+                AgentProtocol::V2 => RsaPublicKey::load(path),
+            }
+            .map_err(|e| e.to_string())?;
+            if key.is_legacy() {
+                tracing::warn!(
+                    key = %path.display(),
+                    bits = key.bits(),
+                    "a legacy RSA key, accepted for the v1 \"ssl\" mode only; replace it with one of at least 2048 bits"
+                );
+            }
+            Ok::<_, String>(Arc::new(key))
         };
-        let default_key = match &client.ssl_public_key {
-            Some(path) => Some(load_key(path)?),
-            None => None,
-        };
+        // Loaded at most once per protocol that uses it.
+        let mut default_keys: Vec<(AgentProtocol, Arc<RsaPublicKey>)> = Vec::new();
         // One pool of authenticated agent connections for the whole worker.
         let pool = Arc::new(Pool::default());
         let mut groups = HashMap::new();
@@ -86,11 +96,20 @@ impl Routes {
                 .group_override(group)
                 .cloned()
                 .unwrap_or_default();
-            let public_key = match &o.ssl_public_key {
-                Some(path) => Some(load_key(path)?),
-                None => default_key.clone(),
+            let wire = o.protocol.unwrap_or(client.protocol);
+            let public_key = match (&o.ssl_public_key, &client.ssl_public_key) {
+                (Some(path), _) => Some(load_key(path, wire)?),
+                (None, Some(path)) => match default_keys.iter().find(|(p, _)| *p == wire) {
+                    Some((_, key)) => Some(Arc::clone(key)),
+                    None => {
+                        let key = load_key(path, wire)?;
+                        default_keys.push((wire, Arc::clone(&key)));
+                        Some(key)
+                    }
+                },
+                (None, None) => None,
             };
-            let protocol = match o.protocol.unwrap_or(client.protocol) {
+            let protocol = match wire {
                 AgentProtocol::V2 => Protocol::V2,
                 AgentProtocol::V1 => Protocol::V1,
             };

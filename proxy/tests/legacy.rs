@@ -88,3 +88,32 @@ async fn path_parameters_of_the_original() {
         );
     }
 }
+
+/// The proxy passes `options` as the caller wrote them, whitespace included (the
+/// original removed all of it, so `service:echo,a b` ran `/bin/echo ab`): through the
+/// proxy an order does what it does sent to the agent directly. `args` and `api_key`
+/// still lose their whitespace, as in the original (docs/protocol.md, "Whitespace").
+#[tokio::test]
+async fn options_keep_their_whitespace_args_lose_it() {
+    let s = setup(63);
+    let form = Form {
+        options: "service:echo,a b".into(),
+        args: " groups: web ".into(),
+        api_key: format!(" {API_KEY}"),
+        ..Form::default()
+    };
+    let reply =
+        parse_plain(&v1_raw(s.proxy.addr(), &http::encode_request_escaped("exec", &form)).await);
+    reply.expect_code(200);
+    let body = reply.body();
+    assert_eq!(body.len(), s.web.names().len(), "{reply:?}");
+    for (host, by_order) in body {
+        let content = &by_order["exec"]["content"];
+        assert_eq!(content["content"], b64("a b\n"), "{host}: {reply:?}");
+        assert_eq!(
+            content["command"],
+            b64("/bin/echo a b"),
+            "{host}: {reply:?}"
+        );
+    }
+}

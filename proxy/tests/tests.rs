@@ -14,6 +14,7 @@
 //! | [`release`] | rollouts through the proxy (agents with their own dests), nobody switches when one refuses, releases/rollback over v2 and the HTTP API, `apikey:<name>` in the history |
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
+//! | [`verdicts`] | exit status and failure summary follow the agents' results, over v1 (nested document) and v2 |
 //!
 //! Every test starts its own agents (a [`util::Farm`]: a few processes listening on
 //! many 127.x.y.z addresses) and proxies on port 0, so tests run in parallel; every run
@@ -30,3 +31,4 @@ mod legacy;
 mod release;
 mod ssh;
 mod util;
+mod verdicts;

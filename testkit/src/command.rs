@@ -133,3 +133,35 @@ pub fn run_bin_bytes(bin: &Path, args: &[&[u8]]) -> (i32, String, String) {
     );
     (out.code.unwrap_or(-1), out.stdout, out.stderr)
 }
+
+/// Runs `deploy-client args…` with a clean environment (`PATH` only, and
+/// `DEPLOY_KEY_CIPHER` = `key_cipher`), bounded by 30 s.
+pub fn deploy_client(args: &[&str], key_cipher: &str) -> Output {
+    run_command(
+        Command::new(crate::bins::client())
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("DEPLOY_KEY_CIPHER", key_cipher)
+            .env("NO_COLOR", "1"),
+        Duration::from_secs(30),
+    )
+}
+
+/// Runs `openssl args…` and asserts it succeeded; `None` (with a note) when openssl is
+/// not installed, for tests that then skip.
+pub fn openssl(args: &[&str]) -> Option<Output> {
+    if Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!("note: openssl is not installed; skipping");
+        return None;
+    }
+    let out = run_command(Command::new("openssl").args(args), Duration::from_secs(30));
+    out.expect_code(0);
+    Some(out)
+}

@@ -47,7 +47,7 @@ pub mod sshd;
 
 pub use agent::{start_agent, Agent, AgentConfig};
 pub use clients::*;
-pub use command::{run_bin, run_bin_bytes, run_command, Output};
+pub use command::{deploy_client, openssl, run_bin, run_bin_bytes, run_command, Output};
 pub use daemon::Daemon;
 pub use env::*;
 pub use net::*;

@@ -18,8 +18,12 @@
 //! AlgorithmIdentifier rsaEncryption = 30 0d 06 09 2a 86 48 86 f7 0d 01 01 01 05 00
 //! ```
 //!
-//! Keys under 2048 bits are refused at load time, with the size in the message. Encrypted
-//! PEM files are not supported.
+//! Keys under 2048 bits are refused at load time, with the size in the message. The v1
+//! "ssl" mode alone also takes keys of 1024 to 2047 bits, which fleets migrating from the
+//! Perl deploy still have ([`RsaPrivateKey::load_v1`], [`RsaPublicKey::load_v1`]): such a
+//! key is [legacy](RsaPrivateKey::is_legacy), does OAEP-SHA-1 only (through
+//! `crypto::legacy_rsa`), and refuses everything v2 would ask of it. Encrypted PEM files
+//! are not supported.
 
 #![deny(
     clippy::unwrap_used,
@@ -30,6 +34,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{
@@ -39,8 +44,13 @@ use aws_lc_rs::rsa::{
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine as _;
 
+use super::legacy_rsa::LegacyRsa;
+
 /// The smallest RSA modulus we accept, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
+
+/// The smallest RSA modulus the v1 "ssl" mode accepts (with a warning), in bits.
+pub const MIN_LEGACY_RSA_BITS: usize = 1024;
 
 /// What went wrong loading or using a key.
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +71,23 @@ pub enum KeyError {
         /// What is wrong with it.
         cause: String,
     },
-    /// The key's modulus is shorter than [`MIN_RSA_BITS`].
-    #[error(
-        "{origin}: RSA key of {bits} bits is too small (at least {MIN_RSA_BITS} bits required)"
-    )]
+    /// The key's modulus is shorter than [`MIN_RSA_BITS`] (or, for the v1 "ssl" mode,
+    /// [`MIN_LEGACY_RSA_BITS`]).
+    #[error("{origin}: RSA key of {bits} bits is too small (at least {min} bits required)")]
     TooSmall {
         /// The file name, or `PEM text` for in-memory keys.
         origin: String,
+        /// The modulus length.
+        bits: usize,
+        /// The smallest length accepted where it was loaded.
+        min: usize,
+    },
+    /// A legacy key (under [`MIN_RSA_BITS`], taken for the v1 "ssl" mode) was asked for
+    /// something only larger keys do (OAEP-SHA-256, as v2 uses).
+    #[error(
+        "RSA key of {bits} bits serves the v1 \"ssl\" mode only (anything else needs at least {MIN_RSA_BITS} bits)"
+    )]
+    LegacyOnly {
         /// The modulus length.
         bits: usize,
     },
@@ -84,23 +104,44 @@ const PEM_TEXT: &str = "PEM text";
 /// (aws-lc).
 #[derive(Clone)]
 pub struct RsaPrivateKey {
-    key: PrivateDecryptingKey,
+    key: PrivateKind,
     public: RsaPublicKey,
 }
 
+/// A key of at least [`MIN_RSA_BITS`] (aws-lc-rs), or a legacy one (aws-lc's C API).
+#[derive(Clone)]
+enum PrivateKind {
+    Modern(PrivateDecryptingKey),
+    Legacy(Arc<LegacyRsa>),
+}
+
 impl RsaPrivateKey {
-    /// Loads a PKCS#8 or PKCS#1 PEM private key file.
+    /// Loads a PKCS#8 or PKCS#1 PEM private key file of at least [`MIN_RSA_BITS`].
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let text = read_key_file(path)?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&text, &path.display().to_string(), MIN_RSA_BITS)
+    }
+
+    /// Like [`RsaPrivateKey::load`], for the v1 "ssl" mode: also takes keys of
+    /// [`MIN_LEGACY_RSA_BITS`] to [`MIN_RSA_BITS`] bits, as legacy keys
+    /// ([`RsaPrivateKey::is_legacy`]); the caller warns about them.
+    pub fn load_v1(path: &Path) -> Result<Self, KeyError> {
+        let text = read_key_file(path)?;
+        Self::parse(&text, &path.display().to_string(), MIN_LEGACY_RSA_BITS)
     }
 
     /// Parses PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1 (`BEGIN RSA PRIVATE KEY`) PEM text.
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
-        Self::parse(pem, PEM_TEXT)
+        Self::parse(pem, PEM_TEXT, MIN_RSA_BITS)
     }
 
-    fn parse(text: &str, origin: &str) -> Result<Self, KeyError> {
+    /// [`RsaPrivateKey::from_pem`] with the v1 "ssl" mode's minimum, as
+    /// [`RsaPrivateKey::load_v1`].
+    pub fn from_pem_v1(pem: &str) -> Result<Self, KeyError> {
+        Self::parse(pem, PEM_TEXT, MIN_LEGACY_RSA_BITS)
+    }
+
+    fn parse(text: &str, origin: &str, min_bits: usize) -> Result<Self, KeyError> {
         let invalid = |cause: String| KeyError::Invalid {
             origin: origin.to_owned(),
             cause,
@@ -111,46 +152,53 @@ impl RsaPrivateKey {
             "a private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)",
         )
         .map_err(invalid)?;
-        let pkcs8 = if block.label == "RSA PRIVATE KEY" {
-            pkcs1_private_bits(&block.der)
-                .ok_or_else(|| invalid("malformed PKCS#1 RSA private key".to_owned()))
-                .and_then(|bits| check_bits(bits, origin))?;
-            wrap_pkcs1_private(&block.der)
+        let (pkcs8, bits) = if block.label == "RSA PRIVATE KEY" {
+            let bits = pkcs1_private_bits(&block.der)
+                .ok_or_else(|| invalid("malformed PKCS#1 RSA private key".to_owned()))?;
+            (wrap_pkcs1_private(&block.der), bits)
         } else {
-            pkcs8_private_bits(&block.der)
-                .map_err(invalid)
-                .and_then(|bits| check_bits(bits, origin))?;
-            block.der
+            let bits = pkcs8_private_bits(&block.der).map_err(invalid)?;
+            (block.der, bits)
         };
+        check_bits(bits, origin, min_bits)?;
+        if bits < MIN_RSA_BITS {
+            let key = LegacyRsa::private_from_pkcs8(&pkcs8)
+                .filter(|k| k.bits() == bits)
+                .ok_or_else(|| invalid("RSA private key rejected".to_owned()))?;
+            let public = pkcs8_public_spki(&pkcs8)
+                .ok_or_else(|| invalid("malformed PKCS#8 private key".to_owned()))?;
+            return Ok(RsaPrivateKey {
+                key: PrivateKind::Legacy(Arc::new(key)),
+                public: RsaPublicKey::from_spki(public, bits, origin)?,
+            });
+        }
         let key = PrivateDecryptingKey::from_pkcs8(&pkcs8)
             .map_err(|e| invalid(format!("RSA private key rejected: {}", e.description_())))?;
         let public = RsaPublicKey::from_encrypting_key(key.public_key(), origin)?;
-        Ok(RsaPrivateKey { key, public })
+        Ok(RsaPrivateKey {
+            key: PrivateKind::Modern(key),
+            public,
+        })
     }
 
     /// Decrypts an RSA-OAEP block with SHA-1 and MGF1-SHA-1, empty label (OpenSSL's
     /// `RSA_PKCS1_OAEP_PADDING`, what the original Perl deploy sends).
     pub fn decrypt_oaep_sha1(&self, ciphertext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.decrypt(&OAEP_SHA1_MGF1SHA1, ciphertext)
+        match &self.key {
+            PrivateKind::Modern(key) => decrypt(key, &OAEP_SHA1_MGF1SHA1, ciphertext),
+            PrivateKind::Legacy(key) => key
+                .decrypt_oaep_sha1(ciphertext)
+                .ok_or(KeyError::Operation("decryption")),
+        }
     }
 
-    /// Decrypts an RSA-OAEP block with SHA-256 and MGF1-SHA-256, empty label.
+    /// Decrypts an RSA-OAEP block with SHA-256 and MGF1-SHA-256, empty label. A legacy
+    /// key refuses.
     pub fn decrypt_oaep_sha256(&self, ciphertext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext)
-    }
-
-    fn decrypt(
-        &self,
-        algorithm: &'static OaepAlgorithm,
-        ciphertext: &[u8],
-    ) -> Result<Vec<u8>, KeyError> {
-        let failed = |_| KeyError::Operation("decryption");
-        let oaep = OaepPrivateDecryptingKey::new(self.key.clone()).map_err(failed)?;
-        let mut out = vec![0u8; oaep.min_output_size()];
-        let plain = oaep
-            .decrypt(algorithm, ciphertext, &mut out, None)
-            .map_err(failed)?;
-        Ok(plain.to_vec())
+        match &self.key {
+            PrivateKind::Modern(key) => decrypt(key, &OAEP_SHA256_MGF1SHA256, ciphertext),
+            PrivateKind::Legacy(_) => Err(KeyError::LegacyOnly { bits: self.bits() }),
+        }
     }
 
     /// The matching public key.
@@ -160,8 +208,30 @@ impl RsaPrivateKey {
 
     /// The modulus length in bits.
     pub fn bits(&self) -> usize {
-        self.key.key_size_bits()
+        match &self.key {
+            PrivateKind::Modern(key) => key.key_size_bits(),
+            PrivateKind::Legacy(key) => key.bits(),
+        }
     }
+
+    /// Whether this is a key under [`MIN_RSA_BITS`], loaded for the v1 "ssl" mode only.
+    pub fn is_legacy(&self) -> bool {
+        matches!(self.key, PrivateKind::Legacy(_))
+    }
+}
+
+fn decrypt(
+    key: &PrivateDecryptingKey,
+    algorithm: &'static OaepAlgorithm,
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, KeyError> {
+    let failed = |_| KeyError::Operation("decryption");
+    let oaep = OaepPrivateDecryptingKey::new(key.clone()).map_err(failed)?;
+    let mut out = vec![0u8; oaep.min_output_size()];
+    let plain = oaep
+        .decrypt(algorithm, ciphertext, &mut out, None)
+        .map_err(failed)?;
+    Ok(plain.to_vec())
 }
 
 impl fmt::Debug for RsaPrivateKey {
@@ -176,23 +246,38 @@ impl fmt::Debug for RsaPrivateKey {
 /// An RSA public key for OAEP encryption.
 #[derive(Clone)]
 pub struct RsaPublicKey {
-    key: PublicEncryptingKey,
+    key: PublicKind,
     spki: Vec<u8>,
 }
 
+/// A key of at least [`MIN_RSA_BITS`] (aws-lc-rs), or a legacy one (aws-lc's C API).
+#[derive(Clone)]
+enum PublicKind {
+    Modern(PublicEncryptingKey),
+    Legacy(Arc<LegacyRsa>),
+}
+
 impl RsaPublicKey {
-    /// Loads an SPKI or PKCS#1 PEM public key file.
+    /// Loads an SPKI or PKCS#1 PEM public key file of at least [`MIN_RSA_BITS`].
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let text = read_key_file(path)?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&text, &path.display().to_string(), MIN_RSA_BITS)
+    }
+
+    /// Like [`RsaPublicKey::load`], for the v1 "ssl" mode: also takes keys of
+    /// [`MIN_LEGACY_RSA_BITS`] to [`MIN_RSA_BITS`] bits, as legacy keys
+    /// ([`RsaPublicKey::is_legacy`]); the caller warns about them.
+    pub fn load_v1(path: &Path) -> Result<Self, KeyError> {
+        let text = read_key_file(path)?;
+        Self::parse(&text, &path.display().to_string(), MIN_LEGACY_RSA_BITS)
     }
 
     /// Parses SPKI (`BEGIN PUBLIC KEY`) or PKCS#1 (`BEGIN RSA PUBLIC KEY`) PEM text.
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
-        Self::parse(pem, PEM_TEXT)
+        Self::parse(pem, PEM_TEXT, MIN_RSA_BITS)
     }
 
-    fn parse(text: &str, origin: &str) -> Result<Self, KeyError> {
+    fn parse(text: &str, origin: &str, min_bits: usize) -> Result<Self, KeyError> {
         let invalid = |cause: String| KeyError::Invalid {
             origin: origin.to_owned(),
             cause,
@@ -203,17 +288,33 @@ impl RsaPublicKey {
             "a public key (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY)",
         )
         .map_err(invalid)?;
-        let spki = if block.label == "RSA PUBLIC KEY" {
-            pkcs1_public_bits(&block.der)
-                .ok_or_else(|| invalid("malformed PKCS#1 RSA public key".to_owned()))
-                .and_then(|bits| check_bits(bits, origin))?;
-            wrap_pkcs1_public(&block.der)
+        let (spki, bits) = if block.label == "RSA PUBLIC KEY" {
+            let bits = pkcs1_public_bits(&block.der)
+                .ok_or_else(|| invalid("malformed PKCS#1 RSA public key".to_owned()))?;
+            (wrap_pkcs1_public(&block.der), bits)
         } else {
-            spki_bits(&block.der)
-                .map_err(invalid)
-                .and_then(|bits| check_bits(bits, origin))?;
-            block.der
+            let bits = spki_bits(&block.der).map_err(invalid)?;
+            (block.der, bits)
         };
+        check_bits(bits, origin, min_bits)?;
+        Self::from_spki(spki, bits, origin)
+    }
+
+    /// The key of an SPKI whose modulus (`bits`) passed the caller's minimum.
+    fn from_spki(spki: Vec<u8>, bits: usize, origin: &str) -> Result<Self, KeyError> {
+        let invalid = |cause: String| KeyError::Invalid {
+            origin: origin.to_owned(),
+            cause,
+        };
+        if bits < MIN_RSA_BITS {
+            let key = LegacyRsa::public_from_spki(&spki)
+                .filter(|k| k.bits() == bits)
+                .ok_or_else(|| invalid("RSA public key rejected".to_owned()))?;
+            return Ok(RsaPublicKey {
+                key: PublicKind::Legacy(Arc::new(key)),
+                spki,
+            });
+        }
         let key = PublicEncryptingKey::from_der(&spki)
             .map_err(|e| invalid(format!("RSA public key rejected: {}", e.description_())))?;
         Self::from_encrypting_key(key, origin)
@@ -221,7 +322,7 @@ impl RsaPublicKey {
 
     fn from_encrypting_key(key: PublicEncryptingKey, origin: &str) -> Result<Self, KeyError> {
         let bits = key.key_size_bits();
-        check_bits(bits, origin)?;
+        check_bits(bits, origin, MIN_RSA_BITS)?;
         // Re-encode, so that the fingerprint does not depend on how the file spelled it.
         let spki = key
             .as_der()
@@ -231,35 +332,30 @@ impl RsaPublicKey {
             })?
             .as_ref()
             .to_vec();
-        Ok(RsaPublicKey { key, spki })
+        Ok(RsaPublicKey {
+            key: PublicKind::Modern(key),
+            spki,
+        })
     }
 
     /// Encrypts with RSA-OAEP, SHA-1 and MGF1-SHA-1, empty label (what a Perl
     /// `Crypt::OpenSSL::RSA` peer decrypts). Randomized: two calls differ.
     pub fn encrypt_oaep_sha1(&self, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.encrypt(&OAEP_SHA1_MGF1SHA1, plaintext)
-    }
-
-    /// Encrypts with RSA-OAEP, SHA-256 and MGF1-SHA-256, empty label.
-    pub fn encrypt_oaep_sha256(&self, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.encrypt(&OAEP_SHA256_MGF1SHA256, plaintext)
-    }
-
-    fn encrypt(
-        &self,
-        algorithm: &'static OaepAlgorithm,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, KeyError> {
-        let failed = |_| KeyError::Operation("encryption");
-        let oaep = OaepPublicEncryptingKey::new(self.key.clone()).map_err(failed)?;
-        if plaintext.len() > oaep.max_plaintext_size(algorithm) {
-            return Err(KeyError::Operation("encryption"));
+        match &self.key {
+            PublicKind::Modern(key) => encrypt(key, &OAEP_SHA1_MGF1SHA1, plaintext),
+            PublicKind::Legacy(key) => key
+                .encrypt_oaep_sha1(plaintext)
+                .ok_or(KeyError::Operation("encryption")),
         }
-        let mut out = vec![0u8; oaep.ciphertext_size()];
-        let ct = oaep
-            .encrypt(algorithm, plaintext, &mut out, None)
-            .map_err(failed)?;
-        Ok(ct.to_vec())
+    }
+
+    /// Encrypts with RSA-OAEP, SHA-256 and MGF1-SHA-256, empty label. A legacy key
+    /// refuses.
+    pub fn encrypt_oaep_sha256(&self, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match &self.key {
+            PublicKind::Modern(key) => encrypt(key, &OAEP_SHA256_MGF1SHA256, plaintext),
+            PublicKind::Legacy(_) => Err(KeyError::LegacyOnly { bits: self.bits() }),
+        }
     }
 
     /// The key as DER SubjectPublicKeyInfo (what `openssl pkey -pubin -outform DER` prints).
@@ -276,8 +372,33 @@ impl RsaPublicKey {
 
     /// The modulus length in bits.
     pub fn bits(&self) -> usize {
-        self.key.key_size_bits()
+        match &self.key {
+            PublicKind::Modern(key) => key.key_size_bits(),
+            PublicKind::Legacy(key) => key.bits(),
+        }
     }
+
+    /// Whether this is a key under [`MIN_RSA_BITS`], loaded for the v1 "ssl" mode only.
+    pub fn is_legacy(&self) -> bool {
+        matches!(self.key, PublicKind::Legacy(_))
+    }
+}
+
+fn encrypt(
+    key: &PublicEncryptingKey,
+    algorithm: &'static OaepAlgorithm,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, KeyError> {
+    let failed = |_| KeyError::Operation("encryption");
+    let oaep = OaepPublicEncryptingKey::new(key.clone()).map_err(failed)?;
+    if plaintext.len() > oaep.max_plaintext_size(algorithm) {
+        return Err(KeyError::Operation("encryption"));
+    }
+    let mut out = vec![0u8; oaep.ciphertext_size()];
+    let ct = oaep
+        .encrypt(algorithm, plaintext, &mut out, None)
+        .map_err(failed)?;
+    Ok(ct.to_vec())
 }
 
 impl PartialEq for RsaPublicKey {
@@ -304,11 +425,12 @@ fn read_key_file(path: &Path) -> Result<String, KeyError> {
     })
 }
 
-fn check_bits(bits: usize, origin: &str) -> Result<(), KeyError> {
-    if bits < MIN_RSA_BITS {
+fn check_bits(bits: usize, origin: &str, min: usize) -> Result<(), KeyError> {
+    if bits < min {
         return Err(KeyError::TooSmall {
             origin: origin.to_owned(),
             bits,
+            min,
         });
     }
     Ok(())
@@ -464,6 +586,22 @@ fn pkcs8_private_bits(der: &[u8]) -> Result<usize, String> {
     }
     let (inner, _) = read_tlv(rest, TAG_OCTET_STRING).ok_or_else(malformed)?;
     pkcs1_private_bits(inner).ok_or_else(malformed)
+}
+
+/// The public half of a PKCS#8 RSA private key, as an SPKI: `RSAPublicKey { n, e }` from
+/// its `RSAPrivateKey { version, n, e, … }`.
+fn pkcs8_public_spki(der: &[u8]) -> Option<Vec<u8>> {
+    let (seq, _) = read_tlv(der, TAG_SEQUENCE)?;
+    let (_version, rest) = read_tlv(seq, TAG_INTEGER)?;
+    let (_alg, rest) = read_tlv(rest, TAG_SEQUENCE)?;
+    let (inner, _) = read_tlv(rest, TAG_OCTET_STRING)?;
+    let (key, _) = read_tlv(inner, TAG_SEQUENCE)?;
+    let (_version, rest) = read_tlv(key, TAG_INTEGER)?;
+    let (modulus, rest) = read_tlv(rest, TAG_INTEGER)?;
+    let (exponent, _) = read_tlv(rest, TAG_INTEGER)?;
+    let mut content = der_tlv(TAG_INTEGER, modulus);
+    content.extend_from_slice(&der_tlv(TAG_INTEGER, exponent));
+    Some(wrap_pkcs1_public(&der_tlv(TAG_SEQUENCE, &content)))
 }
 
 /// Modulus size of an SPKI holding an RSA key.
@@ -635,6 +773,77 @@ mod tests {
     }
 
     #[test]
+    fn legacy_keys_serve_the_v1_mode_only() {
+        let pkcs8 = RsaPrivateKey::load_v1(&testdata("small_pkcs8_private.pem")).unwrap();
+        let pkcs1 = RsaPrivateKey::load_v1(&testdata("small_pkcs1_private.pem")).unwrap();
+        let spki = RsaPublicKey::load_v1(&testdata("small_spki_public.pem")).unwrap();
+        let pkcs1_public = RsaPublicKey::load_v1(&testdata("small_pkcs1_public.pem")).unwrap();
+        for key in [&pkcs8, &pkcs1] {
+            assert!(key.is_legacy());
+            assert_eq!(key.bits(), 1024);
+            assert_eq!(key.public_key(), spki, "the public half matches the file");
+        }
+        assert!(spki.is_legacy() && pkcs1_public.is_legacy());
+        assert_eq!(spki, pkcs1_public);
+        assert_eq!(spki.bits(), 1024);
+
+        // OAEP-SHA-1 both ways, randomized, the size of the modulus.
+        let msg = b"0123456789abcdef";
+        let ct = spki.encrypt_oaep_sha1(msg).unwrap();
+        assert_eq!(ct.len(), 128);
+        assert_ne!(ct, spki.encrypt_oaep_sha1(msg).unwrap(), "randomized");
+        assert_eq!(pkcs8.decrypt_oaep_sha1(&ct).unwrap(), msg);
+        assert_eq!(pkcs1.decrypt_oaep_sha1(&ct).unwrap(), msg);
+        assert!(spki.encrypt_oaep_sha1(&[0u8; 86]).is_ok());
+        assert!(spki.encrypt_oaep_sha1(&[0u8; 87]).is_err());
+        for bad in [&[][..], &[0u8; 10][..], &[0u8; 128][..], &[0xffu8; 128][..]] {
+            let err = pkcs8.decrypt_oaep_sha1(bad).unwrap_err();
+            assert_eq!(err.to_string(), "RSA decryption failed");
+        }
+
+        // Nothing v2 would ask.
+        assert!(matches!(
+            pkcs8.decrypt_oaep_sha256(&ct),
+            Err(KeyError::LegacyOnly { bits: 1024 })
+        ));
+        assert!(matches!(
+            spki.encrypt_oaep_sha256(msg),
+            Err(KeyError::LegacyOnly { bits: 1024 })
+        ));
+
+        // A large key loaded for v1 is a modern key.
+        let modern = RsaPrivateKey::load_v1(&testdata("pkcs1_private.pem")).unwrap();
+        assert!(!modern.is_legacy());
+        assert!(!modern.public_key().is_legacy());
+
+        // Interoperates with OpenSSL (the Perl deploy's Crypt::OpenSSL::RSA), if present.
+        let dir = tempfile::tempdir().unwrap();
+        let ct_path = dir.path().join("ct");
+        std::fs::write(&ct_path, &ct).unwrap();
+        let decrypted = std::process::Command::new("openssl")
+            .args([
+                "pkeyutl",
+                "-decrypt",
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-inkey",
+            ])
+            .arg(testdata("small_pkcs8_private.pem"))
+            .arg("-in")
+            .arg(&ct_path)
+            .output();
+        match decrypted {
+            Ok(out) => assert_eq!(
+                out.stdout,
+                msg,
+                "openssl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("note: openssl not run ({e}); skipped the cross-check"),
+        }
+    }
+
+    #[test]
     fn errors_name_the_file_and_cause() {
         let err = RsaPrivateKey::load(Path::new("/nonexistent/key.pem")).unwrap_err();
         let msg = err.to_string();
@@ -690,6 +899,15 @@ mod tests {
                 STANDARD.encode(&wrap_pkcs1_private(&block.der)[..cut])
             );
             assert!(RsaPrivateKey::from_pem(&pem).is_err());
+        }
+        let text = std::fs::read_to_string(testdata("small_pkcs1_private.pem")).unwrap();
+        let block = pem_block(&text, &["RSA PRIVATE KEY"], "").unwrap();
+        for cut in 0..block.der.len() {
+            let pem = format!(
+                "-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n",
+                STANDARD.encode(&block.der[..cut])
+            );
+            assert!(RsaPrivateKey::from_pem_v1(&pem).is_err());
         }
         assert!(
             RsaPublicKey::from_pem("-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----")

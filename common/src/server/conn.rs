@@ -170,8 +170,12 @@ pub struct Policy {
     pub key_cipher: String,
     /// Check v1 `auth_key` (the agent does; the original proxy ignored it).
     pub check_v1_auth: bool,
-    /// RSA key for v2 server authentication and v1 ssl.
+    /// RSA key for v2 server authentication and v1 ssl. A legacy key (under 2048 bits,
+    /// taken only with `legacy_protocol` and `ssl` on) serves v1 ssl alone: v2 runs as
+    /// if there were no key.
     pub private_key: Option<Arc<RsaPrivateKey>>,
+    /// What to say about a legacy `ssl_private_key`, at start-up and in `--check`.
+    pub key_warning: Option<String>,
     /// Bound on reading a request (the original's `socket_timeout`).
     pub socket_timeout: Duration,
     /// Bound on running one request (`max_process_timeout`).
@@ -207,10 +211,28 @@ impl Policy {
         check_v1_auth: bool,
         v1_prefixes: &'static [&'static str],
     ) -> Result<Policy, PolicyError> {
+        // A key under 2048 bits is taken only where it is used for the v1 "ssl" mode,
+        // which fleets migrating from the Perl deploy need; v2 never uses it.
+        let v1_ssl = server.legacy_protocol && server.ssl;
         let private_key = match &server.ssl_private_key {
+            Some(path) if v1_ssl => Some(Arc::new(RsaPrivateKey::load_v1(path)?)),
             Some(path) => Some(Arc::new(RsaPrivateKey::load(path)?)),
             None => None,
         };
+        let key_warning = match (&server.ssl_private_key, &private_key) {
+            (Some(path), Some(key)) if key.is_legacy() => Some(format!(
+                "[server] ssl_private_key {}: a {}-bit RSA key, accepted for the v1 \"ssl\" mode \
+                 only (legacy); v2 does not use it and v2 clients cannot pin it. Replace it with a \
+                 key of at least {} bits (openssl genrsa 3072) on the agents and their callers",
+                path.display(),
+                key.bits(),
+                crate::crypto::MIN_RSA_BITS
+            )),
+            _ => None,
+        };
+        if let Some(warning) = &key_warning {
+            tracing::warn!("{warning}");
+        }
         if server.ssl && private_key.is_none() {
             return Err(PolicyError::SslWithoutKey);
         }
@@ -222,6 +244,7 @@ impl Policy {
             key_cipher: server.key_cipher.clone(),
             check_v1_auth,
             private_key,
+            key_warning,
             socket_timeout: server.socket_timeout,
             request_timeout: server.max_process_timeout,
             v1_prefixes,
@@ -387,6 +410,12 @@ pub async fn serve<H: Handler>(
                 400,
                 "the legacy (v1) protocol is disabled on this server; use a v2 client or set legacy_protocol = on",
             );
+            if legacy_wire == Wire::V1Ssl {
+                return log_end(
+                    peer,
+                    refuse_v1_ssl(&mut stream, peer, &policy, &reply).await,
+                );
+            }
             let bytes = http::encode_response(&reply);
             access(peer, legacy_wire, None, reply.code, bytes.len(), started);
             write_all_and_close(&mut stream, &bytes)
@@ -396,6 +425,11 @@ pub async fn serve<H: Handler>(
         Wire::V1Plain => serve_v1_plain(&mut stream, peer, &policy, &*handler).await,
         Wire::V1Ssl => serve_v1_ssl(&mut stream, peer, &policy, &*handler).await,
     };
+    log_end(peer, result);
+}
+
+/// Logs how a connection ended, if with an error.
+fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(e) = result {
         tracing::debug!(peer = %peer, cause = %e, "connection ended with an error");
     }
@@ -550,6 +584,7 @@ async fn serve_v1_ssl<H: Handler>(
             400,
             "this server does not serve the v1 ssl mode (ssl = off); use the plain mode",
         );
+        // In plain text: with ssl off, no private-key operation is done for v1 callers.
         return v1_answer(stream, peer, None, &reply, None, started).await;
     }
     let Some(key) = policy.private_key.clone() else {
@@ -561,32 +596,13 @@ async fn serve_v1_ssl<H: Handler>(
         );
         return v1_answer(stream, peer, None, &reply, None, started).await;
     };
-    if policy.peers.ssl_refused(peer.ip()) {
-        // Closed before reading: no private-key operation, no answer to learn from.
-        tracing::warn!(
-            peer = %peer.ip(),
-            "v1 ssl refused: too many failed requests from this peer (ssl_max_failures)"
-        );
-        access(peer, Wire::V1Ssl, None, 429, 0, started);
-        let _ = stream.get_mut().shutdown().await;
-        return Ok(());
-    }
-    // A framing error comes before any private-key operation and says nothing about the
-    // secret: it closes.
-    let (head, ciphertext) = match ssl::read_ssl_request(stream, &limits(policy)).await {
-        Ok(None) => return Ok(()),
-        Ok(Some(message)) => message,
-        Err(e) => {
-            access(peer, Wire::V1Ssl, None, 400, 0, started);
-            let _ = stream.get_mut().shutdown().await;
-            return Err(Box::new(e));
-        }
-    };
     // From here on every failure — passphrase not unwrapped, bad padding, not a request,
     // wrong auth_key — gets the very same answer: a sealed, empty 401, as a wrong key
     // always got. (Without a passphrase it is sealed under a random one.) Otherwise the
     // difference between "bad padding" and "good padding" is a decryption oracle.
-    let (passphrase, opened) = ssl::open_request_uniform(&key, &head, &ciphertext)?;
+    let Some((passphrase, opened)) = open_v1_ssl(stream, peer, policy, &key, started).await? else {
+        return Ok(());
+    };
     // The auth_key is checked before anything else the plaintext could show (a method
     // that is not GET/POST would otherwise answer 405 to a request with a wrong key).
     let opened = opened.and_then(|parsed| {
@@ -633,6 +649,78 @@ async fn serve_v1_ssl<H: Handler>(
     .await
 }
 
+/// Reads a v1 "ssl" request and opens it with `key` ([`ssl::open_request_uniform`]):
+/// the passphrase to seal the answer with and the request (or why it could not be
+/// opened, all failures alike). `None` when there is nothing to answer: the peer closed,
+/// sent a broken envelope (closed, logged) or is refused for its failures
+/// (`ssl_max_failures`: closed before any private-key operation).
+async fn open_v1_ssl(
+    stream: &mut BufStream<TcpStream>,
+    peer: SocketAddr,
+    policy: &Policy,
+    key: &RsaPrivateKey,
+    started: Instant,
+) -> Result<
+    Option<(Vec<u8>, Result<http::HttpRequest, legacy::LegacyError>)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    if policy.peers.ssl_refused(peer.ip()) {
+        // Closed before reading: no private-key operation, no answer to learn from.
+        tracing::warn!(
+            peer = %peer.ip(),
+            "v1 ssl refused: too many failed requests from this peer (ssl_max_failures)"
+        );
+        access(peer, Wire::V1Ssl, None, 429, 0, started);
+        let _ = stream.get_mut().shutdown().await;
+        return Ok(None);
+    }
+    // A framing error comes before any private-key operation and says nothing about the
+    // secret: it closes.
+    let (head, ciphertext) = match ssl::read_ssl_request(stream, &limits(policy)).await {
+        Ok(None) => return Ok(None),
+        Ok(Some(message)) => message,
+        Err(e) => {
+            access(peer, Wire::V1Ssl, None, 400, 0, started);
+            let _ = stream.get_mut().shutdown().await;
+            return Err(Box::new(e));
+        }
+    };
+    Ok(Some(ssl::open_request_uniform(key, &head, &ciphertext)?))
+}
+
+/// Refuses a v1 "ssl" caller when `legacy_protocol = off` with `reply`. With its
+/// private key (loaded for v2) the server reads the request and seals the refusal with
+/// the caller's passphrase, so that the Perl client prints the reason; a refusal in
+/// plain text is all it could show as `Protocol mismatch.`. Without the key, plain text
+/// is the only answer there is. A request that does not open counts towards the peer's
+/// `ssl_max_failures`, as on the served path.
+async fn refuse_v1_ssl(
+    stream: &mut BufStream<TcpStream>,
+    peer: SocketAddr,
+    policy: &Policy,
+    reply: &Reply,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    let Some(key) = policy.private_key.clone() else {
+        return v1_answer(stream, peer, None, reply, None, started).await;
+    };
+    match open_v1_ssl(stream, peer, policy, &key, started).await? {
+        // Sealed whether or not the request opened: a caller without the agent's
+        // public key learns nothing it could not read in plain text before.
+        Some((passphrase, opened)) => {
+            if opened.is_err() && policy.peers.ssl_failed(peer.ip()) {
+                tracing::warn!(
+                    peer = %peer.ip(),
+                    refused_for_s = super::peers::SSL_REFUSAL.as_secs(),
+                    "too many failed v1 ssl requests from this peer (ssl_max_failures); its v1 ssl is refused for a while"
+                );
+            }
+            v1_answer(stream, peer, None, reply, Some(&passphrase), started).await
+        }
+        None => Ok(()),
+    }
+}
+
 async fn serve_v2<H: Handler>(
     stream: &mut BufStream<TcpStream>,
     peer: SocketAddr,
@@ -642,7 +730,8 @@ async fn serve_v2<H: Handler>(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let params = ServerParams {
         key_cipher: &policy.key_cipher,
-        private_key: policy.private_key.as_deref(),
+        // A legacy key is the v1 ssl mode's only.
+        private_key: policy.private_key.as_deref().filter(|k| !k.is_legacy()),
         now: super::unix_now(),
     };
     let mut conn = match tokio::time::timeout(

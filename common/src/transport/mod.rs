@@ -270,19 +270,85 @@ impl fmt::Display for Outcome {
 
 /// The verdict of a relayed per-host record: unreachable or broken hosts (no code)
 /// failed; 200 with a `return` other than `"true"` in the content, or another code, is a
-/// failed order.
+/// failed order. The verdict of [`record_outcome`].
 pub fn relayed_verdict(record: &Map<String, Value>) -> Verdict {
-    if record.get("serverStatus") == Some(&Value::from(0))
-        || record.get("returnCode").is_none_or(Value::is_null)
-    {
-        return Verdict::HostFailed;
+    record_outcome(record).verdict()
+}
+
+/// The outcome a per-host record (`return`, `serverStatus`, `returnCode`,
+/// `returnString`, `content`) stands for: the inverse of [`Outcome::to_json`], as far as
+/// the record tells (an unreachable host's cause is not in it). A proxy relays its
+/// agents' results as records, so this is how a caller judges and summarises them like
+/// its own targets' outcomes.
+///
+/// ```text
+/// returnCode "403", content "text"          Reply 403 (text)
+/// returnCode "200", content {…}             Reply 200 (the object)
+/// serverStatus 0, "Process Timeout(2)!"     Timeout(2 s)
+/// serverStatus 0, "can't connect to h:p"    Unreachable h:p
+/// serverStatus 1, no code, content "why"    Failed(why)
+/// ```
+pub fn record_outcome(record: &Map<String, Value>) -> Outcome {
+    let content = record.get("content").unwrap_or(&Value::Null);
+    let text = match content {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    if record.get("serverStatus") == Some(&Value::from(0)) {
+        let timeout = text
+            .strip_prefix("Process Timeout(")
+            .and_then(|t| t.strip_suffix(")!"))
+            .and_then(|t| t.parse::<f64>().ok())
+            .and_then(|t| Duration::try_from_secs_f64(t).ok());
+        return match timeout {
+            Some(deadline) => Outcome::Timeout(deadline),
+            None => Outcome::Unreachable {
+                address: text
+                    .strip_prefix("can't connect to ")
+                    .unwrap_or(&text)
+                    .to_owned(),
+                cause: String::new(),
+            },
+        };
     }
-    if record.get("returnCode") != Some(&Value::String("200".into())) {
-        return Verdict::OrderFailed;
+    let code = record
+        .get("returnCode")
+        .and_then(Value::as_str)
+        .and_then(|c| c.parse::<u16>().ok());
+    let Some(code) = code else {
+        return Outcome::Failed(if text.is_empty() {
+            "no reply".to_owned()
+        } else {
+            text
+        });
+    };
+    let body = match content {
+        Value::Object(map) => Body::Json(map.clone()),
+        Value::Null => Body::Empty,
+        _ => Body::Text(text),
+    };
+    Outcome::Reply(Reply { code, body })
+}
+
+/// One host's entry in a proxy's document: host, order, record.
+pub type ProxyRecord<'a> = (&'a str, &'a str, &'a Map<String, Value>);
+
+/// The per-host records of a proxy's document, `{host: {order: record}}` (what a proxy
+/// answers a v1 caller, spec §5.4), in the document's order; `None` if `body` is not
+/// such a document (an agent's own body, or no host at all).
+pub fn proxy_records(body: &Map<String, Value>) -> Option<Vec<ProxyRecord<'_>>> {
+    if body.is_empty() {
+        return None;
     }
-    match record.get("content").and_then(|c| c.get("return")) {
-        None => Verdict::Succeeded,
-        Some(Value::String(s)) if s == "true" => Verdict::Succeeded,
-        Some(_) => Verdict::OrderFailed,
-    }
+    body.iter()
+        .map(|(host, by_order)| {
+            let by_order = by_order.as_object().filter(|m| m.len() == 1)?;
+            let (order, record) = by_order.iter().next()?;
+            let record = record
+                .as_object()
+                .filter(|r| r.contains_key("serverStatus"))?;
+            Some((host.as_str(), order.as_str(), record))
+        })
+        .collect()
 }

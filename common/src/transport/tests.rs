@@ -322,3 +322,56 @@ fn verdicts_and_records() {
     assert_eq!(timeout.to_json()["content"], json!("Process Timeout(5)!"));
     assert_eq!(timeout.to_string(), "no reply within 5 s");
 }
+
+#[test]
+fn records_stand_for_their_outcomes() {
+    use super::{proxy_records, record_outcome};
+    let outcomes = [
+        Outcome::Reply(Reply::ok(
+            json!({"return": "false", "code": "2"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )),
+        Outcome::Reply(Reply::error(403, "no")),
+        Outcome::Reply(Reply::empty(401)),
+        Outcome::Timeout(Duration::from_millis(2500)),
+        Outcome::Failed("boom".into()),
+    ];
+    for outcome in outcomes {
+        let back = record_outcome(&outcome.to_json());
+        assert_eq!(back, outcome);
+        assert_eq!(back.verdict(), outcome.verdict());
+    }
+    // The cause of an unreachable host is not in its record.
+    let unreachable = Outcome::Unreachable {
+        address: "h:1".into(),
+        cause: "refused".into(),
+    };
+    assert_eq!(
+        record_outcome(&unreachable.to_json()),
+        Outcome::Unreachable {
+            address: "h:1".into(),
+            cause: String::new(),
+        }
+    );
+
+    // A proxy's v1 document, and bodies that are not one.
+    let doc = json!({
+        "a:1": {"exec": Outcome::Failed("x".into()).to_json()},
+        "b:1": {"exec": Outcome::Reply(Reply::error(400, "y")).to_json()},
+    });
+    let records = proxy_records(doc.as_object().unwrap()).unwrap();
+    assert_eq!(
+        records.iter().map(|(h, o, _)| (*h, *o)).collect::<Vec<_>>(),
+        [("a:1", "exec"), ("b:1", "exec")]
+    );
+    for body in [
+        json!({}),
+        json!({"return": "true", "code": "0"}),
+        json!({"a": {"exec": {"return": "true"}}}),
+        json!({"a": {"exec": {"serverStatus": 1}, "status": {"serverStatus": 1}}}),
+    ] {
+        assert!(proxy_records(body.as_object().unwrap()).is_none(), "{body}");
+    }
+}
