@@ -503,7 +503,7 @@ impl Args {
             options.lock_file = self.lock_file.clone();
             if self.password {
                 options.password = Some(
-                    rpassword::prompt_password("SSH password: ")
+                    crate::prompt::secret("SSH password: ")
                         .context("--password needs a terminal to ask on")?,
                 );
             }
@@ -719,7 +719,7 @@ fn ssh_options() -> SshOptions {
         .filter(|s| !s.is_empty())
         .map(PathBuf::from);
     options.passphrase = Some(Arc::new(|path: &std::path::Path| {
-        rpassword::prompt_password(format!("Enter passphrase for key '{}': ", path.display())).ok()
+        crate::prompt::secret(&format!("Enter passphrase for key '{}': ", path.display())).ok()
     }));
     options
 }

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`cli`] | flags (the original's and the new ones) → a validated [`cli::Config`] |
 //! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
+//! | [`prompt`] | secrets (`--password`, passphrases) asked with echo off before the prompt |
 //! | [`progress`] | `--follow`: streamed lines and rsync progress bars on standard error |
 //! | [`lock`] | `--order=lock` and `--lock`: the cluster lock, its heartbeat and release |
 //! | [`lines`] | the `lines` format (default for `run`): live, host-prefixed output; failure summary |
@@ -31,6 +32,7 @@ mod cli;
 mod lines;
 mod lock;
 mod progress;
+mod prompt;
 mod render;
 mod rollout;
 mod ssh_release;
