@@ -335,7 +335,7 @@ pub struct Args {
 
     /// `upload`, `sync`: the remote directory to extract into (created if missing) and
     /// to run the command in; `%h`/`%p` are the host and port as written [sync default:
-    /// a fresh `.deploy-runs/<run>` in the remote home].
+    /// a fresh `.deploy-runs/<run>-%h-%p` in the remote home, removed at the end].
     #[arg(long, value_name = "DIR")]
     pub root: Option<String>,
 
@@ -399,6 +399,11 @@ pub struct Args {
     /// Report hosts that cannot be reached, but do not fail the run for them.
     #[arg(long)]
     pub skip_unreachable: bool,
+
+    /// `sync`: keep the default run directory (`~/.deploy-runs/<run>-<host>-<port>`)
+    /// on each host instead of removing it when the tool has ended.
+    #[arg(long)]
+    pub keep_run_dir: bool,
 
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
@@ -551,10 +556,12 @@ impl Args {
                     bail!("--order={} needs --protocol=v2", self.order.as_str());
                 }
                 let sync = (self.order == OrderArg::Sync).then(|| {
-                    SyncRun::new(
+                    let mut run = SyncRun::new(
                         targets.iter().map(ToString::to_string).collect(),
                         !self.skip_unreachable,
-                    )
+                    );
+                    run.scratch = self.root.is_none() && !self.keep_run_dir;
+                    run
                 });
                 if self.upload.is_empty() && self.order == OrderArg::Upload {
                     bail!("--order=upload needs --upload=PATH (repeatable)");
@@ -573,10 +580,7 @@ impl Args {
                 let root = match (&self.root, &sync) {
                     (Some(root), _) => root.clone(),
                     // The tool is always told its run directory.
-                    (None, Some(run)) => format!(
-                        ".deploy-runs/{}",
-                        run.prefix.trim_start_matches("ORGALORG:")
-                    ),
+                    (None, Some(run)) => run.default_root(),
                     (None, None) => bail!("--order=upload needs --root=DIR"),
                 };
                 let spec = UploadSpec {

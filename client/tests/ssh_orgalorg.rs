@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use deploy_testkit::sshd::{cluster, home};
+use deploy_testkit::sshd::{cluster, home, HOSTS};
 
 /// A pseudo-terminal: the master (the test's side) and the slave's path.
 struct Pty {
@@ -334,5 +334,57 @@ async fn ssh_refused_lock_names_a_live_holder_in_contended_rounds() {
                 );
             }
         }
+    }
+}
+
+/// The run directories `sync` reported, by host: `<host>: dir <path>` lines.
+fn run_dirs(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once(": dir "))
+        .map(|(host, dir)| (host.to_owned(), dir.to_owned()))
+        .collect()
+}
+
+/// The default run directory of `sync` is per host (the ten sshd share one home, as
+/// hosts with /home on NFS do) and removed when the run ends, unless kept.
+#[test]
+fn ssh_sync_default_run_dir_is_per_host_and_removed() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let tool = ["--", "echo", "dir", "\"$DEPLOY_RUN_DIR\""];
+    let mut args = vec!["--hosts", &hosts, "--order=sync"];
+    args.extend_from_slice(&tool);
+    let out = crate::ssh::client(home.path(), &args, None);
+    assert_eq!(out.status, 0, "{out:?}");
+    let dirs = run_dirs(&out.stdout);
+    assert_eq!(dirs.len(), HOSTS, "{out:?}");
+    let mut distinct: Vec<&String> = dirs.iter().map(|(_, d)| d).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        dirs.len(),
+        "one directory per host: {dirs:?}"
+    );
+    for (host, dir) in &dirs {
+        let (ip, port) = host
+            .trim_start_matches("ssh://")
+            .split_once(':')
+            .expect("ip:port");
+        assert!(dir.ends_with(&format!("-{ip}-{port}")), "{host}: {dir}");
+        assert!(dir.contains("/.deploy-runs/"), "{dir}");
+        assert!(!Path::new(dir).exists(), "{dir} left behind");
+    }
+
+    args.insert(3, "--keep-run-dir");
+    let out = crate::ssh::client(home.path(), &args, None);
+    assert_eq!(out.status, 0, "{out:?}");
+    let dirs = run_dirs(&out.stdout);
+    assert_eq!(dirs.len(), HOSTS, "{out:?}");
+    for (_, dir) in &dirs {
+        assert!(Path::new(dir).is_dir(), "{dir} not kept");
+        std::fs::remove_dir(dir).expect("remove the kept directory");
     }
 }

@@ -18,7 +18,8 @@
 //! its files or has failed (strict: any failure aborts before any tool starts; loose:
 //! unreachable hosts are left out), gives each HELLO/NODE/START, and relays each SYNC
 //! to all. A tool that fails after START ends the others' input (EOF), since they could
-//! wait at a barrier for it forever. A file that cannot be sent whole fails its host,
+//! wait at a barrier for it forever. The default run directory (per host) is removed
+//! when the host's tool has ended, unless kept. A file that cannot be sent whole fails its host,
 //! but what was extracted before stays on it (there is no staging directory).
 
 #![deny(
@@ -37,7 +38,7 @@ use super::lines::{quote, shell};
 use super::session::{self, Session};
 use super::{Shared, SshError};
 use crate::order::run::ran;
-use crate::order::sync::SyncRun;
+use crate::order::sync::{SyncRun, RUNS_DIR};
 use crate::order::upload::sent;
 use crate::order::{Reply, Request};
 use crate::target::{expand, Target};
@@ -139,6 +140,8 @@ impl Shared {
             Err(why) => {
                 let mut content = Vec::new();
                 say(events, &mut content, &format!("sync: {why}")).await;
+                self.remove_run_dir(&session, run, &root, request.sudo, events)
+                    .await;
                 let body = ran(1, &tool, &content);
                 return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
             }
@@ -191,6 +194,8 @@ impl Shared {
             }
         }
         ran_tool?;
+        self.remove_run_dir(&session, run, &root, request.sudo, events)
+            .await;
         Ok(Reply::ok(sent(
             ran(code, &tool, &content),
             &root,
@@ -271,6 +276,38 @@ impl Shared {
             files,
             sent: sent_bytes,
         })
+    }
+
+    /// Removes the run's own directory from the host once its tool has ended
+    /// ([`SyncRun::scratch`]), and `~/.deploy-runs` if that leaves it empty. A failure
+    /// is only a warning: the run's result stands.
+    async fn remove_run_dir(
+        &self,
+        session: &Session,
+        run: &SyncRun,
+        root: &str,
+        sudo: bool,
+        events: &mpsc::Sender<Event>,
+    ) {
+        if !run.scratch || root.is_empty() {
+            return;
+        }
+        let command = shell(
+            &format!(
+                "rm -rf -- {r} && {{ rmdir -- {d} 2>/dev/null; true; }}",
+                r = quote(root),
+                d = quote(RUNS_DIR),
+            ),
+            sudo,
+        );
+        let done = |_| async { Ok(true) };
+        match session::exec(session, &command, events, self, done, |_, _| false).await {
+            Ok(ended) if ended.code == 0 => {}
+            Ok(ended) => {
+                tracing::warn!(dir = %root, code = ended.code, "cannot remove the run directory")
+            }
+            Err(e) => tracing::warn!(dir = %root, cause = %e, "cannot remove the run directory"),
+        }
     }
 
     /// The hub of `run`, made by the first host of the run.
