@@ -366,7 +366,7 @@ pub struct Args {
     /// SSH: the file `flock`ed on each host by `lock` and `--lock`, held by a session
     /// of this run: `%n` the lock's name, `%h`/`%p` the host and port as written
     /// (hosts sharing a file system need their own file), `%%` a `%`.
-    #[arg(long, value_name = "PATH", default_value = deploy_common::ssh::lock::DEFAULT_LOCK_FILE)]
+    #[arg(long, value_name = "PATH", env = "DEPLOY_LOCK_FILE", default_value = deploy_common::ssh::lock::DEFAULT_LOCK_FILE)]
     pub lock_file: String,
 
     /// SSH: the client configuration file [default: ~/.ssh/config].
@@ -404,6 +404,17 @@ pub struct Args {
     /// on each host instead of removing it when the tool has ended.
     #[arg(long)]
     pub keep_run_dir: bool,
+
+    /// `upload`, `sync`: do not take the cluster lock (taken by default on SSH hosts,
+    /// as orgalorg does).
+    #[arg(long)]
+    pub no_lock: bool,
+
+    /// `--lock` and the default lock of `upload`/`sync`: if the lock cannot be taken
+    /// everywhere, warn (naming the holders) and run the order without it (orgalorg's
+    /// `-t`).
+    #[arg(long)]
+    pub no_lock_fail: bool,
 
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
@@ -613,7 +624,18 @@ impl Args {
             bail!("--hosts=- and --stdin=- cannot both read standard input");
         }
         let token = self.token.as_deref();
+        if self.no_lock && self.lock.is_some() {
+            bail!("--lock and --no-lock contradict each other");
+        }
+        // As orgalorg (on SSH hosts; agents keep taking it only with --lock).
+        let default_lock = matches!(self.order, OrderArg::Upload | OrderArg::Sync)
+            && !self.no_lock
+            && targets.iter().all(|t| t.scheme == Scheme::Ssh);
         let lock = match (self.order, &self.lock) {
+            // As orgalorg: files go out under the cluster lock unless told otherwise.
+            (OrderArg::Upload | OrderArg::Sync, None) if default_lock => {
+                Some(LockMode::Around(cluster_lock::spec("", self.lease, token)?))
+            }
             (OrderArg::Lock, None) => Some(LockMode::Only(cluster_lock::spec(
                 &self.options,
                 self.lease,
@@ -631,6 +653,13 @@ impl Args {
             )?)),
             (_, Some(_)) => bail!("--lock is for --order=run, exec, rsync, upload or sync"),
             (_, None) => None,
+        };
+        let lock = match lock {
+            Some(LockMode::Around(spec)) if self.no_lock_fail => Some(LockMode::Loose(spec)),
+            Some(_) if self.no_lock_fail && self.order == OrderArg::Lock => {
+                bail!("--no-lock-fail is for an order run under the lock, not --order=lock")
+            }
+            other => other,
         };
         if lock.is_some() && protocol == Protocol::V1 {
             bail!("the cluster lock needs --protocol=v2");

@@ -33,7 +33,7 @@ fn client_env(home: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &s
 }
 
 /// Runs deploy-client like [`client`], in the directory `cwd`.
-fn client_in(home: &Path, cwd: &Path, args: &[&str]) -> Output {
+pub(crate) fn client_in(home: &Path, cwd: &Path, args: &[&str]) -> Output {
     client_at(home, Some(cwd), args, None, &[])
 }
 
@@ -51,6 +51,7 @@ fn client_at(
     cmd.args(args)
         .env("HOME", home)
         .env("USER", "root")
+        .env("DEPLOY_LOCK_FILE", lock_file(home))
         .env_remove("SSH_AUTH_SOCK")
         .env_remove("DEPLOY_KEY_CIPHER")
         .env_remove("DEPLOY_API_KEY")
@@ -99,6 +100,12 @@ fn client_at(
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// The lock file template of the tests in `home`: the ten sshd share one /tmp, so
+/// each host needs its own file (upload and sync take the lock by default).
+pub(crate) fn lock_file(home: &Path) -> String {
+    format!("{}/%h-%p-%n.lock", home.display())
 }
 
 fn sorted_lines(text: &str) -> Vec<String> {
@@ -778,6 +785,7 @@ fn running(home: &Path, args: &[&str]) -> crate::util::Running {
     let mut cmd = crate::util::command(args);
     cmd.env("HOME", home)
         .env("USER", "root")
+        .env("DEPLOY_LOCK_FILE", lock_file(home))
         .env_remove("SSH_AUTH_SOCK");
     crate::util::Running::start(cmd)
 }
@@ -1143,9 +1151,13 @@ fn ssh_sync_two_phase_barrier() {
         "protocol lines are not output: {out:?}"
     );
 
-    // Strict: an unreachable host aborts the run before START; loose: it is left out.
+    // Strict: an unreachable host stops the run at the cluster lock (taken by
+    // default); without the lock it aborts the run before START; loose: it is left out.
     let with_dead = format!("{hosts},{}", dead_host());
     let out = s.sync(&with_dead, &[]);
+    assert_eq!(out.status, 4, "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    let out = s.sync(&with_dead, &["--no-lock"]);
     assert_eq!(out.status, 3, "{out:?}");
     assert!(!out.stdout.contains("phase1"), "{out:?}");
     assert_eq!(
@@ -1196,7 +1208,7 @@ fn ssh_sync_nothing_starts_before_start_and_a_failed_tool_ends_the_run() {
 
     // Strict, with an unreachable host: no tool starts anywhere (`started` is the
     // tool's first act, before it reads anything).
-    let out = s.sync(&format!("{hosts},{}", dead_host()), &[]);
+    let out = s.sync(&format!("{hosts},{}", dead_host()), &["--no-lock"]);
     assert_eq!(out.status, 3, "{out:?}");
     for i in 0..HOSTS {
         let dir = host_root(c, &s.base, i);

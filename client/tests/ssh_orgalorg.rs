@@ -388,3 +388,77 @@ fn ssh_sync_default_run_dir_is_per_host_and_removed() {
         std::fs::remove_dir(dir).expect("remove the kept directory");
     }
 }
+
+/// `upload` takes the cluster lock by default, as orgalorg does: refused while another
+/// run holds it (nothing sent); `--no-lock-fail` warns and goes on; `--no-lock` skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_upload_takes_the_lock_by_default() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = format!("{},{}", c.spec(4), c.spec(5));
+    let lock_file = crate::ssh::lock_file(home.path());
+    let mut holder = crate::util::command(&["--hosts", &hosts, "--order=lock"]);
+    holder
+        .env("HOME", home.path())
+        .env("USER", "root")
+        .env("DEPLOY_LOCK_FILE", &lock_file)
+        .env_remove("SSH_AUTH_SOCK");
+    let mut holder = crate::util::Running::start(holder);
+    holder.wait_for("waiting for interrupt").await;
+    let src = home.path().join("payload.txt");
+    std::fs::write(&src, "x\n").expect("write");
+    let root = home.path().join("dest-%h-%p");
+    let upload = |extra: &'static [&'static str]| {
+        let (home, hosts, root, src) = (
+            home.path().to_owned(),
+            hosts.clone(),
+            format!("--root={}", root.display()),
+            "--upload=payload.txt".to_owned(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["--hosts", &hosts, "--order=upload", "--relative", &root];
+            args.extend_from_slice(extra);
+            args.push(&src);
+            crate::ssh::client_in(&home, &home, &args)
+        })
+    };
+    let sent = |i: usize| {
+        let (ip, port, _) = &c.hosts[i];
+        home.path()
+            .join(format!("dest-{ip}-{port}"))
+            .join("payload.txt")
+    };
+    let held_by = format!(":{}", holder.pid());
+
+    let out = upload(&[]).await.expect("task");
+    assert_eq!(out.status, 4, "{out:?}");
+    assert!(out.stderr.contains(&held_by), "{out:?}");
+    assert!(
+        !sent(4).exists() && !sent(5).exists(),
+        "sent under a held lock"
+    );
+
+    let out = upload(&["--no-lock-fail"]).await.expect("task");
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("warning: lock deploy not acquired on 2 of 2 hosts")
+            && out.stderr.contains("running without it (--no-lock-fail)")
+            && out.stderr.contains(&held_by),
+        "{out:?}"
+    );
+    assert!(sent(4).exists() && sent(5).exists(), "{out:?}");
+    std::fs::remove_file(sent(4)).expect("rm");
+    std::fs::remove_file(sent(5)).expect("rm");
+
+    let out = upload(&["--no-lock"]).await.expect("task");
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(!out.stderr.contains("lock"), "{out:?}");
+    assert!(sent(4).exists() && sent(5).exists(), "{out:?}");
+
+    holder.signal(nix::sys::signal::Signal::SIGINT);
+    let out = holder.finish(Duration::from_secs(10)).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let out = upload(&[]).await.expect("task");
+    assert_eq!(out.status, 0, "{out:?}");
+}
