@@ -462,3 +462,50 @@ async fn ssh_upload_takes_the_lock_by_default() {
     let out = upload(&[]).await.expect("task");
     assert_eq!(out.status, 0, "{out:?}");
 }
+
+/// A sync tool's lines that start with the run's prefix but are not SYNC requests are
+/// output (orgalorg's HELLO and NODE test tools echo what they are told), and NODE
+/// lines name the hosts `[user@host:port]`, as orgalorg does.
+#[test]
+fn ssh_sync_tool_echoes_hello_and_nodes() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let (ip0, port0, _) = &c.hosts[0];
+    let (ip1, port1, _) = &c.hosts[1];
+    let first = format!("ssh://root@{ip0}:{port0}");
+    let hosts = format!("{first},{}", c.spec(1));
+    let out = crate::ssh::client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=sync",
+            "--",
+            "sed",
+            "'/ START$/q'",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let node0 = format!("[root@{ip0}:{port0}]");
+    let node1 = format!("[root@{ip1}:{port1}]");
+    for (host, me, other) in [(&first, &node0, &node1), (&c.spec(1), &node1, &node0)] {
+        let lines: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{host}: ")))
+            .collect();
+        assert_eq!(lines.len(), 4, "{host}: {out:?}");
+        let prefix = lines[0].strip_suffix(" HELLO").expect("HELLO first");
+        assert!(prefix.starts_with("ORGALORG:"), "{lines:?}");
+        let mut nodes = vec![
+            format!("{prefix} NODE {me} CURRENT"),
+            format!("{prefix} NODE {other}"),
+        ];
+        nodes.sort();
+        let mut got = vec![lines[1].to_owned(), lines[2].to_owned()];
+        got.sort();
+        assert_eq!(got, nodes, "{host}");
+        assert_eq!(lines[3], format!("{prefix} START"));
+    }
+}

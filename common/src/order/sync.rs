@@ -16,9 +16,11 @@
 //!   its run directory: it starts there, and `DEPLOY_RUN_DIR` names it. The default
 //!   one, `~/.deploy-runs/<nanoseconds>-<host>-<port>`, is per host and removed when
 //!   the host's tool has ended (unless kept).
-//! * `<node>` is the host as written on the command line (`ssh://…`).
-//! * Lines of the tool that do not start with the prefix are its output, shown with its
-//!   host like `run`'s; its standard error is passed through the same way.
+//! * `<node>` is `[user@host:port]` as orgalorg writes it: the host as written on the
+//!   command line, with the user and port it is reached with.
+//! * Lines of the tool other than `<prefix> SYNC …` are its output (also lines that
+//!   start with the prefix, e.g. a tool echoing what it was told), shown with its host
+//!   like `run`'s; its standard error is passed through the same way.
 //! * A tool that exits before reading HELLO is fine (a plain command works).
 //! * HELLO is sent once every host's tool has started. In strict mode, a host that
 //!   cannot be reached or fails its upload aborts the run before HELLO (every tool gets
@@ -85,8 +87,9 @@ impl SyncRun {
         text
     }
 
-    /// Reads a line of a tool: `Some(description)` for `<prefix> SYNC <description>`,
-    /// `None` for output (or another protocol line, ignored).
+    /// Reads a line of a tool: `Some(Some(description))` for `<prefix> SYNC
+    /// <description>`, `Some(None)` for another line with the prefix, `None` for a line
+    /// without it.
     pub fn sync_request<'a>(&self, line: &'a str) -> Option<Option<&'a str>> {
         let rest = line.strip_prefix(&self.prefix)?.strip_prefix(' ')?;
         Some(match rest.split_once(' ') {

@@ -173,6 +173,19 @@ impl Shared {
         })
     }
 
+    /// `[user@host:port]`: the host as written, with the user and port it is reached
+    /// with (from the target, else ssh_config, else the defaults).
+    pub(super) fn node_name(&self, target: &Target) -> String {
+        let port = target.port_given().then_some(target.port);
+        let hop = self.hop(&target.host, target.user.as_deref(), port, "");
+        let host = if target.host.contains(':') {
+            format!("[{}]", target.host)
+        } else {
+            target.host.clone()
+        };
+        format!("[{}@{host}:{}]", hop.user, hop.port)
+    }
+
     /// A hop for `host` (as written), with the configuration applied under what the
     /// user wrote.
     fn hop(&self, host: &str, user: Option<&str>, port: Option<u16>, label: &str) -> Hop {

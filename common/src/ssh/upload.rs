@@ -57,6 +57,8 @@ impl Shared {
         events: &mpsc::Sender<Event>,
     ) -> Result<Reply, SshError> {
         let node = target.to_string();
+        // How the tools name this host: `[user@host:port]`, as orgalorg does.
+        let name = self.node_name(target);
         let sync = match (&request.order[..], &request.sync) {
             ("sync", Some(run)) => Some((self.hub(run), run)),
             ("sync", None) => {
@@ -125,7 +127,7 @@ impl Shared {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let mut decided = hub.decided.subscribe();
         if let Some(member) = &mut member {
-            member.join(tx);
+            member.join(tx, &name);
         }
         let nodes = loop {
             if let Some(decision) = decided.borrow_and_update().clone() {
@@ -146,7 +148,7 @@ impl Shared {
                 return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
             }
         };
-        let opening = run.opening(&nodes, &node);
+        let opening = run.opening(&hub.names(&nodes), &name);
         let feed = |writer: Arc<russh::ChannelWriteHalf<russh::client::Msg>>| async move {
             let send = |text: String| {
                 let writer = Arc::clone(&writer);
@@ -171,11 +173,13 @@ impl Shared {
             }
             match run.sync_request(line) {
                 None => true,
+                // A SYNC request is relayed; any other line is output, even one
+                // that starts with the prefix (a tool echoing what it was told).
                 Some(Some(description)) => {
-                    relay.broadcast(&node, description);
+                    relay.broadcast(&name, description);
                     false
                 }
-                Some(None) => false,
+                Some(None) => true,
             }
         };
         let ran_tool = session::exec(&session, &tool, events, self, feed, keep).await;
@@ -393,6 +397,8 @@ struct HubState {
     pending: HashSet<String>,
     /// Hosts ready (then running their tool), and their input queue.
     ready: HashMap<String, mpsc::UnboundedSender<String>>,
+    /// How the tools name each host that joined (`[user@host:port]`).
+    names: HashMap<String, String>,
     /// Hosts that failed before START: why, and whether only because unreachable.
     gone: Vec<(String, String, bool)>,
     /// Why the run was aborted after START (a tool failed), and by which host.
@@ -417,9 +423,10 @@ impl Hub {
     }
 
     /// `node` has its files and waits for START; its input is `queue`.
-    fn join(&self, node: &str, queue: mpsc::UnboundedSender<String>) {
+    fn join(&self, node: &str, queue: mpsc::UnboundedSender<String>, name: &str) {
         let mut state = self.state();
         state.pending.remove(node);
+        state.names.insert(node.to_owned(), name.to_owned());
         state.ready.insert(node.to_owned(), queue);
         self.decide(&state);
     }
@@ -486,7 +493,16 @@ impl Hub {
         self.decided.send_replace(Some(decision));
     }
 
-    /// Relays `node`'s SYNC to every running tool.
+    /// The tools' names of `nodes` (hosts as written).
+    fn names(&self, nodes: &[String]) -> Vec<String> {
+        let state = self.state();
+        nodes
+            .iter()
+            .map(|n| state.names.get(n).cloned().unwrap_or_else(|| n.clone()))
+            .collect()
+    }
+
+    /// Relays `node`'s SYNC (`node` as the tools name it) to every running tool.
     fn broadcast(&self, node: &str, description: &str) {
         tracing::debug!(node, description, "sync");
         let line = self.run.sync_line(node, description);
@@ -521,8 +537,8 @@ impl Member {
         }
     }
 
-    fn join(&mut self, queue: mpsc::UnboundedSender<String>) {
-        self.hub.join(&self.node, queue);
+    fn join(&mut self, queue: mpsc::UnboundedSender<String>, name: &str) {
+        self.hub.join(&self.node, queue, name);
         self.joined = true;
     }
 
