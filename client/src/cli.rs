@@ -416,6 +416,12 @@ pub struct Args {
     #[arg(long)]
     pub no_lock_fail: bool,
 
+    /// SSH `run`: no terminal for the command. By default a command given no --stdin
+    /// runs on one, as with orgalorg (output streams line by line, `tail -f` ends with
+    /// the run; its stderr then comes on stdout).
+    #[arg(long)]
+    pub no_pty: bool,
+
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -517,6 +523,7 @@ impl Args {
             options.keepalive =
                 (self.ssh_keepalive > 0).then(|| Duration::from_secs(self.ssh_keepalive));
             options.lock_file = self.lock_file.clone();
+            options.pty = !self.no_pty;
             if self.password {
                 options.password = Some(
                     crate::prompt::secret("SSH password: ")

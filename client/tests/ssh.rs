@@ -170,6 +170,8 @@ fn ssh_ten_thousand_lines_per_host_never_interleave() {
             "--hosts",
             &hosts,
             "--order=run",
+            // Without a terminal, whose stderr would be its stdout.
+            "--no-pty",
             "--",
             "seq -f 'line %g of the test, padded to be long enough to span packets' 1 10000; echo done >&2",
         ],
@@ -629,6 +631,7 @@ fn ssh_jsonl_events_and_grouped_output() {
             &hosts,
             "--order=run",
             "--format=jsonl",
+            "--no-pty",
             "--",
             "echo out; echo err >&2",
         ],

@@ -509,3 +509,33 @@ fn ssh_sync_tool_echoes_hello_and_nodes() {
         assert_eq!(lines[3], format!("{prefix} START"));
     }
 }
+
+/// `run` without --stdin runs on a terminal, as orgalorg's commands do (a program that
+/// buffers its output off a terminal streams it; `tail -f` ends with the run), and
+/// still reads end of input at once; `--no-pty` and `--stdin` run without one.
+#[test]
+fn ssh_run_gets_a_terminal_unless_given_input_or_no_pty() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let host = c.spec(2);
+    let probe = "[ -t 0 ] && [ -t 1 ] && echo tty || echo notty; cat; echo eof; echo err >&2";
+    let run = |extra: &[&str], stdin: Option<&[u8]>| {
+        let mut args = vec!["--hosts", &host, "--order=run", "-q"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", probe]);
+        crate::ssh::client(home.path(), &args, stdin)
+    };
+    let out = run(&[], None);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "tty\neof\nerr\n", "{out:?}");
+    let out = run(&["--no-pty"], None);
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("notty\neof\n", "err\n")
+    );
+    let out = run(&["--stdin=-"], Some(b"in\n"));
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("notty\nin\neof\n", "err\n")
+    );
+}

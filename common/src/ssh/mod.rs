@@ -106,6 +106,8 @@ pub struct SshOptions {
     /// The file `flock(1)`ed on each host by `lock`: `%n` the lock's name, `%h` and `%p`
     /// the host and port as written, `%%` a `%` (see [`lock`]).
     pub lock_file: String,
+    /// `run` without standard input gets a terminal (see [`session::exec`]).
+    pub pty: bool,
 }
 
 impl SshOptions {
@@ -125,6 +127,7 @@ impl SshOptions {
             deadline: None,
             keepalive: None,
             lock_file: lock::DEFAULT_LOCK_FILE.to_owned(),
+            pty: false,
         }
     }
 }
@@ -492,7 +495,9 @@ impl Shared {
         let work = async {
             let session = self.connect(target).await?;
             self.stats.connected.fetch_add(1, Ordering::Relaxed);
-            session::run(&session, &command, stdin, &events, self).await
+            // As orgalorg: a terminal for a command given no input (unless turned off).
+            let pty = self.options.pty && stdin.is_none();
+            session::run(&session, &command, stdin, pty, &events, self).await
         };
         self.bounded(target, work).await
     }

@@ -35,7 +35,7 @@ use russh::keys::{
     decode_secret_key, Algorithm, EcdsaCurve, HashAlg, PrivateKey, PrivateKeyWithHashAlg,
     PublicKeyOrCertificate,
 };
-use russh::{kex, ChannelMsg, ChannelWriteHalf, Preferred, Sig};
+use russh::{kex, ChannelMsg, ChannelWriteHalf, Preferred, Pty, Sig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{lookup_host, TcpStream};
 use tokio::sync::mpsc;
@@ -739,11 +739,13 @@ impl client::Handler for Checker {
 }
 
 /// Runs `command` on a new session channel: `stdin` (if any) is sent then EOF, output
-/// lines are streamed as `events`, and the reply carries the exit code.
+/// lines are streamed as `events`, and the reply carries the exit code. With `pty`, the
+/// command runs on a terminal ([`exec`]).
 pub(super) async fn run(
     session: &Session,
     command: &str,
     stdin: Option<Vec<u8>>,
+    pty: bool,
     events: &mpsc::Sender<Event>,
     shared: &Shared,
 ) -> Result<Reply, SshError> {
@@ -753,7 +755,7 @@ pub(super) async fn run(
         }
         Ok(true)
     };
-    let ran = exec(session, command, events, shared, feed, |_, _| true).await?;
+    let ran = exec(session, command, pty, events, shared, feed, |_, _| true).await?;
     if let Err(why) = &ran.fed {
         tracing::debug!(cause = %why, "stdin not fully sent");
     }
@@ -782,9 +784,16 @@ pub(super) struct Ran {
 /// it is still there after [`KILL_AFTER`]: a stop the command can clean up after, whose
 /// output is kept, rather than whatever the server does with a command whose
 /// connection is gone (OpenSSH 9.2 ends it; servers differ).
+///
+/// With `pty`, the command gets a terminal (`xterm`, 80×40, echo off, no CR added to
+/// newlines), as orgalorg's commands do: a program that buffers its output when not
+/// on a terminal streams it line by line, and `tail -f` and the like end with the
+/// session. Its standard error is then the terminal too: every line comes as stdout;
+/// the end of its input is the terminal's end-of-file character (`^D`).
 pub(super) async fn exec<F, Fut>(
     session: &Session,
     command: &str,
+    pty: bool,
     events: &mpsc::Sender<Event>,
     shared: &Shared,
     feed: F,
@@ -802,6 +811,21 @@ where
     // so that an interrupt can reach the command. A child `sh` says it as `$PPID`, in
     // syntax that bash, dash, csh and fish all read the same way.
     let mark = pid_mark();
+    if pty {
+        writer
+            .request_pty(
+                false,
+                "xterm",
+                80,
+                40,
+                0,
+                0,
+                &[(Pty::ECHO, 0), (Pty::ONLCR, 0)],
+            )
+            .await?;
+    }
+    // On a terminal the pid line comes on stdout, like everything else.
+    let mark_stream = if pty { Stream::Stdout } else { Stream::Stderr };
     writer
         .exec(
             false,
@@ -809,7 +833,7 @@ where
         )
         .await?;
     let mut group: Option<u32> = None;
-    let mut first_err = true;
+    let mut first_line = true;
     let stats = &*shared.stats;
     stats.running.fetch_add(1, Ordering::Relaxed);
     let running = Running(stats);
@@ -826,7 +850,14 @@ where
     let feed_writer = Arc::clone(&writer);
     let feed = async move {
         let eof = feed(Arc::clone(&feed_writer)).await?;
-        if eof {
+        if eof && pty {
+            // A terminal has no end of input (sshd ignores EOF on one): its end-of-file
+            // character tells a reader, as on a real terminal.
+            feed_writer
+                .data_bytes(&b"\x04"[..])
+                .await
+                .map_err(|e| e.to_string())?;
+        } else if eof {
             feed_writer.eof().await.map_err(|e| e.to_string())?;
         }
         Ok::<(), String>(())
@@ -888,7 +919,8 @@ where
             Stream::Stderr => &mut err,
         };
         for line in splitter.push(&data) {
-            if stream == Stream::Stderr && std::mem::take(&mut first_err) {
+            let line = if pty { untty(line) } else { line };
+            if stream == mark_stream && std::mem::take(&mut first_line) {
                 if let Some(pid) = line.strip_prefix(&mark) {
                     group = pid.trim().parse().ok().filter(|&p| p > 1);
                     continue;
@@ -903,6 +935,7 @@ where
     drop(running);
     for (stream, splitter) in [(Stream::Stdout, &mut out), (Stream::Stderr, &mut err)] {
         if let Some(line) = splitter.finish() {
+            let line = if pty { untty(line) } else { line };
             if keep(stream, &line) {
                 keep_content(&mut content, &line);
                 let _ = events.send(Event::Line { stream, line }).await;
@@ -919,6 +952,15 @@ where
         }),
         (None, Ok(())) => Err(SshError::NoExitStatus),
     }
+}
+
+/// A line read from a terminal without the carriage return a program may have put
+/// before its newline.
+fn untty(mut line: String) -> String {
+    if line.ends_with('\r') {
+        line.pop();
+    }
+    line
 }
 
 /// Appends `line` and a newline to `content`, up to [`MAX_CONTENT`].

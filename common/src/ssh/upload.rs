@@ -110,7 +110,7 @@ impl Shared {
                 return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
             }
             let command = shell(&format!("{cd}{{\n{command}\n}}"), request.sudo);
-            let reply = session::run(&session, &command, None, events, self).await?;
+            let reply = session::run(&session, &command, None, false, events, self).await?;
             return Ok(match reply.body {
                 crate::order::Body::Json(body) if reply.code == 200 => {
                     Reply::ok(sent(body, &root, files, sent_bytes))
@@ -182,7 +182,7 @@ impl Shared {
                 Some(None) => true,
             }
         };
-        let ran_tool = session::exec(&session, &tool, events, self, feed, keep).await;
+        let ran_tool = session::exec(&session, &tool, false, events, self, feed, keep).await;
         let (mut code, mut content) = match &ran_tool {
             Ok(ran) => (ran.code, ran.content.clone()),
             Err(e) => (255, format!("{e}\n").into_bytes()),
@@ -305,7 +305,7 @@ impl Shared {
             sudo,
         );
         let done = |_| async { Ok(true) };
-        match session::exec(session, &command, events, self, done, |_, _| false).await {
+        match session::exec(session, &command, false, events, self, done, |_, _| false).await {
             Ok(ended) if ended.code == 0 => {}
             Ok(ended) => {
                 tracing::warn!(dir = %root, code = ended.code, "cannot remove the run directory")
@@ -353,7 +353,7 @@ impl Shared {
             count.store(sent, std::sync::atomic::Ordering::Relaxed);
             Ok(true)
         };
-        let ran = session::exec(session, &command, events, self, feed, |_, _| true).await?;
+        let ran = session::exec(session, &command, false, events, self, feed, |_, _| true).await?;
         Ok((ran, counted.load(std::sync::atomic::Ordering::Relaxed)))
     }
 }
