@@ -28,7 +28,12 @@ pub(crate) fn client(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output
     client_env(home, args, stdin, &[])
 }
 
-fn client_env(home: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
+pub(crate) fn client_env(
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> Output {
     client_at(home, None, args, stdin, env)
 }
 
@@ -108,7 +113,7 @@ pub(crate) fn lock_file(home: &Path) -> String {
     format!("{}/%h-%p-%n.lock", home.display())
 }
 
-fn sorted_lines(text: &str) -> Vec<String> {
+pub(crate) fn sorted_lines(text: &str) -> Vec<String> {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     lines.sort();
     lines

@@ -539,3 +539,118 @@ fn ssh_run_gets_a_terminal_unless_given_input_or_no_pty() {
         ("notty\nin\neof\n", "err\n")
     );
 }
+
+/// An ssh-agent holding the cluster's user key, on a socket in `dir`; killed on drop.
+struct Agent {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let c = cluster().expect("cluster");
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh-agent");
+        while !socket.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let added = Command::new("ssh-add")
+            .arg(c.user_key())
+            .env("SSH_AUTH_SOCK", &socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("ssh-add");
+        assert!(added.success());
+        Agent { child, socket }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ssh_config's ProxyCommand, UserKnownHostsFile, StrictHostKeyChecking and
+/// ForwardAgent are followed; a keyword that is not is warned about once.
+#[test]
+fn ssh_config_proxy_command_known_hosts_strictness_agent() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, false);
+    let h = home.path();
+    let ssh = h.join(".ssh");
+    std::fs::write(ssh.join("custom_known"), c.known_hosts()).expect("write");
+    std::fs::write(
+        h.join("proxy.sh"),
+        // (The background reader must not hold the client's stderr open.)
+        "exec 2>/dev/null\ntouch \"$3\"\nexec 3<>\"/dev/tcp/$1/$2\"\ncat <&3 &\nexec cat >&3\n",
+    )
+    .expect("write");
+    let host = |i: usize| {
+        let (ip, port, _) = &c.hosts[i];
+        format!("HostName {ip}\n  Port {port}\n")
+    };
+    std::fs::write(
+        ssh.join("config"),
+        format!(
+            "Host pc\n  {}  UserKnownHostsFile ~/.ssh/custom_known\n  \
+             ProxyCommand bash {}/proxy.sh %h %p {}/proxied\n  Compression yes\n\
+             Host kh\n  {}  UserKnownHostsFile ~/.ssh/custom_known\n\
+             Host an\n  {}  UserKnownHostsFile ~/.ssh/learned\n  StrictHostKeyChecking accept-new\n\
+             Host fa\n  {}  UserKnownHostsFile ~/.ssh/custom_known\n  ForwardAgent yes\n\
+             Host *\n  Compression yes\n  ServerAliveInterval 5\n",
+            host(3),
+            h.display(),
+            h.display(),
+            host(4),
+            host(5),
+            host(6),
+        ),
+    )
+    .expect("config");
+    let agent = Agent::start(h);
+    let socket = agent.socket.to_string_lossy().into_owned();
+    let run = |hosts: &str, command: &str| {
+        crate::ssh::client_env(
+            h,
+            &["--hosts", hosts, "--order=run", "--", command],
+            None,
+            &[("SSH_AUTH_SOCK", &socket)],
+        )
+    };
+    let out = run("ssh://pc,ssh://kh,ssh://an", "echo hi");
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(
+        crate::ssh::sorted_lines(&out.stdout),
+        ["ssh://an: hi", "ssh://kh: hi", "ssh://pc: hi"],
+        "{out:?}"
+    );
+    assert!(h.join("proxied").exists(), "ProxyCommand not used: {out:?}");
+    let learned = std::fs::read_to_string(ssh.join("learned")).expect("learned");
+    assert!(
+        learned.contains(&format!("[{}]:{}", c.hosts[5].0, c.hosts[5].1)),
+        "{learned}"
+    );
+    assert!(!ssh.join("known_hosts").exists(), "{out:?}");
+    for keyword in ["compression", "serveraliveinterval"] {
+        assert_eq!(
+            out.stderr.matches(&format!("keyword={keyword}")).count(),
+            1,
+            "{out:?}"
+        );
+    }
+    // ForwardAgent: the remote side reaches our agent.
+    let out = run("ssh://fa", "ssh-add -l");
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stdout.contains("ED25519"), "{out:?}");
+    drop(agent);
+}

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | this file | [`SshTransport`] (a [`Transport`]), [`SshOptions`], [`SshError`], [`SshStats`] |
 //! | [`session`] | TCP (or a jump host's channel), handshake, host-key check, authentication, the command |
-//! | [`config`] | the OpenSSH client configuration: `Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump`, `Include` |
+//! | [`config`] | the OpenSSH client configuration: `Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump`, `ProxyCommand`, `ForwardAgent`, `UserKnownHostsFile`, `StrictHostKeyChecking`, `Include` |
 //! | [`known_hosts`] | trusted host keys: known, unknown, changed (mismatch), revoked; appending new ones |
 //! | [`lines`] | output bytes → whole lines; argv → the remote command line (`sudo -n sh -c`) |
 //!
@@ -385,6 +385,9 @@ pub(crate) struct Shared {
     options: SshOptions,
     config: SshConfig,
     known: RwLock<KnownHosts>,
+    /// Hosts' own known_hosts files (`UserKnownHostsFile`), by path, read when first
+    /// needed.
+    known_files: RwLock<HashMap<PathBuf, KnownHosts>>,
     /// Where new host keys go.
     known_file: PathBuf,
     /// Serialises appends to `known_file`.
@@ -421,10 +424,18 @@ impl SshTransport {
             }
         };
         known.load(&known_file)?;
+        for (keyword, file, line) in config.unsupported() {
+            tracing::warn!(
+                keyword = %keyword,
+                at = %format!("{}:{line}", file.display()),
+                "ssh config: keyword not supported; ignored"
+            );
+        }
         let shared = Shared {
             options,
             config,
             known: RwLock::new(known),
+            known_files: RwLock::new(HashMap::new()),
             known_file,
             learn: std::sync::Mutex::new(()),
             keys: tokio::sync::Mutex::new(HashMap::new()),
