@@ -422,9 +422,22 @@ pub struct Args {
     #[arg(long)]
     pub no_pty: bool,
 
+    /// The log lines on standard error: `text`, or `json` (one object per line).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (`time`, `level`, `message`, then the fields).
+    Json,
 }
 
 /// Everything a run needs, validated.
@@ -447,6 +460,8 @@ pub struct Config {
     pub format: Format,
     /// Whether per-host errors are reported on standard error.
     pub quiet: bool,
+    /// `-v`: remote lines tagged with their stream.
+    pub verbose: bool,
     /// `--order=lock` or `--lock`: how the cluster lock is used.
     pub lock: Option<LockMode>,
     /// `--order=deploy`: the waves of the rollout.
@@ -611,6 +626,10 @@ impl Args {
                     // Refuse a missing or odd file now, not once per host; the walk is
                     // kept for the deliveries.
                     let manifest = deploy_common::upload::build_and_keep(&spec)?;
+                    for entry in &manifest.entries {
+                        // -v names every file sent (to every host).
+                        tracing::info!(name = %entry.name, local = %entry.local.display(), "upload");
+                    }
                     let (files, bytes) = manifest.totals();
                     tracing::info!(files, bytes, "files to upload");
                 }
@@ -734,6 +753,7 @@ impl Args {
             concurrency,
             format,
             quiet: self.quiet,
+            verbose: self.verbose > 0 && !self.quiet,
             lock,
             rollout,
         })

@@ -2,7 +2,7 @@
 //! its host, on the stream it came from; a summary of failures on standard error.
 //!
 //! ```text
-//! stdout:  ssh://web01: hello                      (-q: "hello")
+//! stdout:  ssh://web01: hello                      (-q: "hello"; -v: "ssh://web01: <stdout> hello")
 //! stderr:  ssh://web02: tail: cannot open 'x'
 //! stderr:  deploy-client: 10 of 10 hosts failed: code 17 (10 hosts)
 //! ```
@@ -27,6 +27,8 @@ use crate::render;
 /// Renders events in the `lines` format.
 pub struct Lines {
     raw: bool,
+    /// `-v`: each line says its stream after the host (`<stdout>`, `<stderr>`).
+    tagged: bool,
     grouped: bool,
     order: String,
     out: Vec<u8>,
@@ -43,6 +45,7 @@ impl Lines {
     pub fn new(order: &str, raw: bool, grouped: bool) -> Lines {
         Lines {
             raw,
+            tagged: false,
             grouped,
             order: order.to_owned(),
             out: Vec::new(),
@@ -50,6 +53,12 @@ impl Lines {
             held: HashMap::new(),
             streamed: HashSet::new(),
         }
+    }
+
+    /// Tags every line with its stream (`-v`), unless raw.
+    pub fn tagged(mut self, tagged: bool) -> Lines {
+        self.tagged = tagged;
+        self
     }
 
     fn line(&mut self, host: &str, stream: Stream, line: &str) {
@@ -60,6 +69,12 @@ impl Lines {
         if !self.raw {
             buf.extend_from_slice(host.as_bytes());
             buf.extend_from_slice(b": ");
+            if self.tagged {
+                buf.extend_from_slice(match stream {
+                    Stream::Stdout => b"<stdout> ",
+                    Stream::Stderr => b"<stderr> ",
+                });
+            }
         }
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');

@@ -5,6 +5,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`jsonlog`] | `--log-format=json`: log lines as JSON objects |
 //! | [`cli`] | flags (the original's and the new ones) → a validated [`cli::Config`] |
 //! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
 //! | [`prompt`] | secrets (`--password`, passphrases) asked with echo off before the prompt |
@@ -29,6 +30,7 @@
 //! run quietly with 0.
 
 mod cli;
+mod jsonlog;
 mod lines;
 mod lock;
 mod progress;
@@ -70,7 +72,7 @@ fn main() -> ExitCode {
         return code;
     }
     let args: Args = deploy_common::cli::parse();
-    init_tracing(args.log_level());
+    init_tracing(args.log_level(), args.log_format);
     tracing::debug!(
         version = env!("CARGO_PKG_VERSION"),
         "deploy-client starting"
@@ -114,9 +116,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to standard error at the level of the flags, unless `RUST_LOG` says otherwise.
-fn init_tracing(level: &str) {
+/// Logs to standard error at the level of the flags, unless `RUST_LOG` says otherwise,
+/// as text or as JSON lines (`--log-format`).
+fn init_tracing(level: &str, format: cli::LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    if format == cli::LogFormat::Json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(io::stderr)
+            .event_format(jsonlog::JsonFormat)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
@@ -169,6 +180,7 @@ async fn run(config: Config) -> io::Result<u8> {
         concurrency,
         format,
         quiet,
+        verbose,
         lock: _,
         rollout: _,
     } = config;
@@ -189,7 +201,8 @@ async fn run(config: Config) -> io::Result<u8> {
         .unwrap_or_default();
     let mut live = (request.follow && matches!(format, Format::Json | Format::Text))
         .then(|| Live::new(order == "rsync", width));
-    let mut lines = (format == Format::Lines).then(|| lines::Lines::new(&order, quiet, grouped));
+    let mut lines = (format == Format::Lines)
+        .then(|| lines::Lines::new(&order, quiet, grouped).tagged(verbose));
     let fanout = Fanout::new(transport).with_concurrency(concurrency);
     let mut out = BufWriter::new(io::stdout().lock());
     let mut results: Vec<Option<HostResult>> = (0..count).map(|_| None).collect();

@@ -654,3 +654,85 @@ fn ssh_config_proxy_command_known_hosts_strictness_agent() {
     assert!(out.stdout.contains("ED25519"), "{out:?}");
     drop(agent);
 }
+
+/// `-v` tags remote lines with their stream and names each uploaded file;
+/// `--log-format=json` makes every log line a JSON object.
+#[test]
+fn ssh_verbose_tags_streams_and_names_files_and_logs_json() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let host = c.spec(7);
+    let out = crate::ssh::client(
+        home.path(),
+        &[
+            "--hosts",
+            &host,
+            "--order=run",
+            "-v",
+            "--no-pty",
+            "--",
+            "echo out; echo err >&2",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, format!("{host}: <stdout> out\n"), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("{host}: <stderr> err\n")),
+        "{out:?}"
+    );
+
+    let src = home.path().join("src");
+    std::fs::create_dir_all(src.join("d")).expect("mkdir");
+    std::fs::write(src.join("a.txt"), "a").expect("write");
+    std::fs::write(src.join("d/b.txt"), "b").expect("write");
+    let root = format!("--root={}/up", home.path().display());
+    let out = crate::ssh::client_in(
+        home.path(),
+        &src,
+        &[
+            "--hosts",
+            &host,
+            "--order=upload",
+            "-v",
+            "--relative",
+            &root,
+            "--upload=a.txt",
+            "--upload=d",
+        ],
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    for name in ["a.txt", "d/b.txt"] {
+        assert!(
+            out.stderr.contains(&format!("upload name={name} ")),
+            "{name}: {out:?}"
+        );
+    }
+
+    let out = crate::ssh::client(
+        home.path(),
+        &[
+            "--hosts",
+            &host,
+            "--order=run",
+            "-v",
+            "--log-format=json",
+            "--format=jsonl",
+            "--",
+            "echo hi",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let logs: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    assert!(
+        logs.iter().any(|l| l["message"] == "host done"
+            && l["host"] == host.as_str()
+            && l["level"] == "info"),
+        "{logs:?}"
+    );
+}
