@@ -203,6 +203,14 @@ async fn run(config: Config) -> io::Result<u8> {
         .then(|| Live::new(order == "rsync", width));
     let mut lines = (format == Format::Lines)
         .then(|| lines::Lines::new(&order, quiet, grouped).tagged(verbose));
+    // Lines are printed as they come (or spilled, --grouped) and the summary needs
+    // only the codes: no host's output stays in memory once printed. (Not for other
+    // orders: the release orders' replies are parsed.)
+    if let Some(ssh) = &ssh {
+        if lines.is_some() && matches!(order.as_str(), "run" | "upload" | "sync") {
+            ssh.keep_output(0);
+        }
+    }
     let fanout = Fanout::new(transport).with_concurrency(concurrency);
     let mut out = BufWriter::new(io::stdout().lock());
     let mut results: Vec<Option<HostResult>> = (0..count).map(|_| None).collect();

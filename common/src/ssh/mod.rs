@@ -403,6 +403,9 @@ pub(crate) struct Shared {
     hubs: upload::Hubs,
     /// Cancelled by [`SshTransport::interrupt`]: running commands are signalled.
     interrupt: tokio_util::sync::CancellationToken,
+    /// Most output kept per command for its reply's `content` (see
+    /// [`SshTransport::keep_output`]).
+    content_limit: AtomicUsize,
 }
 
 /// A jump host's connection, made once by the first target that needs it.
@@ -444,6 +447,7 @@ impl SshTransport {
             locks: lock::Locks::default(),
             hubs: upload::Hubs::default(),
             interrupt: tokio_util::sync::CancellationToken::new(),
+            content_limit: AtomicUsize::new(session::MAX_CONTENT),
         };
         Ok(SshTransport {
             shared: Arc::new(shared),
@@ -458,6 +462,14 @@ impl SshTransport {
     /// The options.
     pub fn options(&self) -> &SshOptions {
         &self.shared.options
+    }
+
+    /// Keeps at most `bytes` of each command's output for its reply's `content`
+    /// (default [`session::MAX_CONTENT`]); the lines are streamed as events regardless.
+    /// A caller that prints the lines as they come and needs only the exit codes sets
+    /// 0, so that no host's output stays in memory once printed.
+    pub fn keep_output(&self, bytes: usize) {
+        self.shared.content_limit.store(bytes, Ordering::Relaxed);
     }
 
     /// Interrupts every command running through this transport (the user pressed

@@ -1053,6 +1053,7 @@ where
     let mut out = LineSplitter::default();
     let mut err = LineSplitter::default();
     let mut content: Vec<u8> = Vec::new();
+    let limit = shared.content_limit.load(Ordering::Relaxed);
     let mut code: Option<i32> = None;
     loop {
         let message = tokio::select! {
@@ -1113,7 +1114,7 @@ where
                 }
             }
             if keep(stream, &line) {
-                keep_content(&mut content, &line);
+                keep_content(&mut content, &line, limit);
                 let _ = events.send(Event::Line { stream, line }).await;
             }
         }
@@ -1123,7 +1124,7 @@ where
         if let Some(line) = splitter.finish() {
             let line = if pty { untty(line) } else { line };
             if keep(stream, &line) {
-                keep_content(&mut content, &line);
+                keep_content(&mut content, &line, limit);
                 let _ = events.send(Event::Line { stream, line }).await;
             }
         }
@@ -1149,12 +1150,12 @@ fn untty(mut line: String) -> String {
     line
 }
 
-/// Appends `line` and a newline to `content`, up to [`MAX_CONTENT`].
-fn keep_content(content: &mut Vec<u8>, line: &str) {
-    let room = MAX_CONTENT.saturating_sub(content.len());
+/// Appends `line` and a newline to `content`, up to `limit` bytes.
+fn keep_content(content: &mut Vec<u8>, line: &str, limit: usize) {
+    let room = limit.saturating_sub(content.len());
     let bytes = line.as_bytes();
     content.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
-    if content.len() < MAX_CONTENT {
+    if content.len() < limit {
         content.push(b'\n');
     }
 }
