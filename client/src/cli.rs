@@ -367,7 +367,7 @@ pub struct Args {
 
     /// `upload`, `sync`: the remote directory to extract into (created if missing) and
     /// to run the command in; `%h`/`%p` are the host and port as written [sync default:
-    /// a fresh `.deploy-runs/<run>` in the remote home].
+    /// a fresh `.deploy-runs/<run>-%h-%p` in the remote home, removed at the end].
     #[arg(long, value_name = "DIR")]
     pub root: Option<String>,
 
@@ -398,7 +398,7 @@ pub struct Args {
     /// SSH: the file `flock`ed on each host by `lock` and `--lock`, held by a session
     /// of this run: `%n` the lock's name, `%h`/`%p` the host and port as written
     /// (hosts sharing a file system need their own file), `%%` a `%`.
-    #[arg(long, value_name = "PATH", default_value = deploy_common::ssh::lock::DEFAULT_LOCK_FILE)]
+    #[arg(long, value_name = "PATH", env = "DEPLOY_LOCK_FILE", default_value = deploy_common::ssh::lock::DEFAULT_LOCK_FILE)]
     pub lock_file: String,
 
     /// SSH: the client configuration file [default: ~/.ssh/config].
@@ -437,9 +437,44 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
 
+    /// `sync`: keep the default run directory (`~/.deploy-runs/<run>-<host>-<port>`)
+    /// on each host instead of removing it when the tool has ended.
+    #[arg(long)]
+    pub keep_run_dir: bool,
+
+    /// `upload`, `sync`: do not take the cluster lock (taken by default on SSH hosts,
+    /// as orgalorg does).
+    #[arg(long)]
+    pub no_lock: bool,
+
+    /// `--lock` and the default lock of `upload`/`sync`: if the lock cannot be taken
+    /// everywhere, warn (naming the holders) and run the order without it (orgalorg's
+    /// `-t`).
+    #[arg(long)]
+    pub no_lock_fail: bool,
+
+    /// SSH `run`: no terminal for the command. By default a command given no --stdin
+    /// runs on one, as with orgalorg (output streams line by line, `tail -f` ends with
+    /// the run; its stderr then comes on stdout).
+    #[arg(long)]
+    pub no_pty: bool,
+
+    /// The log lines on standard error: `text`, or `json` (one object per line).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (`time`, `level`, `message`, then the fields).
+    Json,
 }
 
 /// Everything a run needs, validated.
@@ -462,6 +497,8 @@ pub struct Config {
     pub format: Format,
     /// Whether per-host errors are reported on standard error.
     pub quiet: bool,
+    /// `-v`: remote lines tagged with their stream.
+    pub verbose: bool,
     /// `--order=lock` or `--lock`: how the cluster lock is used.
     pub lock: Option<LockMode>,
     /// `--order=deploy`: the waves of the rollout.
@@ -570,9 +607,10 @@ impl Args {
             options.keepalive =
                 (self.ssh_keepalive > 0).then(|| Duration::from_secs(self.ssh_keepalive));
             options.lock_file = self.lock_file.clone();
+            options.pty = !self.no_pty;
             if self.password {
                 options.password = Some(
-                    rpassword::prompt_password("SSH password: ")
+                    crate::prompt::secret("SSH password: ")
                         .context("--password needs a terminal to ask on")?,
                 );
             }
@@ -644,10 +682,12 @@ impl Args {
                     bail!("--order={} needs --protocol=v2", self.order.as_str());
                 }
                 let sync = (self.order == OrderArg::Sync).then(|| {
-                    SyncRun::new(
+                    let mut run = SyncRun::new(
                         targets.iter().map(ToString::to_string).collect(),
                         !self.skip_unreachable,
-                    )
+                    );
+                    run.scratch = self.root.is_none() && !self.keep_run_dir;
+                    run
                 });
                 if self.upload.is_empty() && self.order == OrderArg::Upload {
                     bail!("--order=upload needs --upload=PATH (repeatable)");
@@ -666,10 +706,7 @@ impl Args {
                 let root = match (&self.root, &sync) {
                     (Some(root), _) => root.clone(),
                     // The tool is always told its run directory.
-                    (None, Some(run)) => format!(
-                        ".deploy-runs/{}",
-                        run.prefix.trim_start_matches("ORGALORG:")
-                    ),
+                    (None, Some(run)) => run.default_root(),
                     (None, None) => bail!("--order=upload needs --root=DIR"),
                 };
                 let spec = UploadSpec {
@@ -682,6 +719,10 @@ impl Args {
                     // Refuse a missing or odd file now, not once per host; the walk is
                     // kept for the deliveries.
                     let manifest = deploy_common::upload::build_and_keep(&spec)?;
+                    for entry in &manifest.entries {
+                        // -v names every file sent (to every host).
+                        tracing::info!(name = %entry.name, local = %entry.local.display(), "upload");
+                    }
                     let (files, bytes) = manifest.totals();
                     tracing::info!(files, bytes, "files to upload");
                 }
@@ -724,7 +765,18 @@ impl Args {
             bail!("--hosts=- and --stdin=- cannot both read standard input");
         }
         let token = self.token.as_deref();
+        if self.no_lock && self.lock.is_some() {
+            bail!("--lock and --no-lock contradict each other");
+        }
+        // As orgalorg (on SSH hosts; agents keep taking it only with --lock).
+        let default_lock = matches!(self.order, OrderArg::Upload | OrderArg::Sync)
+            && !self.no_lock
+            && targets.iter().all(|t| t.scheme == Scheme::Ssh);
         let lock = match (self.order, &self.lock) {
+            // As orgalorg: files go out under the cluster lock unless told otherwise.
+            (OrderArg::Upload | OrderArg::Sync, None) if default_lock => {
+                Some(LockMode::Around(cluster_lock::spec("", self.lease, token)?))
+            }
             (OrderArg::Lock, None) => Some(LockMode::Only(cluster_lock::spec(
                 &self.options,
                 self.lease,
@@ -742,6 +794,13 @@ impl Args {
             )?)),
             (_, Some(_)) => bail!("--lock is for --order=run, exec, rsync, upload or sync"),
             (_, None) => None,
+        };
+        let lock = match lock {
+            Some(LockMode::Around(spec)) if self.no_lock_fail => Some(LockMode::Loose(spec)),
+            Some(_) if self.no_lock_fail && self.order == OrderArg::Lock => {
+                bail!("--no-lock-fail is for an order run under the lock, not --order=lock")
+            }
+            other => other,
         };
         if lock.is_some() && protocol == Protocol::V1 {
             bail!("the cluster lock needs --protocol=v2");
@@ -820,6 +879,7 @@ impl Args {
             concurrency,
             format,
             quiet: self.quiet,
+            verbose: self.verbose > 0 && !self.quiet,
             lock,
             rollout,
         })
@@ -845,7 +905,7 @@ fn ssh_options() -> SshOptions {
         .filter(|s| !s.is_empty())
         .map(PathBuf::from);
     options.passphrase = Some(Arc::new(|path: &std::path::Path| {
-        rpassword::prompt_password(format!("Enter passphrase for key '{}': ", path.display())).ok()
+        crate::prompt::secret(&format!("Enter passphrase for key '{}': ", path.display())).ok()
     }));
     options
 }

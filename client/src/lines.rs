@@ -2,9 +2,10 @@
 //! its host, on the stream it came from; a summary of failures on standard error.
 //!
 //! ```text
-//! stdout:  ssh://web01: hello                      (-q: "hello", exactly the
-//!                                                    host's bytes: no newline
-//!                                                    added after a last partial line)
+//! stdout:  ssh://web01: hello                      (-q: "hello", exactly the host's
+//!                                                    bytes: no newline added after a
+//!                                                    last partial line;
+//!                                                    -v: "ssh://web01: <stdout> hello")
 //! stderr:  ssh://web02: tail: cannot open 'x'
 //! stderr:  deploy-client: 10 of 10 hosts failed: code 17 (10 hosts)
 //! stderr:  deploy-client: 2 of 10 hosts failed: code 1: ssh://web3, ssh://web7
@@ -27,19 +28,21 @@ use deploy_common::wire::message::{Event, Stream};
 
 use crate::render;
 
-/// A line held back (`--grouped`): its stream, text, and whether it is partial.
-type Held = (Stream, String, bool);
-
 /// Renders events in the `lines` format.
 pub struct Lines {
     raw: bool,
+    /// `-v`: each line says its stream after the host (`<stdout>`, `<stderr>`).
+    tagged: bool,
     grouped: bool,
     order: String,
     out: Vec<u8>,
     err: Vec<u8>,
     /// `--grouped`: per target and host (the agents behind one proxy share its
     /// target), the lines so far.
-    held: HashMap<(usize, String), Vec<Held>>,
+    held: HashMap<(usize, String), Held>,
+    /// `--grouped`: hosts done, whose lines are written at the next flush, in order
+    /// (after `out` and `err`); lines that come meanwhile join the last of them.
+    ready: Vec<Held>,
     /// Targets and hosts that streamed at least one line.
     streamed: HashSet<(usize, String)>,
 }
@@ -49,34 +52,67 @@ impl Lines {
     pub fn new(order: &str, raw: bool, grouped: bool) -> Lines {
         Lines {
             raw,
+            tagged: false,
             grouped,
             order: order.to_owned(),
             out: Vec::new(),
             err: Vec::new(),
             held: HashMap::new(),
+            ready: Vec::new(),
             streamed: HashSet::new(),
         }
     }
 
-    fn line(&mut self, host: &str, stream: Stream, line: &str) {
-        self.text(host, stream, line, false);
+    /// Tags every line with its stream (`-v`), unless raw.
+    pub fn tagged(mut self, tagged: bool) -> Lines {
+        self.tagged = tagged;
+        self
     }
 
-    /// One line, or with `partial` the last text of a stream that had no newline
-    /// after it: raw (`-q`), none is added, so the output is copied exactly.
-    fn text(&mut self, host: &str, stream: Stream, line: &str, partial: bool) {
-        let buf = match stream {
-            Stream::Stdout => &mut self.out,
-            Stream::Stderr => &mut self.err,
-        };
+    /// Appends `line` of `host`, formatted, to `buf`; with `partial` (the last text of
+    /// a stream that had no newline after it) and raw (`-q`), no newline is added, so
+    /// the output is copied exactly.
+    fn format(&self, buf: &mut Vec<u8>, host: &str, stream: Stream, line: &str, partial: bool) {
         if !self.raw {
             buf.extend_from_slice(host.as_bytes());
             buf.extend_from_slice(b": ");
+            if self.tagged {
+                buf.extend_from_slice(match stream {
+                    Stream::Stdout => b"<stdout> ",
+                    Stream::Stderr => b"<stderr> ",
+                });
+            }
         }
         buf.extend_from_slice(line.as_bytes());
         if !(self.raw && partial) {
             buf.push(b'\n');
         }
+    }
+
+    /// A line to write at the next flush (after the hosts already done, if any).
+    fn line(&mut self, host: &str, stream: Stream, line: &str) {
+        self.text(host, stream, line, false);
+    }
+
+    /// A line, or a last partial one, to write at the next flush.
+    fn text(&mut self, host: &str, stream: Stream, line: &str, partial: bool) {
+        let mut buf = std::mem::take(match stream {
+            Stream::Stdout => &mut self.out,
+            Stream::Stderr => &mut self.err,
+        });
+        if self.ready.is_empty() {
+            self.format(&mut buf, host, stream, line, partial);
+        } else {
+            let mut formatted = Vec::new();
+            self.format(&mut formatted, host, stream, line, partial);
+            if let Some(last) = self.ready.last_mut() {
+                last.push(stream, &formatted);
+            }
+        }
+        *match stream {
+            Stream::Stdout => &mut self.out,
+            Stream::Stderr => &mut self.err,
+        } = buf;
     }
 
     /// Takes one streamed event.
@@ -91,10 +127,12 @@ impl Lines {
         };
         self.streamed.insert((index, host.to_owned()));
         if self.grouped {
+            let mut formatted = Vec::new();
+            self.format(&mut formatted, host, *stream, line, *partial);
             self.held
                 .entry((index, host.to_owned()))
                 .or_default()
-                .push((*stream, line.clone(), *partial));
+                .push(*stream, &formatted);
         } else {
             self.text(host, *stream, line, *partial);
         }
@@ -116,17 +154,13 @@ impl Lines {
                 .collect();
             for orphan in orphans {
                 if let Some(held) = self.held.remove(&orphan) {
-                    for (stream, line, partial) in held {
-                        self.text(&orphan.1, stream, &line, partial);
-                    }
+                    self.ready.push(held);
                 }
             }
         }
         let key = (result.index, result.host.clone());
         if let Some(held) = self.held.remove(&key) {
-            for (stream, line, partial) in held {
-                self.text(&result.host, stream, &line, partial);
-            }
+            self.ready.push(held);
             return;
         }
 
@@ -183,25 +217,127 @@ impl Lines {
         }
     }
 
-    /// Bytes waiting to be written.
+    /// Bytes waiting to be written (a host done counts as much as a flush needs).
     pub fn buffered(&self) -> usize {
-        self.out.len() + self.err.len()
+        let ready = if self.ready.is_empty() {
+            0
+        } else {
+            usize::MAX / 2
+        };
+        self.out.len() + self.err.len() + ready
     }
 
-    /// Writes what is buffered.
+    /// Writes what is buffered, then the lines of the hosts done (`--grouped`).
     pub fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
-        if !self.out.is_empty() {
-            out.write_all(&self.out)?;
-            out.flush()?;
-            self.out.clear();
-        }
-        if !self.err.is_empty() {
-            let mut err = io::stderr().lock();
-            err.write_all(&self.err)?;
-            err.flush()?;
-            self.err.clear();
+        write_both(out, &mut self.out, &mut self.err)?;
+        for held in std::mem::take(&mut self.ready) {
+            held.write(out)?;
         }
         Ok(())
+    }
+}
+
+/// Writes `stdout` to `out` and `stderr` to the standard error, and empties them.
+fn write_both(out: &mut impl Write, stdout: &mut Vec<u8>, stderr: &mut Vec<u8>) -> io::Result<()> {
+    if !stdout.is_empty() {
+        out.write_all(stdout)?;
+        out.flush()?;
+        stdout.clear();
+    }
+    if !stderr.is_empty() {
+        let mut err = io::stderr().lock();
+        err.write_all(stderr)?;
+        err.flush()?;
+        stderr.clear();
+    }
+    Ok(())
+}
+
+/// Bytes of one host's held lines (`--grouped`) kept in memory; past them the host's
+/// lines go to an unnamed temporary file, so that memory stays bounded whatever the
+/// hosts print.
+const SPILL_AT: usize = 128 << 10;
+
+/// One host's formatted lines, held until it is done (`--grouped`): records of a
+/// stream tag (`o`, `e`) and the line with its newline, in memory up to [`SPILL_AT`]
+/// bytes, then in a temporary file.
+#[derive(Default)]
+struct Held {
+    mem: Vec<u8>,
+    file: Option<io::BufWriter<std::fs::File>>,
+}
+
+impl Held {
+    fn push(&mut self, stream: Stream, formatted: &[u8]) {
+        let tag = match stream {
+            Stream::Stdout => b'o',
+            Stream::Stderr => b'e',
+        };
+        if let Some(file) = &mut self.file {
+            let written = file
+                .write_all(&[tag])
+                .and_then(|()| file.write_all(formatted));
+            match written {
+                Ok(()) => return,
+                Err(e) => {
+                    // Lines already in the file would be lost: give up holding them.
+                    tracing::warn!(cause = %e, "--grouped: cannot write the temporary file");
+                }
+            }
+        }
+        self.mem.push(tag);
+        self.mem.extend_from_slice(formatted);
+        if self.mem.len() > SPILL_AT && self.file.is_none() {
+            match tempfile::tempfile() {
+                Ok(file) => {
+                    let mut file = io::BufWriter::with_capacity(64 << 10, file);
+                    if file.write_all(&self.mem).is_ok() {
+                        self.mem = Vec::new();
+                        self.file = Some(file);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(cause = %e, "--grouped: no temporary file; held in memory")
+                }
+            }
+        }
+    }
+
+    /// Writes the lines: stdout's to `out`, stderr's to the standard error.
+    fn write(self, out: &mut impl Write) -> io::Result<()> {
+        use std::io::{BufRead as _, Seek as _};
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut take = |record: &[u8], out: &mut dyn Write| -> io::Result<()> {
+            let Some((tag, line)) = record.split_first() else {
+                return Ok(());
+            };
+            match tag {
+                b'e' => stderr.extend_from_slice(line),
+                _ => stdout.extend_from_slice(line),
+            }
+            if stdout.len() + stderr.len() >= 64 << 10 {
+                write_both(&mut &mut *out, &mut stdout, &mut stderr)?;
+            }
+            Ok(())
+        };
+        match self.file {
+            None => {
+                for record in self.mem.split_inclusive(|&b| b == b'\n') {
+                    take(record, out)?;
+                }
+            }
+            Some(file) => {
+                let mut file = file.into_inner().map_err(io::IntoInnerError::into_error)?;
+                file.rewind()?;
+                let mut reader = io::BufReader::with_capacity(64 << 10, file);
+                let mut record = Vec::new();
+                while reader.read_until(b'\n', &mut record)? > 0 {
+                    take(&record, out)?;
+                    record.clear();
+                }
+            }
+        }
+        write_both(out, &mut stdout, &mut stderr)
     }
 }
 
@@ -388,14 +524,19 @@ mod tests {
             line: s.into(),
             partial: false,
         };
+        let flushed = |l: &mut Lines| {
+            let mut out = Vec::new();
+            l.flush(&mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
         let mut l = Lines::new("run", false, true);
         l.event(0, "a", &line("1"));
         l.event(1, "b", &line("x"));
         l.event(0, "a", &line("2"));
-        assert!(l.out.is_empty());
+        assert_eq!(flushed(&mut l), "");
         l.done(&result(1, "b", exited(0)), true);
         l.done(&result(0, "a", exited(0)), true);
-        assert_eq!(String::from_utf8_lossy(&l.out), "b: x\na: 1\na: 2\n");
+        assert_eq!(flushed(&mut l), "b: x\na: 1\na: 2\n");
 
         // Behind a proxy (one target, index 0): each agent's lines together under its
         // name; an agent whose result never came is printed when the proxy ends.
@@ -404,9 +545,26 @@ mod tests {
         l.event(0, "y", &line("y1"));
         l.event(0, "x", &line("x2"));
         l.done(&result(0, "x", exited(0)), false);
-        assert_eq!(String::from_utf8_lossy(&l.out), "x: x1\nx: x2\n");
+        assert_eq!(flushed(&mut l), "x: x1\nx: x2\n");
         l.done(&result(0, "px", exited(0)), true);
-        assert_eq!(String::from_utf8_lossy(&l.out), "x: x1\nx: x2\ny: y1\n");
+        assert_eq!(flushed(&mut l), "y: y1\n");
+
+        // A host's lines past the bound go to a temporary file, and come back whole,
+        // in order, after the lines of the host done before it.
+        let mut l = Lines::new("run", false, true);
+        let many: Vec<String> = (0..20_000).map(|n| format!("line {n:>40}")).collect();
+        l.event(1, "small", &line("s"));
+        for text in &many {
+            l.event(0, "big", &line(text));
+        }
+        assert!(l.held[&(0, "big".to_owned())].file.is_some(), "not spilled");
+        assert!(l.held[&(0, "big".to_owned())].mem.len() <= SPILL_AT);
+        l.done(&result(1, "small", exited(0)), true);
+        l.done(&result(0, "big", exited(0)), true);
+        let expected: String = std::iter::once("small: s\n".to_owned())
+            .chain(many.iter().map(|t| format!("big: {t}\n")))
+            .collect();
+        assert_eq!(flushed(&mut l), expected);
 
         let mut l = Lines::new("run", true, false);
         l.event(
@@ -433,6 +591,6 @@ mod tests {
         let mut prefixed = Lines::new("run", false, true);
         prefixed.event(0, "a", &partial);
         prefixed.done(&result(0, "a", exited(0)), true);
-        assert_eq!(String::from_utf8_lossy(&prefixed.out), "a: abc\n");
+        assert_eq!(flushed(&mut prefixed), "a: abc\n");
     }
 }

@@ -10,8 +10,9 @@
 //!        │ SIGINT / SIGTERM
 //!   release, exit 0
 //!
-//! --order=exec|run|rsync --lock[=NAME]
-//!   lock as above (exit 4, printing nothing on stdout) ─► run the order while
+//! --order=exec|run|rsync|upload|sync --lock[=NAME]   (upload, sync: by default; --no-lock)
+//!   lock as above (exit 4, printing nothing on stdout; --no-lock-fail: warn and run
+//!   the order without the lock) ─► run the order while
 //!   heartbeating ─► release ─► the order's exit status
 //!   lost mid-run: the order's deliveries are dropped (cancelled), release, exit 5
 //!   SIGINT / SIGTERM mid-run: likewise, exit 130
@@ -62,8 +63,11 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub enum LockMode {
     /// `--order=lock`: hold it until interrupted.
     Only(LockSpec),
-    /// `--lock`: hold it while the order runs.
+    /// `--lock` (and `upload`/`sync` by default): hold it while the order runs.
     Around(LockSpec),
+    /// As `Around`, but a lock that cannot be taken everywhere is only a warning: the
+    /// order then runs without it (`--no-lock-fail`, orgalorg's `-t`).
+    Loose(LockSpec),
 }
 
 /// Builds the lock's description from the flags: the name (`""` = `deploy`), the lease,
@@ -110,9 +114,10 @@ fn holder() -> String {
 
 /// Runs `config`'s order under the lock `mode`; returns the exit status.
 pub async fn run(mut config: Config, mode: LockMode) -> io::Result<u8> {
-    let (spec, only) = match mode {
-        LockMode::Only(spec) => (spec, true),
-        LockMode::Around(spec) => (spec, false),
+    let (spec, only, loose) = match mode {
+        LockMode::Only(spec) => (spec, true, false),
+        LockMode::Around(spec) => (spec, false, false),
+        LockMode::Loose(spec) => (spec, false, true),
     };
     let (format, quiet) = (config.format, config.quiet);
     let mut signals = Signals::new()?;
@@ -147,6 +152,10 @@ pub async fn run(mut config: Config, mode: LockMode) -> io::Result<u8> {
             );
             targets.retain(|t| !unreachable.contains(&t.to_string().as_str()));
             config.targets = targets.clone();
+            // A sync run meets only the hosts it is delivered to.
+            if let Some(run) = config.request.sync.as_mut() {
+                run.nodes.retain(|n| !unreachable.contains(&n.as_str()));
+            }
             acquired = tokio::select! {
                 acquired = locker.acquire(targets.clone()) => acquired,
                 () = signals.recv() => {
@@ -159,13 +168,18 @@ pub async fn run(mut config: Config, mode: LockMode) -> io::Result<u8> {
     }
     let held = match acquired {
         Ok(held) => Arc::new(held),
+        Err(refused) if loose => {
+            report_refusal(&name, &refused, quiet, true);
+            let (status, _) = run_order(config, &mut signals, std::future::pending()).await;
+            return status;
+        }
         Err(refused) => {
             if only {
                 let results: Vec<&HostResult> =
                     refused.attempts.iter().map(|a| &a.result).collect();
                 print_results(format, &results)?;
             }
-            report_refusal(&name, &refused, quiet);
+            report_refusal(&name, &refused, quiet, false);
             return Ok(EXIT_LOCK_NOT_ACQUIRED);
         }
     };
@@ -193,23 +207,10 @@ pub async fn run(mut config: Config, mode: LockMode) -> io::Result<u8> {
             lost = heartbeat.lost() => (Ok(EXIT_LOCK_LOST), Some(lost)),
         }
     } else {
-        let ssh = config.ssh.clone();
-        let order = crate::run(config);
-        tokio::pin!(order);
-        let (status, lost, finished) = tokio::select! {
-            status = &mut order => (status, None, true),
-            () = signals.recv() => {
-                eprintln!("deploy-client: interrupted; releasing lock {name}");
-                (Ok(EXIT_INTERRUPTED), None, false)
-            }
-            lost = heartbeat.lost() => (Ok(EXIT_LOCK_LOST), Some(lost), false),
-        };
-        // Stop the commands on SSH hosts (SIGINT, then SIGKILL) before the lock goes,
-        // rather than just dropping their connections.
-        if let (Some(ssh), false) = (&ssh, finished) {
-            ssh.interrupt();
-            let grace = deploy_common::ssh::session::KILL_AFTER + std::time::Duration::from_secs(2);
-            let _ = tokio::time::timeout(grace, &mut order).await;
+        let lost = heartbeat.lost();
+        let (status, lost) = run_order(config, &mut signals, lost).await;
+        if lost.is_none() && status.as_ref().is_ok_and(|s| *s == EXIT_INTERRUPTED) {
+            eprintln!("deploy-client: interrupted; releasing lock {name}");
         }
         (status, lost)
     };
@@ -221,6 +222,30 @@ pub async fn run(mut config: Config, mode: LockMode) -> io::Result<u8> {
     let unreleased = held.release().await;
     report_unreleased(&name, held.spec().lease, &unreleased, quiet);
     status
+}
+
+/// Runs the order of `config` until it ends, a signal comes (exit 130) or `lost`
+/// resolves (exit 5, with what was lost). An order cut short has its commands on SSH
+/// hosts stopped (SIGINT, then SIGKILL) rather than just its connections dropped.
+async fn run_order(
+    config: Config,
+    signals: &mut Signals,
+    lost: impl std::future::Future<Output = Lost>,
+) -> (io::Result<u8>, Option<Lost>) {
+    let ssh = config.ssh.clone();
+    let order = crate::run(config);
+    tokio::pin!(order);
+    let (status, lost, finished) = tokio::select! {
+        status = &mut order => (status, None, true),
+        () = signals.recv() => (Ok(EXIT_INTERRUPTED), None, false),
+        lost = lost => (Ok(EXIT_LOCK_LOST), Some(lost), false),
+    };
+    if let (Some(ssh), false) = (&ssh, finished) {
+        ssh.interrupt();
+        let grace = deploy_common::ssh::session::KILL_AFTER + std::time::Duration::from_secs(2);
+        let _ = tokio::time::timeout(grace, &mut order).await;
+    }
+    (status, lost)
 }
 
 /// Prints the lock results in the chosen format (like any order's).
@@ -247,8 +272,9 @@ fn print_results(format: Format, results: &[&HostResult]) -> io::Result<()> {
 }
 
 /// One line per host that did not grant the lock (unless quiet), then a summary naming
-/// the holders.
-fn report_refusal(name: &LockName, refused: &NotAcquired, quiet: bool) {
+/// the holders; only warnings if the order goes on without the lock (`loose`).
+fn report_refusal(name: &LockName, refused: &NotAcquired, quiet: bool, loose: bool) {
+    let level = if loose { "warning" } else { "error" };
     let mut holders: Vec<&str> = Vec::new();
     let mut count = 0;
     for attempt in refused.refusals() {
@@ -260,7 +286,7 @@ fn report_refusal(name: &LockName, refused: &NotAcquired, quiet: bool) {
         }
         if !quiet {
             eprintln!(
-                "deploy-client: error: {}: {}",
+                "deploy-client: {level}: {}: {}",
                 attempt.result.host, attempt.state
             );
         }
@@ -271,8 +297,13 @@ fn report_refusal(name: &LockName, refused: &NotAcquired, quiet: bool) {
         format!(" (held by {})", holders.join(", "))
     };
     eprintln!(
-        "deploy-client: error: lock {name} not acquired on {count} of {} hosts{by}; released where it was taken",
-        refused.attempts.len()
+        "deploy-client: {level}: lock {name} not acquired on {count} of {} hosts{by}; released where it was taken{}",
+        refused.attempts.len(),
+        if loose {
+            "; running without it (--no-lock-fail)"
+        } else {
+            ""
+        }
     );
     for (host, why) in &refused.unreleased {
         eprintln!("deploy-client: warning: {host}: lock {name} not released: {why}");

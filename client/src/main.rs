@@ -5,9 +5,11 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`jsonlog`] | `--log-format=json`: log lines as JSON objects |
 //! | [`cli`] | flags (the original's and the new ones) → a validated [`cli::Config`] |
 //! | [`defaults`] | `~/.config/deploy/client.ini`, `/etc/deploy/client.ini`: defaults under the flags |
 //! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
+//! | [`prompt`] | secrets (`--password`, passphrases) asked with echo off before the prompt |
 //! | [`progress`] | `--follow`: streamed lines and rsync progress bars on standard error |
 //! | [`lock`] | `--order=lock` and `--lock`: the cluster lock, its heartbeat and release |
 //! | [`lines`] | the `lines` format (default for `run`): live, host-prefixed output; failure summary |
@@ -30,9 +32,11 @@
 
 mod cli;
 mod defaults;
+mod jsonlog;
 mod lines;
 mod lock;
 mod progress;
+mod prompt;
 mod render;
 mod rollout;
 mod ssh_release;
@@ -72,7 +76,7 @@ fn main() -> ExitCode {
         return code;
     }
     let mut args: Args = deploy_common::cli::parse();
-    init_tracing(args.log_level());
+    init_tracing(args.log_level(), args.log_format);
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(std::path::PathBuf::from);
@@ -127,9 +131,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to standard error at the level of the flags, unless `RUST_LOG` says otherwise.
-fn init_tracing(level: &str) {
+/// Logs to standard error at the level of the flags, unless `RUST_LOG` says otherwise,
+/// as text or as JSON lines (`--log-format`).
+fn init_tracing(level: &str, format: cli::LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    if format == cli::LogFormat::Json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(io::stderr)
+            .event_format(jsonlog::JsonFormat)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
@@ -182,6 +195,7 @@ async fn run(config: Config) -> io::Result<u8> {
         concurrency,
         format,
         quiet,
+        verbose,
         lock: _,
         rollout: _,
     } = config;
@@ -202,7 +216,16 @@ async fn run(config: Config) -> io::Result<u8> {
         .unwrap_or_default();
     let mut live = (request.follow && matches!(format, Format::Json | Format::Text))
         .then(|| Live::new(order == "rsync", width));
-    let mut lines = (format == Format::Lines).then(|| lines::Lines::new(&order, quiet, grouped));
+    let mut lines = (format == Format::Lines)
+        .then(|| lines::Lines::new(&order, quiet, grouped).tagged(verbose));
+    // Lines are printed as they come (or spilled, --grouped) and the summary needs
+    // only the codes: no host's output stays in memory once printed. (Not for other
+    // orders: the release orders' replies are parsed.)
+    if let Some(ssh) = &ssh {
+        if lines.is_some() && matches!(order.as_str(), "run" | "upload" | "sync") {
+            ssh.keep_output(0);
+        }
+    }
     let fanout = Fanout::new(transport).with_concurrency(concurrency);
     let mut out = BufWriter::new(io::stdout().lock());
     let mut results: Vec<Option<HostResult>> = (0..count).map(|_| None).collect();
@@ -417,6 +440,7 @@ async fn run(config: Config) -> io::Result<u8> {
     // Deterministic documents: by host, not by arrival or command-line order.
     if matches!(format, Format::Json | Format::Text) {
         render::sort_by_host(&mut done);
+        render::sort_by_host(&mut shown);
     }
     match format {
         Format::Json => render::write_perl_pretty(&mut out, &render::document(&order, &shown))?,

@@ -28,12 +28,17 @@ pub(crate) fn client(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output
     client_env(home, args, stdin, &[])
 }
 
-fn client_env(home: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
+pub(crate) fn client_env(
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> Output {
     client_at(home, None, args, stdin, env)
 }
 
 /// Runs deploy-client like [`client`], in the directory `cwd`.
-fn client_in(home: &Path, cwd: &Path, args: &[&str]) -> Output {
+pub(crate) fn client_in(home: &Path, cwd: &Path, args: &[&str]) -> Output {
     client_at(home, Some(cwd), args, None, &[])
 }
 
@@ -51,6 +56,7 @@ fn client_at(
     cmd.args(args)
         .env("HOME", home)
         .env("USER", "root")
+        .env("DEPLOY_LOCK_FILE", lock_file(home))
         .env_remove("SSH_AUTH_SOCK")
         .env_remove("DEPLOY_KEY_CIPHER")
         .env_remove("DEPLOY_API_KEY")
@@ -102,7 +108,13 @@ fn client_at(
     }
 }
 
-fn sorted_lines(text: &str) -> Vec<String> {
+/// The lock file template of the tests in `home`: the ten sshd share one /tmp, so
+/// each host needs its own file (upload and sync take the lock by default).
+pub(crate) fn lock_file(home: &Path) -> String {
+    format!("{}/%h-%p-%n.lock", home.display())
+}
+
+pub(crate) fn sorted_lines(text: &str) -> Vec<String> {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     lines.sort();
     lines
@@ -164,6 +176,8 @@ fn ssh_ten_thousand_lines_per_host_never_interleave() {
             "--hosts",
             &hosts,
             "--order=run",
+            // Without a terminal, whose stderr would be its stdout.
+            "--no-pty",
             "--",
             "seq -f 'line %g of the test, padded to be long enough to span packets' 1 10000; echo done >&2",
         ],
@@ -846,6 +860,7 @@ fn ssh_jsonl_events_and_grouped_output() {
             &hosts,
             "--order=run",
             "--format=jsonl",
+            "--no-pty",
             "--",
             "echo out; echo err >&2",
         ],
@@ -1002,6 +1017,7 @@ fn running(home: &Path, args: &[&str]) -> crate::util::Running {
     let mut cmd = crate::util::command(args);
     cmd.env("HOME", home)
         .env("USER", "root")
+        .env("DEPLOY_LOCK_FILE", lock_file(home))
         .env_remove("SSH_AUTH_SOCK");
     crate::util::Running::start(cmd)
 }
@@ -1367,9 +1383,13 @@ fn ssh_sync_two_phase_barrier() {
         "protocol lines are not output: {out:?}"
     );
 
-    // Strict: an unreachable host aborts the run before START; loose: it is left out.
+    // Strict: an unreachable host stops the run at the cluster lock (taken by
+    // default); without the lock it aborts the run before START; loose: it is left out.
     let with_dead = format!("{hosts},{}", dead_host());
     let out = s.sync(&with_dead, &[]);
+    assert_eq!(out.status, 4, "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    let out = s.sync(&with_dead, &["--no-lock"]);
     assert_eq!(out.status, 3, "{out:?}");
     assert!(!out.stdout.contains("phase1"), "{out:?}");
     assert_eq!(
@@ -1420,7 +1440,7 @@ fn ssh_sync_nothing_starts_before_start_and_a_failed_tool_ends_the_run() {
 
     // Strict, with an unreachable host: nothing is uploaded and no tool starts
     // anywhere (`started` is the tool's first act, before it reads anything).
-    let out = s.sync(&format!("{hosts},{}", dead_host()), &[]);
+    let out = s.sync(&format!("{hosts},{}", dead_host()), &["--no-lock"]);
     assert_eq!(out.status, 3, "{out:?}");
     for i in 0..HOSTS {
         let dir = host_root(c, &s.base, i);
@@ -1736,6 +1756,7 @@ fn ssh_strict_upload_starts_nowhere_unless_every_host_connects() {
     std::fs::write(src.join("one.txt"), "one\n").expect("write");
     let base = home.path().join("up");
     let root = format!("--root={}/%h-%p", base.display());
+    // Without the default lock (whose refusal, exit 4, would come first).
     let args = [
         "--hosts",
         &hosts,
@@ -1743,6 +1764,7 @@ fn ssh_strict_upload_starts_nowhere_unless_every_host_connects() {
         "--relative",
         "--upload=one.txt",
         &root,
+        "--no-lock",
         "--",
         "cat one.txt",
     ];

@@ -9,6 +9,7 @@
 
 mod lock;
 mod ssh;
+mod ssh_orgalorg;
 mod ssh_release;
 mod util;
 

@@ -13,10 +13,14 @@
 //! * `<prefix>` is `ORGALORG:<unix nanoseconds>`, fresh for every run, so that tools
 //!   written for orgalorg work unchanged; a tool should read it from the HELLO line.
 //! * Unlike orgalorg, the NODE lines carry the prefix too, and the tool is always told
-//!   its run directory: it starts there, and `DEPLOY_RUN_DIR` names it.
-//! * `<node>` is the host as written on the command line (`ssh://…`).
-//! * Lines of the tool that do not start with the prefix are its output, shown with its
-//!   host like `run`'s; its standard error is passed through the same way.
+//!   its run directory: it starts there, and `DEPLOY_RUN_DIR` names it. The default
+//!   one, `~/.deploy-runs/<nanoseconds>-<host>-<port>`, is per host and removed when
+//!   the host's tool has ended (unless kept).
+//! * `<node>` is `[user@host:port]` as orgalorg writes it: the host as written on the
+//!   command line, with the user and port it is reached with.
+//! * Lines of the tool other than `<prefix> SYNC …` are its output (also lines that
+//!   start with the prefix, e.g. a tool echoing what it was told), shown with its host
+//!   like `run`'s; its standard error is passed through the same way.
 //! * A tool that exits before reading HELLO is fine (a plain command works).
 //! * HELLO is sent once every host's tool has started. In strict mode, a host that
 //!   cannot be reached or fails its upload aborts the run before HELLO (every tool gets
@@ -26,6 +30,9 @@
 //! The reply is `upload`'s ([`super::upload`]), with the tool's exit code.
 
 use serde::{Deserialize, Serialize};
+
+/// Where the default run directories are, relative to the remote home.
+pub const RUNS_DIR: &str = ".deploy-runs";
 
 /// One sync run: its prefix and the hosts taking part.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +44,10 @@ pub struct SyncRun {
     /// Abort every host if one cannot start (otherwise unreachable hosts are left out).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// The run directory is this run's own (the default `.deploy-runs/<run>-<host>-<port>`):
+    /// each host removes it when its tool has ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scratch: bool,
 }
 
 impl SyncRun {
@@ -50,7 +61,18 @@ impl SyncRun {
             prefix: format!("ORGALORG:{nanos}"),
             nodes,
             strict,
+            scratch: false,
         }
+    }
+
+    /// The default run directory of this run on a host, relative to the remote home:
+    /// per host (`%h-%p`), so that hosts sharing their home directory (NFS) do not
+    /// extract into one directory.
+    pub fn default_root(&self) -> String {
+        format!(
+            "{RUNS_DIR}/{}-%h-%p",
+            self.prefix.trim_start_matches("ORGALORG:")
+        )
     }
 
     /// The opening lines for `node`: HELLO, a NODE line per host of `nodes`
@@ -65,8 +87,9 @@ impl SyncRun {
         text
     }
 
-    /// Reads a line of a tool: `Some(description)` for `<prefix> SYNC <description>`,
-    /// `None` for output (or another protocol line, ignored).
+    /// Reads a line of a tool: `Some(Some(description))` for `<prefix> SYNC
+    /// <description>`, `Some(None)` for another line with the prefix, `None` for a line
+    /// without it.
     pub fn sync_request<'a>(&self, line: &'a str) -> Option<Option<&'a str>> {
         let rest = line.strip_prefix(&self.prefix)?.strip_prefix(' ')?;
         Some(match rest.split_once(' ') {
@@ -93,7 +116,9 @@ mod tests {
             prefix: "ORGALORG:1".into(),
             nodes: vec!["a".into(), "b".into()],
             strict: true,
+            scratch: false,
         };
+        assert_eq!(run.default_root(), ".deploy-runs/1-%h-%p");
         assert_eq!(
             run.opening(&run.nodes, "b"),
             "ORGALORG:1 HELLO\nORGALORG:1 NODE a\nORGALORG:1 NODE b CURRENT\nORGALORG:1 START\n"

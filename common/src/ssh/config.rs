@@ -9,6 +9,10 @@
 //!     Port 2222
 //!     IdentityFile ~/.ssh/deploy_ed25519   # repeatable; ~ and %d %u %h %r %p %% expand
 //!     ProxyJump bastion,ssh://root@10.1.0.1:2200   # or `none`
+//!     ProxyCommand nc %h %p           # `sh -c`, its stdio the connection (or `none`)
+//!     ForwardAgent yes                # ssh-agent forwarded (when SSH_AUTH_SOCK is set)
+//!     UserKnownHostsFile ~/.ssh/known_hosts.d/%h   # the first file: checked, appended to
+//!     StrictHostKeyChecking accept-new             # yes|ask (refuse), accept-new, no|off
 //! Include config.d/*                  # relative to ~/.ssh; inlined where it stands
 //! Match all                           # `Match all` and `Match host a,b` are understood;
 //!     User fallback                   # any other Match block is skipped
@@ -16,7 +20,9 @@
 //!
 //! As in OpenSSH, keywords are case-insensitive, `Keyword=value` is accepted, and for
 //! each keyword the first value obtained wins (so specific blocks go first and `Host *`
-//! last); `IdentityFile` accumulates. Keywords other than those above are ignored.
+//! last); `IdentityFile` accumulates. Other keywords are ignored, each named once in a
+//! warning ([`SshConfig::unsupported`]). Command-line flags (`--known-hosts`,
+//! `--accept-new-host-keys`) win over the file.
 
 #![deny(
     clippy::unwrap_used,
@@ -77,10 +83,39 @@ fn include_files(word: &str, home: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The keywords this client follows; any other is warned about (once) and ignored.
+const UNDERSTOOD: &[&str] = &[
+    "host",
+    "match",
+    "include",
+    "hostname",
+    "user",
+    "port",
+    "identityfile",
+    "proxyjump",
+    "proxycommand",
+    "forwardagent",
+    "userknownhostsfile",
+    "stricthostkeychecking",
+];
+
 /// A parsed configuration file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SshConfig {
     blocks: Vec<Block>,
+    /// Keywords not followed: each once, where first seen (file, line).
+    unsupported: Vec<(String, PathBuf, usize)>,
+}
+
+/// `StrictHostKeyChecking`: what to do with a host key in no known_hosts file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrictHostKeys {
+    /// `yes`, `ask` (nobody is asked: refused, as `yes`).
+    Refuse,
+    /// `accept-new`: recorded, then trusted.
+    AcceptNew,
+    /// `no`, `off`: recorded, then trusted (a changed key is refused regardless).
+    No,
 }
 
 /// One `Host`/`Match` block (the lines before the first one form a block that matches
@@ -122,6 +157,14 @@ pub struct HostConfig {
     pub identity_files: Vec<String>,
     /// `ProxyJump`: the jump hosts, outermost first (empty for none).
     pub proxy_jump: Vec<String>,
+    /// `ProxyCommand`, unexpanded (`%h`, `%p`, `%r`, `%%`); `None` for none.
+    pub proxy_command: Option<String>,
+    /// `ForwardAgent yes`.
+    pub forward_agent: bool,
+    /// `UserKnownHostsFile` (its first file), unexpanded (see [`expand_path`]).
+    pub known_hosts: Option<String>,
+    /// `StrictHostKeyChecking`.
+    pub strict_host_keys: Option<StrictHostKeys>,
 }
 
 impl SshConfig {
@@ -157,6 +200,7 @@ impl SshConfig {
                 selector: Selector::All,
                 params: Vec::new(),
             }],
+            unsupported: Vec::new(),
         }
     }
 
@@ -224,10 +268,23 @@ impl SshConfig {
                     if keyword == "port" {
                         parse_port(value).map_err(|reason| bad(number, reason))?;
                     }
-                    let value = if keyword == "proxyjump" {
-                        words.join(" ")
-                    } else {
-                        value.clone()
+                    if keyword == "stricthostkeychecking" {
+                        strict(value).map_err(|reason| bad(number, reason))?;
+                    }
+                    if keyword == "forwardagent" {
+                        yes_no(value).map_err(|reason| bad(number, reason))?;
+                    }
+                    if !UNDERSTOOD.contains(&keyword.as_str())
+                        && !self.unsupported.iter().any(|(k, _, _)| *k == keyword)
+                    {
+                        self.unsupported
+                            .push((keyword.clone(), path.to_owned(), number));
+                    }
+                    let value = match keyword.as_str() {
+                        "proxyjump" => words.join(" "),
+                        // A command line for `sh -c`, as written.
+                        "proxycommand" => rest.to_owned(),
+                        _ => value.clone(),
                     };
                     if let Some(block) = self.blocks.last_mut() {
                         block.params.push((keyword, value));
@@ -243,6 +300,7 @@ impl SshConfig {
         let name = host.to_ascii_lowercase();
         let mut out = HostConfig::default();
         let (mut host_name, mut user, mut port, mut jump) = (None, None, None, None);
+        let (mut command, mut forward, mut known, mut checking) = (None, None, None, None);
         for block in self.blocks.iter().filter(|b| b.selector.selects(&name)) {
             for (keyword, value) in &block.params {
                 match keyword.as_str() {
@@ -257,6 +315,16 @@ impl SshConfig {
                     "proxyjump" => {
                         jump.get_or_insert_with(|| value.clone());
                     }
+                    "proxycommand" => {
+                        command.get_or_insert_with(|| value.clone());
+                    }
+                    "forwardagent" if forward.is_none() => forward = yes_no(value).ok(),
+                    "userknownhostsfile" => {
+                        known.get_or_insert_with(|| value.clone());
+                    }
+                    "stricthostkeychecking" if checking.is_none() => {
+                        checking = strict(value).ok();
+                    }
                     _ => {}
                 }
             }
@@ -264,6 +332,10 @@ impl SshConfig {
         out.host_name = host_name;
         out.user = user;
         out.port = port;
+        out.proxy_command = command.filter(|c| !c.eq_ignore_ascii_case("none"));
+        out.forward_agent = forward.unwrap_or(false);
+        out.known_hosts = known.filter(|k| !k.eq_ignore_ascii_case("none"));
+        out.strict_host_keys = checking;
         out.proxy_jump = match jump {
             Some(j) if !j.eq_ignore_ascii_case("none") => j
                 .split(',')
@@ -274,6 +346,35 @@ impl SshConfig {
             _ => Vec::new(),
         };
         out
+    }
+}
+
+impl SshConfig {
+    /// The keywords this client does not follow, each once with where it was first
+    /// seen, for a warning.
+    pub fn unsupported(&self) -> &[(String, PathBuf, usize)] {
+        &self.unsupported
+    }
+}
+
+/// `StrictHostKeyChecking`'s value.
+fn strict(value: &str) -> Result<StrictHostKeys, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "yes" | "ask" => Ok(StrictHostKeys::Refuse),
+        "accept-new" => Ok(StrictHostKeys::AcceptNew),
+        "no" | "off" => Ok(StrictHostKeys::No),
+        _ => Err(format!(
+            "StrictHostKeyChecking {value:?}: yes, ask, accept-new, no or off"
+        )),
+    }
+}
+
+/// A `yes`/`no` value.
+fn yes_no(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "yes" | "true" => Ok(true),
+        "no" | "false" => Ok(false),
+        _ => Err(format!("{value:?}: yes or no")),
     }
 }
 

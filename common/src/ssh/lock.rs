@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! lock (no session yet)   new connection, session channel:
-//!   sh -c 'l=FILE; h=HOLDER; open FILE on fd 9;
-//!          flock -n -x 9 && { write HOLDER into FILE; echo acquired; exec cat; }
-//!          echo "locked $(first line of FILE)"'
+//!   sh -c 'l=FILE; h=HOLDER; open FILE on fd 9, FILE.meta on fd 8; flock -x 8;
+//!          flock -n -x 9 && { write HOLDER into FILE.holder; unlock 8; echo acquired; exec cat; }
+//!          r=$(first line of FILE.holder); unlock 8; echo "locked $r"'
 //!   "acquired"        ─► 200 grant (kept: connection + channel, by host and lock name)
 //!   "locked bob@b:7"  ─► 423 held by bob@b:7
 //!   "error …"/EOF     ─► 500 with the reason (no flock, unwritable file…)
@@ -111,18 +111,27 @@ pub fn lock_path(template: &str, name: &str, target: &Target) -> String {
 /// (never truncated: it may be any file, as with orgalorg) and must not be a symbolic
 /// link; the holder's label goes to `<file>.holder`, written to a fresh temporary file
 /// and renamed over it, so that no planted link is followed.
+///
+/// The label is written and read under a second lock, on `<file>.meta` (held for
+/// milliseconds, never by `cat`): taking the lock and writing the label are one step
+/// for the others, and a refused locker reads the label of the holder that refused it,
+/// never the previous (dead) holder's record that the new holder was about to replace.
 fn script(path: &str, holder: &str) -> String {
     format!(
-        "l={path}; h={holder}; \
+        "l={path}; h={holder}; m=\"$l.meta\"; \
          command -v flock >/dev/null 2>&1 || {{ echo 'error flock(1) is not installed'; exit 0; }}; \
          [ -L \"$l\" ] && {{ echo \"error $l is a symbolic link\"; exit 0; }}; \
+         [ -L \"$m\" ] && {{ echo \"error $m is a symbolic link\"; exit 0; }}; \
          ( : >>\"$l\" ) 2>/dev/null || {{ echo \"error cannot open $l for writing\"; exit 0; }}; \
-         exec 9>>\"$l\"; \
+         ( : >>\"$m\" ) 2>/dev/null || {{ echo \"error cannot open $m for writing\"; exit 0; }}; \
+         exec 9>>\"$l\" 8>>\"$m\"; \
+         flock -w 10 -x 8 || {{ echo \"error cannot lock $m\"; exit 0; }}; \
          if flock -n -x 9; then \
            t=$(mktemp \"$l.holder.XXXXXX\" 2>/dev/null) && printf '%s\\n' \"$h\" >\"$t\" && mv -f \"$t\" \"$l.holder\"; \
-           echo acquired; exec cat; \
+           exec 8>&-; echo acquired; exec cat; \
          fi; \
-         printf 'locked %s\\n' \"$(head -n 1 \"$l.holder\" 2>/dev/null)\"",
+         r=$(head -n 1 \"$l.holder\" 2>/dev/null); exec 8>&-; \
+         printf 'locked %s\\n' \"$r\"",
         path = quote(path),
         holder = quote(holder),
     )

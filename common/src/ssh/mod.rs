@@ -7,7 +7,7 @@
 //! |---|---|
 //! | this file | [`SshTransport`] (a [`Transport`]), [`SshOptions`], [`SshError`], [`SshStats`] |
 //! | [`session`] | TCP (or a jump host's channel), handshake, host-key check, authentication, the command |
-//! | [`config`] | the OpenSSH client configuration: `Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump`, `Include` |
+//! | [`config`] | the OpenSSH client configuration: `Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump`, `ProxyCommand`, `ForwardAgent`, `UserKnownHostsFile`, `StrictHostKeyChecking`, `Include` |
 //! | [`known_hosts`] | trusted host keys: known, unknown, changed (mismatch), revoked; appending new ones |
 //! | [`lines`] | output bytes → whole lines; argv → the remote command line (`sudo -n sh -c`) |
 //!
@@ -106,6 +106,8 @@ pub struct SshOptions {
     /// The file `flock(1)`ed on each host by `lock`: `%n` the lock's name, `%h` and `%p`
     /// the host and port as written, `%%` a `%` (see [`lock`]).
     pub lock_file: String,
+    /// `run` without standard input gets a terminal (see [`session::exec`]).
+    pub pty: bool,
 }
 
 impl SshOptions {
@@ -125,6 +127,7 @@ impl SshOptions {
             deadline: None,
             keepalive: None,
             lock_file: lock::DEFAULT_LOCK_FILE.to_owned(),
+            pty: false,
         }
     }
 }
@@ -382,6 +385,9 @@ pub(crate) struct Shared {
     options: SshOptions,
     config: SshConfig,
     known: RwLock<KnownHosts>,
+    /// Hosts' own known_hosts files (`UserKnownHostsFile`), by path, read when first
+    /// needed.
+    known_files: RwLock<HashMap<PathBuf, KnownHosts>>,
     /// Where new host keys go.
     known_file: PathBuf,
     /// Serialises appends to `known_file`.
@@ -397,6 +403,9 @@ pub(crate) struct Shared {
     hubs: upload::Hubs,
     /// Cancelled by [`SshTransport::interrupt`]: running commands are signalled.
     interrupt: tokio_util::sync::CancellationToken,
+    /// Most output kept per command for its reply's `content` (see
+    /// [`SshTransport::keep_output`]).
+    content_limit: AtomicUsize,
 }
 
 /// A jump host's connection, made once by the first target that needs it.
@@ -418,10 +427,18 @@ impl SshTransport {
             }
         };
         known.load(&known_file)?;
+        for (keyword, file, line) in config.unsupported() {
+            tracing::warn!(
+                keyword = %keyword,
+                at = %format!("{}:{line}", file.display()),
+                "ssh config: keyword not supported; ignored"
+            );
+        }
         let shared = Shared {
             options,
             config,
             known: RwLock::new(known),
+            known_files: RwLock::new(HashMap::new()),
             known_file,
             learn: std::sync::Mutex::new(()),
             keys: tokio::sync::Mutex::new(HashMap::new()),
@@ -430,6 +447,7 @@ impl SshTransport {
             locks: lock::Locks::default(),
             hubs: upload::Hubs::default(),
             interrupt: tokio_util::sync::CancellationToken::new(),
+            content_limit: AtomicUsize::new(session::MAX_CONTENT),
         };
         Ok(SshTransport {
             shared: Arc::new(shared),
@@ -450,6 +468,14 @@ impl SshTransport {
     /// same for every spelling of one host (the client counts each host once).
     pub fn endpoint(&self, target: &Target) -> String {
         self.shared.endpoint(target)
+    }
+
+    /// Keeps at most `bytes` of each command's output for its reply's `content`
+    /// (default [`session::MAX_CONTENT`]); the lines are streamed as events regardless.
+    /// A caller that prints the lines as they come and needs only the exit codes sets
+    /// 0, so that no host's output stays in memory once printed.
+    pub fn keep_output(&self, bytes: usize) {
+        self.shared.content_limit.store(bytes, Ordering::Relaxed);
     }
 
     /// Interrupts every command running through this transport (the user pressed
@@ -501,7 +527,9 @@ impl Shared {
                 Err(reply) => return Ok(reply),
             };
             self.stats.connected.fetch_add(1, Ordering::Relaxed);
-            session::run(&session, &command, stdin, &events, self).await
+            // As orgalorg: a terminal for a command given no input (unless turned off).
+            let pty = self.options.pty && stdin.is_none();
+            session::run(&session, &command, stdin, pty, &events, self).await
         };
         self.bounded(target, work).await
     }

@@ -35,13 +35,13 @@ use russh::keys::{
     decode_secret_key, Algorithm, EcdsaCurve, HashAlg, PrivateKey, PrivateKeyWithHashAlg,
     PublicKeyOrCertificate,
 };
-use russh::{kex, ChannelMsg, ChannelWriteHalf, Preferred, Sig};
+use russh::{kex, ChannelMsg, ChannelWriteHalf, Preferred, Pty, Sig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{lookup_host, TcpStream};
 use tokio::sync::mpsc;
 
-use super::config::{expand_path, Tokens};
-use super::known_hosts::{self, Check};
+use super::config::{expand_path, StrictHostKeys, Tokens};
+use super::known_hosts::{self, Check, KnownHosts};
 use super::lines::LineSplitter;
 use super::{Shared, SshError, SshStats};
 use crate::order::run::ran as ran_body;
@@ -103,12 +103,22 @@ struct Hop {
     port: u16,
     user: String,
     identities: Vec<(PathBuf, bool)>,
+    /// `ProxyCommand`, expanded: run to reach the host (when there is no jump host).
+    proxy_command: Option<String>,
+    /// `ForwardAgent yes`.
+    forward_agent: bool,
+    /// `UserKnownHostsFile`, expanded: this hop's known_hosts instead of the run's.
+    known_file: Option<PathBuf>,
+    /// `StrictHostKeyChecking`.
+    strict: Option<StrictHostKeys>,
 }
 
 /// An authenticated connection, with the jump connections it runs through.
 pub struct Session {
     handle: Handle<Checker>,
     _jumps: Vec<Arc<JumpHandle>>,
+    /// Ask for the ssh-agent to be forwarded on each command's channel.
+    forward_agent: bool,
 }
 
 impl Session {
@@ -126,6 +136,12 @@ pub struct Checker {
     shared: Arc<Shared>,
     host: String,
     port: u16,
+    /// This hop's `UserKnownHostsFile`, if any.
+    known_file: Option<PathBuf>,
+    /// This hop's `StrictHostKeyChecking`, if any.
+    strict: Option<StrictHostKeys>,
+    /// Serve the server's agent channels from this ssh-agent (`ForwardAgent`).
+    agent: Option<PathBuf>,
 }
 
 impl Shared {
@@ -158,10 +174,16 @@ impl Shared {
             jumps.push(handle);
         }
         let handle = match jumps.last() {
-            None => {
-                let tcp = self.tcp(&hop.host, hop.port).await?;
-                self.handshake(&hop, tcp).await?
-            }
+            None => match &hop.proxy_command {
+                Some(command) => {
+                    let stream = proxy_command(command, &hop)?;
+                    self.handshake(&hop, stream).await?
+                }
+                None => {
+                    let tcp = self.tcp(&hop.host, hop.port).await?;
+                    self.handshake(&hop, tcp).await?
+                }
+            },
             Some(previous) => {
                 let stream = tunnel(previous, &hop).await?;
                 self.handshake(&hop, stream).await?
@@ -170,6 +192,7 @@ impl Shared {
         Ok(Session {
             handle,
             _jumps: jumps,
+            forward_agent: hop.forward_agent && self.options.agent_socket.is_some(),
         })
     }
 
@@ -184,6 +207,19 @@ impl Shared {
             hop.host.to_ascii_lowercase(),
             hop.port
         )
+    }
+
+    /// `[user@host:port]`: the host as written, with the user and port it is reached
+    /// with (from the target, else ssh_config, else the defaults).
+    pub(super) fn node_name(&self, target: &Target) -> String {
+        let port = target.port_given().then_some(target.port);
+        let hop = self.hop(&target.host, target.user.as_deref(), port, "");
+        let host = if target.host.contains(':') {
+            format!("[{}]", target.host)
+        } else {
+            target.host.clone()
+        };
+        format!("[{}@{host}:{}]", hop.user, hop.port)
     }
 
     /// A hop for `host` (as written), with the configuration applied under what the
@@ -220,12 +256,31 @@ impl Shared {
                 identities.push((self.options.home.join(".ssh").join(default), false));
             }
         }
+        let proxy_command = config
+            .proxy_command
+            .as_deref()
+            .map(|raw| expand_path(raw, &tokens).to_string_lossy().into_owned());
+        // The command line's --known-hosts wins over the file's.
+        let known_file = match &self.options.known_hosts {
+            Some(_) => None,
+            None => config
+                .known_hosts
+                .as_deref()
+                .map(|raw| expand_path(raw, &tokens)),
+        };
+        if config.forward_agent && self.options.agent_socket.is_none() {
+            tracing::warn!(host = %host, "ForwardAgent yes, but no ssh-agent (SSH_AUTH_SOCK): not forwarded");
+        }
         Hop {
             label: label.to_owned(),
             host: name,
             port,
             user,
             identities,
+            proxy_command,
+            forward_agent: config.forward_agent,
+            known_file,
+            strict: config.strict_host_keys,
         }
     }
 
@@ -318,11 +373,9 @@ impl Shared {
     }
 
     fn client_config(&self, hop: &Hop) -> Arc<client::Config> {
-        let known = self
-            .known
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .algorithms(&hop.host, hop.port);
+        let known = self.with_known(hop.known_file.as_deref(), |k| {
+            k.algorithms(&hop.host, hop.port)
+        });
         let mut keys: Vec<Algorithm> = Vec::new();
         for algorithm in known {
             if matches!(algorithm, Algorithm::Rsa { .. }) {
@@ -369,6 +422,13 @@ impl Shared {
             shared: Arc::clone(self),
             host: hop.host.clone(),
             port: hop.port,
+            known_file: hop.known_file.clone(),
+            strict: hop.strict,
+            agent: self
+                .options
+                .agent_socket
+                .clone()
+                .filter(|_| hop.forward_agent),
         };
         let config = self.client_config(hop);
         let limit = self.options.connect_timeout;
@@ -498,12 +558,40 @@ impl Shared {
         loaded
     }
 
+    /// Runs `f` on the known hosts of `file` (a `UserKnownHostsFile`, read once; an
+    /// unreadable one is empty, with a warning), or on the run's when `None`.
+    fn with_known<R>(&self, file: Option<&Path>, f: impl FnOnce(&KnownHosts) -> R) -> R {
+        let Some(file) = file else {
+            return f(&self.known.read().unwrap_or_else(PoisonError::into_inner));
+        };
+        {
+            let stores = self
+                .known_files
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(store) = stores.get(file) {
+                return f(store);
+            }
+        }
+        let mut store = KnownHosts::default();
+        if let Err(e) = store.load(file) {
+            tracing::warn!(cause = %e, "UserKnownHostsFile not read");
+        }
+        let mut stores = self
+            .known_files
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(stores.entry(file.to_owned()).or_insert(store))
+    }
+
     /// The host-key verdict for `host`/`port`, appending a new key if so configured.
     fn check_key(
         &self,
         host: &str,
         port: u16,
         key: &PublicKeyOrCertificate,
+        file: Option<&Path>,
+        strict: Option<StrictHostKeys>,
     ) -> Result<(), SshError> {
         let name = known_hosts::lookup_name(host, port);
         let key = match key {
@@ -512,11 +600,11 @@ impl Shared {
                 return Err(SshError::HostCertificate { host: name })
             }
         };
-        let verdict = self
-            .known
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check(host, port, key);
+        let verdict = self.with_known(file, |k| k.check(host, port, key));
+        let known_file = file.unwrap_or(&self.known_file).to_owned();
+        // --accept-new-host-keys, or the file's StrictHostKeyChecking accept-new/no.
+        let accept_new = self.options.accept_new_host_keys
+            || matches!(strict, Some(StrictHostKeys::AcceptNew | StrictHostKeys::No));
         let fingerprint = known_hosts::fingerprint(key);
         let algorithm = key.algorithm().to_string();
         match verdict {
@@ -534,35 +622,43 @@ impl Shared {
                 file,
                 line,
             }),
-            Check::Unknown if !self.options.accept_new_host_keys => Err(SshError::UnknownHostKey {
+            Check::Unknown if !accept_new => Err(SshError::UnknownHostKey {
                 host: name,
                 algorithm,
                 fingerprint,
-                file: self.known_file.clone(),
+                file: known_file,
             }),
             Check::Unknown => {
                 let _guard = self.learn.lock().unwrap_or_else(PoisonError::into_inner);
                 // Another connection to the same host may have just learned it.
-                let again = self
-                    .known
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .check(host, port, key);
+                let again = self.with_known(file, |k| k.check(host, port, key));
                 if again == Check::Known {
                     return Ok(());
                 }
-                known_hosts::append(&self.known_file, host, port, key).map_err(|cause| {
+                known_hosts::append(&known_file, host, port, key).map_err(|cause| {
                     SshError::Learn {
                         host: name.clone(),
-                        file: self.known_file.clone(),
+                        file: known_file.clone(),
                         cause,
                     }
                 })?;
-                self.known
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remember(host, port, key, &self.known_file);
-                tracing::warn!(host = %name, key = %fingerprint, file = %self.known_file.display(), "new host key recorded");
+                match file {
+                    None => self
+                        .known
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remember(host, port, key, &known_file),
+                    Some(file) => {
+                        let mut stores = self
+                            .known_files
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        if let Some(store) = stores.get_mut(file) {
+                            store.remember(host, port, key, &known_file);
+                        }
+                    }
+                }
+                tracing::warn!(host = %name, key = %fingerprint, file = %known_file.display(), "new host key recorded");
                 Ok(())
             }
         }
@@ -710,6 +806,73 @@ fn load_key(
     }
 }
 
+/// `ProxyCommand`: `sh -c COMMAND`, whose standard input and output are the
+/// connection to `hop` (its standard error is the user's); it is killed with the
+/// connection.
+fn proxy_command(command: &str, hop: &Hop) -> Result<ProxyStream, SshError> {
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SshError::Connect {
+            address: format!("{}:{}", hop.host, hop.port),
+            cause: format!("ProxyCommand {command:?}: {e}"),
+        })?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(SshError::Connect {
+            address: format!("{}:{}", hop.host, hop.port),
+            cause: format!("ProxyCommand {command:?}: no pipes"),
+        });
+    };
+    Ok(ProxyStream {
+        io: tokio::io::join(stdout, stdin),
+        _child: child,
+    })
+}
+
+/// The connection made by a `ProxyCommand`: its pipes, and the process (killed when
+/// this is dropped).
+pub struct ProxyStream {
+    io: tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>,
+    _child: tokio::process::Child,
+}
+
+impl AsyncRead for ProxyStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ProxyStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// A `direct-tcpip` channel from `through` to `hop`, as a byte stream.
 async fn tunnel(
     through: &Handle<Checker>,
@@ -732,18 +895,53 @@ impl client::Handler for Checker {
         &mut self,
         server_public_key: &PublicKeyOrCertificate,
     ) -> Result<bool, SshError> {
-        self.shared
-            .check_key(&self.host, self.port, server_public_key)?;
+        self.shared.check_key(
+            &self.host,
+            self.port,
+            server_public_key,
+            self.known_file.as_deref(),
+            self.strict,
+        )?;
         Ok(true)
+    }
+
+    /// `ForwardAgent`: the server's agent channel is joined to the local ssh-agent;
+    /// refused unless forwarding was asked for this host.
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), SshError> {
+        let Some(socket) = self.agent.clone() else {
+            tracing::warn!(host = %self.host, "refused an agent channel: ForwardAgent is off for this host");
+            drop(reply);
+            return Ok(());
+        };
+        reply.accept().await;
+        tokio::spawn(async move {
+            match tokio::net::UnixStream::connect(&socket).await {
+                Ok(mut agent) => {
+                    let mut remote = channel.into_stream();
+                    let _ = tokio::io::copy_bidirectional(&mut agent, &mut remote).await;
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, socket = %socket.display(), "ssh-agent not reachable for forwarding")
+                }
+            }
+        });
+        Ok(())
     }
 }
 
 /// Runs `command` on a new session channel: `stdin` (if any) is sent then EOF, output
-/// lines are streamed as `events`, and the reply carries the exit code.
+/// lines are streamed as `events`, and the reply carries the exit code. With `pty`, the
+/// command runs on a terminal ([`exec`]).
 pub(super) async fn run(
     session: &Session,
     command: &str,
     stdin: Option<Vec<u8>>,
+    pty: bool,
     events: &mpsc::Sender<Event>,
     shared: &Shared,
 ) -> Result<Reply, SshError> {
@@ -753,7 +951,7 @@ pub(super) async fn run(
         }
         Ok(true)
     };
-    let ran = exec(session, command, events, shared, feed, |_, _| true).await?;
+    let ran = exec(session, command, pty, events, shared, feed, |_, _| true).await?;
     if let Err(why) = &ran.fed {
         tracing::debug!(cause = %why, "stdin not fully sent");
     }
@@ -782,9 +980,16 @@ pub(super) struct Ran {
 /// it is still there after [`KILL_AFTER`]: a stop the command can clean up after, whose
 /// output is kept, rather than whatever the server does with a command whose
 /// connection is gone (OpenSSH 9.2 ends it; servers differ).
+///
+/// With `pty`, the command gets a terminal (`xterm`, 80×40, echo off, no CR added to
+/// newlines), as orgalorg's commands do: a program that buffers its output when not
+/// on a terminal streams it line by line, and `tail -f` and the like end with the
+/// session. Its standard error is then the terminal too: every line comes as stdout;
+/// the end of its input is the terminal's end-of-file character (`^D`).
 pub(super) async fn exec<F, Fut>(
     session: &Session,
     command: &str,
+    pty: bool,
     events: &mpsc::Sender<Event>,
     shared: &Shared,
     feed: F,
@@ -802,6 +1007,24 @@ where
     // so that an interrupt can reach the command. A child `sh` says it as `$PPID`, in
     // syntax that bash, dash, csh and fish all read the same way.
     let mark = pid_mark();
+    if pty {
+        writer
+            .request_pty(
+                false,
+                "xterm",
+                80,
+                40,
+                0,
+                0,
+                &[(Pty::ECHO, 0), (Pty::ONLCR, 0)],
+            )
+            .await?;
+    }
+    if session.forward_agent {
+        writer.agent_forward(false).await?;
+    }
+    // On a terminal the pid line comes on stdout, like everything else.
+    let mark_stream = if pty { Stream::Stdout } else { Stream::Stderr };
     writer
         .exec(
             false,
@@ -809,7 +1032,7 @@ where
         )
         .await?;
     let mut group: Option<u32> = None;
-    let mut first_err = true;
+    let mut first_line = true;
     let stats = &*shared.stats;
     stats.running.fetch_add(1, Ordering::Relaxed);
     let running = Running(stats);
@@ -826,7 +1049,14 @@ where
     let feed_writer = Arc::clone(&writer);
     let feed = async move {
         let eof = feed(Arc::clone(&feed_writer)).await?;
-        if eof {
+        if eof && pty {
+            // A terminal has no end of input (sshd ignores EOF on one): its end-of-file
+            // character tells a reader, as on a real terminal.
+            feed_writer
+                .data_bytes(&b"\x04"[..])
+                .await
+                .map_err(|e| e.to_string())?;
+        } else if eof {
             feed_writer.eof().await.map_err(|e| e.to_string())?;
         }
         Ok::<(), String>(())
@@ -836,6 +1066,7 @@ where
     let mut out = LineSplitter::default();
     let mut err = LineSplitter::default();
     let mut content: Vec<u8> = Vec::new();
+    let limit = shared.content_limit.load(Ordering::Relaxed);
     let mut code: Option<i32> = None;
     loop {
         let message = tokio::select! {
@@ -888,14 +1119,15 @@ where
             Stream::Stderr => &mut err,
         };
         for line in splitter.push(&data) {
-            if stream == Stream::Stderr && std::mem::take(&mut first_err) {
+            let line = if pty { untty(line) } else { line };
+            if stream == mark_stream && std::mem::take(&mut first_line) {
                 if let Some(pid) = line.strip_prefix(&mark) {
                     group = pid.trim().parse().ok().filter(|&p| p > 1);
                     continue;
                 }
             }
             if keep(stream, &line) {
-                keep_content(&mut content, &line);
+                keep_content(&mut content, &line, limit);
                 let _ = events
                     .send(Event::Line {
                         stream,
@@ -909,8 +1141,9 @@ where
     drop(running);
     for (stream, splitter) in [(Stream::Stdout, &mut out), (Stream::Stderr, &mut err)] {
         if let Some(line) = splitter.finish() {
+            let line = if pty { untty(line) } else { line };
             if keep(stream, &line) {
-                keep_content(&mut content, &line);
+                keep_content(&mut content, &line, limit);
                 let _ = events
                     .send(Event::Line {
                         stream,
@@ -933,12 +1166,21 @@ where
     }
 }
 
-/// Appends `line` and a newline to `content`, up to [`MAX_CONTENT`].
-fn keep_content(content: &mut Vec<u8>, line: &str) {
-    let room = MAX_CONTENT.saturating_sub(content.len());
+/// A line read from a terminal without the carriage return a program may have put
+/// before its newline.
+fn untty(mut line: String) -> String {
+    if line.ends_with('\r') {
+        line.pop();
+    }
+    line
+}
+
+/// Appends `line` and a newline to `content`, up to `limit` bytes.
+fn keep_content(content: &mut Vec<u8>, line: &str, limit: usize) {
+    let room = limit.saturating_sub(content.len());
     let bytes = line.as_bytes();
     content.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
-    if content.len() < MAX_CONTENT {
+    if content.len() < limit {
         content.push(b'\n');
     }
 }

@@ -18,7 +18,8 @@
 //! its files or has failed (strict: any failure aborts before any tool starts; loose:
 //! unreachable hosts are left out), gives each HELLO/NODE/START, and relays each SYNC
 //! to all. A tool that fails after START ends the others' input (EOF), since they could
-//! wait at a barrier for it forever. A file that cannot be sent whole fails its host,
+//! wait at a barrier for it forever. The default run directory (per host) is removed
+//! when the host's tool has ended, unless kept. A file that cannot be sent whole fails its host,
 //! but what was extracted before stays on it (there is no staging directory).
 
 #![deny(
@@ -37,7 +38,7 @@ use super::lines::{quote, shell};
 use super::session::{self, Session};
 use super::{Shared, SshError};
 use crate::order::run::ran;
-use crate::order::sync::SyncRun;
+use crate::order::sync::{SyncRun, RUNS_DIR};
 use crate::order::upload::sent;
 use crate::order::{Reply, Request};
 use crate::target::{expand, Target};
@@ -56,6 +57,8 @@ impl Shared {
         events: &mpsc::Sender<Event>,
     ) -> Result<Reply, SshError> {
         let node = target.to_string();
+        // How the tools name this host: `[user@host:port]`, as orgalorg does.
+        let name = self.node_name(target);
         let sync = match (&request.order[..], &request.sync) {
             ("sync", Some(run)) => Some((self.hub(run), run)),
             ("sync", None) => {
@@ -107,7 +110,7 @@ impl Shared {
                 return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
             }
             let command = shell(&format!("{cd}{{\n{command}\n}}"), request.sudo);
-            let reply = session::run(&session, &command, None, events, self).await?;
+            let reply = session::run(&session, &command, None, false, events, self).await?;
             return Ok(match reply.body {
                 crate::order::Body::Json(body) if reply.code == 200 => {
                     Reply::ok(sent(body, &root, files, sent_bytes))
@@ -124,18 +127,20 @@ impl Shared {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let mut decided = hub.decided.subscribe();
         if let Some(member) = &mut member {
-            member.join(tx);
+            member.join(tx, &name);
         }
         let nodes = match Hub::wait(&mut decided).await {
             Ok(nodes) => nodes,
             Err(why) => {
                 let mut content = Vec::new();
                 say(events, &mut content, &format!("sync: {why}")).await;
+                self.remove_run_dir(&session, run, &root, request.sudo, events)
+                    .await;
                 let body = ran(1, &tool, &content);
                 return Ok(Reply::ok(sent(body, &root, files, sent_bytes)));
             }
         };
-        let opening = run.opening(&nodes, &node);
+        let opening = run.opening(&hub.names(&nodes), &name);
         let feed = |writer: Arc<russh::ChannelWriteHalf<russh::client::Msg>>| async move {
             let send = |text: String| {
                 let writer = Arc::clone(&writer);
@@ -160,14 +165,16 @@ impl Shared {
             }
             match run.sync_request(line) {
                 None => true,
+                // A SYNC request is relayed; any other line is output, even one
+                // that starts with the prefix (a tool echoing what it was told).
                 Some(Some(description)) => {
-                    relay.broadcast(&node, description);
+                    relay.broadcast(&name, description);
                     false
                 }
-                Some(None) => false,
+                Some(None) => true,
             }
         };
-        let ran_tool = session::exec(&session, &tool, events, self, feed, keep).await;
+        let ran_tool = session::exec(&session, &tool, false, events, self, feed, keep).await;
         let (mut code, mut content) = match &ran_tool {
             Ok(ran) => (ran.code, ran.content.clone()),
             Err(e) => (255, format!("{e}\n").into_bytes()),
@@ -183,6 +190,8 @@ impl Shared {
             }
         }
         ran_tool?;
+        self.remove_run_dir(&session, run, &root, request.sudo, events)
+            .await;
         Ok(Reply::ok(sent(
             ran(code, &tool, &content),
             &root,
@@ -268,6 +277,38 @@ impl Shared {
         })
     }
 
+    /// Removes the run's own directory from the host once its tool has ended
+    /// ([`SyncRun::scratch`]), and `~/.deploy-runs` if that leaves it empty. A failure
+    /// is only a warning: the run's result stands.
+    async fn remove_run_dir(
+        &self,
+        session: &Session,
+        run: &SyncRun,
+        root: &str,
+        sudo: bool,
+        events: &mpsc::Sender<Event>,
+    ) {
+        if !run.scratch || root.is_empty() {
+            return;
+        }
+        let command = shell(
+            &format!(
+                "rm -rf -- {r} && {{ rmdir -- {d} 2>/dev/null; true; }}",
+                r = quote(root),
+                d = quote(RUNS_DIR),
+            ),
+            sudo,
+        );
+        let done = |_| async { Ok(true) };
+        match session::exec(session, &command, false, events, self, done, |_, _| false).await {
+            Ok(ended) if ended.code == 0 => {}
+            Ok(ended) => {
+                tracing::warn!(dir = %root, code = ended.code, "cannot remove the run directory")
+            }
+            Err(e) => tracing::warn!(dir = %root, cause = %e, "cannot remove the run directory"),
+        }
+    }
+
     /// The hub of `run`, made by the first host of the run.
     fn hub(&self, run: &SyncRun) -> Arc<Hub> {
         self.hub_at(&run.prefix, run)
@@ -316,7 +357,7 @@ impl Shared {
         };
         let mut decided = hub.decided.subscribe();
         // Nobody reads this queue: the connect barrier relays no SYNC lines.
-        member.join(mpsc::unbounded_channel().0);
+        member.join(mpsc::unbounded_channel().0, &node);
         let decision = Hub::wait(&mut decided).await;
         member.ended(true, "connected");
         Ok(match decision {
@@ -361,7 +402,7 @@ impl Shared {
             count.store(sent, std::sync::atomic::Ordering::Relaxed);
             Ok(true)
         };
-        let ran = session::exec(session, &command, events, self, feed, |_, _| true).await?;
+        let ran = session::exec(session, &command, false, events, self, feed, |_, _| true).await?;
         Ok((ran, counted.load(std::sync::atomic::Ordering::Relaxed)))
     }
 }
@@ -406,6 +447,8 @@ struct HubState {
     pending: HashSet<String>,
     /// Hosts ready (then running their tool), and their input queue.
     ready: HashMap<String, mpsc::UnboundedSender<String>>,
+    /// How the tools name each host that joined (`[user@host:port]`).
+    names: HashMap<String, String>,
     /// Hosts that failed before START: why, and whether only because unreachable.
     gone: Vec<(String, String, bool)>,
     /// Why the run was aborted after START (a tool failed), and by which host.
@@ -444,9 +487,10 @@ impl Hub {
     }
 
     /// `node` has its files and waits for START; its input is `queue`.
-    fn join(&self, node: &str, queue: mpsc::UnboundedSender<String>) {
+    fn join(&self, node: &str, queue: mpsc::UnboundedSender<String>, name: &str) {
         let mut state = self.state();
         state.pending.remove(node);
+        state.names.insert(node.to_owned(), name.to_owned());
         state.ready.insert(node.to_owned(), queue);
         self.decide(&state);
     }
@@ -513,7 +557,16 @@ impl Hub {
         self.decided.send_replace(Some(decision));
     }
 
-    /// Relays `node`'s SYNC to every running tool.
+    /// The tools' names of `nodes` (hosts as written).
+    fn names(&self, nodes: &[String]) -> Vec<String> {
+        let state = self.state();
+        nodes
+            .iter()
+            .map(|n| state.names.get(n).cloned().unwrap_or_else(|| n.clone()))
+            .collect()
+    }
+
+    /// Relays `node`'s SYNC (`node` as the tools name it) to every running tool.
     fn broadcast(&self, node: &str, description: &str) {
         tracing::debug!(node, description, "sync");
         let line = self.run.sync_line(node, description);
@@ -548,8 +601,8 @@ impl Member {
         }
     }
 
-    fn join(&mut self, queue: mpsc::UnboundedSender<String>) {
-        self.hub.join(&self.node, queue);
+    fn join(&mut self, queue: mpsc::UnboundedSender<String>, name: &str) {
+        self.hub.join(&self.node, queue, name);
         self.joined = true;
     }
 
