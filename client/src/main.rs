@@ -67,10 +67,10 @@ fn main() -> ExitCode {
     if let Some(code) = generate() {
         return code;
     }
-    let args: Args = deploy_common::cli::parse();
+    let args: Args = deploy_common::cli::parse(deploy_common::version!());
     init_tracing(args.log_level());
     tracing::debug!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = deploy_common::version!(),
         "deploy-client starting"
     );
     let mut config = match args.into_config(cli::read_stdin) {
@@ -145,7 +145,9 @@ fn generate() -> Option<ExitCode> {
         eprintln!("deploy-client: error: --generate takes man, bash, zsh or fish");
         return Some(ExitCode::from(EXIT_USAGE));
     };
-    let cmd = Args::command().arg(clap::Arg::new("generate").long("generate").hide(true));
+    let cmd = Args::command()
+        .version(deploy_common::version!())
+        .arg(clap::Arg::new("generate").long("generate").hide(true));
     match deploy_common::cli::generate(cmd, what, &mut io::stdout()) {
         Ok(()) => Some(ExitCode::SUCCESS),
         Err(e) => {

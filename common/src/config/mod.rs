@@ -10,6 +10,7 @@
 //! | [`jobs`] | [`Jobs`] (`deploy_agent_exec.ini`) and [`JobTemplate`]: argv, never a shell |
 //! | [`proxy`] | [`ProxyConfig`] (`deploy_proxy.ini`) and [`ApiKeys`] (`deploy_proxy_api.ini`) |
 //! | [`check`] | what `--check` reports beyond syntax; default secrets a daemon refuses |
+//! | [`dump`] | the effective configuration as INI (`-T`, `--print-config`), secrets hidden |
 //!
 //! # Design
 //!
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 pub mod agent;
 pub mod check;
+pub mod dump;
 pub mod ini;
 pub mod jobs;
 pub mod proxy;

@@ -40,6 +40,9 @@ pub struct Startup<'a> {
     pub server: &'a ServerConfig,
     /// `deploy-agent` or `deploy-proxy`: log prefix and syslog ident.
     pub program: &'static str,
+    /// The program's version and commit (`deploy_common::version!()`), for the
+    /// `started` line.
+    pub version: &'static str,
     /// Stay attached, log to stderr.
     pub foreground: bool,
     /// -v/-q balance.
@@ -107,7 +110,7 @@ pub fn run<P: Program>(startup: Startup<'_>, program: &mut P) -> Result<i32, Dae
     };
     let mut on_ready = || {
         tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
+            version = startup.version,
             workers = s.max_prefork.max(1),
             legacy = s.legacy_protocol,
             "{} started",
