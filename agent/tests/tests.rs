@@ -15,7 +15,7 @@
 //! | [`golden`] | the original's captured wire vectors replayed against the agent |
 //! | [`config`] | `--check` on the shipped samples and on broken files |
 //! | [`upload`] | `upload`: a tar body from the real client, extracted under `[allow::paths]` |
-//! | [`systemd`] | sd_notify (READY, STATUS, RELOADING, STOPPING, watchdog) |
+//! | [`systemd`] | sd_notify (READY, STATUS, RELOADING, STOPPING, watchdog) and journald priorities |
 //! | [`release`] | releases: rollouts in two phases, rollback, confirm-or-revert, stretcher's event mode |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
