@@ -196,6 +196,8 @@ enum Stderr {
 /// Whether standard error is the journal's stream: `JOURNAL_STREAM` is set and names
 /// the device and inode of descriptor 2 (a program started by systemd that redirects its
 /// standard error elsewhere inherits the variable, hence the comparison).
+// dev_t and ino_t are u64 on x86_64 Linux, narrower on some other targets.
+#[allow(clippy::useless_conversion)]
 pub fn stderr_is_journal() -> bool {
     use std::os::fd::AsFd;
     let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
