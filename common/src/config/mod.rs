@@ -851,8 +851,14 @@ mod tests {
         assert_eq!(p.port, 3441);
         assert_eq!(p.process_name, "deploy::proxy:");
         // Its own log files: the packages' logrotate files name them apart.
-        assert_eq!(p.log_error_path, Path::new("/var/log/deploy/proxy_error.log"));
-        assert_eq!(p.log_access_path, Path::new("/var/log/deploy/proxy_access.log"));
+        assert_eq!(
+            p.log_error_path,
+            Path::new("/var/log/deploy/proxy_error.log")
+        );
+        assert_eq!(
+            p.log_access_path,
+            Path::new("/var/log/deploy/proxy_access.log")
+        );
     }
 
     #[test]
