@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "stretcher") {
         return stretcher::main(args.get(2..).unwrap_or_default());
     }
-    let mut cli: Cli = deploy_common::cli::parse();
+    let mut cli: Cli = deploy_common::cli::parse(deploy_common::version!());
     // The daemon changes to /; keep the configuration findable for SIGHUP.
     if let Ok(path) = std::path::absolute(&cli.path) {
         cli.path = path;
@@ -125,7 +125,8 @@ fn grace(config: &AgentConfig) -> Duration {
 fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(what) = cli.server.generate {
         use clap::CommandFactory;
-        deploy_common::cli::generate(Cli::command(), what, &mut std::io::stdout())?;
+        let cmd = Cli::command().version(deploy_common::version!());
+        deploy_common::cli::generate_in_section(cmd, what, "8", &mut std::io::stdout())?;
         return Ok(ExitCode::SUCCESS);
     }
     let config = load(&cli)?;
@@ -134,7 +135,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(warning) = &current.policy.key_warning {
         eprintln!("deploy-agent: warning: {warning}");
     }
-    if cli.server.check {
+    if cli.server.print_config {
+        print!("{}", deploy_common::config::dump::agent(&config));
+    }
+    if cli.server.check || cli.server.print_config {
         let problems = deploy_common::config::check::agent_problems(&config);
         if !problems.is_empty() {
             for p in &problems {
@@ -168,6 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let startup = daemon::Startup {
         server: &server,
         program: "deploy-agent",
+        version: deploy_common::version!(),
         foreground: cli.server.foreground(),
         verbosity: cli.server.verbosity(),
         extra: Vec::new(),

@@ -241,3 +241,55 @@ fn missing_files_name_their_reason_once() {
     assert!(stderr.contains("/nonexistent/jobs.ini"), "{stderr}");
     assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
 }
+
+/// `--version` names the commit the binary was built from.
+#[test]
+fn version_names_the_commit() {
+    bins::assert_version(std::path::Path::new(AGENT_BIN));
+}
+
+/// `-t` is `--check` (as nginx's): the shipped sample's placeholder secret is caught.
+#[test]
+fn dash_t_is_check() {
+    let ini = etc_dir().join("deploy_agent.ini");
+    let (code, stdout, stderr) = run_agent(&["-t", "--path", ini.to_str().unwrap()]);
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("default secret"), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+/// `-T` prints the effective configuration: the file's keys, the flags over them, and
+/// the defaults of keys the file does not give; the secret is hidden. Then it checks.
+#[test]
+fn dash_t_upper_prints_the_effective_configuration() {
+    let sb = Sandbox::new();
+    let config = Config::new(&sb)
+        .server("key_cipher", "very-secret-words")
+        .server("max_prefork", 3);
+    std::fs::write(sb.join("jobs.ini"), config.jobs_text()).unwrap();
+    std::fs::write(sb.join("agent.ini"), config.ini_text()).unwrap();
+    let ini = sb.join("agent.ini");
+    let args = ["-T", "--path", ini.to_str().unwrap(), "--port", "4321"];
+    let (code, stdout, stderr) = run_agent(&args);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    for want in [
+        "[server]\n",
+        "\nport = 4321\n",
+        "\nmax_prefork = 3\n",
+        "\nbacklog = 1024\n",
+        "\nkey_cipher = (hidden)\n",
+        "\n[allow::hosts]\nhost[] = 127.0.0.1/32\n",
+        "OK (",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("very-secret-words"), "{stdout}");
+    let (code, long, _) = run_agent(&[
+        "--print-config",
+        "--path",
+        ini.to_str().unwrap(),
+        "--port",
+        "4321",
+    ]);
+    assert_eq!((code, long), (0, stdout));
+}

@@ -15,6 +15,7 @@
 //! | [`golden`] | the original's captured wire vectors replayed against the agent |
 //! | [`config`] | `--check` on the shipped samples and on broken files |
 //! | [`upload`] | `upload`: a tar body from the real client, extracted under `[allow::paths]` |
+//! | [`systemd`] | sd_notify (READY, STATUS, RELOADING, STOPPING, watchdog) and journald priorities |
 //! | [`release`] | releases: rollouts in two phases, rollback, confirm-or-revert, stretcher's event mode |
 //! | [`migration`] | what Perl deploy fleets bring: 1024-bit keys (v1 "ssl" only, with warnings), ssl callers of an agent with v1 off |
 //!
@@ -34,5 +35,6 @@ mod orders;
 mod process;
 mod release;
 mod serf;
+mod systemd;
 mod upload;
 mod util;

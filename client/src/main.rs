@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     if let Some(code) = generate() {
         return code;
     }
-    let mut args: Args = deploy_common::cli::parse();
+    let mut args: Args = deploy_common::cli::parse(deploy_common::version!());
     init_tracing(args.log_level(), args.log_format);
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         }
     }
     tracing::debug!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = deploy_common::version!(),
         "deploy-client starting"
     );
     let mut config = match args.into_config(cli::read_stdin) {
@@ -173,7 +173,9 @@ fn generate() -> Option<ExitCode> {
         eprintln!("deploy-client: error: --generate takes man, bash, zsh or fish");
         return Some(ExitCode::from(EXIT_USAGE));
     };
-    let cmd = Args::command().arg(clap::Arg::new("generate").long("generate").hide(true));
+    let cmd = Args::command()
+        .version(deploy_common::version!())
+        .arg(clap::Arg::new("generate").long("generate").hide(true));
     match deploy_common::cli::generate(cmd, what, &mut io::stdout()) {
         Ok(()) => Some(ExitCode::SUCCESS),
         Err(e) => {

@@ -8,6 +8,7 @@
 )]
 
 mod lock;
+mod ops;
 mod ssh;
 mod ssh_orgalorg;
 mod ssh_release;

@@ -9,6 +9,21 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The version `--version` prints, `0.1.0 (commit 1a2b3c4d5e6f)`: the calling crate's
+/// version and the git commit its build script (`build/git_commit.rs`) recorded in
+/// `DEPLOY_GIT_COMMIT`. A macro, so that both are read when the binary is compiled.
+#[macro_export]
+macro_rules! version {
+    () => {
+        concat!(
+            env!("CARGO_PKG_VERSION"),
+            " (commit ",
+            env!("DEPLOY_GIT_COMMIT"),
+            ")"
+        )
+    };
+}
+
 /// Parses `on|off|true|false|1|0`.
 pub fn on_off(s: &str) -> Result<bool, String> {
     parse_bool(s).ok_or_else(|| format!("expected on|off|true|false|1|0, got {s:?}"))
@@ -83,9 +98,13 @@ pub struct ServerArgs {
     /// Same as --foreground, with debug logging (the original's flag).
     #[arg(long)]
     pub debug: bool,
-    /// Check the configuration, print a summary and exit.
-    #[arg(long)]
+    /// Check the configuration, print a summary and exit (`-t`, as nginx).
+    #[arg(long, short = 't')]
     pub check: bool,
+    /// Print the effective configuration (files and flags, secrets hidden), check it
+    /// and exit (`-T`, as nginx).
+    #[arg(long = "print-config", short = 'T')]
+    pub print_config: bool,
     /// More output on stderr (repeatable).
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -167,19 +186,32 @@ pub enum Generate {
     Fish,
 }
 
-/// Writes the man page or completions of `cmd` (the binary's own clap command) to `out`;
-/// used by the hidden `--generate` flag of every program, and by packaging. A closed
-/// output (`| head`) is not an error.
+/// Writes the man page (section 1, user commands) or completions of `cmd` (the binary's
+/// own clap command) to `out`; used by the hidden `--generate` flag of every program,
+/// and by packaging. A closed output (`| head`) is not an error.
 pub fn generate(
+    cmd: clap::Command,
+    what: Generate,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    generate_in_section(cmd, what, "1", out)
+}
+
+/// [`generate`] with the man page in `section` (`8` for the daemons, which the systemd
+/// units cite as `man:deploy-agent(8)`).
+pub fn generate_in_section(
     mut cmd: clap::Command,
     what: Generate,
+    section: &'static str,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
     let name = cmd.get_name().to_owned();
     let mut buf: Vec<u8> = Vec::new();
     let shell = match what {
         Generate::Man => {
-            clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+            clap_mangen::Man::new(cmd.clone())
+                .section(section)
+                .render(&mut buf)?;
             None
         }
         Generate::Bash => Some(clap_complete::Shell::Bash),
@@ -202,8 +234,10 @@ pub fn generate(
 ///
 /// Every argument whose value parser yields a `String` gets [`Utf8`] instead; that
 /// includes a custom parser returning `String`, so such a flag must validate elsewhere.
-pub fn parse<P: clap::Parser>() -> P {
-    let mut cmd = utf8_strings(P::command());
+///
+/// `version` replaces the command's version (see [`version!`](crate::version)).
+pub fn parse<P: clap::Parser>(version: &'static str) -> P {
+    let mut cmd = utf8_strings(P::command()).version(version);
     let mut matches = cmd.clone().get_matches();
     P::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn main() -> ExitCode {
-    let mut cli: Cli = deploy_common::cli::parse();
+    let mut cli: Cli = deploy_common::cli::parse(deploy_common::version!());
     if let Ok(path) = std::path::absolute(&cli.path) {
         cli.path = path;
     }
@@ -128,7 +128,8 @@ fn grace(config: &ProxyConfig) -> Duration {
 fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(what) = cli.server.generate {
         use clap::CommandFactory;
-        deploy_common::cli::generate(Cli::command(), what, &mut std::io::stdout())?;
+        let cmd = Cli::command().version(deploy_common::version!());
+        deploy_common::cli::generate_in_section(cmd, what, "8", &mut std::io::stdout())?;
         return Ok(ExitCode::SUCCESS);
     }
     let config = load(&cli)?;
@@ -137,7 +138,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(warning) = &current.policy.key_warning {
         eprintln!("deploy-proxy: warning: {warning}");
     }
-    if cli.server.check {
+    if cli.server.print_config {
+        print!("{}", deploy_common::config::dump::proxy(&config));
+    }
+    if cli.server.check || cli.server.print_config {
         let problems = deploy_common::config::check::proxy_problems(&config);
         if !problems.is_empty() {
             for p in &problems {
@@ -171,6 +175,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let startup = daemon::Startup {
         server: &server,
         program: "deploy-proxy",
+        version: deploy_common::version!(),
         foreground: cli.server.foreground(),
         verbosity: cli.server.verbosity(),
         extra: config.client.http_listen.into_iter().collect(),

@@ -246,3 +246,37 @@ fn missing_config_names_its_reason_once() {
     assert!(stderr.contains("/nonexistent/deploy_proxy.ini"), "{stderr}");
     assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
 }
+
+/// `--version` names the commit the binary was built from.
+#[test]
+fn version_names_the_commit() {
+    bins::assert_version(std::path::Path::new(env!("CARGO_BIN_EXE_deploy-proxy")));
+}
+
+/// `-T` prints the effective configuration with both secrets hidden, then checks it;
+/// `-t` is `--check`.
+#[test]
+fn dash_t_upper_prints_the_effective_configuration() {
+    let dir = Sandbox::new();
+    let ini = ProxyConfig::new("px-dump")
+        .client("key_cipher", "agents-secret-words")
+        .key("k", "web")
+        .servers("web", ["127.0.0.1:3440"])
+        .write(dir.path());
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_deploy-proxy"));
+    let path = ini.to_str().expect("utf-8");
+    let (code, stdout, stderr) = run_bin(bin, &["-T", "--path", path, "--client-port", "4555"]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    for want in [
+        "[server]\n",
+        "\n[client]\nport = 4555\n",
+        "\nkey_cipher = (hidden)\n",
+        "OK (",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("agents-secret-words"), "{stdout}");
+    let (code, check, _) = run_bin(bin, &["-t", "--path", path]);
+    assert_eq!(code, 0);
+    assert!(check.starts_with(&format!("{path}: OK (")), "{check}");
+}

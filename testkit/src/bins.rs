@@ -98,3 +98,34 @@ pub fn proxy() -> PathBuf {
 pub fn client() -> PathBuf {
     bin("deploy-client")
 }
+
+/// What `<bin> --version` must print: `<name> <version> (commit <HEAD>)`, the commit
+/// as `git rev-parse --short=12 HEAD` in the workspace says it ("unknown" outside git).
+pub fn expected_version(name: &str) -> String {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(crate::env::workspace_dir())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("{name} {} (commit {commit})\n", env!("CARGO_PKG_VERSION"))
+}
+
+/// Runs `<bin> --version` and `-V`, and checks both print [`expected_version`].
+pub fn assert_version(bin: &std::path::Path) {
+    let name = bin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("binary name");
+    let want = expected_version(name);
+    for flag in ["--version", "-V"] {
+        let out = Command::new(bin)
+            .arg(flag)
+            .output()
+            .unwrap_or_else(|e| panic!("run {} {flag}: {e}", bin.display()));
+        assert!(out.status.success(), "{name} {flag}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{name} {flag}");
+    }
+}

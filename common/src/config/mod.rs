@@ -10,6 +10,7 @@
 //! | [`jobs`] | [`Jobs`] (`deploy_agent_exec.ini`) and [`JobTemplate`]: argv, never a shell |
 //! | [`proxy`] | [`ProxyConfig`] (`deploy_proxy.ini`) and [`ApiKeys`] (`deploy_proxy_api.ini`) |
 //! | [`check`] | what `--check` reports beyond syntax; default secrets a daemon refuses |
+//! | [`dump`] | the effective configuration as INI (`-T`, `--print-config`), secrets hidden |
 //!
 //! # Design
 //!
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 pub mod agent;
 pub mod check;
+pub mod dump;
 pub mod ini;
 pub mod jobs;
 pub mod proxy;
@@ -344,9 +346,11 @@ pub struct ServerConfig {
     /// `log_error_level`: the most verbose level written to the error log. Default info.
     pub log_error_level: Level,
     /// `log_error_path`: a file (strftime template) or anything containing `syslog`.
-    /// Default `/var/log/deploy/error.log`.
+    /// Default `/var/log/deploy/error.log` (proxy: `/var/log/deploy/proxy_error.log`, so
+    /// that both daemons on one host keep their own files).
     pub log_error_path: PathBuf,
-    /// `log_access_path`: as `log_error_path`. Default `/var/log/deploy/access.log`.
+    /// `log_access_path`: as `log_error_path`. Default `/var/log/deploy/access.log`
+    /// (proxy: `/var/log/deploy/proxy_access.log`).
     pub log_access_path: PathBuf,
     /// `key_cipher`: the secret the daemon's callers prove they know (the v2 handshake's
     /// pre-shared key; behind the legacy `auth_key`). On the proxy it is the callers'
@@ -431,10 +435,13 @@ impl ServerConfig {
     }
 
     /// The proxy's defaults: as the agent's but port 3441, process name
-    /// `deploy::proxy:` and state dir `/var/lib/deploy-proxy`.
+    /// `deploy::proxy:`, state dir `/var/lib/deploy-proxy` and log files
+    /// `/var/log/deploy/proxy_{error,access}.log`.
     pub fn proxy_defaults() -> ServerConfig {
         ServerConfig {
             port: 3441,
+            log_error_path: PathBuf::from("/var/log/deploy/proxy_error.log"),
+            log_access_path: PathBuf::from("/var/log/deploy/proxy_access.log"),
             process_name: "deploy::proxy:".to_owned(),
             state_dir: PathBuf::from("/var/lib/deploy-proxy"),
             ..ServerConfig::agent_defaults()
@@ -846,6 +853,15 @@ mod tests {
         let p = ServerConfig::proxy_defaults();
         assert_eq!(p.port, 3441);
         assert_eq!(p.process_name, "deploy::proxy:");
+        // Its own log files: the packages' logrotate files name them apart.
+        assert_eq!(
+            p.log_error_path,
+            Path::new("/var/log/deploy/proxy_error.log")
+        );
+        assert_eq!(
+            p.log_access_path,
+            Path::new("/var/log/deploy/proxy_access.log")
+        );
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! create `state_dir` and hand it to the workers' user → detach unless in the
 //! foreground → umask → logging → pid file → drop privileges → the prefork master,
 //! which logs `started` and tells systemd `READY=1` only once a worker serves (and
-//! exits 1 if none can).
+//! exits 1 if none can), then `RELOADING=1`/`READY=1` around a reload, `STOPPING=1`,
+//! and `WATCHDOG=1` when asked (see [`notify`]), each with a `STATUS=` line.
 
-use super::prefork::{self, Program, Settings};
-use super::{log, pidfile, privs, statedir};
+use super::prefork::{self, Event, Program, Settings};
+use super::{log, notify, pidfile, privs, statedir};
 use crate::config::ServerConfig;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -40,6 +41,9 @@ pub struct Startup<'a> {
     pub server: &'a ServerConfig,
     /// `deploy-agent` or `deploy-proxy`: log prefix and syslog ident.
     pub program: &'static str,
+    /// The program's version and commit (`deploy_common::version!()`), for the
+    /// `started` line.
+    pub version: &'static str,
     /// Stay attached, log to stderr.
     pub foreground: bool,
     /// -v/-q balance.
@@ -63,6 +67,7 @@ pub fn server_addrs(server: &ServerConfig) -> Vec<SocketAddr> {
 /// [`Startup::extra`], in that order.
 pub fn run<P: Program>(startup: Startup<'_>, program: &mut P) -> Result<i32, DaemonError> {
     let s = startup.server;
+    notify::init();
     let defer = s
         .socket_accept_filter
         .then(|| u32::try_from(s.socket_timeout.as_secs()).unwrap_or(5));
@@ -104,18 +109,45 @@ pub fn run<P: Program>(startup: Startup<'_>, program: &mut P) -> Result<i32, Dae
         workers: usize::try_from(s.max_prefork.max(1)).unwrap_or(1),
         master_title: format!("{} master process", s.process_name),
         grace: startup.grace + Duration::from_secs(2),
+        watchdog: notify::watchdog_period(),
     };
-    let mut on_ready = || {
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            workers = s.max_prefork.max(1),
-            legacy = s.legacy_protocol,
-            "{} started",
-            startup.program
-        );
-        super::notify_ready();
+    let serving = format!(
+        "serving on {}; workers: {}",
+        listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.workers
+    );
+    let mut on_event = |event: Event<'_>| match event {
+        Event::Ready => {
+            tracing::info!(
+                version = startup.version,
+                workers = s.max_prefork.max(1),
+                legacy = s.legacy_protocol,
+                "{} started",
+                startup.program
+            );
+            notify::notify(&format!("READY=1\nSTATUS={serving}"));
+        }
+        Event::Reloading => notify::notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration",
+            notify::monotonic_usec()
+        )),
+        Event::Reloaded => notify::notify(&format!(
+            "READY=1\nSTATUS={serving}; configuration reloaded at {}",
+            chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
+        )),
+        Event::ReloadFailed(cause) => notify::notify(&format!(
+            "READY=1\nSTATUS={serving}; reload failed, previous configuration kept: {}",
+            cause.replace('\n', " ")
+        )),
+        Event::Stopping => notify::notify("STOPPING=1\nSTATUS=stopping"),
+        Event::Alive => notify::notify("WATCHDOG=1"),
     };
-    let code = prefork::run_master(program, listeners, settings, &mut on_ready);
+    let code = prefork::run_master(program, listeners, settings, &mut on_event);
     match code {
         0 => tracing::info!("{} stopped", startup.program),
         _ => tracing::error!(

@@ -4,7 +4,7 @@
 //!
 //! | layer | takes | filter | writes to |
 //! |---|---|---|---|
-//! | stderr (only with [`LogSettings::foreground`]) | every event, `access` included | `RUST_LOG`, else level ± verbosity | standard error, `tracing` default format |
+//! | stderr (only with [`LogSettings::foreground`]) | every event, `access` included | `RUST_LOG`, else level ± verbosity | standard error, `tracing` default format; under journald, `<N>`-prefixed lines (below) |
 //! | error log (only with [`LogSettings::write`]) | every event **except** target `access` | `RUST_LOG`, else level ± verbosity | [`LogSettings::error_path`] |
 //! | access log (only with [`LogSettings::write`]) | **only** target `access`, info and above | fixed | [`LogSettings::access_path`] |
 //!
@@ -35,6 +35,20 @@
 //!
 //! On syslog the error line has no `[time]` prefix (syslog adds its own). Control
 //! characters in messages and values are escaped, so one event is always one line.
+//!
+//! # journald
+//!
+//! When standard error is journald's stream (`JOURNAL_STREAM`, which systemd sets to
+//! the `device:inode` of the stream it connects, names standard error), the stderr
+//! layer writes the error-log line without the time (the journal stamps each line)
+//! and with the syslog priority in front, as sd-daemon(3) describes, so that
+//! `journalctl -p err` finds errors:
+//!
+//! ```text
+//! <3>error: [reload failed; keeping the running configuration] cause=…
+//! <4>warn: [worker died; replacing it] pid=1234 code=1
+//! <6>info: [deploy-agent started] version=0.1.0 (commit 1a2b3c4d5e6f) workers=2
+//! ```
 //!
 //! # Fork safety
 //!
@@ -158,7 +172,45 @@ pub fn init(settings: &LogSettings) -> Result<(), LogError> {
 /// Opens the log files, so path errors are reported here.
 pub fn subscriber(settings: &LogSettings) -> Result<impl Subscriber + Send + Sync, LogError> {
     let rust_log = std::env::var("RUST_LOG").ok();
-    build(settings, rust_log.as_deref(), colours_on_stderr())
+    let stderr = match stderr_is_journal() {
+        true => Stderr::Journal,
+        false => Stderr::Plain {
+            colours: colours_on_stderr(),
+        },
+    };
+    build(settings, rust_log.as_deref(), stderr)
+}
+
+/// How the stderr layer writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stderr {
+    /// `tracing`'s default format, coloured or not.
+    Plain {
+        /// ANSI colours (a terminal).
+        colours: bool,
+    },
+    /// journald's stream: priority-prefixed error-log lines (see the module docs).
+    Journal,
+}
+
+/// Whether standard error is the journal's stream: `JOURNAL_STREAM` is set and names
+/// the device and inode of descriptor 2 (a program started by systemd that redirects its
+/// standard error elsewhere inherits the variable, hence the comparison).
+// dev_t and ino_t are u64 on x86_64 Linux, narrower on some other targets.
+#[allow(clippy::useless_conversion)]
+pub fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.trim().parse::<u64>(), ino.trim().parse::<u64>()) else {
+        return false;
+    };
+    nix::sys::stat::fstat(io::stderr().as_fd())
+        .is_ok_and(|st| u64::from(st.st_dev) == dev && u64::from(st.st_ino) == ino)
 }
 
 /// Colours on standard error only when it is a terminal and `NO_COLOR` is unset or
@@ -190,19 +242,30 @@ type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 fn build(
     settings: &LogSettings,
     rust_log: Option<&str>,
-    stderr_colours: bool,
+    stderr: Stderr,
 ) -> Result<impl Subscriber + Send + Sync, LogError> {
     let default = default_level(settings.error_level, settings.verbosity);
     let mut layers: Vec<BoxedLayer> = Vec::new();
 
     if settings.foreground {
-        layers.push(
-            tracing_subscriber::fmt::layer()
+        let layer = match stderr {
+            Stderr::Plain { colours } => tracing_subscriber::fmt::layer()
                 .with_writer(io::stderr)
-                .with_ansi(stderr_colours)
+                .with_ansi(colours)
                 .with_filter(env_filter(rust_log, default)?)
                 .boxed(),
-        );
+            Stderr::Journal => tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .fmt_fields(PlainFields::default())
+                .event_format(ErrorFormat {
+                    timestamp: false,
+                    priority: true,
+                })
+                .with_writer(io::stderr)
+                .with_filter(env_filter(rust_log, default)?)
+                .boxed(),
+        };
+        layers.push(layer);
     }
 
     if settings.write {
@@ -214,6 +277,7 @@ fn build(
                 .fmt_fields(PlainFields::default())
                 .event_format(ErrorFormat {
                     timestamp: !errors.is_syslog(),
+                    priority: false,
                 })
                 .with_writer(errors)
                 .with_filter(env_filter(rust_log, default)?.and(not_access))
@@ -432,8 +496,10 @@ fn level_name(level: &tracing::Level) -> &'static str {
 
 /// The error-log line: `[time] level: [message] key=value… span_fields…`.
 struct ErrorFormat {
-    /// Prefix the local time (files); syslog stamps lines itself.
+    /// Prefix the local time (files); syslog and journald stamp lines themselves.
     timestamp: bool,
+    /// Prefix the syslog priority, `<3>` for errors (journald's stream).
+    priority: bool,
 }
 
 impl<S, N> FormatEvent<S, N> for ErrorFormat
@@ -447,6 +513,9 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        if self.priority {
+            write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        }
         if self.timestamp {
             write!(writer, "[{}] ", Local::now().format(TIME_FORMAT))?;
         }
@@ -797,6 +866,9 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::os::unix::fs::PermissionsExt;
 
+    /// Standard error without colours, not the journal.
+    const PLAIN: Stderr = Stderr::Plain { colours: false };
+
     fn settings(dir: &Path) -> LogSettings {
         LogSettings {
             foreground: false,
@@ -921,7 +993,7 @@ mod tests {
     #[test]
     fn errors_and_access_go_to_their_own_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let subscriber = build(&settings(dir.path()), None, false).expect("subscriber");
+        let subscriber = build(&settings(dir.path()), None, PLAIN).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(pid = 12, status = "exit 1", "worker exited");
             tracing::debug!("too verbose for info");
@@ -972,7 +1044,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("access.log");
         std::fs::write(&path, "old line\n").expect("write");
-        let subscriber = build(&settings(dir.path()), None, false).expect("subscriber");
+        let subscriber = build(&settings(dir.path()), None, PLAIN).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: ACCESS_TARGET, "first");
             std::fs::rename(&path, dir.path().join("access.log.1")).expect("rotate");
@@ -986,7 +1058,7 @@ mod tests {
     #[test]
     fn rust_log_replaces_the_level_but_not_the_access_log() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let subscriber = build(&settings(dir.path()), Some("error"), false).expect("subscriber");
+        let subscriber = build(&settings(dir.path()), Some("error"), PLAIN).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!("hidden");
             tracing::error!("shown");
@@ -1003,7 +1075,7 @@ mod tests {
         let mut settings = settings(dir.path());
         settings.error_path = PathBuf::from("SYSLOG");
         settings.access_path = PathBuf::from("syslog:daemon");
-        let subscriber = build(&settings, None, false).expect("subscriber");
+        let subscriber = build(&settings, None, PLAIN).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(test = true, "deploy-common log test: syslog line\0with NUL");
             tracing::info!(target: ACCESS_TARGET, "deploy-common log test: access line");
@@ -1016,7 +1088,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut settings = settings(dir.path());
         settings.foreground = true;
-        let subscriber = build(&settings, None, true).expect("subscriber");
+        let subscriber =
+            build(&settings, None, Stderr::Plain { colours: true }).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("conn", peer = "10.0.0.1", order = 7);
             let _enter = span.enter();
@@ -1042,9 +1115,9 @@ mod tests {
         let mut settings = settings(dir.path());
         settings.write = false;
         settings.error_path = PathBuf::from("/nonexistent-deploy-dir/error.log");
-        assert!(build(&settings, None, false).is_ok());
+        assert!(build(&settings, None, PLAIN).is_ok());
         settings.write = true;
-        let err = build(&settings, None, false).err().expect("missing dir");
+        let err = build(&settings, None, PLAIN).err().expect("missing dir");
         assert!(err.to_string().contains("/nonexistent-deploy-dir"), "{err}");
     }
 }

@@ -7,6 +7,7 @@
 //! | [`prefork`] | the master process: workers, signals, respawn, reload, shutdown |
 //! | [`conn`] | one accepted connection: protocol detection (v2, v1 plain, v1 ssl), peer and key checks, request timeouts, replies, access log |
 //! | [`log`] | tracing setup: stderr, strftime-templated files, syslog, access log |
+//! | [`notify`] | systemd notifications (`READY=1`, `STATUS=`, `RELOADING=1`, `STOPPING=1`, watchdog) |
 //! | [`privs`] | privilege drop and umask |
 //! | [`title`] | process titles |
 //! | [`pidfile`] | the pid file |
@@ -22,6 +23,7 @@
 pub mod conn;
 pub mod daemon;
 pub mod log;
+pub mod notify;
 pub mod peers;
 pub mod pidfile;
 pub mod prefork;
@@ -82,25 +84,4 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Tells systemd (`Type=notify`) that the service is ready, if `NOTIFY_SOCKET` is set.
-pub fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
-    } else {
-        socket.send_to(b"READY=1", &path)
-    };
-    if let Err(e) = result {
-        tracing::debug!(cause = %e, "sd_notify failed");
-    }
 }

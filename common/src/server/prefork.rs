@@ -5,14 +5,16 @@
 //!   ├─ binds sockets, drops privileges, writes the pid file     (done by the caller)
 //!   ├─ forks `workers` children; each builds a tokio runtime and accepts on the sockets
 //!   ├─ the first worker that says it is serving (a byte on the ready pipe) makes the
-//!   │  master ready (`on_ready`: the "started" line, systemd READY=1); if
+//!   │  master ready (Event::Ready: the "started" line, systemd READY=1); if
 //!   │  START_FAILURES workers die before any serves, the master exits 1
+//!   ├─ every `watchdog` period → Event::Alive (systemd WATCHDOG=1)
 //!   ├─ SIGCHLD → reap; kill what is left in the dead worker's session (its jobs);
 //!   │  respawn up to `workers` (1 s back-off when a worker dies young)
-//!   ├─ SIGHUP  → Program::reload(); on success new workers start first, and the old
-//!   │  ones get SIGTERM once a new one serves (the listening sockets stay open all along)
-//!   └─ SIGTERM/SIGINT → workers get SIGTERM, finish in-flight requests within `grace`,
-//!                       then SIGKILL; the master exits last
+//!   ├─ SIGHUP  → Event::Reloading, Program::reload(); on success new workers start
+//!   │  first, and the old ones get SIGTERM once a new one serves (Event::Reloaded; the
+//!   │  listening sockets stay open all along); on failure Event::ReloadFailed
+//!   └─ SIGTERM/SIGINT → Event::Stopping; workers get SIGTERM, finish in-flight
+//!                       requests within `grace`, then SIGKILL; the master exits last
 //! worker (title "<name> worker process")
 //!   ├─ setsid(): its session holds every job it starts, so they die with it
 //!   ├─ PR_SET_PDEATHSIG(SIGTERM): never outlives a killed master
@@ -45,6 +47,23 @@ pub trait Program {
     fn worker(&self, listeners: &[TcpListener]) -> i32;
 }
 
+/// What happens to the master, for its caller to report (log lines, systemd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The first worker serves.
+    Ready,
+    /// SIGHUP: the configuration is being re-read.
+    Reloading,
+    /// A worker of the reloaded configuration serves (the old ones are told to go).
+    Reloaded,
+    /// The configuration could not be re-read; the running one stays.
+    ReloadFailed(&'a str),
+    /// SIGTERM/SIGINT: the workers are being stopped.
+    Stopping,
+    /// The master loop is alive (every [`Settings::watchdog`] period).
+    Alive,
+}
+
 /// Master settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -54,6 +73,8 @@ pub struct Settings {
     pub master_title: String,
     /// How long workers get to finish in-flight requests on shutdown.
     pub grace: Duration,
+    /// Report [`Event::Alive`] this often (systemd's watchdog), if set.
+    pub watchdog: Option<Duration>,
 }
 
 struct Flags {
@@ -170,14 +191,15 @@ fn kill_session(sid: Pid) -> usize {
     killed
 }
 
-/// Runs the master loop until SIGTERM/SIGINT; returns the process exit code. `on_ready`
-/// runs once, when the first worker serves; if [`START_FAILURES`] workers die before
-/// that, the master stops its workers and returns 1.
+/// Runs the master loop until SIGTERM/SIGINT; returns the process exit code. `on_event`
+/// hears of [`Event::Ready`] once, when the first worker serves (if [`START_FAILURES`]
+/// workers die before that, the master stops its workers and returns 1), then of
+/// reloads, the stop and the watchdog.
 pub fn run_master<P: Program>(
     program: &mut P,
     listeners: Vec<TcpListener>,
     settings: Settings,
-    on_ready: &mut dyn FnMut(),
+    on_event: &mut dyn FnMut(Event<'_>),
 ) -> i32 {
     let flags = match install_signals() {
         Ok(f) => f,
@@ -195,6 +217,9 @@ pub fn run_master<P: Program>(
     };
     let _ = ready_rx.set_nonblocking(true);
     let mut ready = false;
+    // A reload succeeded and its first worker has not served yet.
+    let mut reloading = false;
+    let mut alive_at = Instant::now();
     let mut early_deaths = 0u32;
     // Old workers waiting for a new generation to serve before they get SIGTERM.
     let mut superseded: HashMap<Pid, Worker> = HashMap::new();
@@ -221,7 +246,10 @@ pub fn run_master<P: Program>(
         if matches!((&ready_rx).read(&mut buf), Ok(n) if n > 0) {
             if !ready {
                 ready = true;
-                on_ready();
+                on_event(Event::Ready);
+            } else if reloading {
+                reloading = false;
+                on_event(Event::Reloaded);
             }
             // A new generation serves: the old one may go.
             for (pid, w) in superseded.drain() {
@@ -238,6 +266,7 @@ pub fn run_master<P: Program>(
             return 1;
         }
         if flags.term.load(Ordering::SeqCst) {
+            on_event(Event::Stopping);
             tracing::info!(
                 workers = active.len() + retiring.len() + superseded.len(),
                 "shutting down"
@@ -253,16 +282,25 @@ pub fn run_master<P: Program>(
             return 0;
         }
         if flags.hup.swap(false, Ordering::SeqCst) {
+            on_event(Event::Reloading);
             match program.reload() {
                 Ok(()) => {
                     tracing::info!("configuration reloaded; replacing workers");
                     // They keep accepting until a new worker serves; then SIGTERM.
                     superseded.extend(active.drain());
                     spawn_after = Instant::now();
+                    reloading = true;
                 }
                 Err(e) => {
-                    tracing::error!(cause = %e, "reload failed; keeping the running configuration")
+                    tracing::error!(cause = %e, "reload failed; keeping the running configuration");
+                    on_event(Event::ReloadFailed(&e));
                 }
+            }
+        }
+        if let Some(period) = settings.watchdog {
+            if alive_at.elapsed() >= period {
+                alive_at = Instant::now();
+                on_event(Event::Alive);
             }
         }
         while active.len() < wanted && Instant::now() >= spawn_after {
@@ -311,11 +349,16 @@ pub fn run_master<P: Program>(
         // Sleep until a signal arrives (or a second passes, for the respawn back-off);
         // while a new generation is awaited, look at the ready pipe every 20 ms.
         let waiting = !ready || !superseded.is_empty();
-        let _ = flags.wake.set_read_timeout(Some(if waiting {
+        let mut sleep = if waiting {
             Duration::from_millis(20)
         } else {
             Duration::from_secs(1)
-        }));
+        };
+        if let Some(period) = settings.watchdog {
+            let due = period.saturating_sub(alive_at.elapsed());
+            sleep = sleep.min(due).max(Duration::from_millis(1));
+        }
+        let _ = flags.wake.set_read_timeout(Some(sleep));
         let _ = (&flags.wake).read(&mut buf);
     }
 }
@@ -556,8 +599,11 @@ mod tests {
                     workers: 1,
                     master_title: "test master".into(),
                     grace: Duration::from_secs(1),
+                    watchdog: None,
                 };
-                let code = run_master(&mut fake, vec![listener], settings, &mut || ready = true);
+                let code = run_master(&mut fake, vec![listener], settings, &mut |event| {
+                    ready |= event == Event::Ready
+                });
                 // SAFETY: ends the child without running the test harness.
                 unsafe { libc::_exit(code + if ready { 100 } else { 0 }) }
             }
