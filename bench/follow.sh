@@ -18,37 +18,14 @@ if [ -z "${BENCH_BIN:-}" ]; then
     cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
 fi
 exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$MIB" <<'EOP'
-import os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+import os, statistics, subprocess, sys, tempfile, time
+sys.path.insert(0, "bench")
+from procs import Procs, clean
 
 bin_dir, runs, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 work = tempfile.mkdtemp(prefix="deploy-follow-bench-")
-procs = []
-
-def start(cmd, log, expect):
-    f = open(log, "w+")
-    p = subprocess.Popen(cmd, stderr=f, stdout=subprocess.DEVNULL)
-    procs.append(p)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        f.seek(0)
-        lines = re.findall(r"listening on (\S+)", f.read())
-        if len(lines) >= expect:
-            return lines
-        if p.poll() is not None:
-            f.seek(0)
-            sys.exit(f"{cmd[0]} exited: {f.read()}")
-        time.sleep(0.05)
-    sys.exit(f"{cmd[0]} did not start")
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-def clean(path):
-    subprocess.run(["rm", "-rf", path], check=True)
+procs = Procs()
+start = procs.start
 
 try:
     shelf = f"{work}/shelf"
@@ -56,20 +33,7 @@ try:
     with open(f"{shelf}/blob", "wb") as f:
         for _ in range(mib):
             f.write(os.urandom(1 << 20))
-    rsync_port = free_port()
-    with open(f"{work}/rsyncd.conf", "w") as f:
-        f.write(f"use chroot = no\nuid = {os.getuid()}\ngid = {os.getgid()}\n"
-                f"pid file = {work}/rsyncd.pid\nmax connections = 0\n"
-                f"[shelf]\npath = {shelf}\nread only = yes\n")
-    procs.append(subprocess.Popen(
-        ["rsync", "--daemon", "--no-detach", f"--config={work}/rsyncd.conf",
-         "--address=127.0.0.1", f"--port={rsync_port}"], stderr=open(f"{work}/rsyncd.log", "w")))
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", rsync_port), 0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    rsync_port = procs.rsyncd(work, shelf)
 
     agents = []
     for i in range(1, n + 1):
@@ -143,12 +107,6 @@ try:
     print(f" med {a:8.2f}s {b:9.2f}s {a / b:6.2f}x")
     print(f"target: followed <= 1.1x raw rsync: {'met' if a <= 1.1 * b else 'MISSED'}")
 finally:
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    procs.close()
     subprocess.run(["rm", "-rf", work])
 EOP

@@ -22,37 +22,16 @@ if [ -z "${BENCH_BIN:-}" ]; then
     cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
 fi
 exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$MIB" <<'EOP'
-import json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+import json, os, re, statistics, subprocess, sys, tempfile, time
+sys.path.insert(0, "bench")
+from procs import Procs, clean
 
 bin_dir, runs, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 work = tempfile.mkdtemp(prefix="deploy-rollout-bench-")
-procs = []
+procs = Procs()
 
 def start(cmd, log, expect, env=None):
-    f = open(log, "w+")
-    p = subprocess.Popen(cmd, stderr=f, stdout=subprocess.DEVNULL, env=env)
-    procs.append(p)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        f.seek(0)
-        lines = re.findall(r"listening on (\S+)", f.read())
-        if len(lines) >= expect:
-            return p, lines
-        if p.poll() is not None:
-            f.seek(0)
-            sys.exit(f"{cmd[0]} exited: {f.read()}")
-        time.sleep(0.05)
-    sys.exit(f"{cmd[0]} did not start")
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-def clean(path):
-    subprocess.run(["rm", "-rf", path], check=True)
+    return None, procs.start(cmd, log, expect, env)
 
 try:
     # The artifact: random bytes (incompressible, so the tar.gz is ~MIB MiB) in a tar.gz.
@@ -98,21 +77,7 @@ try:
     proxy_port = proxy_addrs[0].rsplit(":", 1)[1]
 
     # The rsync daemon, serving the shelf.
-    rsync_port = free_port()
-    with open(f"{work}/rsyncd.conf", "w") as f:
-        f.write(f"use chroot = no\nuid = {os.getuid()}\ngid = {os.getgid()}\n"
-                f"pid file = {work}/rsyncd.pid\nmax connections = 0\n"
-                f"[shelf]\npath = {shelf}\nread only = yes\n")
-    rsyncd = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={work}/rsyncd.conf",
-                               "--address=127.0.0.1", f"--port={rsync_port}"],
-                              stderr=open(f"{work}/rsyncd.log", "w"))
-    procs.append(rsyncd)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", rsync_port), 0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    rsync_port = procs.rsyncd(work, shelf)
 
     client = [f"{bin_dir}/deploy-client", "--hosts", "127.0.0.1", "--port", proxy_port,
               "--api-key", "bench", "--key-cipher", "bench", "--args", "groups:fleet",
@@ -167,12 +132,6 @@ try:
     print(f"targets: skew <= 50 ms: {'met' if skew <= 50 else 'MISSED'}; "
           f"total <= 1.5x rsync: {'met' if total <= 1.5 * base else 'MISSED'}")
 finally:
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    procs.close()
     subprocess.run(["rm", "-rf", work])
 EOP
