@@ -11,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v rsync >/dev/null || { echo "demo: rsync is needed (apt-get install -y rsync)" >&2; exit 2; }
-cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
+# Not --quiet: a first build takes minutes, and cargo's progress says how far it is.
+echo "== building the release binaries (a first build takes a few minutes)"
+cargo build --release -p deploy-agent -p deploy-proxy -p deploy-client
 BIN=$PWD/target/release
 WORK=$(mktemp -d /tmp/deploy-demo.XXXXXX)
 cleanup() {
