@@ -264,6 +264,8 @@ const HEAD: &str = r#"set -u
 LC_ALL=C; export LC_ALL
 ECODE=500
 L=$(mktemp "${TMPDIR:-/tmp}/deploy-release.XXXXXX") || exit 70
+trap 'rm -f "$L" "$L.in"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
 exec 3>&1 >"$L" 2>&1
 finish() { cat "$L" >&3; rm -f "$L" "$L.in"; printf '%s\n' "$1" >&3; }
 on_fail() { :; }
@@ -1373,6 +1375,34 @@ mod tests {
 
     /// Every script this module writes is valid `sh` (parsed with `sh -n`, whose
     /// quoting of the script itself is then undone by a real shell too).
+    #[test]
+    fn a_killed_script_leaves_no_log_behind() {
+        // A detached reverter stopped by TERM (a shutdown) kept its log file in $TMPDIR.
+        let tmp = tempfile::tempdir().unwrap();
+        let releases = Releases::new(Path::new("/srv/app"), None);
+        let mut script = Script::new(&releases, "me", "").unwrap();
+        script.text.push_str("echo started >&3\nsleep 1\n");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script.text)
+            .env("TMPDIR", tmp.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut first = [0u8; 8];
+        std::io::Read::read_exact(&mut out, &mut first).unwrap();
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "the log");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let _ = child.wait();
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     #[test]
     fn every_script_parses() {
         let target = Target::parse("ssh://web1", 22).unwrap();
