@@ -1042,6 +1042,15 @@ impl SshReleases {
             .map_err(|why| Reply::error(500, format!("prepare failed: {why}")))
     }
 
+    /// Delivers `request` to `target` on the SSH transport, its streamed events
+    /// dropped (a script's log reaches a follower from its result instead).
+    async fn quietly(&self, target: &Target, request: &Request) -> Outcome {
+        let (tx, mut rx) = mpsc::channel(64);
+        let drain = async { while rx.recv().await.is_some() {} };
+        let (outcome, ()) = tokio::join!(self.inner.deliver(target, request, tx), drain);
+        outcome
+    }
+
     /// Sends the client-side release to `target`'s staging directory; `Err` is the
     /// outcome to give instead of preparing.
     async fn send_tree(
@@ -1059,10 +1068,7 @@ impl SshReleases {
             sudo: request.sudo,
             ..Request::default()
         };
-        let (tx, mut rx) = mpsc::channel(64);
-        let drain = async { while rx.recv().await.is_some() {} };
-        let (outcome, ()) = tokio::join!(self.inner.deliver(target, &upload, tx), drain);
-        match outcome {
+        match self.quietly(target, &upload).await {
             Outcome::Reply(reply) if reply.code == 200 => {
                 let content = reply.content();
                 if content.get("return").and_then(Value::as_str) == Some("true") {
@@ -1105,16 +1111,13 @@ async fn fetch_here(spec: &ReleaseSpec, loaded: &Loaded) -> Result<Local, String
     here.dest = Some(dir.path().join("tree").display().to_string());
     here.releases_dir = None;
     here.commands = Default::default();
-    let mut limits = deploy_release::fetch::Limits::default();
     let k = &spec.knobs;
-    limits.max_bandwidth = k.max_bandwidth.filter(|&b| b > 0);
-    limits.timeout = k.timeout.map(std::time::Duration::from_secs);
-    if let Some(retry) = k.retry {
-        limits.retry = retry.min(10);
-    }
-    if let Some(wait) = k.retry_wait {
-        limits.retry_wait = std::time::Duration::from_secs(wait.min(600));
-    }
+    let limits = deploy_release::fetch::Limits::default().narrowed(
+        k.max_bandwidth,
+        k.timeout,
+        k.retry,
+        k.retry_wait,
+    );
     let settings = Settings {
         work_dir: dir.path().join("work"),
         limits,
@@ -1223,10 +1226,7 @@ impl Transport for SshReleases {
             };
             // The script's output is its log then its result: the log is sent to a
             // follower once the result is known, the result line never.
-            let (tx, mut rx) = mpsc::channel(64);
-            let drain = async { while rx.recv().await.is_some() {} };
-            let (outcome, ()) = tokio::join!(self.inner.deliver(target, &run, tx), drain);
-            let outcome = record(&kind, outcome);
+            let outcome = record(&kind, self.quietly(target, &run).await);
             if request.follow {
                 if let Outcome::Reply(reply) = &outcome {
                     let log = reply

@@ -41,6 +41,34 @@ pub struct Limits {
     pub max_size: u64,
 }
 
+impl Limits {
+    /// Applies the knobs an order asks for (stretcher's, per order), bounded by these
+    /// limits: the stricter bandwidth and timeout win, retries are capped at 10 and the
+    /// wait between them at 600 s.
+    pub fn narrowed(
+        mut self,
+        max_bandwidth: Option<u64>,
+        timeout_secs: Option<u64>,
+        retry: Option<u32>,
+        retry_wait_secs: Option<u64>,
+    ) -> Limits {
+        let stricter = |have: Option<u64>, asked: Option<u64>| match (have, asked) {
+            (Some(h), Some(a)) => Some(h.min(a)),
+            (h, a) => h.or(a),
+        };
+        self.max_bandwidth = stricter(self.max_bandwidth, max_bandwidth.filter(|&b| b > 0));
+        self.timeout =
+            stricter(self.timeout.map(|t| t.as_secs()), timeout_secs).map(Duration::from_secs);
+        if let Some(retry) = retry {
+            self.retry = retry.min(10);
+        }
+        if let Some(wait) = retry_wait_secs {
+            self.retry_wait = Duration::from_secs(wait.min(600));
+        }
+        self
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {

@@ -93,20 +93,9 @@ pub fn settings(agent: &Agent) -> Settings {
 fn settings_for(agent: &Agent, spec: &ReleaseSpec) -> Settings {
     let mut settings = settings(agent);
     let k = &spec.knobs;
-    let limits = &mut settings.limits;
-    let stricter = |host: Option<u64>, asked: Option<u64>| match (host, asked) {
-        (Some(h), Some(a)) => Some(h.min(a)),
-        (h, a) => h.or(a),
-    };
-    limits.max_bandwidth = stricter(limits.max_bandwidth, k.max_bandwidth.filter(|&b| b > 0));
-    limits.timeout =
-        stricter(limits.timeout.map(|t| t.as_secs()), k.timeout).map(Duration::from_secs);
-    if let Some(retry) = k.retry {
-        limits.retry = retry.min(10);
-    }
-    if let Some(wait) = k.retry_wait {
-        limits.retry_wait = Duration::from_secs(wait.min(600));
-    }
+    settings.limits = settings
+        .limits
+        .narrowed(k.max_bandwidth, k.timeout, k.retry, k.retry_wait);
     settings
 }
 
