@@ -99,6 +99,7 @@ impl Handler for Agent {
             Some(OrderName::Releases) => release::list(self, &request),
             Some(OrderName::Rollback) => release::rollback(self, peer, &request),
             Some(OrderName::Confirm) => release::confirm(self, peer, &request),
+            Some(OrderName::Napp) => Reply::error(501, "napp: this agent does not run scenarios"),
             None => Reply::empty(404),
         };
         if reply.code >= 400 {

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 pub mod exec;
 pub mod lock;
+pub mod napp;
 pub mod release;
 pub mod rkill;
 pub mod rlist;
@@ -50,11 +51,14 @@ pub enum OrderName {
     Rollback,
     /// Confirm a switch that would otherwise revert by itself.
     Confirm,
+    /// One step of an Octopoda scenario on one NodeApp ([`napp`]); on agents only with
+    /// scenarios enabled.
+    Napp,
 }
 
 impl OrderName {
     /// Every order, in the order the original documents them.
-    pub const ALL: [OrderName; 13] = [
+    pub const ALL: [OrderName; 14] = [
         OrderName::Status,
         OrderName::Rlist,
         OrderName::Rsync,
@@ -68,6 +72,7 @@ impl OrderName {
         OrderName::Releases,
         OrderName::Rollback,
         OrderName::Confirm,
+        OrderName::Napp,
     ];
 
     /// The original's five orders (all the v1 wire can carry).
@@ -95,6 +100,7 @@ impl OrderName {
             OrderName::Releases => "releases",
             OrderName::Rollback => "rollback",
             OrderName::Confirm => "confirm",
+            OrderName::Napp => "napp",
         }
     }
 
@@ -160,6 +166,9 @@ pub struct Request {
     /// `deploy`, `releases`, `rollback`, `confirm`: what is asked ([`release`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<Box<release::ReleaseSpec>>,
+    /// `napp`: the scenario step asked ([`napp`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub napp: Option<Box<napp::NappSpec>>,
 }
 
 /// The body of a reply.
