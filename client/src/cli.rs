@@ -114,6 +114,16 @@ pub enum OrderArg {
     Rollback,
     /// Confirm a switch made with --confirm-within.
     Confirm,
+    /// How each host is doing: CPU, load, memory, disks, uptime, clock offset, version
+    /// (`deploy-client health [HOST...]`).
+    Health,
+    /// Copy a file or directory (--options=REMOTE_PATH) of each host into
+    /// --into=DIR/<host>/ (`deploy-client fetch REMOTE_PATH DIR [HOST...]`; agents with
+    /// allow_fetch = on, and SSH hosts).
+    Fetch,
+    /// A proxy's agents and their state from its heartbeat (`deploy-client nodes
+    /// [PROXY]`; --state=online|unstable|offline keeps one state).
+    Nodes,
 }
 
 impl OrderArg {
@@ -134,6 +144,9 @@ impl OrderArg {
             OrderArg::Releases => "releases",
             OrderArg::Rollback => "rollback",
             OrderArg::Confirm => "confirm",
+            OrderArg::Health => "health",
+            OrderArg::Fetch => "fetch",
+            OrderArg::Nodes => "nodes",
         }
     }
 }
@@ -158,6 +171,9 @@ pub enum Format {
     Jsonl,
     /// Output lines as they arrive, prefixed by their host (default for `run`).
     Lines,
+    /// `health`, `nodes`: a table, with the cluster's averages (default for them when
+    /// standard output is a terminal).
+    Table,
 }
 
 /// Sends one order to deploy agents (or a deploy proxy) and prints their results.
@@ -463,6 +479,15 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// `fetch`: the local directory each host's files go to, under `DIR/<host>/`
+    /// (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub into: Option<PathBuf>,
+
+    /// `nodes`: only the agents in this state (online, unstable or offline).
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -503,6 +528,8 @@ pub struct Config {
     pub lock: Option<LockMode>,
     /// `--order=deploy`: the waves of the rollout.
     pub rollout: Option<crate::rollout::Plan>,
+    /// `--order=fetch`: where each host's files go (`DIR/<host>/`).
+    pub fetch_into: Option<PathBuf>,
 }
 
 impl Args {
@@ -644,9 +671,35 @@ impl Args {
             self.order,
             OrderArg::Run | OrderArg::Upload | OrderArg::Sync
         );
-        let format = self
-            .format
-            .unwrap_or(if live { Format::Lines } else { Format::Json });
+        let fleet_view = matches!(self.order, OrderArg::Health | OrderArg::Nodes);
+        let format = self.format.unwrap_or(if live {
+            Format::Lines
+        } else if fleet_view && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            Format::Table
+        } else {
+            Format::Json
+        });
+        if format == Format::Table && !fleet_view {
+            bail!("--format=table is for --order=health and nodes");
+        }
+        let fetch_into = crate::fetch::check(
+            self.order == OrderArg::Fetch,
+            self.into.as_deref(),
+            &self.options,
+            protocol == Protocol::V1,
+        )?;
+        let state = match (&self.state, self.order) {
+            (None, _) => None,
+            (Some(state), OrderArg::Nodes) => Some(
+                deploy_common::order::nodes::State::parse(state)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--state {state:?}: expected online, unstable or offline")
+                    })?
+                    .as_str()
+                    .to_owned(),
+            ),
+            (Some(_), _) => bail!("--state is for --order=nodes"),
+        };
         if matches!(self.order, OrderArg::Run | OrderArg::Sync) && self.command.is_empty() {
             bail!("--order={} needs a command after `--`", self.order.as_str());
         }
@@ -842,7 +895,7 @@ impl Args {
         }
         let request = Request {
             order: self.order.as_str().to_owned(),
-            options: self.options,
+            options: state.unwrap_or(self.options),
             args: self.args,
             api_key: self.api_key,
             follow: self.follow || format == Format::Lines,
@@ -882,6 +935,7 @@ impl Args {
             verbose: self.verbose > 0 && !self.quiet,
             lock,
             rollout,
+            fetch_into,
         })
     }
 }

@@ -15,6 +15,10 @@
 //! | [`lines`] | the `lines` format (default for `run`): live, host-prefixed output; failure summary |
 //! | [`status`] | connected / running / done counts of SSH hosts on a terminal |
 //! | [`ssh_release`] | release orders on `ssh://` hosts: scripts on the agents' layout |
+//! | [`verbs`] | `health`, `fetch`, `nodes` as Octopoda-style short forms of `--order=…` |
+//! | [`health`] | `health`: clock offsets, the table and the cluster's averages |
+//! | [`fetch`] | `fetch`: each host's tar stream extracted into `DIR/<host>/` (confined) |
+//! | [`nodes`] | `nodes`: a proxy's agents and their state, as a table |
 //!
 //! # Design
 //!
@@ -32,15 +36,19 @@
 
 mod cli;
 mod defaults;
+mod fetch;
+mod health;
 mod jsonlog;
 mod lines;
 mod lock;
+mod nodes;
 mod progress;
 mod prompt;
 mod render;
 mod rollout;
 mod ssh_release;
 mod status;
+mod verbs;
 
 use deploy_common::report;
 use std::collections::VecDeque;
@@ -75,7 +83,13 @@ fn main() -> ExitCode {
     if let Some(code) = generate() {
         return code;
     }
-    let mut args: Args = deploy_common::cli::parse(deploy_common::version!());
+    let mut args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("deploy-client: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     init_tracing(args.log_level(), args.log_format);
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
@@ -129,6 +143,17 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// The flags, after the short forms (`health`, `fetch`, `nodes`) are rewritten
+/// ([`verbs`]); a usage error exits as clap's do.
+fn parse_args() -> Result<Args, verbs::VerbError> {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv = verbs::rewrite(std::env::args_os().collect())?;
+    let mut cmd = deploy_common::cli::utf8_strings(Args::command())
+        .version(deploy_common::version!());
+    let mut matches = cmd.clone().get_matches_from(argv);
+    Ok(Args::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit()))
 }
 
 /// Logs to standard error at the level of the flags, unless `RUST_LOG` says otherwise,
@@ -200,7 +225,11 @@ async fn run(config: Config) -> io::Result<u8> {
         verbose,
         lock: _,
         rollout: _,
+        fetch_into,
     } = config;
+    let mut fetcher = fetch_into.map(fetch::Fetcher::new);
+    let run_started = unix_ms();
+    let mut received: Vec<u64> = vec![0; targets.len()];
     let ssh_hosts = targets.iter().filter(|t| t.scheme == Scheme::Ssh).count();
     let mut status = match (&ssh, quiet, format) {
         (Some(ssh), false, Format::Lines | Format::Json | Format::Text) => {
@@ -287,7 +316,14 @@ async fn run(config: Config) -> io::Result<u8> {
                         via,
                     },
             } => {
-                let result = HostResult {
+                let mut result = result;
+                if order == "health" {
+                    if let Some(content) = result.get_mut("content").and_then(|c| c.as_object_mut()) {
+                        let now = unix_ms();
+                        health::add_offset(content, now, now.saturating_sub(run_started));
+                    }
+                }
+                let mut result = HostResult {
                     index,
                     host,
                     outcome: Outcome::Relayed {
@@ -303,6 +339,9 @@ async fn run(config: Config) -> io::Result<u8> {
                     },
                     elapsed: std::time::Duration::ZERO,
                 };
+                if let Some(fetcher) = &mut fetcher {
+                    finish_fetch(fetcher, &mut result).await;
+                }
                 if result.outcome.verdict() == Verdict::HostFailed && !quiet {
                     eprintln!("deploy-client: error: {}: {}", result.host, result.outcome);
                 }
@@ -319,6 +358,15 @@ async fn run(config: Config) -> io::Result<u8> {
                 }
                 if let Some(list) = relayed.get_mut(index) {
                     list.push(result);
+                }
+            }
+            FanoutEvent::Event {
+                index: _,
+                host,
+                event: Event::Data { data },
+            } if fetcher.is_some() => {
+                if let Some(fetcher) = &mut fetcher {
+                    fetcher.data(&host, &data).await;
                 }
             }
             FanoutEvent::Event { index, host, event } => match (&mut live, format) {
@@ -356,7 +404,23 @@ async fn run(config: Config) -> io::Result<u8> {
                 }
                 pending.push_back(FanoutEvent::Done(result));
             }
-            FanoutEvent::Done(result) => {
+            FanoutEvent::Done(mut result) => {
+                if let Some(fetcher) = &mut fetcher {
+                    finish_fetch(fetcher, &mut result).await;
+                }
+                if let Some(slot) = received.get_mut(result.index) {
+                    *slot = unix_ms();
+                }
+                if order == "health" {
+                    if let Outcome::Reply(Reply {
+                        code: 200,
+                        body: Body::Json(body),
+                    }) = &mut result.outcome
+                    {
+                        let elapsed = u64::try_from(result.elapsed.as_millis()).unwrap_or(0);
+                        health::add_offset(body, unix_ms(), elapsed);
+                    }
+                }
                 tracing::info!(
                     host = %result.host,
                     outcome = %result.outcome,
@@ -440,13 +504,28 @@ async fn run(config: Config) -> io::Result<u8> {
         }
     }
     // Deterministic documents: by host, not by arrival or command-line order.
-    if matches!(format, Format::Json | Format::Text) {
+    if matches!(format, Format::Json | Format::Text | Format::Table) {
         render::sort_by_host(&mut done);
         render::sort_by_host(&mut shown);
     }
     match format {
         Format::Json => render::write_perl_pretty(&mut out, &render::document(&order, &shown))?,
         Format::Text => render::write_text(&mut out, &order, &shown)?,
+        Format::Table if order == "nodes" => {
+            for result in &shown {
+                match result.outcome.reply() {
+                    Some(Reply {
+                        code: 200,
+                        body: Body::Json(body),
+                    }) => out.write_all(nodes::table(&result.host, body, unix_ms()).as_bytes())?,
+                    _ => writeln!(out, "{}: {}", result.host, result.outcome)?,
+                }
+            }
+        }
+        Format::Table => {
+            let rows: Vec<health::Row> = shown.iter().map(|r| health_row(r)).collect();
+            out.write_all(health::table(&rows).as_bytes())?;
+        }
         Format::Jsonl => {}
         Format::Lines => {
             if let Some(summary) = lines::summary(&done, skip_unreachable) {
@@ -477,6 +556,59 @@ async fn run(config: Config) -> io::Result<u8> {
         return Ok(EXIT_INTERRUPTED);
     }
     Ok(exit_status(&judged, expected - (done.len() - judged.len())))
+}
+
+/// Unix time now, milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+/// Ends `result`'s extraction (`fetch`): a refused or cut archive fails the host.
+async fn finish_fetch(fetcher: &mut fetch::Fetcher, result: &mut HostResult) {
+    let complete = result.outcome.verdict() == Verdict::Succeeded;
+    match fetcher.finish(&result.host, complete).await {
+        Some(Ok(summary)) if complete => tracing::info!(
+            host = %result.host,
+            into = %fetcher.host_dir(&result.host).display(),
+            files = summary.files,
+            bytes = summary.bytes,
+            "fetched"
+        ),
+        Some(Err(why)) if complete => {
+            result.outcome = Outcome::Failed(format!(
+                "fetch into {}: {why}",
+                fetcher.host_dir(&result.host).display()
+            ));
+        }
+        _ => {}
+    }
+}
+
+/// A host's row of the health table.
+fn health_row(result: &HostResult) -> health::Row {
+    let content = match &result.outcome {
+        Outcome::Reply(Reply {
+            code: 200,
+            body: Body::Json(body),
+        }) => Some(serde_json::Value::Object(body.clone())),
+        Outcome::Relayed { record, .. }
+            if result.outcome.verdict() == Verdict::Succeeded =>
+        {
+            record.get("content").cloned()
+        }
+        _ => None,
+    };
+    let parsed = content.and_then(|c| {
+        let offset = c.get("offset_ms").and_then(serde_json::Value::as_i64).unwrap_or(0);
+        deploy_common::order::health::Health::from_body(&c).map(|h| (h, offset))
+    });
+    health::Row {
+        host: result.host.clone(),
+        health: parsed.ok_or_else(|| result.outcome.to_string()),
+    }
 }
 
 /// The agents' records in a proxy's answer to a v1 request (`{agent: {order: record}}`,

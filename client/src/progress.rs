@@ -44,8 +44,9 @@ impl Live {
     /// Shows one event.
     pub fn event(&mut self, index: usize, host: &str, event: &Event) {
         match event {
-            // Relayed results are shown with the other results.
-            Event::Host { .. } => {}
+            // Relayed results are shown with the other results; fetched bytes go to
+            // their files.
+            Event::Host { .. } | Event::Data { .. } => {}
             Event::Line { stream, line, .. } => {
                 let text = match stream {
                     Stream::Stdout => format!("{host}: {line}"),

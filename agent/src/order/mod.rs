@@ -5,6 +5,8 @@
 //! argument vectors only: no shell ever sees a caller's input.
 
 mod exec;
+mod fetch;
+mod health;
 mod lock;
 mod process;
 pub mod release;
@@ -100,6 +102,12 @@ impl Handler for Agent {
             Some(OrderName::Rollback) => release::rollback(self, peer, &request),
             Some(OrderName::Confirm) => release::confirm(self, peer, &request),
             Some(OrderName::Napp) => Reply::error(501, "napp: this agent does not run scenarios"),
+            Some(OrderName::Health) => health::run(self, &request).await,
+            Some(OrderName::Fetch) => fetch::run(self, &request, &events).await,
+            Some(OrderName::Nodes) => Reply::error(
+                501,
+                "nodes is a proxy's view of its agents; ask a proxy",
+            ),
             None => Reply::empty(404),
         };
         if reply.code >= 400 {

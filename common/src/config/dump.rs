@@ -129,6 +129,7 @@ fn server(out: &mut Out, s: &ServerConfig) {
     out.key("state_dir", s.state_dir.display());
     out.on_off("allow_run", s.allow_run);
     out.on_off("allow_upload", s.allow_upload);
+    out.on_off("allow_fetch", s.allow_fetch);
     out.on_off("allow_deploy", s.allow_deploy);
     out.key("umask", format_args!("{:03o}", s.umask));
 }

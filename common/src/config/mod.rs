@@ -388,6 +388,11 @@ pub struct ServerConfig {
     /// `allow_upload` (new): an opt-in switch, default false: the agent extracts
     /// `upload` tar streams under `[allow::paths]`.
     pub allow_upload: bool,
+    /// `allow_fetch` (new): an opt-in switch, default false: the agent sends files and
+    /// directories under `[allow::paths]` back to a caller (`fetch`, as a tar stream).
+    /// Off by default because it reads whatever those roots hold (logs, keys a release
+    /// put there) for anyone with the key.
+    pub allow_fetch: bool,
     /// `allow_deploy` (new): an opt-in switch, default false: the agent serves the
     /// release orders (`deploy`, `rollback`, `confirm`; `[deploy]` says from where).
     pub allow_deploy: bool,
@@ -429,6 +434,7 @@ impl ServerConfig {
             state_dir: PathBuf::from("/var/lib/deploy-agent"),
             allow_run: false,
             allow_upload: false,
+            allow_fetch: false,
             allow_deploy: false,
             umask: 0o022,
         }
@@ -525,6 +531,7 @@ impl ServerConfig {
                 ("state_dir", _) => self.state_dir = cx.absolute(e)?,
                 ("allow_run", _) => self.allow_run = cx.boolean(e)?,
                 ("allow_upload", _) => self.allow_upload = cx.boolean(e)?,
+                ("allow_fetch", _) => self.allow_fetch = cx.boolean(e)?,
                 ("allow_deploy", _) => self.allow_deploy = cx.boolean(e)?,
                 ("umask", _) => self.umask = cx.octal_mode(e)?,
                 _ => return Err(cx.unknown_key(e)),
@@ -564,6 +571,7 @@ const SERVER_KEYS: &[&str] = &[
     "state_dir",
     "allow_run",
     "allow_upload",
+    "allow_fetch",
     "allow_deploy",
     "umask",
 ];

@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod exec;
+pub mod fetch;
+pub mod health;
 pub mod lock;
 pub mod napp;
+pub mod nodes;
 pub mod release;
 pub mod rkill;
 pub mod rlist;
@@ -54,11 +57,19 @@ pub enum OrderName {
     /// One step of an Octopoda scenario on one NodeApp ([`napp`]); on agents only with
     /// scenarios enabled.
     Napp,
+    /// How the node is doing: CPU, load, memory, disks, uptime, clock ([`health`]).
+    Health,
+    /// A file or directory of the node, streamed back as tar ([`fetch`]); on agents only
+    /// with `allow_fetch = on`, and only under `[allow::paths]`.
+    Fetch,
+    /// A proxy's view of its agents' state, from its heartbeat ([`nodes`]); agents
+    /// answer 501.
+    Nodes,
 }
 
 impl OrderName {
     /// Every order, in the order the original documents them.
-    pub const ALL: [OrderName; 14] = [
+    pub const ALL: [OrderName; 17] = [
         OrderName::Status,
         OrderName::Rlist,
         OrderName::Rsync,
@@ -73,6 +84,9 @@ impl OrderName {
         OrderName::Rollback,
         OrderName::Confirm,
         OrderName::Napp,
+        OrderName::Health,
+        OrderName::Fetch,
+        OrderName::Nodes,
     ];
 
     /// The original's five orders (all the v1 wire can carry).
@@ -101,6 +115,9 @@ impl OrderName {
             OrderName::Rollback => "rollback",
             OrderName::Confirm => "confirm",
             OrderName::Napp => "napp",
+            OrderName::Health => "health",
+            OrderName::Fetch => "fetch",
+            OrderName::Nodes => "nodes",
         }
     }
 

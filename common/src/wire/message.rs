@@ -112,6 +112,12 @@ pub enum Event {
         /// The proxy (or chain of proxies) that relayed it.
         via: String,
     },
+    /// A piece of a byte stream the order sends back (`fetch`: its tar archive), in
+    /// order; the stream ends with the reply.
+    Data {
+        /// The bytes, base64 (at most 64 KiB decoded).
+        data: String,
+    },
     /// Transfer progress (rsync `--info=progress2`).
     Progress {
         /// Bytes transferred so far.

@@ -1,0 +1,143 @@
+//! Octopoda-style short forms of the fleet orders, rewritten into the flags every
+//! order takes before the command line is parsed:
+//!
+//! ```text
+//! deploy-client health [HOST...] [FLAGS]           --order=health [--hosts=HOST,...]
+//! deploy-client fetch REMOTE DIR [HOST...] [FLAGS] --order=fetch --options=REMOTE --into=DIR
+//! deploy-client nodes [PROXY] [--proxy=PROXY]      --order=nodes --hosts=PROXY
+//! ```
+//!
+//! Every other flag (`--port`, `--api-key`, `--format`, `-i`…) stays as written, so the
+//! short forms take exactly what the long ones do, and defaults files apply alike. Which
+//! flags take a value is read from the parser's own definition, so that `--port 3440`
+//! is not mistaken for a host.
+
+use std::ffi::OsString;
+
+use clap::CommandFactory;
+
+use crate::cli::Args;
+
+/// The verbs this module knows.
+pub const VERBS: [&str; 3] = ["health", "fetch", "nodes"];
+
+/// A short form that cannot be rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct VerbError(String);
+
+/// Rewrites `argv` (program name first) if its first argument is a verb; returns it
+/// unchanged otherwise.
+pub fn rewrite(argv: Vec<OsString>) -> Result<Vec<OsString>, VerbError> {
+    let verb = match argv.get(1).and_then(|a| a.to_str()) {
+        Some(v) if VERBS.contains(&v) => v.to_owned(),
+        _ => return Ok(argv),
+    };
+    let command = Args::command();
+    let takes_value = |long: Option<&str>, short: Option<char>| {
+        command.get_arguments().any(|a| {
+            let named = match (long, short) {
+                (Some(l), _) => a.get_long() == Some(l) || a.get_all_aliases().is_some_and(|al| al.contains(&l)),
+                (None, Some(s)) => a.get_short() == Some(s),
+                (None, None) => false,
+            };
+            named && a.get_action().takes_values()
+        })
+    };
+    let mut out: Vec<OsString> = argv.first().cloned().into_iter().collect();
+    out.push(format!("--order={verb}").into());
+    let mut positional: Vec<String> = Vec::new();
+    let mut rest = argv.into_iter().skip(2);
+    while let Some(arg) = rest.next() {
+        let Some(text) = arg.to_str().map(str::to_owned) else {
+            // Left to the parser, which names it.
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.push(arg);
+            out.extend(rest.by_ref());
+            break;
+        }
+        if let Some(long) = text.strip_prefix("--") {
+            if verb == "nodes" && (long == "proxy" || long.starts_with("proxy=")) {
+                let value = match long.split_once('=') {
+                    Some((_, v)) => v.to_owned(),
+                    None => rest
+                        .next()
+                        .and_then(|v| v.into_string().ok())
+                        .ok_or_else(|| VerbError("nodes --proxy needs HOST[:PORT]".into()))?,
+                };
+                positional.push(value);
+                continue;
+            }
+            out.push(arg);
+            if !long.contains('=') && takes_value(Some(long), None) {
+                out.extend(rest.next());
+            }
+            continue;
+        }
+        if let Some(short) = text.strip_prefix('-').filter(|s| !s.is_empty()) {
+            out.push(arg.clone());
+            let mut chars = short.chars();
+            if let (Some(c), None) = (chars.next(), chars.next()) {
+                if takes_value(None, Some(c)) {
+                    out.extend(rest.next());
+                }
+            }
+            continue;
+        }
+        positional.push(text);
+    }
+    let mut positional = positional.into_iter();
+    if verb == "fetch" {
+        let usage = || VerbError("usage: deploy-client fetch REMOTE_PATH DIR [HOST...]".into());
+        let remote = positional.next().ok_or_else(usage)?;
+        let dir = positional.next().ok_or_else(usage)?;
+        out.push(format!("--options={remote}").into());
+        out.push(format!("--into={dir}").into());
+    }
+    let hosts: Vec<String> = positional.collect();
+    if !hosts.is_empty() {
+        out.push(format!("--hosts={}", hosts.join(",")).into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(args: &[&str]) -> Vec<String> {
+        let argv = std::iter::once("deploy-client")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        rewrite(argv)
+            .unwrap()
+            .into_iter()
+            .skip(1)
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn short_forms() {
+        assert_eq!(
+            words(&["health", "web1", "--port", "3440", "-vv", "web2", "-i", "key"]),
+            ["--order=health", "--port", "3440", "-vv", "-i", "key", "--hosts=web1,web2"]
+        );
+        assert_eq!(
+            words(&["fetch", "@log/error.log", "out", "a", "--format=json"]),
+            ["--order=fetch", "--format=json", "--options=@log/error.log", "--into=out", "--hosts=a"]
+        );
+        assert_eq!(
+            words(&["nodes", "--proxy", "p:3441", "--state=offline"]),
+            ["--order=nodes", "--state=offline", "--hosts=p:3441"]
+        );
+        assert_eq!(words(&["nodes"]), ["--order=nodes"]);
+        assert_eq!(words(&["--order=exec", "x"]), ["--order=exec", "x"]);
+        let argv = ["deploy-client", "fetch", "only-one"].map(OsString::from).to_vec();
+        assert!(rewrite(argv).unwrap_err().to_string().contains("usage"));
+    }
+}
