@@ -14,6 +14,7 @@
 //! | [`lock`] | `lock`/`unlock` and the cluster lock across agents, heartbeats, loss |
 //! | [`golden`] | the original's captured wire vectors replayed against the agent |
 //! | [`config`] | `--check` on the shipped samples and on broken files |
+//! | [`fleet`] | `health` cross-checked with `/proc`; `fetch` from three agents, refusals |
 //! | [`upload`] | `upload`: a tar body from the real client, extracted under `[allow::paths]` |
 //! | [`systemd`] | sd_notify (READY, STATUS, RELOADING, STOPPING, watchdog) and journald priorities |
 //! | [`release`] | releases: rollouts in two phases, rollback, confirm-or-revert, stretcher's event mode |
@@ -25,6 +26,7 @@
 mod config;
 mod errors;
 mod exposure;
+mod fleet;
 mod golden;
 mod hardening;
 mod ipv6;
