@@ -8,6 +8,8 @@
 //! ```text
 //! GET /healthz                      → Call::Health                 (no API key; HEAD too)
 //! POST /api/<order>   (or GET)      → Call::Order { request, stream }
+//! GET /api/nodes?options=offline    → the proxy's agents and their state (never streamed)
+//! /api/fetch                        → 501: its files travel as v2 events only
 //!
 //!   key         X-Api-Key: <key>    or  Authorization: Bearer <key>   (one of them, once)
 //!   parameters  options, args       from the query string and the body; each at most once
@@ -137,6 +139,9 @@ pub enum ApiError {
     /// order that has none.
     #[error("invalid release field: {0}")]
     InvalidRelease(String),
+    /// An order this API cannot carry (`fetch`: its files come as a stream of events).
+    #[error("{0} is not available over the HTTP API: use deploy-client (protocol v2)")]
+    NotOverHttp(&'static str),
 }
 
 impl ApiError {
@@ -147,6 +152,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::TooLarge => 413,
             ApiError::MissingKey => 401,
+            ApiError::NotOverHttp(_) => 501,
             ApiError::DuplicateHeader(_)
             | ApiError::TwoKeys
             | ApiError::HeaderNotUtf8(_)
@@ -177,6 +183,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             return Err(ApiError::NotFound);
         }
         let order = OrderName::parse(name).ok_or_else(|| ApiError::UnknownOrder(short(name)))?;
+        if order == OrderName::Fetch {
+            return Err(ApiError::NotOverHttp("fetch"));
+        }
         (Route::Order(order), ORDER_METHODS)
     };
     if allow.split(", ").any(|m| m == method) {
@@ -219,11 +228,13 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
             params.add_form(req.body)?;
         }
     }
-    let stream = req
-        .headers
-        .iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case("accept"))
-        .any(|(_, value)| contains_ignore_case(value, b"application/x-ndjson"));
+    // `nodes` is the proxy's own answer, one document: there is nothing to stream.
+    let stream = order != OrderName::Nodes
+        && req
+            .headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("accept"))
+            .any(|(_, value)| contains_ignore_case(value, b"application/x-ndjson"));
 
     let release = match params.release {
         None => None,
@@ -472,6 +483,7 @@ mod tests {
         assert_eq!(status("PUT", "/api/exec"), Err(405));
         assert_eq!(status("post", "/api/exec"), Err(405));
         assert_eq!(status("POST", "/api/nope"), Err(404));
+        assert_eq!(status("GET", "/api/fetch"), Err(501));
         assert_eq!(status("POST", "/api/exec/x"), Err(404));
         assert_eq!(status("POST", "/api/"), Err(404));
         assert_eq!(status("POST", "/api//exec"), Err(404));

@@ -8,12 +8,14 @@
 //!   chained proxies).
 //! * [`ssh`]: the `[ssh]` options → the one SSH transport of a worker generation.
 //! * [`relay`]: the order handler (authorization, fan-out, merging).
+//! * [`nodes`]: the heartbeat behind `nodes` (one worker probes, all answer).
 //! * [`http`]: the HTTP/JSON API server (hyper); what its requests mean is
 //!   [`deploy_proxy::api`], the library half, which the fuzz targets call.
 //! * `main`: start-up through the daemon core shared with the agent.
 
 mod cli;
 mod http;
+mod nodes;
 mod relay;
 mod route;
 mod ssh;
@@ -99,6 +101,8 @@ impl Program for ProxyProgram {
             .and_then(|l| l.local_addr().ok());
         let policy = Arc::clone(&self.current.policy);
         let relay = Arc::clone(&self.current.relay);
+        // One worker leads the heartbeat (`nodes`); the others stand by.
+        nodes::spawn(Arc::clone(&config));
         let allow = Arc::new(config.allow_hosts.clone());
         let socket_timeout = config.server.socket_timeout;
         let settings = WorkerSettings {

@@ -174,6 +174,90 @@ impl Relay {
 }
 
 impl Relay {
+    /// `nodes`: the agents the key may reach (its `groups:`/`hosts:` selection, or every
+    /// group of the key), as the heartbeat last saw them, in the state `options` names
+    /// (all if empty). Never probes (see [`crate::nodes`]).
+    fn nodes(&self, peer: SocketAddr, request: &Request) -> Reply {
+        let wanted = match request.options.trim() {
+            "" => None,
+            text => match deploy_common::order::nodes::State::parse(text) {
+                Some(state) => Some(state),
+                None => {
+                    return Reply::error(
+                        400,
+                        format!("nodes: unknown state {text:?} (online, unstable or offline)"),
+                    )
+                }
+            },
+        };
+        let selection = if request.args.trim().is_empty() {
+            let key: String = request.api_key.chars().filter(|c| !c.is_whitespace()).collect();
+            let groups = self.config.api.groups_for(&key).unwrap_or_default();
+            Request {
+                args: format!("groups:{}", groups.join(",")),
+                ..request.clone()
+            }
+        } else {
+            request.clone()
+        };
+        let servers = match self.authorize(&selection) {
+            Ok(servers) => servers,
+            Err(reply) => {
+                tracing::warn!(
+                    peer = %peer.ip(),
+                    order = %request.order,
+                    key = %deploy_common::server::log::key_id(&request.api_key),
+                    code = reply.code,
+                    "refused"
+                );
+                return reply;
+            }
+        };
+        if self.config.client.heartbeat.is_zero() {
+            return Reply::error(
+                503,
+                "nodes: this proxy probes no agents ([client] heartbeat = 0)",
+            );
+        }
+        let Some(table) = crate::nodes::read(&crate::nodes::state_file(&self.config)) else {
+            return Reply::error(
+                503,
+                format!(
+                    "nodes: the first heartbeat has not ended yet; ask again in {} s",
+                    self.config.client.heartbeat.as_secs()
+                ),
+            );
+        };
+        let addresses: HashSet<String> = servers
+            .iter()
+            .filter(|s| !s.chained)
+            .map(|s| s.target.address())
+            .collect();
+        let mut counts = [0usize; 3];
+        let nodes: Vec<Value> = table
+            .nodes
+            .iter()
+            .filter(|n| addresses.contains(&n.address))
+            .inspect(|n| {
+                if let Some(c) = counts.get_mut(n.state as usize) {
+                    *c += 1;
+                }
+            })
+            .filter(|n| wanted.is_none_or(|w| w == n.state))
+            .filter_map(|n| serde_json::to_value(n).ok())
+            .collect();
+        let [online, unstable, offline] = counts;
+        Reply::ok(object([
+            ("return", Value::String("true".into())),
+            ("interval_s", Value::String(table.interval_s.to_string())),
+            ("updated_ms", Value::String(table.updated_ms.to_string())),
+            ("nodes", Value::Array(nodes)),
+            ("online", Value::String(online.to_string())),
+            ("unstable", Value::String(unstable.to_string())),
+            ("offline", Value::String(offline.to_string())),
+        ]))
+    }
+
     /// Fans `request` out to `servers`, one fan-out per route (servers of one group
     /// share theirs), merged into one stream with the servers' own indexes.
     fn fan_out(&self, servers: &[Server], request: Request) -> mpsc::Receiver<FanoutEvent> {
@@ -237,6 +321,17 @@ impl Handler for Relay {
                     request.via.join(" > ")
                 ),
             );
+        }
+        match OrderName::parse(&request.order) {
+            Some(OrderName::Nodes) => return self.nodes(peer, &request),
+            // The files travel as events, which only a v2 caller receives.
+            Some(OrderName::Fetch) if !events.wanted() => {
+                return Reply::error(
+                    400,
+                    "fetch sends files as a stream: ask over protocol v2 (deploy-client fetch)",
+                )
+            }
+            _ => {}
         }
         if matches!(
             OrderName::parse(&request.order),

@@ -201,6 +201,8 @@ pub fn proxy(c: &ProxyConfig) -> String {
     }
     out.opt("proxy_id", k.proxy_id.as_deref());
     out.opt("http_listen", k.http_listen);
+    out.secs("heartbeat", k.heartbeat);
+    out.secs("heartbeat_timeout", k.offline_after());
     out.section("allow::hosts");
     out.list("host", c.allow_hosts.nets());
     if let Some(api) = &c.api_path {

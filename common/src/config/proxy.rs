@@ -96,6 +96,20 @@ pub struct ProxyClientConfig {
     pub proxy_id: Option<String>,
     /// `http_listen` (new): address of the HTTP/JSON API; none by default.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// `heartbeat` (seconds, new): how often the proxy probes each agent of its API file
+    /// for `nodes` (a brief `health`, one worker probing for all); 0 = never. Default 5.
+    pub heartbeat: Duration,
+    /// `heartbeat_timeout` (seconds, new): an agent that answered no probe for this long
+    /// is `offline` (before that, one that missed a probe is `unstable`). Default three
+    /// heartbeats.
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+impl ProxyClientConfig {
+    /// `heartbeat_timeout`, or three heartbeats.
+    pub fn offline_after(&self) -> Duration {
+        self.heartbeat_timeout.unwrap_or(self.heartbeat * 3)
+    }
 }
 
 /// `[ssh]` (new): how the proxy logs in to the `ssh://` servers of its API file.
@@ -177,6 +191,8 @@ impl Default for ProxyClientConfig {
             proxy_api_key: None,
             proxy_id: None,
             http_listen: None,
+            heartbeat: Duration::from_secs(5),
+            heartbeat_timeout: None,
         }
     }
 }
@@ -347,6 +363,8 @@ fn apply_client(
         "proxy_api_key",
         "proxy_id",
         "http_listen",
+        "heartbeat",
+        "heartbeat_timeout",
     ];
     if e.list {
         return Err(match KEYS.contains(&e.key.as_str()) {
@@ -390,6 +408,8 @@ fn apply_client(
                 )
             })?)
         }
+        "heartbeat" => client.heartbeat = cx.seconds(e)?,
+        "heartbeat_timeout" => client.heartbeat_timeout = Some(cx.seconds(e)?),
         _ => return Err(cx.unknown_key(e)),
     }
     Ok(())
