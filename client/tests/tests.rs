@@ -10,6 +10,7 @@
 mod lock;
 mod ops;
 mod ssh;
+mod ssh_fleet;
 mod ssh_orgalorg;
 mod ssh_release;
 mod util;

@@ -10,6 +10,7 @@
 //! | [`config`] | the OpenSSH client configuration: `Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump`, `ProxyCommand`, `ForwardAgent`, `UserKnownHostsFile`, `StrictHostKeyChecking`, `Include` |
 //! | [`known_hosts`] | trusted host keys: known, unknown, changed (mismatch), revoked; appending new ones |
 //! | [`lines`] | output bytes → whole lines; argv → the remote command line (`sudo -n sh -c`) |
+//! | `fleet` | `health` (`/proc` and `df` read by one `sh` command) and `fetch` (`tar -c` as data events) |
 //!
 //! # Design
 //!
@@ -58,6 +59,7 @@ use crate::transport::{BoxFuture, Outcome, Transport};
 use crate::wire::message::Event;
 
 pub mod config;
+mod fleet;
 pub mod known_hosts;
 pub mod lines;
 pub mod lock;
@@ -504,11 +506,19 @@ impl Shared {
                 let work = self.deliver_upload(target, request, &events);
                 return self.bounded(target, work).await;
             }
+            "health" => {
+                let work = self.deliver_health(target, request);
+                return self.bounded(target, work).await;
+            }
+            "fetch" => {
+                let work = self.deliver_fetch(target, request, &events);
+                return self.bounded(target, work).await;
+            }
             other => {
                 return Outcome::Reply(Reply::error(
                     501,
                     format!(
-                        "order {other:?} is not available over SSH (only run, upload, sync, lock, unlock)"
+                        "order {other:?} is not available over SSH (only run, upload, sync, lock, unlock, health, fetch)"
                     ),
                 ))
             }
