@@ -37,7 +37,10 @@ fn health_matches_proc() {
     let content = &doc[&host]["health"]["content"];
     assert_eq!(content["return"], "true", "{doc:#}");
     let nproc = std::process::Command::new("nproc").output().unwrap();
-    let nproc: u64 = String::from_utf8_lossy(&nproc.stdout).trim().parse().unwrap();
+    let nproc: u64 = String::from_utf8_lossy(&nproc.stdout)
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(content["cores"].as_u64(), Some(nproc), "{content:#}");
     assert_eq!(
         content["mem_total"].as_u64(),
@@ -56,11 +59,15 @@ fn health_matches_proc() {
         .parse()
         .unwrap();
     let reported = content["uptime_s"].as_u64().unwrap() as f64;
-    assert!(reported <= uptime && uptime - reported < 60.0, "{reported} vs {uptime}");
+    assert!(
+        reported <= uptime && uptime - reported < 60.0,
+        "{reported} vs {uptime}"
+    );
     let model = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-    let model = model
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).trim().to_owned()));
+    let model = model.lines().find_map(|l| {
+        l.strip_prefix("model name")
+            .map(|m| m.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+    });
     if let Some(model) = model {
         assert_eq!(content["cpu_model"], model.as_str());
     }
@@ -75,7 +82,10 @@ fn health_matches_proc() {
     // The clock is this machine's: the offset is the estimate's error only.
     let offset = content["offset_ms"].as_i64().unwrap();
     assert!(offset.abs() < 1000, "offset {offset}");
-    assert!(content["version"].as_str().unwrap().starts_with("deploy-agent "));
+    assert!(content["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("deploy-agent "));
 
     // The table: the host's row and the averages.
     let out = client(&["health", &host, "--format=table"]);
@@ -146,7 +156,13 @@ fn fetch_from_three_agents() {
     let into = out_dir.join("got");
     for (sb, host) in sandboxes.iter().zip(&hosts) {
         let remote = sb.allowed().join("tree").display().to_string();
-        let out = client(&["fetch", &remote, into.to_str().unwrap(), host, "--format=json"]);
+        let out = client(&[
+            "fetch",
+            &remote,
+            into.to_str().unwrap(),
+            host,
+            "--format=json",
+        ]);
         out.expect_code(0);
         let content = &out.json()[host.as_str()]["fetch"]["content"];
         assert_eq!(content["skipped"], "2", "{content:#}");
@@ -180,7 +196,11 @@ fn fetch_from_three_agents() {
     // Named through a link inside an allowed root that points out: resolved, refused.
     let out = client(&[
         "fetch",
-        sandboxes[0].allowed().join("tree/outside").to_str().unwrap(),
+        sandboxes[0]
+            .allowed()
+            .join("tree/outside")
+            .to_str()
+            .unwrap(),
         denied.to_str().unwrap(),
         &hosts[0],
         "--format=json",

@@ -92,7 +92,7 @@ impl Defaults {
                             invalid(
                                 name,
                                 e,
-                                format!("{v:?}: expected json, text, jsonl or lines"),
+                                format!("{v:?}: expected json, text, jsonl, lines or table"),
                             )
                         })?);
                     }
@@ -227,7 +227,7 @@ mod tests {
             ),
             (
                 "[client]\nformat = yaml\n",
-                "/x/client.ini:2: [client] format: \"yaml\": expected json, text, jsonl or lines",
+                "/x/client.ini:2: [client] format: \"yaml\": expected json, text, jsonl, lines or table",
             ),
             (
                 "[client]\n\nhots = a\n",

@@ -142,7 +142,10 @@ impl Fetcher {
     /// Records a failure of `host` before any extraction.
     fn fail(&mut self, host: &str, why: String) {
         let task = tokio::task::spawn_blocking(move || Err(why));
-        if let Some(old) = self.hosts.insert(host.to_owned(), Pending { tx: None, task }) {
+        if let Some(old) = self
+            .hosts
+            .insert(host.to_owned(), Pending { tx: None, task })
+        {
             old.task.abort();
         }
     }

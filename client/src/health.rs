@@ -90,7 +90,13 @@ pub fn table(rows: &[Row]) -> String {
         let loads: Vec<f64> = (0..3)
             .map(|i| avg(&|h: &Health| h.load.get(i).copied().unwrap_or_default()))
             .collect();
-        let share = |u: u64, t: u64| if t == 0 { 0.0 } else { u as f64 * 100.0 / t as f64 };
+        let share = |u: u64, t: u64| {
+            if t == 0 {
+                0.0
+            } else {
+                u as f64 * 100.0 / t as f64
+            }
+        };
         let disk = avg(&|h: &Health| {
             h.disks
                 .first()

@@ -259,7 +259,9 @@ fn print_results(format: Format, results: &[&HostResult]) -> io::Result<()> {
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
         Format::Json => render::write_perl_pretty(&mut out, &render::document(order, results))?,
-        Format::Text | Format::Lines | Format::Table => render::write_text(&mut out, order, results)?,
+        Format::Text | Format::Lines | Format::Table => {
+            render::write_text(&mut out, order, results)?
+        }
         Format::Jsonl => {
             for result in results {
                 serde_json::to_writer(&mut out, &render::result_line(order, result))

@@ -150,8 +150,8 @@ fn main() -> ExitCode {
 fn parse_args() -> Result<Args, verbs::VerbError> {
     use clap::{CommandFactory, FromArgMatches};
     let argv = verbs::rewrite(std::env::args_os().collect())?;
-    let mut cmd = deploy_common::cli::utf8_strings(Args::command())
-        .version(deploy_common::version!());
+    let mut cmd =
+        deploy_common::cli::utf8_strings(Args::command()).version(deploy_common::version!());
     let mut matches = cmd.clone().get_matches_from(argv);
     Ok(Args::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit()))
 }
@@ -318,7 +318,8 @@ async fn run(config: Config) -> io::Result<u8> {
             } => {
                 let mut result = result;
                 if order == "health" {
-                    if let Some(content) = result.get_mut("content").and_then(|c| c.as_object_mut()) {
+                    if let Some(content) = result.get_mut("content").and_then(|c| c.as_object_mut())
+                    {
                         let now = unix_ms();
                         health::add_offset(content, now, now.saturating_sub(run_started));
                     }
@@ -594,15 +595,16 @@ fn health_row(result: &HostResult) -> health::Row {
             code: 200,
             body: Body::Json(body),
         }) => Some(serde_json::Value::Object(body.clone())),
-        Outcome::Relayed { record, .. }
-            if result.outcome.verdict() == Verdict::Succeeded =>
-        {
+        Outcome::Relayed { record, .. } if result.outcome.verdict() == Verdict::Succeeded => {
             record.get("content").cloned()
         }
         _ => None,
     };
     let parsed = content.and_then(|c| {
-        let offset = c.get("offset_ms").and_then(serde_json::Value::as_i64).unwrap_or(0);
+        let offset = c
+            .get("offset_ms")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
         deploy_common::order::health::Health::from_body(&c).map(|h| (h, offset))
     });
     health::Row {

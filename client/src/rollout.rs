@@ -468,7 +468,9 @@ pub async fn run(config: Config, plan: Plan) -> io::Result<u8> {
         Format::Json => {
             crate::render::write_perl_pretty(&mut out, &crate::render::document("deploy", &refs))?
         }
-        Format::Text | Format::Lines | Format::Table => crate::render::write_text(&mut out, "deploy", &refs)?,
+        Format::Text | Format::Lines | Format::Table => {
+            crate::render::write_text(&mut out, "deploy", &refs)?
+        }
         Format::Jsonl => {
             for r in &refs {
                 serde_json::to_writer(&mut out, &crate::render::result_line("deploy", r))

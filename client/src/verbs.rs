@@ -37,7 +37,9 @@ pub fn rewrite(argv: Vec<OsString>) -> Result<Vec<OsString>, VerbError> {
     let takes_value = |long: Option<&str>, short: Option<char>| {
         command.get_arguments().any(|a| {
             let named = match (long, short) {
-                (Some(l), _) => a.get_long() == Some(l) || a.get_all_aliases().is_some_and(|al| al.contains(&l)),
+                (Some(l), _) => {
+                    a.get_long() == Some(l) || a.get_all_aliases().is_some_and(|al| al.contains(&l))
+                }
                 (None, Some(s)) => a.get_short() == Some(s),
                 (None, None) => false,
             };
@@ -125,11 +127,25 @@ mod tests {
     fn short_forms() {
         assert_eq!(
             words(&["health", "web1", "--port", "3440", "-vv", "web2", "-i", "key"]),
-            ["--order=health", "--port", "3440", "-vv", "-i", "key", "--hosts=web1,web2"]
+            [
+                "--order=health",
+                "--port",
+                "3440",
+                "-vv",
+                "-i",
+                "key",
+                "--hosts=web1,web2"
+            ]
         );
         assert_eq!(
             words(&["fetch", "@log/error.log", "out", "a", "--format=json"]),
-            ["--order=fetch", "--format=json", "--options=@log/error.log", "--into=out", "--hosts=a"]
+            [
+                "--order=fetch",
+                "--format=json",
+                "--options=@log/error.log",
+                "--into=out",
+                "--hosts=a"
+            ]
         );
         assert_eq!(
             words(&["nodes", "--proxy", "p:3441", "--state=offline"]),
@@ -137,7 +153,9 @@ mod tests {
         );
         assert_eq!(words(&["nodes"]), ["--order=nodes"]);
         assert_eq!(words(&["--order=exec", "x"]), ["--order=exec", "x"]);
-        let argv = ["deploy-client", "fetch", "only-one"].map(OsString::from).to_vec();
+        let argv = ["deploy-client", "fetch", "only-one"]
+            .map(OsString::from)
+            .to_vec();
         assert!(rewrite(argv).unwrap_err().to_string().contains("usage"));
     }
 }

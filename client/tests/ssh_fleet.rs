@@ -16,7 +16,10 @@ fn ssh_health_matches_proc() {
     assert_eq!(out.status, 0, "{out:?}");
     let doc: Value = serde_json::from_str(&out.stdout).expect("json");
     let nproc = std::process::Command::new("nproc").output().expect("nproc");
-    let nproc: u64 = String::from_utf8_lossy(&nproc.stdout).trim().parse().expect("nproc");
+    let nproc: u64 = String::from_utf8_lossy(&nproc.stdout)
+        .trim()
+        .parse()
+        .expect("nproc");
     let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
     let mem_total: u64 = meminfo
         .lines()
@@ -30,7 +33,10 @@ fn ssh_health_matches_proc() {
         assert_eq!(content["version"], "ssh");
         assert_eq!(content["disks"][0]["path"], "/");
         assert!(content["disks"][0]["total"].as_u64().unwrap() > 0);
-        assert!(content["offset_ms"].as_i64().unwrap().abs() < 2000, "{content:#}");
+        assert!(
+            content["offset_ms"].as_i64().unwrap().abs() < 2000,
+            "{content:#}"
+        );
     }
     let out = client(home.path(), &["health", &hosts, "--format=table"], None);
     assert_eq!(out.status, 0, "{out:?}");
@@ -91,7 +97,11 @@ fn ssh_fetch_from_three_hosts_and_a_hostile_archive() {
         None,
     );
     assert_eq!(out.status, 3, "{out:?}");
-    assert!(out.stdout.contains("the archive was refused"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("the archive was refused"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("escape"), "{}", out.stdout);
     assert_eq!(std::fs::read_dir(&secret).expect("secret").count(), 0);
 }

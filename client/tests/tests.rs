@@ -857,7 +857,7 @@ async fn defaults_file_under_the_flags() {
     assert!(stdout.is_empty());
     assert!(
         stderr.contains(&format!(
-            "{}:3: [client] format: \"yaml\": expected json, text, jsonl or lines",
+            "{}:3: [client] format: \"yaml\": expected json, text, jsonl, lines or table",
             file.display()
         )),
         "{stderr}"

@@ -140,7 +140,12 @@ async fn beat(config: &ProxyConfig) {
     };
     let file = state_file(config);
     let previous: HashMap<String, Node> = read(&file)
-        .map(|t| t.nodes.into_iter().map(|n| (n.address.clone(), n)).collect())
+        .map(|t| {
+            t.nodes
+                .into_iter()
+                .map(|n| (n.address.clone(), n))
+                .collect()
+        })
         .unwrap_or_default();
     let now = unix_ms();
     let mut probes: Vec<Probe> = Vec::new();
@@ -180,16 +185,22 @@ async fn beat(config: &ProxyConfig) {
         every_s = config.client.heartbeat.as_secs(),
         "heartbeat: this worker probes the agents"
     );
-    let permits = Arc::new(tokio::sync::Semaphore::new(config.client.concurrency.max(1)));
-    let offline_after = u64::try_from(config.client.offline_after().as_millis()).unwrap_or(u64::MAX);
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        config.client.concurrency.max(1),
+    ));
+    let offline_after =
+        u64::try_from(config.client.offline_after().as_millis()).unwrap_or(u64::MAX);
     let mut ticker = tokio::time::interval(config.client.heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let mut round = tokio::task::JoinSet::new();
         for (index, probe) in probes.iter().enumerate() {
-            let (target, route, permits) =
-                (probe.target.clone(), Arc::clone(&probe.route), Arc::clone(&permits));
+            let (target, route, permits) = (
+                probe.target.clone(),
+                Arc::clone(&probe.route),
+                Arc::clone(&permits),
+            );
             round.spawn(async move {
                 let _permit = permits.acquire_owned().await.ok();
                 let request = Request {
@@ -292,13 +303,19 @@ mod tests {
         };
         let ok = Outcome::Reply(Reply::error(404, "old agent"));
         update(&mut node, &ok, Duration::from_millis(2), 1000, 3000);
-        assert_eq!((node.state, node.since_ms, node.last_seen_ms), (State::Online, 1000, 1000));
+        assert_eq!(
+            (node.state, node.since_ms, node.last_seen_ms),
+            (State::Online, 1000, 1000)
+        );
         let gone = Outcome::Failed("refused".into());
         update(&mut node, &gone, Duration::ZERO, 2000, 3000);
         assert_eq!((node.state, node.since_ms), (State::Unstable, 2000));
         update(&mut node, &gone, Duration::ZERO, 3500, 3000);
         assert_eq!((node.state, node.since_ms), (State::Unstable, 2000));
         update(&mut node, &gone, Duration::ZERO, 4000, 3000);
-        assert_eq!((node.state, node.since_ms, node.error.as_str()), (State::Offline, 4000, "refused"));
+        assert_eq!(
+            (node.state, node.since_ms, node.error.as_str()),
+            (State::Offline, 4000, "refused")
+        );
     }
 }

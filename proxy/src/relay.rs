@@ -191,7 +191,11 @@ impl Relay {
             },
         };
         let selection = if request.args.trim().is_empty() {
-            let key: String = request.api_key.chars().filter(|c| !c.is_whitespace()).collect();
+            let key: String = request
+                .api_key
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
             let groups = self.config.api.groups_for(&key).unwrap_or_default();
             Request {
                 args: format!("groups:{}", groups.join(",")),

@@ -26,7 +26,16 @@ fn agent(sb: &Sandbox, ip: &str, port: u16) -> Agent {
 /// the proxy's reply content (a text until the first heartbeat round has ended: 503).
 fn nodes(port: u16, key: &str, extra: &[&str]) -> Value {
     let port = port.to_string();
-    let mut args = vec!["nodes", "--proxy", "127.0.0.1", "--port", &port, "--api-key", key, "--format=json"];
+    let mut args = vec![
+        "nodes",
+        "--proxy",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--api-key",
+        key,
+        "--format=json",
+    ];
     args.extend_from_slice(extra);
     let out = client(&args);
     let doc = out.json();
@@ -70,14 +79,24 @@ fn agents_go_offline_and_come_back() {
     let port = proxy.port();
 
     // Every agent online, with its version and a latency.
-    let all_online = |content: &Value| addresses.iter().all(|a| state_of(content, a).as_deref() == Some("online"));
+    let all_online = |content: &Value| {
+        addresses
+            .iter()
+            .all(|a| state_of(content, a).as_deref() == Some("online"))
+    };
     let content = wait_until(LIMIT, "three agents online", || {
         let c = nodes(port, API_KEY, &[]);
         all_online(&c).then_some(c)
     });
     assert_eq!(content["online"], "3", "{content:#}");
     for node in content["nodes"].as_array().unwrap() {
-        assert!(node["version"].as_str().unwrap().starts_with("deploy-agent "), "{node}");
+        assert!(
+            node["version"]
+                .as_str()
+                .unwrap()
+                .starts_with("deploy-agent "),
+            "{node}"
+        );
         assert!(node["latency_ms"].as_f64().unwrap() >= 0.0);
         assert!(node["last_seen_ms"].as_u64().unwrap() > 0);
     }
@@ -118,9 +137,22 @@ fn agents_go_offline_and_come_back() {
     if have_curl() {
         let url = format!("http://{}/api/nodes?options=offline", proxy.http());
         let out = curl(&["-H", &format!("X-Api-Key: {API_KEY}"), &url]);
-        let body: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
-        assert_eq!(body["nodes"][0]["address"], addresses[1].as_str(), "{body:#}");
-        let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("X-Api-Key: {API_KEY}"), &format!("http://{}/api/fetch", proxy.http())]);
+        let body: Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
+        assert_eq!(
+            body["nodes"][0]["address"],
+            addresses[1].as_str(),
+            "{body:#}"
+        );
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("X-Api-Key: {API_KEY}"),
+            &format!("http://{}/api/fetch", proxy.http()),
+        ]);
         assert_eq!(out.stdout, "501");
     }
 

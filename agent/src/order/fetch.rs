@@ -28,10 +28,7 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         return Reply::error(403, "fetch is disabled on this agent (allow_fetch = off)");
     }
     if !events.wanted() {
-        return Reply::error(
-            400,
-            "fetch needs protocol v2 (the files travel as events)",
-        );
+        return Reply::error(400, "fetch needs protocol v2 (the files travel as events)");
     }
     let path = match expand(&request.options, |var| variable(agent, var)) {
         Ok(path) => path,
@@ -45,7 +42,10 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         }
     };
     let (Some(parent), Some(name)) = (resolved.parent(), resolved.file_name()) else {
-        return Reply::error(400, format!("fetch {path:?}: cannot fetch the root directory"));
+        return Reply::error(
+            400,
+            format!("fetch {path:?}: cannot fetch the root directory"),
+        );
     };
     let Some(name) = name.to_str().map(str::to_owned) else {
         return Reply::error(400, format!("fetch {path:?}: a name that is not UTF-8"));
@@ -96,7 +96,10 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         Ok(bytes) => bytes,
         Err(e) => {
             tracing::warn!(path = %resolved.display(), error = %e, "fetch stopped");
-            return Reply::error(500, format!("fetch stopped, the archive is incomplete: {e}"));
+            return Reply::error(
+                500,
+                format!("fetch stopped, the archive is incomplete: {e}"),
+            );
         }
     };
     tracing::info!(path = %resolved.display(), files, bytes, skipped, "fetched");

@@ -97,9 +97,12 @@ fn disks(roots: &[PathBuf]) -> Vec<Disk> {
         let Ok(stat) = nix::sys::statvfs::statvfs(root) else {
             continue;
         };
+        // fsblkcnt_t is u64 on 64-bit Linux but not everywhere.
+        #[allow(clippy::useless_conversion)]
+        let (blocks, blocks_free) = (u64::from(stat.blocks()), u64::from(stat.blocks_free()));
         let fragment = stat.fragment_size();
-        let total = u64::from(stat.blocks()).saturating_mul(fragment);
-        let free = u64::from(stat.blocks_free()).saturating_mul(fragment);
+        let total = blocks.saturating_mul(fragment);
+        let free = blocks_free.saturating_mul(fragment);
         out.push(Disk {
             path: root.display().to_string(),
             total,

@@ -104,10 +104,9 @@ impl Handler for Agent {
             Some(OrderName::Napp) => Reply::error(501, "napp: this agent does not run scenarios"),
             Some(OrderName::Health) => health::run(self, &request).await,
             Some(OrderName::Fetch) => fetch::run(self, &request, &events).await,
-            Some(OrderName::Nodes) => Reply::error(
-                501,
-                "nodes is a proxy's view of its agents; ask a proxy",
-            ),
+            Some(OrderName::Nodes) => {
+                Reply::error(501, "nodes is a proxy's view of its agents; ask a proxy")
+            }
             None => Reply::empty(404),
         };
         if reply.code >= 400 {

@@ -202,7 +202,10 @@ pub fn proxy(c: &ProxyConfig) -> String {
     out.opt("proxy_id", k.proxy_id.as_deref());
     out.opt("http_listen", k.http_listen);
     out.secs("heartbeat", k.heartbeat);
-    out.secs("heartbeat_timeout", k.offline_after());
+    out.opt(
+        "heartbeat_timeout",
+        k.heartbeat_timeout.map(|d| d.as_secs()),
+    );
     out.section("allow::hosts");
     out.list("host", c.allow_hosts.nets());
     if let Some(api) = &c.api_path {

@@ -145,13 +145,19 @@ mod tests {
     #[test]
     fn variables() {
         let lookup = |v: &str| (v == "@log").then(|| "/var/log/deploy/".to_owned());
-        assert_eq!(expand("@log/error.log", lookup).unwrap(), "/var/log/deploy/error.log");
+        assert_eq!(
+            expand("@log/error.log", lookup).unwrap(),
+            "/var/log/deploy/error.log"
+        );
         assert_eq!(expand("@log", lookup).unwrap(), "/var/log/deploy");
         assert_eq!(expand("/etc/x", lookup).unwrap(), "/etc/x");
         assert!(matches!(expand("x/y", lookup), Err(PathError::Relative(_))));
         assert_eq!(expand(" ", lookup), Err(PathError::Empty));
         let e = expand("@workspace/a@s", lookup).unwrap_err().to_string();
-        assert!(e.contains("@workspace") && e.contains("[scenarios] workspace"), "{e}");
+        assert!(
+            e.contains("@workspace") && e.contains("[scenarios] workspace"),
+            "{e}"
+        );
     }
 
     #[test]

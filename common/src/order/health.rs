@@ -237,7 +237,12 @@ pub fn parse_ssh(output: &str) -> Health {
         // A `date` without %N prints it literally: whole seconds then.
         .or_else(|| {
             let text = get("date");
-            let secs: u64 = text.trim().trim_end_matches('N').trim_end_matches('%').parse().ok()?;
+            let secs: u64 = text
+                .trim()
+                .trim_end_matches('N')
+                .trim_end_matches('%')
+                .parse()
+                .ok()?;
             secs.checked_mul(1000)
         })
         .unwrap_or_default();
@@ -301,7 +306,14 @@ mod tests {
         assert_eq!(h.cores, 8);
         assert_eq!(h.cpu_percent, 50.0);
         assert_eq!((h.mem_total, h.mem_used), (4096, 3072));
-        assert_eq!(h.disks, [Disk { path: "/".into(), total: 102_400, used: 40_960 }]);
+        assert_eq!(
+            h.disks,
+            [Disk {
+                path: "/".into(),
+                total: 102_400,
+                used: 40_960
+            }]
+        );
         assert_eq!(h.time_ms, 1_764_672_000_123);
         assert_eq!((h.host.as_str(), h.uptime_s, h.load.len()), ("web1", 99, 3));
         assert_eq!(parse_ssh("nonsense").cores, 0);

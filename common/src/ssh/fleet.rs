@@ -84,7 +84,12 @@ impl Shared {
             (var == "@root").then(|| "/root".to_owned())
         }) {
             Ok(path) => path,
-            Err(e) => return Ok(Reply::error(400, format!("{e} (an SSH host has only @root)"))),
+            Err(e) => {
+                return Ok(Reply::error(
+                    400,
+                    format!("{e} (an SSH host has only @root)"),
+                ))
+            }
         };
         if path.contains('\0') {
             return Ok(Reply::error(400, "fetch: a path with a NUL byte"));
