@@ -440,3 +440,27 @@ fn replaced_files_keep_the_old_contents_until_complete() {
     run(&root, &tar).unwrap();
     assert_eq!(std::fs::read(root.join("f")).unwrap(), vec![9u8; 3000]);
 }
+
+/// A reader led through a link is refused: the file opens beneath the root, a link (at
+/// the name or on the way) or a climb does not.
+#[test]
+fn open_file_follows_no_link() {
+    let t = tempfile::tempdir().unwrap();
+    let root_dir = t.path().join("root");
+    std::fs::create_dir_all(root_dir.join("sub")).unwrap();
+    std::fs::write(root_dir.join("sub/file"), "inside").unwrap();
+    std::fs::write(t.path().join("secret"), "outside").unwrap();
+    std::os::unix::fs::symlink(t.path().join("secret"), root_dir.join("link")).unwrap();
+    std::os::unix::fs::symlink("sub", root_dir.join("dirlink")).unwrap();
+    let root = Root::open(&root_dir).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut root.open_file(Path::new("sub/file")).unwrap(),
+        &mut text,
+    )
+    .unwrap();
+    assert_eq!(text, "inside");
+    for bad in ["link", "dirlink/file", "../secret", "sub"] {
+        assert!(root.open_file(Path::new(bad)).is_err(), "{bad}");
+    }
+}

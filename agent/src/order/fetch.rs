@@ -9,9 +9,11 @@
 //!   ─► tar in 64 KiB pieces ─► data events ─► reply {path, name, files, bytes, skipped}
 //! ```
 //!
-//! The walk and the reads go by path: a file swapped for a link between the walk and
-//! its read is caught only by its size (the archive stops with an error if the size
-//! differs), not by the kernel as the confined extractor's writes are.
+//! The walk goes by path; every file is then opened beneath the fetched path's
+//! directory with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a file or
+//! directory swapped for a link since the walk stops the archive (an error naming it)
+//! instead of being followed. A directory swapped during the walk itself can show the
+//! names and sizes of what it points to, never their contents.
 
 use super::Agent;
 use base64::Engine as _;
@@ -58,7 +60,8 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         relative: true,
         ..UploadSpec::default()
     };
-    let parent = parent.to_owned();
+    let parent_dir = parent.to_owned();
+    let parent = parent_dir.clone();
     let walked = tokio::task::spawn_blocking(move || Manifest::build(&spec, &parent)).await;
     let mut manifest = match walked {
         Ok(Ok(manifest)) => manifest,
@@ -84,7 +87,22 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
     });
     let skipped = before - manifest.entries.len();
     let (files, _) = manifest.totals();
-    let sent = tar::stream(&manifest, |chunk| {
+    // Files are read beneath the fetched path's directory through no link: one
+    // swapped in since the walk is refused by the kernel, not followed.
+    let base = match deploy_extract::Root::open(&parent_dir) {
+        Ok(base) => std::sync::Arc::new(base),
+        Err(e) => return Reply::error(500, format!("fetch: {e}")),
+    };
+    let open = |entry: &deploy_common::upload::Entry| {
+        let (base, name) = (std::sync::Arc::clone(&base), entry.name.clone());
+        async move {
+            tokio::task::spawn_blocking(move || base.open_file(Path::new(&name)))
+                .await
+                .map_err(std::io::Error::other)?
+                .map(tokio::fs::File::from_std)
+        }
+    };
+    let sent = tar::stream_with(&manifest, open, |chunk| {
         let data = base64::engine::general_purpose::STANDARD.encode(chunk);
         async move {
             events.send(Event::Data { data }).await;

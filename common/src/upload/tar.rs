@@ -48,8 +48,29 @@ pub enum TarError {
 }
 
 /// Writes the archive of `manifest` through `send`; returns the bytes sent.
-pub async fn stream<F, Fut, E>(manifest: &Manifest, mut send: F) -> Result<u64, TarError>
+pub async fn stream<F, Fut, E>(manifest: &Manifest, send: F) -> Result<u64, TarError>
 where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let open = |entry: &Entry| {
+        let path = entry.local.clone();
+        async move { tokio::fs::File::open(path).await }
+    };
+    stream_with(manifest, open, send).await
+}
+
+/// [`stream`], with each file opened by `open` (a caller that must not follow a link
+/// swapped in since the walk opens beneath a directory descriptor).
+pub async fn stream_with<O, OFut, F, Fut, E>(
+    manifest: &Manifest,
+    mut open: O,
+    mut send: F,
+) -> Result<u64, TarError>
+where
+    O: FnMut(&Entry) -> OFut,
+    OFut: Future<Output = std::io::Result<tokio::fs::File>>,
     F: FnMut(Vec<u8>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -72,9 +93,7 @@ where
         };
         // Opened before its header goes out: a file that cannot be read stops the
         // stream at an entry boundary.
-        let mut file = tokio::fs::File::open(&entry.local)
-            .await
-            .map_err(read_err)?;
+        let mut file = open(entry).await.map_err(read_err)?;
         out(header(entry)).await?;
         let mut left = size;
         while left > 0 {
