@@ -48,6 +48,9 @@ pub struct Table {
     pub updated_ms: u64,
     /// The heartbeat, seconds.
     pub interval_s: u64,
+    /// How long the last round of probes took, milliseconds.
+    #[serde(default)]
+    pub round_ms: u64,
     /// Every probed agent.
     pub nodes: Vec<Node>,
 }
@@ -194,6 +197,7 @@ async fn beat(config: &ProxyConfig) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let round_started = Instant::now();
         let mut round = tokio::task::JoinSet::new();
         for (index, probe) in probes.iter().enumerate() {
             let (target, route, permits) = (
@@ -226,6 +230,7 @@ async fn beat(config: &ProxyConfig) {
         let table = Table {
             updated_ms: unix_ms(),
             interval_s: config.client.heartbeat.as_secs(),
+            round_ms: u64::try_from(round_started.elapsed().as_millis()).unwrap_or(u64::MAX),
             nodes: probes.iter().map(|p| p.node.clone()).collect(),
         };
         if let Err(e) = write(&file, &table) {

@@ -255,6 +255,7 @@ impl Relay {
             ("return", Value::String("true".into())),
             ("interval_s", Value::String(table.interval_s.to_string())),
             ("updated_ms", Value::String(table.updated_ms.to_string())),
+            ("round_ms", Value::String(table.round_ms.to_string())),
             ("nodes", Value::Array(nodes)),
             ("online", Value::String(online.to_string())),
             ("unstable", Value::String(unstable.to_string())),

@@ -4,7 +4,7 @@
 //! ```text
 //! request  {"order":"nodes","args":"groups:web","api_key":"…","options":"online"}
 //!          (options: a state to keep, `online`, `unstable` or `offline`; empty: all)
-//! reply    {"return":"true","interval_s":"5","updated_ms":"1764672000123",
+//! reply    {"return":"true","interval_s":"5","updated_ms":"1764672000123","round_ms":"38",
 //!           "nodes":[{"name":"web1","group":"web","address":"10.0.0.1:3440",
 //!                     "state":"online","latency_ms":1.2,"version":"deploy-agent 0.4.0",
 //!                     "since_ms":1764671000000,"last_seen_ms":1764672000100,

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Benchmark: `deploy-client nodes` through deploy-proxy with N agents behind it (default
+# 1000): the time of one call (median and p90 of RUNS), the proxy's peak RSS (its
+# largest process), and how long one heartbeat round of probes takes (the proxy's own
+# `round_ms`). The agents are one deploy-agent listening on N loopback addresses
+# (127.0.x.y, `[server] listen[]`), as in bench/fanout.sh. A call reads the heartbeat's
+# file and probes nothing, so its time should not grow with N; the round should.
+#
+# Usage: bench/nodes.sh [RUNS] [N]     (default 20 runs, N = 1000)
+#        PROFILE=debug bench/nodes.sh  (the debug build, to skip a release build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-20}
+N=${2:-1000}
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then
+    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
+    DIR=target/release
+else
+    cargo build --quiet -p deploy-agent -p deploy-proxy -p deploy-client
+    DIR=target/debug
+fi
+exec python3 - "$PWD/$DIR" "$RUNS" "$N" "$PROFILE" <<'EOP'
+import json, re, signal, statistics, subprocess, sys, tempfile, time
+
+bin_dir, runs, n, profile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+work = tempfile.mkdtemp(prefix="deploy-bench-nodes-")
+procs = []
+
+def start(cmd, log, expect):
+    f = open(log, "w+")
+    p = subprocess.Popen(cmd, stderr=f, stdout=subprocess.DEVNULL)
+    procs.append(p)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        f.seek(0)
+        lines = re.findall(r"listening on (\S+)", f.read())
+        if len(lines) >= expect:
+            return p, lines
+        if p.poll() is not None:
+            f.seek(0)
+            sys.exit(f"{cmd[0]} exited: {f.read()}")
+        time.sleep(0.05)
+    sys.exit(f"{cmd[0]} did not start")
+
+def peak_rss_mib(pid):
+    best = 0
+    for p in [pid] + [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmHWM:"):
+                    best = max(best, int(line.split()[1]))
+        except FileNotFoundError:
+            pass
+    return best / 1024
+
+try:
+    addrs = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(n)]
+    with open(f"{work}/agent.ini", "w") as f:
+        f.write(f"[server]\naddr = {addrs[0]}\nport = 0\nkey_cipher = bench\nstate_dir = {work}/state\n"
+                "max_prefork = 2\nmax_connections = 4096\nmax_connections_per_peer = 4096\nbacklog = 4096\n")
+        for a in addrs[1:]:
+            f.write(f"listen[] = {a}:0\n")
+        f.write("[allow::hosts]\nhost[] = 127.0.0.0/8\n")
+    _, agent_addrs = start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path", f"{work}/agent.ini"],
+                           f"{work}/agent.log", n)
+    with open(f"{work}/api.ini", "w") as f:
+        f.write("[keys]\nbench[] = fleet\n[servers]\n")
+        for a in agent_addrs:
+            f.write(f"fleet[] = {a}\n")
+    with open(f"{work}/proxy.ini", "w") as f:
+        f.write(f"[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nstate_dir = {work}/proxy-state\nkey_cipher = benchproxy\n"
+                "max_connections = 4096\n"
+                "[client]\nkey_cipher = bench\nconcurrency = 256\nthread_timeout = 10\nheartbeat = 5\n"
+                f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api.ini\n")
+    proxy, proxy_addrs = start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path", f"{work}/proxy.ini"],
+                               f"{work}/proxy.log", 1)
+    port = proxy_addrs[0].rsplit(":", 1)[1]
+    cmd = [f"{bin_dir}/deploy-client", "nodes", "--proxy", "127.0.0.1", "--port", port,
+           "--api-key", "bench", "--format", "json", "--key-cipher", "benchproxy"]
+    # Until every agent is online (the first rounds open the connections).
+    deadline = time.time() + 120
+    while True:
+        r = subprocess.run(cmd, capture_output=True)
+        content = json.loads(r.stdout or b"{}").get("127.0.0.1", {}).get("nodes", {}).get("content", {})
+        if isinstance(content, dict) and content.get("online") == str(n):
+            break
+        if time.time() > deadline:
+            counts = {k: content.get(k) for k in ("online", "unstable", "offline")} if isinstance(content, dict) else content
+            sys.exit(f"not every agent online: {counts} {r.stderr.decode()[:500]}")
+        time.sleep(0.5)
+    rounds = []
+    last = None
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True)
+        times.append((time.perf_counter() - t) * 1000)
+        if r.returncode != 0:
+            sys.exit(f"nodes failed: {r.stderr.decode()[:2000]}")
+        c = json.loads(r.stdout)["127.0.0.1"]["nodes"]["content"]
+        if c["updated_ms"] != last:
+            last = c["updated_ms"]
+            rounds.append(int(c["round_ms"]))
+        time.sleep(0.25)
+    times.sort()
+    # The same calls with an answer of no node (--state=offline): what the answer's
+    # size costs, as against reading the heartbeat's file.
+    empty = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd + ["--state=offline"], capture_output=True)
+        empty.append((time.perf_counter() - t) * 1000)
+    print(f"deploy-client nodes → deploy-proxy, {n} agents behind it, heartbeat 5 s, {runs} calls, {profile} build")
+    print(f"  call: median {statistics.median(times):.1f} ms, p90 {times[max(0, int(len(times) * 0.9) - 1)]:.1f} ms")
+    print(f"  call answering no node (--state=offline): median {statistics.median(empty):.1f} ms")
+    print(f"  heartbeat round ({len(rounds)} seen): median {statistics.median(rounds):.0f} ms")
+    print(f"  proxy peak RSS (largest process): {peak_rss_mib(proxy.pid):.1f} MiB")
+finally:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    subprocess.run(["rm", "-rf", work])
+EOP
