@@ -12,7 +12,7 @@
 //! | [`follow`] | `--follow`: agents' output lines relayed under each agent's name, through a chain too |
 //! | [`http`] | the HTTP/JSON API: merged JSON, NDJSON stream (curl); strict parsing, JSON errors, `/healthz`, deadlines (raw bytes) |
 //! | [`release`] | rollouts through the proxy (agents with their own dests), nobody switches when one refuses, releases/rollback over v2 and the HTTP API, `apikey:<name>` in the history |
-//! | [`nodes`] | `nodes` from the heartbeat: three agents online, one killed goes offline and comes back, `--state`, `GET /api/nodes` |
+//! | [`fleet`] | `health` and `fetch` relayed; `nodes` from the heartbeat: three agents online, one killed goes offline and comes back, `--state`, `GET /api/nodes` |
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
 //! | [`verdicts`] | exit status and failure summary follow the agents' results, over v1 (nested document) and v2 |
@@ -26,10 +26,10 @@ mod chain;
 mod daemon;
 mod errors;
 mod fanout;
+mod fleet;
 mod follow;
 mod http;
 mod legacy;
-mod nodes;
 mod release;
 mod ssh;
 mod util;

@@ -1,4 +1,5 @@
-//! `nodes` through the proxy: its heartbeat (every second here, offline after three)
+//! The fleet's state through the proxy: `health` and `fetch` relayed (the fetched tree
+//! arrives under the agent's name), and `nodes`: its heartbeat (every second here, offline after three)
 //! sees three real agents online, one killed goes offline, revived comes back online;
 //! `--state` filters; the HTTP API answers `GET /api/nodes` from the same table; a key
 //! sees only its groups' agents. Every wait polls the command under a deadline: the
@@ -163,4 +164,75 @@ fn agents_go_offline_and_come_back() {
         all_online(&c).then_some(())
     });
     drop(agents);
+}
+
+#[test]
+fn health_and_fetch_through_the_proxy() {
+    let sandboxes: Vec<Sandbox> = (0..2).map(|_| Sandbox::new()).collect();
+    let agents: Vec<Agent> = sandboxes
+        .iter()
+        .enumerate()
+        .map(|(i, sb)| {
+            std::fs::create_dir_all(sb.allowed().join("logs")).unwrap();
+            std::fs::write(sb.allowed().join("logs/app.log"), format!("agent {i}\n")).unwrap();
+            AgentConfig::new(sb)
+                .server("addr", format!("127.0.0.{}", 41 + i))
+                .server("allow_fetch", "on")
+                .hosts(&["127.0.0.0/8"])
+                .start(sb)
+        })
+        .collect();
+    let addresses: Vec<String> = agents.iter().map(|a| a.addr().to_string()).collect();
+    let dir = Sandbox::new();
+    let proxy = ProxyConfig::new("fleet-proxy")
+        .key(API_KEY, "web")
+        .servers("web", &addresses)
+        .start(dir.path());
+    let port = proxy.port().to_string();
+    let via = [
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--api-key",
+        API_KEY,
+        "--args",
+        "groups:web",
+        "--format=json",
+    ];
+
+    let mut args = vec!["health"];
+    args.extend_from_slice(&via);
+    let out = client(&args);
+    out.expect_code(0);
+    let doc = out.json();
+    for address in &addresses {
+        let content = &doc[address.as_str()]["health"]["content"];
+        assert!(content["cores"].as_u64().unwrap() > 0, "{doc:#}");
+        assert!(
+            content["offset_ms"].as_i64().unwrap().abs() < 1000,
+            "{content:#}"
+        );
+    }
+
+    // Each agent's own file, through the proxy, under its own name.
+    let into = dir.join("fetched");
+    for (sb, address) in sandboxes.iter().zip(&addresses) {
+        let remote = sb.allowed().join("logs").display().to_string();
+        let mut args = vec!["fetch", &remote, into.to_str().unwrap()];
+        args.extend_from_slice(&via);
+        let out = client(&args);
+        // The other agent refuses a path outside its [allow::paths] (403).
+        let doc = out.json();
+        assert_eq!(
+            doc[address.as_str()]["fetch"]["returnCode"],
+            "200",
+            "{doc:#}"
+        );
+    }
+    for (i, address) in addresses.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(into.join(address).join("logs/app.log")).unwrap(),
+            format!("agent {i}\n")
+        );
+    }
 }
