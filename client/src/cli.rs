@@ -70,6 +70,11 @@ at once and speaks orgalorg's sync protocol with it (HELLO, NODE, START, SYNC),
 so that steps can wait for every host. --lock-file, --root: %h and %p are the
 host and port as written.
 
+Short forms (Octopoda's node status, file download, node get), any other flag
+as for --order: `deploy-client health [HOST...]`, `deploy-client fetch
+REMOTE_PATH DIR [HOST...]` (into DIR/<host>/), `deploy-client nodes [PROXY]`
+(or --proxy=PROXY; --state=online|unstable|offline).
+
 Environment: DEPLOY_KEY_CIPHER and DEPLOY_API_KEY supply --key-cipher and
 --api-key, so that secrets stay out of the process list. RUST_LOG overrides
 the log level chosen by -v/-q/--debug.";

@@ -229,7 +229,6 @@ async fn run(config: Config) -> io::Result<u8> {
     } = config;
     let mut fetcher = fetch_into.map(fetch::Fetcher::new);
     let run_started = unix_ms();
-    let mut received: Vec<u64> = vec![0; targets.len()];
     let ssh_hosts = targets.iter().filter(|t| t.scheme == Scheme::Ssh).count();
     let mut status = match (&ssh, quiet, format) {
         (Some(ssh), false, Format::Lines | Format::Json | Format::Text) => {
@@ -408,9 +407,6 @@ async fn run(config: Config) -> io::Result<u8> {
             FanoutEvent::Done(mut result) => {
                 if let Some(fetcher) = &mut fetcher {
                     finish_fetch(fetcher, &mut result).await;
-                }
-                if let Some(slot) = received.get_mut(result.index) {
-                    *slot = unix_ms();
                 }
                 if order == "health" {
                     if let Outcome::Reply(Reply {
