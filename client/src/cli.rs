@@ -18,6 +18,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use deploy_common::crypto::RsaPublicKey;
 use deploy_common::fanout::DEFAULT_CONCURRENCY;
+use deploy_common::gate;
 use deploy_common::legacy::auth::DEFAULT_KEY_CIPHER;
 use deploy_common::nodeset;
 use deploy_common::order::lock as wire_lock;
@@ -581,6 +582,10 @@ impl Args {
                 RsaPublicKey::load(path).context("--ssl-public-key")?,
             )),
         };
+        // Strict (no --skip-unreachable): an order that starts work starts nowhere
+        // unless every host connected (`deploy_common::gate`); a proxy is asked to do
+        // the same for its agents.
+        let strict = !self.skip_unreachable && gate::applies(self.order.as_str());
         if self.follow && protocol == Protocol::V1 {
             tracing::warn!("--follow has no effect with --protocol=v1");
         }
@@ -592,8 +597,9 @@ impl Args {
             deadline: Duration::from_secs(self.thread_timeout.unwrap_or(DEFAULT_THREAD_TIMEOUT)),
             // A rollout's phases go to the same hosts one after the other: the switch
             // reuses the authenticated connections of the prepare, so that it lands on
-            // every host within one round trip rather than one handshake each.
-            pool: (self.order == OrderArg::Deploy)
+            // every host within one round trip rather than one handshake each. A strict
+            // run's order goes out on the connections of its connect stage.
+            pool: (self.order == OrderArg::Deploy || strict)
                 .then(|| Arc::new(deploy_common::transport::agent::Pool::default())),
         };
         let ssh = if targets.iter().any(|t| t.scheme == Scheme::Ssh) {
@@ -859,6 +865,7 @@ impl Args {
                 None => self.command,
             },
             stdin,
+            strict,
             sudo: self.sudo,
             token: match self.order {
                 OrderArg::Unlock => self.token.unwrap_or_default(),

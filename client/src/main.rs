@@ -46,8 +46,10 @@ use deploy_common::report;
 use std::collections::VecDeque;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use deploy_common::fanout::{Fanout, FanoutEvent, HostResult};
+use deploy_common::gate;
 use deploy_common::order::{Body, Reply};
 use deploy_common::target::Scheme;
 use deploy_common::transport::{Outcome, ProxyRecord, Verdict};
@@ -228,7 +230,7 @@ async fn run(config: Config) -> io::Result<u8> {
             ssh.keep_output(0);
         }
     }
-    let fanout = Fanout::new(transport).with_concurrency(concurrency);
+    let fanout = Fanout::new(Arc::clone(&transport)).with_concurrency(concurrency);
     let mut out = BufWriter::new(io::stdout().lock());
     let mut results: Vec<Option<HostResult>> = (0..count).map(|_| None).collect();
 
@@ -239,7 +241,35 @@ async fn run(config: Config) -> io::Result<u8> {
     let mut nested: Vec<bool> = vec![false; count];
     // Events taken apart from a v1 proxy's document, handled before the next one.
     let mut pending: VecDeque<FanoutEvent> = VecDeque::new();
-    let mut events = fanout.run(targets, request);
+    // Strict: an order that starts work starts nowhere unless every host connected
+    // (the agents' connect stage; SSH hosts alone meet at their own barrier). A proxy
+    // is one host here: it does the same for its agents (`request.strict`).
+    let gated = request.strict && targets.iter().any(|t| t.scheme == Scheme::Agent);
+    let mut events = if gated {
+        let entries = targets
+            .iter()
+            .map(|t| (Arc::clone(&transport), t.clone()))
+            .collect();
+        match gate::connect_all(entries, &request, concurrency).await {
+            Ok(()) => fanout.run(targets, request),
+            Err(results) => {
+                if !quiet {
+                    let culprits: Vec<String> = results
+                        .iter()
+                        .filter(|r| !r.outcome.reply().is_some_and(lines::is_not_started))
+                        .map(|r| r.host.clone())
+                        .collect();
+                    eprintln!(
+                        "deploy-client: error: strict: the order started nowhere, since {} could not be connected to (--skip-unreachable runs on the others)",
+                        culprits.join(", ")
+                    );
+                }
+                gate::into_events(results)
+            }
+        }
+    } else {
+        fanout.run(targets, request)
+    };
     // On SIGINT/SIGTERM the commands on SSH hosts are interrupted (SIGINT, then
     // SIGKILL) and the run ends once they have; a second signal quits.
     let mut signals = match &ssh {
@@ -304,7 +334,13 @@ async fn run(config: Config) -> io::Result<u8> {
                     elapsed: std::time::Duration::ZERO,
                 };
                 if result.outcome.verdict() == Verdict::HostFailed && !quiet {
-                    eprintln!("deploy-client: error: {}: {}", result.host, result.outcome);
+                    let skipped = skip_unreachable && is_unreachable(&result.outcome);
+                    eprintln!(
+                        "deploy-client: {}: {}: {}",
+                        if skipped { "skipped" } else { "error" },
+                        result.host,
+                        result.outcome
+                    );
                 }
                 if format == Format::Jsonl {
                     json_line(&mut out, &render::result_line(&order, &result))?;
@@ -371,8 +407,7 @@ async fn run(config: Config) -> io::Result<u8> {
                     lines.done(&result, true);
                 }
                 if result.outcome.verdict() == Verdict::HostFailed && !quiet {
-                    let skipped =
-                        skip_unreachable && matches!(result.outcome, Outcome::Unreachable { .. });
+                    let skipped = skip_unreachable && is_unreachable(&result.outcome);
                     let line = format!(
                         "deploy-client: {}: {}: {}",
                         if skipped { "skipped" } else { "error" },
@@ -456,7 +491,7 @@ async fn run(config: Config) -> io::Result<u8> {
     }
     let unreachable: Vec<&str> = done
         .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Unreachable { .. }))
+        .filter(|r| is_unreachable(&r.outcome))
         .map(|r| r.host.as_str())
         .collect();
     if skip_unreachable && !unreachable.is_empty() {
@@ -471,12 +506,25 @@ async fn run(config: Config) -> io::Result<u8> {
     let judged: Vec<&HostResult> = done
         .iter()
         .copied()
-        .filter(|r| !(skip_unreachable && matches!(r.outcome, Outcome::Unreachable { .. })))
+        .filter(|r| !(skip_unreachable && is_unreachable(&r.outcome)))
         .collect();
     if interrupted {
         return Ok(EXIT_INTERRUPTED);
     }
     Ok(exit_status(&judged, expected - (done.len() - judged.len())))
+}
+
+/// Whether a host could not be reached: directly, or as an agent's record a proxy
+/// relayed (`--skip-unreachable` leaves both out of the exit status alike).
+fn is_unreachable(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Unreachable { .. } => true,
+        Outcome::Relayed { record, .. } => matches!(
+            deploy_common::transport::record_outcome(record),
+            Outcome::Unreachable { .. }
+        ),
+        _ => false,
+    }
 }
 
 /// The agents' records in a proxy's answer to a v1 request (`{agent: {order: record}}`,

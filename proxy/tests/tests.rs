@@ -14,6 +14,7 @@
 //! | [`release`] | rollouts through the proxy (agents with their own dests), nobody switches when one refuses, releases/rollback over v2 and the HTTP API, `apikey:<name>` in the history |
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
+//! | [`strict`] | strict runs start nowhere unless every agent connected (direct and through the proxy); `--skip-unreachable` through it |
 //! | [`verdicts`] | exit status and failure summary follow the agents' results, over v1 (nested document) and v2 |
 //!
 //! Every test starts its own agents (a [`util::Farm`]: a few processes listening on
@@ -30,5 +31,6 @@ mod http;
 mod legacy;
 mod release;
 mod ssh;
+mod strict;
 mod util;
 mod verdicts;

@@ -580,4 +580,26 @@ impl Transport for SshTransport {
             outcome
         })
     }
+
+    /// Connects and authenticates (through the jump hosts, if any), then closes: the
+    /// connect stage of a strict run that mixes SSH hosts with agents or goes through
+    /// a proxy ([`crate::gate`]). Among themselves, the SSH hosts of a run meet at the
+    /// hub's barrier instead (`connect_all_or_none`), on the connection they run on.
+    fn connect<'a>(
+        &'a self,
+        target: &'a Target,
+        _request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), Outcome>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let work = async {
+                shared.connect(target).await?;
+                Ok(Reply::empty(200))
+            };
+            match shared.bounded(target, work).await {
+                Outcome::Reply(_) => Ok(()),
+                other => Err(other),
+            }
+        })
+    }
 }
