@@ -494,7 +494,7 @@ async fn run(config: Config) -> io::Result<u8> {
         .filter(|r| is_unreachable(&r.outcome))
         .map(|r| r.host.as_str())
         .collect();
-    if skip_unreachable && !unreachable.is_empty() {
+    if skip_unreachable && !unreachable.is_empty() && !quiet {
         eprintln!(
             "deploy-client: note: {} unreachable host{} skipped (--skip-unreachable): {}",
             unreachable.len(),
