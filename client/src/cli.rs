@@ -181,9 +181,15 @@ pub struct Args {
     #[arg(long)]
     pub ssh: bool,
 
-    /// SSH: the remote user of hosts that name none (before ~/.ssh/config's `User`).
+    /// SSH: the remote user of hosts that name none; wins over ~/.ssh/config's `User`
+    /// (like `ssh -l`).
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
+
+    /// `[ssh] user` of the defaults file: the remote user of hosts that neither name
+    /// one nor get one from ~/.ssh/config.
+    #[arg(skip)]
+    pub default_user: Option<String>,
 
     /// Hosts to leave out (repeatable): names or node sets like --hosts', e.g.
     /// `-x web05` or `--exclude='db[2-3]'` (in --hosts, `!web05` does the same).
@@ -614,6 +620,7 @@ impl Args {
                 (self.ssh_keepalive > 0).then(|| Duration::from_secs(self.ssh_keepalive));
             options.lock_file = self.lock_file.clone();
             options.pty = !self.no_pty;
+            options.default_user = self.default_user.clone();
             if self.password {
                 options.password = Some(
                     crate::prompt::secret("SSH password: ")

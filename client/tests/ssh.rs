@@ -678,6 +678,92 @@ fn ssh_unknown_host_strict_then_accept_new() {
     assert_eq!(out.status, 0, "now known: {out:?}");
 }
 
+/// `-u USER` wins over ssh_config's `User` (the command line over the configuration,
+/// like `ssh -l`), and a user written in the host wins over both; without `-u` the
+/// configuration's `User` holds. The defaults file's `[ssh] user` is a default: it
+/// comes after ssh_config's `User`. (`nobody`'s shell refuses to run anything, where
+/// root's succeeds.)
+#[test]
+fn ssh_user_flag_wins_over_ssh_config_user() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let (ip, port, _) = &c.hosts[5];
+    std::fs::write(
+        home.path().join(".ssh/config"),
+        format!("Host web1\n  HostName {ip}\n  Port {port}\n  User nobody\n"),
+    )
+    .expect("config");
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["--hosts", "ssh://web1", "--order=run", "--no-pty"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "id", "-un"]);
+        client_env(home.path(), &args, None, env)
+    };
+    // The configuration's User.
+    let out = run(&[], &[]);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stdout.contains("currently not available"), "{out:?}");
+    // -u wins over it, in both spellings.
+    for flag in [&["-u", "root"][..], &["--user=root"][..]] {
+        let out = run(flag, &[]);
+        assert_eq!(out.status, 0, "{flag:?}: {out:?}");
+        assert_eq!(out.stdout, "ssh://web1: root\n", "{flag:?}: {out:?}");
+    }
+    // A user written in the host wins over -u.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            "ssh://root@web1",
+            "-u",
+            "nobody",
+            "--order=run",
+            "--",
+            "id",
+            "-un",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "ssh://root@web1: root\n", "{out:?}");
+    // The defaults file's user comes after the configuration's User (it is a default,
+    // not the command line), and before the local user for hosts the
+    // configuration says nothing about.
+    let defaults = home.path().join("client.ini");
+    std::fs::write(&defaults, "[ssh]\nuser = root\n").expect("defaults");
+    let env = [("DEPLOY_CLIENT_CONFIG", defaults.to_str().expect("path"))];
+    let out = run(&[], &env);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stdout.contains("currently not available"), "{out:?}");
+    std::fs::write(&defaults, "[ssh]\nuser = nobody\n").expect("defaults");
+    let other = c.spec(6);
+    let out = client_env(
+        home.path(),
+        &["--hosts", &other, "--order=run", "--", "id", "-un"],
+        None,
+        &env,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stdout.contains("currently not available"), "{out:?}");
+    // And -u wins over it.
+    let out = client_env(
+        home.path(),
+        &[
+            "--hosts",
+            &other,
+            "-u",
+            "root",
+            "--order=run",
+            "--",
+            "id",
+            "-un",
+        ],
+        None,
+        &env,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+}
+
 #[test]
 fn ssh_config_alias_with_hostname_port_user_identity() {
     let Some(c) = cluster() else { return };

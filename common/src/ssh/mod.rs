@@ -91,9 +91,13 @@ pub struct SshOptions {
     pub password: Option<String>,
     /// Asks for the passphrase of an encrypted key file (once per file).
     pub passphrase: Option<PassphrasePrompt>,
-    /// The local user: the remote user when neither the target nor the configuration
-    /// names one.
+    /// The local user (`%u`): the remote user when neither the target, the
+    /// configuration nor [`SshOptions::default_user`] names one.
     pub local_user: String,
+    /// The remote user when neither the target nor the configuration's `User` names
+    /// one (a default, under ssh_config; a user given on the command line goes in the
+    /// target instead, which wins over the configuration as `ssh -l` does).
+    pub default_user: Option<String>,
     /// The local home directory (`~`).
     pub home: PathBuf,
     /// Longest wait for the TCP connection, then again for the SSH handshake.
@@ -122,6 +126,7 @@ impl SshOptions {
             password: None,
             passphrase: None,
             local_user: local_user.into(),
+            default_user: None,
             home: home.into(),
             connect_timeout: Duration::from_secs(10),
             deadline: None,
