@@ -545,6 +545,58 @@ fn ssh_sudo_covers_every_part_of_the_command() {
     assert_eq!(out.stdout, "0\nit's root\n");
 }
 
+/// Strict across transports: an agent that cannot be reached stops the command on the
+/// SSH hosts of the same run too (the connect stage covers every host when agents are
+/// among them); loose, the SSH hosts run.
+#[test]
+fn ssh_hosts_do_not_start_when_an_agent_is_unreachable() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let agent = format!("127.0.0.1:{closed}");
+    let hosts = format!("{},{agent},{}", c.spec(0), c.spec(1));
+    let marker = home.path().join("ran");
+    let command = format!("echo x >> {}", marker.display());
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=run", "--", &command],
+        None,
+    );
+    assert_eq!(out.status, 3, "{out:?}");
+    assert!(!marker.exists(), "a command ran in strict mode: {out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "the order started nowhere, since {agent} could not be connected to"
+        )),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("not started (2 hosts), unreachable (1 host)"),
+        "{out:?}"
+    );
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--skip-unreachable",
+            "--",
+            &command,
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "x\nx\n"
+    );
+}
+
 #[test]
 fn ssh_unreachable_strict_and_loose() {
     let Some(c) = cluster() else { return };

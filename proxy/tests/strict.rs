@@ -163,7 +163,7 @@ fn strict_exec_through_a_proxy_starts_nowhere_unless_all_connect() {
     let dir = Sandbox::new();
     let proxy = ProxyConfig::new(ID)
         .key(API_KEY, "web")
-        .servers("web", &marked.hosts())
+        .servers("web", marked.hosts())
         .start(dir.path());
     let out = via_proxy(proxy.port(), API_KEY, "groups:web", MARK, &[]);
     assert_eq!(marked.ran(), 0, "a job ran in strict mode: {out:#?}");
@@ -205,7 +205,7 @@ fn skip_unreachable_behind_a_proxy_leaves_the_dead_out_of_the_exit_status() {
     let dir = Sandbox::new();
     let proxy = ProxyConfig::new(ID)
         .key(API_KEY, "web")
-        .servers("web", &marked.hosts())
+        .servers("web", marked.hosts())
         .start(dir.path());
     let dead = marked.dead.to_string();
     for extra in [&[][..], &["--protocol=v1"][..]] {
