@@ -143,7 +143,7 @@ pub async fn connect_all(
 }
 
 /// The 503 reply of a host that connected, in a run that did not start because of
-/// `culprits` (host, outcome), which it names (the first [`NAMED`], then a count).
+/// `culprits` (host, outcome), which it names (the first 20, then a count).
 pub fn not_started(culprits: &[(&str, &Outcome)]) -> Reply {
     let mut named: Vec<String> = culprits
         .iter()
