@@ -59,6 +59,11 @@ commas or blanks; '#' starts a comment. Node sets as in ClusterShell:
 web[01-20] (zero-padded), db[1,3,5-7], h[1-9/2], n[1-2]r[1-4]; `!name` (or
 -x name) leaves hosts out.
 
+Strict by default: exec, run, upload and rsync first connect to every host
+(and a proxy to every agent) and start nowhere unless all connected; the
+others answer 503 \"not started\", naming the hosts that failed.
+--skip-unreachable sends the order wherever it can.
+
 --order=run -- CMD ARGS runs CMD like `ssh host CMD ARGS` (the words joined
 with spaces, for the remote shell); its output is printed live, each line
 prefixed with its host, stdout and stderr apart (raw with -q), and failures
@@ -435,7 +440,9 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub ssh_keepalive: u64,
 
-    /// Report hosts that cannot be reached, but do not fail the run for them.
+    /// Send the order to the hosts that can be reached (not strict: by default exec,
+    /// run, upload and rsync start nowhere unless every host connected), and report
+    /// those that cannot without failing the run for them.
     #[arg(long)]
     pub skip_unreachable: bool,
 
