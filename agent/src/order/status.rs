@@ -47,7 +47,6 @@ pub(super) async fn run(agent: &Agent, request: &Request) -> Reply {
 pub(super) fn now(agent: &Agent, checksum: &str) -> Running {
     let progress = agent.state.progress(checksum);
     Running {
-        checksum: Some(checksum.to_owned()),
         started: agent.state.started(checksum),
         bytes: progress.as_ref().map(|p| p.bytes),
         percent: progress.as_ref().map(|p| p.percent),

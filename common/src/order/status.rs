@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! running   {"return":"true","alreadyRsync":"true","process":["<pid>",…]
-//!            [,"checksum":"<md5 hex>","transferStarted":"<unix>"]
+//!            [,"transferStarted":"<unix>"]
 //!            [,"transferredBytes":"<n>","transferPercent":"<0-100>","transferRate":"12.34MB/s"]}
 //! idle      {"return":"true","alreadyRsync":"false","transferFilesCount":"<n>","transferFilesSize":"<bytes>"
 //!            [,"lastRsync":"finished|failed|killed","lastRsyncCode":"<n>","lastRsyncMessage":"…","lastRsyncFinished":"<unix>"]}
@@ -11,10 +11,11 @@
 //!
 //! The `lastRsync*` keys are new: they appear only once a transfer of the same
 //! source and target has ended, and carry rsync's exit code and its documented meaning.
-//! So are the running transfer's `checksum`, `transferStarted` and, once rsync has
-//! printed a progress update (`--info=progress2`, rsync 3.1+), `transferredBytes`,
+//! So are the running transfer's `transferStarted` and, once rsync has printed a
+//! progress update (`--info=progress2`, rsync 3.1+), `transferredBytes`,
 //! `transferPercent` and `transferRate`. The original's keys come first and keep their
-//! meaning, so v1 and Perl callers read the same body.
+//! meaning, so v1 and Perl callers read the same body; `checksum` stays out of it, since
+//! its presence is what tells a started transfer from a running one in an `rsync` reply.
 
 use super::{flag, object, strings};
 use serde_json::{Map, Value};
@@ -22,8 +23,6 @@ use serde_json::{Map, Value};
 /// What is known of a running transfer besides its processes; each part is optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Running {
-    /// The transfer's handle.
-    pub checksum: Option<String>,
     /// When it started, Unix seconds.
     pub started: Option<u64>,
     /// Bytes transferred so far.
@@ -46,7 +45,6 @@ pub fn running(pids: &[u32], now: &Running) -> Map<String, Value> {
             body.insert(key.into(), Value::String(value));
         }
     };
-    put("checksum", now.checksum.clone());
     put("transferStarted", now.started.map(|t| t.to_string()));
     put("transferredBytes", now.bytes.map(|b| b.to_string()));
     put("transferPercent", now.percent.map(|p| p.to_string()));
