@@ -276,3 +276,47 @@ async fn ctrl_c_leaves_the_transfer_running_and_says_how_to_stop_it() {
         "{after:?}"
     );
 }
+
+/// Under `--lock`, Ctrl-C of a followed rsync releases the lock and, here too, says the
+/// transfer goes on and how to stop it.
+#[tokio::test]
+async fn ctrl_c_under_a_lock_says_the_transfer_goes_on() {
+    let sb = Sandbox::new();
+    let (agent, _rsyncd) = slow_agent(&sb, "slow", 4 << 20, 100);
+    let host = agent.addr().to_string();
+    let mut follower = Spawned::start(&mut client_command(&[
+        "--hosts",
+        &host,
+        "--order=rsync",
+        "--options=slow",
+        "--follow",
+        "--lock",
+    ]));
+    follower.wait_for_stderr(Duration::from_secs(15), |l| {
+        l.starts_with(&format!("{host}: "))
+    });
+    follower.signal(Signal::SIGINT);
+    let out = follower.finish(Duration::from_secs(15));
+    assert_eq!(out.code, Some(130), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("the transfer goes on on the agents; to stop it:")
+            && out.stderr.contains("releasing lock deploy"),
+        "{out:#?}"
+    );
+    let command = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("--order=rkill"))
+        .unwrap_or_else(|| panic!("the rkill command: {out:#?}"));
+    assert!(!command.contains("--lock"), "{command}");
+    let status = call(Proto::V2, agent.addr(), "status", "slow").await;
+    assert_eq!(
+        status.s("alreadyRsync"),
+        "true",
+        "still running: {status:?}"
+    );
+    call(Proto::V2, agent.addr(), "rkill", "slow")
+        .await
+        .expect_code(200);
+}
