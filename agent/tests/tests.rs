@@ -6,6 +6,7 @@
 //! | module | covers |
 //! |---|---|
 //! | [`orders`] | every order end to end over each wire |
+//! | [`attach`] | a transfer followed by a second client, its progress in `status`, Ctrl-C of a follower |
 //! | [`errors`] | the error codes 400, 401, 403, 404, 405, 408 |
 //! | [`exposure`] | untrusted peers: checked at accept, capped, no v1 ssl oracle |
 //! | [`hardening`] | the original's weaknesses (spec §15), each shown closed |
@@ -22,6 +23,7 @@
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
 //! is in [`util`].
 
+mod attach;
 mod config;
 mod errors;
 mod exposure;

@@ -48,7 +48,8 @@ Exit status:
      an order running under --lock was aborted
   130 interrupted (SIGINT/SIGTERM) while taking the lock or while an order ran
      under --lock; the lock was released. --order=lock ends with 0 when
-     interrupted: holding until then is its job
+     interrupted: holding until then is its job. Also while following an rsync
+     (--follow): the transfer goes on, and the rkill that stops it is printed
 
 Hosts are written host, host:port, 1.2.3.4:port, [v6addr]:port or a bare v6
 address; results are keyed by the host as written (with :port only when it
@@ -288,7 +289,8 @@ pub struct Args {
 
     /// Ask the agents to stream output lines and progress while the order runs (v2):
     /// lines go to standard error (to standard output with --format=jsonl); rsync
-    /// progress is shown as bars when standard error is a terminal.
+    /// progress is shown as bars when standard error is a terminal. `rsync` waits for
+    /// the transfer's end, attaching to it if it is already running.
     #[arg(long)]
     pub follow: bool,
 

@@ -11,6 +11,7 @@
 //! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
 //! | [`prompt`] | secrets (`--password`, passphrases) asked with echo off before the prompt |
 //! | [`progress`] | `--follow`: streamed lines and rsync progress bars on standard error |
+//! | [`detach`] | Ctrl-C while following `rsync`: the transfer goes on; the `rkill` that stops it |
 //! | [`lock`] | `--order=lock` and `--lock`: the cluster lock, its heartbeat and release |
 //! | [`lines`] | the `lines` format (default for `run`): live, host-prefixed output; failure summary |
 //! | [`status`] | connected / running / done counts of SSH hosts on a terminal |
@@ -27,11 +28,12 @@
 //!
 //! Exit status: 0 all succeeded, 1 some order failed, 3 some host unreachable, timed out
 //! or broke the protocol (over 1), 2 usage or local error, 4 lock not acquired, 5 lock
-//! lost, 130 interrupted under a lock; a closed standard output (`BrokenPipe`) ends the
-//! run quietly with 0.
+//! lost, 130 interrupted under a lock or while following a transfer; a closed standard
+//! output (`BrokenPipe`) ends the run quietly with 0.
 
 mod cli;
 mod defaults;
+mod detach;
 mod jsonlog;
 mod lines;
 mod lock;
@@ -241,6 +243,16 @@ async fn run(config: Config) -> io::Result<u8> {
     let mut nested: Vec<bool> = vec![false; count];
     // Events taken apart from a v1 proxy's document, handled before the next one.
     let mut pending: VecDeque<FanoutEvent> = VecDeque::new();
+    // A followed transfer runs on without its follower: on SIGINT/SIGTERM the client
+    // says so, and how to stop it, and exits.
+    let following_transfer = order == "rsync" && request.follow;
+    let hosts_written = following_transfer.then(|| {
+        targets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     // Strict: an order that starts work starts nowhere unless every host connected
     // (the agents' connect stage; SSH hosts alone meet at their own barrier). A proxy
     // is one host here: it does the same for its agents (`request.strict`).
@@ -272,9 +284,9 @@ async fn run(config: Config) -> io::Result<u8> {
     };
     // On SIGINT/SIGTERM the commands on SSH hosts are interrupted (SIGINT, then
     // SIGKILL) and the run ends once they have; a second signal quits.
-    let mut signals = match &ssh {
-        Some(_) => Some(lock::Signals::new()?),
-        None => None,
+    let mut signals = match (&ssh, following_transfer) {
+        (Some(_), _) | (None, true) => Some(lock::Signals::new()?),
+        (None, false) => None,
     };
     let mut interrupted = false;
     loop {
@@ -287,6 +299,14 @@ async fn run(config: Config) -> io::Result<u8> {
                     None => break,
                 },
                 () = async { if let Some(s) = &mut signals { s.recv().await } }, if signals.is_some() => {
+                    if let Some(hosts) = &hosts_written {
+                        // Bars off the terminal before the message.
+                        drop(live.take());
+                        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+                        eprintln!("{}", detach::message(&argv, hosts));
+                        out.flush()?;
+                        return Ok(EXIT_INTERRUPTED);
+                    }
                     if interrupted {
                         std::process::exit(i32::from(EXIT_INTERRUPTED));
                     }
