@@ -1,0 +1,995 @@
+//! Running a plan on the nodes: `napp` orders through any [`Transport`], stage by stage.
+//!
+//! ```text
+//! apply(scenario, target, message, transport, options)
+//!   check      names, nodes (agents, ssh://, @group with a proxy), scripts read,
+//!              sources walked: everything refused before any order is sent
+//!   phase      push*  ─barrier─  stage(order) ─barrier─ stage(next order) … ─barrier─ commit* | purge*
+//!              *push: prepare (each app's sourcepath as a tar body, to each of its nodes)
+//!              *commit: the commit target; *purge: after the purge scripts
+//!   stage      one napp order per (app, script), fanned out to the app's nodes
+//!              (Fanout), every (app, script) of the stage at once
+//!   stop       a failed step stops the later stages and phases unless keep_going
+//!   versions   after prepare or commit: each NodeApp's current version (napp versions,
+//!              limit 1); recorded in the ScenarioStore as a scenario version if the
+//!              map changed (always on commit)
+//! ```
+//!
+//! Output lines of the scripts stream as [`ApplyEvent::Line`] (node and app named), each
+//! step's result as [`ApplyEvent::Step`] the moment it is known; the [`Report`] at the end
+//! holds every step. A `@group` node is sent to the proxy with `groups:<group>`: its
+//! agents' results come back one by one, named by the proxy. The proxy does not relay
+//! request bodies, so `push` (prepare) to a group is refused by it; scripts, commit,
+//! purge and reset go through.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use deploy_common::fanout::{Fanout, FanoutEvent};
+use deploy_common::order::napp::{self, Action, NappSpec};
+use deploy_common::order::{Body, OrderName, Request};
+use deploy_common::target::{Scheme, Target};
+use deploy_common::transport::{record_outcome, Outcome, Transport};
+use deploy_common::upload::UploadSpec;
+use deploy_common::wire::message::{Event, Stream};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::folder::Scenario;
+use crate::plan::{plan, Phase, Step, Target as PlanTarget};
+use crate::store::{ScenarioStore, ScenarioVersion, StoreError, VersionMap};
+
+/// How `apply` reaches the nodes and what it does on failure.
+#[derive(Clone)]
+pub struct Options {
+    /// Go on with later stages after a failed step.
+    pub keep_going: bool,
+    /// Deliveries at once, per (app, script).
+    pub concurrency: usize,
+    /// The port of node names that give none (agents listen on 3440).
+    pub port: u16,
+    /// Where `@group` nodes go.
+    pub proxy: Option<Proxy>,
+    /// Where scenario versions are recorded (none: not recorded).
+    pub store: Option<Arc<dyn ScenarioStore>>,
+    /// Where events go as they happen (none: only the report).
+    pub events: Option<mpsc::UnboundedSender<ApplyEvent>>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            keep_going: false,
+            concurrency: deploy_common::fanout::DEFAULT_CONCURRENCY,
+            port: 3440,
+            proxy: None,
+            store: None,
+            events: None,
+        }
+    }
+}
+
+/// A proxy for `@group` nodes.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// The proxy.
+    pub target: Target,
+    /// The API key whose groups hold the nodes.
+    pub api_key: String,
+}
+
+/// Something that happened during an apply, as it happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ApplyEvent {
+    /// A stage starts: every step in it runs now.
+    Stage {
+        /// The phase's target.
+        phase: String,
+        /// `push`, `script`, `commit`, `purge`, `versions`.
+        action: String,
+        /// The `order` of a script stage.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        order: Option<i64>,
+        /// How many (app, node) steps it holds (a `@group` counts once).
+        steps: usize,
+    },
+    /// One line of a script's output.
+    Line {
+        /// The node.
+        node: String,
+        /// The application.
+        app: String,
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The text.
+        line: String,
+    },
+    /// A step ended.
+    Step(Box<StepResult>),
+    /// Later stages were skipped.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The result of one step on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepResult {
+    /// The phase's target (`prepare`, `start`, …).
+    pub target: String,
+    /// `push`, `script`, `commit`, `purge`, `versions`, `reset`.
+    pub action: String,
+    /// The application.
+    pub app: String,
+    /// The node (as written in deployment.yaml, or as the proxy names its agent).
+    pub node: String,
+    /// The script's file (script steps).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub script: String,
+    /// The stage's order (script steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<i64>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The script's exit code, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// What the script appended to `$OCTOPODA_OUTPUT`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub output: String,
+    /// The NodeApp version (push, commit, reset; the current one for `versions`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Why it failed, when it did not get as far as an exit code.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// The node's reply body (for callers that want more than the above).
+    #[serde(skip)]
+    pub body: Map<String, Value>,
+}
+
+impl StepResult {
+    /// `node app: target script` for messages.
+    pub fn label(&self) -> String {
+        let what = if self.script.is_empty() {
+            self.action.clone()
+        } else {
+            format!("{} {}", self.target, self.script)
+        };
+        format!("{} {}: {what}", self.node, self.app)
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The scenario.
+    pub scenario: String,
+    /// The target asked for.
+    pub target: String,
+    /// Every step succeeded.
+    pub ok: bool,
+    /// Why later stages were skipped, if they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// Every step, in the order they ended.
+    pub steps: Vec<StepResult>,
+    /// The NodeApps' versions after the apply (prepare, commit).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: VersionMap,
+    /// The scenario version recorded, if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<ScenarioVersion>,
+}
+
+/// Why an apply did not start (nothing was sent) or could not record its result.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The plan could not be made.
+    #[error(transparent)]
+    Plan(#[from] Box<crate::Error>),
+    /// A name the nodes would refuse.
+    #[error("{what} {name:?}: a NodeApp name is letters, digits, '_', '-' and '.', not starting with '.' or '-', at most 128 bytes")]
+    BadName {
+        /// `scenario` or `application`.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A node that cannot be reached as written.
+    #[error("application {app:?}: node {node:?}: {reason}")]
+    BadNode {
+        /// The application.
+        app: String,
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// A script could not be read.
+    #[error("application {app:?}: script {path}: {source}")]
+    Script {
+        /// The application.
+        app: String,
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A sourcepath could not be walked.
+    #[error("application {app:?}: sourcepath {path}: {reason}")]
+    Source {
+        /// The application.
+        app: String,
+        /// The directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] Box<StoreError>),
+}
+
+/// Where one node is reached.
+#[derive(Debug, Clone)]
+enum Route {
+    /// An agent (or an `ssh://` host, which does not serve `napp` yet).
+    Direct(Target),
+    /// The agents of a proxy's group.
+    Group { proxy: Proxy, group: String },
+    /// One agent of a proxy, by the proxy's name for it (resets of recorded versions).
+    ViaProxy { proxy: Proxy, host: String },
+}
+
+/// Resolves a node as written in `deployment.yaml`.
+fn route(app: &str, node: &str, options: &Options) -> Result<Route, ApplyError> {
+    let bad = |reason: String| ApplyError::BadNode {
+        app: app.to_owned(),
+        node: node.to_owned(),
+        reason,
+    };
+    if let Some(group) = node.strip_prefix('@') {
+        let Some(proxy) = &options.proxy else {
+            return Err(bad(
+                "a group of a proxy: give --proxy (or an alias in alias.yaml)".into(),
+            ));
+        };
+        return Ok(Route::Group {
+            proxy: proxy.clone(),
+            group: group.to_owned(),
+        });
+    }
+    let target = Target::parse(node, options.port).map_err(|e| bad(e.to_string()))?;
+    if target.scheme == Scheme::Ssh {
+        return Err(bad(
+            "scenarios on ssh:// hosts are not supported yet: run them on agents".into(),
+        ));
+    }
+    Ok(Route::Direct(target))
+}
+
+/// One napp order to a set of nodes.
+struct Job {
+    target: String,
+    action: Action,
+    app: String,
+    script: String,
+    order: Option<i64>,
+    request: Request,
+    nodes: Vec<(String, Route)>,
+}
+
+/// The state of one apply (or reset).
+struct Runner<'a> {
+    transport: Arc<dyn Transport>,
+    options: &'a Options,
+    steps: Vec<StepResult>,
+}
+
+impl Runner<'_> {
+    fn emit(&self, event: ApplyEvent) {
+        if let Some(tx) = &self.options.events {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Runs every job at once and waits for all (the barrier); true if all succeeded.
+    async fn stage(
+        &mut self,
+        phase: &str,
+        action: Action,
+        order: Option<i64>,
+        jobs: Vec<Job>,
+    ) -> bool {
+        self.emit(ApplyEvent::Stage {
+            phase: phase.to_owned(),
+            action: action.as_str().to_owned(),
+            order,
+            steps: jobs.iter().map(|j| j.nodes.len()).sum(),
+        });
+        let (tx, mut rx) = mpsc::channel::<(usize, usize, FanoutEvent)>(1024);
+        // Each job's nodes, by delivery: direct ones in one fan-out, each group or
+        // proxied host in its own (their request names the proxy's selection).
+        let mut runs: Vec<(usize, Vec<String>, bool)> = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            let mut direct_targets = Vec::new();
+            let mut direct_names = Vec::new();
+            for (name, route) in &job.nodes {
+                match route {
+                    Route::Direct(t) => {
+                        direct_targets.push(t.clone());
+                        direct_names.push(name.clone());
+                    }
+                    Route::Group { proxy, group } => {
+                        let args = format!("groups:{group}");
+                        self.spawn(&tx, runs.len(), j, proxy, args, &job.request);
+                        runs.push((j, vec![name.clone()], true));
+                    }
+                    Route::ViaProxy { proxy, host } => {
+                        let args = format!("hosts:{host}");
+                        self.spawn(&tx, runs.len(), j, proxy, args, &job.request);
+                        runs.push((j, vec![name.clone()], true));
+                    }
+                }
+            }
+            if !direct_targets.is_empty() {
+                let fanout = Fanout::new(Arc::clone(&self.transport))
+                    .with_concurrency(self.options.concurrency);
+                let events = fanout.run(direct_targets, job.request.clone());
+                forward(events, tx.clone(), runs.len(), j);
+                runs.push((j, direct_names, false));
+            }
+        }
+        drop(tx);
+        let mut ok = true;
+        // Runs through a proxy whose agents' results came as events.
+        let mut relayed: HashMap<usize, usize> = HashMap::new();
+        while let Some((run, j, event)) = rx.recv().await {
+            let (Some(job), Some((_, names, proxied))) = (jobs.get(j), runs.get(run)) else {
+                continue;
+            };
+            match event {
+                FanoutEvent::Event {
+                    event:
+                        Event::Host {
+                            host, result, via, ..
+                        },
+                    ..
+                } => {
+                    *relayed.entry(run).or_default() += 1;
+                    let record = match result {
+                        Value::Object(map) => map,
+                        other => {
+                            let mut map = Map::new();
+                            map.insert("content".into(), other);
+                            map
+                        }
+                    };
+                    let mut step = step_result(job, host, &record_outcome(&record));
+                    if !step.ok && step.error.is_empty() && step.code.is_none() {
+                        step.error = format!("via {via}");
+                    }
+                    ok &= step.ok;
+                    self.done(step);
+                }
+                FanoutEvent::Event {
+                    index,
+                    host,
+                    event: Event::Line { stream, line, .. },
+                } => {
+                    let node = if *proxied {
+                        host
+                    } else {
+                        names.get(index).cloned().unwrap_or(host)
+                    };
+                    self.emit(ApplyEvent::Line {
+                        node,
+                        app: job.app.clone(),
+                        stream: match stream {
+                            Stream::Stdout => "stdout",
+                            Stream::Stderr => "stderr",
+                        },
+                        line,
+                    });
+                }
+                FanoutEvent::Event { .. } => {}
+                FanoutEvent::Done(result) => {
+                    let answered = result.outcome.reply().is_some_and(|r| r.code == 200);
+                    if *proxied && answered && relayed.get(&run).copied().unwrap_or(0) > 0 {
+                        // The proxy's own count; its agents were reported one by one.
+                        continue;
+                    }
+                    let node = names
+                        .get(result.index)
+                        .cloned()
+                        .unwrap_or(result.host.clone());
+                    let mut step = step_result(job, node, &result.outcome);
+                    if *proxied && answered {
+                        step.ok = false;
+                        step.error = "the proxy named no agent of this group".into();
+                    }
+                    ok &= step.ok;
+                    self.done(step);
+                }
+            }
+        }
+        ok
+    }
+
+    fn spawn(
+        &self,
+        tx: &mpsc::Sender<(usize, usize, FanoutEvent)>,
+        run: usize,
+        job: usize,
+        proxy: &Proxy,
+        args: String,
+        request: &Request,
+    ) {
+        let request = Request {
+            api_key: proxy.api_key.clone(),
+            args,
+            ..request.clone()
+        };
+        let fanout = Fanout::new(Arc::clone(&self.transport));
+        let events = fanout.run(vec![proxy.target.clone()], request);
+        forward(events, tx.clone(), run, job);
+    }
+
+    fn done(&mut self, step: StepResult) {
+        tracing::info!(app = %step.app, node = %step.node, action = %step.action,
+            script = %step.script, ok = step.ok, code = ?step.code, "step done");
+        self.emit(ApplyEvent::Step(Box::new(step.clone())));
+        self.steps.push(step);
+    }
+}
+
+/// Forwards one fan-out's events into the stage's channel, tagged with its run and job.
+fn forward(
+    mut events: mpsc::Receiver<FanoutEvent>,
+    tx: mpsc::Sender<(usize, usize, FanoutEvent)>,
+    run: usize,
+    job: usize,
+) {
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if tx.send((run, job, event)).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// A step's result from how its delivery ended.
+fn step_result(job: &Job, node: String, outcome: &Outcome) -> StepResult {
+    let mut step = StepResult {
+        target: job.target.clone(),
+        action: job.action.as_str().to_owned(),
+        app: job.app.clone(),
+        node,
+        script: job.script.clone(),
+        order: job.order,
+        ok: false,
+        code: None,
+        output: String::new(),
+        version: String::new(),
+        error: String::new(),
+        body: Map::new(),
+    };
+    match outcome {
+        Outcome::Reply(reply) if reply.code == 200 => {
+            let Body::Json(body) = &reply.body else {
+                step.error = "the node answered 200 without a JSON body".into();
+                return step;
+            };
+            let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
+            step.ok = text("return") == "true";
+            step.code = text("code").parse().ok();
+            step.output = decode(text("output"));
+            step.version = text("version").to_owned();
+            if job.action == Action::Versions {
+                step.version = text("current").to_owned();
+            }
+            if !step.ok && step.code.is_none() {
+                step.error = decode(text("stderr"));
+            }
+            step.body = body.clone();
+        }
+        Outcome::Reply(reply) => {
+            let text = match &reply.body {
+                Body::Text(t) => t.clone(),
+                Body::Json(m) => Value::Object(m.clone()).to_string(),
+                Body::Empty => String::new(),
+            };
+            step.error = format!("{} {}: {text}", reply.code, reply.reason())
+                .trim_end_matches(": ")
+                .to_owned();
+        }
+        other => step.error = other.to_string(),
+    }
+    step
+}
+
+/// Base64 → text (lossy); the text itself if it is not base64.
+fn decode(b64: &str) -> String {
+    match base64::engine::general_purpose::STANDARD.decode(b64) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => b64.to_owned(),
+    }
+}
+
+/// A `napp` request.
+fn request(spec: NappSpec) -> Request {
+    Request {
+        order: OrderName::Napp.as_str().to_owned(),
+        follow: true,
+        napp: Some(Box::new(spec)),
+        ..Request::default()
+    }
+}
+
+/// The variables a script gets from the caller (the node adds those naming its paths).
+fn caller_env(step: &Step, scenario: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for prefix in ["OCTOPODA_", "DEPLOY_"] {
+        env.insert(format!("{prefix}NODENAME"), step.node.clone());
+        env.insert(format!("{prefix}FILENAME"), step.file.clone());
+        env.insert(format!("{prefix}APP"), step.app.clone());
+        env.insert(format!("{prefix}SCENARIO"), scenario.to_owned());
+    }
+    env.insert("DEPLOY_TARGET".into(), step.target.clone());
+    env
+}
+
+/// The upload spec of an app's sources: the tree's contents, relative. `root` names the
+/// NodeApp (the node decides where it is): it also keeps each app's walk apart in the
+/// process's cache of walked trees.
+fn source_spec(app: &str, scenario: &str) -> UploadSpec {
+    UploadSpec {
+        files: vec![".".into()],
+        root: napp::dir_name(app, scenario),
+        relative: true,
+        no_owner: true,
+    }
+}
+
+/// Checks that nothing would be refused by the nodes and that every node can be reached,
+/// reads the scripts and walks the sources the plan needs: all before anything is sent.
+struct Checked {
+    routes: HashMap<(String, String), Route>,
+    scripts: HashMap<std::path::PathBuf, String>,
+}
+
+async fn check(
+    scenario: &Scenario,
+    phases: &[Phase],
+    options: &Options,
+) -> Result<Checked, ApplyError> {
+    if !napp::valid_name(&scenario.name) {
+        return Err(ApplyError::BadName {
+            what: "scenario",
+            name: scenario.name.clone(),
+        });
+    }
+    let mut routes = HashMap::new();
+    for app in &scenario.apps {
+        if !napp::valid_name(&app.name) {
+            return Err(ApplyError::BadName {
+                what: "application",
+                name: app.name.clone(),
+            });
+        }
+        for node in &app.nodes {
+            routes.insert(
+                (app.name.clone(), node.clone()),
+                route(&app.name, node, options)?,
+            );
+        }
+    }
+    let mut scripts = HashMap::new();
+    for step in phases.iter().flat_map(|p| &p.stages).flat_map(|s| &s.steps) {
+        if scripts.contains_key(&step.script) {
+            continue;
+        }
+        let text = std::fs::read(&step.script).map_err(|source| ApplyError::Script {
+            app: step.app.clone(),
+            path: step.script.display().to_string(),
+            source,
+        })?;
+        scripts.insert(
+            step.script.clone(),
+            base64::engine::general_purpose::STANDARD.encode(text),
+        );
+    }
+    if phases.iter().any(|p| p.push_sources) {
+        for app in &scenario.apps {
+            let spec = source_spec(&app.name, &scenario.name);
+            let manifest = deploy_common::upload::build_and_keep_in(&spec, &app.source)
+                .await
+                .map_err(|reason| ApplyError::Source {
+                    app: app.name.clone(),
+                    path: app.source.display().to_string(),
+                    reason,
+                })?;
+            let (files, bytes) = manifest.totals();
+            tracing::info!(app = %app.name, files, bytes, "sources to push");
+        }
+    }
+    Ok(Checked { routes, scripts })
+}
+
+/// Runs `target` of `scenario` on its nodes (see the module documentation). An error
+/// means nothing was sent (or, for [`ApplyError::Store`], that the run's version could
+/// not be recorded); failed steps are in the report.
+pub async fn apply(
+    scenario: &Scenario,
+    target: &PlanTarget,
+    message: Option<&str>,
+    transport: Arc<dyn Transport>,
+    options: &Options,
+) -> Result<Report, ApplyError> {
+    let plan = plan(scenario, target, message).map_err(Box::new)?;
+    let checked = check(scenario, &plan.phases, options).await?;
+    let mut runner = Runner {
+        transport,
+        options,
+        steps: Vec::new(),
+    };
+    let name = &scenario.name;
+    let message = message.unwrap_or_default();
+    let mut stopped: Option<String> = None;
+    let mut record = false;
+    let mut always = false;
+    let nodes_of = |app: &str| -> Vec<(String, Route)> {
+        scenario
+            .apps
+            .iter()
+            .filter(|a| a.name == app)
+            .flat_map(|a| &a.nodes)
+            .filter_map(|n| {
+                checked
+                    .routes
+                    .get(&(app.to_owned(), n.clone()))
+                    .map(|r| (n.clone(), r.clone()))
+            })
+            .collect()
+    };
+    let per_app = |phase: &Phase, action: Action, message: &str| -> Vec<Job> {
+        scenario
+            .apps
+            .iter()
+            .map(|app| {
+                let mut req = request(NappSpec {
+                    action,
+                    scenario: name.clone(),
+                    app: app.name.clone(),
+                    message: message.to_owned(),
+                    ..NappSpec::default()
+                });
+                if action == Action::Push {
+                    req.upload = Some(Box::new(source_spec(&app.name, name)));
+                }
+                Job {
+                    target: phase.target.clone(),
+                    action,
+                    app: app.name.clone(),
+                    script: String::new(),
+                    order: None,
+                    request: req,
+                    nodes: nodes_of(&app.name),
+                }
+            })
+            .collect()
+    };
+    'phases: for phase in &plan.phases {
+        if phase.push_sources {
+            record = true;
+            let text = if message.is_empty() {
+                "prepare"
+            } else {
+                message
+            };
+            let jobs = per_app(phase, Action::Push, text);
+            if !runner.stage(&phase.target, Action::Push, None, jobs).await && !options.keep_going {
+                stopped = Some("pushing the sources failed".into());
+                break 'phases;
+            }
+        }
+        for stage in &phase.stages {
+            // (app, file) → its nodes, in the stage's order.
+            let mut jobs: Vec<Job> = Vec::new();
+            for step in &stage.steps {
+                let Some(route) = checked.routes.get(&(step.app.clone(), step.node.clone())) else {
+                    continue;
+                };
+                if let Some(job) = jobs
+                    .iter_mut()
+                    .find(|j| j.app == step.app && j.script == step.file)
+                {
+                    job.nodes.push((step.node.clone(), route.clone()));
+                    continue;
+                }
+                let spec = NappSpec {
+                    action: Action::Script,
+                    scenario: name.clone(),
+                    app: step.app.clone(),
+                    target: step.target.clone(),
+                    file: step.file.clone(),
+                    script: checked
+                        .scripts
+                        .get(&step.script)
+                        .cloned()
+                        .unwrap_or_default(),
+                    env: caller_env(step, name),
+                    ..NappSpec::default()
+                };
+                jobs.push(Job {
+                    target: phase.target.clone(),
+                    action: Action::Script,
+                    app: step.app.clone(),
+                    script: step.file.clone(),
+                    order: Some(stage.order),
+                    request: request(spec),
+                    nodes: vec![(step.node.clone(), route.clone())],
+                });
+            }
+            // The node name a script sees is the node as written; a group's agents
+            // learn theirs from the node side.
+            let ok = runner
+                .stage(&phase.target, Action::Script, Some(stage.order), jobs)
+                .await;
+            if !ok && !options.keep_going {
+                stopped = Some(format!(
+                    "a script of target {:?}, order {} failed; later orders were not run (--keep-going runs them)",
+                    phase.target, stage.order
+                ));
+                break 'phases;
+            }
+        }
+        if phase.target == "commit" {
+            record = true;
+            always = true;
+            let jobs = per_app(phase, Action::Commit, message);
+            if !runner
+                .stage(&phase.target, Action::Commit, None, jobs)
+                .await
+                && !options.keep_going
+            {
+                stopped = Some("commit failed".into());
+                break 'phases;
+            }
+        }
+        if phase.remove_after {
+            let jobs = per_app(phase, Action::Purge, message);
+            runner.stage(&phase.target, Action::Purge, None, jobs).await;
+            if let Some(store) = &options.store {
+                store.forget(name).await.map_err(Box::new)?;
+            }
+        }
+    }
+    if let Some(reason) = &stopped {
+        runner.emit(ApplyEvent::Stopped {
+            reason: reason.clone(),
+        });
+    }
+    let mut versions = VersionMap::new();
+    let mut recorded = None;
+    if record {
+        versions = current_versions(&mut runner, scenario, &checked, "versions").await;
+        if let Some(store) = &options.store {
+            let last = store
+                .list(name, 0, 1)
+                .await
+                .map_err(Box::new)?
+                .versions
+                .into_iter()
+                .next();
+            let changed = last.as_ref().is_none_or(|l| l.map != versions);
+            if !versions.is_empty() && (always || changed) {
+                let text = if message.is_empty() {
+                    target.name()
+                } else {
+                    message
+                };
+                let version = ScenarioVersion::new(name, text, versions.clone(), None);
+                store.append(&version).await.map_err(Box::new)?;
+                recorded = Some(version);
+            }
+        }
+    }
+    let ok = runner.steps.iter().all(|s| s.ok);
+    Ok(Report {
+        scenario: name.clone(),
+        target: target.name().to_owned(),
+        ok,
+        stopped,
+        steps: runner.steps,
+        versions,
+        recorded,
+    })
+}
+
+/// Asks every NodeApp its current version (`napp versions`, limit 1).
+async fn current_versions(
+    runner: &mut Runner<'_>,
+    scenario: &Scenario,
+    checked: &Checked,
+    phase: &str,
+) -> VersionMap {
+    let jobs = scenario
+        .apps
+        .iter()
+        .map(|app| Job {
+            target: phase.to_owned(),
+            action: Action::Versions,
+            app: app.name.clone(),
+            script: String::new(),
+            order: None,
+            request: request(NappSpec {
+                action: Action::Versions,
+                scenario: scenario.name.clone(),
+                app: app.name.clone(),
+                limit: Some(1),
+                ..NappSpec::default()
+            }),
+            nodes: app
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    checked
+                        .routes
+                        .get(&(app.name.clone(), n.clone()))
+                        .map(|r| (n.clone(), r.clone()))
+                })
+                .collect(),
+        })
+        .collect();
+    let from = runner.steps.len();
+    runner.stage(phase, Action::Versions, None, jobs).await;
+    let mut map = VersionMap::new();
+    for step in runner.steps.drain(from..) {
+        if step.ok && !step.version.is_empty() {
+            map.entry(step.node)
+                .or_default()
+                .insert(step.app, step.version);
+        }
+    }
+    map
+}
+
+/// `scenario reset -v PREFIX -m MSG`: every NodeApp of the recorded version back to its
+/// version then (revert-style: each node records it again), and a new scenario version
+/// with the result. Nodes named by a proxy (a group's agents) are reset through it.
+pub async fn reset(
+    scenario: &Scenario,
+    prefix: &str,
+    message: &str,
+    transport: Arc<dyn Transport>,
+    options: &Options,
+) -> Result<Report, ApplyError> {
+    let Some(store) = &options.store else {
+        return Err(Box::new(StoreError::Remote("no scenario store".into())).into());
+    };
+    let name = &scenario.name;
+    let version = store.get(name, prefix).await.map_err(Box::new)?;
+    // The routes of the nodes as the scenario writes them; others are a proxy's agents.
+    let mut known: HashMap<String, Route> = HashMap::new();
+    for app in &scenario.apps {
+        for node in &app.nodes {
+            if let Ok(route) = route(&app.name, node, options) {
+                known.insert(node.clone(), route);
+            }
+        }
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    for (node, apps) in &version.map {
+        let route = match (known.get(node), &options.proxy) {
+            (Some(route), _) => route.clone(),
+            (None, Some(proxy)) => Route::ViaProxy {
+                proxy: proxy.clone(),
+                host: node.clone(),
+            },
+            (None, None) => {
+                return Err(ApplyError::BadNode {
+                    app: apps.keys().next().cloned().unwrap_or_default(),
+                    node: node.clone(),
+                    reason: "not in deployment.yaml: a proxy's agent? give --proxy".into(),
+                })
+            }
+        };
+        for (app, v) in apps {
+            jobs.push(Job {
+                target: "reset".into(),
+                action: Action::Reset,
+                app: app.clone(),
+                script: String::new(),
+                order: None,
+                request: request(NappSpec {
+                    action: Action::Reset,
+                    scenario: name.clone(),
+                    app: app.clone(),
+                    version: v.clone(),
+                    message: message.to_owned(),
+                    ..NappSpec::default()
+                }),
+                nodes: vec![(node.clone(), route.clone())],
+            });
+        }
+    }
+    let mut runner = Runner {
+        transport,
+        options,
+        steps: Vec::new(),
+    };
+    runner.stage("reset", Action::Reset, None, jobs).await;
+    let ok = runner.steps.iter().all(|s| s.ok);
+    let mut map = VersionMap::new();
+    for step in runner
+        .steps
+        .iter()
+        .filter(|s| s.ok && !s.version.is_empty())
+    {
+        map.entry(step.node.clone())
+            .or_default()
+            .insert(step.app.clone(), step.version.clone());
+    }
+    let mut recorded = None;
+    if ok {
+        let new = ScenarioVersion::new(name, message, map.clone(), Some(version.id.clone()));
+        store.append(&new).await.map_err(Box::new)?;
+        recorded = Some(new);
+    }
+    Ok(Report {
+        scenario: name.clone(),
+        target: "reset".into(),
+        ok,
+        stopped: (!ok).then(|| "some NodeApps could not be reset; no version recorded".into()),
+        steps: runner.steps,
+        versions: map,
+        recorded,
+    })
+}
+
+/// One `napp` order (get, versions, reset) to one node, for `deploy-client napp …`:
+/// the node's reply body, or why there is none.
+pub async fn napp_one(
+    node: &str,
+    spec: NappSpec,
+    transport: Arc<dyn Transport>,
+    options: &Options,
+) -> Result<StepResult, ApplyError> {
+    let route = route(&spec.app, node, options)?;
+    let action = spec.action;
+    let app = spec.app.clone();
+    let job = Job {
+        target: action.as_str().to_owned(),
+        action,
+        app,
+        script: String::new(),
+        order: None,
+        request: Request {
+            follow: false,
+            ..request(spec)
+        },
+        nodes: vec![(node.to_owned(), route)],
+    };
+    let mut runner = Runner {
+        transport,
+        options,
+        steps: Vec::new(),
+    };
+    runner.stage(action.as_str(), action, None, vec![job]).await;
+    runner
+        .steps
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApplyError::BadNode {
+            app: String::new(),
+            node: node.to_owned(),
+            reason: "no result".into(),
+        })
+}
