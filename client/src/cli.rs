@@ -468,6 +468,37 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
+/// The subcommands beside the flag-driven order (`deploy-client scenario …`): parsed
+/// instead of [`Args`] when the first argument names one of them ([`SUBCOMMANDS`]).
+#[derive(Debug, Parser)]
+#[command(
+    name = "deploy-client",
+    version,
+    about = "Octopoda scenarios and NodeApps on deploy agents"
+)]
+pub struct Sub {
+    /// How the nodes are reached.
+    #[command(flatten)]
+    pub connect: crate::scenario::Connect,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The first arguments that select [`Sub`] rather than [`Args`].
+pub const SUBCOMMANDS: &[&str] = &["scenario", "napp"];
+
+/// A subcommand.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Octopoda scenarios: apply a folder's deployment.yaml, its versions and resets.
+    #[command(subcommand)]
+    Scenario(crate::scenario::ScenarioCmd),
+    /// NodeApps (an application of a scenario on one node): get, versions, reset.
+    #[command(subcommand)]
+    Napp(crate::scenario::NappCmd),
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -564,17 +564,11 @@ struct Checked {
     scripts: HashMap<std::path::PathBuf, String>,
 }
 
-async fn check(
+/// Every (app, node)'s route, names checked.
+fn routes(
     scenario: &Scenario,
-    phases: &[Phase],
     options: &Options,
-) -> Result<Checked, ApplyError> {
-    if !napp::valid_name(&scenario.name) {
-        return Err(ApplyError::BadName {
-            what: "scenario",
-            name: scenario.name.clone(),
-        });
-    }
+) -> Result<HashMap<(String, String), Route>, ApplyError> {
     let mut routes = HashMap::new();
     for app in &scenario.apps {
         if !napp::valid_name(&app.name) {
@@ -590,6 +584,48 @@ async fn check(
             );
         }
     }
+    Ok(routes)
+}
+
+/// Every NodeApp's current version (`scenario get`), and the steps that failed to tell.
+pub async fn current(
+    scenario: &Scenario,
+    transport: Arc<dyn Transport>,
+    options: &Options,
+) -> Result<(VersionMap, Vec<StepResult>), ApplyError> {
+    if !napp::valid_name(&scenario.name) {
+        return Err(ApplyError::BadName {
+            what: "scenario",
+            name: scenario.name.clone(),
+        });
+    }
+    let checked = Checked {
+        routes: routes(scenario, options)?,
+        scripts: HashMap::new(),
+    };
+    let mut runner = Runner {
+        transport,
+        options,
+        steps: Vec::new(),
+    };
+    let from = runner.steps.len();
+    let map = current_versions(&mut runner, scenario, &checked, "get").await;
+    let failed = runner.steps.drain(from..).filter(|s| !s.ok).collect();
+    Ok((map, failed))
+}
+
+async fn check(
+    scenario: &Scenario,
+    phases: &[Phase],
+    options: &Options,
+) -> Result<Checked, ApplyError> {
+    if !napp::valid_name(&scenario.name) {
+        return Err(ApplyError::BadName {
+            what: "scenario",
+            name: scenario.name.clone(),
+        });
+    }
+    let routes = routes(scenario, options)?;
     let mut scripts = HashMap::new();
     for step in phases.iter().flat_map(|p| &p.stages).flat_map(|s| &s.steps) {
         if scripts.contains_key(&step.script) {
@@ -778,7 +814,12 @@ pub async fn apply(
     }
     let mut versions = VersionMap::new();
     let mut recorded = None;
-    if record {
+    // Versions are asked only if something reached a node (a refused push changed nothing).
+    let reached = runner
+        .steps
+        .iter()
+        .any(|s| s.ok && matches!(s.action.as_str(), "push" | "commit"));
+    if record && reached {
         versions = current_versions(&mut runner, scenario, &checked, "versions").await;
         if let Some(store) = &options.store {
             let last = store
@@ -851,11 +892,11 @@ async fn current_versions(
     let from = runner.steps.len();
     runner.stage(phase, Action::Versions, None, jobs).await;
     let mut map = VersionMap::new();
-    for step in runner.steps.drain(from..) {
+    for step in runner.steps.iter().skip(from) {
         if step.ok && !step.version.is_empty() {
-            map.entry(step.node)
+            map.entry(step.node.clone())
                 .or_default()
-                .insert(step.app, step.version);
+                .insert(step.app.clone(), step.version.clone());
         }
     }
     map
