@@ -1034,3 +1034,187 @@ pub async fn napp_one(
             reason: "no result".into(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folder::{App, Script};
+    use deploy_common::order::Reply;
+    use deploy_common::transport::BoxFuture;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Records when each script starts and ends; `fail.sh` exits 3; scripts of order 1
+    /// take longer than the others.
+    #[derive(Default)]
+    struct Fake {
+        log: Mutex<Vec<String>>,
+    }
+
+    impl Transport for Fake {
+        fn deliver<'a>(
+            &'a self,
+            target: &'a Target,
+            request: &'a Request,
+            _events: mpsc::Sender<Event>,
+        ) -> BoxFuture<'a, Outcome> {
+            Box::pin(async move {
+                let spec = request.napp.as_deref().unwrap();
+                let who = format!("{} {} {}", spec.file, spec.app, target.port);
+                self.log.lock().unwrap().push(format!("start {who}"));
+                let slow = spec.file.starts_with("slow");
+                tokio::time::sleep(Duration::from_millis(if slow { 100 } else { 20 })).await;
+                self.log.lock().unwrap().push(format!("end {who}"));
+                let code = if spec.file == "fail.sh" { "3" } else { "0" };
+                let ret = if code == "0" { "true" } else { "false" };
+                let mut body = Map::new();
+                body.insert("return".into(), ret.into());
+                body.insert("code".into(), code.into());
+                body.insert("output".into(), "b2sK".into());
+                Outcome::Reply(Reply::ok(body))
+            })
+        }
+    }
+
+    fn scenario(dir: &std::path::Path, scripts: &[(&str, &str, i64)]) -> Scenario {
+        let apps = ["a", "b"]
+            .iter()
+            .map(|name| App {
+                name: name.to_string(),
+                description: String::new(),
+                source: dir.to_path_buf(),
+                script_dir: dir.to_path_buf(),
+                nodes: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+                scripts: scripts
+                    .iter()
+                    .filter(|(app, _, _)| app == name)
+                    .map(|(_, file, order)| {
+                        let path: PathBuf = dir.join(file);
+                        std::fs::write(&path, "true").unwrap();
+                        Script {
+                            target: "go".into(),
+                            file: file.to_string(),
+                            order: *order,
+                            path,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Scenario {
+            root: dir.to_path_buf(),
+            name: "s".into(),
+            description: String::new(),
+            apps,
+            warnings: Vec::new(),
+        }
+    }
+
+    async fn run(scen: &Scenario, keep_going: bool) -> (Report, Vec<String>) {
+        let fake = Arc::new(Fake::default());
+        let options = Options {
+            keep_going,
+            ..Options::default()
+        };
+        let report = apply(
+            scen,
+            &PlanTarget::parse(Some("go")),
+            None,
+            Arc::clone(&fake) as Arc<dyn Transport>,
+            &options,
+        )
+        .await
+        .unwrap();
+        let log = fake.log.lock().unwrap().clone();
+        (report, log)
+    }
+
+    #[tokio::test]
+    async fn a_stage_runs_at_once_and_waits_for_all_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let scen = scenario(
+            dir.path(),
+            &[
+                ("a", "slow1.sh", 1),
+                ("b", "fast1.sh", 1),
+                ("b", "two.sh", 2),
+            ],
+        );
+        let (report, log) = run(&scen, false).await;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.steps.len(), 6);
+        let last_end1 = log
+            .iter()
+            .rposition(|l| l.starts_with("end slow1"))
+            .unwrap();
+        let first_two = log.iter().position(|l| l.starts_with("start two")).unwrap();
+        assert!(last_end1 < first_two, "{log:?}");
+        // Both apps of order 1 started before either ended: one stage, in parallel.
+        let first_end = log.iter().position(|l| l.starts_with("end")).unwrap();
+        assert_eq!(
+            log[..first_end]
+                .iter()
+                .filter(|l| l.starts_with("start"))
+                .count(),
+            4,
+            "{log:?}"
+        );
+        assert!(report.steps.iter().all(|s| s.output == "ok\n"));
+    }
+
+    #[tokio::test]
+    async fn a_failure_stops_later_orders_unless_keep_going() {
+        let dir = tempfile::tempdir().unwrap();
+        let scen = scenario(dir.path(), &[("a", "fail.sh", 1), ("b", "two.sh", 2)]);
+        let (report, log) = run(&scen, false).await;
+        assert!(!report.ok);
+        assert!(report.stopped.is_some());
+        assert!(!log.iter().any(|l| l.contains("two.sh")), "{log:?}");
+        let failed: Vec<&StepResult> = report.steps.iter().filter(|s| !s.ok).collect();
+        assert_eq!(failed.len(), 2);
+        assert_eq!(failed[0].code, Some(3));
+        assert_eq!(
+            (failed[0].app.as_str(), failed[0].target.as_str()),
+            ("a", "go")
+        );
+
+        let (report, log) = run(&scen, true).await;
+        assert!(!report.ok && report.stopped.is_none());
+        assert_eq!(
+            log.iter().filter(|l| l.starts_with("end two.sh")).count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn groups_need_a_proxy_and_ssh_is_refused_before_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scen = scenario(dir.path(), &[("a", "x.sh", 1)]);
+        scen.apps[0].nodes = vec!["@web".into()];
+        let e = apply(
+            &scen,
+            &PlanTarget::parse(Some("go")),
+            None,
+            Arc::new(Fake::default()),
+            &Options::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("node \"@web\": a group of a proxy"),
+            "{e}"
+        );
+        scen.apps[0].nodes = vec!["ssh://root@h".into()];
+        let e = apply(
+            &scen,
+            &PlanTarget::parse(Some("go")),
+            None,
+            Arc::new(Fake::default()),
+            &Options::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("not supported yet"), "{e}");
+    }
+}
