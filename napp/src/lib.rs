@@ -270,11 +270,19 @@ pub struct NodeApp {
     store: store::Store,
 }
 
-/// A NodeApp under its lock: what changes it.
+/// A NodeApp under its lock: what changes it. The lock goes when this is dropped.
 #[derive(Debug)]
-pub struct Locked<'a> {
-    napp: &'a NodeApp,
+pub struct Locked {
+    napp: NodeApp,
     _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl std::ops::Deref for Locked {
+    type Target = NodeApp;
+
+    fn deref(&self) -> &NodeApp {
+        &self.napp
+    }
 }
 
 fn now() -> String {
@@ -334,6 +342,16 @@ impl Workspace {
         };
         let dir = self.root.subdir(Path::new(&name), true)?;
         Ok(Some(NodeApp { name, dir, store }))
+    }
+
+    /// The directory of `app@scenario`, made if missing (without a store: scripts run
+    /// in NodeApps that need not have versions).
+    pub fn nodeapp_dir(&self, app: &str, scenario: &str) -> Result<Root, Error> {
+        check_name(app)?;
+        check_name(scenario)?;
+        Ok(self
+            .root
+            .subdir(Path::new(&dir_name(app, scenario)), true)?)
     }
 
     /// The versions of `app@scenario`, oldest first (none if it has no store).
@@ -426,10 +444,11 @@ impl NodeApp {
     }
 
     /// Takes its lock (waiting for another worker's change to end).
-    pub fn lock(&self) -> Result<Locked<'_>, Error> {
+    pub fn lock(self) -> Result<Locked, Error> {
+        let lock = self.store.lock()?;
         Ok(Locked {
             napp: self,
-            _lock: self.store.lock()?,
+            _lock: lock,
         })
     }
 
@@ -482,7 +501,7 @@ pub fn find<'v>(versions: &'v [Version], prefix: &str, napp: &str) -> Result<&'v
     }
 }
 
-impl Locked<'_> {
+impl Locked {
     /// Records the tree as a version if it differs from the newest one, or always when
     /// `force`; the version recorded, if any.
     pub fn snapshot(&self, message: &str, force: bool) -> Result<Option<Version>, Error> {

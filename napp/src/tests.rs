@@ -49,6 +49,7 @@ fn snapshot_only_when_changed_unless_forced() {
     assert_eq!(dir, f.base.join("workspace/web@s1"));
     write(&dir.join("a.txt"), "one");
     let lock = napp.lock().unwrap();
+    let napp = &*lock;
     let a = lock.snapshot("first", false).unwrap().expect("a version");
     assert_eq!(a.version.len(), 64);
     assert!(
@@ -82,6 +83,7 @@ fn gitignored_files_are_not_recorded_and_survive_a_reset() {
     write(&dir.join("run.log"), "log 1");
     write(&dir.join("cache/blob"), "cached");
     let lock = napp.lock().unwrap();
+    let napp = &*lock;
     let a = lock.snapshot("a", false).unwrap().unwrap();
     let (manifest, _) = manifest::walk(napp.root().unwrap().fd()).unwrap();
     let paths: Vec<&str> = manifest.entries.iter().map(Entry::path).collect();
@@ -107,6 +109,7 @@ fn reset_is_revert_style_and_restores_modes_dirs_and_links() {
     let napp = f.ws.nodeapp("web", "s1", true).unwrap().unwrap();
     let dir = napp.path().to_path_buf();
     let lock = napp.lock().unwrap();
+    let napp = &*lock;
     write(&dir.join("v"), "A");
     write(&dir.join("d/e/f"), "deep");
     std::fs::set_permissions(dir.join("v"), std::fs::Permissions::from_mode(0o750)).unwrap();
@@ -194,6 +197,7 @@ fn planted_links_are_never_followed() {
     let napp = f.ws.nodeapp("web", "s1", true).unwrap().unwrap();
     let dir = napp.path().to_path_buf();
     let lock = napp.lock().unwrap();
+    let napp = &*lock;
     write(&dir.join("d/secret"), "inside");
     let a = lock.snapshot("A", false).unwrap().unwrap();
     // d becomes a link out of the tree.
@@ -258,6 +262,7 @@ fn a_line_cut_by_a_crash_is_no_version_and_is_cut_off() {
     let napp = f.ws.nodeapp("web", "s1", true).unwrap().unwrap();
     write(&napp.path().join("x"), "1");
     let lock = napp.lock().unwrap();
+    let napp = &*lock;
     lock.snapshot("one", false).unwrap().unwrap();
     let log = f.base.join("workspace/.deploy/versions/web@s1/log");
     let mut text = std::fs::read(&log).unwrap();
