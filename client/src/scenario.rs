@@ -62,6 +62,15 @@ pub struct Connect {
     #[arg(long, global = true, value_name = "HOST")]
     pub proxy: Option<String>,
 
+    /// The proxy's secret, when not the agents' (--key-cipher).
+    #[arg(
+        long,
+        global = true,
+        env = "DEPLOY_PROXY_KEY_CIPHER",
+        hide_env_values = true
+    )]
+    pub proxy_key_cipher: Option<String>,
+
     /// The proxy's API key (with --proxy).
     #[arg(
         long,
@@ -229,24 +238,19 @@ impl Connect {
     }
 
     fn transport(&self) -> anyhow::Result<Arc<dyn Transport>> {
+        self.transport_with(&self.key_cipher)
+    }
+
+    fn transport_with(&self, key_cipher: &str) -> anyhow::Result<Arc<dyn Transport>> {
         let public_key = match &self.ssl_public_key {
             Some(path) => Some(Arc::new(
                 RsaPublicKey::load(path).context("--ssl-public-key")?,
             )),
             None => None,
         };
-        if !self.api_key.is_empty()
-            && deploy_common::config::is_default_secret(&self.key_cipher)
-            && public_key.is_none()
-        {
-            bail!(
-                "refusing to send the API key to a proxy that is not authenticated: give its \
-                 --key-cipher (DEPLOY_KEY_CIPHER) or pin its --ssl-public-key"
-            );
-        }
         Ok(Arc::new(AgentTransport {
             protocol: Protocol::V2,
-            key_cipher: self.key_cipher.clone(),
+            key_cipher: key_cipher.to_owned(),
             public_key,
             connect_timeout: Duration::from_secs(self.socket_timeout),
             deadline: Duration::from_secs(self.timeout),
@@ -262,9 +266,19 @@ impl Connect {
                 if self.api_key.is_empty() {
                     bail!("--proxy needs --api-key (DEPLOY_API_KEY)");
                 }
+                let secret = self.proxy_key_cipher.as_deref().unwrap_or(&self.key_cipher);
+                if deploy_common::config::is_default_secret(secret) && self.ssl_public_key.is_none()
+                {
+                    bail!(
+                        "refusing to send the API key to a proxy that is not authenticated: \
+                         give its secret (--proxy-key-cipher, DEPLOY_PROXY_KEY_CIPHER) or pin \
+                         its --ssl-public-key"
+                    );
+                }
                 Some(Proxy {
                     target: Target::parse(spec, PROXY_PORT).context("--proxy")?,
                     api_key: self.api_key.clone(),
+                    transport: Some(self.transport_with(secret)?),
                 })
             }
         };
@@ -619,7 +633,7 @@ async fn napp_inner(cmd: NappCmd, connect: &Connect) -> anyhow::Result<u8> {
                 for n in &list {
                     writeln!(
                         out,
-                        "{}@{}  current {}  {} versions  {}",
+                        "{}@{}  current {}  versions: {}  {}",
                         n["app"].as_str().unwrap_or_default(),
                         n["scenario"].as_str().unwrap_or_default(),
                         short(n["current"].as_str().unwrap_or_default()),
@@ -808,8 +822,13 @@ fn finish(report: &Report, format: Format) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string(&doc)?);
         }
         Format::Text => {
-            let failed = report.steps.iter().filter(|s| !s.ok).count();
-            let ok = report.steps.len() - failed;
+            // Asking the NodeApps' versions is bookkeeping, not a step, unless it failed.
+            let shown = report
+                .steps
+                .iter()
+                .filter(|s| s.action != "versions" || !s.ok);
+            let failed = shown.clone().filter(|s| !s.ok).count();
+            let ok = shown.count() - failed;
             println!(
                 "scenario {}: {}: {ok} step{} ok, {failed} failed",
                 report.scenario,

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use deploy_testkit::{Agent, AgentConfig, Sandbox};
+use deploy_testkit::{Agent, AgentConfig, ProxyConfig, Sandbox};
 use serde_json::Value;
 
 use crate::util::{client, Output};
@@ -428,4 +428,97 @@ async fn escapes_are_refused_before_anything_is_sent() {
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "a connection reached the node"
     );
+}
+
+/// `@group` nodes go through a proxy with its own secret: each of the group's agents
+/// runs the script and is reported under the proxy's name for it; a commit records a
+/// version naming them, and a reset goes back through the proxy to each. A prepare
+/// through the proxy is refused by it (it does not relay the sources).
+#[tokio::test]
+async fn groups_through_a_proxy() {
+    let (a, b) = (Node::start(), Node::start());
+    let pdir = Sandbox::new();
+    let proxy = ProxyConfig::new("px")
+        .key("scenario-key", "web")
+        .servers("web", &[a.name(), b.name()])
+        .start(pdir.path());
+    let dir = tempfile::tempdir().unwrap();
+    // The NodeApps are prepared directly (the proxy does not carry sources)…
+    let direct = folder(
+        dir.path(),
+        "grp",
+        &[("app", vec![a.name(), b.name()], vec![])],
+    );
+    let out = scenario(&["apply", direct.to_str().unwrap(), "prepare"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    // …then driven through the proxy, from another folder of the same scenario.
+    let other = dir.path().join("through");
+    fs::create_dir_all(&other).unwrap();
+    let via = folder(
+        &other,
+        "grp",
+        &[(
+            "app",
+            vec!["@web".into()],
+            vec![(
+                "hi",
+                1,
+                "echo \"hi from $OCTOPODA_APP\" >> \"$OCTOPODA_OUTPUT\"".into(),
+            )],
+        )],
+    );
+    let f = via.to_str().unwrap();
+    let port = format!("127.0.0.1:{}", proxy.port());
+    let through = |args: &[&str]| {
+        let mut all = vec![
+            "apply",
+            "--proxy",
+            &port,
+            "--api-key=scenario-key",
+            "--proxy-key-cipher=proxysecret",
+        ];
+        all.extend_from_slice(args);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        scenario(&refs).await
+    };
+    let out = run(through(&[f, "hi", "--format=json"])).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut nodes: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert_eq!(s["output"], "hi from app\n", "{s}");
+            s["node"].as_str().unwrap()
+        })
+        .collect();
+    nodes.sort();
+    let mut want = [a.name(), b.name()];
+    want.sort();
+    assert_eq!(nodes, want);
+
+    let out = run(through(&[f, "commit", "-m", "one", "--format=json"])).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let first = report["recorded"]["id"].as_str().unwrap().to_owned();
+    let map = report["recorded"]["map"].as_object().unwrap();
+    assert_eq!(map.len(), 2, "{map:?}");
+    fs::write(a.napp("app", "grp").join("content"), "changed by hand").unwrap();
+    let out = run(through(&[f, "commit", "-m", "two"])).await;
+    assert_eq!(out.status, 0, "{out:?}");
+
+    let mut reset = through(&[f, "-v", &first[..8], "-m", "back"]);
+    reset[0] = "reset".into();
+    let out = run(reset).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(read(a.napp("app", "grp").join("content")), "app\n");
+
+    // Sources do not go through a proxy.
+    let out = run(through(&[f, "prepare"])).await;
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stdout.contains("not through a proxy"), "{}", out.stdout);
 }

@@ -72,12 +72,23 @@ impl Default for Options {
 }
 
 /// A proxy for `@group` nodes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Proxy {
     /// The proxy.
     pub target: Target,
     /// The API key whose groups hold the nodes.
     pub api_key: String,
+    /// How to reach the proxy when not as the agents (its own secret); none: the
+    /// agents' transport.
+    pub transport: Option<Arc<dyn Transport>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Something that happened during an apply, as it happened.
@@ -435,7 +446,8 @@ impl Runner<'_> {
             args,
             ..request.clone()
         };
-        let fanout = Fanout::new(Arc::clone(&self.transport));
+        let transport = proxy.transport.as_ref().unwrap_or(&self.transport);
+        let fanout = Fanout::new(Arc::clone(transport));
         let events = fanout.run(vec![proxy.target.clone()], request);
         forward(events, tx.clone(), run, job);
     }
