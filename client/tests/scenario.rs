@@ -522,3 +522,71 @@ async fn groups_through_a_proxy() {
     assert_eq!(out.status, 1, "{out:?}");
     assert!(out.stdout.contains("not through a proxy"), "{}", out.stdout);
 }
+
+/// `napp get|versions|reset` on one node: the versions of a NodeApp newest first, and a
+/// reset that puts an older tree back and records it again.
+#[tokio::test]
+async fn napp_views_and_reset() {
+    let a = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = folder(dir.path(), "nv", &[("app", vec![a.name()], vec![])]);
+    let f = root.to_str().unwrap();
+    for v in ["one", "two"] {
+        fs::write(root.join("app/src/content"), v).unwrap();
+        let out = scenario(&["apply", f, "prepare", "-m", v]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+    }
+    let napp = |args: &[&str]| {
+        let mut all = vec!["napp", "--key-cipher=agentsecret"];
+        all.extend_from_slice(args);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        client(&refs, None).await
+    };
+    let host = a.name();
+    let out = run(napp(&["versions", &host, "app@nv", "--format=json"])).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let versions = doc["versions"].as_array().unwrap();
+    let messages: Vec<&str> = versions
+        .iter()
+        .map(|v| v["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["two", "one"]);
+    let one = versions[1]["version"].as_str().unwrap().to_owned();
+
+    let out = run(napp(&[
+        "reset",
+        &host,
+        "app@nv",
+        "-v",
+        &one[..5],
+        "-m",
+        "undo",
+    ]))
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("reset to {}", &one[..12])),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(read(a.napp("app", "nv").join("content")), "one");
+    let out = run(napp(&["versions", &host, "app@nv", "-l", "1"])).await;
+    assert!(
+        out.stdout.lines().next().unwrap().ends_with("undo *"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run(napp(&["get", &host, "@nv"])).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stdout.starts_with("app@nv  current "), "{}", out.stdout);
+    // A short prefix is refused here; a bad name too.
+    let out = run(napp(&["reset", &host, "app@nv", "-v", "ab", "-m", "x"])).await;
+    assert_eq!(out.status, 2, "{out:?}");
+    let out = run(napp(&["versions", &host, "../x@nv"])).await;
+    assert_eq!(out.status, 2, "{out:?}");
+}
