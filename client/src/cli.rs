@@ -919,7 +919,7 @@ impl Args {
 
 /// SSH options from the environment: the local user, home, ssh-agent socket, and a
 /// passphrase prompt on the terminal.
-fn ssh_options() -> SshOptions {
+pub(crate) fn ssh_options() -> SshOptions {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten();

@@ -16,6 +16,7 @@
 //! | [`status`] | connected / running / done counts of SSH hosts on a terminal |
 //! | [`ssh_release`] | release orders on `ssh://` hosts: scripts on the agents' layout |
 //! | [`scenario`] | `deploy-client scenario …` and `napp …`: Octopoda scenarios on agents |
+//! | [`ssh_napp`] | scenarios on `ssh://` hosts: `napp` pushes and scripts as SSH upload and `run` |
 //!
 //! # Design
 //!
@@ -41,6 +42,7 @@ mod prompt;
 mod render;
 mod rollout;
 mod scenario;
+mod ssh_napp;
 mod ssh_release;
 mod status;
 

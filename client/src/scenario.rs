@@ -107,6 +107,27 @@ pub struct Connect {
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    /// SSH hosts: the NodeApps' workspace (relative to the remote home unless
+    /// absolute; `%h`/`%p`: the host and port as written).
+    #[arg(long, global = true, value_name = "DIR", default_value = crate::ssh_napp::DEFAULT_WORKSPACE)]
+    pub ssh_workspace: String,
+
+    /// SSH: the client configuration file [default: ~/.ssh/config].
+    #[arg(short = 'F', long = "ssh-config", global = true, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+
+    /// SSH: the known_hosts file [default: ~/.ssh/known_hosts].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// SSH: append the keys of hosts not yet known to the known_hosts file.
+    #[arg(long, global = true)]
+    pub accept_new_host_keys: bool,
+
+    /// SSH: a private key to try (repeatable), after the ssh-agent's keys.
+    #[arg(short = 'i', long, global = true, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+
     /// Log more (repeat for debug).
     #[arg(long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -241,6 +262,45 @@ impl Connect {
         self.transport_with(&self.key_cipher)
     }
 
+    /// The agents' transport, and the SSH one when the scenario names `ssh://` nodes
+    /// (`napp` translated there, [`crate::ssh_napp`]).
+    fn scenario_transport(
+        &self,
+        scenario: &deploy_scenario::Scenario,
+    ) -> anyhow::Result<(Arc<dyn Transport>, bool)> {
+        let agent = self.transport()?;
+        let any_ssh = scenario
+            .apps
+            .iter()
+            .flat_map(|a| &a.nodes)
+            .any(|n| n.starts_with(deploy_common::target::SSH_PREFIX));
+        if !any_ssh {
+            return Ok((agent, false));
+        }
+        let mut options = crate::cli::ssh_options();
+        options.config_file = self.ssh_config.clone();
+        options.known_hosts = self.known_hosts.clone();
+        options.accept_new_host_keys = self.accept_new_host_keys;
+        options.identities = self.identity.clone();
+        options.connect_timeout = Duration::from_secs(self.socket_timeout);
+        options.deadline = Some(Duration::from_secs(self.timeout));
+        options.pty = false;
+        let ssh = Arc::new(deploy_common::ssh::SshTransport::new(options)?);
+        let sources = scenario
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), a.source.clone()))
+            .collect();
+        let napp = crate::ssh_napp::SshNapp::new(ssh, self.ssh_workspace.clone(), sources);
+        Ok((
+            Arc::new(deploy_common::transport::Mux {
+                agent,
+                ssh: Some(Arc::new(napp)),
+            }),
+            true,
+        ))
+    }
+
     fn transport_with(&self, key_cipher: &str) -> anyhow::Result<Arc<dyn Transport>> {
         let public_key = match &self.ssl_public_key {
             Some(path) => Some(Arc::new(
@@ -342,8 +402,9 @@ async fn scenario_inner(cmd: ScenarioCmd, connect: &Connect) -> anyhow::Result<u
         } => {
             let scenario = load(&dir)?;
             let target = PlanTarget::parse(target.as_deref());
-            let transport = connect.transport()?;
+            let (transport, ssh) = connect.scenario_transport(&scenario)?;
             let mut options = connect.options()?;
+            options.ssh = ssh;
             options.keep_going = keep_going;
             options.store = Some(Arc::new(FolderStore::new(&scenario.root)));
             let (tx, rx) = mpsc::unbounded_channel();

@@ -249,11 +249,13 @@ async fn orders_are_barriers_across_apps_and_nodes() {
         last_end < first_start,
         "an order-2 script started before order 1 ended:\n{text}"
     );
-    // The node name a script sees is the node as written.
-    assert!(
-        text.contains(&format!("start2 three {}", a.name())),
-        "{text}"
-    );
+    // The node name a script sees is its node as written.
+    for n in [&a, &b] {
+        assert!(
+            text.contains(&format!("start2 three {}", n.name())),
+            "{text}"
+        );
+    }
 }
 
 /// A failing script stops the later orders (exit 1, the step named with its exit code);
@@ -589,4 +591,97 @@ async fn napp_views_and_reset() {
     assert_eq!(out.status, 2, "{out:?}");
     let out = run(napp(&["versions", &host, "../x@nv"])).await;
     assert_eq!(out.status, 2, "{out:?}");
+}
+
+/// `ssh://` nodes beside an agent: sources pushed and scripts run over SSH with the
+/// same variables, their lines live and their `$OCTOPODA_OUTPUT` returned; purge
+/// removes their NodeApps. Scenario versions name the agent's NodeApps only (SSH hosts
+/// keep no versions yet).
+#[tokio::test]
+async fn ssh_hosts_beside_an_agent() {
+    let Some(c) = deploy_testkit::sshd::cluster() else {
+        eprintln!("skipped: no sshd cluster (needs root and /usr/sbin/sshd)");
+        return;
+    };
+    let home = deploy_testkit::sshd::home(c, true);
+    let agent = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ssh/%p/ws");
+    let (s0, s1) = (c.spec(0), c.spec(1));
+    let root = folder(
+        dir.path(),
+        "mixed",
+        &[
+            (
+                "web",
+                vec![s0.clone(), s1.clone()],
+                vec![(
+                    "prepare",
+                    1,
+                    "echo \"line from $OCTOPODA_NODENAME\"; cat content >> \"$OCTOPODA_OUTPUT\"; \
+                     echo \"$OCTOPODA_APP $OCTOPODA_SCENARIO $PWD\" >> \"$OCTOPODA_OUTPUT\""
+                        .into(),
+                )],
+            ),
+            ("db", vec![agent.name()], vec![]),
+        ],
+    );
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"));
+        cmd.args(["scenario", "--key-cipher=agentsecret"])
+            .arg(format!("--ssh-workspace={}", ws.display()))
+            .args(args)
+            .env("HOME", home.path())
+            .env("USER", "root")
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("DEPLOY_KEY_CIPHER")
+            .env_remove("RUST_LOG")
+            .env("DEPLOY_CLIENT_CONFIG", "")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        async move {
+            let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+                .await
+                .expect("deploy-client did not finish in 30 s")
+                .unwrap();
+            Output {
+                status: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        }
+    };
+    let f = root.to_str().unwrap();
+    let out = run(&["apply", f, "prepare", "-m", "one"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    for (i, spec) in [(0, &s0), (1, &s1)] {
+        let port = c.hosts[i].1;
+        let napp = dir.path().join(format!("ssh/{port}/ws/web@mixed"));
+        assert_eq!(read(napp.join("content")), "web\n");
+        // Live lines, prefixed with node and app.
+        assert!(
+            out.stdout
+                .contains(&format!("{spec} web: line from {spec}")),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout
+                .contains(&format!("     | web mixed {}", napp.display())),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(out.stdout.contains("recorded version"), "{}", out.stdout);
+    let out = run(&["versions", f, "--format=json"]).await;
+    let page: Value = serde_json::from_str(&out.stdout).unwrap();
+    let map = page["versions"][0]["map"].as_object().unwrap();
+    assert_eq!(map.keys().collect::<Vec<_>>(), [&agent.name()], "{map:?}");
+
+    let out = run(&["apply", f, "purge"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    for i in 0..2 {
+        let port = c.hosts[i].1;
+        assert!(!dir.path().join(format!("ssh/{port}/ws/web@mixed")).exists());
+    }
 }

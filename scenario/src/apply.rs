@@ -56,6 +56,9 @@ pub struct Options {
     pub store: Option<Arc<dyn ScenarioStore>>,
     /// Where events go as they happen (none: only the report).
     pub events: Option<mpsc::UnboundedSender<ApplyEvent>>,
+    /// The transport takes `napp` to `ssh://` hosts (pushes and scripts; their NodeApps
+    /// have no versions yet, so they are left out of scenario versions).
+    pub ssh: bool,
 }
 
 impl Default for Options {
@@ -67,6 +70,7 @@ impl Default for Options {
             proxy: None,
             store: None,
             events: None,
+            ssh: false,
         }
     }
 }
@@ -276,9 +280,9 @@ fn route(app: &str, node: &str, options: &Options) -> Result<Route, ApplyError> 
         });
     }
     let target = Target::parse(node, options.port).map_err(|e| bad(e.to_string()))?;
-    if target.scheme == Scheme::Ssh {
+    if target.scheme == Scheme::Ssh && !options.ssh {
         return Err(bad(
-            "scenarios on ssh:// hosts are not supported yet: run them on agents".into(),
+            "this transport does not take scenarios to ssh:// hosts".into(),
         ));
     }
     Ok(Route::Direct(target))
@@ -300,6 +304,19 @@ struct Runner<'a> {
     transport: Arc<dyn Transport>,
     options: &'a Options,
     steps: Vec<StepResult>,
+    /// Fan-outs at once.
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl<'a> Runner<'a> {
+    fn new(transport: Arc<dyn Transport>, options: &'a Options) -> Runner<'a> {
+        Runner {
+            transport,
+            options,
+            steps: Vec::new(),
+            permits: Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1))),
+        }
+    }
 }
 
 impl Runner<'_> {
@@ -317,6 +334,7 @@ impl Runner<'_> {
         order: Option<i64>,
         jobs: Vec<Job>,
     ) -> bool {
+        let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.nodes.is_empty()).collect();
         self.emit(ApplyEvent::Stage {
             phase: phase.to_owned(),
             action: action.as_str().to_owned(),
@@ -351,8 +369,15 @@ impl Runner<'_> {
             if !direct_targets.is_empty() {
                 let fanout = Fanout::new(Arc::clone(&self.transport))
                     .with_concurrency(self.options.concurrency);
-                let events = fanout.run(direct_targets, job.request.clone());
-                forward(events, tx.clone(), runs.len(), j);
+                launch(
+                    fanout,
+                    direct_targets,
+                    job.request.clone(),
+                    Arc::clone(&self.permits),
+                    tx.clone(),
+                    runs.len(),
+                    j,
+                );
                 runs.push((j, direct_names, false));
             }
         }
@@ -448,8 +473,9 @@ impl Runner<'_> {
         };
         let transport = proxy.transport.as_ref().unwrap_or(&self.transport);
         let fanout = Fanout::new(Arc::clone(transport));
-        let events = fanout.run(vec![proxy.target.clone()], request);
-        forward(events, tx.clone(), run, job);
+        let targets = vec![proxy.target.clone()];
+        let permits = Arc::clone(&self.permits);
+        launch(fanout, targets, request, permits, tx.clone(), run, job);
     }
 
     fn done(&mut self, step: StepResult) {
@@ -460,14 +486,23 @@ impl Runner<'_> {
     }
 }
 
-/// Forwards one fan-out's events into the stage's channel, tagged with its run and job.
-fn forward(
-    mut events: mpsc::Receiver<FanoutEvent>,
+/// Runs one fan-out when a permit allows and forwards its events into the stage's
+/// channel, tagged with its run and job.
+fn launch(
+    fanout: Fanout,
+    targets: Vec<Target>,
+    request: Request,
+    permits: Arc<tokio::sync::Semaphore>,
     tx: mpsc::Sender<(usize, usize, FanoutEvent)>,
     run: usize,
     job: usize,
 ) {
     tokio::spawn(async move {
+        // At most `concurrency` runs at once (each a fan-out of its own).
+        let Ok(_permit) = permits.acquire_owned().await else {
+            return;
+        };
+        let mut events = fanout.run(targets, request);
         while let Some(event) = events.recv().await {
             if tx.send((run, job, event)).await.is_err() {
                 break;
@@ -615,11 +650,7 @@ pub async fn current(
         routes: routes(scenario, options)?,
         scripts: HashMap::new(),
     };
-    let mut runner = Runner {
-        transport,
-        options,
-        steps: Vec::new(),
-    };
+    let mut runner = Runner::new(transport, options);
     let from = runner.steps.len();
     let map = current_versions(&mut runner, scenario, &checked, "get").await;
     let failed = runner.steps.drain(from..).filter(|s| !s.ok).collect();
@@ -682,11 +713,7 @@ pub async fn apply(
 ) -> Result<Report, ApplyError> {
     let plan = plan(scenario, target, message).map_err(Box::new)?;
     let checked = check(scenario, &plan.phases, options).await?;
-    let mut runner = Runner {
-        transport,
-        options,
-        steps: Vec::new(),
-    };
+    let mut runner = Runner::new(transport, options);
     let name = &scenario.name;
     let message = message.unwrap_or_default();
     let mut stopped: Option<String> = None;
@@ -754,12 +781,11 @@ pub async fn apply(
                 let Some(route) = checked.routes.get(&(step.app.clone(), step.node.clone())) else {
                     continue;
                 };
-                if let Some(job) = jobs
-                    .iter_mut()
-                    .find(|j| j.app == step.app && j.script == step.file)
-                {
-                    job.nodes.push((step.node.clone(), route.clone()));
-                    continue;
+                // One request per node: each names its node (a group's agents name
+                // themselves, by their host name).
+                let mut env = caller_env(step, name);
+                if matches!(route, Route::Group { .. }) {
+                    env.retain(|k, _| !k.ends_with("_NODENAME"));
                 }
                 let spec = NappSpec {
                     action: Action::Script,
@@ -772,7 +798,7 @@ pub async fn apply(
                         .get(&step.script)
                         .cloned()
                         .unwrap_or_default(),
-                    env: caller_env(step, name),
+                    env,
                     ..NappSpec::default()
                 };
                 jobs.push(Job {
@@ -785,8 +811,6 @@ pub async fn apply(
                     nodes: vec![(step.node.clone(), route.clone())],
                 });
             }
-            // The node name a script sees is the node as written; a group's agents
-            // learn theirs from the node side.
             let ok = runner
                 .stage(&phase.target, Action::Script, Some(stage.order), jobs)
                 .await;
@@ -898,6 +922,8 @@ async fn current_versions(
                         .get(&(app.name.clone(), n.clone()))
                         .map(|r| (n.clone(), r.clone()))
                 })
+                // NodeApps on SSH hosts have no versions (yet).
+                .filter(|(_, r)| !matches!(r, Route::Direct(t) if t.scheme == Scheme::Ssh))
                 .collect(),
         })
         .collect();
@@ -973,11 +999,7 @@ pub async fn reset(
             });
         }
     }
-    let mut runner = Runner {
-        transport,
-        options,
-        steps: Vec::new(),
-    };
+    let mut runner = Runner::new(transport, options);
     runner.stage("reset", Action::Reset, None, jobs).await;
     let ok = runner.steps.iter().all(|s| s.ok);
     let mut map = VersionMap::new();
@@ -1030,11 +1052,7 @@ pub async fn napp_one(
         },
         nodes: vec![(node.to_owned(), route)],
     };
-    let mut runner = Runner {
-        transport,
-        options,
-        steps: Vec::new(),
-    };
+    let mut runner = Runner::new(transport, options);
     runner.stage(action.as_str(), action, None, vec![job]).await;
     runner
         .steps
@@ -1227,6 +1245,9 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        assert!(
+            e.to_string().contains("does not take scenarios to ssh://"),
+            "{e}"
+        );
     }
 }
