@@ -291,7 +291,12 @@ impl Connect {
             .iter()
             .map(|a| (a.name.clone(), a.source.clone()))
             .collect();
-        let napp = crate::ssh_napp::SshNapp::new(ssh, self.ssh_workspace.clone(), sources);
+        let napp = crate::ssh_napp::SshNapp::new(
+            ssh,
+            self.ssh_workspace.clone(),
+            sources,
+            scenario.root.clone(),
+        );
         Ok((
             Arc::new(deploy_common::transport::Mux {
                 agent,
@@ -425,8 +430,9 @@ async fn scenario_inner(cmd: ScenarioCmd, connect: &Connect) -> anyhow::Result<u
         }
         ScenarioCmd::Get { dir } => {
             let scenario = load(&dir)?;
-            let transport = connect.transport()?;
-            let options = connect.options()?;
+            let (transport, ssh) = connect.scenario_transport(&scenario)?;
+            let mut options = connect.options()?;
+            options.ssh = ssh;
             let (versions, steps) = apply::current(&scenario, transport, &options).await?;
             let store = FolderStore::new(&scenario.root);
             let latest = store.list(&scenario.name, 0, 1).await?;

@@ -44,6 +44,8 @@ pub struct SshNapp {
     workspace: String,
     /// Each app's sourcepath, for `push`.
     sources: HashMap<String, PathBuf>,
+    /// The scenario folder (its `.deploy/` is never sent).
+    root: PathBuf,
 }
 
 impl SshNapp {
@@ -52,11 +54,13 @@ impl SshNapp {
         inner: Arc<dyn Transport>,
         workspace: String,
         sources: HashMap<String, PathBuf>,
+        root: PathBuf,
     ) -> SshNapp {
         SshNapp {
             inner,
             workspace,
             sources,
+            root,
         }
     }
 
@@ -80,7 +84,7 @@ impl SshNapp {
             relative: true,
             no_owner: true,
         };
-        if let Err(why) = deploy_common::upload::build_and_keep_in(&upload, source).await {
+        if let Err(why) = deploy_scenario::apply::walk(&upload, source, &self.root).await {
             return reply(Reply::error(500, format!("sources: {why}")));
         }
         let request = Request {
@@ -316,6 +320,7 @@ mod tests {
             }),
             "ws/%p".into(),
             HashMap::new(),
+            PathBuf::from("/s"),
         );
         let mut env = BTreeMap::new();
         env.insert("OCTOPODA_NODENAME".to_owned(), "it's $(evil)".to_owned());

@@ -685,3 +685,35 @@ async fn ssh_hosts_beside_an_agent() {
         assert!(!dir.path().join(format!("ssh/{port}/ws/web@mixed")).exists());
     }
 }
+
+/// `sourcepath: ./` sends the whole folder but for its `.deploy/` (the scenario
+/// versions): recording a version does not change the NodeApps, so the next prepare of
+/// the same folder records none.
+#[tokio::test]
+async fn the_folders_own_records_are_not_pushed() {
+    let a = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = folder(dir.path(), "whole", &[("app", vec![a.name()], vec![])]);
+    let yaml = fs::read_to_string(root.join("deployment.yaml")).unwrap();
+    fs::write(
+        root.join("deployment.yaml"),
+        yaml.replace("sourcepath: app/src", "sourcepath: ./"),
+    )
+    .unwrap();
+    let f = root.to_str().unwrap();
+    let out = scenario(&["apply", f, "prepare", "--format=json"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(report.get("recorded").is_some(), "{report}");
+    assert!(root.join(".deploy/scenario-versions.jsonl").exists());
+    let napp = a.napp("app", "whole");
+    assert!(napp.join("deployment.yaml").exists());
+    assert!(
+        !napp.join(".deploy").exists(),
+        "the versions file was pushed"
+    );
+    let out = scenario(&["apply", f, "prepare", "--format=json"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(report.get("recorded").is_none(), "{report}");
+}

@@ -611,6 +611,27 @@ struct Checked {
     scripts: HashMap<std::path::PathBuf, String>,
 }
 
+/// Walks an app's sources once for every delivery, leaving out the folder's own
+/// `.deploy/` (scenario versions) when the sources hold it (`sourcepath: ./`): a new
+/// scenario version must not make every NodeApp change.
+pub async fn walk(
+    spec: &UploadSpec,
+    source: &std::path::Path,
+    root: &std::path::Path,
+) -> Result<Arc<deploy_common::upload::Manifest>, String> {
+    let (s, base) = (spec.clone(), source.to_path_buf());
+    let store = root.join(crate::store::STORE_DIR);
+    let mut manifest = tokio::task::spawn_blocking(move || {
+        deploy_common::upload::Manifest::build(&s, &base).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("internal error: {e}"))??;
+    manifest.entries.retain(|e| !e.local.starts_with(&store));
+    let manifest = Arc::new(manifest);
+    deploy_common::upload::keep(spec, Arc::clone(&manifest)).await;
+    Ok(manifest)
+}
+
 /// Every (app, node)'s route, names checked.
 fn routes(
     scenario: &Scenario,
@@ -687,7 +708,7 @@ async fn check(
     if phases.iter().any(|p| p.push_sources) {
         for app in &scenario.apps {
             let spec = source_spec(&app.name, &scenario.name);
-            let manifest = deploy_common::upload::build_and_keep_in(&spec, &app.source)
+            let manifest = walk(&spec, &app.source, &scenario.root)
                 .await
                 .map_err(|reason| ApplyError::Source {
                     app: app.name.clone(),
