@@ -505,3 +505,40 @@ fn links_planted_in_a_nodeapp_never_lead_out() {
         "nothing made or removed outside"
     );
 }
+
+/// A script past `max_process_timeout` gets 408 and is killed with its group; its
+/// private files go too.
+#[test]
+fn a_script_past_its_deadline_is_killed() {
+    let sb = Sandbox::new();
+    let ws = sb.allowed().join("sc/workspace");
+    let agent = Config::new(&sb)
+        .server("max_process_timeout", 1)
+        .raw(&format!(
+            "[scenarios]\nenabled = on\nworkspace = {}\n",
+            ws.display()
+        ))
+        .start(&sb);
+    let mut s = spec(Action::Script, "web");
+    s.script =
+        base64::engine::general_purpose::STANDARD.encode("sleep 60 &\necho $! > pid\nwait\n");
+    let r = napp(agent.addr(), s, None, false);
+    assert_eq!(r.code, 408, "{r:?}");
+    let pid: i32 = wait_until(std::time::Duration::from_secs(10), "the pid file", || {
+        std::fs::read_to_string(ws.join("web@s1/pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the script's child killed",
+        || (!alive(pid)).then_some(()),
+    );
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the private files removed",
+        || (std::fs::read_dir(sb.join("state/napp")).ok()?.count() == 0).then_some(()),
+    );
+}
