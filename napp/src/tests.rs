@@ -302,5 +302,9 @@ fn a_reset_failing_midway_puts_the_previous_tree_back() {
     assert_eq!(read(&dir.join("x/keep.txt")), "recorded");
     assert_eq!(read(&dir.join("x/run.log")), "ignored");
     assert_eq!(read(&dir.join("y")), "unrecorded, not ignored");
-    assert_eq!(lock.versions().unwrap().len(), 1, "no version for a failed reset");
+    assert_eq!(
+        lock.versions().unwrap().len(),
+        1,
+        "no version for a failed reset"
+    );
 }
