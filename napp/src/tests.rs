@@ -218,6 +218,10 @@ fn planted_links_are_never_followed() {
     let other = f.base.join("workspace/evil@s1");
     symlink(&outside, &other).unwrap();
     assert!(f.ws.nodeapp("evil", "s1", true).is_err());
+    assert!(
+        !f.base.join("workspace/.deploy/versions/evil@s1").exists(),
+        "no store for a refused NodeApp"
+    );
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
 }
 
