@@ -542,3 +542,36 @@ fn a_script_past_its_deadline_is_killed() {
         || (std::fs::read_dir(sb.join("state/napp")).ok()?.count() == 0).then_some(()),
     );
 }
+
+/// Output beyond what one reply carries: the end of each stream and of
+/// `$OCTOPODA_OUTPUT` comes back, said so, instead of a reply too big to send.
+#[test]
+fn a_script_with_a_big_output_still_gets_its_reply() {
+    let sb = Sandbox::new();
+    let (agent, _) = scenario_agent(&sb);
+    let mut s = spec(Action::Script, "web");
+    s.script = base64::engine::general_purpose::STANDARD.encode(
+        "yes 0123456789abcdef | head -c 20000000\n\
+         yes err | head -c 20000000 >&2\n\
+         yes out | head -c 20000000 >> \"$OCTOPODA_OUTPUT\"\n\
+         echo last\n",
+    );
+    let r = napp(agent.addr(), s, None, false);
+    r.expect_code(200);
+    let decode = |k: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(r.s(k))
+            .unwrap()
+    };
+    let stdout = decode("stdout");
+    assert!(stdout.len() < 4 << 20, "{}", stdout.len());
+    assert!(stdout.starts_with(b"[deploy-agent: earlier output dropped]\n"));
+    assert!(stdout.ends_with(b"last\n"));
+    let output = decode("output");
+    assert!(
+        output.len() < 4 << 20 && output.ends_with(b"out\n"),
+        "{}",
+        output.len()
+    );
+    assert!(decode("stderr").ends_with(b"err\n"));
+}
