@@ -337,10 +337,14 @@ impl Workspace {
         check_name(app)?;
         check_name(scenario)?;
         let name = dir_name(app, scenario);
-        let Some(store) = self.store_of(&name, create)? else {
+        if !create && self.store_of(&name, false)?.is_none() {
+            return Ok(None);
+        }
+        // The directory first: one that leads out is refused before a store is made.
+        let dir = self.root.subdir(Path::new(&name), true)?;
+        let Some(store) = self.store_of(&name, true)? else {
             return Ok(None);
         };
-        let dir = self.root.subdir(Path::new(&name), true)?;
         Ok(Some(NodeApp { name, dir, store }))
     }
 

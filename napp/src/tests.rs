@@ -218,6 +218,10 @@ fn planted_links_are_never_followed() {
     let other = f.base.join("workspace/evil@s1");
     symlink(&outside, &other).unwrap();
     assert!(f.ws.nodeapp("evil", "s1", true).is_err());
+    assert!(
+        !f.base.join("workspace/.deploy/versions/evil@s1").exists(),
+        "no store for a refused NodeApp"
+    );
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
 }
 
@@ -278,4 +282,33 @@ fn a_line_cut_by_a_crash_is_no_version_and_is_cut_off() {
         .map(|v| v.message)
         .collect();
     assert_eq!(messages, ["one", "two"]);
+}
+
+#[test]
+fn a_reset_failing_midway_puts_the_previous_tree_back() {
+    let f = fixture();
+    let napp = f.ws.nodeapp("web", "s1", true).unwrap().unwrap();
+    let dir = napp.path().to_path_buf();
+    let lock = napp.lock().unwrap();
+    write(&dir.join(".gitignore"), "*.log\n");
+    write(&dir.join("x"), "a file in A");
+    let a = lock.snapshot("A", false).unwrap().unwrap();
+    // x becomes a directory holding an ignored file: A's file cannot take its name
+    // without destroying what the user keeps out of versions.
+    std::fs::remove_file(dir.join("x")).unwrap();
+    write(&dir.join("x/keep.txt"), "recorded");
+    write(&dir.join("x/run.log"), "ignored");
+    write(&dir.join("y"), "unrecorded, not ignored");
+    let e = lock.reset(&a.version[..4], "").unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::ResetFailed { .. }), "{text}");
+    assert!(text.contains("the previous tree was put back"), "{text}");
+    assert_eq!(read(&dir.join("x/keep.txt")), "recorded");
+    assert_eq!(read(&dir.join("x/run.log")), "ignored");
+    assert_eq!(read(&dir.join("y")), "unrecorded, not ignored");
+    assert_eq!(
+        lock.versions().unwrap().len(),
+        1,
+        "no version for a failed reset"
+    );
 }

@@ -37,8 +37,20 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// What a script may leave in `$OCTOPODA_OUTPUT` and get back.
-const MAX_SCRIPT_OUTPUT: u64 = 16 << 20;
+/// How much of each of stdout, stderr and `$OCTOPODA_OUTPUT` comes back (the end of
+/// it): three of them, base64, stay under the wire's 16 MiB record.
+const MAX_RETURNED: usize = 3 << 20;
+
+/// The last `max` bytes of `bytes`, said so when some were dropped.
+fn tail(mut bytes: Vec<u8>, max: usize) -> Vec<u8> {
+    if bytes.len() <= max {
+        return bytes;
+    }
+    let dropped = bytes.len() - max;
+    let mut out = b"[deploy-agent: earlier output dropped]\n".to_vec();
+    out.extend(bytes.drain(dropped..));
+    out
+}
 
 fn text(s: impl Into<String>) -> Value {
     Value::String(s.into())
@@ -418,12 +430,19 @@ async fn script(
     };
     let finished = process::run_job(job, events).await;
     let mut output = Vec::new();
-    if let Ok(f) = std::fs::OpenOptions::new()
+    if let Ok(mut f) = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&output_path)
     {
-        let _ = f.take(MAX_SCRIPT_OUTPUT).read_to_end(&mut output);
+        use std::io::Seek as _;
+        // Only the end is kept: start there.
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let skip = len.saturating_sub(MAX_RETURNED as u64);
+        if skip > 0 && f.seek(std::io::SeekFrom::Start(skip)).is_ok() {
+            output = b"[deploy-agent: earlier output dropped]\n".to_vec();
+        }
+        let _ = f.take(MAX_RETURNED as u64).read_to_end(&mut output);
     }
     drop(scratch);
     tracing::info!(
@@ -438,7 +457,21 @@ async fn script(
         ("return", flag(finished.code == 0)),
         ("code", text(finished.code.to_string())),
         ("output", b64(&output)),
-        ("stdout", b64(&finished.output)),
-        ("stderr", b64(&finished.stderr)),
+        ("stdout", b64(&tail(finished.output, MAX_RETURNED))),
+        ("stderr", b64(&tail(finished.stderr, MAX_RETURNED))),
     ])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_keep_the_end() {
+        assert_eq!(tail(b"abc".to_vec(), 3), b"abc");
+        assert_eq!(
+            tail(b"abcdef".to_vec(), 2),
+            b"[deploy-agent: earlier output dropped]\nef"
+        );
+    }
 }

@@ -108,7 +108,9 @@ pub struct Job<'a> {
     pub cwd: &'a std::path::Path,
     /// Variables beyond `PATH` and `LANG` (set after them, so they may override).
     pub env: &'a [(String, String)],
-    /// Keep stderr apart ([`Finished::stderr`]) instead of interleaved in `output`.
+    /// Keep stderr apart ([`Finished::stderr`]) instead of interleaved in `output`, and
+    /// keep the end of each stream rather than its start when it exceeds
+    /// [`MAX_OUTPUT`] (a script's last lines say how it ended).
     pub apart: bool,
 }
 
@@ -188,8 +190,23 @@ pub async fn run_job(job: Job<'_>, events: &Events) -> Finished {
         };
         if keep.len() + line.len() <= MAX_OUTPUT {
             keep.extend_from_slice(&line);
+        } else if job.apart {
+            // The end is kept: compacted once in a while, so each byte moves O(1) times.
+            keep.extend_from_slice(&line);
+            if keep.len() > 2 * MAX_OUTPUT {
+                let cut = keep.len() - MAX_OUTPUT;
+                keep.drain(..cut);
+            }
         } else {
             truncated = true;
+        }
+    }
+    if job.apart {
+        for kept in [&mut output, &mut stderr] {
+            if kept.len() > MAX_OUTPUT {
+                let cut = kept.len() - MAX_OUTPUT;
+                kept.drain(..cut);
+            }
         }
     }
     if truncated {
