@@ -70,6 +70,9 @@ at once and speaks orgalorg's sync protocol with it (HELLO, NODE, START, SYNC),
 so that steps can wait for every host. --lock-file, --root: %h and %p are the
 host and port as written.
 
+Octopoda scenarios: deploy-client scenario apply|create|get|list|versions|reset
+and deploy-client napp get|versions|reset (see deploy-client scenario --help).
+
 Environment: DEPLOY_KEY_CIPHER and DEPLOY_API_KEY supply --key-cipher and
 --api-key, so that secrets stay out of the process list. RUST_LOG overrides
 the log level chosen by -v/-q/--debug.";
