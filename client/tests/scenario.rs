@@ -176,6 +176,9 @@ async fn hello_world_on_two_agents() {
             n.name()
         );
     }
+    // …and the scenario's record with them.
+    let out = scenario(&["versions", f]).await;
+    assert_eq!(out.stdout, "(0 of 0 versions)\n", "{out:?}");
 }
 
 /// One application of a test folder: name, nodes, scripts (target, order, text).
