@@ -18,6 +18,7 @@
 //! | [`upload`] | `upload`: a tar body from the real client, extracted under `[allow::paths]` |
 //! | [`systemd`] | sd_notify (READY, STATUS, RELOADING, STOPPING, watchdog) and journald priorities |
 //! | [`release`] | releases: rollouts in two phases, rollback, confirm-or-revert, stretcher's event mode |
+//! | [`napp`] | Octopoda NodeApps: pushes, versions, `.gitignore`, resets, scripts, refusals |
 //! | [`migration`] | what Perl deploy fleets bring: 1024-bit keys (v1 "ssl" only, with warnings), ssl callers of an agent with v1 off |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
@@ -32,6 +33,7 @@ mod hardening;
 mod ipv6;
 mod lock;
 mod migration;
+mod napp;
 mod ops;
 mod orders;
 mod process;

@@ -77,6 +77,9 @@ at once and speaks orgalorg's sync protocol with it (HELLO, NODE, START, SYNC),
 so that steps can wait for every host. --lock-file, --root: %h and %p are the
 host and port as written.
 
+Octopoda scenarios: deploy-client scenario apply|create|get|list|versions|reset
+and deploy-client napp get|versions|reset (see deploy-client scenario --help).
+
 Environment: DEPLOY_KEY_CIPHER and DEPLOY_API_KEY supply --key-cipher and
 --api-key, so that secrets stay out of the process list. RUST_LOG overrides
 the log level chosen by -v/-q/--debug.";
@@ -482,6 +485,37 @@ pub struct Args {
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// The subcommands beside the flag-driven order (`deploy-client scenario …`): parsed
+/// instead of [`Args`] when the first argument names one of them ([`SUBCOMMANDS`]).
+#[derive(Debug, Parser)]
+#[command(
+    name = "deploy-client",
+    version,
+    about = "Octopoda scenarios and NodeApps on deploy agents"
+)]
+pub struct Sub {
+    /// How the nodes are reached.
+    #[command(flatten)]
+    pub connect: crate::scenario::Connect,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The first arguments that select [`Sub`] rather than [`Args`].
+pub const SUBCOMMANDS: &[&str] = &["scenario", "napp"];
+
+/// A subcommand.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Octopoda scenarios: apply a folder's deployment.yaml, its versions and resets.
+    #[command(subcommand)]
+    Scenario(crate::scenario::ScenarioCmd),
+    /// NodeApps (an application of a scenario on one node): get, versions, reset.
+    #[command(subcommand)]
+    Napp(crate::scenario::NappCmd),
 }
 
 /// `--log-format`.
@@ -911,7 +945,7 @@ impl Args {
 
 /// SSH options from the environment: the local user, home, ssh-agent socket, and a
 /// passphrase prompt on the terminal.
-fn ssh_options() -> SshOptions {
+pub(crate) fn ssh_options() -> SshOptions {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten();

@@ -16,6 +16,8 @@
 //! | [`lines`] | the `lines` format (default for `run`): live, host-prefixed output; failure summary |
 //! | [`status`] | connected / running / done counts of SSH hosts on a terminal |
 //! | [`ssh_release`] | release orders on `ssh://` hosts: scripts on the agents' layout |
+//! | [`scenario`] | `deploy-client scenario …` and `napp …`: Octopoda scenarios on agents |
+//! | [`ssh_napp`] | scenarios on `ssh://` hosts: `napp` pushes and scripts as SSH upload and `run` |
 //!
 //! # Design
 //!
@@ -41,6 +43,8 @@ mod progress;
 mod prompt;
 mod render;
 mod rollout;
+mod scenario;
+mod ssh_napp;
 mod ssh_release;
 mod status;
 
@@ -77,6 +81,9 @@ const EXIT_INTERRUPTED: u8 = lock::EXIT_INTERRUPTED;
 
 fn main() -> ExitCode {
     if let Some(code) = generate() {
+        return code;
+    }
+    if let Some(code) = subcommand() {
         return code;
     }
     let mut args: Args = deploy_common::cli::parse(deploy_common::version!());
@@ -133,6 +140,36 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// `deploy-client scenario …` / `napp …` (see [`cli::SUBCOMMANDS`]): `None` when the
+/// first argument names none, and the flag-driven order runs.
+fn subcommand() -> Option<ExitCode> {
+    use clap::Parser as _;
+    let first = std::env::args_os().nth(1)?;
+    if !cli::SUBCOMMANDS.iter().any(|s| first == *s) {
+        return None;
+    }
+    let sub = cli::Sub::parse();
+    init_tracing(sub.connect.log_level(), cli::LogFormat::Text);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("deploy-client: error: cannot start the runtime: {e}");
+            return Some(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let connect = sub.connect;
+    let status = runtime.block_on(async move {
+        match sub.command {
+            cli::Command::Scenario(cmd) => scenario::scenario(cmd, connect).await,
+            cli::Command::Napp(cmd) => scenario::napp(cmd, connect).await,
+        }
+    });
+    Some(ExitCode::from(status))
 }
 
 /// Logs to standard error at the level of the flags, unless `RUST_LOG` says otherwise,

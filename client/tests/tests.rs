@@ -9,6 +9,7 @@
 
 mod lock;
 mod ops;
+mod scenario;
 mod ssh;
 mod ssh_orgalorg;
 mod ssh_release;

@@ -6,6 +6,7 @@
 
 mod exec;
 mod lock;
+mod napp;
 mod process;
 pub mod release;
 mod rkill;
@@ -13,6 +14,7 @@ mod rlist;
 mod rsync;
 mod run;
 mod status;
+mod tarbody;
 mod upload;
 
 use deploy_common::config::AgentConfig;
@@ -99,7 +101,7 @@ impl Handler for Agent {
             Some(OrderName::Releases) => release::list(self, &request),
             Some(OrderName::Rollback) => release::rollback(self, peer, &request),
             Some(OrderName::Confirm) => release::confirm(self, peer, &request),
-            Some(OrderName::Napp) => Reply::error(501, "napp: this agent does not run scenarios"),
+            Some(OrderName::Napp) => napp::run(self, &request, &events).await,
             None => Reply::empty(404),
         };
         if reply.code >= 400 {
