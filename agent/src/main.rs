@@ -78,6 +78,9 @@ struct AgentProgram {
 impl Program for AgentProgram {
     fn reload(&mut self) -> Result<(), String> {
         let config = load(&self.cli).map_err(|e| report::chain(e.as_ref()).to_string())?;
+        if let Some(refusal) = deploy_common::config::check::scenarios_refusal(&config) {
+            return Err(refusal);
+        }
         let old = &self.current.config.server;
         if config.server.addr != old.addr
             || config.server.port != old.port
@@ -160,6 +163,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(refusal) =
         deploy_common::config::check::secrets_refusal(&config.path, &weak, &config.server)
     {
+        anyhow::bail!("refusing to start: {refusal}");
+    }
+    if let Some(refusal) = deploy_common::config::check::scenarios_refusal(&config) {
         anyhow::bail!("refusing to start: {refusal}");
     }
     if !weak.is_empty() {

@@ -6,7 +6,8 @@
 //!   not unwrap, a wrong `auth_key` — gets the same sealed 401, byte for byte the same
 //!   size, so the envelope is no padding oracle;
 //! * `ssl_max_failures` refuses a peer's v1 ssl after repeated failures;
-//! * `ssl = off` serves no v1 ssl, `ssl = on` no v1 plain, `ssl = both` both.
+//! * `ssl = off` serves no v1 ssl (its refusal sealed when the agent has its key),
+//!   `ssl = on` no v1 plain, `ssl = both` both.
 
 use crate::util::*;
 use deploy_common::legacy::{http, ssl, Limits};
@@ -230,11 +231,9 @@ async fn ssl_off_serves_no_v1_ssl_and_on_no_v1_plain() {
     let sb = Sandbox::new();
     let off = Config::new(&sb).server("ssl", "off").start(&sb);
     let good = http::encode_request("exec", &form("service:echo,x", KEY));
-    let passphrase = ssl::new_passphrase().unwrap();
-    let aes = ssl::wrap_passphrase(&agent_public_key(), &passphrase).unwrap();
-    let raw = ssl_exchange(off.addr(), &aes, &ssl::seal(&passphrase, &good).unwrap()).await;
-    // A plain explanation: nothing was decrypted.
-    let r = parse_plain(&raw);
+    // The explanation is sealed with the caller's passphrase (the agent has its private
+    // key, for v2), so that the Perl client can print it; nothing is run.
+    let r = parse_plain(&v1_ssl_raw(off.addr(), &good).await);
     r.expect_code(400);
     assert!(r.text.contains("ssl = off"), "{r:?}");
     call(Proto::V1Plain, off.addr(), "exec", "service:echo,x")

@@ -228,3 +228,51 @@ fn fetch_is_off_by_default() {
     assert_eq!(record["returnCode"], "403");
     assert!(record["content"].as_str().unwrap().contains("allow_fetch"));
 }
+
+#[test]
+fn fetch_path_variables() {
+    let sb = Sandbox::new();
+    let workspace = sb.allowed().join("ws");
+    std::fs::create_dir_all(workspace.join("app@s")).unwrap();
+    std::fs::write(workspace.join("app@s/out.txt"), "from the nodeapp\n").unwrap();
+    let agent = Config::new(&sb)
+        .server("allow_fetch", "on")
+        .raw(&format!(
+            "[scenarios]\nenabled = on\nworkspace = {}\n",
+            workspace.display()
+        ))
+        .start(&sb);
+    let host = agent.addr().to_string();
+    let into = sb.join("got");
+    let out = client(&[
+        "fetch",
+        "@workspace/app@s",
+        into.to_str().unwrap(),
+        &host,
+        "--format=json",
+    ]);
+    out.expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(into.join(&host).join("app@s/out.txt")).unwrap(),
+        "from the nodeapp\n"
+    );
+
+    // Without [scenarios], @workspace is refused, named.
+    let plain = Sandbox::new();
+    let agent = agent_on(&plain, "127.0.0.1", true);
+    let host = agent.addr().to_string();
+    let out = client(&[
+        "fetch",
+        "@workspace/app@s",
+        plain.join("got").to_str().unwrap(),
+        &host,
+        "--format=json",
+    ]);
+    out.expect_code(1);
+    let record = &out.json()[host.as_str()]["fetch"];
+    assert_eq!(record["returnCode"], "400");
+    assert!(
+        record["content"].as_str().unwrap().contains("@workspace"),
+        "{record}"
+    );
+}

@@ -1,7 +1,7 @@
 //! What fleets migrating from the Perl deploy bring along: 1024-bit RSA keys, accepted
 //! for the v1 "ssl" mode only and loudly (at start-up and in `--check`), never for v2;
 //! and Perl clients in "ssl" mode, which read why an agent with `legacy_protocol = off`
-//! refuses them.
+//! or `ssl = off` refuses them.
 
 use crate::util::*;
 use serde_json::Value;
@@ -158,4 +158,51 @@ fn a_v1_ssl_caller_reads_why_v1_is_off() {
         "{out:#?}"
     );
     out.expect_code(1);
+}
+
+/// With `ssl = off`, a v1 "ssl" caller reads the reason too: the agent has its private
+/// key (for v2), so the refusal is sealed with the caller's passphrase instead of sent
+/// in plain text, which the Perl client (and ours) could only take for a protocol
+/// mismatch.
+#[test]
+fn a_v1_ssl_caller_reads_why_ssl_is_off() {
+    let sb = Sandbox::new();
+    let agent = Config::new(&sb)
+        .server("legacy_protocol", "on")
+        .server("ssl", "off")
+        .start(&sb);
+    let host = agent.addr().to_string();
+    let public = agent_public_key_path();
+    let out = deploy_client(
+        &[
+            "--hosts",
+            &host,
+            "--protocol=v1",
+            "--ssl-public-key",
+            public.to_str().unwrap(),
+            "--order=exec",
+            "--options=service:echo,hi",
+        ],
+        KEY,
+    );
+    let rec = record(&out);
+    assert_eq!(rec["returnCode"], "400", "{out:#?}");
+    let reason = rec["content"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("does not serve the v1 ssl mode (ssl = off)"),
+        "{out:#?}"
+    );
+    out.expect_code(1);
+    // The plain mode is still served.
+    let out = deploy_client(
+        &[
+            "--hosts",
+            &host,
+            "--protocol=v1",
+            "--order=exec",
+            "--options=service:echo,hi",
+        ],
+        KEY,
+    );
+    out.expect_code(0);
 }

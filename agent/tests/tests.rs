@@ -6,6 +6,7 @@
 //! | module | covers |
 //! |---|---|
 //! | [`orders`] | every order end to end over each wire |
+//! | [`attach`] | a transfer followed by a second client, its progress in `status`, Ctrl-C of a follower |
 //! | [`errors`] | the error codes 400, 401, 403, 404, 405, 408 |
 //! | [`exposure`] | untrusted peers: checked at accept, capped, no v1 ssl oracle |
 //! | [`hardening`] | the original's weaknesses (spec §15), each shown closed |
@@ -18,11 +19,13 @@
 //! | [`upload`] | `upload`: a tar body from the real client, extracted under `[allow::paths]` |
 //! | [`systemd`] | sd_notify (READY, STATUS, RELOADING, STOPPING, watchdog) and journald priorities |
 //! | [`release`] | releases: rollouts in two phases, rollback, confirm-or-revert, stretcher's event mode |
+//! | [`napp`] | Octopoda NodeApps: pushes, versions, `.gitignore`, resets, scripts, refusals |
 //! | [`migration`] | what Perl deploy fleets bring: 1024-bit keys (v1 "ssl" only, with warnings), ssl callers of an agent with v1 off |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
 //! is in [`util`].
 
+mod attach;
 mod config;
 mod errors;
 mod exposure;
@@ -32,6 +35,7 @@ mod hardening;
 mod ipv6;
 mod lock;
 mod migration;
+mod napp;
 mod ops;
 mod orders;
 mod process;

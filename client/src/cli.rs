@@ -18,6 +18,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use deploy_common::crypto::RsaPublicKey;
 use deploy_common::fanout::DEFAULT_CONCURRENCY;
+use deploy_common::gate;
 use deploy_common::legacy::auth::DEFAULT_KEY_CIPHER;
 use deploy_common::nodeset;
 use deploy_common::order::lock as wire_lock;
@@ -47,7 +48,8 @@ Exit status:
      an order running under --lock was aborted
   130 interrupted (SIGINT/SIGTERM) while taking the lock or while an order ran
      under --lock; the lock was released. --order=lock ends with 0 when
-     interrupted: holding until then is its job
+     interrupted: holding until then is its job. Also while following an rsync
+     (--follow): the transfer goes on, and the rkill that stops it is printed
 
 Hosts are written host, host:port, 1.2.3.4:port, [v6addr]:port or a bare v6
 address; results are keyed by the host as written (with :port only when it
@@ -57,6 +59,11 @@ differs from --port). ssh://[user@]host[:port] is an agentless SSH host
 commas or blanks; '#' starts a comment. Node sets as in ClusterShell:
 web[01-20] (zero-padded), db[1,3,5-7], h[1-9/2], n[1-2]r[1-4]; `!name` (or
 -x name) leaves hosts out.
+
+Strict by default: exec, run, upload and rsync first connect to every host
+(and a proxy to every agent) and start nowhere unless all connected; the
+others answer 503 \"not started\", naming the hosts that failed.
+--skip-unreachable sends the order wherever it can.
 
 --order=run -- CMD ARGS runs CMD like `ssh host CMD ARGS` (the words joined
 with spaces, for the remote shell); its output is printed live, each line
@@ -69,6 +76,9 @@ DIR. --order=sync [--upload=PATH...] -- TOOL ARGS runs TOOL on every SSH host
 at once and speaks orgalorg's sync protocol with it (HELLO, NODE, START, SYNC),
 so that steps can wait for every host. --lock-file, --root: %h and %p are the
 host and port as written.
+
+Octopoda scenarios: deploy-client scenario apply|create|get|list|versions|reset
+and deploy-client napp get|versions|reset (see deploy-client scenario --help).
 
 Short forms (Octopoda's node status, file download, node get), any other flag
 as for --order: `deploy-client health [HOST...]`, `deploy-client fetch
@@ -201,9 +211,15 @@ pub struct Args {
     #[arg(long)]
     pub ssh: bool,
 
-    /// SSH: the remote user of hosts that name none (before ~/.ssh/config's `User`).
+    /// SSH: the remote user of hosts that name none; wins over ~/.ssh/config's `User`
+    /// (like `ssh -l`).
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
+
+    /// `[ssh] user` of the defaults file: the remote user of hosts that neither name
+    /// one nor get one from ~/.ssh/config.
+    #[arg(skip)]
+    pub default_user: Option<String>,
 
     /// Hosts to leave out (repeatable): names or node sets like --hosts', e.g.
     /// `-x web05` or `--exclude='db[2-3]'` (in --hosts, `!web05` does the same).
@@ -297,7 +313,8 @@ pub struct Args {
 
     /// Ask the agents to stream output lines and progress while the order runs (v2):
     /// lines go to standard error (to standard output with --format=jsonl); rsync
-    /// progress is shown as bars when standard error is a terminal.
+    /// progress is shown as bars when standard error is a terminal. `rsync` waits for
+    /// the transfer's end, attaching to it if it is already running.
     #[arg(long)]
     pub follow: bool,
 
@@ -449,7 +466,9 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub ssh_keepalive: u64,
 
-    /// Report hosts that cannot be reached, but do not fail the run for them.
+    /// Send the order to the hosts that can be reached (not strict: by default exec,
+    /// run, upload and rsync start nowhere unless every host connected), and report
+    /// those that cannot without failing the run for them.
     #[arg(long)]
     pub skip_unreachable: bool,
 
@@ -496,6 +515,37 @@ pub struct Args {
     /// `run`: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// The subcommands beside the flag-driven order (`deploy-client scenario …`): parsed
+/// instead of [`Args`] when the first argument names one of them ([`SUBCOMMANDS`]).
+#[derive(Debug, Parser)]
+#[command(
+    name = "deploy-client",
+    version,
+    about = "Octopoda scenarios and NodeApps on deploy agents"
+)]
+pub struct Sub {
+    /// How the nodes are reached.
+    #[command(flatten)]
+    pub connect: crate::scenario::Connect,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The first arguments that select [`Sub`] rather than [`Args`].
+pub const SUBCOMMANDS: &[&str] = &["scenario", "napp"];
+
+/// A subcommand.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Octopoda scenarios: apply a folder's deployment.yaml, its versions and resets.
+    #[command(subcommand)]
+    Scenario(crate::scenario::ScenarioCmd),
+    /// NodeApps (an application of a scenario on one node): get, versions, reset.
+    #[command(subcommand)]
+    Napp(crate::scenario::NappCmd),
 }
 
 /// `--log-format`.
@@ -613,6 +663,10 @@ impl Args {
                 RsaPublicKey::load(path).context("--ssl-public-key")?,
             )),
         };
+        // Strict (no --skip-unreachable): an order that starts work starts nowhere
+        // unless every host connected (`deploy_common::gate`); a proxy is asked to do
+        // the same for its agents.
+        let strict = !self.skip_unreachable && gate::applies(self.order.as_str());
         if self.follow && protocol == Protocol::V1 {
             tracing::warn!("--follow has no effect with --protocol=v1");
         }
@@ -624,8 +678,9 @@ impl Args {
             deadline: Duration::from_secs(self.thread_timeout.unwrap_or(DEFAULT_THREAD_TIMEOUT)),
             // A rollout's phases go to the same hosts one after the other: the switch
             // reuses the authenticated connections of the prepare, so that it lands on
-            // every host within one round trip rather than one handshake each.
-            pool: (self.order == OrderArg::Deploy)
+            // every host within one round trip rather than one handshake each. A strict
+            // run's order goes out on the connections of its connect stage.
+            pool: (self.order == OrderArg::Deploy || strict)
                 .then(|| Arc::new(deploy_common::transport::agent::Pool::default())),
         };
         let ssh = if targets.iter().any(|t| t.scheme == Scheme::Ssh) {
@@ -640,6 +695,7 @@ impl Args {
                 (self.ssh_keepalive > 0).then(|| Duration::from_secs(self.ssh_keepalive));
             options.lock_file = self.lock_file.clone();
             options.pty = !self.no_pty;
+            options.default_user = self.default_user.clone();
             if self.password {
                 options.password = Some(
                     crate::prompt::secret("SSH password: ")
@@ -917,6 +973,7 @@ impl Args {
                 None => self.command,
             },
             stdin,
+            strict,
             sudo: self.sudo,
             token: match self.order {
                 OrderArg::Unlock => self.token.unwrap_or_default(),
@@ -947,7 +1004,7 @@ impl Args {
 
 /// SSH options from the environment: the local user, home, ssh-agent socket, and a
 /// passphrase prompt on the terminal.
-fn ssh_options() -> SshOptions {
+pub(crate) fn ssh_options() -> SshOptions {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten();

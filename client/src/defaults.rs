@@ -11,11 +11,12 @@
 //! identity[] = ~/.ssh/deploy  ; --identity (repeatable)
 //! known_hosts = ~/.ssh/known_hosts.deploy   ; --known-hosts
 //! config = ~/.ssh/config.deploy             ; -F
-//! user = deploy               ; -u
+//! user = deploy               ; the remote user, under ssh_config's User (-u wins over both)
 //! ```
 //!
 //! Both files are read, the user's winning key by key; a flag on the command line wins
-//! over both. The dialect is the daemons' (`deploy_common::config::ini`); unknown
+//! over both. `user` is the one key that is not a flag's default: ssh_config's `User`
+//! for a host wins over it, where `-u` wins over ssh_config (as `ssh -l` does). The dialect is the daemons' (`deploy_common::config::ini`); unknown
 //! sections and keys are errors naming the file and line, like a bad value. `~/` in a
 //! path is the home directory.
 
@@ -156,7 +157,8 @@ impl Defaults {
         }
         args.known_hosts = args.known_hosts.take().or(self.known_hosts);
         args.ssh_config = args.ssh_config.take().or(self.ssh_config);
-        args.user = args.user.take().or(self.user);
+        // Not `-u`: a default under ssh_config's `User`, where `-u` wins over it.
+        args.default_user = self.user;
     }
 }
 

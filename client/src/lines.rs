@@ -362,9 +362,7 @@ fn outcome_failure(outcome: &Outcome, skip_unreachable: bool) -> Option<String> 
             },
             _ => "return false".to_owned(),
         },
-        Outcome::Reply(reply) if reply.code == 503 && is_not_started(&reply.body) => {
-            "not started".to_owned()
-        }
+        Outcome::Reply(reply) if is_not_started(reply) => "not started".to_owned(),
         Outcome::Reply(reply) => format!("{} {}", reply.code, reply.reason()),
         Outcome::Unreachable { .. } if skip_unreachable => return None,
         Outcome::Unreachable { .. } => "unreachable".to_owned(),
@@ -381,9 +379,10 @@ fn outcome_failure(outcome: &Outcome, skip_unreachable: bool) -> Option<String> 
     })
 }
 
-/// Whether a 503 body says the order did not start (strict mode, another host failed).
-fn is_not_started(body: &Body) -> bool {
-    matches!(body, Body::Text(text) if text.starts_with("not started"))
+/// Whether a reply says the order did not start (a 503: strict mode, another host
+/// failed).
+pub fn is_not_started(reply: &deploy_common::order::Reply) -> bool {
+    reply.code == 503 && matches!(&reply.body, Body::Text(text) if text.starts_with("not started"))
 }
 
 /// Most hosts named per group of the summary; the rest are counted.

@@ -233,11 +233,27 @@ async fn run_order(
     lost: impl std::future::Future<Output = Lost>,
 ) -> (io::Result<u8>, Option<Lost>) {
     let ssh = config.ssh.clone();
+    // A followed rsync goes on without us: say so, as `crate::run` does when it sees
+    // the signal first.
+    let following = (config.request.order == "rsync" && config.request.follow).then(|| {
+        config
+            .targets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     let order = crate::run(config);
     tokio::pin!(order);
     let (status, lost, finished) = tokio::select! {
         status = &mut order => (status, None, true),
-        () = signals.recv() => (Ok(EXIT_INTERRUPTED), None, false),
+        () = signals.recv() => {
+            if let Some(hosts) = &following {
+                let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+                eprintln!("{}", crate::detach::message(&argv, hosts));
+            }
+            (Ok(EXIT_INTERRUPTED), None, false)
+        }
         lost = lost => (Ok(EXIT_LOCK_LOST), Some(lost), false),
     };
     if let (Some(ssh), false) = (&ssh, finished) {

@@ -11,6 +11,7 @@
 //! | [`render`] | `json` (the original's pretty document), `text` (folded), `jsonl` |
 //! | [`prompt`] | secrets (`--password`, passphrases) asked with echo off before the prompt |
 //! | [`progress`] | `--follow`: streamed lines and rsync progress bars on standard error |
+//! | [`detach`] | Ctrl-C while following `rsync`: the transfer goes on; the `rkill` that stops it |
 //! | [`lock`] | `--order=lock` and `--lock`: the cluster lock, its heartbeat and release |
 //! | [`lines`] | the `lines` format (default for `run`): live, host-prefixed output; failure summary |
 //! | [`status`] | connected / running / done counts of SSH hosts on a terminal |
@@ -19,6 +20,8 @@
 //! | [`health`] | `health`: clock offsets, the table and the cluster's averages |
 //! | [`fetch`] | `fetch`: each host's tar stream extracted into `DIR/<host>/` (confined) |
 //! | [`nodes`] | `nodes`: a proxy's agents and their state, as a table |
+//! | [`scenario`] | `deploy-client scenario …` and `napp …`: Octopoda scenarios on agents |
+//! | [`ssh_napp`] | scenarios on `ssh://` hosts: `napp` pushes and scripts as SSH upload and `run` |
 //!
 //! # Design
 //!
@@ -31,11 +34,12 @@
 //!
 //! Exit status: 0 all succeeded, 1 some order failed, 3 some host unreachable, timed out
 //! or broke the protocol (over 1), 2 usage or local error, 4 lock not acquired, 5 lock
-//! lost, 130 interrupted under a lock; a closed standard output (`BrokenPipe`) ends the
-//! run quietly with 0.
+//! lost, 130 interrupted under a lock or while following a transfer; a closed standard
+//! output (`BrokenPipe`) ends the run quietly with 0.
 
 mod cli;
 mod defaults;
+mod detach;
 mod fetch;
 mod health;
 mod jsonlog;
@@ -46,6 +50,8 @@ mod progress;
 mod prompt;
 mod render;
 mod rollout;
+mod scenario;
+mod ssh_napp;
 mod ssh_release;
 mod status;
 mod verbs;
@@ -54,8 +60,10 @@ use deploy_common::report;
 use std::collections::VecDeque;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use deploy_common::fanout::{Fanout, FanoutEvent, HostResult};
+use deploy_common::gate;
 use deploy_common::order::{Body, Reply};
 use deploy_common::target::Scheme;
 use deploy_common::transport::{Outcome, ProxyRecord, Verdict};
@@ -81,6 +89,9 @@ const EXIT_INTERRUPTED: u8 = lock::EXIT_INTERRUPTED;
 
 fn main() -> ExitCode {
     if let Some(code) = generate() {
+        return code;
+    }
+    if let Some(code) = subcommand() {
         return code;
     }
     let mut args = match parse_args() {
@@ -154,6 +165,36 @@ fn parse_args() -> Result<Args, verbs::VerbError> {
         deploy_common::cli::utf8_strings(Args::command()).version(deploy_common::version!());
     let mut matches = cmd.clone().get_matches_from(argv);
     Ok(Args::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit()))
+}
+
+/// `deploy-client scenario …` / `napp …` (see [`cli::SUBCOMMANDS`]): `None` when the
+/// first argument names none, and the flag-driven order runs.
+fn subcommand() -> Option<ExitCode> {
+    use clap::Parser as _;
+    let first = std::env::args_os().nth(1)?;
+    if !cli::SUBCOMMANDS.iter().any(|s| first == *s) {
+        return None;
+    }
+    let sub = cli::Sub::parse();
+    init_tracing(sub.connect.log_level(), cli::LogFormat::Text);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("deploy-client: error: cannot start the runtime: {e}");
+            return Some(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let connect = sub.connect;
+    let status = runtime.block_on(async move {
+        match sub.command {
+            cli::Command::Scenario(cmd) => scenario::scenario(cmd, connect).await,
+            cli::Command::Napp(cmd) => scenario::napp(cmd, connect).await,
+        }
+    });
+    Some(ExitCode::from(status))
 }
 
 /// Logs to standard error at the level of the flags, unless `RUST_LOG` says otherwise,
@@ -256,7 +297,7 @@ async fn run(config: Config) -> io::Result<u8> {
             ssh.keep_output(0);
         }
     }
-    let fanout = Fanout::new(transport).with_concurrency(concurrency);
+    let fanout = Fanout::new(Arc::clone(&transport)).with_concurrency(concurrency);
     let mut out = BufWriter::new(io::stdout().lock());
     let mut results: Vec<Option<HostResult>> = (0..count).map(|_| None).collect();
 
@@ -267,12 +308,50 @@ async fn run(config: Config) -> io::Result<u8> {
     let mut nested: Vec<bool> = vec![false; count];
     // Events taken apart from a v1 proxy's document, handled before the next one.
     let mut pending: VecDeque<FanoutEvent> = VecDeque::new();
-    let mut events = fanout.run(targets, request);
+    // A followed transfer runs on without its follower: on SIGINT/SIGTERM the client
+    // says so, and how to stop it, and exits.
+    let following_transfer = order == "rsync" && request.follow;
+    let hosts_written = following_transfer.then(|| {
+        targets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    // Strict: an order that starts work starts nowhere unless every host connected
+    // (the agents' connect stage; SSH hosts alone meet at their own barrier). A proxy
+    // is one host here: it does the same for its agents (`request.strict`).
+    let gated = request.strict && targets.iter().any(|t| t.scheme == Scheme::Agent);
+    let mut events = if gated {
+        let entries = targets
+            .iter()
+            .map(|t| (Arc::clone(&transport), t.clone()))
+            .collect();
+        match gate::connect_all(entries, &request, concurrency).await {
+            Ok(()) => fanout.run(targets, request),
+            Err(results) => {
+                if !quiet {
+                    let culprits: Vec<String> = results
+                        .iter()
+                        .filter(|r| !r.outcome.reply().is_some_and(lines::is_not_started))
+                        .map(|r| r.host.clone())
+                        .collect();
+                    eprintln!(
+                        "deploy-client: error: strict: the order started nowhere, since {} could not be connected to (--skip-unreachable runs on the others)",
+                        culprits.join(", ")
+                    );
+                }
+                gate::into_events(results)
+            }
+        }
+    } else {
+        fanout.run(targets, request)
+    };
     // On SIGINT/SIGTERM the commands on SSH hosts are interrupted (SIGINT, then
     // SIGKILL) and the run ends once they have; a second signal quits.
-    let mut signals = match &ssh {
-        Some(_) => Some(lock::Signals::new()?),
-        None => None,
+    let mut signals = match (&ssh, following_transfer) {
+        (Some(_), _) | (None, true) => Some(lock::Signals::new()?),
+        (None, false) => None,
     };
     let mut interrupted = false;
     loop {
@@ -285,6 +364,14 @@ async fn run(config: Config) -> io::Result<u8> {
                     None => break,
                 },
                 () = async { if let Some(s) = &mut signals { s.recv().await } }, if signals.is_some() => {
+                    if let Some(hosts) = &hosts_written {
+                        // Bars off the terminal before the message.
+                        drop(live.take());
+                        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+                        eprintln!("{}", detach::message(&argv, hosts));
+                        out.flush()?;
+                        return Ok(EXIT_INTERRUPTED);
+                    }
                     if interrupted {
                         std::process::exit(i32::from(EXIT_INTERRUPTED));
                     }
@@ -343,7 +430,13 @@ async fn run(config: Config) -> io::Result<u8> {
                     finish_fetch(fetcher, &mut result).await;
                 }
                 if result.outcome.verdict() == Verdict::HostFailed && !quiet {
-                    eprintln!("deploy-client: error: {}: {}", result.host, result.outcome);
+                    let skipped = skip_unreachable && is_unreachable(&result.outcome);
+                    eprintln!(
+                        "deploy-client: {}: {}: {}",
+                        if skipped { "skipped" } else { "error" },
+                        result.host,
+                        result.outcome
+                    );
                 }
                 if format == Format::Jsonl {
                     json_line(&mut out, &render::result_line(&order, &result))?;
@@ -432,8 +525,7 @@ async fn run(config: Config) -> io::Result<u8> {
                     lines.done(&result, true);
                 }
                 if result.outcome.verdict() == Verdict::HostFailed && !quiet {
-                    let skipped =
-                        skip_unreachable && matches!(result.outcome, Outcome::Unreachable { .. });
+                    let skipped = skip_unreachable && is_unreachable(&result.outcome);
                     let line = format!(
                         "deploy-client: {}: {}: {}",
                         if skipped { "skipped" } else { "error" },
@@ -532,10 +624,10 @@ async fn run(config: Config) -> io::Result<u8> {
     }
     let unreachable: Vec<&str> = done
         .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Unreachable { .. }))
+        .filter(|r| is_unreachable(&r.outcome))
         .map(|r| r.host.as_str())
         .collect();
-    if skip_unreachable && !unreachable.is_empty() {
+    if skip_unreachable && !unreachable.is_empty() && !quiet {
         eprintln!(
             "deploy-client: note: {} unreachable host{} skipped (--skip-unreachable): {}",
             unreachable.len(),
@@ -547,7 +639,7 @@ async fn run(config: Config) -> io::Result<u8> {
     let judged: Vec<&HostResult> = done
         .iter()
         .copied()
-        .filter(|r| !(skip_unreachable && matches!(r.outcome, Outcome::Unreachable { .. })))
+        .filter(|r| !(skip_unreachable && is_unreachable(&r.outcome)))
         .collect();
     if interrupted {
         return Ok(EXIT_INTERRUPTED);
@@ -606,6 +698,19 @@ fn health_row(result: &HostResult) -> health::Row {
     health::Row {
         host: result.host.clone(),
         health: parsed.ok_or_else(|| result.outcome.to_string()),
+    }
+}
+
+/// Whether a host could not be reached: directly, or as an agent's record a proxy
+/// relayed (`--skip-unreachable` leaves both out of the exit status alike).
+fn is_unreachable(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Unreachable { .. } => true,
+        Outcome::Relayed { record, .. } => matches!(
+            deploy_common::transport::record_outcome(record),
+            Outcome::Unreachable { .. }
+        ),
+        _ => false,
     }
 }
 

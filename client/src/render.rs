@@ -27,6 +27,10 @@
 //! 127.0.0.3: can't connect to 127.0.0.3:3440: Connection refused (os error 111)
 //! ```
 //!
+//! In `text`, values that are instants are shown as dates in the local time zone
+//! (`lastRsyncFinished=2026-12-02T10:47:50+00:00` rather than `1796208470`; see
+//! [`date_keys`]); `json` and `jsonl` keep the values as the hosts sent them.
+//!
 //! `jsonl` prints, as they happen, `{"host":…,"stream":…,"line":…}` for output lines,
 //! `{"host":…,"event":{…}}` for other streamed events, and
 //! `{"host":…,"order":…,"result":{…}}` when a host is done, flushing every line.
@@ -270,7 +274,10 @@ fn body_fields(order: &str, map: &Map<String, Value>, header: &mut String, body:
                     .unwrap_or_else(|_| b64.clone());
                 push_pair(header, key, &command);
             }
-            (_, Value::String(s)) => push_pair(header, key, s),
+            (_, Value::String(s)) => match date_text(key, s, &chrono::Local) {
+                Some(date) => push_pair(header, key, &date),
+                None => push_pair(header, key, s),
+            },
             (_, Value::Array(items)) => {
                 let items: Vec<String> = items
                     .iter()
@@ -291,6 +298,52 @@ fn body_fields(order: &str, map: &Map<String, Value>, header: &mut String, body:
             (_, other) => push_pair(header, key, &other.to_string()),
         }
     }
+}
+
+/// The keys whose values are instants: Unix seconds, or milliseconds.
+///
+/// | key | order | unit |
+/// |---|---|---|
+/// | `lastRsyncFinished` | `status` | seconds |
+/// | `transferStarted` | `status`, `rsync` (already running) | seconds |
+/// | `expires` | `lock` | seconds (`0`: held by a session, no lease) |
+/// | `switched_at` | `deploy`, `rollback`, `confirm` | milliseconds |
+pub fn date_keys(key: &str) -> Option<DateUnit> {
+    match key {
+        "lastRsyncFinished" | "transferStarted" | "expires" => Some(DateUnit::Seconds),
+        "switched_at" => Some(DateUnit::Millis),
+        _ => None,
+    }
+}
+
+/// How an instant is counted from the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateUnit {
+    /// Whole seconds.
+    Seconds,
+    /// Milliseconds.
+    Millis,
+}
+
+/// `value` of `key` as a date in `zone` (RFC 3339, to the second or the millisecond),
+/// if `key` holds instants and `value` is one; `None` otherwise (0 included: it means
+/// "none", not 1970).
+fn date_text<Z: chrono::TimeZone>(key: &str, value: &str, zone: &Z) -> Option<String>
+where
+    Z::Offset: std::fmt::Display,
+{
+    let unit = date_keys(key)?;
+    let n: i64 = value.parse().ok().filter(|&n| n > 0)?;
+    let (secs, nanos, format) = match unit {
+        DateUnit::Seconds => (n, 0, "%Y-%m-%dT%H:%M:%S%:z"),
+        DateUnit::Millis => (
+            n.div_euclid(1000),
+            u32::try_from(n.rem_euclid(1000)).ok()? * 1_000_000,
+            "%Y-%m-%dT%H:%M:%S%.3f%:z",
+        ),
+    };
+    let date = zone.timestamp_opt(secs, nanos).single()?;
+    Some(date.format(format).to_string())
 }
 
 /// Appends ` key=value`, quoting values that are empty or contain blanks or quotes.
@@ -437,6 +490,27 @@ mod tests {
                     "    10.0.0.2: 200 OK return=true".into(),
                 ]
             }
+        );
+    }
+
+    #[test]
+    fn instants_are_dates_in_text() {
+        let utc = chrono::Utc;
+        assert_eq!(
+            date_text("lastRsyncFinished", "1796208470", &utc).as_deref(),
+            Some("2026-12-02T10:47:50+00:00")
+        );
+        assert_eq!(
+            date_text("switched_at", "1796208470123", &utc).as_deref(),
+            Some("2026-12-02T10:47:50.123+00:00")
+        );
+        assert_eq!(date_text("expires", "0", &utc), None, "0 is no instant");
+        assert_eq!(date_text("lastRsyncCode", "1796208470", &utc), None);
+        assert_eq!(date_text("transferStarted", "soon", &utc), None);
+        let east = chrono::FixedOffset::east_opt(3600).unwrap();
+        assert_eq!(
+            date_text("transferStarted", "1796208470", &east).as_deref(),
+            Some("2026-12-02T11:47:50+01:00")
         );
     }
 

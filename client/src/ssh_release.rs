@@ -1183,6 +1183,15 @@ async fn fetch_here(spec: &ReleaseSpec, loaded: &Loaded) -> Result<Local, String
 }
 
 impl Transport for SshReleases {
+    /// The SSH transport's own: a release order needs the same connection.
+    fn connect<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), Outcome>> {
+        self.inner.connect(target, request)
+    }
+
     fn deliver<'a>(
         &'a self,
         target: &'a Target,

@@ -545,6 +545,58 @@ fn ssh_sudo_covers_every_part_of_the_command() {
     assert_eq!(out.stdout, "0\nit's root\n");
 }
 
+/// Strict across transports: an agent that cannot be reached stops the command on the
+/// SSH hosts of the same run too (the connect stage covers every host when agents are
+/// among them); loose, the SSH hosts run.
+#[test]
+fn ssh_hosts_do_not_start_when_an_agent_is_unreachable() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let agent = format!("127.0.0.1:{closed}");
+    let hosts = format!("{},{agent},{}", c.spec(0), c.spec(1));
+    let marker = home.path().join("ran");
+    let command = format!("echo x >> {}", marker.display());
+    let out = client(
+        home.path(),
+        &["--hosts", &hosts, "--order=run", "--", &command],
+        None,
+    );
+    assert_eq!(out.status, 3, "{out:?}");
+    assert!(!marker.exists(), "a command ran in strict mode: {out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "the order started nowhere, since {agent} could not be connected to"
+        )),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("not started (2 hosts), unreachable (1 host)"),
+        "{out:?}"
+    );
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "--skip-unreachable",
+            "--",
+            &command,
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "x\nx\n"
+    );
+}
+
 #[test]
 fn ssh_unreachable_strict_and_loose() {
     let Some(c) = cluster() else { return };
@@ -676,6 +728,92 @@ fn ssh_unknown_host_strict_then_accept_new() {
 
     let out = run(&[]);
     assert_eq!(out.status, 0, "now known: {out:?}");
+}
+
+/// `-u USER` wins over ssh_config's `User` (the command line over the configuration,
+/// like `ssh -l`), and a user written in the host wins over both; without `-u` the
+/// configuration's `User` holds. The defaults file's `[ssh] user` is a default: it
+/// comes after ssh_config's `User`. (`nobody`'s shell refuses to run anything, where
+/// root's succeeds.)
+#[test]
+fn ssh_user_flag_wins_over_ssh_config_user() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let (ip, port, _) = &c.hosts[5];
+    std::fs::write(
+        home.path().join(".ssh/config"),
+        format!("Host web1\n  HostName {ip}\n  Port {port}\n  User nobody\n"),
+    )
+    .expect("config");
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["--hosts", "ssh://web1", "--order=run", "--no-pty"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "id", "-un"]);
+        client_env(home.path(), &args, None, env)
+    };
+    // The configuration's User.
+    let out = run(&[], &[]);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stdout.contains("currently not available"), "{out:?}");
+    // -u wins over it, in both spellings.
+    for flag in [&["-u", "root"][..], &["--user=root"][..]] {
+        let out = run(flag, &[]);
+        assert_eq!(out.status, 0, "{flag:?}: {out:?}");
+        assert_eq!(out.stdout, "ssh://web1: root\n", "{flag:?}: {out:?}");
+    }
+    // A user written in the host wins over -u.
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            "ssh://root@web1",
+            "-u",
+            "nobody",
+            "--order=run",
+            "--",
+            "id",
+            "-un",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "ssh://root@web1: root\n", "{out:?}");
+    // The defaults file's user comes after the configuration's User (it is a default,
+    // not the command line), and before the local user for hosts the
+    // configuration says nothing about.
+    let defaults = home.path().join("client.ini");
+    std::fs::write(&defaults, "[ssh]\nuser = root\n").expect("defaults");
+    let env = [("DEPLOY_CLIENT_CONFIG", defaults.to_str().expect("path"))];
+    let out = run(&[], &env);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stdout.contains("currently not available"), "{out:?}");
+    std::fs::write(&defaults, "[ssh]\nuser = nobody\n").expect("defaults");
+    let other = c.spec(6);
+    let out = client_env(
+        home.path(),
+        &["--hosts", &other, "--order=run", "--", "id", "-un"],
+        None,
+        &env,
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stdout.contains("currently not available"), "{out:?}");
+    // And -u wins over it.
+    let out = client_env(
+        home.path(),
+        &[
+            "--hosts",
+            &other,
+            "-u",
+            "root",
+            "--order=run",
+            "--",
+            "id",
+            "-un",
+        ],
+        None,
+        &env,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 
 mod lock;
 mod ops;
+mod scenario;
 mod ssh;
 mod ssh_fleet;
 mod ssh_orgalorg;
@@ -58,6 +59,7 @@ async fn json_shape_for_success_error_and_unreachable() {
     let bad = v2_agent("k", answer(Reply::error(400, "exec[x] not found!"))).await;
     let down = closed_port().await;
     let hosts = format!("{ok},{bad},{down}");
+    // Loose (strict would start the order nowhere, see `strict_starts_nowhere`).
     let out = client(
         &[
             "--hosts",
@@ -65,6 +67,7 @@ async fn json_shape_for_success_error_and_unreachable() {
             "--order=exec",
             "--options=x",
             "--key-cipher=k",
+            "--skip-unreachable",
         ],
         None,
     )
@@ -82,10 +85,11 @@ async fn json_shape_for_success_error_and_unreachable() {
     let records: Vec<String> = records.into_iter().map(|(_, r)| r).collect();
     let expected = format!("{{\n{}\n}}\n", records.join(",\n"));
     assert_eq!(out.stdout, expected);
-    assert_eq!(out.status, 3, "{out:?}");
+    // The 400 fails the run; the unreachable host is skipped.
+    assert_eq!(out.status, 1, "{out:?}");
     assert!(
         out.stderr.contains(&format!(
-            "deploy-client: error: {down}: can't connect to {down}: "
+            "deploy-client: skipped: {down}: can't connect to {down}: "
         )),
         "{}",
         out.stderr
@@ -394,11 +398,12 @@ async fn jsonl_streams_events_then_results() {
             "--format=jsonl",
             "--follow",
             "-q",
+            "--skip-unreachable",
         ],
         None,
     )
     .await;
-    assert_eq!(out.status, 3);
+    assert_eq!(out.status, 0);
     assert!(out.stderr.is_empty(), "-q: {}", out.stderr);
     let lines: Vec<Value> = out
         .stdout
@@ -576,6 +581,8 @@ async fn silent_host_times_out() {
             "--options=x",
             "--key-cipher=k",
             "--thread-timeout=1",
+            // Loose: strict would wait for the silent host before starting anywhere.
+            "--skip-unreachable",
         ],
         None,
     )
@@ -862,4 +869,114 @@ async fn defaults_file_under_the_flags() {
         )),
         "{stderr}"
     );
+}
+
+/// Strict (the default) for an order that starts work: every agent is connected to
+/// (v2: authenticated) before the order goes to any, and it goes to none when one
+/// cannot be reached, or refuses us, or does not answer in time; the client names it.
+/// Over v1 the connect stage is the TCP connection. Read-only orders go where they
+/// can.
+#[tokio::test]
+async fn strict_starts_nowhere() {
+    let seen = Arc::new(std::sync::Mutex::new(0usize));
+    let counting = |seen: &Arc<std::sync::Mutex<usize>>| -> util::Handler {
+        let seen = Arc::clone(seen);
+        Arc::new(move |_| {
+            *seen.lock().unwrap() += 1;
+            (Vec::new(), Duration::ZERO, exec_ok())
+        })
+    };
+    let a = v2_agent("k", counting(&seen)).await;
+    let b = v2_agent("k", counting(&seen)).await;
+    let down = closed_port().await;
+    let wrong = v2_agent("other", counting(&seen)).await;
+    let dead = silent().await;
+    for (culprit, status, why) in [
+        (down.to_string(), 3, format!("can't connect to {down}")),
+        (wrong.to_string(), 1, "401 Unauthorized".to_owned()),
+        (dead.to_string(), 3, "no reply within 1 s".to_owned()),
+    ] {
+        let hosts = format!("{a},{culprit},{b}");
+        let args = [
+            "--hosts",
+            &hosts,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+            "--thread-timeout=1",
+        ];
+        let out = client(&args, None).await;
+        assert_eq!(*seen.lock().unwrap(), 0, "{culprit}: {out:?}");
+        assert_eq!(out.status, status, "{culprit}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "error: strict: the order started nowhere, since {culprit} could not be connected to (--skip-unreachable runs on the others)"
+            )),
+            "{culprit}: {}",
+            out.stderr
+        );
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        for live in [a, b] {
+            let r = &v[live.to_string()]["exec"];
+            assert_eq!(r["returnCode"], json!("503"), "{out:?}");
+            let content = r["content"].as_str().unwrap();
+            assert!(
+                content.contains(&format!("{culprit} failed ({why}")),
+                "{culprit}: {content}"
+            );
+        }
+        // Loose: the others run.
+        let mut loose = args.to_vec();
+        loose.push("--skip-unreachable");
+        client(&loose, None).await;
+        assert_eq!(*seen.lock().unwrap(), 2, "{culprit}");
+        *seen.lock().unwrap() = 0;
+    }
+    // Everyone there: the order goes out on the connections of the connect stage.
+    let hosts = format!("{a},{b}");
+    let out = client(
+        &[
+            "--hosts",
+            &hosts,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!((out.status, *seen.lock().unwrap()), (0, 2), "{out:?}");
+    *seen.lock().unwrap() = 0;
+
+    // v1: the TCP connection is the stage.
+    let v1 = v1_agent("k", false, counting(&seen)).await;
+    let hosts = format!("{v1},{down}");
+    let out = client(
+        &[
+            "--hosts",
+            &hosts,
+            "--order=exec",
+            "--options=x",
+            "--key-cipher=k",
+            "--protocol=v1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!((out.status, *seen.lock().unwrap()), (3, 0), "{out:?}");
+
+    // A read-only order is not gated.
+    let hosts = format!("{a},{down}");
+    let out = client(
+        &[
+            "--hosts",
+            &hosts,
+            "--order=status",
+            "--options=x",
+            "--key-cipher=k",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!((out.status, *seen.lock().unwrap()), (3, 1), "{out:?}");
 }

@@ -15,6 +15,7 @@
 //! | [`rsync`] | rsync argument vectors, output parsing, background transfers |
 //! | [`server`] | prefork master/worker, signals, privileges, logging |
 //! | [`fanout`] | one order to many targets, concurrently, as a stream of results |
+//! | [`gate`] | the connect stage of strict runs: every target connected, or nothing starts |
 //! | [`lock`] | the cluster lock: the agent's leases and the all-or-nothing locker |
 //! | [`nodeset`] | ClusterShell node sets (`web[01-20]`, `!web05`) → host names |
 //! | [`transport`] | delivering one order to one target (v2 or v1) |
@@ -35,6 +36,7 @@ pub mod config;
 pub mod crypto;
 pub mod fanout;
 mod fsutil;
+pub mod gate;
 pub mod legacy;
 pub mod lock;
 pub mod nodeset;

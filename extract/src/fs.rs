@@ -32,7 +32,10 @@ use crate::{archive::Entry, Error, Name};
 /// Temporary names in this process.
 static TEMP: AtomicU64 = AtomicU64::new(0);
 
-fn beneath() -> ResolveFlag {
+/// The resolve flags of every confined open: beneath the starting directory, through
+/// no symbolic link and no magic link. Public so that other confined code (NodeApps)
+/// resolves exactly as the extractor does.
+pub fn beneath() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH
         | ResolveFlag::RESOLVE_NO_SYMLINKS
         | ResolveFlag::RESOLVE_NO_MAGICLINKS
@@ -95,18 +98,23 @@ impl Root {
     /// Opens `base/rel`, making the missing directories of `rel` (mode `0o755`), with
     /// `rel` resolved beneath `base` and through no symbolic link.
     pub fn create_beneath(base: &Path, rel: &Path) -> Result<Root, Error> {
-        let base_root = Root::open(base)?;
-        let path = base.join(rel);
+        Root::open(base)?.subdir(rel, true)
+    }
+
+    /// Opens (making missing directories, mode `0o755`, when `create`) the directory
+    /// `rel` beneath this root, through no symbolic link, as a root of its own.
+    pub fn subdir(&self, rel: &Path, create: bool) -> Result<Root, Error> {
+        let path = self.path.join(rel);
         let parts: Vec<Vec<u8>> = crate::archive::clean(rel.as_os_str().as_bytes())
             .map_err(|why| root_error(&path, Errno::EINVAL).with_reason(why))?;
-        let mut cur = base_root
+        let mut cur = self
             .fd
             .try_clone()
             .map_err(|e| root_error(&path, Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
         for part in &parts {
-            cur = child_dir(&cur, part, 0o755, true).map_err(|e| root_error(&path, e.errno))?;
+            cur = child_dir(&cur, part, 0o755, create).map_err(|e| root_error(&path, e.errno))?;
         }
-        // Reopened readable (an O_PATH descriptor cannot be synced).
+        // Reopened readable (an O_PATH descriptor cannot be listed or synced).
         let fd = fcntl::openat2(
             &cur,
             ".",
@@ -116,6 +124,18 @@ impl Root {
         )
         .map_err(|e| root_error(&path, e))?;
         Ok(Root { fd, path })
+    }
+
+    /// A second root on the same directory (its descriptor duplicated).
+    pub fn try_clone(&self) -> Result<Root, Error> {
+        let fd = self.fd.try_clone().map_err(|source| Error::Root {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        Ok(Root {
+            fd,
+            path: self.path.clone(),
+        })
     }
 
     /// The root's path (for messages).

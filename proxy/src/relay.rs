@@ -31,10 +31,17 @@
 //! ```text
 //! agent web1 ─ {"kind":"line","line":"hi"} ─► proxy ─ {"host":"web1","event":{"kind":"line","line":"hi"}} ─► client
 //! ```
+//!
+//! A strict request (`strict`, which deploy-client sets unless `--skip-unreachable`)
+//! is all or nothing: every selected server is connected to first, whatever its group
+//! ([`gate`]); if one cannot be, the order goes nowhere, that server's record says why
+//! and every other one is a 503 "not started" naming it. A chained proxy gets the
+//! request with `strict` and does the same for its own servers.
 
 use crate::route::{Route, Routes, Server};
 use deploy_common::config::proxy::ProxyConfig;
 use deploy_common::fanout::{Fanout, FanoutEvent};
+use deploy_common::gate;
 use deploy_common::order::{object, OrderName, Reply, Request};
 use deploy_common::server::conn::{Events, Handler};
 use deploy_common::target::Target;
@@ -263,6 +270,27 @@ impl Relay {
         ]))
     }
 
+    /// A strict request (`request.strict`): connects to every server first, across
+    /// routes, and `Err` with every server's result (see [`gate::connect_all`]) unless
+    /// all connected. Other requests pass at once.
+    async fn connect_stage(
+        &self,
+        servers: &[Server],
+        request: &Request,
+    ) -> Result<(), Vec<deploy_common::fanout::HostResult>> {
+        if !request.strict {
+            return Ok(());
+        }
+        let entries = servers
+            .iter()
+            .map(|s| {
+                let route: Arc<dyn Transport> = Arc::clone(&s.route) as Arc<dyn Transport>;
+                (route, s.target.clone())
+            })
+            .collect();
+        gate::connect_all(entries, request, self.concurrency).await
+    }
+
     /// Fans `request` out to `servers`, one fan-out per route (servers of one group
     /// share theirs), merged into one stream with the servers' own indexes.
     fn fan_out(&self, servers: &[Server], request: Request) -> mpsc::Receiver<FanoutEvent> {
@@ -403,7 +431,10 @@ impl Handler for Relay {
         let mut direct: Vec<Option<(String, Map<String, Value>)>> =
             (0..count).map(|_| None).collect();
         let mut relayed: Vec<(String, Value)> = Vec::new();
-        let mut rx = self.fan_out(&servers, forwarded);
+        let mut rx = match self.connect_stage(&servers, &forwarded).await {
+            Ok(()) => self.fan_out(&servers, forwarded),
+            Err(results) => gate::into_events(results),
+        };
         while let Some(event) = rx.recv().await {
             match event {
                 FanoutEvent::Event {

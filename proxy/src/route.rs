@@ -212,6 +212,18 @@ impl Transport for Route {
         })
     }
 
+    /// A chained proxy is connected to (and authenticated with) like an agent.
+    fn connect<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), Outcome>> {
+        Box::pin(async move {
+            let request = self.request_for(request);
+            self.transport.connect(target, &request).await
+        })
+    }
+
     /// Keeps the names a chained proxy puts on its agents' events.
     fn deliver_tagged<'a>(
         &'a self,

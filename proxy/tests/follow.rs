@@ -1,8 +1,9 @@
 //! `--follow` through proxies: the output lines agents stream reach a v2 client as they
 //! come, each under its agent's name (the proxy tags the events it relays), with
 //! stdout and stderr apart, before that agent's result; through a chain of proxies too;
-//! and an agent cannot pass its lines off as another host's. No sshd needed: agents with
-//! `allow_run = on` run `/bin/sh -c …`.
+//! and an agent cannot pass its lines off as another host's; a second client attaches
+//! to a running transfer through the proxy and sees it end after the first one's
+//! Ctrl-C. No sshd needed: agents with `allow_run = on` run `/bin/sh -c …`.
 
 use crate::util::*;
 use serde_json::{json, Value};
@@ -280,4 +281,91 @@ fn an_agent_cannot_speak_for_another_host() {
         !out.stdout.contains("forged result"),
         "no result for another host from a plain agent: {out:#?}"
     );
+}
+
+/// `deploy-client` through the proxy on `port`, with the proxies' key, as a command.
+fn client_command(port: u16, args: &[&str]) -> std::process::Command {
+    let port = port.to_string();
+    let mut cmd = std::process::Command::new(bins::client());
+    cmd.args([
+        "--hosts",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--api-key",
+        API_KEY,
+        "--args",
+        "groups:web",
+    ])
+    .args(args)
+    .env_clear()
+    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+    .env("DEPLOY_KEY_CIPHER", PROXY_KEY)
+    .env("NO_COLOR", "1");
+    cmd
+}
+
+/// Through the proxy, a second client's `rsync --follow` attaches to the transfer the
+/// first one follows; Ctrl-C of the first (exit 130, the `rkill` printed) leaves the
+/// transfer running, and the second sees it to its end.
+#[test]
+fn a_follower_attaches_through_the_proxy_and_outlives_the_starters_ctrl_c() {
+    use nix::sys::signal::Signal;
+    use std::time::Duration;
+    let sb = Sandbox::new();
+    let source = sb.join("source");
+    // 1.5 MiB at 200 KiB/s: about 7.5 s.
+    make_blob(&source.join("big.bin"), 3 << 19);
+    let rsyncd = RsyncDaemon::start(&source);
+    let agent = AgentConfig::new(&sb)
+        .group(
+            "medium",
+            &[
+                ("dest", &rsyncd.url("DEST")),
+                ("src", &sb.allowed_str("medium")),
+                ("option[]", "--archive"),
+                ("option[]", "--bwlimit=200"),
+            ],
+        )
+        .start(&sb);
+    let dir = Sandbox::new();
+    let proxy = ProxyConfig::new(ID)
+        .client("thread_timeout", "60")
+        .key(API_KEY, "web")
+        .servers("web", &agent.addrs)
+        .start(dir.path());
+    let name = agent.addr().to_string();
+    let rsync = ["--order=rsync", "--options=medium", "--follow"];
+
+    let mut starter = Spawned::start(&mut client_command(proxy.port(), &rsync));
+    starter.wait_for_stderr(Duration::from_secs(15), |l| {
+        l.starts_with(&format!("{name}: "))
+    });
+    let mut args = rsync.to_vec();
+    args.push("--format=jsonl");
+    let attached = Spawned::start(&mut client_command(proxy.port(), &args));
+
+    starter.signal(Signal::SIGINT);
+    let out = starter.finish(Duration::from_secs(15));
+    assert_eq!(out.code, Some(130), "{out:#?}");
+    assert!(
+        out.stderr.lines().any(|l| l.contains("--order=rkill")
+            && l.contains("--args groups:web")
+            && l.contains(&format!("--api-key {API_KEY}"))),
+        "the rkill command, through the proxy: {out:#?}"
+    );
+
+    let out = attached.finish(Duration::from_secs(60));
+    out.expect_code(0);
+    let lines = out.json_lines();
+    let result = lines
+        .iter()
+        .find(|l| l["order"] == "rsync")
+        .unwrap_or_else(|| panic!("a result: {out:#?}"));
+    assert_eq!(result["host"], name.as_str(), "{out:#?}");
+    assert_eq!(result["result"]["via"], ID, "{out:#?}");
+    let content = &result["result"]["content"];
+    assert_eq!(content["attached"], "true", "{out:#?}");
+    assert_eq!(content["exitCode"], "0", "the transfer went on: {out:#?}");
+    assert_same_tree(&source, &sb.allowed().join("medium"));
 }

@@ -9,6 +9,8 @@
 //! | [`model`] | `deployment.yaml` and `alias.yaml` as data, unknown keys, Octopoda's validation rules, alias expansion |
 //! | [`folder`] | loading a folder with every path confined to it (`openat2(RESOLVE_BENEATH)`), `scenario create`'s template |
 //! | [`plan`] | a target → phases → stages (one per `order`) of (app, node, script) steps, with each step's env and cwd |
+//! | [`apply`] | running a plan as `napp` orders through a `Transport` (Fanout per stage, barrier between stages); scenario reset |
+//! | [`store`] | scenario versions and the [`ScenarioStore`] trait; [`FolderStore`], a JSON-lines file beside the folder |
 //!
 //! # Design
 //!
@@ -20,7 +22,8 @@
 //!   [`model::Warning`]s so a typo (`scripts:` for `script:`) is seen.
 //! * Octopoda runs one app at a time per `order`; the [`plan::Plan`] groups every
 //!   (app, node, script) of one `order` into a stage that runs in parallel, with a
-//!   barrier before the next stage. Nothing here touches the network.
+//!   barrier before the next stage. Only [`apply`] touches the network, through the
+//!   caller's `Transport`.
 //! * `@name` node entries are resolved through `alias.yaml`; a name that is not an
 //!   alias stays `@name`, a group for the proxy to expand (Octopoda's workgroups).
 
@@ -34,15 +37,19 @@
     )
 )]
 
+pub mod apply;
 pub mod folder;
 pub mod model;
 pub mod plan;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 
+pub use apply::{apply, ApplyError, ApplyEvent, Options, Proxy, Report, StepResult};
 pub use folder::{create_template, App, Folder, Scenario, Script};
 pub use model::{Aliases, Deployment, Warning};
 pub use plan::{plan, NodeLayout, Phase, Plan, Stage, Step, Target};
+pub use store::{FolderStore, ScenarioStore, ScenarioVersion, StoreError};
 
 /// The file Octopoda reads a scenario from, at the top of the folder.
 pub const DEPLOYMENT_FILE: &str = "deployment.yaml";

@@ -1,7 +1,8 @@
 //! Running a command to completion under a deadline: [`run_command`] (deploy-client,
 //! curl), whose [`Output`] also keeps when each stdout line arrived, so a test can tell
-//! streamed output from output printed at the end; and [`run_bin`] for quick runs
-//! (`--check`).
+//! streamed output from output printed at the end; [`Spawned`] for a command the test
+//! interacts with while it runs (waits for a line on its standard error, signals it);
+//! and [`run_bin`] for quick runs (`--check`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -164,4 +165,145 @@ pub fn openssl(args: &[&str]) -> Option<Output> {
     let out = run_command(Command::new("openssl").args(args), Duration::from_secs(30));
     out.expect_code(0);
     Some(out)
+}
+
+/// A command running in the background, its standard output and error read as they
+/// come; killed on drop if still running.
+pub struct Spawned {
+    child: std::process::Child,
+    started: Instant,
+    stdout: Option<std::thread::JoinHandle<Vec<(Duration, String)>>>,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+    stderr: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spawned {
+    /// Starts `cmd` with stdin closed and stdout and stderr captured.
+    pub fn start(cmd: &mut Command) -> Spawned {
+        let started = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let out = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            let mut reader = BufReader::new(out);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                lines.push((
+                    started.elapsed(),
+                    String::from_utf8_lossy(&line).into_owned(),
+                ));
+                line.clear();
+            }
+            lines
+        });
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut reader = BufReader::new(err);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+                line.clear();
+            }
+        });
+        Spawned {
+            child,
+            started,
+            stdout: Some(stdout),
+            stderr_lines: rx,
+            stderr_seen: Vec::new(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+
+    /// Waits up to `limit` for a standard error line for which `want` holds, and
+    /// returns it; panics with what was printed otherwise.
+    pub fn wait_for_stderr(&mut self, limit: Duration, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        if let Some(line) = self.stderr_seen.iter().find(|l| want(l)) {
+            return line.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr_seen.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no such line on standard error within {limit:?}: {:?}",
+                    self.stderr_seen
+                ),
+            }
+        }
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+
+    /// Waits up to `limit` for the process to exit (killing it and failing past that)
+    /// and returns what it did.
+    pub fn finish(mut self, limit: Duration) -> Output {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let elapsed = self.started.elapsed();
+        let raw = self
+            .stdout
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(t) = self.stderr.take() {
+            let _ = t.join();
+        }
+        self.stderr_seen.extend(self.stderr_lines.try_iter());
+        let output = Output {
+            code: status.and_then(|s| s.code()),
+            stdout: raw.iter().map(|(_, l)| l.as_str()).collect(),
+            stderr: self.stderr_seen.concat(),
+            lines: raw
+                .into_iter()
+                .map(|(t, l)| (t, l.trim_end_matches(['\n', '\r']).to_owned()))
+                .collect(),
+            elapsed,
+        };
+        assert!(
+            status.is_some(),
+            "did not finish within {limit:?}: {output:#?}"
+        );
+        output
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -16,7 +16,7 @@
 //! | [`proxy`] | [`ProxyConfig`]: a proxy ini and its API file, started as a [`Proxy`] |
 //! | [`clients`] | in-process clients of the three wires: v2, v1 plain, v1 "ssl" |
 //! | [`sshd`] | ten real `sshd` instances and a jump host on loopback, user and host keys |
-//! | [`command`] | running any command (deploy-client, curl) under a deadline, lines timestamped |
+//! | [`command`] | running any command (deploy-client, curl) under a deadline, lines timestamped; [`Spawned`] to interact with one |
 //! | [`shelf`] | [`Shelf`]: release artifacts and the manifests deploying them |
 //!
 //! # Design
@@ -47,7 +47,7 @@ pub mod sshd;
 
 pub use agent::{start_agent, Agent, AgentConfig};
 pub use clients::*;
-pub use command::{deploy_client, openssl, run_bin, run_bin_bytes, run_command, Output};
+pub use command::{deploy_client, openssl, run_bin, run_bin_bytes, run_command, Output, Spawned};
 pub use daemon::Daemon;
 pub use env::*;
 pub use net::*;

@@ -131,8 +131,22 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
     ]))
 }
 
-/// The directory a path variable names on this agent, if it has one.
+/// The directory a path variable names on this agent, if it has one: with a
+/// `[scenarios] workspace`, the paths its scripts see (`OCTOPODA_ROOT`, `_WORKSPACE`,
+/// `_FSTORE`, `_LOG`); without, `@root` is `/root` and `@log` the error log's directory.
 fn variable(agent: &Agent, var: &str) -> Option<String> {
+    let sc = &agent.config.scenarios;
+    if let Some(workspace) = sc.workspace.as_deref() {
+        let layout = deploy_napp::Layout::new(workspace, sc.fstore.as_deref(), sc.log.as_deref());
+        let dir = match var {
+            "@root" => layout.root,
+            "@workspace" => layout.workspace,
+            "@fstore" => layout.fstore,
+            "@log" => layout.log,
+            _ => return None,
+        };
+        return Some(dir.display().to_string());
+    }
     match var {
         "@root" => Some("/root".to_owned()),
         "@log" => {
@@ -144,7 +158,7 @@ fn variable(agent: &Agent, var: &str) -> Option<String> {
                 .filter(|p| !p.as_os_str().is_empty())
                 .map(|p| p.display().to_string())
         }
-        // `[scenarios] workspace` / `fstore`: not in this agent's configuration yet.
+        // `@workspace`, `@fstore`: only with `[scenarios] workspace`.
         _ => None,
     }
     .filter(|dir| Path::new(dir).is_absolute())

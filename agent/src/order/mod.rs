@@ -8,6 +8,7 @@ mod exec;
 mod fetch;
 mod health;
 mod lock;
+mod napp;
 mod process;
 pub mod release;
 mod rkill;
@@ -15,6 +16,7 @@ mod rlist;
 mod rsync;
 mod run;
 mod status;
+mod tarbody;
 mod upload;
 
 use deploy_common::config::AgentConfig;
@@ -101,7 +103,7 @@ impl Handler for Agent {
             Some(OrderName::Releases) => release::list(self, &request),
             Some(OrderName::Rollback) => release::rollback(self, peer, &request),
             Some(OrderName::Confirm) => release::confirm(self, peer, &request),
-            Some(OrderName::Napp) => Reply::error(501, "napp: this agent does not run scenarios"),
+            Some(OrderName::Napp) => napp::run(self, &request, &events).await,
             Some(OrderName::Health) => health::run(self, &request).await,
             Some(OrderName::Fetch) => fetch::run(self, &request, &events).await,
             Some(OrderName::Nodes) => {

@@ -22,8 +22,10 @@ const MAX_OUTPUT: usize = 16 << 20;
 pub struct Finished {
     /// The exit code (128 + signal when killed).
     pub code: i32,
-    /// stdout and stderr, interleaved as they came.
+    /// stdout and stderr, interleaved as they came (stdout only with [`Job::apart`]).
     pub output: Vec<u8>,
+    /// stderr, with [`Job::apart`] (else empty).
+    pub stderr: Vec<u8>,
 }
 
 /// How long a job gets between SIGTERM and SIGKILL when its order is dropped.
@@ -83,10 +85,42 @@ pub async fn run_in(
     events: &Events,
     cwd: &std::path::Path,
 ) -> Finished {
-    let Some((program, rest)) = argv.split_first() else {
+    let job = Job {
+        argv,
+        stdin,
+        follow,
+        cwd,
+        env: &[],
+        apart: false,
+    };
+    run_job(job, events).await
+}
+
+/// One program to run, and how.
+pub struct Job<'a> {
+    /// The program and its arguments.
+    pub argv: &'a [String],
+    /// Bytes for its stdin (`None`: /dev/null).
+    pub stdin: Option<Vec<u8>>,
+    /// Stream its lines as events.
+    pub follow: bool,
+    /// Its working directory.
+    pub cwd: &'a std::path::Path,
+    /// Variables beyond `PATH` and `LANG` (set after them, so they may override).
+    pub env: &'a [(String, String)],
+    /// Keep stderr apart ([`Finished::stderr`]) instead of interleaved in `output`, and
+    /// keep the end of each stream rather than its start when it exceeds
+    /// [`MAX_OUTPUT`] (a script's last lines say how it ended).
+    pub apart: bool,
+}
+
+/// Runs `job` to its end (see the module docs).
+pub async fn run_job(job: Job<'_>, events: &Events) -> Finished {
+    let Some((program, rest)) = job.argv.split_first() else {
         return Finished {
             code: 127,
             output: b"empty command\n".to_vec(),
+            stderr: Vec::new(),
         };
     };
     let mut cmd = Command::new(program);
@@ -97,8 +131,9 @@ pub async fn run_in(
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
         .env("LANG", "C.UTF-8")
-        .current_dir(cwd)
-        .stdin(if stdin.is_some() {
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(job.cwd)
+        .stdin(if job.stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -112,11 +147,12 @@ pub async fn run_in(
             return Finished {
                 code: 127,
                 output: format!("{program}: {e}\n").into_bytes(),
+                stderr: Vec::new(),
             }
         }
     };
     let mut guard = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
-    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), stdin) {
+    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), job.stdin) {
         tokio::spawn(async move {
             let _ = pipe.write_all(&bytes).await;
         });
@@ -130,9 +166,10 @@ pub async fn run_in(
     }
     drop(tx);
     let mut output = Vec::new();
+    let mut stderr = Vec::new();
     let mut truncated = false;
     while let Some((stream, line)) = rx.recv().await {
-        if follow {
+        if job.follow {
             // read_until ends a line at its newline, or at the end of the stream.
             let (text, partial) = match line.strip_suffix(b"\n") {
                 Some(text) => (text, false),
@@ -147,10 +184,29 @@ pub async fn run_in(
                 })
                 .await;
         }
-        if output.len() + line.len() <= MAX_OUTPUT {
-            output.extend_from_slice(&line);
+        let keep = match stream {
+            Stream::Stderr if job.apart => &mut stderr,
+            _ => &mut output,
+        };
+        if keep.len() + line.len() <= MAX_OUTPUT {
+            keep.extend_from_slice(&line);
+        } else if job.apart {
+            // The end is kept: compacted once in a while, so each byte moves O(1) times.
+            keep.extend_from_slice(&line);
+            if keep.len() > 2 * MAX_OUTPUT {
+                let cut = keep.len() - MAX_OUTPUT;
+                keep.drain(..cut);
+            }
         } else {
             truncated = true;
+        }
+    }
+    if job.apart {
+        for kept in [&mut output, &mut stderr] {
+            if kept.len() > MAX_OUTPUT {
+                let cut = kept.len() - MAX_OUTPUT;
+                kept.drain(..cut);
+            }
         }
     }
     if truncated {
@@ -166,7 +222,11 @@ pub async fn run_in(
             .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(s).unwrap_or(0)),
         Err(_) => -1,
     };
-    Finished { code, output }
+    Finished {
+        code,
+        output,
+        stderr,
+    }
 }
 
 /// Reads one pipe line by line (a final unterminated line included) into the channel.

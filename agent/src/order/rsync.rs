@@ -3,8 +3,14 @@
 //! The transfer runs under a runner process (our own binary, `__rsync-runner`) that holds
 //! the transfer's lock, so it survives worker restarts, two concurrent `rsync` orders
 //! cannot both start it, and `status`/`rkill` find it through the state directory rather
-//! than by scanning command lines. A v2 client that asks to `follow` gets rsync's output
-//! lines and progress events until it ends, then its exit code.
+//! than by scanning command lines. rsync is asked for `--info=progress2` (when it is 3.1
+//! or later), so that its output file says how far it is, for `status` and followers.
+//!
+//! A v2 client that asks to `follow` gets rsync's output lines and progress events until
+//! it ends, then its exit code. If the transfer is already running, a follower *attaches*
+//! to it: it gets the end of the output so far (the last [`ATTACH_BACKLOG`] bytes), then
+//! the rest as it comes, and the same final reply with `"attached":"true"`. Without
+//! `follow` the reply is the original's `alreadyRsync` body, as before.
 
 use super::Agent;
 use deploy_common::order::rsync::{finished, started};
@@ -17,16 +23,38 @@ use deploy_common::wire::message::{Event, Stream};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+/// How much of a running transfer's output an attaching follower gets first.
+const ATTACH_BACKLOG: u64 = 16 * 1024;
+
 pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Reply {
     let (mut spec, checksum) = match agent.resolve(&request.options) {
         Ok(x) => x,
         Err(reply) => return reply,
     };
-    if request.follow {
+    if rs::progress_supported(&spec.rsync).await {
         spec.option.push("--info=progress2".into());
     }
     match agent.state.start(&spec, &agent.runner) {
-        Ok(StartOutcome::AlreadyRunning { pids }) => Reply::ok(running(&pids)),
+        Ok(StartOutcome::AlreadyRunning { .. }) if request.follow => {
+            tracing::info!(checksum = %checksum, dest = %spec.dest, src = %spec.src, "follower attached to a running transfer");
+            let runner = agent.state.runner(&checksum);
+            follow(
+                agent,
+                &checksum,
+                runner,
+                Backlog::Tail(ATTACH_BACKLOG),
+                events,
+            )
+            .await;
+            let mut reply = ended(agent, &checksum);
+            if let deploy_common::order::Body::Json(body) = &mut reply.body {
+                body.insert("attached".into(), deploy_common::order::flag(true));
+            }
+            reply
+        }
+        Ok(StartOutcome::AlreadyRunning { pids }) => {
+            Reply::ok(running(&pids, &super::status::now(agent, &checksum)))
+        }
         Ok(StartOutcome::Started { pid }) => {
             tracing::info!(checksum = %checksum, runner = pid, dest = %spec.dest, src = %spec.src, "transfer started");
             log_end(agent.state.clone(), checksum.clone());
@@ -39,20 +67,26 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
                 }
                 return Reply::ok(started(&checksum));
             }
-            follow(agent, &checksum, pid, events).await;
-            match agent.state.last(&checksum) {
-                Some(last) => {
-                    let code = last.code.unwrap_or_else(|| 128 + last.signal.unwrap_or(0));
-                    let meaning = match (last.code, last.signal) {
-                        (None, Some(sig)) => format!("killed by signal {sig}"),
-                        _ => rs::exit_meaning(code).to_owned(),
-                    };
-                    Reply::ok(finished(&checksum, code, &meaning))
-                }
-                None => Reply::error(500, "transfer ended without recording its exit status"),
-            }
+            follow(agent, &checksum, Some(pid), Backlog::All, events).await;
+            ended(agent, &checksum)
         }
         Err(e) => Reply::error(500, e.to_string()),
+    }
+}
+
+/// The reply to a follower once transfer `checksum` has ended: rsync's exit code and
+/// its meaning.
+fn ended(agent: &Agent, checksum: &str) -> Reply {
+    match agent.state.last(checksum) {
+        Some(last) => {
+            let code = last.code.unwrap_or_else(|| 128 + last.signal.unwrap_or(0));
+            let meaning = match (last.code, last.signal) {
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                _ => rs::exit_meaning(code).to_owned(),
+            };
+            Reply::ok(finished(checksum, code, &meaning))
+        }
+        None => Reply::error(500, "transfer ended without recording its exit status"),
     }
 }
 
@@ -158,13 +192,37 @@ fn transferred_bytes(tail: &[u8]) -> Option<u64> {
         })
 }
 
+/// Where a follower starts reading the transfer's output.
+#[derive(Debug, Clone, Copy)]
+enum Backlog {
+    /// From the start: the follower started the transfer.
+    All,
+    /// The last this-many bytes (from the first line boundary in them): an attaching
+    /// follower gets some context, not a long transfer's whole history.
+    Tail(u64),
+}
+
 /// Streams the transfer's output file until its runner has finished, reading what is
-/// new each time the runner writes (or exits), not on a timer.
-async fn follow(agent: &Agent, checksum: &str, runner: u32, events: &Events) {
+/// new each time the runner writes (or exits), not on a timer. `runner` may be unknown
+/// (then the end is noticed by the write of `exit` or the backstop).
+async fn follow(
+    agent: &Agent,
+    checksum: &str,
+    runner: Option<u32>,
+    backlog: Backlog,
+    events: &Events,
+) {
     let dir = agent.state.root().join(checksum);
-    let mut wake = rs::wake::Wake::new(&dir, Some(runner));
+    let mut wake = rs::wake::Wake::new(&dir, runner);
     let path = dir.join("output");
     let mut offset = 0u64;
+    let mut skip_partial = false;
+    if let Backlog::Tail(n) = backlog {
+        let len = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+        offset = len.saturating_sub(n);
+        // Mid-file: the first (partial) line is dropped.
+        skip_partial = offset > 0;
+    }
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let done = agent.state.running(checksum).is_none();
@@ -179,6 +237,9 @@ async fn follow(agent: &Agent, checksum: &str, runner: u32, events: &Events) {
         }
         while let Some(at) = pending.iter().position(|&b| b == b'\n' || b == b'\r') {
             let line: Vec<u8> = pending.drain(..=at).collect();
+            if std::mem::take(&mut skip_partial) {
+                continue;
+            }
             let text = String::from_utf8_lossy(line.get(..at).unwrap_or_default())
                 .trim()
                 .to_owned();
@@ -194,14 +255,14 @@ async fn follow(agent: &Agent, checksum: &str, runner: u32, events: &Events) {
                 .await;
         }
         if done {
-            if !pending.is_empty() {
-                let text = String::from_utf8_lossy(&pending).trim().to_owned();
+            let text = String::from_utf8_lossy(&pending).trim().to_owned();
+            if !text.is_empty() {
                 events
-                    .send(Event::Line {
+                    .send(parse_progress(&text).unwrap_or(Event::Line {
                         stream: Stream::Stdout,
                         line: text,
                         partial: false,
-                    })
+                    }))
                     .await;
             }
             return;
@@ -210,12 +271,13 @@ async fn follow(agent: &Agent, checksum: &str, runner: u32, events: &Events) {
     }
 }
 
-/// Parses an rsync `--info=progress2` line: `  1,234,567  45%   12.34MB/s    0:00:01 …`.
+/// An rsync `--info=progress2` line as an event (see [`rs::parse_progress`]).
 fn parse_progress(line: &str) -> Option<Event> {
-    let mut words = line.split_whitespace();
-    let bytes: u64 = words.next()?.replace([',', '.'], "").parse().ok()?;
-    let percent: u8 = words.next()?.strip_suffix('%')?.parse().ok()?;
-    let rate = words.next()?.to_owned();
+    let rs::Progress {
+        bytes,
+        percent,
+        rate,
+    } = rs::parse_progress(line)?;
     Some(Event::Progress {
         bytes,
         percent,

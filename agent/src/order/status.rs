@@ -1,7 +1,8 @@
-//! `status`: report a running transfer, or dry-run the group and report its figures.
+//! `status`: report a running transfer (its processes, and how far it is from the
+//! progress rsync writes to its output), or dry-run the group and report its figures.
 
 use super::Agent;
-use deploy_common::order::status::{failed, idle, running, LastTransfer};
+use deploy_common::order::status::{failed, idle, running, LastTransfer, Running};
 use deploy_common::order::{Reply, Request};
 use deploy_common::rsync::{self as rs};
 
@@ -11,7 +12,7 @@ pub(super) async fn run(agent: &Agent, request: &Request) -> Reply {
         Err(reply) => return reply,
     };
     if let Some(pids) = agent.state.running(&checksum) {
-        return Reply::ok(running(&pids));
+        return Reply::ok(running(&pids, &now(agent, &checksum)));
     }
     let out = match rs::run_foreground(&spec, true, agent.rsync_timeout()).await {
         Ok(out) => out,
@@ -39,4 +40,16 @@ pub(super) async fn run(agent: &Agent, request: &Request) -> Reply {
         }
     });
     Reply::ok(idle(stats.files, stats.size, last.as_ref()))
+}
+
+/// What the state directory tells of running transfer `checksum`: its start and the
+/// last progress update rsync printed.
+pub(super) fn now(agent: &Agent, checksum: &str) -> Running {
+    let progress = agent.state.progress(checksum);
+    Running {
+        started: agent.state.started(checksum),
+        bytes: progress.as_ref().map(|p| p.bytes),
+        percent: progress.as_ref().map(|p| p.percent),
+        rate: progress.map(|p| p.rate),
+    }
 }

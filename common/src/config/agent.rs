@@ -16,6 +16,9 @@
 //! [deploy]                    ; releases (with [server] allow_deploy = on)
 //! manifest[] = https://artifacts.example.org/manifests/
 //! hooks = off
+//! [scenarios]                 ; Octopoda scenarios: the napp order (off by default)
+//! enabled = on
+//! workspace = /var/lib/deploy/scenarios/workspace
 //! ```
 //!
 //! No other sections are allowed, nor keys before the first section header. The shipped
@@ -35,7 +38,7 @@ use crate::access::{HostAllowList, PathAllowList};
 
 /// The sections `deploy_agent.ini` may contain (for the error message).
 const AGENT_SECTIONS: &str =
-    "server, allow::hosts, allow::paths, rsync::group::<name>, jobs or deploy";
+    "server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy or scenarios";
 
 /// The prefix of rsync group sections.
 const GROUP_PREFIX: &str = "rsync::group::";
@@ -107,6 +110,24 @@ impl Default for DeployConfig {
     }
 }
 
+/// `[scenarios]`: Octopoda scenarios on this agent (the `napp` order). Scenario scripts
+/// are code sent by the caller, so they run only when `enabled = on`, and only under
+/// `workspace`, which must lie under `[allow::paths]` (the agent refuses to start
+/// otherwise; `--check` says so).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScenariosConfig {
+    /// `enabled`: serve `napp`. Default off.
+    pub enabled: bool,
+    /// `workspace`: NodeApp directories (`<workspace>/<app>@<scenario>`) and their
+    /// versions (`<workspace>/.deploy/versions`). Required when enabled.
+    pub workspace: Option<PathBuf>,
+    /// `fstore`: the file store scripts see as `OCTOPODA_FSTORE`. Default: beside the
+    /// workspace (`<workspace>/../fstore`).
+    pub fstore: Option<PathBuf>,
+    /// `log`: the log directory scripts see as `OCTOPODA_LOG`. Default: `<workspace>/../log`.
+    pub log: Option<PathBuf>,
+}
+
 /// `10M`, `512k`, `1G`, `1000` (bytes).
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -150,6 +171,8 @@ pub struct AgentConfig {
     pub jobs: Jobs,
     /// `[deploy]`.
     pub deploy: DeployConfig,
+    /// `[scenarios]`.
+    pub scenarios: ScenariosConfig,
     /// Agent-only extras.
     pub agent: AgentExtras,
 }
@@ -167,6 +190,7 @@ impl AgentConfig {
             jobs_path: None,
             jobs: Jobs::default(),
             deploy: DeployConfig::default(),
+            scenarios: ScenariosConfig::default(),
             agent: AgentExtras::default(),
         }
     }
@@ -240,6 +264,24 @@ impl AgentConfig {
                             ("timeout", _) => d.timeout = Some(cx.seconds(e)?),
                             _ => return Err(cx.unknown_key(e)),
                         }
+                    }
+                }
+                "scenarios" => {
+                    let sc = &mut config.scenarios;
+                    for e in section.entries() {
+                        match (e.key.as_str(), e.list) {
+                            ("enabled" | "workspace" | "fstore" | "log", true) => {
+                                return Err(cx.want_scalar(e))
+                            }
+                            ("enabled", _) => sc.enabled = cx.boolean(e)?,
+                            ("workspace", _) => sc.workspace = Some(cx.absolute(e)?),
+                            ("fstore", _) => sc.fstore = Some(cx.absolute(e)?),
+                            ("log", _) => sc.log = Some(cx.absolute(e)?),
+                            _ => return Err(cx.unknown_key(e)),
+                        }
+                    }
+                    if sc.enabled && sc.workspace.is_none() {
+                        return Err(cx.missing(section, "workspace"));
                     }
                 }
                 name => match name.strip_prefix(GROUP_PREFIX) {
@@ -342,6 +384,30 @@ mod tests {
         assert!(err("[deploy]\nmax_bandwidth = fast\n").contains("max_bandwidth"));
         assert!(err("[deploy]\nmanifest = x\n").contains("manifest"));
         assert_eq!(parse_size("512k"), Some(512 << 10));
+    }
+
+    #[test]
+    fn scenarios_section() {
+        let c = parse("[scenarios]\nenabled = on\nworkspace = /srv/sc/ws\nlog = /var/log/sc\n")
+            .unwrap();
+        assert!(c.scenarios.enabled);
+        assert_eq!(
+            c.scenarios.workspace.as_deref(),
+            Some(Path::new("/srv/sc/ws"))
+        );
+        assert_eq!(c.scenarios.fstore, None);
+        assert_eq!(c.scenarios.log.as_deref(), Some(Path::new("/var/log/sc")));
+        assert!(!parse("").unwrap().scenarios.enabled, "off by default");
+        assert_eq!(
+            err("\n[scenarios]\nenabled = on\n"),
+            "/etc/deploy/deploy_agent.ini:2: [scenarios]: missing key workspace"
+        );
+        assert_eq!(
+            err("[scenarios]\nworkspace = ws\n"),
+            "/etc/deploy/deploy_agent.ini:2: [scenarios] workspace: path \"ws\" must be absolute"
+        );
+        assert!(err("[scenarios]\nenable = on\n").contains(":2: [scenarios] enable: unknown key"));
+        assert!(err("[scenarios]\nenabled = maybe\n").contains(":2: [scenarios] enabled"));
     }
 
     #[test]
@@ -475,9 +541,9 @@ mod tests {
         for (text, want) in [
             (
                 "[server]\nport = 1\n[sever]\nport = 2\n",
-                "/etc/deploy/deploy_agent.ini:3: unknown section [sever] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs or deploy)",
+                "/etc/deploy/deploy_agent.ini:3: unknown section [sever] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy or scenarios)",
             ),
-            ("[client]\n", "/etc/deploy/deploy_agent.ini:1: unknown section [client] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs or deploy)"),
+            ("[client]\n", "/etc/deploy/deploy_agent.ini:1: unknown section [client] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy or scenarios)"),
             (
                 "port = 3440\n[server]\n",
                 "/etc/deploy/deploy_agent.ini:1: key \"port\" before the first [section] header",

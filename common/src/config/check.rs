@@ -9,6 +9,7 @@
 //! | a job's program is missing | yes | — | no |
 //! | a group's `src` is outside `[allow::paths]` | yes | — | no (its orders get 403) |
 //! | a group's `option[]` has neither `-a` nor `-r` | yes | — | no |
+//! | `[scenarios]` enabled with a workspace outside `[allow::paths]` | yes | — | yes ([`scenarios_refusal`]) |
 //!
 //! Each problem is one line naming the file, the section and the key.
 
@@ -73,6 +74,24 @@ pub fn secrets_refusal(file: &Path, weak: &[String], server: &ServerConfig) -> O
     ))
 }
 
+/// The refusal for scenarios enabled with a workspace outside `[allow::paths]` (its
+/// scripts and files must stay where the agent may write), `None` if all is well. As
+/// for a group's `src`, the check is canonical when the path resolves and lexical
+/// otherwise; every `napp` order checks the workspace canonically again.
+pub fn scenarios_refusal(config: &AgentConfig) -> Option<String> {
+    let sc = &config.scenarios;
+    let workspace = sc.workspace.as_ref().filter(|_| sc.enabled)?;
+    if inside_allowed(config, &workspace.to_string_lossy()) {
+        return None;
+    }
+    Some(format!(
+        "{}: [scenarios] workspace: {} is not under an [allow::paths] path; \
+         scenarios write files and run scripts only where the agent may write",
+        config.path.display(),
+        workspace.display()
+    ))
+}
+
 /// Everything `deploy-agent --check` reports beyond syntax (one line each).
 pub fn agent_problems(config: &AgentConfig) -> Vec<String> {
     let file = config.path.display();
@@ -86,6 +105,7 @@ pub fn agent_problems(config: &AgentConfig) -> Vec<String> {
     ) {
         problems.push(format!("{file}: [server] {e}"));
     }
+    problems.extend(scenarios_refusal(config));
     for (name, group) in &config.groups {
         let section = format!("[rsync::group::{name}]");
         if !is_executable(&group.rsync) {
@@ -273,6 +293,28 @@ mod tests {
         let mut c = c;
         c.server.allow_default_secrets = true;
         assert_eq!(agent_problems(&c).len(), 3);
+    }
+
+    #[test]
+    fn scenarios_workspace_must_be_allowed() {
+        let on = |ws: &str| {
+            agent(&format!(
+                "[allow::paths]\npath[] = /srv/allowed\n[scenarios]\nenabled = on\nworkspace = {ws}\n"
+            ))
+        };
+        assert_eq!(scenarios_refusal(&on("/srv/allowed/sc/ws")), None);
+        let refusal = scenarios_refusal(&on("/srv/other")).unwrap();
+        assert!(
+            refusal.starts_with("/e/agent.ini: [scenarios] workspace: /srv/other is not under an [allow::paths] path"),
+            "{refusal}"
+        );
+        assert!(scenarios_refusal(&on("/srv/allowed/../etc")).is_some());
+        let mut off = on("/srv/other");
+        off.scenarios.enabled = false;
+        assert_eq!(scenarios_refusal(&off), None, "off: nothing to refuse");
+        assert!(agent_problems(&on("/srv/other"))
+            .iter()
+            .any(|p| p.contains("[scenarios] workspace")));
     }
 
     #[test]

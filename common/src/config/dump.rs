@@ -19,7 +19,7 @@
 //! commented out (`# user = (unset)`). Sections read from other files (jobs, API keys) are summed up in
 //! comments.
 
-use super::agent::{AgentConfig, DeployConfig};
+use super::agent::{AgentConfig, DeployConfig, ScenariosConfig};
 use super::proxy::{AgentProtocol, ProxyConfig};
 use super::ServerConfig;
 use std::fmt::{Display, Write as _};
@@ -148,6 +148,14 @@ fn deploy(out: &mut Out, d: &DeployConfig) {
     out.opt("timeout", d.timeout.map(|t| t.as_secs()));
 }
 
+fn scenarios(out: &mut Out, s: &ScenariosConfig) {
+    out.section("scenarios");
+    out.on_off("enabled", s.enabled);
+    out.path("workspace", s.workspace.as_ref());
+    out.path("fstore", s.fstore.as_ref());
+    out.path("log", s.log.as_ref());
+}
+
 /// The agent's effective configuration (see the module docs).
 pub fn agent(c: &AgentConfig) -> String {
     let mut out = Out::new(&c.path);
@@ -173,6 +181,7 @@ pub fn agent(c: &AgentConfig) -> String {
         out.comment(&format!("{} job(s): {}", names.len(), names.join(" ")));
     }
     deploy(&mut out, &c.deploy);
+    scenarios(&mut out, &c.scenarios);
     out.0
 }
 
@@ -254,6 +263,10 @@ option[] = -a --delete
 [deploy]
 manifest[] = https://example.invalid/m/
 timeout = 60
+[scenarios]
+enabled = on
+workspace = /srv/scenarios/workspace
+log = /var/log/scenarios
 ";
 
     /// The dump parses back to the same configuration, secrets aside, and hides them.

@@ -45,7 +45,7 @@ pub mod ini;
 pub mod jobs;
 pub mod proxy;
 
-pub use agent::{AgentConfig, AgentExtras, RsyncGroup};
+pub use agent::{AgentConfig, AgentExtras, RsyncGroup, ScenariosConfig};
 pub use ini::Ini;
 pub use jobs::{JobError, JobTemplate, Jobs};
 pub use proxy::{ApiKeys, ProxyClientConfig, ProxyConfig};

@@ -19,10 +19,11 @@
 //! directory travel as links, never followed; a link whose target would leave the
 //! fetched tree (absolute, or climbing above it) is left out and counted in `skipped`.
 //!
-//! Variables, Octopoda's: `@workspace` and `@fstore` (the `[scenarios]` directories, where
-//! the agent has them), `@log` (the directory of the agent's error log), `@root`
-//! (`/root`, as Octopoda). A variable the node does not have is refused with 400,
-//! naming it.
+//! Variables, Octopoda's: on an agent with a `[scenarios] workspace`, the directories
+//! its scenario scripts see (`@root` = `OCTOPODA_ROOT`, `@workspace`, `@fstore`, `@log`);
+//! on one without, `@log` is the directory of its error log and `@root` is `/root`
+//! (Octopoda's default). A variable the node does not have is refused with 400, naming
+//! it.
 
 use std::path::{Component, Path};
 

@@ -153,6 +153,14 @@ pub struct Request {
     /// v2 only: the proxies this request already went through (loop detection).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub via: Vec<String>,
+    /// v2 only, to a proxy: all or nothing. The proxy connects to (and authenticates
+    /// with) every server the request selects before it sends the order to any, and
+    /// sends it nowhere unless all connected ([`crate::gate`]). deploy-client sets it for
+    /// the orders that start work ([`crate::gate::ORDERS`]) unless
+    /// `--skip-unreachable`; absent (the original's requests), the proxy delivers to
+    /// whoever it can reach.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
     /// `run`: the command and its arguments (ssh semantics: joined with spaces and
     /// given to the remote shell over SSH; on agents, run as argv).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

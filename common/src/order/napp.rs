@@ -27,8 +27,15 @@
 //! get      {"napp":{"action":"get","scenario":"s","app":"a"}}   (app empty: every NodeApp)
 //!          → {"return":"true","napps":"<JSON list: {scenario,app,dir,current,versions}>"}
 //! purge    {"napp":{"action":"purge","scenario":"s","app":"a"}}
-//!          → {"return":"true"}   the NodeApp directory and its versions removed
+//!          → {"return":"true","existed":"true"|"false"}   the NodeApp directory and
+//!             its versions removed
 //! ```
+//!
+//! As the node implements it (`deploy-napp`): `push` extracts over the directory, so
+//! files absent from the push stay (as Octopoda's unpack; `reset` or `purge` remove
+//! them); a version's `time` is RFC 3339 UTC with milliseconds; ids are 64 hex digits;
+//! `versions` of a NodeApp that has none lists nothing (`total` 0); `reset` of one is
+//! 404; `script` makes the NodeApp directory if it is missing.
 //!
 //! Names (`scenario`, `app`) are single path components: no `/`, no NUL, not `.` or
 //! `..`, not starting with `.`, at most 128 bytes ([`valid_name`]); the node refuses others.

@@ -12,8 +12,8 @@
 //! |---|---|
 //! | [`options`] | `--options` → [`RsyncSpec`]: group lookup, inline `dest,src`, validation |
 //! | this file | [`checksum`], [`argv`], [`exit_meaning`] and the error types |
-//! | [`output`] | [`parse_stats`] and [`parse_file_list`] for rsync 3.0 and 3.1+ output |
-//! | [`run`] | [`run_foreground`]: a dry-run (or any run) with combined output and a timeout |
+//! | [`output`] | [`parse_stats`] and [`parse_file_list`] for rsync 3.0 and 3.1+ output, [`parse_progress`] |
+//! | [`run`] | [`run_foreground`]: a dry-run (or any run) with combined output and a timeout; [`progress_supported`] |
 //! | [`state`] | [`StateDir`]: background transfers that outlive the worker, and [`runner_main`] |
 //! | [`wake`] | [`wake::Wake`]: a follower woken by the transfer's writes and its runner's exit |
 //!
@@ -52,8 +52,11 @@ pub mod wake;
 mod tests;
 
 pub use options::resolve;
-pub use output::{parse_file_list, parse_stats, unescape, FileList, Stats, LOCALE};
-pub use run::{run_foreground, RunOutput};
+pub use output::{
+    last_progress, parse_file_list, parse_progress, parse_stats, unescape, FileList, Progress,
+    Stats, LOCALE,
+};
+pub use run::{progress_supported, run_foreground, RunOutput};
 pub use state::{runner_main, LastRun, RunnerCommand, StartOutcome, StateDir};
 
 /// The rsync binary used when a group names none, and always for inline `dest,src`.

@@ -244,6 +244,69 @@ pub fn parse_file_list(output: &str) -> FileList {
     list
 }
 
+/// One `--info=progress2` update: the whole transfer so far, as rsync reports it.
+///
+/// ```text
+/// \r      1,234,567  45%   12.34MB/s    0:00:01 (xfr#3, to-chk=10/20)
+///        bytes        percent  rate      time    (optional)
+/// ```
+///
+/// The percentage is rsync's: with incremental recursion it is of the files listed so
+/// far, so it can go down when more are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes transferred so far.
+    pub bytes: u64,
+    /// Percent done, 0–100.
+    pub percent: u8,
+    /// The rate as rsync prints it, e.g. `12.34MB/s`.
+    pub rate: String,
+}
+
+/// Reads one progress update (a line or `\r`-separated segment, trimmed or not);
+/// `None` for anything else, including an update cut short (no `%`, no rate ending in
+/// `/s`), so that a half-written last update is never taken for a figure.
+pub fn parse_progress(line: &str) -> Option<Progress> {
+    let mut words = line.split_whitespace();
+    let bytes = words.next()?;
+    if !bytes
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b',' || b == b'.')
+    {
+        return None;
+    }
+    let bytes: u64 = bytes.replace([',', '.'], "").parse().ok()?;
+    let percent: u8 = words.next()?.strip_suffix('%')?.parse().ok()?;
+    let rate = words.next()?;
+    if percent > 100 || !rate.ends_with("/s") {
+        return None;
+    }
+    // Then the time (`0:00:15`) and, at a file's end, `(xfr#3, to-chk=10/20)`; anything
+    // else is a message written right after an update, without a line break between.
+    if words.next().is_some_and(|time| !time.contains(':')) {
+        return None;
+    }
+    let rest: Vec<&str> = words.collect();
+    if let (Some(first), Some(last)) = (rest.first(), rest.last()) {
+        if !first.starts_with('(') || !last.ends_with(')') {
+            return None;
+        }
+    }
+    Some(Progress {
+        bytes,
+        percent,
+        rate: rate.to_owned(),
+    })
+}
+
+/// The last progress update in `output` (rsync's combined output, or its tail).
+pub fn last_progress(output: &[u8]) -> Option<Progress> {
+    String::from_utf8_lossy(output)
+        .split(['\r', '\n'])
+        .rev()
+        .find_map(parse_progress)
+}
+
 /// The bytes of a name as rsync printed it: each `\#ooo` (three octal digits) becomes
 /// that byte; everything else is kept. Inverse of rsync's escaping (see the module docs).
 pub fn unescape(name: &str) -> Vec<u8> {
@@ -431,6 +494,40 @@ total size is 98765432  speedup is 3.96 (DRY RUN)
         assert_eq!(unescape(r"back\#134#012slash"), br"back\#012slash");
         assert_eq!(unescape(r"a\b\#9\#400\#"), br"a\b\#9\#400\#");
         assert_eq!(unescape("ünï"), "ünï".as_bytes());
+    }
+
+    #[test]
+    fn progress_updates() {
+        assert_eq!(
+            parse_progress("      7,238,220 100%   12.34MB/s    0:00:00 (xfr#120, to-chk=0/133)"),
+            Some(Progress {
+                bytes: 7_238_220,
+                percent: 100,
+                rate: "12.34MB/s".into()
+            })
+        );
+        assert_eq!(parse_progress("sent 1,234 bytes  received 5 bytes"), None);
+        assert_eq!(parse_progress("file001.txt"), None);
+        assert_eq!(parse_progress("  1,234,567  4"), None, "cut short");
+        assert_eq!(parse_progress("  1,234,567  45%  12.3"), None, "cut short");
+        assert_eq!(parse_progress("  12  140%  1.00kB/s"), None);
+        assert_eq!(
+            parse_progress(
+                "  557,056  27%  103.96kB/s    0:00:13 rsync error: received SIGINT (code 20)"
+            ),
+            None,
+            "a message glued to an update is a message"
+        );
+        let output = b"receiving incremental file list\n>f+++++++++ big.bin\n\r         32,768   0%    0.00kB/s    0:00:00\r        425,984  10%  102.40kB/s    0:00:36\r  1,2";
+        assert_eq!(
+            last_progress(output),
+            Some(Progress {
+                bytes: 425_984,
+                percent: 10,
+                rate: "102.40kB/s".into()
+            })
+        );
+        assert_eq!(last_progress(b"receiving incremental file list\n"), None);
     }
 
     /// Names that look like rsync's human output are read by the itemize field, not by

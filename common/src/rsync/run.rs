@@ -5,9 +5,15 @@
 //! without a shell. rsync runs in its own process group: it forks helpers (the receiver
 //! and generator, an `--rsh` program), and on timeout or cancellation the whole group is
 //! killed, not only the process we started.
+//!
+//! [`progress_supported`] asks a binary its version once (per binary and process), so
+//! that background transfers ask for `--info=progress2` only from an rsync that has it.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
@@ -125,5 +131,84 @@ pub async fn run_foreground(
                 output,
             })
         }
+    }
+}
+
+/// How long `rsync --version` may take in [`progress_supported`].
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether `rsync` understands `--info=progress2` (rsync 3.1 and later), from the first
+/// line of `rsync --version`; remembered per binary for the life of the process. A
+/// binary that cannot be run, or prints no version, is taken as not supporting it.
+pub async fn progress_supported(rsync: &Path) -> bool {
+    static KNOWN: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Mutex::default);
+    let cached = known.lock().ok().and_then(|k| k.get(rsync).copied());
+    if let Some(answer) = cached {
+        return answer;
+    }
+    let probe = tokio::process::Command::new(rsync)
+        .arg("--version")
+        .env("LC_ALL", super::LOCALE)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let answer = match tokio::time::timeout(VERSION_TIMEOUT, probe).await {
+        Ok(Ok(out)) => has_info_option(&String::from_utf8_lossy(&out.stdout)),
+        _ => false,
+    };
+    if let Ok(mut known) = known.lock() {
+        known.insert(rsync.to_owned(), answer);
+    }
+    answer
+}
+
+/// Whether the version in `rsync  version 3.2.7  protocol version 32` is 3.1 or later.
+fn has_info_option(version_text: &str) -> bool {
+    let Some(first) = version_text.lines().next() else {
+        return false;
+    };
+    let mut words = first.split_whitespace();
+    let (Some("rsync"), Some("version"), Some(version)) =
+        (words.next(), words.next(), words.next())
+    else {
+        return false;
+    };
+    let mut parts = version.trim_start_matches('v').split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .unwrap_or(0)
+    });
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= (3, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_info_option;
+
+    #[test]
+    fn versions_with_info_progress2() {
+        assert!(has_info_option(
+            "rsync  version 3.2.7  protocol version 32\nCopyright"
+        ));
+        assert!(has_info_option(
+            "rsync  version v3.4.1  protocol version 32"
+        ));
+        assert!(has_info_option(
+            "rsync  version 3.1.0pre1  protocol version 31"
+        ));
+        assert!(!has_info_option(
+            "rsync  version 3.0.9  protocol version 30"
+        ));
+        assert!(!has_info_option(
+            "rsync  version 2.6.9  protocol version 29"
+        ));
+        assert!(!has_info_option(""));
+        assert!(!has_info_option("openrsync: protocol version 29"));
     }
 }

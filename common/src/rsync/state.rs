@@ -60,6 +60,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+use super::output::{last_progress, Progress};
 use super::{argv, checksum, RsyncError, RsyncSpec};
 
 /// How long `rkill` lets a transfer's processes clean up after SIGTERM before SIGKILL.
@@ -136,6 +137,13 @@ const EXIT: &str = "exit";
 
 /// How much of the output [`StateDir::last`] returns: the last 64 KiB.
 pub const TAIL_BYTES: u64 = 64 * 1024;
+
+/// How much of the output's end [`StateDir::progress`] reads: rsync prints an update
+/// at least at the end of every file, so the last one is never far from the end.
+const PROGRESS_TAIL: u64 = 16 * 1024;
+
+/// The most of `meta.json` read (its argv is the group's options: small).
+const META_LIMIT: u64 = 1 << 20;
 
 /// The runner's exit code (and the `code` in `exit`) when it cannot start rsync, like a
 /// shell's "command not found".
@@ -367,6 +375,37 @@ impl StateDir {
         let mut pids: Vec<u32> = session_members(&dir).iter().map(|m| m.pid).collect();
         pids.sort_unstable();
         Some(pids)
+    }
+
+    /// The runner of transfer `checksum`, if it is alive (a follower waits on it).
+    pub fn runner(&self, checksum: &str) -> Option<u32> {
+        live_runner(&self.transfer_dir(checksum)?)
+    }
+
+    /// When transfer `checksum` (the running one, or the last) was started, Unix
+    /// seconds, from its `meta.json`.
+    pub fn started(&self, checksum: &str) -> Option<u64> {
+        let dir = self.transfer_dir(checksum)?;
+        let mut text = Vec::new();
+        open_read(&dir.join(META))
+            .ok()?
+            .take(META_LIMIT)
+            .read_to_end(&mut text)
+            .ok()?;
+        let meta: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        meta.get("started")?.as_u64()
+    }
+
+    /// The last `--info=progress2` update in transfer `checksum`'s output, if rsync has
+    /// printed one (see [`super::output::last_progress`]).
+    pub fn progress(&self, checksum: &str) -> Option<Progress> {
+        let dir = self.transfer_dir(checksum)?;
+        last_progress(&read_tail(&dir.join(OUTPUT), PROGRESS_TAIL))
+    }
+
+    /// Transfer `checksum`'s output file, for a follower to read.
+    pub fn output_path(&self, checksum: &str) -> Option<PathBuf> {
+        Some(self.transfer_dir(checksum)?.join(OUTPUT))
     }
 
     /// Stop transfer `checksum`: SIGTERM its processes (see [`StateDir::running`]) and

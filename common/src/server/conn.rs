@@ -16,6 +16,9 @@
 //! padding, not a request, wrong `auth_key` — checked first) gets one answer: the sealed
 //! empty 401 a wrong key gets, of the same length; a peer with `ssl_max_failures`
 //! failures within a minute has its v1 ssl refused for a while (see [`super::peers`]).
+//! A v1 "ssl" caller this server does not serve (`legacy_protocol = off`, `ssl = off`)
+//! gets its refusal sealed with its passphrase when the server has its private key, so
+//! that the Perl client can print it; in plain text when it has none.
 
 use super::peers::{LogRate, PeerLimits, PeerTable};
 use crate::access::HostAllowList;
@@ -584,8 +587,10 @@ async fn serve_v1_ssl<H: Handler>(
             400,
             "this server does not serve the v1 ssl mode (ssl = off); use the plain mode",
         );
-        // In plain text: with ssl off, no private-key operation is done for v1 callers.
-        return v1_answer(stream, peer, None, &reply, None, started).await;
+        // Sealed when the server has its private key (loaded for v2), so that the Perl
+        // client prints the reason rather than `Protocol mismatch.`; in plain text
+        // without one. As when v1 is off altogether.
+        return refuse_v1_ssl(stream, peer, policy, &reply).await;
     }
     let Some(key) = policy.private_key.clone() else {
         // Not configured for ssl: answer in plain text, as a plain server would, but
@@ -688,7 +693,8 @@ async fn open_v1_ssl(
     Ok(Some(ssl::open_request_uniform(key, &head, &ciphertext)?))
 }
 
-/// Refuses a v1 "ssl" caller when `legacy_protocol = off` with `reply`. With its
+/// Refuses a v1 "ssl" caller when `legacy_protocol = off` (or `ssl = off`) with
+/// `reply`. With its
 /// private key (loaded for v2) the server reads the request and seals the refusal with
 /// the caller's passphrase, so that the Perl client prints the reason; a refusal in
 /// plain text is all it could show as `Protocol mismatch.`. Without the key, plain text

@@ -93,9 +93,13 @@ pub struct SshOptions {
     pub password: Option<String>,
     /// Asks for the passphrase of an encrypted key file (once per file).
     pub passphrase: Option<PassphrasePrompt>,
-    /// The local user: the remote user when neither the target nor the configuration
-    /// names one.
+    /// The local user (`%u`): the remote user when neither the target, the
+    /// configuration nor [`SshOptions::default_user`] names one.
     pub local_user: String,
+    /// The remote user when neither the target nor the configuration's `User` names
+    /// one (a default, under ssh_config; a user given on the command line goes in the
+    /// target instead, which wins over the configuration as `ssh -l` does).
+    pub default_user: Option<String>,
     /// The local home directory (`~`).
     pub home: PathBuf,
     /// Longest wait for the TCP connection, then again for the SSH handshake.
@@ -124,6 +128,7 @@ impl SshOptions {
             password: None,
             passphrase: None,
             local_user: local_user.into(),
+            default_user: None,
             home: home.into(),
             connect_timeout: Duration::from_secs(10),
             deadline: None,
@@ -588,6 +593,28 @@ impl Transport for SshTransport {
             let outcome = shared.deliver_run(target, request, events).await;
             shared.stats.done.fetch_add(1, Ordering::Relaxed);
             outcome
+        })
+    }
+
+    /// Connects and authenticates (through the jump hosts, if any), then closes: the
+    /// connect stage of a strict run that mixes SSH hosts with agents or goes through
+    /// a proxy ([`crate::gate`]). Among themselves, the SSH hosts of a run meet at the
+    /// hub's barrier instead (`connect_all_or_none`), on the connection they run on.
+    fn connect<'a>(
+        &'a self,
+        target: &'a Target,
+        _request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), Outcome>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let work = async {
+                shared.connect(target).await?;
+                Ok(Reply::empty(200))
+            };
+            match shared.bounded(target, work).await {
+                Outcome::Reply(_) => Ok(()),
+                other => Err(other),
+            }
         })
     }
 }

@@ -231,6 +231,7 @@ impl Shared {
         let user = user
             .map(str::to_owned)
             .or(config.user)
+            .or_else(|| self.options.default_user.clone())
             .unwrap_or_else(|| self.options.local_user.clone());
         let tokens = Tokens {
             home: &self.options.home,

@@ -214,6 +214,49 @@ impl Transport for AgentTransport {
     ) -> BoxFuture<'a, Outcome> {
         self.deliver_to(target, request, Sink::Tagged(events))
     }
+
+    /// v2: connects and completes the handshake (the shared secret, and the pinned key
+    /// if any, proven both ways); the connection goes to the pool for the delivery that
+    /// follows, or is closed without one. v1 has nothing to prove before the request,
+    /// so only the TCP connection is made (and closed). Bounded by the deadline, like a
+    /// delivery.
+    fn connect<'a>(
+        &'a self,
+        target: &'a Target,
+        _request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), Outcome>> {
+        Box::pin(async move {
+            let stage = async {
+                let mut stream = connect(target, self.connect_timeout).await?;
+                if self.protocol == Protocol::V1 {
+                    let _ = stream.shutdown().await;
+                    return Ok(());
+                }
+                let params = ClientParams {
+                    key_cipher: &self.key_cipher,
+                    pinned: self.public_key.as_deref(),
+                    now: unix_now(),
+                };
+                let mut conn = match handshake::client(stream, params).await {
+                    Ok(conn) => conn,
+                    Err(WireError::Refused { code, message }) => {
+                        return Err(Outcome::Reply(Reply::error(code, message)))
+                    }
+                    Err(e) => return Err(v2_failure(e)),
+                };
+                match &self.pool {
+                    Some(pool) => pool.put(target.address(), conn),
+                    None => {
+                        let _ = conn.get_mut().shutdown().await;
+                    }
+                }
+                Ok(())
+            };
+            timeout(self.deadline, stage)
+                .await
+                .unwrap_or(Err(Outcome::Timeout(self.deadline)))
+        })
+    }
 }
 
 impl AgentTransport {

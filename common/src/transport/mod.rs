@@ -9,6 +9,9 @@
 //! | [`agent`] | [`AgentTransport`]: TCP to a deploy agent (or proxy), protocol v2 or v1 |
 //! | [`mux`] | [`Mux`]: each target to the transport of its scheme (agent or `ssh://`) |
 //!
+//! [`Transport::connect`] is the connect stage of strict runs ([`crate::gate`]): every
+//! target reached and authenticated before anything is sent to any.
+//!
 //! # Design
 //!
 //! A transport knows how to reach a target and nothing about who asked: the fan-out
@@ -98,6 +101,21 @@ pub trait Transport: Send + Sync {
             let (outcome, ()) = tokio::join!(delivery, forward);
             outcome
         })
+    }
+
+    /// The connect stage of a strict run ([`crate::gate`]): reaches `target` and proves
+    /// who we are (connects and authenticates) without starting anything, so that a run
+    /// can start nowhere unless every target is there. `Err` is the outcome the target
+    /// gets (unreachable, refused…). A transport that keeps connections (the agent
+    /// transport with a pool) keeps this one for the delivery that follows. The default
+    /// checks nothing: a transport that cannot tell before delivering passes.
+    fn connect<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), Outcome>> {
+        let _ = (target, request);
+        Box::pin(async { Ok(()) })
     }
 }
 

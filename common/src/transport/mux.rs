@@ -61,6 +61,22 @@ impl Transport for Mux {
             (Scheme::Ssh, None) => unsupported(),
         }
     }
+
+    fn connect<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), Outcome>> {
+        match (target.scheme, &self.ssh) {
+            (Scheme::Agent, _) => self.agent.connect(target, request),
+            (Scheme::Ssh, Some(ssh)) => ssh.connect(target, request),
+            (Scheme::Ssh, None) => Box::pin(async {
+                Err(Outcome::Failed(
+                    "SSH hosts are not supported here".to_owned(),
+                ))
+            }),
+        }
+    }
 }
 
 /// The outcome for an SSH target without an SSH transport.

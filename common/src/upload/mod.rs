@@ -313,6 +313,16 @@ pub async fn build_and_keep_in(spec: &UploadSpec, base: &Path) -> Result<Arc<Man
     .clone()
 }
 
+/// Keeps `manifest`, made by the caller (walked and then filtered), as the one every
+/// later delivery of `spec` sends; a manifest already kept for `spec` stays.
+pub async fn keep(spec: &UploadSpec, manifest: Arc<Manifest>) {
+    let cell = {
+        let mut cache = cache().lock().await;
+        Arc::clone(cache.entry(spec.clone()).or_default())
+    };
+    let _ = cell.set(Ok(manifest));
+}
+
 /// The process's manifests, by spec.
 fn cache() -> &'static tokio::sync::Mutex<HashMap<UploadSpec, Cached>> {
     static CACHE: OnceLock<tokio::sync::Mutex<HashMap<UploadSpec, Cached>>> = OnceLock::new();

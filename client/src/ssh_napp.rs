@@ -1,0 +1,362 @@
+//! Scenarios on `ssh://` hosts: the `napp` order turned into what an SSH host can do,
+//! so that `scenario apply` drives agents and SSH hosts alike.
+//!
+//! ```text
+//! push     the app's sourcepath walked once, streamed as tar (SSH `upload`) into
+//!          <workspace>/<app>@<scenario> (created if missing); no version recorded
+//! script   `run` of `sh -s`: the script (base64) and a fresh $OCTOPODA_OUTPUT in
+//!          mktemp files, the OCTOPODA_*/DEPLOY_* variables exported, cd to the
+//!          NodeApp dir, `sh SCRIPT`; its lines stream as they come, then one marker
+//!          line (hidden) carries the exit code and the output file, base64
+//! purge    `run` of rm -rf on the NodeApp dir
+//! others   501: NodeApp versions (commit, versions, reset, get) live on agents only
+//! ```
+//!
+//! The workspace (`--ssh-workspace`, relative to the remote home unless absolute) may
+//! hold `%h`/`%p`, the host and port as written, for hosts that share a file system.
+//! Every value goes into the script single-quoted ([`quote`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use deploy_common::order::napp::{self, Action, NappSpec};
+use deploy_common::order::{flag, object, Reply, Request};
+use deploy_common::target::{expand, Target};
+use deploy_common::transport::{BoxFuture, Outcome, Transport};
+use deploy_common::upload::UploadSpec;
+use deploy_common::wire::message::Event;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::ssh_release::quote;
+
+/// The default workspace on SSH hosts, relative to the remote home.
+pub const DEFAULT_WORKSPACE: &str = ".deploy/scenarios/workspace";
+
+/// The first word of the line that ends a script's output.
+const MARK: &str = "@@deploy-napp-result@@";
+
+/// The SSH transport, with `napp` orders translated (see the module documentation).
+pub struct SshNapp {
+    inner: Arc<dyn Transport>,
+    workspace: String,
+    /// Each app's sourcepath, for `push`.
+    sources: HashMap<String, PathBuf>,
+    /// The scenario folder (its `.deploy/` is never sent).
+    root: PathBuf,
+}
+
+impl SshNapp {
+    /// Wraps the SSH transport `inner`.
+    pub fn new(
+        inner: Arc<dyn Transport>,
+        workspace: String,
+        sources: HashMap<String, PathBuf>,
+        root: PathBuf,
+    ) -> SshNapp {
+        SshNapp {
+            inner,
+            workspace,
+            sources,
+            root,
+        }
+    }
+
+    fn dir(&self, target: &Target, spec: &NappSpec) -> String {
+        let ws = expand(&self.workspace, target, &[]);
+        format!(
+            "{}/{}",
+            ws.trim_end_matches('/'),
+            napp::dir_name(&spec.app, &spec.scenario)
+        )
+    }
+
+    async fn push(&self, target: &Target, spec: &NappSpec) -> Outcome {
+        let Some(source) = self.sources.get(&spec.app) else {
+            return reply(Reply::error(400, format!("no sources for {:?}", spec.app)));
+        };
+        let dir = self.dir(target, spec);
+        let upload = UploadSpec {
+            files: vec![".".into()],
+            root: dir.clone(),
+            relative: true,
+            no_owner: true,
+        };
+        if let Err(why) = deploy_scenario::apply::walk(&upload, source, &self.root).await {
+            return reply(Reply::error(500, format!("sources: {why}")));
+        }
+        let request = Request {
+            order: "upload".into(),
+            upload: Some(Box::new(upload)),
+            ..Request::default()
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let (outcome, ()) = tokio::join!(self.inner.deliver(target, &request, tx), drain(rx));
+        match outcome {
+            Outcome::Reply(r) if r.code == 200 => {
+                let body = r.content();
+                let text = |k: &str| body.get(k).cloned().unwrap_or(Value::from(""));
+                if body.get("return").and_then(Value::as_str) != Some("true") {
+                    return Outcome::Reply(r);
+                }
+                reply(Reply::ok(object([
+                    ("return", flag(true)),
+                    ("dir", Value::from(dir)),
+                    ("version", Value::from("")),
+                    ("files", text("files")),
+                    ("bytes", text("bytes")),
+                ])))
+            }
+            other => other,
+        }
+    }
+
+    fn script_text(&self, target: &Target, spec: &NappSpec) -> Result<String, Reply> {
+        let q = |what, v: &str| quote(what, v).map_err(|e| Reply::error(400, e.to_string()));
+        let dir = self.dir(target, spec);
+        let ws = expand(&self.workspace, target, &[]);
+        let mut text = String::from("set -u\n");
+        // Relative paths are the remote home's: made absolute for the variables.
+        text.push_str(&format!(
+            "abs() {{ case $1 in /*) printf '%s' \"$1\";; *) printf '%s/%s' \"$HOME\" \"$1\";; esac; }}\n\
+             D=$(abs {}); W=$(abs {}); R=$(dirname -- \"$W\")\n",
+            q("the NodeApp directory", &dir)?,
+            q("the workspace", ws.trim_end_matches('/'))?
+        ));
+        text.push_str(
+            "mkdir -p -- \"$D\" || exit 70\n\
+             O=$(mktemp \"${TMPDIR:-/tmp}/deploy-napp.XXXXXX\") || exit 70\n\
+             S=$(mktemp \"${TMPDIR:-/tmp}/deploy-napp.XXXXXX\") || exit 70\n\
+             trap 'rm -f \"$O\" \"$S\"' EXIT\n",
+        );
+        text.push_str(&format!(
+            "printf '%s' {} | base64 -d >\"$S\" || exit 70\n",
+            q("the script", &spec.script)?
+        ));
+        for (k, v) in &spec.env {
+            if !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(Reply::error(400, format!("bad variable name {k:?}")));
+            }
+            text.push_str(&format!("{k}={}; export {k}\n", q("a variable", v)?));
+        }
+        for prefix in ["OCTOPODA_", "DEPLOY_"] {
+            text.push_str(&format!(
+                "{p}CURRENTDIR=$D {p}OUTPUT=$O {p}ROOT=$R {p}WORKSPACE=$W {p}FSTORE=$R/fstore \
+                 {p}STOREDIR=$R/fstore {p}LOG=$R/log\n\
+                 export {p}CURRENTDIR {p}OUTPUT {p}ROOT {p}WORKSPACE {p}FSTORE {p}STOREDIR {p}LOG\n",
+                p = prefix
+            ));
+        }
+        text.push_str(&format!(
+            "cd -- \"$D\" || exit 70\n\
+             sh \"$S\" </dev/null; c=$?\n\
+             printf '\\n%s %s %s\\n' '{MARK}' \"$c\" \"$(base64 <\"$O\" | tr -d '\\n')\"\n"
+        ));
+        Ok(format!("{{\n{text}}} </dev/null\n"))
+    }
+
+    async fn script(
+        &self,
+        target: &Target,
+        spec: &NappSpec,
+        follow: bool,
+        events: mpsc::Sender<Event>,
+    ) -> Outcome {
+        let text = match self.script_text(target, spec) {
+            Ok(t) => t,
+            Err(r) => return reply(r),
+        };
+        let request = run(&text, follow);
+        let (tx, mut rx) = mpsc::channel(64);
+        // Lines pass as they come, but for the marker (and the blank line before it).
+        let forward = async {
+            let mut blank = None;
+            while let Some(event) = rx.recv().await {
+                if let Event::Line { line, .. } = &event {
+                    if line.starts_with(MARK) {
+                        blank = None;
+                        continue;
+                    }
+                    if line.is_empty() && blank.is_none() {
+                        blank = Some(event);
+                        continue;
+                    }
+                }
+                if let Some(held) = blank.take() {
+                    let _ = events.send(held).await;
+                }
+                let _ = events.send(event).await;
+            }
+        };
+        let (outcome, ()) = tokio::join!(self.inner.deliver(target, &request, tx), forward);
+        let Outcome::Reply(r) = outcome else {
+            return outcome;
+        };
+        let body = r.content();
+        let output = body
+            .get("content")
+            .and_then(Value::as_str)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .unwrap_or_default();
+        let output = String::from_utf8_lossy(&output).into_owned();
+        let Some(at) = output.rfind(MARK) else {
+            // The wrapper itself failed (no shell, no mktemp…): as the host said.
+            let code = body.get("code").and_then(Value::as_str).unwrap_or("?");
+            return reply(Reply::error(
+                500,
+                format!("napp script: exit {code}: {}", output.trim()),
+            ));
+        };
+        let mut words = output
+            .get(at..)
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1);
+        let code: i32 = words.next().and_then(|c| c.parse().ok()).unwrap_or(-1);
+        let file = words.next().unwrap_or_default();
+        let stdout = output
+            .get(..at)
+            .unwrap_or_default()
+            .strip_suffix('\n')
+            .unwrap_or_default();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        reply(Reply::ok(object([
+            ("return", flag(code == 0)),
+            ("code", Value::from(code.to_string())),
+            ("output", Value::from(file)),
+            ("stdout", Value::from(b64.encode(stdout))),
+            ("stderr", Value::from("")),
+        ])))
+    }
+
+    async fn purge(&self, target: &Target, spec: &NappSpec) -> Outcome {
+        let dir = match quote("the NodeApp directory", &self.dir(target, spec)) {
+            Ok(d) => d,
+            Err(e) => return reply(Reply::error(400, e.to_string())),
+        };
+        let request = run(&format!("rm -rf -- {dir}\n"), false);
+        let (tx, rx) = mpsc::channel(64);
+        let (outcome, ()) = tokio::join!(self.inner.deliver(target, &request, tx), drain(rx));
+        match outcome {
+            Outcome::Reply(r) if r.code == 200 => {
+                let ok = r.content().get("return").and_then(Value::as_str) == Some("true");
+                if ok {
+                    reply(Reply::ok(object([("return", flag(true))])))
+                } else {
+                    Outcome::Reply(r)
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+fn reply(r: Reply) -> Outcome {
+    Outcome::Reply(r)
+}
+
+async fn drain(mut rx: mpsc::Receiver<Event>) {
+    while rx.recv().await.is_some() {}
+}
+
+/// `sh -s` with `text` on its standard input.
+fn run(text: &str, follow: bool) -> Request {
+    Request {
+        order: "run".into(),
+        argv: vec!["sh".into(), "-s".into()],
+        stdin: Some(base64::engine::general_purpose::STANDARD.encode(text)),
+        follow,
+        ..Request::default()
+    }
+}
+
+impl Transport for SshNapp {
+    fn deliver<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a Request,
+        events: mpsc::Sender<Event>,
+    ) -> BoxFuture<'a, Outcome> {
+        let Some(spec) = request.napp.as_deref().filter(|_| request.order == "napp") else {
+            return self.inner.deliver(target, request, events);
+        };
+        Box::pin(async move {
+            if !napp::valid_name(&spec.scenario) || !napp::valid_name(&spec.app) {
+                return reply(Reply::error(400, "napp: bad scenario or application name"));
+            }
+            match spec.action {
+                Action::Push => self.push(target, spec).await,
+                Action::Script => self.script(target, spec, request.follow, events).await,
+                Action::Purge => self.purge(target, spec).await,
+                other => reply(Reply::error(
+                    501,
+                    format!(
+                        "napp {}: NodeApp versions are kept on agents; on ssh:// hosts they are not supported yet",
+                        other.as_str()
+                    ),
+                )),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_script_quotes_everything_and_parses() {
+        let t = SshNapp::new(
+            Arc::new(deploy_common::transport::AgentTransport {
+                protocol: deploy_common::transport::Protocol::V2,
+                key_cipher: String::new(),
+                public_key: None,
+                connect_timeout: std::time::Duration::from_secs(1),
+                deadline: std::time::Duration::from_secs(1),
+                pool: None,
+            }),
+            "ws/%p".into(),
+            HashMap::new(),
+            PathBuf::from("/s"),
+        );
+        let mut env = BTreeMap::new();
+        env.insert("OCTOPODA_NODENAME".to_owned(), "it's $(evil)".to_owned());
+        let spec = NappSpec {
+            action: Action::Script,
+            scenario: "s".into(),
+            app: "a".into(),
+            script: "ZWNobyBoaQo=".into(),
+            env,
+            ..NappSpec::default()
+        };
+        let target = Target::parse("ssh://h:2222", 22).unwrap();
+        let text = t.script_text(&target, &spec).unwrap();
+        assert!(
+            text.contains("OCTOPODA_NODENAME='it'\\''s $(evil)'; export OCTOPODA_NODENAME"),
+            "{text}"
+        );
+        assert!(text.contains("D=$(abs 'ws/2222/a@s')"), "{text}");
+        let check = std::process::Command::new("sh")
+            .args(["-n", "-c", &text])
+            .status()
+            .unwrap();
+        assert!(check.success());
+        env_bad(&t, &target);
+    }
+
+    fn env_bad(t: &SshNapp, target: &Target) {
+        let mut env = BTreeMap::new();
+        env.insert("A;rm".to_owned(), "x".to_owned());
+        let spec = NappSpec {
+            action: Action::Script,
+            scenario: "s".into(),
+            app: "a".into(),
+            env,
+            ..NappSpec::default()
+        };
+        assert_eq!(t.script_text(target, &spec).unwrap_err().code, 400);
+    }
+}
