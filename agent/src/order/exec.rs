@@ -15,6 +15,12 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         Ok(argv) => argv,
         Err(e) => return Reply::error(400, format!("exec[{name}]: {e}")),
     };
+    if let Err(refused) = process::wait_for_instant(request).await {
+        return refused;
+    }
+    if request.background {
+        return super::tasks::start(agent, "exec", &argv, &job.display(&args));
+    }
     let finished = process::run(&argv, None, request.follow, events).await;
     Reply::ok(ran(finished.code, &job.display(&args), &finished.output))
 }

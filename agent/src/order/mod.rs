@@ -13,6 +13,7 @@ mod rlist;
 mod rsync;
 mod run;
 mod status;
+mod tasks;
 mod upload;
 
 use deploy_common::config::AgentConfig;
@@ -35,6 +36,8 @@ pub struct Agent {
     pub state: StateDir,
     /// How to start a background transfer's runner.
     pub runner: RunnerCommand,
+    /// Background tasks (`<state_dir>/tasks`, see [`tasks`]).
+    pub tasks: StateDir,
 }
 
 impl Agent {
@@ -42,6 +45,9 @@ impl Agent {
     pub fn new(config: Arc<AgentConfig>) -> Result<Agent, String> {
         let state = StateDir::new(&config.server.state_dir)
             .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?;
+        let tasks_dir = config.server.state_dir.join("tasks");
+        let tasks = StateDir::new(&tasks_dir)
+            .map_err(|e| format!("state_dir {}: {e}", tasks_dir.display()))?;
         let program =
             std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
         Ok(Agent {
@@ -51,6 +57,7 @@ impl Agent {
                 program,
                 args_prefix: vec![RUNNER_SUBCOMMAND.into()],
             },
+            tasks,
         })
     }
 
@@ -100,6 +107,7 @@ impl Handler for Agent {
             Some(OrderName::Rollback) => release::rollback(self, peer, &request),
             Some(OrderName::Confirm) => release::confirm(self, peer, &request),
             Some(OrderName::Napp) => Reply::error(501, "napp: this agent does not run scenarios"),
+            Some(OrderName::Tasks) => tasks::run(self, &request).await,
             None => Reply::empty(404),
         };
         if reply.code >= 400 {
