@@ -1975,3 +1975,42 @@ fn upload_and_sync_usage_errors() {
         assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
     }
 }
+
+/// `--at` on SSH hosts: each host's shell waits on its own clock, then runs the
+/// command; none starts before the instant. (The hosts' refusals, exit 75, are shown
+/// by the wait script's unit test: a past instant never leaves this client.)
+#[test]
+fn ssh_timed_run_starts_at_the_instant() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let at = deploy_common::order::at::now_ms() + 2_000;
+    let at_flag = format!("--at={at}");
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "-q",
+            &at_flag,
+            "--",
+            "date",
+            "+%s%N",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let starts: Vec<i64> = out
+        .stdout
+        .lines()
+        .map(|l| l.trim().parse::<i64>().expect("date") / 1_000_000)
+        .collect();
+    assert_eq!(starts.len(), HOSTS, "{out:?}");
+    for start in starts {
+        assert!(
+            start >= at,
+            "a host started at {start}, before {at}: {out:?}"
+        );
+    }
+}
