@@ -115,7 +115,7 @@ fn list(agent: &Agent) -> Reply {
             Some((started, entry))
         })
         .collect();
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     Reply::ok(tasks::listed(entries.into_iter().map(|(_, e)| e).collect()))
 }
 

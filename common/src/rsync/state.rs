@@ -534,13 +534,13 @@ fn launch(
     let output_err = output
         .try_clone()
         .map_err(|e| RsyncError::io("duplicate the output descriptor", e))?;
-    write_atomic(&dir, META, meta.to_string().as_bytes())?;
+    write_atomic(dir, META, meta.to_string().as_bytes())?;
 
     let lock_fd = lock.as_raw_fd();
     let mut command = Command::new(&runner.program);
     command
         .args(&runner.args_prefix)
-        .arg(&dir)
+        .arg(dir)
         .arg(lock_fd.to_string())
         .arg("--")
         .arg(program)
@@ -579,7 +579,7 @@ fn launch(
     let pid = child.id();
     // The runner writes it too; writing it here closes the window in which
     // `running` would know no pid. Failure is not fatal for the same reason.
-    if let Err(e) = write_atomic(&dir, PID, format!("{pid}\n").as_bytes()) {
+    if let Err(e) = write_atomic(dir, PID, format!("{pid}\n").as_bytes()) {
         tracing::warn!(cause = %e, dir = %dir.display(), "cannot record the runner's pid");
     }
     reap_in_background(child);

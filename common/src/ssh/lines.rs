@@ -179,7 +179,11 @@ mod wait_tests {
             .parse::<i64>()
             .expect("date")
             / 1_000_000;
-        assert!(started >= now + 300, "started {started}, instant {}", now + 300);
+        assert!(
+            started >= now + 300,
+            "started {started}, instant {}",
+            now + 300
+        );
         let late = sh(&wait_until(now - 5_000, None));
         assert_eq!(late.status.code(), Some(REFUSED_INSTANT));
         assert!(String::from_utf8_lossy(&late.stderr).contains("passed"));
