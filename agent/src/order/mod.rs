@@ -36,8 +36,9 @@ pub struct Agent {
     pub state: StateDir,
     /// How to start a background transfer's runner.
     pub runner: RunnerCommand,
-    /// Background tasks (`<state_dir>/tasks`, see [`tasks`]).
-    pub tasks: StateDir,
+    /// Background tasks' directory (`<state_dir>/tasks`, see [`tasks`]), made by the
+    /// first task.
+    pub tasks_dir: std::path::PathBuf,
 }
 
 impl Agent {
@@ -45,9 +46,7 @@ impl Agent {
     pub fn new(config: Arc<AgentConfig>) -> Result<Agent, String> {
         let state = StateDir::new(&config.server.state_dir)
             .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?;
-        let tasks_dir = config.server.state_dir.join("tasks");
-        let tasks = StateDir::new(&tasks_dir)
-            .map_err(|e| format!("state_dir {}: {e}", tasks_dir.display()))?;
+        let tasks_dir = state.root().join("tasks");
         let program =
             std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
         Ok(Agent {
@@ -57,7 +56,7 @@ impl Agent {
                 program,
                 args_prefix: vec![RUNNER_SUBCOMMAND.into()],
             },
-            tasks,
+            tasks_dir,
         })
     }
 

@@ -1,7 +1,8 @@
 //! Background tasks (`exec`/`run` with `background`, and the `tasks` order; shapes in
 //! `deploy_common::order::tasks`).
 //!
-//! A task is a run of the state directory's `tasks/` ([`deploy_common::rsync::state`]):
+//! A task is a run of the state directory's `tasks/` (made by the first task;
+//! [`deploy_common::rsync::state`]):
 //! `tasks/<id>/` holds `lock`, `meta.json`, `pid`, `output` and `exit`, written by the
 //! same runner as background transfers (the agent's `__rsync-runner`, in a session of
 //! its own, holding the task's lock while the command runs). So a task outlives the
@@ -15,6 +16,7 @@
 use super::{process, Agent};
 use deploy_common::order::tasks::{self, Action, State};
 use deploy_common::order::{Reply, Request};
+use deploy_common::rsync::state::StateDir;
 use deploy_common::rsync::wake::Wake;
 use serde_json::{json, Value};
 use std::ffi::OsString;
@@ -31,6 +33,10 @@ pub(super) fn start(agent: &Agent, order: &str, argv: &[String], command: &str) 
     let Some(id) = tasks::new_id() else {
         return Reply::error(500, "tasks: no random source for a task id");
     };
+    let dir = match StateDir::new(&agent.tasks_dir) {
+        Ok(dir) => dir,
+        Err(e) => return Reply::error(500, format!("{order}: background tasks: {e}")),
+    };
     let args: Vec<OsString> = rest.iter().map(OsString::from).collect();
     let meta = json!({
         "order": order,
@@ -38,10 +44,7 @@ pub(super) fn start(agent: &Agent, order: &str, argv: &[String], command: &str) 
         "argv": argv,
         "started": deploy_common::order::at::now_ms(),
     });
-    match agent
-        .tasks
-        .start_command(&id, program.as_ref(), &args, &agent.runner, &meta)
-    {
+    match dir.start_command(&id, program.as_ref(), &args, &agent.runner, &meta) {
         Ok(pid) => {
             tracing::info!(task = %id, pid, order, command = %command, "background task started");
             Reply::ok(tasks::started(&id, pid, command))
@@ -52,34 +55,49 @@ pub(super) fn start(agent: &Agent, order: &str, argv: &[String], command: &str) 
 
 /// The `tasks` order.
 pub(super) async fn run(agent: &Agent, request: &Request) -> Reply {
-    match tasks::parse(&request.options) {
-        Err(text) => Reply::error(400, text),
-        Ok(Action::List) => list(agent),
-        Ok(Action::Wait(id, secs)) => wait(agent, &id, Duration::from_secs(secs)).await,
-        Ok(Action::Cancel(id)) => cancel(agent, &id),
+    let action = match tasks::parse(&request.options) {
+        Err(text) => return Reply::error(400, text),
+        Ok(action) => action,
+    };
+    // No directory yet: no task ever started here.
+    let dir = if agent.tasks_dir.exists() {
+        match StateDir::new(&agent.tasks_dir) {
+            Ok(dir) => Some(dir),
+            Err(e) => return Reply::error(500, format!("tasks: {e}")),
+        }
+    } else {
+        None
+    };
+    match (action, dir) {
+        (Action::List, None) => Reply::ok(tasks::listed(Vec::new())),
+        (Action::Wait(id, _) | Action::Cancel(id), None) => {
+            Reply::error(404, tasks::not_found(&id))
+        }
+        (Action::List, Some(dir)) => list(&dir),
+        (Action::Wait(id, secs), Some(dir)) => wait(&dir, &id, Duration::from_secs(secs)).await,
+        (Action::Cancel(id), Some(dir)) => cancel(&dir, &id),
     }
 }
 
-fn exists(agent: &Agent, id: &str) -> bool {
-    agent.tasks.meta(id).is_some()
+fn exists(tasks_dir: &StateDir, id: &str) -> bool {
+    tasks_dir.meta(id).is_some()
 }
 
-fn cancelled(agent: &Agent, id: &str) -> bool {
-    agent
-        .tasks
+fn cancelled(tasks_dir: &StateDir, id: &str) -> bool {
+    tasks_dir
         .dir_of(id)
         .is_some_and(|dir| dir.join(CANCELLED).exists())
 }
 
 /// How a finished task ended: its state and code (128 + signal if a signal ended it;
 /// none if its runner died without recording it), and its output's tail.
-fn ended(agent: &Agent, id: &str) -> (State, Option<i32>, Vec<u8>) {
-    let state = if cancelled(agent, id) {
+fn ended(tasks_dir: &StateDir, id: &str) -> (State, Option<i32>, Vec<u8>) {
+    let state = if cancelled(tasks_dir, id) {
         State::Cancelled
     } else {
         State::Done
     };
-    match agent.tasks.last(id) {
+    match tasks_dir.last(id) {
         Some(last) => (
             state,
             last.code.or(last.signal.map(|s| 128 + s)),
@@ -89,19 +107,18 @@ fn ended(agent: &Agent, id: &str) -> (State, Option<i32>, Vec<u8>) {
     }
 }
 
-fn list(agent: &Agent) -> Reply {
-    let mut entries: Vec<(i64, Value)> = agent
-        .tasks
+fn list(tasks_dir: &StateDir) -> Reply {
+    let mut entries: Vec<(i64, Value)> = tasks_dir
         .ids()
         .into_iter()
         .filter_map(|id| {
-            let meta = agent.tasks.meta(&id)?;
+            let meta = tasks_dir.meta(&id)?;
             let started = meta.get("started").and_then(Value::as_i64).unwrap_or(0);
-            let pid = agent.tasks.runner_pid(&id);
+            let pid = tasks_dir.runner_pid(&id);
             let (state, code) = if pid.is_some() {
                 (State::Running, None)
             } else {
-                let (state, code, _) = ended(agent, &id);
+                let (state, code, _) = ended(tasks_dir, &id);
                 (state, code)
             };
             let entry = json!({
@@ -119,26 +136,25 @@ fn list(agent: &Agent) -> Reply {
     Reply::ok(tasks::listed(entries.into_iter().map(|(_, e)| e).collect()))
 }
 
-async fn wait(agent: &Agent, id: &str, limit: Duration) -> Reply {
-    if !exists(agent, id) {
+async fn wait(tasks_dir: &StateDir, id: &str, limit: Duration) -> Reply {
+    if !exists(tasks_dir, id) {
         return Reply::error(404, tasks::not_found(id));
     }
-    let Some(dir) = agent.tasks.dir_of(id) else {
+    let Some(dir) = tasks_dir.dir_of(id) else {
         return Reply::error(404, tasks::not_found(id));
     };
     let deadline = tokio::time::Instant::now() + limit;
-    let mut wake = Wake::new(&dir, agent.tasks.runner_pid(id));
+    let mut wake = Wake::new(&dir, tasks_dir.runner_pid(id));
     loop {
-        if agent.tasks.runner_pid(id).is_none() {
-            let (state, code, tail) = ended(agent, id);
+        if tasks_dir.runner_pid(id).is_none() {
+            let (state, code, tail) = ended(tasks_dir, id);
             return Reply::ok(tasks::waited(id, state, code, &tail));
         }
         if tokio::time::timeout_at(deadline, wake.wait())
             .await
             .is_err()
         {
-            let tail = agent
-                .tasks
+            let tail = tasks_dir
                 .last(id)
                 .map(|l| l.output_tail)
                 .unwrap_or_default();
@@ -147,17 +163,17 @@ async fn wait(agent: &Agent, id: &str, limit: Duration) -> Reply {
     }
 }
 
-fn cancel(agent: &Agent, id: &str) -> Reply {
-    if !exists(agent, id) {
+fn cancel(tasks_dir: &StateDir, id: &str) -> Reply {
+    if !exists(tasks_dir, id) {
         return Reply::error(404, tasks::not_found(id));
     }
-    if agent.tasks.runner_pid(id).is_none() {
-        let (state, code, tail) = ended(agent, id);
+    if tasks_dir.runner_pid(id).is_none() {
+        let (state, code, tail) = ended(tasks_dir, id);
         let mut body = tasks::waited(id, state, code, &tail);
         body.insert("return".into(), Value::String("false".into()));
         return Reply::ok(body);
     }
-    if let Some(dir) = agent.tasks.dir_of(id) {
+    if let Some(dir) = tasks_dir.dir_of(id) {
         use std::os::unix::fs::OpenOptionsExt;
         let mark = std::fs::OpenOptions::new()
             .write(true)
@@ -170,7 +186,7 @@ fn cancel(agent: &Agent, id: &str) -> Reply {
             tracing::warn!(task = %id, cause = %e, "cannot mark the task cancelled");
         }
     }
-    let stopping = agent.tasks.terminate(id);
+    let stopping = tasks_dir.terminate(id);
     let pids = stopping.pids().to_vec();
     tracing::info!(task = %id, pids = ?pids, "background task cancelled (SIGTERM, then SIGKILL)");
     tokio::spawn(async move {
