@@ -494,8 +494,9 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     pub max_wait: Option<String>,
 
-    /// `exec`, `run` on agents: start the command detached and print its task id at
-    /// once; then `--order=tasks --options=list|wait,ID[,SECS]|cancel,ID`.
+    /// `exec`, `run`: start the command detached and print its task id at once; on
+    /// agents then `--order=tasks --options=list|wait,ID[,SECS]|cancel,ID`. On SSH
+    /// hosts (`run`) the id is the pid, the output goes to `~/.deploy-tasks/<pid>.out`.
     #[arg(long)]
     pub background: bool,
 
@@ -594,7 +595,7 @@ impl Args {
                 target.user.get_or_insert_with(|| user.clone());
             }
         }
-        let timed = timed(&self, &targets)?;
+        let timed = timed(&self)?;
         // A server that knows only a default secret, with no pinned key, could be
         // anyone: it must not be handed an API key.
         let server_unauthenticated = deploy_common::config::is_default_secret(&self.key_cipher)
@@ -1058,15 +1059,12 @@ pub fn parse_duration(text: &str) -> Option<u64> {
 
 /// `--at`/`--delay`/`--max-wait`/`--background`, checked: the instant (unix ms) and the
 /// longest wait (ms) of a timed `exec` or `run`.
-fn timed(args: &Args, targets: &[Target]) -> anyhow::Result<Option<(i64, u64)>> {
+fn timed(args: &Args) -> anyhow::Result<Option<(i64, u64)>> {
     use deploy_common::order::at;
     let runs = matches!(args.order, OrderArg::Exec | OrderArg::Run);
     if args.background {
         if !runs {
             bail!("--background is for --order=exec or run");
-        }
-        if let Some(ssh) = targets.iter().find(|t| t.scheme == Scheme::Ssh) {
-            bail!("--background is for agents; {ssh} is an SSH host");
         }
         if args.stdin.is_some() {
             bail!("--background: a detached command reads no --stdin");

@@ -2014,3 +2014,54 @@ fn ssh_timed_run_starts_at_the_instant() {
         );
     }
 }
+
+/// `--background` on an SSH host: the command is detached (its own session, so the
+/// SSH session's end leaves it running), its pid comes back as the task id, its output
+/// goes to `~/.deploy-tasks/<pid>.out`.
+#[test]
+fn ssh_background_run_returns_the_pid() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(0),
+            "--order=run",
+            "--background",
+            "--",
+            "echo started; exec sleep 300",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).expect("json");
+    let record = doc
+        .as_object()
+        .and_then(|m| m.values().next())
+        .expect("one host");
+    let task = record["run"]["content"]["task"].as_str().expect("task id");
+    let pid: i32 = task.parse().expect("a pid");
+    // The sshd run on this machine, as root: the process is here to see.
+    let mut cmdline = String::new();
+    for _ in 0..100 {
+        cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.starts_with("sleep\0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cmdline.starts_with("sleep\0300"), "{cmdline:?}");
+    // Where its output went (the test sshd's remote home), read from the process.
+    let output = std::fs::read_link(format!("/proc/{pid}/fd/1")).expect("its stdout");
+    assert!(
+        output.ends_with(format!(".deploy-tasks/{pid}.out")),
+        "{output:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "started\n");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = std::fs::remove_file(output);
+}

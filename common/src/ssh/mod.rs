@@ -526,6 +526,11 @@ impl Shared {
             Err(reply) => return Outcome::Reply(reply),
         };
         let command = lines::remote_command(&request.argv, request.sudo);
+        let command = if request.background {
+            lines::background(&command)
+        } else {
+            command
+        };
         let (command, waiting) = match request.at {
             // The host waits on its own clock, once connected: nothing but a fork lies
             // between the end of its wait and the command, whereas a wait here would
@@ -546,8 +551,13 @@ impl Shared {
             };
             self.stats.connected.fetch_add(1, Ordering::Relaxed);
             // As orgalorg: a terminal for a command given no input (unless turned off).
-            let pty = self.options.pty && stdin.is_none();
-            session::run(&session, &command, stdin, pty, &events, self).await
+            let pty = self.options.pty && stdin.is_none() && !request.background;
+            let reply = session::run(&session, &command, stdin, pty, &events, self).await?;
+            Ok(if request.background {
+                lines::background_started(reply, &request.argv.join(" "))
+            } else {
+                reply
+            })
         };
         self.bounded_after(target, work, waiting).await
     }
