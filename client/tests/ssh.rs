@@ -2051,7 +2051,7 @@ fn ssh_background_run_returns_the_pid() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(cmdline.starts_with("sleep\0300"), "{cmdline:?}");
+    assert!(cmdline.starts_with("sleep\x00300"), "{cmdline:?}");
     // Where its output went (the test sshd's remote home), read from the process.
     let output = std::fs::read_link(format!("/proc/{pid}/fd/1")).expect("its stdout");
     assert!(
