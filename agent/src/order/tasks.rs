@@ -11,7 +11,8 @@
 //! trusted only while its process leads its own session and holds the lock (no pid
 //! reuse). `wait` sleeps on the task directory (inotify) and the runner's pidfd;
 //! `cancel` sends SIGTERM to the task's processes and process groups, SIGKILL after
-//! [`process::KILL_GRACE`] to what is left, and leaves a `cancelled` mark.
+//! [`process::KILL_GRACE`] to what is left, and leaves a `cancelled` mark. A task's
+//! directory is removed a week after it finished (when a later task starts).
 
 use super::{process, Agent};
 use deploy_common::order::tasks::{self, Action, State};
@@ -25,6 +26,10 @@ use std::time::Duration;
 /// The mark `cancel` leaves in a task's directory.
 const CANCELLED: &str = "cancelled";
 
+/// How long a finished task's directory (its output, its exit code) is kept: removed
+/// when a new task starts after that.
+const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Starts `argv` as a background task; answers with its id at once.
 pub(super) fn start(agent: &Agent, order: &str, argv: &[String], command: &str) -> Reply {
     let Some((program, rest)) = argv.split_first() else {
@@ -37,6 +42,7 @@ pub(super) fn start(agent: &Agent, order: &str, argv: &[String], command: &str) 
         Ok(dir) => dir,
         Err(e) => return Reply::error(500, format!("{order}: background tasks: {e}")),
     };
+    prune(&dir);
     let args: Vec<OsString> = rest.iter().map(OsString::from).collect();
     let meta = json!({
         "order": order,
@@ -50,6 +56,28 @@ pub(super) fn start(agent: &Agent, order: &str, argv: &[String], command: &str) 
             Reply::ok(tasks::started(&id, pid, command))
         }
         Err(e) => Reply::error(500, format!("{order}: cannot start a background task: {e}")),
+    }
+}
+
+/// Removes the tasks that finished over [`KEEP_FINISHED`] ago.
+fn prune(tasks_dir: &StateDir) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for id in tasks_dir.ids() {
+        if tasks_dir.runner_pid(&id).is_some() {
+            continue;
+        }
+        let Some(last) = tasks_dir.last(&id) else {
+            continue;
+        };
+        if now.saturating_sub(last.finished) > KEEP_FINISHED.as_secs() {
+            if let Some(dir) = tasks_dir.dir_of(&id) {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(task = %id, cause = %e, "cannot remove an old task");
+                }
+            }
+        }
     }
 }
 

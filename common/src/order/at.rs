@@ -27,6 +27,20 @@ pub const TOLERANCE_MS: i64 = 1_000;
 /// (`Request::max_wait`): one hour.
 pub const DEFAULT_MAX_WAIT_MS: i64 = 3_600_000;
 
+/// The longest wait a host accepts whatever `max_wait` the caller sends (a day), so
+/// that an authenticated caller cannot hold a connection and a worker's order forever.
+pub const MAX_WAIT_CEILING_MS: i64 = 24 * 3_600_000;
+
+/// The request's `max_wait` as the host applies it: the default when absent, never
+/// over [`MAX_WAIT_CEILING_MS`].
+pub fn max_wait_ms(max_wait: Option<u64>) -> i64 {
+    max_wait
+        .map_or(DEFAULT_MAX_WAIT_MS, |ms| {
+            i64::try_from(ms).unwrap_or(i64::MAX)
+        })
+        .min(MAX_WAIT_CEILING_MS)
+}
+
 /// Where an instant lies for a host's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timing {
@@ -54,9 +68,7 @@ pub fn timing(at: i64, now: i64, max_wait_ms: i64) -> Timing {
 /// A timed order's wait on this host, or why it refuses (the 409 text): `order` names
 /// the order, `at` and `max_wait` are the request's, `now` this host's clock.
 pub fn admit(order: &str, at: i64, max_wait: Option<u64>, now: i64) -> Result<Duration, String> {
-    let max_wait = max_wait.map_or(DEFAULT_MAX_WAIT_MS, |ms| {
-        i64::try_from(ms).unwrap_or(i64::MAX)
-    });
+    let max_wait = max_wait_ms(max_wait);
     match timing(at, now, max_wait) {
         Timing::Wait(wait) => Ok(wait),
         Timing::Passed(late) if late <= TOLERANCE_MS => Ok(Duration::ZERO),
@@ -81,9 +93,7 @@ pub fn wait_of(at: Option<i64>, max_wait: Option<u64>, now: i64) -> Duration {
     let Some(at) = at else {
         return Duration::ZERO;
     };
-    let max = max_wait.map_or(DEFAULT_MAX_WAIT_MS, |ms| {
-        i64::try_from(ms).unwrap_or(i64::MAX)
-    });
+    let max = max_wait_ms(max_wait);
     let ahead = at.saturating_sub(now).clamp(0, max.max(0));
     Duration::from_millis(u64::try_from(ahead).unwrap_or(0))
 }
@@ -198,6 +208,9 @@ mod tests {
             Duration::from_millis(500)
         );
         assert_eq!(wait_of(None, None, 1_000), Duration::ZERO);
+        let week = 7 * 24 * 3_600_000;
+        let far = admit("run", 1_000 + week, Some(u64::MAX), 1_000).unwrap_err();
+        assert!(far.contains("(86400000 ms)"), "capped: {far}");
     }
 
     #[test]

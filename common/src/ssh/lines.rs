@@ -120,10 +120,8 @@ pub const REFUSED_INSTANT: i32 = 75;
 /// `order::at::admit`). Needs `date +%s%N` (GNU, busybox) and a fractional `sleep`;
 /// with a `date` that has no `%N`, it falls back to whole seconds.
 pub fn wait_until(at: i64, max_wait: Option<u64>) -> String {
-    use crate::order::at::{DEFAULT_MAX_WAIT_MS, TOLERANCE_MS};
-    let max = max_wait.map_or(DEFAULT_MAX_WAIT_MS, |m| {
-        i64::try_from(m).unwrap_or(i64::MAX)
-    });
+    use crate::order::at::TOLERANCE_MS;
+    let max = crate::order::at::max_wait_ms(max_wait);
     let instant = crate::order::at::rfc3339(at);
     format!(
         "n=$(date +%s%N 2>/dev/null); case $n in *N*|'') n=$(($(date +%s)*1000000000));; esac; \
