@@ -94,12 +94,19 @@ fn every_agent_starts_at_the_instant() {
         "+%s%N",
     ]);
     assert_eq!(out.code, Some(0), "{out:#?}");
-    let started = starts(&doc(&out), &hosts, "run");
+    let ran = doc(&out);
+    let started = starts(&ran, &hosts, "run");
     for (host, start) in hosts.iter().zip(&started) {
         assert!(
             *start >= at,
             "{host} started at {start}, before the instant {at}"
         );
+        // The agent says when it started the command, on its clock.
+        let said: i64 = ran[host]["run"]["content"]["started_at"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no started_at: {ran:#}"));
+        assert!(said >= at && said <= *start, "{host}: started_at {said}");
     }
 
     // --delay on exec: every host starts at the client's now + delay, not before.
@@ -180,6 +187,18 @@ async fn an_instant_the_agent_cannot_honour_is_refused() {
     ]);
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(out.stderr.contains("over --max-wait"), "{out:#?}");
+    // The v1 wire cannot carry an instant: refused rather than run at once.
+    let out = client(&[
+        "--hosts",
+        &host,
+        "--order=run",
+        "--protocol=v1",
+        "--delay=1s",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(out.stderr.contains("need --protocol=v2"), "{out:#?}");
 }
 
 /// `--order=tasks --options=OPTIONS` on `host`, as JSON; the host's reply body.

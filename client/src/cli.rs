@@ -1070,6 +1070,11 @@ fn timed(args: &Args) -> anyhow::Result<Option<(i64, u64)>> {
             bail!("--background: a detached command reads no --stdin");
         }
     }
+    if (args.background || args.at.is_some() || args.delay.is_some())
+        && args.protocol == ProtocolArg::V1
+    {
+        bail!("--at, --delay and --background need --protocol=v2 (the v1 wire cannot carry them)");
+    }
     if args.at.is_none() && args.delay.is_none() {
         if args.max_wait.is_some() {
             bail!("--max-wait goes with --at or --delay");

@@ -21,6 +21,9 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
     if request.background {
         return super::tasks::start(agent, "exec", &argv, &job.display(&args));
     }
+    let started_at = deploy_common::order::at::now_ms();
     let finished = process::run(&argv, None, request.follow, events).await;
-    Reply::ok(ran(finished.code, &job.display(&args), &finished.output))
+    let mut body = ran(finished.code, &job.display(&args), &finished.output);
+    process::note_start(&mut body, request, started_at);
+    Reply::ok(body)
 }

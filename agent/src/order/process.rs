@@ -88,6 +88,22 @@ pub async fn wait_for_instant(request: &Request) -> Result<(), Reply> {
     }
 }
 
+/// A timed order's reply says when its command started on this host's clock
+/// (`started_at`, unix ms): a caller sees its instant was honoured (an agent that
+/// predates `at` runs at once and says nothing).
+pub fn note_start(
+    body: &mut serde_json::Map<String, serde_json::Value>,
+    request: &Request,
+    started_at: i64,
+) {
+    if request.at.is_some() {
+        body.insert(
+            "started_at".into(),
+            serde_json::Value::String(started_at.to_string()),
+        );
+    }
+}
+
 /// Runs `argv` to its end, in `/`. A program that cannot be started is reported like a
 /// shell would: as output, with code 127.
 pub async fn run(

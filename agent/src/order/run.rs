@@ -31,6 +31,9 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
     if request.background {
         return super::tasks::start(agent, "run", &argv, &argv.join(" "));
     }
+    let started_at = deploy_common::order::at::now_ms();
     let finished = process::run(&argv, stdin, request.follow, events).await;
-    Reply::ok(ran(finished.code, &argv.join(" "), &finished.output))
+    let mut body = ran(finished.code, &argv.join(" "), &finished.output);
+    process::note_start(&mut body, request, started_at);
+    Reply::ok(body)
 }

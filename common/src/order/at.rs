@@ -4,6 +4,7 @@
 //! request  {"order":"run","argv":[…],"at":1796211300000,"max_wait":3600000}
 //!          at        the instant, unix milliseconds by the caller's clock
 //!          max_wait  the longest a host may wait for it, ms (absent: DEFAULT_MAX_WAIT_MS)
+//! reply    the order's own, plus "started_at":"<unix ms, the host's clock>" (agents)
 //! refusal  409 "run: the start instant 2026-12-02T11:35:00.000Z passed 2350 ms ago by
 //!          this host's clock (2026-12-02T11:35:02.350Z); tolerance 1000 ms"
 //! ```
