@@ -20,6 +20,7 @@
 //! | [`systemd`] | sd_notify (READY, STATUS, RELOADING, STOPPING, watchdog) and journald priorities |
 //! | [`release`] | releases: rollouts in two phases, rollback, confirm-or-revert, stretcher's event mode |
 //! | [`napp`] | Octopoda NodeApps: pushes, versions, `.gitignore`, resets, scripts, refusals |
+//! | [`timed`] | `--at`/`--delay` across agents, refusals, `--background` tasks listed, waited for, cancelled |
 //! | [`migration`] | what Perl deploy fleets bring: 1024-bit keys (v1 "ssl" only, with warnings), ssl callers of an agent with v1 off |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
@@ -42,5 +43,6 @@ mod process;
 mod release;
 mod serf;
 mod systemd;
+mod timed;
 mod upload;
 mod util;

@@ -139,6 +139,9 @@ pub enum OrderArg {
     /// A proxy's agents and their state from its heartbeat (`deploy-client nodes
     /// [PROXY]`; --state=online|unstable|offline keeps one state).
     Nodes,
+    /// Background tasks of agents (`--background`): --options=list, wait,ID[,SECS]
+    /// (until it ends, at most SECS, default 25) or cancel,ID.
+    Tasks,
 }
 
 impl OrderArg {
@@ -162,6 +165,7 @@ impl OrderArg {
             OrderArg::Health => "health",
             OrderArg::Fetch => "fetch",
             OrderArg::Nodes => "nodes",
+            OrderArg::Tasks => "tasks",
         }
     }
 }
@@ -499,6 +503,29 @@ pub struct Args {
     #[arg(long)]
     pub no_pty: bool,
 
+    /// `exec`, `run`: start on every host at this instant, each host waiting on its own
+    /// clock: RFC 3339 (`2026-12-02T11:35:00Z`), unix milliseconds, or `HH:MM:SS`
+    /// today (local time). A host refuses (409; over SSH, exit code 75) an instant
+    /// passed by over 1 s on its clock, or one further ahead than --max-wait.
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    pub at: Option<String>,
+
+    /// `exec`, `run`: start on every host at now + DURATION (`500ms`, `3s`, `1m`), the
+    /// same instant everywhere (see --at).
+    #[arg(long, value_name = "DURATION")]
+    pub delay: Option<String>,
+
+    /// With --at or --delay: the longest a host may wait for the instant (`10m`, `1h`)
+    /// [default: 1h]; refused here if the instant is further ahead.
+    #[arg(long, value_name = "DURATION")]
+    pub max_wait: Option<String>,
+
+    /// `exec`, `run`: start the command detached and print its task id at once; on
+    /// agents then `--order=tasks --options=list|wait,ID[,SECS]|cancel,ID`. On SSH
+    /// hosts (`run`) the id is the pid, the output goes to `~/.deploy-tasks/<pid>.out`.
+    #[arg(long)]
+    pub background: bool,
+
     /// The log lines on standard error: `text`, or `json` (one object per line).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -636,6 +663,7 @@ impl Args {
                 target.user.get_or_insert_with(|| user.clone());
             }
         }
+        let timed = timed(&self)?;
         // A server that knows only a default secret, with no pinned key, could be
         // anyone: it must not be handed an API key.
         let server_unauthenticated = deploy_common::config::is_default_secret(&self.key_cipher)
@@ -733,7 +761,8 @@ impl Args {
             OrderArg::Run | OrderArg::Upload | OrderArg::Sync
         );
         let fleet_view = matches!(self.order, OrderArg::Health | OrderArg::Nodes);
-        let format = self.format.unwrap_or(if live {
+        // A background run prints its task ids, not output lines.
+        let format = self.format.unwrap_or(if live && !self.background {
             Format::Lines
         } else if fleet_view && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
             Format::Table
@@ -955,6 +984,9 @@ impl Args {
             }
         }
         let request = Request {
+            at: timed.map(|(at, _)| at),
+            max_wait: timed.map(|(_, max_wait)| max_wait),
+            background: self.background,
             order: self.order.as_str().to_owned(),
             options: state.unwrap_or(self.options),
             args: self.args,
@@ -1116,6 +1148,67 @@ pub fn parse_duration(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+/// `--at`/`--delay`/`--max-wait`/`--background`, checked: the instant (unix ms) and the
+/// longest wait (ms) of a timed `exec` or `run`.
+fn timed(args: &Args) -> anyhow::Result<Option<(i64, u64)>> {
+    use deploy_common::order::at;
+    let runs = matches!(args.order, OrderArg::Exec | OrderArg::Run);
+    if args.background {
+        if !runs {
+            bail!("--background is for --order=exec or run");
+        }
+        if args.stdin.is_some() {
+            bail!("--background: a detached command reads no --stdin");
+        }
+    }
+    if (args.background || args.at.is_some() || args.delay.is_some())
+        && args.protocol == ProtocolArg::V1
+    {
+        bail!("--at, --delay and --background need --protocol=v2 (the v1 wire cannot carry them)");
+    }
+    if args.at.is_none() && args.delay.is_none() {
+        if args.max_wait.is_some() {
+            bail!("--max-wait goes with --at or --delay");
+        }
+        return Ok(None);
+    }
+    if !runs {
+        bail!("--at and --delay are for --order=exec or run");
+    }
+    let max_wait = match &args.max_wait {
+        Some(text) => at::parse_duration(text).map_err(|e| anyhow::anyhow!("--max-wait: {e}"))?,
+        None => std::time::Duration::from_millis(at::DEFAULT_MAX_WAIT_MS.unsigned_abs()),
+    };
+    let max_ms = u64::try_from(max_wait.as_millis()).unwrap_or(u64::MAX);
+    let now = at::now_ms();
+    let instant = match (&args.at, &args.delay) {
+        (Some(text), _) => at::parse_at(text).map_err(|e| anyhow::anyhow!(e))?,
+        (None, Some(text)) => {
+            let delay = at::parse_duration(text).map_err(|e| anyhow::anyhow!("--delay: {e}"))?;
+            now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+        }
+        (None, None) => return Ok(None),
+    };
+    // The caller's own clock decides what it can: hosts judge the rest on theirs.
+    match at::timing(instant, now, i64::try_from(max_ms).unwrap_or(i64::MAX)) {
+        at::Timing::TooFar(ahead) => bail!(
+            "--at {}: {} s ahead, over --max-wait ({} s)",
+            at::rfc3339(instant),
+            ahead / 1000,
+            max_ms / 1000
+        ),
+        at::Timing::Passed(late) if late > at::TOLERANCE_MS => bail!(
+            "--at {}: passed {} ms ago (this machine's clock reads {})",
+            at::rfc3339(instant),
+            late,
+            at::rfc3339(now)
+        ),
+        _ => {}
+    }
+    tracing::info!(at = %at::rfc3339(instant), max_wait_ms = max_ms, "timed run");
+    Ok(Some((instant, max_ms)))
 }
 
 /// What an order cannot go without, refused here (exit 2) rather than by every host:

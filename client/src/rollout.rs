@@ -250,12 +250,7 @@ fn with_phase(base: &Request, phase: Phase, dest: &str, id: &str) -> Request {
 /// requests to fan out (through a proxy, or over new SSH sessions), bounded by what a
 /// host accepts ([`MAX_SWITCH_WAIT_MS`]).
 fn switch_lead_ms(hosts: usize, ssh: bool) -> i64 {
-    let hosts = i64::try_from(hosts).unwrap_or(i64::MAX / 8);
-    // Measured through a proxy to 50 agent processes on a loaded 2-core machine, the
-    // switch requests took up to ~250 ms to reach every agent: 150 + 3 ms a host let one
-    // run in three miss the instant (skew 109 ms), 250 + 5 ms a host none.
-    let base = if ssh { 800 } else { 250 };
-    (base + 5 * hosts).min(MAX_SWITCH_WAIT_MS / 2)
+    deploy_common::order::at::lead_ms(hosts, ssh, MAX_SWITCH_WAIT_MS / 2)
 }
 
 fn at_instant(mut request: Request, at: i64) -> Request {

@@ -1975,3 +1975,93 @@ fn upload_and_sync_usage_errors() {
         assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
     }
 }
+
+/// `--at` on SSH hosts: each host's shell waits on its own clock, then runs the
+/// command; none starts before the instant. (The hosts' refusals, exit 75, are shown
+/// by the wait script's unit test: a past instant never leaves this client.)
+#[test]
+fn ssh_timed_run_starts_at_the_instant() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let hosts = c.all();
+    let at = deploy_common::order::at::now_ms() + 2_000;
+    let at_flag = format!("--at={at}");
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &hosts,
+            "--order=run",
+            "-q",
+            &at_flag,
+            "--",
+            "date",
+            "+%s%N",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let starts: Vec<i64> = out
+        .stdout
+        .lines()
+        .map(|l| l.trim().parse::<i64>().expect("date") / 1_000_000)
+        .collect();
+    assert_eq!(starts.len(), HOSTS, "{out:?}");
+    for start in starts {
+        assert!(
+            start >= at,
+            "a host started at {start}, before {at}: {out:?}"
+        );
+    }
+}
+
+/// `--background` on an SSH host: the command is detached (its own session, so the
+/// SSH session's end leaves it running), its pid comes back as the task id, its output
+/// goes to `~/.deploy-tasks/<pid>.out`.
+#[test]
+fn ssh_background_run_returns_the_pid() {
+    let Some(c) = cluster() else { return };
+    let home = home(c, true);
+    let out = client(
+        home.path(),
+        &[
+            "--hosts",
+            &c.spec(0),
+            "--order=run",
+            "--background",
+            "--",
+            "echo started; exec sleep 300",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).expect("json");
+    let record = doc
+        .as_object()
+        .and_then(|m| m.values().next())
+        .expect("one host");
+    let task = record["run"]["content"]["task"].as_str().expect("task id");
+    let pid: i32 = task.parse().expect("a pid");
+    // The sshd run on this machine, as root: the process is here to see.
+    let mut cmdline = String::new();
+    for _ in 0..100 {
+        cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.starts_with("sleep\0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cmdline.starts_with("sleep\x00300"), "{cmdline:?}");
+    // Where its output went (the test sshd's remote home), read from the process.
+    let output = std::fs::read_link(format!("/proc/{pid}/fd/1")).expect("its stdout");
+    assert!(
+        output.ends_with(format!(".deploy-tasks/{pid}.out")),
+        "{output:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "started\n");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = std::fs::remove_file(output);
+}

@@ -34,5 +34,6 @@ mod legacy;
 mod release;
 mod ssh;
 mod strict;
+mod timed;
 mod util;
 mod verdicts;

@@ -15,6 +15,15 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         Ok(argv) => argv,
         Err(e) => return Reply::error(400, format!("exec[{name}]: {e}")),
     };
+    if let Err(refused) = process::wait_for_instant(request).await {
+        return refused;
+    }
+    if request.background {
+        return super::tasks::start(agent, "exec", &argv, &job.display(&args));
+    }
+    let started_at = deploy_common::order::at::now_ms();
     let finished = process::run(&argv, None, request.follow, events).await;
-    Reply::ok(ran(finished.code, &job.display(&args), &finished.output))
+    let mut body = ran(finished.code, &job.display(&args), &finished.output);
+    process::note_start(&mut body, request, started_at);
+    Reply::ok(body)
 }

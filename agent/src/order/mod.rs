@@ -17,6 +17,7 @@ mod rsync;
 mod run;
 mod status;
 mod tarbody;
+mod tasks;
 mod upload;
 
 use deploy_common::config::AgentConfig;
@@ -39,6 +40,9 @@ pub struct Agent {
     pub state: StateDir,
     /// How to start a background transfer's runner.
     pub runner: RunnerCommand,
+    /// Background tasks' directory (`<state_dir>/tasks`, see [`tasks`]), made by the
+    /// first task.
+    pub tasks_dir: std::path::PathBuf,
 }
 
 impl Agent {
@@ -46,6 +50,7 @@ impl Agent {
     pub fn new(config: Arc<AgentConfig>) -> Result<Agent, String> {
         let state = StateDir::new(&config.server.state_dir)
             .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?;
+        let tasks_dir = state.root().join("tasks");
         let program =
             std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
         Ok(Agent {
@@ -55,6 +60,7 @@ impl Agent {
                 program,
                 args_prefix: vec![RUNNER_SUBCOMMAND.into()],
             },
+            tasks_dir,
         })
     }
 
@@ -109,6 +115,7 @@ impl Handler for Agent {
             Some(OrderName::Nodes) => {
                 Reply::error(501, "nodes is a proxy's view of its agents; ask a proxy")
             }
+            Some(OrderName::Tasks) => tasks::run(self, &request).await,
             None => Reply::empty(404),
         };
         if reply.code >= 400 {

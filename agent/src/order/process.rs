@@ -8,6 +8,7 @@
 //! group gets SIGTERM, then SIGKILL after [`KILL_GRACE`]. A worker that dies takes its
 //! jobs with it: they are in its session, which the master kills.
 
+use deploy_common::order::{Reply, Request};
 use deploy_common::server::conn::Events;
 use deploy_common::wire::message::{Event, Stream};
 use std::process::Stdio;
@@ -64,6 +65,45 @@ pub fn terminate_group(pgid: i32, grace: std::time::Duration) {
         }
         let _ = killpg(group, Signal::SIGKILL);
     });
+}
+
+/// A timed order (`at`): sleeps until the instant by this host's clock, or the 409
+/// reply naming the instant and this clock when it cannot be honoured
+/// ([`deploy_common::order::at::admit`]). Nothing to do without `at`.
+pub async fn wait_for_instant(request: &Request) -> Result<(), Reply> {
+    use deploy_common::order::at;
+    let Some(instant) = request.at else {
+        return Ok(());
+    };
+    let wait = at::admit(&request.order, instant, request.max_wait, at::now_ms())
+        .map_err(|text| Reply::error(409, text))?;
+    tracing::info!(order = %request.order, at = %at::rfc3339(instant), wait_ms = wait.as_millis(), "waiting for the start instant");
+    // Slept in steps re-read from the wall clock (what the instant is on), not once on
+    // the monotonic clock, which an NTP slew moves away from it over a long wait.
+    loop {
+        let left = instant.saturating_sub(at::now_ms());
+        if left <= 0 {
+            return Ok(());
+        }
+        let step = u64::try_from(left.min(60_000)).unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(step)).await;
+    }
+}
+
+/// A timed order's reply says when its command started on this host's clock
+/// (`started_at`, unix ms): a caller sees its instant was honoured (an agent that
+/// predates `at` runs at once and says nothing).
+pub fn note_start(
+    body: &mut serde_json::Map<String, serde_json::Value>,
+    request: &Request,
+    started_at: i64,
+) {
+    if request.at.is_some() {
+        body.insert(
+            "started_at".into(),
+            serde_json::Value::String(started_at.to_string()),
+        );
+    }
 }
 
 /// Runs `argv` to its end, in `/`. A program that cannot be started is reported like a

@@ -22,6 +22,18 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         Err(reply) => return reply,
     };
     let argv = process::with_sudo(request.sudo, &request.argv);
+    if request.background && stdin.is_some() {
+        return Reply::error(400, "run: a background command reads no stdin");
+    }
+    if let Err(refused) = process::wait_for_instant(request).await {
+        return refused;
+    }
+    if request.background {
+        return super::tasks::start(agent, "run", &argv, &argv.join(" "));
+    }
+    let started_at = deploy_common::order::at::now_ms();
     let finished = process::run(&argv, stdin, request.follow, events).await;
-    Reply::ok(ran(finished.code, &argv.join(" "), &finished.output))
+    let mut body = ran(finished.code, &argv.join(" "), &finished.output);
+    process::note_start(&mut body, request, started_at);
+    Reply::ok(body)
 }

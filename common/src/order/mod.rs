@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod at;
 pub mod exec;
 pub mod fetch;
 pub mod health;
@@ -22,6 +23,7 @@ pub mod rsync;
 pub mod run;
 pub mod status;
 pub mod sync;
+pub mod tasks;
 pub mod upload;
 
 /// The orders an agent serves.
@@ -65,11 +67,13 @@ pub enum OrderName {
     /// A proxy's view of its agents' state, from its heartbeat ([`nodes`]); agents
     /// answer 501.
     Nodes,
+    /// List, wait for or cancel background tasks ([`tasks`]).
+    Tasks,
 }
 
 impl OrderName {
     /// Every order, in the order the original documents them.
-    pub const ALL: [OrderName; 17] = [
+    pub const ALL: [OrderName; 18] = [
         OrderName::Status,
         OrderName::Rlist,
         OrderName::Rsync,
@@ -87,6 +91,7 @@ impl OrderName {
         OrderName::Health,
         OrderName::Fetch,
         OrderName::Nodes,
+        OrderName::Tasks,
     ];
 
     /// The original's five orders (all the v1 wire can carry).
@@ -118,6 +123,7 @@ impl OrderName {
             OrderName::Health => "health",
             OrderName::Fetch => "fetch",
             OrderName::Nodes => "nodes",
+            OrderName::Tasks => "tasks",
         }
     }
 
@@ -194,6 +200,17 @@ pub struct Request {
     /// `napp`: the scenario step asked ([`napp`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub napp: Option<Box<napp::NappSpec>>,
+    /// `exec`, `run`: start at this instant (unix ms, caller's clock), each host waiting
+    /// on its own clock; refused by a host that cannot honour it ([`at`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
+    /// With `at`: the longest a host may wait for it, ms ([`at::DEFAULT_MAX_WAIT_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<u64>,
+    /// `exec`, `run` on agents: start the command detached and answer with its task id
+    /// at once ([`tasks`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub background: bool,
 }
 
 /// The body of a reply.
@@ -266,6 +283,7 @@ pub fn reason(code: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         410 => "Gone",
         423 => "Locked",
         429 => "Too Many Requests",

@@ -56,9 +56,10 @@ pub const MAX_SWITCH_WAIT_MS: i64 = 10_000;
 /// How long a host must wait for the switch instant `at` (unix ms), its clock now
 /// reading `now`: nothing if the instant has passed or lies implausibly far ahead.
 pub fn switch_wait(at: Option<i64>, now: i64) -> Option<std::time::Duration> {
-    let ahead = at? - now;
-    (ahead > 0 && ahead <= MAX_SWITCH_WAIT_MS)
-        .then(|| std::time::Duration::from_millis(u64::try_from(ahead).unwrap_or(0)))
+    match super::at::timing(at?, now, MAX_SWITCH_WAIT_MS) {
+        super::at::Timing::Wait(wait) if !wait.is_zero() => Some(wait),
+        _ => None,
+    }
 }
 
 /// What a release order asks.

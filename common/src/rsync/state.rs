@@ -129,6 +129,9 @@ fn runs_in_session(pid: u32, session: u32) -> bool {
     state != Some("Z") && session_field == Some(session)
 }
 
+/// `PATH` of a command started with a cleared environment ([`StateDir::start_command`]).
+const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 const LOCK: &str = "lock";
 const META: &str = "meta.json";
 const PID: &str = "pid";
@@ -290,21 +293,6 @@ impl StateDir {
             std::thread::sleep(Duration::from_millis(5));
         }
 
-        // We hold the lock: the previous run's files are ours to replace.
-        remove_if_exists(&dir.join(EXIT))?;
-        remove_if_exists(&dir.join(PID))?;
-        let output_path = dir.join(OUTPUT);
-        let output = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&output_path)
-            .map_err(|e| RsyncError::io(format!("open {}", output_path.display()), e))?;
-        let output_err = output
-            .try_clone()
-            .map_err(|e| RsyncError::io("duplicate the output descriptor", e))?;
         let args = argv(spec, false);
         let meta = serde_json::json!({
             "dest": spec.dest,
@@ -313,52 +301,95 @@ impl StateDir {
             "argv": args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
             "started": unix_now(),
         });
-        write_atomic(&dir, META, meta.to_string().as_bytes())?;
-
-        let lock_fd = lock.as_raw_fd();
-        let mut command = Command::new(&runner.program);
-        command
-            .args(&runner.args_prefix)
-            .arg(&dir)
-            .arg(lock_fd.to_string())
-            .arg("--")
-            .arg(&spec.rsync)
-            .args(&args)
-            // The same output encoding as foreground runs (see `output`).
-            .env("LC_ALL", super::LOCALE)
-            .stdin(Stdio::null())
-            .stdout(output)
-            .stderr(output_err);
-        // SAFETY: the closure runs in the child between fork and exec and only makes
-        // async-signal-safe system calls (setsid, fcntl) on its own copy of `lock_fd`.
-        // The descriptor stays close-on-exec in this process, so no other program that
-        // we (or another thread) spawn inherits the lock.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let flags = libc::fcntl(lock_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(lock_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().map_err(|source| RsyncError::Spawn {
-            binary: runner.program.clone(),
-            source,
-        })?;
-        let pid = child.id();
-        // The runner writes it too; writing it here closes the window in which
-        // `running` would know no pid. Failure is not fatal for the same reason.
-        if let Err(e) = write_atomic(&dir, PID, format!("{pid}\n").as_bytes()) {
-            tracing::warn!(cause = %e, checksum = %sum, "cannot record the rsync runner's pid");
-        }
-        reap_in_background(child);
-        // Close our copy without unlocking: the runner's copy keeps the lock.
-        drop(lock);
+        // The same output encoding as foreground runs (see `output`).
+        let env = [("LC_ALL", super::LOCALE)];
+        let pid = launch(
+            &dir,
+            lock,
+            runner,
+            spec.rsync.as_os_str(),
+            &args,
+            &env,
+            false,
+            &meta,
+        )?;
         Ok(StartOutcome::Started { pid })
+    }
+
+    /// Start `program args…` in the background as run `id` (a new 32-hex id: a task;
+    /// see `order::tasks`), through `runner` like a transfer, with a minimal
+    /// environment (`PATH`, `LANG`) and `meta` as its `meta.json`. Returns the runner's
+    /// pid. An `id` already used is refused.
+    pub fn start_command(
+        &self,
+        id: &str,
+        program: &OsStr,
+        args: &[OsString],
+        runner: &RunnerCommand,
+        meta: &serde_json::Value,
+    ) -> Result<u32, RsyncError> {
+        let Some(dir) = self.transfer_dir(id) else {
+            return Err(RsyncError::io(
+                format!("run id {id:?}"),
+                io::Error::new(io::ErrorKind::InvalidInput, "not 32 hex digits"),
+            ));
+        };
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| RsyncError::io(format!("create {}", dir.display()), e))?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock_path)
+            .and_then(above_stdio)
+            .map_err(|e| RsyncError::io(format!("open {}", lock_path.display()), e))?;
+        if !try_flock(&lock, libc::LOCK_EX)
+            .map_err(|e| RsyncError::io(format!("lock {}", lock_path.display()), e))?
+        {
+            return Err(RsyncError::io(
+                format!("lock {}", lock_path.display()),
+                io::Error::new(io::ErrorKind::WouldBlock, "held by another process"),
+            ));
+        }
+        launch(&dir, lock, runner, program, args, &[], true, meta)
+    }
+
+    /// The ids of the runs under this directory (transfers' checksums, or task ids).
+    pub fn ids(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| self.transfer_dir(name).is_some())
+            .collect()
+    }
+
+    /// Run `id`'s `meta.json`, if it has one.
+    pub fn meta(&self, id: &str) -> Option<serde_json::Value> {
+        let dir = self.transfer_dir(id)?;
+        let mut text = Vec::new();
+        open_read(&dir.join(META))
+            .ok()?
+            .read_to_end(&mut text)
+            .ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Run `id`'s runner pid while it runs (its session leader, so not a reused pid).
+    pub fn runner_pid(&self, id: &str) -> Option<u32> {
+        let dir = self.transfer_dir(id)?;
+        lock_held(&dir).then(|| live_runner(&dir)).flatten()
+    }
+
+    /// Run `id`'s directory (for a [`super::wake::Wake`]), if `id` is well formed.
+    pub fn dir_of(&self, id: &str) -> Option<PathBuf> {
+        self.transfer_dir(id)
     }
 
     /// Whether transfer `checksum` is running, and if so its processes.
@@ -508,6 +539,92 @@ impl StateDir {
         }
         head
     }
+}
+
+/// Starts `runner` on `program args…` for the run directory `dir`, whose `lock` the
+/// caller holds: the previous run's files removed, `output` truncated, `meta.json`
+/// written, the runner spawned in a new session with the locked descriptor, its stdout
+/// and stderr going to `output`, with `env` added (over an empty environment, but for
+/// `PATH` and `LANG`, if `clear_env`). Returns the runner's pid; our copy of the lock
+/// is closed without unlocking (the runner's copy keeps it).
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    dir: &Path,
+    lock: File,
+    runner: &RunnerCommand,
+    program: &OsStr,
+    args: &[OsString],
+    env: &[(&str, &str)],
+    clear_env: bool,
+    meta: &serde_json::Value,
+) -> Result<u32, RsyncError> {
+    // We hold the lock: the previous run's files are ours to replace.
+    remove_if_exists(&dir.join(EXIT))?;
+    remove_if_exists(&dir.join(PID))?;
+    let output_path = dir.join(OUTPUT);
+    let output = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&output_path)
+        .map_err(|e| RsyncError::io(format!("open {}", output_path.display()), e))?;
+    let output_err = output
+        .try_clone()
+        .map_err(|e| RsyncError::io("duplicate the output descriptor", e))?;
+    write_atomic(dir, META, meta.to_string().as_bytes())?;
+
+    let lock_fd = lock.as_raw_fd();
+    let mut command = Command::new(&runner.program);
+    command
+        .args(&runner.args_prefix)
+        .arg(dir)
+        .arg(lock_fd.to_string())
+        .arg("--")
+        .arg(program)
+        .args(args);
+    if clear_env {
+        command
+            .env_clear()
+            .env("PATH", SAFE_PATH)
+            .env("LANG", "C.UTF-8");
+    }
+    command
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(output)
+        .stderr(output_err);
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (setsid, fcntl) on its own copy of `lock_fd`.
+    // The descriptor stays close-on-exec in this process, so no other program that
+    // we (or another thread) spawn inherits the lock.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let flags = libc::fcntl(lock_fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(lock_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|source| RsyncError::Spawn {
+        binary: runner.program.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    // The runner writes it too; writing it here closes the window in which
+    // `running` would know no pid. Failure is not fatal for the same reason.
+    if let Err(e) = write_atomic(dir, PID, format!("{pid}\n").as_bytes()) {
+        tracing::warn!(cause = %e, dir = %dir.display(), "cannot record the runner's pid");
+    }
+    reap_in_background(child);
+    // Close our copy without unlocking: the runner's copy keeps the lock.
+    drop(lock);
+    Ok(pid)
 }
 
 /// The directory must be a real directory (not a symlink), owned by us, and not writable

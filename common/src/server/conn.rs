@@ -342,8 +342,11 @@ async fn run_bounded<H: Handler>(
     request: Request,
     events: Events,
 ) -> Reply {
+    // A timed order's wait for its instant does not count against the limit.
+    let waiting =
+        crate::order::at::wait_of(request.at, request.max_wait, crate::order::at::now_ms());
     let fut = handler.handle(peer, request, events);
-    match policy.request_timeout {
+    match policy.request_timeout.map(|limit| limit + waiting) {
         Some(limit) => match tokio::time::timeout(limit, fut).await {
             Ok(reply) => reply,
             Err(_) => Reply::error(

@@ -1,4 +1,5 @@
-//! Output bytes → whole lines, per stream, and the remote command line.
+//! Output bytes → whole lines, per stream, and the remote command line (with a timed
+//! run's wait script, or detached for `--background`).
 //!
 //! ```text
 //! "a\nb" + "c\n" + EOF  →  "a", "bc"          (a line is emitted once complete)
@@ -70,6 +71,67 @@ pub fn remote_command(argv: &[String], sudo: bool) -> String {
     }
 }
 
+/// Where a background command's output goes on an SSH host: `~/.deploy-tasks/<pid>.out`.
+pub const TASKS_DIR: &str = ".deploy-tasks";
+
+/// `command` (for the login shell) started detached on an SSH host, as a `sh -c`
+/// script that prints its pid (the task's id): a session of its own (`setsid`, so the
+/// SSH session's end does not reach it), no input, its output in
+/// `~/.deploy-tasks/<pid>.out`.
+pub fn background(command: &str) -> String {
+    let inner = format!("exec >\"$HOME/{TASKS_DIR}/$$.out\" 2>&1 </dev/null; {command}");
+    shell(
+        &format!(
+            "mkdir -p \"$HOME/{TASKS_DIR}\" && {{ setsid sh -c {} >/dev/null 2>&1 </dev/null & echo $!; }}",
+            quote(&inner)
+        ),
+        false,
+    )
+}
+
+/// The reply of a [`background`] start: the `tasks` order's `started` shape, its id
+/// the pid printed; a reply that is not a pid is returned as it came.
+pub fn background_started(reply: crate::order::Reply, command: &str) -> crate::order::Reply {
+    use base64::Engine as _;
+    let crate::order::Body::Json(body) = &reply.body else {
+        return reply;
+    };
+    let pid = body
+        .get("content")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    match (body.get("code").and_then(serde_json::Value::as_str), pid) {
+        (Some("0"), Some(pid)) => {
+            crate::order::Reply::ok(crate::order::tasks::started(&pid.to_string(), pid, command))
+        }
+        _ => reply,
+    }
+}
+
+/// Exit code of a timed run's wait script ([`wait_until`]) when the host refuses the
+/// instant (EX_TEMPFAIL), its reason on stderr.
+pub const REFUSED_INSTANT: i32 = 75;
+
+/// A POSIX `sh` script that sleeps until instant `at` (unix ms) by the host's clock,
+/// or exits [`REFUSED_INSTANT`] naming the instant and the host's clock when it passed
+/// by more than the tolerance or lies over `max_wait` ms ahead (the agents' rule,
+/// `order::at::admit`). Needs `date +%s%N` (GNU, busybox) and a fractional `sleep`;
+/// with a `date` that has no `%N`, it falls back to whole seconds.
+pub fn wait_until(at: i64, max_wait: Option<u64>) -> String {
+    use crate::order::at::TOLERANCE_MS;
+    let max = crate::order::at::max_wait_ms(max_wait);
+    let instant = crate::order::at::rfc3339(at);
+    format!(
+        "n=$(date +%s%N 2>/dev/null); case $n in *N*|'') n=$(($(date +%s)*1000000000));; esac; \
+         left=$(({at} - n / 1000000)); \
+         if [ $left -lt -{TOLERANCE_MS} ]; then echo \"run: the start instant {instant} passed $((-left)) ms ago by this host's clock ($(date -u +%Y-%m-%dT%H:%M:%SZ)); tolerance {TOLERANCE_MS} ms\" >&2; exit {REFUSED_INSTANT}; fi; \
+         if [ $left -gt {max} ]; then echo \"run: the start instant {instant} is $left ms ahead of this host's clock ($(date -u +%Y-%m-%dT%H:%M:%SZ)), over the longest wait allowed ({max} ms)\" >&2; exit {REFUSED_INSTANT}; fi; \
+         if [ $left -gt 0 ]; then sleep $((left / 1000)).$(printf %03d $((left % 1000))); fi"
+    )
+}
+
 /// `script` for `sh -c`, whatever the remote login shell, under `sudo -n` if `sudo`.
 pub fn shell(script: &str, sudo: bool) -> String {
     if sudo {
@@ -129,5 +191,42 @@ mod tests {
             remote_command(&argv, true),
             "sudo -n sh -c 'echo it'\\''s && id'"
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod wait_tests {
+    use super::*;
+
+    fn sh(script: &str) -> std::process::Output {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("sh")
+    }
+
+    #[test]
+    fn the_wait_script_waits_or_refuses() {
+        let now = crate::order::at::now_ms();
+        let waited = sh(&format!("{}; date +%s%N", wait_until(now + 300, None)));
+        assert!(waited.status.success(), "{waited:?}");
+        let started: i64 = String::from_utf8_lossy(&waited.stdout)
+            .trim()
+            .parse::<i64>()
+            .expect("date")
+            / 1_000_000;
+        assert!(
+            started >= now + 300,
+            "started {started}, instant {}",
+            now + 300
+        );
+        let late = sh(&wait_until(now - 5_000, None));
+        assert_eq!(late.status.code(), Some(REFUSED_INSTANT));
+        assert!(String::from_utf8_lossy(&late.stderr).contains("passed"));
+        let far = sh(&wait_until(now + 60_000, Some(1_000)));
+        assert_eq!(far.status.code(), Some(REFUSED_INSTANT));
+        assert!(String::from_utf8_lossy(&far.stderr).contains("over the longest wait"));
     }
 }

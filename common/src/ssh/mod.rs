@@ -536,6 +536,24 @@ impl Shared {
             Err(reply) => return Outcome::Reply(reply),
         };
         let command = lines::remote_command(&request.argv, request.sudo);
+        let command = if request.background {
+            lines::background(&command)
+        } else {
+            command
+        };
+        let (command, waiting) = match request.at {
+            // The host waits on its own clock, once connected: nothing but a fork lies
+            // between the end of its wait and the command, whereas a wait here would
+            // add each host's channel set-up and one-way latency after it.
+            Some(at) => (
+                format!(
+                    "sh -c {} && {command}",
+                    lines::quote(&lines::wait_until(at, request.max_wait))
+                ),
+                crate::order::at::wait_of(Some(at), request.max_wait, crate::order::at::now_ms()),
+            ),
+            None => (command, Duration::ZERO),
+        };
         let work = async {
             let session = match self.connect_all_or_none(target, request).await? {
                 Ok(session) => session,
@@ -543,10 +561,15 @@ impl Shared {
             };
             self.stats.connected.fetch_add(1, Ordering::Relaxed);
             // As orgalorg: a terminal for a command given no input (unless turned off).
-            let pty = self.options.pty && stdin.is_none();
-            session::run(&session, &command, stdin, pty, &events, self).await
+            let pty = self.options.pty && stdin.is_none() && !request.background;
+            let reply = session::run(&session, &command, stdin, pty, &events, self).await?;
+            Ok(if request.background {
+                lines::background_started(reply, &request.argv.join(" "))
+            } else {
+                reply
+            })
         };
-        self.bounded(target, work).await
+        self.bounded_after(target, work, waiting).await
     }
 
     /// Runs `work` within the deadline, if one is set. At the deadline its commands
@@ -558,10 +581,21 @@ impl Shared {
         target: &Target,
         work: impl std::future::Future<Output = Result<Reply, SshError>>,
     ) -> Outcome {
+        self.bounded_after(target, work, Duration::ZERO).await
+    }
+
+    /// [`Shared::bounded`] with the deadline moved `waiting` later (a timed run's wait
+    /// for its instant).
+    async fn bounded_after(
+        &self,
+        target: &Target,
+        work: impl std::future::Future<Output = Result<Reply, SshError>>,
+        waiting: Duration,
+    ) -> Outcome {
         let token = self.interrupt.child_token();
         let work = session::DELIVERY.scope(token.clone(), work);
         tokio::pin!(work);
-        let result = match self.options.deadline {
+        let result = match self.options.deadline.map(|d| d + waiting) {
             None => work.await,
             Some(deadline) => match tokio::time::timeout(deadline, &mut work).await {
                 Ok(result) => result,

@@ -307,9 +307,16 @@ impl AgentTransport {
                     },
                 }
             };
-            timeout(self.deadline, exchange)
+            // A timed order waits on the host for its instant: the deadline starts then.
+            let deadline = self.deadline
+                + crate::order::at::wait_of(
+                    request.at,
+                    request.max_wait,
+                    crate::order::at::now_ms(),
+                );
+            timeout(deadline, exchange)
                 .await
-                .unwrap_or(Outcome::Timeout(self.deadline))
+                .unwrap_or(Outcome::Timeout(deadline))
         })
     }
 }

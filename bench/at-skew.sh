@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Benchmark: the start skew of a timed run (`--at`) across N agents (default 20), each
+# its own deploy-agent process on 127.0.10.x, reached directly and through deploy-proxy.
+# Each agent runs `date +%s%N` (a job run as argv, `allow_run`); the skew is the latest
+# minus the earliest start across the agents, and the lateness the earliest start minus
+# the instant (all on this machine's one clock, so it measures the agents' wake-ups, not
+# clock offsets). The instant is set LEAD ms ahead (default 1500). Median of RUNS runs
+# (default 3).
+#
+# Usage: bench/at-skew.sh [RUNS] [N] [LEAD_MS]
+# BENCH_BIN=DIR takes the binaries from DIR (no build). Needs python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}
+N=${2:-20}
+LEAD=${3:-1500}
+if [ -z "${BENCH_BIN:-}" ]; then
+    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
+fi
+exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$LEAD" <<'EOP'
+import base64, json, os, statistics, subprocess, sys, tempfile, time
+sys.path.insert(0, "bench")
+from procs import Procs
+
+bin_dir, runs, n, lead = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+work = tempfile.mkdtemp(prefix="deploy-at-bench-")
+procs = Procs()
+try:
+    agents = []
+    for i in range(1, n + 1):
+        d = f"{work}/agent{i}"
+        os.makedirs(d)
+        with open(f"{d}/agent.ini", "w") as f:
+            f.write(f"[server]\naddr = 127.0.10.{i}\nport = 0\nkey_cipher = bench\nstate_dir = {d}/state\n"
+                    "max_prefork = 1\nallow_run = on\n[allow::hosts]\nhost[] = 127.0.0.0/8\n")
+        agents.append(procs.start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path",
+                                   f"{d}/agent.ini"], f"{d}/agent.log", 1)[0])
+    with open(f"{work}/api.ini", "w") as f:
+        f.write("[keys]\nbench[] = fleet\n[names]\nbench = bench\n[servers]\n")
+        for a in agents:
+            f.write(f"fleet[] = {a}\n")
+    with open(f"{work}/proxy.ini", "w") as f:
+        f.write("[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nkey_cipher = bench\nallow_run = on\n"
+                "[client]\nkey_cipher = bench\nconcurrency = 1024\nthread_timeout = 60\n"
+                f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api.ini\n")
+    proxy_port = procs.start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path",
+                              f"{work}/proxy.ini"], f"{work}/proxy.log", 1)[0].rsplit(":", 1)[1]
+    direct = ["--hosts", ",".join(agents)]
+    proxied = ["--hosts", "127.0.0.1", "--port", proxy_port, "--api-key", "bench",
+               "--args", "groups:fleet"]
+
+    def timed(route):
+        at = int(time.time() * 1000) + lead
+        r = subprocess.run([f"{bin_dir}/deploy-client", *route, "--key-cipher", "bench",
+                            "--order=run", f"--at={at}", "--format=json", "--", "date", "+%s%N"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"timed run failed ({r.returncode}):\n{r.stderr[:3000]}\n{r.stdout[:3000]}")
+        starts = [int(base64.b64decode(rec["run"]["content"]["content"])) / 1e6
+                  for rec in json.loads(r.stdout).values()]
+        if len(starts) != n:
+            sys.exit(f"{len(starts)} of {n} agents answered")
+        return max(starts) - min(starts), min(starts) - at
+
+    print(f"--at start skew across {n} agent processes (lead {lead} ms), {runs} runs, binaries of {bin_dir}")
+    print(f"{'run':>4} {'direct skew':>12} {'late':>7} {'proxy skew':>11} {'late':>7}")
+    rows = []
+    for i in range(runs):
+        d, dl = timed(direct)
+        p, pl = timed(proxied)
+        rows.append((d, dl, p, pl))
+        print(f"{i + 1:>4} {d:10.2f}ms {dl:5.2f}ms {p:9.2f}ms {pl:5.2f}ms")
+    med = lambda k: statistics.median(r[k] for r in rows)
+    print(f" med {med(0):10.2f}ms {med(1):5.2f}ms {med(2):9.2f}ms {med(3):5.2f}ms")
+finally:
+    procs.close()
+    subprocess.run(["rm", "-rf", work])
+EOP
