@@ -8,6 +8,7 @@ mod exec;
 mod lock;
 mod napp;
 mod process;
+mod relay;
 pub mod release;
 mod rkill;
 mod rlist;
