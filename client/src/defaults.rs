@@ -230,6 +230,17 @@ mod tests {
     }
 
     #[test]
+    fn relay_default() {
+        assert_eq!(parse("[client]\nrelay = on\n").unwrap().relay, Some(true));
+        assert_eq!(parse("[client]\nrelay = off\n").unwrap().relay, Some(false));
+        assert_eq!(parse("").unwrap().relay, None);
+        assert_eq!(
+            parse("[client]\nrelay = maybe\n").unwrap_err().to_string(),
+            "/x/client.ini:2: [client] relay: \"maybe\": expected on or off"
+        );
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         for (text, message) in [
             (

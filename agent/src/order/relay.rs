@@ -23,6 +23,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+/// Seconds a pull from a peer waits for its daemon to answer (rsync `--contimeout`).
+const PEER_CONNECT_TIMEOUT: u32 = 10;
+/// Seconds without data after which a pull from a peer gives up (rsync `--timeout`).
+const PEER_IO_TIMEOUT: u32 = 30;
+
 /// How much of a failed pull's output the reply carries.
 const OUTPUT_TAIL: usize = 4096;
 
@@ -61,6 +66,12 @@ async fn pulled(mut spec: rs::RsyncSpec, checksum: String, pull: Pull, base: &Pa
     if let (Some(_), Some(bind)) = (&pull.from, pull.bind) {
         // From our own address, which is the one the serving peer allows.
         argv.insert(0, format!("--address={bind}").into());
+    }
+    if pull.from.is_some() {
+        // A black-holed or stalled peer fails the pull (and is routed around) instead
+        // of holding the host until the scheduler's deadline.
+        argv.insert(0, format!("--contimeout={PEER_CONNECT_TIMEOUT}").into());
+        argv.insert(0, format!("--timeout={PEER_IO_TIMEOUT}").into());
     }
     let mut cmd = tokio::process::Command::new(&spec.rsync);
     cmd.args(argv)
