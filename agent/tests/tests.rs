@@ -21,6 +21,7 @@
 //! | [`release`] | releases: rollouts in two phases, rollback, confirm-or-revert, stretcher's event mode |
 //! | [`napp`] | Octopoda NodeApps: pushes, versions, `.gitignore`, resets, scripts, refusals |
 //! | [`timed`] | `--at`/`--delay` across agents, refusals, `--background` tasks listed, waited for, cancelled |
+//! | [`relay`] | `rsync --relay`: waves over six agents, a tampering peer, a peer dying while serving |
 //! | [`migration`] | what Perl deploy fleets bring: 1024-bit keys (v1 "ssl" only, with warnings), ssl callers of an agent with v1 off |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
@@ -40,6 +41,7 @@ mod napp;
 mod ops;
 mod orders;
 mod process;
+mod relay;
 mod release;
 mod serf;
 mod systemd;

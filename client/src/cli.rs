@@ -322,6 +322,18 @@ pub struct Args {
     #[arg(long)]
     pub follow: bool,
 
+    /// `rsync`: relay distribution. The first hosts pull from the group's source, and
+    /// each host that finished (its tree checked against the first one's SHA-256
+    /// manifest) serves the next ones, so the source sends about --relay-fanout copies.
+    /// Each result names where the host pulled from (`from`). Default: `relay` in the
+    /// defaults file, else off.
+    #[arg(long, value_name = "on|off", num_args = 0..=1, require_equals = true, default_missing_value = "on", value_parser = parse_on_off)]
+    pub relay: Option<bool>,
+
+    /// `--relay`: how many hosts the source and each serving host feed at once.
+    #[arg(long, value_name = "K", default_value_t = deploy_common::rsync::waves::DEFAULT_FANOUT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub relay_fanout: usize,
+
     /// `run`: send this file to the command's standard input (`-`: this program's).
     #[arg(long, value_name = "FILE")]
     pub stdin: Option<PathBuf>,
@@ -612,6 +624,17 @@ pub struct Config {
     pub rollout: Option<crate::rollout::Plan>,
     /// `--order=fetch`: where each host's files go (`DIR/<host>/`).
     pub fetch_into: Option<PathBuf>,
+    /// `rsync --relay`: the fan-out of each server; `None`: no relay.
+    pub relay: Option<usize>,
+}
+
+/// `on`/`off` (and the usual spellings of a boolean).
+pub fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "yes" | "true" | "1" => Ok(true),
+        "off" | "no" | "false" | "0" => Ok(false),
+        _ => Err(format!("{value:?}: expected on or off")),
+    }
 }
 
 impl Args {
@@ -1030,6 +1053,8 @@ impl Args {
             lock,
             rollout,
             fetch_into,
+            relay: (self.relay == Some(true) && self.order == OrderArg::Rsync)
+                .then_some(self.relay_fanout),
         })
     }
 }

@@ -7,6 +7,7 @@
 //! hosts = proxy1              ; --hosts when not given (node sets, @FILE: as on the line)
 //! port = 3441                 ; --port
 //! format = text               ; --format (json, text, jsonl, lines)
+//! relay = on                  ; --relay for `rsync` orders (on, off)
 //! [ssh]
 //! identity[] = ~/.ssh/deploy  ; --identity (repeatable)
 //! known_hosts = ~/.ssh/known_hosts.deploy   ; --known-hosts
@@ -39,6 +40,7 @@ pub struct Defaults {
     hosts: Option<String>,
     port: Option<u16>,
     format: Option<Format>,
+    relay: Option<bool>,
     identity: Vec<PathBuf>,
     known_hosts: Option<PathBuf>,
     ssh_config: Option<PathBuf>,
@@ -97,6 +99,11 @@ impl Defaults {
                             )
                         })?);
                     }
+                    ("client", "relay") => {
+                        let v = scalar(name, e)?;
+                        d.relay =
+                            Some(crate::cli::parse_on_off(&v).map_err(|r| invalid(name, e, r))?);
+                    }
                     ("ssh", "identity") => {
                         if !e.list {
                             return Err(invalid(name, e, "write identity[] = FILE".to_owned()));
@@ -134,6 +141,7 @@ impl Defaults {
             hosts: self.hosts.or(other.hosts),
             port: self.port.or(other.port),
             format: self.format.or(other.format),
+            relay: self.relay.or(other.relay),
             identity: if self.identity.is_empty() {
                 other.identity
             } else {
@@ -152,6 +160,7 @@ impl Defaults {
         }
         args.port = args.port.or(self.port);
         args.format = args.format.or(self.format);
+        args.relay = args.relay.or(self.relay);
         if args.identity.is_empty() {
             args.identity = self.identity;
         }
@@ -218,6 +227,17 @@ mod tests {
         assert_eq!(d.known_hosts, Some(PathBuf::from("/home/me/kh")));
         assert_eq!(d.ssh_config, Some(PathBuf::from("/c")));
         assert_eq!(d.user.as_deref(), Some("deploy"));
+    }
+
+    #[test]
+    fn relay_default() {
+        assert_eq!(parse("[client]\nrelay = on\n").unwrap().relay, Some(true));
+        assert_eq!(parse("[client]\nrelay = off\n").unwrap().relay, Some(false));
+        assert_eq!(parse("").unwrap().relay, None);
+        assert_eq!(
+            parse("[client]\nrelay = maybe\n").unwrap_err().to_string(),
+            "/x/client.ini:2: [client] relay: \"maybe\": expected on or off"
+        );
     }
 
     #[test]

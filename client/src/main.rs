@@ -251,6 +251,21 @@ fn generate() -> Option<ExitCode> {
     }
 }
 
+/// Starts the fan-out: relay waves for `rsync --relay` (`relay`: each server's
+/// fan-out), else one delivery per target.
+fn start(
+    fanout: &Fanout,
+    transport: &Arc<dyn deploy_common::transport::Transport>,
+    relay: Option<usize>,
+    targets: Vec<deploy_common::target::Target>,
+    request: deploy_common::order::Request,
+) -> tokio::sync::mpsc::Receiver<FanoutEvent> {
+    match relay {
+        Some(k) => deploy_common::rsync::waves::run(Arc::clone(transport), targets, request, k),
+        None => fanout.run(targets, request),
+    }
+}
+
 /// Runs the order on every target and prints the results; returns the exit status.
 async fn run(config: Config) -> io::Result<u8> {
     let Config {
@@ -267,6 +282,7 @@ async fn run(config: Config) -> io::Result<u8> {
         lock: _,
         rollout: _,
         fetch_into,
+        relay,
     } = config;
     let mut fetcher = fetch_into.map(fetch::Fetcher::new);
     let run_started = unix_ms();
@@ -328,7 +344,7 @@ async fn run(config: Config) -> io::Result<u8> {
             .map(|t| (Arc::clone(&transport), t.clone()))
             .collect();
         match gate::connect_all(entries, &request, concurrency).await {
-            Ok(()) => fanout.run(targets, request),
+            Ok(()) => start(&fanout, &transport, relay, targets, request),
             Err(results) => {
                 if !quiet {
                     let culprits: Vec<String> = results
@@ -345,7 +361,7 @@ async fn run(config: Config) -> io::Result<u8> {
             }
         }
     } else {
-        fanout.run(targets, request)
+        start(&fanout, &transport, relay, targets, request)
     };
     // On SIGINT/SIGTERM the commands on SSH hosts are interrupted (SIGINT, then
     // SIGKILL) and the run ends once they have; a second signal quits.

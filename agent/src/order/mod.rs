@@ -10,6 +10,7 @@ mod health;
 mod lock;
 mod napp;
 mod process;
+mod relay;
 pub mod release;
 mod rkill;
 mod rlist;

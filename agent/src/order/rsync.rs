@@ -11,6 +11,8 @@
 //! to it: it gets the end of the output so far (the last [`ATTACH_BACKLOG`] bytes), then
 //! the rest as it comes, and the same final reply with `"attached":"true"`. Without
 //! `follow` the reply is the original's `alreadyRsync` body, as before.
+//!
+//! `args` starting with `relay` switch to relay mode ([`super::relay`]).
 
 use super::Agent;
 use deploy_common::order::rsync::{finished, started};
@@ -27,6 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 const ATTACH_BACKLOG: u64 = 16 * 1024;
 
 pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Reply {
+    if rs::relay::is_relay(&request.args) {
+        return super::relay::run(agent, request).await;
+    }
     let (mut spec, checksum) = match agent.resolve(&request.options) {
         Ok(x) => x,
         Err(reply) => return reply,

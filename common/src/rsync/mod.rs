@@ -16,6 +16,8 @@
 //! | [`run`] | [`run_foreground`]: a dry-run (or any run) with combined output and a timeout; [`progress_supported`] |
 //! | [`state`] | [`StateDir`]: background transfers that outlive the worker, and [`runner_main`] |
 //! | [`wake`] | [`wake::Wake`]: a follower woken by the transfer's writes and its runner's exit |
+//! | [`relay`] | relay mode: its `args`, the tree [`relay::manifest`], the one-off daemon configuration |
+//! | [`waves`] | the relay scheduler: hosts pull from the source or from verified peers |
 //!
 //! # Design
 //!
@@ -44,9 +46,11 @@ use md5::{Digest, Md5};
 
 pub mod options;
 pub mod output;
+pub mod relay;
 pub mod run;
 pub mod state;
 pub mod wake;
+pub mod waves;
 
 #[cfg(test)]
 mod tests;

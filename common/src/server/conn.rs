@@ -310,7 +310,10 @@ fn access(
     let key = request
         .filter(|r| !r.api_key.trim().is_empty())
         .map(|r| super::log::key_id(&r.api_key));
-    let args = request.map(|r| r.args.as_str()).filter(|a| !a.is_empty());
+    // A relay order's token (a password for its peers) is not logged.
+    let args = request
+        .map(|r| crate::rsync::relay::redact(&r.args))
+        .filter(|a| !a.is_empty());
     let argv = request
         .filter(|r| !r.argv.is_empty())
         .map(|r| super::log::argv_text(&r.argv));

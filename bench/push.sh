@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Benchmark (issue 12): a push of a MIB MiB tree (default 20) to N hosts for each N in
+# SIZES (default "1 8"), on emulated hosts (bench/netns.py: one network namespace per
+# host, links shaped to RATE, default 100mbit, each way), every tool in the same run on
+# the same links, median of RUNS (default 3):
+#   relay   deploy-client --order=rsync --relay (waves; --relay-fanout K, default 2)
+#   plain   deploy-client --order=rsync --follow (every agent pulls from the source)
+#   xargs   N rsyncs from the same source by xargs -P N (one per host namespace)
+# The source (an rsync daemon) and the client sit on their own host behind one link.
+# Each run starts from empty targets. Prints times and ratios (each tool's time over its
+# 1-host time, and relay over xargs).
+#
+# Usage: bench/push.sh [RUNS] [SIZES] [MIB] [RATE] [K]
+# BENCH_BIN=DIR takes the binaries from DIR (default target/debug, built if missing).
+# Needs root (network namespaces), rsync and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}
+SIZES=${2:-"1 8"}
+MIB=${3:-20}
+RATE=${4:-100mbit}
+K=${5:-2}
+BIN=${BENCH_BIN:-$PWD/target/debug}
+if [ -z "${BENCH_BIN:-}" ]; then
+    cargo build --quiet -p deploy-agent -p deploy-client
+fi
+exec python3 - "$BIN" "$RUNS" "$SIZES" "$MIB" "$RATE" "$K" <<'EOP'
+import os, re, statistics, subprocess, sys, tempfile, time, json
+sys.path.insert(0, "bench")
+from netns import Net, available
+
+bin_dir, runs, sizes, mib, rate, k = sys.argv[1], int(sys.argv[2]), [int(x) for x in sys.argv[3].split()], int(sys.argv[4]), sys.argv[5], sys.argv[6]
+if not available():
+    sys.exit("bench/push.sh: network namespaces unavailable (needs root / CAP_NET_ADMIN)")
+work = tempfile.mkdtemp(prefix="deploy-push-bench-")
+net = Net(f"push{os.getpid() % 100000}", rate=rate)
+try:
+    shelf = f"{work}/shelf"
+    os.makedirs(shelf)
+    for j in range(4):
+        with open(f"{shelf}/part{j}", "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(1 << 18))
+    src = net.add("src")
+    with open(f"{work}/rsyncd.conf", "w") as f:
+        f.write(f"use chroot = no\nuid = 0\ngid = 0\npid file = {work}/rsyncd.pid\n"
+                f"max connections = 0\n[shelf]\npath = {shelf}\nread only = yes\n")
+    net.popen("src", ["rsync", "--daemon", "--no-detach", f"--config={work}/rsyncd.conf",
+                      f"--address={src}", "--port=873"], f"{work}/rsyncd.log")
+    n_max = max(sizes)
+    hosts = []
+    for i in range(1, n_max + 1):
+        d = f"{work}/a{i}"
+        os.makedirs(f"{d}/target")
+        ip = net.add(f"a{i}")
+        with open(f"{d}/agent.ini", "w") as f:
+            f.write(f"[server]\naddr = {ip}\nport = 3441\nkey_cipher = bench\nstate_dir = {d}/state\n"
+                    "max_prefork = 1\n"
+                    f"[allow::hosts]\nhost[] = 10.77.0.0/16\n[allow::paths]\npath[] = {d}/target\n"
+                    f"[rsync::group::blob]\ndest = rsync://{src}:873/shelf/\n"
+                    f"src = {d}/target/blob\n")
+        log = f"{d}/agent.log"
+        net.popen(f"a{i}", [f"{bin_dir}/deploy-agent", "--foreground", "--path", f"{d}/agent.ini"], log)
+        hosts.append((f"a{i}", ip, d, log))
+    for name, ip, d, log in hosts:
+        for _ in range(600):
+            if "listening on" in open(log).read():
+                break
+            time.sleep(0.05)
+        else:
+            sys.exit(f"{name}: agent did not start: {open(log).read()[-2000:]}")
+
+    def reset(n):
+        for _, _, d, _ in hosts[:n]:
+            subprocess.run(["rm", "-rf", f"{d}/target/blob"], check=True)
+        subprocess.run(["sync"])
+
+    def check(n, out=""):
+        for _, _, d, _ in hosts[:n]:
+            for j in range(4):
+                p = f"{d}/target/blob/part{j}"
+                if not os.path.exists(p) or os.path.getsize(p) != mib << 18:
+                    sys.exit(f"{p}: did not arrive whole\n{out[-3000:]}")
+
+    def client(n, extra):
+        targets = ",".join(f"{ip}:3441" for _, ip, _, _ in hosts[:n])
+        argv = [f"{bin_dir}/deploy-client", "--hosts", targets, "--order=rsync", "--options=blob",
+                "--thread-timeout", "900", "--format", "json", "-q"] + extra
+        env = dict(os.environ, DEPLOY_KEY_CIPHER="bench")
+        t = time.perf_counter()
+        r = subprocess.run(net.cmd("src", argv), capture_output=True, text=True, env=env)
+        total = time.perf_counter() - t
+        if r.returncode != 0:
+            sys.exit(f"client failed ({r.returncode}): {r.stderr[-3000:]}\n{r.stdout[-3000:]}")
+        return total, r.stdout
+
+    def relay(n):
+        reset(n)
+        total, out = client(n, ["--relay", "--relay-fanout", k])
+        check(n, out)
+        froms = [v["rsync"]["content"].get("from") for v in json.loads(out).values()]
+        return total, sum(1 for f in froms if f == "source")
+
+    def plain(n):
+        reset(n)
+        total, _ = client(n, ["--follow"])
+        check(n)
+        return total
+
+    def xargs(n):
+        reset(n)
+        cmds = "\n".join(f"ip netns exec {net.ns(name)} rsync -a rsync://{src}:873/shelf/ {d}/target/blob/"
+                         for name, _, d, _ in hosts[:n])
+        t = time.perf_counter()
+        r = subprocess.run(["xargs", "-P", str(n), "-I{}", "sh", "-c", "{}"], input=cmds,
+                           capture_output=True, text=True)
+        total = time.perf_counter() - t
+        if r.returncode != 0:
+            sys.exit(f"rsync failed: {r.stderr[:2000]}")
+        check(n)
+        return total
+
+    print(f"{mib} MiB (4 files) from one source over {rate} links (tbf, each way), "
+          f"relay fan-out {k}, median of {runs}; binaries {bin_dir}")
+    print(f"{'hosts':>5} {'relay':>8} {'plain':>8} {'xargs':>8}  {'relay/1':>8} {'plain/1':>8} {'xargs/1':>8}  {'relay/xargs':>11}  from source")
+    base = None
+    for n in sizes:
+        rows = []
+        for _ in range(runs):
+            r, s = relay(n)
+            rows.append((r, plain(n), xargs(n), s))
+        med = [statistics.median(x[i] for x in rows) for i in range(3)]
+        src_pulls = statistics.median(x[3] for x in rows)
+        if base is None:
+            base = med
+        print(f"{n:>5} {med[0]:7.2f}s {med[1]:7.2f}s {med[2]:7.2f}s  "
+              f"{med[0] / base[0]:7.2f}x {med[1] / base[1]:7.2f}x {med[2] / base[2]:7.2f}x  "
+              f"{med[0] / med[2]:10.2f}x  {src_pulls:g}", flush=True)
+finally:
+    net.close()
+    subprocess.run(["rm", "-rf", work])
+EOP

@@ -1,0 +1,423 @@
+//! Relay distribution: hosts that finished an `rsync` transfer serve it to their peers.
+//!
+//! Without relay every agent pulls the whole tree from one rsync daemon, so a push to N
+//! hosts sends N copies out of one link. With relay (issue 12) a scheduler
+//! ([`super::waves`]) sends the `rsync` order with relay `args` ([`RelayArgs`]): the first
+//! hosts pull from the group's source, and every host that finished (and whose tree
+//! matched the reference [`manifest`]) serves its copy to the next ones, read-only, for
+//! this order only.
+//!
+//! * **Serving**: the agent listens on an ephemeral port of its own address and runs
+//!   `rsync --daemon` per connection in inetd mode (the socket as its stdin/stdout) with a
+//!   one-off configuration ([`daemon_config`]): one read-only module over the group's
+//!   target, `auth users` with a per-order random [`token`] (the scheduler hands it out
+//!   over the sealed v2 connection), `hosts allow` = the fleet's addresses; the agent
+//!   itself refuses other peers before starting rsync. It stops at `stop` or after `ttl`.
+//! * **Verifying**: [`manifest`] is the SHA-256 of the sorted list of the tree's
+//!   directories, files (mode, size, SHA-256 of the content) and symbolic links. A host
+//!   that pulled from a peer compares it with the reference (`expect`) before it reports
+//!   success or serves anyone, so a bad peer cannot poison the hosts after it.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read as _;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+/// The `auth users` name peers pull as.
+pub const USER: &str = "relay";
+/// The one module a relaying agent serves.
+pub const MODULE: &str = "relay";
+/// The first word of an `rsync` order's `args` that asks for relay mode.
+pub const PREFIX: &str = "relay";
+/// How long an agent serves when the scheduler names no `ttl` (seconds).
+pub const DEFAULT_TTL: u64 = 600;
+
+/// Why relay arguments or a manifest could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The `args` of a relay order are malformed.
+    #[error("relay args: {0}")]
+    Args(String),
+    /// Reading the tree failed.
+    #[error("manifest of {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The system's random source failed.
+    #[error("no random token available")]
+    Random,
+}
+
+/// What a relay `rsync` order asks of an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayArgs {
+    /// Pull the group's tree (from its source, or from a peer), verify it, maybe serve it.
+    Pull(Pull),
+    /// Stop serving for the order whose token this is.
+    Stop {
+        /// The order's token.
+        token: String,
+    },
+}
+
+/// A relay pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pull {
+    /// A peer's URL ([`peer_url`]); `None`: the group's own source.
+    pub from: Option<String>,
+    /// The order's token (hex): the password peers pull with.
+    pub token: String,
+    /// The reference manifest; `None` for the first pulls from the source.
+    pub expect: Option<String>,
+    /// Serve the tree once it is verified.
+    pub serve: bool,
+    /// The address to serve on (the one the scheduler reached the agent at).
+    pub bind: Option<IpAddr>,
+    /// The only addresses allowed to pull.
+    pub peers: Vec<IpAddr>,
+    /// How long to serve at most (seconds).
+    pub ttl: u64,
+}
+
+impl RelayArgs {
+    /// The `args` string for this request.
+    pub fn to_args(&self) -> String {
+        match self {
+            RelayArgs::Stop { token } => format!("{PREFIX} stop token={token}"),
+            RelayArgs::Pull(p) => {
+                let mut s = format!("{PREFIX} pull token={} ttl={}", p.token, p.ttl);
+                if let Some(from) = &p.from {
+                    let _ = write!(s, " from={from}");
+                }
+                if let Some(expect) = &p.expect {
+                    let _ = write!(s, " expect={expect}");
+                }
+                if p.serve {
+                    s.push_str(" serve=1");
+                }
+                if let Some(bind) = p.bind {
+                    let _ = write!(s, " bind={bind}");
+                }
+                if !p.peers.is_empty() {
+                    let peers: Vec<String> = p.peers.iter().map(IpAddr::to_string).collect();
+                    let _ = write!(s, " peers={}", peers.join(","));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// Whether an `rsync` order's `args` ask for relay mode.
+pub fn is_relay(args: &str) -> bool {
+    args.split_whitespace().next() == Some(PREFIX)
+}
+
+/// Parses relay `args` (`relay pull key=value…` or `relay stop token=…`).
+pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
+    let bad = |what: &str| RelayError::Args(what.to_owned());
+    let mut words = args.split_whitespace();
+    if words.next() != Some(PREFIX) {
+        return Err(bad("must start with `relay`"));
+    }
+    let action = words
+        .next()
+        .ok_or_else(|| bad("no action (pull or stop)"))?;
+    let mut pull = Pull {
+        from: None,
+        token: String::new(),
+        expect: None,
+        serve: false,
+        bind: None,
+        peers: Vec::new(),
+        ttl: DEFAULT_TTL,
+    };
+    for word in words {
+        let (key, value) = word
+            .split_once('=')
+            .ok_or_else(|| RelayError::Args(format!("`{word}` is not key=value")))?;
+        match key {
+            "token" => pull.token = value.to_owned(),
+            "from" => pull.from = Some(value.to_owned()),
+            "expect" => pull.expect = Some(value.to_owned()),
+            "serve" => pull.serve = value == "1",
+            "bind" => {
+                pull.bind = Some(
+                    value
+                        .parse()
+                        .map_err(|_| RelayError::Args(format!("bind: bad address `{value}`")))?,
+                )
+            }
+            "peers" => {
+                pull.peers = value
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        p.parse()
+                            .map_err(|_| RelayError::Args(format!("peers: bad address `{p}`")))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "ttl" => {
+                pull.ttl = value
+                    .parse()
+                    .map_err(|_| RelayError::Args(format!("ttl: bad number `{value}`")))?
+            }
+            _ => return Err(RelayError::Args(format!("unknown key `{key}`"))),
+        }
+    }
+    if !valid_token(&pull.token) {
+        return Err(bad("token must be 32 to 128 hex digits"));
+    }
+    if let Some(expect) = &pull.expect {
+        if expect.len() != 64 || !expect.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("expect must be a SHA-256 in hex"));
+        }
+    }
+    if let Some(from) = &pull.from {
+        let ok = from.starts_with(&format!("rsync://{USER}@"))
+            && from.ends_with(&format!("/{MODULE}/"))
+            && !from.chars().any(|c| c.is_control() || c.is_whitespace());
+        if !ok {
+            return Err(RelayError::Args(format!(
+                "from: `{from}` is not a relay peer URL"
+            )));
+        }
+    }
+    match action {
+        "pull" => Ok(RelayArgs::Pull(pull)),
+        "stop" => Ok(RelayArgs::Stop { token: pull.token }),
+        other => Err(RelayError::Args(format!("unknown action `{other}`"))),
+    }
+}
+
+/// `args` for logs: a relay order's `token=` value hidden, other args as they are.
+pub fn redact(args: &str) -> std::borrow::Cow<'_, str> {
+    if !is_relay(args) {
+        return std::borrow::Cow::Borrowed(args);
+    }
+    let words: Vec<&str> = args
+        .split_whitespace()
+        .map(|w| {
+            if w.starts_with("token=") {
+                "token=-"
+            } else {
+                w
+            }
+        })
+        .collect();
+    std::borrow::Cow::Owned(words.join(" "))
+}
+
+fn valid_token(token: &str) -> bool {
+    (32..=128).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A fresh per-order token: 128 random bits in hex.
+pub fn token() -> Result<String, RelayError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| RelayError::Random)?;
+    Ok(hex(&bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The URL peers pull a relaying agent's tree from.
+pub fn peer_url(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("rsync://{USER}@{v4}:{port}/{MODULE}/"),
+        IpAddr::V6(v6) => format!("rsync://{USER}@[{v6}]:{port}/{MODULE}/"),
+    }
+}
+
+/// The one-off `rsyncd.conf` serving `path` read-only to `peers` who know the secret in
+/// `secrets`. Run as root, the daemon chroots into the tree; otherwise options that
+/// would follow links out of it are refused.
+pub fn daemon_config(path: &Path, secrets: &Path, log: &Path, peers: &[IpAddr]) -> String {
+    let root = nix::unistd::geteuid().is_root();
+    let allow: Vec<String> = peers.iter().map(IpAddr::to_string).collect();
+    let mut conf = String::new();
+    let _ = writeln!(conf, "log file = {}", log.display());
+    if root {
+        conf.push_str("uid = 0\ngid = 0\nuse chroot = yes\n");
+    } else {
+        conf.push_str("use chroot = no\n");
+    }
+    let _ = writeln!(conf, "[{MODULE}]");
+    let _ = writeln!(conf, "path = {}", path.display());
+    conf.push_str("read only = yes\nwrite only = no\nlist = no\nstrict modes = yes\n");
+    let _ = writeln!(conf, "auth users = {USER}:ro");
+    let _ = writeln!(conf, "secrets file = {}", secrets.display());
+    let _ = writeln!(conf, "hosts allow = {}", allow.join(" "));
+    conf.push_str("hosts deny = *\n");
+    conf.push_str("refuse options = copy-links copy-unsafe-links copy-dirlinks\n");
+    conf
+}
+
+/// Writes the secrets file (`relay:<token>`, mode 0600).
+pub fn write_secrets(path: &Path, token: &str) -> std::io::Result<()> {
+    fs::write(path, format!("{USER}:{token}\n"))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+}
+
+/// A tree's manifest: its SHA-256 in hex, and how many files and bytes it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// SHA-256 (hex) of the sorted entry list.
+    pub digest: String,
+    /// Regular files.
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+}
+
+/// Walks `root` (blocking) and returns its [`Manifest`]: one line per entry below it, in
+/// byte order of the relative paths: `d path mode`, `f path mode size sha256`,
+/// `l path target`. Symbolic links are recorded, never followed.
+pub fn manifest(root: &Path) -> Result<Manifest, RelayError> {
+    use aws_lc_rs::digest::{Context, SHA256};
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| RelayError::Io { path, source }
+    };
+    let mut list = Context::new(&SHA256);
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    let mut stack = vec![PathBuf::new()];
+    let mut buf = vec![0u8; 1 << 16];
+    // Depth-first, each directory's entries sorted, so the order is deterministic.
+    let mut entries: Vec<PathBuf> = Vec::new();
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(io(&dir))?;
+        names.sort();
+        for name in names.into_iter().rev() {
+            let rel = rel.join(name);
+            let full = root.join(&rel);
+            let meta = fs::symlink_metadata(&full).map_err(io(&full))?;
+            if meta.is_dir() {
+                stack.push(rel.clone());
+            }
+            entries.push(rel);
+        }
+    }
+    entries.sort();
+    for rel in entries {
+        let full = root.join(&rel);
+        let meta = fs::symlink_metadata(&full).map_err(io(&full))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let name = rel.to_string_lossy();
+        let line = if meta.is_dir() {
+            format!("d {name} {mode:o}\n")
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(&full).map_err(io(&full))?;
+            format!("l {name} {}\n", target.to_string_lossy())
+        } else if meta.is_file() {
+            let mut file = fs::File::open(&full).map_err(io(&full))?;
+            let mut ctx = Context::new(&SHA256);
+            loop {
+                let n = file.read(&mut buf).map_err(io(&full))?;
+                if n == 0 {
+                    break;
+                }
+                ctx.update(buf.get(..n).unwrap_or_default());
+            }
+            files += 1;
+            bytes += meta.len();
+            format!(
+                "f {name} {mode:o} {} {}\n",
+                meta.len(),
+                hex(ctx.finish().as_ref())
+            )
+        } else {
+            format!("o {name} {mode:o}\n")
+        };
+        list.update(line.as_bytes());
+    }
+    Ok(Manifest {
+        digest: hex(list.finish().as_ref()),
+        files,
+        bytes,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_round_trip() {
+        let pull = RelayArgs::Pull(Pull {
+            from: Some(peer_url("10.0.0.2".parse().unwrap(), 4000)),
+            token: token().unwrap(),
+            expect: Some("a".repeat(64)),
+            serve: true,
+            bind: Some("10.0.0.3".parse().unwrap()),
+            peers: vec!["10.0.0.2".parse().unwrap(), "::1".parse().unwrap()],
+            ttl: 30,
+        });
+        assert_eq!(parse(&pull.to_args()).unwrap(), pull);
+        let stop = RelayArgs::Stop {
+            token: "b".repeat(32),
+        };
+        assert_eq!(parse(&stop.to_args()).unwrap(), stop);
+        assert!(is_relay("relay stop token=x") && !is_relay("relayed"));
+        assert_eq!(
+            redact("relay stop token=abc ttl=1"),
+            "relay stop token=- ttl=1"
+        );
+        assert_eq!(redact("groups:web token=abc"), "groups:web token=abc");
+    }
+
+    #[test]
+    fn bad_args_refused() {
+        let t = "c".repeat(32);
+        for args in [
+            "relay".to_owned(),
+            "relay pull token=short".into(),
+            format!("relay pull token={t} from=host::MOD"),
+            format!("relay pull token={t} from=/etc"),
+            format!("relay pull token={t} expect=zz"),
+            format!("relay pull token={t} bind=nohost"),
+            format!("relay pull token={t} what=1"),
+            format!("relay jump token={t}"),
+        ] {
+            assert!(parse(&args).is_err(), "{args}");
+        }
+    }
+
+    #[test]
+    fn manifest_sees_content_modes_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("sub")).unwrap();
+        fs::write(root.join("sub/a"), b"hello").unwrap();
+        fs::write(root.join("b"), b"world").unwrap();
+        std::os::unix::fs::symlink("sub/a", root.join("link")).unwrap();
+        let first = manifest(root).unwrap();
+        assert_eq!((first.files, first.bytes), (2, 10));
+        assert_eq!(manifest(root).unwrap(), first);
+        fs::write(root.join("sub/a"), b"hellO").unwrap();
+        let changed = manifest(root).unwrap();
+        assert_ne!(changed.digest, first.digest);
+        fs::write(root.join("sub/a"), b"hello").unwrap();
+        assert_eq!(manifest(root).unwrap().digest, first.digest);
+        fs::set_permissions(root.join("b"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(manifest(root).unwrap().digest, first.digest);
+    }
+}
