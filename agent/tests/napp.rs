@@ -575,3 +575,30 @@ fn a_script_with_a_big_output_still_gets_its_reply() {
     );
     assert!(decode("stderr").ends_with(b"err\n"));
 }
+
+/// The script may replace `$OCTOPODA_OUTPUT`: a FIFO nobody writes must not stall the
+/// agent's read (the order is answered), and a link to a file outside is not followed
+/// (the agent, maybe root, never reads it back for the caller).
+#[test]
+fn an_output_file_swapped_for_a_fifo_or_a_link_is_not_read() {
+    let sb = Sandbox::new();
+    let (agent, _) = scenario_agent(&sb);
+    let mut s = spec(Action::Script, "web");
+    s.script = base64::engine::general_purpose::STANDARD
+        .encode("rm -f \"$OCTOPODA_OUTPUT\"\nmkfifo \"$OCTOPODA_OUTPUT\"\necho done\n");
+    let r = napp(agent.addr(), s, None, false);
+    r.expect_code(200);
+    assert_eq!(r.s("code"), "0", "{r:?}");
+    assert_eq!(r.s("output"), "", "{r:?}");
+
+    let secret = sb.join("secret");
+    write(&secret, "not for the caller\n");
+    let mut s = spec(Action::Script, "web");
+    s.script = base64::engine::general_purpose::STANDARD.encode(format!(
+        "rm -f \"$OCTOPODA_OUTPUT\"\nln -s '{}' \"$OCTOPODA_OUTPUT\"\n",
+        secret.display()
+    ));
+    let r = napp(agent.addr(), s, None, false);
+    r.expect_code(200);
+    assert_eq!(r.s("output"), "", "{r:?}");
+}
