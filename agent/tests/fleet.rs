@@ -6,6 +6,7 @@
 use crate::util::*;
 use std::os::unix::fs::symlink;
 use std::path::Path;
+use std::process::Command;
 
 /// An agent on `addr` with `allow_fetch` as given and the sandbox's `allowed/`.
 fn agent_on(sb: &Sandbox, addr: &str, fetch: bool) -> Agent {
@@ -275,4 +276,72 @@ fn fetch_path_variables() {
         record["content"].as_str().unwrap().contains("@workspace"),
         "{record}"
     );
+}
+
+/// A directory of the fetched tree swapped again and again with a link to a directory
+/// outside (RENAME_EXCHANGE, atomic) while fetches run: whatever each fetch gets or
+/// refuses, no name from outside ever shows, in the files or in the reply. The walk
+/// goes by descriptors opened through no link, so a swap between looking at an entry
+/// and descending into it cannot lead it out.
+#[test]
+fn a_directory_swapped_for_a_link_during_fetches_shows_nothing_outside() {
+    let sb = Sandbox::new();
+    let outside = Sandbox::new();
+    let secret = outside.join("secret");
+    std::fs::create_dir_all(secret.join("hidden-dir-4f2a")).unwrap();
+    std::fs::write(secret.join("hidden-name-4f2a.txt"), "x").unwrap();
+    let tree = sb.allowed().join("tree");
+    const PAIRS: usize = 16;
+    for p in 0..PAIRS {
+        std::fs::create_dir_all(tree.join(format!("d{p}/inner"))).unwrap();
+        std::fs::write(tree.join(format!("d{p}/a.txt")), "a\n").unwrap();
+        symlink(&secret, tree.join(format!("l{p}"))).unwrap();
+    }
+    let agent = agent_on(&sb, "127.0.0.1", true);
+    let host = agent.addr().to_string();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, tree) = (std::sync::Arc::clone(&stop), tree.clone());
+        std::thread::spawn(move || {
+            let pairs: Vec<_> = (0..PAIRS)
+                .map(|p| (tree.join(format!("d{p}")), tree.join(format!("l{p}"))))
+                .collect();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (d, l) in &pairs {
+                    nix::fcntl::renameat2(
+                        nix::fcntl::AT_FDCWD,
+                        d,
+                        nix::fcntl::AT_FDCWD,
+                        l,
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    )
+                    .unwrap();
+                }
+            }
+        })
+    };
+    let out_dir = Sandbox::new();
+    let mut leaks = Vec::new();
+    for i in 0..150 {
+        let into = out_dir.join(&format!("got{i}"));
+        let out = client(&[
+            "fetch",
+            tree.to_str().unwrap(),
+            into.to_str().unwrap(),
+            &host,
+            "--format=json",
+        ]);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        if text.contains("4f2a") {
+            leaks.push(format!("fetch {i}: the reply names it: {text}"));
+        }
+        let listed = Command::new("find").arg(&into).output().unwrap();
+        if String::from_utf8_lossy(&listed.stdout).contains("4f2a") {
+            leaks.push(format!("fetch {i}: the files name it"));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(leaks.is_empty(), "{leaks:#?}");
 }

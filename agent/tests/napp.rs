@@ -575,3 +575,58 @@ fn a_script_with_a_big_output_still_gets_its_reply() {
     );
     assert!(decode("stderr").ends_with(b"err\n"));
 }
+
+/// The script may replace `$OCTOPODA_OUTPUT`: a FIFO nobody writes must not stall the
+/// agent's read (the order is answered), and a link to a file outside is not followed
+/// (the agent, maybe root, never reads it back for the caller).
+#[test]
+fn an_output_file_swapped_for_a_fifo_or_a_link_is_not_read() {
+    let sb = Sandbox::new();
+    let (agent, _) = scenario_agent(&sb);
+    let mut s = spec(Action::Script, "web");
+    s.script = base64::engine::general_purpose::STANDARD
+        .encode("rm -f \"$OCTOPODA_OUTPUT\"\nmkfifo \"$OCTOPODA_OUTPUT\"\necho done\n");
+    let r = napp(agent.addr(), s, None, false);
+    r.expect_code(200);
+    assert_eq!(r.s("code"), "0", "{r:?}");
+    assert_eq!(r.s("output"), "", "{r:?}");
+
+    let secret = sb.join("secret");
+    write(&secret, "not for the caller\n");
+    let mut s = spec(Action::Script, "web");
+    s.script = base64::engine::general_purpose::STANDARD.encode(format!(
+        "rm -f \"$OCTOPODA_OUTPUT\"\nln -s '{}' \"$OCTOPODA_OUTPUT\"\n",
+        secret.display()
+    ));
+    let r = napp(agent.addr(), s, None, false);
+    r.expect_code(200);
+    assert_eq!(r.s("output"), "", "{r:?}");
+}
+
+/// Endless bytes without a newline (followed): they come as partial lines of bounded
+/// size, and the reply comes with the end of the stream, instead of one line growing
+/// in the agent's memory past what one event can carry.
+#[test]
+fn a_line_without_end_comes_in_pieces() {
+    let sb = Sandbox::new();
+    let (agent, _) = scenario_agent(&sb);
+    let mut s = spec(Action::Script, "web");
+    s.script = base64::engine::general_purpose::STANDARD
+        .encode("head -c 20000000 /dev/zero | tr '\\0' a\necho\necho last\n");
+    let r = napp(agent.addr(), s, None, true);
+    r.expect_code(200);
+    let mut longest = 0;
+    let mut total = 0;
+    for event in &r.events {
+        if let Event::Line { line, .. } = event {
+            longest = longest.max(line.len());
+            total += line.len();
+        }
+    }
+    assert!(longest <= 64 << 10, "a line event of {longest} bytes");
+    assert_eq!(total, 20_000_000 + "last".len(), "every byte came");
+    let stdout = base64::engine::general_purpose::STANDARD
+        .decode(r.s("stdout"))
+        .unwrap();
+    assert!(stdout.ends_with(b"a\nlast\n"));
+}

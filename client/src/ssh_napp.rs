@@ -136,7 +136,7 @@ impl SshNapp {
             q("the script", &spec.script)?
         ));
         for (k, v) in &spec.env {
-            if !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if !valid_var(k) {
                 return Err(Reply::error(400, format!("bad variable name {k:?}")));
             }
             text.push_str(&format!("{k}={}; export {k}\n", q("a variable", v)?));
@@ -253,6 +253,17 @@ impl SshNapp {
     }
 }
 
+/// A shell variable name, as the agent's `napp` takes it: a letter or `_`, then
+/// letters, digits or `_` (an empty name or one starting with a digit would make
+/// `NAME=value` a command, not an assignment).
+fn valid_var(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 fn reply(r: Reply) -> Outcome {
     Outcome::Reply(r)
 }
@@ -348,15 +359,21 @@ mod tests {
     }
 
     fn env_bad(t: &SshNapp, target: &Target) {
-        let mut env = BTreeMap::new();
-        env.insert("A;rm".to_owned(), "x".to_owned());
-        let spec = NappSpec {
-            action: Action::Script,
-            scenario: "s".into(),
-            app: "a".into(),
-            env,
-            ..NappSpec::default()
-        };
-        assert_eq!(t.script_text(target, &spec).unwrap_err().code, 400);
+        for name in ["A;rm", "", "1x", "x-y"] {
+            let mut env = BTreeMap::new();
+            env.insert(name.to_owned(), "x".to_owned());
+            let spec = NappSpec {
+                action: Action::Script,
+                scenario: "s".into(),
+                app: "a".into(),
+                env,
+                ..NappSpec::default()
+            };
+            assert_eq!(
+                t.script_text(target, &spec).unwrap_err().code,
+                400,
+                "{name:?}"
+            );
+        }
     }
 }

@@ -151,12 +151,14 @@ impl Root {
     /// Opens the regular file `rel` for reading, resolved beneath the root through no
     /// symbolic link (the kernel refuses one anywhere on the way, `ELOOP`/`EXDEV`): for
     /// a reader that must not be led out of the root between a walk and its read.
+    /// Opened `O_NONBLOCK` until it is known to be a regular file, so a FIFO swapped in
+    /// since the walk is refused rather than stalling the open for good.
     pub fn open_file(&self, rel: &Path) -> io::Result<File> {
         let fd = fcntl::openat2(
             &self.fd,
             rel,
             OpenHow::new()
-                .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+                .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
                 .resolve(beneath()),
         )
         .map_err(io::Error::from)?;
@@ -167,6 +169,7 @@ impl Root {
                 format!("{} is not a regular file", rel.display()),
             ));
         }
+        fcntl::fcntl(&file, fcntl::FcntlArg::F_SETFL(OFlag::empty())).map_err(io::Error::from)?;
         Ok(file)
     }
 

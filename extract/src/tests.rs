@@ -464,3 +464,25 @@ fn open_file_follows_no_link() {
         assert!(root.open_file(Path::new(bad)).is_err(), "{bad}");
     }
 }
+
+/// A FIFO (swapped in for a file after a walk) is refused at once, not opened for
+/// reading, which would wait for a writer for ever.
+#[test]
+fn open_file_refuses_a_fifo_without_waiting() {
+    let t = tempfile::tempdir().unwrap();
+    nix::unistd::mkfifo(
+        &t.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let root = Root::open(t.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(root.open_file(Path::new("fifo")).is_err());
+    });
+    // A guard against a hang, not a timing assertion: the open returns at once.
+    let refused = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("open_file returned");
+    assert!(refused);
+}

@@ -245,7 +245,7 @@ fn update(node: &mut Node, outcome: &Outcome, elapsed: Duration, now: u64, offli
         Outcome::Reply(reply) => {
             if let (200, Body::Json(body)) = (reply.code, &reply.body) {
                 if let Some(Value::String(version)) = body.get("version") {
-                    node.version.clone_from(version);
+                    node.version = shown_version(version);
                 }
             }
             true
@@ -270,6 +270,24 @@ fn update(node: &mut Node, outcome: &Outcome, elapsed: Duration, now: u64, offli
         node.state = state;
         node.since_ms = now;
     }
+}
+
+/// The longest version kept for a node.
+const MAX_VERSION: usize = 128;
+
+/// An agent's version as the table keeps it: at most [`MAX_VERSION`] bytes, control
+/// characters dropped. The string comes from the agent's reply; kept as is, a huge or
+/// escape-laden one would sit in every worker's memory, in `nodes.json` and on the
+/// caller's terminal.
+fn shown_version(version: &str) -> String {
+    let mut out = String::new();
+    for c in version.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_VERSION {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Writes `table` to a temporary name beside `path`, then renames it into place.
@@ -312,6 +330,15 @@ mod tests {
             (node.state, node.since_ms, node.last_seen_ms),
             (State::Online, 1000, 1000)
         );
+        let mut body = serde_json::Map::new();
+        body.insert(
+            "version".into(),
+            Value::String(format!("1.0\u{1b}[2J{}", "x".repeat(1 << 20))),
+        );
+        let big = Outcome::Reply(Reply::ok(body));
+        update(&mut node, &big, Duration::from_millis(2), 1000, 3000);
+        assert!(node.version.starts_with("1.0[2Jxxx"), "{}", node.version);
+        assert_eq!(node.version.len(), MAX_VERSION);
         let gone = Outcome::Failed("refused".into());
         update(&mut node, &gone, Duration::ZERO, 2000, 3000);
         assert_eq!((node.state, node.since_ms), (State::Unstable, 2000));

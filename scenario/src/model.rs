@@ -539,4 +539,27 @@ applications:
         let e = Aliases::parse("a: ['@a']\n", f).unwrap_err();
         assert_eq!(e.to_string(), "s/alias.yaml: alias loop: a -> a");
     }
+
+    /// A hostile deployment.yaml: aliases that expand a billion times, or nesting a
+    /// hundred thousand deep, is refused by the parser's budget, not expanded or
+    /// recursed into (memory, stack).
+    #[test]
+    fn billion_laughs_and_deep_nesting_are_refused() {
+        let mut laughs = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        let mut prev = 'a';
+        for c in 'b'..='j' {
+            laughs.push_str(&format!("{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+            prev = c;
+        }
+        laughs.push_str("description: *j\n");
+        assert!(Deployment::parse(&laughs, file()).is_err());
+        let deep = format!(
+            "description: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(Deployment::parse(&deep, file()).is_err());
+    }
 }

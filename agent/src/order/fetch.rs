@@ -9,18 +9,20 @@
 //!   ─► tar in 64 KiB pieces ─► data events ─► reply {path, name, files, bytes, skipped}
 //! ```
 //!
-//! The walk goes by path; every file is then opened beneath the fetched path's
-//! directory with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a file or
-//! directory swapped for a link since the walk stops the archive (an error naming it)
-//! instead of being followed. A directory swapped during the walk itself can show the
-//! names and sizes of what it points to, never their contents.
+//! The fetched path's directory is opened once (and checked to be the path that was
+//! allowed, so a component swapped for a link since the check is refused); the walk
+//! then goes by directory descriptors, each opened beneath the last with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` ([`deploy_napp::fs`]), and every
+//! file is read the same way, so a file or directory swapped for a link during or
+//! after the walk is never followed: no name, size or content from outside. A FIFO,
+//! socket or device in the tree refuses the fetch (it is never opened for reading).
 
 use super::Agent;
 use base64::Engine as _;
 use deploy_common::order::fetch::{expand, link_stays_inside};
 use deploy_common::order::{object, Reply, Request};
 use deploy_common::server::conn::Events;
-use deploy_common::upload::{tar, Kind, Manifest, UploadError, UploadSpec};
+use deploy_common::upload::{tar, Entry, Kind, Manifest, UploadError};
 use deploy_common::wire::message::Event;
 use serde_json::Value;
 use std::path::Path;
@@ -55,14 +57,16 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
     if !resolved.exists() {
         return Reply::error(404, format!("fetch {path:?}: no such file or directory"));
     }
-    let spec = UploadSpec {
-        files: vec![name.clone()],
-        relative: true,
-        ..UploadSpec::default()
-    };
     let parent_dir = parent.to_owned();
-    let parent = parent_dir.clone();
-    let walked = tokio::task::spawn_blocking(move || Manifest::build(&spec, &parent)).await;
+    // Opened once: the walk and every read go beneath this descriptor.
+    let base = match open_checked(&parent_dir) {
+        Ok(base) => std::sync::Arc::new(base),
+        Err(reply) => return reply,
+    };
+    let walked = {
+        let (base, name) = (std::sync::Arc::clone(&base), name.clone());
+        tokio::task::spawn_blocking(move || walk(&base, &name)).await
+    };
     let mut manifest = match walked {
         Ok(Ok(manifest)) => manifest,
         Ok(Err(UploadError::Kind { path })) => {
@@ -89,10 +93,6 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
     let (files, _) = manifest.totals();
     // Files are read beneath the fetched path's directory through no link: one
     // swapped in since the walk is refused by the kernel, not followed.
-    let base = match deploy_extract::Root::open(&parent_dir) {
-        Ok(base) => std::sync::Arc::new(base),
-        Err(e) => return Reply::error(500, format!("fetch: {e}")),
-    };
     let open = |entry: &deploy_common::upload::Entry| {
         let (base, name) = (std::sync::Arc::clone(&base), entry.name.clone());
         async move {
@@ -129,6 +129,117 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
         ("bytes", Value::String(bytes.to_string())),
         ("skipped", Value::String(skipped.to_string())),
     ]))
+}
+
+/// Opens the directory `dir` (canonical, just allowed) and checks that what was opened
+/// is still `dir`: a component swapped for a link since the check is refused (409).
+fn open_checked(dir: &Path) -> Result<deploy_extract::Root, Reply> {
+    use std::os::fd::AsRawFd as _;
+    let root =
+        deploy_extract::Root::open(dir).map_err(|e| Reply::error(500, format!("fetch: {e}")))?;
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", root.fd().as_raw_fd()))
+        .map_err(|e| Reply::error(500, format!("fetch: {}: {e}", dir.display())))?;
+    if opened != dir {
+        tracing::warn!(dir = %dir.display(), opened = %opened.display(), "fetch: the directory changed since it was allowed");
+        return Err(Reply::error(
+            409,
+            format!(
+                "fetch: {} changed while it was being opened; try again",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(root)
+}
+
+/// Walks `name` beneath `base` by descriptors (see the module docs): the manifest of
+/// what the archive holds, names relative to `base`, in archive order.
+fn walk(base: &deploy_extract::Root, name: &str) -> Result<Manifest, UploadError> {
+    let mut manifest = Manifest::default();
+    add(
+        &mut manifest,
+        base.fd(),
+        name,
+        name.to_owned(),
+        &base.path().join(name),
+        0,
+    )?;
+    Ok(manifest)
+}
+
+fn add(
+    manifest: &mut Manifest,
+    dir: &std::os::fd::OwnedFd,
+    file_name: &str,
+    name: String,
+    local: &Path,
+    depth: usize,
+) -> Result<(), UploadError> {
+    use deploy_napp::fs as nfs;
+    use nix::sys::stat::{fstatat, SFlag};
+    let shown = || local.display().to_string();
+    let read_err = |e: nix::errno::Errno| UploadError::Read {
+        path: shown(),
+        cause: match e {
+            nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV => {
+                "a symbolic link is in the way (changed during the fetch?)".to_owned()
+            }
+            e => e.to_string(),
+        },
+    };
+    if depth > nfs::MAX_DEPTH {
+        return Err(UploadError::Read {
+            path: shown(),
+            cause: "too deep".to_owned(),
+        });
+    }
+    let st = fstatat(
+        dir,
+        nfs::os(file_name.as_bytes()),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(read_err)?;
+    let kind = match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => {
+            // Unreadable files are refused now, not mid-stream (never a FIFO: the
+            // open is non-blocking and checks the type).
+            nfs::open_file(dir, file_name.as_bytes()).map_err(read_err)?;
+            Kind::File {
+                size: u64::try_from(st.st_size).unwrap_or_default(),
+            }
+        }
+        SFlag::S_IFDIR => Kind::Dir,
+        SFlag::S_IFLNK => {
+            let target = nfs::read_link(dir, file_name.as_bytes()).map_err(read_err)?;
+            let target =
+                String::from_utf8(target).map_err(|_| UploadError::Name { path: shown() })?;
+            Kind::Symlink { target }
+        }
+        _ => return Err(UploadError::Kind { path: shown() }),
+    };
+    let is_dir = kind == Kind::Dir;
+    manifest.entries.push(Entry {
+        local: local.to_owned(),
+        name: name.clone(),
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: u64::try_from(st.st_mtime).unwrap_or_default(),
+    });
+    if !is_dir {
+        return Ok(());
+    }
+    let sub = nfs::open_dir(dir, file_name.as_bytes()).map_err(read_err)?;
+    for child in nfs::list(&sub).map_err(read_err)? {
+        let child_path = local.join(nfs::os(&child));
+        let child = String::from_utf8(child).map_err(|_| UploadError::Name {
+            path: child_path.display().to_string(),
+        })?;
+        let child_name = format!("{name}/{child}");
+        add(manifest, &sub, &child, child_name, &child_path, depth + 1)?;
+    }
+    Ok(())
 }
 
 /// The directory a path variable names on this agent, if it has one: with a

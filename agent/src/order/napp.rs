@@ -338,6 +338,36 @@ fn fresh_file(dir: &Path, what: &str) -> std::io::Result<(PathBuf, std::fs::File
     }
 }
 
+/// The end of the script's `$OCTOPODA_OUTPUT` file. The script may have replaced it:
+/// only a regular file is read (a link is not followed, a FIFO or device not opened
+/// for good: `O_NONBLOCK` keeps a FIFO with no writer from stalling the open), and only
+/// its last [`MAX_RETURNED`] bytes. Anything else reads as empty.
+fn read_output(path: &Path) -> Vec<u8> {
+    use std::io::Seek as _;
+    let mut output = Vec::new();
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return output;
+    };
+    let Ok(meta) = f.metadata() else {
+        return output;
+    };
+    if !meta.is_file() {
+        tracing::warn!(path = %path.display(), "napp script: $OCTOPODA_OUTPUT is no longer a regular file; not read");
+        return output;
+    }
+    // Only the end is kept: start there.
+    let skip = meta.len().saturating_sub(MAX_RETURNED as u64);
+    if skip > 0 && f.seek(std::io::SeekFrom::Start(skip)).is_ok() {
+        output = b"[deploy-agent: earlier output dropped]\n".to_vec();
+    }
+    let _ = f.take(MAX_RETURNED as u64).read_to_end(&mut output);
+    output
+}
+
 fn valid_var(key: &str) -> bool {
     let mut bytes = key.bytes();
     bytes
@@ -429,21 +459,9 @@ async fn script(
         apart: true,
     };
     let finished = process::run_job(job, events).await;
-    let mut output = Vec::new();
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&output_path)
-    {
-        use std::io::Seek as _;
-        // Only the end is kept: start there.
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let skip = len.saturating_sub(MAX_RETURNED as u64);
-        if skip > 0 && f.seek(std::io::SeekFrom::Start(skip)).is_ok() {
-            output = b"[deploy-agent: earlier output dropped]\n".to_vec();
-        }
-        let _ = f.take(MAX_RETURNED as u64).read_to_end(&mut output);
-    }
+    let output = tokio::task::spawn_blocking(move || read_output(&output_path))
+        .await
+        .unwrap_or_default();
     drop(scratch);
     tracing::info!(
         scenario = %spec.scenario,

@@ -12,12 +12,17 @@ use deploy_common::order::{Reply, Request};
 use deploy_common::server::conn::Events;
 use deploy_common::wire::message::{Event, Stream};
 use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
 /// Output beyond this is dropped (and said so) rather than held in memory.
 const MAX_OUTPUT: usize = 16 << 20;
+
+/// The longest line read at once: a longer one (or endless bytes without a newline)
+/// comes in pieces of this size, each a partial line, so neither memory nor one event
+/// grows with it.
+pub const MAX_LINE: u64 = 64 << 10;
 
 /// How a program ended.
 pub struct Finished {
@@ -210,7 +215,8 @@ pub async fn run_job(job: Job<'_>, events: &Events) -> Finished {
     let mut truncated = false;
     while let Some((stream, line)) = rx.recv().await {
         if job.follow {
-            // read_until ends a line at its newline, or at the end of the stream.
+            // A line ends at its newline, at the end of the stream, or after MAX_LINE
+            // bytes (a piece of a longer one).
             let (text, partial) = match line.strip_suffix(b"\n") {
                 Some(text) => (text, false),
                 None => (&line[..], true),
@@ -269,7 +275,8 @@ pub async fn run_job(job: Job<'_>, events: &Events) -> Finished {
     }
 }
 
-/// Reads one pipe line by line (a final unterminated line included) into the channel.
+/// Reads one pipe line by line (a final unterminated line included) into the channel;
+/// a line longer than [`MAX_LINE`] goes in pieces.
 async fn pump<R: AsyncRead + Unpin>(
     reader: R,
     stream: Stream,
@@ -278,7 +285,11 @@ async fn pump<R: AsyncRead + Unpin>(
     let mut reader = BufReader::new(reader);
     loop {
         let mut line = Vec::new();
-        match reader.read_until(b'\n', &mut line).await {
+        match (&mut reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 if tx.send((stream, line)).await.is_err() {

@@ -111,8 +111,16 @@ pub fn parse_stat(text: &str) -> Option<(u64, u64)> {
         .map(|v| v.parse().ok())
         .collect::<Option<_>>()?;
     // user nice system idle iowait irq softirq steal (guest counted in user already).
-    let total: u64 = values.iter().take(8).sum();
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    // Saturating: the text may come from a hostile SSH host (no overflow panic).
+    let total: u64 = values
+        .iter()
+        .take(8)
+        .fold(0u64, |sum, v| sum.saturating_add(*v));
+    let idle = values
+        .get(3)
+        .copied()
+        .unwrap_or(0)
+        .saturating_add(values.get(4).copied().unwrap_or(0));
     Some((total.saturating_sub(idle), total))
 }
 
@@ -154,8 +162,11 @@ pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
         kib.checked_mul(1024)
     };
     let total = field("MemTotal:")?;
-    let available = field("MemAvailable:")
-        .or_else(|| Some(field("MemFree:")? + field("Buffers:")? + field("Cached:")?))?;
+    let available = field("MemAvailable:").or_else(|| {
+        field("MemFree:")?
+            .checked_add(field("Buffers:")?)?
+            .checked_add(field("Cached:")?)
+    })?;
     Some((total, total.saturating_sub(available)))
 }
 
@@ -329,5 +340,18 @@ mod tests {
         let body = h.to_body();
         assert_eq!(body.get("return"), Some(&Value::String("true".into())));
         assert_eq!(Health::from_body(&Value::Object(body)), Some(h));
+    }
+
+    /// Figures from a hostile SSH host that overflow a sum: no panic, no wrap-around.
+    #[test]
+    fn overflowing_figures_do_not_panic() {
+        let max = u64::MAX;
+        let stat = format!("cpu  {max} {max} 1 {max} {max} 0 0 0\n");
+        let (busy, total) = parse_stat(&stat).unwrap();
+        assert_eq!(total, u64::MAX);
+        assert!(busy <= total);
+        let kib = u64::MAX / 1024;
+        let mem = format!("MemTotal: 8 kB\nMemFree: {kib} kB\nBuffers: {kib} kB\nCached: 1 kB\n");
+        assert_eq!(parse_meminfo(&mem), None);
     }
 }
