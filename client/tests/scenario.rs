@@ -522,10 +522,70 @@ async fn groups_through_a_proxy() {
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(read(a.napp("app", "grp").join("content")), "app\n");
 
-    // Sources do not go through a proxy.
+    // Sources go through the proxy too: this folder's, to both agents of the group.
+    fs::write(via.join("app/src/content"), "through the proxy\n").unwrap();
     let out = run(through(&[f, "prepare"])).await;
-    assert_eq!(out.status, 1, "{out:?}");
-    assert!(out.stdout.contains("not through a proxy"), "{}", out.stdout);
+    assert_eq!(out.status, 0, "{out:?}");
+    for node in [&a, &b] {
+        assert_eq!(
+            read(node.napp("app", "grp").join("content")),
+            "through the proxy\n"
+        );
+    }
+}
+
+/// A scenario whose nodes are all a proxy's group, applied from scratch through it:
+/// `prepare` pushes the sources (the proxy relays the tar body to every agent), the
+/// prepare scripts run in the pushed tree, and a NodeApp version is recorded on each.
+#[tokio::test]
+async fn prepare_through_a_proxy() {
+    let (a, b) = (Node::start(), Node::start());
+    let pdir = Sandbox::new();
+    let proxy = ProxyConfig::new("px-prep")
+        .key("scenario-key", "web")
+        .servers("web", &[a.name(), b.name()])
+        .start(pdir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let f = folder(
+        dir.path(),
+        "prep",
+        &[(
+            "app",
+            vec!["@web".into()],
+            vec![("prepare", 1, "cat content >> \"$OCTOPODA_OUTPUT\"".into())],
+        )],
+    );
+    fs::create_dir_all(f.join("app/src/sub")).unwrap();
+    fs::write(f.join("app/src/sub/deep.txt"), "deep\n").unwrap();
+    let port = format!("127.0.0.1:{}", proxy.port());
+    let out = scenario(&[
+        "apply",
+        "--proxy",
+        &port,
+        "--api-key=scenario-key",
+        "--proxy-key-cipher=proxysecret",
+        f.to_str().unwrap(),
+        "prepare",
+        "--format=json",
+    ])
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    let outputs: Vec<&Value> = steps.iter().filter(|s| s["action"] == "script").collect();
+    assert_eq!(outputs.len(), 2, "{report:#}");
+    for step in outputs {
+        assert_eq!(step["output"], "app\n", "{step}");
+    }
+    for node in [&a, &b] {
+        assert_eq!(read(node.napp("app", "prep").join("content")), "app\n");
+        assert_eq!(
+            read(node.napp("app", "prep").join("sub/deep.txt")),
+            "deep\n"
+        );
+    }
+    let map = report["recorded"]["map"].as_object().unwrap();
+    assert_eq!(map.len(), 2, "{report:#}");
 }
 
 /// `napp get|versions|reset` on one node: the versions of a NodeApp newest first, and a

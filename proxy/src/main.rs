@@ -8,6 +8,8 @@
 //!   chained proxies).
 //! * [`ssh`]: the `[ssh]` options → the one SSH transport of a worker generation.
 //! * [`relay`]: the order handler (authorization, fan-out, merging).
+//! * [`spool`]: a caller's request body (`upload`, `napp` push), kept once for the
+//!   fan-out.
 //! * [`http`]: the HTTP/JSON API server (hyper); what its requests mean is
 //!   [`deploy_proxy::api`], the library half, which the fuzz targets call.
 //! * `main`: start-up through the daemon core shared with the agent.
@@ -16,6 +18,7 @@ mod cli;
 mod http;
 mod relay;
 mod route;
+mod spool;
 mod ssh;
 
 use anyhow::{Context, Result};

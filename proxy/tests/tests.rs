@@ -15,6 +15,7 @@
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
 //! | [`strict`] | strict runs start nowhere unless every agent connected (direct and through the proxy); `--skip-unreachable` through it |
+//! | [`upload`] | `upload` through the proxy to 3 agents (the caller's tar body, spooled once), files checked |
 //! | [`verdicts`] | exit status and failure summary follow the agents' results, over v1 (nested document) and v2 |
 //!
 //! Every test starts its own agents (a [`util::Farm`]: a few processes listening on
@@ -32,5 +33,6 @@ mod legacy;
 mod release;
 mod ssh;
 mod strict;
+mod upload;
 mod util;
 mod verdicts;

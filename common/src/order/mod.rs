@@ -177,6 +177,11 @@ pub struct Request {
     /// `napp`: the scenario step asked ([`napp`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub napp: Option<Box<napp::NappSpec>>,
+    /// Not on the wire: a body a proxy received from its caller, sent as is to each
+    /// server instead of reading `upload`'s files (which are the caller's, not the
+    /// proxy's) ([`crate::upload::body`]).
+    #[serde(skip)]
+    pub body: Option<crate::upload::body::SharedBody>,
 }
 
 /// The body of a reply.
