@@ -41,6 +41,7 @@ mod lines;
 mod lock;
 mod progress;
 mod prompt;
+mod proxy_store;
 mod render;
 mod rollout;
 mod scenario;

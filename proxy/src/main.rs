@@ -10,6 +10,7 @@
 //! * [`relay`]: the order handler (authorization, fan-out, merging).
 //! * [`spool`]: a caller's request body (`upload`, `napp` push), kept once for the
 //!   fan-out.
+//! * [`versions`]: the proxy's own `scenario-versions` order (its redb store).
 //! * [`http`]: the HTTP/JSON API server (hyper); what its requests mean is
 //!   [`deploy_proxy::api`], the library half, which the fuzz targets call.
 //! * `main`: start-up through the daemon core shared with the agent.
@@ -20,6 +21,7 @@ mod relay;
 mod route;
 mod spool;
 mod ssh;
+mod versions;
 
 use anyhow::{Context, Result};
 use cli::Cli;

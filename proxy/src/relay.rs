@@ -48,7 +48,7 @@ use crate::route::{Route, Routes, Server};
 use deploy_common::config::proxy::ProxyConfig;
 use deploy_common::fanout::{Fanout, FanoutEvent};
 use deploy_common::gate;
-use deploy_common::order::{object, OrderName, Reply, Request};
+use deploy_common::order::{object, scenario_versions, OrderName, Reply, Request};
 use deploy_common::server::conn::{Events, Handler};
 use deploy_common::target::{Scheme, Target};
 use deploy_common::transport::Transport;
@@ -64,6 +64,8 @@ pub struct Relay {
     config: Arc<ProxyConfig>,
     routes: Arc<Routes>,
     concurrency: usize,
+    /// Scenario versions kept for every caller (`scenario-versions`).
+    store: deploy_store::RedbStore,
     /// This proxy's name in `via` lists.
     pub id: String,
 }
@@ -84,10 +86,12 @@ impl Relay {
                 port => format!("{host}:{port}"),
             }
         });
+        let store = deploy_store::RedbStore::in_dir(&config.server.state_dir);
         Ok(Relay {
             config,
             routes,
             concurrency,
+            store,
             id,
         })
     }
@@ -285,7 +289,7 @@ fn body_refused(servers: &[Server], events: &Events) -> Option<Reply> {
 
 impl Handler for Relay {
     fn knows(&self, order: &str) -> bool {
-        OrderName::parse(order).is_some()
+        OrderName::parse(order).is_some() || order == scenario_versions::ORDER
     }
 
     async fn handle(&self, peer: SocketAddr, request: Request, events: Events) -> Reply {
@@ -298,6 +302,10 @@ impl Handler for Relay {
                     request.via.join(" > ")
                 ),
             );
+        }
+        if request.order == scenario_versions::ORDER {
+            // The proxy's own store, not relayed.
+            return crate::versions::handle(&self.config, &self.store, &request).await;
         }
         if matches!(
             OrderName::parse(&request.order),

@@ -17,6 +17,7 @@ pub mod rkill;
 pub mod rlist;
 pub mod rsync;
 pub mod run;
+pub mod scenario_versions;
 pub mod status;
 pub mod sync;
 pub mod upload;
@@ -177,6 +178,10 @@ pub struct Request {
     /// `napp`: the scenario step asked ([`napp`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub napp: Option<Box<napp::NappSpec>>,
+    /// `scenario-versions` (a proxy's own order): what is asked of its store
+    /// ([`scenario_versions`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario_versions: Option<Box<scenario_versions::VersionsSpec>>,
     /// Not on the wire: a body a proxy received from its caller, sent as is to each
     /// server instead of reading `upload`'s files (which are the caller's, not the
     /// proxy's) ([`crate::upload::body`]).
