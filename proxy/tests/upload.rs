@@ -1,6 +1,7 @@
 //! `upload` through the proxy: the caller's tar body received once (spooled in the
-//! proxy's state dir) and sent to every agent of the group, each extracting under its
-//! own root (`%h-%p` expanded by the proxy per agent); and what cannot carry a body
+//! proxy's state dir) and sent to every agent of the groups, one behind a chained proxy
+//! (which spools it again), each extracting under its own root (`%h-%p` expanded per
+//! agent by the proxy that reaches it); and what cannot carry a body
 //! (the HTTP API) is refused before anything is sent.
 
 use crate::util::*;
@@ -33,9 +34,19 @@ fn upload_through_the_proxy_reaches_every_agent() {
     std::fs::create_dir_all(&uploads).unwrap();
     let (agents, _sandboxes) = agents(41, &uploads);
     let addrs: Vec<_> = agents.iter().flat_map(|a| a.addrs.clone()).collect();
+    // Two agents behind this proxy, the third behind a chained one: the body goes
+    // through both.
+    let far_dir = Sandbox::new();
+    let far = ProxyConfig::new("px-upload-far")
+        .key("far-key", "web")
+        .servers("web", &addrs[2..])
+        .start(far_dir.path());
     let proxy = ProxyConfig::new("px-upload")
-        .key("up-key", "web")
-        .servers("web", &addrs)
+        .client("proxy_api_key", "far-key")
+        .key("up-key", "web,far")
+        .servers("web", &addrs[..2])
+        .chain("far", far.addr(), "web")
+        .group("far", &[("key_cipher", PROXY_KEY)])
         .http()
         .start(dir.path());
     let src = dir.join("src");
@@ -57,7 +68,7 @@ fn upload_through_the_proxy_reaches_every_agent() {
                 "--api-key",
                 "up-key",
                 "--args",
-                "groups:web",
+                "groups:web,far",
                 "--order=upload",
                 "--relative",
                 "--upload=one.txt",
