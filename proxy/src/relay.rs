@@ -40,8 +40,8 @@
 //!
 //! `upload` and `napp` push carry the caller's files as the request's body: once the
 //! order is authorized (and, strict, every server connected) the proxy asks the caller
-//! for it, spools it ([`crate::spool`]) and sends it as is to every agent (and chained
-//! proxy) of the selection. `ssh://` servers are refused for these (501), as callers
+//! for it and sends it as is to every agent (and chained proxy) of the selection while
+//! it arrives, through a spool file each reads at its own pace ([`crate::spool`]). `ssh://` servers are refused for these (501), as callers
 //! that cannot send a body (v1, the HTTP API: 400).
 
 use crate::route::{Route, Routes, Server};
@@ -384,7 +384,7 @@ impl Handler for Relay {
                 // and (strict) once every server is connected.
                 match crate::spool::receive(&events, &self.config.server.state_dir).await {
                     Ok(body) => {
-                        tracing::info!(order = %order, bytes = body.len(), servers = count, "body spooled");
+                        tracing::info!(order = %order, servers = count, "relaying the caller's body");
                         forwarded.body = Some(body);
                         self.fan_out(&servers, forwarded)
                     }

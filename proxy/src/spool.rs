@@ -1,31 +1,33 @@
-//! A caller's request body (`upload`, `napp` push), received once and kept for the
-//! fan-out: spooled to an anonymous file (`O_TMPFILE`) in the proxy's state directory,
-//! then read by each agent's delivery at its own pace
+//! A caller's request body (`upload`, `napp` push), received once for the whole
+//! fan-out: written to an anonymous file (`O_TMPFILE`) in the proxy's state directory
+//! while every delivery reads it at its own pace
 //! ([`SharedBody`](deploy_common::upload::body::SharedBody)).
 //!
-//! Why a spool and not a tee: with a tee, the slowest agent (or one that stops reading)
-//! would set the pace of the caller and of every other agent, and one stalled agent
-//! would stall the whole upload; a spool costs one copy on the proxy's disk (the body's
-//! size, gone when the fan-out ends or the process dies: the file never has a name) and
-//! the time to receive the body before the first agent gets a byte. Memory stays one
-//! piece per connection either way.
+//! A tee through a file rather than through memory: agents start as soon as the body
+//! does and a fast one follows the caller, but a slow (or stalled) agent never holds back
+//! the caller or the others, as a tee with in-memory backpressure would; it reads behind
+//! from the disk. The cost is one copy of the body on the proxy's disk, gone when the
+//! fan-out ends or the process dies (the file never has a name). Memory stays one piece
+//! per connection.
 
 use deploy_common::order::Reply;
 use deploy_common::server::conn::{BodyChunk, Events};
 use deploy_common::upload::body::SharedBody;
-use std::io::Write as _;
 use std::path::Path;
 
-/// Asks the caller for its body and spools it under `dir`: the body, or the reply that
-/// ends the order (400 cut short or no v2, 507 no room, 500 the spool could not be made).
+/// Makes the spool under `dir` and asks the caller for its body, which a task then
+/// writes to it: the body to hand to the deliveries at once, or the reply that ends the
+/// order (400 no v2, 500 the spool could not be made).
 pub async fn receive(events: &Events, dir: &Path) -> Result<SharedBody, Reply> {
-    let file = tempfile::tempfile_in(dir).map_err(|e| {
+    let cannot = |e: std::io::Error| {
         tracing::error!(dir = %dir.display(), error = %e, "cannot make the body's spool");
         Reply::error(
             500,
             format!("the proxy cannot spool the body in {}: {e}", dir.display()),
         )
-    })?;
+    };
+    let file = tempfile::tempfile_in(dir).map_err(cannot)?;
+    let (body, mut writer) = SharedBody::spool(file).map_err(cannot)?;
     let Some(mut rx) = events.body() else {
         return Err(Reply::error(
             400,
@@ -33,56 +35,43 @@ pub async fn receive(events: &Events, dir: &Path) -> Result<SharedBody, Reply> {
         ));
     };
     let (tx, mut pieces) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let dir_shown = dir.display().to_string();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-        let mut len = 0u64;
+    let shown = dir.display().to_string();
+    // The writer: a blocking thread; readers see each piece once it is written. It
+    // ends the body complete only after the caller's `end`; an error or a cut leaves
+    // it cut (dropped), which stops every delivery mid-body.
+    tokio::task::spawn_blocking(move || {
         while let Some(piece) = pieces.blocking_recv() {
-            out.write_all(&piece)?;
-            len += piece.len() as u64;
+            if piece.is_empty() {
+                tracing::debug!(bytes = writer.written(), "body spooled");
+                writer.finish(true);
+                return;
+            }
+            if let Err(e) = writer.append(&piece) {
+                tracing::error!(dir = %shown, error = %e, "spooling the body failed");
+                return;
+            }
         }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        Ok::<_, std::io::Error>((file, len))
+        tracing::info!(bytes = writer.written(), "the caller's body was cut short");
     });
-    let mut complete = false;
-    let mut tx = Some(tx);
-    while let Some(chunk) = rx.recv().await {
-        match chunk {
-            BodyChunk::Data(bytes) => {
-                // A writer that failed has its error below; the rest is read and dropped.
-                if let Some(sender) = &tx {
-                    if sender.send(bytes).await.is_err() {
-                        tx = None;
+    tokio::spawn(async move {
+        while let Some(chunk) = rx.recv().await {
+            match chunk {
+                // An empty piece is never sent for data (the conn layer drops none, but
+                // an empty `data` would read as the end here): skip it.
+                BodyChunk::Data(bytes) if bytes.is_empty() => {}
+                BodyChunk::Data(bytes) => {
+                    if tx.send(bytes).await.is_err() {
+                        // The writer failed: read the rest and drop it.
+                        while rx.recv().await.is_some() {}
+                        return;
                     }
                 }
-            }
-            BodyChunk::End => {
-                complete = true;
-                break;
+                BodyChunk::End => {
+                    let _ = tx.send(Vec::new()).await;
+                    return;
+                }
             }
         }
-    }
-    drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| Reply::error(500, format!("spooling the body: {e}")))?;
-    let (file, len) = written.map_err(|e| {
-        let code = if e.raw_os_error() == Some(libc::ENOSPC) {
-            507
-        } else {
-            500
-        };
-        tracing::error!(dir = %dir_shown, error = %e, "spooling the body failed");
-        Reply::error(
-            code,
-            format!("the proxy could not spool the body in {dir_shown}: {e}"),
-        )
-    })?;
-    if !complete {
-        return Err(Reply::error(
-            400,
-            "the body was cut short; nothing was sent to the servers",
-        ));
-    }
-    Ok(SharedBody::from_file(file, len))
+    });
+    Ok(body)
 }

@@ -647,8 +647,9 @@ async fn send_body(
         .map_err(|e| failed(format!("sending the upload: {e}")))
 }
 
-/// Sends a body a proxy received (see [`crate::upload::body`]), from its start, at this
-/// agent's pace; a read error drops the connection mid-body, as a cut upload.
+/// Sends a body a proxy receives (see [`crate::upload::body`]), from its start, at this
+/// agent's pace (following the caller's as it arrives); a cut body drops the connection
+/// mid-body, which the agent takes as a cut upload.
 async fn send_shared(
     conn: &mut SecureConnection<TcpStream>,
     body: &crate::upload::body::SharedBody,
@@ -658,11 +659,14 @@ async fn send_shared(
         outcome: Outcome::Failed(why),
     };
     let mut offset = 0u64;
-    while offset < body.len() {
+    loop {
         let chunk = body
             .chunk_at(offset)
             .await
-            .map_err(|e| failed(format!("reading the spooled body: {e}")))?;
+            .map_err(|e| failed(format!("relaying the body: {e}")))?;
+        if chunk.is_empty() {
+            break;
+        }
         offset += chunk.len() as u64;
         conn.send(&Message::data(REQUEST_ID, &chunk, false))
             .await
