@@ -838,11 +838,12 @@ impl Args {
                         bail!("--order=sync is for ssh:// hosts; {agent} is an agent");
                     }
                 }
-                if !self.api_key.is_empty() || !self.args.is_empty() {
-                    bail!(
-                        "--order={} goes to agents and SSH hosts directly, not through a proxy",
-                        self.order.as_str()
-                    );
+                // An upload goes through a proxy (which relays the tar body to its
+                // agents); sync meets its hosts at the client's own hub.
+                if self.order == OrderArg::Sync
+                    && (!self.api_key.is_empty() || !self.args.is_empty())
+                {
+                    bail!("--order=sync goes to SSH hosts directly, not through a proxy");
                 }
                 if protocol == Protocol::V1 {
                     bail!("--order={} needs --protocol=v2", self.order.as_str());

@@ -48,6 +48,7 @@ mod lock;
 mod nodes;
 mod progress;
 mod prompt;
+mod proxy_store;
 mod render;
 mod rollout;
 mod scenario;

@@ -20,8 +20,9 @@
 //! an exit status: 0 every step succeeded, 1 some step failed, 2 nothing was sent
 //! (usage, a refused folder, an unreadable script).
 //!
-//! Scenario versions are kept beside the folder (`DIR/.deploy/scenario-versions.jsonl`,
-//! [`FolderStore`]).
+//! Scenario versions are kept by the proxy when `--proxy` is given (one history shared
+//! by every caller of that proxy, [`crate::proxy_store::ProxyStore`]), else beside the
+//! folder (`DIR/.deploy/scenario-versions.jsonl`, [`FolderStore`]).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -324,6 +325,26 @@ impl Connect {
         }))
     }
 
+    /// Where scenario versions are kept: by the proxy with `--proxy`, else beside the
+    /// folder.
+    fn store(
+        &self,
+        scenario: &deploy_scenario::Scenario,
+    ) -> anyhow::Result<Arc<dyn ScenarioStore>> {
+        Ok(match self.options()?.proxy {
+            Some(Proxy {
+                target,
+                api_key,
+                transport: Some(transport),
+            }) => Arc::new(crate::proxy_store::ProxyStore {
+                transport,
+                target,
+                api_key,
+            }),
+            _ => Arc::new(FolderStore::new(&scenario.root)),
+        })
+    }
+
     fn options(&self) -> anyhow::Result<Options> {
         let proxy = match &self.proxy {
             None => None,
@@ -411,7 +432,7 @@ async fn scenario_inner(cmd: ScenarioCmd, connect: &Connect) -> anyhow::Result<u
             let mut options = connect.options()?;
             options.ssh = ssh;
             options.keep_going = keep_going;
-            options.store = Some(Arc::new(FolderStore::new(&scenario.root)));
+            options.store = Some(connect.store(&scenario)?);
             let (tx, rx) = mpsc::unbounded_channel();
             options.events = Some(tx);
             let printer = tokio::spawn(print_events(rx, connect.format));
@@ -434,7 +455,7 @@ async fn scenario_inner(cmd: ScenarioCmd, connect: &Connect) -> anyhow::Result<u
             let mut options = connect.options()?;
             options.ssh = ssh;
             let (versions, steps) = apply::current(&scenario, transport, &options).await?;
-            let store = FolderStore::new(&scenario.root);
+            let store = connect.store(&scenario)?;
             let latest = store.list(&scenario.name, 0, 1).await?;
             let failed = steps.iter().any(|s| !s.ok);
             if connect.format != Format::Text {
@@ -511,7 +532,7 @@ async fn scenario_inner(cmd: ScenarioCmd, connect: &Connect) -> anyhow::Result<u
             for folder in folders {
                 match deploy_scenario::load(&folder) {
                     Ok(s) => {
-                        let store = FolderStore::new(&s.root);
+                        let store = connect.store(&s)?;
                         let page = store.list(&s.name, 0, 1).await?;
                         rows.push(serde_json::json!({
                             "name": s.name,
@@ -554,7 +575,7 @@ async fn scenario_inner(cmd: ScenarioCmd, connect: &Connect) -> anyhow::Result<u
         }
         ScenarioCmd::Versions { dir, offset, limit } => {
             let scenario = load(&dir)?;
-            let store = FolderStore::new(&scenario.root);
+            let store = connect.store(&scenario)?;
             let page = store.list(&scenario.name, offset, limit).await?;
             if connect.format == Format::Text {
                 for v in &page.versions {
@@ -584,7 +605,7 @@ async fn scenario_inner(cmd: ScenarioCmd, connect: &Connect) -> anyhow::Result<u
             let scenario = load(&dir)?;
             let transport = connect.transport()?;
             let mut options = connect.options()?;
-            options.store = Some(Arc::new(FolderStore::new(&scenario.root)));
+            options.store = Some(connect.store(&scenario)?);
             let (tx, rx) = mpsc::unbounded_channel();
             options.events = Some(tx);
             let printer = tokio::spawn(print_events(rx, connect.format));

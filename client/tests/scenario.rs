@@ -522,10 +522,70 @@ async fn groups_through_a_proxy() {
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(read(a.napp("app", "grp").join("content")), "app\n");
 
-    // Sources do not go through a proxy.
+    // Sources go through the proxy too: this folder's, to both agents of the group.
+    fs::write(via.join("app/src/content"), "through the proxy\n").unwrap();
     let out = run(through(&[f, "prepare"])).await;
-    assert_eq!(out.status, 1, "{out:?}");
-    assert!(out.stdout.contains("not through a proxy"), "{}", out.stdout);
+    assert_eq!(out.status, 0, "{out:?}");
+    for node in [&a, &b] {
+        assert_eq!(
+            read(node.napp("app", "grp").join("content")),
+            "through the proxy\n"
+        );
+    }
+}
+
+/// A scenario whose nodes are all a proxy's group, applied from scratch through it:
+/// `prepare` pushes the sources (the proxy relays the tar body to every agent), the
+/// prepare scripts run in the pushed tree, and a NodeApp version is recorded on each.
+#[tokio::test]
+async fn prepare_through_a_proxy() {
+    let (a, b) = (Node::start(), Node::start());
+    let pdir = Sandbox::new();
+    let proxy = ProxyConfig::new("px-prep")
+        .key("scenario-key", "web")
+        .servers("web", &[a.name(), b.name()])
+        .start(pdir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let f = folder(
+        dir.path(),
+        "prep",
+        &[(
+            "app",
+            vec!["@web".into()],
+            vec![("prepare", 1, "cat content >> \"$OCTOPODA_OUTPUT\"".into())],
+        )],
+    );
+    fs::create_dir_all(f.join("app/src/sub")).unwrap();
+    fs::write(f.join("app/src/sub/deep.txt"), "deep\n").unwrap();
+    let port = format!("127.0.0.1:{}", proxy.port());
+    let out = scenario(&[
+        "apply",
+        "--proxy",
+        &port,
+        "--api-key=scenario-key",
+        "--proxy-key-cipher=proxysecret",
+        f.to_str().unwrap(),
+        "prepare",
+        "--format=json",
+    ])
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    let outputs: Vec<&Value> = steps.iter().filter(|s| s["action"] == "script").collect();
+    assert_eq!(outputs.len(), 2, "{report:#}");
+    for step in outputs {
+        assert_eq!(step["output"], "app\n", "{step}");
+    }
+    for node in [&a, &b] {
+        assert_eq!(read(node.napp("app", "prep").join("content")), "app\n");
+        assert_eq!(
+            read(node.napp("app", "prep").join("sub/deep.txt")),
+            "deep\n"
+        );
+    }
+    let map = report["recorded"]["map"].as_object().unwrap();
+    assert_eq!(map.len(), 2, "{report:#}");
 }
 
 /// `napp get|versions|reset` on one node: the versions of a NodeApp newest first, and a
@@ -719,4 +779,91 @@ async fn the_folders_own_records_are_not_pushed() {
     assert_eq!(out.status, 0, "{out:?}");
     let report: Value = serde_json::from_str(&out.stdout).unwrap();
     assert!(report.get("recorded").is_none(), "{report}");
+}
+
+/// Applied through a proxy, scenario versions are the proxy's (redb in its state dir):
+/// recorded there (nothing beside the folder), seen by a second client from a copy of
+/// the folder elsewhere, kept across a restart of the proxy, and reset through them.
+#[tokio::test]
+async fn versions_kept_by_the_proxy() {
+    let (a, b) = (Node::start(), Node::start());
+    let pdir = Sandbox::new();
+    let config = ProxyConfig::new("px-versions")
+        .key("scenario-key", "web")
+        .servers("web", &[a.name(), b.name()]);
+    let proxy = config.start(pdir.path());
+    let apps: Vec<AppSpec<'_>> = vec![("app", vec!["@web".into()], vec![])];
+    let one = tempfile::tempdir().unwrap();
+    let first = folder(one.path(), "shared", &apps);
+    let two = tempfile::tempdir().unwrap();
+    let second = folder(two.path(), "shared", &apps);
+    let through = |port: u16, args: &[&str]| {
+        let port = format!("127.0.0.1:{port}");
+        let mut all: Vec<String> = vec![args[0].into()];
+        all.extend(
+            [
+                "--proxy",
+                &port,
+                "--api-key=scenario-key",
+                "--proxy-key-cipher=proxysecret",
+            ]
+            .map(String::from),
+        );
+        all.extend(args[1..].iter().map(|s| s.to_string()));
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            scenario(&refs).await
+        }
+    };
+    let f1 = first.to_str().unwrap();
+    let out = through(proxy.port(), &["apply", f1, "prepare", "-m", "one"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    fs::write(a.napp("app", "shared").join("content"), "changed\n").unwrap();
+    let out = through(proxy.port(), &["apply", f1, "commit", "-m", "two"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(
+        !first.join(".deploy/scenario-versions.jsonl").exists(),
+        "versions went beside the folder"
+    );
+
+    // Another client, another folder of the same scenario: the same history.
+    let f2 = second.to_str().unwrap();
+    let listed = |out: &crate::util::Output| -> Vec<(String, String)> {
+        let page: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(page["total"], 2, "{page:#}");
+        page["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["id"].as_str().unwrap().to_owned(),
+                    v["message"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let out = through(proxy.port(), &["versions", f2, "--format=json"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let before = listed(&out);
+    assert_eq!(
+        before.iter().map(|v| v.1.as_str()).collect::<Vec<_>>(),
+        ["two", "one"]
+    );
+
+    // After a restart of the proxy (a new port, the same state dir).
+    drop(proxy);
+    let proxy = config.start(pdir.path());
+    let out = through(proxy.port(), &["versions", f2, "--format=json"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(listed(&out), before);
+
+    // And a reset from the second folder goes back to the first version.
+    let out = through(
+        proxy.port(),
+        &["reset", f2, "-v", &before[1].0[..8], "-m", "back"],
+    )
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(read(a.napp("app", "shared").join("content")), "app\n");
 }

@@ -1951,14 +1951,9 @@ fn upload_and_sync_usage_errors() {
             "is an agent",
         ),
         (
-            vec![
-                "--hosts",
-                "127.0.0.1",
-                "--order=upload",
-                "--api-key=k",
-                "--upload=x",
-                "--root=/x",
-            ],
+            // An upload goes through a proxy now; sync meets its hosts at the
+            // client's hub.
+            vec!["--hosts", ssh, "--order=sync", "--api-key=k", "--", "true"],
             "not through a proxy",
         ),
         (

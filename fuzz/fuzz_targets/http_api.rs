@@ -76,6 +76,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(Call::Order { request, stream }) => {
             assert_eq!(path.strip_prefix("/api/"), Some(request.order.as_str()));
             assert!(method == "GET" || method == "POST", "method {method:?}");
+            assert_eq!(
+                request.scenario_versions.is_some(),
+                request.order == "scenario-versions"
+            );
             assert!(!request.api_key.is_empty());
             let count = |name: &str| {
                 headers
@@ -85,11 +89,15 @@ fuzz_target!(|data: &[u8]| {
             };
             assert!(count("x-api-key") <= 1 && count("authorization") <= 1);
 
-            let body = serde_json::to_vec(&serde_json::json!({
-                "options": request.options,
-                "args": request.args,
-            }))
-            .expect("JSON of two strings");
+            // scenario-versions takes only its object; the orders options and args.
+            let body = match &request.scenario_versions {
+                Some(spec) => serde_json::to_vec(&serde_json::json!({ "scenario_versions": spec })),
+                None => serde_json::to_vec(&serde_json::json!({
+                    "options": request.options,
+                    "args": request.args,
+                })),
+            }
+            .expect("JSON of the parameters");
             let mut canonical = vec![("X-Api-Key", request.api_key.as_bytes())];
             if stream {
                 canonical.push(("Accept", b"application/x-ndjson"));

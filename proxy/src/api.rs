@@ -10,6 +10,8 @@
 //! POST /api/<order>   (or GET)      → Call::Order { request, stream }
 //! GET /api/nodes?options=offline    → the proxy's agents and their state (never streamed)
 //! /api/fetch                        → 501: its files travel as v2 events only
+//! POST /api/scenario-versions       → Call::Order (the proxy's own store; never streamed)
+//!      {"scenario_versions":{"action":"list"|"get"|"append"|"forget",…}}   JSON body only
 //!
 //!   key         X-Api-Key: <key>    or  Authorization: Bearer <key>   (one of them, once)
 //!   parameters  options, args       from the query string and the body; each at most once
@@ -37,6 +39,7 @@
 )]
 
 use deploy_common::order::release::ReleaseSpec;
+use deploy_common::order::scenario_versions::{self, VersionsSpec};
 use deploy_common::order::{OrderName, Request};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -46,6 +49,12 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 /// The health endpoint's path.
 pub const HEALTH_PATH: &str = "/healthz";
+
+/// The proxy's own store of scenario versions (POST only, a JSON body).
+pub const VERSIONS_PATH: &str = "/api/scenario-versions";
+
+/// The methods `/api/scenario-versions` answers.
+pub const VERSIONS_METHODS: &str = "POST";
 
 /// The orders' path prefix: `/api/<order>`.
 pub const ORDER_PREFIX: &str = "/api/";
@@ -78,6 +87,8 @@ pub enum Route {
     Health,
     /// `POST /api/<order>`.
     Order(OrderName),
+    /// `POST /api/scenario-versions`.
+    Versions,
 }
 
 /// What a request asks for.
@@ -177,18 +188,21 @@ impl ApiError {
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let (found, allow) = if path == HEALTH_PATH {
         (Route::Health, HEALTH_METHODS)
+    } else if path == VERSIONS_PATH {
+        (Route::Versions, VERSIONS_METHODS)
     } else {
         let name = path.strip_prefix(ORDER_PREFIX).ok_or(ApiError::NotFound)?;
         if name.is_empty() || name.contains('/') {
             return Err(ApiError::NotFound);
         }
         let order = OrderName::parse(name).ok_or_else(|| ApiError::UnknownOrder(short(name)))?;
-        if order == OrderName::Fetch {
-            return Err(ApiError::NotOverHttp("fetch"));
-        }
         (Route::Order(order), ORDER_METHODS)
     };
     if allow.split(", ").any(|m| m == method) {
+        if matches!(found, Route::Order(OrderName::Fetch)) {
+            // Its files travel as v2 events only; a method it does not take is still 405.
+            return Err(ApiError::NotOverHttp("fetch"));
+        }
         Ok(found)
     } else {
         Err(ApiError::MethodNotAllowed {
@@ -204,7 +218,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
 pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
     let order = match route(req.method, req.path)? {
         Route::Health => return Ok(Call::Health),
-        Route::Order(order) => order,
+        Route::Order(order) => Some(order),
+        Route::Versions => None,
     };
     if req.body.len() > MAX_BODY {
         return Err(ApiError::TooLarge);
@@ -229,13 +244,22 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
         }
     }
     // `nodes` is the proxy's own answer, one document: there is nothing to stream.
-    let stream = order != OrderName::Nodes
+    let stream = order != Some(OrderName::Nodes)
         && req
             .headers
             .iter()
             .filter(|(name, _)| name.eq_ignore_ascii_case("accept"))
             .any(|(_, value)| contains_ignore_case(value, b"application/x-ndjson"));
 
+    let Some(order) = order else {
+        return versions(params, api_key);
+    };
+    if params.scenario_versions.is_some() {
+        return Err(ApiError::InvalidJson(format!(
+            "{} takes no scenario_versions (POST {VERSIONS_PATH} does)",
+            order.as_str()
+        )));
+    }
     let release = match params.release {
         None => None,
         Some(fields) => Some(Box::new(release(order, fields)?)),
@@ -251,6 +275,30 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
             ..Request::default()
         }),
         stream,
+    })
+}
+
+/// `POST /api/scenario-versions`: only its `scenario_versions` object.
+fn versions(params: Params, api_key: Option<String>) -> Result<Call, ApiError> {
+    if params.options.is_some() || params.args.is_some() || params.release.is_some() {
+        return Err(ApiError::InvalidJson(
+            "scenario-versions takes only {\"scenario_versions\":{…}}".into(),
+        ));
+    }
+    let spec = params.scenario_versions.ok_or_else(|| {
+        ApiError::InvalidJson(
+            "scenario-versions needs a JSON body {\"scenario_versions\":{\"action\":…}}".into(),
+        )
+    })?;
+    let api_key = api_key.ok_or(ApiError::MissingKey)?;
+    Ok(Call::Order {
+        request: Box::new(Request {
+            order: scenario_versions::ORDER.to_owned(),
+            api_key,
+            scenario_versions: Some(Box::new(spec)),
+            ..Request::default()
+        }),
+        stream: false,
     })
 }
 
@@ -345,10 +393,11 @@ struct Params {
     options: Option<String>,
     args: Option<String>,
     release: Option<Map<String, Value>>,
+    scenario_versions: Option<VersionsSpec>,
 }
 
-/// The JSON body: an object with optional string fields `options` and `args` and an
-/// optional object `release`, nothing else, each once (serde refuses duplicate and
+/// The JSON body: an object with optional string fields `options` and `args`, an
+/// optional object `release` and (scenario-versions) `scenario_versions`, nothing else, each once (serde refuses duplicate and
 /// unknown fields).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,6 +405,7 @@ struct JsonBody {
     options: Option<String>,
     args: Option<String>,
     release: Option<Map<String, Value>>,
+    scenario_versions: Option<VersionsSpec>,
 }
 
 impl Params {
@@ -390,6 +440,7 @@ impl Params {
             self.set("args", args)?;
         }
         self.release = body.release;
+        self.scenario_versions = body.scenario_versions;
         Ok(())
     }
 }
@@ -437,6 +488,34 @@ mod tests {
     }
 
     const KEY: &[(&str, &[u8])] = &[("x-api-key", b"k")];
+
+    #[test]
+    fn scenario_versions_takes_its_object_only_by_post() {
+        let (r, stream) = order(parse(&req(
+            "POST",
+            VERSIONS_PATH,
+            KEY,
+            br#"{"scenario_versions":{"action":"get","scenario":"s","prefix":"abc"}}"#,
+        )));
+        assert_eq!(r.order, "scenario-versions");
+        assert!(!stream);
+        let spec = r.scenario_versions.unwrap();
+        assert_eq!((spec.scenario.as_str(), spec.prefix.as_str()), ("s", "abc"));
+        for body in [&br#"{"args":"groups:web"}"#[..], b"", b"args=x"] {
+            let e = parse(&req("POST", VERSIONS_PATH, KEY, body)).unwrap_err();
+            assert_eq!(e.status(), 400, "{e}");
+        }
+        let e = parse(&req("GET", VERSIONS_PATH, KEY, b"")).unwrap_err();
+        assert_eq!((e.status(), e.allow()), (405, Some("POST")));
+        let e = parse(&req(
+            "POST",
+            "/api/status",
+            KEY,
+            br#"{"scenario_versions":{"action":"list"}}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.status(), 400);
+    }
 
     #[test]
     fn json_form_and_query_fill_the_request() {

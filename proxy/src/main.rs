@@ -9,6 +9,9 @@
 //! * [`ssh`]: the `[ssh]` options → the one SSH transport of a worker generation.
 //! * [`relay`]: the order handler (authorization, fan-out, merging).
 //! * [`nodes`]: the heartbeat behind `nodes` (one worker probes, all answer).
+//! * [`spool`]: a caller's request body (`upload`, `napp` push), kept once for the
+//!   fan-out.
+//! * [`versions`]: the proxy's own `scenario-versions` order (its redb store).
 //! * [`http`]: the HTTP/JSON API server (hyper); what its requests mean is
 //!   [`deploy_proxy::api`], the library half, which the fuzz targets call.
 //! * `main`: start-up through the daemon core shared with the agent.
@@ -18,7 +21,9 @@ mod http;
 mod nodes;
 mod relay;
 mod route;
+mod spool;
 mod ssh;
+mod versions;
 
 use anyhow::{Context, Result};
 use cli::Cli;

@@ -37,14 +37,20 @@
 //! ([`gate`]); if one cannot be, the order goes nowhere, that server's record says why
 //! and every other one is a 503 "not started" naming it. A chained proxy gets the
 //! request with `strict` and does the same for its own servers.
+//!
+//! `upload` and `napp` push carry the caller's files as the request's body: once the
+//! order is authorized (and, strict, every server connected) the proxy asks the caller
+//! for it and sends it as is to every agent (and chained proxy) of the selection while
+//! it arrives, through a spool file each reads at its own pace ([`crate::spool`]). `ssh://` servers are refused for these (501), as callers
+//! that cannot send a body (v1, the HTTP API: 400).
 
 use crate::route::{Route, Routes, Server};
 use deploy_common::config::proxy::ProxyConfig;
 use deploy_common::fanout::{Fanout, FanoutEvent};
 use deploy_common::gate;
-use deploy_common::order::{object, OrderName, Reply, Request};
+use deploy_common::order::{object, scenario_versions, OrderName, Reply, Request};
 use deploy_common::server::conn::{Events, Handler};
-use deploy_common::target::Target;
+use deploy_common::target::{Scheme, Target};
 use deploy_common::transport::Transport;
 use deploy_common::wire::message::Event;
 use serde_json::{Map, Value};
@@ -58,6 +64,8 @@ pub struct Relay {
     config: Arc<ProxyConfig>,
     routes: Arc<Routes>,
     concurrency: usize,
+    /// Scenario versions kept for every caller (`scenario-versions`).
+    store: deploy_store::RedbStore,
     /// This proxy's name in `via` lists.
     pub id: String,
 }
@@ -78,10 +86,12 @@ impl Relay {
                 port => format!("{host}:{port}"),
             }
         });
+        let store = deploy_store::RedbStore::in_dir(&config.server.state_dir);
         Ok(Relay {
             config,
             routes,
             concurrency,
+            store,
             id,
         })
     }
@@ -339,9 +349,36 @@ impl Relay {
     }
 }
 
+/// Why an order with a body cannot be relayed, if it cannot: the caller cannot send
+/// one (v1, the HTTP API), or a server is an `ssh://` host (whose upload reads files,
+/// and the proxy has none of the caller's).
+fn body_refused(servers: &[Server], events: &Events) -> Option<Reply> {
+    if !events.can_have_body() {
+        return Some(Reply::error(
+            400,
+            "this order needs protocol v2 (its files travel as the request's body)",
+        ));
+    }
+    let ssh: Vec<String> = servers
+        .iter()
+        .filter(|s| !s.chained && s.target.scheme == Scheme::Ssh)
+        .map(|s| s.target.to_string())
+        .collect();
+    if !ssh.is_empty() {
+        return Some(Reply::error(
+            501,
+            format!(
+                "files go through a proxy to agents only; send them to {} directly",
+                ssh.join(", ")
+            ),
+        ));
+    }
+    None
+}
+
 impl Handler for Relay {
     fn knows(&self, order: &str) -> bool {
-        OrderName::parse(order).is_some()
+        OrderName::parse(order).is_some() || order == scenario_versions::ORDER
     }
 
     async fn handle(&self, peer: SocketAddr, request: Request, events: Events) -> Reply {
@@ -354,6 +391,10 @@ impl Handler for Relay {
                     request.via.join(" > ")
                 ),
             );
+        }
+        if request.order == scenario_versions::ORDER {
+            // The proxy's own store, not relayed.
+            return crate::versions::handle(&self.config, &self.store, &request).await;
         }
         match OrderName::parse(&request.order) {
             Some(OrderName::Nodes) => return self.nodes(peer, &request),
@@ -378,14 +419,15 @@ impl Handler for Relay {
                 "the cluster lock is taken on agents and SSH hosts directly, not through a proxy",
             );
         }
-        if request.upload.is_some() || OrderName::parse(&request.order) == Some(OrderName::Upload) {
-            // The files are the caller's: a proxy has none to send, and must never
-            // read its own on a caller's say-so.
-            return Reply::error(
-                501,
-                "upload is sent to agents and SSH hosts directly, not through a proxy",
-            );
-        }
+        // `upload` and `napp` push carry their files as the request's body: the
+        // caller's, received once and sent as is to every server (never files of the
+        // proxy's own, whatever `upload` names).
+        let with_body = request.upload.is_some()
+            || OrderName::parse(&request.order) == Some(OrderName::Upload)
+            || request
+                .napp
+                .as_deref()
+                .is_some_and(|n| n.action == deploy_common::order::napp::Action::Push);
         let servers = match self.authorize(&request) {
             Ok(servers) => servers,
             Err(reply) => {
@@ -402,6 +444,11 @@ impl Handler for Relay {
                 return reply;
             }
         };
+        if with_body {
+            if let Some(reply) = body_refused(&servers, &events) {
+                return reply;
+            }
+        }
         let order = request.order.clone();
         // v2 callers get every agent's record as it arrives; v1 callers one document.
         let follow = events.wanted();
@@ -432,6 +479,18 @@ impl Handler for Relay {
             (0..count).map(|_| None).collect();
         let mut relayed: Vec<(String, Value)> = Vec::new();
         let mut rx = match self.connect_stage(&servers, &forwarded).await {
+            Ok(()) if with_body => {
+                // Asked for only now: after every check that could refuse the order,
+                // and (strict) once every server is connected.
+                match crate::spool::receive(&events, &self.config.server.state_dir).await {
+                    Ok(body) => {
+                        tracing::info!(order = %order, servers = count, "relaying the caller's body");
+                        forwarded.body = Some(body);
+                        self.fan_out(&servers, forwarded)
+                    }
+                    Err(reply) => return reply,
+                }
+            }
             Ok(()) => self.fan_out(&servers, forwarded),
             Err(results) => gate::into_events(results),
         };

@@ -285,12 +285,13 @@ fn an_agent_with_another_key_is_unauthorized_alone() {
     }
 }
 
-/// The cluster lock and uploads are refused (501) by the proxy itself: a lock must be
-/// every host's own answer (and an SSH host's lock would be a session of the proxy's
-/// worker that no client could release), and an upload's files are the caller's, which a
-/// proxy must never read on its own disk. Nothing reaches the agents.
+/// The cluster lock is refused (501) by the proxy itself: a lock must be every host's
+/// own answer (and an SSH host's lock would be a session of the proxy's worker that no
+/// client could release). An upload whose caller sends no body is refused: its files
+/// are the caller's, never read on the proxy's own disk whatever `upload` names.
+/// Nothing reaches the agents.
 #[test]
-fn lock_and_upload_are_not_relayed() {
+fn lock_is_not_relayed_nor_an_upload_read_on_the_proxy() {
     let s = setup(23, |c| c);
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], s.proxy.port()).into();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -299,17 +300,10 @@ fn lock_and_upload_are_not_relayed() {
         .unwrap();
     let secret = s._dir.path().join("secret.txt");
     std::fs::write(&secret, "proxy-local secret\n").unwrap();
-    for order in ["lock", "unlock", "upload"] {
+    for order in ["lock", "unlock"] {
         let mut request = deploy_testkit::request(order, "");
         request.api_key = "web-key".into();
         request.args = "groups:web".into();
-        if order == "upload" {
-            request.upload = Some(Box::new(deploy_common::upload::UploadSpec {
-                files: vec![secret.display().to_string()],
-                root: "/tmp".into(),
-                ..Default::default()
-            }));
-        }
         let reply = runtime
             .block_on(deploy_testkit::v2(addr, PROXY_KEY, None, request))
             .expect("v2 exchange");
@@ -319,5 +313,32 @@ fn lock_and_upload_are_not_relayed() {
             "{order}: {reply:?}"
         );
     }
+    // An upload naming a file of the proxy's: the proxy asks the caller for the body
+    // (`continue`), it does not read the file; a caller that then goes away sends
+    // nothing anywhere.
+    let mut request = deploy_testkit::request("upload", "");
+    request.api_key = "web-key".into();
+    request.args = "groups:web".into();
+    request.upload = Some(Box::new(deploy_common::upload::UploadSpec {
+        files: vec![secret.display().to_string()],
+        root: "/tmp".into(),
+        ..Default::default()
+    }));
+    let first = runtime.block_on(async {
+        let mut conn = deploy_testkit::v2_connect(addr, PROXY_KEY, None)
+            .await
+            .expect("handshake");
+        conn.send(&deploy_common::wire::message::Message::Request { id: 1, request })
+            .await
+            .expect("send");
+        conn.recv().await.expect("recv")
+    });
+    assert!(
+        matches!(
+            first,
+            Some(deploy_common::wire::message::Message::Continue { id: 1 })
+        ),
+        "{first:?}"
+    );
     let _ = &s.web;
 }

@@ -16,6 +16,8 @@
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
 //! | [`strict`] | strict runs start nowhere unless every agent connected (direct and through the proxy); `--skip-unreachable` through it |
+//! | [`upload`] | `upload` through the proxy to 3 agents (the caller's tar body, spooled once), files checked |
+//! | [`openapi`] | `docs/openapi.json` checked against the running proxy (every path, method, status and shape; every served route documented) |
 //! | [`verdicts`] | exit status and failure summary follow the agents' results, over v1 (nested document) and v2 |
 //!
 //! Every test starts its own agents (a [`util::Farm`]: a few processes listening on
@@ -31,9 +33,11 @@ mod fleet;
 mod follow;
 mod http;
 mod legacy;
+mod openapi;
 mod release;
 mod ssh;
 mod strict;
 mod timed;
+mod upload;
 mod util;
 mod verdicts;

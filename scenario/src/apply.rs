@@ -18,9 +18,8 @@
 //! Output lines of the scripts stream as [`ApplyEvent::Line`] (node and app named), each
 //! step's result as [`ApplyEvent::Step`] the moment it is known; the [`Report`] at the end
 //! holds every step. A `@group` node is sent to the proxy with `groups:<group>`: its
-//! agents' results come back one by one, named by the proxy. The proxy does not relay
-//! request bodies, so `push` (prepare) to a group is refused by it; scripts, commit,
-//! purge and reset go through.
+//! agents' results come back one by one, named by the proxy; a `push` (prepare) carries
+//! its tar body to the proxy, which relays it to every agent of the group.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -21,6 +21,7 @@ pub mod rkill;
 pub mod rlist;
 pub mod rsync;
 pub mod run;
+pub mod scenario_versions;
 pub mod status;
 pub mod sync;
 pub mod tasks;
@@ -211,6 +212,15 @@ pub struct Request {
     /// at once ([`tasks`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub background: bool,
+    /// `scenario-versions` (a proxy's own order): what is asked of its store
+    /// ([`scenario_versions`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario_versions: Option<Box<scenario_versions::VersionsSpec>>,
+    /// Not on the wire: a body a proxy received from its caller, sent as is to each
+    /// server instead of reading `upload`'s files (which are the caller's, not the
+    /// proxy's) ([`crate::upload::body`]).
+    #[serde(skip)]
+    pub body: Option<crate::upload::body::SharedBody>,
 }
 
 /// The body of a reply.

@@ -268,9 +268,11 @@ impl AgentTransport {
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             // An upload root may name the host (`%h`, `%p`): each agent gets its own.
+            // Through a proxy (a request with an API key) the proxy expands it for each
+            // of its agents.
             let expanded;
             let request = match request.upload.as_deref() {
-                Some(spec) if spec.root.contains('%') => {
+                Some(spec) if spec.root.contains('%') && request.api_key.is_empty() => {
                     let mut copy = request.clone();
                     let mut spec = spec.clone();
                     spec.root = crate::target::expand(&spec.root, target, &[]);
@@ -620,6 +622,9 @@ async fn send_body(
         stale: false,
         outcome: Outcome::Failed(why),
     };
+    if let Some(body) = &request.body {
+        return send_shared(conn, body).await;
+    }
     let Some(spec) = request.upload.as_deref().filter(|s| !s.files.is_empty()) else {
         return Err(failed(
             "the agent asked for a body, but this order has none".to_owned(),
@@ -647,6 +652,36 @@ async fn send_body(
     conn.send(&Message::data(REQUEST_ID, &[], true))
         .await
         .map_err(|e| failed(format!("sending the upload: {e}")))
+}
+
+/// Sends a body a proxy receives (see [`crate::upload::body`]), from its start, at this
+/// agent's pace (following the caller's as it arrives); a cut body drops the connection
+/// mid-body, which the agent takes as a cut upload.
+async fn send_shared(
+    conn: &mut SecureConnection<TcpStream>,
+    body: &crate::upload::body::SharedBody,
+) -> Result<(), V2Error> {
+    let failed = |why: String| V2Error {
+        stale: false,
+        outcome: Outcome::Failed(why),
+    };
+    let mut offset = 0u64;
+    loop {
+        let chunk = body
+            .chunk_at(offset)
+            .await
+            .map_err(|e| failed(format!("relaying the body: {e}")))?;
+        if chunk.is_empty() {
+            break;
+        }
+        offset += chunk.len() as u64;
+        conn.send(&Message::data(REQUEST_ID, &chunk, false))
+            .await
+            .map_err(|e| failed(format!("sending the body: {e}")))?;
+    }
+    conn.send(&Message::data(REQUEST_ID, &[], true))
+        .await
+        .map_err(|e| failed(format!("sending the body: {e}")))
 }
 
 /// A v1 client got a v2 frame (which starts with a 0 length byte) back.
