@@ -911,6 +911,7 @@ fn install_signal_forwarding() {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::panic)]
 mod kill_tests {
     use super::*;
     use std::os::unix::process::CommandExt;
