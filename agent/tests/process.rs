@@ -227,10 +227,16 @@ async fn pid_file_written_and_removed() {
     .await;
     assert_eq!(text.trim(), master.to_string(), "pid file content {text:?}");
     agent.signal(Signal::SIGTERM);
-    agent
+    // Sent as soon as the pid file exists: possibly before the master has its signal
+    // handlers, so the signal must be held until then (prefork::hold_signals).
+    let status = agent
         .wait_exit(Duration::from_secs(5))
         .await
         .expect("master exit");
+    assert!(
+        status.success(),
+        "master exit status {status:?} (killed by the signal instead of stopping?)"
+    );
     assert!(!pid_file.exists(), "pid file left behind after SIGTERM");
 }
 

@@ -177,6 +177,10 @@ fn sigterm_lets_a_fanout_in_flight_finish() {
     let dir = Sandbox::new();
     let mut proxy = ProxyConfig::new("px-term")
         .client("thread_timeout", 2)
+        // No heartbeat: its probe would be the silent agent's first connection, taken
+        // below for the fan-out's, and SIGTERM would come before the proxy has even
+        // accepted the client (whose connection, still queued, is then reset).
+        .client("heartbeat", 0)
         .key("k", "web")
         .servers("web", &web.addrs)
         .servers("web", [silent.addr])

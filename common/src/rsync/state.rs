@@ -96,22 +96,65 @@ impl Stopping {
         !self.left().is_empty()
     }
 
-    /// SIGKILL what is left (and its process groups); returns those pids.
+    /// SIGKILL what is left (and the process groups it is in); returns those pids.
+    ///
+    /// Only a group one of those processes is still in is signalled: a group recorded at
+    /// SIGTERM time may have emptied during the grace and its id been taken by an
+    /// unrelated group (another daemon's worker leads one), while a live member keeps
+    /// the id from being reused. Each pid is signalled through a pidfd opened before its
+    /// session is checked again, so a pid reused meanwhile is not hit either.
     pub fn kill_left(&self) -> Vec<u32> {
         let left = self.left();
-        for &pid in &left {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let held: BTreeSet<u32> = left
+            .iter()
+            .filter_map(|&pid| proc_stat(pid))
+            .filter(|stat| stat.session == self.session && self.groups.contains(&stat.pgrp))
+            .map(|stat| stat.pgrp)
+            .collect();
+        for pgrp in held {
+            if let Ok(pgrp) = i32::try_from(pgrp) {
+                let _ = killpg(Pid::from_raw(pgrp), Signal::SIGKILL);
             }
         }
-        if !left.is_empty() {
-            for &pgrp in &self.groups {
-                if let Ok(pgrp) = i32::try_from(pgrp) {
-                    let _ = killpg(Pid::from_raw(pgrp), Signal::SIGKILL);
-                }
-            }
+        for &pid in &left {
+            kill_in_session(pid, self.session, Signal::SIGKILL);
         }
         left
+    }
+}
+
+/// Sends `signal` to `pid` if it still runs in session `session`, through a pidfd
+/// opened before that check (plain kill(2) where pidfds are missing).
+fn kill_in_session(pid: u32, session: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else {
+        return;
+    };
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return;
+    };
+    if fd < 0 {
+        if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)
+            && runs_in_session(pid, session)
+        {
+            let _ = kill(Pid::from_raw(raw), signal);
+        }
+        return;
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    if runs_in_session(pid, session) {
+        // SAFETY: pidfd_send_signal(2) on our pidfd; a null info means "as kill(2)".
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
     }
 }
 
@@ -804,7 +847,8 @@ fn reap_in_background(mut child: Child) {
 // ---------------------------------------------------------------------------------------
 // The runner.
 
-/// rsync's pid (= its process group) once started, for the signal handler.
+/// rsync's pid (= its process group) while it runs (0 again once it has exited, before
+/// it is reaped), for the signal handler.
 static CHILD_PGID: AtomicI32 = AtomicI32::new(0);
 /// A signal that arrived before rsync existed.
 static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -925,6 +969,11 @@ pub fn runner_main(args: &[OsString]) -> i32 {
             unsafe { libc::kill(-pid, pending) };
         }
     }
+    // Wait without reaping first: while rsync is a zombie its pid, and so its group's
+    // id, cannot be reused; the handler stops forwarding before the reap, so a late
+    // SIGTERM never reaches a group that took the id afterwards.
+    wait_exited_unreaped(child.id());
+    CHILD_PGID.store(0, Ordering::SeqCst);
     let (code, signal) = match child.wait() {
         Ok(status) => (status.code(), status.signal()),
         Err(e) => {
@@ -934,6 +983,20 @@ pub fn runner_main(args: &[OsString]) -> i32 {
     };
     record_exit(&args.dir, code, signal);
     code.unwrap_or_else(|| 128 + signal.unwrap_or(0))
+}
+
+/// Blocks until child `pid` has exited, leaving it a zombie (`WNOWAIT`).
+fn wait_exited_unreaped(pid: libc::id_t) {
+    loop {
+        // SAFETY: waitid(2) fills the zeroed siginfo it is given.
+        let done = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if done == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
 }
 
 fn record_exit(dir: &Path, code: Option<i32>, signal: Option<i32>) {
@@ -961,5 +1024,82 @@ fn install_signal_forwarding() {
             }
         }
         let _ = sigaction(Signal::SIGCHLD, &default);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::panic)]
+mod kill_tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// A `sleep` that is killed and reaped even when an assertion fails.
+    struct Sleeper(Child);
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleeper(configure: impl FnOnce(&mut Command)) -> Sleeper {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("1000");
+        configure(&mut cmd);
+        Sleeper(cmd.spawn().expect("spawn sleep"))
+    }
+
+    /// A process group recorded at SIGTERM time whose id now belongs to an unrelated
+    /// group (here: a group the transfer never had) is not SIGKILLed with what is left.
+    #[test]
+    fn kill_left_spares_a_group_whose_id_was_reused() {
+        // The transfer's leftover: a session of its own, as under the runner.
+        let mut left = sleeper(|cmd| {
+            // SAFETY: setsid(2) is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::unistd::setsid().map_err(io::Error::from)?;
+                    Ok(())
+                });
+            }
+        });
+        // The unrelated group that took a recorded group's id.
+        let mut bystander = sleeper(|cmd| {
+            cmd.process_group(0);
+        });
+        let session = left.0.id();
+        // Wait until the child has really called setsid (it runs `sleep` after).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !runs_in_session(session, session) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "setsid never happened"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stopping = Stopping {
+            session,
+            pids: vec![session],
+            groups: BTreeSet::from([bystander.0.id()]),
+        };
+        assert_eq!(stopping.kill_left(), vec![session]);
+        let status = left.0.wait().expect("wait for the leftover");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "the leftover is killed"
+        );
+        // Had kill_left hit the bystander's group, SIGKILL would already have ended it.
+        let _ = kill(
+            Pid::from_raw(i32::try_from(bystander.0.id()).expect("pid")),
+            Signal::SIGTERM,
+        );
+        let status = bystander.0.wait().expect("wait for the bystander");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGTERM),
+            "the unrelated group got SIGKILL"
+        );
     }
 }

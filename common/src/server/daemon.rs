@@ -67,6 +67,9 @@ pub fn server_addrs(server: &ServerConfig) -> Vec<SocketAddr> {
 /// [`Startup::extra`], in that order.
 pub fn run<P: Program>(startup: Startup<'_>, program: &mut P) -> Result<i32, DaemonError> {
     let s = startup.server;
+    // Until the master has its handlers: a SIGTERM sent as soon as the pid file exists
+    // must stop the daemon cleanly, not kill it with the pid file left behind.
+    prefork::hold_signals();
     notify::init();
     let defer = s
         .socket_accept_filter

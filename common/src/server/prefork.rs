@@ -25,6 +25,11 @@
 //!
 //! The master is single-threaded and synchronous; signals reach it through
 //! `signal-hook` flags and a self-pipe, so it sleeps until something happens.
+//!
+//! SIGTERM, SIGINT and SIGHUP are blocked from the start of `daemon::run`
+//! ([`hold_signals`]) until the master has its handlers, and SIGTERM and SIGINT from a
+//! worker's fork until its runtime has its own: one sent during start-up (as soon as the
+//! pid file exists) is held, then handled, never lost nor left to its default action.
 
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -86,6 +91,38 @@ struct Flags {
     ids: Vec<signal_hook::SigId>,
 }
 
+/// The signals that stop (SIGTERM, SIGINT) or reload (SIGHUP) a daemon.
+fn control_signals() -> signal::SigSet {
+    let mut set = signal::SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread until the master has its
+/// handlers ([`run_master`] releases them): one that arrives during start-up (after the
+/// pid file is written, say) stays pending instead of killing the daemon with its
+/// default action, which would leave the pid file behind. Call it first, before any
+/// thread is started, so that every thread inherits the mask.
+pub fn hold_signals() {
+    let _ = signal::sigprocmask(
+        signal::SigmaskHow::SIG_BLOCK,
+        Some(&control_signals()),
+        None,
+    );
+}
+
+/// Unblocks what [`hold_signals`] (or the fork in [`run_master`]) blocked; a pending
+/// signal is delivered now, to the handlers just installed.
+fn release_signals() {
+    let _ = signal::sigprocmask(
+        signal::SigmaskHow::SIG_UNBLOCK,
+        Some(&control_signals()),
+        None,
+    );
+}
+
 fn install_signals() -> std::io::Result<Flags> {
     let (wake, wake_tx) = UnixStream::pair()?;
     wake.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -128,11 +165,11 @@ fn reset_signals_in_child(flags: &Flags) {
     unsafe {
         let _ = signal::signal(Signal::SIGHUP, SigHandler::SigIgn);
     }
-    let _ = signal::sigprocmask(
-        signal::SigmaskHow::SIG_SETMASK,
-        Some(&signal::SigSet::empty()),
-        None,
-    );
+    // SIGTERM and SIGINT stay blocked until `run_worker` has its handlers.
+    let mut held = signal::SigSet::empty();
+    held.add(Signal::SIGTERM);
+    held.add(Signal::SIGINT);
+    let _ = signal::sigprocmask(signal::SigmaskHow::SIG_SETMASK, Some(&held), None);
 }
 
 struct Worker {
@@ -208,6 +245,8 @@ pub fn run_master<P: Program>(
             return 1;
         }
     };
+    // A SIGTERM held since start-up (see `hold_signals`) reaches the handlers now.
+    release_signals();
     let (ready_rx, ready_tx) = match UnixStream::pair() {
         Ok(pair) => pair,
         Err(e) => {
@@ -308,9 +347,17 @@ pub fn run_master<P: Program>(
             use std::io::Write;
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();
+            // The child keeps them blocked until its runtime has handlers (see
+            // `run_worker`): a SIGTERM sent to a young worker is then held, not lost to
+            // the master's handlers it inherited (which only set the master's flags).
+            hold_signals();
             // SAFETY: the master is single-threaded (signal-hook's flag and pipe
             // registration spawn no thread), so the child may run arbitrary code.
-            match unsafe { fork() } {
+            let forked = unsafe { fork() };
+            if !matches!(forked, Ok(ForkResult::Child)) {
+                release_signals();
+            }
+            match forked {
                 Ok(ForkResult::Child) => {
                     reset_signals_in_child(&flags);
                     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
@@ -492,10 +539,16 @@ where
         let permits = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
         let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
         {
+            use tokio::signal::unix::{signal, SignalKind};
+            // Registered here, not in the task: a spawned task first runs when this one
+            // waits, after the worker has said it serves. Until then SIGTERM and SIGINT
+            // are blocked (the master forks with them blocked), so one sent meanwhile
+            // is held, then delivered to these handlers.
+            let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+            release_signals();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                let (Ok(mut term), Ok(mut int)) = handlers else {
                     return;
                 };
                 tokio::select! {
@@ -561,6 +614,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// Workers that fail at once, or that serve until told to stop.
     struct Fake {
@@ -624,6 +678,116 @@ mod tests {
     fn master_gives_up_when_no_worker_can_start() {
         // Not ready, exit 1 (after START_FAILURES deaths and the 1 s back-offs).
         assert_eq!(master_in_child(Fake { fail: true }, None), 1);
+    }
+
+    /// Waits (bounded) for `child` to end; `None` if it is still running after 20 s,
+    /// in which case it is killed.
+    fn wait_bounded(child: Pid) -> Option<WaitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(status) => return Some(status),
+                Err(e) => panic!("waitpid {child}: {e}"),
+            }
+        }
+        let _ = signal::kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        None
+    }
+
+    /// Blocks the calling (forked) process until SIGTERM is pending; `_exit(90)` if it
+    /// is not within 20 s.
+    fn until_sigterm_pending() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let mut pending = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            // SAFETY: sigpending fills the set it is given.
+            let is_pending = unsafe {
+                libc::sigpending(pending.as_mut_ptr()) == 0
+                    && libc::sigismember(pending.as_ptr(), libc::SIGTERM) == 1
+            };
+            if is_pending {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: ends the forked child without running the test harness.
+        unsafe { libc::_exit(90) }
+    }
+
+    /// SIGTERM sent while a daemon starts (after its pid file exists, before the master
+    /// has handlers) is held and then stops the master cleanly (code 0, its `Drop`s
+    /// run), instead of killing it by SIGTERM's default action.
+    #[test]
+    fn sigterm_during_start_up_stops_the_master_cleanly() {
+        let (mut started, tell) = UnixStream::pair().expect("socketpair");
+        // SAFETY: the child only blocks signals, waits and runs a master; it leaves
+        // with `_exit`.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                hold_signals();
+                let _ = (&tell).write_all(b"h");
+                // The rest of start-up happens with SIGTERM already sent.
+                until_sigterm_pending();
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                listener.set_nonblocking(true).expect("nonblocking");
+                let settings = Settings {
+                    workers: 1,
+                    master_title: "test master".into(),
+                    grace: Duration::from_secs(1),
+                    watchdog: None,
+                };
+                let mut fake = Fake { fail: false };
+                let code = run_master(&mut fake, vec![listener], settings, &mut |_| {});
+                // SAFETY: ends the child without running the test harness.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                let mut byte = [0u8; 1];
+                started
+                    .read_exact(&mut byte)
+                    .expect("the child holds its signals");
+                signal::kill(child, Signal::SIGTERM).expect("SIGTERM");
+                match wait_bounded(child) {
+                    Some(WaitStatus::Exited(_, 0)) => {}
+                    other => panic!("master ended with {other:?}, not a clean exit 0"),
+                }
+            }
+        }
+    }
+
+    /// A worker sent SIGTERM as it starts, before its runtime has handlers, stops: the
+    /// signal is held from the fork on, not swallowed by the master's handlers (which
+    /// it inherits and unregisters) and so never seen, leaving the worker serving until
+    /// the master's grace runs out and it is SIGKILLed.
+    #[test]
+    fn sigterm_before_the_workers_handlers_still_stops_it() {
+        // SAFETY: the child installs and resets handlers as a worker does, then runs the
+        // worker loop; it leaves with `_exit`.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let flags = install_signals().expect("the master's handlers");
+                hold_signals();
+                reset_signals_in_child(&flags);
+                drop(flags);
+                let _ = signal::raise(Signal::SIGTERM);
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                listener.set_nonblocking(true).expect("nonblocking");
+                let settings = WorkerSettings {
+                    max_requests: 0,
+                    max_connections: 1,
+                    grace: Duration::from_millis(100),
+                };
+                let code = run_worker(&[listener], settings, |_, _, _| async {});
+                // SAFETY: ends the child without running the test harness.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => match wait_bounded(child) {
+                Some(WaitStatus::Exited(_, 0)) => {}
+                other => panic!("worker ended with {other:?}, not a clean exit 0"),
+            },
+        }
     }
 
     #[test]
