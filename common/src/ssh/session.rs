@@ -987,6 +987,10 @@ pub(super) struct Ran {
 /// on a terminal streams it line by line, and `tail -f` and the like end with the
 /// session. Its standard error is then the terminal too: every line comes as stdout;
 /// the end of its input is the terminal's end-of-file character (`^D`).
+/// How many times [`exec`] yields before looking at a line that follows a streamed
+/// one: once for each forwarding stage between its events and the caller's.
+const FORWARDING_STAGES: usize = 3;
+
 pub(super) async fn exec<F, Fut>(
     session: &Session,
     command: &str,
@@ -1008,6 +1012,8 @@ where
     // so that an interrupt can reach the command. A child `sh` says it as `$PPID`, in
     // syntax that bash, dash, csh and fish all read the same way.
     let mark = pid_mark();
+    // A line was streamed since the last look at one (see the yields below).
+    let mut sent = false;
     if pty {
         writer
             .request_pty(
@@ -1127,6 +1133,15 @@ where
                     continue;
                 }
             }
+            if std::mem::take(&mut sent) {
+                // `keep` may act on this line at once (a sync tool's SYNC releases the
+                // other hosts), so let the lines sent before it reach the caller first:
+                // they go through two forwarding stages (the transport's tagging and
+                // the fan-out's) that run in this task, each polled once per yield.
+                for _ in 0..FORWARDING_STAGES {
+                    tokio::task::yield_now().await;
+                }
+            }
             if keep(stream, &line) {
                 keep_content(&mut content, &line, limit);
                 let _ = events
@@ -1136,6 +1151,7 @@ where
                         partial: false,
                     })
                     .await;
+                sent = true;
             }
         }
     }
