@@ -13,12 +13,12 @@
 //! symbolic link (the kernel enforces it). A refused archive fails that host.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use base64::Engine as _;
 use deploy_common::order::fetch::dir_for_host;
+use deploy_common::upload::pieces::{Piece, PieceReader};
 use deploy_extract::{Options, Root, Summary};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -43,12 +43,6 @@ pub fn check(
         (true, Some(_)) if v1 => bail!("--order=fetch needs --protocol=v2"),
         (true, Some(dir)) => Ok(Some(dir.to_owned())),
     }
-}
-
-/// A piece of a host's archive, or its end.
-enum Piece {
-    Data(Vec<u8>),
-    End,
 }
 
 /// One host's extraction in flight.
@@ -127,12 +121,7 @@ impl Fetcher {
                 .canonicalize()
                 .map_err(|e| format!("{}: {e}", base.display()))?;
             let root = Root::create_beneath(&base, &name).map_err(|e| e.to_string())?;
-            let reader = Channel {
-                rx,
-                piece: Vec::new(),
-                at: 0,
-                ended: false,
-            };
+            let reader = PieceReader::new(rx, "the archive was cut short");
             deploy_extract::extract(reader, &root, &Options::default())
                 .map_err(|e| format!("the archive was refused: {e}"))
         });
@@ -148,46 +137,5 @@ impl Fetcher {
         {
             old.task.abort();
         }
-    }
-}
-
-/// The queue as a blocking reader: closing before `End` is an error, never a clean end.
-struct Channel {
-    rx: mpsc::Receiver<Piece>,
-    piece: Vec<u8>,
-    at: usize,
-    ended: bool,
-}
-
-impl Read for Channel {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at >= self.piece.len() {
-            if self.ended {
-                return Ok(0);
-            }
-            match self.rx.blocking_recv() {
-                Some(Piece::Data(piece)) => {
-                    self.piece = piece;
-                    self.at = 0;
-                }
-                Some(Piece::End) => {
-                    self.ended = true;
-                    return Ok(0);
-                }
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the archive was cut short",
-                    ))
-                }
-            }
-        }
-        let rest = self.piece.get(self.at..).unwrap_or_default();
-        let n = rest.len().min(buf.len());
-        if let (Some(dst), Some(src)) = (buf.get_mut(..n), rest.get(..n)) {
-            dst.copy_from_slice(src);
-        }
-        self.at += n;
-        Ok(n)
     }
 }

@@ -13,8 +13,8 @@
 
 use deploy_common::order::Reply;
 use deploy_common::server::conn::{BodyChunk, Events};
+use deploy_common::upload::pieces::{Piece, PieceReader};
 use deploy_extract::{Error as ExtractError, Options, Root, Summary};
-use std::io::{self, Read};
 use tokio::sync::mpsc;
 
 /// Pieces of the body queued for the extractor.
@@ -36,12 +36,7 @@ pub(super) async fn extract(
     let (tx, rx) = mpsc::channel(QUEUE);
     let extraction = tokio::task::spawn_blocking(move || {
         deploy_extract::extract(
-            Body {
-                rx,
-                piece: Vec::new(),
-                at: 0,
-                ended: false,
-            },
+            PieceReader::new(rx, "the body was cut short"),
             &root,
             &options,
         )
@@ -84,53 +79,5 @@ pub(super) async fn extract(
             Err(Reply::error(code, format!("upload refused: {e}")))
         }
         Err(e) => Err(Reply::error(500, format!("the extraction failed: {e}"))),
-    }
-}
-
-/// A piece of the body, or its end.
-enum Piece {
-    Data(Vec<u8>),
-    End,
-}
-
-/// The body as a blocking reader for the extractor: the queue closing before `End`
-/// is an error, never a clean end of the archive.
-struct Body {
-    rx: mpsc::Receiver<Piece>,
-    piece: Vec<u8>,
-    at: usize,
-    ended: bool,
-}
-
-impl Read for Body {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at >= self.piece.len() {
-            if self.ended {
-                return Ok(0);
-            }
-            match self.rx.blocking_recv() {
-                Some(Piece::Data(piece)) => {
-                    self.piece = piece;
-                    self.at = 0;
-                }
-                Some(Piece::End) => {
-                    self.ended = true;
-                    return Ok(0);
-                }
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the body was cut short",
-                    ))
-                }
-            }
-        }
-        let rest = self.piece.get(self.at..).unwrap_or_default();
-        let n = rest.len().min(buf.len());
-        if let (Some(dst), Some(src)) = (buf.get_mut(..n), rest.get(..n)) {
-            dst.copy_from_slice(src);
-        }
-        self.at += n;
-        Ok(n)
     }
 }

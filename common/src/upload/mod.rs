@@ -26,6 +26,7 @@ use std::sync::{Arc, OnceLock};
 use serde::{Deserialize, Serialize};
 
 pub mod body;
+pub mod pieces;
 pub mod tar;
 
 /// What to upload and where, as the client asked.
