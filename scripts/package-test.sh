@@ -101,8 +101,10 @@ RPORT=$(free_port)
 mkdir -p "$WORK/tree/docs"
 echo "pushed by the installed packages" > "$WORK/tree/docs/README.txt"
 head -c 100000 /dev/urandom > "$WORK/tree/blob.bin"
-printf 'use chroot = no\npid file = %s/rsyncd.pid\n[DEST]\npath = %s/tree\nread only = yes\n' "$WORK" "$WORK" \
-    > "$WORK/rsyncd.conf"
+# uid/gid: as root, rsync's daemon would serve as nobody, who cannot enter $WORK (0700);
+# Debian's rsync 3.2.7 opens the files it sends by their full path, so this matters.
+printf 'use chroot = no\npid file = %s/rsyncd.pid\nuid = %s\ngid = %s\n[DEST]\npath = %s/tree\nread only = yes\n' \
+    "$WORK" "$(id -u)" "$(id -g)" "$WORK" > "$WORK/rsyncd.conf"
 rsync --daemon --config="$WORK/rsyncd.conf" --address=127.0.0.1 --port="$RPORT"
 sed -i -e "s/^key_cipher = change-me\$/key_cipher = $AKEY/" \
     -e "s#^dest = 127.0.0.1::DEST\$#dest = rsync://127.0.0.1:$RPORT/DEST#" /etc/deploy/deploy_agent.ini
