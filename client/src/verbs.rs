@@ -5,7 +5,13 @@
 //! deploy-client health [HOST...] [FLAGS]           --order=health [--hosts=HOST,...]
 //! deploy-client fetch REMOTE DIR [HOST...] [FLAGS] --order=fetch --options=REMOTE --into=DIR
 //! deploy-client nodes [PROXY] [--proxy=PROXY]      --order=nodes --hosts=PROXY
+//! deploy-client tasks list [HOST...]                --order=tasks --options=list
+//! deploy-client tasks wait ID [SECS] [HOST...]      --order=tasks --options=wait,ID[,SECS]
+//! deploy-client tasks cancel ID [HOST...]           --order=tasks --options=cancel,ID
 //! ```
+//!
+//! In `tasks wait`, a number right after the id is the wait's seconds (host names are
+//! not bare numbers).
 //!
 //! Every other flag (`--port`, `--api-key`, `--format`, `-i`…) stays as written, so the
 //! short forms take exactly what the long ones do, and defaults files apply alike. Which
@@ -19,7 +25,7 @@ use clap::CommandFactory;
 use crate::cli::Args;
 
 /// The verbs this module knows.
-pub const VERBS: [&str; 3] = ["health", "fetch", "nodes"];
+pub const VERBS: [&str; 4] = ["health", "fetch", "nodes", "tasks"];
 
 /// A short form that cannot be rewritten.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +97,7 @@ pub fn rewrite(argv: Vec<OsString>) -> Result<Vec<OsString>, VerbError> {
         }
         positional.push(text);
     }
-    let mut positional = positional.into_iter();
+    let mut positional = positional.into_iter().peekable();
     if verb == "fetch" {
         let usage = || VerbError("usage: deploy-client fetch REMOTE_PATH DIR [HOST...]".into());
         let remote = positional.next().ok_or_else(usage)?;
@@ -99,11 +105,41 @@ pub fn rewrite(argv: Vec<OsString>) -> Result<Vec<OsString>, VerbError> {
         out.push(format!("--options={remote}").into());
         out.push(format!("--into={dir}").into());
     }
+    if verb == "tasks" {
+        out.push(format!("--options={}", tasks_options(&mut positional)?).into());
+    }
     let hosts: Vec<String> = positional.collect();
     if !hosts.is_empty() {
         out.push(format!("--hosts={}", hosts.join(",")).into());
     }
     Ok(out)
+}
+
+/// The `--options` of `tasks list|wait ID [SECS]|cancel ID`, taking those words off
+/// `positional` (what is left are hosts).
+fn tasks_options(
+    positional: &mut std::iter::Peekable<std::vec::IntoIter<String>>,
+) -> Result<String, VerbError> {
+    let usage =
+        || VerbError("usage: deploy-client tasks list|wait ID [SECS]|cancel ID [HOST...]".into());
+    match positional.next().as_deref() {
+        Some("list") => Ok("list".into()),
+        Some(sub @ ("wait" | "cancel")) => {
+            let id = positional.next().ok_or_else(usage)?;
+            if id.contains(',') {
+                return Err(VerbError(format!("tasks {sub}: invalid task id {id:?}")));
+            }
+            let secs = match sub {
+                "wait" => positional.next_if(|s| s.parse::<u64>().is_ok()),
+                _ => None,
+            };
+            Ok(match secs {
+                Some(secs) => format!("{sub},{id},{secs}"),
+                None => format!("{sub},{id}"),
+            })
+        }
+        _ => Err(usage()),
+    }
 }
 
 #[cfg(test)]
@@ -157,5 +193,42 @@ mod tests {
             .map(OsString::from)
             .to_vec();
         assert!(rewrite(argv).unwrap_err().to_string().contains("usage"));
+    }
+
+    #[test]
+    fn tasks_short_forms() {
+        assert_eq!(
+            words(&["tasks", "list", "a", "b", "--format=json"]),
+            [
+                "--order=tasks",
+                "--format=json",
+                "--options=list",
+                "--hosts=a,b"
+            ]
+        );
+        assert_eq!(
+            words(&["tasks", "wait", "abc", "30", "web1"]),
+            ["--order=tasks", "--options=wait,abc,30", "--hosts=web1"]
+        );
+        assert_eq!(
+            words(&["tasks", "wait", "abc", "web1"]),
+            ["--order=tasks", "--options=wait,abc", "--hosts=web1"]
+        );
+        assert_eq!(
+            words(&["tasks", "cancel", "abc", "h1", "h2"]),
+            ["--order=tasks", "--options=cancel,abc", "--hosts=h1,h2"]
+        );
+        for bad in [
+            &["tasks"][..],
+            &["tasks", "wait"],
+            &["tasks", "stop", "x"],
+            &["tasks", "cancel", "a,b"],
+        ] {
+            let argv = std::iter::once("deploy-client")
+                .chain(bad.iter().copied())
+                .map(OsString::from)
+                .collect();
+            assert!(rewrite(argv).is_err(), "{bad:?}");
+        }
     }
 }

@@ -14,6 +14,7 @@ mod ssh;
 mod ssh_fleet;
 mod ssh_orgalorg;
 mod ssh_release;
+mod tasks;
 mod util;
 
 use std::sync::Arc;

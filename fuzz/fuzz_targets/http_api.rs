@@ -92,10 +92,32 @@ fuzz_target!(|data: &[u8]| {
             // scenario-versions takes only its object; the orders options and args.
             let body = match &request.scenario_versions {
                 Some(spec) => serde_json::to_vec(&serde_json::json!({ "scenario_versions": spec })),
-                None => serde_json::to_vec(&serde_json::json!({
-                    "options": request.options,
-                    "args": request.args,
-                })),
+                None => {
+                    let mut fields = serde_json::json!({
+                        "options": request.options,
+                        "args": request.args,
+                    });
+                    if let Some(release) = &request.release {
+                        let mut release = serde_json::to_value(release).expect("release");
+                        if let Some(map) = release.as_object_mut() {
+                            map.remove("who");
+                        }
+                        fields["release"] = release;
+                    }
+                    if let Some(napp) = &request.napp {
+                        fields["napp"] = serde_json::to_value(napp).expect("napp");
+                    }
+                    if let Some(at) = request.at {
+                        fields["at"] = at.into();
+                    }
+                    if let Some(max_wait) = request.max_wait {
+                        fields["max_wait"] = max_wait.into();
+                    }
+                    if request.background {
+                        fields["background"] = true.into();
+                    }
+                    serde_json::to_vec(&fields)
+                }
             }
             .expect("JSON of the parameters");
             let mut canonical = vec![("X-Api-Key", request.api_key.as_bytes())];

@@ -21,6 +21,10 @@
 //!   release     {"release":{"manifest_url":"…","phase":"prepare",…}}   JSON body only, for
 //!               deploy, releases, rollback and confirm: the fields of the v2 wire's
 //!               `release` (ReleaseSpec), each checked; `who` is the proxy's to set
+//!   napp        {"napp":{"action":"get","scenario":"…",…}}   JSON body only, for napp:
+//!               the fields of the v2 wire's `napp` (NappSpec), each checked
+//!   timed       {"at":<unix ms>,"max_wait":<ms>,"background":true}   JSON body only,
+//!               for exec and run (the v2 wire's fields of the same names)
 //!   stream      Accept: application/x-ndjson
 //! ```
 //!
@@ -38,6 +42,7 @@
     clippy::panic
 )]
 
+use deploy_common::order::napp::NappSpec;
 use deploy_common::order::release::ReleaseSpec;
 use deploy_common::order::scenario_versions::{self, VersionsSpec};
 use deploy_common::order::{OrderName, Request};
@@ -150,6 +155,13 @@ pub enum ApiError {
     /// order that has none.
     #[error("invalid release field: {0}")]
     InvalidRelease(String),
+    /// A `napp` field that is not an object of [`NappSpec`]'s fields, or one sent with
+    /// another order.
+    #[error("invalid napp field: {0}")]
+    InvalidNapp(String),
+    /// `at`, `max_wait` or `background` sent with an order other than `exec` and `run`.
+    #[error("{0}")]
+    NotTimed(String),
     /// An order this API cannot carry (`fetch`: its files come as a stream of events).
     #[error("{0} is not available over the HTTP API: use deploy-client (protocol v2)")]
     NotOverHttp(&'static str),
@@ -170,7 +182,9 @@ impl ApiError {
             | ApiError::InvalidJson(_)
             | ApiError::UnknownParameter(_)
             | ApiError::DuplicateParameter(_)
-            | ApiError::InvalidRelease(_) => 400,
+            | ApiError::InvalidRelease(_)
+            | ApiError::InvalidNapp(_)
+            | ApiError::NotTimed(_) => 400,
         }
     }
 
@@ -264,6 +278,17 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
         None => None,
         Some(fields) => Some(Box::new(release(order, fields)?)),
     };
+    let napp = match params.napp {
+        None => None,
+        Some(fields) => Some(Box::new(napp(order, fields)?)),
+    };
+    let timed = params.at.is_some() || params.max_wait.is_some() || params.background.is_some();
+    if timed && !matches!(order, OrderName::Exec | OrderName::Run) {
+        return Err(ApiError::NotTimed(format!(
+            "{} takes no at, max_wait or background (exec and run do)",
+            order.as_str()
+        )));
+    }
     let api_key = api_key.ok_or(ApiError::MissingKey)?;
     Ok(Call::Order {
         request: Box::new(Request {
@@ -272,6 +297,10 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
             args: params.args.unwrap_or_default(),
             api_key,
             release,
+            napp,
+            at: params.at,
+            max_wait: params.max_wait,
+            background: params.background.unwrap_or(false),
             ..Request::default()
         }),
         stream,
@@ -280,7 +309,14 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
 
 /// `POST /api/scenario-versions`: only its `scenario_versions` object.
 fn versions(params: Params, api_key: Option<String>) -> Result<Call, ApiError> {
-    if params.options.is_some() || params.args.is_some() || params.release.is_some() {
+    if params.options.is_some()
+        || params.args.is_some()
+        || params.release.is_some()
+        || params.napp.is_some()
+        || params.at.is_some()
+        || params.max_wait.is_some()
+        || params.background.is_some()
+    {
         return Err(ApiError::InvalidJson(
             "scenario-versions takes only {\"scenario_versions\":{…}}".into(),
         ));
@@ -387,12 +423,41 @@ fn release(order: OrderName, fields: Map<String, Value>) -> Result<ReleaseSpec, 
         .map_err(|e| ApiError::InvalidRelease(e.to_string()))
 }
 
+/// The fields a `napp` object may carry: those of [`NappSpec`] (a unit test checks the
+/// two agree).
+const NAPP_FIELDS: &[&str] = &[
+    "action", "scenario", "app", "target", "file", "script", "env", "message", "version", "offset",
+    "limit",
+];
+
+/// The `napp` of `order`: only `napp` takes one, and only known fields.
+fn napp(order: OrderName, fields: Map<String, Value>) -> Result<NappSpec, ApiError> {
+    if order != OrderName::Napp {
+        return Err(ApiError::InvalidNapp(format!(
+            "{} takes no napp (napp does)",
+            order.as_str()
+        )));
+    }
+    if let Some(unknown) = fields.keys().find(|k| !NAPP_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::InvalidNapp(format!(
+            "unknown field {:?} (expected one of {})",
+            short(unknown),
+            NAPP_FIELDS.join(", ")
+        )));
+    }
+    serde_json::from_value(Value::Object(fields)).map_err(|e| ApiError::InvalidNapp(e.to_string()))
+}
+
 /// The order's parameters, each set at most once.
 #[derive(Default)]
 struct Params {
     options: Option<String>,
     args: Option<String>,
     release: Option<Map<String, Value>>,
+    napp: Option<Map<String, Value>>,
+    at: Option<i64>,
+    max_wait: Option<u64>,
+    background: Option<bool>,
     scenario_versions: Option<VersionsSpec>,
 }
 
@@ -405,6 +470,10 @@ struct JsonBody {
     options: Option<String>,
     args: Option<String>,
     release: Option<Map<String, Value>>,
+    napp: Option<Map<String, Value>>,
+    at: Option<i64>,
+    max_wait: Option<u64>,
+    background: Option<bool>,
     scenario_versions: Option<VersionsSpec>,
 }
 
@@ -440,6 +509,10 @@ impl Params {
             self.set("args", args)?;
         }
         self.release = body.release;
+        self.napp = body.napp;
+        self.at = body.at;
+        self.max_wait = body.max_wait;
+        self.background = body.background;
         self.scenario_versions = body.scenario_versions;
         Ok(())
     }
@@ -698,6 +771,77 @@ mod tests {
             .filter(|k| *k != "who")
             .collect();
         let mut ours = RELEASE_FIELDS.to_vec();
+        wire.sort_unstable();
+        ours.sort_unstable();
+        assert_eq!(wire, ours);
+    }
+
+    #[test]
+    fn napp_and_timed_fields_are_strictly_checked() {
+        let (r, _) = order(parse(&req(
+            "POST",
+            "/api/napp",
+            KEY,
+            br#"{"args":"groups:web","napp":{"action":"versions","scenario":"s","app":"a","limit":3}}"#,
+        )));
+        let spec = r.napp.unwrap();
+        assert_eq!(spec.action, deploy_common::order::napp::Action::Versions);
+        assert_eq!((spec.scenario.as_str(), spec.app.as_str()), ("s", "a"));
+        assert_eq!(spec.limit, Some(3));
+        let (r, _) = order(parse(&req(
+            "POST",
+            "/api/exec",
+            KEY,
+            br#"{"options":"job","at":1700000000000,"max_wait":5000,"background":true}"#,
+        )));
+        assert_eq!(
+            (r.at, r.max_wait, r.background),
+            (Some(1_700_000_000_000), Some(5000), true)
+        );
+        let status = |t, b: &[u8]| parse(&req("POST", t, KEY, b)).map_err(|e| e.status());
+        for (path, bad) in [
+            ("/api/napp", &br#"{"napp":{"action":"explode"}}"#[..]),
+            ("/api/napp", br#"{"napp":{"scenario":"s","extra":1}}"#),
+            ("/api/napp", br#"{"napp":{"limit":"3"}}"#),
+            ("/api/napp", br#"{"napp":"get"}"#),
+            ("/api/exec", br#"{"napp":{}}"#),
+            ("/api/exec", br#"{"at":"soon"}"#),
+            ("/api/exec", br#"{"at":1.5}"#),
+            ("/api/exec", br#"{"max_wait":-1}"#),
+            ("/api/run", br#"{"background":"yes"}"#),
+            ("/api/status", br#"{"at":1700000000000}"#),
+            ("/api/napp", br#"{"background":true}"#),
+            ("/api/deploy", br#"{"max_wait":1}"#),
+        ] {
+            assert_eq!(
+                status(path, bad),
+                Err(400),
+                "{path} {}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(status("/api/run", br#"{"background":false}"#).is_ok());
+    }
+
+    #[test]
+    fn napp_fields_match_the_wire() {
+        let full = NappSpec {
+            app: "a".into(),
+            target: "t".into(),
+            file: "f".into(),
+            script: "s".into(),
+            env: [("K".to_owned(), "v".to_owned())].into(),
+            message: "m".into(),
+            version: "v".into(),
+            offset: Some(1),
+            limit: Some(1),
+            ..NappSpec::default()
+        };
+        let Value::Object(map) = serde_json::to_value(full).unwrap() else {
+            panic!("not an object");
+        };
+        let mut wire: Vec<&str> = map.keys().map(String::as_str).collect();
+        let mut ours = NAPP_FIELDS.to_vec();
         wire.sort_unstable();
         ours.sort_unstable();
         assert_eq!(wire, ours);

@@ -232,3 +232,31 @@ fn v1_client_gets_the_original_nested_shape() {
         );
     }
 }
+
+/// A key allowed only group `all` = `@web,@db` (plus one `web` server written again)
+/// reaches every agent of both groups, each once.
+#[test]
+fn a_group_of_groups_reaches_the_agents_of_both() {
+    let web = Farm::start(16, 1, 2, KEY);
+    let db = Farm::start(116, 1, 2, KEY);
+    let dir = Sandbox::new();
+    let proxy = ProxyConfig::new(ID)
+        .key(API_KEY, "all")
+        .servers("web", &web.addrs)
+        .servers("db", &db.addrs)
+        .servers("all", ["@web,@db".to_owned(), web.addrs[0].to_string()])
+        .start(dir.path());
+    let out = via_proxy(proxy.port(), API_KEY, "groups:all", ECHO, &[]);
+    out.expect_code(0);
+    let records = records(&out, "exec");
+    let expected: BTreeSet<String> = web.names().into_iter().chain(db.names()).collect();
+    assert_eq!(expected.len(), 4);
+    assert_eq!(
+        records.keys().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "{out:#?}"
+    );
+    for (host, record) in &records {
+        assert_echo_ok(host, record, ID);
+    }
+}

@@ -109,3 +109,48 @@ fn records_of(out: &Output) -> serde_json::Map<String, Value> {
     assert_eq!(all.len(), 1, "{out:#?}");
     all.into_values().next().unwrap()
 }
+
+/// The HTTP API carries `at`: an exec posted with an instant 1.5 s ahead starts at or
+/// after it (the agent's clock is this machine's).
+#[test]
+fn an_instant_through_the_http_api_starts_the_job_at_it() {
+    if !have_curl() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let stamp = sb.join("stamp.sh");
+    std::fs::write(&stamp, "#!/bin/sh\ndate +%s%N\n").unwrap();
+    std::fs::set_permissions(&stamp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let agent = AgentConfig::new(&sb)
+        .job("stamp", &stamp.display().to_string())
+        .start(&sb);
+    let dir = Sandbox::new();
+    let proxy = ProxyConfig::new(ID)
+        .http()
+        .key(API_KEY, "web")
+        .servers("web", [agent.addr()])
+        .start(dir.path());
+    let at = deploy_common::order::at::now_ms() + 1_500;
+    let body = format!(r#"{{"options":"stamp","args":"groups:web","at":{at}}}"#);
+    let out = curl(&[
+        "-H",
+        &format!("X-Api-Key: {API_KEY}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        &format!("http://{}/api/exec", proxy.http()),
+    ]);
+    out.expect_code(0);
+    let doc: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:#?}"));
+    let record = doc[agent.addr().to_string()]["exec"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no exec record: {out:#?}"));
+    let ns: i64 = decoded(record).trim().parse().unwrap();
+    assert!(
+        ns / 1_000_000 >= at,
+        "started at {} ms, before the instant {at}: {out:#?}",
+        ns / 1_000_000
+    );
+}

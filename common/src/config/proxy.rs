@@ -28,6 +28,8 @@
 //! far[] = proxy://proxy2:3441/web  ; a group of another proxy
 //! db[] = db[01-20] !db13           ; node sets (ClusterShell): ranges, lists,
 //!                                  ;   `!x` leaves x out of the whole group
+//! all[] = @web,@db                 ; groups of groups: recursive, each server
+//!                                  ;   once; loops and unknown groups refused
 //! [names]                          ; optional: how a key is named to agents
 //! <apikey> = ci                    ;   (or sha256:<64 hex> = ci); default key<N>,
 //!                                  ;   N its position under [keys]
@@ -484,6 +486,9 @@ impl ApiKeys {
                     // Node sets (`web[01-20]`, `!web05`): a group's exclusions apply to
                     // all its entries, wherever they are written.
                     let mut excluded: Vec<(String, String)> = Vec::new();
+                    // `@other` members (group → (referenced group, entry)), expanded
+                    // once every group is read.
+                    let mut refs: Vec<(String, String, &Entry)> = Vec::new();
                     for e in section.entries() {
                         if !e.list {
                             return Err(cx.want_list(e));
@@ -493,7 +498,26 @@ impl ApiKeys {
                         if set.include.is_empty() && set.exclude.is_empty() {
                             return Err(cx.invalid(e, "no server given".to_owned()));
                         }
+                        if let Some(x) = set.exclude.iter().find(|x| x.starts_with('@')) {
+                            return Err(cx.invalid(
+                                e,
+                                format!("!{x}: a group cannot be excluded (exclude its servers)"),
+                            ));
+                        }
+                        for server in &set.include {
+                            if let Some(name) = server.strip_prefix('@') {
+                                if name.is_empty() || name.contains('@') {
+                                    return Err(
+                                        cx.invalid(e, format!("{server:?}: expected @<group>"))
+                                    );
+                                }
+                                refs.push((e.key.clone(), name.to_owned(), e));
+                            }
+                        }
                         for server in set.include.iter().chain(&set.exclude) {
+                            if server.starts_with('@') {
+                                continue;
+                            }
                             if !valid_target(server) {
                                 // The entry as written, and the part at fault if the
                                 // entry is a list.
@@ -517,6 +541,7 @@ impl ApiKeys {
                             .extend(set.include);
                         excluded.extend(set.exclude.into_iter().map(|x| (e.key.clone(), x)));
                     }
+                    expand_group_refs(&cx, &mut api.servers, &refs)?;
                     for (group, server) in &excluded {
                         if let Some(servers) = api.servers.get_mut(group) {
                             servers.retain(|s| s != server);
@@ -686,6 +711,77 @@ fn key_digest(key: &str) -> Result<[u8; 32], String> {
         None => out.copy_from_slice(digest(&SHA256, key.as_bytes()).as_ref()),
     }
     Ok(out)
+}
+
+/// Replaces every `@other` member of a `[servers]` group by `other`'s servers,
+/// recursively. An unknown group or a loop (`a → b → a`, `a → a`) is an error at the
+/// entry that names it; a group that includes groups keeps each server once (first
+/// occurrence).
+fn expand_group_refs(
+    cx: &Cx<'_>,
+    servers: &mut BTreeMap<String, Vec<String>>,
+    refs: &[(String, String, &Entry)],
+) -> Result<(), ConfigError> {
+    if refs.is_empty() {
+        return Ok(());
+    }
+    for (group, name, e) in refs {
+        if !servers.contains_key(name) {
+            return Err(cx.invalid(
+                e,
+                format!("group {group:?} includes @{name}, which is not a group of [servers]"),
+            ));
+        }
+    }
+    fn visit(
+        cx: &Cx<'_>,
+        raw: &BTreeMap<String, Vec<String>>,
+        refs: &[(String, String, &Entry)],
+        group: &str,
+        path: &mut Vec<String>,
+        out: &mut Vec<String>,
+    ) -> Result<(), ConfigError> {
+        path.push(group.to_owned());
+        for member in raw.get(group).map(Vec::as_slice).unwrap_or_default() {
+            match member.strip_prefix('@') {
+                Some(name) => {
+                    if let Some(start) = path.iter().position(|g| g == name) {
+                        let mut cycle: Vec<&str> =
+                            path[start..].iter().map(String::as_str).collect();
+                        cycle.push(name);
+                        // Every `@name` member came from an entry of `refs`.
+                        let at = refs
+                            .iter()
+                            .find(|(g, n, _)| g == group && n == name)
+                            .or(refs.first());
+                        let reason = format!("groups include each other: {}", cycle.join(" → "));
+                        if let Some((_, _, e)) = at {
+                            return Err(cx.invalid(e, reason));
+                        }
+                        continue;
+                    }
+                    visit(cx, raw, refs, name, path, out)?;
+                }
+                None => {
+                    if !out.contains(member) {
+                        out.push(member.clone());
+                    }
+                }
+            }
+        }
+        path.pop();
+        Ok(())
+    }
+    let raw = servers.clone();
+    for (group, members) in servers.iter_mut() {
+        if !members.iter().any(|m| m.starts_with('@')) {
+            continue;
+        }
+        let mut out = Vec::new();
+        visit(cx, &raw, refs, group, &mut Vec::new(), &mut out)?;
+        *members = out;
+    }
+    Ok(())
 }
 
 /// `host`, `host:port`, `a.b.c.d[:port]`, `[v6][:port]` (a bare IPv6 address too),
@@ -1058,6 +1154,31 @@ mod tests {
         ] {
             assert_eq!(parse(text).unwrap_err().to_string(), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn groups_include_groups() {
+        let k = api("[servers]\nweb[] = w1 w2\ndb[] = d1 w1\nall[] = @web,@db\n\
+             all[] = x1 w2\ntop[] = @all !d1\nweb[] = w3\n")
+        .unwrap();
+        assert_eq!(k.servers("all").unwrap(), ["w1", "w2", "w3", "d1", "x1"]);
+        assert_eq!(k.servers("top").unwrap(), ["w1", "w2", "w3", "x1"]);
+        assert_eq!(k.servers("web").unwrap(), ["w1", "w2", "w3"]);
+        let err = |text: &str| api(text).unwrap_err().to_string();
+        assert_eq!(
+            err("[servers]\na[] = h1\na[] = @b\nb[] = @a\n"),
+            "/etc/deploy/api.ini:4: [servers] b[]: groups include each other: a → b → a"
+        );
+        assert_eq!(
+            err("[servers]\na[] = h1 @a\n"),
+            "/etc/deploy/api.ini:2: [servers] a[]: groups include each other: a → a"
+        );
+        assert_eq!(
+            err("[servers]\na[] = @nope\n"),
+            "/etc/deploy/api.ini:2: [servers] a[]: group \"a\" includes @nope, which is not a group of [servers]"
+        );
+        assert!(err("[servers]\na[] = h1 !@b\nb[] = h2\n").contains("cannot be excluded"));
+        assert!(err("[servers]\na[] = @\n").contains("expected @<group>"));
     }
 
     #[test]
