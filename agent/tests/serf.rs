@@ -162,6 +162,12 @@ impl Node {
         std::fs::read_to_string(self.dest.join("version")).unwrap_or_default()
     }
 
+    /// The events the handler recorded as applied (it records one after its deploy
+    /// answered, so after the history line).
+    fn applied(&self) -> String {
+        std::fs::read_to_string(self.sb.join("state/deploy/applied-events")).unwrap_or_default()
+    }
+
     /// Lines of the release history of `dest` (one per switch).
     fn switches(&self) -> usize {
         let mut dir = self.dest.clone().into_os_string();
@@ -241,6 +247,18 @@ fn one_serf_event_deploys_on_every_node_once() {
     wait_until(DELIVERY, "two switches in every node's history", || {
         nodes.iter().all(|n| n.switches() == 2).then_some(())
     });
+    // And for the handler to record the event as applied, which it does last: a serf
+    // stopped before that would rightly deploy it again on replay.
+    wait_until(
+        DELIVERY,
+        "event 2 recorded as applied on every node",
+        || {
+            nodes
+                .iter()
+                .all(|n| n.applied().lines().count() == 2)
+                .then_some(())
+        },
+    );
 
     // A re-delivery: node5 leaves and rejoins with -replay, so serf runs its handler
     // again for the past events, with their LTimes (both, in practice; the latest at
