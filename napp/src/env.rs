@@ -2,9 +2,9 @@
 //! (with `OCTOPODA_STOREDIR`, its older name for the file store), the same values as
 //! `DEPLOY_*`, and `DEPLOY_TARGET`.
 //!
-//! The names and values are those of the caller's side (`deploy-scenario`'s
-//! `plan::Step::env`); the node computes the ones naming its own paths, which the
-//! caller cannot know.
+//! The one builder of these variables: the caller's side (`deploy-scenario`'s
+//! `plan::Step::env`, for SSH hosts and the values it sends) calls it with its idea of
+//! the node's layout; an agent calls it with its own paths, which the caller cannot know.
 
 use std::path::Path;
 

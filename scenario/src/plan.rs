@@ -169,29 +169,23 @@ impl Step {
     /// `DEPLOY_*`, plus `DEPLOY_TARGET`. `output` is the file whose contents the caller
     /// gets back.
     pub fn env(&self, layout: &NodeLayout, scenario: &str, output: &Path) -> Vec<(String, String)> {
-        let cwd = self.cwd(layout, scenario);
-        let path = |p: &Path| p.display().to_string();
-        let values = [
-            ("NODENAME", self.node.clone()),
-            ("CURRENTDIR", path(&cwd)),
-            ("FILENAME", self.file.clone()),
-            ("OUTPUT", path(output)),
-            ("APP", self.app.clone()),
-            ("SCENARIO", scenario.to_owned()),
-            ("ROOT", path(&layout.root)),
-            ("WORKSPACE", path(&layout.workspace)),
-            ("FSTORE", path(&layout.fstore)),
-            ("STOREDIR", path(&layout.fstore)),
-            ("LOG", path(&layout.log)),
-        ];
-        let mut env = Vec::with_capacity(values.len() * 2 + 1);
-        for prefix in ["OCTOPODA_", "DEPLOY_"] {
-            for (k, v) in &values {
-                env.push((format!("{prefix}{k}"), v.clone()));
-            }
-        }
-        env.push(("DEPLOY_TARGET".into(), self.target.clone()));
-        env
+        let layout = deploy_napp::Layout {
+            root: layout.root.clone(),
+            workspace: layout.workspace.clone(),
+            fstore: layout.fstore.clone(),
+            log: layout.log.clone(),
+        };
+        deploy_napp::env::script_env(
+            &layout,
+            &deploy_napp::env::ScriptVars {
+                node: &self.node,
+                app: &self.app,
+                scenario,
+                target: &self.target,
+                file: &self.file,
+                output,
+            },
+        )
     }
 }
 
