@@ -10,6 +10,7 @@
 //! | [`sandbox`] | [`Sandbox`] temporary directories, source trees and their comparison |
 //! | [`procfs`] | `/proc` readers (state, parent, children, command line, memory) and signals |
 //! | [`net`] | free and refusing ports, [`Silent`] peers that accept and never answer |
+//! | [`netns`] | [`Lab`](netns::Lab): hosts as network namespaces on a bridge, shaped, cut, black-holed, lossy |
 //! | [`rsyncd`] | [`RsyncDaemon`]: a real `rsync --daemon` with read-only modules |
 //! | [`daemon`] | [`Daemon`]: a `--foreground` server process learnt from its `listening on` lines |
 //! | [`agent`] | [`AgentConfig`]: an agent ini around a sandbox, started as an [`Agent`] |
@@ -38,6 +39,7 @@ pub mod command;
 pub mod daemon;
 pub mod env;
 pub mod net;
+pub mod netns;
 pub mod procfs;
 pub mod proxy;
 pub mod rsyncd;
