@@ -359,7 +359,8 @@ fn link_cut_mid_transfer_fails_cleanly_and_a_rerun_completes() {
         net.lab.cut("a1");
         client.join().expect("client thread")
     });
-    // The client's deadline ends the order, naming the host.
+    // The client's deadline ends the order, naming the host; nothing half-written is
+    // passed off as a file (rsync writes into dot-prefixed temporary files).
     assert_eq!(out.code, Some(3), "{out:#?}");
     assert!(out.elapsed < Duration::from_secs(11), "{out:#?}");
     assert!(
@@ -373,9 +374,11 @@ fn link_cut_mid_transfer_fails_cleanly_and_a_rerun_completes() {
     );
     assert_no_partial_file(&net.source, &target);
 
-    // Restored, the transfer resumes (TCP retransmits) or a new one starts; the re-run
-    // follows it to the end and the trees are identical.
+    // Restored, the agent's transfer (still waiting on its connection: rsync's receiver
+    // has no deadline of its own) resumes as TCP retransmits, or a new one starts; the
+    // re-run follows it to the end and the trees are identical.
     net.lab.restore("a1");
+    net.lab.unshape("a1");
     let out = net.client(
         &[
             "--order=rsync",
@@ -386,6 +389,9 @@ fn link_cut_mid_transfer_fails_cleanly_and_a_rerun_completes() {
         Duration::from_secs(40),
     );
     assert_eq!(out.code, Some(0), "{out:#?}");
+    let doc = out.json();
+    let content = &entry(&doc, &host, "rsync")["content"];
+    assert_eq!(text(content, "exitCode"), "0", "{doc:#}");
     assert_same_tree(&net.source, &target);
 }
 

@@ -15,10 +15,12 @@
 //! host with `ip netns exec` ([`Lab::command`]); an agent is started through a wrapper
 //! named `deploy-agent`, so the usual [`Daemon`] harness reads its `listening on` lines.
 //!
-//! Faults, per host: [`Lab::shape`] (tc `tbf` on both ends of its link), [`Lab::cut`] /
+//! Faults, per host: [`Lab::shape`] / [`Lab::unshape`] (tc `tbf` on both ends of its link), [`Lab::cut`] /
 //! [`Lab::restore`] (its link down / up, at the bridge), [`Lab::black_hole`] (nftables
 //! drops every packet in and out of `eth0`), [`Lab::loss`] (nftables drops a share of
-//! them at random, `numgen random mod 100 < P`). This kernel has no `netem`, so latency is
+//! them at random, `numgen random mod 100 < P`; [`Lab::loss_inbound`] only what the host
+//! receives), [`Lab::heal`] (the nftables rules gone), [`Lab::kill_host`] (every process
+//! of the host SIGKILLed, the host still on the network). This kernel has no `netem`, so latency is
 //! not emulated.
 //!
 //! Names carry the test process's pid and a counter, so tests run in parallel; a lab also
@@ -311,6 +313,17 @@ impl Lab {
         }
     }
 
+    /// Lifts the [`Lab::shape`] limit of host `name`'s link.
+    pub fn unshape(&self, name: &str) {
+        let h = self.host(name);
+        for (ns, dev) in [
+            (h.ns.as_str(), "eth0"),
+            (self.hub.as_str(), h.port.as_str()),
+        ] {
+            self.ip_tc(&["-n", ns, "qdisc", "del", "dev", dev, "root"]);
+        }
+    }
+
     fn ip_tc(&self, args: &[&str]) {
         let tc = tool("tc").unwrap_or_else(|| panic!("no `tc` (iproute2)"));
         if let Err(e) = run(&tc, args) {
@@ -419,6 +432,18 @@ impl Lab {
     /// stays on the network, so its peers' connections are reset.
     pub fn kill_host(&self, name: &str) {
         kill_all(&self.ip, &self.host(name).ns);
+    }
+
+    /// The processes inside host `name`: pid and command name (`/proc/PID/comm`).
+    pub fn processes(&self, name: &str) -> Vec<(i32, String)> {
+        let pids = run(&self.ip, &["netns", "pids", &self.host(name).ns]).unwrap_or_default();
+        pids.split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                Some((pid, comm.trim().to_owned()))
+            })
+            .collect()
     }
 
     /// A command running `program` inside host `name` (`ip netns exec`).
