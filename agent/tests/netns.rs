@@ -395,6 +395,64 @@ fn link_cut_mid_transfer_fails_cleanly_and_a_rerun_completes() {
     assert_same_tree(&net.source, &target);
 }
 
+/// A link cut for good under a background transfer: rsync's receiver would wait on its
+/// connection for ever (and later orders of the group would attach to it); the runner's
+/// stall watchdog (`transfer_stall_timeout`) stops it and records rsync's timeout code,
+/// so once the link is back a new order starts a fresh transfer that completes.
+#[test]
+fn a_transfer_stalled_by_a_cut_link_is_stopped_by_the_watchdog() {
+    let Some(net) = Net::start_with(1, 4 << 20, Some("8mbit"), |c| {
+        c.server("transfer_stall_timeout", 3)
+    }) else {
+        return;
+    };
+    let target = net.target(1);
+    // Started in the background (no --follow): the order returns, the transfer runs on.
+    let out = net.client(
+        &["--order=rsync", "--options=web", "--thread-timeout=20"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    wait_for(Duration::from_secs(20), "512 KiB at a1", || {
+        bytes_under(&target) >= 512 << 10
+    });
+    net.lab.cut("a1");
+    let state = net.agents[0].0.join("state");
+    let stopped = |name: &str| -> Option<String> {
+        let dirs = std::fs::read_dir(&state).ok()?;
+        dirs.filter_map(|d| std::fs::read_to_string(d.ok()?.path().join(name)).ok())
+            .next()
+    };
+    // 3 s without data, a tick of the watchdog, SIGTERM; on a loaded machine, 20 s.
+    wait_for(
+        Duration::from_secs(20),
+        "the watchdog to stop rsync",
+        || stopped("exit").is_some(),
+    );
+    let exit: serde_json::Value = serde_json::from_str(&stopped("exit").unwrap()).unwrap();
+    assert_eq!(exit["code"], 30, "{exit}");
+    assert!(
+        stopped("output").is_some_and(|o| o.contains("no data moved for 3 s")),
+        "{:?}",
+        stopped("output")
+    );
+    assert_no_partial_file(&net.source, &target);
+
+    net.lab.restore("a1");
+    net.lab.unshape("a1");
+    let out = net.client(
+        &[
+            "--order=rsync",
+            "--options=web",
+            "--follow",
+            "--thread-timeout=30",
+        ],
+        Duration::from_secs(40),
+    );
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_same_tree(&net.source, &target);
+}
+
 #[test]
 fn relay_peer_dying_mid_relay_is_routed_around() {
     // Four agents on 8 Mbit/s links, one copy served at a time (--relay-fanout=1): a1

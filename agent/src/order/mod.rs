@@ -50,7 +50,8 @@ impl Agent {
     /// Builds the agent's order context from its configuration.
     pub fn new(config: Arc<AgentConfig>) -> Result<Agent, String> {
         let state = StateDir::new(&config.server.state_dir)
-            .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?;
+            .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?
+            .with_stall_timeout(config.server.transfer_stall_timeout);
         let tasks_dir = state.root().join("tasks");
         let program =
             std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;

@@ -132,6 +132,10 @@ fn server(out: &mut Out, s: &ServerConfig) {
     out.on_off("allow_fetch", s.allow_fetch);
     out.on_off("allow_deploy", s.allow_deploy);
     out.key("umask", format_args!("{:03o}", s.umask));
+    out.secs(
+        "transfer_stall_timeout",
+        s.transfer_stall_timeout.unwrap_or(Duration::ZERO),
+    );
 }
 
 fn deploy(out: &mut Out, d: &DeployConfig) {

@@ -398,6 +398,11 @@ pub struct ServerConfig {
     pub allow_deploy: bool,
     /// `umask` (new, octal): the daemon's umask. Default `022` (the original used 0).
     pub umask: u32,
+    /// `transfer_stall_timeout` (new, seconds; agent): a background transfer that moves
+    /// less than 4 KiB in this long is stopped and fails with rsync's timeout code (30),
+    /// since rsync's own `--timeout` does not notice a link cut while it waits. `None`
+    /// (written `0`) = never. Default 300 s.
+    pub transfer_stall_timeout: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -437,6 +442,7 @@ impl ServerConfig {
             allow_fetch: false,
             allow_deploy: false,
             umask: 0o022,
+            transfer_stall_timeout: Some(Duration::from_secs(300)),
         }
     }
 
@@ -534,6 +540,10 @@ impl ServerConfig {
                 ("allow_fetch", _) => self.allow_fetch = cx.boolean(e)?,
                 ("allow_deploy", _) => self.allow_deploy = cx.boolean(e)?,
                 ("umask", _) => self.umask = cx.octal_mode(e)?,
+                ("transfer_stall_timeout", _) => {
+                    let t = cx.seconds(e)?;
+                    self.transfer_stall_timeout = (!t.is_zero()).then_some(t);
+                }
                 _ => return Err(cx.unknown_key(e)),
             }
         }
@@ -574,6 +584,7 @@ const SERVER_KEYS: &[&str] = &[
     "allow_fetch",
     "allow_deploy",
     "umask",
+    "transfer_stall_timeout",
 ];
 
 /// The context of one section while it is interpreted: where errors point, and the

@@ -243,6 +243,7 @@ pub struct LastRun {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    stall: Option<Duration>,
 }
 
 impl StateDir {
@@ -258,7 +259,15 @@ impl StateDir {
             .create(&root)
             .map_err(|e| RsyncError::io(format!("create {}", root.display()), e))?;
         check_private_dir(&root)?;
-        Ok(StateDir { root })
+        Ok(StateDir { root, stall: None })
+    }
+
+    /// Stop a transfer started by [`StateDir::start`] that moves less than
+    /// [`STALL_BYTES`] in `stall` (the runner's `--stall`, see [`runner_main`]); `None`:
+    /// never (the default). Commands ([`StateDir::start_command`]) are never stopped.
+    pub fn with_stall_timeout(mut self, stall: Option<Duration>) -> StateDir {
+        self.stall = stall.filter(|d| !d.is_zero());
+        self
     }
 
     /// The state directory.
@@ -346,10 +355,16 @@ impl StateDir {
         });
         // The same output encoding as foreground runs (see `output`).
         let env = [("LC_ALL", super::LOCALE)];
+        let stall: Vec<OsString> = self
+            .stall
+            .map(|d| format!("{STALL_FLAG}{}", d.as_secs().max(1)).into())
+            .into_iter()
+            .collect();
         let pid = launch(
             &dir,
             lock,
             runner,
+            &stall,
             spec.rsync.as_os_str(),
             &args,
             &env,
@@ -399,7 +414,7 @@ impl StateDir {
                 io::Error::new(io::ErrorKind::WouldBlock, "held by another process"),
             ));
         }
-        launch(&dir, lock, runner, program, args, &[], true, meta)
+        launch(&dir, lock, runner, &[], program, args, &[], true, meta)
     }
 
     /// The ids of the runs under this directory (transfers' checksums, or task ids).
@@ -591,10 +606,12 @@ impl StateDir {
 /// `PATH` and `LANG`, if `clear_env`). Returns the runner's pid; our copy of the lock
 /// is closed without unlocking (the runner's copy keeps it).
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn launch(
     dir: &Path,
     lock: File,
     runner: &RunnerCommand,
+    runner_flags: &[OsString],
     program: &OsStr,
     args: &[OsString],
     env: &[(&str, &str)],
@@ -622,6 +639,7 @@ fn launch(
     let mut command = Command::new(&runner.program);
     command
         .args(&runner.args_prefix)
+        .args(runner_flags)
         .arg(dir)
         .arg(lock_fd.to_string())
         .arg("--")
@@ -863,8 +881,20 @@ extern "C" fn forward_signal(signal: libc::c_int) {
     }
 }
 
+/// The runner's flag that asks it to stop a stalled transfer: `--stall=<seconds>`.
+const STALL_FLAG: &str = "--stall=";
+
+/// The least a transfer must move (bytes read plus written by its processes) within
+/// the stall window to count as alive: a few bytes of rsync keep-alive do not.
+pub const STALL_BYTES: u64 = 4096;
+
+/// The exit code recorded for a transfer stopped as stalled: rsync's own "timeout in
+/// data send/receive".
+pub const STALLED_CODE: i32 = 30;
+
 /// The runner's parsed command line.
 struct RunnerArgs<'a> {
+    stall: Option<Duration>,
     dir: PathBuf,
     lock_fd: RawFd,
     rsync: &'a OsStr,
@@ -872,7 +902,19 @@ struct RunnerArgs<'a> {
 }
 
 fn parse_runner_args(args: &[OsString]) -> Result<RunnerArgs<'_>, String> {
-    const USAGE: &str = "usage: <state dir> <lock fd> -- <rsync> [args…]";
+    const USAGE: &str = "usage: [--stall=<seconds>] <state dir> <lock fd> -- <rsync> [args…]";
+    let (stall, args) = match args.split_first() {
+        Some((first, rest)) if first.as_encoded_bytes().starts_with(STALL_FLAG.as_bytes()) => {
+            let seconds = first
+                .to_str()
+                .and_then(|f| f.strip_prefix(STALL_FLAG))
+                .and_then(|n| n.parse::<u64>().ok())
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("bad stall window {first:?}"))?;
+            (Some(Duration::from_secs(seconds)), rest)
+        }
+        _ => (None, args),
+    };
     let [dir, fd, separator, rsync, rsync_args @ ..] = args else {
         return Err(USAGE.to_owned());
     };
@@ -885,6 +927,7 @@ fn parse_runner_args(args: &[OsString]) -> Result<RunnerArgs<'_>, String> {
         .filter(|&fd| fd > 2)
         .ok_or_else(|| format!("bad lock descriptor {fd:?}"))?;
     Ok(RunnerArgs {
+        stall,
         dir: PathBuf::from(dir),
         lock_fd,
         rsync,
@@ -897,8 +940,15 @@ fn parse_runner_args(args: &[OsString]) -> Result<RunnerArgs<'_>, String> {
 /// `args` are the arguments after the [`RunnerCommand::args_prefix`]:
 ///
 /// ```text
-/// <transfer dir> <lock fd> -- <rsync binary> <rsync argv…>
+/// [--stall=<seconds>] <transfer dir> <lock fd> -- <rsync binary> <rsync argv…>
 /// ```
+///
+/// With `--stall`, a watchdog thread sums what rsync's processes read and wrote
+/// (`/proc/<pid>/io`: network, disk and pipes) once a second; when that grew by less
+/// than [`STALL_BYTES`] over the window it says so on stderr, stops rsync's group
+/// (SIGTERM, SIGKILL 5 s later) and the exit is recorded as [`STALLED_CODE`]. rsync's
+/// own `--timeout` does not do this: a receiver waiting on a link that was cut (no
+/// RST, no FIN) waits for ever, and a hung transfer holds its group's lock.
 ///
 /// It checks that the inherited `lock fd` really holds the transfer's lock (otherwise it
 /// touches nothing and fails), marks it close-on-exec so rsync does not inherit it,
@@ -969,11 +1019,18 @@ pub fn runner_main(args: &[OsString]) -> i32 {
             unsafe { libc::kill(-pid, pending) };
         }
     }
+    if let Some(window) = args.stall {
+        std::thread::spawn(move || watch_stall(window));
+    }
     // Wait without reaping first: while rsync is a zombie its pid, and so its group's
-    // id, cannot be reused; the handler stops forwarding before the reap, so a late
-    // SIGTERM never reaches a group that took the id afterwards.
+    // id, cannot be reused; the handler and the watchdog stop signalling before the
+    // reap, so a late signal never reaches a group that took the id afterwards.
     wait_exited_unreaped(child.id());
-    CHILD_PGID.store(0, Ordering::SeqCst);
+    {
+        let _guard = REAP_GUARD.lock().unwrap_or_else(|e| e.into_inner());
+        CHILD_PGID.store(0, Ordering::SeqCst);
+    }
+    let stalled = STALLED.load(Ordering::SeqCst);
     let (code, signal) = match child.wait() {
         Ok(status) => (status.code(), status.signal()),
         Err(e) => {
@@ -981,8 +1038,93 @@ pub fn runner_main(args: &[OsString]) -> i32 {
             (Some(RUNNER_FAILED), None)
         }
     };
+    let (code, signal) = if stalled {
+        (Some(STALLED_CODE), None)
+    } else {
+        (code, signal)
+    };
     record_exit(&args.dir, code, signal);
     code.unwrap_or_else(|| 128 + signal.unwrap_or(0))
+}
+
+/// Held by the watchdog while it signals rsync's group, and by the runner while it
+/// stops signalling before the reap (see [`runner_main`]).
+static REAP_GUARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Set once the watchdog stopped a stalled transfer.
+static STALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The watchdog of [`runner_main`]'s `--stall`: returns when rsync's group is gone.
+fn watch_stall(window: Duration) {
+    const TICK: Duration = Duration::from_secs(1);
+    const GRACE: Duration = Duration::from_secs(5);
+    let mut mark: Option<(std::time::Instant, u64)> = None;
+    loop {
+        std::thread::sleep(TICK);
+        let pgid = CHILD_PGID.load(Ordering::SeqCst);
+        if pgid <= 0 {
+            return;
+        }
+        let Some(moved) = group_io(pgid.unsigned_abs()) else {
+            // Nothing readable (the group just ended, or /proc is hidden): no verdict.
+            mark = None;
+            continue;
+        };
+        let now = std::time::Instant::now();
+        match mark {
+            // A process that left the group takes its counts along: that is not a stall.
+            Some((_, at)) if moved >= at && moved - at < STALL_BYTES => {}
+            _ => mark = Some((now, moved)),
+        }
+        let Some((since, _)) = mark else { continue };
+        if now.duration_since(since) < window {
+            continue;
+        }
+        eprintln!(
+            "deploy rsync runner: no data moved for {} s (transfer_stall_timeout): stopping rsync",
+            window.as_secs()
+        );
+        STALLED.store(true, Ordering::SeqCst);
+        for signal in [libc::SIGTERM, libc::SIGKILL] {
+            {
+                let _guard = REAP_GUARD.lock().unwrap_or_else(|e| e.into_inner());
+                let pgid = CHILD_PGID.load(Ordering::SeqCst);
+                if pgid <= 0 {
+                    return;
+                }
+                // SAFETY: plain kill(2) of rsync's process group, not yet reaped (the
+                // runner clears CHILD_PGID under REAP_GUARD before it reaps).
+                unsafe { libc::kill(-pgid, signal) };
+            }
+            std::thread::sleep(GRACE);
+        }
+        return;
+    }
+}
+
+/// Bytes read plus written so far by the processes of group `pgid` (`rchar` + `wchar`
+/// of `/proc/<pid>/io`), or `None` if none could be read.
+fn group_io(pgid: u32) -> Option<u64> {
+    let entries = fs::read_dir("/proc").ok()?;
+    let mut total = None;
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        if proc_stat(pid).is_none_or(|stat| stat.pgrp != pgid) {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/io")) else {
+            continue;
+        };
+        let sum: u64 = text
+            .lines()
+            .filter_map(|l| {
+                let (key, value) = l.split_once(':')?;
+                matches!(key, "rchar" | "wchar")
+                    .then(|| value.trim().parse::<u64>().ok())
+                    .flatten()
+            })
+            .sum();
+        *total.get_or_insert(0) += sum;
+    }
+    total
 }
 
 /// Blocks until child `pid` has exited, leaving it a zombie (`WNOWAIT`).

@@ -679,3 +679,48 @@ fn exit_codes() {
     assert_eq!(exit_meaning(7), "unknown");
     assert_eq!(exit_meaning(-1), "unknown");
 }
+
+/// A transfer whose source stops answering (its daemon stopped: what a cut link looks
+/// like to rsync, which waits for ever) is stopped by the runner's stall watchdog and
+/// recorded as rsync's timeout; a slow transfer that still moves is left alone.
+#[test]
+fn a_stalled_transfer_is_stopped_and_fails_as_a_timeout() {
+    let daemon = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let state = StateDir::new(work.path().join("state"))
+        .unwrap()
+        .with_stall_timeout(Some(Duration::from_secs(2)));
+    let spec = slow(&daemon, &work.path().join("target"));
+    let sum = checksum(&spec);
+
+    let StartOutcome::Started { .. } = state.start(&spec, &runner()).unwrap() else {
+        panic!("nothing should be running yet");
+    };
+    wait_for("rsync processes", || {
+        state.running(&sum).filter(|pids| !pids.is_empty())
+    });
+    // Slow (50 KiB/s) but moving: twice the window later it still runs.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(state.last(&sum).is_none(), "a moving transfer was stopped");
+    assert!(state.running(&sum).is_some_and(|p| !p.is_empty()));
+
+    let daemon_group = nix::unistd::Pid::from_raw(i32::try_from(daemon.child.id()).unwrap());
+    nix::sys::signal::killpg(daemon_group, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = Instant::now();
+    let last = wait_for("the watchdog to stop the transfer", || state.last(&sum));
+    let _ = nix::sys::signal::killpg(daemon_group, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(last.code, Some(state::STALLED_CODE), "{last:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&last.output_tail).into_owned();
+    assert!(text.contains("no data moved for 2 s"), "{text}");
+    wait_for("no transfer left", || {
+        state
+            .running(&sum)
+            .is_none_or(|p| p.is_empty())
+            .then_some(())
+    });
+}
