@@ -14,8 +14,8 @@
 use deploy_common::config::proxy::ProxyConfig;
 use deploy_common::order::scenario_versions::{Action, VersionsSpec, ORDER};
 use deploy_common::order::{object, Reply, Request};
-use deploy_scenario::store::{ScenarioStore, ScenarioVersion, StoreError};
 use deploy_store::RedbStore;
+use deploy_store::{ScenarioStore, ScenarioVersion, StoreError};
 use serde_json::Value;
 
 /// Answers one `scenario-versions` request.
