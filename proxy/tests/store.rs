@@ -6,17 +6,20 @@
 //!   still answers;
 //! * the `nodes` heartbeat has one leader across both proxies (a lease in the bucket,
 //!   not a flock in each state dir), the other proxy answers from the shared inventory,
-//!   and when the leader's proxy is killed the other takes over.
+//!   and when the leader's proxy is killed the other takes over;
+//! * `deploy-client --proxy A,B`: a read order whose stream A cuts before the final
+//!   reply is sent again to B; with A killed (connection refused) even `exec` goes to B.
 
 use crate::util::*;
 use deploy_common::order::scenario_versions::{Action, VersionsSpec, ORDER};
 use deploy_common::order::Request;
+use deploy_testkit::KEY;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-const KEY: &str = "store-key";
+const API_KEY: &str = "store-key";
 const LIMIT: Duration = Duration::from_secs(60);
 const LEAD: &str = "this worker leads the fleet's heartbeat";
 
@@ -31,7 +34,7 @@ fn proxy(
     let config = ProxyConfig::new(id)
         .client("heartbeat", heartbeat)
         .client("heartbeat_timeout", 3)
-        .key(KEY, "web")
+        .key(API_KEY, "web")
         .servers("web", agents);
     let ini = config.write(dir);
     let mut text = std::fs::read_to_string(&ini).unwrap();
@@ -46,7 +49,7 @@ fn proxy(
 fn versions(addr: SocketAddr, spec: VersionsSpec) -> Reply {
     let request = Request {
         order: ORDER.into(),
-        api_key: KEY.into(),
+        api_key: API_KEY.into(),
         scenario_versions: Some(Box::new(spec)),
         ..Request::default()
     };
@@ -156,7 +159,7 @@ fn nodes(port: u16) -> Value {
         "--port",
         &port,
         "--api-key",
-        KEY,
+        API_KEY,
         "--format=json",
     ]);
     out.json()["127.0.0.1"]["nodes"]["content"].clone()
@@ -227,4 +230,98 @@ fn one_heartbeat_leader_across_proxies_and_a_takeover() {
         let updated: u64 = c["updated_ms"].as_str()?.parse().ok()?;
         (updated > before + 1000 && online(&c, &agents)).then_some(())
     });
+}
+
+/// A peer that accepts a connection, reads what comes, and cuts it (a proxy that died
+/// mid-order, before its final reply).
+fn cutting_peer() -> (SocketAddr, std::thread::JoinHandle<usize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("nobody connected: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        drop(stream);
+        n
+    });
+    (addr, handle)
+}
+
+#[test]
+fn the_client_fails_over_to_the_next_proxy() {
+    let farm = Farm::start(48, 1, 2, KEY);
+    let agents = farm.names();
+    let (da, db) = (Sandbox::new(), Sandbox::new());
+    let config = |id: &str| {
+        ProxyConfig::new(id)
+            .client("heartbeat", 0)
+            .key(API_KEY, "web")
+            .servers("web", &agents)
+    };
+    let a = config("proxy-a").start(da.path());
+    let b = config("proxy-b").start(db.path());
+    let run = |proxies: &str, order: &str, options: &str| {
+        client(&[
+            "--proxy",
+            proxies,
+            "--api-key",
+            API_KEY,
+            "--args",
+            "groups:web",
+            "--order",
+            order,
+            "--options",
+            options,
+            "--format=json",
+        ])
+    };
+    let b_addr = format!("127.0.0.1:{}", b.port());
+
+    // A stream cut before the final reply: a read order is sent again, to B.
+    let (cut, peer) = cutting_peer();
+    let out = run(&format!("{cut},{b_addr}"), "health", "");
+    assert!(peer.join().unwrap() > 0, "the first proxy was asked");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for agent in &agents {
+        assert!(
+            out.stdout.contains(agent.as_str()),
+            "{agent}: {}",
+            out.stdout
+        );
+    }
+
+    // Proxy A killed: nothing was delivered, so even exec goes to B.
+    let a_addr = format!("127.0.0.1:{}", a.port());
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    let mut a = a;
+    let _ = a.wait_exit_blocking(Duration::from_secs(10));
+    let out = run(&format!("{a_addr},{b_addr}"), "exec", ECHO);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout.matches(ECHO_CONTENT).count(),
+        agents.len(),
+        "{}",
+        out.stdout
+    );
+
+    // Without a next proxy the cut is the answer.
+    let (cut, peer) = cutting_peer();
+    let out = run(&cut.to_string(), "health", "");
+    peer.join().unwrap();
+    assert_ne!(out.code, Some(0), "{out:?}");
 }
