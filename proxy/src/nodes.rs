@@ -102,7 +102,7 @@ enum Sink {
     File(PathBuf),
     /// The shared bucket, while this worker's lease holds.
     Shared {
-        store: deploy_store::nats::NatsStore,
+        store: Box<deploy_store::nats::NatsStore>,
         token: String,
         owner: String,
         ttl: Duration,
@@ -201,7 +201,7 @@ fn lead_shared(config: &ProxyConfig) {
                 Ok(Acquired::Granted(_)) => {
                     tracing::info!(owner = %owner, ttl_s = ttl.as_secs(), "heartbeat: this worker leads the fleet's heartbeat");
                     let sink = Sink::Shared {
-                        store: store.clone(),
+                        store: Box::new(store.clone()),
                         token: token.clone(),
                         owner: owner.clone(),
                         ttl,

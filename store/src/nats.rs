@@ -82,7 +82,7 @@ pub struct NatsStore {
 }
 
 fn remote(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Remote(format!("nats: {what}: {e}"))
+    StoreError::Unavailable(format!("nats: {what}: {e}"))
 }
 
 fn hex(s: &str) -> String {
@@ -450,7 +450,7 @@ impl LeaseStore for NatsStore {
         Box::pin(async move {
             let key = format!("l.{}", hex(name));
             let (current, revision) = self.lease_entry(&key).await?;
-            if !current.is_some_and(|l| l.holder == holder) {
+            if current.is_none_or(|l| l.holder != holder) {
                 return Ok(false);
             }
             match tokio::time::timeout(

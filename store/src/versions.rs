@@ -141,6 +141,9 @@ pub enum StoreError {
     /// A remote store failed (for stores that are not files).
     #[error("scenario store: {0}")]
     Remote(String),
+    /// The shared store (NATS) could not be reached or did not answer in time.
+    #[error("shared store: {0}")]
+    Unavailable(String),
 }
 
 /// Where scenario versions are kept.
