@@ -211,6 +211,13 @@ pub struct Args {
     #[arg(long, value_name = "HOST,...")]
     pub hosts: Option<String>,
 
+    /// Proxies serving one fleet (sharing `[store] backend = nats`), tried in order
+    /// (comma separated or repeated; replaces --hosts): the next is tried when one
+    /// cannot be connected to, or, for orders that only read (status, rlist, health,
+    /// nodes, releases, tasks), when its stream is cut before the final reply.
+    #[arg(long = "proxy", value_name = "PROXY,...", value_delimiter = ',')]
+    pub proxy: Vec<String>,
+
     /// SSH: hosts written without a scheme are SSH hosts (`[user@]host[:port]`).
     #[arg(long)]
     pub ssh: bool,
@@ -662,14 +669,22 @@ impl Args {
         if let Some(method) = &self.worker_method {
             tracing::info!(method = %method, "--worker-method is accepted for compatibility and ignored");
         }
-        let Some(hosts) = self.hosts.as_deref() else {
+        let failover_list = self.proxy.join(",");
+        let hosts = if self.proxy.is_empty() {
+            self.hosts.as_deref()
+        } else {
+            Some(failover_list.as_str())
+        };
+        let Some(hosts) = hosts else {
             bail!(
                 "no hosts given: --hosts=HOST,... (or hosts = … under [client] in {})",
                 crate::defaults::SYSTEM_FILE
             );
         };
         let spec = hosts.trim();
-        let list = if spec == "-" {
+        let list = if !self.proxy.is_empty() {
+            hosts.to_owned()
+        } else if spec == "-" {
             stdin().context("cannot read hosts from standard input")?
         } else if let Some(path) = hosts_file(spec) {
             std::fs::read_to_string(path)
@@ -769,7 +784,7 @@ impl Args {
                 fresh
             });
         }
-        let transport: Arc<dyn Transport> = Arc::new(Mux {
+        let mut transport: Arc<dyn Transport> = Arc::new(Mux {
             agent: Arc::new(agent),
             // Release orders become scripts on SSH hosts (agents run them natively).
             ssh: ssh.clone().map(|t| {
@@ -779,6 +794,12 @@ impl Args {
                 )) as Arc<dyn Transport>
             }),
         });
+        if !self.proxy.is_empty() {
+            // One target (the first proxy); the others are its alternates.
+            let proxies = std::mem::take(&mut targets);
+            targets.extend(proxies.first().cloned());
+            transport = Arc::new(crate::failover::Failover::new(transport, proxies));
+        }
         let live = matches!(
             self.order,
             OrderArg::Run | OrderArg::Upload | OrderArg::Sync

@@ -40,6 +40,7 @@
 mod cli;
 mod defaults;
 mod detach;
+mod failover;
 mod fetch;
 mod health;
 mod jsonlog;

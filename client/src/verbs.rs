@@ -4,7 +4,7 @@
 //! ```text
 //! deploy-client health [HOST...] [FLAGS]           --order=health [--hosts=HOST,...]
 //! deploy-client fetch REMOTE DIR [HOST...] [FLAGS] --order=fetch --options=REMOTE --into=DIR
-//! deploy-client nodes [PROXY] [--proxy=PROXY]      --order=nodes --hosts=PROXY
+//! deploy-client nodes [PROXY] [--proxy=P1,P2]      --order=nodes --hosts=PROXY (--proxy: failover)
 //! deploy-client tasks list [HOST...]                --order=tasks --options=list
 //! deploy-client tasks wait ID [SECS] [HOST...]      --order=tasks --options=wait,ID[,SECS]
 //! deploy-client tasks cancel ID [HOST...]           --order=tasks --options=cancel,ID
@@ -68,17 +68,6 @@ pub fn rewrite(argv: Vec<OsString>) -> Result<Vec<OsString>, VerbError> {
             break;
         }
         if let Some(long) = text.strip_prefix("--") {
-            if verb == "nodes" && (long == "proxy" || long.starts_with("proxy=")) {
-                let value = match long.split_once('=') {
-                    Some((_, v)) => v.to_owned(),
-                    None => rest
-                        .next()
-                        .and_then(|v| v.into_string().ok())
-                        .ok_or_else(|| VerbError("nodes --proxy needs HOST[:PORT]".into()))?,
-                };
-                positional.push(value);
-                continue;
-            }
             out.push(arg);
             if !long.contains('=') && takes_value(Some(long), None) {
                 out.extend(rest.next());
@@ -185,7 +174,7 @@ mod tests {
         );
         assert_eq!(
             words(&["nodes", "--proxy", "p:3441", "--state=offline"]),
-            ["--order=nodes", "--state=offline", "--hosts=p:3441"]
+            ["--order=nodes", "--proxy", "p:3441", "--state=offline"]
         );
         assert_eq!(words(&["nodes"]), ["--order=nodes"]);
         assert_eq!(words(&["--order=exec", "x"]), ["--order=exec", "x"]);

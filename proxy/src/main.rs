@@ -11,7 +11,9 @@
 //! * [`nodes`]: the heartbeat behind `nodes` (one worker probes, all answer).
 //! * [`spool`]: a caller's request body (`upload`, `napp` push), kept once for the
 //!   fan-out.
-//! * [`versions`]: the proxy's own `scenario-versions` order (its redb store).
+//! * [`store`]: the state shared by callers (and by proxies, on NATS): versions, leases,
+//!   the node inventory.
+//! * [`versions`]: the proxy's own `scenario-versions` order (through [`store`]).
 //! * [`http`]: the HTTP/JSON API server (hyper); what its requests mean is
 //!   [`deploy_proxy::api`], the library half, which the fuzz targets call.
 //! * `main`: start-up through the daemon core shared with the agent.
@@ -23,6 +25,7 @@ mod relay;
 mod route;
 mod spool;
 mod ssh;
+mod store;
 mod versions;
 
 use anyhow::{Context, Result};

@@ -9,6 +9,14 @@
 //!              ─► <state_dir>/nodes.json (written to a temporary name, renamed)
 //!   refused ─► tries again next heartbeat (the leader may be recycled or stopped)
 //! nodes order (any worker) ─► nodes.json ─► the caller's agents, filtered by state
+//!
+//! [store] backend = nats (several proxies, one fleet): the same, across proxies
+//! each worker of each proxy: thread "heartbeat" ─ lease "nodes-heartbeat" in the bucket
+//!   (holder: this worker's token; ttl: 3 heartbeats, at least 3 s)
+//!   granted ─► leader: probes as above, renews the lease before writing each round
+//!              ─► the bucket's "inventory" key; a renewal refused (Held) ─► stands down
+//!   held    ─► tries again next heartbeat (a dead leader's lease ends within its ttl)
+//! nodes order (any worker of any proxy) ─► the bucket's inventory
 //! ```
 //!
 //! # Design
@@ -23,7 +31,7 @@
 //! hosts are not probed (a chained proxy knows its own agents).
 
 use crate::route::Routes;
-use deploy_common::config::proxy::ProxyConfig;
+use deploy_common::config::proxy::{ProxyConfig, StoreBackend};
 use deploy_common::order::health::BRIEF;
 use deploy_common::order::nodes::{Node, State};
 use deploy_common::order::{Body, Request};
@@ -66,6 +74,41 @@ pub fn read(path: &Path) -> Option<Table> {
     serde_json::from_slice(&text).ok()
 }
 
+/// The inventory the `nodes` order answers from: the bucket's when the store is shared
+/// (`None` if it cannot be read), else the state directory's file.
+pub async fn current(config: &ProxyConfig, store: &crate::store::SharedStore) -> Option<Table> {
+    if !store.shared() {
+        return read(&state_file(config));
+    }
+    let bytes = match store.nats().await {
+        Ok(nats) => nats.inventory().await,
+        Err(e) => Err(e),
+    };
+    match bytes {
+        Ok(bytes) => serde_json::from_slice(&bytes?).ok(),
+        Err(e) => {
+            tracing::warn!(store = %store.describe(), cause = %e, "nodes: cannot read the shared inventory");
+            None
+        }
+    }
+}
+
+/// The name of the heartbeat leader's lease in a shared store.
+const LEADER_LEASE: &str = "nodes-heartbeat";
+
+/// Where a leader writes its rounds.
+enum Sink {
+    /// The state directory's file (one proxy; the flock elects the leader).
+    File(PathBuf),
+    /// The shared bucket, while this worker's lease holds.
+    Shared {
+        store: Box<deploy_store::nats::NatsStore>,
+        token: String,
+        owner: String,
+        ttl: Duration,
+    },
+}
+
 /// Starts this worker's heartbeat thread (it leads only if no other worker does).
 pub fn spawn(config: Arc<ProxyConfig>) {
     if config.client.heartbeat.is_zero() {
@@ -73,7 +116,10 @@ pub fn spawn(config: Arc<ProxyConfig>) {
     }
     let started = std::thread::Builder::new()
         .name("heartbeat".into())
-        .spawn(move || lead(&config));
+        .spawn(move || match config.store.backend {
+            StoreBackend::Redb => lead(&config),
+            StoreBackend::Nats => lead_shared(&config),
+        });
     if let Err(e) = started {
         tracing::warn!(cause = %e, "cannot start the heartbeat thread; nodes will not be probed by this worker");
     }
@@ -115,7 +161,62 @@ fn lead(config: &ProxyConfig) {
             return;
         }
     };
-    runtime.block_on(beat(config));
+    runtime.block_on(beat(config, Sink::File(state_file(config))));
+}
+
+/// Waits for the shared leader's lease, then probes while it holds; forever.
+fn lead_shared(config: &ProxyConfig) {
+    use deploy_store::{Acquired, LeaseStore as _};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::warn!(cause = %e, "heartbeat: cannot start a runtime; no probes");
+            return;
+        }
+    };
+    let interval = config.client.heartbeat;
+    let ttl = (interval * 3).max(Duration::from_secs(3));
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    let owner = format!("{host} pid {}", std::process::id());
+    let token = format!("{owner} since {}", unix_ms());
+    let settings = crate::store::settings(&config.store);
+    runtime.block_on(async {
+        let store = loop {
+            match deploy_store::nats::NatsStore::connect(&settings).await {
+                Ok(store) => break store,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "heartbeat: cannot reach the shared store; trying again");
+                    tokio::time::sleep(interval).await;
+                }
+            }
+        };
+        loop {
+            match store.acquire(LEADER_LEASE, &token, &owner, ttl).await {
+                Ok(Acquired::Granted(_)) => {
+                    tracing::info!(owner = %owner, ttl_s = ttl.as_secs(), "heartbeat: this worker leads the fleet's heartbeat");
+                    let sink = Sink::Shared {
+                        store: Box::new(store.clone()),
+                        token: token.clone(),
+                        owner: owner.clone(),
+                        ttl,
+                    };
+                    beat(config, sink).await;
+                    tracing::warn!(owner = %owner, "heartbeat: the lease was lost; standing by");
+                }
+                Ok(Acquired::Held(_)) => {}
+                Err(e) => {
+                    tracing::warn!(cause = %e, "heartbeat: cannot read the leader's lease");
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
 }
 
 /// One agent to probe.
@@ -125,8 +226,9 @@ struct Probe {
     route: Arc<crate::route::Route>,
 }
 
-/// Probes every agent every heartbeat, forever.
-async fn beat(config: &ProxyConfig) {
+/// Probes every agent every heartbeat, for ever (or, on a shared store, until the
+/// leader's lease is lost).
+async fn beat(config: &ProxyConfig, sink: Sink) {
     let ssh = match crate::ssh::transport(config) {
         Ok(ssh) => ssh,
         Err(e) => {
@@ -141,8 +243,16 @@ async fn beat(config: &ProxyConfig) {
             return;
         }
     };
-    let file = state_file(config);
-    let previous: HashMap<String, Node> = read(&file)
+    let previous_table = match &sink {
+        Sink::File(file) => read(file),
+        Sink::Shared { store, .. } => store
+            .inventory()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok()),
+    };
+    let previous: HashMap<String, Node> = previous_table
         .map(|t| {
             t.nodes
                 .into_iter()
@@ -233,8 +343,36 @@ async fn beat(config: &ProxyConfig) {
             round_ms: u64::try_from(round_started.elapsed().as_millis()).unwrap_or(u64::MAX),
             nodes: probes.iter().map(|p| p.node.clone()).collect(),
         };
-        if let Err(e) = write(&file, &table) {
-            tracing::warn!(path = %file.display(), cause = %e, "heartbeat: cannot write the states");
+        match &sink {
+            Sink::File(file) => {
+                if let Err(e) = write(file, &table) {
+                    tracing::warn!(path = %file.display(), cause = %e, "heartbeat: cannot write the states");
+                }
+            }
+            Sink::Shared {
+                store,
+                token,
+                owner,
+                ttl,
+            } => {
+                use deploy_store::{Acquired, LeaseStore as _};
+                match store.acquire(LEADER_LEASE, token, owner, *ttl).await {
+                    Ok(Acquired::Granted(_)) => {}
+                    Ok(Acquired::Held(other)) => {
+                        tracing::warn!(leader = %other.owner, "heartbeat: another worker leads now");
+                        return;
+                    }
+                    Err(e) => {
+                        // Unrenewed, the lease ends by itself; stop before another leads.
+                        tracing::warn!(cause = %e, "heartbeat: cannot renew the leader's lease");
+                        return;
+                    }
+                }
+                let bytes = serde_json::to_vec(&table).unwrap_or_default();
+                if let Err(e) = store.put_inventory(bytes).await {
+                    tracing::warn!(cause = %e, "heartbeat: cannot write the shared inventory");
+                }
+            }
         }
     }
 }

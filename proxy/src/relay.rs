@@ -64,8 +64,8 @@ pub struct Relay {
     config: Arc<ProxyConfig>,
     routes: Arc<Routes>,
     concurrency: usize,
-    /// Scenario versions kept for every caller (`scenario-versions`).
-    store: deploy_store::RedbStore,
+    /// The state kept for every caller (scenario versions, leases, the inventory).
+    store: crate::store::SharedStore,
     /// This proxy's name in `via` lists.
     pub id: String,
 }
@@ -86,7 +86,7 @@ impl Relay {
                 port => format!("{host}:{port}"),
             }
         });
-        let store = deploy_store::RedbStore::in_dir(&config.server.state_dir);
+        let store = crate::store::SharedStore::new(&config);
         Ok(Relay {
             config,
             routes,
@@ -194,7 +194,7 @@ impl Relay {
     /// `nodes`: the agents the key may reach (its `groups:`/`hosts:` selection, or every
     /// group of the key), as the heartbeat last saw them, in the state `options` names
     /// (all if empty). Never probes (see [`crate::nodes`]).
-    fn nodes(&self, peer: SocketAddr, request: &Request) -> Reply {
+    async fn nodes(&self, peer: SocketAddr, request: &Request) -> Reply {
         let wanted = match request.options.trim() {
             "" => None,
             text => match deploy_common::order::nodes::State::parse(text) {
@@ -240,7 +240,7 @@ impl Relay {
                 "nodes: this proxy probes no agents ([client] heartbeat = 0)",
             );
         }
-        let Some(table) = crate::nodes::read(&crate::nodes::state_file(&self.config)) else {
+        let Some(table) = crate::nodes::current(&self.config, &self.store).await else {
             return Reply::error(
                 503,
                 format!(
@@ -397,7 +397,7 @@ impl Handler for Relay {
             return crate::versions::handle(&self.config, &self.store, &request).await;
         }
         match OrderName::parse(&request.order) {
-            Some(OrderName::Nodes) => return self.nodes(peer, &request),
+            Some(OrderName::Nodes) => return self.nodes(peer, &request).await,
             // The files travel as events, which only a v2 caller receives.
             Some(OrderName::Fetch) if !events.wanted() => {
                 return Reply::error(

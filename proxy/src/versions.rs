@@ -1,8 +1,9 @@
 //! The proxy's own `scenario-versions` order
 //! ([`deploy_common::order::scenario_versions`]): scenario versions kept in the proxy's
-//! state dir ([`deploy_store::RedbStore`]), one history shared by every caller, so that
-//! a scenario applied through this proxy has the same versions whoever applies it and
-//! from whichever folder. Served here, never relayed.
+//! store ([`crate::store::SharedStore`]: its state dir, or a NATS bucket shared with the
+//! other proxies of the fleet), one history shared by every caller, so that a scenario
+//! applied through this proxy (or any proxy sharing its store) has the same versions
+//! whoever applies it and from whichever folder. Served here, never relayed.
 //!
 //! ```text
 //! key unknown                       403 You don't have permission to access on this[scenario-versions].
@@ -11,15 +12,15 @@
 //! store errors                      400 bad or ambiguous prefix · 404 no such version · 500 the database
 //! ```
 
+use crate::store::SharedStore;
 use deploy_common::config::proxy::ProxyConfig;
 use deploy_common::order::scenario_versions::{Action, VersionsSpec, ORDER};
 use deploy_common::order::{object, Reply, Request};
-use deploy_scenario::store::{ScenarioStore, ScenarioVersion, StoreError};
-use deploy_store::RedbStore;
+use deploy_store::{ScenarioStore, ScenarioVersion, StoreError};
 use serde_json::Value;
 
 /// Answers one `scenario-versions` request.
-pub async fn handle(config: &ProxyConfig, store: &RedbStore, request: &Request) -> Reply {
+pub async fn handle(config: &ProxyConfig, store: &SharedStore, request: &Request) -> Reply {
     let key: String = request
         .api_key
         .chars()
@@ -42,7 +43,11 @@ pub async fn handle(config: &ProxyConfig, store: &RedbStore, request: &Request) 
     let Some(spec) = request.scenario_versions.as_deref() else {
         return Reply::error(400, "scenario-versions needs its scenario_versions field");
     };
-    match run(store, spec).await {
+    let result = match store.versions().await {
+        Ok(versions) => run(versions, spec).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(reply) => reply,
         Err(e) => {
             let code = match e {
@@ -52,7 +57,7 @@ pub async fn handle(config: &ProxyConfig, store: &RedbStore, request: &Request) 
                 | StoreError::Remote(_) => 400,
                 StoreError::NotFound { .. } => 404,
                 _ => {
-                    tracing::error!(store = %store.path().display(), error = %e, "scenario store");
+                    tracing::error!(store = %store.describe(), error = %e, "scenario store");
                     500
                 }
             };
@@ -65,7 +70,7 @@ fn as_json<T: serde::Serialize>(value: &T) -> Result<Value, StoreError> {
     serde_json::to_value(value).map_err(|e| StoreError::Remote(e.to_string()))
 }
 
-async fn run(store: &RedbStore, spec: &VersionsSpec) -> Result<Reply, StoreError> {
+async fn run(store: &dyn ScenarioStore, spec: &VersionsSpec) -> Result<Reply, StoreError> {
     let needs_scenario = || {
         if spec.scenario.is_empty() {
             Err(StoreError::Remote("a scenario name is needed".into()))

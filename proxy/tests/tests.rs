@@ -18,6 +18,7 @@
 //! | [`strict`] | strict runs start nowhere unless every agent connected (direct and through the proxy); `--skip-unreachable` through it |
 //! | [`upload`] | `upload` through the proxy to 3 agents (the caller's tar body, spooled once), files checked |
 //! | [`openapi`] | `docs/openapi.json` checked against the running proxy (every path, method, status and shape; every served route documented) |
+//! | [`store`] | several proxies, one fleet: a real 3-server NATS JetStream cluster; scenario history shared, concurrent appends kept once, a NATS server killed; one heartbeat leader across proxies and its takeover |
 //! | [`verdicts`] | exit status and failure summary follow the agents' results, over v1 (nested document) and v2 |
 //!
 //! Every test starts its own agents (a [`util::Farm`]: a few processes listening on
@@ -36,6 +37,7 @@ mod legacy;
 mod openapi;
 mod release;
 mod ssh;
+mod store;
 mod strict;
 mod timed;
 mod upload;

@@ -1,250 +1,58 @@
-//! Scenario versions kept by a proxy: one [redb] file in its state directory, behind
-//! deploy-scenario's [`ScenarioStore`], so every caller of that proxy shares one history
-//! and it survives the proxy's restarts. Only the proxy links this crate.
+//! The state a proxy keeps for its callers, behind traits that one proxy (an embedded
+//! database in its state directory) or several proxies sharing a fleet (NATS JetStream
+//! key-value) implement alike.
 //!
-//! ```text
-//! <state_dir>/scenario-versions.redb
-//!   table "versions"   (scenario, seq: u64) → ScenarioVersion as JSON
-//!                      seq grows per scenario: newest first = the range reversed
-//! list     one read transaction: the scenario's range, reversed, offset/limit
-//! get      the scenario's versions through scenario::store::pick (prefix ≥ 3, ambiguity refused)
-//! append   one write transaction (redb commits durably before it returns)
-//! forget   one write transaction: the scenario's range removed
-//! ```
+//! # Layout
 //!
-//! A proxy runs several worker processes and redb locks its file for one process at a
-//! time, so each operation opens the database, runs its one transaction and closes it;
-//! an operation that finds the file held by another worker waits for it (a few
-//! milliseconds, at most [`BUSY_WAIT`]). Operations of one process are serialized by a
-//! mutex first. Crash safety is redb's: a transaction is all there or not at all.
+//! | module | owns |
+//! |---|---|
+//! | [`versions`] | [`ScenarioVersion`] and the [`ScenarioStore`] trait (list, get by prefix, append, forget) |
+//! | [`lease`] | [`LeaseStore`]: named leases with a holder and an expiry (cluster locks taken through a proxy, the heartbeat's leader) |
+//! | [`redb`] (feature `redb`) | [`RedbStore`]: one proxy, `<state_dir>/scenario-versions.redb` |
+//! | [`nats`] (feature `nats`) | [`nats::NatsStore`]: several proxies, one JetStream key-value bucket, compare-and-swap on its revisions |
+//!
+//! # Design
+//!
+//! * The version record and the trait live here and not in deploy-scenario, so that the
+//!   proxy keeps versions without linking the YAML reader (deploy-scenario re-exports
+//!   them, and uses this crate with no backend at all).
+//! * Every shared write is a compare-and-swap: redb by its one writer, NATS by the key's
+//!   revision (`create` fails when the key exists, `update` when the revision moved), so
+//!   two proxies writing at once never lose nor duplicate an entry; the loser re-reads
+//!   and tries again.
+//! * The node inventory (the `nodes` heartbeat's table) is one opaque JSON document:
+//!   the proxy owns its shape, a backend only keeps it ([`nats::NatsStore::put_inventory`]).
+//! * Rollouts keep no proxy-side state: the client drives them and the proxy relays
+//!   each wave as an order, so nothing of a rollout needs sharing.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
-use deploy_scenario::store::{pick, BoxFuture, Page, ScenarioStore, ScenarioVersion, StoreError};
-use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+pub mod lease;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "redb")]
+pub mod redb;
+pub mod versions;
 
-/// The database's file name in the proxy's state directory.
-pub const FILE: &str = "scenario-versions.redb";
+pub use lease::{Acquired, Lease, LeaseStore};
+#[cfg(feature = "redb")]
+pub use redb::{RedbStore, BUSY_WAIT, FILE};
+pub use versions::{
+    pick, BoxFuture, Page, ScenarioStore, ScenarioVersion, StoreError, VersionMap, MIN_PREFIX,
+};
 
-/// The longest an operation waits for another worker to release the file.
-pub const BUSY_WAIT: Duration = Duration::from_secs(10);
-
-const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
-
-/// The proxy's store (see the module documentation).
-#[derive(Clone)]
-pub struct RedbStore {
-    path: PathBuf,
-    lock: Arc<Mutex<()>>,
-}
-
-impl RedbStore {
-    /// The store in `state_dir` (the file is made by the first operation that needs it).
-    pub fn in_dir(state_dir: &Path) -> RedbStore {
-        RedbStore::at(state_dir.join(FILE))
-    }
-
-    /// The store in the file `path`.
-    pub fn at(path: PathBuf) -> RedbStore {
-        RedbStore {
-            path,
-            lock: Arc::new(Mutex::new(())),
-        }
-    }
-
-    /// Where it is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Runs `op` on the open database in a blocking thread, one at a time.
-    async fn with<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Database, &Path) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (path, lock) = (self.path.clone(), Arc::clone(&self.lock));
-        tokio::task::spawn_blocking(move || {
-            let _one = lock
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let db = open(&path)?;
-            op(&db, &path)
-        })
-        .await
-        .map_err(|e| StoreError::Remote(format!("scenario store: internal error: {e}")))?
-    }
-}
-
-/// Opens (or makes) the database, waiting while another process holds it.
-fn open(path: &Path) -> Result<Database, StoreError> {
-    let started = Instant::now();
-    loop {
-        match Database::create(path) {
-            Ok(db) => return Ok(db),
-            Err(DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < BUSY_WAIT => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(failed(path, "open", e)),
-        }
-    }
-}
-
-/// A database error as the store's, naming the file and what was done.
-fn failed(path: &Path, op: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io {
-        op,
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    }
-}
-
-/// Every version of `scenario`, oldest first.
-fn all(db: &Database, path: &Path, scenario: &str) -> Result<Vec<ScenarioVersion>, StoreError> {
-    let txn = db.begin_read().map_err(|e| failed(path, "read", e))?;
-    let table = match txn.open_table(VERSIONS) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(failed(path, "read", e)),
-    };
-    let mut out = Vec::new();
-    for entry in table
-        .range((scenario, 0)..=(scenario, u64::MAX))
-        .map_err(|e| failed(path, "read", e))?
-    {
-        let (key, value) = entry.map_err(|e| failed(path, "read", e))?;
-        let version: ScenarioVersion =
-            serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
-                path: path.to_path_buf(),
-                line: usize::try_from(key.value().1).unwrap_or(usize::MAX),
-                reason: e.to_string(),
-            })?;
-        out.push(version);
-    }
-    Ok(out)
-}
-
-impl ScenarioStore for RedbStore {
-    fn list<'a>(
-        &'a self,
-        scenario: &'a str,
-        offset: usize,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Page, StoreError>> {
-        let scenario = scenario.to_owned();
-        Box::pin(self.with(move |db, path| {
-            let versions = all(db, path, &scenario)?;
-            let total = versions.len();
-            let versions = versions
-                .into_iter()
-                .rev()
-                .skip(offset)
-                .take(limit)
-                .collect();
-            Ok(Page { versions, total })
-        }))
-    }
-
-    fn get<'a>(
-        &'a self,
-        scenario: &'a str,
-        prefix: &'a str,
-    ) -> BoxFuture<'a, Result<ScenarioVersion, StoreError>> {
-        let (scenario, prefix) = (scenario.to_owned(), prefix.to_owned());
-        Box::pin(self.with(move |db, path| pick(&scenario, &prefix, all(db, path, &scenario)?)))
-    }
-
-    fn append<'a>(&'a self, version: &'a ScenarioVersion) -> BoxFuture<'a, Result<(), StoreError>> {
-        let version = version.clone();
-        Box::pin(self.with(move |db, path| {
-            let bytes = serde_json::to_vec(&version)
-                .map_err(|e| StoreError::Remote(format!("scenario version: {e}")))?;
-            let txn = db.begin_write().map_err(|e| failed(path, "write", e))?;
-            {
-                let mut table = txn
-                    .open_table(VERSIONS)
-                    .map_err(|e| failed(path, "write", e))?;
-                let scenario = version.scenario.as_str();
-                let next = table
-                    .range((scenario, 0)..=(scenario, u64::MAX))
-                    .map_err(|e| failed(path, "write", e))?
-                    .next_back()
-                    .transpose()
-                    .map_err(|e| failed(path, "write", e))?
-                    .map_or(0, |(key, _)| key.value().1.saturating_add(1));
-                table
-                    .insert((scenario, next), bytes.as_slice())
-                    .map_err(|e| failed(path, "write", e))?;
-            }
-            txn.commit().map_err(|e| failed(path, "commit", e))?;
-            tracing::info!(scenario = %version.scenario, id = %version.id, "scenario version recorded");
-            Ok(())
-        }))
-    }
-
-    fn forget<'a>(&'a self, scenario: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        let scenario = scenario.to_owned();
-        Box::pin(self.with(move |db, path| {
-            let txn = db.begin_write().map_err(|e| failed(path, "write", e))?;
-            {
-                let mut table = txn
-                    .open_table(VERSIONS)
-                    .map_err(|e| failed(path, "write", e))?;
-                table
-                    .retain_in(
-                        (scenario.as_str(), 0)..=(scenario.as_str(), u64::MAX),
-                        |_, _| false,
-                    )
-                    .map_err(|e| failed(path, "write", e))?;
-            }
-            txn.commit().map_err(|e| failed(path, "commit", e))
-        }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use deploy_scenario::store::VersionMap;
-
-    fn version(scenario: &str, message: &str) -> ScenarioVersion {
-        let mut map = VersionMap::new();
-        map.entry("node".into())
-            .or_default()
-            .insert("app".into(), message.into());
-        ScenarioVersion::new(scenario, message, map, None)
-    }
-
-    #[tokio::test]
-    async fn versions_newest_first_by_scenario_and_after_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::in_dir(dir.path());
-        assert_eq!(store.list("s", 0, 5).await.unwrap().total, 0);
-        let (a, b, other) = (version("s", "a"), version("s", "b"), version("t", "x"));
-        for v in [&a, &b, &other] {
-            store.append(v).await.unwrap();
-        }
-        // A new handle (a restart) sees the same history.
-        let store = RedbStore::in_dir(dir.path());
-        let page = store.list("s", 0, 5).await.unwrap();
-        assert_eq!(page.total, 2);
-        assert_eq!(page.versions, vec![b.clone(), a.clone()]);
-        assert_eq!(
-            store.list("s", 1, 5).await.unwrap().versions,
-            vec![a.clone()]
-        );
-        assert_eq!(store.get("s", &a.id[..8]).await.unwrap(), a);
-        assert!(matches!(
-            store.get("s", "zz").await,
-            Err(StoreError::BadPrefix { .. })
-        ));
-        assert!(matches!(
-            store.get("s", &other.id[..8]).await,
-            Err(StoreError::NotFound { .. })
-        ));
-        store.forget("s").await.unwrap();
-        assert_eq!(store.list("s", 0, 5).await.unwrap().total, 0);
-        assert_eq!(store.list("t", 0, 5).await.unwrap().total, 1);
-    }
+/// Unix time now, milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
 }

@@ -11,6 +11,7 @@
 //! | [`procfs`] | `/proc` readers (state, parent, children, command line, memory) and signals |
 //! | [`net`] | free and refusing ports, [`Silent`] peers that accept and never answer |
 //! | [`netns`] | [`Lab`](netns::Lab): hosts as network namespaces on a bridge, shaped, cut, black-holed, lossy |
+//! | [`jetstream`] | [`JetStreamCluster`]: three real `nats-server -js` clustered on loopback, killable and restartable |
 //! | [`rsyncd`] | [`RsyncDaemon`]: a real `rsync --daemon` with read-only modules |
 //! | [`daemon`] | [`Daemon`]: a `--foreground` server process learnt from its `listening on` lines |
 //! | [`agent`] | [`AgentConfig`]: an agent ini around a sandbox, started as an [`Agent`] |
@@ -38,6 +39,7 @@ pub mod clients;
 pub mod command;
 pub mod daemon;
 pub mod env;
+pub mod jetstream;
 pub mod net;
 pub mod netns;
 pub mod procfs;
@@ -52,6 +54,7 @@ pub use clients::*;
 pub use command::{deploy_client, openssl, run_bin, run_bin_bytes, run_command, Output, Spawned};
 pub use daemon::Daemon;
 pub use env::*;
+pub use jetstream::JetStreamCluster;
 pub use net::*;
 pub use procfs::*;
 pub use proxy::{Proxy, ProxyConfig};

@@ -221,6 +221,26 @@ pub fn proxy(c: &ProxyConfig) -> String {
     );
     out.section("allow::hosts");
     out.list("host", c.allow_hosts.nets());
+    let st = &c.store;
+    out.section("store");
+    out.key(
+        "backend",
+        match st.backend {
+            super::proxy::StoreBackend::Redb => "redb",
+            super::proxy::StoreBackend::Nats => "nats",
+        },
+    );
+    out.list("server", st.servers.iter());
+    out.key("prefix", &st.prefix);
+    out.key("replicas", st.replicas);
+    out.path("credentials", st.credentials.as_ref());
+    out.opt("user", st.user.as_deref());
+    if let Some(password) = &st.password {
+        out.secret("password", password);
+    }
+    out.path("tls_ca", st.tls_ca.as_ref());
+    out.path("tls_cert", st.tls_cert.as_ref());
+    out.path("tls_key", st.tls_key.as_ref());
     if let Some(api) = &c.api_path {
         out.section("api");
         out.key("path", api.display());

@@ -12,6 +12,12 @@
 //! [ssh]             ; how the proxy logs in to ssh:// servers (ProxySshConfig)
 //! identity[] = /etc/deploy/keys/proxy_ed25519
 //! known_hosts = /etc/deploy/known_hosts
+//! [store]           ; where the state shared by callers lives (ProxyStoreConfig)
+//! backend = nats    ; redb (default: one proxy, the state dir) or nats (several proxies)
+//! server[] = nats://10.0.0.1:4222
+//! replicas = 3      ; copies of the bucket (3 survives one NATS server's loss)
+//! prefix = deploy-  ; the bucket is <prefix>state
+//! credentials = /etc/deploy/nats.creds   ; or user/password; tls_ca, tls_cert/tls_key
 //! ```
 //!
 //! The API file:
@@ -63,7 +69,7 @@ use crate::nodeset;
 use crate::target::{Scheme, Target, SSH_PREFIX};
 
 /// The sections `deploy_proxy.ini` may contain (for the error message).
-const PROXY_SECTIONS: &str = "server, client, allow::hosts, api or ssh";
+const PROXY_SECTIONS: &str = "server, client, allow::hosts, api, ssh or store";
 
 /// The sections the API file may contain (for the error message).
 const API_SECTIONS: &str = "keys, orders, servers, names or group::<name>";
@@ -147,6 +153,122 @@ pub struct ProxySshConfig {
     pub keepalive: Option<Duration>,
 }
 
+/// Which store keeps the state a proxy shares with its callers (and other proxies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    /// An embedded database in `[server] state_dir`: one proxy.
+    #[default]
+    Redb,
+    /// A NATS JetStream key-value bucket: several proxies serving one fleet.
+    Nats,
+}
+
+/// `[store]`: where scenario versions, leases taken through the proxy and the node
+/// inventory are kept. `backend = nats` needs at least one `server[]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyStoreConfig {
+    /// `backend`: `redb` (default) or `nats`.
+    pub backend: StoreBackend,
+    /// `server[]`: the NATS servers, `nats://host:port` (or `tls://`).
+    pub servers: Vec<String>,
+    /// `prefix`: the bucket is named `<prefix>state` (default `deploy-`).
+    pub prefix: String,
+    /// `replicas`: copies of the bucket (default 3; 1 for a single server).
+    pub replicas: usize,
+    /// `credentials`: a NATS `.creds` file (JWT and nkey seed).
+    pub credentials: Option<PathBuf>,
+    /// `user` and `password`.
+    pub user: Option<String>,
+    /// `password` (with `user`).
+    pub password: Option<String>,
+    /// `tls_ca`: the CA that signs the servers' certificates (turns TLS on).
+    pub tls_ca: Option<PathBuf>,
+    /// `tls_cert`: a client certificate (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`: the client certificate's key.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for ProxyStoreConfig {
+    fn default() -> ProxyStoreConfig {
+        ProxyStoreConfig {
+            backend: StoreBackend::Redb,
+            servers: Vec::new(),
+            prefix: "deploy-".to_owned(),
+            replicas: 3,
+            credentials: None,
+            user: None,
+            password: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// One `[store]` entry.
+fn apply_store(cx: &Cx<'_>, e: &Entry, store: &mut ProxyStoreConfig) -> Result<(), ConfigError> {
+    match (e.key.as_str(), e.list) {
+        ("server", true) => {
+            for url in e.value.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                let rest = url
+                    .strip_prefix("nats://")
+                    .or_else(|| url.strip_prefix("tls://"))
+                    .ok_or_else(|| {
+                        cx.invalid(
+                            e,
+                            format!("{url:?}: expected nats://host:port or tls://host:port"),
+                        )
+                    })?;
+                let port_ok = rest
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !port_ok || rest.contains(['/', '@', ' ']) {
+                    return Err(cx.invalid(e, format!("{url:?}: expected nats://host:port")));
+                }
+                store.servers.push(url.to_owned());
+            }
+        }
+        ("server", false) => return Err(cx.want_list(e)),
+        (
+            "backend" | "prefix" | "replicas" | "credentials" | "user" | "password" | "tls_ca"
+            | "tls_cert" | "tls_key",
+            true,
+        ) => return Err(cx.want_scalar(e)),
+        ("backend", false) => {
+            store.backend = match e.value.to_ascii_lowercase().as_str() {
+                "redb" => StoreBackend::Redb,
+                "nats" => StoreBackend::Nats,
+                _ => return Err(cx.invalid(e, format!("expected redb or nats, got {:?}", e.value))),
+            }
+        }
+        ("prefix", false) => {
+            if !e
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(cx.invalid(e, "letters, digits, - and _ only (a NATS bucket name)"));
+            }
+            store.prefix = e.value.clone();
+        }
+        ("replicas", false) => {
+            store.replicas = cx.number(e)?;
+            if !(1..=5).contains(&store.replicas) {
+                return Err(cx.invalid(e, "must be 1 to 5"));
+            }
+        }
+        ("credentials", false) => store.credentials = cx.file(e),
+        ("user", false) => store.user = cx.opt_string(e),
+        ("password", false) => store.password = cx.opt_string(e),
+        ("tls_ca", false) => store.tls_ca = cx.file(e),
+        ("tls_cert", false) => store.tls_cert = cx.file(e),
+        ("tls_key", false) => store.tls_key = cx.file(e),
+        _ => return Err(cx.unknown_key(e)),
+    }
+    Ok(())
+}
+
 /// The wire a proxy speaks to agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AgentProtocol {
@@ -214,6 +336,8 @@ pub struct ProxyConfig {
     pub api_path: Option<PathBuf>,
     /// `[ssh]`: how `ssh://` servers are reached.
     pub ssh: ProxySshConfig,
+    /// `[store]`: where the state shared by callers is kept.
+    pub store: ProxyStoreConfig,
     /// The keys read from `api_path` (only by [`ProxyConfig::load`]).
     pub api: ApiKeys,
     /// Keys accepted for compatibility but without effect (`ipc_path`,
@@ -231,6 +355,7 @@ impl ProxyConfig {
             allow_hosts: HostAllowList::new(),
             api_path: None,
             ssh: ProxySshConfig::default(),
+            store: ProxyStoreConfig::default(),
             api: ApiKeys::default(),
             ignored: Vec::new(),
         }
@@ -279,6 +404,35 @@ impl ProxyConfig {
                 "ssh" => {
                     for e in section.entries() {
                         apply_ssh(&cx, e, &mut config.ssh)?;
+                    }
+                }
+                "store" => {
+                    for e in section.entries() {
+                        apply_store(&cx, e, &mut config.store)?;
+                    }
+                    let store = &config.store;
+                    if store.backend == StoreBackend::Nats && store.servers.is_empty() {
+                        return Err(cx.missing(section, "server[]"));
+                    }
+                    if store.user.is_some() != store.password.is_some() {
+                        return Err(cx.missing(
+                            section,
+                            if store.user.is_some() {
+                                "password"
+                            } else {
+                                "user"
+                            },
+                        ));
+                    }
+                    if store.tls_cert.is_some() != store.tls_key.is_some() {
+                        return Err(cx.missing(
+                            section,
+                            if store.tls_cert.is_some() {
+                                "tls_key"
+                            } else {
+                                "tls_cert"
+                            },
+                        ));
                     }
                 }
                 _ => return Err(unknown_section(ini, section, PROXY_SECTIONS)),
@@ -957,11 +1111,30 @@ mod tests {
     }
 
     #[test]
+    fn store_section() {
+        let c = parse("[store]\nbackend = nats\nserver[] = nats://127.0.0.1:4222, tls://n2:4222\nprefix = f1-\nreplicas = 1\ncredentials = n.creds\n").unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Nats);
+        assert_eq!(c.store.servers, ["nats://127.0.0.1:4222", "tls://n2:4222"]);
+        assert_eq!((c.store.prefix.as_str(), c.store.replicas), ("f1-", 1));
+        assert_eq!(
+            c.store.credentials.as_deref(),
+            Some(Path::new("/etc/deploy/n.creds"))
+        );
+        assert_eq!(parse("").unwrap().store, ProxyStoreConfig::default());
+        let e = parse("[store]\nbackend = nats\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("/etc/deploy/deploy_proxy.ini:1: [store]"),
+            "{e}"
+        );
+        assert!(e.contains("server[]"), "{e}");
+    }
+
+    #[test]
     fn proxy_errors() {
         for (text, want) in [
             (
                 "[allow::paths]\npath[] = /\n",
-                "/etc/deploy/deploy_proxy.ini:1: unknown section [allow::paths] (expected server, client, allow::hosts, api or ssh)",
+                "/etc/deploy/deploy_proxy.ini:1: unknown section [allow::paths] (expected server, client, allow::hosts, api, ssh or store)",
             ),
             (
                 "[client]\nport = x\n",
@@ -978,6 +1151,18 @@ mod tests {
             (
                 "[api]\npath[] = x\n",
                 "/etc/deploy/deploy_proxy.ini:2: [api] path[]: is a single value: write `path = …`",
+            ),
+            (
+                "[store]\nbackend = etcd\n",
+                "/etc/deploy/deploy_proxy.ini:2: [store] backend: expected redb or nats, got \"etcd\"",
+            ),
+            (
+                "[store]\nserver[] = nats://a:4222\nserver[] = http://b:4222\n",
+                "/etc/deploy/deploy_proxy.ini:3: [store] server[]: \"http://b:4222\": expected nats://host:port or tls://host:port",
+            ),
+            (
+                "[store]\nreplicas = 0\n",
+                "/etc/deploy/deploy_proxy.ini:2: [store] replicas: must be 1 to 5",
             ),
         ] {
             assert_eq!(parse(text).unwrap_err().to_string(), want, "{text:?}");
