@@ -186,6 +186,9 @@ fn relay_first_host_dying_while_pulling_hands_the_role_to_the_next() {
     );
 }
 
+/// The relay stream's chunk size.
+const CHUNK: u64 = deploy_common::rsync::stream::DEFAULT_CHUNK;
+
 /// A token for hand-made relay orders.
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -297,7 +300,7 @@ fn relay_peer_serving_a_bad_chunk_is_refused_and_the_host_resumes_elsewhere() {
     // One byte of agent 1's third chunk changes after agent 2 got it.
     let (third, a, b) = third_host_after(23, |_, spool| {
         let mut bytes = std::fs::read(spool).unwrap();
-        bytes[2 * (1 << 20) + 10] ^= 1;
+        bytes[2 * CHUNK as usize + 10] ^= 1;
         std::fs::write(spool, bytes).unwrap();
     });
     assert_eq!(field(&third, "refused"), a, "{third:#}");
@@ -316,7 +319,7 @@ fn relay_peer_dying_mid_stream_is_left_and_the_host_resumes_at_its_offset() {
     // there, as if it died.
     let (third, a, b) = third_host_after(24, |_, spool| {
         let f = std::fs::OpenOptions::new().write(true).open(spool).unwrap();
-        f.set_len((1 << 20) + 1000).unwrap();
+        f.set_len(CHUNK + 1000).unwrap();
     });
     assert_eq!(field(&third, "refused"), "", "{third:#}");
     assert_eq!(field(&third, "from"), b, "{third:#}");
