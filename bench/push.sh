@@ -13,6 +13,10 @@
 #
 # TREE=parts (default: 4 files of MIB/4 MiB), one (one file of MIB MiB) or small
 # (FILES files of 4 KiB, default 2000; MIB ignored).
+# CLUSH=1 adds `clush --copy` (ClusterShell at /opt/deploy-venv/bin/clush) over an sshd in
+# every host namespace (namespaces share one file system, so each sshd's ForceCommand
+# runs the copy's remote side in that host's own target directory; scp -O: the legacy
+# protocol, whose remote side is a command).
 # OTHERS_MAX=N (default: all) runs plain and xargs only up to N hosts: above it their time
 # is the source link's N copies (N x their 1-host time), minutes per run on shaped links.
 #
@@ -30,7 +34,7 @@ BIN=${BENCH_BIN:-$PWD/target/debug}
 if [ -z "${BENCH_BIN:-}" ]; then
     cargo build --quiet -p deploy-agent -p deploy-client
 fi
-exec env TREE="${TREE:-parts}" FILES="${FILES:-2000}" OTHERS_MAX="${OTHERS_MAX:-100000}" \
+exec env TREE="${TREE:-parts}" CLUSH="${CLUSH:-0}" FILES="${FILES:-2000}" OTHERS_MAX="${OTHERS_MAX:-100000}" \
     python3 - "$BIN" "$RUNS" "$SIZES" "$MIB" "$RATE" "$K" <<'EOP'
 import os, re, statistics, subprocess, sys, tempfile, time, json
 sys.path.insert(0, "bench")
@@ -77,6 +81,25 @@ try:
         log = f"{d}/agent.log"
         net.popen(f"a{i}", [f"{bin_dir}/deploy-agent", "--foreground", "--path", f"{d}/agent.ini"], log)
         hosts.append((f"a{i}", ip, d, log))
+    use_clush = os.environ["CLUSH"] == "1"
+    clush_bin = "/opt/deploy-venv/bin/clush"
+    if use_clush:
+        sd = f"{work}/ssh"
+        os.makedirs(sd)
+        for key in ("host", "user"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{sd}/{key}"], check=True)
+        subprocess.run(["cp", f"{sd}/user.pub", f"{sd}/authorized_keys"], check=True)
+        with open(f"{sd}/ssh_config", "w") as f:
+            f.write(f"Host *\n User root\n IdentityFile {sd}/user\n StrictHostKeyChecking no\n"
+                    " UserKnownHostsFile /dev/null\n LogLevel ERROR\n")
+        for name, ip, d, log in hosts:
+            with open(f"{d}/sshd_config", "w") as f:
+                f.write(f"Port 22\nListenAddress {ip}\nHostKey {sd}/host\n"
+                        f"AuthorizedKeysFile {sd}/authorized_keys\nStrictModes no\nUsePAM no\n"
+                        "PermitRootLogin yes\nPasswordAuthentication no\nMaxStartups 200\n"
+                        f"PidFile {d}/sshd.pid\n"
+                        f"ForceCommand mkdir -p {d}/target && cd {d}/target && exec sh -c \"$SSH_ORIGINAL_COMMAND\"\n")
+            net.popen(name, ["/usr/sbin/sshd", "-D", "-e", "-f", f"{d}/sshd_config"], f"{d}/sshd.log")
     for name, ip, d, log in hosts:
         for _ in range(600):
             if "listening on" in open(log).read():
@@ -137,9 +160,31 @@ try:
 
     what = {"parts": f"{mib} MiB (4 files)", "one": f"{mib} MiB (1 file)",
             "small": f"{nfiles} x 4 KiB files"}[tree]
+    def clush(n):
+        reset(n)
+        ips = ",".join(ip for _, ip, _, _ in hosts[:n])
+        # The tree as `blob` under each host's target (the remote side runs there).
+        subprocess.run(["rm", "-rf", f"{work}/blob"], check=True)
+        os.symlink(shelf, f"{work}/blob")
+        argv = [clush_bin, "-w", ips, "-f", str(max(n, 1)), "-o", f"-O -F {work}/ssh/ssh_config",
+                "--copy", f"{work}/blob/", "--dest", "."]
+        t = time.perf_counter()
+        r = subprocess.run(net.cmd("src", argv), capture_output=True, text=True)
+        total = time.perf_counter() - t
+        if r.returncode != 0:
+            sys.exit(f"clush failed ({r.returncode}): {r.stderr[-2000:]}{r.stdout[-2000:]}")
+        check(n, r.stderr)
+        return total
+
     print(f"{what} from one source over {rate} links (tbf, each way), "
           f"relay fan-out {k}, median of {runs}; binaries {bin_dir}")
-    print(f"{'hosts':>5} {'relay':>8} {'plain':>8} {'xargs':>8}  {'relay/1':>8} {'plain/1':>8} {'xargs/1':>8}  {'relay/xargs':>11}  from source")
+    tools = [("relay", None), ("plain", plain), ("xargs", xargs)]
+    if use_clush:
+        tools.append(("clush", clush))
+    names = [t for t, _ in tools]
+    print(f"{'hosts':>5} " + " ".join(f"{t:>8}" for t in names) + "  "
+          + " ".join(f"{t + '/1':>8}" for t in names) + "  "
+          + " ".join(f"{'relay/' + t:>12}" for t in names[1:]) + "  from source")
     base = None
     for n in sizes:
         rows = []
@@ -148,14 +193,15 @@ try:
         nan = float("nan")
         for _ in range(runs):
             r, s = relay(n)
-            rows.append((r, plain(n) if others else nan, xargs(n) if others else nan, s))
-        med = [statistics.median(x[i] for x in rows) for i in range(3)]
-        src_pulls = statistics.median(x[3] for x in rows)
+            rows.append([r] + [f(n) if others else nan for _, f in tools[1:]] + [s])
+        med = [statistics.median(x[i] for x in rows) for i in range(len(tools))]
+        src_pulls = statistics.median(x[-1] for x in rows)
         if base is None:
             base = med
-        print(f"{n:>5} {med[0]:7.2f}s {med[1]:7.2f}s {med[2]:7.2f}s  "
-              f"{med[0] / base[0]:7.2f}x {med[1] / base[1]:7.2f}x {med[2] / base[2]:7.2f}x  "
-              f"{med[0] / med[2]:10.2f}x  {src_pulls:g}   load {load}; relay runs "
+        print(f"{n:>5} " + " ".join(f"{m:7.2f}s" for m in med) + "  "
+              + " ".join(f"{m / b:7.2f}x" for m, b in zip(med, base)) + "  "
+              + " ".join(f"{med[0] / m:11.2f}x" for m in med[1:])
+              + f"  {src_pulls:g}   load {load}; relay runs "
               + " ".join(f"{x[0]:.2f}" for x in rows), flush=True)
 finally:
     net.close()
