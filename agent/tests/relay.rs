@@ -1,6 +1,7 @@
-//! `rsync --relay`: the real client schedules relay waves over real agents, each on its
-//! own loopback address (127.0.20.x), pulling from a real rsync daemon and from each
-//! other; a peer that serves a tampered tree or dies while serving is routed around.
+//! `rsync --relay`: the real client schedules the pipelined relay over real agents, each
+//! on its own loopback address (127.0.2x.y): the first pulls from a real rsync daemon, the
+//! others receive its chunk stream from each other. Hand-made relay orders put a bad or
+//! dying peer in a host's way: it is refused or left, and the host resumes elsewhere.
 
 use crate::util::*;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,7 @@ fn relay_to_six_agents_pulls_from_peers_and_every_tree_matches() {
     let (out, doc) = fleet.relay("2");
     assert_eq!(out.code, Some(0), "{out:#?}");
     let mut from_source = 0;
+    let mut from_peer_of = std::collections::HashSet::new();
     for i in 0..6 {
         assert_same_tree(&source, &fleet.target(i));
         let r = fleet.result(&doc, i);
@@ -114,21 +116,45 @@ fn relay_to_six_agents_pulls_from_peers_and_every_tree_matches() {
                 .map(|j| fleet.agents[j].1.addr().to_string())
                 .collect();
             assert!(peers.contains(&from), "{from} is no host of the fleet");
+            assert_eq!(field(&r, "refused"), "", "{r:#}");
+            from_peer_of.insert(from);
         }
     }
-    // The source fed the first two hosts (and any whose turn came while one of its
-    // slots was free); at least two hosts pulled from peers.
-    assert!((2..=4).contains(&from_source), "{}\n{doc:#?}", out.stderr);
+    // The source fed the first host only; with two children each, the others pulled
+    // from the first three hosts.
+    assert_eq!(from_source, 1, "{}\n{doc:#?}", out.stderr);
+    assert_eq!(from_peer_of.len(), 3, "{doc:#?}");
 }
 
-/// A wrapper for agent 1's rsync that runs `action` before serving (`--daemon`).
+#[test]
+fn relay_chain_of_five_agents_with_fanout_one() {
+    let src_sb = Sandbox::new();
+    let source = src_sb.join("source");
+    make_tree(&source);
+    make_blob(&source.join("blob.bin"), 3_500_000);
+    let rsyncd = RsyncDaemon::start(&source);
+    let fleet = Fleet::start(26, 5, &rsyncd.url("DEST/"), None);
+    let (out, doc) = fleet.relay("1");
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for i in 0..5 {
+        assert_same_tree(&source, &fleet.target(i));
+        let r = fleet.result(&doc, i);
+        assert_eq!(field(&r, "return"), "true", "{r:#}");
+        let want = if i == 0 {
+            "source".to_owned()
+        } else {
+            fleet.agents[i - 1].1.addr().to_string()
+        };
+        assert_eq!(field(&r, "from"), want, "{doc:#?}");
+    }
+}
+
+/// A wrapper for agent 1's rsync that runs `action` before it pulls.
 fn wrapper(sb: &Sandbox, action: &str) -> PathBuf {
     let path = sb.join("rsync-wrapper");
     std::fs::write(
         &path,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = --daemon ]; then\n{action}\nfi\nexec /usr/bin/rsync \"$@\"\n"
-        ),
+        format!("#!/bin/sh\n{action}\nexec /usr/bin/rsync \"$@\"\n"),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -136,46 +162,242 @@ fn wrapper(sb: &Sandbox, action: &str) -> PathBuf {
     path
 }
 
-/// Three agents, one server slot each: agent 1 pulls from the source and is then the
-/// first server agent 2 is sent to. The peer misbehaves when it serves; agent 2 must
-/// notice and pull again from elsewhere, and every host but agent 1 ends up with the
-/// source's tree.
-fn misbehaving_peer(net: u8, action: &str) -> serde_json::Value {
+#[test]
+fn relay_first_host_dying_while_pulling_hands_the_role_to_the_next() {
+    // Agent 1's worker is killed as it starts pulling from the source.
     let src_sb = Sandbox::new();
     let source = src_sb.join("source");
     make_tree(&source);
     make_blob(&source.join("blob.bin"), 200_000);
     let rsyncd = RsyncDaemon::start(&source);
     let tools = Sandbox::new();
-    let w = wrapper(&tools, action);
-    let fleet = Fleet::start(net, 3, &rsyncd.url("DEST/"), Some(&w));
-    let (out, doc) = fleet.relay("1");
-    assert_eq!(out.code, Some(0), "{out:#?}");
-    let first = fleet.result(&doc, 0);
-    assert_eq!(field(&first, "from"), "source", "{doc:#?}");
-    for i in 1..3 {
-        assert_same_tree(&source, &fleet.target(i));
-        let r = fleet.result(&doc, i);
-        assert_eq!(field(&r, "return"), "true", "{r:#}");
-        assert_ne!(
-            field(&r, "from"),
-            fleet.agents[0].1.addr().to_string(),
-            "{doc:#?}"
-        );
+    let w = wrapper(&tools, "kill -9 $PPID\nexit 1");
+    let fleet = Fleet::start(22, 3, &rsyncd.url("DEST/"), Some(&w));
+    let (_out, doc) = fleet.relay("1");
+    let second = fleet.result(&doc, 1);
+    assert_eq!(field(&second, "from"), "source", "{doc:#?}");
+    assert_same_tree(&source, &fleet.target(1));
+    assert_same_tree(&source, &fleet.target(2));
+    let third = fleet.result(&doc, 2);
+    assert_eq!(
+        field(&third, "from"),
+        fleet.agents[1].1.addr().to_string(),
+        "{doc:#?}"
+    );
+}
+
+/// The relay stream's chunk size.
+const CHUNK: u64 = deploy_common::rsync::stream::DEFAULT_CHUNK;
+
+/// A token for hand-made relay orders.
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+impl Fleet {
+    /// The agents' addresses (`peers=`).
+    fn ips(&self) -> String {
+        self.agents
+            .iter()
+            .map(|(_, a)| a.addr().ip().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
-    fleet.result(&doc, 1)
+
+    /// One hand-made relay order to agent `i`; its result.
+    fn order(&self, i: usize, args: &str) -> serde_json::Value {
+        let host = self.agents[i].1.addr().to_string();
+        let out = deploy_client(
+            &[
+                "--hosts",
+                &host,
+                "--order=rsync",
+                "--options=web",
+                &format!("--args={args}"),
+                "--format=json",
+            ],
+            KEY,
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
+        doc.get(&host)
+            .and_then(|r| r.get("rsync"))
+            .and_then(|r| r.get("content"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no result for {host} in {doc:#?}"))
+    }
+
+    /// Agent `i` pulls from the source and serves the stream; its result.
+    fn first(&self, i: usize) -> serde_json::Value {
+        let ip = self.agents[i].1.addr().ip();
+        let r = self.order(
+            i,
+            &format!(
+                "relay pull token={TOKEN} serve=1 stream=1 bind={ip} peers={}",
+                self.ips()
+            ),
+        );
+        assert_eq!(field(&r, "return"), "true", "{r:#}");
+        r
+    }
+
+    /// Agent `i` receives the stream from `from` (stream addresses) as `first` lists it.
+    fn chain(&self, i: usize, first: &serde_json::Value, from: &[String]) -> serde_json::Value {
+        let ip = self.agents[i].1.addr().ip();
+        self.order(
+            i,
+            &format!(
+                "relay chain token={TOKEN} from={} list={} expect={} serve=1 bind={ip} peers={}",
+                from.join(","),
+                field(first, "list"),
+                field(first, "manifest"),
+                self.ips()
+            ),
+        )
+    }
+
+    /// Agent `i`'s spool of the hand-made order.
+    fn spool(&self, i: usize) -> PathBuf {
+        self.agents[i]
+            .0
+            .join("state")
+            .join("relay")
+            .join(TOKEN)
+            .join("stream")
+    }
+}
+
+/// Agent 1 pulls from the source, agent 2 from agent 1; then `spoil` damages agent 1's
+/// spool, and agent 3 is sent to agent 1 first, agent 2 next. Returns agent 3's result
+/// and the stream addresses of agents 1 and 2.
+fn third_host_after(
+    net: u8,
+    spoil: impl FnOnce(&Fleet, &Path),
+) -> (serde_json::Value, String, String) {
+    let src_sb = Sandbox::new();
+    let source = src_sb.join("source");
+    make_tree(&source);
+    make_blob(&source.join("blob.bin"), 3_500_000);
+    let rsyncd = RsyncDaemon::start(&source);
+    let fleet = Fleet::start(net, 3, &rsyncd.url("DEST/"), None);
+    let first = fleet.first(0);
+    assert!(
+        field(&first, "chunks").parse::<u32>().unwrap() >= 4,
+        "{first:#}"
+    );
+    let a = field(&first, "stream");
+    let second = fleet.chain(1, &first, std::slice::from_ref(&a));
+    assert_eq!(field(&second, "return"), "true", "{second:#}");
+    assert_same_tree(&source, &fleet.target(1));
+    let b = field(&second, "stream");
+    spoil(&fleet, &fleet.spool(0));
+    let third = fleet.chain(2, &first, &[a.clone(), b.clone()]);
+    assert_eq!(field(&third, "return"), "true", "{third:#}");
+    assert_same_tree(&source, &fleet.target(2));
+    (third, a, b)
 }
 
 #[test]
-fn relay_peer_serving_a_tampered_tree_is_detected_and_routed_around() {
-    // Agent 1 changes a byte of its tree right before serving it.
-    let second = misbehaving_peer(21, "sed -n 's/^path = //p' \"${2#--config=}\" | while read -r p; do printf X >> \"$p/blob.bin\"; done");
-    assert_eq!(field(&second, "attempts"), "2", "{second:#}");
+fn relay_peer_serving_a_bad_chunk_is_refused_and_the_host_resumes_elsewhere() {
+    // One byte of agent 1's third chunk changes after agent 2 got it.
+    let (third, a, b) = third_host_after(23, |_, spool| {
+        let mut bytes = std::fs::read(spool).unwrap();
+        bytes[2 * CHUNK as usize + 10] ^= 1;
+        std::fs::write(spool, bytes).unwrap();
+    });
+    assert_eq!(field(&third, "refused"), a, "{third:#}");
+    assert_eq!(field(&third, "from"), b, "{third:#}");
+    // Two good chunks from agent 1, the rest from agent 2 from chunk 2 on.
+    assert!(
+        field(&third, "pulled").starts_with(&format!("{a}:2,{b}:")),
+        "{third:#}"
+    );
+    assert_eq!(field(&third, "resumed"), "1", "{third:#}");
 }
 
 #[test]
-fn relay_peer_dying_while_serving_is_routed_around() {
-    // Agent 1's worker is killed as it starts serving: its listener and children die.
-    let second = misbehaving_peer(22, "kill -9 $PPID\nexit 1");
-    assert_eq!(field(&second, "attempts"), "2", "{second:#}");
+fn relay_peer_dying_mid_stream_is_left_and_the_host_resumes_at_its_offset() {
+    // Agent 1's spool ends in the middle of its second chunk: it closes the connection
+    // there, as if it died.
+    let (third, a, b) = third_host_after(24, |_, spool| {
+        let f = std::fs::OpenOptions::new().write(true).open(spool).unwrap();
+        f.set_len(CHUNK + 1000).unwrap();
+    });
+    assert_eq!(field(&third, "refused"), "", "{third:#}");
+    assert_eq!(field(&third, "from"), b, "{third:#}");
+    assert!(
+        field(&third, "pulled").starts_with(&format!("{a}:1,{b}:")),
+        "{third:#}"
+    );
+}
+
+#[test]
+fn relay_peer_killed_is_routed_around() {
+    let (third, a, b) = third_host_after(25, |fleet, _| {
+        let agent = &fleet.agents[0].1;
+        for pid in agent.workers() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        agent.signal(nix::sys::signal::Signal::SIGKILL);
+    });
+    assert_eq!(field(&third, "from"), b, "{third:#}");
+    assert!(!field(&third, "pulled").contains(&a), "{third:#}");
+}
+
+#[test]
+fn relay_stream_refuses_strangers_and_wrong_tokens() {
+    use std::io::{BufRead, BufReader, Write};
+    let src_sb = Sandbox::new();
+    let source = src_sb.join("source");
+    make_tree(&source);
+    let rsyncd = RsyncDaemon::start(&source);
+    let fleet = Fleet::start(27, 2, &rsyncd.url("DEST/"), None);
+    let first = fleet.first(0);
+    let a: std::net::SocketAddr = field(&first, "stream").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let from = |ip: &str| {
+        let s = rt.block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(std::net::SocketAddr::new(ip.parse().unwrap(), 0))
+                .unwrap();
+            sock.connect(a).await.unwrap().into_std().unwrap()
+        });
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s
+    };
+    // Not of the fleet: closed without a word.
+    let mut stranger = BufReader::new(from("127.0.27.9"));
+    let mut line = String::new();
+    assert_eq!(stranger.read_line(&mut line).unwrap_or(0), 0, "{line}");
+    // Of the fleet, with a wrong proof: refused.
+    let s = from("127.0.27.2");
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("DRLY1 "), "{line}");
+    (&s).write_all(format!("{} 0\n", "00".repeat(32)).as_bytes())
+        .unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "NO\n");
+    // A chain order with another token gets nothing either.
+    let ip = fleet.agents[1].1.addr().ip();
+    let r = fleet.order(
+        1,
+        &format!(
+            "relay chain token={} from={a} list={} expect={} bind={ip} peers={}",
+            "f".repeat(32),
+            field(&first, "list"),
+            field(&first, "manifest"),
+            fleet.ips()
+        ),
+    );
+    assert_eq!(field(&r, "return"), "false", "{r:#}");
+    assert!(field(&r, "error").contains("refused"), "{r:#}");
 }

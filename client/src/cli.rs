@@ -329,15 +329,17 @@ pub struct Args {
     #[arg(long)]
     pub follow: bool,
 
-    /// `rsync`: relay distribution. The first hosts pull from the group's source, and
-    /// each host that finished (its tree checked against the first one's SHA-256
-    /// manifest) serves the next ones, so the source sends about --relay-fanout copies.
-    /// Each result names where the host pulled from (`from`). Default: `relay` in the
-    /// defaults file, else off.
+    /// `rsync`: relay distribution. The first host pulls from the group's source and
+    /// cuts its tree into chunks whose SHA-256 list every other host gets; the others
+    /// receive the chunks host to host (each checked before it is written or passed on,
+    /// so the source sends one copy and every hop runs at once), falling back to an
+    /// earlier host if a peer fails or serves a bad chunk. Each result names where the
+    /// host pulled from (`from`). Default: `relay` in the defaults file, else off.
     #[arg(long, value_name = "on|off", num_args = 0..=1, require_equals = true, default_missing_value = "on", value_parser = parse_on_off)]
     pub relay: Option<bool>,
 
-    /// `--relay`: how many hosts the source and each serving host feed at once.
+    /// `--relay`: how many hosts each host passes the stream on to (1: one chain, each
+    /// link used once each way; more: a shallower tree sharing each host's uplink).
     #[arg(long, value_name = "K", default_value_t = deploy_common::rsync::waves::DEFAULT_FANOUT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub relay_fanout: usize,
 

@@ -30,7 +30,7 @@ const ATTACH_BACKLOG: u64 = 16 * 1024;
 
 pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Reply {
     if rs::relay::is_relay(&request.args) {
-        return super::relay::run(agent, request).await;
+        return super::relay::run(agent, request, events).await;
     }
     let (mut spec, checksum) = match agent.resolve(&request.options) {
         Ok(x) => x,

@@ -17,7 +17,8 @@
 //! | [`state`] | [`StateDir`]: background transfers that outlive the worker, and [`runner_main`] |
 //! | [`wake`] | [`wake::Wake`]: a follower woken by the transfer's writes and its runner's exit |
 //! | [`relay`] | relay mode: its `args`, the tree [`relay::manifest`], the one-off daemon configuration |
-//! | [`waves`] | the relay scheduler: hosts pull from the source or from verified peers |
+//! | [`stream`] | the pipelined relay stream: chunk list, chunker, peer handshake |
+//! | [`waves`] | the relay scheduler: the first host pulls from the source, the others receive a verified chunk stream host → host |
 //!
 //! # Design
 //!
@@ -49,6 +50,7 @@ pub mod output;
 pub mod relay;
 pub mod run;
 pub mod state;
+pub mod stream;
 pub mod wake;
 pub mod waves;
 

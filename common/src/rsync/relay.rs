@@ -21,7 +21,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -58,6 +58,8 @@ pub enum RelayError {
 pub enum RelayArgs {
     /// Pull the group's tree (from its source, or from a peer), verify it, maybe serve it.
     Pull(Pull),
+    /// Receive the tree as a verified chunk stream from a peer (pipelined relay).
+    Chain(Chain),
     /// Stop serving for the order whose token this is.
     Stop {
         /// The order's token.
@@ -79,6 +81,33 @@ pub struct Pull {
     /// The address to serve on (the one the scheduler reached the agent at).
     pub bind: Option<IpAddr>,
     /// The only addresses allowed to pull.
+    pub peers: Vec<IpAddr>,
+    /// How long to serve at most (seconds).
+    pub ttl: u64,
+    /// Serve the tree as a chunk stream ([`super::stream`]) rather than by `rsync --daemon`;
+    /// the reply carries the chunk list's digest (`list`).
+    pub stream: bool,
+}
+
+/// A pipelined relay receive: chunks from `from` (the parent first, then the hosts to
+/// fall back on), each checked against the list whose digest is `list`, extracted under
+/// the group's target and, with `serve`, forwarded to this host's own children as soon
+/// as verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The order's token (hex).
+    pub token: String,
+    /// Peers' stream addresses: the parent, then earlier hosts to fall back on.
+    pub from: Vec<SocketAddr>,
+    /// The chunk list's SHA-256 (hex), from the first host over the sealed connection.
+    pub list: String,
+    /// The reference manifest the extracted tree must have.
+    pub expect: String,
+    /// Serve the stream to children (on `bind`).
+    pub serve: bool,
+    /// The address to serve on.
+    pub bind: Option<IpAddr>,
+    /// The only addresses allowed to connect.
     pub peers: Vec<IpAddr>,
     /// How long to serve at most (seconds).
     pub ttl: u64,
@@ -107,6 +136,31 @@ impl RelayArgs {
                     let peers: Vec<String> = p.peers.iter().map(IpAddr::to_string).collect();
                     let _ = write!(s, " peers={}", peers.join(","));
                 }
+                if p.stream {
+                    s.push_str(" stream=1");
+                }
+                s
+            }
+            RelayArgs::Chain(c) => {
+                let from: Vec<String> = c.from.iter().map(SocketAddr::to_string).collect();
+                let mut s = format!(
+                    "{PREFIX} chain token={} ttl={} from={} list={} expect={}",
+                    c.token,
+                    c.ttl,
+                    from.join(","),
+                    c.list,
+                    c.expect
+                );
+                if c.serve {
+                    s.push_str(" serve=1");
+                }
+                if let Some(bind) = c.bind {
+                    let _ = write!(s, " bind={bind}");
+                }
+                if !c.peers.is_empty() {
+                    let peers: Vec<String> = c.peers.iter().map(IpAddr::to_string).collect();
+                    let _ = write!(s, " peers={}", peers.join(","));
+                }
                 s
             }
         }
@@ -118,7 +172,8 @@ pub fn is_relay(args: &str) -> bool {
     args.split_whitespace().next() == Some(PREFIX)
 }
 
-/// Parses relay `args` (`relay pull key=value…` or `relay stop token=…`).
+/// Parses relay `args` (`relay pull key=value…`, `relay chain key=value…` or
+/// `relay stop token=…`).
 pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
     let bad = |what: &str| RelayError::Args(what.to_owned());
     let mut words = args.split_whitespace();
@@ -127,7 +182,7 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
     }
     let action = words
         .next()
-        .ok_or_else(|| bad("no action (pull or stop)"))?;
+        .ok_or_else(|| bad("no action (pull, chain or stop)"))?;
     let mut pull = Pull {
         from: None,
         token: String::new(),
@@ -136,7 +191,9 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
         bind: None,
         peers: Vec::new(),
         ttl: DEFAULT_TTL,
+        stream: false,
     };
+    let mut list = None;
     for word in words {
         let (key, value) = word
             .split_once('=')
@@ -145,7 +202,9 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
             "token" => pull.token = value.to_owned(),
             "from" => pull.from = Some(value.to_owned()),
             "expect" => pull.expect = Some(value.to_owned()),
+            "list" => list = Some(value.to_owned()),
             "serve" => pull.serve = value == "1",
+            "stream" => pull.stream = value == "1",
             "bind" => {
                 pull.bind = Some(
                     value
@@ -174,10 +233,46 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
     if !valid_token(&pull.token) {
         return Err(bad("token must be 32 to 128 hex digits"));
     }
-    if let Some(expect) = &pull.expect {
-        if expect.len() != 64 || !expect.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("expect must be a SHA-256 in hex"));
+    let sha = |v: &Option<String>| {
+        v.as_ref()
+            .is_none_or(|x| x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if !sha(&pull.expect) {
+        return Err(bad("expect must be a SHA-256 in hex"));
+    }
+    if !sha(&list) {
+        return Err(bad("list must be a SHA-256 in hex"));
+    }
+    if action == "chain" {
+        let from = pull
+            .from
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse()
+                    .map_err(|_| RelayError::Args(format!("from: bad peer address `{p}`")))
+            })
+            .collect::<Result<Vec<SocketAddr>, _>>()?;
+        if from.is_empty() {
+            return Err(bad("chain needs from=<peer>[,<peer>…]"));
         }
+        let list = list.ok_or_else(|| bad("chain needs list="))?;
+        let expect = pull.expect.ok_or_else(|| bad("chain needs expect="))?;
+        return Ok(RelayArgs::Chain(Chain {
+            token: pull.token,
+            from,
+            list,
+            expect,
+            serve: pull.serve,
+            bind: pull.bind,
+            peers: pull.peers,
+            ttl: pull.ttl,
+        }));
+    }
+    if list.is_some() {
+        return Err(bad("list= is for chain"));
     }
     if let Some(from) = &pull.from {
         let ok = from.starts_with(&format!("rsync://{USER}@"))
@@ -370,8 +465,20 @@ mod tests {
             bind: Some("10.0.0.3".parse().unwrap()),
             peers: vec!["10.0.0.2".parse().unwrap(), "::1".parse().unwrap()],
             ttl: 30,
+            stream: true,
         });
         assert_eq!(parse(&pull.to_args()).unwrap(), pull);
+        let chain = RelayArgs::Chain(Chain {
+            token: "d".repeat(32),
+            from: vec!["10.0.0.2:4000".parse().unwrap(), "[::1]:5".parse().unwrap()],
+            list: "e".repeat(64),
+            expect: "f".repeat(64),
+            serve: true,
+            bind: Some("10.0.0.3".parse().unwrap()),
+            peers: vec!["10.0.0.2".parse().unwrap()],
+            ttl: 9,
+        });
+        assert_eq!(parse(&chain.to_args()).unwrap(), chain);
         let stop = RelayArgs::Stop {
             token: "b".repeat(32),
         };
@@ -396,6 +503,21 @@ mod tests {
             format!("relay pull token={t} bind=nohost"),
             format!("relay pull token={t} what=1"),
             format!("relay jump token={t}"),
+            format!(
+                "relay chain token={t} list={} expect={}",
+                "a".repeat(64),
+                "a".repeat(64)
+            ),
+            format!(
+                "relay chain token={t} from=nohost:1 list={} expect={}",
+                "a".repeat(64),
+                "a".repeat(64)
+            ),
+            format!(
+                "relay chain token={t} from=1.2.3.4:5 expect={}",
+                "a".repeat(64)
+            ),
+            format!("relay pull token={t} list={}", "a".repeat(64)),
         ] {
             assert!(parse(&args).is_err(), "{args}");
         }

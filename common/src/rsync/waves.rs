@@ -1,31 +1,35 @@
-//! The relay scheduler: an `rsync` order pushed in waves, each finished host serving the
-//! next ones (see [`super::relay`] for what an agent does).
+//! The relay scheduler: an `rsync` order pushed as a pipelined, chunk-verified stream
+//! (see [`super::relay`] and [`super::stream`] for what an agent does).
 //!
-//! The source (the group's rsync daemon) and every verified host are *servers* with
-//! `fanout` slots each. While a host waits and a server has a free slot, the host is sent
-//! a relay pull from that server, peers before the source (so the source sends about
-//! `fanout` copies and the fleet does the rest: 1 → k → k² …). The first host that pulled
-//! from the source sets the reference manifest; a host that reports another one is failed
-//! and never serves; every later pull carries the reference (`expect`) and is checked by
-//! the receiver before it reports success.
+//! ```text
+//! 1. first host:  relay pull stream=1   rsync from the source, tar of the tree cut into
+//!                                       chunks; reply: manifest, chunk list digest, addr
+//! 2. the others:  relay chain           a tree of `fanout` children per host (1: a chain)
+//!    in breadth-first order; a host's order goes out as soon as its parent reports
+//!    (an event line) the address it serves on, so every hop runs at once and a chunk
+//!    moves on as soon as it is verified: time ≈ one host's + depth × one chunk's.
+//! ```
 //!
-//! A pull from a peer that fails (the peer died, was cut off, or served a tree that does
-//! not match the reference) marks the peer bad (no more hosts are sent to it) and puts the
-//! host back in the queue, to pull from another server, at most [`MAX_ATTEMPTS`] times;
-//! its last attempt is from the source. Each result names where the host pulled from
-//! (`from`: `source` or a host) and how many attempts it took. At the end every serving
-//! host is told to stop.
+//! Each chain order names its parent and then its other ancestors (nearest first): a host
+//! whose parent dies, stalls or serves a chunk that does not match the list reconnects to
+//! the next one and resumes at its chunk offset. A host whose parent's order failed
+//! before it served is attached to its nearest live ancestor. A chain host whose own
+//! order fails is retried once as a plain pull from the source. If the first host fails,
+//! the next host is tried as the first, at most [`MAX_ATTEMPTS`] times. Each result names
+//! where the host pulled from (`from`: `source` or a host) and how many attempts it
+//! took; agents' progress lines are passed on. At the end every serving host is told to
+//! stop.
 
-use std::collections::{HashSet, VecDeque};
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::relay::{self, Pull, RelayArgs};
+use super::relay::{self, Chain, Pull, RelayArgs};
 use crate::fanout::{FanoutEvent, HostResult};
 use crate::order::{Body, Request};
 use crate::target::Target;
@@ -35,23 +39,31 @@ use crate::wire::message::{Event, Stream};
 /// How many times a host may try to pull before its failure is final.
 pub const MAX_ATTEMPTS: u32 = 3;
 
-/// How many hosts each server (the source included) feeds at once by default.
-pub const DEFAULT_FANOUT: usize = 2;
+/// How many children each host feeds by default (1: a chain, which uses each link once
+/// in each direction and so runs every hop at full link speed).
+pub const DEFAULT_FANOUT: usize = 1;
 
-/// One server: the source (`url` `None`) or a verified host.
-struct Server {
-    url: Option<String>,
-    /// The host's index; `None` for the source.
-    host: Option<usize>,
-    free: usize,
-    bad: bool,
+/// The most ancestors a chain order names to fall back on (beyond its parent).
+const MAX_FALLBACKS: usize = 4;
+
+/// What a host's delivery reported.
+enum Msg {
+    /// It serves its stream on this address.
+    Serving(usize, SocketAddr),
+    /// A progress or output line.
+    Line(usize, Event),
+    /// Its order ended.
+    Done(usize, Outcome),
 }
 
-/// One pull that ended.
-struct Pulled {
-    index: usize,
-    server: usize,
-    outcome: Outcome,
+/// Where a host stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Waiting,
+    Running,
+    Serving,
+    /// Ended; `true` if it ever served (its children may still pull from it).
+    Ended(bool),
 }
 
 /// Pushes `request` (an `rsync` order naming a group) to `targets` in relay waves; the
@@ -108,6 +120,55 @@ fn annotate(outcome: &mut Outcome, from: &str, attempts: u32, note: Option<Strin
     }
 }
 
+/// A prefix of the line an agent sends once it serves its stream.
+pub const SERVING: &str = "relay serving ";
+
+/// Delivers `req` to `targets[index]`, reporting its lines, its serving address and its
+/// end on `msgs`.
+fn deliver(
+    jobs: &mut JoinSet<()>,
+    transport: &Arc<dyn Transport>,
+    targets: &Arc<Vec<Target>>,
+    index: usize,
+    req: Request,
+    msgs: mpsc::Sender<Msg>,
+) {
+    let transport = Arc::clone(transport);
+    let targets = Arc::clone(targets);
+    jobs.spawn(async move {
+        let Some(target) = targets.get(index) else {
+            let _ = msgs
+                .send(Msg::Done(index, Outcome::Failed("no such target".into())))
+                .await;
+            return;
+        };
+        let (etx, mut erx) = mpsc::channel(64);
+        let forward = async {
+            while let Some(event) = erx.recv().await {
+                if let Event::Line { line, .. } = &event {
+                    if let Some(addr) = line.strip_prefix(SERVING) {
+                        if let Ok(addr) = addr.trim().parse() {
+                            let _ = msgs.send(Msg::Serving(index, addr)).await;
+                            continue;
+                        }
+                    }
+                }
+                let _ = msgs.send(Msg::Line(index, event)).await;
+            }
+        };
+        let (outcome, ()) = tokio::join!(transport.deliver(target, &req, etx), forward);
+        let _ = msgs.send(Msg::Done(index, outcome)).await;
+    });
+}
+
+fn line(text: String, stream: Stream) -> Event {
+    Event::Line {
+        stream,
+        line: text,
+        partial: false,
+    }
+}
+
 async fn drive(
     transport: Arc<dyn Transport>,
     targets: Vec<Target>,
@@ -115,17 +176,21 @@ async fn drive(
     fanout: usize,
     tx: mpsc::Sender<FanoutEvent>,
 ) {
+    let names: Vec<String> = targets.iter().map(Target::to_string).collect();
+    let started = Instant::now();
+    let done = |index: usize, outcome: Outcome| {
+        FanoutEvent::Done(HostResult {
+            index,
+            host: names.get(index).cloned().unwrap_or_default(),
+            outcome,
+            elapsed: started.elapsed(),
+        })
+    };
     let token = match relay::token() {
         Ok(t) => t,
         Err(e) => {
-            for (index, target) in targets.iter().enumerate() {
-                let result = HostResult {
-                    index,
-                    host: target.to_string(),
-                    outcome: Outcome::Failed(e.to_string()),
-                    elapsed: Duration::ZERO,
-                };
-                let _ = tx.send(FanoutEvent::Done(result)).await;
+            for index in 0..targets.len() {
+                let _ = tx.send(done(index, Outcome::Failed(e.to_string()))).await;
             }
             return;
         }
@@ -135,190 +200,272 @@ async fn drive(
         ips.push(address(target).await);
     }
     let peers: Vec<IpAddr> = ips.iter().flatten().copied().collect();
-    let names: Vec<String> = targets.iter().map(Target::to_string).collect();
-    let started: Vec<Instant> = vec![Instant::now(); targets.len()];
-    let mut attempts = vec![0u32; targets.len()];
-    let mut avoid: Vec<HashSet<usize>> = vec![HashSet::new(); targets.len()];
-    let mut servers = vec![Server {
-        url: None,
-        host: None,
-        free: fanout,
-        bad: false,
-    }];
-    let mut reference: Option<String> = None;
-    let mut pending: VecDeque<usize> = (0..targets.len()).collect();
-    let mut running: JoinSet<Pulled> = JoinSet::new();
-    let request = Arc::new(request);
     let targets = Arc::new(targets);
+    let (mtx, mut mrx) = mpsc::channel::<Msg>(1024);
+    let mut jobs = JoinSet::new();
+    let mut served: Vec<usize> = Vec::new();
 
-    loop {
-        // Assign every waiting host a free server, peers first (most free slots first).
-        while let Some(&index) = pending.front() {
-            let last_try = attempts.get(index).copied().unwrap_or(0) + 1 >= MAX_ATTEMPTS;
-            let avoided = avoid.get(index);
-            let pick = servers
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| {
-                    s.free > 0 && !s.bad && avoided.is_none_or(|a| !a.contains(i))
-                        // The last attempt is from the source.
-                        && (!last_try || s.url.is_none())
-                })
-                .max_by_key(|(i, s)| (s.url.is_some(), s.free, usize::MAX - i))
-                .map(|(i, _)| i);
-            let Some(server) = pick else { break };
-            pending.pop_front();
-            let Some(s) = servers.get_mut(server) else {
+    // 1. The first host pulls from the source and cuts the tree into chunks.
+    let mut first = None;
+    let mut tried = 0;
+    let mut candidates = 0..targets.len();
+    while tried < MAX_ATTEMPTS {
+        let Some(index) = candidates.next() else {
+            break;
+        };
+        tried += 1;
+        let Some(bind) = ips.get(index).copied().flatten() else {
+            let _ = tx
+                .send(done(
+                    index,
+                    Outcome::Failed("relay: cannot resolve the host".into()),
+                ))
+                .await;
+            continue;
+        };
+        let mut req = request.clone();
+        req.args = RelayArgs::Pull(Pull {
+            from: None,
+            token: token.clone(),
+            expect: None,
+            serve: true,
+            bind: Some(bind),
+            peers: peers.clone(),
+            ttl: relay::DEFAULT_TTL,
+            stream: true,
+        })
+        .to_args();
+        req.follow = true;
+        tracing::info!(host = %names.get(index).map_or("", String::as_str), "relay: first host pulls from the source");
+        deliver(&mut jobs, &transport, &targets, index, req, mtx.clone());
+        let mut outcome = Outcome::Failed("relay: no reply".into());
+        while let Some(msg) = mrx.recv().await {
+            match msg {
+                Msg::Serving(..) => {}
+                Msg::Line(i, event) => {
+                    let host = names.get(i).cloned().unwrap_or_default();
+                    let _ = tx
+                        .send(FanoutEvent::Event {
+                            index: i,
+                            host,
+                            event,
+                        })
+                        .await;
+                }
+                Msg::Done(_, o) => {
+                    outcome = o;
+                    break;
+                }
+            }
+        }
+        let fields = (
+            body_str(&outcome, "stream"),
+            body_str(&outcome, "list"),
+            body_str(&outcome, "manifest"),
+        );
+        let ok = succeeded(&outcome);
+        annotate(&mut outcome, "source", 1, None);
+        let _ = tx.send(done(index, outcome)).await;
+        if let (true, (Some(addr), Some(list), Some(manifest))) = (ok, fields) {
+            if let Ok(addr) = addr.parse::<SocketAddr>() {
+                served.push(index);
+                first = Some((index, addr, list, manifest));
                 break;
-            };
-            s.free -= 1;
+            }
+        }
+    }
+    let rest: Vec<usize> = candidates.collect();
+    let Some((root, root_addr, list, manifest)) = first else {
+        for index in rest {
+            let _ = tx
+                .send(done(
+                    index,
+                    Outcome::Failed("relay: no first host could pull from the source".into()),
+                ))
+                .await;
+        }
+        return;
+    };
+
+    // 2. The others, as a tree of `fanout` children per host, in breadth-first order:
+    // position 0 is the first host, position p's parent is (p - 1) / fanout.
+    let mut order = vec![root];
+    order.extend(rest.iter().copied());
+    let position: HashMap<usize, usize> = order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+    let mut stage = vec![Stage::Waiting; order.len()];
+    let mut addr: Vec<Option<SocketAddr>> = vec![None; order.len()];
+    if let Some(s) = stage.first_mut() {
+        *s = Stage::Ended(true);
+    }
+    if let Some(a) = addr.first_mut() {
+        *a = Some(root_addr);
+    }
+    let by_addr: HashMap<SocketAddr, usize> = HashMap::from([(root_addr, root)]);
+    let mut by_addr = by_addr;
+    let mut attempts = vec![0u32; targets.len()];
+    let mut running = 0usize;
+    loop {
+        // Start every waiting host whose nearest live ancestor serves.
+        for p in 1..order.len() {
+            if stage.get(p) != Some(&Stage::Waiting) {
+                continue;
+            }
+            let mut from = Vec::new();
+            let mut ready = true;
+            let mut a = p;
+            while a > 0 {
+                a = (a - 1) / fanout;
+                match stage.get(a) {
+                    Some(Stage::Serving) | Some(Stage::Ended(true)) => {
+                        from.extend(addr.get(a).copied().flatten());
+                    }
+                    // Its order ended before it served: skip it.
+                    Some(Stage::Ended(false)) => {}
+                    _ => {
+                        if from.is_empty() {
+                            ready = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            if !ready || from.is_empty() {
+                continue;
+            }
+            // The parent (or nearest live ancestor), a few more, and always the first host.
+            let last = from.pop();
+            from.truncate(1 + MAX_FALLBACKS);
+            from.extend(last);
+            from.dedup();
+            let Some(&index) = order.get(p) else { continue };
+            let bind = ips.get(index).copied().flatten();
+            let mut req = request.clone();
+            req.args = RelayArgs::Chain(Chain {
+                token: token.clone(),
+                from: from.clone(),
+                list: list.clone(),
+                expect: manifest.clone(),
+                serve: bind.is_some(),
+                bind,
+                peers: peers.clone(),
+                ttl: relay::DEFAULT_TTL,
+            })
+            .to_args();
+            req.follow = true;
+            let parent = from
+                .first()
+                .and_then(|a| by_addr.get(a))
+                .and_then(|&i| names.get(i).cloned())
+                .unwrap_or_default();
+            let host = names.get(index).cloned().unwrap_or_default();
+            tracing::info!(host = %host, parent = %parent, "relay: chain host starts");
+            let _ = tx
+                .send(FanoutEvent::Event {
+                    index,
+                    host,
+                    event: line(format!("pulling from {parent}"), Stream::Stdout),
+                })
+                .await;
             if let Some(a) = attempts.get_mut(index) {
                 *a += 1;
             }
-            let from_name = s
-                .host
-                .and_then(|h| names.get(h).cloned())
-                .unwrap_or_else(|| "source".into());
-            let pull = RelayArgs::Pull(Pull {
-                from: s.url.clone(),
-                token: token.clone(),
-                expect: reference.clone(),
-                serve: ips.get(index).copied().flatten().is_some(),
-                bind: ips.get(index).copied().flatten(),
-                peers: peers.clone(),
-                ttl: relay::DEFAULT_TTL,
-            });
-            let mut req = (*request).clone();
-            req.args = pull.to_args();
-            req.follow = false;
-            let host = names.get(index).cloned().unwrap_or_default();
-            tracing::info!(host = %host, from = %from_name, "relay pull");
-            let _ = tx
-                .send(FanoutEvent::Event {
-                    index,
-                    host,
-                    event: Event::Line {
-                        stream: Stream::Stdout,
-                        line: format!("pulling from {from_name}"),
-                        partial: false,
-                    },
-                })
-                .await;
-            let transport = Arc::clone(&transport);
-            let targets = Arc::clone(&targets);
-            running.spawn(async move {
-                let outcome = match targets.get(index) {
-                    Some(target) => {
-                        let (etx, mut erx) = mpsc::channel(16);
-                        let drain = async { while erx.recv().await.is_some() {} };
-                        let (outcome, ()) =
-                            tokio::join!(transport.deliver(target, &req, etx), drain);
-                        outcome
+            if let Some(s) = stage.get_mut(p) {
+                *s = Stage::Running;
+            }
+            running += 1;
+            deliver(&mut jobs, &transport, &targets, index, req, mtx.clone());
+        }
+        if running == 0 {
+            break;
+        }
+        let Some(msg) = mrx.recv().await else { break };
+        match msg {
+            Msg::Serving(index, a) => {
+                if let Some(&p) = position.get(&index) {
+                    if let Some(s) = stage.get_mut(p) {
+                        *s = Stage::Serving;
                     }
-                    None => Outcome::Failed("no such target".into()),
+                    if let Some(slot) = addr.get_mut(p) {
+                        *slot = Some(a);
+                    }
+                    by_addr.insert(a, index);
+                    served.push(index);
+                }
+            }
+            Msg::Line(index, event) => {
+                let host = names.get(index).cloned().unwrap_or_default();
+                let _ = tx.send(FanoutEvent::Event { index, host, event }).await;
+            }
+            Msg::Done(index, mut outcome) => {
+                let p = position.get(&index).copied().unwrap_or(0);
+                let tries = attempts.get(index).copied().unwrap_or(1);
+                let was_serving = stage.get(p) == Some(&Stage::Serving);
+                running = running.saturating_sub(1);
+                let ok = succeeded(&outcome);
+                if !ok && tries < 2 && !matches!(stage.get(p), Some(Stage::Ended(_))) {
+                    // Its children keep pulling from its ancestors; it pulls from the source.
+                    let why = body_str(&outcome, "error").unwrap_or_else(|| outcome.to_string());
+                    tracing::warn!(host = %names.get(index).map_or("", String::as_str), why = %why.trim(), "relay: chain pull failed; pulling from the source");
+                    if let Some(s) = stage.get_mut(p) {
+                        *s = Stage::Ended(was_serving);
+                    }
+                    if let Some(a) = attempts.get_mut(index) {
+                        *a += 1;
+                    }
+                    let host = names.get(index).cloned().unwrap_or_default();
+                    let _ = tx
+                        .send(FanoutEvent::Event {
+                            index,
+                            host,
+                            event: line(
+                                format!("relay failed ({}), pulling from the source", why.trim()),
+                                Stream::Stderr,
+                            ),
+                        })
+                        .await;
+                    let mut req = request.clone();
+                    req.args = RelayArgs::Pull(Pull {
+                        from: None,
+                        token: token.clone(),
+                        expect: Some(manifest.clone()),
+                        serve: false,
+                        bind: None,
+                        peers: Vec::new(),
+                        ttl: relay::DEFAULT_TTL,
+                        stream: false,
+                    })
+                    .to_args();
+                    req.follow = false;
+                    running += 1;
+                    deliver(&mut jobs, &transport, &targets, index, req, mtx.clone());
+                    continue;
+                }
+                if let Some(s) = stage.get_mut(p) {
+                    if !matches!(s, Stage::Ended(_)) {
+                        *s = Stage::Ended(was_serving);
+                    }
+                }
+                let from = if tries >= 2 {
+                    "source".to_owned()
+                } else {
+                    body_str(&outcome, "from")
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                        .and_then(|a| by_addr.get(&a))
+                        .and_then(|&i| names.get(i).cloned())
+                        .unwrap_or_else(|| "source".into())
                 };
-                Pulled {
-                    index,
-                    server,
-                    outcome,
-                }
-            });
-        }
-        if running.is_empty() {
-            // Nothing runs and nothing could be assigned: those left have no server.
-            while let Some(index) = pending.pop_front() {
-                let result = HostResult {
-                    index,
-                    host: names.get(index).cloned().unwrap_or_default(),
-                    outcome: Outcome::Failed("relay: no server left to pull from".into()),
-                    elapsed: started.first().map_or(Duration::ZERO, Instant::elapsed),
-                };
-                let _ = tx.send(FanoutEvent::Done(result)).await;
-            }
-            break;
-        }
-        let Some(Ok(Pulled {
-            index,
-            server,
-            mut outcome,
-        })) = running.join_next().await
-        else {
-            continue;
-        };
-        let from_peer = servers.get(server).and_then(|s| s.host);
-        let from_name = from_peer
-            .and_then(|h| names.get(h).cloned())
-            .unwrap_or_else(|| "source".into());
-        if let Some(s) = servers.get_mut(server) {
-            s.free += 1;
-        }
-        let tries = attempts.get(index).copied().unwrap_or(0);
-        let host = names.get(index).cloned().unwrap_or_default();
-        let mut note = None;
-        if succeeded(&outcome) {
-            let manifest = body_str(&outcome, "manifest");
-            match (&reference, manifest) {
-                (None, Some(m)) => reference = Some(m),
-                (Some(r), Some(m)) if *r == m => {}
-                (_, m) => {
-                    note = Some(format!(
-                        "manifest {} differs from the reference {}",
-                        m.unwrap_or_else(|| "(none)".into()),
-                        reference.clone().unwrap_or_default()
-                    ))
+                annotate(&mut outcome, &from, tries, None);
+                if tx.send(done(index, outcome)).await.is_err() {
+                    break;
                 }
             }
-            if note.is_none() {
-                if let Some(url) = body_str(&outcome, "serve") {
-                    servers.push(Server {
-                        url: Some(url),
-                        host: Some(index),
-                        free: fanout,
-                        bad: false,
-                    });
-                }
-            }
-        } else if from_peer.is_some() && tries < MAX_ATTEMPTS {
-            // Route around the peer: it fails no one else, the host tries elsewhere.
-            let why = body_str(&outcome, "error")
-                .or_else(|| body_str(&outcome, "content"))
-                .unwrap_or_else(|| outcome.to_string());
-            tracing::warn!(host = %host, from = %from_name, why = %why.trim(), "relay pull from a peer failed; retrying elsewhere");
-            if let Some(s) = servers.get_mut(server) {
-                s.bad = true;
-            }
-            if let Some(a) = avoid.get_mut(index) {
-                a.insert(server);
-            }
-            let _ = tx
-                .send(FanoutEvent::Event {
-                    index,
-                    host,
-                    event: Event::Line {
-                        stream: Stream::Stderr,
-                        line: format!("pull from {from_name} failed, retrying elsewhere"),
-                        partial: false,
-                    },
-                })
-                .await;
-            pending.push_front(index);
-            continue;
-        }
-        annotate(&mut outcome, &from_name, tries, note);
-        let result = HostResult {
-            index,
-            host,
-            outcome,
-            elapsed: started.get(index).map_or(Duration::ZERO, Instant::elapsed),
-        };
-        if tx.send(FanoutEvent::Done(result)).await.is_err() {
-            break;
         }
     }
+    drop(mtx);
     // Every host that served stops serving.
     let mut stops = JoinSet::new();
-    for host in servers.iter().filter_map(|s| s.host) {
-        let mut req = (*request).clone();
+    for host in served {
+        let mut req = request.clone();
         req.args = RelayArgs::Stop {
             token: token.clone(),
         }
@@ -334,4 +481,5 @@ async fn drive(
         });
     }
     while stops.join_next().await.is_some() {}
+    jobs.abort_all();
 }
