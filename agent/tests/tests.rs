@@ -22,6 +22,7 @@
 //! | [`napp`] | Octopoda NodeApps: pushes, versions, `.gitignore`, resets, scripts, refusals |
 //! | [`timed`] | `--at`/`--delay` across agents, refusals, `--background` tasks listed, waited for, cancelled |
 //! | [`relay`] | `rsync --relay`: waves over six agents, a tampering peer, a peer dying while serving |
+//! | [`nats`] | agents reached over NATS only: orders, a server killed, tampered/replayed/wrongly keyed orders, permissions |
 //! | [`migration`] | what Perl deploy fleets bring: 1024-bit keys (v1 "ssl" only, with warnings), ssl callers of an agent with v1 off |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
@@ -38,6 +39,7 @@ mod ipv6;
 mod lock;
 mod migration;
 mod napp;
+mod nats;
 mod ops;
 mod orders;
 mod process;

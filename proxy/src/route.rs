@@ -134,6 +134,7 @@ impl Routes {
                 transport: Arc::new(Mux {
                     agent: Arc::clone(&agent) as Arc<dyn Transport>,
                     ssh: ssh.clone(),
+                    nats: None,
                 }),
                 chain: None,
                 proxy_api_key: String::new(),

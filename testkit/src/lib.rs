@@ -9,6 +9,7 @@
 //! | [`bins`] | where the workspace's binaries are (built on demand when missing) |
 //! | [`sandbox`] | [`Sandbox`] temporary directories, source trees and their comparison |
 //! | [`procfs`] | `/proc` readers (state, parent, children, command line, memory) and signals |
+//! | [`nats`] | real `nats-server` processes: one, or a routed cluster, with users and permissions |
 //! | [`net`] | free and refusing ports, [`Silent`] peers that accept and never answer |
 //! | [`rsyncd`] | [`RsyncDaemon`]: a real `rsync --daemon` with read-only modules |
 //! | [`daemon`] | [`Daemon`]: a `--foreground` server process learnt from its `listening on` lines |
@@ -37,6 +38,7 @@ pub mod clients;
 pub mod command;
 pub mod daemon;
 pub mod env;
+pub mod nats;
 pub mod net;
 pub mod procfs;
 pub mod proxy;
