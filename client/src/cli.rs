@@ -793,11 +793,11 @@ impl Args {
                 credentials: self.nats_credentials.clone(),
                 ..Default::default()
             };
+            let link = Arc::new(deploy_nats::transport::NatsLink::new(config, false));
             Some(Arc::new(deploy_nats::transport::LazyNatsTransport::new(
-                config,
+                link,
                 &agent.key_cipher,
                 agent.deadline,
-                false,
             )) as Arc<dyn Transport>)
         } else {
             None

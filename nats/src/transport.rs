@@ -289,9 +289,9 @@ impl Transport for NatsTransport {
 /// `deploy.group.<group>`; each target's outcome and events come back as if it had
 /// been delivered alone. `targets` are the hosts the caller expects (its
 /// configuration): a member that does not answer is reported unreachable after the
-/// deadline.
+/// deadline, one that is not expected is ignored.
 pub fn deliver_group(
-    transport: Arc<NatsTransport>,
+    transport: Arc<LazyNatsTransport>,
     group: String,
     request: Request,
     targets: Vec<(Target, mpsc::Sender<Event>)>,
@@ -308,52 +308,49 @@ pub fn deliver_group(
         outcomes.push((target, rx));
     }
     tokio::spawn(async move {
-        transport
-            .deliver_to(&subjects::group(&group), &request, members)
-            .await;
+        match transport.get().await {
+            Ok(t) => {
+                t.deliver_to(&subjects::group(&group), &request, members)
+                    .await
+            }
+            Err(outcome) => {
+                for m in members {
+                    let _ = m.done.send(outcome.clone());
+                }
+            }
+        }
     });
     outcomes
 }
 
-/// A [`NatsTransport`] that connects at its first delivery (a caller builds its
-/// transports before it has a runtime). A connection that fails makes every delivery
-/// through it `Unreachable`, naming the servers.
-pub struct LazyNatsTransport {
+/// A NATS connection made at its first use (a caller builds its transports before it
+/// has a runtime), shared by the transports of every key ([`LazyNatsTransport`]). A
+/// connection that fails makes every delivery through it `Unreachable`, naming the
+/// servers (without their passwords).
+pub struct NatsLink {
     config: deploy_common::config::nats::NatsConfig,
-    key_cipher: String,
-    deadline: Duration,
     persistent: bool,
-    cell: tokio::sync::OnceCell<Result<Arc<NatsTransport>, String>>,
+    cell: tokio::sync::OnceCell<Result<Client, String>>,
 }
 
-impl LazyNatsTransport {
+impl NatsLink {
     /// Connects with `config` when first needed; see [`crate::connect::connect`] for
     /// `persistent`.
-    pub fn new(
-        config: deploy_common::config::nats::NatsConfig,
-        key_cipher: &str,
-        deadline: Duration,
-        persistent: bool,
-    ) -> LazyNatsTransport {
-        LazyNatsTransport {
+    pub fn new(config: deploy_common::config::nats::NatsConfig, persistent: bool) -> NatsLink {
+        NatsLink {
             config,
-            key_cipher: key_cipher.to_owned(),
-            deadline,
             persistent,
             cell: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// The connected transport, connecting first if needed.
-    pub async fn get(&self) -> Result<Arc<NatsTransport>, Outcome> {
+    /// The connection, connecting first if needed.
+    pub async fn client(&self) -> Result<Client, Outcome> {
         let result = self
             .cell
             .get_or_init(|| async {
                 crate::connect::connect(&self.config, "deploy caller", self.persistent)
                     .await
-                    .map(|client| {
-                        Arc::new(NatsTransport::new(client, &self.key_cipher, self.deadline))
-                    })
                     .map_err(|e| e.to_string())
             })
             .await;
@@ -369,6 +366,30 @@ impl LazyNatsTransport {
             ),
             cause,
         })
+    }
+}
+
+/// A [`NatsTransport`] over a [`NatsLink`], for agents of one `key_cipher`.
+pub struct LazyNatsTransport {
+    link: Arc<NatsLink>,
+    key_cipher: String,
+    deadline: Duration,
+}
+
+impl LazyNatsTransport {
+    /// Orders sealed with `key_cipher`, each bounded by `deadline`.
+    pub fn new(link: Arc<NatsLink>, key_cipher: &str, deadline: Duration) -> LazyNatsTransport {
+        LazyNatsTransport {
+            link,
+            key_cipher: key_cipher.to_owned(),
+            deadline,
+        }
+    }
+
+    /// The connected transport, connecting first if needed.
+    pub async fn get(&self) -> Result<NatsTransport, Outcome> {
+        let client = self.link.client().await?;
+        Ok(NatsTransport::new(client, &self.key_cipher, self.deadline))
     }
 }
 
