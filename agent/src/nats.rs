@@ -72,6 +72,7 @@ pub fn task(
                 client,
                 name,
                 groups: nats.groups.clone(),
+                aliases: nats.aliases.clone(),
                 psk: Psk::new(&policy.key_cipher),
                 since_ms: deploy_common::order::at::now_ms(),
             };

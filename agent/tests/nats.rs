@@ -69,10 +69,10 @@ fn marks(sb: &Sandbox) -> String {
 #[test]
 fn exec_status_upload_over_nats_only() {
     let sb = Sandbox::new();
-    let Some(cluster) = cluster(&sb, &[("a1", &["web"])]) else {
+    let Some(cluster) = cluster(&sb, &[("a1", &["web", "alias:a1b"])]) else {
         return;
     };
-    let agent = agent(&sb, &cluster, "a1", &["web"]);
+    let agent = agent(&sb, &cluster, "a1", &["web", "alias:a1b"]);
     assert!(agent.addrs.is_empty(), "no listening port: {}", agent.log());
 
     let out = client(
@@ -138,6 +138,25 @@ fn exec_status_upload_over_nats_only() {
     assert_eq!(
         std::fs::read_to_string(sb.allowed().join("up/one.txt")).unwrap(),
         "one\n"
+    );
+
+    // An alias answers as itself (one process, several endpoints).
+    let out = client(
+        &cluster,
+        KEY,
+        sb.path(),
+        &[
+            "--hosts",
+            "nats://a1b",
+            "--order=exec",
+            "--options=service:echo,b",
+            "--format=json",
+        ],
+    );
+    assert_eq!(
+        out.json()["nats://a1b"]["exec"]["content"]["content"],
+        b64("b\n"),
+        "{out:#?}"
     );
 
     // The access log says the orders came over NATS.

@@ -61,6 +61,8 @@ pub struct Subscriber {
     pub name: String,
     /// Groups whose subjects it also serves.
     pub groups: Vec<String>,
+    /// Further names it answers to on `deploy.agent.<alias>`.
+    pub aliases: Vec<String>,
     /// From `key_cipher`.
     pub psk: Psk,
     /// Orders stamped before this instant (unix ms) are refused.
@@ -79,6 +81,7 @@ impl Subscriber {
         ready: impl FnOnce(),
     ) -> Result<(), ServeError> {
         let mut subjects = vec![subjects::agent(&self.name)];
+        subjects.extend(self.aliases.iter().map(|a| subjects::agent(a)));
         subjects.extend(self.groups.iter().map(|g| subjects::group(g)));
         let mut subs = Vec::new();
         for subject in &subjects {
@@ -118,18 +121,16 @@ impl Subscriber {
                 continue;
             };
             let now = deploy_common::order::at::now_ms();
+            // The name the order was sent to (an alias answers as itself).
+            let name = subject
+                .strip_prefix("deploy.agent.")
+                .unwrap_or(&this.name)
+                .to_owned();
             let opened = {
                 let mut seen = seen
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                envelope::open_request(
-                    &this.psk,
-                    &this.name,
-                    &subject,
-                    &msg.payload,
-                    &mut seen,
-                    now,
-                )
+                envelope::open_request(&this.psk, &name, &subject, &msg.payload, &mut seen, now)
             };
             let opened = match opened {
                 Ok(opened) if opened.time_ms + SINCE_MARGIN_MS < this.since_ms => {
@@ -150,7 +151,7 @@ impl Subscriber {
             let (handler, policy, this) =
                 (Arc::clone(&handler), Arc::clone(&policy), Arc::clone(&this));
             tracker.spawn(async move {
-                this.run(opened, reply_to, &*handler, &policy).await;
+                this.run(opened, &name, reply_to, &*handler, &policy).await;
             });
         }
         tracker.close();
@@ -173,6 +174,7 @@ impl Subscriber {
     async fn run<H: Handler>(
         &self,
         opened: envelope::Opened,
+        name: &str,
         reply_to: String,
         handler: &H,
         policy: &Policy,
@@ -209,7 +211,7 @@ impl Subscriber {
                     if asked.is_err() {
                         continue;
                     }
-                    let subject = subjects::body(&self.name, &nonce_hex);
+                    let subject = subjects::body(name, &nonce_hex);
                     match self.client.subscribe(subject.clone()).await {
                         Ok(sub) => {
                             // The subscription must be on the server before the caller

@@ -33,8 +33,8 @@ fn cluster(sb: &Sandbox, agents: &[(&str, &[&str])]) -> Option<NatsCluster> {
 fn proxy(dir: &std::path::Path, cluster: &NatsCluster) -> Daemon {
     let config = ProxyConfig::new("px-nats")
         .key(API_KEY, "web,one")
-        .servers("web", &["nats://a1", "nats://a2", "nats://a3"])
-        .servers("one", &["nats://a1"])
+        .servers("web", ["nats://a1", "nats://a2", "nats://a3"])
+        .servers("one", ["nats://a1"])
         .group("web", &[("nats_publish", "on")])
         .client("thread_timeout", 3)
         .client("heartbeat", 3600)

@@ -93,7 +93,8 @@ pub fn available() -> bool {
 
 /// The `authorization` block of the tests: the caller may publish `deploy.>` and
 /// read its inboxes; each agent `(name, groups)` may subscribe to its own subject,
-/// its groups' and its bodies', and publish only to inboxes.
+/// its groups' (`alias:<name>`: another name's) and its bodies', and publish only to
+/// inboxes.
 pub fn authorization(agents: &[(&str, &[&str])]) -> String {
     let mut users = format!(
         "    {{ user: {}, password: {}, permissions: {{ publish: [\"deploy.>\"], subscribe: [\"_INBOX.>\"] }} }}\n",
@@ -104,7 +105,15 @@ pub fn authorization(agents: &[(&str, &[&str])]) -> String {
             format!("\"deploy.agent.{name}\""),
             format!("\"deploy.body.{name}.>\""),
         ];
-        subs.extend(groups.iter().map(|g| format!("\"deploy.group.{g}\"")));
+        for g in groups.iter() {
+            match g.strip_prefix("alias:") {
+                Some(alias) => {
+                    subs.push(format!("\"deploy.agent.{alias}\""));
+                    subs.push(format!("\"deploy.body.{alias}.>\""));
+                }
+                None => subs.push(format!("\"deploy.group.{g}\"")),
+            }
+        }
         users.push_str(&format!(
             "    {{ user: {name}, password: {AGENT_PASSWORD}, permissions: {{ publish: [\"_INBOX.>\"], subscribe: [{}] }} }}\n",
             subs.join(", ")
@@ -252,7 +261,7 @@ fn start_server(conf: &Path, cluster: bool) -> NatsServer {
 }
 
 /// Starts an agent from `config` with a `[nats]` section (every server of `cluster`,
-/// or only `servers` when given), `name`, `groups`, NATS user `name` with
+/// or only `servers` when given), `name`, `groups` (`alias:<name>` for an `alias[]`), NATS user `name` with
 /// [`AGENT_PASSWORD`] (or `user`), and no TCP port; waits until it serves over NATS.
 pub fn start_agent(
     sb: &crate::Sandbox,
@@ -267,7 +276,11 @@ pub fn start_agent(
         "[nats]\n{server_lines}name = {name}\ntcp = off\nuser = {user}\npassword = {password}\n"
     );
     for g in groups {
-        section.push_str(&format!("group[] = {g}\n"));
+        if let Some(alias) = g.strip_prefix("alias:") {
+            section.push_str(&format!("alias[] = {alias}\n"));
+        } else {
+            section.push_str(&format!("group[] = {g}\n"));
+        }
     }
     let config = config.raw(&section);
     std::fs::write(sb.join("jobs.ini"), config.jobs_text()).expect("write jobs.ini");

@@ -12,6 +12,7 @@
 //! tls_key = …
 //! name = web1                          ; agent: its subject deploy.agent.<name> (default: host name)
 //! group[] = web                        ; agent: also serve deploy.group.<group>
+//! alias[] = web1-old                    ; agent: also answer as deploy.agent.<alias>
 //! tcp = off                            ; agent: listen on no TCP port at all (NATS only)
 //! ```
 //!
@@ -42,6 +43,9 @@ pub struct NatsConfig {
     pub name: Option<String>,
     /// `group[]` (agent).
     pub groups: Vec<String>,
+    /// `alias[]` (agent): further names it answers to (a renamed host, or many
+    /// endpoints from one process, as `bench/nats.sh` makes them).
+    pub aliases: Vec<String>,
     /// `tcp` (agent): whether the agent still listens on TCP (default on).
     pub tcp: bool,
 }
@@ -57,6 +61,7 @@ impl Default for NatsConfig {
             tls_cert: None,
             name: None,
             groups: Vec::new(),
+            aliases: Vec::new(),
             tcp: true,
         }
     }
@@ -100,7 +105,16 @@ impl NatsConfig {
                     }
                     c.groups.push(v);
                 }
-                ("server" | "group", false) => return Err(cx.want_list(e)),
+                ("alias", true) if agent => {
+                    let v = cx.nonempty(e)?;
+                    if !is_subject_token(&v) {
+                        return Err(
+                            cx.invalid(e, format!("alias {v:?}: no '.', '*', '>' or spaces"))
+                        );
+                    }
+                    c.aliases.push(v);
+                }
+                ("server" | "group" | "alias", false) => return Err(cx.want_list(e)),
                 (_, true) => return Err(cx.want_scalar(e)),
                 ("user", _) => user = Some(cx.nonempty(e)?),
                 ("password", _) => password = Some(e.value.clone()),
@@ -150,7 +164,6 @@ impl NatsConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::AgentConfig;
     use std::path::Path;
 
@@ -161,13 +174,14 @@ mod tests {
     #[test]
     fn parses_and_names_file_and_line() {
         let c = agent(
-            "[nats]\nserver[] = nats://127.0.0.1:4222\nname = web1\ngroup[] = web\ntcp = off\nuser = u\npassword = p\n",
+            "[nats]\nserver[] = nats://127.0.0.1:4222\nname = web1\ngroup[] = web\ntcp = off\nuser = u\npassword = p\nalias[] = w1\n",
         )
         .unwrap();
         let n = c.nats.unwrap();
         assert_eq!(n.servers, ["nats://127.0.0.1:4222"]);
         assert_eq!(n.name.as_deref(), Some("web1"));
         assert_eq!(n.groups, ["web"]);
+        assert_eq!(n.aliases, ["w1"]);
         assert!(!n.tcp);
         assert_eq!(n.user, Some(("u".into(), "p".into())));
         let e = agent("[nats]\nserver[] = nats://x:1\ngroup[] = a.b\n").unwrap_err();
