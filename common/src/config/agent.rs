@@ -547,9 +547,9 @@ mod tests {
         for (text, want) in [
             (
                 "[server]\nport = 1\n[sever]\nport = 2\n",
-                "/etc/deploy/deploy_agent.ini:3: unknown section [sever] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy or scenarios)",
+                "/etc/deploy/deploy_agent.ini:3: unknown section [sever] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy, scenarios or nats)",
             ),
-            ("[client]\n", "/etc/deploy/deploy_agent.ini:1: unknown section [client] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy or scenarios)"),
+            ("[client]\n", "/etc/deploy/deploy_agent.ini:1: unknown section [client] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy, scenarios or nats)"),
             (
                 "port = 3440\n[server]\n",
                 "/etc/deploy/deploy_agent.ini:1: key \"port\" before the first [section] header",

@@ -975,7 +975,7 @@ mod tests {
         for (text, want) in [
             (
                 "[allow::paths]\npath[] = /\n",
-                "/etc/deploy/deploy_proxy.ini:1: unknown section [allow::paths] (expected server, client, allow::hosts, api or ssh)",
+                "/etc/deploy/deploy_proxy.ini:1: unknown section [allow::paths] (expected server, client, allow::hosts, api, ssh or nats)",
             ),
             (
                 "[client]\nport = x\n",
