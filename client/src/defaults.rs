@@ -241,6 +241,21 @@ mod tests {
     }
 
     #[test]
+    fn nats_servers_and_credentials() {
+        let d = parse("[nats]\nservers = nats://a:4222,nats://b:4222\ncredentials = ~/n.creds\n")
+            .unwrap();
+        assert_eq!(
+            d.nats_servers.as_deref(),
+            Some("nats://a:4222,nats://b:4222")
+        );
+        assert_eq!(d.nats_credentials, Some(PathBuf::from("/home/me/n.creds")));
+        assert!(parse("[nats]\nbogus = 1\n")
+            .unwrap_err()
+            .to_string()
+            .starts_with("/x/client.ini:2:"));
+    }
+
+    #[test]
     fn relay_default() {
         assert_eq!(parse("[client]\nrelay = on\n").unwrap().relay, Some(true));
         assert_eq!(parse("[client]\nrelay = off\n").unwrap().relay, Some(false));
@@ -268,7 +283,7 @@ mod tests {
             ),
             (
                 "[server]\nport = 1\n",
-                "/x/client.ini:1: unknown section [server] (expected client or ssh)",
+                "/x/client.ini:1: unknown section [server] (expected client, ssh or nats)",
             ),
             (
                 "[ssh]\nidentity = a\n",
