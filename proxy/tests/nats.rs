@@ -1,7 +1,8 @@
 //! `nats://` agents behind the proxy, on a real 3-server NATS cluster: an order to a
 //! group of NATS agents (`nats_publish = on`) is one publish on `deploy.group.<g>`,
 //! the absent member reported unreachable after the deadline; a group without
-//! `nats_publish` is asked on each agent's subject; `nodes` says `via: nats`.
+//! `nats_publish` is asked on each agent's subject; an upload's body relayed over
+//! NATS; `nodes` says `via: nats`.
 
 use crate::util::*;
 use deploy_testkit::nats::{self, NatsCluster, CALLER};
@@ -87,7 +88,7 @@ fn a_group_of_nats_agents_is_one_publish_and_the_absent_one_is_unreachable() {
     let (sb1, sb2) = (Sandbox::new(), Sandbox::new());
     let _a1 = nats::start_agent(
         &sb1,
-        AgentConfig::new(&sb1),
+        AgentConfig::new(&sb1).server("allow_upload", "on"),
         &cluster.server_lines(),
         "a1",
         &["web"],
@@ -179,4 +180,38 @@ fn a_group_of_nats_agents_is_one_publish_and_the_absent_one_is_unreachable() {
         );
     });
     assert_eq!(subjects, ["deploy.agent.a1"], "{subjects:?}");
+
+    // An upload through the proxy: the caller's body relayed to the agent over NATS
+    // in sealed pieces.
+    let src = sb.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    make_blob(&src.join("big.bin"), 300_000);
+    let out = run_command(
+        std::process::Command::new(bins::client())
+            .current_dir(&src)
+            .args([
+                "--hosts",
+                "127.0.0.1",
+                "--port",
+                &proxy.addr().port().to_string(),
+            ])
+            .args([
+                "--api-key",
+                API_KEY,
+                "--args",
+                "groups:one",
+                "--order=upload",
+            ])
+            .args(["--relative", "--upload=big.bin", "--format=json"])
+            .arg(format!("--root={}", sb1.allowed_str("up")))
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("DEPLOY_KEY_CIPHER", PROXY_KEY),
+        RUN_LIMIT,
+    );
+    assert_eq!(out.code, Some(0), "{out:#?}\n{}", proxy.log());
+    assert_eq!(
+        std::fs::read(sb1.allowed().join("up/big.bin")).unwrap(),
+        std::fs::read(src.join("big.bin")).unwrap()
+    );
 }
