@@ -5,12 +5,14 @@
 //! # Layout
 //!
 //! * [`cli`]: flags, applied over the INI file.
+//! * [`nats`]: `[nats]`: one worker serves the orders arriving over NATS.
 //! * [`order`]: one file per order, and the [`order::Agent`] handler.
 //! * [`stretcher`]: `deploy-agent stretcher`, stretcher's event mode (Serf, Consul).
 //! * `main`: start-up (config, bind, daemonize, privileges, pid file) and the prefork
 //!   master from `deploy_common::server::prefork`.
 
 mod cli;
+mod nats;
 mod order;
 mod stretcher;
 
@@ -111,9 +113,15 @@ impl Program for AgentProgram {
             max_connections: usize::try_from(config.server.max_connections).unwrap_or(usize::MAX),
             grace: grace(&config),
         };
-        prefork::run_worker(listeners, settings, move |stream, peer, stop| {
-            conn::serve(stream, peer, Arc::clone(&policy), Arc::clone(&agent), stop)
-        })
+        let task = nats::task(&config, &agent, &policy);
+        prefork::run_worker_with(
+            listeners,
+            settings,
+            move |stream, peer, stop| {
+                conn::serve(stream, peer, Arc::clone(&policy), Arc::clone(&agent), stop)
+            },
+            task,
+        )
     }
 }
 
@@ -183,6 +191,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         verbosity: cli.server.verbosity(),
         extra: Vec::new(),
         grace: grace(&config),
+        // `[nats] tcp = off`: reached over NATS only, no port at all.
+        server_sockets: config.nats.as_ref().is_none_or(|n| n.tcp),
     };
     drop(config);
     let mut program = AgentProgram { cli, current };

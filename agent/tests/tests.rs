@@ -23,6 +23,7 @@
 //! | [`timed`] | `--at`/`--delay` across agents, refusals, `--background` tasks listed, waited for, cancelled |
 //! | [`relay`] | `rsync --relay`: waves over six agents, a tampering peer, a peer dying while serving |
 //! | [`netns`] | faults on network namespaces: a black-holed agent, 30 % loss, a link cut mid-transfer, a relay peer dying mid-relay |
+//! | [`nats`] | agents reached over NATS only: orders, a server killed, tampered/replayed/wrongly keyed orders, permissions |
 //! | [`migration`] | what Perl deploy fleets bring: 1024-bit keys (v1 "ssl" only, with warnings), ssl callers of an agent with v1 off |
 //!
 //! Every test has its own sandbox, ports and agent, so they run in parallel. The harness
@@ -40,6 +41,7 @@ mod lock;
 mod migration;
 mod napp;
 mod netns;
+mod nats;
 mod ops;
 mod orders;
 mod process;

@@ -280,6 +280,15 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub thread_timeout: Option<u64>,
 
+    /// NATS servers (comma-separated URLs, `nats://[user:password@]host:port`) through
+    /// which `nats://name` hosts are reached; their orders are sealed with --key-cipher.
+    #[arg(long, value_name = "URLS", env = "DEPLOY_NATS_SERVERS")]
+    pub nats_servers: Option<String>,
+
+    /// A NATS credentials file (`.creds`) for --nats-servers.
+    #[arg(long, value_name = "FILE")]
+    pub nats_credentials: Option<PathBuf>,
+
     /// Seconds to wait for a connection.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub socket_timeout: u64,
@@ -786,7 +795,32 @@ impl Args {
                 fresh
             });
         }
+        let nats = if targets.iter().any(|t| t.scheme == Scheme::Nats) {
+            let servers = self
+                .nats_servers
+                .as_deref()
+                .context("nats:// hosts need --nats-servers (or [nats] servers in client.ini)")?;
+            let config = deploy_common::config::nats::NatsConfig {
+                servers: servers
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                credentials: self.nats_credentials.clone(),
+                ..Default::default()
+            };
+            let link = Arc::new(deploy_nats::transport::NatsLink::new(config, false));
+            Some(Arc::new(deploy_nats::transport::LazyNatsTransport::new(
+                link,
+                &agent.key_cipher,
+                agent.deadline,
+            )) as Arc<dyn Transport>)
+        } else {
+            None
+        };
         let mut transport: Arc<dyn Transport> = Arc::new(Mux {
+            nats,
             agent: Arc::new(agent),
             // Release orders become scripts on SSH hosts (agents run them natively).
             ssh: ssh.clone().map(|t| {

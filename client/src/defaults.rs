@@ -13,6 +13,9 @@
 //! known_hosts = ~/.ssh/known_hosts.deploy   ; --known-hosts
 //! config = ~/.ssh/config.deploy             ; -F
 //! user = deploy               ; the remote user, under ssh_config's User (-u wins over both)
+//! [nats]
+//! servers = nats://127.0.0.1:4222,nats://10.0.0.2:4222   ; --nats-servers (for nats://name hosts)
+//! credentials = ~/.config/deploy/nats.creds               ; --nats-credentials
 //! ```
 //!
 //! Both files are read, the user's winning key by key; a flag on the command line wins
@@ -45,6 +48,8 @@ pub struct Defaults {
     known_hosts: Option<PathBuf>,
     ssh_config: Option<PathBuf>,
     user: Option<String>,
+    nats_servers: Option<String>,
+    nats_credentials: Option<PathBuf>,
 }
 
 impl Defaults {
@@ -113,7 +118,9 @@ impl Defaults {
                     ("ssh", "known_hosts") => d.known_hosts = Some(file(scalar(name, e)?)),
                     ("ssh", "config") => d.ssh_config = Some(file(scalar(name, e)?)),
                     ("ssh", "user") => d.user = Some(scalar(name, e)?),
-                    ("client" | "ssh", _) => {
+                    ("nats", "servers") => d.nats_servers = Some(scalar(name, e)?),
+                    ("nats", "credentials") => d.nats_credentials = Some(file(scalar(name, e)?)),
+                    ("client" | "ssh" | "nats", _) => {
                         return Err(ConfigError::UnknownKey {
                             path: path.to_owned(),
                             line: e.line,
@@ -126,7 +133,7 @@ impl Defaults {
                             path: path.to_owned(),
                             line: section.line(),
                             section: name.to_owned(),
-                            expected: "client or ssh",
+                            expected: "client, ssh or nats",
                         })
                     }
                 }
@@ -150,6 +157,8 @@ impl Defaults {
             known_hosts: self.known_hosts.or(other.known_hosts),
             ssh_config: self.ssh_config.or(other.ssh_config),
             user: self.user.or(other.user),
+            nats_servers: self.nats_servers.or(other.nats_servers),
+            nats_credentials: self.nats_credentials.or(other.nats_credentials),
         }
     }
 
@@ -166,6 +175,8 @@ impl Defaults {
         }
         args.known_hosts = args.known_hosts.take().or(self.known_hosts);
         args.ssh_config = args.ssh_config.take().or(self.ssh_config);
+        args.nats_servers = args.nats_servers.take().or(self.nats_servers);
+        args.nats_credentials = args.nats_credentials.take().or(self.nats_credentials);
         // Not `-u`: a default under ssh_config's `User`, where `-u` wins over it.
         args.default_user = self.user;
     }
@@ -230,6 +241,21 @@ mod tests {
     }
 
     #[test]
+    fn nats_servers_and_credentials() {
+        let d = parse("[nats]\nservers = nats://a:4222,nats://b:4222\ncredentials = ~/n.creds\n")
+            .unwrap();
+        assert_eq!(
+            d.nats_servers.as_deref(),
+            Some("nats://a:4222,nats://b:4222")
+        );
+        assert_eq!(d.nats_credentials, Some(PathBuf::from("/home/me/n.creds")));
+        assert!(parse("[nats]\nbogus = 1\n")
+            .unwrap_err()
+            .to_string()
+            .starts_with("/x/client.ini:2:"));
+    }
+
+    #[test]
     fn relay_default() {
         assert_eq!(parse("[client]\nrelay = on\n").unwrap().relay, Some(true));
         assert_eq!(parse("[client]\nrelay = off\n").unwrap().relay, Some(false));
@@ -257,7 +283,7 @@ mod tests {
             ),
             (
                 "[server]\nport = 1\n",
-                "/x/client.ini:1: unknown section [server] (expected client or ssh)",
+                "/x/client.ini:1: unknown section [server] (expected client, ssh or nats)",
             ),
             (
                 "[ssh]\nidentity = a\n",

@@ -302,6 +302,7 @@ impl Connect {
             Arc::new(deploy_common::transport::Mux {
                 agent,
                 ssh: Some(Arc::new(napp)),
+                nats: None,
             }),
             true,
         ))

@@ -12,6 +12,7 @@
 //! [IPv6]:port     [::1]:99                   → ::1, 99
 //! bare IPv6       fe80::1                    → fe80::1, P   (no port possible)
 //! ssh://[user@]host[:port]   ssh://root@web01:2222   → SSH to web01, 2222, as root
+//! nats://name                 nats://web01            → the agent serving deploy.agent.web01 over NATS
 //! ```
 //!
 //! A host written with the `ssh://` scheme is reached over SSH (port 22 unless given;
@@ -48,7 +49,12 @@ pub enum Scheme {
     Agent,
     /// Any SSH server, agentless (`ssh://`).
     Ssh,
+    /// A deploy agent reached over NATS by its subject name (`nats://name`).
+    Nats,
 }
+
+/// The URL scheme of agents reached over NATS.
+pub const NATS_PREFIX: &str = "nats://";
 
 /// The URL scheme of SSH targets.
 pub const SSH_PREFIX: &str = "ssh://";
@@ -136,8 +142,30 @@ impl Target {
             target.spelling = Some(s.to_owned());
             return Ok(target);
         }
+        if let Some(name) = strip_prefix_ignore_case(s, NATS_PREFIX) {
+            let name = name.strip_suffix('/').unwrap_or(name);
+            if name.is_empty()
+                || name.len() > 200
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>' | b'/'))
+            {
+                return Err(bad(
+                    "a NATS agent name: no '.', '*', '>', '/' or spaces (nats://name)",
+                ));
+            }
+            return Ok(Target {
+                host: name.to_owned(),
+                port: 0,
+                scheme: Scheme::Nats,
+                user: None,
+                show_port: false,
+                port_given: false,
+                spelling: Some(format!("{NATS_PREFIX}{name}")),
+            });
+        }
         if s.contains("://") {
-            return Err(bad("unknown scheme (only ssh:// is known)"));
+            return Err(bad("unknown scheme (only ssh:// and nats:// are known)"));
         }
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
             let (inside, after) = rest

@@ -192,6 +192,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         verbosity: cli.server.verbosity(),
         extra: config.client.http_listen.into_iter().collect(),
         grace: grace(&config),
+        server_sockets: true,
     };
     drop(config);
     let mut program = ProxyProgram { cli, current };

@@ -125,6 +125,15 @@ pub fn spawn(config: Arc<ProxyConfig>) {
     }
 }
 
+/// The key of a node in `nodes.json`: `host:port`, or `nats://name` for an agent
+/// reached over NATS.
+pub fn address(target: &deploy_common::target::Target) -> String {
+    match target.scheme {
+        Scheme::Nats => target.to_string(),
+        _ => target.address(),
+    }
+}
+
 /// Waits to lead, then probes for as long as the worker lives.
 fn lead(config: &ProxyConfig) {
     use nix::fcntl::{Flock, FlockArg};
@@ -267,7 +276,8 @@ async fn beat(config: &ProxyConfig, sink: Sink) {
             if server.chained || server.target.scheme == Scheme::Ssh {
                 continue;
             }
-            let address = server.target.address();
+            let nats = server.target.scheme == Scheme::Nats;
+            let address = address(&server.target);
             if probes.iter().any(|p| p.node.address == address) {
                 continue;
             }
@@ -281,11 +291,13 @@ async fn beat(config: &ProxyConfig, sink: Sink) {
                 since_ms: now,
                 last_seen_ms: 0,
                 error: "not probed yet".into(),
+                via: String::new(),
             });
             probes.push(Probe {
                 node: Node {
                     name: server.entry.clone(),
                     group: group.to_owned(),
+                    via: if nats { "nats" } else { "tcp" }.to_owned(),
                     ..node
                 },
                 target: server.target.clone(),
@@ -461,6 +473,7 @@ mod tests {
             since_ms: 0,
             last_seen_ms: 0,
             error: String::new(),
+            via: "tcp".into(),
         };
         let ok = Outcome::Reply(Reply::error(404, "old agent"));
         update(&mut node, &ok, Duration::from_millis(2), 1000, 3000);

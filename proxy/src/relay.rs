@@ -252,7 +252,7 @@ impl Relay {
         let addresses: HashSet<String> = servers
             .iter()
             .filter(|s| !s.chained)
-            .map(|s| s.target.address())
+            .map(|s| crate::nodes::address(&s.target))
             .collect();
         let mut counts = [0usize; 3];
         let nodes: Vec<Value> = table
@@ -320,6 +320,10 @@ impl Relay {
                 .iter()
                 .filter_map(|&i| servers.get(i).map(|s| s.target.clone()))
                 .collect();
+            if let Some((group, nats)) = route.nats_group(&targets) {
+                group_publish(group, nats, targets, indexes, request.clone(), tx.clone());
+                continue;
+            }
             let transport: Arc<dyn Transport> = route;
             let mut bucket_rx = Fanout::new(transport)
                 .with_concurrency(self.concurrency)
@@ -346,6 +350,61 @@ impl Relay {
             });
         }
         rx
+    }
+}
+
+/// Delivers `request` to a whole group of `nats://` agents with one publish
+/// ([`deploy_nats::transport::deliver_group`]), reporting as a fan-out would: each
+/// agent's events, then exactly one `Done` per target (unreachable after the deadline
+/// for those that never answered).
+fn group_publish(
+    group: &str,
+    nats: &Arc<deploy_nats::transport::LazyNatsTransport>,
+    targets: Vec<Target>,
+    indexes: Vec<usize>,
+    request: Request,
+    tx: mpsc::Sender<FanoutEvent>,
+) {
+    let started = std::time::Instant::now();
+    let mut members = Vec::new();
+    let mut forwards = Vec::new();
+    for (target, index) in targets.into_iter().zip(indexes) {
+        let (events_tx, mut events_rx) = mpsc::channel::<deploy_common::wire::message::Event>(64);
+        let host = target.to_string();
+        let tx = tx.clone();
+        forwards.push((index, host.clone(), async move {
+            while let Some(event) = events_rx.recv().await {
+                let event = FanoutEvent::Event {
+                    index,
+                    host: host.clone(),
+                    event,
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        members.push((target, events_tx));
+    }
+    let outcomes =
+        deploy_nats::transport::deliver_group(Arc::clone(nats), group.to_owned(), request, members);
+    for ((index, host, forward), (_, outcome)) in forwards.into_iter().zip(outcomes) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            // Events first (their channel closes when the delivery ends), then Done.
+            forward.await;
+            let outcome = outcome.await.unwrap_or_else(|_| {
+                deploy_common::transport::Outcome::Failed("nats: delivery lost".into())
+            });
+            let _ = tx
+                .send(FanoutEvent::Done(deploy_common::fanout::HostResult {
+                    index,
+                    host,
+                    outcome,
+                    elapsed: started.elapsed(),
+                }))
+                .await;
+        });
     }
 }
 

@@ -13,8 +13,14 @@
 //! ```text
 //! group route = Mux ─┬─ host, host:port     → the group's AgentTransport (pooled)
 //!                    └─ ssh://…             → the proxy's one SshTransport (if any server is ssh://)
+//!                    └─ nats://name         → the group's LazyNatsTransport (one NATS link for the proxy, `[nats]`)
 //! chained route      → AgentTransport (v2, unpinned) with groups:<group> and proxy_api_key
 //! ```
+//!
+//! A group whose servers are all `nats://` agents and whose `[group::<name>]` says
+//! `nats_publish = on` is asked with one publish on `deploy.group.<group>` when an
+//! order names the whole group ([`Route::nats_group`], used by the relay's fan-out);
+//! its agents list the group in `[nats] group[]`.
 //!
 //! A group's agents and SSH hosts share its route, so one fan-out (and one concurrency
 //! limit) covers the whole group.
@@ -40,6 +46,13 @@ pub struct Route {
     chain: Option<String>,
     /// The API key presented to a chained proxy.
     proxy_api_key: String,
+    /// A group of `nats://` agents only: its name, its size and its NATS transport, for
+    /// one publish to the whole group.
+    nats_group: Option<(
+        String,
+        usize,
+        Arc<deploy_nats::transport::LazyNatsTransport>,
+    )>,
 }
 
 /// One `[servers]` entry, resolved.
@@ -88,6 +101,11 @@ impl Routes {
         let mut default_keys: Vec<(AgentProtocol, Arc<RsaPublicKey>)> = Vec::new();
         // One pool of authenticated agent connections for the whole worker.
         let pool = Arc::new(Pool::default());
+        // One NATS connection for the whole worker, made at the first nats:// order.
+        let link = config
+            .nats
+            .clone()
+            .map(|n| Arc::new(deploy_nats::transport::NatsLink::new(n, true)));
         let mut groups = HashMap::new();
         let proxy_api_key = client.proxy_api_key.clone().unwrap_or_default();
         for group in config.api.server_groups() {
@@ -130,13 +148,33 @@ impl Routes {
             });
             // Every agent and SSH host of the group shares one route (one fan-out per
             // route).
+            let nats = link.as_ref().map(|link| {
+                Arc::new(deploy_nats::transport::LazyNatsTransport::new(
+                    Arc::clone(link),
+                    &agent.key_cipher,
+                    client.thread_timeout,
+                ))
+            });
+            let entries = config.api.servers(group).unwrap_or_default();
+            let all_nats = !entries.is_empty()
+                && entries
+                    .iter()
+                    .all(|e| Target::parse(e, 0).is_ok_and(|t| t.scheme == Scheme::Nats));
             let group_route = Arc::new(Route {
                 transport: Arc::new(Mux {
                     agent: Arc::clone(&agent) as Arc<dyn Transport>,
                     ssh: ssh.clone(),
+                    nats: nats.clone().map(|t| t as Arc<dyn Transport>),
                 }),
                 chain: None,
                 proxy_api_key: String::new(),
+                nats_group: nats
+                    .filter(|_| {
+                        o.nats_publish
+                            && all_nats
+                            && deploy_common::config::nats::is_subject_token(group)
+                    })
+                    .map(|t| (group.to_owned(), entries.len(), t)),
             });
             let mut servers = Vec::new();
             for entry in config.api.servers(group).unwrap_or_default() {
@@ -149,6 +187,11 @@ impl Routes {
                 };
                 let target = Target::parse(spec, default_port)
                     .map_err(|e| format!("[servers] {group}: {e}"))?;
+                if target.scheme == Scheme::Nats && link.is_none() {
+                    return Err(format!(
+                        "[servers] {group}: {entry}: nats:// servers need a [nats] section"
+                    ));
+                }
                 if target.scheme == Scheme::Ssh && ssh.is_none() {
                     // Cannot happen: the transport exists whenever a server is ssh://.
                     return Err(format!("[servers] {group}: {entry}: no SSH transport"));
@@ -164,6 +207,7 @@ impl Routes {
                         }),
                         chain: Some(chained_group),
                         proxy_api_key: proxy_api_key.clone(),
+                        nats_group: None,
                     }),
                 };
                 servers.push(Server {
@@ -185,6 +229,18 @@ impl Routes {
 }
 
 impl Route {
+    /// The group, and its NATS transport, when `targets` are every server of a group
+    /// of `nats://` agents (then one publish reaches them all).
+    pub fn nats_group(
+        &self,
+        targets: &[Target],
+    ) -> Option<(&str, &Arc<deploy_nats::transport::LazyNatsTransport>)> {
+        let (group, size, transport) = self.nats_group.as_ref()?;
+        let distinct: std::collections::HashSet<&str> =
+            targets.iter().map(|t| t.host.as_str()).collect();
+        (targets.len() == *size && distinct.len() == *size).then_some((group.as_str(), transport))
+    }
+
     /// The request as this route sends it: a chained proxy gets its group and the key
     /// for it.
     fn request_for<'r>(&self, request: &'r Request) -> Cow<'r, Request> {

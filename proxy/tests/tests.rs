@@ -13,6 +13,7 @@
 //! | [`http`] | the HTTP/JSON API: merged JSON, NDJSON stream (curl); strict parsing, JSON errors, `/healthz`, deadlines (raw bytes) |
 //! | [`release`] | rollouts through the proxy (agents with their own dests), nobody switches when one refuses, releases/rollback over v2 and the HTTP API, `apikey:<name>` in the history |
 //! | [`fleet`] | `health` and `fetch` relayed; `nodes` from the heartbeat: three agents online, one killed goes offline and comes back, `--state`, `GET /api/nodes` |
+//! | [`nats`] | `nats://` agents on a 3-server NATS cluster: a group as one publish (absent member unreachable), an upload relayed, `nodes` via nats |
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
 //! | [`strict`] | strict runs start nowhere unless every agent connected (direct and through the proxy); `--skip-unreachable` through it |
@@ -34,6 +35,7 @@ mod fleet;
 mod follow;
 mod http;
 mod legacy;
+mod nats;
 mod openapi;
 mod release;
 mod ssh;

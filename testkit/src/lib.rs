@@ -9,6 +9,7 @@
 //! | [`bins`] | where the workspace's binaries are (built on demand when missing) |
 //! | [`sandbox`] | [`Sandbox`] temporary directories, source trees and their comparison |
 //! | [`procfs`] | `/proc` readers (state, parent, children, command line, memory) and signals |
+//! | [`nats`] | real `nats-server` processes: one, or a routed cluster, with users and permissions |
 //! | [`net`] | free and refusing ports, [`Silent`] peers that accept and never answer |
 //! | [`netns`] | [`Lab`](netns::Lab): hosts as network namespaces on a bridge, shaped, cut, black-holed, lossy |
 //! | [`jetstream`] | [`JetStreamCluster`]: three real `nats-server -js` clustered on loopback, killable and restartable |
@@ -40,6 +41,7 @@ pub mod command;
 pub mod daemon;
 pub mod env;
 pub mod jetstream;
+pub mod nats;
 pub mod net;
 pub mod netns;
 pub mod procfs;

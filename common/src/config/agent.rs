@@ -19,6 +19,8 @@
 //! [scenarios]                 ; Octopoda scenarios: the napp order (off by default)
 //! enabled = on
 //! workspace = /var/lib/deploy/scenarios/workspace
+//! [nats]                      ; orders over NATS too (see nats.rs)
+//! server[] = nats://127.0.0.1:4222
 //! ```
 //!
 //! No other sections are allowed, nor keys before the first section header. The shipped
@@ -38,7 +40,7 @@ use crate::access::{HostAllowList, PathAllowList};
 
 /// The sections `deploy_agent.ini` may contain (for the error message).
 const AGENT_SECTIONS: &str =
-    "server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy or scenarios";
+    "server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy, scenarios or nats";
 
 /// The prefix of rsync group sections.
 const GROUP_PREFIX: &str = "rsync::group::";
@@ -175,6 +177,8 @@ pub struct AgentConfig {
     pub scenarios: ScenariosConfig,
     /// Agent-only extras.
     pub agent: AgentExtras,
+    /// `[nats]`: orders over NATS too (see [`super::nats`]).
+    pub nats: Option<super::nats::NatsConfig>,
 }
 
 impl AgentConfig {
@@ -192,6 +196,7 @@ impl AgentConfig {
             deploy: DeployConfig::default(),
             scenarios: ScenariosConfig::default(),
             agent: AgentExtras::default(),
+            nats: None,
         }
     }
 
@@ -220,6 +225,7 @@ impl AgentConfig {
             let cx = Cx::new(ini, section);
             match section.name() {
                 "server" => config.server.apply(&cx, section)?,
+                "nats" => config.nats = Some(super::nats::NatsConfig::parse(&cx, section, true)?),
                 "allow::hosts" => apply_allow_hosts(&cx, section, &mut config.allow_hosts)?,
                 "allow::paths" => {
                     for e in section.entries() {
@@ -541,9 +547,9 @@ mod tests {
         for (text, want) in [
             (
                 "[server]\nport = 1\n[sever]\nport = 2\n",
-                "/etc/deploy/deploy_agent.ini:3: unknown section [sever] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy or scenarios)",
+                "/etc/deploy/deploy_agent.ini:3: unknown section [sever] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy, scenarios or nats)",
             ),
-            ("[client]\n", "/etc/deploy/deploy_agent.ini:1: unknown section [client] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy or scenarios)"),
+            ("[client]\n", "/etc/deploy/deploy_agent.ini:1: unknown section [client] (expected server, allow::hosts, allow::paths, rsync::group::<name>, jobs, deploy, scenarios or nats)"),
             (
                 "port = 3440\n[server]\n",
                 "/etc/deploy/deploy_agent.ini:1: key \"port\" before the first [section] header",

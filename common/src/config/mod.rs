@@ -43,6 +43,7 @@ pub mod check;
 pub mod dump;
 pub mod ini;
 pub mod jobs;
+pub mod nats;
 pub mod proxy;
 
 pub use agent::{AgentConfig, AgentExtras, RsyncGroup, ScenariosConfig};

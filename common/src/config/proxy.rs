@@ -69,7 +69,7 @@ use crate::nodeset;
 use crate::target::{Scheme, Target, SSH_PREFIX};
 
 /// The sections `deploy_proxy.ini` may contain (for the error message).
-const PROXY_SECTIONS: &str = "server, client, allow::hosts, api, ssh or store";
+const PROXY_SECTIONS: &str = "server, client, allow::hosts, api, ssh, store or nats";
 
 /// The sections the API file may contain (for the error message).
 const API_SECTIONS: &str = "keys, orders, servers, names or group::<name>";
@@ -290,6 +290,10 @@ pub struct GroupOverride {
     pub ssl_public_key: Option<PathBuf>,
     /// `protocol`: `v2` or `v1`.
     pub protocol: Option<AgentProtocol>,
+    /// `nats_publish`: when every server of the group is a `nats://` agent subscribed
+    /// to `deploy.group.<group>` (its `[nats] group[]`), an order to the whole group is
+    /// one publish there instead of one per agent.
+    pub nats_publish: bool,
 }
 
 fn protocol(cx: &Cx<'_>, e: &Entry) -> Result<AgentProtocol, ConfigError> {
@@ -343,6 +347,8 @@ pub struct ProxyConfig {
     /// Keys accepted for compatibility but without effect (`ipc_path`,
     /// `worker_method`); the binary should warn about each.
     pub ignored: Vec<Ignored>,
+    /// `[nats]`: how `nats://` servers are reached (see [`super::nats`]).
+    pub nats: Option<super::nats::NatsConfig>,
 }
 
 impl ProxyConfig {
@@ -357,6 +363,7 @@ impl ProxyConfig {
             ssh: ProxySshConfig::default(),
             store: ProxyStoreConfig::default(),
             api: ApiKeys::default(),
+            nats: None,
             ignored: Vec::new(),
         }
     }
@@ -435,6 +442,7 @@ impl ProxyConfig {
                         ));
                     }
                 }
+                "nats" => config.nats = Some(super::nats::NatsConfig::parse(&cx, section, false)?),
                 _ => return Err(unknown_section(ini, section, PROXY_SECTIONS)),
             }
         }
@@ -683,7 +691,7 @@ impl ApiKeys {
                                 return Err(cx.invalid(
                                     e,
                                     format!(
-                                        "invalid server {:?}{part} (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port]; node sets like web[01-20] expand to these)",
+                                        "invalid server {:?}{part} (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port], or nats://name; node sets like web[01-20] expand to these)",
                                         e.value
                                     ),
                                 ));
@@ -752,6 +760,7 @@ impl ApiKeys {
                             "key_cipher" => o.key_cipher = Some(e.value.clone()),
                             "ssl_public_key" => o.ssl_public_key = cx.file(e),
                             "protocol" => o.protocol = Some(protocol(&cx, e)?),
+                            "nats_publish" => o.nats_publish = cx.boolean(e)?,
                             _ => return Err(cx.unknown_key(e)),
                         }
                     }
@@ -941,6 +950,11 @@ fn expand_group_refs(
 /// `host`, `host:port`, `a.b.c.d[:port]`, `[v6][:port]` (a bare IPv6 address too),
 /// `ssh://[user@]host[:port]`, `proxy://host[:port]/group`.
 fn valid_target(s: &str) -> bool {
+    if s.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("nats://"))
+    {
+        return Target::parse(s, 0).is_ok_and(|t| t.scheme == Scheme::Nats);
+    }
     if is_ssh(s) {
         return Target::parse(s, 22).is_ok_and(|t| t.scheme == Scheme::Ssh);
     }
@@ -1134,7 +1148,7 @@ mod tests {
         for (text, want) in [
             (
                 "[allow::paths]\npath[] = /\n",
-                "/etc/deploy/deploy_proxy.ini:1: unknown section [allow::paths] (expected server, client, allow::hosts, api, ssh or store)",
+                "/etc/deploy/deploy_proxy.ini:1: unknown section [allow::paths] (expected server, client, allow::hosts, api, ssh, store or nats)",
             ),
             (
                 "[client]\nport = x\n",
@@ -1227,7 +1241,7 @@ mod tests {
             ),
             (
                 "[servers]\nweb[] = host:99999\n",
-                "/etc/deploy/api.ini:2: [servers] web[]: invalid server \"host:99999\" (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port]; node sets like web[01-20] expand to these)",
+                "/etc/deploy/api.ini:2: [servers] web[]: invalid server \"host:99999\" (expected a host name or IPv4 address, or [IPv6], optionally with :port; or ssh://[user@]host[:port], or nats://name; node sets like web[01-20] expand to these)",
             ),
             (
                 "[server]\n",

@@ -77,4 +77,11 @@ pub struct Node {
     /// Why the last probe failed (empty when it did not).
     #[serde(default)]
     pub error: String,
+    /// How the agent is reached: `tcp`, or `nats` for a `nats://` server.
+    #[serde(default = "tcp")]
+    pub via: String,
+}
+
+fn tcp() -> String {
+    "tcp".to_owned()
 }

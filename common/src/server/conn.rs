@@ -103,6 +103,23 @@ impl From<mpsc::Sender<TaggedEvent>> for Events {
 }
 
 impl Events {
+    /// A sink that forwards to `tx`, with a body the client sends once asked: `ready`
+    /// fires when the handler asks ([`Events::body`]), then the pieces come on `rx`.
+    /// For transports other than a v2 connection (NATS).
+    pub fn with_body(
+        tx: mpsc::Sender<TaggedEvent>,
+        ready: tokio::sync::oneshot::Sender<()>,
+        rx: mpsc::Receiver<BodyChunk>,
+    ) -> Events {
+        Events {
+            tx: Some(tx),
+            body: Some(Arc::new(BodySlot {
+                ready: std::sync::Mutex::new(Some(ready)),
+                rx: std::sync::Mutex::new(Some(rx)),
+            })),
+        }
+    }
+
     /// A sink that drops everything (v1, or a client that did not ask to follow).
     pub fn none() -> Events {
         Events::default()
@@ -266,6 +283,7 @@ enum Wire {
     V2,
     V1Plain,
     V1Ssl,
+    Nats,
 }
 
 impl Wire {
@@ -274,6 +292,7 @@ impl Wire {
             Wire::V2 => "v2",
             Wire::V1Plain => "v1",
             Wire::V1Ssl => "v1-ssl",
+            Wire::Nats => "nats",
         }
     }
 }
@@ -364,6 +383,30 @@ async fn run_bounded<H: Handler>(
     }
 }
 
+/// Serves one request that came by another way than a connection (an agent's NATS
+/// subscription, already authenticated by its envelope): the order checked (404), the
+/// handler bounded by `max_process_timeout` (408), one access-log line with wire
+/// `nats` and the peer `peer` stands for. Returns the reply.
+pub async fn serve_request<H: Handler>(
+    handler: &H,
+    policy: &Policy,
+    peer: SocketAddr,
+    request: Request,
+    events: Events,
+) -> Reply {
+    let started = Instant::now();
+    let reply = if handler.knows(&request.order) {
+        run_bounded(handler, policy, peer, request.clone(), events).await
+    } else {
+        Reply::error(404, format!("unknown order {:?}", request.order))
+    };
+    let size = crate::wire::message::Message::reply(0, &reply)
+        .encode()
+        .len();
+    access(peer, Wire::Nats, Some(&request), reply.code, size, started);
+    reply
+}
+
 /// Serves one accepted connection to the end. Never panics; every failure is logged and
 /// ends the connection.
 ///
@@ -433,6 +476,8 @@ pub async fn serve<H: Handler>(
         }
         Wire::V1Plain => serve_v1_plain(&mut stream, peer, &policy, &*handler).await,
         Wire::V1Ssl => serve_v1_ssl(&mut stream, peer, &policy, &*handler).await,
+        // Never detected on a socket: NATS orders come through `serve_request`.
+        Wire::Nats => Err("not a connection protocol".into()),
     };
     log_end(peer, result);
 }

@@ -53,6 +53,9 @@ pub struct Startup<'a> {
     pub extra: Vec<SocketAddr>,
     /// How long workers get to finish on shutdown.
     pub grace: Duration,
+    /// Whether to bind the `[server]` addresses (an agent reached only over NATS binds
+    /// none: its workers serve what [`prefork::run_worker_with`]'s task brings).
+    pub server_sockets: bool,
 }
 
 /// The `[server]` listen addresses: `addr:port` then every `listen[]`.
@@ -75,10 +78,12 @@ pub fn run<P: Program>(startup: Startup<'_>, program: &mut P) -> Result<i32, Dae
         .socket_accept_filter
         .then(|| u32::try_from(s.socket_timeout.as_secs()).unwrap_or(5));
     let mut listeners: Vec<TcpListener> = Vec::new();
-    for addr in server_addrs(s)
-        .into_iter()
-        .chain(startup.extra.iter().copied())
-    {
+    let own = if startup.server_sockets {
+        server_addrs(s)
+    } else {
+        Vec::new()
+    };
+    for addr in own.into_iter().chain(startup.extra.iter().copied()) {
         listeners.push(super::bind(addr, s.backlog, defer).map_err(DaemonError::Bind)?);
     }
     // Before privileges are dropped: it may live in a root-owned place.

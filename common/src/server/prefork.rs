@@ -519,6 +519,34 @@ where
     F: Fn(tokio::net::TcpStream, SocketAddr, CancellationToken) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    run_worker_with(listeners, settings, serve, None)
+}
+
+/// A task a worker runs beside its accept loops (the agent's NATS subscriber), started
+/// with the worker's shutdown token; it calls [`worker_ready`] once it serves.
+pub type WorkerTask = Box<
+    dyn FnOnce(CancellationToken) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
+/// Tells the master this worker serves (a worker with listeners does so by itself;
+/// a [`WorkerTask`] calls it once it can take orders). Only the first call counts.
+pub fn worker_ready() {
+    signal_serving();
+}
+
+/// [`run_worker`], plus `task` run in the worker's runtime until shutdown, whose
+/// in-flight work the grace period waits for as for connections.
+pub fn run_worker_with<F, Fut>(
+    listeners: &[TcpListener],
+    settings: WorkerSettings,
+    serve: F,
+    task: Option<WorkerTask>,
+) -> i32
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr, CancellationToken) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -557,6 +585,9 @@ where
                 }
                 shutdown.cancel();
             });
+        }
+        if let Some(task) = task {
+            tracker.spawn(task(shutdown.clone()));
         }
         let mut serving = false;
         for listener in listeners {

@@ -3,6 +3,7 @@
 //! ```text
 //! Target{scheme: Agent} ─► agent transport (AgentTransport: v2/v1 over TCP)
 //! Target{scheme: Ssh}   ─► ssh transport   (SshTransport), or a failure if there is none
+//! Target{scheme: Nats}  ─► nats transport  (deploy_nats::NatsTransport), or a failure
 //! ```
 //!
 //! The fan-out engine sees one `dyn Transport`, so a run may mix agents and SSH hosts;
@@ -33,6 +34,21 @@ pub struct Mux {
     pub agent: Arc<dyn Transport>,
     /// For `ssh://` hosts; `None` refuses them.
     pub ssh: Option<Arc<dyn Transport>>,
+    /// For `nats://` agents; `None` refuses them.
+    pub nats: Option<Arc<dyn Transport>>,
+}
+
+impl Mux {
+    fn pick(&self, scheme: Scheme) -> Result<&Arc<dyn Transport>, &'static str> {
+        match scheme {
+            Scheme::Agent => Ok(&self.agent),
+            Scheme::Ssh => self.ssh.as_ref().ok_or("SSH hosts are not supported here"),
+            Scheme::Nats => self
+                .nats
+                .as_ref()
+                .ok_or("nats:// agents need NATS servers (--nats-servers or [nats] server[])"),
+        }
+    }
 }
 
 impl Transport for Mux {
@@ -42,10 +58,9 @@ impl Transport for Mux {
         request: &'a Request,
         events: mpsc::Sender<Event>,
     ) -> BoxFuture<'a, Outcome> {
-        match (target.scheme, &self.ssh) {
-            (Scheme::Agent, _) => self.agent.deliver(target, request, events),
-            (Scheme::Ssh, Some(ssh)) => ssh.deliver(target, request, events),
-            (Scheme::Ssh, None) => unsupported(),
+        match self.pick(target.scheme) {
+            Ok(t) => t.deliver(target, request, events),
+            Err(why) => unsupported(why),
         }
     }
 
@@ -55,10 +70,9 @@ impl Transport for Mux {
         request: &'a Request,
         events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
-        match (target.scheme, &self.ssh) {
-            (Scheme::Agent, _) => self.agent.deliver_tagged(target, request, events),
-            (Scheme::Ssh, Some(ssh)) => ssh.deliver_tagged(target, request, events),
-            (Scheme::Ssh, None) => unsupported(),
+        match self.pick(target.scheme) {
+            Ok(t) => t.deliver_tagged(target, request, events),
+            Err(why) => unsupported(why),
         }
     }
 
@@ -67,21 +81,16 @@ impl Transport for Mux {
         target: &'a Target,
         request: &'a Request,
     ) -> BoxFuture<'a, Result<(), Outcome>> {
-        match (target.scheme, &self.ssh) {
-            (Scheme::Agent, _) => self.agent.connect(target, request),
-            (Scheme::Ssh, Some(ssh)) => ssh.connect(target, request),
-            (Scheme::Ssh, None) => Box::pin(async {
-                Err(Outcome::Failed(
-                    "SSH hosts are not supported here".to_owned(),
-                ))
-            }),
+        match self.pick(target.scheme) {
+            Ok(t) => t.connect(target, request),
+            Err(why) => Box::pin(async move { Err(Outcome::Failed(why.to_owned())) }),
         }
     }
 }
 
-/// The outcome for an SSH target without an SSH transport.
-fn unsupported<'a>() -> BoxFuture<'a, Outcome> {
-    Box::pin(async { Outcome::Failed("SSH hosts are not supported here".to_owned()) })
+/// The outcome for a target whose scheme has no transport here.
+fn unsupported<'a>(why: &'static str) -> BoxFuture<'a, Outcome> {
+    Box::pin(async move { Outcome::Failed(why.to_owned()) })
 }
 
 #[cfg(test)]
@@ -108,6 +117,7 @@ mod tests {
         let mux = Mux {
             agent: Arc::new(Fixed(201)),
             ssh: Some(Arc::new(Fixed(202))),
+            nats: None,
         };
         let code = |o: Outcome| o.reply().map(|r| r.code);
         let (tx, _rx) = mpsc::channel(1);
@@ -162,6 +172,7 @@ mod tests {
         let mux = Mux {
             agent: Arc::new(Tags),
             ssh: Some(Arc::new(Fixed(202))),
+            nats: None,
         };
         let r = Request::default();
         let (tx, mut rx) = mpsc::channel(4);

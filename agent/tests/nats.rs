@@ -1,0 +1,404 @@
+//! Agents reached over NATS only (`[nats] tcp = off`: no listening port at all), on a
+//! real 3-server `nats-server` cluster with routes, users and permissions
+//! (`testkit::nats`), through the real deploy-client: `exec`, `status` and `upload`;
+//! a server killed mid-order; a tampered, a replayed and a wrongly keyed order refused;
+//! an agent whose NATS user may not subscribe to its subject unreachable.
+
+use crate::util::*;
+use deploy_testkit::nats::{self, NatsCluster, CALLER};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A spy with every right on the bus: what an attacker with NATS access can do.
+const SPY: (&str, &str) = ("spy", "spypw");
+
+fn cluster(sb: &Sandbox, agents: &[(&str, &[&str])]) -> Option<NatsCluster> {
+    if !nats::available() {
+        eprintln!("note: nats-server is not installed; skipping");
+        return None;
+    }
+    let auth = nats::authorization(agents).replacen(
+        "  users: [\n",
+        &format!(
+            "  users: [\n    {{ user: {}, password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
+            SPY.0, SPY.1
+        ),
+        1,
+    );
+    let dir = sb.join("nats");
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(NatsCluster::start(&dir, 3, &auth))
+}
+
+/// deploy-client over NATS with `key`, in `cwd`.
+fn client(cluster: &NatsCluster, key: &str, cwd: &std::path::Path, args: &[&str]) -> Output {
+    let servers = cluster.urls(Some(CALLER));
+    run_command(
+        Command::new(bins::client())
+            .current_dir(cwd)
+            .args(["--nats-servers", &servers, "--thread-timeout", "5"])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("DEPLOY_KEY_CIPHER", key)
+            .env("NO_COLOR", "1"),
+        Duration::from_secs(30),
+    )
+}
+
+/// An agent `name` on the cluster with a job `service:mark` appending its argument
+/// to `<sandbox>/marks`.
+fn agent(sb: &Sandbox, cluster: &NatsCluster, name: &str, groups: &[&str]) -> Agent {
+    let config = Config::new(sb)
+        .server("allow_upload", "on")
+        .group(
+            "g",
+            &[("dest", "127.0.0.1::M/x"), ("src", &sb.allowed_str("g"))],
+        )
+        .job(
+            "service:mark",
+            &format!("/bin/sh -c 'echo %s >> {}'", sb.join("marks").display()),
+        );
+    nats::start_agent(sb, config, &cluster.server_lines(), name, groups, None)
+}
+
+fn marks(sb: &Sandbox) -> String {
+    std::fs::read_to_string(sb.join("marks")).unwrap_or_default()
+}
+
+#[test]
+fn exec_status_upload_over_nats_only() {
+    let sb = Sandbox::new();
+    let Some(cluster) = cluster(&sb, &[("a1", &["web", "alias:a1b"])]) else {
+        return;
+    };
+    let agent = agent(&sb, &cluster, "a1", &["web", "alias:a1b"]);
+    assert!(agent.addrs.is_empty(), "no listening port: {}", agent.log());
+
+    let out = client(
+        &cluster,
+        KEY,
+        sb.path(),
+        &[
+            "--hosts",
+            "nats://a1",
+            "--order=exec",
+            "--options=service:echo,hi",
+            "--format=json",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent.log());
+    let doc = out.json();
+    let rec = &doc["nats://a1"]["exec"];
+    assert_eq!(rec["returnCode"], "200", "{out:#?}");
+    assert_eq!(rec["content"]["content"], b64("hi\n"), "{out:#?}");
+
+    let out = client(
+        &cluster,
+        KEY,
+        sb.path(),
+        &[
+            "--hosts",
+            "nats://a1",
+            "--order=status",
+            "--options=g",
+            "--format=json",
+        ],
+    );
+    assert_eq!(
+        out.json()["nats://a1"]["status"]["serverStatus"],
+        1,
+        "{out:#?}"
+    );
+    assert_eq!(
+        out.json()["nats://a1"]["status"]["returnCode"],
+        "200",
+        "{out:#?}"
+    );
+
+    let src = sb.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("one.txt"), "one\n").unwrap();
+    let root = format!("--root={}", sb.allowed_str("up"));
+    let out = client(
+        &cluster,
+        KEY,
+        &src,
+        &[
+            "--hosts",
+            "nats://a1",
+            "--order=upload",
+            "--relative",
+            "--upload=one.txt",
+            &root,
+            "--format=json",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent.log());
+    assert_eq!(
+        std::fs::read_to_string(sb.allowed().join("up/one.txt")).unwrap(),
+        "one\n"
+    );
+
+    // An alias answers as itself (one process, several endpoints).
+    let out = client(
+        &cluster,
+        KEY,
+        sb.path(),
+        &[
+            "--hosts",
+            "nats://a1b",
+            "--order=exec",
+            "--options=service:echo,b",
+            "--format=json",
+        ],
+    );
+    assert_eq!(
+        out.json()["nats://a1b"]["exec"]["content"]["content"],
+        b64("b\n"),
+        "{out:#?}"
+    );
+
+    // The access log says the orders came over NATS.
+    let log = agent.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("exec") && l.contains("nats")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_nats_server_killed_mid_order_then_the_next_order_works() {
+    let sb = Sandbox::new();
+    let Some(mut cluster) = cluster(&sb, &[("a1", &[])]) else {
+        return;
+    };
+    // The agent knows server 0 only (it learns the others from the cluster); the
+    // caller knows the others only.
+    let config = Config::new(&sb);
+    let first = format!("server[] = {}\n", cluster.servers[0].url);
+    let agent = nats::start_agent(&sb, config, &first, "a1", &[], None);
+    let mut child = Command::new(bins::client())
+        .args([
+            "--nats-servers",
+            &format!(
+                "{},{}",
+                with_user(&cluster.servers[1].url),
+                with_user(&cluster.servers[2].url)
+            ),
+        ])
+        .args([
+            "--hosts",
+            "nats://a1",
+            "--order=exec",
+            "--options=service:sleep,2",
+            "--thread-timeout",
+            "5",
+        ])
+        .env_clear()
+        .env("DEPLOY_KEY_CIPHER", KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.servers[0].kill();
+    let _ = child.wait();
+    // The agent reconnects to another server; the next order works.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let servers = format!(
+            "{},{}",
+            with_user(&cluster.servers[1].url),
+            with_user(&cluster.servers[2].url)
+        );
+        let out = run_command(
+            Command::new(bins::client())
+                .args(["--nats-servers", &servers, "--thread-timeout", "3"])
+                .args([
+                    "--hosts",
+                    "nats://a1",
+                    "--order=exec",
+                    "--options=service:echo,back",
+                    "--format=json",
+                ])
+                .env_clear()
+                .env("DEPLOY_KEY_CIPHER", KEY),
+            Duration::from_secs(20),
+        );
+        if out.code == Some(0) {
+            assert_eq!(
+                out.json()["nats://a1"]["exec"]["content"]["content"],
+                b64("back\n")
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no order after the server's death: {out:#?}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn with_user(url: &str) -> String {
+    url.replacen("nats://", &format!("nats://{}:{}@", CALLER.0, CALLER.1), 1)
+}
+
+async fn spy(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_user_and_password(SPY.0.into(), SPY.1.into())
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+/// Captures the next message on `subject` while `during` runs, as a spy on the bus.
+fn capture(cluster: &NatsCluster, subject: &str, during: impl FnOnce()) -> (String, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The client's handles need the runtime's context when they drop.
+    let _enter = rt.enter();
+    let spy = rt.block_on(spy(&cluster.servers[0].url));
+    let mut sub = rt.block_on(spy.subscribe(subject.to_owned())).unwrap();
+    rt.block_on(spy.flush()).unwrap();
+    during();
+    let msg = rt.block_on(async {
+        use futures_util::StreamExt;
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    (msg.subject.to_string(), msg.payload.to_vec())
+}
+
+/// Publishes `payload` on `subject` as the spy, with a fresh reply inbox, and returns
+/// how many answers came within 2 s.
+fn inject(cluster: &NatsCluster, subject: &str, payload: Vec<u8>) -> usize {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use futures_util::StreamExt;
+        let spy = spy(&cluster.servers[1].url).await;
+        let inbox = spy.new_inbox();
+        let mut sub = spy.subscribe(inbox.clone()).await.unwrap();
+        spy.publish_with_reply(subject.to_owned(), inbox, payload.into())
+            .await
+            .unwrap();
+        spy.flush().await.unwrap();
+        let mut n = 0;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+            n += 1;
+        }
+        n
+    })
+}
+
+#[test]
+fn tampered_replayed_and_wrongly_keyed_orders_are_refused() {
+    let sb = Sandbox::new();
+    let Some(cluster) = cluster(&sb, &[("a1", &[])]) else {
+        return;
+    };
+    let agent = agent(&sb, &cluster, "a1", &[]);
+    let (subject, payload) = capture(&cluster, "deploy.agent.a1", || {
+        let out = client(
+            &cluster,
+            KEY,
+            sb.path(),
+            &[
+                "--hosts",
+                "nats://a1",
+                "--order=exec",
+                "--options=service:mark,one",
+            ],
+        );
+        assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent.log());
+    });
+    assert_eq!(marks(&sb), "one\n");
+
+    // Replayed as captured: refused, not run again, unanswered.
+    assert_eq!(inject(&cluster, &subject, payload.clone()), 0);
+    assert_eq!(marks(&sb), "one\n");
+    assert!(agent.log().contains("replayed request"), "{}", agent.log());
+
+    // Tampered (one bit of the sealed order): refused.
+    let mut bad = payload.clone();
+    let last = bad.len() - 20;
+    bad[last] ^= 1;
+    assert_eq!(inject(&cluster, &subject, bad), 0);
+    assert!(
+        agent.log().contains("envelope authentication failed"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(marks(&sb), "one\n");
+
+    // A caller with another key: refused, reported unreachable at its deadline.
+    let out = client(
+        &cluster,
+        "notthekey",
+        sb.path(),
+        &[
+            "--hosts",
+            "nats://a1",
+            "--order=exec",
+            "--options=service:mark,two",
+            "--format=json",
+        ],
+    );
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert_eq!(
+        out.json()["nats://a1"]["exec"]["serverStatus"],
+        0,
+        "{out:#?}"
+    );
+    assert_eq!(marks(&sb), "one\n");
+}
+
+#[test]
+fn an_agent_outside_its_nats_permissions_gets_nothing() {
+    let sb = Sandbox::new();
+    // User `a1` may subscribe to deploy.agent.a1 only; the agent calls itself `a2`.
+    let Some(cluster) = cluster(&sb, &[("a1", &[])]) else {
+        return;
+    };
+    let config = Config::new(&sb);
+    let agent = nats::start_agent(
+        &sb,
+        config,
+        &cluster.server_lines(),
+        "a2",
+        &[],
+        Some(("a1", nats::AGENT_PASSWORD)),
+    );
+    let out = client(
+        &cluster,
+        KEY,
+        sb.path(),
+        &[
+            "--hosts",
+            "nats://a2",
+            "--order=exec",
+            "--options=service:echo,hi",
+            "--format=json",
+        ],
+    );
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert_eq!(
+        out.json()["nats://a2"]["exec"]["serverStatus"],
+        0,
+        "{out:#?}"
+    );
+    assert!(
+        agent.log().to_lowercase().contains("permissions violation"),
+        "{}",
+        agent.log()
+    );
+}

@@ -1,0 +1,148 @@
+//! Unit tests of the sealed envelope: round trips, and every refusal.
+
+use super::*;
+use deploy_common::order::{Reply, Request};
+
+fn request() -> Message {
+    Message::Request {
+        id: 1,
+        request: Request {
+            order: "exec".into(),
+            options: "date".into(),
+            ..Request::default()
+        },
+    }
+}
+
+const T: i64 = 1_800_000_000_000;
+
+#[test]
+fn round_trip_with_two_agents() {
+    let psk = Psk::new("secret");
+    let mut sealed = seal_request(&psk, "deploy.group.web", &request(), T).unwrap();
+    let mut replies = Vec::new();
+    for name in ["web1", "web2"] {
+        let mut seen = SeenSet::new();
+        let opened = open_request(
+            &psk,
+            name,
+            "deploy.group.web",
+            &sealed.bytes,
+            &mut seen,
+            T + 5,
+        )
+        .unwrap();
+        assert_eq!(opened.message, request());
+        let mut r = opened.replier;
+        replies.push(r.seal(&Message::Continue { id: 1 }).unwrap());
+        replies.push(r.seal(&Message::reply(1, &Reply::error(404, "x"))).unwrap());
+    }
+    for bytes in &replies {
+        let (name, message) = sealed.opener.open(bytes).unwrap();
+        assert!(name == "web1" || name == "web2");
+        assert!(matches!(
+            message,
+            Message::Continue { .. } | Message::Reply { .. }
+        ));
+    }
+}
+
+#[test]
+fn wrong_key_tamper_replay_skew_subject() {
+    let psk = Psk::new("secret");
+    let sealed = seal_request(&psk, "deploy.agent.a", &request(), T).unwrap();
+    let mut seen = SeenSet::new();
+    let other = Psk::new("other");
+    assert_eq!(
+        open_request(&other, "a", "deploy.agent.a", &sealed.bytes, &mut seen, T).err(),
+        Some(EnvelopeError::Forged)
+    );
+    for i in [1, 5, 40, sealed.bytes.len() - 1] {
+        let mut bad = sealed.bytes.clone();
+        bad[i] ^= 1;
+        assert!(open_request(&psk, "a", "deploy.agent.a", &bad, &mut seen, T).is_err());
+    }
+    assert!(matches!(
+        open_request(&psk, "a", "deploy.group.g", &sealed.bytes, &mut seen, T),
+        Err(EnvelopeError::WrongSubject { .. })
+    ));
+    assert!(matches!(
+        open_request(
+            &psk,
+            "a",
+            "deploy.agent.a",
+            &sealed.bytes,
+            &mut seen,
+            T + 61_000
+        ),
+        Err(EnvelopeError::Skew { .. })
+    ));
+    assert!(seen.is_empty(), "nothing refused is remembered");
+    assert!(open_request(&psk, "a", "deploy.agent.a", &sealed.bytes, &mut seen, T).is_ok());
+    assert_eq!(
+        open_request(&psk, "a", "deploy.agent.a", &sealed.bytes, &mut seen, T + 1).err(),
+        Some(EnvelopeError::Replayed)
+    );
+}
+
+#[test]
+fn replies_in_sequence_only() {
+    let psk = Psk::new("secret");
+    let mut sealed = seal_request(&psk, "deploy.agent.a", &request(), T).unwrap();
+    let mut seen = SeenSet::new();
+    let mut r = open_request(&psk, "a", "deploy.agent.a", &sealed.bytes, &mut seen, T)
+        .unwrap()
+        .replier;
+    let m0 = r.seal(&Message::Continue { id: 1 }).unwrap();
+    let m1 = r.seal(&Message::Continue { id: 1 }).unwrap();
+    let m2 = r.seal(&Message::reply(1, &Reply::error(500, "x"))).unwrap();
+    // Tampered: refused, and the stream still takes the real one.
+    let mut bad = m0.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert_eq!(sealed.opener.open(&bad).err(), Some(EnvelopeError::Forged));
+    sealed.opener.open(&m0).unwrap();
+    // Skipped (m1 dropped: the reply cannot end the stream).
+    assert!(matches!(
+        sealed.opener.open(&m2),
+        Err(EnvelopeError::Sequence {
+            got: 2,
+            expected: 1,
+            ..
+        })
+    ));
+    sealed.opener.open(&m1).unwrap();
+    // Replayed.
+    assert!(matches!(
+        sealed.opener.open(&m1),
+        Err(EnvelopeError::Sequence {
+            got: 1,
+            expected: 2,
+            ..
+        })
+    ));
+    sealed.opener.open(&m2).unwrap();
+}
+
+#[test]
+fn seen_set_forgets_after_the_window() {
+    let mut seen = SeenSet::new();
+    seen.insert([1; 32], T, T).unwrap();
+    assert_eq!(seen.insert([1; 32], T, T + 1), Err(EnvelopeError::Replayed));
+    seen.insert([2; 32], T + 200_000, T + 200_000).unwrap();
+    assert_eq!(seen.len(), 1);
+}
+
+#[test]
+fn garbage_is_refused_without_panic() {
+    let psk = Psk::new("k");
+    let mut seen = SeenSet::new();
+    let mut sealed = seal_request(&psk, "s", &request(), T).unwrap();
+    for len in 0..200u32 {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+        assert!(open_request(&psk, "a", "s", &bytes, &mut seen, T).is_err());
+        assert!(sealed.opener.open(&bytes).is_err());
+        let mut reply = vec![VERSION, KIND_REPLY];
+        reply.extend_from_slice(&bytes);
+        assert!(sealed.opener.open(&reply).is_err());
+    }
+}

@@ -1,0 +1,294 @@
+//! The agent's side: its subjects, each sealed order opened and served through the
+//! program's own [`Handler`], the reply stream sealed back to the caller's inbox.
+//!
+//! ```text
+//! deploy.agent.<name>   ─┐  open (tag, subject, clock, seen?)   serve_request (404, 408,
+//! deploy.group.<group>  ─┴─► refused: logged, no answer    ──► access log "nats")
+//!                                                               │ events, continue, reply
+//! caller's inbox (msg.reply) ◄── sealed, numbered ──────────────┘
+//! deploy.body.<name>.<nonce> ──► the body's data, when the order asked (continue)
+//! ```
+//!
+//! A refused envelope gets no answer: the agent cannot seal one for a caller without
+//! the key, and an unsealed answer would be a forgery's playground. The caller sees
+//! the host unreachable at its deadline.
+//!
+//! Replay protection holds per [`Subscriber`]: one per agent (the agent's workers elect
+//! one, see the agent). A new subscriber does not know its predecessor's nonces, so it
+//! refuses any order stamped before it started ([`Subscriber::since_ms`]); an order in
+//! flight during a takeover is lost (the caller reports the host unreachable), never
+//! run twice.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::Client;
+use base64::Engine as _;
+use deploy_common::server::conn::{self, BodyChunk, Events, Handler, Policy};
+use deploy_common::wire::message::{Message, TaggedEvent};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::envelope::{self, Psk, Replier, SeenSet, StreamOpener};
+use crate::subjects;
+
+/// The address the access log shows for an order that came over NATS (the peer is
+/// the caller behind the bus, whose address nobody knows).
+pub const NATS_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Why the subscriber stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A subscription was refused (permissions) or the connection is closed.
+    #[error("nats: cannot subscribe to {subject}: {cause}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// Why.
+        cause: String,
+    },
+}
+
+/// One agent's presence on NATS.
+pub struct Subscriber {
+    /// The connection.
+    pub client: Client,
+    /// `deploy.agent.<name>`'s name.
+    pub name: String,
+    /// Groups whose subjects it also serves.
+    pub groups: Vec<String>,
+    /// Further names it answers to on `deploy.agent.<alias>`.
+    pub aliases: Vec<String>,
+    /// From `key_cipher`.
+    pub psk: Psk,
+    /// Orders stamped before this instant (unix ms) are refused.
+    pub since_ms: i64,
+}
+
+impl Subscriber {
+    /// Subscribes to the agent's subjects, calls `ready`, then serves orders until
+    /// `shutdown`; orders in progress then run to their end (the caller's worker waits
+    /// for them in its grace period).
+    pub async fn serve<H: Handler>(
+        self,
+        handler: Arc<H>,
+        policy: Arc<Policy>,
+        shutdown: CancellationToken,
+        ready: impl FnOnce(),
+    ) -> Result<(), ServeError> {
+        let mut subjects = vec![subjects::agent(&self.name)];
+        subjects.extend(self.aliases.iter().map(|a| subjects::agent(a)));
+        subjects.extend(self.groups.iter().map(|g| subjects::group(g)));
+        let mut subs = Vec::new();
+        for subject in &subjects {
+            let sub = self.client.subscribe(subject.clone()).await.map_err(|e| {
+                ServeError::Subscribe {
+                    subject: subject.clone(),
+                    cause: e.to_string(),
+                }
+            })?;
+            subs.push(sub);
+        }
+        // The subscriptions are on the server once a flush returned (or will be, once
+        // the client connects: it restores them).
+        let flushed = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+        tracing::info!(
+            name = %self.name,
+            subjects = %subjects.join(","),
+            connected = matches!(flushed, Ok(Ok(()))),
+            "nats: serving"
+        );
+        ready();
+        let mut messages = futures_util::stream::select_all(subs);
+        let seen = Arc::new(Mutex::new(SeenSet::new()));
+        let tracker = TaskTracker::new();
+        let this = Arc::new(self);
+        loop {
+            let msg = tokio::select! {
+                () = shutdown.cancelled() => break,
+                msg = messages.next() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+            };
+            let subject = msg.subject.to_string();
+            let Some(reply_to) = msg.reply.as_ref().map(|r| r.to_string()) else {
+                tracing::warn!(subject = %subject, "nats: order without a reply subject refused");
+                continue;
+            };
+            let now = deploy_common::order::at::now_ms();
+            // The name the order was sent to (an alias answers as itself).
+            let name = subject
+                .strip_prefix("deploy.agent.")
+                .unwrap_or(&this.name)
+                .to_owned();
+            let opened = {
+                let mut seen = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                envelope::open_request(&this.psk, &name, &subject, &msg.payload, &mut seen, now)
+            };
+            let opened = match opened {
+                Ok(opened) if opened.time_ms + SINCE_MARGIN_MS < this.since_ms => {
+                    tracing::warn!(
+                        subject = %subject,
+                        time_ms = opened.time_ms,
+                        since_ms = this.since_ms,
+                        "nats: order refused: stamped before this subscriber started (possible replay)"
+                    );
+                    continue;
+                }
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::warn!(subject = %subject, cause = %e, "nats: order refused");
+                    continue;
+                }
+            };
+            let (handler, policy, this) =
+                (Arc::clone(&handler), Arc::clone(&policy), Arc::clone(&this));
+            tracker.spawn(async move {
+                this.run(opened, &name, reply_to, &*handler, &policy).await;
+            });
+        }
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+
+    async fn publish(&self, to: &str, replier: &mut Replier, message: &Message) {
+        match replier.seal(message) {
+            Ok(bytes) => {
+                if let Err(e) = self.client.publish(to.to_owned(), bytes.into()).await {
+                    tracing::warn!(to = %to, cause = %e, "nats: cannot publish a reply");
+                }
+            }
+            Err(e) => tracing::warn!(cause = %e, "nats: cannot seal a reply"),
+        }
+    }
+
+    /// Runs one opened order to its reply.
+    async fn run<H: Handler>(
+        &self,
+        opened: envelope::Opened,
+        name: &str,
+        reply_to: String,
+        handler: &H,
+        policy: &Policy,
+    ) {
+        let envelope::Opened {
+            message,
+            mut replier,
+            body,
+            nonce_hex,
+            ..
+        } = opened;
+        let Message::Request { id, request } = message else {
+            return;
+        };
+        let (tx, mut rx) = mpsc::channel::<TaggedEvent>(64);
+        let (ready_tx, mut ready_rx) = oneshot::channel();
+        let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE);
+        let events = Events::with_body(tx, ready_tx, body_rx);
+        let work = conn::serve_request(handler, policy, NATS_PEER, request, events);
+        tokio::pin!(work);
+        let mut body = Some((body, body_tx));
+        let mut events_open = true;
+        let reply = loop {
+            tokio::select! {
+                reply = &mut work => break reply,
+                event = rx.recv(), if events_open => match event {
+                    Some(event) => {
+                        self.publish(&reply_to, &mut replier, &Message::Event { id, event: event.event }).await;
+                    }
+                    None => events_open = false,
+                },
+                asked = &mut ready_rx, if body.is_some() => {
+                    let Some((opener, tx)) = body.take() else { continue };
+                    if asked.is_err() {
+                        continue;
+                    }
+                    let subject = subjects::body(name, &nonce_hex);
+                    match self.client.subscribe(subject.clone()).await {
+                        Ok(sub) => {
+                            // The subscription must be on the server before the caller
+                            // hears `continue`.
+                            let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+                            tokio::spawn(receive_body(sub, opener, id, tx, policy.socket_timeout));
+                            self.publish(&reply_to, &mut replier, &Message::Continue { id }).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(subject = %subject, cause = %e, "nats: cannot subscribe for the body");
+                        }
+                    }
+                }
+            }
+        };
+        while let Ok(event) = rx.try_recv() {
+            self.publish(
+                &reply_to,
+                &mut replier,
+                &Message::Event {
+                    id,
+                    event: event.event,
+                },
+            )
+            .await;
+        }
+        self.publish(&reply_to, &mut replier, &Message::reply(id, &reply))
+            .await;
+        let _ = self.client.flush().await;
+    }
+}
+
+/// Tolerance of [`Subscriber::since_ms`] for a caller's clock behind ours.
+const SINCE_MARGIN_MS: i64 = 0;
+
+/// Pieces of a body buffered between the subscription and the handler.
+const BODY_QUEUE: usize = 8;
+
+/// Feeds the caller's body to the order: each piece opened in sequence, decoded, sent
+/// on; the order sees its body cut (the channel closes without `End`) on a forged or
+/// out-of-sequence piece, or after `idle` without one.
+async fn receive_body(
+    mut sub: async_nats::Subscriber,
+    mut opener: StreamOpener,
+    id: u64,
+    tx: mpsc::Sender<BodyChunk>,
+    idle: Duration,
+) {
+    loop {
+        let msg = match tokio::time::timeout(idle, sub.next()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) | Err(_) => {
+                tracing::warn!("nats: request body cut (nothing within socket_timeout)");
+                return;
+            }
+        };
+        let (data, end) = match opener.open(&msg.payload) {
+            Ok(Message::Data { id: of, data, end }) if of == id => (data, end),
+            Ok(_) => {
+                tracing::warn!("nats: request body: unexpected message");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "nats: request body refused");
+                return;
+            }
+        };
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) else {
+            tracing::warn!("nats: request body: bad base64");
+            return;
+        };
+        if !bytes.is_empty() && tx.send(BodyChunk::Data(bytes)).await.is_err() {
+            return;
+        }
+        if end {
+            let _ = tx.send(BodyChunk::End).await;
+            return;
+        }
+    }
+}
