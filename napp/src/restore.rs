@@ -42,22 +42,48 @@ fn parent(root: &impl AsFd, path: &str) -> Result<(OwnedFd, String), Error> {
 
 /// The target's `.gitignore` rules, read from the store.
 fn target_rules(target: &Manifest, store: &Store) -> Result<Rules, Error> {
+    rules_with(target, |path, sha256| {
+        let mut text = Vec::new();
+        store
+            .open_object(sha256)?
+            .take(1 << 20)
+            .read_to_end(&mut text)
+            .map_err(|e| Error::io("read", path.as_bytes(), e))?;
+        Ok(text)
+    })
+}
+
+/// The `.gitignore` rules of `target`, each file's content given by `read(path,
+/// sha256)` (the store here; what an SSH host sent for [`crate::remote`]).
+pub fn rules_with(
+    target: &Manifest,
+    mut read: impl FnMut(&str, &str) -> Result<Vec<u8>, Error>,
+) -> Result<Rules, Error> {
     let mut rules = Rules::new();
     for e in &target.entries {
         if let Entry::File { path, sha256, .. } = e {
             let (dir, name) = split(path);
             if name == ".gitignore" {
-                let mut text = Vec::new();
-                store
-                    .open_object(sha256)?
-                    .take(1 << 20)
-                    .read_to_end(&mut text)
-                    .map_err(|e| Error::io("read", path.as_bytes(), e))?;
-                rules.add(dir.as_bytes(), &text);
+                let text = read(path, sha256)?;
+                rules.add(dir.as_bytes(), text.get(..1 << 20).unwrap_or(&text));
             }
         }
     }
     Ok(rules)
+}
+
+/// The `.gitignore` files of `target`: (path, object).
+pub fn gitignores(target: &Manifest) -> Vec<(&str, &str)> {
+    target
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File { path, sha256, .. } if split(path).1 == ".gitignore" => {
+                Some((path.as_str(), sha256.as_str()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The staging directory, removed when dropped.

@@ -942,8 +942,6 @@ async fn current_versions(
                         .get(&(app.name.clone(), n.clone()))
                         .map(|r| (n.clone(), r.clone()))
                 })
-                // NodeApps on SSH hosts have no versions (yet).
-                .filter(|(_, r)| !matches!(r, Route::Direct(t) if t.scheme == Scheme::Ssh))
                 .collect(),
         })
         .collect();
