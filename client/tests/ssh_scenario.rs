@@ -4,6 +4,7 @@
 //! an ignored file surviving, an ambiguous prefix refused, and hostile file names.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -261,7 +262,7 @@ async fn hello_world_versions_on_ssh_hosts() {
 }
 
 /// File names a shell would misread travel through commit and reset unharmed: a
-/// newline, a quote, `$(…)`.
+/// newline, a quote, `$(…)`, a byte that is not UTF-8.
 #[tokio::test]
 async fn hostile_names_round_trip_on_ssh_hosts() {
     let dir = tempfile::tempdir().unwrap();
@@ -287,6 +288,8 @@ async fn hostile_names_round_trip_on_ssh_hosts() {
     let f = folder.to_str().unwrap();
     let names = ["new\nline", "it's", "$(touch pwned)", "a b/c'd"];
     let src = folder.join("app/src");
+    // Sources must be UTF-8 (the upload's rule); the host's tree need not be.
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
     for n in names {
         let p = src.join(n);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -297,15 +300,21 @@ async fn hostile_names_round_trip_on_ssh_hosts() {
         .await;
     assert_eq!(out.status, 0, "{out:?}");
     let napp = ssh.napp(2, "app", "odd");
+    fs::write(napp.join(latin1), "one").unwrap();
+    let out = ssh
+        .run("scenario", &["apply", f, "commit", "-m", "one+"])
+        .await;
+    assert_eq!(out.status, 0, "{out:?}");
     for n in names {
         fs::write(napp.join(n), format!("two {n}")).unwrap();
     }
+    fs::write(napp.join(latin1), "two").unwrap();
     let out = ssh
         .run("scenario", &["apply", f, "commit", "-m", "two"])
         .await;
     assert_eq!(out.status, 0, "{out:?}");
     let ids = ssh.versions(&s2, "app@odd").await;
-    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids.len(), 3, "{ids:?}");
     let out = ssh
         .run(
             "napp",
@@ -316,6 +325,7 @@ async fn hostile_names_round_trip_on_ssh_hosts() {
     for n in names {
         assert_eq!(read(napp.join(n)), format!("one {n}"), "{n:?}");
     }
+    assert_eq!(fs::read(napp.join(latin1)).unwrap(), b"one");
     assert!(!napp.join("pwned").exists() && !dir.path().join("pwned").exists());
     let out = ssh
         .run(
@@ -327,5 +337,6 @@ async fn hostile_names_round_trip_on_ssh_hosts() {
     for n in names {
         assert_eq!(read(napp.join(n)), format!("two {n}"), "{n:?}");
     }
-    assert_eq!(agent_view(&napp).len(), 4);
+    assert_eq!(fs::read(napp.join(latin1)).unwrap(), b"two");
+    assert_eq!(agent_view(&napp).len(), 5);
 }

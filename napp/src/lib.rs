@@ -81,8 +81,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A name a version cannot record.
-    #[error("{path}: not a UTF-8 name; rename it or list it in .gitignore")]
+    /// A link a version cannot record.
+    #[error(
+        "{path}: a symbolic link whose target is not UTF-8; change it or list it in .gitignore"
+    )]
     Name {
         /// The name, lossily decoded.
         path: String,

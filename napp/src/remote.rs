@@ -193,9 +193,9 @@ struct Step {
     undo: Vec<u8>,
 }
 
-fn at(path: &str) -> Vec<u8> {
+fn at(path: &[u8]) -> Vec<u8> {
     let mut p = b"\"$D\"/".to_vec();
-    p.extend_from_slice(&quote(path.as_bytes()));
+    p.extend_from_slice(&quote(path));
     p
 }
 
@@ -263,7 +263,7 @@ pub fn reset_script(
         if wanted.is_some_and(|t| t.kind() == e.kind()) {
             continue;
         }
-        if wanted.is_none() && rules.ignored(path.as_bytes(), e.kind() == Kind::Dir) {
+        if wanted.is_none() && rules.ignored(path, e.kind() == Kind::Dir) {
             continue;
         }
         let k = steps.len();
@@ -314,9 +314,9 @@ pub fn reset_script(
             continue;
         };
         let k = steps.len();
-        let p = at(path);
+        let p = at(path.as_bytes());
         let mode = mode & 0o7777;
-        let chmod = match current.get(path) {
+        let chmod = match current.get(path.as_bytes()) {
             Some(Entry::Dir { mode: old, .. }) if old & 0o7777 == mode => b"true".to_vec(),
             Some(Entry::Dir { mode: old, .. }) => cat(&[
                 format!("chmod {mode:o} ").as_bytes(),
@@ -406,6 +406,9 @@ pub fn reset_script(
 }
 
 /// A path for an error message inside single quotes: its quotes dropped.
-fn quote_msg(path: &str) -> Vec<u8> {
-    path.bytes().filter(|&b| b != b'\'' && b != b'\n').collect()
+fn quote_msg(path: &[u8]) -> Vec<u8> {
+    path.iter()
+        .copied()
+        .filter(|&b| b != b'\'' && b != b'\n')
+        .collect()
 }

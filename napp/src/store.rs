@@ -249,15 +249,11 @@ impl Store {
             if self.has(sha256) {
                 continue;
             }
-            let (dir, name) = match path.rsplit_once('/') {
-                Some((dir, name)) => (dir, name),
-                None => ("", path.as_str()),
-            };
-            let d = fs::open_dir(root, dir.as_bytes())
-                .map_err(|e| Error::fs("open", dir.as_bytes(), e))?;
-            let file = fs::open_file(&d, name.as_bytes())
-                .map_err(|e| Error::fs("open", path.as_bytes(), e))?;
-            self.put(file, Some(sha256), path)?;
+            let (dir, name) = crate::restore::split(path.as_bytes());
+            let d = fs::open_dir(root, dir).map_err(|e| Error::fs("open", dir, e))?;
+            let file =
+                fs::open_file(&d, name).map_err(|e| Error::fs("open", path.as_bytes(), e))?;
+            self.put(file, Some(sha256), &path.to_string())?;
         }
         Ok(())
     }
