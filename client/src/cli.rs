@@ -139,7 +139,7 @@ pub enum OrderArg {
     /// A proxy's agents and their state from its heartbeat (`deploy-client nodes
     /// [PROXY]`; --state=online|unstable|offline keeps one state).
     Nodes,
-    /// Background tasks of agents (`--background`): --options=list, wait,ID[,SECS]
+    /// Background tasks of agents and ssh:// hosts (`--background`): --options=list, wait,ID[,SECS]
     /// (until it ends, at most SECS, default 25) or cancel,ID.
     Tasks,
 }
