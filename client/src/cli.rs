@@ -533,8 +533,8 @@ pub struct Args {
     pub max_wait: Option<String>,
 
     /// `exec`, `run`: start the command detached and print its task id at once; on
-    /// agents then `--order=tasks --options=list|wait,ID[,SECS]|cancel,ID`. On SSH
-    /// hosts (`run`) the id is the pid, the output goes to `~/.deploy-tasks/<pid>.out`.
+    /// agents and SSH hosts (`run`) then `--order=tasks --options=list|wait,ID[,SECS]|cancel,ID`
+    /// (on SSH hosts the task lives in `~/.deploy/tasks/<id>/`).
     #[arg(long)]
     pub background: bool,
 
