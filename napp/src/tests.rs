@@ -337,3 +337,59 @@ fn non_utf8_names_round_trip() {
     lock.reset(&a.version[..8], "back").unwrap();
     assert_eq!(std::fs::read(dir.join(odd)).unwrap(), b"one");
 }
+
+/// The SSH hosts' reset script (`remote::reset_script`, run here by `sh`): a reset
+/// that cannot finish (the target wants a file where a directory still holds an
+/// ignored file) puts back everything it had moved and exits 73; a possible one
+/// makes the tree the target's, ignored files left alone.
+#[test]
+fn remote_reset_script_undoes_a_failure_and_restores() {
+    let f = fixture();
+    let napp = f.ws.nodeapp("web", "s1", true).unwrap().unwrap();
+    let dir = napp.path().to_path_buf();
+    let objects = f.base.join("workspace/.deploy/versions/web@s1/objects");
+    write(&dir.join(".gitignore"), "*.log\n");
+    write(&dir.join("d"), "a file");
+    write(&dir.join("x"), "x1");
+    let lock = napp.lock().unwrap();
+    let a = lock.snapshot("a", false).unwrap().unwrap();
+    std::fs::remove_file(dir.join("d")).unwrap();
+    write(&dir.join("d/a"), "in d");
+    write(&dir.join("d/keep.log"), "ignored");
+    write(&dir.join("x"), "x2");
+    lock.snapshot("b", false).unwrap().unwrap();
+    let run = |target: &Manifest| {
+        let (current, _) = manifest::walk(lock.root().unwrap().fd()).unwrap();
+        let rules = restore::rules_with(target, |_, sha| {
+            Ok(std::fs::read(objects.join(&sha[..2]).join(&sha[2..])).unwrap())
+        })
+        .unwrap();
+        let script = remote::reset_script(&current, target, &rules).unwrap();
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(std::ffi::OsStr::from_bytes(&script))
+            .env("D", &dir)
+            .env("O", &objects)
+            .output()
+            .unwrap()
+    };
+    use std::os::unix::ffi::OsStrExt as _;
+    let wanted = lock.napp.store.manifest(&a.manifest).unwrap();
+    let out = run(&wanted);
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    assert_eq!(read(&dir.join("d/a")), "in d", "moved back");
+    assert_eq!(read(&dir.join("x")), "x2", "moved back");
+    assert!(!std::fs::read_dir(&dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .as_bytes()
+        .starts_with(b".deploy-tmp")));
+    // Without the ignored file in the way, the same reset goes through.
+    std::fs::remove_file(dir.join("d/keep.log")).unwrap();
+    let out = run(&wanted);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(read(&dir.join("d")), "a file");
+    assert_eq!(read(&dir.join("x")), "x1");
+    let (now, _) = manifest::walk(lock.root().unwrap().fd()).unwrap();
+    assert_eq!(now, wanted);
+}
