@@ -6,6 +6,10 @@
 # (127.0.x.y, `[server] listen[]`), as in bench/fanout.sh. A call reads the heartbeat's
 # file and probes nothing, so its time should not grow with N; the round should.
 #
+# Baseline, in the same run: a per-call probe, `deploy-client --order=health` through
+# the same proxy to every agent of the group (what a `nodes` without the heartbeat
+# would have to do), median of min(RUNS, 5) calls; the ratio is nodes / probe.
+#
 # Usage: bench/nodes.sh [RUNS] [N]     (default 20 runs, N = 1000)
 #        PROFILE=debug bench/nodes.sh  (the debug build, to skip a release build)
 set -euo pipefail
@@ -111,7 +115,21 @@ try:
         t = time.perf_counter()
         subprocess.run(cmd + ["--state=offline"], capture_output=True)
         empty.append((time.perf_counter() - t) * 1000)
+    probe = ["--hosts", "127.0.0.1", "--port", port, "--api-key", "bench", "--args", "groups:fleet",
+             "--key-cipher", "benchproxy", "--order=health", "--format=json"]
+    probes = []
+    for _ in range(min(runs, 5)):
+        t = time.perf_counter()
+        r = subprocess.run([f"{bin_dir}/deploy-client", *probe], capture_output=True)
+        probes.append((time.perf_counter() - t) * 1000)
+        answered = len(json.loads(r.stdout or b"{}"))
+        if answered < n:
+            sys.exit(f"health probe: {answered} of {n} answered (exit {r.returncode}): {r.stderr.decode()[:1000]}")
+    import os
     print(f"deploy-client nodes → deploy-proxy, {n} agents behind it, heartbeat 5 s, {runs} calls, {profile} build")
+    print(f"  per-call probe (health to all {n} through the proxy): median {statistics.median(probes):.1f} ms; "
+          f"ratio nodes / probe {statistics.median(times) / statistics.median(probes):.3f}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"  call: median {statistics.median(times):.1f} ms, p90 {times[max(0, int(len(times) * 0.9) - 1)]:.1f} ms")
     print(f"  call answering no node (--state=offline): median {statistics.median(empty):.1f} ms")
     print(f"  heartbeat round ({len(rounds)} seen): median {statistics.median(rounds):.0f} ms")

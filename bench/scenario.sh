@@ -8,6 +8,12 @@
 # latest script of the previous one (a reply back, the client's bookkeeping, a request
 # out, a shell started on the node).
 #
+# Baseline, in the same run: Octopoda's way, one application at a time: the same three
+# apps as three one-app scenario folders of the same name (so the same NodeApps, the
+# same napp orders), applied one after the other, each app's nodes in parallel. The
+# ratio is ours / one-at-a-time (each apply is its own client process: that start-up,
+# a few ms, is in the baseline's time three times).
+#
 # Usage: bench/scenario.sh [RUNS] [N] [KIB]   (default 3 runs, 20 nodes, 256 KiB of
 # sources per app). BENCH_BIN=DIR takes the binaries from DIR (no build). Needs python3.
 set -euo pipefail
@@ -57,8 +63,26 @@ try:
             for t in ("prepare", "start", "stop", "purge"))
     with open(f"{folder}/deployment.yaml", "w") as f:
         f.write(yaml)
+    # The baseline's folders: one app each, same scenario name, same files.
+    singles = []
+    for a, order in (("one", 1), ("two", 2), ("three", 3)):
+        one = f"{work}/single-{a}"
+        for sub in ("src", "scripts"):
+            os.makedirs(f"{one}/{a}/{sub}")
+            for name in os.listdir(f"{folder}/{a}/{sub}"):
+                os.link(f"{folder}/{a}/{sub}/{name}", f"{one}/{a}/{sub}/{name}")
+        text = "name: bench\ndescription: bench\napplications:\n"
+        text += (f"- name: {a}\n  description: x\n  scriptpath: {a}/scripts\n"
+                 f"  sourcepath: {a}/src\n  nodes:\n")
+        text += "".join(f"    - '{node}'\n" for node in nodes)
+        text += "  script:\n" + "".join(
+            f"    - target: {t}\n      file: {t}.sh\n      order: {order}\n"
+            for t in ("prepare", "start", "stop", "purge"))
+        with open(f"{one}/deployment.yaml", "w") as f:
+            f.write(text)
+        singles.append(one)
     env = dict(os.environ, DEPLOY_KEY_CIPHER="bench-secret", DEPLOY_CLIENT_CONFIG="")
-    totals, gaps = [], []
+    totals, gaps, baselines = [], [], []
     for r in range(runs):
         # Each run from empty NodeApps: a purge first (its errors on a fresh fleet ignored).
         subprocess.run([f"{bin_dir}/deploy-client", "scenario", "apply", folder, "purge"],
@@ -84,12 +108,27 @@ try:
         run_gaps = [(min(stamps[b]) - max(stamps[a])) / 1e9 for a, b in zip(stages, stages[1:])]
         totals.append(total)
         gaps.append(run_gaps)
-        print(f"run {r}: total {total:.2f} s; between orders (ms): "
+        # The baseline: the same NodeApps from empty, one app after the other.
+        subprocess.run([f"{bin_dir}/deploy-client", "scenario", "apply", folder, "purge"],
+                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start = time.monotonic()
+        for one in singles:
+            b = subprocess.run([f"{bin_dir}/deploy-client", "scenario", "apply", one,
+                                "-m", f"run {r}", "--format=jsonl"],
+                               env=env, stdout=subprocess.DEVNULL)
+            if b.returncode != 0:
+                sys.exit(f"baseline run {r}: {one}: exit {b.returncode}")
+        base = time.monotonic() - start
+        baselines.append(base)
+        print(f"run {r}: total {total:.2f} s, one app at a time {base:.2f} s "
+              f"(ratio {total / base:.2f}); between orders (ms): "
               + " ".join(f"{g * 1000:.1f}" for g in run_gaps))
     flat = [g for gs in gaps for g in gs]
-    print(f"{n} nodes x 3 apps, {kib} KiB each: total median {statistics.median(totals):.2f} s; "
+    med, bmed = statistics.median(totals), statistics.median(baselines)
+    print(f"{n} nodes x 3 apps, {kib} KiB each: total median {med:.2f} s; "
+          f"one app at a time median {bmed:.2f} s; ratio {med / bmed:.2f}; "
           f"between orders median {statistics.median(flat) * 1000:.1f} ms, "
-          f"max {max(flat) * 1000:.1f} ms")
+          f"max {max(flat) * 1000:.1f} ms; load average {os.getloadavg()[0]:.1f}")
 finally:
     procs.close()
     clean(work)

@@ -139,7 +139,7 @@ pub enum OrderArg {
     /// A proxy's agents and their state from its heartbeat (`deploy-client nodes
     /// [PROXY]`; --state=online|unstable|offline keeps one state).
     Nodes,
-    /// Background tasks of agents (`--background`): --options=list, wait,ID[,SECS]
+    /// Background tasks of agents and ssh:// hosts (`--background`): --options=list, wait,ID[,SECS]
     /// (until it ends, at most SECS, default 25) or cancel,ID.
     Tasks,
 }
@@ -551,8 +551,8 @@ pub struct Args {
     pub max_wait: Option<String>,
 
     /// `exec`, `run`: start the command detached and print its task id at once; on
-    /// agents then `--order=tasks --options=list|wait,ID[,SECS]|cancel,ID`. On SSH
-    /// hosts (`run`) the id is the pid, the output goes to `~/.deploy-tasks/<pid>.out`.
+    /// agents and SSH hosts (`run`) then `--order=tasks --options=list|wait,ID[,SECS]|cancel,ID`
+    /// (on SSH hosts the task lives in `~/.deploy/tasks/<id>/`).
     #[arg(long)]
     pub background: bool,
 

@@ -22,6 +22,7 @@
 //! | [`nodes`] | `nodes`: a proxy's agents and their state, as a table |
 //! | [`scenario`] | `deploy-client scenario …` and `napp …`: Octopoda scenarios on agents |
 //! | [`ssh_napp`] | scenarios on `ssh://` hosts: `napp` pushes and scripts as SSH upload and `run` |
+//! | [`ssh_versions`] | NodeApp versions on `ssh://` hosts, kept on the host in the agents' layout |
 //!
 //! # Design
 //!
@@ -55,6 +56,7 @@ mod rollout;
 mod scenario;
 mod ssh_napp;
 mod ssh_release;
+mod ssh_versions;
 mod status;
 mod verbs;
 

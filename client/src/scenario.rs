@@ -24,6 +24,7 @@
 //! by every caller of that proxy, [`crate::proxy_store::ProxyStore`]), else beside the
 //! folder (`DIR/.deploy/scenario-versions.jsonl`, [`FolderStore`]).
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -269,12 +270,28 @@ impl Connect {
         &self,
         scenario: &deploy_scenario::Scenario,
     ) -> anyhow::Result<(Arc<dyn Transport>, bool)> {
-        let agent = self.transport()?;
         let any_ssh = scenario
             .apps
             .iter()
             .flat_map(|a| &a.nodes)
             .any(|n| n.starts_with(deploy_common::target::SSH_PREFIX));
+        let sources = scenario
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), a.source.clone()))
+            .collect();
+        self.transport_for(any_ssh, sources, scenario.root.clone())
+    }
+
+    /// The agents' transport, with the SSH one beside it when `any_ssh` (`napp`
+    /// translated there, [`crate::ssh_napp`]; `sources` for its pushes).
+    fn transport_for(
+        &self,
+        any_ssh: bool,
+        sources: HashMap<String, PathBuf>,
+        root: PathBuf,
+    ) -> anyhow::Result<(Arc<dyn Transport>, bool)> {
+        let agent = self.transport()?;
         if !any_ssh {
             return Ok((agent, false));
         }
@@ -287,17 +304,7 @@ impl Connect {
         options.deadline = Some(Duration::from_secs(self.timeout));
         options.pty = false;
         let ssh = Arc::new(deploy_common::ssh::SshTransport::new(options)?);
-        let sources = scenario
-            .apps
-            .iter()
-            .map(|a| (a.name.clone(), a.source.clone()))
-            .collect();
-        let napp = crate::ssh_napp::SshNapp::new(
-            ssh,
-            self.ssh_workspace.clone(),
-            sources,
-            scenario.root.clone(),
-        );
+        let napp = crate::ssh_napp::SshNapp::new(ssh, self.ssh_workspace.clone(), sources, root);
         Ok((
             Arc::new(deploy_common::transport::Mux {
                 agent,
@@ -604,8 +611,9 @@ async fn scenario_inner(cmd: ScenarioCmd, connect: &Connect) -> anyhow::Result<u
             message,
         } => {
             let scenario = load(&dir)?;
-            let transport = connect.transport()?;
+            let (transport, ssh) = connect.scenario_transport(&scenario)?;
             let mut options = connect.options()?;
+            options.ssh = ssh;
             options.store = Some(connect.store(&scenario)?);
             let (tx, rx) = mpsc::unbounded_channel();
             options.events = Some(tx);
@@ -691,8 +699,13 @@ async fn napp_inner(cmd: NappCmd, connect: &Connect) -> anyhow::Result<u8> {
             (host, spec)
         }
     };
-    let transport = connect.transport()?;
-    let options = connect.options()?;
+    let (transport, ssh) = connect.transport_for(
+        host.starts_with(deploy_common::target::SSH_PREFIX),
+        HashMap::new(),
+        PathBuf::new(),
+    )?;
+    let mut options = connect.options()?;
+    options.ssh = ssh;
     let action = spec.action;
     let step = apply::napp_one(&host, spec, transport, &options).await?;
     if connect.format != Format::Text {

@@ -8,8 +8,10 @@
 //!          mktemp files, the OCTOPODA_*/DEPLOY_* variables exported, cd to the
 //!          NodeApp dir, `sh SCRIPT`; its lines stream as they come, then one marker
 //!          line (hidden) carries the exit code and the output file, base64
-//! purge    `run` of rm -rf on the NodeApp dir
-//! others   501: NodeApp versions (commit, versions, reset, get) live on agents only
+//! purge    `run` of rm -rf on the NodeApp dir and its versions
+//! push, commit, versions, reset, get: NodeApp versions kept on the host, in the
+//!          agents' layout ([`crate::ssh_versions`]); push records one if the tree
+//!          changed, commit always
 //! ```
 //!
 //! The workspace (`--ssh-workspace`, relative to the remote home unless absolute) may
@@ -31,6 +33,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::ssh_release::quote;
+use crate::ssh_versions::Remote;
 
 /// The default workspace on SSH hosts, relative to the remote home.
 pub const DEFAULT_WORKSPACE: &str = ".deploy/scenarios/workspace";
@@ -73,6 +76,30 @@ impl SshNapp {
         )
     }
 
+    /// The NodeApp's versions on `target`.
+    fn remote<'a>(&'a self, target: &'a Target, spec: &'a NappSpec) -> Result<Remote<'a>, Reply> {
+        Ok(Remote {
+            inner: &self.inner,
+            target,
+            spec,
+            vars: self.vars(target, spec)?,
+        })
+    }
+
+    /// `abs`, `D` (the NodeApp dir) and `W` (the workspace), absolute, for a script.
+    fn vars(&self, target: &Target, spec: &NappSpec) -> Result<String, Reply> {
+        let q = |what, v: &str| quote(what, v).map_err(|e| Reply::error(400, e.to_string()));
+        let dir = self.dir(target, spec);
+        let ws = expand(&self.workspace, target, &[]);
+        // Relative paths are the remote home's: made absolute for the variables.
+        Ok(format!(
+            "abs() {{ case $1 in /*) printf '%s' \"$1\";; *) printf '%s/%s' \"$HOME\" \"$1\";; esac; }}\n\
+             D=$(abs {}); W=$(abs {}); R=$(dirname -- \"$W\")\n",
+            q("the NodeApp directory", &dir)?,
+            q("the workspace", ws.trim_end_matches('/'))?
+        ))
+    }
+
     async fn push(&self, target: &Target, spec: &NappSpec) -> Outcome {
         let Some(source) = self.sources.get(&spec.app) else {
             return reply(Reply::error(400, format!("no sources for {:?}", spec.app)));
@@ -101,10 +128,22 @@ impl SshNapp {
                 if body.get("return").and_then(Value::as_str) != Some("true") {
                     return Outcome::Reply(r);
                 }
+                let message = match spec.message.is_empty() {
+                    true => "prepare",
+                    false => spec.message.as_str(),
+                };
+                let version = match self.remote(target, spec) {
+                    Ok(remote) => remote.snapshot(message, false).await,
+                    Err(r) => Err(r),
+                };
+                let version = match version {
+                    Ok(v) => v,
+                    Err(r) => return reply(r),
+                };
                 reply(Reply::ok(object([
                     ("return", flag(true)),
                     ("dir", Value::from(dir)),
-                    ("version", Value::from("")),
+                    ("version", Value::from(version)),
                     ("files", text("files")),
                     ("bytes", text("bytes")),
                 ])))
@@ -115,16 +154,8 @@ impl SshNapp {
 
     fn script_text(&self, target: &Target, spec: &NappSpec) -> Result<String, Reply> {
         let q = |what, v: &str| quote(what, v).map_err(|e| Reply::error(400, e.to_string()));
-        let dir = self.dir(target, spec);
-        let ws = expand(&self.workspace, target, &[]);
         let mut text = String::from("set -u\n");
-        // Relative paths are the remote home's: made absolute for the variables.
-        text.push_str(&format!(
-            "abs() {{ case $1 in /*) printf '%s' \"$1\";; *) printf '%s/%s' \"$HOME\" \"$1\";; esac; }}\n\
-             D=$(abs {}); W=$(abs {}); R=$(dirname -- \"$W\")\n",
-            q("the NodeApp directory", &dir)?,
-            q("the workspace", ws.trim_end_matches('/'))?
-        ));
+        text.push_str(&self.vars(target, spec)?);
         text.push_str(
             "mkdir -p -- \"$D\" || exit 70\n\
              O=$(mktemp \"${TMPDIR:-/tmp}/deploy-napp.XXXXXX\") || exit 70\n\
@@ -232,11 +263,15 @@ impl SshNapp {
     }
 
     async fn purge(&self, target: &Target, spec: &NappSpec) -> Outcome {
-        let dir = match quote("the NodeApp directory", &self.dir(target, spec)) {
-            Ok(d) => d,
-            Err(e) => return reply(Reply::error(400, e.to_string())),
+        let vars = match self.vars(target, spec) {
+            Ok(v) => v,
+            Err(r) => return reply(r),
         };
-        let request = run(&format!("rm -rf -- {dir}\n"), false);
+        let name = napp::dir_name(&spec.app, &spec.scenario);
+        let request = run(
+            &format!("{vars}rm -rf -- \"$D\" \"$W/.deploy/versions/{name}\"\n"),
+            false,
+        );
         let (tx, rx) = mpsc::channel(64);
         let (outcome, ()) = tokio::join!(self.inner.deliver(target, &request, tx), drain(rx));
         match outcome {
@@ -294,20 +329,43 @@ impl Transport for SshNapp {
             return self.inner.deliver(target, request, events);
         };
         Box::pin(async move {
-            if !napp::valid_name(&spec.scenario) || !napp::valid_name(&spec.app) {
+            let any = spec.action == Action::Get;
+            let ok = |n: &str| napp::valid_name(n) || (any && n.is_empty());
+            if !ok(&spec.scenario) || !ok(&spec.app) {
                 return reply(Reply::error(400, "napp: bad scenario or application name"));
             }
             match spec.action {
                 Action::Push => self.push(target, spec).await,
                 Action::Script => self.script(target, spec, request.follow, events).await,
                 Action::Purge => self.purge(target, spec).await,
-                other => reply(Reply::error(
-                    501,
-                    format!(
-                        "napp {}: NodeApp versions are kept on agents; on ssh:// hosts they are not supported yet",
-                        other.as_str()
-                    ),
-                )),
+                Action::Commit => {
+                    let message = match spec.message.is_empty() {
+                        true => "commit",
+                        false => spec.message.as_str(),
+                    };
+                    match self.remote(target, spec) {
+                        Ok(r) => match r.snapshot(message, true).await {
+                            Ok(v) => reply(Reply::ok(object([
+                                ("return", flag(true)),
+                                ("version", Value::from(v)),
+                            ]))),
+                            Err(e) => reply(e),
+                        },
+                        Err(e) => reply(e),
+                    }
+                }
+                Action::Versions | Action::Reset | Action::Get => {
+                    let remote = match self.remote(target, spec) {
+                        Ok(r) => r,
+                        Err(e) => return reply(e),
+                    };
+                    let result = match spec.action {
+                        Action::Versions => remote.versions().await,
+                        Action::Reset => remote.reset().await,
+                        _ => remote.get().await,
+                    };
+                    reply(result.unwrap_or_else(|e| e))
+                }
             }
         })
     }

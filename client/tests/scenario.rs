@@ -658,8 +658,8 @@ async fn napp_views_and_reset() {
 
 /// `ssh://` nodes beside an agent: sources pushed and scripts run over SSH with the
 /// same variables, their lines live and their `$OCTOPODA_OUTPUT` returned; purge
-/// removes their NodeApps. Scenario versions name the agent's NodeApps only (SSH hosts
-/// keep no versions yet).
+/// removes their NodeApps. Scenario versions name the agent's NodeApps and the SSH
+/// hosts' (kept on the hosts, `ssh_scenario`).
 #[tokio::test]
 async fn ssh_hosts_beside_an_agent() {
     let Some(c) = deploy_testkit::sshd::cluster() else {
@@ -739,7 +739,9 @@ async fn ssh_hosts_beside_an_agent() {
     let out = run(&["versions", f, "--format=json"]).await;
     let page: Value = serde_json::from_str(&out.stdout).unwrap();
     let map = page["versions"][0]["map"].as_object().unwrap();
-    assert_eq!(map.keys().collect::<Vec<_>>(), [&agent.name()], "{map:?}");
+    let mut want = vec![agent.name(), s0.clone(), s1.clone()];
+    want.sort();
+    assert_eq!(map.keys().cloned().collect::<Vec<_>>(), want, "{map:?}");
 
     let out = run(&["apply", f, "purge"]).await;
     assert_eq!(out.status, 0, "{out:?}");

@@ -2011,52 +2011,95 @@ fn ssh_timed_run_starts_at_the_instant() {
 }
 
 /// `--background` on an SSH host: the command is detached (its own session, so the
-/// SSH session's end leaves it running), its pid comes back as the task id, its output
-/// goes to `~/.deploy-tasks/<pid>.out`.
+/// SSH session's end leaves it running) under `~/.deploy/tasks/<id>/`, and `tasks
+/// list|wait|cancel` answer for it as an agent does: the exit code waited for, a
+/// cancelled task's process group gone.
 #[test]
-fn ssh_background_run_returns_the_pid() {
+fn ssh_background_tasks_listed_waited_cancelled() {
     let Some(c) = cluster() else { return };
     let home = home(c, true);
-    let out = client(
-        home.path(),
-        &[
-            "--hosts",
-            &c.spec(0),
-            "--order=run",
-            "--background",
-            "--",
-            "echo started; exec sleep 300",
-        ],
-        None,
+    let host = c.spec(0);
+    let start = |command: &str| {
+        let out = client(
+            home.path(),
+            &[
+                "--hosts",
+                &host,
+                "--order=run",
+                "--background",
+                "--",
+                command,
+            ],
+            None,
+        );
+        assert_eq!(out.status, 0, "{out:?}");
+        let doc: Value = serde_json::from_str(&out.stdout).expect("json");
+        let body = &doc[&host]["run"]["content"];
+        let task = body["task"].as_str().expect("task id").to_owned();
+        assert_eq!(task.len(), 32, "{out:?}");
+        let pid: i32 = body["pid"].as_str().unwrap().parse().unwrap();
+        (task, pid)
+    };
+    let tasks = |args: &[&str]| {
+        let mut all = vec!["tasks"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[host.as_str(), "--format=json"]);
+        let out = client(home.path(), &all, None);
+        let doc: Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        (out.status, doc[&host]["tasks"]["content"].clone())
+    };
+
+    let (done, _) = start("echo started; exit 3");
+    let (status, body) = tasks(&["wait", &done, "10"]);
+    assert_eq!(status, 1, "the task failed, so does the wait: {body}");
+    assert_eq!(body["state"], "done", "{body}");
+    assert_eq!(body["code"], "3", "{body}");
+    assert_eq!(body["content"], "c3RhcnRlZAo=", "its output's tail: {body}");
+
+    let (long, pid) = start("echo started; exec sleep 300");
+    let (status, body) = tasks(&["wait", &long, "1"]);
+    assert_eq!(status, 1, "{body}");
+    assert_eq!(body["state"], "running", "{body}");
+    let group = nix::unistd::Pid::from_raw(-pid);
+    assert!(nix::sys::signal::kill(group, None).is_ok(), "running");
+    let (status, body) = tasks(&["list"]);
+    assert_eq!(status, 0, "{body}");
+    let list: Value = serde_json::from_str(body["tasks"].as_str().unwrap()).unwrap();
+    let states: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().into(),
+                t["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&(long.clone(), "running".into())),
+        "{states:?}"
     );
-    assert_eq!(out.status, 0, "{out:?}");
-    let doc: Value = serde_json::from_str(&out.stdout).expect("json");
-    let record = doc
-        .as_object()
-        .and_then(|m| m.values().next())
-        .expect("one host");
-    let task = record["run"]["content"]["task"].as_str().expect("task id");
-    let pid: i32 = task.parse().expect("a pid");
-    // The sshd run on this machine, as root: the process is here to see.
-    let mut cmdline = String::new();
-    for _ in 0..100 {
-        cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmdline.starts_with("sleep\0") {
+    assert!(
+        states.contains(&(done.clone(), "done".into())),
+        "{states:?}"
+    );
+
+    let (status, body) = tasks(&["cancel", &long]);
+    assert_eq!(status, 0, "{body}");
+    assert_eq!(body["state"], "cancelled", "{body}");
+    let mut gone = false;
+    for _ in 0..50 {
+        if nix::sys::signal::kill(group, None).is_err() {
+            gone = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(cmdline.starts_with("sleep\x00300"), "{cmdline:?}");
-    // Where its output went (the test sshd's remote home), read from the process.
-    let output = std::fs::read_link(format!("/proc/{pid}/fd/1")).expect("its stdout");
-    assert!(
-        output.ends_with(format!(".deploy-tasks/{pid}.out")),
-        "{output:?}"
-    );
-    assert_eq!(std::fs::read_to_string(&output).unwrap(), "started\n");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let _ = std::fs::remove_file(output);
+    assert!(gone, "the task's process group is gone");
+    let (_, body) = tasks(&["wait", &long, "1"]);
+    assert_eq!(body["state"], "cancelled", "{body}");
+    let (status, body) = tasks(&["cancel", &"0".repeat(32)]);
+    assert_ne!(status, 0, "{body}");
 }

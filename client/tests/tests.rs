@@ -14,6 +14,7 @@ mod ssh;
 mod ssh_fleet;
 mod ssh_orgalorg;
 mod ssh_release;
+mod ssh_scenario;
 mod tasks;
 mod util;
 

@@ -47,6 +47,7 @@ pub use deploy_extract::Root;
 pub mod env;
 pub mod fs;
 pub mod manifest;
+pub mod remote;
 pub mod restore;
 pub mod rules;
 pub mod store;
@@ -80,8 +81,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A name a version cannot record.
-    #[error("{path}: not a UTF-8 name; rename it or list it in .gitignore")]
+    /// A link a version cannot record.
+    #[error(
+        "{path}: a symbolic link whose target is not UTF-8; change it or list it in .gitignore"
+    )]
     Name {
         /// The name, lossily decoded.
         path: String,
@@ -260,6 +263,7 @@ pub struct Info {
 pub struct Workspace {
     root: Root,
     layout: Layout,
+    durable: bool,
 }
 
 /// A NodeApp whose directory and store are open.
@@ -292,7 +296,21 @@ fn now() -> String {
 impl Workspace {
     /// The workspace `root` (opened by the caller, who checked where it may be).
     pub fn new(root: Root, layout: Layout) -> Workspace {
-        Workspace { root, layout }
+        Workspace {
+            root,
+            layout,
+            durable: true,
+        }
+    }
+
+    /// A caller's scratch copy of a remote workspace ([`remote`]): the same, but
+    /// nothing is synced to disk.
+    pub fn scratch(root: Root, layout: Layout) -> Workspace {
+        Workspace {
+            root,
+            layout,
+            durable: false,
+        }
     }
 
     /// Its layout.
@@ -320,10 +338,11 @@ impl Workspace {
             .fd()
             .try_clone()
             .map_err(|e| Error::io("open", name.as_bytes(), e))?;
-        Ok(Some(store::Store::open(
-            fd,
-            &format!("{VERSIONS_DIR}/{name}"),
-        )?))
+        let store = store::Store::open(fd, &format!("{VERSIONS_DIR}/{name}"))?;
+        Ok(Some(match self.durable {
+            true => store,
+            false => store.scratch(),
+        }))
     }
 
     /// The NodeApp `app@scenario`, its directory and store made if `create`; without

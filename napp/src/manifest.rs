@@ -9,6 +9,10 @@
 //!   {"kind":"symlink","path":"current","target":"conf"}]}
 //! ```
 //!
+//! A path that is not UTF-8 is recorded as `{"bytes":"<base64>"}` in place of the
+//! string (UTF-8 paths, all that earlier versions could record, are written as
+//! before, so their manifests and hashes are unchanged).
+//!
 //! Not recorded: anything `.gitignore` excludes (an ignored directory is not entered),
 //! `.git` directories (as git), names starting with `.deploy-tmp.` (work in progress),
 //! FIFOs, sockets and devices. Modification times are not part of a snapshot, so an
@@ -24,6 +28,66 @@ use crate::fs::{self, Kind, MAX_DEPTH, TEMP_PREFIX};
 use crate::rules::Rules;
 use crate::Error;
 
+/// A path as the kernel has it: bytes, `/`-joined, relative to the NodeApp directory.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Name(pub Vec<u8>);
+
+impl Name {
+    /// Its bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name(s.as_bytes().to_vec())
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        use serde::ser::SerializeMap as _;
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry(
+                    "bytes",
+                    &base64::engine::general_purpose::STANDARD.encode(&self.0),
+                )?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        use base64::Engine as _;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Raw { bytes: String },
+        }
+        match Form::deserialize(d)? {
+            Form::Text(t) => Ok(Name(t.into_bytes())),
+            Form::Raw { bytes } => base64::engine::general_purpose::STANDARD
+                .decode(bytes)
+                .map(Name)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// One recorded entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -31,14 +95,14 @@ pub enum Entry {
     /// A directory.
     Dir {
         /// Its path, `/`-joined, relative to the NodeApp directory.
-        path: String,
+        path: Name,
         /// Its permission bits.
         mode: u32,
     },
     /// A regular file, its content an object of the store.
     File {
         /// Its path.
-        path: String,
+        path: Name,
         /// Its permission bits.
         mode: u32,
         /// Its size in bytes.
@@ -49,7 +113,7 @@ pub enum Entry {
     /// A symbolic link.
     Symlink {
         /// Its path.
-        path: String,
+        path: Name,
         /// Its target, as read.
         target: String,
     },
@@ -57,10 +121,10 @@ pub enum Entry {
 
 impl Entry {
     /// Its path.
-    pub fn path(&self) -> &str {
+    pub fn path(&self) -> &[u8] {
         match self {
             Entry::Dir { path, .. } | Entry::File { path, .. } | Entry::Symlink { path, .. } => {
-                path
+                path.as_bytes()
             }
         }
     }
@@ -94,9 +158,9 @@ impl Manifest {
     }
 
     /// The entry at `path`.
-    pub fn get(&self, path: &str) -> Option<&Entry> {
+    pub fn get(&self, path: &[u8]) -> Option<&Entry> {
         self.entries
-            .binary_search_by(|e| e.path().as_bytes().cmp(path.as_bytes()))
+            .binary_search_by(|e| e.path().cmp(path))
             .ok()
             .and_then(|i| self.entries.get(i))
     }
@@ -151,8 +215,7 @@ pub fn walk(root: &impl AsFd) -> Result<(Manifest, Rules), Error> {
     let mut out = Manifest::default();
     let mut rules = Rules::new();
     walk_dir(root, b"", &mut out, &mut rules, 0)?;
-    out.entries
-        .sort_by(|a, b| a.path().as_bytes().cmp(b.path().as_bytes()));
+    out.entries.sort_by(|a, b| a.path().cmp(b.path()));
     Ok((out, rules))
 }
 
@@ -167,8 +230,9 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-fn utf8(path: &[u8]) -> Result<String, Error> {
-    String::from_utf8(path.to_vec()).map_err(|_| Error::Name {
+/// A link's target, which must be UTF-8 (`path` names the link, for the message).
+fn utf8(path: &[u8], target: &[u8]) -> Result<String, Error> {
+    String::from_utf8(target.to_vec()).map_err(|_| Error::Name {
         path: String::from_utf8_lossy(path).into_owned(),
     })
 }
@@ -210,7 +274,7 @@ fn walk_dir(
                     continue;
                 }
                 out.entries.push(Entry::Dir {
-                    path: utf8(&path)?,
+                    path: Name(path.clone()),
                     mode: meta.mode,
                 });
                 let sub = fs::open_dir(dir, &name).map_err(|e| Error::fs("open", &path, e))?;
@@ -220,7 +284,7 @@ fn walk_dir(
                 let file = fs::open_file(dir, &name).map_err(|e| Error::fs("open", &path, e))?;
                 let (sha256, size) = hash_reader(file).map_err(|e| Error::io("read", &path, e))?;
                 out.entries.push(Entry::File {
-                    path: utf8(&path)?,
+                    path: Name(path),
                     mode: meta.mode,
                     size,
                     sha256,
@@ -230,8 +294,8 @@ fn walk_dir(
                 let target =
                     fs::read_link(dir, &name).map_err(|e| Error::fs("read the link", &path, e))?;
                 out.entries.push(Entry::Symlink {
-                    path: utf8(&path)?,
-                    target: utf8(&target)?,
+                    target: utf8(&path, &target)?,
+                    path: Name(path),
                 });
             }
             Kind::Other => {}

@@ -26,38 +26,67 @@ use crate::rules::Rules;
 use crate::store::Store;
 use crate::Error;
 
-fn split(path: &str) -> (&str, &str) {
-    match path.rsplit_once('/') {
-        Some((dir, name)) => (dir, name),
-        None => ("", path),
+/// A path's directory and last component.
+pub fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (
+            path.get(..i).unwrap_or_default(),
+            path.get(i + 1..).unwrap_or_default(),
+        ),
+        None => (b"", path),
     }
 }
 
-fn parent(root: &impl AsFd, path: &str) -> Result<(OwnedFd, String), Error> {
+fn parent(root: &impl AsFd, path: &[u8]) -> Result<(OwnedFd, Vec<u8>), Error> {
     let (dir, name) = split(path);
-    let fd =
-        fs::open_dir(root, dir.as_bytes()).map_err(|e| Error::fs("open", dir.as_bytes(), e))?;
+    let fd = fs::open_dir(root, dir).map_err(|e| Error::fs("open", dir, e))?;
     Ok((fd, name.to_owned()))
 }
 
 /// The target's `.gitignore` rules, read from the store.
 fn target_rules(target: &Manifest, store: &Store) -> Result<Rules, Error> {
+    rules_with(target, |path, sha256| {
+        let mut text = Vec::new();
+        store
+            .open_object(sha256)?
+            .take(1 << 20)
+            .read_to_end(&mut text)
+            .map_err(|e| Error::io("read", path, e))?;
+        Ok(text)
+    })
+}
+
+/// The `.gitignore` rules of `target`, each file's content given by `read(path,
+/// sha256)` (the store here; what an SSH host sent for [`crate::remote`]).
+pub fn rules_with(
+    target: &Manifest,
+    mut read: impl FnMut(&[u8], &str) -> Result<Vec<u8>, Error>,
+) -> Result<Rules, Error> {
     let mut rules = Rules::new();
     for e in &target.entries {
         if let Entry::File { path, sha256, .. } = e {
-            let (dir, name) = split(path);
-            if name == ".gitignore" {
-                let mut text = Vec::new();
-                store
-                    .open_object(sha256)?
-                    .take(1 << 20)
-                    .read_to_end(&mut text)
-                    .map_err(|e| Error::io("read", path.as_bytes(), e))?;
-                rules.add(dir.as_bytes(), &text);
+            let (dir, name) = split(path.as_bytes());
+            if name == b".gitignore" {
+                let text = read(path.as_bytes(), sha256)?;
+                rules.add(dir, text.get(..1 << 20).unwrap_or(&text));
             }
         }
     }
     Ok(rules)
+}
+
+/// The `.gitignore` files of `target`: (path, object).
+pub fn gitignores(target: &Manifest) -> Vec<(&[u8], &str)> {
+    target
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File { path, sha256, .. } if split(path.as_bytes()).1 == b".gitignore" => {
+                Some((path.as_bytes(), sha256.as_str()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The staging directory, removed when dropped.
@@ -147,19 +176,19 @@ fn apply(
         if wanted.is_some_and(|t| t.kind() == e.kind()) {
             continue;
         }
-        if wanted.is_none() && rules.ignored(path.as_bytes(), e.kind() == Kind::Dir) {
+        if wanted.is_none() && rules.ignored(path, e.kind() == Kind::Dir) {
             continue;
         }
         let (dir, name) = parent(root, path)?;
         let done = match e.kind() {
-            Kind::Dir => fs::rmdir(&dir, name.as_bytes()),
-            _ => fs::unlink(&dir, name.as_bytes()),
+            Kind::Dir => fs::rmdir(&dir, &name),
+            _ => fs::unlink(&dir, &name),
         };
         match done {
             Ok(()) | Err(Errno::ENOENT) => {}
             // Ignored files inside: the directory stays, unless the target needs its name.
             Err(Errno::ENOTEMPTY) if wanted.is_none() => {}
-            Err(er) => return Err(Error::fs("remove", path.as_bytes(), er)),
+            Err(er) => return Err(Error::fs("remove", path, er)),
         }
     }
     // The target's directories, parents first (the manifest is sorted).
@@ -167,8 +196,8 @@ fn apply(
         let Entry::Dir { path, mode } = e else {
             continue;
         };
-        let (dir, name) = parent(root, path)?;
-        let name = name.as_bytes();
+        let (dir, name) = parent(root, path.as_bytes())?;
+        let name = name.as_slice();
         match fs::stat_at(&dir, name).map_err(|er| Error::fs("stat", path.as_bytes(), er))? {
             Some(m) if m.kind == Kind::Dir => {
                 if m.mode != *mode {
@@ -190,16 +219,12 @@ fn apply(
     for (e, temp) in staged {
         let path = e.path();
         let (dir, name) = parent(root, path)?;
-        if let Some(m) = fs::stat_at(&dir, name.as_bytes())
-            .map_err(|er| Error::fs("stat", path.as_bytes(), er))?
-        {
+        if let Some(m) = fs::stat_at(&dir, &name).map_err(|er| Error::fs("stat", path, er))? {
             if m.kind == Kind::Dir {
-                fs::remove_tree(&dir, name.as_bytes())
-                    .map_err(|er| Error::fs("remove", path.as_bytes(), er))?;
+                fs::remove_tree(&dir, &name).map_err(|er| Error::fs("remove", path, er))?;
             }
         }
-        fs::rename(stage, temp, &dir, name.as_bytes())
-            .map_err(|er| Error::fs("put back", path.as_bytes(), er))?;
+        fs::rename(stage, temp, &dir, &name).map_err(|er| Error::fs("put back", path, er))?;
     }
     Ok(())
 }

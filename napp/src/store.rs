@@ -52,6 +52,51 @@ pub fn version_id(previous: &str, manifest: &str, time: &str, message: &str) -> 
     hex(&h.finalize())
 }
 
+/// The versions a log's text holds, oldest first, and the length of its complete
+/// lines (a last line without its newline was cut by a crash: not a version). `name`
+/// is for messages. Agents read their log with it, and callers that read an SSH host's
+/// log by shell too, so both see one history.
+pub fn parse_log(text: &[u8], name: &str) -> Result<(Vec<Version>, u64), Error> {
+    let mut versions = Vec::new();
+    let mut complete = 0usize;
+    for (n, line) in text.split_inclusive(|&b| b == b'\n').enumerate() {
+        let Some(line) = line.strip_suffix(b"\n") else {
+            break;
+        };
+        complete += line.len() + 1;
+        if line.is_empty() {
+            continue;
+        }
+        let v: Version = serde_json::from_slice(line).map_err(|e| Error::Corrupt {
+            what: format!("{name}/log line {}: {e}", n + 1),
+        })?;
+        versions.push(v);
+    }
+    Ok((versions, complete as u64))
+}
+
+/// The version recorded after `previous` (the log's last) for `manifest_hash`, and its
+/// log line (newline included).
+pub fn next_version(
+    previous: Option<&Version>,
+    manifest_hash: &str,
+    message: &str,
+    time: &str,
+) -> Result<(Version, Vec<u8>), Error> {
+    let previous = previous.map(|v| v.version.as_str()).unwrap_or("");
+    let version = Version {
+        version: version_id(previous, manifest_hash, time, message),
+        time: time.to_owned(),
+        message: message.to_owned(),
+        manifest: manifest_hash.to_owned(),
+    };
+    let mut line = serde_json::to_vec(&version).map_err(|e| Error::Corrupt {
+        what: e.to_string(),
+    })?;
+    line.push(b'\n');
+    Ok((version, line))
+}
+
 /// The store of one NodeApp (an open directory).
 #[derive(Debug)]
 pub struct Store {
@@ -59,6 +104,9 @@ pub struct Store {
     objects: OwnedFd,
     /// For messages.
     name: String,
+    /// Whether appends sync the file system first (off for a caller's scratch copy of
+    /// a remote store, whose durability is the host's business).
+    durable: bool,
 }
 
 const LOG: &[u8] = b"log";
@@ -76,7 +124,16 @@ impl Store {
             dir,
             objects,
             name: name.to_owned(),
+            durable: true,
         })
+    }
+
+    /// The same store, its appends not synced (a scratch copy).
+    pub fn scratch(self) -> Store {
+        Store {
+            durable: false,
+            ..self
+        }
     }
 
     /// Takes the NodeApp's lock (waits for another worker's order to end).
@@ -192,15 +249,11 @@ impl Store {
             if self.has(sha256) {
                 continue;
             }
-            let (dir, name) = match path.rsplit_once('/') {
-                Some((dir, name)) => (dir, name),
-                None => ("", path.as_str()),
-            };
-            let d = fs::open_dir(root, dir.as_bytes())
-                .map_err(|e| Error::fs("open", dir.as_bytes(), e))?;
-            let file = fs::open_file(&d, name.as_bytes())
-                .map_err(|e| Error::fs("open", path.as_bytes(), e))?;
-            self.put(file, Some(sha256), path)?;
+            let (dir, name) = crate::restore::split(path.as_bytes());
+            let d = fs::open_dir(root, dir).map_err(|e| Error::fs("open", dir, e))?;
+            let file =
+                fs::open_file(&d, name).map_err(|e| Error::fs("open", path.as_bytes(), e))?;
+            self.put(file, Some(sha256), &path.to_string())?;
         }
         Ok(())
     }
@@ -247,22 +300,7 @@ impl Store {
             file.read_to_end(&mut text)
                 .map_err(|e| Error::io("read", format!("{}/log", self.name).as_bytes(), e))?;
         }
-        let mut versions = Vec::new();
-        let mut complete = 0usize;
-        for (n, line) in text.split_inclusive(|&b| b == b'\n').enumerate() {
-            let Some(line) = line.strip_suffix(b"\n") else {
-                break; // a line cut by a crash: not a version
-            };
-            complete += line.len() + 1;
-            if line.is_empty() {
-                continue;
-            }
-            let v: Version = serde_json::from_slice(line).map_err(|e| Error::Corrupt {
-                what: format!("{}/log line {}: {e}", self.name, n + 1),
-            })?;
-            versions.push(v);
-        }
-        Ok((versions, complete as u64))
+        parse_log(&text, &self.name)
     }
 
     /// The versions, oldest first.
@@ -275,30 +313,24 @@ impl Store {
     /// one. Call with the lock held.
     pub fn append(&self, manifest_hash: &str, message: &str, time: &str) -> Result<Version, Error> {
         // Objects durable before the line that names them.
-        nix::unistd::syncfs(&self.dir).map_err(|e| self.err("sync", "objects", e))?;
+        if self.durable {
+            nix::unistd::syncfs(&self.dir).map_err(|e| self.err("sync", "objects", e))?;
+        }
         let mut file = self.open_log(true)?.ok_or_else(|| Error::Corrupt {
             what: format!("{}/log cannot be made", self.name),
         })?;
         let (versions, complete) = self.read_log(Some(&mut file))?;
-        let previous = versions.last().map(|v| v.version.as_str()).unwrap_or("");
-        let version = Version {
-            version: version_id(previous, manifest_hash, time, message),
-            time: time.to_owned(),
-            message: message.to_owned(),
-            manifest: manifest_hash.to_owned(),
-        };
-        let mut line = serde_json::to_vec(&version).map_err(|e| Error::Corrupt {
-            what: e.to_string(),
-        })?;
-        line.push(b'\n');
+        let (version, line) = next_version(versions.last(), manifest_hash, message, time)?;
         let log_err =
             |e: std::io::Error| Error::io("write", format!("{}/log", self.name).as_bytes(), e);
         // Cut a line a crash left unfinished, then write at the end in one piece.
         file.set_len(complete).map_err(log_err)?;
         file.seek(SeekFrom::Start(complete)).map_err(log_err)?;
         file.write_all(&line).map_err(log_err)?;
-        file.sync_all().map_err(log_err)?;
-        fs::sync(&self.dir).map_err(|e| self.err("sync", "log", e))?;
+        if self.durable {
+            file.sync_all().map_err(log_err)?;
+            fs::sync(&self.dir).map_err(|e| self.err("sync", "log", e))?;
+        }
         Ok(version)
     }
 }

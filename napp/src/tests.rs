@@ -86,8 +86,8 @@ fn gitignored_files_are_not_recorded_and_survive_a_reset() {
     let napp = &*lock;
     let a = lock.snapshot("a", false).unwrap().unwrap();
     let (manifest, _) = manifest::walk(napp.root().unwrap().fd()).unwrap();
-    let paths: Vec<&str> = manifest.entries.iter().map(Entry::path).collect();
-    assert_eq!(paths, [".gitignore", "app.conf"]);
+    let paths: Vec<&[u8]> = manifest.entries.iter().map(Entry::path).collect();
+    assert_eq!(paths, [&b".gitignore"[..], b"app.conf"]);
     // Changing an ignored file is no change.
     write(&dir.join("run.log"), "log 2");
     assert!(lock.snapshot("x", false).unwrap().is_none());
@@ -206,10 +206,10 @@ fn planted_links_are_never_followed() {
     let b = lock.snapshot("B", false).unwrap().unwrap();
     let m = napp.store.manifest(&b.manifest).unwrap();
     assert!(
-        matches!(m.get("d"), Some(Entry::Symlink { .. })),
+        matches!(m.get(b"d"), Some(Entry::Symlink { .. })),
         "recorded as a link: {m:?}"
     );
-    assert!(m.get("d/secret").is_none(), "not followed");
+    assert!(m.get(b"d/secret").is_none(), "not followed");
     lock.reset(&a.version[..8], "").unwrap();
     assert_eq!(read(&outside.join("secret")), "outside", "untouched");
     assert!(std::fs::symlink_metadata(dir.join("d")).unwrap().is_dir());
@@ -311,4 +311,85 @@ fn a_reset_failing_midway_puts_the_previous_tree_back() {
         1,
         "no version for a failed reset"
     );
+}
+
+/// A name that is not UTF-8 is recorded (as `{"bytes": base64}`) and put back by a
+/// reset; UTF-8 names are written as plain strings, as before.
+#[test]
+fn non_utf8_names_round_trip() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let f = fixture();
+    let napp = f.ws.nodeapp("web", "s1", true).unwrap().unwrap();
+    let dir = napp.path().to_path_buf();
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9 \n'$(x)");
+    std::fs::write(dir.join(odd), "one").unwrap();
+    write(&dir.join("plain"), "p");
+    let lock = napp.lock().unwrap();
+    let a = lock.snapshot("a", false).unwrap().unwrap();
+    std::fs::write(dir.join(odd), "two").unwrap();
+    lock.snapshot("b", false).unwrap().unwrap();
+    let (m, _) = manifest::walk(lock.root().unwrap().fd()).unwrap();
+    let json = String::from_utf8(m.to_bytes()).unwrap();
+    assert!(json.contains(r#""path":{"bytes":"#), "{json}");
+    assert!(json.contains(r#""path":"plain""#), "{json}");
+    let back: Manifest = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, m);
+    lock.reset(&a.version[..8], "back").unwrap();
+    assert_eq!(std::fs::read(dir.join(odd)).unwrap(), b"one");
+}
+
+/// The SSH hosts' reset script (`remote::reset_script`, run here by `sh`): a reset
+/// that cannot finish (the target wants a file where a directory still holds an
+/// ignored file) puts back everything it had moved and exits 73; a possible one
+/// makes the tree the target's, ignored files left alone.
+#[test]
+fn remote_reset_script_undoes_a_failure_and_restores() {
+    let f = fixture();
+    let napp = f.ws.nodeapp("web", "s1", true).unwrap().unwrap();
+    let dir = napp.path().to_path_buf();
+    let objects = f.base.join("workspace/.deploy/versions/web@s1/objects");
+    write(&dir.join(".gitignore"), "*.log\n");
+    write(&dir.join("d"), "a file");
+    write(&dir.join("x"), "x1");
+    let lock = napp.lock().unwrap();
+    let a = lock.snapshot("a", false).unwrap().unwrap();
+    std::fs::remove_file(dir.join("d")).unwrap();
+    write(&dir.join("d/a"), "in d");
+    write(&dir.join("d/keep.log"), "ignored");
+    write(&dir.join("x"), "x2");
+    lock.snapshot("b", false).unwrap().unwrap();
+    let run = |target: &Manifest| {
+        let (current, _) = manifest::walk(lock.root().unwrap().fd()).unwrap();
+        let rules = restore::rules_with(target, |_, sha| {
+            Ok(std::fs::read(objects.join(&sha[..2]).join(&sha[2..])).unwrap())
+        })
+        .unwrap();
+        let script = remote::reset_script(&current, target, &rules).unwrap();
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(std::ffi::OsStr::from_bytes(&script))
+            .env("D", &dir)
+            .env("O", &objects)
+            .output()
+            .unwrap()
+    };
+    use std::os::unix::ffi::OsStrExt as _;
+    let wanted = lock.napp.store.manifest(&a.manifest).unwrap();
+    let out = run(&wanted);
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    assert_eq!(read(&dir.join("d/a")), "in d", "moved back");
+    assert_eq!(read(&dir.join("x")), "x2", "moved back");
+    assert!(!std::fs::read_dir(&dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .as_bytes()
+        .starts_with(b".deploy-tmp")));
+    // Without the ignored file in the way, the same reset goes through.
+    std::fs::remove_file(dir.join("d/keep.log")).unwrap();
+    let out = run(&wanted);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(read(&dir.join("d")), "a file");
+    assert_eq!(read(&dir.join("x")), "x1");
+    let (now, _) = manifest::walk(lock.root().unwrap().fd()).unwrap();
+    assert_eq!(now, wanted);
 }

@@ -55,8 +55,8 @@ pub struct Options {
     pub store: Option<Arc<dyn ScenarioStore>>,
     /// Where events go as they happen (none: only the report).
     pub events: Option<mpsc::UnboundedSender<ApplyEvent>>,
-    /// The transport takes `napp` to `ssh://` hosts (pushes and scripts; their NodeApps
-    /// have no versions yet, so they are left out of scenario versions).
+    /// The transport takes `napp` to `ssh://` hosts (every action; their NodeApps'
+    /// versions are kept on the hosts).
     pub ssh: bool,
 }
 
@@ -942,8 +942,6 @@ async fn current_versions(
                         .get(&(app.name.clone(), n.clone()))
                         .map(|r| (n.clone(), r.clone()))
                 })
-                // NodeApps on SSH hosts have no versions (yet).
-                .filter(|(_, r)| !matches!(r, Route::Direct(t) if t.scheme == Scheme::Ssh))
                 .collect(),
         })
         .collect();

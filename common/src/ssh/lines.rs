@@ -71,27 +71,14 @@ pub fn remote_command(argv: &[String], sudo: bool) -> String {
     }
 }
 
-/// Where a background command's output goes on an SSH host: `~/.deploy-tasks/<pid>.out`.
-pub const TASKS_DIR: &str = ".deploy-tasks";
-
-/// `command` (for the login shell) started detached on an SSH host, as a `sh -c`
-/// script that prints its pid (the task's id): a session of its own (`setsid`, so the
-/// SSH session's end does not reach it), no input, its output in
-/// `~/.deploy-tasks/<pid>.out`.
-pub fn background(command: &str) -> String {
-    let inner = format!("exec >\"$HOME/{TASKS_DIR}/$$.out\" 2>&1 </dev/null; {command}");
-    shell(
-        &format!(
-            "mkdir -p \"$HOME/{TASKS_DIR}\" && {{ setsid sh -c {} >/dev/null 2>&1 </dev/null & echo $!; }}",
-            quote(&inner)
-        ),
-        false,
-    )
-}
-
-/// The reply of a [`background`] start: the `tasks` order's `started` shape, its id
-/// the pid printed; a reply that is not a pid is returned as it came.
-pub fn background_started(reply: crate::order::Reply, command: &str) -> crate::order::Reply {
+/// The reply of a background start ([`super::tasks::start_script`]): the `tasks`
+/// order's `started` shape with the task's `id` and the pid printed; a reply that is
+/// not a pid is returned as it came.
+pub fn background_started(
+    reply: crate::order::Reply,
+    id: &str,
+    command: &str,
+) -> crate::order::Reply {
     use base64::Engine as _;
     let crate::order::Body::Json(body) = &reply.body else {
         return reply;
@@ -104,7 +91,7 @@ pub fn background_started(reply: crate::order::Reply, command: &str) -> crate::o
         .and_then(|text| text.trim().parse::<u32>().ok());
     match (body.get("code").and_then(serde_json::Value::as_str), pid) {
         (Some("0"), Some(pid)) => {
-            crate::order::Reply::ok(crate::order::tasks::started(&pid.to_string(), pid, command))
+            crate::order::Reply::ok(crate::order::tasks::started(id, pid, command))
         }
         _ => reply,
     }

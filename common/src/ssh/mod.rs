@@ -64,6 +64,7 @@ pub mod known_hosts;
 pub mod lines;
 pub mod lock;
 pub mod session;
+pub mod tasks;
 pub mod upload;
 
 pub use config::{HostConfig, SshConfig};
@@ -519,11 +520,15 @@ impl Shared {
                 let work = self.deliver_fetch(target, request, &events);
                 return self.bounded(target, work).await;
             }
+            "tasks" => {
+                let work = self.deliver_tasks(target, request);
+                return self.bounded(target, work).await;
+            }
             other => {
                 return Outcome::Reply(Reply::error(
                     501,
                     format!(
-                        "order {other:?} is not available over SSH (only run, upload, sync, lock, unlock, health, fetch)"
+                        "order {other:?} is not available over SSH (only run, upload, sync, lock, unlock, health, fetch, tasks)"
                     ),
                 ))
             }
@@ -536,10 +541,21 @@ impl Shared {
             Err(reply) => return Outcome::Reply(reply),
         };
         let command = lines::remote_command(&request.argv, request.sudo);
-        let command = if request.background {
-            lines::background(&command)
-        } else {
-            command
+        let task = match request.background {
+            true => match crate::order::tasks::new_id() {
+                Some(id) => Some(id),
+                None => {
+                    return Outcome::Reply(Reply::error(
+                        500,
+                        "tasks: no random source for a task id",
+                    ))
+                }
+            },
+            false => None,
+        };
+        let command = match &task {
+            Some(id) => lines::shell(&tasks::start_script(id, &command), false),
+            None => command,
         };
         let (command, waiting) = match request.at {
             // The host waits on its own clock, once connected: nothing but a fork lies
@@ -563,10 +579,9 @@ impl Shared {
             // As orgalorg: a terminal for a command given no input (unless turned off).
             let pty = self.options.pty && stdin.is_none() && !request.background;
             let reply = session::run(&session, &command, stdin, pty, &events, self).await?;
-            Ok(if request.background {
-                lines::background_started(reply, &request.argv.join(" "))
-            } else {
-                reply
+            Ok(match &task {
+                Some(id) => lines::background_started(reply, id, &request.argv.join(" ")),
+                None => reply,
             })
         };
         self.bounded_after(target, work, waiting).await
