@@ -393,3 +393,52 @@ fn remote_reset_script_undoes_a_failure_and_restores() {
     let (now, _) = manifest::walk(lock.root().unwrap().fd()).unwrap();
     assert_eq!(now, wanted);
 }
+
+/// Finding 3 (h7 review): the SSH reset script names every path as `"$D"/'a/b'`, so it
+/// follows whatever the directories on the way are when it runs. The tree is walked
+/// (fetched) first; if a directory of the NodeApp becomes a symlink meanwhile (the
+/// app's own user may write its NodeApp dir; the SSH user is often root), a reset that
+/// removes `sub/f` moves the *link's* `f` into its staging dir and deletes it with the
+/// staging dir: a file outside the NodeApp is gone. (Target directories are checked
+/// with `[ -L ]` before files are put in place; paths being removed are not.) The
+/// agent's restore is confined by the kernel (openat2 RESOLVE_BENEATH); this is not.
+#[test]
+#[ignore = "finding 3: the SSH reset script removes through a directory swapped for a symlink"]
+fn remote_reset_script_does_not_remove_through_a_swapped_directory() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let f = fixture();
+    let napp = f.ws.nodeapp("web", "s1", true).unwrap().unwrap();
+    let dir = napp.path().to_path_buf();
+    let objects = f.base.join("workspace/.deploy/versions/web@s1/objects");
+    let outside = f.base.join("outside");
+    write(&outside.join("f"), "not the NodeApp's");
+    write(&dir.join("keep"), "k");
+    let lock = napp.lock().unwrap();
+    let a = lock.snapshot("a", false).unwrap().unwrap();
+    write(&dir.join("sub/f"), "v2");
+    lock.snapshot("b", false).unwrap().unwrap();
+    let wanted = lock.napp.store.manifest(&a.manifest).unwrap();
+    // The walk (on an SSH host: the fetched tree) sees `sub` a directory…
+    let (current, _) = manifest::walk(lock.root().unwrap().fd()).unwrap();
+    let rules = restore::rules_with(&wanted, |_, sha| {
+        Ok(std::fs::read(objects.join(&sha[..2]).join(&sha[2..])).unwrap())
+    })
+    .unwrap();
+    let script = remote::reset_script(&current, &wanted, &rules).unwrap();
+    // … then, before the script runs, `sub` becomes a link out of the NodeApp.
+    std::fs::remove_dir_all(dir.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("sub")).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(std::ffi::OsStr::from_bytes(&script))
+        .env("D", &dir)
+        .env("O", &objects)
+        .output()
+        .unwrap();
+    assert!(
+        outside.join("f").exists(),
+        "the reset removed {} through the link (exit {:?})",
+        outside.join("f").display(),
+        out.status.code()
+    );
+}

@@ -146,3 +146,49 @@ fn garbage_is_refused_without_panic() {
         assert!(sealed.opener.open(&reply).is_err());
     }
 }
+
+/// Finding 2 (h7 review): the reply key depends only on the psk, the request and the
+/// name the replier *claims*; every agent of a group holds the same psk, so one of
+/// them (compromised, or just a spy with that agent's key_cipher) answers for another:
+/// the caller takes web2's forged `200` as web1's, and web1's real stream is then
+/// refused (another ephemeral key for the same name).
+#[test]
+#[ignore = "finding 2: a group member's replies are accepted as another member's"]
+fn one_agent_of_a_group_cannot_answer_for_another() {
+    let psk = Psk::new("secret");
+    let mut sealed = seal_request(&psk, "deploy.group.web", &request(), T).unwrap();
+    // web2 opens the order as if it were web1, and answers first.
+    let forged = open_request(
+        &psk,
+        "web1",
+        "deploy.group.web",
+        &sealed.bytes,
+        &mut SeenSet::new(),
+        T + 5,
+    )
+    .unwrap()
+    .replier
+    .seal(&Message::reply(
+        1,
+        &Reply::error(200, "all fine (not really)"),
+    ))
+    .unwrap();
+    let genuine = open_request(
+        &psk,
+        "web1",
+        "deploy.group.web",
+        &sealed.bytes,
+        &mut SeenSet::new(),
+        T + 6,
+    )
+    .unwrap()
+    .replier
+    .seal(&Message::reply(1, &Reply::error(500, "the real outcome")))
+    .unwrap();
+    assert!(
+        sealed.opener.open(&forged).is_err(),
+        "a reply sealed by another holder of the psk was taken as web1's"
+    );
+    let (name, _) = sealed.opener.open(&genuine).unwrap();
+    assert_eq!(name, "web1");
+}
