@@ -267,9 +267,14 @@ impl SshNapp {
             Ok(v) => v,
             Err(r) => return reply(r),
         };
-        let name = napp::dir_name(&spec.app, &spec.scenario);
+        // The name is checked (no `/`, `'`, control characters) where the spec is made;
+        // quoted all the same, so this line does not depend on that check.
+        let name = match quote("NodeApp name", &napp::dir_name(&spec.app, &spec.scenario)) {
+            Ok(n) => n,
+            Err(e) => return reply(Reply::error(400, e.to_string())),
+        };
         let request = run(
-            &format!("{vars}rm -rf -- \"$D\" \"$W/.deploy/versions/{name}\"\n"),
+            &format!("{vars}rm -rf -- \"$D\" \"$W/.deploy/versions/\"{name}\n"),
             false,
         );
         let (tx, rx) = mpsc::channel(64);

@@ -193,6 +193,17 @@ struct Step {
     undo: Vec<u8>,
 }
 
+impl Step {
+    /// The step, run only if `path`'s parents are still real directories
+    /// ([`parents_real`]).
+    fn beneath(self, path: &[u8]) -> Step {
+        Step {
+            run: cat(&[&parents_real(path), b"{ ", &self.run, b"; }"]),
+            undo: self.undo,
+        }
+    }
+}
+
 fn at(path: &[u8]) -> Vec<u8> {
     let mut p = b"\"$D\"/".to_vec();
     p.extend_from_slice(&quote(path));
@@ -201,6 +212,22 @@ fn at(path: &[u8]) -> Vec<u8> {
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
+}
+
+/// `realdir "$D"/'a' && realdir "$D"/'a/b' && ` for `a/b/c`: every parent of `path`
+/// still a directory and not a symbolic link when its step runs. The walk the script
+/// was made from saw them so, but the host's tree may have changed since; a parent
+/// swapped for a link would make `mv`/`rm` act outside the NodeApp.
+fn parents_real(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, &b) in path.iter().enumerate() {
+        if b == b'/' && i > 0 {
+            out.extend_from_slice(b"realdir ");
+            out.extend_from_slice(&at(path.get(..i).unwrap_or_default()));
+            out.extend_from_slice(b" && ");
+        }
+    }
+    out
 }
 
 /// A script that makes the NodeApp directory `$D` match `target` from the objects
@@ -217,6 +244,7 @@ pub fn reset_script(
     rules: &Rules,
 ) -> Result<Vec<u8>, Error> {
     let mut s: Vec<u8> = b"S=\"$D/.deploy-tmp.reset.$$\"\n\
+        realdir() { [ -d \"$1\" ] && ! [ -L \"$1\" ] || { echo \"$1 is no longer a directory\" >&2; false; }; }\n\
         rm -rf -- \"$S\"; mkdir -m 700 -- \"$S\" \"$S/n\" \"$S/o\" || exit 70\n"
         .to_vec();
     // Every object there before anything is touched.
@@ -306,7 +334,7 @@ pub fn reset_script(
                 ]),
             },
         };
-        steps.push(step);
+        steps.push(step.beneath(path));
     }
     // The target's directories, parents first.
     for e in &target.entries {
@@ -331,62 +359,69 @@ pub fn reset_script(
             format!(" && m{k}=1 && chmod {mode:o} ").as_bytes(),
             &p,
         ]);
-        steps.push(Step {
-            run: cat(&[
-                b"if [ -d ",
-                &p,
-                b" ] && ! [ -L ",
-                &p,
-                b" ]; then ",
-                &chmod,
-                b"; elif [ -e ",
-                &p,
-                b" ] || [ -L ",
-                &p,
-                b" ]; then mv -f -- ",
-                &p,
-                format!(" \"$S/o/d{k}\" && u{k}=1 && ").as_bytes(),
-                &make,
-                b"; else ",
-                &make,
-                b"; fi",
-            ]),
-            undo: cat(&[
-                format!("[ -z \"${{m{k}:-}}\" ] || rmdir -- ").as_bytes(),
-                &p,
-                b"; ",
-                format!("[ -z \"${{u{k}:-}}\" ] || mv -f -- \"$S/o/d{k}\" ").as_bytes(),
-                &p,
-                b"; ",
-                format!("[ -z \"${{c{k}:-}}\" ] || chmod \"$c{k}\" ").as_bytes(),
-                &p,
-            ]),
-        });
+        steps.push(
+            Step {
+                run: cat(&[
+                    b"if [ -d ",
+                    &p,
+                    b" ] && ! [ -L ",
+                    &p,
+                    b" ]; then ",
+                    &chmod,
+                    b"; elif [ -e ",
+                    &p,
+                    b" ] || [ -L ",
+                    &p,
+                    b" ]; then mv -f -- ",
+                    &p,
+                    format!(" \"$S/o/d{k}\" && u{k}=1 && ").as_bytes(),
+                    &make,
+                    b"; else ",
+                    &make,
+                    b"; fi",
+                ]),
+                undo: cat(&[
+                    format!("[ -z \"${{m{k}:-}}\" ] || rmdir -- ").as_bytes(),
+                    &p,
+                    b"; ",
+                    format!("[ -z \"${{u{k}:-}}\" ] || mv -f -- \"$S/o/d{k}\" ").as_bytes(),
+                    &p,
+                    b"; ",
+                    format!("[ -z \"${{c{k}:-}}\" ] || chmod \"$c{k}\" ").as_bytes(),
+                    &p,
+                ]),
+            }
+            .beneath(path.as_bytes()),
+        );
     }
     // The staged files and links.
     for (i, e) in staged {
         let k = steps.len();
         let p = at(e.path());
-        steps.push(Step {
-            run: cat(&[
-                b"{ if [ -e ",
-                &p,
-                b" ] || [ -L ",
-                &p,
-                b" ]; then mv -f -- ",
-                &p,
-                format!(" \"$S/o/s{k}\" && u{k}=1; fi; }} && mv -f -- \"$S/n/{i}\" ").as_bytes(),
-                &p,
-                format!(" && m{k}=1").as_bytes(),
-            ]),
-            undo: cat(&[
-                format!("[ -z \"${{m{k}:-}}\" ] || rm -rf -- ").as_bytes(),
-                &p,
-                b"; ",
-                format!("[ -z \"${{u{k}:-}}\" ] || mv -f -- \"$S/o/s{k}\" ").as_bytes(),
-                &p,
-            ]),
-        });
+        steps.push(
+            Step {
+                run: cat(&[
+                    b"{ if [ -e ",
+                    &p,
+                    b" ] || [ -L ",
+                    &p,
+                    b" ]; then mv -f -- ",
+                    &p,
+                    format!(" \"$S/o/s{k}\" && u{k}=1; fi; }} && mv -f -- \"$S/n/{i}\" ")
+                        .as_bytes(),
+                    &p,
+                    format!(" && m{k}=1").as_bytes(),
+                ]),
+                undo: cat(&[
+                    format!("[ -z \"${{m{k}:-}}\" ] || rm -rf -- ").as_bytes(),
+                    &p,
+                    b"; ",
+                    format!("[ -z \"${{u{k}:-}}\" ] || mv -f -- \"$S/o/s{k}\" ").as_bytes(),
+                    &p,
+                ]),
+            }
+            .beneath(e.path()),
+        );
     }
     s.extend_from_slice(b"undo() {\n:\n");
     for step in steps.iter().rev() {

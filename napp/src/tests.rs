@@ -403,7 +403,6 @@ fn remote_reset_script_undoes_a_failure_and_restores() {
 /// with `[ -L ]` before files are put in place; paths being removed are not.) The
 /// agent's restore is confined by the kernel (openat2 RESOLVE_BENEATH); this is not.
 #[test]
-#[ignore = "finding 3: the SSH reset script removes through a directory swapped for a symlink"]
 fn remote_reset_script_does_not_remove_through_a_swapped_directory() {
     use std::os::unix::ffi::OsStrExt as _;
     let f = fixture();
