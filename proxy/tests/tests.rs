@@ -36,6 +36,7 @@ mod follow;
 mod http;
 mod legacy;
 mod nats;
+mod nats_body;
 mod nats_fleet;
 mod openapi;
 mod release;
