@@ -6,7 +6,8 @@
 //! deploy.group.<group>  ─┴─► refused: logged, no answer    ──► access log "nats")
 //!                                                               │ events, continue, reply
 //! caller's inbox (msg.reply) ◄── sealed, numbered ──────────────┘
-//! deploy.body.<name>.<nonce> ──► the body's data, when the order asked (continue)
+//! deploy.body.<name>.<nonce> ──► the body's data, when the order asked (continue);
+//!                                 a `continue` back every ACK_EVERY pieces taken
 //! ```
 //!
 //! A refused envelope gets no answer: the agent cannot seal one for a caller without
@@ -197,6 +198,9 @@ impl Subscriber {
         tokio::pin!(work);
         let mut body = Some((body, body_tx));
         let mut events_open = true;
+        // Acknowledgements of the body, each a `continue` granting the caller more.
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<()>();
+        let mut ack_tx = Some(ack_tx);
         let reply = loop {
             tokio::select! {
                 reply = &mut work => break reply,
@@ -205,6 +209,9 @@ impl Subscriber {
                         self.publish(&reply_to, &mut replier, &Message::Event { id, event: event.event }).await;
                     }
                     None => events_open = false,
+                },
+                Some(()) = ack_rx.recv() => {
+                    self.publish(&reply_to, &mut replier, &Message::Continue { id }).await;
                 },
                 asked = &mut ready_rx, if body.is_some() => {
                     let Some((opener, tx)) = body.take() else { continue };
@@ -217,7 +224,8 @@ impl Subscriber {
                             // The subscription must be on the server before the caller
                             // hears `continue`.
                             let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
-                            tokio::spawn(receive_body(sub, opener, id, tx, policy.socket_timeout));
+                            let acks = ack_tx.take().unwrap_or_else(|| mpsc::unbounded_channel().0);
+                            tokio::spawn(receive_body(sub, opener, id, tx, acks, policy.socket_timeout));
                             self.publish(&reply_to, &mut replier, &Message::Continue { id }).await;
                         }
                         Err(e) => {
@@ -252,14 +260,19 @@ const BODY_QUEUE: usize = 8;
 
 /// Feeds the caller's body to the order: each piece opened in sequence, decoded, sent
 /// on; the order sees its body cut (the channel closes without `End`) on a forged or
-/// out-of-sequence piece, or after `idle` without one.
+/// out-of-sequence piece, or after `idle` without one. Every
+/// [`crate::transport::ACK_EVERY`] pieces the order took, `acks` asks for a `continue`
+/// to the caller (its credit: the caller keeps at most [`crate::transport::WINDOW`]
+/// pieces unacknowledged, so the subscription never holds more).
 async fn receive_body(
     mut sub: async_nats::Subscriber,
     mut opener: StreamOpener,
     id: u64,
     tx: mpsc::Sender<BodyChunk>,
+    acks: mpsc::UnboundedSender<()>,
     idle: Duration,
 ) {
+    let mut taken = 0usize;
     loop {
         let msg = match tokio::time::timeout(idle, sub.next()).await {
             Ok(Some(msg)) => msg,
@@ -285,6 +298,10 @@ async fn receive_body(
         };
         if !bytes.is_empty() && tx.send(BodyChunk::Data(bytes)).await.is_err() {
             return;
+        }
+        taken += 1;
+        if taken % crate::transport::ACK_EVERY == 0 && !end {
+            let _ = acks.send(());
         }
         if end {
             let _ = tx.send(BodyChunk::End).await;

@@ -5,6 +5,9 @@
 //!                       or    deploy.group.<group>  (one publish for the group)
 //! inbox ◄── sealed, numbered Event* [Continue → body on deploy.body.<name>.<nonce>] Reply
 //! └──────────────────────── whole exchange ≤ deadline ────────────────────────┘
+//!
+//! body: ≤ WINDOW pieces unacknowledged; each later Continue (every ACK_EVERY pieces
+//!       the agent consumed) grants ACK_EVERY more; none for CREDIT_WAIT: Failed
 //! ```
 //!
 //! A host that never answered by the deadline is `Unreachable` (over NATS nobody can
@@ -23,14 +26,25 @@ use deploy_common::target::Target;
 use deploy_common::transport::{BoxFuture, Outcome, Transport};
 use deploy_common::wire::message::{into_reply, Event, Message};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::envelope::{self, Opener, Psk};
+use crate::envelope::{self, Psk};
 use crate::subjects;
 
 /// The request identifier inside envelopes (one order per envelope).
 const REQUEST_ID: u64 = 1;
+
+/// Body pieces (64 KiB at most each) a caller may have sent that the agent has not
+/// yet acknowledged.
+pub const WINDOW: usize = 32;
+
+/// The agent acknowledges the body every this many pieces (a sealed `continue` on the
+/// reply inbox, each granting this many more).
+pub const ACK_EVERY: usize = 8;
+
+/// How long a caller waits for the agent to grant more of the body.
+const CREDIT_WAIT: Duration = Duration::from_secs(15);
 
 /// Delivers orders over NATS, sealed with the agents' `key_cipher`.
 #[derive(Clone)]
@@ -110,11 +124,22 @@ impl NatsTransport {
             );
         }
         let _ = self.client.flush().await;
+        // Bodies being sent, each with the credit its agent granted; a body that could
+        // not be sent ends its host's delivery.
+        let mut credits: HashMap<String, Arc<Semaphore>> = HashMap::new();
+        let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<(String, String)>();
         while !members.is_empty() {
-            let msg = match tokio::time::timeout_at(deadline, sub.next()).await {
-                Ok(Some(msg)) => msg,
-                Ok(None) => break,
-                Err(_) => break,
+            let msg = tokio::select! {
+                next = tokio::time::timeout_at(deadline, sub.next()) => match next {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) | Err(_) => break,
+                },
+                Some((name, why)) = failed_rx.recv() => {
+                    if let Some((m, _)) = members.remove(&name) {
+                        let _ = m.done.send(Outcome::Failed(why));
+                    }
+                    continue;
+                }
             };
             let (name, message) = match opener.open(&msg.payload) {
                 Ok(opened) => opened,
@@ -139,11 +164,34 @@ impl NatsTransport {
                     let _ = member.events.send(event).await;
                 }
                 Message::Continue { .. } => {
-                    if let Err(why) = self.send_body(&opener, &name, request).await {
-                        if let Some((m, _)) = members.remove(&name) {
-                            let _ = m.done.send(Outcome::Failed(why));
-                        }
+                    // The first `continue` asks for the body; every later one grants
+                    // [`ACK_EVERY`] more pieces.
+                    if let Some(credit) = credits.get(&name) {
+                        credit.add_permits(ACK_EVERY);
+                        continue;
                     }
+                    let sealer = match opener.body_sealer(&name) {
+                        Ok(sealer) => sealer,
+                        Err(e) => {
+                            if let Some((m, _)) = members.remove(&name) {
+                                let _ = m.done.send(Outcome::Failed(format!("nats: {e}")));
+                            }
+                            continue;
+                        }
+                    };
+                    let credit = Arc::new(Semaphore::new(WINDOW));
+                    credits.insert(name.clone(), Arc::clone(&credit));
+                    let body_subject = subjects::body(&name, &opener.nonce_hex());
+                    let (this, request, failed) =
+                        (self.clone(), request.clone(), failed_tx.clone());
+                    tokio::spawn(async move {
+                        if let Err(why) = this
+                            .send_body(sealer, body_subject, &name, &request, credit)
+                            .await
+                        {
+                            let _ = failed.send((name, why));
+                        }
+                    });
                 }
                 Message::Reply {
                     code, body, text, ..
@@ -182,21 +230,25 @@ impl NatsTransport {
     }
 
     /// Sends the order's body to agent `name`, which asked for it: the shared body a
-    /// proxy relays, else the `upload` files as one tar stream.
+    /// proxy relays, else the `upload` files as one tar stream. Each piece takes one
+    /// unit of `credit` (the agent grants more as it consumes them), so at most
+    /// [`WINDOW`] pieces are ever queued for an agent; an agent that grants nothing
+    /// for [`CREDIT_WAIT`] (dead, stuck) ends the delivery.
     async fn send_body(
         &self,
-        opener: &Opener,
+        mut sealer: envelope::Replier,
+        subject: String,
         name: &str,
         request: &Request,
+        credit: Arc<Semaphore>,
     ) -> Result<(), String> {
-        let mut sealer = opener.body_sealer(name).map_err(|e| format!("nats: {e}"))?;
-        let subject = subjects::body(name, &opener.nonce_hex());
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
         let producer = {
             let request = request.clone();
             tokio::spawn(async move { produce_body(&request, tx).await })
         };
         while let Some(chunk) = rx.recv().await {
+            take_credit(&credit, name).await?;
             let bytes = sealer
                 .seal(&Message::data(REQUEST_ID, &chunk, false))
                 .map_err(|e| format!("nats: {e}"))?;
@@ -210,6 +262,7 @@ impl NatsTransport {
             Ok(Err(e)) => return Err(format!("upload stopped: {e}")),
             Err(e) => return Err(format!("upload stopped: internal error: {e}")),
         }
+        take_credit(&credit, name).await?;
         let bytes = sealer
             .seal(&Message::data(REQUEST_ID, &[], true))
             .map_err(|e| format!("nats: {e}"))?;
@@ -221,6 +274,21 @@ impl NatsTransport {
             .flush()
             .await
             .map_err(|e| format!("nats: sending the body: {e}"))
+    }
+}
+
+/// Takes one piece's worth of `credit`, waiting at most [`CREDIT_WAIT`] for agent
+/// `name` to grant it.
+async fn take_credit(credit: &Semaphore, name: &str) -> Result<(), String> {
+    match tokio::time::timeout(CREDIT_WAIT, credit.acquire()).await {
+        Ok(Ok(permit)) => {
+            permit.forget();
+            Ok(())
+        }
+        _ => Err(format!(
+            "nats: agent {name} took no more of the body for {} s (dead or stuck); upload stopped",
+            CREDIT_WAIT.as_secs()
+        )),
     }
 }
 

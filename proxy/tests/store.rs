@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-const API_KEY: &str = "store-key";
+pub(crate) const API_KEY: &str = "store-key";
 const LIMIT: Duration = Duration::from_secs(60);
 const LEAD: &str = "this worker leads the fleet's heartbeat";
 
@@ -27,7 +27,7 @@ const LEAD: &str = "this worker leads the fleet's heartbeat";
 fn proxy(
     dir: &std::path::Path,
     id: &str,
-    cluster: &JetStreamCluster,
+    cluster: &NatsCluster,
     heartbeat: u64,
     agents: &[String],
 ) -> Daemon {
@@ -39,7 +39,7 @@ fn proxy(
     let ini = config.write(dir);
     let mut text = std::fs::read_to_string(&ini).unwrap();
     text.push_str("\n[store]\nbackend = nats\nprefix = t-\nreplicas = 3\n");
-    for url in cluster.urls() {
+    for url in cluster.client_urls() {
         text.push_str(&format!("server[] = {url}\n"));
     }
     std::fs::write(&ini, text).unwrap();
@@ -61,7 +61,7 @@ fn versions(addr: SocketAddr, spec: VersionsSpec) -> Reply {
         .unwrap()
 }
 
-fn append(addr: SocketAddr, n: u32, message: &str) -> Reply {
+pub(crate) fn append(addr: SocketAddr, n: u32, message: &str) -> Reply {
     let version = json!({
         "id": format!("{n:08x}{}", "ab".repeat(28)),
         "scenario": "shared",
@@ -83,7 +83,7 @@ fn append(addr: SocketAddr, n: u32, message: &str) -> Reply {
 }
 
 /// The messages of scenario "shared" through `addr`, newest first.
-fn list(addr: SocketAddr) -> Vec<String> {
+pub(crate) fn list(addr: SocketAddr) -> Vec<String> {
     let reply = versions(
         addr,
         VersionsSpec {
@@ -106,7 +106,7 @@ fn list(addr: SocketAddr) -> Vec<String> {
 
 #[test]
 fn scenario_history_is_one_across_proxies_and_survives_a_nats_server() {
-    let mut cluster = JetStreamCluster::start();
+    let mut cluster = NatsCluster::jetstream();
     let (da, db) = (Sandbox::new(), Sandbox::new());
     let a = proxy(da.path(), "proxy-a", &cluster, 0, &[]);
     let b = proxy(db.path(), "proxy-b", &cluster, 0, &[]);
@@ -177,7 +177,7 @@ fn online(content: &Value, agents: &[String]) -> bool {
 
 #[test]
 fn one_heartbeat_leader_across_proxies_and_a_takeover() {
-    let cluster = JetStreamCluster::start();
+    let cluster = NatsCluster::jetstream();
     let sandboxes: Vec<Sandbox> = (0..2).map(|_| Sandbox::new()).collect();
     let ips = ["127.0.47.1", "127.0.47.2"];
     let _agents: Vec<Agent> = sandboxes

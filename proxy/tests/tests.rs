@@ -36,6 +36,8 @@ mod follow;
 mod http;
 mod legacy;
 mod nats;
+mod nats_body;
+mod nats_fleet;
 mod openapi;
 mod release;
 mod ssh;

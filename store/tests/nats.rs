@@ -4,13 +4,13 @@
 
 use deploy_store::nats::{NatsStore, Settings};
 use deploy_store::{Acquired, LeaseStore, ScenarioStore, ScenarioVersion, VersionMap};
-use deploy_testkit::JetStreamCluster;
+use deploy_testkit::NatsCluster;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-fn settings(cluster: &JetStreamCluster) -> Settings {
+fn settings(cluster: &NatsCluster) -> Settings {
     Settings {
-        servers: cluster.urls(),
+        servers: cluster.client_urls(),
         prefix: "test-".into(),
         replicas: 3,
         ..Settings::default()
@@ -33,7 +33,7 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_from_two_stores_are_all_kept_once() {
-    let cluster = JetStreamCluster::start();
+    let cluster = NatsCluster::jetstream();
     within(async {
         let a = NatsStore::connect(&settings(&cluster)).await.unwrap();
         let b = NatsStore::connect(&settings(&cluster)).await.unwrap();
@@ -79,7 +79,7 @@ async fn concurrent_appends_from_two_stores_are_all_kept_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_is_exclusive_across_stores_and_one_server_may_die() {
-    let mut cluster = JetStreamCluster::start();
+    let mut cluster = NatsCluster::jetstream();
     let a = within(NatsStore::connect(&settings(&cluster)))
         .await
         .unwrap();

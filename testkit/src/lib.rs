@@ -9,10 +9,9 @@
 //! | [`bins`] | where the workspace's binaries are (built on demand when missing) |
 //! | [`sandbox`] | [`Sandbox`] temporary directories, source trees and their comparison |
 //! | [`procfs`] | `/proc` readers (state, parent, children, command line, memory) and signals |
-//! | [`nats`] | real `nats-server` processes: one, or a routed cluster, with users and permissions |
+//! | [`nats`] | real `nats-server` processes: one, or a routed cluster, with users and permissions, with or without JetStream; a server killable mid-test |
 //! | [`net`] | free and refusing ports, [`Silent`] peers that accept and never answer |
 //! | [`netns`] | [`Lab`](netns::Lab): hosts as network namespaces on a bridge, shaped, cut, black-holed, lossy |
-//! | [`jetstream`] | [`JetStreamCluster`]: three real `nats-server -js` clustered on loopback, killable and restartable |
 //! | [`rsyncd`] | [`RsyncDaemon`]: a real `rsync --daemon` with read-only modules |
 //! | [`daemon`] | [`Daemon`]: a `--foreground` server process learnt from its `listening on` lines |
 //! | [`agent`] | [`AgentConfig`]: an agent ini around a sandbox, started as an [`Agent`] |
@@ -40,7 +39,6 @@ pub mod clients;
 pub mod command;
 pub mod daemon;
 pub mod env;
-pub mod jetstream;
 pub mod nats;
 pub mod net;
 pub mod netns;
@@ -56,7 +54,7 @@ pub use clients::*;
 pub use command::{deploy_client, openssl, run_bin, run_bin_bytes, run_command, Output, Spawned};
 pub use daemon::Daemon;
 pub use env::*;
-pub use jetstream::JetStreamCluster;
+pub use nats::NatsCluster;
 pub use net::*;
 pub use procfs::*;
 pub use proxy::{Proxy, ProxyConfig};

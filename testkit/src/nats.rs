@@ -1,19 +1,24 @@
 //! Real `nats-server` processes on loopback: one server, or a cluster whose servers
-//! route to each other, each on ephemeral ports learnt from its log.
+//! route to each other, each on ephemeral ports learnt from its log (route ports chosen before the start); with or without
+//! JetStream (the one launcher of the transport tests and of the shared-store tests).
 //!
 //! ```text
-//! server 0: client 127.0.0.1:<random>, routes 127.0.0.1:<random>
-//! server 1: client …, routes …, route to server 0      (the mesh completes by gossip)
-//! server 2: client …, routes …, route to server 0
+//! server i: client 127.0.0.1:<random>, http 127.0.0.1:<random>,
+//!           routes 127.0.0.1:<free port i>, route to every other server's port
+//! JetStream: jetstream { store_dir: <dir>/js-<i> }; ready when every live server's
+//!            GET /healthz answers 200
 //! ```
 //!
 //! [`NatsCluster::start`] takes the text of an `authorization { … }` block (users and
 //! their permissions) every server shares; [`authorization`] writes the one the tests
 //! use: a caller and one user per agent, limited as `etc/nats/accounts.conf` limits
-//! them. Servers are killed when the cluster drops, their logs replayed on a failing
-//! test.
+//! them. [`NatsCluster::with_jetstream`] adds JetStream to that;
+//! [`NatsCluster::jetstream`] is three JetStream servers without users in a directory
+//! of their own. A server can be killed (SIGKILL) mid-test ([`NatsCluster::kill`]).
+//! Servers are killed when the cluster drops, their logs replayed on a failing test.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -35,6 +40,8 @@ pub struct NatsServer {
     pub url: String,
     /// `nats://127.0.0.1:<port>` for routes.
     pub route: String,
+    /// `127.0.0.1:<port>` of the monitoring endpoint.
+    monitor: String,
     log: Arc<Mutex<String>>,
 }
 
@@ -78,6 +85,8 @@ pub struct NatsCluster {
     /// The servers, in start order.
     pub servers: Vec<NatsServer>,
     dir: PathBuf,
+    /// The directory [`NatsCluster::jetstream`] made (removed on drop, after the servers).
+    _own: Option<tempfile::TempDir>,
 }
 
 /// Whether `nats-server` is installed (tests skip with a message when it is not, so
@@ -126,19 +135,59 @@ impl NatsCluster {
     /// Starts `n` servers in `dir`, every one with `authorization` (may be empty),
     /// servers after the first routing to it.
     pub fn start(dir: &Path, n: usize, authorization: &str) -> NatsCluster {
+        NatsCluster::launch(dir, n, authorization, false)
+    }
+
+    /// [`NatsCluster::start`] with JetStream on every server (each its own store in
+    /// `dir/js-<i>`); returns once every server's `/healthz` says JetStream is current.
+    pub fn with_jetstream(dir: &Path, n: usize, authorization: &str) -> NatsCluster {
+        NatsCluster::launch(dir, n, authorization, true)
+    }
+
+    /// Three JetStream servers without users, in a temporary directory of their own
+    /// (what the shared-store tests need).
+    pub fn jetstream() -> NatsCluster {
+        let own = tempfile::Builder::new()
+            .prefix("deploy-nats.")
+            .tempdir()
+            .expect("tempdir");
+        let mut cluster = NatsCluster::with_jetstream(own.path(), 3, "");
+        cluster._own = Some(own);
+        cluster
+    }
+
+    fn launch(dir: &Path, n: usize, authorization: &str, jetstream: bool) -> NatsCluster {
         let mut servers: Vec<NatsServer> = Vec::new();
+        // Every server routes to every other (a JetStream cluster refuses to start
+        // without configured routes, so the first cannot wait for the others).
+        let route_ports: Vec<u16> = (0..n).map(|_| crate::net::free_port()).collect();
         for i in 0..n {
-            let routes = servers
-                .first()
-                .map(|s| format!("  routes: [\"{}\"]\n", s.route))
-                .unwrap_or_default();
+            let routes = route_ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("\"nats://127.0.0.1:{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
             let cluster = if n > 1 {
-                format!("cluster {{\n  name: deploy\n  listen: \"127.0.0.1:-1\"\n{routes}}}\n")
+                format!(
+                    "cluster {{\n  name: deploy\n  listen: \"127.0.0.1:{}\"\n  routes: [{routes}]\n}}\n",
+                    route_ports[i]
+                )
             } else {
                 String::new()
             };
-            let text =
-                format!("listen: \"127.0.0.1:-1\"\nserver_name: n{i}\n{cluster}{authorization}");
+            let js = if jetstream {
+                format!(
+                    "jetstream {{\n  store_dir: \"{}\"\n}}\n",
+                    dir.join(format!("js-{i}")).display()
+                )
+            } else {
+                String::new()
+            };
+            let text = format!(
+                "listen: \"127.0.0.1:-1\"\nhttp: \"127.0.0.1:-1\"\nserver_name: n{i}\n{js}{cluster}{authorization}"
+            );
             let conf = dir.join(format!("nats-{i}.conf"));
             std::fs::write(&conf, text).expect("write nats config");
             servers.push(start_server(&conf, n > 1));
@@ -146,11 +195,51 @@ impl NatsCluster {
         let cluster = NatsCluster {
             servers,
             dir: dir.to_path_buf(),
+            _own: None,
         };
         if n > 1 {
             cluster.wait_routes(n - 1);
         }
+        if jetstream {
+            cluster.wait_ready();
+        }
         cluster
+    }
+
+    /// Waits until every live server's `GET /healthz` answers 200 (with JetStream:
+    /// its meta group and streams current).
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for server in self.servers.iter().filter(|s| s.child.is_some()) {
+            while !healthy(&server.monitor) {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server {} not ready; logs:\n{}",
+                    server.url,
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The client URL of every server (killed ones too), as a store's `server[]`.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.url.clone()).collect()
+    }
+
+    /// Kills server `i` (SIGKILL), as a crash would.
+    pub fn kill(&mut self, i: usize) {
+        self.servers[i].kill();
+    }
+
+    /// Every server's log, for a failing test.
+    pub fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("--- n{i} ({})\n{}", s.url, s.log()))
+            .collect()
     }
 
     /// The client URLs of the servers still running, comma-separated (as
@@ -205,6 +294,31 @@ impl NatsCluster {
     }
 }
 
+/// Which port a line of a server's log announces.
+#[derive(Clone, Copy)]
+enum Port {
+    Client,
+    Route,
+    Monitor,
+}
+
+/// Whether `GET /healthz` on `addr` (`127.0.0.1:<port>`) answers 200.
+fn healthy(addr: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+}
+
 fn start_server(conf: &Path, cluster: bool) -> NatsServer {
     let mut child = Command::new(binary())
         .arg("-c")
@@ -216,19 +330,21 @@ fn start_server(conf: &Path, cluster: bool) -> NatsServer {
         .expect("spawn nats-server (apt-get install nats-server)");
     let stderr = child.stderr.take().expect("stderr");
     let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel::<(bool, String)>();
+    let (tx, rx) = mpsc::channel::<(Port, String)>();
     {
         let log = Arc::clone(&log);
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stderr);
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                for (marker, is_route) in [
-                    ("Listening for client connections on ", false),
-                    ("Listening for route connections on ", true),
+                for (marker, kind) in [
+                    ("Listening for client connections on ", Port::Client),
+                    ("Listening for route connections on ", Port::Route),
+                    ("Starting http monitor on ", Port::Monitor),
                 ] {
                     if let Some((_, addr)) = line.trim().split_once(marker) {
-                        let _ = tx.send((is_route, format!("nats://{addr}")));
+                        let addr = addr.trim_start_matches("http://");
+                        let _ = tx.send((kind, addr.to_owned()));
                     }
                 }
                 if let Ok(mut l) = log.lock() {
@@ -242,14 +358,17 @@ fn start_server(conf: &Path, cluster: bool) -> NatsServer {
         child: Some(child),
         url: String::new(),
         route: String::new(),
+        monitor: String::new(),
         log,
     };
     let deadline = Instant::now() + START;
-    while server.url.is_empty() || (cluster && server.route.is_empty()) {
+    while server.url.is_empty() || server.monitor.is_empty() || (cluster && server.route.is_empty())
+    {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok((true, url)) => server.route = url,
-            Ok((false, url)) => server.url = url,
+            Ok((Port::Route, addr)) => server.route = format!("nats://{addr}"),
+            Ok((Port::Client, addr)) => server.url = format!("nats://{addr}"),
+            Ok((Port::Monitor, addr)) => server.monitor = addr,
             Err(_) => panic!(
                 "nats-server {} did not say where it listens; log:\n{}",
                 conf.display(),
