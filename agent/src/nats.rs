@@ -26,6 +26,8 @@ use crate::order;
 
 /// The lock file that elects the subscribing worker.
 const LOCK_FILE: &str = "nats.lock";
+/// The nonces of accepted orders, kept across restarts and takeovers (replay protection).
+const JOURNAL_FILE: &str = "nats-seen";
 
 /// How often a worker that is not the subscriber tries the lock again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -75,6 +77,7 @@ pub fn task(
                 aliases: nats.aliases.clone(),
                 psk: Psk::new(&policy.key_cipher),
                 since_ms: deploy_common::order::at::now_ms(),
+                journal: Some(config.server.state_dir.join(JOURNAL_FILE)),
             };
             if let Err(e) = subscriber
                 .serve(agent, policy, shutdown, prefork::worker_ready)

@@ -409,7 +409,6 @@ fn an_agent_outside_its_nats_permissions_gets_nothing() {
 /// started now, and the new subscriber's seen-set is empty: a spy who captured it
 /// replays it after the agent restarts (or its worker is replaced) and it runs again.
 #[test]
-#[ignore = "finding 1: an order from a caller whose clock is ahead replays after an agent restart"]
 fn an_order_from_a_caller_ahead_is_not_run_again_after_a_restart() {
     use deploy_nats::envelope::{self, Psk, SeenSet};
     let sb = Sandbox::new();
@@ -463,7 +462,6 @@ fn an_order_from_a_caller_ahead_is_not_run_again_after_a_restart() {
 /// nothing unauthenticated should steer an order. The caller's side drops such
 /// messages and goes on; the agent's side should too.
 #[test]
-#[ignore = "finding 5: one unauthenticated message on an order's body subject aborts the upload"]
 fn junk_on_the_body_subject_does_not_abort_an_upload() {
     use futures_util::StreamExt;
     let sb = Sandbox::new();

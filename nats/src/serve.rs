@@ -15,10 +15,14 @@
 //! the host unreachable at its deadline.
 //!
 //! Replay protection holds per [`Subscriber`]: one per agent (the agent's workers elect
-//! one, see the agent). A new subscriber does not know its predecessor's nonces, so it
-//! refuses any order stamped before it started ([`Subscriber::since_ms`]); an order in
-//! flight during a takeover is lost (the caller reports the host unreachable), never
-//! run twice.
+//! one, see the agent). It refuses any order stamped before it started
+//! ([`Subscriber::since_ms`]); an order in flight during a takeover is lost (the caller
+//! reports the host unreachable), never run twice. An order stamped *after* the start
+//! (a caller's clock up to `MAX_SKEW` ahead) may have been seen by the predecessor, so
+//! every accepted nonce is also appended (and synced) to a journal
+//! ([`Subscriber::journal`]) before its order runs, and a new subscriber loads the
+//! journal's nonces still inside the replay window first: a restart or a takeover
+//! does not reopen the window for a recorded order.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -52,6 +56,14 @@ pub enum ServeError {
         /// Why.
         cause: String,
     },
+    /// The nonce journal could not be read or written.
+    #[error("nats: nonce journal {}: {cause}", path.display())]
+    Journal {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        cause: String,
+    },
 }
 
 /// One agent's presence on NATS.
@@ -68,6 +80,90 @@ pub struct Subscriber {
     pub psk: Psk,
     /// Orders stamped before this instant (unix ms) are refused.
     pub since_ms: i64,
+    /// The nonce journal (`<state_dir>/nats-seen`): the nonces of accepted orders, kept
+    /// across restarts and takeovers; `None`: in memory only.
+    pub journal: Option<std::path::PathBuf>,
+}
+
+/// The nonces of accepted orders, on disk: a line `<hex nonce> <time ms>` each.
+struct Journal {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl Journal {
+    /// Loads the still-relevant nonces of `path` into `seen`, rewrites the file with
+    /// only those, and opens it for appending.
+    fn open(path: &std::path::Path, seen: &mut SeenSet, now: i64) -> std::io::Result<Journal> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let text = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut kept = String::new();
+        for line in String::from_utf8_lossy(&text).lines() {
+            let Some((hex, time)) = line.split_once(' ') else {
+                continue;
+            };
+            let (Some(nonce), Ok(time)) = (unhex32(hex), time.parse::<i64>()) else {
+                continue;
+            };
+            // Only what can still pass the clock check; a nonce listed twice once.
+            let window = i64::try_from(envelope::MAX_SKEW.as_millis()).unwrap_or(i64::MAX);
+            if now.saturating_sub(time) <= window.saturating_mul(2)
+                && seen.insert(nonce, time, now).is_ok()
+            {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc_o_nofollow())
+            .open(&tmp)?;
+        file.write_all(kept.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(libc_o_nofollow())
+            .open(path)?;
+        Ok(Journal {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    /// Appends `nonce_hex` and syncs it.
+    fn record(&mut self, nonce_hex: &str, time_ms: i64) -> std::io::Result<()> {
+        use std::io::Write as _;
+        self.file
+            .write_all(format!("{nonce_hex} {time_ms}\n").as_bytes())?;
+        self.file.sync_data()
+    }
+}
+
+/// `O_NOFOLLOW`: the journal is never reached through a link.
+fn libc_o_nofollow() -> i32 {
+    libc::O_NOFOLLOW
+}
+
+/// 64 hex digits → 32 bytes.
+fn unhex32(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Subscriber {
@@ -105,7 +201,22 @@ impl Subscriber {
         );
         ready();
         let mut messages = futures_util::stream::select_all(subs);
-        let seen = Arc::new(Mutex::new(SeenSet::new()));
+        let mut loaded = SeenSet::new();
+        let mut journal = match &self.journal {
+            Some(path) => {
+                match Journal::open(path, &mut loaded, deploy_common::order::at::now_ms()) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        return Err(ServeError::Journal {
+                            path: path.clone(),
+                            cause: e.to_string(),
+                        })
+                    }
+                }
+            }
+            None => None,
+        };
+        let seen = Arc::new(Mutex::new(loaded));
         let tracker = TaskTracker::new();
         let this = Arc::new(self);
         loop {
@@ -149,6 +260,13 @@ impl Subscriber {
                     continue;
                 }
             };
+            if let Some(j) = journal.as_mut() {
+                if let Err(e) = j.record(&opened.nonce_hex, opened.time_ms) {
+                    // Without the record a restart could run it again: refuse instead.
+                    tracing::error!(journal = %j.path.display(), cause = %e, "nats: order refused: cannot record its nonce");
+                    continue;
+                }
+            }
             let (handler, policy, this) =
                 (Arc::clone(&handler), Arc::clone(&policy), Arc::clone(&this));
             tracker.spawn(async move {
@@ -255,6 +373,18 @@ impl Subscriber {
 /// Tolerance of [`Subscriber::since_ms`] for a caller's clock behind ours.
 const SINCE_MARGIN_MS: i64 = 0;
 
+/// Whether a body piece's error ends the body: a sealed piece that opened but is not
+/// the next one (one skipped: the body has a hole) or does not decode. A piece that
+/// does not open (junk, forgery), or an earlier piece sent again, is dropped instead:
+/// anybody on the bus can send those, and they must not steer the order.
+fn opener_rejects_for_good(e: &envelope::EnvelopeError) -> bool {
+    match e {
+        envelope::EnvelopeError::Sequence { got, expected, .. } => got > expected,
+        envelope::EnvelopeError::Content(_) => true,
+        _ => false,
+    }
+}
+
 /// Pieces of a body buffered between the subscription and the handler.
 const BODY_QUEUE: usize = 8;
 
@@ -286,6 +416,14 @@ async fn receive_body(
             Ok(_) => {
                 tracing::warn!("nats: request body: unexpected message");
                 return;
+            }
+            // Anybody who may publish on the subject can send junk (the nonce is in the
+            // request's clear header): a piece that does not open is dropped, as the
+            // caller drops such replies; only a sealed piece out of sequence, or
+            // silence until `idle`, ends the body.
+            Err(e) if !opener_rejects_for_good(&e) => {
+                tracing::warn!(cause = %e, "nats: request body: a piece that does not open dropped");
+                continue;
             }
             Err(e) => {
                 tracing::warn!(cause = %e, "nats: request body refused");
