@@ -526,3 +526,64 @@ fn junk_on_the_body_subject_does_not_abort_an_upload() {
     assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent.log());
     assert_eq!(std::fs::read(sb.allowed().join("up/big.bin")).unwrap(), big);
 }
+
+/// Review finding 9: anybody on the bus can send a reply message again on the caller's
+/// inbox; the caller used to fail that host on the repeated number (after the order
+/// ran), so a retry by hand could run it twice. A repeated message is dropped now.
+#[test]
+fn a_reply_message_sent_again_does_not_fail_the_host() {
+    use futures_util::StreamExt;
+    let sb = Sandbox::new();
+    let Some(cluster) = cluster(&sb, &[("a1", &[])]) else {
+        return;
+    };
+    let agent = agent(&sb, &cluster, "a1", &[]);
+    let src = sb.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Enough pieces for several `continue` grants on the reply stream.
+    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    let root = format!("--root={}", sb.allowed_str("up"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let spy = rt.block_on(spy(&cluster.servers[0].url));
+    let mut sub = rt.block_on(spy.subscribe("_INBOX.>".to_owned())).unwrap();
+    rt.block_on(spy.flush()).unwrap();
+    let out = std::thread::scope(|scope| {
+        let upload = scope.spawn(|| {
+            client(
+                &cluster,
+                KEY,
+                &src,
+                &[
+                    "--hosts",
+                    "nats://a1",
+                    "--order=upload",
+                    "--relative",
+                    "--upload=big.bin",
+                    &root,
+                    "--format=json",
+                ],
+            )
+        });
+        // The first reply message (the agent's `continue`), sent again once.
+        let first = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .unwrap()
+                .unwrap()
+        });
+        rt.block_on(async {
+            spy.publish(first.subject.clone(), first.payload.clone())
+                .await
+                .unwrap();
+            spy.flush().await.unwrap();
+        });
+        upload.join().unwrap()
+    });
+    assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent.log());
+    assert_eq!(std::fs::read(sb.allowed().join("up/big.bin")).unwrap(), big);
+}

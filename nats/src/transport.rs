@@ -145,8 +145,18 @@ impl NatsTransport {
                 Ok(opened) => opened,
                 Err(e) => {
                     tracing::warn!(subject = %subject, cause = %e, "nats: reply refused");
-                    // A broken stream of a known host ends its delivery.
-                    if let envelope::EnvelopeError::Sequence { name, .. } = &e {
+                    // A hole in a known host's stream ends its delivery; an earlier
+                    // message sent again (anybody on the bus can replay one) is dropped.
+                    if let envelope::EnvelopeError::Sequence {
+                        name,
+                        got,
+                        expected,
+                        ..
+                    } = &e
+                    {
+                        if got < expected {
+                            continue;
+                        }
                         if let Some((m, _)) = members.remove(name) {
                             let _ = m.done.send(Outcome::Failed(format!("nats: {e}")));
                         }
