@@ -456,14 +456,20 @@ fn an_order_from_a_caller_ahead_is_not_run_again_after_a_restart() {
     assert_eq!(answers, 0);
 }
 
-/// Finding 5 (h7 review): the agent's body receiver ends the upload at the first
-/// message on `deploy.body.<name>.<nonce>` that does not open, though anybody who may
-/// publish there can send one (the nonce is in the clear in the request's header), and
-/// nothing unauthenticated should steer an order. The caller's side drops such
-/// messages and goes on; the agent's side should too.
-#[test]
-fn junk_on_the_body_subject_does_not_abort_an_upload() {
-    use futures_util::StreamExt;
+/// An upload of 4 MB of `seed`-patterned bytes to `nats://a1` while `on_bus` acts as a
+/// spy subscribed to `watch` (subscribed before the upload starts); `on_bus` gets the
+/// spy, its subscription and the upload's thread, and returns when that is finished.
+/// Checks the upload succeeded and the file arrived whole.
+fn upload_under_a_spy(
+    seed: u32,
+    watch: &str,
+    on_bus: impl FnOnce(
+        &tokio::runtime::Runtime,
+        &async_nats::Client,
+        &mut async_nats::Subscriber,
+        &std::thread::ScopedJoinHandle<'_, Output>,
+    ),
+) {
     let sb = Sandbox::new();
     let Some(cluster) = cluster(&sb, &[("a1", &[])]) else {
         return;
@@ -471,7 +477,7 @@ fn junk_on_the_body_subject_does_not_abort_an_upload() {
     let agent = agent(&sb, &cluster, "a1", &[]);
     let src = sb.join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i * seed % 251) as u8).collect();
     std::fs::write(src.join("big.bin"), &big).unwrap();
     let root = format!("--root={}", sb.allowed_str("up"));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -480,9 +486,7 @@ fn junk_on_the_body_subject_does_not_abort_an_upload() {
         .unwrap();
     let _enter = rt.enter();
     let spy = rt.block_on(spy(&cluster.servers[0].url));
-    let mut sub = rt
-        .block_on(spy.subscribe("deploy.agent.a1".to_owned()))
-        .unwrap();
+    let mut sub = rt.block_on(spy.subscribe(watch.to_owned())).unwrap();
     rt.block_on(spy.flush()).unwrap();
     let out = std::thread::scope(|scope| {
         let upload = scope.spawn(|| {
@@ -501,12 +505,36 @@ fn junk_on_the_body_subject_does_not_abort_an_upload() {
                 ],
             )
         });
-        let msg = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), sub.next())
-                .await
-                .unwrap()
-                .unwrap()
-        });
+        on_bus(&rt, &spy, &mut sub, &upload);
+        upload.join().unwrap()
+    });
+    assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent.log());
+    assert_eq!(std::fs::read(sb.allowed().join("up/big.bin")).unwrap(), big);
+}
+
+/// The next message of `sub`, within 10 s.
+fn next_message(
+    rt: &tokio::runtime::Runtime,
+    sub: &mut async_nats::Subscriber,
+) -> async_nats::Message {
+    use futures_util::StreamExt;
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+    })
+}
+
+/// Finding 5 (h7 review): the agent's body receiver ended the upload at the first
+/// message on `deploy.body.<name>.<nonce>` that did not open, though anybody who may
+/// publish there can send one (the nonce is in the clear in the request's header), and
+/// nothing unauthenticated should steer an order. The caller's side drops such
+/// messages and goes on; the agent's side does too.
+#[test]
+fn junk_on_the_body_subject_does_not_abort_an_upload() {
+    upload_under_a_spy(7, "deploy.agent.a1", |rt, spy, sub, upload| {
+        let msg = next_message(rt, sub);
         let nonce: String = msg.payload[34..66]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -521,10 +549,7 @@ fn junk_on_the_body_subject_does_not_abort_an_upload() {
             });
             std::thread::sleep(Duration::from_millis(5));
         }
-        upload.join().unwrap()
     });
-    assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent.log());
-    assert_eq!(std::fs::read(sb.allowed().join("up/big.bin")).unwrap(), big);
 }
 
 /// Review finding 9: anybody on the bus can send a reply message again on the caller's
@@ -532,58 +557,15 @@ fn junk_on_the_body_subject_does_not_abort_an_upload() {
 /// ran), so a retry by hand could run it twice. A repeated message is dropped now.
 #[test]
 fn a_reply_message_sent_again_does_not_fail_the_host() {
-    use futures_util::StreamExt;
-    let sb = Sandbox::new();
-    let Some(cluster) = cluster(&sb, &[("a1", &[])]) else {
-        return;
-    };
-    let agent = agent(&sb, &cluster, "a1", &[]);
-    let src = sb.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    // Enough pieces for several `continue` grants on the reply stream.
-    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    std::fs::write(src.join("big.bin"), &big).unwrap();
-    let root = format!("--root={}", sb.allowed_str("up"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _enter = rt.enter();
-    let spy = rt.block_on(spy(&cluster.servers[0].url));
-    let mut sub = rt.block_on(spy.subscribe("_INBOX.>".to_owned())).unwrap();
-    rt.block_on(spy.flush()).unwrap();
-    let out = std::thread::scope(|scope| {
-        let upload = scope.spawn(|| {
-            client(
-                &cluster,
-                KEY,
-                &src,
-                &[
-                    "--hosts",
-                    "nats://a1",
-                    "--order=upload",
-                    "--relative",
-                    "--upload=big.bin",
-                    &root,
-                    "--format=json",
-                ],
-            )
-        });
-        // The first reply message (the agent's `continue`), sent again once.
-        let first = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), sub.next())
-                .await
-                .unwrap()
-                .unwrap()
-        });
+    // 4 MB: enough pieces for several `continue` grants on the reply stream; the
+    // first reply message (the agent's `continue`) is sent again once.
+    upload_under_a_spy(13, "_INBOX.>", |rt, spy, sub, _| {
+        let first = next_message(rt, sub);
         rt.block_on(async {
             spy.publish(first.subject.clone(), first.payload.clone())
                 .await
                 .unwrap();
             spy.flush().await.unwrap();
         });
-        upload.join().unwrap()
     });
-    assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent.log());
-    assert_eq!(std::fs::read(sb.allowed().join("up/big.bin")).unwrap(), big);
 }
