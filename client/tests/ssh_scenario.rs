@@ -219,7 +219,7 @@ async fn hello_world_versions_on_ssh_hosts() {
     assert_eq!(seen[3].manifest, seen[0].manifest);
     assert_eq!(seen[3].message, "back to A");
     assert!(
-        fs::read_dir(&hw(0)).unwrap().all(|e| !e
+        fs::read_dir(hw(0)).unwrap().all(|e| !e
             .unwrap()
             .file_name()
             .to_string_lossy()

@@ -1,8 +1,8 @@
 //! `rsync --relay` through the proxy: the real client asks the real proxy, which
 //! schedules the pipelined relay over its real agents (each on its own loopback
 //! address, group `web` from a real rsync daemon): the first pulls from the source, the
-//! others from each other, and each agent's record says where it pulled from. One agent
-//! killed while it relays is routed around.
+//! others from each other, and each agent's record says where it pulled from; the HTTP
+//! API asks for it with `{"relay": k}`. One agent killed while it relays is routed around.
 
 use crate::util::*;
 use serde_json::{Map, Value};
@@ -39,6 +39,7 @@ impl Fleet {
         let proxy = ProxyConfig::new(&format!("px-relay-{net}"))
             .key("relay-key", "web")
             .servers("web", &addrs)
+            .http()
             .start(dir.path());
         Fleet {
             agents,
@@ -180,4 +181,41 @@ fn relay_through_the_proxy_routes_around_an_agent_killed_mid_relay() {
     // Agent 3 left its dead parent for its grandparent.
     let third = &records[&fleet.name(2)];
     assert_eq!(field(third, "from"), fleet.name(0), "{out:#?}");
+}
+
+#[test]
+fn relay_over_the_http_api() {
+    if !have_curl() {
+        eprintln!("SKIPPED: no curl");
+        return;
+    }
+    let src_sb = Sandbox::new();
+    let source = src_sb.join("source");
+    make_tree(&source);
+    make_blob(&source.join("blob.bin"), 700_000);
+    let rsyncd = RsyncDaemon::start(&source);
+    let fleet = Fleet::start(87, 3, &rsyncd.url("DEST/"));
+    let out = curl(&[
+        "-H",
+        "X-Api-Key: relay-key",
+        "-d",
+        r#"{"options":"web","args":"groups:web","relay":1}"#,
+        &format!("http://{}/api/rsync", fleet.proxy.http()),
+    ]);
+    out.expect_code(0);
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
+    for i in 0..3 {
+        assert_same_tree(&source, &fleet.target(i));
+        let record = doc
+            .get(fleet.name(i))
+            .and_then(|r| r.get("rsync"))
+            .and_then(Value::as_object)
+            .unwrap_or_else(|| panic!("no record for agent {i}: {out:#?}"));
+        let want = if i == 0 {
+            "source".to_owned()
+        } else {
+            fleet.name(i - 1)
+        };
+        assert_eq!(field(record, "from"), want, "{out:#?}");
+    }
 }

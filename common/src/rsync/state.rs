@@ -606,7 +606,6 @@ impl StateDir {
 /// `PATH` and `LANG`, if `clear_env`). Returns the runner's pid; our copy of the lock
 /// is closed without unlocking (the runner's copy keeps it).
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn launch(
     dir: &Path,
     lock: File,
