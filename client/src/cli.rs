@@ -1064,7 +1064,20 @@ impl Args {
                 bail!("--order=deploy needs --protocol=v2");
             }
         }
+        let relay = (self.relay == Some(true) && self.order == OrderArg::Rsync)
+            .then_some(self.relay_fanout);
+        // Through a proxy, the proxy schedules the relay over its agents: the request
+        // asks for it, and the client sends one order as usual.
+        let (relay, proxy_relay) = if self.proxy.is_empty() {
+            (relay, None)
+        } else {
+            if relay.is_some() && protocol == Protocol::V1 {
+                bail!("--relay through a proxy needs --protocol=v2");
+            }
+            (None, relay)
+        };
         let request = Request {
+            relay: proxy_relay,
             at: timed.map(|(at, _)| at),
             max_wait: timed.map(|(_, max_wait)| max_wait),
             background: self.background,
@@ -1111,8 +1124,7 @@ impl Args {
             lock,
             rollout,
             fetch_into,
-            relay: (self.relay == Some(true) && self.order == OrderArg::Rsync)
-                .then_some(self.relay_fanout),
+            relay,
         })
     }
 }

@@ -25,6 +25,8 @@
 //!               the fields of the v2 wire's `napp` (NappSpec), each checked
 //!   timed       {"at":<unix ms>,"max_wait":<ms>,"background":true}   JSON body only,
 //!               for exec and run (the v2 wire's fields of the same names)
+//!   relay       {"relay":<children per host, 1..=64>}   JSON body only, for rsync: the
+//!               proxy pushes it as a relay over its agents (the v2 wire's `relay`)
 //!   stream      Accept: application/x-ndjson
 //! ```
 //!
@@ -159,7 +161,8 @@ pub enum ApiError {
     /// another order.
     #[error("invalid napp field: {0}")]
     InvalidNapp(String),
-    /// `at`, `max_wait` or `background` sent with an order other than `exec` and `run`.
+    /// `at`, `max_wait` or `background` sent with an order other than `exec` and `run`,
+    /// or `relay` with another order than `rsync` (or out of 1..=64).
     #[error("{0}")]
     NotTimed(String),
     /// An order this API cannot carry (`fetch`: its files come as a stream of events).
@@ -289,9 +292,18 @@ pub fn parse(req: &ApiRequest<'_>) -> Result<Call, ApiError> {
             order.as_str()
         )));
     }
+    if let Some(k) = params.relay {
+        if order != OrderName::Rsync || !(1..=64).contains(&k) {
+            return Err(ApiError::NotTimed(format!(
+                "relay is for rsync only, 1 to 64 children per host (got {} with {k})",
+                order.as_str()
+            )));
+        }
+    }
     let api_key = api_key.ok_or(ApiError::MissingKey)?;
     Ok(Call::Order {
         request: Box::new(Request {
+            relay: params.relay,
             order: order.as_str().to_owned(),
             options: params.options.unwrap_or_default(),
             args: params.args.unwrap_or_default(),
@@ -316,6 +328,7 @@ fn versions(params: Params, api_key: Option<String>) -> Result<Call, ApiError> {
         || params.at.is_some()
         || params.max_wait.is_some()
         || params.background.is_some()
+        || params.relay.is_some()
     {
         return Err(ApiError::InvalidJson(
             "scenario-versions takes only {\"scenario_versions\":{…}}".into(),
@@ -458,6 +471,7 @@ struct Params {
     at: Option<i64>,
     max_wait: Option<u64>,
     background: Option<bool>,
+    relay: Option<usize>,
     scenario_versions: Option<VersionsSpec>,
 }
 
@@ -474,6 +488,7 @@ struct JsonBody {
     at: Option<i64>,
     max_wait: Option<u64>,
     background: Option<bool>,
+    relay: Option<usize>,
     scenario_versions: Option<VersionsSpec>,
 }
 
@@ -513,6 +528,7 @@ impl Params {
         self.at = body.at;
         self.max_wait = body.max_wait;
         self.background = body.background;
+        self.relay = body.relay;
         self.scenario_versions = body.scenario_versions;
         Ok(())
     }
@@ -809,6 +825,10 @@ mod tests {
             ("/api/exec", br#"{"at":1.5}"#),
             ("/api/exec", br#"{"max_wait":-1}"#),
             ("/api/run", br#"{"background":"yes"}"#),
+            ("/api/exec", br#"{"relay":1}"#),
+            ("/api/rsync", br#"{"relay":0}"#),
+            ("/api/rsync", br#"{"relay":65}"#),
+            ("/api/rsync", br#"{"relay":"on"}"#),
             ("/api/status", br#"{"at":1700000000000}"#),
             ("/api/napp", br#"{"background":true}"#),
             ("/api/deploy", br#"{"max_wait":1}"#),
@@ -821,6 +841,13 @@ mod tests {
             );
         }
         assert!(status("/api/run", br#"{"background":false}"#).is_ok());
+        let (r, _) = order(parse(&req(
+            "POST",
+            "/api/rsync",
+            KEY,
+            br#"{"options":"web","relay":2}"#,
+        )));
+        assert_eq!(r.relay, Some(2));
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod cli;
 mod http;
 mod nodes;
 mod relay;
+mod relay_push;
 mod route;
 mod spool;
 mod ssh;

@@ -550,6 +550,16 @@ impl Handler for Relay {
                     Err(reply) => return reply,
                 }
             }
+            // `rsync --relay`: scheduled here, over the agents (crate::relay_push).
+            Ok(())
+                if forwarded.relay.is_some()
+                    && OrderName::parse(&order) == Some(OrderName::Rsync) =>
+            {
+                match crate::relay_push::run(&servers, forwarded) {
+                    Ok(rx) => rx,
+                    Err(reply) => return reply,
+                }
+            }
             Ok(()) => self.fan_out(&servers, forwarded),
             Err(results) => gate::into_events(results),
         };

@@ -17,6 +17,7 @@
 //! | [`legacy`] | the original wire by hand: form, query string, path parameters |
 //! | [`daemon`] | `--check`, errors naming file:line, SIGTERM |
 //! | [`strict`] | strict runs start nowhere unless every agent connected (direct and through the proxy); `--skip-unreachable` through it |
+//! | [`relay_push`] | `rsync --relay` through the proxy: the proxy schedules the relay over 4 agents (trees, `from`/`pulled`); an agent killed mid-relay routed around; `{"relay":1}` over the HTTP API |
 //! | [`upload`] | `upload` through the proxy to 3 agents (the caller's tar body, spooled once), files checked |
 //! | [`openapi`] | `docs/openapi.json` checked against the running proxy (every path, method, status and shape; every served route documented) |
 //! | [`store`] | several proxies, one fleet: a real 3-server NATS JetStream cluster; scenario history shared, concurrent appends kept once, a NATS server killed; one heartbeat leader across proxies and its takeover |
@@ -39,6 +40,7 @@ mod nats;
 mod nats_body;
 mod nats_fleet;
 mod openapi;
+mod relay_push;
 mod release;
 mod ssh;
 mod store;

@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 
 /// Seconds a pull from a peer waits for its daemon to answer (rsync `--contimeout`).
@@ -413,9 +413,8 @@ async fn serve_peer(
         .await
         .map_err(|_| "handshake timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    let mut file = tokio::fs::File::open(spool)
-        .await
-        .map_err(|e| format!("{}: {e}", spool.display()))?;
+    let file =
+        Arc::new(std::fs::File::open(spool).map_err(|e| format!("{}: {e}", spool.display()))?);
     let mut buf = Vec::new();
     for index in first..list.count() {
         have.wait_for(|h| h.chunks > index)
@@ -423,10 +422,14 @@ async fn serve_peer(
             .map_err(|_| format!("the stream stopped before chunk {index}"))?;
         let (start, len) = list.span(index);
         buf.resize(usize::try_from(len).map_err(|_| "chunk too large")?, 0);
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| e.to_string())?;
-        file.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        // A positioned read straight into the buffer this loop reuses.
+        let f = Arc::clone(&file);
+        buf = tokio::task::spawn_blocking(move || {
+            std::os::unix::fs::FileExt::read_exact_at(&*f, &mut buf, start).map(|()| buf)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         socket.write_all(&buf).await.map_err(|e| e.to_string())?;
     }
     socket.flush().await.map_err(|e| e.to_string())?;
@@ -463,8 +466,10 @@ async fn chained(
         Ok(x) => x,
         Err(e) => return Reply::error(500, e),
     };
-    let mut out = match tokio::fs::File::create(&spool).await {
-        Ok(f) => f,
+    // Written on a blocking thread from the chunk's own buffer (no copy into a tokio
+    // file's buffer), then that buffer goes on to the extractor.
+    let out = match tokio::fs::File::create(&spool).await {
+        Ok(f) => Arc::new(f.into_std().await),
         Err(e) => return Reply::error(500, format!("relay: {}: {e}", spool.display())),
     };
     let (have_tx, have_rx) = watch::channel(Have::default());
@@ -535,7 +540,7 @@ async fn chained(
                 &chain,
                 &mut list,
                 &mut next,
-                &mut out,
+                &out,
                 &have_tx,
                 &mut ptx,
                 events,
@@ -650,7 +655,7 @@ async fn pull_from(
     chain: &Chain,
     list: &mut Option<Arc<ChunkList>>,
     next: &mut u64,
-    out: &mut tokio::fs::File,
+    out: &Arc<std::fs::File>,
     have: &watch::Sender<Have>,
     extract: &mut Option<mpsc::Sender<Piece>>,
     events: &Events,
@@ -711,16 +716,26 @@ async fn pull_from(
                 *next
             )));
         }
-        if let Err(e) = out.write_all(&buf).await {
-            return fail(format!("spool: {e}"));
-        }
-        if let Err(e) = out.flush().await {
-            return fail(format!("spool: {e}"));
-        }
+        let file = Arc::clone(out);
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            (&*file).write_all(&buf).map(|()| buf)
+        })
+        .await;
+        buf = match written {
+            Ok(Ok(buf)) => buf,
+            Ok(Err(e)) => return fail(format!("spool: {e}")),
+            Err(e) => return fail(format!("spool: {e}")),
+        };
         *next += 1;
         have.send_modify(|h| h.chunks = *next);
         if let Some(tx) = extract.as_ref() {
-            if tx.send(Piece::Data(buf.clone())).await.is_err() {
+            // The verified chunk itself, not a copy (the next one gets a fresh buffer).
+            if tx
+                .send(Piece::Data(std::mem::take(&mut buf)))
+                .await
+                .is_err()
+            {
                 // The extractor stopped (its error is the reply); children still get chunks.
                 *extract = None;
             }

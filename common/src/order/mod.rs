@@ -216,6 +216,11 @@ pub struct Request {
     /// ([`scenario_versions`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scenario_versions: Option<Box<scenario_versions::VersionsSpec>>,
+    /// `rsync` sent to a proxy with `--relay`: the proxy pushes it to its agents as a
+    /// relay ([`crate::rsync::waves`]) with this many children per host, instead of one
+    /// order per agent. Agents ignore it (the relay reaches them as `args`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<usize>,
     /// Not on the wire: a body a proxy received from its caller, sent as is to each
     /// server instead of reading `upload`'s files (which are the caller's, not the
     /// proxy's) ([`crate::upload::body`]).
