@@ -423,117 +423,49 @@ fn relay_daemons(master: i32) -> Vec<i32> {
         .collect()
 }
 
-/// Finding 4 (h7 review): the non-stream relay listener hands every connection from a
-/// fleet address to its own `rsync --daemon`, with no limit on how many and no
-/// `timeout` in the module: connections that never speak (any local user of any fleet
-/// host can open them) each keep a daemon (root, when the agent is) alive, and neither
-/// `relay stop` nor the order's `ttl` ends them.
+/// Review findings 4 and 6: the store-and-forward relay served a peer's tree through an
+/// `rsync --daemon` per connection, which outlived the order when a fleet address said
+/// nothing and carried the token on its command line (world-readable). That mode is
+/// refused now: no daemon is started, and a pull from a peer's daemon is refused too.
 #[test]
-#[ignore = "finding 4: silent fleet connections pin rsync --daemon processes past stop/ttl"]
-fn relay_serving_silent_connections_do_not_outlive_the_order() {
+fn store_and_forward_relay_orders_are_refused() {
     let src_sb = Sandbox::new();
     let source = src_sb.join("source");
     make_tree(&source);
     let rsyncd = RsyncDaemon::start(&source);
     let fleet = Fleet::start(29, 2, &rsyncd.url("DEST/"), None);
     let ip = fleet.agents[0].1.addr().ip();
-    let r = fleet.order(
-        0,
-        &format!(
+    let host = fleet.agents[0].1.addr().to_string();
+    for args in [
+        format!(
             "relay pull token={TOKEN} serve=1 ttl=3 bind={ip} peers={}",
             fleet.ips()
         ),
-    );
-    assert_eq!(field(&r, "return"), "true", "{r:#}");
-    let url = field(&r, "serve");
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("rsync://relay@")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}: {url}"));
-    // A fleet address (agent 2's) opens connections and says nothing.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let me = fleet.agents[1].1.addr().ip();
-    let silent: Vec<std::net::TcpStream> = (0..8)
-        .map(|_| {
-            rt.block_on(async {
-                let sock = tokio::net::TcpSocket::new_v4().unwrap();
-                sock.bind(std::net::SocketAddr::new(me, 0)).unwrap();
-                sock.connect(addr).await.unwrap().into_std().unwrap()
-            })
-        })
-        .collect();
-    std::thread::sleep(std::time::Duration::from_secs(1));
+        format!("relay pull token={TOKEN} from=rsync://relay@{ip}:1/relay/"),
+    ] {
+        let out = deploy_client(
+            &[
+                "--hosts",
+                &host,
+                "--order=rsync",
+                "--options=web",
+                &format!("--args={args}"),
+                "--format=json",
+            ],
+            KEY,
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
+        let rec = &doc[&host]["rsync"];
+        assert_eq!(rec["returnCode"], "400", "{args}: {doc:#}");
+        assert!(
+            rec["content"].to_string().contains("no longer supported"),
+            "{args}: {doc:#}"
+        );
+    }
     let master = fleet.agents[0].1.pid();
-    assert!(!relay_daemons(master).is_empty(), "no daemon started?");
-    // Stopped, and past the ttl.
-    let r = fleet.order(0, &format!("relay stop token={TOKEN}"));
-    assert_eq!(field(&r, "return"), "true", "{r:#}");
-    std::thread::sleep(std::time::Duration::from_secs(5));
-    let left = relay_daemons(master);
-    drop(silent);
     assert!(
-        left.is_empty(),
-        "{} rsync --daemon still serving a stopped order: {left:?}",
-        left.len()
-    );
-}
-
-/// Finding 6 (h7 review): the relay's token names its directory, and that directory is
-/// on the command line of every `rsync --daemon` the listener starts
-/// (`--config=<state>/relay/<token>/rsyncd.conf`). /proc/<pid>/cmdline is readable by
-/// every local user: anyone on the serving host learns the token, and from any fleet
-/// address (the only other check) pulls the tree or its chunk stream.
-#[test]
-#[ignore = "finding 6: the relay token is on rsync --daemon's command line (world-readable)"]
-fn relay_token_is_not_on_any_command_line() {
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    let rsyncd = RsyncDaemon::start(&source);
-    let fleet = Fleet::start(31, 2, &rsyncd.url("DEST/"), None);
-    let ip = fleet.agents[0].1.addr().ip();
-    let r = fleet.order(
-        0,
-        &format!(
-            "relay pull token={TOKEN} serve=1 bind={ip} peers={}",
-            fleet.ips()
-        ),
-    );
-    assert_eq!(field(&r, "return"), "true", "{r:#}");
-    let url = field(&r, "serve");
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("rsync://relay@")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}: {url}"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let me = fleet.agents[1].1.addr().ip();
-    let _conn = rt.block_on(async {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind(std::net::SocketAddr::new(me, 0)).unwrap();
-        sock.connect(addr).await.unwrap().into_std().unwrap()
-    });
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let leaking: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .map(cmdline)
-        .filter(|c| c.contains(TOKEN))
-        .collect();
-    let _ = fleet.order(0, &format!("relay stop token={TOKEN}"));
-    assert!(
-        leaking.is_empty(),
-        "the token on command lines: {leaking:#?}"
+        relay_daemons(master).is_empty(),
+        "an rsync --daemon was started"
     );
 }

@@ -1,16 +1,13 @@
-//! `rsync` in relay mode (`args` = `relay pull …` / `relay stop …`, see
-//! [`deploy_common::rsync::relay`]): pull the group's tree from its source or from a
-//! peer, verify it against the reference manifest, and serve it to the fleet for this
-//! order only.
+//! `rsync` in relay mode (`args` = `relay pull …` / `relay chain …` / `relay stop …`,
+//! see [`deploy_common::rsync::relay`]): the first host pulls the group's tree from its
+//! source and serves it as a chunked stream; chain hosts pull that stream from a peer,
+//! verify every chunk, and serve it on, for this order only. `stop` (or the order's
+//! `ttl`) ends the serving.
 //!
-//! The pull runs in the foreground (the scheduler waits for it to plan the next wave);
-//! its reply carries rsync's exit code, the tree's `manifest`, and, when the agent
-//! serves, the `serve` URL peers pull from. Serving is a listener on an ephemeral port of
-//! the address the scheduler reached us at, which hands each connection from an allowed
-//! peer to `rsync --daemon` in inetd mode with a one-off configuration under
-//! `<state_dir>/relay/<token>/` (read-only module, `auth users` with the order's token).
-//! `stop` removes that directory; the listener closes at its next check (once a second)
-//! or after the order's `ttl`, whichever comes first.
+//! The store-and-forward mode of the first version (a peer's tree served by
+//! `rsync --daemon` per connection, `relay pull from=…` or `serve` without `stream`) is
+//! refused with 400: the chain stream replaced it, and its daemons outlived the order
+//! and showed the token on their command lines (review findings 4 and 6).
 //!
 //! # Pipelined relay (`stream=1`, `chain`)
 //!
@@ -39,18 +36,12 @@ use deploy_common::wire::message::{Event, Stream};
 use serde_json::Value;
 use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
-
-/// Seconds a pull from a peer waits for its daemon to answer (rsync `--contimeout`).
-const PEER_CONNECT_TIMEOUT: u32 = 10;
-/// Seconds without data after which a pull from a peer gives up (rsync `--timeout`).
-const PEER_IO_TIMEOUT: u32 = 30;
 
 /// How much of a failed pull's output the reply carries.
 const OUTPUT_TAIL: usize = 4096;
@@ -82,30 +73,25 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
     }
 }
 
-async fn pulled(mut spec: rs::RsyncSpec, checksum: String, pull: Pull, base: &Path) -> Reply {
-    let from = pull.from.clone().unwrap_or_else(|| spec.dest.clone());
-    if let Some(url) = &pull.from {
-        spec.dest = url.clone();
+async fn pulled(spec: rs::RsyncSpec, checksum: String, pull: Pull, base: &Path) -> Reply {
+    // The store-and-forward relay (a peer's tree served by `rsync --daemon`, pulled
+    // from it with the token as password) is gone: the chain stream replaced it, and
+    // its per-connection daemons outlived the order and showed the token on their
+    // command lines. Only pulls from the group's own source are served.
+    if pull.from.is_some() || (pull.serve && !pull.stream) {
+        return Reply::error(
+            400,
+            "relay: serving or pulling a tree through rsync --daemon is no longer supported \
+             (the chain stream replaced it: update the caller)",
+        );
     }
-    let mut argv = rs::argv(&spec, false);
-    if let (Some(_), Some(bind)) = (&pull.from, pull.bind) {
-        // From our own address, which is the one the serving peer allows.
-        argv.insert(0, format!("--address={bind}").into());
-    }
-    if pull.from.is_some() {
-        // A black-holed or stalled peer fails the pull (and is routed around) instead
-        // of holding the host until the scheduler's deadline.
-        argv.insert(0, format!("--contimeout={PEER_CONNECT_TIMEOUT}").into());
-        argv.insert(0, format!("--timeout={PEER_IO_TIMEOUT}").into());
-    }
+    let from = spec.dest.clone();
+    let argv = rs::argv(&spec, false);
     let mut cmd = tokio::process::Command::new(&spec.rsync);
     cmd.args(argv)
         .env("LC_ALL", rs::LOCALE)
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    if pull.from.is_some() {
-        cmd.env("RSYNC_PASSWORD", &pull.token);
-    }
     let started = std::time::Instant::now();
     let output = match cmd.output().await {
         Ok(o) => o,
@@ -175,17 +161,6 @@ async fn pulled(mut spec: rs::RsyncSpec, checksum: String, pull: Pull, base: &Pa
                 body.insert("return".into(), flag(false));
                 body.insert("error".into(), Value::String(e));
                 return Reply::ok(body);
-            }
-        }
-    } else if let (true, Some(bind)) = (pull.serve, pull.bind) {
-        match serve(&spec, &pull, bind, base).await {
-            Ok(url) => {
-                body.insert("serve".into(), Value::String(url));
-            }
-            // The tree is here and verified: the pull succeeded, it just serves no one.
-            Err(e) => {
-                tracing::warn!(bind = %bind, error = %e, "relay: cannot serve");
-                body.insert("serveError".into(), Value::String(e));
             }
         }
     }
@@ -759,103 +734,7 @@ async fn pull_from(
     None
 }
 
-/// Starts serving `spec.src` on an ephemeral port of `bind`; returns the peers' URL.
-async fn serve(
-    spec: &rs::RsyncSpec,
-    pull: &Pull,
-    bind: IpAddr,
-    base: &Path,
-) -> Result<String, String> {
-    let dir = base.join(&pull.token);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let secrets = dir.join("secrets");
-    relay::write_secrets(&secrets, &pull.token)
-        .map_err(|e| format!("write {}: {e}", secrets.display()))?;
-    let conf = dir.join("rsyncd.conf");
-    let text = relay::daemon_config(
-        Path::new(&spec.src),
-        &secrets,
-        &dir.join("rsyncd.log"),
-        &pull.peers,
-    );
-    std::fs::write(&conf, text).map_err(|e| format!("write {}: {e}", conf.display()))?;
-    let listener = tokio::net::TcpListener::bind((bind, 0))
-        .await
-        .map_err(|e| format!("bind {bind}: {e}"))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| format!("local address: {e}"))?
-        .port();
-    let ttl = Duration::from_secs(pull.ttl);
-    let rsync = spec.rsync.clone();
-    let peers = pull.peers.clone();
-    tracing::info!(bind = %bind, port, dir = %dir.display(), "relay serving");
-    tokio::spawn(accept_loop(listener, rsync, conf, dir, peers, ttl));
-    Ok(relay::peer_url(bind, port))
-}
-
 use std::os::unix::fs::DirBuilderExt as _;
 
 /// How often a serving listener checks that its order has not been stopped.
 const STOP_CHECK: Duration = Duration::from_secs(1);
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    rsync: PathBuf,
-    conf: PathBuf,
-    dir: PathBuf,
-    peers: Vec<IpAddr>,
-    ttl: Duration,
-) {
-    let deadline = tokio::time::sleep(ttl);
-    tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(STOP_CHECK);
-    loop {
-        tokio::select! {
-            () = &mut deadline => break,
-            _ = tick.tick() => {
-                if !conf.exists() {
-                    break;
-                }
-            }
-            accepted = listener.accept() => {
-                let Ok((socket, peer)) = accepted else { continue };
-                if !conf.exists() {
-                    break;
-                }
-                if !peers.contains(&peer.ip()) {
-                    tracing::warn!(peer = %peer, "relay: connection from outside the fleet refused");
-                    continue;
-                }
-                if let Err(e) = hand_over(socket, &rsync, &conf) {
-                    tracing::warn!(peer = %peer, error = %e, "relay: cannot start rsync --daemon");
-                }
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    tracing::info!(dir = %dir.display(), "relay serving ended");
-}
-
-/// Runs `rsync --daemon` in inetd mode on `socket`, reaped in the background.
-fn hand_over(socket: tokio::net::TcpStream, rsync: &Path, conf: &Path) -> std::io::Result<()> {
-    let socket = socket.into_std()?;
-    socket.set_nonblocking(false)?;
-    let fd: OwnedFd = socket.into();
-    let out = fd.try_clone()?;
-    let mut child = tokio::process::Command::new(rsync)
-        .arg("--daemon")
-        .arg(format!("--config={}", conf.display()))
-        .stdin(Stdio::from(fd))
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::null())
-        .spawn()?;
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-    });
-    Ok(())
-}

@@ -1,22 +1,19 @@
-//! Relay distribution: hosts that finished an `rsync` transfer serve it to their peers.
+//! Relay distribution: hosts that have the tree serve it to their peers.
 //!
 //! Without relay every agent pulls the whole tree from one rsync daemon, so a push to N
 //! hosts sends N copies out of one link. With relay (issue 12) a scheduler
-//! ([`super::waves`]) sends the `rsync` order with relay `args` ([`RelayArgs`]): the first
-//! hosts pull from the group's source, and every host that finished (and whose tree
-//! matched the reference [`manifest`]) serves its copy to the next ones, read-only, for
-//! this order only.
+//! ([`super::waves`]) sends the `rsync` order with relay `args` ([`RelayArgs`]): the
+//! first host pulls from the group's source and serves the tree as a chunked stream
+//! ([`super::stream`]); the others form chains that pull, verify every chunk and serve it
+//! on, for this order only, authenticated by a per-order random [`token`] handed out
+//! over the sealed v2 connection.
 //!
-//! * **Serving**: the agent listens on an ephemeral port of its own address and runs
-//!   `rsync --daemon` per connection in inetd mode (the socket as its stdin/stdout) with a
-//!   one-off configuration ([`daemon_config`]): one read-only module over the group's
-//!   target, `auth users` with a per-order random [`token`] (the scheduler hands it out
-//!   over the sealed v2 connection), `hosts allow` = the fleet's addresses; the agent
-//!   itself refuses other peers before starting rsync. It stops at `stop` or after `ttl`.
 //! * **Verifying**: [`manifest`] is the SHA-256 of the sorted list of the tree's
-//!   directories, files (mode, size, SHA-256 of the content) and symbolic links. A host
-//!   that pulled from a peer compares it with the reference (`expect`) before it reports
-//!   success or serves anyone, so a bad peer cannot poison the hosts after it.
+//!   directories, files (mode, size, SHA-256 of the content) and symbolic links; the
+//!   stream's chunk list is checked against a digest the scheduler got from the first
+//!   host, and the extracted tree against its manifest.
+//! * `from` ([`peer_url`]: a peer's `rsync --daemon`) is still parsed, so an agent can
+//!   refuse it by name: the store-and-forward mode that used it is gone.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -333,36 +330,6 @@ pub fn peer_url(ip: IpAddr, port: u16) -> String {
         IpAddr::V4(v4) => format!("rsync://{USER}@{v4}:{port}/{MODULE}/"),
         IpAddr::V6(v6) => format!("rsync://{USER}@[{v6}]:{port}/{MODULE}/"),
     }
-}
-
-/// The one-off `rsyncd.conf` serving `path` read-only to `peers` who know the secret in
-/// `secrets`. Run as root, the daemon chroots into the tree; otherwise options that
-/// would follow links out of it are refused.
-pub fn daemon_config(path: &Path, secrets: &Path, log: &Path, peers: &[IpAddr]) -> String {
-    let root = nix::unistd::geteuid().is_root();
-    let allow: Vec<String> = peers.iter().map(IpAddr::to_string).collect();
-    let mut conf = String::new();
-    let _ = writeln!(conf, "log file = {}", log.display());
-    if root {
-        conf.push_str("uid = 0\ngid = 0\nuse chroot = yes\n");
-    } else {
-        conf.push_str("use chroot = no\n");
-    }
-    let _ = writeln!(conf, "[{MODULE}]");
-    let _ = writeln!(conf, "path = {}", path.display());
-    conf.push_str("read only = yes\nwrite only = no\nlist = no\nstrict modes = yes\n");
-    let _ = writeln!(conf, "auth users = {USER}:ro");
-    let _ = writeln!(conf, "secrets file = {}", secrets.display());
-    let _ = writeln!(conf, "hosts allow = {}", allow.join(" "));
-    conf.push_str("hosts deny = *\n");
-    conf.push_str("refuse options = copy-links copy-unsafe-links copy-dirlinks\n");
-    conf
-}
-
-/// Writes the secrets file (`relay:<token>`, mode 0600).
-pub fn write_secrets(path: &Path, token: &str) -> std::io::Result<()> {
-    fs::write(path, format!("{USER}:{token}\n"))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
 }
 
 /// A tree's manifest: its SHA-256 in hex, and how many files and bytes it holds.
