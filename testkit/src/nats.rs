@@ -91,13 +91,22 @@ pub struct NatsCluster {
 
 /// Whether `nats-server` is installed (tests skip with a message when it is not, so
 /// that a machine without it says why instead of failing obscurely).
+///
+/// Under CI (`CI` set, as `.ci/run` does) a missing server is a failure, not a skip:
+/// the tests that need it must run there.
 pub fn available() -> bool {
-    Command::new(binary())
+    let found = Command::new(binary())
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "nats-server ({}) is not installed, and CI is set: install it (apt-get install nats-server)",
+        binary().display()
+    );
+    found
 }
 
 /// The `authorization` block of the tests: the caller may publish `deploy.>` and
