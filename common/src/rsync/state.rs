@@ -1102,10 +1102,23 @@ fn watch_stall(window: Duration) {
 
 /// Bytes read plus written so far by the processes of group `pgid` (`rchar` + `wchar`
 /// of `/proc/<pid>/io`), or `None` if none could be read.
+///
+/// The group's members are found by walking down from its leader (rsync, our child)
+/// through `/proc/<pid>/task/<tid>/children`: a few reads a tick, where scanning all of
+/// `/proc` costs a read per process on the host, every second, per transfer. When the
+/// walk cannot tell (a kernel without those files, or a leader that already exited and
+/// left its children to init) the whole of `/proc` is scanned as before.
 fn group_io(pgid: u32) -> Option<u64> {
-    let entries = fs::read_dir("/proc").ok()?;
+    let members = group_members(pgid).or_else(|| {
+        let entries = fs::read_dir("/proc").ok()?;
+        Some(
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .collect(),
+        )
+    })?;
     let mut total = None;
-    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+    for pid in members {
         if proc_stat(pid).is_none_or(|stat| stat.pgrp != pgid) {
             continue;
         }
@@ -1124,6 +1137,45 @@ fn group_io(pgid: u32) -> Option<u64> {
         *total.get_or_insert(0) += sum;
     }
     total
+}
+
+/// Group `leader`'s live descendants (the leader included), from the `children` files
+/// of their threads; `None` when that walk cannot be trusted: no such file (the kernel
+/// lacks `CONFIG_PROC_CHILDREN`) or the leader is a zombie (its children were adopted by
+/// init and are out of its tree). The most processes walked is bounded.
+fn group_members(leader: u32) -> Option<Vec<u32>> {
+    const MOST: usize = 4096;
+    let state = fs::read_to_string(format!("/proc/{leader}/stat")).ok()?;
+    let after_comm = state.get(state.rfind(')')? + 1..)?;
+    if matches!(after_comm.split_whitespace().next(), Some("Z" | "X")) {
+        return None;
+    }
+    let mut found = vec![leader];
+    let mut next = 0;
+    while let Some(&pid) = found.get(next) {
+        next += 1;
+        let tasks = match fs::read_dir(format!("/proc/{pid}/task")) {
+            Ok(tasks) => tasks,
+            // Exited between two reads: it has nothing left to count.
+            Err(_) if pid != leader => continue,
+            Err(_) => return None,
+        };
+        for task in tasks.filter_map(Result::ok) {
+            let path = task.path().join("children");
+            let text = match fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && pid == leader => return None,
+                Err(_) => continue,
+            };
+            for child in text.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if found.len() >= MOST {
+                    return Some(found);
+                }
+                found.push(child);
+            }
+        }
+    }
+    Some(found)
 }
 
 /// Blocks until child `pid` has exited, leaving it a zombie (`WNOWAIT`).
@@ -1241,6 +1293,47 @@ mod kill_tests {
             status.signal(),
             Some(libc::SIGTERM),
             "the unrelated group got SIGKILL"
+        );
+    }
+
+    /// The stall watchdog's walk finds a group's grandchildren (rsync's receiver and
+    /// generator under the rsync we started) and counts their I/O, without scanning
+    /// `/proc`; a zombie leader (children adopted by init) is left to the scan.
+    #[test]
+    fn group_walk_finds_grandchildren_and_their_io() {
+        // sh (the leader, its own group) -> sh -> sleep: a grandchild two levels down.
+        let leader = Sleeper(
+            Command::new("sh")
+                .args(["-c", "sh -c 'sleep 1000; :' & wait"])
+                .process_group(0)
+                .spawn()
+                .expect("spawn sh"),
+        );
+        let pid = leader.0.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let members = loop {
+            let members = group_members(pid).expect("the walk can tell");
+            if members.len() >= 3 {
+                break members;
+            }
+            assert!(std::time::Instant::now() < deadline, "{members:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(members.first(), Some(&pid));
+        for member in &members {
+            assert_eq!(proc_stat(*member).map(|s| s.pgrp), Some(pid), "{members:?}");
+        }
+        // sh read its script: the group has moved bytes, and they are summed.
+        assert!(group_io(pid).is_some_and(|n| n > 0));
+        let _ = kill(
+            Pid::from_raw(i32::try_from(pid).expect("pid")),
+            Signal::SIGKILL,
+        );
+        wait_exited_unreaped(pid);
+        assert_eq!(
+            group_members(pid),
+            None,
+            "a zombie leader is left to the scan"
         );
     }
 }
