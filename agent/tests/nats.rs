@@ -569,3 +569,85 @@ fn a_reply_message_sent_again_does_not_fail_the_host() {
         });
     });
 }
+
+/// Review (rv) finding N1: the agent's body receiver ends a body after `socket_timeout`
+/// without a piece, but a piece that did not open was dropped *and restarted that
+/// timer*. Anybody who may publish on `deploy.body.<name>.<nonce>` (the nonce is in the
+/// request's clear header) kept an upload whose caller died waiting for ever with one
+/// junk message a second: the order never ended nor answered. Only a piece that opens
+/// moves the deadline now.
+#[test]
+fn junk_on_the_body_subject_does_not_keep_a_dead_callers_upload_open() {
+    let sb = Sandbox::new();
+    let Some(cluster) = cluster(&sb, &[("a1", &[])]) else {
+        return;
+    };
+    let agent = agent(&sb, &cluster, "a1", &[]);
+    let src = sb.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big: Vec<u8> = (0..8_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    let root = format!("--root={}", sb.allowed_str("up"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let spy = rt.block_on(spy(&cluster.servers[0].url));
+    let mut orders = rt
+        .block_on(spy.subscribe("deploy.agent.a1".to_owned()))
+        .unwrap();
+    rt.block_on(spy.flush()).unwrap();
+    let mut caller = Command::new(bins::client())
+        .current_dir(&src)
+        .args([
+            "--nats-servers",
+            &cluster.urls(Some(CALLER)),
+            "--thread-timeout",
+            "60",
+            "--hosts",
+            "nats://a1",
+            "--order=upload",
+            "--relative",
+            "--upload=big.bin",
+            &root,
+        ])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("DEPLOY_KEY_CIPHER", KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let order = next_message(&rt, &mut orders);
+    let nonce: String = order.payload[34..66]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let subject = format!("deploy.body.a1.{nonce}");
+    let mut body = rt.block_on(spy.subscribe(subject.clone())).unwrap();
+    rt.block_on(spy.flush()).unwrap();
+    // The body has started: the caller dies mid-body.
+    next_message(&rt, &mut body);
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    // With nothing on the subject the agent gives the body up after socket_timeout (5 s);
+    // one junk message a second must not change that.
+    let cut = "request body cut";
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) && !agent.log().contains(cut) {
+        rt.block_on(async {
+            spy.publish(subject.clone(), vec![1u8, 3, 0].into())
+                .await
+                .unwrap();
+            spy.flush().await.unwrap();
+        });
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        agent.log().contains(cut),
+        "the upload still waits for its body {} s after its caller died\n{}",
+        started.elapsed().as_secs(),
+        agent.log()
+    );
+}

@@ -469,3 +469,72 @@ fn store_and_forward_relay_orders_are_refused() {
         "an rsync --daemon was started"
     );
 }
+
+/// Review (rv) finding R1: `relay stop` (and the `ttl`) ended the listener only. A peer
+/// that proved the token before the stop kept its connection task, which read the
+/// (then unlinked) spool and sent it chunk after chunk for as long as the peer kept
+/// reading: the tree still left the host after the order said stop (50 of 50 MB in
+/// this test), and a peer reading slowly pinned the deleted spool's disk space. The
+/// listener now cuts its connections when it ends.
+#[test]
+fn relay_stop_ends_the_streams_already_served() {
+    use std::io::Read as _;
+    let src_sb = Sandbox::new();
+    let source = src_sb.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    // 48 MiB: far more than loopback socket buffers hold, so most of it is sent after
+    // the stop unless the stop cuts the connection.
+    let big: Vec<u8> = (0..48u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(source.join("big.bin"), &big).unwrap();
+    let rsyncd = RsyncDaemon::start(&source);
+    let fleet = Fleet::start(31, 2, &rsyncd.url("DEST/"), None);
+    let first = fleet.first(0);
+    let a: std::net::SocketAddr = field(&first, "stream").parse().unwrap();
+    let size: u64 = field(&first, "streamBytes").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A fleet peer with the token: handshake and list, then one chunk.
+    let ip = fleet.agents[1].1.addr().ip();
+    let list_digest = field(&first, "list");
+    let mut sock = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(64 << 10).unwrap();
+        sock.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+        let mut s = sock.connect(a).await.unwrap();
+        let list = deploy_common::rsync::stream::connect(&mut s, TOKEN, 0, &list_digest)
+            .await
+            .unwrap();
+        assert_eq!(list.size, size);
+        s.into_std().unwrap()
+    });
+    sock.set_nonblocking(false).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut chunk = vec![0u8; CHUNK as usize];
+    sock.read_exact(&mut chunk).unwrap();
+    // The order is stopped; the listener notices within a second.
+    let stop = fleet.order(0, &format!("relay stop token={TOKEN}"));
+    assert_eq!(field(&stop, "return"), "true", "{stop:#}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        !fleet.spool(0).exists(),
+        "the spool is still there after stop"
+    );
+    // Whatever was in flight may still arrive; the rest of the tree must not.
+    let mut after = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => after += n as u64,
+        }
+    }
+    assert!(
+        after < size / 2,
+        "{after} of {size} bytes of the stream were sent after `relay stop`"
+    );
+}

@@ -317,7 +317,7 @@ fn write_tar(root: &Path, spool: &Path) -> Result<ChunkList, String> {
 
 /// Listens on an ephemeral port of `bind` and serves the spool to fleet peers that
 /// prove `token`, each chunk once `have` says it is verified, until the spool's
-/// directory is removed (`stop`) or `ttl` passes.
+/// directory is removed (`stop`) or `ttl` passes; connections still open then are cut.
 async fn listen_stream(
     bind: IpAddr,
     token: String,
@@ -339,9 +339,13 @@ async fn listen_stream(
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(STOP_CHECK);
         let token = Arc::new(token);
+        // Every peer's connection, ended with the serving (stop or ttl), not left to
+        // stream the unlinked spool for as long as the peer reads.
+        let mut conns = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 () = &mut deadline => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 _ = tick.tick() => {
                     if !dir.exists() {
                         break;
@@ -354,7 +358,7 @@ async fn listen_stream(
                         continue;
                     }
                     let (token, spool, have) = (Arc::clone(&token), spool.clone(), have.clone());
-                    tokio::spawn(async move {
+                    conns.spawn(async move {
                         if let Err(e) = serve_peer(socket, &token, &spool, have).await {
                             tracing::info!(peer = %peer, error = %e, "relay: stream to a peer ended");
                         }
@@ -362,6 +366,7 @@ async fn listen_stream(
                 }
             }
         }
+        conns.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
         tracing::info!(dir = %dir.display(), "relay stream serving ended");
     });
