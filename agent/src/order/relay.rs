@@ -622,6 +622,12 @@ async fn chained(
         );
         return Reply::ok(body);
     }
+    if chain.verify {
+        if let Err(why) = witness(&spec, &mut body).await {
+            body.insert("error".into(), Value::String(why));
+            return Reply::ok(body);
+        }
+    }
     body.insert("return".into(), flag(true));
     body.insert("exitCode".into(), Value::String("0".into()));
     tracing::info!(from = ?last_from, chunks = next, resumed, refused = refused.len(), "relay chain finished");
@@ -743,3 +749,64 @@ use std::os::unix::fs::DirBuilderExt as _;
 
 /// How often a serving listener checks that its order has not been stopped.
 const STOP_CHECK: Duration = Duration::from_secs(1);
+
+/// The most differing names a witness's reply quotes.
+const WITNESS_NAMES: usize = 5;
+
+/// The witness's check (`verify=1`): the tree the chain delivered, compared with the
+/// group's own source by `rsync --dry-run --checksum` (the source reads and hashes its
+/// files; only names and checksums cross). Every host of a relay otherwise trusts the
+/// first host's manifest; the witness trusts only its source, as a push without relay
+/// does, so a first host that pulled or served another tree is caught. Sets `witness`
+/// in `body` to `verified` or `mismatch`; `Err` says why the tree is not the source's
+/// (or why the check could not run: then `witness` is `failed`).
+async fn witness(
+    spec: &rs::RsyncSpec,
+    body: &mut serde_json::Map<String, Value>,
+) -> Result<(), String> {
+    let mut argv = rs::argv(spec, true);
+    argv.insert(0, "--checksum".into());
+    let output = tokio::process::Command::new(&spec.rsync)
+        .args(argv)
+        .env("LC_ALL", rs::LOCALE)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let output = match output {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            body.insert("witness".into(), Value::String("failed".into()));
+            let code = o.status.code().unwrap_or(-1);
+            return Err(format!(
+                "relay witness: rsync --dry-run --checksum against the source failed with {code} ({})",
+                rs::exit_meaning(code)
+            ));
+        }
+        Err(e) => {
+            body.insert("witness".into(), Value::String("failed".into()));
+            return Err(format!(
+                "relay witness: cannot run {}: {e}",
+                spec.rsync.display()
+            ));
+        }
+    };
+    let differences = rs::output::differences(&String::from_utf8_lossy(&output.stdout));
+    if differences.is_empty() {
+        body.insert("witness".into(), Value::String("verified".into()));
+        return Ok(());
+    }
+    tracing::warn!(differences = differences.len(), first = %differences.first().map_or("", String::as_str), "relay witness: the relayed tree is not the source's");
+    body.insert("witness".into(), Value::String("mismatch".into()));
+    let shown: Vec<&str> = differences
+        .iter()
+        .take(WITNESS_NAMES)
+        .map(String::as_str)
+        .collect();
+    Err(format!(
+        "relay witness: the tree relayed from the first host is not the source's: {} entries differ ({}{})",
+        differences.len(),
+        shown.join(", "),
+        if differences.len() > WITNESS_NAMES { ", …" } else { "" }
+    ))
+}

@@ -244,6 +244,25 @@ pub fn parse_file_list(output: &str) -> FileList {
     list
 }
 
+/// The entries in which a `--dry-run --checksum` pull says the local tree is not the
+/// source's: deleted, created or transferred entries (directories too) and permission
+/// changes, each as its itemized line. Time-only, owner, group and ACL/xattr changes are
+/// left out: a relayed tree is extracted by us, not by rsync, and those may legitimately
+/// differ (owners are the agent's user), while content, names, types and modes may not.
+pub fn differences(output: &str) -> Vec<String> {
+    let output = normalize(output);
+    sections(&output)
+        .list
+        .into_iter()
+        .filter(|line| match item(line) {
+            Some(Item::Deleted(_) | Item::New { .. }) => true,
+            Some(Item::Unchanged) => line.as_bytes().get(5) == Some(&b'p'),
+            None => false,
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 /// One `--info=progress2` update: the whole transfer so far, as rsync reports it.
 ///
 /// ```text

@@ -108,6 +108,10 @@ pub struct Chain {
     pub peers: Vec<IpAddr>,
     /// How long to serve at most (seconds).
     pub ttl: u64,
+    /// Be the witness: once the tree is extracted and matches `expect`, compare it with
+    /// the group's own source (`rsync --dry-run --checksum`), so that a first host that
+    /// pulled or served another tree than the source's is caught.
+    pub verify: bool,
 }
 
 impl RelayArgs {
@@ -158,6 +162,9 @@ impl RelayArgs {
                     let peers: Vec<String> = c.peers.iter().map(IpAddr::to_string).collect();
                     let _ = write!(s, " peers={}", peers.join(","));
                 }
+                if c.verify {
+                    s.push_str(" verify=1");
+                }
                 s
             }
         }
@@ -191,6 +198,7 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
         stream: false,
     };
     let mut list = None;
+    let mut verify = false;
     for word in words {
         let (key, value) = word
             .split_once('=')
@@ -202,6 +210,7 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
             "list" => list = Some(value.to_owned()),
             "serve" => pull.serve = value == "1",
             "stream" => pull.stream = value == "1",
+            "verify" => verify = value == "1",
             "bind" => {
                 pull.bind = Some(
                     value
@@ -266,10 +275,11 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
             bind: pull.bind,
             peers: pull.peers,
             ttl: pull.ttl,
+            verify,
         }));
     }
-    if list.is_some() {
-        return Err(bad("list= is for chain"));
+    if list.is_some() || verify {
+        return Err(bad("list= and verify= are for chain"));
     }
     if let Some(from) = &pull.from {
         let ok = from.starts_with(&format!("rsync://{USER}@"))
@@ -444,6 +454,7 @@ mod tests {
             bind: Some("10.0.0.3".parse().unwrap()),
             peers: vec!["10.0.0.2".parse().unwrap()],
             ttl: 9,
+            verify: true,
         });
         assert_eq!(parse(&chain.to_args()).unwrap(), chain);
         let stop = RelayArgs::Stop {

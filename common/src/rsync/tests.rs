@@ -724,3 +724,34 @@ fn a_stalled_transfer_is_stopped_and_fails_as_a_timeout() {
             .then_some(())
     });
 }
+
+/// What a witness counts as the relayed tree differing from its source: content, names,
+/// types and modes; not times, owners or groups (the extractor, not rsync, wrote them).
+#[test]
+fn witness_differences_are_content_names_and_modes() {
+    let text = "receiving incremental file list\n\
+                .d..t...... ./\n\
+                >f.st...... changed.bin\n\
+                >f+++++++++ added\n\
+                *deleting   extra\n\
+                .f...p..... setuid-now\n\
+                .f....og... owned\n\
+                .f..t...... touched\n\
+                cL+++++++++ link -> /etc/shadow\n\
+                \n\
+                Number of files: 9\n";
+    assert_eq!(
+        super::output::differences(text),
+        vec![
+            ">f.st...... changed.bin",
+            ">f+++++++++ added",
+            "*deleting   extra",
+            ".f...p..... setuid-now",
+            "cL+++++++++ link -> /etc/shadow",
+        ]
+    );
+    assert!(super::output::differences(
+        "receiving incremental file list\n.d..t...... ./\n\nsent 1 bytes\n"
+    )
+    .is_empty());
+}

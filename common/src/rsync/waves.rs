@@ -19,6 +19,19 @@
 //! where the host pulled from (`from`: `source` or a host) and how many attempts it
 //! took; agents' progress lines are passed on. At the end every serving host is told to
 //! stop.
+//!
+//! # The witness
+//!
+//! Every chain host checks each chunk against the first host's list and its tree against
+//! the first host's manifest, so a bad peer cannot poison the hosts after it; but the
+//! first host itself is only trusted. The first chain host (position 1, which finishes
+//! first) is therefore also the witness (`verify=1`): once its tree matches the manifest
+//! it compares it with *its own* source, `rsync --dry-run --checksum`, as a push without
+//! relay would trust that source. Results are held until its verdict: `witness` names it
+//! in every result (`unverified: …` if it could not tell), and on a mismatch every host's
+//! result fails, naming the first host and the witness (re-run without `--relay`: each
+//! host then pulls from its source). If the witness's chain order fails it pulls from
+//! its source with the manifest expected, which judges the same way.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -120,6 +133,72 @@ fn annotate(outcome: &mut Outcome, from: &str, attempts: u32, note: Option<Strin
     }
 }
 
+/// What the witness found.
+enum Verdict {
+    /// No verdict yet: results are held.
+    Waiting,
+    /// The witness's tree is its source's.
+    Verified(String),
+    /// The witness could not tell (why).
+    Unverified(String),
+    /// The first host's tree is not the witness's source's (the witness's name).
+    Mismatch(String),
+    /// No witness (the first host alone): nothing to add.
+    Alone,
+}
+
+/// Sets `key` in a JSON reply (other outcomes are left as they are).
+fn mark(outcome: &mut Outcome, key: &str, value: String) {
+    if let Outcome::Reply(reply) = outcome {
+        if let Body::Json(map) = &mut reply.body {
+            map.insert(key.into(), Value::String(value));
+        }
+    }
+}
+
+/// The witness's verdict from its final outcome, given the first host's `manifest`.
+fn judge(outcome: &Outcome, manifest: &str, witness: &str) -> Verdict {
+    let theirs = body_str(outcome, "manifest");
+    match body_str(outcome, "witness").as_deref() {
+        Some("verified") if succeeded(outcome) => Verdict::Verified(witness.to_owned()),
+        Some("mismatch") => Verdict::Mismatch(witness.to_owned()),
+        // A pull from the source with the manifest expected (the witness's retry).
+        _ if theirs.as_deref().is_some_and(|m| m != manifest) => {
+            Verdict::Mismatch(witness.to_owned())
+        }
+        _ => Verdict::Unverified(format!(
+            "unverified: the witness {witness} {}",
+            body_str(outcome, "error")
+                .map(|e| format!("failed ({})", e.trim()))
+                .unwrap_or_else(|| format!("ended: {outcome}"))
+        )),
+    }
+}
+
+/// Applies `verdict` to a host's result (not the witness's own: see [`drive`]).
+fn apply(verdict: &Verdict, outcome: &mut Outcome, first: &str) {
+    match verdict {
+        Verdict::Waiting | Verdict::Alone => {}
+        Verdict::Verified(w) => mark(outcome, "witness", w.clone()),
+        Verdict::Unverified(why) => mark(outcome, "witness", why.clone()),
+        Verdict::Mismatch(w) => {
+            mark(outcome, "witness", "mismatch".into());
+            if let Outcome::Reply(reply) = outcome {
+                if let Body::Json(map) = &mut reply.body {
+                    map.insert("return".into(), Value::String("false".into()));
+                    map.insert(
+                        "error".into(),
+                        Value::String(format!(
+                            "relay: the tree the first host {first} pulled and served is not the \
+                             source's, as the witness {w} found: re-run without --relay"
+                        )),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A prefix of the line an agent sends once it serves its stream.
 pub const SERVING: &str = "relay serving ";
 
@@ -178,14 +257,13 @@ async fn drive(
 ) {
     let names: Vec<String> = targets.iter().map(Target::to_string).collect();
     let started = Instant::now();
-    let done = |index: usize, outcome: Outcome| {
-        FanoutEvent::Done(HostResult {
-            index,
-            host: names.get(index).cloned().unwrap_or_default(),
-            outcome,
-            elapsed: started.elapsed(),
-        })
+    let result = |index: usize, outcome: Outcome| HostResult {
+        index,
+        host: names.get(index).cloned().unwrap_or_default(),
+        outcome,
+        elapsed: started.elapsed(),
     };
+    let done = |index: usize, outcome: Outcome| FanoutEvent::Done(result(index, outcome));
     let token = match relay::token() {
         Ok(t) => t,
         Err(e) => {
@@ -204,6 +282,8 @@ async fn drive(
     let (mtx, mut mrx) = mpsc::channel::<Msg>(1024);
     let mut jobs = JoinSet::new();
     let mut served: Vec<usize> = Vec::new();
+    // Results held until the witness's verdict (the first host's among them).
+    let mut held: Vec<HostResult> = Vec::new();
 
     // 1. The first host pulls from the source and cuts the tree into chunks.
     let mut first = None;
@@ -265,14 +345,16 @@ async fn drive(
         );
         let ok = succeeded(&outcome);
         annotate(&mut outcome, "source", 1, None);
-        let _ = tx.send(done(index, outcome)).await;
+        let finished = result(index, outcome);
         if let (true, (Some(addr), Some(list), Some(manifest))) = (ok, fields) {
             if let Ok(addr) = addr.parse::<SocketAddr>() {
                 served.push(index);
                 first = Some((index, addr, list, manifest));
+                held.push(finished);
                 break;
             }
         }
+        let _ = tx.send(FanoutEvent::Done(finished)).await;
     }
     let rest: Vec<usize> = candidates.collect();
     let Some((root, root_addr, list, manifest)) = first else {
@@ -288,7 +370,20 @@ async fn drive(
     };
 
     // 2. The others, as a tree of `fanout` children per host, in breadth-first order:
-    // position 0 is the first host, position p's parent is (p - 1) / fanout.
+    // position 0 is the first host, position p's parent is (p - 1) / fanout. Position 1
+    // is the witness.
+    let first_name = names.get(root).cloned().unwrap_or_default();
+    let witness = rest.first().copied();
+    let mut verdict = if witness.is_some() {
+        Verdict::Waiting
+    } else {
+        Verdict::Alone
+    };
+    if matches!(verdict, Verdict::Alone) {
+        for finished in held.drain(..) {
+            let _ = tx.send(FanoutEvent::Done(finished)).await;
+        }
+    }
     let mut order = vec![root];
     order.extend(rest.iter().copied());
     let position: HashMap<usize, usize> = order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
@@ -349,6 +444,7 @@ async fn drive(
                 bind,
                 peers: peers.clone(),
                 ttl: relay::DEFAULT_TTL,
+                verify: Some(index) == witness,
             })
             .to_args();
             req.follow = true;
@@ -455,13 +551,42 @@ async fn drive(
                         .unwrap_or_else(|| "source".into())
                 };
                 annotate(&mut outcome, &from, tries, None);
-                if tx.send(done(index, outcome)).await.is_err() {
+                let mut finished = result(index, outcome);
+                let mut ready = Vec::new();
+                if Some(index) == witness {
+                    let name = names.get(index).cloned().unwrap_or_default();
+                    verdict = judge(&finished.outcome, &manifest, &name);
+                    if matches!(verdict, Verdict::Mismatch(_)) {
+                        tracing::error!(first = %first_name, witness = %name, "relay: the first host's tree is not the witness's source's");
+                    }
+                    ready.push(finished);
+                    for mut other in held.drain(..) {
+                        apply(&verdict, &mut other.outcome, &first_name);
+                        ready.push(other);
+                    }
+                } else if matches!(verdict, Verdict::Waiting) {
+                    held.push(finished);
+                } else {
+                    apply(&verdict, &mut finished.outcome, &first_name);
+                    ready.push(finished);
+                }
+                let mut gone = false;
+                for finished in ready {
+                    gone |= tx.send(FanoutEvent::Done(finished)).await.is_err();
+                }
+                if gone {
                     break;
                 }
             }
         }
     }
     drop(mtx);
+    // A witness that never ended (the run was cut short): what was held goes out as is.
+    let why = Verdict::Unverified("unverified: the witness did not finish".into());
+    for mut finished in held {
+        apply(&why, &mut finished.outcome, &first_name);
+        let _ = tx.send(FanoutEvent::Done(finished)).await;
+    }
     // Every host that served stops serving.
     let mut stops = JoinSet::new();
     for host in served {
