@@ -25,7 +25,6 @@ from procs import Procs, clean
 bin_dir, runs, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 work = tempfile.mkdtemp(prefix="deploy-follow-bench-")
 procs = Procs()
-start = procs.start
 
 try:
     shelf = f"{work}/shelf"
@@ -39,25 +38,14 @@ try:
     for i in range(1, n + 1):
         d = f"{work}/agent{i}"
         os.makedirs(f"{d}/target")
-        with open(f"{d}/agent.ini", "w") as f:
-            f.write(f"[server]\naddr = 127.0.10.{i}\nport = 0\nkey_cipher = bench\nstate_dir = {d}/state\n"
-                    "max_prefork = 1\n"
-                    f"[allow::hosts]\nhost[] = 127.0.0.0/8\n[allow::paths]\npath[] = {d}/target\n"
-                    f"[rsync::group::blob]\ndest = rsync://127.0.0.1:{rsync_port}/shelf/\n"
-                    f"src = {d}/target/blob\noption[] = --archive\n")
-        addrs = start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path", f"{d}/agent.ini"],
-                      f"{d}/agent.log", 1)
+        group = {"dest": f"rsync://127.0.0.1:{rsync_port}/shelf/", "src": f"{d}/target/blob",
+                 "option[]": "--archive"}
+        addrs = procs.agent(bin_dir, d, addr=f"127.0.10.{i}", paths=[f"{d}/target"],
+                            sections={"rsync::group::blob": group})
         agents.append((addrs[0], d))
-    with open(f"{work}/api.ini", "w") as f:
-        f.write("[keys]\nbench[] = fleet\n[servers]\n")
-        for a, _ in agents:
-            f.write(f"fleet[] = {a}\n")
-    with open(f"{work}/proxy.ini", "w") as f:
-        f.write("[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nkey_cipher = bench\n"
-                "[client]\nkey_cipher = bench\nconcurrency = 1024\nthread_timeout = 600\n"
-                f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api.ini\n")
-    proxy_port = start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path", f"{work}/proxy.ini"],
-                       f"{work}/proxy.log", 1)[0].rsplit(":", 1)[1]
+    _, proxy_port = procs.proxy(bin_dir, work, {"fleet": [a for a, _ in agents]},
+                                server={"key_cipher": "bench"},
+                                client={"concurrency": 1024, "thread_timeout": 600})
     client = [f"{bin_dir}/deploy-client", "--hosts", "127.0.0.1", "--port", proxy_port,
               "--api-key", "bench", "--key-cipher", "bench", "--args", "groups:fleet",
               "--order=rsync", "--options=blob", "--follow", "--thread-timeout", "600",

@@ -30,9 +30,6 @@ bin_dir, runs, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys
 work = tempfile.mkdtemp(prefix="deploy-rollout-bench-")
 procs = Procs()
 
-def start(cmd, log, expect, env=None):
-    return None, procs.start(cmd, log, expect, env)
-
 try:
     # The artifact: random bytes (incompressible, so the tar.gz is ~MIB MiB) in a tar.gz.
     shelf = f"{work}/shelf"
@@ -55,26 +52,13 @@ try:
     for i in range(1, n + 1):
         d = f"{work}/agent{i}"
         os.makedirs(f"{d}/dest")
-        with open(f"{d}/agent.ini", "w") as f:
-            f.write(f"[server]\naddr = 127.0.9.{i}\nport = 0\nkey_cipher = bench\nstate_dir = {d}/state\n"
-                    "max_prefork = 1\nallow_deploy = on\n"
-                    f"[allow::hosts]\nhost[] = 127.0.0.0/8\n[allow::paths]\npath[] = {d}/dest\n"
-                    f"[deploy]\nmanifest[] = file://{shelf}/\n")
-        env = dict(os.environ, DEST=f"{d}/dest/app")
-        _, addrs = start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path", f"{d}/agent.ini"],
-                         f"{d}/agent.log", 1, env)
+        addrs = procs.agent(bin_dir, d, env=dict(os.environ, DEST=f"{d}/dest/app"),
+                            addr=f"127.0.9.{i}", paths=[f"{d}/dest"], server={"allow_deploy": "on"},
+                            sections={"deploy": {"manifest[]": f"file://{shelf}/"}})
         agents.append((addrs[0], d))
-    with open(f"{work}/api.ini", "w") as f:
-        f.write("[keys]\nbench[] = fleet\n[names]\nbench = bench\n[servers]\n")
-        for a, _ in agents:
-            f.write(f"fleet[] = {a}\n")
-    with open(f"{work}/proxy.ini", "w") as f:
-        f.write("[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nkey_cipher = bench\n"
-                "[client]\nkey_cipher = bench\nconcurrency = 1024\nthread_timeout = 600\n"
-                f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api.ini\n")
-    _, proxy_addrs = start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path", f"{work}/proxy.ini"],
-                           f"{work}/proxy.log", 1)
-    proxy_port = proxy_addrs[0].rsplit(":", 1)[1]
+    _, proxy_port = procs.proxy(bin_dir, work, {"fleet": [a for a, _ in agents]},
+                                names={"bench": "bench"}, server={"key_cipher": "bench"},
+                                client={"concurrency": 1024, "thread_timeout": 600})
 
     # The rsync daemon, serving the shelf.
     rsync_port = procs.rsyncd(work, shelf)

@@ -37,13 +37,9 @@ try:
     for i in range(n):
         d = f"{work}/agent{i}"
         os.makedirs(f"{d}/allowed/ws")
-        with open(f"{d}/agent.ini", "w") as f:
-            f.write(f"[server]\naddr = 127.0.0.1\nport = 0\nkey_cipher = bench-secret\n"
-                    f"max_prefork = 1\nstate_dir = {d}/state\n"
-                    f"[allow::hosts]\nhost[] = 127.0.0.1\n[allow::paths]\npath[] = {d}/allowed\n"
-                    f"[scenarios]\nenabled = on\nworkspace = {d}/allowed/ws\n")
-        addrs = procs.start([f"{bin_dir}/deploy-agent", "--foreground", "--path", f"{d}/agent.ini"],
-                            f"{d}/agent.log", 1)
+        addrs = procs.agent(bin_dir, d, quiet=False, key="bench-secret", hosts=["127.0.0.1"],
+                            paths=[f"{d}/allowed"],
+                            sections={"scenarios": {"enabled": "on", "workspace": f"{d}/allowed/ws"}})
         nodes.append(addrs[0])
     folder = f"{work}/bench"
     yaml = "name: bench\ndescription: bench\napplications:\n"
