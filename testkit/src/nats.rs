@@ -140,6 +140,68 @@ pub fn authorization(agents: &[(&str, &[&str])]) -> String {
     format!("authorization {{\n  users: [\n{users}  ]\n}}\n")
 }
 
+/// [`authorization`] with one more user, `superuser` (name, password), who may publish
+/// and subscribe to everything: a spy on the bus (what an attacker with NATS access can
+/// do), or the proxies' store user (JetStream's API subjects).
+pub fn authorization_with(agents: &[(&str, &[&str])], superuser: (&str, &str)) -> String {
+    authorization(agents).replacen(
+        "  users: [\n",
+        &format!(
+            "  users: [\n    {{ user: {}, password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
+            superuser.0, superuser.1
+        ),
+        1,
+    )
+}
+
+/// The NATS tests' cluster: `n` servers in `<sb>/nats` (JetStream on each if
+/// `jetstream`), users [`authorization_with`]`(agents, superuser)`; `None` after a note
+/// where nats-server is not installed (the test then returns: see [`available`]).
+pub fn test_cluster(
+    sb: &crate::Sandbox,
+    n: usize,
+    agents: &[(&str, &[&str])],
+    superuser: (&str, &str),
+    jetstream: bool,
+) -> Option<NatsCluster> {
+    if !available() {
+        eprintln!("note: nats-server is not installed; skipping");
+        return None;
+    }
+    let auth = authorization_with(agents, superuser);
+    let dir = sb.join("nats");
+    std::fs::create_dir_all(&dir).expect("mkdir nats");
+    Some(if jetstream {
+        NatsCluster::with_jetstream(&dir, n, &auth)
+    } else {
+        NatsCluster::start(&dir, n, &auth)
+    })
+}
+
+/// The `[nats]` section of a caller (a proxy's `ProxyConfig::raw`): every server of
+/// `cluster`, user [`CALLER`].
+pub fn caller_section(cluster: &NatsCluster) -> String {
+    format!(
+        "\n[nats]\n{}user = {}\npassword = {}\n",
+        cluster.server_lines(),
+        CALLER.0,
+        CALLER.1
+    )
+}
+
+/// The `[store]` section of a proxy sharing its state on `cluster`'s JetStream
+/// (`backend = nats`, `prefix`, three replicas, every server), as `user` if given.
+pub fn store_section(cluster: &NatsCluster, prefix: &str, user: Option<(&str, &str)>) -> String {
+    let mut text = format!("\n[store]\nbackend = nats\nprefix = {prefix}\nreplicas = 3\n");
+    if let Some((user, password)) = user {
+        text.push_str(&format!("user = {user}\npassword = {password}\n"));
+    }
+    for url in cluster.client_urls() {
+        text.push_str(&format!("server[] = {url}\n"));
+    }
+    text
+}
+
 impl NatsCluster {
     /// Starts `n` servers in `dir`, every one with `authorization` (may be empty),
     /// servers after the first routing to it.
