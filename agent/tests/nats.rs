@@ -13,21 +13,7 @@ use std::time::{Duration, Instant};
 const SPY: (&str, &str) = ("spy", "spypw");
 
 fn cluster(sb: &Sandbox, agents: &[(&str, &[&str])]) -> Option<NatsCluster> {
-    if !nats::available() {
-        eprintln!("note: nats-server is not installed; skipping");
-        return None;
-    }
-    let auth = nats::authorization(agents).replacen(
-        "  users: [\n",
-        &format!(
-            "  users: [\n    {{ user: {}, password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
-            SPY.0, SPY.1
-        ),
-        1,
-    );
-    let dir = sb.join("nats");
-    std::fs::create_dir_all(&dir).unwrap();
-    Some(NatsCluster::start(&dir, 3, &auth))
+    nats::test_cluster(sb, 3, agents, SPY, false)
 }
 
 /// deploy-client over NATS with `key`, in `cwd`.

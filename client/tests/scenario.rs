@@ -10,12 +10,6 @@ use serde_json::Value;
 
 use crate::util::{client, Output};
 
-/// The helloWorld fixture of the scenario crate.
-const HELLO_WORLD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../scenario/tests/fixtures/helloWorld"
-);
-
 /// An agent serving scenarios, its workspace under its `[allow::paths]`.
 struct Node {
     sb: Sandbox,
@@ -49,29 +43,9 @@ impl Node {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &dest);
-        } else {
-            fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
 /// The helloWorld folder with its two nodes replaced by `a` and `b`.
 fn hello_world(dir: &Path, a: &Node, b: &Node) -> PathBuf {
-    let folder = dir.join("helloWorld");
-    copy_tree(Path::new(HELLO_WORLD), &folder);
-    let yaml = fs::read_to_string(folder.join("deployment.yaml")).unwrap();
-    let yaml = yaml
-        .replace("'pi-240'", &format!("'{}'", b.name()))
-        .replace("'pi-24'", &format!("'{}'", a.name()));
-    fs::write(folder.join("deployment.yaml"), yaml).unwrap();
-    folder
+    deploy_testkit::scenario::hello_world(dir, &a.name(), &b.name())
 }
 
 async fn scenario(args: &[&str]) -> Output {

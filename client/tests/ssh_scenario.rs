@@ -11,24 +11,6 @@ use serde_json::Value;
 
 use crate::util::Output;
 
-const HELLO_WORLD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../scenario/tests/fixtures/helloWorld"
-);
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &dest);
-        } else {
-            fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
 /// The client against the sshd cluster, the workspace per port under `dir`.
 struct Ssh {
     home: tempfile::TempDir,
@@ -120,13 +102,7 @@ async fn hello_world_versions_on_ssh_hosts() {
     };
     let c = deploy_testkit::sshd::cluster().unwrap();
     let (s0, s1) = (c.spec(0), c.spec(1));
-    let folder = dir.path().join("helloWorld");
-    copy_tree(Path::new(HELLO_WORLD), &folder);
-    let yaml = fs::read_to_string(folder.join("deployment.yaml")).unwrap();
-    let yaml = yaml
-        .replace("'pi-240'", &format!("'{s1}'"))
-        .replace("'pi-24'", &format!("'{s0}'"));
-    fs::write(folder.join("deployment.yaml"), yaml).unwrap();
+    let folder = deploy_testkit::scenario::hello_world(dir.path(), &s0, &s1);
     let f = folder.to_str().unwrap();
     let src = folder.join("helloworld/src");
     fs::write(src.join(".gitignore"), "*.log\n").unwrap();

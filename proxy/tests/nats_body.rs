@@ -22,23 +22,9 @@ const SPY: (&str, &str) = ("spy", "spypw");
 const SIZE: usize = 64 << 20;
 
 fn cluster(sb: &Sandbox) -> Option<NatsCluster> {
-    if !nats::available() {
-        eprintln!("note: nats-server is not installed; skipping");
-        return None;
-    }
-    let auth = nats::authorization(&[("a1", &[])]).replacen(
-        "  users: [\n",
-        &format!(
-            "  users: [\n    {{ user: {}, password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
-            SPY.0, SPY.1
-        ),
-        1,
-    );
-    let dir = sb.join("nats");
-    std::fs::create_dir_all(&dir).unwrap();
     // One server: the spy sees acknowledgements and pieces in the order the server
     // took them.
-    Some(NatsCluster::start(&dir, 1, &auth))
+    nats::test_cluster(sb, 1, &[("a1", &[])], SPY, false)
 }
 
 /// The upload of `src/big.bin` to `nats://a1` as a child process.

@@ -30,20 +30,14 @@ fn proxy(
     cluster: &NatsCluster,
     heartbeat: u64,
     agents: &[String],
-) -> Daemon {
-    let config = ProxyConfig::new(id)
+) -> Proxy {
+    ProxyConfig::new(id)
         .client("heartbeat", heartbeat)
         .client("heartbeat_timeout", 3)
         .key(API_KEY, "web")
-        .servers("web", agents);
-    let ini = config.write(dir);
-    let mut text = std::fs::read_to_string(&ini).unwrap();
-    text.push_str("\n[store]\nbackend = nats\nprefix = t-\nreplicas = 3\n");
-    for url in cluster.client_urls() {
-        text.push_str(&format!("server[] = {url}\n"));
-    }
-    std::fs::write(&ini, text).unwrap();
-    Daemon::start(&bins::proxy(), &ini, &[], 1)
+        .servers("web", agents)
+        .raw(&deploy_testkit::nats::store_section(cluster, "t-", None))
+        .start(dir)
 }
 
 fn versions(addr: SocketAddr, spec: VersionsSpec) -> Reply {
