@@ -18,7 +18,7 @@ fi
 exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$BASELINE_MS" <<'EOP'
 import os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
-from procs import Procs, clean, jobs_ini
+from procs import Procs, clean, jobs_ini, timed
 
 bin_dir, runs, baseline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 client = f"{bin_dir}/deploy-client"
@@ -45,14 +45,7 @@ try:
             cmd = [client, "--hosts", "127.0.0.1", "--port", port, "--key-cipher", "bench-secret",
                    "--order", order, "--options", options, "--protocol", proto]
             subprocess.run(cmd, check=True, capture_output=True)  # warm-up
-            times = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                r = subprocess.run(cmd, capture_output=True)
-                times.append((time.perf_counter() - t) * 1000)
-                if r.returncode != 0:
-                    sys.exit(f"{order}/{proto} failed: {r.stdout.decode()} {r.stderr.decode()}")
-            times.sort()
+            times = timed(cmd, runs, f"{order}/{proto}")
             med = statistics.median(times)
             p90 = times[int(len(times) * 0.9) - 1]
             print(f"{order:8} {proto:8} {med:8.2f}ms {p90:8.2f}ms {baseline / med:24.0f}x")

@@ -19,7 +19,7 @@ fi
 exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" ${SIZES[@]} <<'EOP'
 import json, os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
-from procs import Procs, jobs_ini, loopback, peak_rss_mib
+from procs import Procs, jobs_ini, loopback, peak_rss_mib, timed
 
 bin_dir, runs, sizes = sys.argv[1], int(sys.argv[2]), [int(n) for n in sys.argv[3:]]
 BASELINE_MS = 2100.0
@@ -46,14 +46,7 @@ try:
         got = sum(1 for l in r.stdout.decode().splitlines() if json.loads(l)["result"].get("serverStatus") == 1)
         if r.returncode != 0 or got != n:
             sys.exit(f"N={n}: exit {r.returncode}, {got} agents answered\n{r.stderr.decode()[:2000]}")
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            r = subprocess.run(cmd, capture_output=True)
-            times.append((time.perf_counter() - t) * 1000)
-            if r.returncode != 0:
-                sys.exit(f"N={n} failed: {r.stderr.decode()[:2000]}")
-        times.sort()
+        times = timed(cmd, runs, f"N={n}")
         if os.environ.get("BENCH_CPU"):
             # CPU per run, the processes' own and their children's (jobs) apart.
             def cpu(pid):

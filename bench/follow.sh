@@ -20,7 +20,7 @@ fi
 exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$MIB" <<'EOP'
 import os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
-from procs import Procs, clean
+from procs import Procs, clean, parallel_rsync
 
 bin_dir, runs, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 work = tempfile.mkdtemp(prefix="deploy-follow-bench-")
@@ -66,28 +66,13 @@ try:
                 sys.exit(f"{d}: the file did not arrive whole")
         return total
 
-    def raw():
-        dests = f"{work}/raw"
-        clean(dests)
-        for i in range(1, n + 1):
-            os.makedirs(f"{dests}/{i}")
-        subprocess.run(["sync"])
-        t = time.perf_counter()
-        r = subprocess.run(
-            f"seq 1 {n} | xargs -P {n} -I{{}} rsync --archive rsync://127.0.0.1:{rsync_port}/shelf/ {dests}/{{}}/",
-            shell=True, capture_output=True, text=True)
-        total = time.perf_counter() - t
-        if r.returncode != 0:
-            sys.exit(f"rsync failed: {r.stderr[:2000]}")
-        clean(dests)
-        return total
-
     print(f"{mib} MiB to {n} agents: `--order=rsync --follow` through deploy-proxy vs "
           f"{n} rsyncs by xargs -P {n}, {runs} runs each, release build")
     print(f"{'run':>4} {'followed':>9} {'raw rsync':>10} {'ratio':>7}")
     rows = []
     for i in range(runs):
-        a, b = followed(), raw()
+        a = followed()
+        b = parallel_rsync(f"{work}/raw", n, f"rsync://127.0.0.1:{rsync_port}/shelf/")
         rows.append((a, b))
         print(f"{i + 1:>4} {a:8.2f}s {b:9.2f}s {a / b:6.2f}x")
     a = statistics.median(r[0] for r in rows)

@@ -15,7 +15,8 @@ returns the addresses a daemon listens on, `Procs.spawn` the process too;
 `Procs.rsyncd(work, path)` serves `path` as a module and returns its port;
 `Procs.nats_server(work)` returns a nats:// URL. `loopback(n)` is n addresses 127.0.x.y
 (one agent listening on all of them stands for n agents); `peak_rss_mib(pid)` is the
-largest VmHWM of a process and its children.
+largest VmHWM of a process and its children; `timed(cmd, runs, what)` the sorted wall
+times of a command; `parallel_rsync(dests, n, src)` the rsync-alone baseline.
 """
 import os, re, signal, socket, subprocess, sys, time
 
@@ -50,6 +51,37 @@ def peak_rss_mib(pid):
         except FileNotFoundError:
             pass
     return best / 1024
+
+
+def parallel_rsync(dests, n, src):
+    """The transfer benchmarks' baseline: n `rsync --archive src dests/<i>/` at once
+    (`xargs -P n`), each into an empty directory; their wall time in seconds (`dests`
+    removed before and after)."""
+    clean(dests)
+    for i in range(1, n + 1):
+        os.makedirs(f"{dests}/{i}")
+    subprocess.run(["sync"])
+    t = time.perf_counter()
+    r = subprocess.run(f"seq 1 {n} | xargs -P {n} -I{{}} rsync --archive {src} {dests}/{{}}/",
+                       shell=True, capture_output=True, text=True)
+    total = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit(f"rsync failed: {r.stderr[:2000]}")
+    clean(dests)
+    return total
+
+
+def timed(cmd, runs, what):
+    """Runs `cmd` `runs` times; the wall times in ms, sorted (exits naming `what` if a run
+    fails)."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True)
+        times.append((time.perf_counter() - t) * 1000)
+        if r.returncode != 0:
+            sys.exit(f"{what} failed: {r.stdout.decode()[:1000]} {r.stderr.decode()[:2000]}")
+    return sorted(times)
 
 
 def ini(path, sections):

@@ -24,7 +24,7 @@ fi
 exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$MIB" <<'EOP'
 import json, os, re, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
-from procs import Procs, clean
+from procs import Procs, clean, parallel_rsync
 
 bin_dir, runs, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 work = tempfile.mkdtemp(prefix="deploy-rollout-bench-")
@@ -85,29 +85,14 @@ try:
         m = re.search(r"prepared in ([\d.]+)s, \d+ switched in (\d+) ms", r.stderr)
         return total, max(at) - min(at), float(m.group(1)), int(m.group(2))
 
-    def rsync_all():
-        dests = f"{work}/rsync"
-        clean(dests)
-        for i in range(1, n + 1):
-            os.makedirs(f"{dests}/{i}")
-        subprocess.run(["sync"])
-        t = time.perf_counter()
-        r = subprocess.run(
-            f"seq 1 {n} | xargs -P {n} -I{{}} rsync -a rsync://127.0.0.1:{rsync_port}/shelf/app.tar.gz {dests}/{{}}/",
-            shell=True, capture_output=True, text=True)
-        total = time.perf_counter() - t
-        if r.returncode != 0:
-            sys.exit(f"rsync failed: {r.stderr[:2000]}")
-        clean(dests)
-        return total
-
     print(f"rollout of a {size / (1 << 20):.1f} MiB tar.gz to {n} agents through deploy-proxy "
           f"vs {n} rsyncs of the same file, {runs} runs each, release build")
     print(f"{'run':>4} {'rollout':>9} {'prepare':>9} {'switch':>8} {'skew':>7} {'rsync':>9} {'ratio':>7}")
     rows = []
     for i in range(runs):
         total, skew, prep, sw = rollout()
-        base = rsync_all()
+        base = parallel_rsync(f"{work}/rsync", n,
+                              f"rsync://127.0.0.1:{rsync_port}/shelf/app.tar.gz")
         rows.append((total, skew, prep, sw, base))
         print(f"{i + 1:>4} {total:8.2f}s {prep:8.2f}s {sw:6d}ms {skew:5d}ms {base:8.2f}s {total / base:6.2f}x")
     med = lambda k: statistics.median(r[k] for r in rows)

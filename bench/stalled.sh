@@ -23,7 +23,7 @@ ulimit -n 8192 2>/dev/null || true
 exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$ORDERS" "$STALLED" "$REOPEN" <<'EOP'
 import atexit, errno, heapq, os, selectors, socket, statistics, subprocess, sys, tempfile, threading, time
 sys.path.insert(0, "bench")
-from procs import Procs, clean, jobs_ini
+from procs import Procs, clean, jobs_ini, timed
 
 bin_dir, orders, stalled = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 reopen = float(sys.argv[4])
@@ -40,14 +40,7 @@ cmd = [client, "--hosts", "127.0.0.1", "--port", str(port), "--key-cipher", "ben
 
 def measure(label):
     subprocess.run(cmd, check=True, capture_output=True)  # warm-up
-    times = []
-    for _ in range(orders):
-        t = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True)
-        times.append((time.perf_counter() - t) * 1000)
-        if r.returncode != 0:
-            sys.exit(f"{label}: exec failed: {r.stdout.decode()} {r.stderr.decode()}")
-    times.sort()
+    times = timed(cmd, orders, f"{label}: exec")
     p99 = times[max(0, int(len(times) * 0.99 + 0.5) - 1)]
     return statistics.median(times), p99
 
