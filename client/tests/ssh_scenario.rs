@@ -11,14 +11,15 @@ use serde_json::Value;
 
 use crate::util::Output;
 
-/// The client against the sshd cluster, the workspace per port under `dir`.
-struct Ssh {
+/// The client against the sshd cluster, the workspace per port under `dir` (also
+/// `scenario::ssh_hosts_beside_an_agent`'s).
+pub(crate) struct Ssh {
     home: tempfile::TempDir,
     ws: PathBuf,
 }
 
 impl Ssh {
-    fn new(dir: &Path) -> Option<Ssh> {
+    pub(crate) fn new(dir: &Path) -> Option<Ssh> {
         let c = deploy_testkit::sshd::cluster()?;
         Some(Ssh {
             home: deploy_testkit::sshd::home(c, true),
@@ -33,7 +34,7 @@ impl Ssh {
             .join(format!("{app}@{scenario}"))
     }
 
-    async fn run(&self, sub: &str, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, sub: &str, args: &[&str]) -> Output {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"));
         cmd.args([sub, "--key-cipher=agentsecret"])
             .arg(format!("--ssh-workspace={}", self.ws.display()))

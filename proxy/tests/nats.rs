@@ -63,23 +63,14 @@ fn a_group_of_nats_agents_is_one_publish_and_the_absent_one_is_unreachable() {
     else {
         return;
     };
-    let (sb1, sb2) = (Sandbox::new(), Sandbox::new());
-    let _a1 = nats::start_agent(
-        &sb1,
-        AgentConfig::new(&sb1).server("allow_upload", "on"),
-        &cluster.server_lines(),
-        "a1",
-        &["web"],
-        None,
-    );
-    let _a2 = nats::start_agent(
-        &sb2,
-        AgentConfig::new(&sb2),
-        &cluster.server_lines(),
-        "a2",
-        &["web"],
-        None,
-    );
+    let agents = nats::start_agents(&cluster, &[("a1", &["web"]), ("a2", &["web"])], |n, c| {
+        if n == "a1" {
+            c.server("allow_upload", "on")
+        } else {
+            c
+        }
+    });
+    let sb1 = &agents[0].0;
     let proxy = proxy(&sb.join("proxy"), &cluster);
     // The heartbeat probes them over NATS (one round at start: heartbeat = 3600, so
     // that no probe is counted below) and says so.

@@ -76,23 +76,8 @@ fn two_proxies_nats_only_agents_one_store_and_the_deaths_they_survive() {
     let Some(mut cluster) = cluster(&sb) else {
         return;
     };
-    let (sb1, sb2) = (Sandbox::new(), Sandbox::new());
-    let a1 = nats::start_agent(
-        &sb1,
-        AgentConfig::new(&sb1),
-        &cluster.server_lines(),
-        "a1",
-        &["web"],
-        None,
-    );
-    let a2 = nats::start_agent(
-        &sb2,
-        AgentConfig::new(&sb2),
-        &cluster.server_lines(),
-        "a2",
-        &["web"],
-        None,
-    );
+    let agents = nats::start_agents(&cluster, &[("a1", &["web"]), ("a2", &["web"])], |_, c| c);
+    let (a1, a2) = (&agents[0].1, &agents[1].1);
     let (da, db) = (Sandbox::new(), Sandbox::new());
     let mut a = proxy(da.path(), "proxy-a", &cluster);
     let b = proxy(db.path(), "proxy-b", &cluster);

@@ -16,6 +16,11 @@
 //! [`NatsCluster::jetstream`] is three JetStream servers without users in a directory
 //! of their own. A server can be killed (SIGKILL) mid-test ([`NatsCluster::kill`]).
 //! Servers are killed when the cluster drops, their logs replayed on a failing test.
+//!
+//! [`test_cluster`] is the NATS tests' one setup (users plus a superuser, skipped where
+//! nats-server is missing); [`caller_section`] and [`store_section`] are a proxy's
+//! `[nats]` and `[store]` on a cluster; [`start_agent`] is an agent reachable over it
+//! only, [`start_agents`] several, each in its own sandbox.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -479,6 +484,31 @@ pub fn start_agent(
     let agent = crate::Daemon::start(&crate::bins::agent(), &ini, &[], 0);
     wait_serving(&agent);
     agent
+}
+
+/// [`start_agent`] for each `(name, groups)` of `agents` on every server of `cluster`,
+/// each in a sandbox of its own, its configuration `config(name, AgentConfig::new(sb))`;
+/// the sandboxes and agents, in that order.
+pub fn start_agents(
+    cluster: &NatsCluster,
+    agents: &[(&str, &[&str])],
+    config: impl Fn(&str, crate::AgentConfig) -> crate::AgentConfig,
+) -> Vec<(crate::Sandbox, crate::Agent)> {
+    agents
+        .iter()
+        .map(|(name, groups)| {
+            let sb = crate::Sandbox::new();
+            let agent = start_agent(
+                &sb,
+                config(name, crate::AgentConfig::new(&sb)),
+                &cluster.server_lines(),
+                name,
+                groups,
+                None,
+            );
+            (sb, agent)
+        })
+        .collect()
 }
 
 /// Waits until `agent` logged that it serves over NATS, connected.
