@@ -27,7 +27,7 @@ fi
 exec python3 - "$PWD/$DIR" "$RUNS" "$N" "$PROFILE" <<'EOP'
 import json, os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
-from procs import Procs, loopback, peak_rss_mib
+from procs import Procs, loopback, peak_rss_mib, timed
 
 bin_dir, runs, n, profile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 work = tempfile.mkdtemp(prefix="deploy-bench-nodes-")
@@ -73,11 +73,7 @@ try:
     times.sort()
     # The same calls with an answer of no node (--state=offline): what the answer's
     # size costs, as against reading the heartbeat's file.
-    empty = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(cmd + ["--state=offline"], capture_output=True)
-        empty.append((time.perf_counter() - t) * 1000)
+    empty = timed(cmd + ["--state=offline"], runs, "nodes --state=offline")
     probe = ["--hosts", "127.0.0.1", "--port", port, "--api-key", "bench", "--args", "groups:fleet",
              "--key-cipher", "benchproxy", "--order=health", "--format=json"]
     probes = []

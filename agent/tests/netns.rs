@@ -81,6 +81,21 @@ impl Net {
         self.web.target(i - 1)
     }
 
+    /// `--order=rsync --options=web --follow --thread-timeout=<thread_timeout>` from
+    /// `ctl` to every agent, under `limit`.
+    fn followed(&self, thread_timeout: u64, limit: Duration) -> Output {
+        let thread_timeout = format!("--thread-timeout={thread_timeout}");
+        self.client(
+            &[
+                "--order=rsync",
+                "--options=web",
+                "--follow",
+                &thread_timeout,
+            ],
+            limit,
+        )
+    }
+
     /// `deploy-client args…` from `ctl`, to every agent unless `args` names `--hosts`.
     fn client(&self, args: &[&str], limit: Duration) -> Output {
         let hosts = self.hosts();
@@ -256,15 +271,7 @@ fn lossy_link_30_percent_inbound_push_completes() {
         return;
     };
     net.lab.loss_inbound("a1", 30);
-    let out = net.client(
-        &[
-            "--order=rsync",
-            "--options=web",
-            "--follow",
-            "--thread-timeout=40",
-        ],
-        Duration::from_secs(50),
-    );
+    let out = net.followed(40, Duration::from_secs(50));
     assert_eq!(out.code, Some(0), "{out:#?}");
     let reply = entry(&out.json(), &net.host(1), "rsync").clone();
     assert_eq!(text(&reply["content"], "exitCode"), "0", "{reply:#}");
@@ -334,17 +341,7 @@ fn link_cut_mid_transfer_fails_cleanly_and_a_rerun_completes() {
     let host = net.host(1);
     let target = net.target(1);
     let out = std::thread::scope(|s| {
-        let client = s.spawn(|| {
-            net.client(
-                &[
-                    "--order=rsync",
-                    "--options=web",
-                    "--follow",
-                    "--thread-timeout=8",
-                ],
-                Duration::from_secs(30),
-            )
-        });
+        let client = s.spawn(|| net.followed(8, Duration::from_secs(30)));
         wait_for(Duration::from_secs(20), "512 KiB at a1", || {
             bytes_under(&target) >= 512 << 10
         });
@@ -371,15 +368,7 @@ fn link_cut_mid_transfer_fails_cleanly_and_a_rerun_completes() {
     // re-run follows it to the end and the trees are identical.
     net.lab.restore("a1");
     net.lab.unshape("a1");
-    let out = net.client(
-        &[
-            "--order=rsync",
-            "--options=web",
-            "--follow",
-            "--thread-timeout=30",
-        ],
-        Duration::from_secs(40),
-    );
+    let out = net.followed(30, Duration::from_secs(40));
     assert_eq!(out.code, Some(0), "{out:#?}");
     let doc = out.json();
     let content = &entry(&doc, &host, "rsync")["content"];
@@ -432,15 +421,7 @@ fn a_transfer_stalled_by_a_cut_link_is_stopped_by_the_watchdog() {
 
     net.lab.restore("a1");
     net.lab.unshape("a1");
-    let out = net.client(
-        &[
-            "--order=rsync",
-            "--options=web",
-            "--follow",
-            "--thread-timeout=30",
-        ],
-        Duration::from_secs(40),
-    );
+    let out = net.followed(30, Duration::from_secs(40));
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert_same_tree(&net.source, &target);
 }

@@ -177,8 +177,8 @@ impl Fleet {
             .join(",")
     }
 
-    /// One hand-made relay order to agent `i`; its result.
-    fn order(&self, i: usize, args: &str) -> serde_json::Value {
+    /// One hand-made relay order to agent `i`; the client's JSON document.
+    fn order_doc(&self, i: usize, args: &str) -> serde_json::Value {
         let host = self.agents[i].1.addr().to_string();
         let out = deploy_client(
             &[
@@ -191,8 +191,13 @@ impl Fleet {
             ],
             KEY,
         );
-        let doc: serde_json::Value =
-            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"))
+    }
+
+    /// One hand-made relay order to agent `i`; its result.
+    fn order(&self, i: usize, args: &str) -> serde_json::Value {
+        let host = self.agents[i].1.addr().to_string();
+        let doc = self.order_doc(i, args);
         doc.get(&host)
             .and_then(|r| r.get("rsync"))
             .and_then(|r| r.get("content"))
@@ -409,19 +414,7 @@ fn store_and_forward_relay_orders_are_refused() {
         ),
         format!("relay pull token={TOKEN} from=rsync://relay@{ip}:1/relay/"),
     ] {
-        let out = deploy_client(
-            &[
-                "--hosts",
-                &host,
-                "--order=rsync",
-                "--options=web",
-                &format!("--args={args}"),
-                "--format=json",
-            ],
-            KEY,
-        );
-        let doc: serde_json::Value =
-            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
+        let doc = fleet.order_doc(0, &args);
         let rec = &doc[&host]["rsync"];
         assert_eq!(rec["returnCode"], "400", "{args}: {doc:#}");
         assert!(
