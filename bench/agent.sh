@@ -12,10 +12,9 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-50}
 BASELINE_MS=1100
 
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-client
-fi
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$BASELINE_MS" <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-client
+exec python3 - "$BIN" "$RUNS" "$BASELINE_MS" <<'EOP'
 import os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
 from procs import Procs, clean, jobs_ini, timed

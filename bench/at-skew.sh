@@ -18,10 +18,9 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 N=${2:-20}
 LEAD=${3:-1500}
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-fi
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$LEAD" <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
+exec python3 - "$BIN" "$RUNS" "$N" "$LEAD" <<'EOP'
 import base64, json, os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
 from procs import Procs

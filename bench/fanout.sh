@@ -13,10 +13,9 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-20}
 shift || true
 SIZES=("${@:-10 100 1000}")
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-fi
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" ${SIZES[@]} <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
+exec python3 - "$BIN" "$RUNS" ${SIZES[@]} <<'EOP'
 import json, os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
 from procs import Procs, jobs_ini, loopback, peak_rss_mib, timed

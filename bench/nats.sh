@@ -15,20 +15,15 @@
 #
 # Usage: bench/nats.sh [RUNS] [N]     (default 5 runs, N = 1000)
 #        PROFILE=debug bench/nats.sh  (the debug build, to skip a release build)
+#        BENCH_BIN=DIR bench/nats.sh (the binaries of DIR, no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
 N=${2:-1000}
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-    DIR=target/release
-else
-    cargo build --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-    DIR=target/debug
-fi
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
 NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
-exec python3 - "$PWD/$DIR" "$RUNS" "$N" "$PROFILE" "$NATS_SERVER" <<'EOP'
+exec python3 - "$BIN" "$RUNS" "$N" "$PROFILE" "$NATS_SERVER" <<'EOP'
 import json, os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
 from procs import Procs, jobs_ini, loopback, peak_rss_mib

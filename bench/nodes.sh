@@ -12,19 +12,14 @@
 #
 # Usage: bench/nodes.sh [RUNS] [N]     (default 20 runs, N = 1000)
 #        PROFILE=debug bench/nodes.sh  (the debug build, to skip a release build)
+#        BENCH_BIN=DIR bench/nodes.sh (the binaries of DIR, no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-20}
 N=${2:-1000}
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-    DIR=target/release
-else
-    cargo build --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-    DIR=target/debug
-fi
-exec python3 - "$PWD/$DIR" "$RUNS" "$N" "$PROFILE" <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
+exec python3 - "$BIN" "$RUNS" "$N" "$PROFILE" <<'EOP'
 import json, os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
 from procs import Procs, loopback, peak_rss_mib, timed

@@ -17,11 +17,9 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 N=${2:-50}
 MIB=${3:-50}
-# BENCH_BIN=DIR: binaries from DIR instead of a release build (e.g. to try the script).
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-fi
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$MIB" <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
+exec python3 - "$BIN" "$RUNS" "$N" "$MIB" <<'EOP'
 import json, os, re, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
 from procs import Procs, clean, parallel_rsync

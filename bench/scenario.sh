@@ -21,10 +21,9 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 N=${2:-20}
 KIB=${3:-256}
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-client
-fi
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$KIB" <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-client
+exec python3 - "$BIN" "$RUNS" "$N" "$KIB" <<'EOP'
 import json, os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
 from procs import Procs, clean

@@ -16,11 +16,10 @@ ORDERS=${1:-50}
 STALLED=${2:-1000}
 REOPEN=${3:-1}
 
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-client
-fi
+. bench/bin.sh
+bench_bin deploy-agent deploy-client
 ulimit -n 8192 2>/dev/null || true
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$ORDERS" "$STALLED" "$REOPEN" <<'EOP'
+exec python3 - "$BIN" "$ORDERS" "$STALLED" "$REOPEN" <<'EOP'
 import atexit, errno, heapq, os, selectors, socket, statistics, subprocess, sys, tempfile, threading, time
 sys.path.insert(0, "bench")
 from procs import Procs, clean, jobs_ini, timed
