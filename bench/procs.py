@@ -71,9 +71,9 @@ def parallel_rsync(dests, n, src):
     return total
 
 
-def timed(cmd, runs, what):
-    """Runs `cmd` `runs` times; the wall times in ms, sorted (exits naming `what` if a run
-    fails)."""
+def timed(cmd, runs, what, each=None):
+    """Runs `cmd` `runs` times, `each(result)` after every run if given (untimed); the
+    wall times in ms, sorted (exits naming `what` if a run fails)."""
     times = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -81,6 +81,8 @@ def timed(cmd, runs, what):
         times.append((time.perf_counter() - t) * 1000)
         if r.returncode != 0:
             sys.exit(f"{what} failed: {r.stdout.decode()[:1000]} {r.stderr.decode()[:2000]}")
+        if each:
+            each(r)
     return sorted(times)
 
 
