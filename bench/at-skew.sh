@@ -18,10 +18,9 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 N=${2:-20}
 LEAD=${3:-1500}
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-fi
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$LEAD" <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
+exec python3 - "$BIN" "$RUNS" "$N" "$LEAD" <<'EOP'
 import base64, json, os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
 from procs import Procs
@@ -32,23 +31,11 @@ procs = Procs()
 try:
     agents = []
     for i in range(1, n + 1):
-        d = f"{work}/agent{i}"
-        os.makedirs(d)
-        with open(f"{d}/agent.ini", "w") as f:
-            f.write(f"[server]\naddr = 127.0.10.{i}\nport = 0\nkey_cipher = bench\nstate_dir = {d}/state\n"
-                    "max_prefork = 1\nallow_run = on\n[allow::hosts]\nhost[] = 127.0.0.0/8\n")
-        agents.append(procs.start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path",
-                                   f"{d}/agent.ini"], f"{d}/agent.log", 1)[0])
-    with open(f"{work}/api.ini", "w") as f:
-        f.write("[keys]\nbench[] = fleet\n[names]\nbench = bench\n[servers]\n")
-        for a in agents:
-            f.write(f"fleet[] = {a}\n")
-    with open(f"{work}/proxy.ini", "w") as f:
-        f.write("[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nkey_cipher = bench\nallow_run = on\n"
-                "[client]\nkey_cipher = bench\nconcurrency = 1024\nthread_timeout = 60\n"
-                f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api.ini\n")
-    proxy_port = procs.start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path",
-                              f"{work}/proxy.ini"], f"{work}/proxy.log", 1)[0].rsplit(":", 1)[1]
+        agents.append(procs.agent(bin_dir, f"{work}/agent{i}", addr=f"127.0.10.{i}",
+                                  server={"allow_run": "on"})[0])
+    _, proxy_port = procs.proxy(bin_dir, work, {"fleet": agents}, names={"bench": "bench"},
+                                server={"key_cipher": "bench", "allow_run": "on"},
+                                client={"concurrency": 1024, "thread_timeout": 60})
     direct = ["--hosts", ",".join(agents)]
     proxied = ["--hosts", "127.0.0.1", "--port", proxy_port, "--api-key", "bench",
                "--args", "groups:fleet"]

@@ -14,18 +14,16 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-5}
 N=${2:-50}
 MIB=${3:-20}
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-fi
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$MIB" <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
+exec python3 - "$BIN" "$RUNS" "$N" "$MIB" <<'EOP'
 import os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
-from procs import Procs, clean
+from procs import Procs, clean, parallel_rsync
 
 bin_dir, runs, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 work = tempfile.mkdtemp(prefix="deploy-follow-bench-")
 procs = Procs()
-start = procs.start
 
 try:
     shelf = f"{work}/shelf"
@@ -39,25 +37,14 @@ try:
     for i in range(1, n + 1):
         d = f"{work}/agent{i}"
         os.makedirs(f"{d}/target")
-        with open(f"{d}/agent.ini", "w") as f:
-            f.write(f"[server]\naddr = 127.0.10.{i}\nport = 0\nkey_cipher = bench\nstate_dir = {d}/state\n"
-                    "max_prefork = 1\n"
-                    f"[allow::hosts]\nhost[] = 127.0.0.0/8\n[allow::paths]\npath[] = {d}/target\n"
-                    f"[rsync::group::blob]\ndest = rsync://127.0.0.1:{rsync_port}/shelf/\n"
-                    f"src = {d}/target/blob\noption[] = --archive\n")
-        addrs = start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path", f"{d}/agent.ini"],
-                      f"{d}/agent.log", 1)
+        group = {"dest": f"rsync://127.0.0.1:{rsync_port}/shelf/", "src": f"{d}/target/blob",
+                 "option[]": "--archive"}
+        addrs = procs.agent(bin_dir, d, addr=f"127.0.10.{i}", paths=[f"{d}/target"],
+                            sections={"rsync::group::blob": group})
         agents.append((addrs[0], d))
-    with open(f"{work}/api.ini", "w") as f:
-        f.write("[keys]\nbench[] = fleet\n[servers]\n")
-        for a, _ in agents:
-            f.write(f"fleet[] = {a}\n")
-    with open(f"{work}/proxy.ini", "w") as f:
-        f.write("[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nkey_cipher = bench\n"
-                "[client]\nkey_cipher = bench\nconcurrency = 1024\nthread_timeout = 600\n"
-                f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api.ini\n")
-    proxy_port = start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path", f"{work}/proxy.ini"],
-                       f"{work}/proxy.log", 1)[0].rsplit(":", 1)[1]
+    _, proxy_port = procs.proxy(bin_dir, work, {"fleet": [a for a, _ in agents]},
+                                server={"key_cipher": "bench"},
+                                client={"concurrency": 1024, "thread_timeout": 600})
     client = [f"{bin_dir}/deploy-client", "--hosts", "127.0.0.1", "--port", proxy_port,
               "--api-key", "bench", "--key-cipher", "bench", "--args", "groups:fleet",
               "--order=rsync", "--options=blob", "--follow", "--thread-timeout", "600",
@@ -78,28 +65,13 @@ try:
                 sys.exit(f"{d}: the file did not arrive whole")
         return total
 
-    def raw():
-        dests = f"{work}/raw"
-        clean(dests)
-        for i in range(1, n + 1):
-            os.makedirs(f"{dests}/{i}")
-        subprocess.run(["sync"])
-        t = time.perf_counter()
-        r = subprocess.run(
-            f"seq 1 {n} | xargs -P {n} -I{{}} rsync --archive rsync://127.0.0.1:{rsync_port}/shelf/ {dests}/{{}}/",
-            shell=True, capture_output=True, text=True)
-        total = time.perf_counter() - t
-        if r.returncode != 0:
-            sys.exit(f"rsync failed: {r.stderr[:2000]}")
-        clean(dests)
-        return total
-
     print(f"{mib} MiB to {n} agents: `--order=rsync --follow` through deploy-proxy vs "
           f"{n} rsyncs by xargs -P {n}, {runs} runs each, release build")
     print(f"{'run':>4} {'followed':>9} {'raw rsync':>10} {'ratio':>7}")
     rows = []
     for i in range(runs):
-        a, b = followed(), raw()
+        a = followed()
+        b = parallel_rsync(f"{work}/raw", n, f"rsync://127.0.0.1:{rsync_port}/shelf/")
         rows.append((a, b))
         print(f"{i + 1:>4} {a:8.2f}s {b:9.2f}s {a / b:6.2f}x")
     a = statistics.median(r[0] for r in rows)

@@ -15,93 +15,44 @@
 #
 # Usage: bench/nats.sh [RUNS] [N]     (default 5 runs, N = 1000)
 #        PROFILE=debug bench/nats.sh  (the debug build, to skip a release build)
+#        BENCH_BIN=DIR bench/nats.sh (the binaries of DIR, no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
 N=${2:-1000}
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-    DIR=target/release
-else
-    cargo build --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-    DIR=target/debug
-fi
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
 NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
-exec python3 - "$PWD/$DIR" "$RUNS" "$N" "$PROFILE" "$NATS_SERVER" <<'EOP'
-import json, os, re, signal, statistics, subprocess, sys, tempfile, time
+exec python3 - "$BIN" "$RUNS" "$N" "$PROFILE" "$NATS_SERVER" <<'EOP'
+import json, os, statistics, subprocess, sys, tempfile, time
+sys.path.insert(0, "bench")
+from procs import Procs, jobs_ini, loopback, peak_rss_mib
 
 bin_dir, runs, n, profile, nats_server = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 work = tempfile.mkdtemp(prefix="deploy-bench-nats-")
-procs = []
-
-def start(cmd, log, pattern, expect):
-    f = open(log, "w+")
-    p = subprocess.Popen(cmd, stderr=f, stdout=subprocess.DEVNULL)
-    procs.append(p)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        f.seek(0)
-        found = re.findall(pattern, f.read())
-        if len(found) >= expect:
-            return p, found
-        if p.poll() is not None:
-            f.seek(0)
-            sys.exit(f"{cmd[0]} exited: {f.read()[-2000:]}")
-        time.sleep(0.05)
-    f.seek(0)
-    sys.exit(f"{cmd[0]} did not start: {f.read()[-2000:]}")
-
-def peak_rss_mib(pid):
-    best = 0
-    for p in [pid] + [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]:
-        try:
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmHWM:"):
-                    best = max(best, int(line.split()[1]))
-        except FileNotFoundError:
-            pass
-    return best / 1024
+procs = Procs()
 
 try:
-    open(f"{work}/jobs.ini", "w").write("[jobs]\nservice:echo = /bin/echo %s\n")
-    _, urls = start([nats_server, "-a", "127.0.0.1", "-p", "-1"], f"{work}/nats.log",
-                    r"Listening for client connections on (\S+)", 1)
-    url = "nats://" + urls[0]
+    jobs = jobs_ini(work)
+    url = procs.nats_server(work, nats_server)
     # TCP: one agent on N addresses.
-    addrs = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(n)]
-    with open(f"{work}/tcp.ini", "w") as f:
-        f.write(f"[server]\naddr = {addrs[0]}\nport = 0\nkey_cipher = bench\nstate_dir = {work}/tcp-state\n"
-                "max_prefork = 2\nmax_connections = 4096\nmax_connections_per_peer = 4096\nbacklog = 4096\n")
-        for a in addrs[1:]:
-            f.write(f"listen[] = {a}:0\n")
-        f.write(f"[allow::hosts]\nhost[] = 127.0.0.0/8\n[jobs]\npath = {work}/jobs.ini\n")
-    _, tcp_addrs = start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path", f"{work}/tcp.ini"],
-                         f"{work}/tcp.log", r"listening on (\S+)", n)
+    addrs = loopback(n)
+    tcp_addrs = procs.agent(bin_dir, f"{work}/tcp", n, addr=addrs[0], listen=addrs[1:], prefork=2,
+                            jobs=jobs, server={"max_connections": 4096,
+                                               "max_connections_per_peer": 4096, "backlog": 4096})
     # NATS: one agent answering to N names.
-    with open(f"{work}/nats.ini", "w") as f:
-        f.write(f"[server]\nkey_cipher = bench\nstate_dir = {work}/nats-state\nmax_prefork = 2\n"
-                f"[jobs]\npath = {work}/jobs.ini\n[nats]\nserver[] = {url}\nname = e0\ntcp = off\n")
-        for i in range(1, n):
-            f.write(f"alias[] = e{i}\n")
-    start([f"{bin_dir}/deploy-agent", "--foreground", "--path", f"{work}/nats.ini"],
-          f"{work}/nats-agent.log", r"nats: serving.*connected=true", 1)
+    procs.agent(bin_dir, f"{work}/nats", 1, quiet=False, pattern=r"nats: serving.*connected=true",
+                addr=None, hosts=(), prefork=2, jobs=jobs,
+                sections={"nats": {"server[]": url, "name": "e0", "tcp": "off",
+                                   "alias[]": [f"e{i}" for i in range(1, n)]}})
     proxies = {}
     for kind, servers in (("tcp", tcp_addrs), ("nats", [f"nats://e{i}" for i in range(n)])):
-        with open(f"{work}/api-{kind}.ini", "w") as f:
-            f.write("[keys]\nbench[] = fleet\n[servers]\n")
-            for s in servers:
-                f.write(f"fleet[] = {s}\n")
-        with open(f"{work}/proxy-{kind}.ini", "w") as f:
-            f.write(f"[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nstate_dir = {work}/proxy-{kind}\n"
-                    "key_cipher = benchproxy\nmax_connections = 4096\n"
-                    "[client]\nkey_cipher = bench\nconcurrency = 256\nthread_timeout = 60\nheartbeat = 0\n"
-                    f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api-{kind}.ini\n")
-            if kind == "nats":
-                f.write(f"[nats]\nserver[] = {url}\n")
-        p, addr = start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path", f"{work}/proxy-{kind}.ini"],
-                        f"{work}/proxy-{kind}.log", r"listening on (\S+)", 1)
-        proxies[kind] = (p, addr[0].rsplit(":", 1)[1])
+        proxies[kind] = procs.proxy(
+            bin_dir, work, {"fleet": servers}, name=f"proxy-{kind}",
+            server={"state_dir": f"{work}/proxy-{kind}", "key_cipher": "benchproxy",
+                    "max_connections": 4096},
+            client={"concurrency": 256, "thread_timeout": 60, "heartbeat": 0},
+            sections={"nats": {"server[]": url}} if kind == "nats" else None)
 
     def call(kind):
         port = proxies[kind][1]
@@ -130,12 +81,6 @@ try:
         print(f"  {kind:4}: median {med[kind]:.2f} s ({v}); proxy peak RSS {peak_rss_mib(proxies[kind][0].pid):.1f} MiB")
     print(f"  ratio nats / tcp: {med['nats'] / med['tcp']:.2f}x (target <= 1.5x)")
 finally:
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    procs.close()
     subprocess.run(["rm", "-rf", work])
 EOP

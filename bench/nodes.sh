@@ -12,74 +12,32 @@
 #
 # Usage: bench/nodes.sh [RUNS] [N]     (default 20 runs, N = 1000)
 #        PROFILE=debug bench/nodes.sh  (the debug build, to skip a release build)
+#        BENCH_BIN=DIR bench/nodes.sh (the binaries of DIR, no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-20}
 N=${2:-1000}
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-    DIR=target/release
-else
-    cargo build --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-    DIR=target/debug
-fi
-exec python3 - "$PWD/$DIR" "$RUNS" "$N" "$PROFILE" <<'EOP'
-import json, re, signal, statistics, subprocess, sys, tempfile, time
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
+exec python3 - "$BIN" "$RUNS" "$N" "$PROFILE" <<'EOP'
+import json, os, statistics, subprocess, sys, tempfile, time
+sys.path.insert(0, "bench")
+from procs import Procs, loopback, peak_rss_mib, timed
 
 bin_dir, runs, n, profile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 work = tempfile.mkdtemp(prefix="deploy-bench-nodes-")
-procs = []
-
-def start(cmd, log, expect):
-    f = open(log, "w+")
-    p = subprocess.Popen(cmd, stderr=f, stdout=subprocess.DEVNULL)
-    procs.append(p)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        f.seek(0)
-        lines = re.findall(r"listening on (\S+)", f.read())
-        if len(lines) >= expect:
-            return p, lines
-        if p.poll() is not None:
-            f.seek(0)
-            sys.exit(f"{cmd[0]} exited: {f.read()}")
-        time.sleep(0.05)
-    sys.exit(f"{cmd[0]} did not start")
-
-def peak_rss_mib(pid):
-    best = 0
-    for p in [pid] + [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]:
-        try:
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmHWM:"):
-                    best = max(best, int(line.split()[1]))
-        except FileNotFoundError:
-            pass
-    return best / 1024
+procs = Procs()
 
 try:
-    addrs = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(n)]
-    with open(f"{work}/agent.ini", "w") as f:
-        f.write(f"[server]\naddr = {addrs[0]}\nport = 0\nkey_cipher = bench\nstate_dir = {work}/state\n"
-                "max_prefork = 2\nmax_connections = 4096\nmax_connections_per_peer = 4096\nbacklog = 4096\n")
-        for a in addrs[1:]:
-            f.write(f"listen[] = {a}:0\n")
-        f.write("[allow::hosts]\nhost[] = 127.0.0.0/8\n")
-    _, agent_addrs = start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path", f"{work}/agent.ini"],
-                           f"{work}/agent.log", n)
-    with open(f"{work}/api.ini", "w") as f:
-        f.write("[keys]\nbench[] = fleet\n[servers]\n")
-        for a in agent_addrs:
-            f.write(f"fleet[] = {a}\n")
-    with open(f"{work}/proxy.ini", "w") as f:
-        f.write(f"[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nstate_dir = {work}/proxy-state\nkey_cipher = benchproxy\n"
-                "max_connections = 4096\n"
-                "[client]\nkey_cipher = bench\nconcurrency = 256\nthread_timeout = 10\nheartbeat = 5\n"
-                f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api.ini\n")
-    proxy, proxy_addrs = start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path", f"{work}/proxy.ini"],
-                               f"{work}/proxy.log", 1)
-    port = proxy_addrs[0].rsplit(":", 1)[1]
+    addrs = loopback(n)
+    agent_addrs = procs.agent(bin_dir, work, n, addr=addrs[0], listen=addrs[1:], prefork=2,
+                              server={"max_connections": 4096, "max_connections_per_peer": 4096,
+                                      "backlog": 4096})
+    proxy, port = procs.proxy(
+        bin_dir, work, {"fleet": agent_addrs},
+        server={"state_dir": f"{work}/proxy-state", "key_cipher": "benchproxy",
+                "max_connections": 4096},
+        client={"concurrency": 256, "thread_timeout": 10, "heartbeat": 5})
     cmd = [f"{bin_dir}/deploy-client", "nodes", "--proxy", "127.0.0.1", "--port", port,
            "--api-key", "bench", "--format", "json", "--key-cipher", "benchproxy"]
     # Until every agent is online (the first rounds open the connections).
@@ -93,28 +51,19 @@ try:
             counts = {k: content.get(k) for k in ("online", "unstable", "offline")} if isinstance(content, dict) else content
             sys.exit(f"not every agent online: {counts} {r.stderr.decode()[:500]}")
         time.sleep(0.5)
-    rounds = []
-    last = None
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True)
-        times.append((time.perf_counter() - t) * 1000)
-        if r.returncode != 0:
-            sys.exit(f"nodes failed: {r.stderr.decode()[:2000]}")
+    rounds, updated = [], []
+
+    def seen(r):  # a heartbeat round's time, once per round
         c = json.loads(r.stdout)["127.0.0.1"]["nodes"]["content"]
-        if c["updated_ms"] != last:
-            last = c["updated_ms"]
+        if c["updated_ms"] not in updated:
+            updated.append(c["updated_ms"])
             rounds.append(int(c["round_ms"]))
         time.sleep(0.25)
-    times.sort()
+
+    times = timed(cmd, runs, "nodes", seen)
     # The same calls with an answer of no node (--state=offline): what the answer's
     # size costs, as against reading the heartbeat's file.
-    empty = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(cmd + ["--state=offline"], capture_output=True)
-        empty.append((time.perf_counter() - t) * 1000)
+    empty = timed(cmd + ["--state=offline"], runs, "nodes --state=offline")
     probe = ["--hosts", "127.0.0.1", "--port", port, "--api-key", "bench", "--args", "groups:fleet",
              "--key-cipher", "benchproxy", "--order=health", "--format=json"]
     probes = []
@@ -125,7 +74,6 @@ try:
         answered = len(json.loads(r.stdout or b"{}"))
         if answered < n:
             sys.exit(f"health probe: {answered} of {n} answered (exit {r.returncode}): {r.stderr.decode()[:1000]}")
-    import os
     print(f"deploy-client nodes → deploy-proxy, {n} agents behind it, heartbeat 5 s, {runs} calls, {profile} build")
     print(f"  per-call probe (health to all {n} through the proxy): median {statistics.median(probes):.1f} ms; "
           f"ratio nodes / probe {statistics.median(times) / statistics.median(probes):.3f}; "
@@ -135,12 +83,6 @@ try:
     print(f"  heartbeat round ({len(rounds)} seen): median {statistics.median(rounds):.0f} ms")
     print(f"  proxy peak RSS (largest process): {peak_rss_mib(proxy.pid):.1f} MiB")
 finally:
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    procs.close()
     subprocess.run(["rm", "-rf", work])
 EOP

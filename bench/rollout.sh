@@ -17,21 +17,16 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 N=${2:-50}
 MIB=${3:-50}
-# BENCH_BIN=DIR: binaries from DIR instead of a release build (e.g. to try the script).
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
-fi
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$MIB" <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-proxy deploy-client
+exec python3 - "$BIN" "$RUNS" "$N" "$MIB" <<'EOP'
 import json, os, re, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
-from procs import Procs, clean
+from procs import Procs, clean, parallel_rsync
 
 bin_dir, runs, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 work = tempfile.mkdtemp(prefix="deploy-rollout-bench-")
 procs = Procs()
-
-def start(cmd, log, expect, env=None):
-    return None, procs.start(cmd, log, expect, env)
 
 try:
     # The artifact: random bytes (incompressible, so the tar.gz is ~MIB MiB) in a tar.gz.
@@ -55,26 +50,13 @@ try:
     for i in range(1, n + 1):
         d = f"{work}/agent{i}"
         os.makedirs(f"{d}/dest")
-        with open(f"{d}/agent.ini", "w") as f:
-            f.write(f"[server]\naddr = 127.0.9.{i}\nport = 0\nkey_cipher = bench\nstate_dir = {d}/state\n"
-                    "max_prefork = 1\nallow_deploy = on\n"
-                    f"[allow::hosts]\nhost[] = 127.0.0.0/8\n[allow::paths]\npath[] = {d}/dest\n"
-                    f"[deploy]\nmanifest[] = file://{shelf}/\n")
-        env = dict(os.environ, DEST=f"{d}/dest/app")
-        _, addrs = start([f"{bin_dir}/deploy-agent", "--foreground", "-q", "--path", f"{d}/agent.ini"],
-                         f"{d}/agent.log", 1, env)
+        addrs = procs.agent(bin_dir, d, env=dict(os.environ, DEST=f"{d}/dest/app"),
+                            addr=f"127.0.9.{i}", paths=[f"{d}/dest"], server={"allow_deploy": "on"},
+                            sections={"deploy": {"manifest[]": f"file://{shelf}/"}})
         agents.append((addrs[0], d))
-    with open(f"{work}/api.ini", "w") as f:
-        f.write("[keys]\nbench[] = fleet\n[names]\nbench = bench\n[servers]\n")
-        for a, _ in agents:
-            f.write(f"fleet[] = {a}\n")
-    with open(f"{work}/proxy.ini", "w") as f:
-        f.write("[server]\naddr = 127.0.0.1\nport = 0\nmax_prefork = 2\nkey_cipher = bench\n"
-                "[client]\nkey_cipher = bench\nconcurrency = 1024\nthread_timeout = 600\n"
-                f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api.ini\n")
-    _, proxy_addrs = start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path", f"{work}/proxy.ini"],
-                           f"{work}/proxy.log", 1)
-    proxy_port = proxy_addrs[0].rsplit(":", 1)[1]
+    _, proxy_port = procs.proxy(bin_dir, work, {"fleet": [a for a, _ in agents]},
+                                names={"bench": "bench"}, server={"key_cipher": "bench"},
+                                client={"concurrency": 1024, "thread_timeout": 600})
 
     # The rsync daemon, serving the shelf.
     rsync_port = procs.rsyncd(work, shelf)
@@ -101,29 +83,14 @@ try:
         m = re.search(r"prepared in ([\d.]+)s, \d+ switched in (\d+) ms", r.stderr)
         return total, max(at) - min(at), float(m.group(1)), int(m.group(2))
 
-    def rsync_all():
-        dests = f"{work}/rsync"
-        clean(dests)
-        for i in range(1, n + 1):
-            os.makedirs(f"{dests}/{i}")
-        subprocess.run(["sync"])
-        t = time.perf_counter()
-        r = subprocess.run(
-            f"seq 1 {n} | xargs -P {n} -I{{}} rsync -a rsync://127.0.0.1:{rsync_port}/shelf/app.tar.gz {dests}/{{}}/",
-            shell=True, capture_output=True, text=True)
-        total = time.perf_counter() - t
-        if r.returncode != 0:
-            sys.exit(f"rsync failed: {r.stderr[:2000]}")
-        clean(dests)
-        return total
-
     print(f"rollout of a {size / (1 << 20):.1f} MiB tar.gz to {n} agents through deploy-proxy "
           f"vs {n} rsyncs of the same file, {runs} runs each, release build")
     print(f"{'run':>4} {'rollout':>9} {'prepare':>9} {'switch':>8} {'skew':>7} {'rsync':>9} {'ratio':>7}")
     rows = []
     for i in range(runs):
         total, skew, prep, sw = rollout()
-        base = rsync_all()
+        base = parallel_rsync(f"{work}/rsync", n,
+                              f"rsync://127.0.0.1:{rsync_port}/shelf/app.tar.gz")
         rows.append((total, skew, prep, sw, base))
         print(f"{i + 1:>4} {total:8.2f}s {prep:8.2f}s {sw:6d}ms {skew:5d}ms {base:8.2f}s {total / base:6.2f}x")
     med = lambda k: statistics.median(r[k] for r in rows)

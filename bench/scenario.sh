@@ -21,10 +21,9 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 N=${2:-20}
 KIB=${3:-256}
-if [ -z "${BENCH_BIN:-}" ]; then
-    cargo build --release --quiet -p deploy-agent -p deploy-client
-fi
-exec python3 - "${BENCH_BIN:-$PWD/target/release}" "$RUNS" "$N" "$KIB" <<'EOP'
+. bench/bin.sh
+bench_bin deploy-agent deploy-client
+exec python3 - "$BIN" "$RUNS" "$N" "$KIB" <<'EOP'
 import json, os, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, "bench")
 from procs import Procs, clean
@@ -37,13 +36,9 @@ try:
     for i in range(n):
         d = f"{work}/agent{i}"
         os.makedirs(f"{d}/allowed/ws")
-        with open(f"{d}/agent.ini", "w") as f:
-            f.write(f"[server]\naddr = 127.0.0.1\nport = 0\nkey_cipher = bench-secret\n"
-                    f"max_prefork = 1\nstate_dir = {d}/state\n"
-                    f"[allow::hosts]\nhost[] = 127.0.0.1\n[allow::paths]\npath[] = {d}/allowed\n"
-                    f"[scenarios]\nenabled = on\nworkspace = {d}/allowed/ws\n")
-        addrs = procs.start([f"{bin_dir}/deploy-agent", "--foreground", "--path", f"{d}/agent.ini"],
-                            f"{d}/agent.log", 1)
+        addrs = procs.agent(bin_dir, d, quiet=False, key="bench-secret", hosts=["127.0.0.1"],
+                            paths=[f"{d}/allowed"],
+                            sections={"scenarios": {"enabled": "on", "workspace": f"{d}/allowed/ws"}})
         nodes.append(addrs[0])
     folder = f"{work}/bench"
     yaml = "name: bench\ndescription: bench\napplications:\n"

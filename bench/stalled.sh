@@ -9,63 +9,37 @@
 #
 # Usage: bench/stalled.sh [ORDERS] [STALLED] [REOPEN]
 #        (default 50 orders, 1000 stalled, reopened 1 s after a close; release build)
+# BENCH_BIN=DIR takes the binaries from DIR (no build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ORDERS=${1:-50}
 STALLED=${2:-1000}
 REOPEN=${3:-1}
 
-cargo build --release --quiet -p deploy-agent -p deploy-client
-BIN=$PWD/target/release
-WORK=$(mktemp -d)
-cleanup() {
-    [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+. bench/bin.sh
+bench_bin deploy-agent deploy-client
 ulimit -n 8192 2>/dev/null || true
+exec python3 - "$BIN" "$ORDERS" "$STALLED" "$REOPEN" <<'EOP'
+import atexit, errno, heapq, os, selectors, socket, statistics, subprocess, sys, tempfile, threading, time
+sys.path.insert(0, "bench")
+from procs import Procs, clean, jobs_ini, timed
 
-mkdir -p "$WORK/state" "$WORK/target"
-cat > "$WORK/agent.ini" <<EOC
-[server]
-addr = 127.0.0.1
-port = 0
-key_cipher = bench-secret
-legacy_protocol = on
-state_dir = $WORK/state
-max_prefork = 2
-[allow::hosts]
-host[] = 127.0.0.1
-host[] = 127.0.0.2
-[allow::paths]
-path[] = $WORK/target
-[jobs]
-path = $WORK/jobs.ini
-EOC
-printf '[jobs]\nservice:echo = /bin/echo %%s\n' > "$WORK/jobs.ini"
-"$BIN/deploy-agent" --foreground -q --path "$WORK/agent.ini" 2> "$WORK/agent.log" &
-AGENT_PID=$!
-for _ in $(seq 1 100); do grep -q 'listening on' "$WORK/agent.log" 2>/dev/null && break; sleep 0.05; done
-APORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$WORK/agent.log" | head -n 1)
-
-python3 - "$BIN/deploy-client" "$APORT" "$ORDERS" "$STALLED" "$REOPEN" <<'EOP'
-import errno, heapq, selectors, socket, statistics, subprocess, sys, threading, time
-
-client, port, orders, stalled = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-reopen = float(sys.argv[5])
+bin_dir, orders, stalled = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+reopen = float(sys.argv[4])
+client = f"{bin_dir}/deploy-client"
+work = tempfile.mkdtemp(prefix="deploy-stalled-bench-")
+procs = Procs()
+atexit.register(lambda: (procs.close(), clean(work)))  # also on sys.exit
+os.makedirs(f"{work}/target")
+addr = procs.agent(bin_dir, work, key="bench-secret", prefork=2, hosts=["127.0.0.1", "127.0.0.2"],
+                   paths=[f"{work}/target"], jobs=jobs_ini(work), server={"legacy_protocol": "on"})[0]
+port = int(addr.rsplit(":", 1)[1])
 cmd = [client, "--hosts", "127.0.0.1", "--port", str(port), "--key-cipher", "bench-secret",
        "--order", "exec", "--options", "service:echo,hello"]
 
 def measure(label):
     subprocess.run(cmd, check=True, capture_output=True)  # warm-up
-    times = []
-    for _ in range(orders):
-        t = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True)
-        times.append((time.perf_counter() - t) * 1000)
-        if r.returncode != 0:
-            sys.exit(f"{label}: exec failed: {r.stdout.decode()} {r.stderr.decode()}")
-    times.sort()
+    times = timed(cmd, orders, f"{label}: exec")
     p99 = times[max(0, int(len(times) * 0.99 + 0.5) - 1)]
     return statistics.median(times), p99
 
@@ -124,7 +98,7 @@ load_med, load_p99 = measure("stalled")
 stop.set()
 holder.join()
 
-print(f"exec latency, {orders} orders each (deploy-client, v2, release build)")
+print(f"exec latency, {orders} orders each (deploy-client, v2, binaries of {bin_dir})")
 print(f"{'':28} {'median':>9} {'p99':>9}")
 print(f"{'baseline':28} {base_med:8.1f}ms {base_p99:8.1f}ms")
 print(f"{f'{stalled} stalled connections':28} {load_med:8.1f}ms {load_p99:8.1f}ms")

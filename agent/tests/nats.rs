@@ -13,21 +13,7 @@ use std::time::{Duration, Instant};
 const SPY: (&str, &str) = ("spy", "spypw");
 
 fn cluster(sb: &Sandbox, agents: &[(&str, &[&str])]) -> Option<NatsCluster> {
-    if !nats::available() {
-        eprintln!("note: nats-server is not installed; skipping");
-        return None;
-    }
-    let auth = nats::authorization(agents).replacen(
-        "  users: [\n",
-        &format!(
-            "  users: [\n    {{ user: {}, password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
-            SPY.0, SPY.1
-        ),
-        1,
-    );
-    let dir = sb.join("nats");
-    std::fs::create_dir_all(&dir).unwrap();
-    Some(NatsCluster::start(&dir, 3, &auth))
+    nats::test_cluster(sb, 3, agents, SPY, false)
 }
 
 /// deploy-client over NATS with `key`, in `cwd`.
@@ -300,16 +286,12 @@ fn inject(cluster: &NatsCluster, subject: &str, payload: Vec<u8>) -> usize {
     })
 }
 
-#[test]
-fn tampered_replayed_and_wrongly_keyed_orders_are_refused() {
-    let sb = Sandbox::new();
-    let Some(cluster) = cluster(&sb, &[("a1", &[])]) else {
-        return;
-    };
-    let agent = agent(&sb, &cluster, "a1", &[]);
-    let (subject, payload) = capture(&cluster, "deploy.agent.a1", || {
+/// `exec service:mark,one` to `nats://a1` by the real client (which must succeed), as a
+/// spy on `deploy.agent.a1` captured it: its subject and sealed payload.
+fn capture_mark_one(cluster: &NatsCluster, sb: &Sandbox, agent: &Agent) -> (String, Vec<u8>) {
+    capture(cluster, "deploy.agent.a1", || {
         let out = client(
-            &cluster,
+            cluster,
             KEY,
             sb.path(),
             &[
@@ -320,7 +302,17 @@ fn tampered_replayed_and_wrongly_keyed_orders_are_refused() {
             ],
         );
         assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent.log());
-    });
+    })
+}
+
+#[test]
+fn tampered_replayed_and_wrongly_keyed_orders_are_refused() {
+    let sb = Sandbox::new();
+    let Some(cluster) = cluster(&sb, &[("a1", &[])]) else {
+        return;
+    };
+    let agent = agent(&sb, &cluster, "a1", &[]);
+    let (subject, payload) = capture_mark_one(&cluster, &sb, &agent);
     assert_eq!(marks(&sb), "one\n");
 
     // Replayed as captured: refused, not run again, unanswered.
@@ -417,20 +409,7 @@ fn an_order_from_a_caller_ahead_is_not_run_again_after_a_restart() {
     };
     let agent1 = agent(&sb, &cluster, "a1", &[]);
     // The order as the real client seals it, re-sealed as a caller 30 s ahead would.
-    let (subject, payload) = capture(&cluster, "deploy.agent.a1", || {
-        let out = client(
-            &cluster,
-            KEY,
-            sb.path(),
-            &[
-                "--hosts",
-                "nats://a1",
-                "--order=exec",
-                "--options=service:mark,one",
-            ],
-        );
-        assert_eq!(out.code, Some(0), "{out:#?}\n{}", agent1.log());
-    });
+    let (subject, payload) = capture_mark_one(&cluster, &sb, &agent1);
     let psk = Psk::new(KEY);
     let now = envelope::caller_now();
     let opened =

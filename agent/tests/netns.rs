@@ -17,10 +17,17 @@ use std::time::{Duration, Instant};
 /// agents `a1`…`aN`, each with group `web` pulling the source into its `allowed/web`.
 struct Net {
     /// Agents (and their sandboxes), dropped before the lab.
-    agents: Vec<(Sandbox, Agent)>,
+    web: WebFleet,
     source: PathBuf,
     _src_sb: Sandbox,
     lab: Lab,
+}
+
+impl std::ops::Deref for Net {
+    type Target = WebFleet;
+    fn deref(&self) -> &WebFleet {
+        &self.web
+    }
 }
 
 impl Net {
@@ -42,34 +49,22 @@ impl Net {
         lab.add("ctl");
         lab.add("src");
         let src_sb = Sandbox::new();
-        let source = src_sb.join("source");
-        make_tree(&source);
-        make_blob(&source.join("blob.bin"), blob);
+        let source = source_tree(&src_sb, blob);
         let url = lab.rsync_daemon("src", &source);
-        let mut agents = Vec::new();
-        for i in 1..=n {
-            let name = format!("a{i}");
+        let web = WebFleet::start(n, |i, sb| {
+            let name = format!("a{}", i + 1);
             let addr = lab.add(&name);
             if let Some(rate) = rate {
                 lab.shape(&name, rate);
             }
-            let sb = Sandbox::new();
-            let target = sb.allowed().join("web");
-            let config = tweak(Config::new(&sb))
+            let config = tweak(Config::new(sb))
                 .server("addr", addr)
                 .hosts(&[&lab.network()])
-                .group(
-                    "web",
-                    &[
-                        ("dest", url.as_str()),
-                        ("src", &target.display().to_string()),
-                    ],
-                );
-            let agent = lab.agent(&name, &config, &sb);
-            agents.push((sb, agent));
-        }
+                .web_group(sb, &url, &[]);
+            lab.agent(&name, &config, sb)
+        });
         Some(Net {
-            agents,
+            web,
             source,
             _src_sb: src_sb,
             lab,
@@ -78,19 +73,27 @@ impl Net {
 
     /// Agent `i`'s (1-based) host as the client writes it (`addr:port`).
     fn host(&self, i: usize) -> String {
-        self.agents[i - 1].1.addr().to_string()
+        self.addr(i - 1).to_string()
     }
 
-    fn hosts(&self) -> String {
-        (1..=self.agents.len())
-            .map(|i| self.host(i))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// Agent `i`'s target directory.
+    /// Agent `i`'s (1-based) target directory.
     fn target(&self, i: usize) -> PathBuf {
-        self.agents[i - 1].0.allowed().join("web")
+        self.web.target(i - 1)
+    }
+
+    /// `--order=rsync --options=web --follow --thread-timeout=<thread_timeout>` from
+    /// `ctl` to every agent, under `limit`.
+    fn followed(&self, thread_timeout: u64, limit: Duration) -> Output {
+        let thread_timeout = format!("--thread-timeout={thread_timeout}");
+        self.client(
+            &[
+                "--order=rsync",
+                "--options=web",
+                "--follow",
+                &thread_timeout,
+            ],
+            limit,
+        )
     }
 
     /// `deploy-client args…` from `ctl`, to every agent unless `args` names `--hosts`.
@@ -268,15 +271,7 @@ fn lossy_link_30_percent_inbound_push_completes() {
         return;
     };
     net.lab.loss_inbound("a1", 30);
-    let out = net.client(
-        &[
-            "--order=rsync",
-            "--options=web",
-            "--follow",
-            "--thread-timeout=40",
-        ],
-        Duration::from_secs(50),
-    );
+    let out = net.followed(40, Duration::from_secs(50));
     assert_eq!(out.code, Some(0), "{out:#?}");
     let reply = entry(&out.json(), &net.host(1), "rsync").clone();
     assert_eq!(text(&reply["content"], "exitCode"), "0", "{reply:#}");
@@ -346,17 +341,7 @@ fn link_cut_mid_transfer_fails_cleanly_and_a_rerun_completes() {
     let host = net.host(1);
     let target = net.target(1);
     let out = std::thread::scope(|s| {
-        let client = s.spawn(|| {
-            net.client(
-                &[
-                    "--order=rsync",
-                    "--options=web",
-                    "--follow",
-                    "--thread-timeout=8",
-                ],
-                Duration::from_secs(30),
-            )
-        });
+        let client = s.spawn(|| net.followed(8, Duration::from_secs(30)));
         wait_for(Duration::from_secs(20), "512 KiB at a1", || {
             bytes_under(&target) >= 512 << 10
         });
@@ -383,15 +368,7 @@ fn link_cut_mid_transfer_fails_cleanly_and_a_rerun_completes() {
     // re-run follows it to the end and the trees are identical.
     net.lab.restore("a1");
     net.lab.unshape("a1");
-    let out = net.client(
-        &[
-            "--order=rsync",
-            "--options=web",
-            "--follow",
-            "--thread-timeout=30",
-        ],
-        Duration::from_secs(40),
-    );
+    let out = net.followed(30, Duration::from_secs(40));
     assert_eq!(out.code, Some(0), "{out:#?}");
     let doc = out.json();
     let content = &entry(&doc, &host, "rsync")["content"];
@@ -444,15 +421,7 @@ fn a_transfer_stalled_by_a_cut_link_is_stopped_by_the_watchdog() {
 
     net.lab.restore("a1");
     net.lab.unshape("a1");
-    let out = net.client(
-        &[
-            "--order=rsync",
-            "--options=web",
-            "--follow",
-            "--thread-timeout=30",
-        ],
-        Duration::from_secs(40),
-    );
+    let out = net.followed(30, Duration::from_secs(40));
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert_same_tree(&net.source, &target);
 }

@@ -8,44 +8,28 @@ use std::path::{Path, PathBuf};
 
 /// A fleet of `n` agents on 127.0.<net>.1…n, each with group `web` from `rsyncd` into
 /// its own `allowed/web`; agent 1's group runs `wrapper` (if any) as its rsync binary.
-struct Fleet {
-    agents: Vec<(Sandbox, Agent)>,
+struct Fleet(WebFleet);
+
+impl std::ops::Deref for Fleet {
+    type Target = WebFleet;
+    fn deref(&self) -> &WebFleet {
+        &self.0
+    }
 }
 
 impl Fleet {
     fn start(net: u8, n: u8, source_url: &str, wrapper: Option<&Path>) -> Fleet {
-        let mut agents = Vec::new();
-        for i in 1..=n {
-            let sb = Sandbox::new();
-            let target = sb.allowed().join("web");
-            let mut group = vec![
-                ("dest", source_url.to_owned()),
-                ("src", target.display().to_string()),
-            ];
-            if let (1, Some(w)) = (i, wrapper) {
-                group.push(("rsync", w.display().to_string()));
-            }
-            let group: Vec<(&str, &str)> = group.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let agent = Config::new(&sb)
-                .server("addr", format!("127.0.{net}.{i}"))
+        let wrapper = wrapper.map(|w| w.display().to_string());
+        Fleet(WebFleet::local(n.into(), |i, sb| {
+            let extra: Vec<(&str, &str)> = match (i, &wrapper) {
+                (0, Some(w)) => vec![("rsync", w.as_str())],
+                _ => Vec::new(),
+            };
+            Config::new(sb)
+                .server("addr", format!("127.0.{net}.{}", i + 1))
                 .hosts(&["127.0.0.0/8"])
-                .group("web", &group)
-                .start(&sb);
-            agents.push((sb, agent));
-        }
-        Fleet { agents }
-    }
-
-    fn hosts(&self) -> String {
-        self.agents
-            .iter()
-            .map(|(_, a)| a.addr().to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn target(&self, i: usize) -> PathBuf {
-        self.agents[i].0.allowed().join("web")
+                .web_group(sb, source_url, &extra)
+        }))
     }
 
     /// `deploy-client --order=rsync --options=web --relay`; the JSON results by host.
@@ -92,12 +76,9 @@ fn field(v: &serde_json::Value, key: &str) -> String {
 
 #[test]
 fn relay_to_six_agents_pulls_from_peers_and_every_tree_matches() {
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    make_blob(&source.join("blob.bin"), 300_000);
-    let rsyncd = RsyncDaemon::start(&source);
-    let fleet = Fleet::start(20, 6, &rsyncd.url("DEST/"), None);
+    let rsyncd = RsyncSource::start(300_000);
+    let source = rsyncd.path.clone();
+    let fleet = Fleet::start(20, 6, &rsyncd.url(), None);
     let (out, doc) = fleet.relay("2");
     assert_eq!(out.code, Some(0), "{out:#?}");
     let mut from_source = 0;
@@ -128,12 +109,9 @@ fn relay_to_six_agents_pulls_from_peers_and_every_tree_matches() {
 
 #[test]
 fn relay_chain_of_five_agents_with_fanout_one() {
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    make_blob(&source.join("blob.bin"), 3_500_000);
-    let rsyncd = RsyncDaemon::start(&source);
-    let fleet = Fleet::start(26, 5, &rsyncd.url("DEST/"), None);
+    let rsyncd = RsyncSource::start(3_500_000);
+    let source = rsyncd.path.clone();
+    let fleet = Fleet::start(26, 5, &rsyncd.url(), None);
     let (out, doc) = fleet.relay("1");
     assert_eq!(out.code, Some(0), "{out:#?}");
     for i in 0..5 {
@@ -165,14 +143,11 @@ fn wrapper(sb: &Sandbox, action: &str) -> PathBuf {
 #[test]
 fn relay_first_host_dying_while_pulling_hands_the_role_to_the_next() {
     // Agent 1's worker is killed as it starts pulling from the source.
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    make_blob(&source.join("blob.bin"), 200_000);
-    let rsyncd = RsyncDaemon::start(&source);
+    let rsyncd = RsyncSource::start(200_000);
+    let source = rsyncd.path.clone();
     let tools = Sandbox::new();
     let w = wrapper(&tools, "kill -9 $PPID\nexit 1");
-    let fleet = Fleet::start(22, 3, &rsyncd.url("DEST/"), Some(&w));
+    let fleet = Fleet::start(22, 3, &rsyncd.url(), Some(&w));
     let (_out, doc) = fleet.relay("1");
     let second = fleet.result(&doc, 1);
     assert_eq!(field(&second, "from"), "source", "{doc:#?}");
@@ -202,8 +177,8 @@ impl Fleet {
             .join(",")
     }
 
-    /// One hand-made relay order to agent `i`; its result.
-    fn order(&self, i: usize, args: &str) -> serde_json::Value {
+    /// One hand-made relay order to agent `i`; the client's JSON document.
+    fn order_doc(&self, i: usize, args: &str) -> serde_json::Value {
         let host = self.agents[i].1.addr().to_string();
         let out = deploy_client(
             &[
@@ -216,8 +191,13 @@ impl Fleet {
             ],
             KEY,
         );
-        let doc: serde_json::Value =
-            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"))
+    }
+
+    /// One hand-made relay order to agent `i`; its result.
+    fn order(&self, i: usize, args: &str) -> serde_json::Value {
+        let host = self.agents[i].1.addr().to_string();
+        let doc = self.order_doc(i, args);
         doc.get(&host)
             .and_then(|r| r.get("rsync"))
             .and_then(|r| r.get("content"))
@@ -272,12 +252,9 @@ fn third_host_after(
     net: u8,
     spoil: impl FnOnce(&Fleet, &Path),
 ) -> (serde_json::Value, String, String) {
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    make_blob(&source.join("blob.bin"), 3_500_000);
-    let rsyncd = RsyncDaemon::start(&source);
-    let fleet = Fleet::start(net, 3, &rsyncd.url("DEST/"), None);
+    let rsyncd = RsyncSource::start(3_500_000);
+    let source = rsyncd.path.clone();
+    let fleet = Fleet::start(net, 3, &rsyncd.url(), None);
     let first = fleet.first(0);
     assert!(
         field(&first, "chunks").parse::<u32>().unwrap() >= 4,
@@ -348,11 +325,8 @@ fn relay_peer_killed_is_routed_around() {
 #[test]
 fn relay_stream_refuses_strangers_and_wrong_tokens() {
     use std::io::{BufRead, BufReader, Write};
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    let rsyncd = RsyncDaemon::start(&source);
-    let fleet = Fleet::start(27, 2, &rsyncd.url("DEST/"), None);
+    let rsyncd = RsyncSource::start(0);
+    let fleet = Fleet::start(27, 2, &rsyncd.url(), None);
     let first = fleet.first(0);
     let a: std::net::SocketAddr = field(&first, "stream").parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -429,11 +403,8 @@ fn relay_daemons(master: i32) -> Vec<i32> {
 /// refused now: no daemon is started, and a pull from a peer's daemon is refused too.
 #[test]
 fn store_and_forward_relay_orders_are_refused() {
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    let rsyncd = RsyncDaemon::start(&source);
-    let fleet = Fleet::start(29, 2, &rsyncd.url("DEST/"), None);
+    let rsyncd = RsyncSource::start(0);
+    let fleet = Fleet::start(29, 2, &rsyncd.url(), None);
     let ip = fleet.agents[0].1.addr().ip();
     let host = fleet.agents[0].1.addr().to_string();
     for args in [
@@ -443,19 +414,7 @@ fn store_and_forward_relay_orders_are_refused() {
         ),
         format!("relay pull token={TOKEN} from=rsync://relay@{ip}:1/relay/"),
     ] {
-        let out = deploy_client(
-            &[
-                "--hosts",
-                &host,
-                "--order=rsync",
-                "--options=web",
-                &format!("--args={args}"),
-                "--format=json",
-            ],
-            KEY,
-        );
-        let doc: serde_json::Value =
-            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
+        let doc = fleet.order_doc(0, &args);
         let rec = &doc[&host]["rsync"];
         assert_eq!(rec["returnCode"], "400", "{args}: {doc:#}");
         assert!(

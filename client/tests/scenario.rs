@@ -10,12 +10,6 @@ use serde_json::Value;
 
 use crate::util::{client, Output};
 
-/// The helloWorld fixture of the scenario crate.
-const HELLO_WORLD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../scenario/tests/fixtures/helloWorld"
-);
-
 /// An agent serving scenarios, its workspace under its `[allow::paths]`.
 struct Node {
     sb: Sandbox,
@@ -49,29 +43,9 @@ impl Node {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &dest);
-        } else {
-            fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
 /// The helloWorld folder with its two nodes replaced by `a` and `b`.
 fn hello_world(dir: &Path, a: &Node, b: &Node) -> PathBuf {
-    let folder = dir.join("helloWorld");
-    copy_tree(Path::new(HELLO_WORLD), &folder);
-    let yaml = fs::read_to_string(folder.join("deployment.yaml")).unwrap();
-    let yaml = yaml
-        .replace("'pi-240'", &format!("'{}'", b.name()))
-        .replace("'pi-24'", &format!("'{}'", a.name()));
-    fs::write(folder.join("deployment.yaml"), yaml).unwrap();
-    folder
+    deploy_testkit::scenario::hello_world(dir, &a.name(), &b.name())
 }
 
 async fn scenario(args: &[&str]) -> Output {
@@ -666,10 +640,9 @@ async fn ssh_hosts_beside_an_agent() {
         eprintln!("skipped: no sshd cluster (needs root and /usr/sbin/sshd)");
         return;
     };
-    let home = deploy_testkit::sshd::home(c, true);
     let agent = Node::start();
     let dir = tempfile::tempdir().unwrap();
-    let ws = dir.path().join("ssh/%p/ws");
+    let ssh = crate::ssh_scenario::Ssh::new(dir.path()).expect("the sshd cluster");
     let (s0, s1) = (c.spec(0), c.spec(1));
     let root = folder(
         dir.path(),
@@ -689,33 +662,10 @@ async fn ssh_hosts_beside_an_agent() {
             ("db", vec![agent.name()], vec![]),
         ],
     );
-    let run = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"));
-        cmd.args(["scenario", "--key-cipher=agentsecret"])
-            .arg(format!("--ssh-workspace={}", ws.display()))
-            .args(args)
-            .env("HOME", home.path())
-            .env("USER", "root")
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("DEPLOY_KEY_CIPHER")
-            .env_remove("RUST_LOG")
-            .env("DEPLOY_CLIENT_CONFIG", "")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        async move {
-            let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
-                .await
-                .expect("deploy-client did not finish in 30 s")
-                .unwrap();
-            Output {
-                status: out.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
-        }
-    };
     let f = root.to_str().unwrap();
-    let out = run(&["apply", f, "prepare", "-m", "one"]).await;
+    let out = ssh
+        .run("scenario", &["apply", f, "prepare", "-m", "one"])
+        .await;
     assert_eq!(out.status, 0, "{out:?}");
     for (i, spec) in [(0, &s0), (1, &s1)] {
         let port = c.hosts[i].1;
@@ -736,14 +686,14 @@ async fn ssh_hosts_beside_an_agent() {
         );
     }
     assert!(out.stdout.contains("recorded version"), "{}", out.stdout);
-    let out = run(&["versions", f, "--format=json"]).await;
+    let out = ssh.run("scenario", &["versions", f, "--format=json"]).await;
     let page: Value = serde_json::from_str(&out.stdout).unwrap();
     let map = page["versions"][0]["map"].as_object().unwrap();
     let mut want = vec![agent.name(), s0.clone(), s1.clone()];
     want.sort();
     assert_eq!(map.keys().cloned().collect::<Vec<_>>(), want, "{map:?}");
 
-    let out = run(&["apply", f, "purge"]).await;
+    let out = ssh.run("scenario", &["apply", f, "purge"]).await;
     assert_eq!(out.status, 0, "{out:?}");
     for i in 0..2 {
         let port = c.hosts[i].1;

@@ -11,32 +11,15 @@ use serde_json::Value;
 
 use crate::util::Output;
 
-const HELLO_WORLD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../scenario/tests/fixtures/helloWorld"
-);
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &dest);
-        } else {
-            fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
-/// The client against the sshd cluster, the workspace per port under `dir`.
-struct Ssh {
+/// The client against the sshd cluster, the workspace per port under `dir` (also
+/// `scenario::ssh_hosts_beside_an_agent`'s).
+pub(crate) struct Ssh {
     home: tempfile::TempDir,
     ws: PathBuf,
 }
 
 impl Ssh {
-    fn new(dir: &Path) -> Option<Ssh> {
+    pub(crate) fn new(dir: &Path) -> Option<Ssh> {
         let c = deploy_testkit::sshd::cluster()?;
         Some(Ssh {
             home: deploy_testkit::sshd::home(c, true),
@@ -51,7 +34,7 @@ impl Ssh {
             .join(format!("{app}@{scenario}"))
     }
 
-    async fn run(&self, sub: &str, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, sub: &str, args: &[&str]) -> Output {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-client"));
         cmd.args([sub, "--key-cipher=agentsecret"])
             .arg(format!("--ssh-workspace={}", self.ws.display()))
@@ -120,13 +103,7 @@ async fn hello_world_versions_on_ssh_hosts() {
     };
     let c = deploy_testkit::sshd::cluster().unwrap();
     let (s0, s1) = (c.spec(0), c.spec(1));
-    let folder = dir.path().join("helloWorld");
-    copy_tree(Path::new(HELLO_WORLD), &folder);
-    let yaml = fs::read_to_string(folder.join("deployment.yaml")).unwrap();
-    let yaml = yaml
-        .replace("'pi-240'", &format!("'{s1}'"))
-        .replace("'pi-24'", &format!("'{s0}'"));
-    fs::write(folder.join("deployment.yaml"), yaml).unwrap();
+    let folder = deploy_testkit::scenario::hello_world(dir.path(), &s0, &s1);
     let f = folder.to_str().unwrap();
     let src = folder.join("helloworld/src");
     fs::write(src.join(".gitignore"), "*.log\n").unwrap();

@@ -23,26 +23,6 @@ fn agent(sb: &Sandbox, ip: &str, port: u16) -> Agent {
         .start(sb)
 }
 
-/// `deploy-client nodes --proxy 127.0.0.1 --port <proxy> --api-key <key> …` as JSON:
-/// the proxy's reply content (a text until the first heartbeat round has ended: 503).
-fn nodes(port: u16, key: &str, extra: &[&str]) -> Value {
-    let port = port.to_string();
-    let mut args = vec![
-        "nodes",
-        "--proxy",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--api-key",
-        key,
-        "--format=json",
-    ];
-    args.extend_from_slice(extra);
-    let out = client(&args);
-    let doc = out.json();
-    doc["127.0.0.1"]["nodes"]["content"].clone()
-}
-
 /// The state of `address` in a `nodes` answer.
 fn state_of(content: &Value, address: &str) -> Option<String> {
     content["nodes"]

@@ -5,51 +5,29 @@
 //! NATS; `nodes` says `via: nats`.
 
 use crate::util::*;
-use deploy_testkit::nats::{self, NatsCluster, CALLER};
+use deploy_testkit::nats::{self, NatsCluster};
 use std::time::Duration;
 
 const API_KEY: &str = "nats-key";
 const SPY: (&str, &str) = ("spy", "spypw");
 
 fn cluster(sb: &Sandbox, agents: &[(&str, &[&str])]) -> Option<NatsCluster> {
-    if !nats::available() {
-        eprintln!("note: nats-server is not installed; skipping");
-        return None;
-    }
-    let auth = nats::authorization(agents).replacen(
-        "  users: [\n",
-        &format!(
-            "  users: [\n    {{ user: {}, password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
-            SPY.0, SPY.1
-        ),
-        1,
-    );
-    let dir = sb.join("nats");
-    std::fs::create_dir_all(&dir).unwrap();
-    Some(NatsCluster::start(&dir, 3, &auth))
+    nats::test_cluster(sb, 3, agents, SPY, false)
 }
 
 /// A proxy whose group `web` is `nats://a1, a2, a3` (one publish) and group `one` is
 /// `nats://a1` alone.
-fn proxy(dir: &std::path::Path, cluster: &NatsCluster) -> Daemon {
-    let config = ProxyConfig::new("px-nats")
+fn proxy(dir: &std::path::Path, cluster: &NatsCluster) -> Proxy {
+    ProxyConfig::new("px-nats")
         .key(API_KEY, "web,one")
         .servers("web", ["nats://a1", "nats://a2", "nats://a3"])
         .servers("one", ["nats://a1"])
         .group("web", &[("nats_publish", "on")])
         .client("thread_timeout", 3)
         .client("heartbeat", 3600)
-        .server("allow_upload", "on");
-    let ini = config.write(dir);
-    let mut text = std::fs::read_to_string(&ini).unwrap();
-    text.push_str(&format!(
-        "\n[nats]\n{}user = {}\npassword = {}\n",
-        cluster.server_lines(),
-        CALLER.0,
-        CALLER.1
-    ));
-    std::fs::write(&ini, text).unwrap();
-    Daemon::start(&bins::proxy(), &ini, &[], 1)
+        .server("allow_upload", "on")
+        .raw(&nats::caller_section(cluster))
+        .start(dir)
 }
 
 /// Counts the messages published on `deploy.>` while `during` runs (plus 1 s).
@@ -85,23 +63,14 @@ fn a_group_of_nats_agents_is_one_publish_and_the_absent_one_is_unreachable() {
     else {
         return;
     };
-    let (sb1, sb2) = (Sandbox::new(), Sandbox::new());
-    let _a1 = nats::start_agent(
-        &sb1,
-        AgentConfig::new(&sb1).server("allow_upload", "on"),
-        &cluster.server_lines(),
-        "a1",
-        &["web"],
-        None,
-    );
-    let _a2 = nats::start_agent(
-        &sb2,
-        AgentConfig::new(&sb2),
-        &cluster.server_lines(),
-        "a2",
-        &["web"],
-        None,
-    );
+    let agents = nats::start_agents(&cluster, &[("a1", &["web"]), ("a2", &["web"])], |n, c| {
+        if n == "a1" {
+            c.server("allow_upload", "on")
+        } else {
+            c
+        }
+    });
+    let sb1 = &agents[0].0;
     let proxy = proxy(&sb.join("proxy"), &cluster);
     // The heartbeat probes them over NATS (one round at start: heartbeat = 3600, so
     // that no probe is counted below) and says so.

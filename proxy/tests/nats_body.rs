@@ -22,23 +22,9 @@ const SPY: (&str, &str) = ("spy", "spypw");
 const SIZE: usize = 64 << 20;
 
 fn cluster(sb: &Sandbox) -> Option<NatsCluster> {
-    if !nats::available() {
-        eprintln!("note: nats-server is not installed; skipping");
-        return None;
-    }
-    let auth = nats::authorization(&[("a1", &[])]).replacen(
-        "  users: [\n",
-        &format!(
-            "  users: [\n    {{ user: {}, password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
-            SPY.0, SPY.1
-        ),
-        1,
-    );
-    let dir = sb.join("nats");
-    std::fs::create_dir_all(&dir).unwrap();
     // One server: the spy sees acknowledgements and pieces in the order the server
     // took them.
-    Some(NatsCluster::start(&dir, 1, &auth))
+    nats::test_cluster(sb, 1, &[("a1", &[])], SPY, false)
 }
 
 /// The upload of `src/big.bin` to `nats://a1` as a child process.
@@ -139,12 +125,12 @@ impl Spy {
     }
 }
 
-#[test]
-fn a_64_mib_upload_over_nats_is_windowed_and_arrives_intact() {
+/// A one-server cluster, agent `a1` on it (uploads allowed) and `<sb>/src/big.bin` of
+/// [`SIZE`] bytes: the sandbox, the cluster, the agent and `src`; `None` where
+/// nats-server is missing.
+fn setup() -> Option<(Sandbox, NatsCluster, Agent, std::path::PathBuf)> {
     let sb = Sandbox::new();
-    let Some(cluster) = cluster(&sb) else {
-        return;
-    };
+    let cluster = cluster(&sb)?;
     let agent = nats::start_agent(
         &sb,
         AgentConfig::new(&sb).server("allow_upload", "on"),
@@ -155,6 +141,14 @@ fn a_64_mib_upload_over_nats_is_windowed_and_arrives_intact() {
     );
     let src = sb.join("src");
     make_blob(&src.join("big.bin"), SIZE);
+    Some((sb, cluster, agent, src))
+}
+
+#[test]
+fn a_64_mib_upload_over_nats_is_windowed_and_arrives_intact() {
+    let Some((sb, cluster, agent, src)) = setup() else {
+        return;
+    };
     let spy = Spy::start(&cluster);
     let out = upload(&cluster, &src, &sb.allowed_str("up"))
         .wait_with_output()
@@ -184,20 +178,9 @@ fn a_64_mib_upload_over_nats_is_windowed_and_arrives_intact() {
 
 #[test]
 fn the_agent_killed_mid_body_fails_the_upload_cleanly() {
-    let sb = Sandbox::new();
-    let Some(cluster) = cluster(&sb) else {
+    let Some((sb, cluster, agent, src)) = setup() else {
         return;
     };
-    let agent = nats::start_agent(
-        &sb,
-        AgentConfig::new(&sb).server("allow_upload", "on"),
-        &cluster.server_lines(),
-        "a1",
-        &[],
-        None,
-    );
-    let src = sb.join("src");
-    make_blob(&src.join("big.bin"), SIZE);
     let spy = Spy::start(&cluster);
     let started = Instant::now();
     let child = upload(&cluster, &src, &sb.allowed_str("up"));

@@ -16,58 +16,30 @@
 
 use crate::store::{append, list, API_KEY};
 use crate::util::*;
-use deploy_testkit::nats::{self, NatsCluster, CALLER};
+use deploy_testkit::nats::{self, NatsCluster};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
-/// The proxies' user for the store (JetStream's API subjects, which `CALLER` may not use).
+/// The proxies' user for the store (JetStream's API subjects, which `nats::CALLER` may not use).
 const STORE: (&str, &str) = ("store", "storepw");
 
 fn cluster(sb: &Sandbox) -> Option<NatsCluster> {
-    if !nats::available() {
-        eprintln!("note: nats-server is not installed; skipping");
-        return None;
-    }
-    let auth = nats::authorization(&[("a1", &["web"]), ("a2", &["web"])]).replacen(
-        "  users: [\n",
-        &format!(
-            "  users: [\n    {{ user: {}, password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
-            STORE.0, STORE.1
-        ),
-        1,
-    );
-    let dir = sb.join("nats");
-    std::fs::create_dir_all(&dir).unwrap();
-    Some(NatsCluster::with_jetstream(&dir, 3, &auth))
+    nats::test_cluster(sb, 3, &[("a1", &["web"]), ("a2", &["web"])], STORE, true)
 }
 
 /// A proxy whose group `web` is `nats://a1, a2` and `slow` adds the absent
 /// `nats://a3` (an order to it lasts until `thread_timeout`), on the cluster for both
 /// its agents and its store.
-fn proxy(dir: &std::path::Path, id: &str, cluster: &NatsCluster) -> Daemon {
-    let config = ProxyConfig::new(id)
+fn proxy(dir: &std::path::Path, id: &str, cluster: &NatsCluster) -> Proxy {
+    ProxyConfig::new(id)
         .key(API_KEY, "web,slow")
         .servers("web", ["nats://a1", "nats://a2"])
         .servers("slow", ["nats://a1", "nats://a2", "nats://a3"])
         .client("thread_timeout", 4)
-        .client("heartbeat", 0);
-    let ini = config.write(dir);
-    let mut text = std::fs::read_to_string(&ini).unwrap();
-    text.push_str(&format!(
-        "\n[nats]\n{}user = {}\npassword = {}\n",
-        cluster.server_lines(),
-        CALLER.0,
-        CALLER.1
-    ));
-    text.push_str(&format!(
-        "\n[store]\nbackend = nats\nprefix = fleet-\nreplicas = 3\nuser = {}\npassword = {}\n",
-        STORE.0, STORE.1
-    ));
-    for url in cluster.client_urls() {
-        text.push_str(&format!("server[] = {url}\n"));
-    }
-    std::fs::write(&ini, text).unwrap();
-    Daemon::start(&bins::proxy(), &ini, &[], 1)
+        .client("heartbeat", 0)
+        .raw(&nats::caller_section(cluster))
+        .raw(&nats::store_section(cluster, "fleet-", Some(STORE)))
+        .start(dir)
 }
 
 /// `exec service:echo,hi` to group `web` through the proxy on `port`: whether both
@@ -104,23 +76,8 @@ fn two_proxies_nats_only_agents_one_store_and_the_deaths_they_survive() {
     let Some(mut cluster) = cluster(&sb) else {
         return;
     };
-    let (sb1, sb2) = (Sandbox::new(), Sandbox::new());
-    let a1 = nats::start_agent(
-        &sb1,
-        AgentConfig::new(&sb1),
-        &cluster.server_lines(),
-        "a1",
-        &["web"],
-        None,
-    );
-    let a2 = nats::start_agent(
-        &sb2,
-        AgentConfig::new(&sb2),
-        &cluster.server_lines(),
-        "a2",
-        &["web"],
-        None,
-    );
+    let agents = nats::start_agents(&cluster, &[("a1", &["web"]), ("a2", &["web"])], |_, c| c);
+    let (a1, a2) = (&agents[0].1, &agents[1].1);
     let (da, db) = (Sandbox::new(), Sandbox::new());
     let mut a = proxy(da.path(), "proxy-a", &cluster);
     let b = proxy(db.path(), "proxy-b", &cluster);

@@ -12,29 +12,21 @@ use std::time::{Duration, Instant};
 /// Agents on 127.<net>.<i>.1 (i from 1) with group `web` from `source_url` into their own
 /// `allowed/web`, and a proxy with key `relay-key` for group `web` over all of them.
 struct Fleet {
-    agents: Vec<Agent>,
-    sandboxes: Vec<Sandbox>,
+    web: WebFleet,
     proxy: Proxy,
     _proxy_dir: Sandbox,
 }
 
 impl Fleet {
     fn start(net: u8, n: u8, source_url: &str) -> Fleet {
-        let mut agents = Vec::new();
-        let mut sandboxes = Vec::new();
-        for i in 1..=n {
-            let sb = Sandbox::new();
-            let target = sb.allowed().join("web").display().to_string();
-            let agent = AgentConfig::new(&sb)
-                .server("addr", ip(net, i, 1))
+        let web = WebFleet::local(n.into(), |i, sb| {
+            AgentConfig::new(sb)
+                .server("addr", ip(net, i as u8 + 1, 1))
                 .server("key_cipher", KEY)
                 .hosts(&["127.0.0.0/8"])
-                .group("web", &[("dest", source_url), ("src", &target)])
-                .start(&sb);
-            agents.push(agent);
-            sandboxes.push(sb);
-        }
-        let addrs: Vec<_> = agents.iter().map(Agent::addr).collect();
+                .web_group(sb, source_url, &[])
+        });
+        let addrs: Vec<_> = (0..web.agents.len()).map(|i| web.addr(i)).collect();
         let dir = Sandbox::new();
         let proxy = ProxyConfig::new(&format!("px-relay-{net}"))
             .key("relay-key", "web")
@@ -42,19 +34,26 @@ impl Fleet {
             .http()
             .start(dir.path());
         Fleet {
-            agents,
-            sandboxes,
+            web,
             proxy,
             _proxy_dir: dir,
         }
     }
 
     fn name(&self, i: usize) -> String {
-        self.agents[i].addr().to_string()
+        self.web.addr(i).to_string()
     }
 
     fn target(&self, i: usize) -> PathBuf {
-        self.sandboxes[i].allowed().join("web")
+        self.web.target(i)
+    }
+
+    fn agent(&self, i: usize) -> &Agent {
+        &self.web.agents[i].1
+    }
+
+    fn sandbox(&self, i: usize) -> &Sandbox {
+        &self.web.agents[i].0
     }
 
     /// `deploy-client --proxy … --order=rsync --options=web --relay --format=json`.
@@ -89,12 +88,9 @@ fn field(record: &Map<String, Value>, key: &str) -> String {
 
 #[test]
 fn relay_through_the_proxy_is_scheduled_over_its_agents() {
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    make_blob(&source.join("blob.bin"), 1_500_000);
-    let rsyncd = RsyncDaemon::start(&source);
-    let fleet = Fleet::start(88, 4, &rsyncd.url("DEST/"));
+    let rsyncd = RsyncSource::start(1_500_000);
+    let source = rsyncd.path.clone();
+    let fleet = Fleet::start(88, 4, &rsyncd.url());
     let out = fleet.relay("1");
     assert_eq!(out.code, Some(0), "{out:#?}");
     let records = records(&out, "rsync");
@@ -113,7 +109,7 @@ fn relay_through_the_proxy_is_scheduled_over_its_agents() {
         if i > 0 {
             assert!(
                 // Stream addresses: the peer's own address, an ephemeral port.
-                field(r, "pulled").starts_with(&format!("{}:", fleet.agents[i - 1].addr().ip())),
+                field(r, "pulled").starts_with(&format!("{}:", fleet.agent(i - 1).addr().ip())),
                 "{r:#?}"
             );
         }
@@ -122,15 +118,12 @@ fn relay_through_the_proxy_is_scheduled_over_its_agents() {
 
 #[test]
 fn relay_through_the_proxy_routes_around_an_agent_killed_mid_relay() {
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    make_blob(&source.join("blob.bin"), 24_000_000);
-    let rsyncd = RsyncDaemon::start(&source);
-    let fleet = Fleet::start(89, 4, &rsyncd.url("DEST/"));
+    let rsyncd = RsyncSource::start(24_000_000);
+    let source = rsyncd.path.clone();
+    let fleet = Fleet::start(89, 4, &rsyncd.url());
     // Agent 2 (fed by agent 1, feeding agent 3) is killed once it has spooled two
     // chunks of the stream and before it has all of it.
-    let relay_dir = fleet.sandboxes[1].join("state").join("relay");
+    let relay_dir = fleet.sandbox(1).join("state").join("relay");
     let chunk = deploy_common::rsync::stream::DEFAULT_CHUNK;
     let (out, killed_at) = std::thread::scope(|s| {
         let watcher = s.spawn(|| {
@@ -144,7 +137,7 @@ fn relay_through_the_proxy_routes_around_an_agent_killed_mid_relay() {
                     .map(|m| m.len())
                     .max();
                 if let Some(len) = spooled.filter(|&len| len >= 2 * chunk) {
-                    let agent = &fleet.agents[1];
+                    let agent = fleet.agent(1);
                     for pid in agent.workers() {
                         let _ = nix::sys::signal::kill(
                             nix::unistd::Pid::from_raw(pid),
@@ -189,12 +182,9 @@ fn relay_over_the_http_api() {
         eprintln!("SKIPPED: no curl");
         return;
     }
-    let src_sb = Sandbox::new();
-    let source = src_sb.join("source");
-    make_tree(&source);
-    make_blob(&source.join("blob.bin"), 700_000);
-    let rsyncd = RsyncDaemon::start(&source);
-    let fleet = Fleet::start(87, 3, &rsyncd.url("DEST/"));
+    let rsyncd = RsyncSource::start(700_000);
+    let source = rsyncd.path.clone();
+    let fleet = Fleet::start(87, 3, &rsyncd.url());
     let out = curl(&[
         "-H",
         "X-Api-Key: relay-key",

@@ -30,20 +30,14 @@ fn proxy(
     cluster: &NatsCluster,
     heartbeat: u64,
     agents: &[String],
-) -> Daemon {
-    let config = ProxyConfig::new(id)
+) -> Proxy {
+    ProxyConfig::new(id)
         .client("heartbeat", heartbeat)
         .client("heartbeat_timeout", 3)
         .key(API_KEY, "web")
-        .servers("web", agents);
-    let ini = config.write(dir);
-    let mut text = std::fs::read_to_string(&ini).unwrap();
-    text.push_str("\n[store]\nbackend = nats\nprefix = t-\nreplicas = 3\n");
-    for url in cluster.client_urls() {
-        text.push_str(&format!("server[] = {url}\n"));
-    }
-    std::fs::write(&ini, text).unwrap();
-    Daemon::start(&bins::proxy(), &ini, &[], 1)
+        .servers("web", agents)
+        .raw(&deploy_testkit::nats::store_section(cluster, "t-", None))
+        .start(dir)
 }
 
 fn versions(addr: SocketAddr, spec: VersionsSpec) -> Reply {
@@ -149,22 +143,6 @@ fn scenario_history_is_one_across_proxies_and_survives_a_nats_server() {
     assert_eq!(after.len(), all.len() + 1);
 }
 
-/// `deploy-client nodes` through the proxy on `port`: the reply's content.
-fn nodes(port: u16) -> Value {
-    let port = port.to_string();
-    let out = client(&[
-        "nodes",
-        "--proxy",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--api-key",
-        API_KEY,
-        "--format=json",
-    ]);
-    out.json()["127.0.0.1"]["nodes"]["content"].clone()
-}
-
 fn online(content: &Value, agents: &[String]) -> bool {
     agents.iter().all(|a| {
         content["nodes"].as_array().is_some_and(|nodes| {
@@ -199,10 +177,10 @@ fn one_heartbeat_leader_across_proxies_and_a_takeover() {
 
     // Both proxies answer from one inventory; exactly one of them probes.
     wait_until(LIMIT, "agents online through A", || {
-        online(&nodes(a_port), &agents).then_some(())
+        online(&nodes(a_port, API_KEY, &[]), &agents).then_some(())
     });
     wait_until(LIMIT, "agents online through B", || {
-        online(&nodes(b_port), &agents).then_some(())
+        online(&nodes(b_port, API_KEY, &[]), &agents).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
     let leaders = [&a, &b].iter().filter(|p| p.log().contains(LEAD)).count();
@@ -217,7 +195,7 @@ fn one_heartbeat_leader_across_proxies_and_a_takeover() {
     leader.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = leader.wait_exit_blocking(Duration::from_secs(10));
     drop(leader);
-    let before: u64 = nodes(survivor_port)["updated_ms"]
+    let before: u64 = nodes(survivor_port, API_KEY, &[])["updated_ms"]
         .as_str()
         .unwrap()
         .parse()
@@ -226,7 +204,7 @@ fn one_heartbeat_leader_across_proxies_and_a_takeover() {
         survivor.log().contains(LEAD).then_some(())
     });
     wait_until(LIMIT, "a newer inventory", || {
-        let c = nodes(survivor_port);
+        let c = nodes(survivor_port, API_KEY, &[]);
         let updated: u64 = c["updated_ms"].as_str()?.parse().ok()?;
         (updated > before + 1000 && online(&c, &agents)).then_some(())
     });

@@ -243,3 +243,23 @@ pub fn http_parts(out: &Output) -> (u16, BTreeMap<String, String>, String) {
         .collect();
     (code, headers, body.to_owned())
 }
+
+/// `deploy-client nodes --proxy 127.0.0.1 --port <proxy> --api-key <key> …` as JSON:
+/// the proxy's reply content (a text until the first heartbeat round has ended: 503).
+pub fn nodes(port: u16, key: &str, extra: &[&str]) -> Value {
+    let port = port.to_string();
+    let mut args = vec![
+        "nodes",
+        "--proxy",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--api-key",
+        key,
+        "--format=json",
+    ];
+    args.extend_from_slice(extra);
+    let out = client(&args);
+    let doc = out.json();
+    doc["127.0.0.1"]["nodes"]["content"].clone()
+}

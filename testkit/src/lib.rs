@@ -12,7 +12,8 @@
 //! | [`nats`] | real `nats-server` processes: one, or a routed cluster, with users and permissions, with or without JetStream; a server killable mid-test |
 //! | [`net`] | free and refusing ports, [`Silent`] peers that accept and never answer |
 //! | [`netns`] | [`Lab`](netns::Lab): hosts as network namespaces on a bridge, shaped, cut, black-holed, lossy |
-//! | [`rsyncd`] | [`RsyncDaemon`]: a real `rsync --daemon` with read-only modules |
+//! | [`rsyncd`] | [`RsyncDaemon`]: a real `rsync --daemon` with read-only modules; [`RsyncSource`], a source tree it serves |
+//! | [`fleet`] | [`WebFleet`]: agents whose group `web` pulls one source (relay and namespace tests) |
 //! | [`daemon`] | [`Daemon`]: a `--foreground` server process learnt from its `listening on` lines |
 //! | [`agent`] | [`AgentConfig`]: an agent ini around a sandbox, started as an [`Agent`] |
 //! | [`proxy`] | [`ProxyConfig`]: a proxy ini and its API file, started as a [`Proxy`] |
@@ -20,6 +21,7 @@
 //! | [`sshd`] | ten real `sshd` instances and a jump host on loopback, user and host keys |
 //! | [`command`] | running any command (deploy-client, curl) under a deadline, lines timestamped; [`Spawned`] to interact with one |
 //! | [`shelf`] | [`Shelf`]: release artifacts and the manifests deploying them |
+//! | [`scenario`] | Octopoda's helloWorld scenario folder, copied with its nodes renamed |
 //!
 //! # Design
 //!
@@ -39,6 +41,7 @@ pub mod clients;
 pub mod command;
 pub mod daemon;
 pub mod env;
+pub mod fleet;
 pub mod nats;
 pub mod net;
 pub mod netns;
@@ -46,6 +49,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod rsyncd;
 pub mod sandbox;
+pub mod scenario;
 pub mod shelf;
 pub mod sshd;
 
@@ -54,9 +58,10 @@ pub use clients::*;
 pub use command::{deploy_client, openssl, run_bin, run_bin_bytes, run_command, Output, Spawned};
 pub use daemon::Daemon;
 pub use env::*;
+pub use fleet::WebFleet;
 pub use nats::NatsCluster;
 pub use net::*;
 pub use procfs::*;
 pub use proxy::{Proxy, ProxyConfig};
-pub use rsyncd::RsyncDaemon;
+pub use rsyncd::{RsyncDaemon, RsyncSource};
 pub use sandbox::*;

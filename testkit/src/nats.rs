@@ -16,6 +16,11 @@
 //! [`NatsCluster::jetstream`] is three JetStream servers without users in a directory
 //! of their own. A server can be killed (SIGKILL) mid-test ([`NatsCluster::kill`]).
 //! Servers are killed when the cluster drops, their logs replayed on a failing test.
+//!
+//! [`test_cluster`] is the NATS tests' one setup (users plus a superuser, skipped where
+//! nats-server is missing); [`caller_section`] and [`store_section`] are a proxy's
+//! `[nats]` and `[store]` on a cluster; [`start_agent`] is an agent reachable over it
+//! only, [`start_agents`] several, each in its own sandbox.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -138,6 +143,68 @@ pub fn authorization(agents: &[(&str, &[&str])]) -> String {
         ));
     }
     format!("authorization {{\n  users: [\n{users}  ]\n}}\n")
+}
+
+/// [`authorization`] with one more user, `superuser` (name, password), who may publish
+/// and subscribe to everything: a spy on the bus (what an attacker with NATS access can
+/// do), or the proxies' store user (JetStream's API subjects).
+pub fn authorization_with(agents: &[(&str, &[&str])], superuser: (&str, &str)) -> String {
+    authorization(agents).replacen(
+        "  users: [\n",
+        &format!(
+            "  users: [\n    {{ user: {}, password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
+            superuser.0, superuser.1
+        ),
+        1,
+    )
+}
+
+/// The NATS tests' cluster: `n` servers in `<sb>/nats` (JetStream on each if
+/// `jetstream`), users [`authorization_with`]`(agents, superuser)`; `None` after a note
+/// where nats-server is not installed (the test then returns: see [`available`]).
+pub fn test_cluster(
+    sb: &crate::Sandbox,
+    n: usize,
+    agents: &[(&str, &[&str])],
+    superuser: (&str, &str),
+    jetstream: bool,
+) -> Option<NatsCluster> {
+    if !available() {
+        eprintln!("note: nats-server is not installed; skipping");
+        return None;
+    }
+    let auth = authorization_with(agents, superuser);
+    let dir = sb.join("nats");
+    std::fs::create_dir_all(&dir).expect("mkdir nats");
+    Some(if jetstream {
+        NatsCluster::with_jetstream(&dir, n, &auth)
+    } else {
+        NatsCluster::start(&dir, n, &auth)
+    })
+}
+
+/// The `[nats]` section of a caller (a proxy's `ProxyConfig::raw`): every server of
+/// `cluster`, user [`CALLER`].
+pub fn caller_section(cluster: &NatsCluster) -> String {
+    format!(
+        "\n[nats]\n{}user = {}\npassword = {}\n",
+        cluster.server_lines(),
+        CALLER.0,
+        CALLER.1
+    )
+}
+
+/// The `[store]` section of a proxy sharing its state on `cluster`'s JetStream
+/// (`backend = nats`, `prefix`, three replicas, every server), as `user` if given.
+pub fn store_section(cluster: &NatsCluster, prefix: &str, user: Option<(&str, &str)>) -> String {
+    let mut text = format!("\n[store]\nbackend = nats\nprefix = {prefix}\nreplicas = 3\n");
+    if let Some((user, password)) = user {
+        text.push_str(&format!("user = {user}\npassword = {password}\n"));
+    }
+    for url in cluster.client_urls() {
+        text.push_str(&format!("server[] = {url}\n"));
+    }
+    text
 }
 
 impl NatsCluster {
@@ -417,6 +484,31 @@ pub fn start_agent(
     let agent = crate::Daemon::start(&crate::bins::agent(), &ini, &[], 0);
     wait_serving(&agent);
     agent
+}
+
+/// [`start_agent`] for each `(name, groups)` of `agents` on every server of `cluster`,
+/// each in a sandbox of its own, its configuration `config(name, AgentConfig::new(sb))`;
+/// the sandboxes and agents, in that order.
+pub fn start_agents(
+    cluster: &NatsCluster,
+    agents: &[(&str, &[&str])],
+    config: impl Fn(&str, crate::AgentConfig) -> crate::AgentConfig,
+) -> Vec<(crate::Sandbox, crate::Agent)> {
+    agents
+        .iter()
+        .map(|(name, groups)| {
+            let sb = crate::Sandbox::new();
+            let agent = start_agent(
+                &sb,
+                config(name, crate::AgentConfig::new(&sb)),
+                &cluster.server_lines(),
+                name,
+                groups,
+                None,
+            );
+            (sb, agent)
+        })
+        .collect()
 }
 
 /// Waits until `agent` logged that it serves over NATS, connected.

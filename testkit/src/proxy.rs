@@ -15,6 +15,7 @@
 //! [allow::hosts] 127.0.0.1
 //! [api]     path = api.ini
 //! [ssh]     only what ssh() sets (identity[], known_hosts, config…)
+//! …         raw() text (e.g. `[nats]`, `[store]`)
 //! ```
 //!
 //! The proxy prints `deploy-proxy: listening on ADDR` for `addr:port`, each `listen[]`,
@@ -40,6 +41,7 @@ pub struct ProxyConfig {
     servers: Vec<(String, String)>,
     groups: Vec<(String, Vec<(String, String)>)>,
     ssh: Vec<(String, String)>,
+    raw: String,
 }
 
 fn set(list: &mut Vec<(String, String)>, key: &str, value: String) {
@@ -82,7 +84,14 @@ impl ProxyConfig {
             servers: Vec::new(),
             groups: Vec::new(),
             ssh: Vec::new(),
+            raw: String::new(),
         }
+    }
+
+    /// Appends raw ini text to `proxy.ini` (other sections, such as `[nats]` or `[store]`).
+    pub fn raw(mut self, text: &str) -> ProxyConfig {
+        self.raw.push_str(text);
+        self
     }
 
     /// Sets a `[server]` key; `listen` appends a `listen[]` line.
@@ -191,6 +200,10 @@ impl ProxyConfig {
                 out.push_str(&format!("{k} = {v}\n"));
             }
         }
+        if !self.raw.is_empty() {
+            out.push('\n');
+            out.push_str(&self.raw);
+        }
         out
     }
 
@@ -275,5 +288,27 @@ impl Deref for Proxy {
 impl DerefMut for Proxy {
     fn deref_mut(&mut self) -> &mut Daemon {
         &mut self.daemon
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_text_ends_the_proxy_ini_after_its_sections() {
+        let text = ProxyConfig::new("p")
+            .ssh("known_hosts", "/k")
+            .raw("[nats]\nserver[] = nats://x\n")
+            .raw("[store]\nbackend = nats\n")
+            .ini_text(Path::new("/d"));
+        assert!(
+            text.ends_with(
+                "known_hosts = /k\n\n[nats]\nserver[] = nats://x\n[store]\nbackend = nats\n"
+            ),
+            "{text}"
+        );
+        let plain = ProxyConfig::new("p").ini_text(Path::new("/d"));
+        assert!(plain.ends_with("[api]\npath = api.ini\n"), "{plain}");
     }
 }

@@ -1,9 +1,10 @@
 //! [`RsyncDaemon`]: `rsync --daemon --no-detach` on a free 127.0.0.1 port with read-only
-//! modules; killed and reaped on drop.
+//! modules; killed and reaped on drop. [`RsyncSource`]: the transfer tests' source tree
+//! ([`source_tree`](crate::source_tree)) served by one, as module `DEST`.
 
 use crate::net::free_port;
 use std::net::TcpStream as StdTcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -85,6 +86,35 @@ impl RsyncDaemon {
     /// `rsync://127.0.0.1:PORT/<module_path>`.
     pub fn url(&self, module_path: &str) -> String {
         format!("rsync://127.0.0.1:{}/{module_path}", self.port)
+    }
+}
+
+/// A source for transfer tests: [`source_tree`](crate::source_tree) (with a blob) in a
+/// sandbox of its own, served by an [`RsyncDaemon`] as module `DEST`.
+pub struct RsyncSource {
+    /// The tree served.
+    pub path: PathBuf,
+    /// The daemon serving it (dropped before the tree).
+    pub daemon: RsyncDaemon,
+    _sb: crate::Sandbox,
+}
+
+impl RsyncSource {
+    /// The tree with `blob` bytes at `blob.bin` (none if 0), and its daemon.
+    pub fn start(blob: usize) -> RsyncSource {
+        let sb = crate::Sandbox::new();
+        let path = crate::source_tree(&sb, blob);
+        let daemon = RsyncDaemon::start(&path);
+        RsyncSource {
+            path,
+            daemon,
+            _sb: sb,
+        }
+    }
+
+    /// `rsync://127.0.0.1:PORT/DEST/`: the tree's contents.
+    pub fn url(&self) -> String {
+        self.daemon.url("DEST/")
     }
 }
 

@@ -1,7 +1,8 @@
 //! Per-test sandboxes and source trees: [`Sandbox`] (a temporary directory with
 //! `allowed/`, `outside/` and `state/`), [`make_tree`] / [`make_blob`] (trees with awkward
-//! names: `we"ird.txt`, a newline in a name, a subdirectory) and [`assert_same_tree`] (a
-//! recursive byte comparison).
+//! names: `we"ird.txt`, a newline in a name, a subdirectory), [`source_tree`] (the
+//! transfer tests' source: that tree and a blob), [`copy_tree`] and [`assert_same_tree`]
+//! (a recursive byte comparison).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,6 +121,35 @@ pub fn make_blob(path: &Path, len: usize) {
     std::fs::write(path, noise(len as u64, len)).expect("write blob");
 }
 
+/// The source tree of the transfer tests: [`make_tree`] at `<sb>/source`, plus `blob.bin`
+/// of `blob` pseudo-random bytes when `blob` is not 0; its path.
+pub fn source_tree(sb: &Sandbox, blob: usize) -> PathBuf {
+    let source = sb.join("source");
+    make_tree(&source);
+    if blob > 0 {
+        make_blob(&source.join("blob.bin"), blob);
+    }
+    source
+}
+
+/// Copies the directory `from` to `to` (created), recursively: directories and regular
+/// files (contents only).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("read_dir {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.expect("dir entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
 /// Asserts that `got` has exactly the entries of `want`, recursively: same names, same
 /// kinds, same file contents.
 pub fn assert_same_tree(want: &Path, got: &Path) {
@@ -164,5 +194,30 @@ pub fn assert_same_tree(want: &Path, got: &Path) {
             want.display(),
             got.display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_tree_has_the_blob_only_when_asked() {
+        let sb = Sandbox::new();
+        let source = source_tree(&sb, 0);
+        assert!(!source.join("blob.bin").exists());
+        let sb = Sandbox::new();
+        let source = source_tree(&sb, 1000);
+        assert_eq!(std::fs::read(source.join("blob.bin")).unwrap().len(), 1000);
+        assert!(source.join(WEIRD_NEWLINE).exists());
+    }
+
+    #[test]
+    fn copy_tree_copies_every_file_and_directory() {
+        let sb = Sandbox::new();
+        let source = source_tree(&sb, 100);
+        let copy = sb.join("copy");
+        copy_tree(&source, &copy);
+        assert_same_tree(&source, &copy);
     }
 }
