@@ -124,6 +124,13 @@ fn relay_chain_of_five_agents_with_fanout_one() {
             fleet.agents[i - 1].1.addr().to_string()
         };
         assert_eq!(field(&r, "from"), want, "{doc:#?}");
+        // The first chain host is the witness: it checked its tree against its source.
+        let witness = if i == 1 {
+            "verified".to_owned()
+        } else {
+            fleet.agents[1].1.addr().to_string()
+        };
+        assert_eq!(field(&r, "witness"), witness, "{r:#}");
     }
 }
 
@@ -496,4 +503,38 @@ fn relay_stop_ends_the_streams_already_served() {
         after < size / 2,
         "{after} of {size} bytes of the stream were sent after `relay stop`"
     );
+}
+
+/// Review finding 7: every chain host trusts the first host's list and manifest, so a
+/// first host that pulled (or made up) another tree than the source's would poison the
+/// fleet. Here the first host's group points at another source (a compromised first
+/// host serves whatever it likes); the witness (the first chain host) compares its tree
+/// with its own source, and every result fails, naming the first host.
+#[test]
+fn relay_witness_catches_a_first_host_serving_another_tree() {
+    let genuine = RsyncSource::start(200_000);
+    let forged = RsyncSource::start(200_001);
+    let (good, bad) = (genuine.url(), forged.url());
+    let fleet = Fleet(WebFleet::local(3, |i, sb| {
+        Config::new(sb)
+            .server("addr", format!("127.0.32.{}", i + 1))
+            .hosts(&["127.0.0.0/8"])
+            .web_group(sb, if i == 0 { &bad } else { &good }, &[])
+    }));
+    let (out, doc) = fleet.relay("1");
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    let first = fleet.agents[0].1.addr().to_string();
+    let witness = fleet.result(&doc, 1);
+    assert_eq!(field(&witness, "return"), "false", "{witness:#}");
+    assert_eq!(field(&witness, "witness"), "mismatch", "{witness:#}");
+    for i in [0, 2] {
+        let r = fleet.result(&doc, i);
+        assert_eq!(field(&r, "return"), "false", "{r:#}");
+        assert_eq!(field(&r, "witness"), "mismatch", "{r:#}");
+        let error = field(&r, "error");
+        assert!(
+            error.contains(&first) && error.contains("not the source's"),
+            "{r:#}"
+        );
+    }
 }

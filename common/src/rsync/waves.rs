@@ -558,6 +558,17 @@ async fn drive(
                     verdict = judge(&finished.outcome, &manifest, &name);
                     if matches!(verdict, Verdict::Mismatch(_)) {
                         tracing::error!(first = %first_name, witness = %name, "relay: the first host's tree is not the witness's source's");
+                        let found = body_str(&finished.outcome, "error").unwrap_or_default();
+                        mark(&mut finished.outcome, "witness", "mismatch".into());
+                        mark(
+                            &mut finished.outcome,
+                            "error",
+                            format!(
+                                "relay witness: the tree of the first host {first_name} is not \
+                                 the source's ({})",
+                                found.trim()
+                            ),
+                        );
                     }
                     ready.push(finished);
                     for mut other in held.drain(..) {
