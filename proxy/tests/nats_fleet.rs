@@ -60,7 +60,7 @@ fn proxy(dir: &std::path::Path, id: &str, cluster: &NatsCluster) -> Daemon {
         CALLER.1
     ));
     text.push_str(&format!(
-        "\n[store]\nbackend = nats\nprefix = fleet-\nreplicas = 3\nuser = {}\npassword = {}\n",
+        "\n[store]\nbackend = nats\nprefix = fleet-\nreplicas = 3\nkey = t3st fleet key\nuser = {}\npassword = {}\n",
         STORE.0, STORE.1
     ));
     for url in cluster.client_urls() {
