@@ -11,6 +11,10 @@
 //! A connection is made lazily in the process (and runtime) that uses it: the master
 //! forks workers, and a connection made before the fork would be shared by none of them.
 //! A failed connection is tried again by the next operation.
+//!
+//! Every value written to the bucket is sealed under `[store] key` (the config refuses
+//! `backend = nats` without one), and one that does not verify fails the order that
+//! reads it (500, the bucket and key named, logged) rather than be taken.
 
 use deploy_common::config::proxy::{ProxyConfig, ProxyStoreConfig, StoreBackend};
 use deploy_store::nats::{NatsStore, Settings};
@@ -34,6 +38,10 @@ pub fn settings(store: &ProxyStoreConfig) -> Settings {
         user: store.user.clone().zip(store.password.clone()),
         tls_ca: store.tls_ca.clone(),
         tls_client: store.tls_cert.clone().zip(store.tls_key.clone()),
+        key: store
+            .key
+            .as_deref()
+            .and_then(deploy_store::seal::StoreKey::new),
     }
 }
 

@@ -69,6 +69,23 @@ fn default_secrets_are_refused_unless_allowed() {
             "{section}: {stderr}"
         );
     }
+    // The shared store's key: a placeholder would let anyone forge the fleet's state.
+    let ini = ProxyConfig::new("px-weak-store")
+        .key("k", "web")
+        .servers("web", ["127.0.0.1:3440"])
+        .write(dir.path());
+    let mut text = std::fs::read_to_string(&ini).expect("read");
+    text.push_str("\n[store]\nbackend = nats\nserver[] = nats://127.0.0.1:9\nkey = change-me\n");
+    std::fs::write(&ini, text).expect("write");
+    let (code, _, stderr) = run_bin(
+        &bins::proxy(),
+        &["--foreground", "--path", ini.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 1, "[store]: {stderr}");
+    assert!(
+        stderr.contains("[store] key is a default secret"),
+        "[store]: {stderr}"
+    );
     // The lab override.
     let _proxy = ProxyConfig::new("px-lab")
         .server("key_cipher", "65535")

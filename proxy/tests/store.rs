@@ -143,6 +143,79 @@ fn scenario_history_is_one_across_proxies_and_survives_a_nats_server() {
     assert_eq!(after.len(), all.len() + 1);
 }
 
+#[test]
+fn a_forged_version_in_the_bucket_fails_the_order_that_meets_it() {
+    let cluster = NatsCluster::jetstream();
+    let da = Sandbox::new();
+    let a = proxy(da.path(), "proxy-a", &cluster, 0, &[]);
+    assert_eq!(append(a.addr(), 0, "genuine").code, 200);
+    // A writer to the bucket without [store] key puts an invented version after it.
+    let slot = format!(
+        "v.{}.1",
+        "shared"
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let url = cluster.client_urls()[0].clone();
+    let invented = json!({
+        "id": "0badc0de".repeat(8),
+        "scenario": "shared",
+        "time": 1_700_000_000_999u64,
+        "message": "invented",
+        "map": {"node": {"app": "0"}},
+    });
+    let key = slot.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let client = async_nats::connect(url.as_str()).await.unwrap();
+            let kv = async_nats::jetstream::new(client)
+                .get_key_value("t-state")
+                .await
+                .unwrap();
+            kv.put(&key, serde_json::to_vec(&invented).unwrap().into())
+                .await
+                .unwrap();
+        });
+    let reply = versions(
+        a.addr(),
+        VersionsSpec {
+            action: Action::List,
+            scenario: "shared".into(),
+            prefix: String::new(),
+            offset: 0,
+            limit: 10,
+            version: None,
+        },
+    );
+    assert_eq!(reply.code, 500, "{reply:?}");
+    let text = format!("{reply:?}");
+    assert!(
+        text.contains(&format!("nats bucket t-state key {slot}")) && text.contains("refused"),
+        "{text}"
+    );
+    assert!(!text.contains("invented"), "{text}");
+}
+
+/// `deploy-client nodes` through the proxy on `port`: the reply's content.
+fn nodes(port: u16) -> Value {
+    let port = port.to_string();
+    let out = client(&[
+        "nodes",
+        "--proxy",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--api-key",
+        API_KEY,
+        "--format=json",
+    ]);
+    out.json()["127.0.0.1"]["nodes"]["content"].clone()
+}
+
 fn online(content: &Value, agents: &[String]) -> bool {
     agents.iter().all(|a| {
         content["nodes"].as_array().is_some_and(|nodes| {

@@ -9,6 +9,7 @@
 //! | [`versions`] | [`ScenarioVersion`] and the [`ScenarioStore`] trait (list, get by prefix, append, forget) |
 //! | [`lease`] | [`LeaseStore`]: named leases with a holder and an expiry (cluster locks taken through a proxy, the heartbeat's leader) |
 //! | [`redb`] (feature `redb`) | [`RedbStore`]: one proxy, `<state_dir>/scenario-versions.redb` |
+//! | [`seal`] | [`seal::StoreKey`]: the HMAC-SHA256 tag, bound to bucket and key, on every value of the shared store |
 //! | [`nats`] (feature `nats`) | [`nats::NatsStore`]: several proxies, one JetStream key-value bucket, compare-and-swap on its revisions |
 //!
 //! # Design
@@ -20,6 +21,11 @@
 //!   revision (`create` fails when the key exists, `update` when the revision moved), so
 //!   two proxies writing at once never lose nor duplicate an entry; the loser re-reads
 //!   and tries again.
+//! * The shared bucket is not trusted (as the NATS bus is not): every value a proxy
+//!   writes there is sealed under `[store] key` and bound to its key name ([`seal`]),
+//!   and a value that does not verify fails the read that meets it, naming the bucket
+//!   and key ([`StoreError::Forged`]); a list with one forged version fails whole
+//!   rather than skip it, so that nobody resets to a history with a hole in it.
 //! * The node inventory (the `nodes` heartbeat's table) is one opaque JSON document:
 //!   the proxy owns its shape, a backend only keeps it ([`nats::NatsStore::put_inventory`]).
 //! * Rollouts keep no proxy-side state: the client drives them and the proxy relays
@@ -40,6 +46,7 @@ pub mod lease;
 pub mod nats;
 #[cfg(feature = "redb")]
 pub mod redb;
+pub mod seal;
 pub mod versions;
 
 pub use lease::{Acquired, Lease, LeaseStore};

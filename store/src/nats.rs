@@ -7,6 +7,8 @@
 //!   v.<hex scenario>.head     a hint: the next free n (only ever moved forward, by CAS)
 //!   l.<hex name>              Lease as JSON (create / update at revision / delete at revision)
 //!   inventory                 the node inventory (the heartbeat leader's table), opaque JSON
+//! every value               sealed: "d1." HMAC-SHA256 tag "." payload (crate::seal), the tag
+//!                           under [store] key, bound to the bucket and the key name
 //!
 //! append   n = head; loop { create v.<s>.<n>: ok → done; exists → n += 1 }
 //!          then head = max(head, n + 1) at head's revision (a lost race is harmless)
@@ -27,6 +29,16 @@
 //! reading the key back (every value written is unique), so a retried `create` never
 //! takes two slots. An operation that cannot finish by then fails with the server's
 //! error rather than hanging an order.
+//!
+//! The bucket is not trusted: whoever may write to it is not thereby a proxy of the
+//! fleet. Every value is sealed ([`crate::seal`]) and opened on read; one that does not
+//! verify (written without the key, or a genuine value moved to another key) fails the
+//! operation with [`StoreError::Forged`] naming the bucket and key, and is never taken:
+//! not as a version (a list or a `get` with one forged slot fails whole), not as a lease
+//! (`acquire` fails rather than grant or refuse on it), not as the head hint nor the
+//! inventory. An operator clears it with `nats kv del <bucket> <key>`. A bucket written
+//! by a release that did not seal is refused the same way: start such a fleet on a new
+//! `prefix` (or purge the bucket).
 
 use std::time::Duration;
 
@@ -34,6 +46,7 @@ use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKin
 use bytes::Bytes;
 
 use crate::lease::{decide, Acquired, Lease, LeaseStore};
+use crate::seal::StoreKey;
 use crate::versions::{pick, BoxFuture, Page, ScenarioStore, ScenarioVersion, StoreError};
 
 /// The longest one store operation may take.
@@ -65,6 +78,9 @@ pub struct Settings {
     pub tls_ca: Option<std::path::PathBuf>,
     /// A client certificate and key for TLS, if the cluster wants one.
     pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The key every value is sealed with (`[store] key`); [`NatsStore::connect`]
+    /// refuses to work without one.
+    pub key: Option<StoreKey>,
 }
 
 impl Settings {
@@ -79,6 +95,7 @@ impl Settings {
 pub struct NatsStore {
     kv: kv::Store,
     bucket: String,
+    seal: StoreKey,
 }
 
 fn remote(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -91,8 +108,12 @@ fn hex(s: &str) -> String {
 
 impl NatsStore {
     /// Connects to the cluster and opens the bucket, making it if it does not exist.
+    /// Refused without [`Settings::key`].
     pub async fn connect(settings: &Settings) -> Result<NatsStore, StoreError> {
         let bucket = settings.bucket();
+        let seal = settings.key.clone().ok_or_else(|| StoreError::NoKey {
+            bucket: bucket.clone(),
+        })?;
         let mut options = async_nats::ConnectOptions::new()
             .name("deploy-proxy")
             .retry_on_initial_connect()
@@ -159,7 +180,7 @@ impl NatsStore {
             }
         };
         tracing::info!(bucket = %bucket, "shared store: connected to NATS");
-        Ok(NatsStore { kv, bucket })
+        Ok(NatsStore { kv, bucket, seal })
     }
 
     /// The bucket's name.
@@ -193,6 +214,39 @@ impl NatsStore {
             Some(e) => (None, e.revision),
             None => (None, 0),
         })
+    }
+
+    /// `payload` sealed for `key` of this bucket.
+    fn sealed(&self, key: &str, payload: &[u8]) -> Bytes {
+        Bytes::from(self.seal.seal(&self.bucket, key, payload))
+    }
+
+    /// The payload of a live entry, opened (a value that does not verify is an error
+    /// naming the bucket and key), and the entry's revision.
+    async fn read(&self, key: &str) -> Result<(Option<Vec<u8>>, u64), StoreError> {
+        let (value, revision) = self.entry(key).await?;
+        let Some(value) = value else {
+            return Ok((None, revision));
+        };
+        match self.seal.open(&self.bucket, key, &value) {
+            Ok(payload) => Ok((Some(payload.to_vec()), revision)),
+            Err(reason) => {
+                tracing::error!(bucket = %self.bucket, key, %reason, "shared store: a value that no proxy of this fleet wrote there; refused");
+                Err(StoreError::Forged {
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    fn unreadable(&self, key: &str, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Unreadable {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            reason: reason.to_string(),
+        }
     }
 
     /// Whether `key` now holds `value` (after a write whose answer was lost).
@@ -257,10 +311,14 @@ impl NatsStore {
     /// The next-free hint of `scenario` and its revision.
     async fn head(&self, scenario: &str) -> Result<(u64, u64), StoreError> {
         let key = format!("v.{}.head", hex(scenario));
-        let (value, revision) = self.entry(&key).await?;
-        let n = value
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
-            .unwrap_or(0);
+        let (value, revision) = self.read(&key).await?;
+        let n = match value {
+            None => 0,
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| self.unreadable(&key, "not a slot number"))?,
+        };
         Ok((n, revision))
     }
 
@@ -272,15 +330,19 @@ impl NatsStore {
         let mut n = 0u64;
         loop {
             let key = format!("{prefix}{n}");
-            let (value, _) = self.entry(&key).await?;
+            // A forged slot fails the whole list: a history with a hole is no history.
+            let (value, _) = self.read(&key).await?;
             match value {
                 Some(bytes) => {
-                    let version: ScenarioVersion =
-                        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                            path: format!("nats:{}/{key}", self.bucket).into(),
-                            line: usize::try_from(n).unwrap_or(usize::MAX),
-                            reason: e.to_string(),
-                        })?;
+                    let version: ScenarioVersion = serde_json::from_slice(&bytes).map_err(|e| {
+                        self.unreadable(&key, format!("not a scenario version: {e}"))
+                    })?;
+                    if version.scenario != scenario {
+                        return Err(self.unreadable(
+                            &key,
+                            format!("a version of scenario {:?}", version.scenario),
+                        ));
+                    }
                     out.push(version);
                 }
                 // A slot below the hint may be gone only after a forget raced an append.
@@ -293,15 +355,14 @@ impl NatsStore {
     }
 
     async fn append_now(&self, version: &ScenarioVersion) -> Result<(), StoreError> {
-        let bytes = Bytes::from(
-            serde_json::to_vec(version)
-                .map_err(|e| StoreError::Remote(format!("scenario version: {e}")))?,
-        );
+        let json = serde_json::to_vec(version)
+            .map_err(|e| StoreError::Remote(format!("scenario version: {e}")))?;
         let prefix = format!("v.{}.", hex(&version.scenario));
         let (mut n, _) = self.head(&version.scenario).await?;
         let mut rounds = 0;
         loop {
-            if self.create(&format!("{prefix}{n}"), bytes.clone()).await? {
+            let key = format!("{prefix}{n}");
+            if self.create(&key, self.sealed(&key, &json)).await? {
                 break;
             }
             n = n.saturating_add(1);
@@ -317,7 +378,7 @@ impl NatsStore {
             if head > n {
                 break;
             }
-            let next = Bytes::from(n.saturating_add(1).to_string());
+            let next = self.sealed(&head_key, n.saturating_add(1).to_string().as_bytes());
             let done = if revision == 0 {
                 self.create(&head_key, next).await?
             } else {
@@ -356,7 +417,8 @@ impl NatsStore {
 
     /// Stores the node inventory (the heartbeat leader's table).
     pub async fn put_inventory(&self, json: Vec<u8>) -> Result<(), StoreError> {
-        tokio::time::timeout(OP_TIMEOUT, self.kv.put("inventory", Bytes::from(json)))
+        let value = self.sealed("inventory", &json);
+        tokio::time::timeout(OP_TIMEOUT, self.kv.put("inventory", value))
             .await
             .map_err(|_| remote("inventory", "timed out"))?
             .map(|_| ())
@@ -365,15 +427,19 @@ impl NatsStore {
 
     /// The node inventory, if a leader wrote one.
     pub async fn inventory(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.entry("inventory").await?.0.map(|b| b.to_vec()))
+        Ok(self.read("inventory").await?.0)
     }
 
     async fn lease_entry(&self, key: &str) -> Result<(Option<Lease>, u64), StoreError> {
-        let (value, revision) = self.entry(key).await?;
-        Ok((
-            value.and_then(|v| serde_json::from_slice(&v).ok()),
-            revision,
-        ))
+        let (value, revision) = self.read(key).await?;
+        let lease = match value {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_slice(&v)
+                    .map_err(|e| self.unreadable(key, format!("not a lease: {e}")))?,
+            ),
+        };
+        Ok((lease, revision))
     }
 }
 
@@ -425,9 +491,9 @@ impl LeaseStore for NatsStore {
                 let Acquired::Granted(lease) = &decided else {
                     return Ok(decided);
                 };
-                let bytes = Bytes::from(
-                    serde_json::to_vec(lease).map_err(|e| StoreError::Remote(e.to_string()))?,
-                );
+                let json =
+                    serde_json::to_vec(lease).map_err(|e| StoreError::Remote(e.to_string()))?;
+                let bytes = self.sealed(&key, &json);
                 let written = if current.is_none() {
                     self.create(&key, bytes).await?
                 } else {

@@ -144,6 +144,36 @@ pub enum StoreError {
     /// The shared store (NATS) could not be reached or did not answer in time.
     #[error("shared store: {0}")]
     Unavailable(String),
+    /// A value in the shared store that no proxy holding `[store] key` wrote under this
+    /// key: refused, never taken (see [`crate::seal`]).
+    #[error(
+        "shared store: nats bucket {bucket} key {key}: {reason}; refused (not written there \
+         by a proxy with this [store] key: a foreign writer, or another key; delete it once understood)"
+    )]
+    Forged {
+        /// The bucket.
+        bucket: String,
+        /// The key in the bucket.
+        key: String,
+        /// Why it was refused.
+        reason: crate::seal::Refused,
+    },
+    /// A genuine value that does not parse (a proxy of another release wrote it).
+    #[error("shared store: nats bucket {bucket} key {key}: {reason}")]
+    Unreadable {
+        /// The bucket.
+        bucket: String,
+        /// The key in the bucket.
+        key: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The shared store was given no key to authenticate its values with.
+    #[error("shared store: nats bucket {bucket}: no [store] key; values would be unauthenticated")]
+    NoKey {
+        /// The bucket.
+        bucket: String,
+    },
 }
 
 /// Where scenario versions are kept.

@@ -3,7 +3,7 @@
 //!
 //! | check | agent | proxy | refused at start |
 //! |---|---|---|---|
-//! | a secret is a default ([`super::is_default_secret`]) | `[server] key_cipher` | `[server]`, `[client]`, `[group::*]` `key_cipher` | yes, unless `allow_default_secrets = on` |
+//! | a secret is a default ([`super::is_default_secret`]) | `[server] key_cipher` | `[server]`, `[client]`, `[group::*]` `key_cipher`; `[store] key` with `backend = nats` | yes, unless `allow_default_secrets = on` |
 //! | `state_dir` unusable by `[server] user` | yes | yes | yes (see `server::statedir`) |
 //! | a group's rsync binary is missing | yes | — | no |
 //! | a job's program is missing | yes | — | no |
@@ -23,7 +23,8 @@ pub fn agent_default_secrets(config: &AgentConfig) -> Vec<String> {
 }
 
 /// The `[section] key` names of the proxy's secrets that are defaults: its callers'
-/// (`[server] key_cipher`) and its agents' (`[client] key_cipher`, a group's override).
+/// (`[server] key_cipher`), its agents' (`[client] key_cipher`, a group's override) and,
+/// with a shared NATS store, the fleet's (`[store] key`).
 pub fn proxy_default_secrets(config: &ProxyConfig) -> Vec<String> {
     let mut weak = server_secret(&config.server);
     let groups: Vec<&str> = config.api.server_groups().collect();
@@ -38,6 +39,15 @@ pub fn proxy_default_secrets(config: &ProxyConfig) -> Vec<String> {
         });
     if uses_client && super::is_default_secret(&config.client.key_cipher) {
         weak.push("[client] key_cipher".into());
+    }
+    if config.store.backend == super::proxy::StoreBackend::Nats
+        && config
+            .store
+            .key
+            .as_deref()
+            .is_none_or(super::is_default_secret)
+    {
+        weak.push("[store] key".into());
     }
     for group in groups {
         if let Some(key) = config
@@ -315,6 +325,38 @@ mod tests {
         assert!(agent_problems(&on("/srv/other"))
             .iter()
             .any(|p| p.contains("[scenarios] workspace")));
+    }
+
+    #[test]
+    fn a_default_store_key_is_refused() {
+        let proxy = |store: &str| {
+            ProxyConfig::parse(
+                &format!("[server]\nkey_cipher = s3cret\n[client]\nkey_cipher = s3cret\n{store}"),
+                Path::new("/e/proxy.ini"),
+            )
+            .unwrap()
+        };
+        let nats = "[store]\nbackend = nats\nserver[] = nats://a:4222\n";
+        assert!(proxy_default_secrets(&proxy("")).is_empty());
+        assert!(proxy_default_secrets(&proxy(&format!("{nats}key = fleet s3cret\n"))).is_empty());
+        // Only the nats backend uses the key.
+        assert!(proxy_default_secrets(&proxy("[store]\nkey = change-me\n")).is_empty());
+        for weak in ["change-me", "65535", "CHANGE-ME "] {
+            let c = proxy(&format!("{nats}key = {weak}\n"));
+            assert_eq!(proxy_default_secrets(&c), ["[store] key"], "{weak}");
+            let refusal =
+                secrets_refusal(&c.path, &proxy_default_secrets(&c), &c.server).unwrap_or_default();
+            assert!(
+                refusal.starts_with("/e/proxy.ini: [store] key is a default secret"),
+                "{refusal}"
+            );
+            let mut allowed = c.clone();
+            allowed.server.allow_default_secrets = true;
+            assert!(
+                secrets_refusal(&c.path, &proxy_default_secrets(&allowed), &allowed.server)
+                    .is_none()
+            );
+        }
     }
 
     #[test]

@@ -238,6 +238,9 @@ pub fn proxy(c: &ProxyConfig) -> String {
     if let Some(password) = &st.password {
         out.secret("password", password);
     }
+    if let Some(key) = &st.key {
+        out.secret("key", key);
+    }
     out.path("tls_ca", st.tls_ca.as_ref());
     out.path("tls_cert", st.tls_cert.as_ref());
     out.path("tls_key", st.tls_key.as_ref());

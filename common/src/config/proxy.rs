@@ -17,6 +17,7 @@
 //! server[] = nats://10.0.0.1:4222
 //! replicas = 3      ; copies of the bucket (3 survives one NATS server's loss)
 //! prefix = deploy-  ; the bucket is <prefix>state
+//! key = …           ; the fleet's secret: every value in the bucket is sealed with it
 //! credentials = /etc/deploy/nats.creds   ; or user/password; tls_ca, tls_cert/tls_key
 //! ```
 //!
@@ -164,7 +165,7 @@ pub enum StoreBackend {
 }
 
 /// `[store]`: where scenario versions, leases taken through the proxy and the node
-/// inventory are kept. `backend = nats` needs at least one `server[]`.
+/// inventory are kept. `backend = nats` needs at least one `server[]` and a `key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyStoreConfig {
     /// `backend`: `redb` (default) or `nats`.
@@ -187,6 +188,13 @@ pub struct ProxyStoreConfig {
     pub tls_cert: Option<PathBuf>,
     /// `tls_key`: the client certificate's key.
     pub tls_key: Option<PathBuf>,
+    /// `key` (new): the secret every proxy of the fleet shares, under which each value
+    /// written to the NATS bucket is sealed (HMAC-SHA256 bound to bucket and key name,
+    /// `deploy_store::seal`); a value that does not verify is refused on read. Required
+    /// with `backend = nats`; a default secret (`change-me`…) is refused at start like
+    /// `key_cipher` unless `allow_default_secrets = on`. Its own secret, not a
+    /// `key_cipher`: the bucket's writers need not be the agents' callers.
+    pub key: Option<String>,
 }
 
 impl Default for ProxyStoreConfig {
@@ -202,6 +210,7 @@ impl Default for ProxyStoreConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            key: None,
         }
     }
 }
@@ -232,7 +241,7 @@ fn apply_store(cx: &Cx<'_>, e: &Entry, store: &mut ProxyStoreConfig) -> Result<(
         ("server", false) => return Err(cx.want_list(e)),
         (
             "backend" | "prefix" | "replicas" | "credentials" | "user" | "password" | "tls_ca"
-            | "tls_cert" | "tls_key",
+            | "tls_cert" | "tls_key" | "key",
             true,
         ) => return Err(cx.want_scalar(e)),
         ("backend", false) => {
@@ -264,6 +273,7 @@ fn apply_store(cx: &Cx<'_>, e: &Entry, store: &mut ProxyStoreConfig) -> Result<(
         ("tls_ca", false) => store.tls_ca = cx.file(e),
         ("tls_cert", false) => store.tls_cert = cx.file(e),
         ("tls_key", false) => store.tls_key = cx.file(e),
+        ("key", false) => store.key = cx.opt_string(e),
         _ => return Err(cx.unknown_key(e)),
     }
     Ok(())
@@ -420,6 +430,10 @@ impl ProxyConfig {
                     let store = &config.store;
                     if store.backend == StoreBackend::Nats && store.servers.is_empty() {
                         return Err(cx.missing(section, "server[]"));
+                    }
+                    // The bucket is not trusted: no shared store without its key.
+                    if store.backend == StoreBackend::Nats && store.key.is_none() {
+                        return Err(cx.missing(section, "key"));
                     }
                     if store.user.is_some() != store.password.is_some() {
                         return Err(cx.missing(
@@ -1126,7 +1140,8 @@ mod tests {
 
     #[test]
     fn store_section() {
-        let c = parse("[store]\nbackend = nats\nserver[] = nats://127.0.0.1:4222, tls://n2:4222\nprefix = f1-\nreplicas = 1\ncredentials = n.creds\n").unwrap();
+        let c = parse("[store]\nbackend = nats\nserver[] = nats://127.0.0.1:4222, tls://n2:4222\nprefix = f1-\nreplicas = 1\ncredentials = n.creds\nkey = k3y\n").unwrap();
+        assert_eq!(c.store.key.as_deref(), Some("k3y"));
         assert_eq!(c.store.backend, StoreBackend::Nats);
         assert_eq!(c.store.servers, ["nats://127.0.0.1:4222", "tls://n2:4222"]);
         assert_eq!((c.store.prefix.as_str(), c.store.replicas), ("f1-", 1));
@@ -1141,6 +1156,18 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("server[]"), "{e}");
+        // No shared store without the key its values are sealed with.
+        let e = parse("[store]\nbackend = nats\nserver[] = nats://127.0.0.1:4222\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/deploy/deploy_proxy.ini:1: [store]") && e.contains("key"),
+            "{e}"
+        );
+        let e = parse("[store]\nbackend = nats\nserver[] = nats://a:4222\nkey =\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key"), "{e}");
     }
 
     #[test]
