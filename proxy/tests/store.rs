@@ -200,22 +200,6 @@ fn a_forged_version_in_the_bucket_fails_the_order_that_meets_it() {
     assert!(!text.contains("invented"), "{text}");
 }
 
-/// `deploy-client nodes` through the proxy on `port`: the reply's content.
-fn nodes(port: u16) -> Value {
-    let port = port.to_string();
-    let out = client(&[
-        "nodes",
-        "--proxy",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--api-key",
-        API_KEY,
-        "--format=json",
-    ]);
-    out.json()["127.0.0.1"]["nodes"]["content"].clone()
-}
-
 fn online(content: &Value, agents: &[String]) -> bool {
     agents.iter().all(|a| {
         content["nodes"].as_array().is_some_and(|nodes| {

@@ -200,9 +200,8 @@ pub const STORE_KEY: &str = "t3st fleet key";
 /// The `[store]` section of a proxy sharing its state on `cluster`'s JetStream
 /// (`backend = nats`, `prefix`, three replicas, every server), as `user` if given.
 pub fn store_section(cluster: &NatsCluster, prefix: &str, user: Option<(&str, &str)>) -> String {
-    let mut text = format!(
-        "\n[store]\nbackend = nats\nprefix = {prefix}\nreplicas = 3\nkey = {STORE_KEY}\n"
-    );
+    let mut text =
+        format!("\n[store]\nbackend = nats\nprefix = {prefix}\nreplicas = 3\nkey = {STORE_KEY}\n");
     if let Some((user, password)) = user {
         text.push_str(&format!("user = {user}\npassword = {password}\n"));
     }
