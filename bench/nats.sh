@@ -15,12 +15,17 @@
 #
 # Usage: bench/nats.sh [RUNS] [N]     (default 5 runs, N = 1000)
 #        PROFILE=debug bench/nats.sh  (the debug build, to skip a release build)
+#        BIN_DIR=/tmp/old bench/nats.sh (binaries already built, e.g. a saved baseline,
+#                                        to compare two builds in one session)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
 N=${2:-1000}
 PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
+if [ -n "${BIN_DIR:-}" ]; then
+    DIR=$(realpath "$BIN_DIR")
+    PROFILE="$PROFILE ($DIR)"
+elif [ "$PROFILE" = release ]; then
     cargo build --release --quiet -p deploy-agent -p deploy-proxy -p deploy-client
     DIR=target/release
 else
@@ -28,7 +33,8 @@ else
     DIR=target/debug
 fi
 NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
-exec python3 - "$PWD/$DIR" "$RUNS" "$N" "$PROFILE" "$NATS_SERVER" <<'EOP'
+case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac
+exec python3 - "$DIR" "$RUNS" "$N" "$PROFILE" "$NATS_SERVER" <<'EOP'
 import json, os, re, signal, statistics, subprocess, sys, tempfile, time
 
 bin_dir, runs, n, profile, nats_server = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
