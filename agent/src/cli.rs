@@ -16,6 +16,11 @@ pub struct Cli {
         default_value = "/etc/deploy/deploy_agent.ini"
     )]
     pub path: PathBuf,
+    /// Print this agent's NATS key as the lines callers pin (`<name> <public key>`,
+    /// one per name and alias, for their `[nats] agent_keys` file), creating the key
+    /// in the state dir first if it has none, then exit.
+    #[arg(long)]
+    pub print_nats_key: bool,
     /// Flags over `[server]`.
     #[command(flatten)]
     pub server: ServerArgs,

@@ -141,6 +141,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = load(&cli)?;
+    if cli.print_nats_key {
+        print!("{}", nats::print_key(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let current = generation(config)?;
     let config = Arc::clone(&current.config);
     if let Some(warning) = &current.policy.key_warning {

@@ -37,6 +37,8 @@ fn client(cluster: &NatsCluster, key: &str, cwd: &std::path::Path, args: &[&str]
         Command::new(bins::client())
             .current_dir(cwd)
             .args(["--nats-servers", &servers, "--thread-timeout", "5"])
+            .arg("--nats-agent-keys")
+            .arg(cluster.agent_keys())
             .args(args)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -59,7 +61,15 @@ fn agent(sb: &Sandbox, cluster: &NatsCluster, name: &str, groups: &[&str]) -> Ag
             "service:mark",
             &format!("/bin/sh -c 'echo %s >> {}'", sb.join("marks").display()),
         );
-    nats::start_agent(sb, config, &cluster.server_lines(), name, groups, None)
+    nats::start_agent(
+        sb,
+        config,
+        &cluster.server_lines(),
+        name,
+        groups,
+        None,
+        &cluster.agent_keys(),
+    )
 }
 
 fn marks(sb: &Sandbox) -> String {
@@ -178,9 +188,11 @@ fn a_nats_server_killed_mid_order_then_the_next_order_works() {
     // caller knows the others only.
     let config = Config::new(&sb);
     let first = format!("server[] = {}\n", cluster.servers[0].url);
-    let agent = nats::start_agent(&sb, config, &first, "a1", &[], None);
+    let agent = nats::start_agent(&sb, config, &first, "a1", &[], None, &cluster.agent_keys());
     let mut child = Command::new(bins::client())
         .args([
+            "--nats-agent-keys",
+            &cluster.agent_keys().display().to_string(),
             "--nats-servers",
             &format!(
                 "{},{}",
@@ -216,6 +228,8 @@ fn a_nats_server_killed_mid_order_then_the_next_order_works() {
         let out = run_command(
             Command::new(bins::client())
                 .args(["--nats-servers", &servers, "--thread-timeout", "3"])
+                .arg("--nats-agent-keys")
+                .arg(cluster.agent_keys())
                 .args([
                     "--hosts",
                     "nats://a1",
@@ -377,6 +391,7 @@ fn an_agent_outside_its_nats_permissions_gets_nothing() {
         "a2",
         &[],
         Some(("a1", nats::AGENT_PASSWORD)),
+        &cluster.agent_keys(),
     );
     let out = client(
         &cluster,
@@ -411,6 +426,7 @@ fn an_agent_outside_its_nats_permissions_gets_nothing() {
 #[test]
 fn an_order_from_a_caller_ahead_is_not_run_again_after_a_restart() {
     use deploy_nats::envelope::{self, Psk, SeenSet};
+    use deploy_nats::identity::{AgentKeys, Identity};
     let sb = Sandbox::new();
     let Some(cluster) = cluster(&sb, &[("a1", &[])]) else {
         return;
@@ -433,11 +449,26 @@ fn an_order_from_a_caller_ahead_is_not_run_again_after_a_restart() {
     });
     let psk = Psk::new(KEY);
     let now = envelope::caller_now();
-    let opened =
-        envelope::open_request(&psk, "a1", &subject, &payload, &mut SeenSet::new(), now).unwrap();
-    let ahead = envelope::seal_request(&psk, &subject, &opened.message, now + 30_000)
-        .unwrap()
-        .bytes;
+    // Any static key opens a request (it binds only the replies, unread here).
+    let opened = envelope::open_request(
+        &psk,
+        &Identity::generate().unwrap(),
+        "a1",
+        &subject,
+        &payload,
+        &mut SeenSet::new(),
+        now,
+    )
+    .unwrap();
+    let ahead = envelope::seal_request(
+        &psk,
+        &subject,
+        &opened.message,
+        now + 30_000,
+        std::sync::Arc::new(AgentKeys::none()),
+    )
+    .unwrap()
+    .bytes;
     // The caller 30 s ahead: its order runs once.
     assert!(
         inject(&cluster, &subject, ahead.clone()) > 0,
@@ -568,4 +599,91 @@ fn a_reply_message_sent_again_does_not_fail_the_host() {
             spy.flush().await.unwrap();
         });
     });
+}
+
+/// Finding 2 (h7 review), end to end: `a2`, a member of the fleet with the same
+/// `key_cipher` (and NATS rights on `a1`'s subject: `alias[] = a1`), answers the
+/// orders for `a1` faster than `a1` does. Its replies are not sealed with the key the
+/// caller pinned for `a1`, so they are refused and `a1`'s genuine reply is taken; an
+/// order to `a2`, whose key nobody pinned, is not sent at all.
+#[test]
+fn a_second_agent_with_the_same_key_cannot_answer_for_the_first() {
+    let sb = Sandbox::new();
+    let Some(cluster) = cluster(&sb, &[("a1", &[]), ("a2", &["alias:a1"])]) else {
+        return;
+    };
+    let (sb1, sb2) = (Sandbox::new(), Sandbox::new());
+    let job = |sb: &Sandbox, what: &str| {
+        Config::new(sb).job(
+            "service:who",
+            &format!(
+                "/bin/sh -c '{what}; echo %s >> {}'",
+                sb.join("ran").display()
+            ),
+        )
+    };
+    // The genuine a1, enrolled in the callers' pins; it answers after 1 s.
+    let genuine = nats::start_agent(
+        &sb1,
+        job(&sb1, "sleep 1; echo genuine"),
+        &cluster.server_lines(),
+        "a1",
+        &[],
+        None,
+        &cluster.agent_keys(),
+    );
+    // The rogue answers at once, as a1 (and as itself); its lines go to a pin file
+    // nobody reads.
+    let rogue = nats::start_agent(
+        &sb2,
+        job(&sb2, "echo forged"),
+        &cluster.server_lines(),
+        "a2",
+        &["alias:a1"],
+        None,
+        &sb2.join("rogue-pins"),
+    );
+    let out = client(
+        &cluster,
+        KEY,
+        sb.path(),
+        &[
+            "--hosts",
+            "nats://a1",
+            "--order=exec",
+            "--options=service:who,one",
+            "--format=json",
+        ],
+    );
+    let ran = |sb: &Sandbox| std::fs::read_to_string(sb.join("ran")).unwrap_or_default();
+    // Both received the order (a2 holds the key); only a1's outcome counts.
+    assert_eq!(ran(&sb2), "one\n", "{}", rogue.log());
+    assert_eq!(out.code, Some(0), "{out:#?}\n{}", genuine.log());
+    assert_eq!(
+        out.json()["nats://a1"]["exec"]["content"]["content"],
+        b64("genuine\n"),
+        "a1's answer came from another agent: {out:#?}"
+    );
+    assert_eq!(ran(&sb1), "one\n");
+
+    // a2 is nobody's: not pinned, so not sent anything.
+    let out = client(
+        &cluster,
+        KEY,
+        sb.path(),
+        &[
+            "--hosts",
+            "nats://a2",
+            "--order=exec",
+            "--options=service:who,two",
+            "--format=json",
+        ],
+    );
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stdout.contains("no key pinned for agent a2"),
+        "{out:#?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ran(&sb2), "one\n", "{}", rogue.log());
 }

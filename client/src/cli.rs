@@ -289,6 +289,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub nats_credentials: Option<PathBuf>,
 
+    /// The `nats://name` agents' public keys, pinned by name: lines `<name> <key>` as
+    /// `deploy-agent --print-nats-key` prints them. A host with no pin is not sent the
+    /// order; a reply not sealed by the pinned key is refused.
+    #[arg(long, value_name = "FILE", env = "DEPLOY_NATS_AGENT_KEYS")]
+    pub nats_agent_keys: Option<PathBuf>,
+
     /// Seconds to wait for a connection.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub socket_timeout: u64,
@@ -810,11 +816,16 @@ impl Args {
                 credentials: self.nats_credentials.clone(),
                 ..Default::default()
             };
+            let pins = match &self.nats_agent_keys {
+                Some(path) => deploy_nats::identity::AgentKeys::load(path)?,
+                None => deploy_nats::identity::AgentKeys::none(),
+            };
             let link = Arc::new(deploy_nats::transport::NatsLink::new(config, false));
             Some(Arc::new(deploy_nats::transport::LazyNatsTransport::new(
                 link,
                 &agent.key_cipher,
                 agent.deadline,
+                Arc::new(pins),
             )) as Arc<dyn Transport>)
         } else {
             None

@@ -16,6 +16,7 @@
 //! [nats]
 //! servers = nats://127.0.0.1:4222,nats://10.0.0.2:4222   ; --nats-servers (for nats://name hosts)
 //! credentials = ~/.config/deploy/nats.creds               ; --nats-credentials
+//! agent_keys = ~/.config/deploy/nats-agents               ; --nats-agent-keys
 //! ```
 //!
 //! Both files are read, the user's winning key by key; a flag on the command line wins
@@ -50,6 +51,7 @@ pub struct Defaults {
     user: Option<String>,
     nats_servers: Option<String>,
     nats_credentials: Option<PathBuf>,
+    nats_agent_keys: Option<PathBuf>,
 }
 
 impl Defaults {
@@ -120,6 +122,7 @@ impl Defaults {
                     ("ssh", "user") => d.user = Some(scalar(name, e)?),
                     ("nats", "servers") => d.nats_servers = Some(scalar(name, e)?),
                     ("nats", "credentials") => d.nats_credentials = Some(file(scalar(name, e)?)),
+                    ("nats", "agent_keys") => d.nats_agent_keys = Some(file(scalar(name, e)?)),
                     ("client" | "ssh" | "nats", _) => {
                         return Err(ConfigError::UnknownKey {
                             path: path.to_owned(),
@@ -159,6 +162,7 @@ impl Defaults {
             user: self.user.or(other.user),
             nats_servers: self.nats_servers.or(other.nats_servers),
             nats_credentials: self.nats_credentials.or(other.nats_credentials),
+            nats_agent_keys: self.nats_agent_keys.or(other.nats_agent_keys),
         }
     }
 
@@ -177,6 +181,7 @@ impl Defaults {
         args.ssh_config = args.ssh_config.take().or(self.ssh_config);
         args.nats_servers = args.nats_servers.take().or(self.nats_servers);
         args.nats_credentials = args.nats_credentials.take().or(self.nats_credentials);
+        args.nats_agent_keys = args.nats_agent_keys.take().or(self.nats_agent_keys);
         // Not `-u`: a default under ssh_config's `User`, where `-u` wins over it.
         args.default_user = self.user;
     }
@@ -242,8 +247,11 @@ mod tests {
 
     #[test]
     fn nats_servers_and_credentials() {
-        let d = parse("[nats]\nservers = nats://a:4222,nats://b:4222\ncredentials = ~/n.creds\n")
-            .unwrap();
+        let d = parse(
+            "[nats]\nservers = nats://a:4222,nats://b:4222\ncredentials = ~/n.creds\nagent_keys = ~/k\n",
+        )
+        .unwrap();
+        assert_eq!(d.nats_agent_keys, Some(PathBuf::from("/home/me/k")));
         assert_eq!(
             d.nats_servers.as_deref(),
             Some("nats://a:4222,nats://b:4222")

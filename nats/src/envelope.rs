@@ -4,20 +4,24 @@
 //! subject the permissions leave open) may read, drop, reorder, replay or forge them.
 //! So every order and every reply is sealed end to end with keys only the caller and
 //! the agent can compute, from the agent's shared secret `key_cipher` (the psk of the
-//! v2 wire) and X25519.
+//! v2 wire), X25519, and each agent's static X25519 identity key that callers pin by
+//! name ([`crate::identity`]).
 //!
 //! ```text
-//! request  = 0x01 | 0x01 | caller_eph_pub[32] | nonce[32] | AES-256-GCM(k_req, iv = 0^12, aad = header[66], plain)
+//! request  = 0x02 | 0x01 | caller_eph_pub[32] | nonce[32] | AES-256-GCM(k_req, iv = 0^12, aad = header[66], plain)
 //!   plain  = {"time_ms": <caller's unix ms>, "to": "<subject>", "message": {"type":"request",…}}
-//! reply    = 0x01 | 0x02 | agent_eph_pub[32] | seq u64 BE | name_len u8 | name | AES-256-GCM(k_rep, iv = 0^4 | seq, aad = header, plain)
+//! reply    = 0x02 | 0x02 | agent_eph_pub[32] | seq u64 BE | name_len u8 | name | AES-256-GCM(k_rep, iv = 0^4 | seq, aad = header, plain)
 //!   plain  = a v2 message: {"type":"event"|"continue"|"reply",…}
-//! body     = 0x01 | 0x03 | caller_eph_pub[32] | seq u64 BE | name_len u8 | name | AES-256-GCM(k_body, iv = 0^4 | seq, aad = header, plain)
+//! body     = 0x02 | 0x03 | caller_eph_pub[32] | seq u64 BE | name_len u8 | name | AES-256-GCM(k_body, iv = 0^4 | seq, aad = header, plain)
 //!   plain  = a v2 data message: {"type":"data","id":1,"data":"…","end":…}
 //!
 //! psk    = SHA-256("deploy nats psk" | key_cipher)
 //! k_req  = HKDF-SHA256(salt = psk, ikm = nonce | caller_eph_pub,                    info = "deploy nats c2s")
-//! k_rep  = HKDF-SHA256(salt = psk, ikm = X25519(agent_eph, caller_eph) | nonce,     info = "deploy nats s2c" | name)
-//! k_body = HKDF-SHA256(salt = psk, ikm = X25519(agent_eph, caller_eph) | nonce,     info = "deploy nats body" | name)
+//! k_rep  = HKDF-SHA256(salt = psk, ikm = ee | es | nonce, info = "deploy nats s2c" | name)
+//! k_body = HKDF-SHA256(salt = psk, ikm = ee | es | nonce, info = "deploy nats body" | name)
+//!   ee   = X25519(agent_eph, caller_eph)       (forward secrecy of the replies)
+//!   es   = X25519(agent_static, caller_eph)    (only the holder of the key pinned for
+//!                                               `name` can compute it)
 //! ```
 //!
 //! A request's body (`upload`) follows the v2 exchange: the agent sends `continue`
@@ -34,9 +38,14 @@
 //! * **Redirection**: the request names the subject it was published on (`to`); an
 //!   agent refuses one that arrived on another subject (an order for `web1` moved to a
 //!   group).
+//! * **Who may answer**: the reply key mixes in X25519 of the caller's ephemeral key
+//!   with the static key the caller pinned for the name the reply claims, so only that
+//!   agent can seal a reply the caller opens: another member of the group (same psk),
+//!   or anybody holding `key_cipher`, cannot answer for it (finding 2). A reply naming
+//!   an agent with no pin is refused ([`EnvelopeError::Unpinned`]).
 //! * **Replies**: each agent seals its stream under its own key, bound to the request's
-//!   nonce and the agent's name, with a sequence number from 0 in the nonce of the
-//!   cipher. The caller takes only the next number: a dropped, reordered or replayed
+//!   nonce, the agent's name and its static key, with a sequence number from 0 in the
+//!   nonce of the cipher. The caller takes only the next number: a dropped, reordered or replayed
 //!   message breaks the delivery, and since the final reply's number is the count of
 //!   messages before it, a truncated stream cannot end cleanly.
 //! * **Forward secrecy — partial.** The reply key mixes the caller's and the agent's
@@ -44,11 +53,11 @@
 //!   replies (outputs, fetched files). The request, sealed before the agent says
 //!   anything, depends on `key_cipher` alone: whoever records NATS traffic and later
 //!   learns `key_cipher` can read past orders (not their results), and could have
-//!   forged orders meanwhile. Closing that needs a static X25519 key per agent pinned by
-//!   the callers (as the v2 wire pins the RSA key); not done yet.
-//! * The agent's ephemeral key is authenticated only through `k_rep` (a forger without
-//!   the psk cannot make a key that opens); a caller seeing another key later in the
-//!   same stream refuses it.
+//!   forged orders meanwhile. Sealing requests to the pinned static key too would
+//!   close that for orders to one agent, not for a group's single publish; not done.
+//! * The agent's ephemeral key is authenticated through `k_rep` (only the holder of
+//!   the pinned static key, with the psk, makes a key that opens); a caller seeing
+//!   another key later in the same stream refuses it.
 
 #![cfg_attr(
     not(test),
@@ -61,6 +70,7 @@
 )]
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -69,8 +79,12 @@ use aws_lc_rs::{digest, hkdf, rand};
 use deploy_common::wire::message::Message;
 use serde::{Deserialize, Serialize};
 
-/// The envelope format's version byte.
-pub const VERSION: u8 = 1;
+use crate::identity::{AgentKeys, Identity};
+
+/// The envelope format's version byte (2: replies bound to the agent's static key; a
+/// version-1 peer's envelopes are refused as such, rather than run with replies
+/// nobody can open).
+pub const VERSION: u8 = 2;
 const KIND_REQUEST: u8 = 1;
 const KIND_REPLY: u8 = 2;
 const KIND_BODY: u8 = 3;
@@ -129,6 +143,9 @@ pub enum EnvelopeError {
         /// Number expected.
         expected: u64,
     },
+    /// A reply from an agent whose key the caller has not pinned.
+    #[error("no NATS key pinned for agent {0} (add the line `deploy-agent --print-nats-key` prints on it to agent_keys)")]
+    Unpinned(String),
     /// The crypto library failed (no randomness…).
     #[error("crypto failure: {0}")]
     Crypto(&'static str),
@@ -209,12 +226,14 @@ pub struct Sealed {
     pub opener: Opener,
 }
 
-/// Seals `message` (a request) for `subject` under `psk`, at the caller's time `now_ms`.
+/// Seals `message` (a request) for `subject` under `psk`, at the caller's time `now_ms`;
+/// replies will be taken only from agents whose keys `pins` holds.
 pub fn seal_request(
     psk: &Psk,
     subject: &str,
     message: &Message,
     now_ms: i64,
+    pins: Arc<AgentKeys>,
 ) -> Result<Sealed, EnvelopeError> {
     // Not an `EphemeralPrivateKey`: that one agrees once, and a group's replies come
     // from many agents. It lives as long as the delivery, then is dropped.
@@ -244,6 +263,7 @@ pub fn seal_request(
             psk: psk.clone(),
             eph,
             nonce,
+            pins,
             streams: HashMap::new(),
         },
     })
@@ -263,11 +283,12 @@ pub struct Opened {
     pub nonce_hex: String,
 }
 
-/// Opens a request that arrived on `subject`, for the agent called `name`. Checks the
-/// tag, the subject, the clock and (through `seen`) replays, in that order; nothing is
-/// recorded in `seen` unless all the rest holds.
+/// Opens a request that arrived on `subject`, for the agent called `name` whose static
+/// key is `identity`. Checks the tag, the subject, the clock and (through `seen`)
+/// replays, in that order; nothing is recorded in `seen` unless all the rest holds.
 pub fn open_request(
     psk: &Psk,
+    identity: &Identity,
     name: &str,
     subject: &str,
     bytes: &[u8],
@@ -324,18 +345,19 @@ pub fn open_request(
         .ok()
         .and_then(|k| k.as_ref().try_into().ok())
         .ok_or(EnvelopeError::Crypto("x25519"))?;
-    let shared = agreement::agree_ephemeral(
+    let ee = agreement::agree_ephemeral(
         eph,
         UnparsedPublicKey::new(&X25519, caller_pub),
         EnvelopeError::Crypto("x25519 agreement"),
         |s| Ok(s.to_vec()),
     )?;
+    let es = identity.agree(caller_pub)?;
     let name_bytes = name.as_bytes();
     if name_bytes.is_empty() || name_bytes.len() > 255 {
         return Err(EnvelopeError::Malformed("agent name of 1-255 bytes"));
     }
-    let key = derive(psk, &[&shared, &nonce], &[b"deploy nats s2c", name_bytes])?;
-    let body_key = derive(psk, &[&shared, &nonce], &[b"deploy nats body", name_bytes])?;
+    let key = derive(psk, &[&ee, &es, &nonce], &[b"deploy nats s2c", name_bytes])?;
+    let body_key = derive(psk, &[&ee, &es, &nonce], &[b"deploy nats body", name_bytes])?;
     Ok(Opened {
         message: plain.message,
         time_ms: plain.time_ms,
@@ -397,6 +419,8 @@ pub struct Opener {
     /// The caller's X25519 key of this order, agreed with each agent's.
     eph: PrivateKey,
     nonce: [u8; 32],
+    /// The agents' static keys, by name: a reply is bound to the one of its name.
+    pins: Arc<AgentKeys>,
     streams: HashMap<String, Stream>,
 }
 
@@ -508,15 +532,10 @@ impl Opener {
             .streams
             .get(name)
             .ok_or(EnvelopeError::Content(format!("no reply from {name} yet")))?;
-        let shared = agreement::agree(
-            &self.eph,
-            UnparsedPublicKey::new(&X25519, &stream.eph_pub),
-            EnvelopeError::Forged,
-            |s| Ok(s.to_vec()),
-        )?;
+        let (ee, es) = self.agreements(&stream.eph_pub, name)?;
         let key = derive(
             &self.psk,
-            &[&shared, &self.nonce],
+            &[&ee, &es, &self.nonce],
             &[b"deploy nats body", name.as_bytes()],
         )?;
         let eph_pub: [u8; 32] = self
@@ -534,16 +553,33 @@ impl Opener {
         })
     }
 
+    /// X25519 of the caller's key with agent `name`'s ephemeral key, and with the
+    /// static key pinned for `name`.
+    fn agreements(
+        &self,
+        agent_eph: &[u8],
+        name: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), EnvelopeError> {
+        let pinned = self
+            .pins
+            .get(name)
+            .ok_or_else(|| EnvelopeError::Unpinned(name.to_owned()))?;
+        let agree = |public: &[u8]| {
+            agreement::agree(
+                &self.eph,
+                UnparsedPublicKey::new(&X25519, public),
+                EnvelopeError::Forged,
+                |s| Ok(s.to_vec()),
+            )
+        };
+        Ok((agree(agent_eph)?, agree(pinned)?))
+    }
+
     fn stream_key(&self, agent_pub: &[u8], name: &str) -> Result<LessSafeKey, EnvelopeError> {
-        let shared = agreement::agree(
-            &self.eph,
-            UnparsedPublicKey::new(&X25519, agent_pub),
-            EnvelopeError::Forged,
-            |s| Ok(s.to_vec()),
-        )?;
+        let (ee, es) = self.agreements(agent_pub, name)?;
         derive(
             &self.psk,
-            &[&shared, &self.nonce],
+            &[&ee, &es, &self.nonce],
             &[b"deploy nats s2c", name.as_bytes()],
         )
     }

@@ -23,6 +23,20 @@
 //! ([`Subscriber::journal`]) before its order runs, and a new subscriber loads the
 //! journal's nonces still inside the replay window first: a restart or a takeover
 //! does not reopen the window for a recorded order.
+//!
+//! The journal is written by a thread of its own with group commit:
+//!
+//! ```text
+//! subscriber loop: open ─► seen-set (memory) ─► journal queue ─► spawn order task
+//! journal thread:  take every queued line ─► one write ─► one fdatasync ─► ack each
+//! order task:      wait for its ack ─► run (an error: refused, never run)
+//! ```
+//!
+//! so the loop never waits for the disk, and all orders that arrived while one sync
+//! ran share the next one; an order still runs only once its nonce is durable.
+//!
+//! Replies are sealed with the agent's static key ([`Subscriber::identity`]), whose
+//! public half callers pin for every name it answers to.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -38,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::envelope::{self, Psk, Replier, SeenSet, StreamOpener};
+use crate::identity::Identity;
 use crate::subjects;
 
 /// The address the access log shows for an order that came over NATS (the peer is
@@ -78,6 +93,8 @@ pub struct Subscriber {
     pub aliases: Vec<String>,
     /// From `key_cipher`.
     pub psk: Psk,
+    /// The agent's static key: replies are bound to it (callers pin its public half).
+    pub identity: Arc<Identity>,
     /// Orders stamped before this instant (unix ms) are refused.
     pub since_ms: i64,
     /// The nonce journal (`<state_dir>/nats-seen`): the nonces of accepted orders, kept
@@ -85,15 +102,25 @@ pub struct Subscriber {
     pub journal: Option<std::path::PathBuf>,
 }
 
-/// The nonces of accepted orders, on disk: a line `<hex nonce> <time ms>` each.
+/// The nonces of accepted orders, on disk: a line `<hex nonce> <time ms>` each,
+/// appended with group commit by a thread of its own ([`Journal::record`]).
 struct Journal {
     path: std::path::PathBuf,
-    file: std::fs::File,
+    queue: std::sync::mpsc::Sender<Pending>,
+    /// fdatasync calls made so far (for the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    syncs: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A line waiting for the journal thread, and who waits for it to be durable.
+struct Pending {
+    line: String,
+    durable: oneshot::Sender<Result<(), String>>,
 }
 
 impl Journal {
     /// Loads the still-relevant nonces of `path` into `seen`, rewrites the file with
-    /// only those, and opens it for appending.
+    /// only those, opens it for appending and starts its thread.
     fn open(path: &std::path::Path, seen: &mut SeenSet, now: i64) -> std::io::Result<Journal> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -134,18 +161,77 @@ impl Journal {
             .append(true)
             .custom_flags(libc_o_nofollow())
             .open(path)?;
+        Journal::start(path, file)
+    }
+
+    /// Starts the thread appending to `file` (already open on `path`).
+    fn start(path: &std::path::Path, file: std::fs::File) -> std::io::Result<Journal> {
+        let (queue, pending) = std::sync::mpsc::channel();
+        let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&syncs);
+        std::thread::Builder::new()
+            .name("nats-journal".into())
+            .spawn(move || group_commit(file, &pending, &counter))?;
         Ok(Journal {
             path: path.to_owned(),
-            file,
+            queue,
+            syncs,
         })
     }
 
-    /// Appends `nonce_hex` and syncs it.
-    fn record(&mut self, nonce_hex: &str, time_ms: i64) -> std::io::Result<()> {
-        use std::io::Write as _;
-        self.file
-            .write_all(format!("{nonce_hex} {time_ms}\n").as_bytes())?;
-        self.file.sync_data()
+    /// Queues `nonce_hex` for the journal; the receiver says when it is durable (or
+    /// why it could not be made so). Never waits for the disk.
+    fn record(&self, nonce_hex: &str, time_ms: i64) -> oneshot::Receiver<Result<(), String>> {
+        let (durable, done) = oneshot::channel();
+        let pending = Pending {
+            line: format!("{nonce_hex} {time_ms}\n"),
+            durable,
+        };
+        if let Err(std::sync::mpsc::SendError(pending)) = self.queue.send(pending) {
+            let _ = pending
+                .durable
+                .send(Err("the journal's thread is gone".to_owned()));
+        }
+        done
+    }
+}
+
+/// The journal's thread: every line queued while the previous write and sync ran goes
+/// out in one write and one `fdatasync`, then each waiter hears the outcome. Ends when
+/// the [`Journal`] is dropped.
+fn group_commit(
+    mut file: std::fs::File,
+    pending: &std::sync::mpsc::Receiver<Pending>,
+    syncs: &std::sync::atomic::AtomicU64,
+) {
+    use std::io::Write as _;
+    // After a failed write the file may end in a partial line: start the next batch
+    // on a line of its own (the loader skips what does not parse).
+    let mut torn = false;
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        batch.extend(pending.try_iter());
+        let mut text = String::with_capacity(batch.len() * 80 + 1);
+        if torn {
+            text.push('\n');
+        }
+        for p in &batch {
+            text.push_str(&p.line);
+        }
+        let outcome = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|e| e.to_string());
+        syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        torn = outcome.is_err();
+        tracing::trace!(
+            lines = batch.len(),
+            ok = !torn,
+            "nats: journal batch synced"
+        );
+        for p in batch {
+            let _ = p.durable.send(outcome.clone());
+        }
     }
 }
 
@@ -202,7 +288,7 @@ impl Subscriber {
         ready();
         let mut messages = futures_util::stream::select_all(subs);
         let mut loaded = SeenSet::new();
-        let mut journal = match &self.journal {
+        let journal = match &self.journal {
             Some(path) => {
                 match Journal::open(path, &mut loaded, deploy_common::order::at::now_ms()) {
                     Ok(j) => Some(j),
@@ -242,7 +328,15 @@ impl Subscriber {
                 let mut seen = seen
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                envelope::open_request(&this.psk, &name, &subject, &msg.payload, &mut seen, now)
+                envelope::open_request(
+                    &this.psk,
+                    &this.identity,
+                    &name,
+                    &subject,
+                    &msg.payload,
+                    &mut seen,
+                    now,
+                )
             };
             let opened = match opened {
                 Ok(opened) if opened.time_ms + SINCE_MARGIN_MS < this.since_ms => {
@@ -260,16 +354,24 @@ impl Subscriber {
                     continue;
                 }
             };
-            if let Some(j) = journal.as_mut() {
-                if let Err(e) = j.record(&opened.nonce_hex, opened.time_ms) {
-                    // Without the record a restart could run it again: refuse instead.
-                    tracing::error!(journal = %j.path.display(), cause = %e, "nats: order refused: cannot record its nonce");
-                    continue;
-                }
-            }
+            // Queued, not awaited here: the orders arriving meanwhile join the next
+            // sync (group commit), and the loop goes on reading.
+            let durable = journal
+                .as_ref()
+                .map(|j| (j.record(&opened.nonce_hex, opened.time_ms), j.path.clone()));
             let (handler, policy, this) =
                 (Arc::clone(&handler), Arc::clone(&policy), Arc::clone(&this));
             tracker.spawn(async move {
+                if let Some((durable, path)) = durable {
+                    let outcome = durable
+                        .await
+                        .unwrap_or_else(|_| Err("the journal's thread is gone".to_owned()));
+                    if let Err(cause) = outcome {
+                        // Without the record a restart could run it again: refuse.
+                        tracing::error!(journal = %path.display(), cause = %cause, "nats: order refused: cannot record its nonce");
+                        return;
+                    }
+                }
                 this.run(opened, &name, reply_to, &*handler, &policy).await;
             });
         }
@@ -444,6 +546,70 @@ async fn receive_body(
         if end {
             let _ = tx.send(BodyChunk::End).await;
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("deploy-nats-journal-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn nonce(i: u32) -> String {
+        format!("{i:064x}")
+    }
+
+    /// Group commit: orders queued while a sync runs share the next one, every one is
+    /// acknowledged only once written, and a new subscriber loads them all.
+    #[tokio::test]
+    async fn lines_queued_together_share_a_sync_and_survive_a_reload() {
+        let dir = temp("batch");
+        let path = dir.join("nats-seen");
+        let now = deploy_common::order::at::now_ms();
+        let journal = Journal::open(&path, &mut SeenSet::new(), now).unwrap();
+        let waiters: Vec<_> = (0..200).map(|i| journal.record(&nonce(i), now)).collect();
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        let syncs = journal.syncs.load(Ordering::Relaxed);
+        assert!(
+            syncs < 50,
+            "{syncs} syncs for 200 orders queued at once: no group commit"
+        );
+        drop(journal);
+        let mut seen = SeenSet::new();
+        let _again = Journal::open(&path, &mut seen, now).unwrap();
+        assert_eq!(seen.len(), 200);
+        for i in 0..200 {
+            let bytes = unhex32(&nonce(i)).unwrap();
+            assert_eq!(
+                seen.insert(bytes, now, now),
+                Err(envelope::EnvelopeError::Replayed)
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A batch that cannot be written fails every order of it (they are refused, not
+    /// run), and the next batch starts on a line of its own.
+    #[tokio::test]
+    async fn a_failed_write_fails_its_orders() {
+        let full = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .unwrap();
+        let journal = Journal::start(std::path::Path::new("/dev/full"), full).unwrap();
+        let waiters: Vec<_> = (0..5).map(|i| journal.record(&nonce(i), 0)).collect();
+        for w in waiters {
+            assert!(w.await.unwrap().is_err());
         }
     }
 }

@@ -15,6 +15,12 @@
 //! that answered but did not finish is a `Timeout`. A group delivery knows the hosts it
 //! expects (the caller's configuration): every one of them gets an outcome, answers
 //! from names it did not expect are logged and dropped.
+//!
+//! Replies are taken only from agents whose static key the caller pinned
+//! ([`crate::identity::AgentKeys`]). An order to an agent with no pin is not sent at
+//! all: that host fails at once, naming the missing pin; a group publish with one
+//! such member is not sent either (every member fails), since the order would run on
+//! it with an outcome nobody could trust.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +36,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use crate::envelope::{self, Psk};
+use crate::identity::AgentKeys;
 use crate::subjects;
 
 /// The request identifier inside envelopes (one order per envelope).
@@ -51,6 +58,8 @@ const CREDIT_WAIT: Duration = Duration::from_secs(15);
 pub struct NatsTransport {
     client: Client,
     psk: Psk,
+    /// The agents' static keys, by name.
+    pins: Arc<AgentKeys>,
     /// Longest wait for the whole exchange.
     pub deadline: Duration,
 }
@@ -66,11 +75,18 @@ pub struct Member {
 }
 
 impl NatsTransport {
-    /// A transport over `client` for agents whose `key_cipher` is `key_cipher`.
-    pub fn new(client: Client, key_cipher: &str, deadline: Duration) -> NatsTransport {
+    /// A transport over `client` for agents whose `key_cipher` is `key_cipher` and
+    /// whose static keys `pins` holds.
+    pub fn new(
+        client: Client,
+        key_cipher: &str,
+        deadline: Duration,
+        pins: Arc<AgentKeys>,
+    ) -> NatsTransport {
         NatsTransport {
             client,
             psk: Psk::new(key_cipher),
+            pins,
             deadline,
         }
     }
@@ -94,15 +110,34 @@ impl NatsTransport {
                 let _ = m.done.send(outcome.clone());
             }
         };
+        let mut unpinned: Vec<&str> = members
+            .keys()
+            .filter(|name| self.pins.get(name).is_none())
+            .map(String::as_str)
+            .collect();
+        if !unpinned.is_empty() {
+            unpinned.sort_unstable();
+            let why = format!(
+                "nats: not sent: no key pinned for agent {} (add the lines `deploy-agent --print-nats-key` prints there to the callers' agent_keys)",
+                unpinned.join(", ")
+            );
+            tracing::warn!(subject = %subject, unpinned = %unpinned.join(","), "nats: order not sent: agents without a pinned key");
+            return fail_all(members, Outcome::Failed(why));
+        }
         let message = Message::Request {
             id: REQUEST_ID,
             request: request.clone(),
         };
-        let envelope::Sealed { bytes, mut opener } =
-            match envelope::seal_request(&self.psk, subject, &message, envelope::caller_now()) {
-                Ok(sealed) => sealed,
-                Err(e) => return fail_all(members, Outcome::Failed(format!("nats: {e}"))),
-            };
+        let envelope::Sealed { bytes, mut opener } = match envelope::seal_request(
+            &self.psk,
+            subject,
+            &message,
+            envelope::caller_now(),
+            Arc::clone(&self.pins),
+        ) {
+            Ok(sealed) => sealed,
+            Err(e) => return fail_all(members, Outcome::Failed(format!("nats: {e}"))),
+        };
         let inbox = self.client.new_inbox();
         let mut sub = match self.client.subscribe(inbox.clone()).await {
             Ok(sub) => sub,
@@ -452,22 +487,35 @@ pub struct LazyNatsTransport {
     link: Arc<NatsLink>,
     key_cipher: String,
     deadline: Duration,
+    pins: Arc<AgentKeys>,
 }
 
 impl LazyNatsTransport {
-    /// Orders sealed with `key_cipher`, each bounded by `deadline`.
-    pub fn new(link: Arc<NatsLink>, key_cipher: &str, deadline: Duration) -> LazyNatsTransport {
+    /// Orders sealed with `key_cipher`, each bounded by `deadline`, answered only by
+    /// agents whose keys `pins` holds.
+    pub fn new(
+        link: Arc<NatsLink>,
+        key_cipher: &str,
+        deadline: Duration,
+        pins: Arc<AgentKeys>,
+    ) -> LazyNatsTransport {
         LazyNatsTransport {
             link,
             key_cipher: key_cipher.to_owned(),
             deadline,
+            pins,
         }
     }
 
     /// The connected transport, connecting first if needed.
     pub async fn get(&self) -> Result<NatsTransport, Outcome> {
         let client = self.link.client().await?;
-        Ok(NatsTransport::new(client, &self.key_cipher, self.deadline))
+        Ok(NatsTransport::new(
+            client,
+            &self.key_cipher,
+            self.deadline,
+            Arc::clone(&self.pins),
+        ))
     }
 }
 

@@ -106,6 +106,15 @@ impl Routes {
             .nats
             .clone()
             .map(|n| Arc::new(deploy_nats::transport::NatsLink::new(n, true)));
+        // The agents' pinned keys (`[nats] agent_keys`): without them no nats:// agent
+        // is sent anything.
+        let pins = Arc::new(
+            match config.nats.as_ref().and_then(|n| n.agent_keys.as_ref()) {
+                Some(path) => deploy_nats::identity::AgentKeys::load(path)
+                    .map_err(|e| format!("[nats] agent_keys: {e}"))?,
+                None => deploy_nats::identity::AgentKeys::none(),
+            },
+        );
         let mut groups = HashMap::new();
         let proxy_api_key = client.proxy_api_key.clone().unwrap_or_default();
         for group in config.api.server_groups() {
@@ -153,6 +162,7 @@ impl Routes {
                     Arc::clone(link),
                     &agent.key_cipher,
                     client.thread_timeout,
+                    Arc::clone(&pins),
                 ))
             });
             let entries = config.api.servers(group).unwrap_or_default();

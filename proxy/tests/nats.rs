@@ -43,10 +43,11 @@ fn proxy(dir: &std::path::Path, cluster: &NatsCluster) -> Daemon {
     let ini = config.write(dir);
     let mut text = std::fs::read_to_string(&ini).unwrap();
     text.push_str(&format!(
-        "\n[nats]\n{}user = {}\npassword = {}\n",
+        "\n[nats]\n{}user = {}\npassword = {}\nagent_keys = {}\n",
         cluster.server_lines(),
         CALLER.0,
-        CALLER.1
+        CALLER.1,
+        cluster.agent_keys().display()
     ));
     std::fs::write(&ini, text).unwrap();
     Daemon::start(&bins::proxy(), &ini, &[], 1)
@@ -93,6 +94,7 @@ fn a_group_of_nats_agents_is_one_publish_and_the_absent_one_is_unreachable() {
         "a1",
         &["web"],
         None,
+        &cluster.agent_keys(),
     );
     let _a2 = nats::start_agent(
         &sb2,
@@ -101,7 +103,10 @@ fn a_group_of_nats_agents_is_one_publish_and_the_absent_one_is_unreachable() {
         "a2",
         &["web"],
         None,
+        &cluster.agent_keys(),
     );
+    // a3 is enrolled (its key pinned) but never started: the absent member.
+    nats::enrol_unstarted(&Sandbox::new(), "a3", &cluster.agent_keys());
     let proxy = proxy(&sb.join("proxy"), &cluster);
     // The heartbeat probes them over NATS (one round at start: heartbeat = 3600, so
     // that no probe is counted below) and says so.

@@ -46,6 +46,8 @@ fn upload(cluster: &NatsCluster, src: &std::path::Path, root: &str) -> std::proc
     Command::new(bins::client())
         .current_dir(src)
         .args(["--nats-servers", &cluster.urls(Some(CALLER))])
+        .arg("--nats-agent-keys")
+        .arg(cluster.agent_keys())
         .args(["--thread-timeout", "120", "--hosts", "nats://a1"])
         .args(["--order=upload", "--relative", "--upload=big.bin"])
         .arg(format!("--root={root}"))
@@ -152,6 +154,7 @@ fn a_64_mib_upload_over_nats_is_windowed_and_arrives_intact() {
         "a1",
         &[],
         None,
+        &cluster.agent_keys(),
     );
     let src = sb.join("src");
     make_blob(&src.join("big.bin"), SIZE);
@@ -195,6 +198,7 @@ fn the_agent_killed_mid_body_fails_the_upload_cleanly() {
         "a1",
         &[],
         None,
+        &cluster.agent_keys(),
     );
     let src = sb.join("src");
     make_blob(&src.join("big.bin"), SIZE);

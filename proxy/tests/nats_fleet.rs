@@ -54,10 +54,11 @@ fn proxy(dir: &std::path::Path, id: &str, cluster: &NatsCluster) -> Daemon {
     let ini = config.write(dir);
     let mut text = std::fs::read_to_string(&ini).unwrap();
     text.push_str(&format!(
-        "\n[nats]\n{}user = {}\npassword = {}\n",
+        "\n[nats]\n{}user = {}\npassword = {}\nagent_keys = {}\n",
         cluster.server_lines(),
         CALLER.0,
-        CALLER.1
+        CALLER.1,
+        cluster.agent_keys().display()
     ));
     text.push_str(&format!(
         "\n[store]\nbackend = nats\nprefix = fleet-\nreplicas = 3\nuser = {}\npassword = {}\n",
@@ -112,6 +113,7 @@ fn two_proxies_nats_only_agents_one_store_and_the_deaths_they_survive() {
         "a1",
         &["web"],
         None,
+        &cluster.agent_keys(),
     );
     let a2 = nats::start_agent(
         &sb2,
@@ -120,7 +122,10 @@ fn two_proxies_nats_only_agents_one_store_and_the_deaths_they_survive() {
         "a2",
         &["web"],
         None,
+        &cluster.agent_keys(),
     );
+    // a3 is enrolled (its key pinned) but never started: the absent one.
+    nats::enrol_unstarted(&Sandbox::new(), "a3", &cluster.agent_keys());
     let (da, db) = (Sandbox::new(), Sandbox::new());
     let mut a = proxy(da.path(), "proxy-a", &cluster);
     let b = proxy(db.path(), "proxy-b", &cluster);

@@ -278,6 +278,12 @@ impl NatsCluster {
         &self.dir
     }
 
+    /// The callers' pin file (`[nats] agent_keys`, `--nats-agent-keys`) that
+    /// [`start_agent`] and [`enrol_unstarted`] append the agents' keys to.
+    pub fn agent_keys(&self) -> PathBuf {
+        self.dir.join("agent-keys")
+    }
+
     /// Waits until every server logged `routes` route connections.
     fn wait_routes(&self, routes: usize) {
         let deadline = Instant::now() + START;
@@ -390,7 +396,8 @@ fn start_server(conf: &Path, cluster: bool) -> NatsServer {
 
 /// Starts an agent from `config` with a `[nats]` section (every server of `cluster`,
 /// or only `servers` when given), `name`, `groups` (`alias:<name>` for an `alias[]`), NATS user `name` with
-/// [`AGENT_PASSWORD`] (or `user`), and no TCP port; waits until it serves over NATS.
+/// [`AGENT_PASSWORD`] (or `user`), and no TCP port; waits until it serves over NATS,
+/// then enrols it: appends its pin lines to `pins` ([`enrol`]).
 pub fn start_agent(
     sb: &crate::Sandbox,
     config: crate::AgentConfig,
@@ -398,6 +405,7 @@ pub fn start_agent(
     name: &str,
     groups: &[&str],
     user: Option<(&str, &str)>,
+    pins: &Path,
 ) -> crate::Agent {
     let (user, password) = user.unwrap_or((name, AGENT_PASSWORD));
     let mut section = format!(
@@ -416,7 +424,43 @@ pub fn start_agent(
     std::fs::write(&ini, config.ini_text()).expect("write agent.ini");
     let agent = crate::Daemon::start(&crate::bins::agent(), &ini, &[], 0);
     wait_serving(&agent);
+    enrol(&ini, pins);
     agent
+}
+
+/// Enrols the agent configured by `ini` as an operator would: appends what
+/// `deploy-agent --print-nats-key` prints (its name and aliases with its public key,
+/// the key created if it had none) to the callers' pin file `pins`.
+pub fn enrol(ini: &Path, pins: &Path) {
+    let out = Command::new(crate::bins::agent())
+        .arg("--print-nats-key")
+        .arg("--path")
+        .arg(ini)
+        .output()
+        .expect("run deploy-agent --print-nats-key");
+    assert!(
+        out.status.success(),
+        "deploy-agent --print-nats-key: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pins)
+        .expect("open the pin file");
+    file.write_all(&out.stdout).expect("append to the pin file");
+}
+
+/// Enrols an agent `name` that is never started (its key made in `sb`), as for a
+/// member of a group that is down.
+pub fn enrol_unstarted(sb: &crate::Sandbox, name: &str, pins: &Path) {
+    let config = crate::AgentConfig::new(sb).raw(&format!(
+        "[nats]\nserver[] = nats://127.0.0.1:1\nname = {name}\ntcp = off\n"
+    ));
+    std::fs::write(sb.join("jobs.ini"), config.jobs_text()).expect("write jobs.ini");
+    let ini = sb.path().join("agent.ini");
+    std::fs::write(&ini, config.ini_text()).expect("write agent.ini");
+    enrol(&ini, pins);
 }
 
 /// Waits until `agent` logged that it serves over NATS, connected.

@@ -14,10 +14,15 @@
 //! group[] = web                        ; agent: also serve deploy.group.<group>
 //! alias[] = web1-old                    ; agent: also answer as deploy.agent.<alias>
 //! tcp = off                            ; agent: listen on no TCP port at all (NATS only)
+//! key = /etc/deploy/nats.key           ; agent: its static X25519 key (default
+//!                                      ;   <state_dir>/nats-key, created 0600 if missing)
+//! agent_keys = /etc/deploy/nats-agents ; callers: the agents' public keys, pinned by name
+//!                                      ;   (lines from `deploy-agent --print-nats-key`)
 //! ```
 //!
-//! Only the transport is configured here: the orders arriving over NATS are sealed
-//! with `[server] key_cipher` like v2 connections (see the `deploy-nats` crate).
+//! Only the transport and the keys are configured here: the orders arriving over NATS
+//! are sealed with `[server] key_cipher` like v2 connections, their replies bound to
+//! the agent's static key, which callers pin (see the `deploy-nats` crate).
 
 use std::path::PathBuf;
 
@@ -48,6 +53,12 @@ pub struct NatsConfig {
     pub aliases: Vec<String>,
     /// `tcp` (agent): whether the agent still listens on TCP (default on).
     pub tcp: bool,
+    /// `key` (agent): its static X25519 key file; `None`: `<state_dir>/nats-key`,
+    /// created at first use.
+    pub key: Option<PathBuf>,
+    /// `agent_keys` (callers): the pin file, `<agent name> <base64 public key>` a line;
+    /// `None`: no agent is pinned, so none is sent orders.
+    pub agent_keys: Option<PathBuf>,
 }
 
 impl Default for NatsConfig {
@@ -63,6 +74,8 @@ impl Default for NatsConfig {
             groups: Vec::new(),
             aliases: Vec::new(),
             tcp: true,
+            key: None,
+            agent_keys: None,
         }
     }
 }
@@ -133,6 +146,8 @@ impl NatsConfig {
                     c.name = Some(v);
                 }
                 ("tcp", _) if agent => c.tcp = cx.boolean(e)?,
+                ("key", _) if agent => c.key = cx.file(e),
+                ("agent_keys", _) if !agent => c.agent_keys = cx.file(e),
                 _ => return Err(cx.unknown_key(e)),
             }
         }
@@ -188,6 +203,10 @@ mod tests {
         assert!(e.contains("/etc/a.ini:3"), "{e}");
         let e = agent("[nats]\nserver[] = nats://x:1\nbogus = 1\n").unwrap_err();
         assert!(e.contains("/etc/a.ini:3") && e.contains("bogus"), "{e}");
+        let e = agent("[nats]\nserver[] = nats://x:1\nagent_keys = /k\n").unwrap_err();
+        assert!(e.contains("agent_keys: unknown key"), "{e}");
+        let c = agent("[nats]\nserver[] = nats://x:1\nkey = k\n").unwrap();
+        assert_eq!(c.nats.unwrap().key, Some("/etc/k".into()));
         let e = agent("[nats]\nname = a\n").unwrap_err();
         assert!(e.contains("server[]"), "{e}");
         assert!(agent("[server]\nport = 1\n").unwrap().nats.is_none());
