@@ -347,6 +347,25 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_pin_file_parses() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../etc/nats/agent-keys"
+        ));
+        let keys = AgentKeys::load(path).unwrap();
+        assert!(keys.is_empty(), "the sample pins nobody");
+        // Its commented example is a valid line.
+        let text = std::fs::read_to_string(path).unwrap();
+        let example = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("# web1 "))
+            .unwrap();
+        let keys = AgentKeys::parse(example.trim_start_matches("# "), path).unwrap();
+        assert_eq!(keys.len(), 1);
+    }
+
+    #[test]
     fn pin_files_parse_and_name_their_errors() {
         let id = Identity::generate().unwrap();
         let text = format!(

@@ -534,3 +534,57 @@ impl Transport for LazyNatsTransport {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    /// An agent with no pinned key is sent nothing: its host fails at once naming the
+    /// missing pin, and a group publish with such a member is not sent to anybody
+    /// (no connection is even needed to tell).
+    #[tokio::test]
+    async fn a_group_with_an_unpinned_member_is_not_sent() {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .unwrap();
+        let mut pins = AgentKeys::none();
+        pins.pin("a1", *Identity::generate().unwrap().public());
+        let transport = NatsTransport::new(client, "k", Duration::from_secs(30), Arc::new(pins));
+        let mut outcomes = Vec::new();
+        let mut members = Vec::new();
+        for name in ["a1", "a9"] {
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            let (events, _) = mpsc::channel(1);
+            members.push(Member {
+                name: name.into(),
+                events,
+                done,
+            });
+            outcomes.push(outcome);
+        }
+        let request = Request {
+            order: "exec".into(),
+            ..Request::default()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            transport.deliver_to("deploy.group.web", &request, members),
+        )
+        .await
+        .expect("refused at once, not at the deadline");
+        for outcome in outcomes {
+            match outcome.await.unwrap() {
+                Outcome::Failed(why) => {
+                    assert!(
+                        why.contains("not sent: no key pinned for agent a9"),
+                        "{why}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
