@@ -8,7 +8,8 @@
 #         as bench/nodes.sh does;
 #   NATS: one deploy-agent with tcp = off, [nats] name = e0 and alias[] = e1…e(N-1),
 #         on one local nats-server; every endpoint is its own subject, its own sealed
-#         order and reply stream.
+#         order and reply stream (its names enrolled with --print-nats-key when the
+#         build has per-agent keys, the proxy pinning them).
 # Two proxies, one per path (so that each one's RSS is its own), both with
 # concurrency = 256; the groups are plain (no nats_publish): N sealed publishes, the
 # same work shape as N TCP orders.
@@ -90,6 +91,13 @@ try:
                 f"[jobs]\npath = {work}/jobs.ini\n[nats]\nserver[] = {url}\nname = e0\ntcp = off\n")
         for i in range(1, n):
             f.write(f"alias[] = e{i}\n")
+    # Enrol its names (builds with per-agent NATS keys): the pins the proxy needs.
+    pins = None
+    if b"print-nats-key" in subprocess.run([f"{bin_dir}/deploy-agent", "--help"], capture_output=True).stdout:
+        pins = f"{work}/agent-keys"
+        with open(pins, "wb") as f:
+            f.write(subprocess.run([f"{bin_dir}/deploy-agent", "--print-nats-key", "--path", f"{work}/nats.ini"],
+                                   capture_output=True, check=True).stdout)
     start([f"{bin_dir}/deploy-agent", "--foreground", "--path", f"{work}/nats.ini"],
           f"{work}/nats-agent.log", r"nats: serving.*connected=true", 1)
     proxies = {}
@@ -105,6 +113,8 @@ try:
                     f"[allow::hosts]\nhost[] = 127.0.0.1\n[api]\npath = {work}/api-{kind}.ini\n")
             if kind == "nats":
                 f.write(f"[nats]\nserver[] = {url}\n")
+                if pins:
+                    f.write(f"agent_keys = {pins}\n")
         p, addr = start([f"{bin_dir}/deploy-proxy", "--foreground", "-q", "--path", f"{work}/proxy-{kind}.ini"],
                         f"{work}/proxy-{kind}.log", r"listening on (\S+)", 1)
         proxies[kind] = (p, addr[0].rsplit(":", 1)[1])
