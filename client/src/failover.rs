@@ -21,7 +21,7 @@ use std::sync::Arc;
 use deploy_common::order::Request;
 use deploy_common::target::Target;
 use deploy_common::transport::{BoxFuture, Outcome, Transport};
-use deploy_common::wire::message::{Event, TaggedEvent};
+use deploy_common::wire::message::TaggedEvent;
 use tokio::sync::mpsc;
 
 /// Whether `order` may be sent again after a stream was cut (it only reads).
@@ -69,38 +69,13 @@ impl Transport for Failover {
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let proxies = self.order_for(target);
-            let mut last = None;
-            for (i, proxy) in proxies.iter().enumerate() {
-                let outcome = self.inner.deliver(proxy, request, events.clone()).await;
-                if i + 1 < proxies.len() && Self::next_may_try(request, &outcome) {
-                    tracing::warn!(proxy = %proxy, order = %request.order, outcome = %outcome, "trying the next proxy");
-                    last = Some(outcome);
-                    continue;
-                }
-                return outcome;
-            }
-            last.unwrap_or_else(|| Outcome::Failed("no proxy to try".into()))
-        })
-    }
-
-    fn deliver_tagged<'a>(
-        &'a self,
-        target: &'a Target,
-        request: &'a Request,
         events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let proxies = self.order_for(target);
             let mut last = None;
             for (i, proxy) in proxies.iter().enumerate() {
-                let outcome = self
-                    .inner
-                    .deliver_tagged(proxy, request, events.clone())
-                    .await;
+                let outcome = self.inner.deliver(proxy, request, events.clone()).await;
                 if i + 1 < proxies.len() && Self::next_may_try(request, &outcome) {
                     tracing::warn!(proxy = %proxy, order = %request.order, outcome = %outcome, "trying the next proxy");
                     last = Some(outcome);

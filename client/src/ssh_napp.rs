@@ -28,7 +28,7 @@ use deploy_common::order::{flag, object, Reply, Request};
 use deploy_common::target::{expand, Target};
 use deploy_common::transport::{BoxFuture, Outcome, Transport};
 use deploy_common::upload::UploadSpec;
-use deploy_common::wire::message::Event;
+use deploy_common::wire::message::{Event, TaggedEvent};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -193,19 +193,19 @@ impl SshNapp {
         target: &Target,
         spec: &NappSpec,
         follow: bool,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<TaggedEvent>,
     ) -> Outcome {
         let text = match self.script_text(target, spec) {
             Ok(t) => t,
             Err(r) => return reply(r),
         };
         let request = run(&text, follow);
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = mpsc::channel::<TaggedEvent>(64);
         // Lines pass as they come, but for the marker (and the blank line before it).
         let forward = async {
             let mut blank = None;
             while let Some(event) = rx.recv().await {
-                if let Event::Line { line, .. } = &event {
+                if let Event::Line { line, .. } = &event.event {
                     if line.starts_with(MARK) {
                         blank = None;
                         continue;
@@ -308,7 +308,7 @@ fn reply(r: Reply) -> Outcome {
     Outcome::Reply(r)
 }
 
-async fn drain(mut rx: mpsc::Receiver<Event>) {
+async fn drain(mut rx: mpsc::Receiver<TaggedEvent>) {
     while rx.recv().await.is_some() {}
 }
 
@@ -328,7 +328,7 @@ impl Transport for SshNapp {
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
         let Some(spec) = request.napp.as_deref().filter(|_| request.order == "napp") else {
             return self.inner.deliver(target, request, events);

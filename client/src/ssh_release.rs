@@ -48,7 +48,7 @@ use deploy_common::order::release::{Phase, ReleaseSpec};
 use deploy_common::order::{object, Reply, Request};
 use deploy_common::target::{expand, Target};
 use deploy_common::transport::{BoxFuture, Outcome, Transport};
-use deploy_common::wire::message::{Event, Stream};
+use deploy_common::wire::message::{Event, Stream, TaggedEvent};
 use deploy_release::layout::{self, Event as HistoryEvent, Listed, Meta, Pending, Releases};
 use deploy_release::manifest::{Algorithm, Strategy};
 use deploy_release::Manifest;
@@ -1196,7 +1196,7 @@ impl Transport for SshReleases {
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
         if !is_release_order(&request.order) {
             return self.inner.deliver(target, request, events);
@@ -1246,11 +1246,11 @@ impl Transport for SshReleases {
                         .unwrap_or_default();
                     for line in String::from_utf8_lossy(&log).lines() {
                         let _ = events
-                            .send(Event::Line {
+                            .send(TaggedEvent::from(Event::Line {
                                 stream: Stream::Stdout,
                                 line: line.to_owned(),
                                 partial: false,
-                            })
+                            }))
                             .await;
                     }
                 }

@@ -31,7 +31,7 @@ use deploy_common::order::{flag, object, Reply, Request};
 use deploy_common::target::Target;
 use deploy_common::transport::{Outcome, Transport};
 use deploy_common::upload::UploadSpec;
-use deploy_common::wire::message::Event;
+use deploy_common::wire::message::{Event, TaggedEvent};
 use deploy_napp::manifest::{self, Manifest};
 use deploy_napp::{remote, Version};
 use serde_json::Value;
@@ -165,13 +165,16 @@ impl Remote<'_> {
         let outcome = loop {
             tokio::select! {
                 event = rx.recv() => match event {
-                    Some(Event::Data { data }) => fetcher.data(&host, &data).await,
+                    Some(TaggedEvent {
+                        event: Event::Data { data },
+                        ..
+                    }) => fetcher.data(&host, &data).await,
                     Some(_) => {}
                     None => break deliver.await,
                 },
                 outcome = &mut deliver => {
                     while let Some(event) = rx.recv().await {
-                        if let Event::Data { data } = event {
+                        if let Event::Data { data } = event.event {
                             fetcher.data(&host, &data).await;
                         }
                     }
@@ -529,6 +532,6 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b) ^ u64::from(std::process::id())
 }
 
-async fn drain(mut rx: mpsc::Receiver<Event>) {
+async fn drain(mut rx: mpsc::Receiver<TaggedEvent>) {
     while rx.recv().await.is_some() {}
 }

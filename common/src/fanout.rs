@@ -4,7 +4,7 @@
 //! Fanout::run(targets, request) ──► Receiver<FanoutEvent>
 //!
 //!   driver task ── Semaphore(concurrency) ──► JoinSet: one task per target
-//!                                               transport.deliver_tagged(target, request, events)
+//!                                               transport.deliver(target, request, events)
 //!   per target:  Event{index, host, event}*   as the target streams them (host: the
 //!                                             agent's, for events a proxy relays)
 //!                Done(HostResult)             exactly once, the moment it is known
@@ -216,7 +216,7 @@ async fn deliver_one(
 ) {
     let start = Instant::now();
     let (events_tx, mut events_rx) = mpsc::channel(PER_TARGET_CHANNEL);
-    let delivery = transport.deliver_tagged(&target, &request, events_tx);
+    let delivery = transport.deliver(&target, &request, events_tx);
     let forward = async {
         while let Some(TaggedEvent { host: about, event }) = events_rx.recv().await {
             let tagged = FanoutEvent::Event {
@@ -355,8 +355,8 @@ mod tests {
     }
 
     /// Events a proxy tags with its agents' names are reported under those names; the
-    /// proxy's own events (untagged) under the proxy's. A plain delivery drops the tags,
-    /// and so does a request without an API key (it is not addressed to a proxy).
+    /// proxy's own events (untagged) under the proxy's. A request without an API key
+    /// (not addressed to a proxy) drops the tags, in a fan-out as in a lone delivery.
     #[tokio::test]
     async fn relayed_events_keep_their_agent() {
         let line = |text: &str| Event::Line {
@@ -422,11 +422,14 @@ mod tests {
         while let Some(event) = rx.recv().await {
             plain.push(event);
         }
-        assert_eq!(plain, [line("own"), line("one"), line("two")]);
+        assert_eq!(
+            plain,
+            [line("own"), line("one"), line("two")].map(TaggedEvent::from)
+        );
     }
 
-    /// A transport that only implements `deliver` gets the default `deliver_tagged`:
-    /// its events come under the target's name, and nothing is lost.
+    /// A transport that tags nothing has its events come under the target's name, and
+    /// nothing is lost.
     #[tokio::test]
     async fn untagged_transports_keep_the_target() {
         struct Lines;
@@ -435,7 +438,7 @@ mod tests {
                 &'a self,
                 _target: &'a Target,
                 _request: &'a Request,
-                events: mpsc::Sender<Event>,
+                events: mpsc::Sender<TaggedEvent>,
             ) -> BoxFuture<'a, Outcome> {
                 Box::pin(async move {
                     for i in 0..200 {
@@ -444,7 +447,7 @@ mod tests {
                             line: i.to_string(),
                             partial: false,
                         };
-                        events.send(line).await.unwrap();
+                        events.send(TaggedEvent::from(line)).await.unwrap();
                     }
                     Outcome::Reply(Reply::empty(200))
                 })
@@ -481,7 +484,7 @@ mod tests {
             &'a self,
             _target: &'a Target,
             _request: &'a Request,
-            _events: mpsc::Sender<Event>,
+            _events: mpsc::Sender<TaggedEvent>,
         ) -> BoxFuture<'a, Outcome> {
             use std::sync::atomic::Ordering::SeqCst;
             Box::pin(async move {
@@ -515,7 +518,7 @@ mod tests {
             &'a self,
             _target: &'a Target,
             _request: &'a Request,
-            _events: mpsc::Sender<Event>,
+            _events: mpsc::Sender<TaggedEvent>,
         ) -> BoxFuture<'a, Outcome> {
             Box::pin(async { panic!("boom") })
         }

@@ -172,7 +172,7 @@ mod tests {
     use super::*;
     use crate::transport::testutil::{closed_port, target};
     use crate::transport::BoxFuture;
-    use crate::wire::message::Event;
+    use crate::wire::message::TaggedEvent;
 
     /// Connects where the port is not 1; counts deliveries, which must never happen
     /// here.
@@ -183,7 +183,7 @@ mod tests {
             &'a self,
             _target: &'a Target,
             _request: &'a Request,
-            _events: mpsc::Sender<Event>,
+            _events: mpsc::Sender<TaggedEvent>,
         ) -> BoxFuture<'a, Outcome> {
             Box::pin(async { panic!("the connect stage delivered something") })
         }

@@ -24,7 +24,7 @@ use async_nats::Client;
 use deploy_common::order::Request;
 use deploy_common::target::Target;
 use deploy_common::transport::{BoxFuture, Outcome, Transport};
-use deploy_common::wire::message::{into_reply, Event, Message};
+use deploy_common::wire::message::{into_reply, Message, TaggedEvent};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -60,7 +60,7 @@ pub struct Member {
     /// The agent's name (its `deploy.agent.<name>`).
     pub name: String,
     /// Its events.
-    pub events: mpsc::Sender<Event>,
+    pub events: mpsc::Sender<TaggedEvent>,
     /// Its outcome, sent once.
     pub done: tokio::sync::oneshot::Sender<Outcome>,
 }
@@ -171,7 +171,8 @@ impl NatsTransport {
             *heard = true;
             match message {
                 Message::Event { event, .. } => {
-                    let _ = member.events.send(event).await;
+                    // An agent speaks for itself: its events carry no host tag.
+                    let _ = member.events.send(TaggedEvent::from(event)).await;
                 }
                 Message::Continue { .. } => {
                     // The first `continue` asks for the body; every later one grants
@@ -345,7 +346,7 @@ impl Transport for NatsTransport {
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let (done, outcome) = tokio::sync::oneshot::channel();
@@ -372,7 +373,7 @@ pub fn deliver_group(
     transport: Arc<LazyNatsTransport>,
     group: String,
     request: Request,
-    targets: Vec<(Target, mpsc::Sender<Event>)>,
+    targets: Vec<(Target, mpsc::Sender<TaggedEvent>)>,
 ) -> Vec<(Target, tokio::sync::oneshot::Receiver<Outcome>)> {
     let mut members = Vec::new();
     let mut outcomes = Vec::new();
@@ -476,7 +477,7 @@ impl Transport for LazyNatsTransport {
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             match self.get().await {

@@ -52,7 +52,7 @@ use deploy_common::order::{object, scenario_versions, OrderName, Reply, Request}
 use deploy_common::server::conn::{Events, Handler};
 use deploy_common::target::{Scheme, Target};
 use deploy_common::transport::Transport;
-use deploy_common::wire::message::Event;
+use deploy_common::wire::message::{Event, TaggedEvent};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -369,11 +369,11 @@ fn group_publish(
     let mut members = Vec::new();
     let mut forwards = Vec::new();
     for (target, index) in targets.into_iter().zip(indexes) {
-        let (events_tx, mut events_rx) = mpsc::channel::<deploy_common::wire::message::Event>(64);
+        let (events_tx, mut events_rx) = mpsc::channel::<TaggedEvent>(64);
         let host = target.to_string();
         let tx = tx.clone();
         forwards.push((index, host.clone(), async move {
-            while let Some(event) = events_rx.recv().await {
+            while let Some(TaggedEvent { event, .. }) = events_rx.recv().await {
                 let event = FanoutEvent::Event {
                     index,
                     host: host.clone(),

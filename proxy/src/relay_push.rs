@@ -18,7 +18,7 @@ use deploy_common::fanout::FanoutEvent;
 use deploy_common::order::{Reply, Request};
 use deploy_common::target::{Scheme, Target};
 use deploy_common::transport::{BoxFuture, Outcome, Transport};
-use deploy_common::wire::message::Event;
+use deploy_common::wire::message::TaggedEvent;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -40,7 +40,7 @@ impl Transport for Routes {
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             match self.route(target) {

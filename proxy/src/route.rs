@@ -32,7 +32,7 @@ use deploy_common::ssh::SshTransport;
 use deploy_common::target::{Scheme, Target};
 use deploy_common::transport::agent::Pool;
 use deploy_common::transport::{AgentTransport, BoxFuture, Mux, Outcome, Protocol, Transport};
-use deploy_common::wire::message::{Event, TaggedEvent};
+use deploy_common::wire::message::TaggedEvent;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -260,8 +260,9 @@ impl Transport for Route {
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
+        // The names a chained proxy puts on its agents' events pass through.
         Box::pin(async move {
             let request = self.request_for(request);
             self.transport.deliver(target, &request, events).await
@@ -277,21 +278,6 @@ impl Transport for Route {
         Box::pin(async move {
             let request = self.request_for(request);
             self.transport.connect(target, &request).await
-        })
-    }
-
-    /// Keeps the names a chained proxy puts on its agents' events.
-    fn deliver_tagged<'a>(
-        &'a self,
-        target: &'a Target,
-        request: &'a Request,
-        events: mpsc::Sender<TaggedEvent>,
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let request = self.request_for(request);
-            self.transport
-                .deliver_tagged(target, &request, events)
-                .await
         })
     }
 }

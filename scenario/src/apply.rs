@@ -1105,7 +1105,7 @@ mod tests {
             &'a self,
             target: &'a Target,
             request: &'a Request,
-            _events: mpsc::Sender<Event>,
+            _events: mpsc::Sender<deploy_common::wire::message::TaggedEvent>,
         ) -> BoxFuture<'a, Outcome> {
             Box::pin(async move {
                 let spec = request.napp.as_deref().unwrap();

@@ -551,7 +551,7 @@ mod tests {
     use crate::order::lock::{released, MAX_LEASE};
     use crate::order::Reply;
     use crate::transport::BoxFuture;
-    use crate::wire::message::Event;
+    use crate::wire::message::TaggedEvent;
     use std::collections::HashSet;
     use std::sync::Mutex;
 
@@ -635,7 +635,7 @@ mod tests {
             &'a self,
             target: &'a Target,
             request: &'a Request,
-            _events: mpsc::Sender<Event>,
+            _events: mpsc::Sender<TaggedEvent>,
         ) -> BoxFuture<'a, Outcome> {
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;

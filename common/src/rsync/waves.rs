@@ -34,7 +34,7 @@ use crate::fanout::{FanoutEvent, HostResult};
 use crate::order::{Body, Request};
 use crate::target::Target;
 use crate::transport::{Outcome, Transport};
-use crate::wire::message::{Event, Stream};
+use crate::wire::message::{Event, Stream, TaggedEvent};
 
 /// How many times a host may try to pull before its failure is final.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -144,7 +144,8 @@ fn deliver(
         };
         let (etx, mut erx) = mpsc::channel(64);
         let forward = async {
-            while let Some(event) = erx.recv().await {
+            // A relay's events are about the host itself: any tag is dropped.
+            while let Some(TaggedEvent { event, .. }) = erx.recv().await {
                 if let Event::Line { line, .. } = &event {
                     if let Some(addr) = line.strip_prefix(SERVING) {
                         if let Ok(addr) = addr.trim().parse() {

@@ -31,7 +31,7 @@ use crate::order::fetch::expand;
 use crate::order::health::{parse_ssh, SSH_SCRIPT};
 use crate::order::{object, Reply, Request};
 use crate::target::Target;
-use crate::wire::message::Event;
+use crate::wire::message::{Event, TaggedEvent};
 
 /// The most output of the health command read.
 const MAX_HEALTH_OUTPUT: usize = 256 << 10;
@@ -78,7 +78,7 @@ impl Shared {
         self: &Arc<Self>,
         target: &Target,
         request: &Request,
-        events: &mpsc::Sender<Event>,
+        events: &mpsc::Sender<TaggedEvent>,
     ) -> Result<Reply, SshError> {
         let path = match expand(&request.options, |var| {
             (var == "@root").then(|| "/root".to_owned())
@@ -109,9 +109,9 @@ impl Shared {
                 ChannelMsg::Data { data } => {
                     bytes += data.len() as u64;
                     let _ = events
-                        .send(Event::Data {
+                        .send(TaggedEvent::from(Event::Data {
                             data: b64.encode(&*data),
-                        })
+                        }))
                         .await;
                 }
                 ChannelMsg::ExtendedData { data, .. } => keep(&mut err, &data, MAX_STDERR),

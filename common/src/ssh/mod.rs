@@ -56,7 +56,7 @@ use tokio::sync::mpsc;
 use crate::order::{Reply, Request};
 use crate::target::Target;
 use crate::transport::{BoxFuture, Outcome, Transport};
-use crate::wire::message::Event;
+use crate::wire::message::TaggedEvent;
 
 pub mod config;
 mod fleet;
@@ -500,7 +500,7 @@ impl Shared {
         self: &Arc<Self>,
         target: &Target,
         request: &Request,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<TaggedEvent>,
     ) -> Outcome {
         match request.order.as_str() {
             "run" => {}
@@ -634,7 +634,7 @@ impl Transport for SshTransport {
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let shared = &self.shared;

@@ -47,7 +47,7 @@ use super::{Shared, SshError, SshStats};
 use crate::order::run::ran as ran_body;
 use crate::order::Reply;
 use crate::target::{Target, SSH_DEFAULT_PORT, SSH_PREFIX};
-use crate::wire::message::{Event, Stream};
+use crate::wire::message::{Event, Stream, TaggedEvent};
 
 tokio::task_local! {
     /// The interrupt of the delivery being run (see `Shared::bounded`).
@@ -943,7 +943,7 @@ pub(super) async fn run(
     command: &str,
     stdin: Option<Vec<u8>>,
     pty: bool,
-    events: &mpsc::Sender<Event>,
+    events: &mpsc::Sender<TaggedEvent>,
     shared: &Shared,
 ) -> Result<Reply, SshError> {
     let feed = |writer: Arc<ChannelWriteHalf<client::Msg>>| async move {
@@ -995,7 +995,7 @@ pub(super) async fn exec<F, Fut>(
     session: &Session,
     command: &str,
     pty: bool,
-    events: &mpsc::Sender<Event>,
+    events: &mpsc::Sender<TaggedEvent>,
     shared: &Shared,
     feed: F,
     mut keep: impl FnMut(Stream, &str) -> bool,
@@ -1145,11 +1145,11 @@ where
             if keep(stream, &line) {
                 keep_content(&mut content, &line, limit);
                 let _ = events
-                    .send(Event::Line {
+                    .send(TaggedEvent::from(Event::Line {
                         stream,
                         line,
                         partial: false,
-                    })
+                    }))
                     .await;
                 sent = true;
             }
@@ -1162,11 +1162,11 @@ where
             if keep(stream, &line) {
                 keep_content(&mut content, &line, limit);
                 let _ = events
-                    .send(Event::Line {
+                    .send(TaggedEvent::from(Event::Line {
                         stream,
                         line,
                         partial: true,
-                    })
+                    }))
                     .await;
             }
         }
@@ -1510,7 +1510,11 @@ H10AK9YFRqCnD8WI/eqZAAAABHRlc3QB
                     assert_eq!(reply.content()["code"], "3", "{outcome:?}");
                     // The server echoes the command line it was given: the user's
                     // command, after the shell's pid line.
-                    let Some(Event::Line { stream, line, .. }) = rx.recv().await else {
+                    let Some(TaggedEvent {
+                        event: Event::Line { stream, line, .. },
+                        ..
+                    }) = rx.recv().await
+                    else {
                         panic!("no line")
                     };
                     assert_eq!(stream, Stream::Stdout);

@@ -43,7 +43,7 @@ use crate::order::upload::sent;
 use crate::order::{Reply, Request};
 use crate::target::{expand, Target};
 use crate::upload::{tar, Manifest};
-use crate::wire::message::{Event, Stream};
+use crate::wire::message::{Event, Stream, TaggedEvent};
 
 /// Sync hubs by prefix.
 pub(super) type Hubs = Mutex<HashMap<String, Arc<Hub>>>;
@@ -54,7 +54,7 @@ impl Shared {
         self: &Arc<Self>,
         target: &Target,
         request: &Request,
-        events: &mpsc::Sender<Event>,
+        events: &mpsc::Sender<TaggedEvent>,
     ) -> Result<Reply, SshError> {
         let node = target.to_string();
         // How the tools name this host: `[user@host:port]`, as orgalorg does.
@@ -206,7 +206,7 @@ impl Shared {
         self: &Arc<Self>,
         target: &Target,
         request: &Request,
-        events: &mpsc::Sender<Event>,
+        events: &mpsc::Sender<TaggedEvent>,
     ) -> Result<Prepared, SshError> {
         let spec = request.upload.as_ref();
         let root = spec
@@ -286,7 +286,7 @@ impl Shared {
         run: &SyncRun,
         root: &str,
         sudo: bool,
-        events: &mpsc::Sender<Event>,
+        events: &mpsc::Sender<TaggedEvent>,
     ) {
         if !run.scratch || root.is_empty() {
             return;
@@ -381,7 +381,7 @@ impl Shared {
         root: &str,
         no_owner: bool,
         sudo: bool,
-        events: &mpsc::Sender<Event>,
+        events: &mpsc::Sender<TaggedEvent>,
     ) -> Result<(session::Ran, u64), SshError> {
         let command = format!(
             "mkdir -p -- {r} && tar -x -p -f - -C {r} --numeric-owner{owner}",
@@ -409,13 +409,13 @@ impl Shared {
 
 /// Tells the user why a host failed: a line on its standard error now, and in its
 /// result's `content`.
-async fn say(events: &mpsc::Sender<Event>, content: &mut Vec<u8>, line: &str) {
+async fn say(events: &mpsc::Sender<TaggedEvent>, content: &mut Vec<u8>, line: &str) {
     let _ = events
-        .send(Event::Line {
+        .send(TaggedEvent::from(Event::Line {
             stream: Stream::Stderr,
             line: line.to_owned(),
             partial: false,
-        })
+        }))
         .await;
     content.extend_from_slice(line.as_bytes());
     content.push(b'\n');

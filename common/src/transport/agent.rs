@@ -9,10 +9,9 @@
 //! └──────────────────────────── whole exchange ≤ deadline ────────────────────────────┘
 //! ```
 //!
-//! A proxy tags the events it relays for its agents with their names; through
-//! [`Transport::deliver_tagged`] they keep that tag ([`TaggedEvent`]), through
-//! [`Transport::deliver`] they lose it. Tags count only in the answer to a request that
-//! carries an API key, that is, one addressed to a proxy: an agent speaks for itself.
+//! A proxy tags the events it relays for its agents with their names; a delivery keeps
+//! that tag ([`TaggedEvent`]). Tags count only in the answer to a request that carries
+//! an API key, that is, one addressed to a proxy: an agent speaks for itself.
 //!
 //! Sockets get `TCP_NODELAY`: every exchange is a few small writes answered by the peer.
 //! Before parsing a v1 reply, its first bytes are peeked, so that an agent in the other
@@ -47,7 +46,7 @@ use crate::order::{Reply, Request};
 use crate::target::Target;
 use crate::wire::connection::SecureConnection;
 use crate::wire::handshake::{self, ClientParams};
-use crate::wire::message::{into_reply, Event, Message, TaggedEvent};
+use crate::wire::message::{into_reply, Message, TaggedEvent};
 use crate::wire::WireError;
 
 /// Largest reply body accepted (a proxy's merged reply for many hosts can be large).
@@ -174,97 +173,12 @@ impl Default for AgentTransport {
     }
 }
 
-/// Where a delivery's events go: plain ([`Transport::deliver`]) or with the host tags a
-/// proxy put on them ([`Transport::deliver_tagged`]).
-enum Sink {
-    Plain(mpsc::Sender<Event>),
-    Tagged(mpsc::Sender<TaggedEvent>),
-}
-
-impl Sink {
-    /// Passes one event on, waiting if the receiver is behind. A closed receiver means
-    /// nobody listens for events; the exchange goes on.
-    async fn send(&self, event: Event, host: Option<String>) {
-        match self {
-            Sink::Plain(tx) => {
-                let _ = tx.send(event).await;
-            }
-            Sink::Tagged(tx) => {
-                let _ = tx.send(TaggedEvent { host, event }).await;
-            }
-        }
-    }
-}
-
 impl Transport for AgentTransport {
     fn deliver<'a>(
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
-    ) -> BoxFuture<'a, Outcome> {
-        self.deliver_to(target, request, Sink::Plain(events))
-    }
-
-    fn deliver_tagged<'a>(
-        &'a self,
-        target: &'a Target,
-        request: &'a Request,
         events: mpsc::Sender<TaggedEvent>,
-    ) -> BoxFuture<'a, Outcome> {
-        self.deliver_to(target, request, Sink::Tagged(events))
-    }
-
-    /// v2: connects and completes the handshake (the shared secret, and the pinned key
-    /// if any, proven both ways); the connection goes to the pool for the delivery that
-    /// follows, or is closed without one. v1 has nothing to prove before the request,
-    /// so only the TCP connection is made (and closed). Bounded by the deadline, like a
-    /// delivery.
-    fn connect<'a>(
-        &'a self,
-        target: &'a Target,
-        _request: &'a Request,
-    ) -> BoxFuture<'a, Result<(), Outcome>> {
-        Box::pin(async move {
-            let stage = async {
-                let mut stream = connect(target, self.connect_timeout).await?;
-                if self.protocol == Protocol::V1 {
-                    let _ = stream.shutdown().await;
-                    return Ok(());
-                }
-                let params = ClientParams {
-                    key_cipher: &self.key_cipher,
-                    pinned: self.public_key.as_deref(),
-                    now: unix_now(),
-                };
-                let mut conn = match handshake::client(stream, params).await {
-                    Ok(conn) => conn,
-                    Err(WireError::Refused { code, message }) => {
-                        return Err(Outcome::Reply(Reply::error(code, message)))
-                    }
-                    Err(e) => return Err(v2_failure(e)),
-                };
-                match &self.pool {
-                    Some(pool) => pool.put(target.address(), conn),
-                    None => {
-                        let _ = conn.get_mut().shutdown().await;
-                    }
-                }
-                Ok(())
-            };
-            timeout(self.deadline, stage)
-                .await
-                .unwrap_or(Err(Outcome::Timeout(self.deadline)))
-        })
-    }
-}
-
-impl AgentTransport {
-    fn deliver_to<'a>(
-        &'a self,
-        target: &'a Target,
-        request: &'a Request,
-        events: Sink,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             // An upload root may name the host (`%h`, `%p`): each agent gets its own.
@@ -319,6 +233,49 @@ impl AgentTransport {
             timeout(deadline, exchange)
                 .await
                 .unwrap_or(Outcome::Timeout(deadline))
+        })
+    }
+
+    /// v2: connects and completes the handshake (the shared secret, and the pinned key
+    /// if any, proven both ways); the connection goes to the pool for the delivery that
+    /// follows, or is closed without one. v1 has nothing to prove before the request,
+    /// so only the TCP connection is made (and closed). Bounded by the deadline, like a
+    /// delivery.
+    fn connect<'a>(
+        &'a self,
+        target: &'a Target,
+        _request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), Outcome>> {
+        Box::pin(async move {
+            let stage = async {
+                let mut stream = connect(target, self.connect_timeout).await?;
+                if self.protocol == Protocol::V1 {
+                    let _ = stream.shutdown().await;
+                    return Ok(());
+                }
+                let params = ClientParams {
+                    key_cipher: &self.key_cipher,
+                    pinned: self.public_key.as_deref(),
+                    now: unix_now(),
+                };
+                let mut conn = match handshake::client(stream, params).await {
+                    Ok(conn) => conn,
+                    Err(WireError::Refused { code, message }) => {
+                        return Err(Outcome::Reply(Reply::error(code, message)))
+                    }
+                    Err(e) => return Err(v2_failure(e)),
+                };
+                match &self.pool {
+                    Some(pool) => pool.put(target.address(), conn),
+                    None => {
+                        let _ = conn.get_mut().shutdown().await;
+                    }
+                }
+                Ok(())
+            };
+            timeout(self.deadline, stage)
+                .await
+                .unwrap_or(Err(Outcome::Timeout(self.deadline)))
         })
     }
 }
@@ -431,7 +388,7 @@ impl AgentTransport {
         target: &Target,
         stream: TcpStream,
         request: &Request,
-        events: &Sink,
+        events: &mpsc::Sender<TaggedEvent>,
     ) -> Outcome {
         let params = ClientParams {
             key_cipher: &self.key_cipher,
@@ -465,7 +422,7 @@ impl AgentTransport {
         &self,
         conn: &mut SecureConnection<TcpStream>,
         request: &Request,
-        events: &Sink,
+        events: &mpsc::Sender<TaggedEvent>,
     ) -> Result<Reply, V2Error> {
         let message = Message::Request {
             id: REQUEST_ID,
@@ -480,14 +437,12 @@ impl AgentTransport {
         let to_proxy = !request.api_key.is_empty();
         let mut received = false;
         loop {
-            let next = match events {
-                Sink::Tagged(_) => conn.recv_tagged().await,
-                Sink::Plain(_) => conn.recv().await.map(|m| m.map(|m| (m, None))),
-            };
-            match next {
+            match conn.recv_tagged().await {
                 Ok(Some((Message::Event { id, event }, host))) if id == REQUEST_ID => {
                     received = true;
-                    events.send(event, host.filter(|_| to_proxy)).await;
+                    let host = host.filter(|_| to_proxy);
+                    // A closed receiver means nobody listens; the exchange goes on.
+                    let _ = events.send(TaggedEvent { host, event }).await;
                 }
                 Ok(Some((Message::Continue { id }, _))) if id == REQUEST_ID => {
                     received = true;

@@ -18,9 +18,10 @@
 //! engine ([`crate::fanout`]) drives any number of deliveries at once through a
 //! `dyn Transport`, so an SSH transport or a chained proxy can join later without the
 //! engine or its callers changing. Events come with the name of the host they are about
-//! when a proxy relayed them ([`Transport::deliver_tagged`]). A delivery never fails with an error: everything that
-//! can go wrong with one host is an [`Outcome`], which renders to the original client's
-//! per-host JSON record ([`Outcome::to_json`]).
+//! when a proxy relayed them ([`TaggedEvent`]), through the one delivery method. A
+//! delivery never fails with an error: everything that can go wrong with one host is
+//! an [`Outcome`], which renders to the original client's per-host JSON record
+//! ([`Outcome::to_json`]).
 //!
 //! ```text
 //! Outcome            return serverStatus returnCode returnString content
@@ -48,7 +49,7 @@ use tokio::sync::mpsc;
 
 use crate::order::{Body, Reply, Request};
 use crate::target::Target;
-use crate::wire::message::{Event, TaggedEvent};
+use crate::wire::message::TaggedEvent;
 
 pub mod agent;
 pub mod mux;
@@ -71,37 +72,18 @@ pub trait Transport: Send + Sync {
     /// them), and resolves to how the exchange ended. Implementations bound the whole
     /// exchange by their own deadline and never panic on anything a peer sends. The
     /// sender is dropped when the future completes, which ends the event stream.
+    ///
+    /// An event is about the target itself ([`TaggedEvent::from`] an
+    /// [`Event`](crate::wire::message::Event), no host), unless a proxy relayed it for one of its agents: then it keeps that
+    /// agent's name ([`TaggedEvent::host`]), which the fan-out engine reports instead of
+    /// the target's. Only transports that can reach a proxy (and those that wrap them)
+    /// ever tag one.
     fn deliver<'a>(
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
-    ) -> BoxFuture<'a, Outcome>;
-
-    /// Like [`Transport::deliver`], but an event a proxy relayed for one of its agents
-    /// keeps that agent's name ([`TaggedEvent::host`]), which the fan-out engine then
-    /// reports instead of the target's. The default delivers through
-    /// [`Transport::deliver`] and tags nothing: only transports that can reach a proxy
-    /// (and those that wrap them) override it.
-    fn deliver_tagged<'a>(
-        &'a self,
-        target: &'a Target,
-        request: &'a Request,
         events: mpsc::Sender<TaggedEvent>,
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let (tx, mut rx) = mpsc::channel(TAGGING_CHANNEL);
-            let delivery = self.deliver(target, request, tx);
-            let forward = async {
-                while let Some(event) = rx.recv().await {
-                    // A closed receiver drops events; keep draining so the delivery goes on.
-                    let _ = events.send(TaggedEvent::from(event)).await;
-                }
-            };
-            let (outcome, ()) = tokio::join!(delivery, forward);
-            outcome
-        })
-    }
+    ) -> BoxFuture<'a, Outcome>;
 
     /// The connect stage of a strict run ([`crate::gate`]): reaches `target` and proves
     /// who we are (connects and authenticates) without starting anything, so that a run
@@ -118,10 +100,6 @@ pub trait Transport: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 }
-
-/// Capacity of the channel [`Transport::deliver_tagged`]'s default puts between
-/// [`Transport::deliver`] and its caller.
-const TAGGING_CHANNEL: usize = 64;
 
 /// How one delivery ended.
 #[derive(Debug, Clone, PartialEq)]

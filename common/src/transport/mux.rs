@@ -7,9 +7,9 @@
 //! ```
 //!
 //! The fan-out engine sees one `dyn Transport`, so a run may mix agents and SSH hosts;
-//! deploy-client uses it, and deploy-proxy for each group's servers. Tagged deliveries
-//! ([`Transport::deliver_tagged`]) go to the chosen transport's own, so the names a
-//! proxy puts on its agents' events survive.
+//! deploy-client uses it, and deploy-proxy for each group's servers. Events pass from
+//! the chosen transport to the caller untouched, so the names a proxy puts on its
+//! agents' events survive.
 
 #![deny(
     clippy::unwrap_used,
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::{BoxFuture, Outcome, Transport};
 use crate::order::Request;
 use crate::target::{Scheme, Target};
-use crate::wire::message::{Event, TaggedEvent};
+use crate::wire::message::TaggedEvent;
 
 /// Dispatches deliveries by [`Target::scheme`].
 #[derive(Clone)]
@@ -56,22 +56,10 @@ impl Transport for Mux {
         &'a self,
         target: &'a Target,
         request: &'a Request,
-        events: mpsc::Sender<Event>,
-    ) -> BoxFuture<'a, Outcome> {
-        match self.pick(target.scheme) {
-            Ok(t) => t.deliver(target, request, events),
-            Err(why) => unsupported(why),
-        }
-    }
-
-    fn deliver_tagged<'a>(
-        &'a self,
-        target: &'a Target,
-        request: &'a Request,
         events: mpsc::Sender<TaggedEvent>,
     ) -> BoxFuture<'a, Outcome> {
         match self.pick(target.scheme) {
-            Ok(t) => t.deliver_tagged(target, request, events),
+            Ok(t) => t.deliver(target, request, events),
             Err(why) => unsupported(why),
         }
     }
@@ -98,6 +86,7 @@ fn unsupported<'a>(why: &'static str) -> BoxFuture<'a, Outcome> {
 mod tests {
     use super::*;
     use crate::order::Reply;
+    use crate::wire::message::Event;
 
     struct Fixed(u16);
 
@@ -106,7 +95,7 @@ mod tests {
             &'a self,
             _target: &'a Target,
             _request: &'a Request,
-            _events: mpsc::Sender<Event>,
+            _events: mpsc::Sender<TaggedEvent>,
         ) -> BoxFuture<'a, Outcome> {
             Box::pin(async move { Outcome::Reply(Reply::empty(self.0)) })
         }
@@ -133,20 +122,11 @@ mod tests {
         ));
     }
 
-    /// Tags, like `deliver_tagged` of a proxy's agent transport puts on relayed events.
+    /// Tags, like a proxy's agent transport puts on relayed events.
     struct Tags;
 
     impl Transport for Tags {
         fn deliver<'a>(
-            &'a self,
-            _target: &'a Target,
-            _request: &'a Request,
-            _events: mpsc::Sender<Event>,
-        ) -> BoxFuture<'a, Outcome> {
-            Box::pin(async { Outcome::Failed("untagged path taken".to_owned()) })
-        }
-
-        fn deliver_tagged<'a>(
             &'a self,
             _target: &'a Target,
             _request: &'a Request,
@@ -177,12 +157,12 @@ mod tests {
         let r = Request::default();
         let (tx, mut rx) = mpsc::channel(4);
         let agent = Target::parse("h", 1).unwrap();
-        let outcome = mux.deliver_tagged(&agent, &r, tx.clone()).await;
+        let outcome = mux.deliver(&agent, &r, tx.clone()).await;
         assert_eq!(outcome.reply().map(|r| r.code), Some(200));
         assert_eq!(rx.recv().await.unwrap().host.as_deref(), Some("web1"));
-        // The SSH side has only `deliver`: the default adapter, no tag.
+        // The SSH side tags nothing.
         let ssh = Target::parse("ssh://h", 1).unwrap();
-        let outcome = mux.deliver_tagged(&ssh, &r, tx).await;
+        let outcome = mux.deliver(&ssh, &r, tx).await;
         assert_eq!(outcome.reply().map(|r| r.code), Some(202));
     }
 }

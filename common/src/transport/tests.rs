@@ -82,7 +82,7 @@ async fn run(t: &AgentTransport, to: &Target, req: &Request) -> (Outcome, Vec<Ev
         .expect("test timeout");
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
-        events.push(e);
+        events.push(e.event);
     }
     (outcome, events)
 }
