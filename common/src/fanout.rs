@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! Fanout::run(targets, request) ──► Receiver<FanoutEvent>
+//! Fanout::results(targets, request) ──► Vec<Timed>   (input order, events dropped)
 //!
-//!   driver task ── Semaphore(concurrency) ──► JoinSet: one task per target
-//!                                               transport.deliver(target, request, events)
+//!   driver ── Semaphore(concurrency) ──► JoinSet: one task per target
+//!                                          transport.deliver(target, request, events)
+//!                                          (≤ limit, if one is set)
 //!   per target:  Event{index, host, event}*   as the target streams them (host: the
 //!                                             agent's, for events a proxy relays)
 //!                Done(HostResult)             exactly once, the moment it is known
@@ -14,10 +16,15 @@
 //!
 //! Nothing polls: each target's task sends its result when the transport resolves, so a
 //! fast host is reported at once and a slow or dead one costs only its own deadline (the
-//! transport's). At most `concurrency` deliveries run at a time; the rest wait for a
-//! permit. Results arrive in completion order and carry the target's `index` in the
-//! input, so callers can print in input order if they want. The engine sees only a
-//! `dyn Transport` and so does not know how targets are reached.
+//! transport's, or the fan-out's [`Fanout::with_limit`] if that is shorter). At most
+//! `concurrency` deliveries run at a time; the rest wait for a permit. Results arrive in
+//! completion order and carry the target's `index` in the input, so callers can print in
+//! input order if they want. The engine sees only a `dyn Transport` and so does not know
+//! how targets are reached.
+//!
+//! [`Fanout::results`] is the same engine for callers that want every result at once
+//! and when each delivery started (the cluster lock, [`crate::lock::cluster`]): one
+//! driver serves both, reporting to a [`Report`] (a stream, or results only).
 //!
 //! Dropping the receiver cancels the run: the driver notices, and its `JoinSet` aborts
 //! every delivery still in flight. A delivery task that panics still produces its
@@ -36,7 +43,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::time::{timeout, Instant};
 
 use crate::order::Request;
 use crate::target::Target;
@@ -83,11 +90,22 @@ pub enum FanoutEvent {
     Done(HostResult),
 }
 
+/// A target's result and when its delivery started (once it had a permit), from
+/// [`Fanout::results`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timed {
+    /// When the delivery started; its result's `elapsed` counts from here.
+    pub started: Instant,
+    /// How it ended.
+    pub result: HostResult,
+}
+
 /// Runs one order on many targets through a [`Transport`].
 #[derive(Clone)]
 pub struct Fanout {
     transport: Arc<dyn Transport>,
     concurrency: usize,
+    limit: Option<Duration>,
 }
 
 impl Fanout {
@@ -96,6 +114,7 @@ impl Fanout {
         Fanout {
             transport,
             concurrency: DEFAULT_CONCURRENCY,
+            limit: None,
         }
     }
 
@@ -105,9 +124,21 @@ impl Fanout {
         self
     }
 
+    /// Bounds every delivery by `limit` too, on top of the transport's own deadline: a
+    /// delivery still running then is dropped and ends as [`Outcome::Timeout`]`(limit)`.
+    pub fn with_limit(mut self, limit: Duration) -> Fanout {
+        self.limit = Some(limit);
+        self
+    }
+
     /// How many deliveries may run at once.
     pub fn concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    /// The transport every delivery goes through.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
     }
 
     /// Starts delivering `request` to every target and returns the stream of events.
@@ -115,63 +146,137 @@ impl Fanout {
     /// inside a Tokio runtime; the work runs in spawned tasks.
     pub fn run(&self, targets: Vec<Target>, request: Request) -> mpsc::Receiver<FanoutEvent> {
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let transport = Arc::clone(&self.transport);
-        let permits = Arc::new(Semaphore::new(self.concurrency));
-        tokio::spawn(drive(transport, permits, targets, Arc::new(request), tx));
+        tokio::spawn(
+            self.clone()
+                .drive(targets, Arc::new(request), Report::Stream(tx)),
+        );
         rx
     }
-}
 
-/// Spawns one task per target as permits allow, then waits for them all; stops (and so
-/// aborts the tasks) as soon as nobody listens any more.
-async fn drive(
-    transport: Arc<dyn Transport>,
-    permits: Arc<Semaphore>,
-    targets: Vec<Target>,
-    request: Arc<Request>,
-    tx: mpsc::Sender<FanoutEvent>,
-) {
-    let mut tasks = JoinSet::new();
-    let mut names = HashMap::new();
-    for (index, target) in targets.into_iter().enumerate() {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return, // never closed
-            },
-            _ = tx.closed() => return,
+    /// Delivers `request` to every target and returns every target's result, with when
+    /// its delivery started, in input order (one per target); the targets' events are
+    /// dropped. Dropping the future aborts the deliveries still in flight.
+    pub async fn results(&self, targets: Vec<Target>, request: Request) -> Vec<Timed> {
+        let (tx, mut rx) = mpsc::channel::<Timed>(CHANNEL);
+        let hosts: Vec<String> = targets.iter().map(Target::to_string).collect();
+        let mut slots: Vec<Option<Timed>> = hosts.iter().map(|_| None).collect();
+        let collect = async {
+            while let Some(timed) = rx.recv().await {
+                if let Some(slot) = slots.get_mut(timed.result.index) {
+                    *slot = Some(timed);
+                }
+            }
         };
-        let host = target.to_string();
-        let job = deliver_one(
-            Arc::clone(&transport),
-            target,
-            Arc::clone(&request),
-            index,
-            host.clone(),
-            tx.clone(),
-        );
-        let handle = tasks.spawn(async move {
-            job.await;
-            drop(permit);
-        });
-        names.insert(handle.id(), (index, host));
-        // Reap what has finished so far, without waiting.
-        while let Some(done) = tasks.try_join_next_with_id() {
-            if !reap(done, &mut names, &tx).await {
+        let drive = self
+            .clone()
+            .drive(targets, Arc::new(request), Report::Results(tx));
+        tokio::join!(drive, collect);
+        // Every target is reported (a panicked delivery too); a slot left empty anyway
+        // is a failure, never a missing host.
+        slots
+            .into_iter()
+            .zip(hosts)
+            .enumerate()
+            .map(|(index, (slot, host))| {
+                slot.unwrap_or_else(|| Timed {
+                    started: Instant::now(),
+                    result: HostResult {
+                        index,
+                        host,
+                        outcome: Outcome::Failed("internal error: no result".to_owned()),
+                        elapsed: Duration::ZERO,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Spawns one task per target as permits allow, then waits for them all; stops (and
+    /// so aborts the tasks) as soon as nobody listens any more.
+    async fn drive(self, targets: Vec<Target>, request: Arc<Request>, report: Report) {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut names = HashMap::new();
+        for (index, target) in targets.into_iter().enumerate() {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return, // never closed
+                },
+                () = report.closed() => return,
+            };
+            let host = target.to_string();
+            let job = deliver_one(
+                Arc::clone(&self.transport),
+                self.limit,
+                target,
+                Arc::clone(&request),
+                index,
+                host.clone(),
+                report.clone(),
+            );
+            let handle = tasks.spawn(async move {
+                job.await;
+                drop(permit);
+            });
+            names.insert(handle.id(), (index, host));
+            // Reap what has finished so far, without waiting.
+            while let Some(done) = tasks.try_join_next_with_id() {
+                if !reap(done, &mut names, &report).await {
+                    return;
+                }
+            }
+        }
+        loop {
+            let done = tokio::select! {
+                done = tasks.join_next_with_id() => match done {
+                    Some(done) => done,
+                    None => return,
+                },
+                () = report.closed() => return,
+            };
+            if !reap(done, &mut names, &report).await {
                 return;
             }
         }
     }
-    loop {
-        let done = tokio::select! {
-            done = tasks.join_next_with_id() => match done {
-                Some(done) => done,
-                None => return,
-            },
-            _ = tx.closed() => return,
-        };
-        if !reap(done, &mut names, &tx).await {
-            return;
+}
+
+/// Where the driver reports: the stream of [`Fanout::run`], or the results only, with
+/// their start, for [`Fanout::results`].
+#[derive(Clone)]
+enum Report {
+    /// Every event and result.
+    Stream(mpsc::Sender<FanoutEvent>),
+    /// Results only; events are read and dropped.
+    Results(mpsc::Sender<Timed>),
+}
+
+impl Report {
+    /// Passes on one event of target `index`. False if nobody listens any more.
+    async fn event(&self, index: usize, host: String, event: Event) -> bool {
+        match self {
+            Report::Stream(tx) => tx
+                .send(FanoutEvent::Event { index, host, event })
+                .await
+                .is_ok(),
+            Report::Results(tx) => !tx.is_closed(),
+        }
+    }
+
+    /// Passes on a target's result. False if nobody listens any more.
+    async fn done(&self, started: Instant, result: HostResult) -> bool {
+        match self {
+            Report::Stream(tx) => tx.send(FanoutEvent::Done(result)).await.is_ok(),
+            Report::Results(tx) => tx.send(Timed { started, result }).await.is_ok(),
+        }
+    }
+
+    /// Resolves once nobody listens any more.
+    async fn closed(&self) {
+        match self {
+            Report::Stream(tx) => tx.closed().await,
+            Report::Results(tx) => tx.closed().await,
         }
     }
 }
@@ -181,7 +286,7 @@ async fn drive(
 async fn reap(
     done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
     names: &mut HashMap<tokio::task::Id, (usize, String)>,
-    tx: &mpsc::Sender<FanoutEvent>,
+    report: &Report,
 ) -> bool {
     match done {
         Ok((id, ())) => {
@@ -199,32 +304,37 @@ async fn reap(
                 outcome: Outcome::Failed(format!("internal error: {e}")),
                 elapsed: Duration::ZERO,
             };
-            tx.send(FanoutEvent::Done(result)).await.is_ok()
+            report.done(Instant::now(), result).await
         }
     }
 }
 
-/// Delivers to one target, forwarding its events tagged with `index` and `host`, then
-/// sends its result.
+/// Delivers to one target (within `limit`, if any), forwarding its events tagged with
+/// `index` and `host`, then reports its result.
 async fn deliver_one(
     transport: Arc<dyn Transport>,
+    limit: Option<Duration>,
     target: Target,
     request: Arc<Request>,
     index: usize,
     host: String,
-    tx: mpsc::Sender<FanoutEvent>,
+    report: Report,
 ) {
     let start = Instant::now();
     let (events_tx, mut events_rx) = mpsc::channel(PER_TARGET_CHANNEL);
-    let delivery = transport.deliver(&target, &request, events_tx);
+    let delivery = async {
+        let delivery = transport.deliver(&target, &request, events_tx);
+        match limit {
+            None => delivery.await,
+            Some(limit) => timeout(limit, delivery)
+                .await
+                .unwrap_or(Outcome::Timeout(limit)),
+        }
+    };
     let forward = async {
         while let Some(TaggedEvent { host: about, event }) = events_rx.recv().await {
-            let tagged = FanoutEvent::Event {
-                index,
-                host: about.unwrap_or_else(|| host.clone()),
-                event,
-            };
-            if tx.send(tagged).await.is_err() {
+            let about = about.unwrap_or_else(|| host.clone());
+            if !report.event(index, about, event).await {
                 break;
             }
         }
@@ -238,7 +348,7 @@ async fn deliver_one(
         outcome,
         elapsed,
     };
-    let _ = tx.send(FanoutEvent::Done(result)).await;
+    let _ = report.done(start, result).await;
 }
 
 #[cfg(test)]
@@ -537,5 +647,88 @@ mod tests {
         assert!(results
             .iter()
             .all(|r| matches!(&r.outcome, Outcome::Failed(m) if m.contains("internal error"))));
+    }
+
+    /// Takes `port` × 100 ms to answer 200 (after a line), never answers on port 0,
+    /// and panics on port 9.
+    struct Paced;
+
+    impl Transport for Paced {
+        fn deliver<'a>(
+            &'a self,
+            target: &'a Target,
+            _request: &'a Request,
+            events: mpsc::Sender<TaggedEvent>,
+        ) -> BoxFuture<'a, Outcome> {
+            Box::pin(async move {
+                match target.port {
+                    0 => std::future::pending().await,
+                    9 => panic!("boom"),
+                    port => {
+                        let line = Event::Line {
+                            stream: Stream::Stdout,
+                            line: target.host.clone(),
+                            partial: false,
+                        };
+                        let _ = events.send(TaggedEvent::from(line)).await;
+                        tokio::time::sleep(Duration::from_millis(100 * u64::from(port))).await;
+                        Outcome::Reply(Reply::empty(200))
+                    }
+                }
+            })
+        }
+    }
+
+    /// A limit ends a delivery still running then as a timeout of that limit, streamed
+    /// like any result; deliveries within it are not touched.
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_bounds_every_delivery() {
+        let fanout = Fanout::new(Arc::new(Paced)).with_limit(Duration::from_millis(500));
+        let targets = vec![Target::new("never", 0), Target::new("quick", 2)];
+        let events = collect(fanout.run(targets, Request::default())).await;
+        let results = done(&events);
+        assert_eq!(results.len(), 2);
+        let by_index = |i: usize| results.iter().find(|r| r.index == i).unwrap();
+        assert_eq!(
+            by_index(0).outcome,
+            Outcome::Timeout(Duration::from_millis(500))
+        );
+        assert_eq!(by_index(0).elapsed, Duration::from_millis(500));
+        assert_eq!(by_index(1).outcome, Outcome::Reply(Reply::empty(200)));
+        assert_eq!(by_index(1).elapsed, Duration::from_millis(200));
+    }
+
+    /// `results` gives one result per target in input order, each with when its
+    /// delivery started (after waiting for a permit), drops the events, and reports a
+    /// panicked delivery as failed.
+    #[tokio::test(start_paused = true)]
+    async fn results_in_input_order_with_their_start() {
+        let fanout = Fanout::new(Arc::new(Paced)).with_concurrency(1);
+        let targets = vec![
+            Target::new("a", 3),
+            Target::new("b", 9),
+            Target::new("c", 1),
+        ];
+        let begin = Instant::now();
+        let timed = fanout.results(targets.clone(), Request::default()).await;
+        let hosts: Vec<String> = timed.iter().map(|t| t.result.host.clone()).collect();
+        let names: Vec<String> = targets.iter().map(Target::to_string).collect();
+        assert_eq!(hosts, names);
+        assert_eq!(
+            timed.iter().map(|t| t.result.index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert_eq!(timed[0].result.outcome, Outcome::Reply(Reply::empty(200)));
+        assert!(
+            matches!(&timed[1].result.outcome, Outcome::Failed(m) if m.contains("internal error")),
+            "{:?}",
+            timed[1].result.outcome
+        );
+        assert_eq!(timed[2].result.outcome, Outcome::Reply(Reply::empty(200)));
+        // One at a time: c waited for a (300 ms) and b (at once), and started then.
+        assert_eq!(timed[0].started, begin);
+        assert_eq!(timed[2].started, begin + Duration::from_millis(300));
+        assert_eq!(timed[2].result.elapsed, Duration::from_millis(100));
+        assert_eq!(begin.elapsed(), Duration::from_millis(400));
     }
 }

@@ -18,8 +18,10 @@
 //! # Design
 //!
 //! One token is drawn per locker and sent to every host, so one request serves the whole
-//! cluster and a release needs no per-host state. Hosts are handled independently (a
-//! task each, at most `concurrency` at a time), so a slow host delays only its own
+//! cluster and a release needs no per-host state. Acquisitions and releases go out
+//! through the fan-out engine ([`Fanout::results`]: at most `concurrency` hosts at a
+//! time, each within the lease, every result with when its delivery started). Each
+//! held host then has a heartbeat task of its own, so a slow host delays only its own
 //! renewal. Times are taken from [`tokio::time::Instant`], so tests run on paused time.
 //! Anything a host answers that is not a grant for our name and token — a proxy's
 //! document included — counts as a refusal: through a proxy the all-or-nothing promise
@@ -30,12 +32,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{HostResult, DEFAULT_CONCURRENCY};
+use crate::fanout::{Fanout, HostResult};
 use crate::order::lock::{Grant, HeldBy, LockName, Token};
 use crate::order::{Body, OrderName, Request};
 use crate::target::Target;
@@ -197,33 +199,36 @@ pub struct Lost {
 /// Takes a lock on a set of hosts.
 #[derive(Clone)]
 pub struct ClusterLock {
-    transport: Arc<dyn Transport>,
+    /// Every acquisition and release goes out through it (its transport also carries
+    /// the heartbeats).
+    fanout: Fanout,
     spec: Arc<LockSpec>,
-    concurrency: usize,
 }
 
 impl fmt::Debug for ClusterLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterLock")
             .field("spec", &self.spec)
-            .field("concurrency", &self.concurrency)
+            .field("concurrency", &self.fanout.concurrency())
             .finish_non_exhaustive()
     }
 }
 
 impl ClusterLock {
-    /// A locker for `spec` through `transport`, [`DEFAULT_CONCURRENCY`] hosts at a time.
+    /// A locker for `spec` through `transport`, [`DEFAULT_CONCURRENCY`] hosts at a time
+    /// (the fan-out's default).
+    ///
+    /// [`DEFAULT_CONCURRENCY`]: crate::fanout::DEFAULT_CONCURRENCY
     pub fn new(transport: Arc<dyn Transport>, spec: LockSpec) -> ClusterLock {
         ClusterLock {
-            transport,
+            fanout: Fanout::new(transport),
             spec: Arc::new(spec),
-            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 
     /// Sets how many hosts are contacted at once (at least 1).
     pub fn with_concurrency(mut self, concurrency: usize) -> ClusterLock {
-        self.concurrency = concurrency.max(1);
+        self.fanout = self.fanout.with_concurrency(concurrency);
         self
     }
 
@@ -311,70 +316,25 @@ impl ClusterLock {
             .collect()
     }
 
-    /// Delivers `request` to every target, `concurrency` at a time, each within
-    /// `limit`; results in input order.
+    /// Delivers `request` to every target through the fan-out, each within `limit`;
+    /// results in input order.
     async fn each(
         &self,
         targets: Vec<Target>,
         request: Request,
         limit: Duration,
     ) -> Vec<Delivered> {
-        let request = Arc::new(request);
-        let permits = Arc::new(Semaphore::new(self.concurrency));
-        let mut tasks = JoinSet::new();
-        let mut slots: Vec<Option<Delivered>> = Vec::with_capacity(targets.len());
-        for (index, target) in targets.iter().cloned().enumerate() {
-            slots.push(None);
-            let (transport, request, permits) = (
-                Arc::clone(&self.transport),
-                Arc::clone(&request),
-                Arc::clone(&permits),
-            );
-            tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await.ok();
-                let started = Instant::now();
-                let outcome = deliver(transport.as_ref(), &target, &request, limit).await;
-                let host = target.to_string();
-                Delivered {
-                    index,
-                    started,
-                    target,
-                    result: HostResult {
-                        index,
-                        host,
-                        outcome,
-                        elapsed: started.elapsed(),
-                    },
-                }
-            });
-        }
-        // A task that panicked leaves its slot empty: it is reported as failed below.
-        while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(d) => {
-                    if let Some(slot) = slots.get_mut(d.index) {
-                        *slot = Some(d);
-                    }
-                }
-                Err(e) => tracing::error!(cause = %e, "lock delivery task failed"),
-            }
-        }
-        slots
+        self.fanout
+            .clone()
+            .with_limit(limit)
+            .results(targets.clone(), request)
+            .await
             .into_iter()
             .zip(targets)
-            .enumerate()
-            .map(|(index, (slot, target))| {
-                slot.unwrap_or_else(|| Delivered {
-                    index,
-                    started: Instant::now(),
-                    result: HostResult {
-                        index,
-                        host: target.to_string(),
-                        outcome: Outcome::Failed("internal error".to_owned()),
-                        elapsed: Duration::ZERO,
-                    },
-                    target,
-                })
+            .map(|(timed, target)| Delivered {
+                started: timed.started,
+                target,
+                result: timed.result,
             })
             .collect()
     }
@@ -382,24 +342,9 @@ impl ClusterLock {
 
 /// One delivery's result and when it started.
 struct Delivered {
-    index: usize,
     started: Instant,
     target: Target,
     result: HostResult,
-}
-
-/// Delivers one request, ignoring streamed events, within `limit`.
-async fn deliver(
-    transport: &dyn Transport,
-    target: &Target,
-    request: &Request,
-    limit: Duration,
-) -> Outcome {
-    let (events, _) = mpsc::channel(1);
-    match timeout(limit, transport.deliver(target, request, events)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::Timeout(limit),
-    }
 }
 
 /// A host where the lock is ours, and until when we may rely on it.
@@ -441,7 +386,7 @@ impl Held {
         let mut names = HashMap::new();
         for host in &self.hosts {
             let handle = tasks.spawn(beat(
-                Arc::clone(&self.lock.transport),
+                Arc::clone(self.lock.fanout.transport()),
                 Arc::clone(&self.lock.spec),
                 host.clone(),
                 stop.clone(),
@@ -504,6 +449,7 @@ async fn beat(
                 lease.as_secs()
             )));
         }
+        // Its events (a lock streams none) are dropped unread.
         let (events, _) = mpsc::channel(1);
         let outcome = tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -770,5 +716,88 @@ mod tests {
         let lost = held.heartbeat(CancellationToken::new()).await.unwrap_err();
         assert!(lost.why.contains("taken over"), "{lost}");
         assert!(lost.why.contains("mallory"), "{lost}");
+    }
+
+    /// [`Agents`] behind a delay of `delay` per delivery; the `silent` host never
+    /// answers.
+    struct Slow {
+        agents: Arc<Agents>,
+        delay: Duration,
+        silent: &'static str,
+    }
+
+    impl Slow {
+        fn new(agents: Arc<Agents>, delay: Duration, silent: &'static str) -> Arc<Slow> {
+            Arc::new(Slow {
+                agents,
+                delay,
+                silent,
+            })
+        }
+    }
+
+    impl Transport for Slow {
+        fn deliver<'a>(
+            &'a self,
+            target: &'a Target,
+            request: &'a Request,
+            events: mpsc::Sender<TaggedEvent>,
+        ) -> BoxFuture<'a, Outcome> {
+            Box::pin(async move {
+                if target.host == self.silent {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(self.delay).await;
+                self.agents.deliver(target, request, events).await
+            })
+        }
+    }
+
+    /// A host that never answers fails the acquisition once the lease has passed (the
+    /// bound of every delivery), and the others are released; so is it (it may hold the
+    /// lock), bounded by the lease again.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_host_fails_the_acquisition_at_the_lease() {
+        let agents = Arc::new(Agents::default());
+        let slow = Slow::new(agents.clone(), Duration::ZERO, "h1");
+        let begin = Instant::now();
+        let lock = ClusterLock::new(slow, spec("alice", 3));
+        let refused = tokio::time::timeout(Duration::from_secs(60), lock.acquire(targets(3)))
+            .await
+            .expect("the acquisition ended")
+            .unwrap_err();
+        assert_eq!(begin.elapsed(), Duration::from_secs(3 + 3));
+        assert!(refused.unreleased.is_empty(), "{:?}", refused.unreleased);
+        let silent = &refused.attempts[1];
+        assert_eq!(silent.result.host, "h1");
+        assert_eq!(
+            silent.result.outcome,
+            Outcome::Timeout(Duration::from_secs(3))
+        );
+        assert!(matches!(silent.state, HostLock::Failed(_)));
+        // The others' leases ran out meanwhile: none of them counts as held.
+        assert!(refused.attempts.iter().all(|a| !a.state.granted()));
+        assert_eq!(agents.holder("h0"), None);
+        assert_eq!(agents.holder("h2"), None);
+    }
+
+    /// At most `concurrency` hosts are asked at once (two, then two more a turn later),
+    /// and each lease counts from when its own request went out (after its wait for a
+    /// turn), not from the start of the acquisition.
+    #[tokio::test(start_paused = true)]
+    async fn leases_count_from_each_delivery() {
+        let agents = Arc::new(Agents::default());
+        let slow = Slow::new(agents.clone(), Duration::from_secs(1), "");
+        let begin = Instant::now();
+        let held = ClusterLock::new(slow, spec("alice", 5))
+            .with_concurrency(2)
+            .acquire(targets(4))
+            .await
+            .unwrap();
+        let turn = Duration::from_millis(1005);
+        let until: Vec<Duration> = held.hosts.iter().map(|h| h.valid_until - begin).collect();
+        let lease = Duration::from_secs(5);
+        assert_eq!(until, [lease, lease, turn + lease, turn + lease]);
+        assert!(held.release().await.is_empty());
     }
 }
