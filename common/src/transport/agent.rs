@@ -253,24 +253,8 @@ impl Transport for AgentTransport {
                     let _ = stream.shutdown().await;
                     return Ok(());
                 }
-                let params = ClientParams {
-                    key_cipher: &self.key_cipher,
-                    pinned: self.public_key.as_deref(),
-                    now: unix_now(),
-                };
-                let mut conn = match handshake::client(stream, params).await {
-                    Ok(conn) => conn,
-                    Err(WireError::Refused { code, message }) => {
-                        return Err(Outcome::Reply(Reply::error(code, message)))
-                    }
-                    Err(e) => return Err(v2_failure(e)),
-                };
-                match &self.pool {
-                    Some(pool) => pool.put(target.address(), conn),
-                    None => {
-                        let _ = conn.get_mut().shutdown().await;
-                    }
-                }
+                let conn = self.handshake(stream).await?;
+                self.keep_or_close(target, conn).await;
                 Ok(())
             };
             timeout(self.deadline, stage)
@@ -383,6 +367,34 @@ impl AgentTransport {
         }
     }
 
+    /// The v2 handshake on `stream` (the shared secret, and the pinned key if any,
+    /// proven both ways): the secure connection, or the outcome of a refusal or failure.
+    async fn handshake(&self, stream: TcpStream) -> Result<SecureConnection<TcpStream>, Outcome> {
+        let params = ClientParams {
+            key_cipher: &self.key_cipher,
+            pinned: self.public_key.as_deref(),
+            now: unix_now(),
+        };
+        match handshake::client(stream, params).await {
+            Ok(conn) => Ok(conn),
+            Err(WireError::Refused { code, message }) => {
+                Err(Outcome::Reply(Reply::error(code, message)))
+            }
+            Err(e) => Err(v2_failure(e)),
+        }
+    }
+
+    /// Gives an idle connection to the pool for the next delivery to `target`, or
+    /// closes it without one.
+    async fn keep_or_close(&self, target: &Target, mut conn: SecureConnection<TcpStream>) {
+        match &self.pool {
+            Some(pool) => pool.put(target.address(), conn),
+            None => {
+                let _ = conn.get_mut().shutdown().await;
+            }
+        }
+    }
+
     async fn exchange_v2(
         &self,
         target: &Target,
@@ -390,26 +402,13 @@ impl AgentTransport {
         request: &Request,
         events: &mpsc::Sender<TaggedEvent>,
     ) -> Outcome {
-        let params = ClientParams {
-            key_cipher: &self.key_cipher,
-            pinned: self.public_key.as_deref(),
-            now: unix_now(),
-        };
-        let mut conn = match handshake::client(stream, params).await {
+        let mut conn = match self.handshake(stream).await {
             Ok(conn) => conn,
-            Err(WireError::Refused { code, message }) => {
-                return Outcome::Reply(Reply::error(code, message))
-            }
-            Err(e) => return v2_failure(e),
+            Err(outcome) => return outcome,
         };
         match self.request_v2(&mut conn, request, events).await {
             Ok(reply) => {
-                match &self.pool {
-                    Some(pool) => pool.put(target.address(), conn),
-                    None => {
-                        let _ = conn.get_mut().shutdown().await;
-                    }
-                }
+                self.keep_or_close(target, conn).await;
                 Outcome::Reply(reply)
             }
             Err(e) => e.outcome,
