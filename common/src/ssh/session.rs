@@ -988,7 +988,7 @@ pub(super) struct Ran {
 /// session. Its standard error is then the terminal too: every line comes as stdout;
 /// the end of its input is the terminal's end-of-file character (`^D`).
 /// How many times [`exec`] yields before looking at a line that follows a streamed
-/// one: once for each forwarding stage between its events and the caller's.
+/// one: at least once for each forwarding stage between its events and the caller's.
 const FORWARDING_STAGES: usize = 3;
 
 pub(super) async fn exec<F, Fut>(
@@ -1136,8 +1136,9 @@ where
             if std::mem::take(&mut sent) {
                 // `keep` may act on this line at once (a sync tool's SYNC releases the
                 // other hosts), so let the lines sent before it reach the caller first:
-                // they go through two forwarding stages (the transport's tagging and
-                // the fan-out's) that run in this task, each polled once per yield.
+                // they go through the fan-out's forwarding, which runs in this task and
+                // is polled once per yield (the other yields leave room for a caller
+                // that adds a stage of its own, as the napp script's filter does).
                 for _ in 0..FORWARDING_STAGES {
                     tokio::task::yield_now().await;
                 }
