@@ -26,7 +26,7 @@
 //!
 //! Names are bytes, never decoded: what is checked is exactly what is created.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read, Write};
 
 use crate::{Error, Name};
 
@@ -361,6 +361,44 @@ impl<R: Read> Archive<R> {
             offset: self.offset,
             reason: why.to_owned(),
         }
+    }
+}
+
+impl<R: BufRead> Archive<R> {
+    /// Writes the rest of the current entry's data to `out` straight from the reader's
+    /// buffer (no copy into one of ours); the bytes written. `name` names the entry in
+    /// a write error.
+    pub fn copy_data(&mut self, out: &mut impl Write, name: &[u8]) -> Result<u64, Error> {
+        let mut written = 0u64;
+        while self.data_left > 0 {
+            let buf = loop {
+                match self.reader.fill_buf() {
+                    Ok(b) => break b,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::Read(e)),
+                }
+            };
+            if buf.is_empty() {
+                return Err(Error::Truncated {
+                    offset: self.offset,
+                    what: "the archive ends inside a file's data",
+                });
+            }
+            let n = usize::try_from(self.data_left)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            out.write_all(buf.get(..n).unwrap_or_default())
+                .map_err(|source| Error::Io {
+                    entry: Name(name.to_vec()),
+                    op: "write",
+                    source,
+                })?;
+            self.reader.consume(n);
+            self.data_left -= n as u64;
+            self.offset += n as u64;
+            written += n as u64;
+        }
+        Ok(written)
     }
 }
 

@@ -214,6 +214,36 @@ impl Root {
         mtime: Option<i64>,
         mut data: impl FnMut(&mut [u8]) -> Result<usize, Error>,
     ) -> Result<u64, Error> {
+        self.write_file_with(parent, name, mode, mtime, |file| {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut written = 0u64;
+            loop {
+                let n = match data(&mut buf)? {
+                    0 => return Ok(written),
+                    n => n,
+                };
+                file.write_all(buf.get(..n).unwrap_or_default())
+                    .map_err(|source| Error::Io {
+                        entry: Name(name.to_vec()),
+                        op: "write",
+                        source,
+                    })?;
+                written += n as u64;
+            }
+        })
+    }
+
+    /// [`Root::write_file`] with the data written by `body` (its byte count returned):
+    /// for a caller that writes from buffers it already holds. On an error from `body`
+    /// the temporary file is removed.
+    pub fn write_file_with(
+        &self,
+        parent: &OwnedFd,
+        name: &[u8],
+        mode: u32,
+        mtime: Option<i64>,
+        body: impl FnOnce(&mut File) -> Result<u64, Error>,
+    ) -> Result<u64, Error> {
         let entry_name = || Name(name.to_vec());
         let io_error = |op: &'static str, errno: Errno| Error::Io {
             entry: entry_name(),
@@ -246,29 +276,14 @@ impl Root {
             );
         };
         let mut file = File::from(fd);
-        let mut buf = vec![0u8; 64 << 10];
-        let mut written = 0u64;
-        loop {
-            let n = match data(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    drop(file);
-                    discard(parent);
-                    return Err(e);
-                }
-            };
-            if let Err(e) = file.write_all(buf.get(..n).unwrap_or_default()) {
+        let written = match body(&mut file) {
+            Ok(n) => n,
+            Err(e) => {
                 drop(file);
                 discard(parent);
-                return Err(Error::Io {
-                    entry: entry_name(),
-                    op: "write",
-                    source: e,
-                });
+                return Err(e);
             }
-            written += n as u64;
-        }
+        };
         let finish = (|| {
             stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode & 0o7777))
                 .map_err(|e| io_error("set the mode of", e))?;

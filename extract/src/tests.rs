@@ -486,3 +486,65 @@ fn open_file_refuses_a_fifo_without_waiting() {
         .expect("open_file returned");
     assert!(refused);
 }
+
+/// `extract_buffered` (file data written from the input's own buffer) makes the same
+/// tree, summary and errors as `extract`, whatever the input's piece sizes.
+#[test]
+fn buffered_extraction_matches_the_plain_one() {
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let full = Tar::default()
+        .dir(b"app")
+        .file(b"app/f", &big)
+        .file_mode(b"app/run.sh", b"#!/bin/sh\n", 0o6777)
+        .link(b"app/l", b"f")
+        .file(b"deep/er/x", b"x")
+        .file(b"empty", b"")
+        .end();
+    let snapshot = |root: &Path| -> Vec<(String, Vec<u8>, u32)> {
+        listing(root)
+            .into_iter()
+            .map(|n| {
+                let p = root.join(&n);
+                let meta = std::fs::symlink_metadata(&p).unwrap();
+                let data = if meta.is_file() {
+                    std::fs::read(&p).unwrap()
+                } else {
+                    Vec::new()
+                };
+                (n, data, meta.mode())
+            })
+            .collect()
+    };
+    // Whole, and cut inside a header, inside file data and before the end blocks.
+    for cut in [full.len(), 700, 1024 + 512 + 100_000, full.len() - 1024] {
+        let bytes = &full[..cut];
+        for piece in [1usize, 77, 512, 4096, 1 << 20] {
+            let (_a, plain_root, _) = dirs();
+            let (_b, buffered_root, _) = dirs();
+            let plain = run(&plain_root, bytes);
+            let buffered = extract_buffered(
+                std::io::BufReader::with_capacity(piece, bytes),
+                &Root::open(&buffered_root).unwrap(),
+                &Options::default(),
+            );
+            match (&plain, &buffered) {
+                (Ok(p), Ok(b)) => assert_eq!(p, b, "cut {cut}, pieces of {piece}"),
+                (Err(p), Err(b)) => assert_eq!(
+                    std::mem::discriminant(p),
+                    std::mem::discriminant(b),
+                    "cut {cut}, pieces of {piece}: {p} / {b}"
+                ),
+                _ => panic!("cut {cut}, pieces of {piece}: {plain:?} / {buffered:?}"),
+            }
+            assert_eq!(
+                snapshot(&plain_root),
+                snapshot(&buffered_root),
+                "cut {cut}, pieces of {piece}"
+            );
+        }
+    }
+    let (_t, root, _) = dirs();
+    let s = extract_buffered(&full[..], &Root::open(&root).unwrap(), &Options::default()).unwrap();
+    assert_eq!((s.files, s.bytes), (4, 200_011));
+    assert_eq!(std::fs::read(root.join("app/f")).unwrap(), big);
+}

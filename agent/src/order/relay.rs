@@ -370,6 +370,12 @@ async fn listen_stream(
 
 /// One peer: the handshake, then every chunk from the one it asked for, each as soon as
 /// it is verified here.
+///
+/// The spool goes to the socket with `sendfile` (page cache to socket in the kernel, no
+/// copy through a user buffer and no blocking thread per chunk), every run of verified
+/// chunks at once: the range sent never reaches past what `have` says is verified. The
+/// spool was just written, so its pages are in the page cache and `sendfile` does not
+/// wait for the disk in practice.
 async fn serve_peer(
     mut socket: tokio::net::TcpStream,
     token: &str,
@@ -388,27 +394,96 @@ async fn serve_peer(
         .await
         .map_err(|_| "handshake timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    let file =
-        Arc::new(std::fs::File::open(spool).map_err(|e| format!("{}: {e}", spool.display()))?);
-    let mut buf = Vec::new();
-    for index in first..list.count() {
-        have.wait_for(|h| h.chunks > index)
-            .await
-            .map_err(|_| format!("the stream stopped before chunk {index}"))?;
-        let (start, len) = list.span(index);
-        buf.resize(usize::try_from(len).map_err(|_| "chunk too large")?, 0);
-        // A positioned read straight into the buffer this loop reuses.
-        let f = Arc::clone(&file);
-        buf = tokio::task::spawn_blocking(move || {
-            std::os::unix::fs::FileExt::read_exact_at(&*f, &mut buf, start).map(|()| buf)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        socket.write_all(&buf).await.map_err(|e| e.to_string())?;
-    }
     socket.flush().await.map_err(|e| e.to_string())?;
+    let file = std::fs::File::open(spool).map_err(|e| format!("{}: {e}", spool.display()))?;
+    let mut index = first;
+    while index < list.count() {
+        let verified = have
+            .wait_for(|h| h.chunks > index)
+            .await
+            .map_err(|_| format!("the stream stopped before chunk {index}"))?
+            .chunks
+            .min(list.count());
+        let (start, _) = list.span(index);
+        let (last_start, last_len) = list.span(verified - 1);
+        send_range(&socket, &file, start, last_start + last_len)
+            .await
+            .map_err(|e| format!("chunks {index}..{verified}: {e}"))?;
+        index = verified;
+    }
     Ok(())
+}
+
+/// Sends bytes `start..end` of `file` to `socket` with `sendfile`, waiting for the
+/// socket to take them.
+async fn send_range(
+    socket: &tokio::net::TcpStream,
+    file: &std::fs::File,
+    start: u64,
+    end: u64,
+) -> std::io::Result<()> {
+    let as_off = |v: u64| {
+        libc::off64_t::try_from(v)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"))
+    };
+    let mut offset = as_off(start)?;
+    let end = as_off(end)?;
+    while offset < end {
+        socket.writable().await?;
+        let want = usize::try_from(end - offset)
+            .unwrap_or(usize::MAX)
+            .min(SEND_MAX);
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            nix::sys::sendfile::sendfile64(socket, file, Some(&mut offset), want)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the spool is shorter than its verified chunks",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The most bytes one `sendfile` call is asked for.
+const SEND_MAX: usize = 4 << 20;
+
+/// Chunks verified and waiting for the spool thread.
+const SPOOL_QUEUE: usize = 4;
+
+/// The spool thread of a chain host (blocking): appends each verified chunk to `out`,
+/// then says so on `have` (the servers send it on from the spool), then moves the buffer
+/// to the extractor. Returns the extractor's queue (to end it) and whether every chunk
+/// received was spooled.
+fn spool_sink(
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+    mut out: std::fs::File,
+    have: &watch::Sender<Have>,
+    mut extract: Option<mpsc::Sender<Piece>>,
+) -> (Option<mpsc::Sender<Piece>>, Result<(), String>) {
+    use std::io::Write as _;
+    while let Some(buf) = chunks.blocking_recv() {
+        if let Err(e) = out.write_all(&buf) {
+            tracing::warn!(error = %e, "relay: cannot write the spool");
+            return (extract, Err(format!("spool: {e}")));
+        }
+        have.send_modify(|h| h.chunks += 1);
+        if let Some(tx) = extract.as_ref() {
+            // The verified chunk itself, not a copy.
+            if tx.blocking_send(Piece::Data(buf)).is_err() {
+                // The extractor stopped (its error is the reply); children still get chunks.
+                extract = None;
+            }
+        }
+    }
+    (extract, Ok(()))
 }
 
 /// Why a peer was left.
@@ -441,13 +516,12 @@ async fn chained(
         Ok(x) => x,
         Err(e) => return Reply::error(500, e),
     };
-    // Written on a blocking thread from the chunk's own buffer (no copy into a tokio
-    // file's buffer), then that buffer goes on to the extractor.
     let out = match tokio::fs::File::create(&spool).await {
-        Ok(f) => Arc::new(f.into_std().await),
+        Ok(f) => f.into_std().await,
         Err(e) => return Reply::error(500, format!("relay: {}: {e}", spool.display())),
     };
     let (have_tx, have_rx) = watch::channel(Have::default());
+    let have_tx = Arc::new(have_tx);
     let mut serving = None;
     if let (true, Some(bind)) = (chain.serve, chain.bind) {
         match listen_stream(
@@ -480,13 +554,22 @@ async fn chained(
         ..deploy_extract::Options::default()
     };
     let extraction = tokio::task::spawn_blocking(move || {
-        deploy_extract::extract(
+        // Buffered: file data goes to the files straight from the verified chunks.
+        deploy_extract::extract_buffered(
             upload::pieces::PieceReader::new(prx, "the relay stream was cut short"),
             &root,
             &options,
         )
     });
-    let mut ptx = Some(ptx);
+    // One blocking thread for the whole stream writes each verified chunk to the spool
+    // from the chunk's own buffer, tells the servers, and moves the buffer on to the
+    // extractor (no thread hand-off per chunk, no copy).
+    let (stx, srx) = mpsc::channel::<Vec<u8>>(SPOOL_QUEUE);
+    let sink = {
+        let have = Arc::clone(&have_tx);
+        tokio::task::spawn_blocking(move || spool_sink(srx, out, &have, Some(ptx)))
+    };
+    let mut stx = Some(stx);
     let mut list: Option<Arc<ChunkList>> = None;
     let mut next = 0u64;
     let mut refused: Vec<SocketAddr> = Vec::new();
@@ -500,6 +583,10 @@ async fn chained(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         for &peer in &chain.from {
+            if stx.is_none() {
+                // The spool failed: no peer can help.
+                break 'rounds;
+            }
             if refused.contains(&peer) {
                 continue;
             }
@@ -515,9 +602,8 @@ async fn chained(
                 &chain,
                 &mut list,
                 &mut next,
-                &out,
+                &mut stx,
                 &have_tx,
-                &mut ptx,
                 events,
                 &mut reported,
             )
@@ -540,8 +626,17 @@ async fn chained(
             }
         }
     }
-    let complete = list.as_ref().is_some_and(|l| next >= l.count());
-    if let Some(tx) = ptx.take() {
+    drop(stx);
+    let (ptx, spooled) = match sink.await {
+        Ok(r) => r,
+        Err(e) => (None, Err(format!("spool: {e}"))),
+    };
+    if let Err(e) = spooled {
+        errors.push(e);
+    }
+    let complete =
+        list.as_ref().is_some_and(|l| next >= l.count()) && have_tx.borrow().chunks >= next;
+    if let Some(tx) = ptx {
         if complete {
             let _ = tx.send(Piece::End).await;
         }
@@ -630,9 +725,8 @@ async fn pull_from(
     chain: &Chain,
     list: &mut Option<Arc<ChunkList>>,
     next: &mut u64,
-    out: &Arc<std::fs::File>,
+    spool: &mut Option<mpsc::Sender<Vec<u8>>>,
     have: &watch::Sender<Have>,
-    extract: &mut Option<mpsc::Sender<Piece>>,
     events: &Events,
     reported: &mut u64,
 ) -> Option<Left> {
@@ -676,12 +770,22 @@ async fn pull_from(
             l
         }
     };
-    let mut buf = Vec::new();
     while *next < list.count() {
         let (_, len) = list.span(*next);
-        buf.resize(usize::try_from(len).unwrap_or(0), 0);
-        match tokio::time::timeout(STALL, s.read_exact(&mut buf)).await {
-            Ok(Ok(_)) => {}
+        let len = usize::try_from(len).unwrap_or(0);
+        // Read into the buffer's spare capacity: no zeroing of every chunk first.
+        let mut buf = Vec::with_capacity(len);
+        let read = async {
+            while buf.len() < len {
+                let want = (len - buf.len()) as u64;
+                if (&mut s).take(want).read_buf(&mut buf).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(STALL, read).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => return fail(format!("chunk {}: {e}", *next)),
             Err(_) => return fail(format!("chunk {}: stalled for {}s", *next, STALL.as_secs())),
         }
@@ -691,30 +795,15 @@ async fn pull_from(
                 *next
             )));
         }
-        let file = Arc::clone(out);
-        let written = tokio::task::spawn_blocking(move || {
-            use std::io::Write as _;
-            (&*file).write_all(&buf).map(|()| buf)
-        })
-        .await;
-        buf = match written {
-            Ok(Ok(buf)) => buf,
-            Ok(Err(e)) => return fail(format!("spool: {e}")),
-            Err(e) => return fail(format!("spool: {e}")),
+        // Verified: to the spool thread (which then hands it to the extractor).
+        let Some(tx) = spool.as_ref() else {
+            return fail("the spool failed".into());
         };
-        *next += 1;
-        have.send_modify(|h| h.chunks = *next);
-        if let Some(tx) = extract.as_ref() {
-            // The verified chunk itself, not a copy (the next one gets a fresh buffer).
-            if tx
-                .send(Piece::Data(std::mem::take(&mut buf)))
-                .await
-                .is_err()
-            {
-                // The extractor stopped (its error is the reply); children still get chunks.
-                *extract = None;
-            }
+        if tx.send(buf).await.is_err() {
+            *spool = None;
+            return fail("the spool failed".into());
         }
+        *next += 1;
         let percent = *next * 100 / list.count().max(1);
         if percent >= *reported + 10 || *next == list.count() {
             *reported = percent;

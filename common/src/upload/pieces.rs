@@ -9,7 +9,7 @@
 //! The queue closing before [`Piece::End`] is an error (`UnexpectedEof`, with the
 //! caller's words), never a clean end: a cut stream must not look like a short archive.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use tokio::sync::mpsc;
 
@@ -48,9 +48,23 @@ impl PieceReader {
 
 impl Read for PieceReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let rest = self.fill_buf()?;
+        let n = rest.len().min(buf.len());
+        if let (Some(dst), Some(src)) = (buf.get_mut(..n), rest.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The pieces themselves as the buffer: a reader that writes what it gets
+/// (`deploy_extract::extract_buffered`) copies nothing out of them first.
+impl BufRead for PieceReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.at >= self.piece.len() {
             if self.ended {
-                return Ok(0);
+                return Ok(&[]);
             }
             match self.rx.blocking_recv() {
                 Some(Piece::Data(piece)) => {
@@ -59,18 +73,16 @@ impl Read for PieceReader {
                 }
                 Some(Piece::End) => {
                     self.ended = true;
-                    return Ok(0);
+                    return Ok(&[]);
                 }
                 None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, self.cut)),
             }
         }
-        let rest = self.piece.get(self.at..).unwrap_or_default();
-        let n = rest.len().min(buf.len());
-        if let (Some(dst), Some(src)) = (buf.get_mut(..n), rest.get(..n)) {
-            dst.copy_from_slice(src);
-        }
-        self.at += n;
-        Ok(n)
+        Ok(self.piece.get(self.at..).unwrap_or_default())
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.at = self.at.saturating_add(amount).min(self.piece.len());
     }
 }
 
@@ -98,5 +110,25 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(err.to_string(), "the body was cut short");
+    }
+
+    #[test]
+    fn buffered_reads_hand_out_the_pieces_themselves() {
+        let (tx, rx) = mpsc::channel(4);
+        let piece = b"abcdef".to_vec();
+        let at = piece.as_ptr();
+        tx.try_send(Piece::Data(piece)).unwrap();
+        tx.try_send(Piece::Data(b"g".to_vec())).unwrap();
+        drop(tx);
+        let mut r = PieceReader::new(rx, "cut");
+        let got = r.fill_buf().unwrap();
+        assert_eq!((got, got.as_ptr()), (&b"abcdef"[..], at), "no copy");
+        r.consume(4);
+        assert_eq!(r.fill_buf().unwrap(), b"ef");
+        let mut two = [0u8; 3];
+        assert_eq!(r.read(&mut two).unwrap(), 2);
+        assert_eq!(r.fill_buf().unwrap(), b"g");
+        r.consume(1);
+        assert_eq!(r.fill_buf().unwrap_err().to_string(), "cut");
     }
 }
