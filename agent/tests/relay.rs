@@ -108,14 +108,17 @@ fn relay_to_six_agents_pulls_from_peers_and_every_tree_matches() {
         assert_eq!(field(&r, "return"), "true", "{r:#}");
         let from = field(&r, "from");
         assert!(!from.is_empty(), "{r:#}");
-        assert_eq!(field(&r, "manifest").len(), 64, "{r:#}");
         if from == "source" {
+            assert_eq!(field(&r, "manifest").len(), 64, "{r:#}");
             from_source += 1;
         } else {
             let peers: Vec<String> = (0..6)
                 .map(|j| fleet.agents[j].1.addr().to_string())
                 .collect();
             assert!(peers.contains(&from), "{from} is no host of the fleet");
+            // Checked by the first host's shape: no file read back and re-hashed.
+            assert_eq!(field(&r, "shape").len(), 64, "{r:#}");
+            assert_eq!(field(&r, "manifest"), "", "{r:#}");
             assert_eq!(field(&r, "refused"), "", "{r:#}");
             from_peer_of.insert(from);
         }
@@ -468,4 +471,51 @@ fn store_and_forward_relay_orders_are_refused() {
         relay_daemons(master).is_empty(),
         "an rsync --daemon was started"
     );
+}
+
+/// A chain order with the first host's `shape` checks the extracted tree by it (no file
+/// re-hashed): a clean target passes and reports that shape; a target holding a file
+/// the source does not have fails, as does a shape that is not the tree's.
+#[test]
+fn relay_chain_checks_the_tree_by_the_first_hosts_shape() {
+    let src_sb = Sandbox::new();
+    let source = src_sb.join("source");
+    make_tree(&source);
+    make_blob(&source.join("blob.bin"), 1_500_000);
+    let rsyncd = RsyncDaemon::start(&source);
+    let fleet = Fleet::start(28, 3, &rsyncd.url("DEST/"), None);
+    let first = fleet.first(0);
+    let shape = field(&first, "shape");
+    assert_eq!(shape.len(), 64, "{first:#}");
+    let a = field(&first, "stream");
+    let chain = |i: usize, shape: &str| {
+        let ip = fleet.agents[i].1.addr().ip();
+        fleet.order(
+            i,
+            &format!(
+                "relay chain token={TOKEN} from={a} list={} expect={} shape={shape} bind={ip} peers={}",
+                field(&first, "list"),
+                field(&first, "manifest"),
+                fleet.ips()
+            ),
+        )
+    };
+    let r = chain(1, &shape);
+    assert_eq!(field(&r, "return"), "true", "{r:#}");
+    assert_eq!(field(&r, "shape"), shape, "{r:#}");
+    assert_same_tree(&source, &fleet.target(1));
+
+    std::fs::create_dir_all(fleet.target(2)).unwrap();
+    std::fs::write(fleet.target(2).join("stray"), b"not from the source").unwrap();
+    let r = chain(2, &shape);
+    assert_eq!(field(&r, "return"), "false", "{r:#}");
+    assert!(field(&r, "error").contains("shape"), "{r:#}");
+
+    std::fs::remove_file(fleet.target(2).join("stray")).unwrap();
+    let r = chain(2, &"0".repeat(64));
+    assert_eq!(field(&r, "return"), "false", "{r:#}");
+    assert!(field(&r, "error").contains("shape"), "{r:#}");
+    let r = chain(2, &shape);
+    assert_eq!(field(&r, "return"), "true", "{r:#}");
+    assert_same_tree(&source, &fleet.target(2));
 }

@@ -127,6 +127,7 @@ async fn pulled(spec: rs::RsyncSpec, checksum: String, pull: Pull, base: &Path) 
         ("exitCode", Value::String("0".into())),
         ("exitMessage", Value::String(rs::exit_meaning(0).to_owned())),
         ("manifest", Value::String(manifest.digest.clone())),
+        ("shape", Value::String(manifest.shape.clone())),
         ("files", Value::String(manifest.files.to_string())),
         ("bytes", Value::String(manifest.bytes.to_string())),
         (
@@ -690,26 +691,51 @@ async fn chained(
             return Reply::ok(body);
         }
     }
+    // With the reference shape, the walk reads no file: every byte extracted came from
+    // a chunk verified against the list, so the contents are the first host's; the walk
+    // checks the rest (names, types, modes, sizes, link targets, nothing extra).
     let root = target.clone();
-    let manifest = match tokio::task::spawn_blocking(move || relay::manifest(&root)).await {
+    let by_shape = chain.shape.is_some();
+    let walked = tokio::task::spawn_blocking(move || {
+        if by_shape {
+            relay::shape(&root)
+        } else {
+            relay::manifest(&root)
+        }
+    })
+    .await;
+    let manifest = match walked {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => return Reply::error(500, e.to_string()),
         Err(e) => return Reply::error(500, format!("manifest: {e}")),
     };
-    body.insert("manifest".into(), Value::String(manifest.digest.clone()));
     body.insert("files".into(), Value::String(manifest.files.to_string()));
     body.insert("bytes".into(), Value::String(manifest.bytes.to_string()));
-    if manifest.digest != chain.expect {
-        tracing::warn!(expect = %chain.expect, got = %manifest.digest, "relay: extracted tree does not match the reference manifest");
-        body.insert(
-            "error".into(),
-            Value::String(format!(
-                "manifest {} does not match the reference {} (files in {} that the source does not have?)",
-                manifest.digest,
-                chain.expect,
+    body.insert("shape".into(), Value::String(manifest.shape.clone()));
+    let mismatch = match &chain.shape {
+        Some(shape) => (*shape != manifest.shape).then(|| {
+            tracing::warn!(expect = %shape, got = %manifest.shape, "relay: extracted tree does not have the reference shape");
+            format!(
+                "the tree's shape {} does not match the reference {shape} (files in {} that the source does not have?)",
+                manifest.shape,
                 target.display()
-            )),
-        );
+            )
+        }),
+        None => {
+            body.insert("manifest".into(), Value::String(manifest.digest.clone()));
+            (manifest.digest != chain.expect).then(|| {
+                tracing::warn!(expect = %chain.expect, got = %manifest.digest, "relay: extracted tree does not match the reference manifest");
+                format!(
+                    "manifest {} does not match the reference {} (files in {} that the source does not have?)",
+                    manifest.digest,
+                    chain.expect,
+                    target.display()
+                )
+            })
+        }
+    };
+    if let Some(error) = mismatch {
+        body.insert("error".into(), Value::String(error));
         return Reply::ok(body);
     }
     body.insert("return".into(), flag(true));

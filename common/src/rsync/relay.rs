@@ -100,6 +100,11 @@ pub struct Chain {
     pub list: String,
     /// The reference manifest the extracted tree must have.
     pub expect: String,
+    /// The reference tree's [`Manifest::shape`]: when given, the extracted tree is
+    /// checked against it (names, types, modes, sizes, link targets; no extra entries)
+    /// instead of re-hashing every file, whose contents came from chunks verified
+    /// against the list. `None` (an older scheduler): the full manifest.
+    pub shape: Option<String>,
     /// Serve the stream to children (on `bind`).
     pub serve: bool,
     /// The address to serve on.
@@ -148,6 +153,9 @@ impl RelayArgs {
                     c.list,
                     c.expect
                 );
+                if let Some(shape) = &c.shape {
+                    let _ = write!(s, " shape={shape}");
+                }
                 if c.serve {
                     s.push_str(" serve=1");
                 }
@@ -191,6 +199,7 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
         stream: false,
     };
     let mut list = None;
+    let mut shape = None;
     for word in words {
         let (key, value) = word
             .split_once('=')
@@ -200,6 +209,7 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
             "from" => pull.from = Some(value.to_owned()),
             "expect" => pull.expect = Some(value.to_owned()),
             "list" => list = Some(value.to_owned()),
+            "shape" => shape = Some(value.to_owned()),
             "serve" => pull.serve = value == "1",
             "stream" => pull.stream = value == "1",
             "bind" => {
@@ -240,6 +250,9 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
     if !sha(&list) {
         return Err(bad("list must be a SHA-256 in hex"));
     }
+    if !sha(&shape) {
+        return Err(bad("shape must be a SHA-256 in hex"));
+    }
     if action == "chain" {
         let from = pull
             .from
@@ -262,14 +275,15 @@ pub fn parse(args: &str) -> Result<RelayArgs, RelayError> {
             from,
             list,
             expect,
+            shape,
             serve: pull.serve,
             bind: pull.bind,
             peers: pull.peers,
             ttl: pull.ttl,
         }));
     }
-    if list.is_some() {
-        return Err(bad("list= is for chain"));
+    if list.is_some() || shape.is_some() {
+        return Err(bad("list= and shape= are for chain"));
     }
     if let Some(from) = &pull.from {
         let ok = from.starts_with(&format!("rsync://{USER}@"))
@@ -335,8 +349,12 @@ pub fn peer_url(ip: IpAddr, port: u16) -> String {
 /// A tree's manifest: its SHA-256 in hex, and how many files and bytes it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
-    /// SHA-256 (hex) of the sorted entry list.
+    /// SHA-256 (hex) of the sorted entry list (empty from [`shape`], which reads no
+    /// file).
     pub digest: String,
+    /// SHA-256 (hex) of the same list without the files' contents' hashes
+    /// (`f path mode size`): the tree's shape.
+    pub shape: String,
     /// Regular files.
     pub files: u64,
     /// Their total size.
@@ -347,12 +365,23 @@ pub struct Manifest {
 /// byte order of the relative paths: `d path mode`, `f path mode size sha256`,
 /// `l path target`. Symbolic links are recorded, never followed.
 pub fn manifest(root: &Path) -> Result<Manifest, RelayError> {
+    walk(root, true)
+}
+
+/// [`manifest`] without reading any file: only [`Manifest::shape`] (with `files` and
+/// `bytes`); `digest` is empty.
+pub fn shape(root: &Path) -> Result<Manifest, RelayError> {
+    walk(root, false)
+}
+
+fn walk(root: &Path, contents: bool) -> Result<Manifest, RelayError> {
     use aws_lc_rs::digest::{Context, SHA256};
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| RelayError::Io { path, source }
     };
     let mut list = Context::new(&SHA256);
+    let mut shape = Context::new(&SHA256);
     let mut files = 0u64;
     let mut bytes = 0u64;
     let mut stack = vec![PathBuf::new()];
@@ -389,29 +418,37 @@ pub fn manifest(root: &Path) -> Result<Manifest, RelayError> {
             let target = fs::read_link(&full).map_err(io(&full))?;
             format!("l {name} {}\n", target.to_string_lossy())
         } else if meta.is_file() {
-            let mut file = fs::File::open(&full).map_err(io(&full))?;
-            let mut ctx = Context::new(&SHA256);
-            loop {
-                let n = file.read(&mut buf).map_err(io(&full))?;
-                if n == 0 {
-                    break;
-                }
-                ctx.update(buf.get(..n).unwrap_or_default());
-            }
             files += 1;
             bytes += meta.len();
-            format!(
-                "f {name} {mode:o} {} {}\n",
-                meta.len(),
-                hex(ctx.finish().as_ref())
-            )
+            let head = format!("f {name} {mode:o} {}", meta.len());
+            shape.update(head.as_bytes());
+            shape.update(b"\n");
+            if contents {
+                let mut file = fs::File::open(&full).map_err(io(&full))?;
+                let mut ctx = Context::new(&SHA256);
+                loop {
+                    let n = file.read(&mut buf).map_err(io(&full))?;
+                    if n == 0 {
+                        break;
+                    }
+                    ctx.update(buf.get(..n).unwrap_or_default());
+                }
+                list.update(format!("{head} {}\n", hex(ctx.finish().as_ref())).as_bytes());
+            }
+            continue;
         } else {
             format!("o {name} {mode:o}\n")
         };
         list.update(line.as_bytes());
+        shape.update(line.as_bytes());
     }
     Ok(Manifest {
-        digest: hex(list.finish().as_ref()),
+        digest: if contents {
+            hex(list.finish().as_ref())
+        } else {
+            String::new()
+        },
+        shape: hex(shape.finish().as_ref()),
         files,
         bytes,
     })
@@ -440,12 +477,19 @@ mod tests {
             from: vec!["10.0.0.2:4000".parse().unwrap(), "[::1]:5".parse().unwrap()],
             list: "e".repeat(64),
             expect: "f".repeat(64),
+            shape: Some("1".repeat(64)),
             serve: true,
             bind: Some("10.0.0.3".parse().unwrap()),
             peers: vec!["10.0.0.2".parse().unwrap()],
             ttl: 9,
         });
         assert_eq!(parse(&chain.to_args()).unwrap(), chain);
+        if let RelayArgs::Chain(mut old) = chain {
+            // From a scheduler that sends no shape.
+            old.shape = None;
+            let old = RelayArgs::Chain(old);
+            assert_eq!(parse(&old.to_args()).unwrap(), old);
+        }
         let stop = RelayArgs::Stop {
             token: "b".repeat(32),
         };
@@ -485,6 +529,12 @@ mod tests {
                 "a".repeat(64)
             ),
             format!("relay pull token={t} list={}", "a".repeat(64)),
+            format!("relay pull token={t} shape={}", "a".repeat(64)),
+            format!(
+                "relay chain token={t} from=1.2.3.4:5 list={} expect={} shape=xyz",
+                "a".repeat(64),
+                "a".repeat(64)
+            ),
         ] {
             assert!(parse(&args).is_err(), "{args}");
         }
@@ -508,5 +558,43 @@ mod tests {
         assert_eq!(manifest(root).unwrap().digest, first.digest);
         fs::set_permissions(root.join("b"), fs::Permissions::from_mode(0o600)).unwrap();
         assert_ne!(manifest(root).unwrap().digest, first.digest);
+    }
+
+    #[test]
+    fn shape_sees_everything_but_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("sub")).unwrap();
+        fs::write(root.join("sub/a"), b"hello").unwrap();
+        fs::write(root.join("b"), b"world").unwrap();
+        std::os::unix::fs::symlink("sub/a", root.join("link")).unwrap();
+        let full = manifest(root).unwrap();
+        let first = shape(root).unwrap();
+        assert_eq!(
+            (&first.shape, first.files, first.bytes),
+            (&full.shape, 2, 10)
+        );
+        assert!(first.digest.is_empty(), "shape reads no file");
+        // The same sizes, other contents: the same shape.
+        fs::write(root.join("sub/a"), b"hellO").unwrap();
+        assert_eq!(shape(root).unwrap().shape, first.shape);
+        // Everything else counts: a size, a mode, a link target, an extra entry.
+        let changes: [&dyn Fn(); 4] = [
+            &|| fs::write(root.join("sub/a"), b"hello!").unwrap(),
+            &|| fs::set_permissions(root.join("b"), fs::Permissions::from_mode(0o600)).unwrap(),
+            &|| {
+                fs::remove_file(root.join("link")).unwrap();
+                std::os::unix::fs::symlink("b", root.join("link")).unwrap();
+            },
+            &|| fs::write(root.join("sub/extra"), b"").unwrap(),
+        ];
+        let mut seen = vec![first.shape.clone()];
+        for change in changes {
+            change();
+            let now = shape(root).unwrap().shape;
+            assert!(!seen.contains(&now), "a change left the shape as it was");
+            assert_eq!(manifest(root).unwrap().shape, now);
+            seen.push(now);
+        }
     }
 }

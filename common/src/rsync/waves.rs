@@ -263,19 +263,21 @@ async fn drive(
             body_str(&outcome, "list"),
             body_str(&outcome, "manifest"),
         );
+        // The tree's shape (an older first host sends none: its children then re-hash).
+        let shape = body_str(&outcome, "shape").filter(|s| s.len() == 64);
         let ok = succeeded(&outcome);
         annotate(&mut outcome, "source", 1, None);
         let _ = tx.send(done(index, outcome)).await;
         if let (true, (Some(addr), Some(list), Some(manifest))) = (ok, fields) {
             if let Ok(addr) = addr.parse::<SocketAddr>() {
                 served.push(index);
-                first = Some((index, addr, list, manifest));
+                first = Some((index, addr, list, manifest, shape));
                 break;
             }
         }
     }
     let rest: Vec<usize> = candidates.collect();
-    let Some((root, root_addr, list, manifest)) = first else {
+    let Some((root, root_addr, list, manifest, shape)) = first else {
         for index in rest {
             let _ = tx
                 .send(done(
@@ -345,6 +347,7 @@ async fn drive(
                 from: from.clone(),
                 list: list.clone(),
                 expect: manifest.clone(),
+                shape: shape.clone(),
                 serve: bind.is_some(),
                 bind,
                 peers: peers.clone(),
