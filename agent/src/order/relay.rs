@@ -15,8 +15,9 @@
 //! first host (pull stream=1): rsync ─► tar of the tree ─► spool + ChunkList ─► serve
 //! chain host:  bind, event "relay serving ADDR" ─► connect to from[0] (our own address,
 //!   token proof) ─► list (digest checked) ─► per chunk: SHA-256 checked ─► spool
-//!   (children read it as it grows) + extractor (deploy_extract, confined) ─► manifest
-//!   checked against `expect` ─► reply (from, pulled, refused, resumed)
+//!   thread (children get it by sendfile as it grows) ─► extractor (deploy_extract,
+//!   confined, writing from the chunk's buffer) ─► tree checked against `shape`
+//!   (or the full manifest against `expect`) ─► reply (from, pulled, refused, resumed)
 //! ```
 //!
 //! A peer that fails (refused, closed, silent for [`STALL`], or a chunk that does not
