@@ -69,7 +69,10 @@ pub(super) async fn run(agent: &Agent, request: &Request, events: &Events) -> Re
             Reply::ok(object([("return", flag(true))]))
         }
         RelayArgs::Pull(pull) => pulled(spec, checksum, pull, &base).await,
-        RelayArgs::Chain(chain) => chained(spec, checksum, chain, &base, events).await,
+        RelayArgs::Chain(chain) => {
+            let limit = agent.rsync_timeout();
+            chained(spec, checksum, chain, &base, events, limit).await
+        }
     }
 }
 
@@ -432,6 +435,7 @@ async fn chained(
     chain: Chain,
     base: &Path,
     events: &Events,
+    limit: Duration,
 ) -> Reply {
     let started = std::time::Instant::now();
     let target = PathBuf::from(&spec.src);
@@ -623,7 +627,7 @@ async fn chained(
         return Reply::ok(body);
     }
     if chain.verify {
-        if let Err(why) = witness(&spec, &mut body).await {
+        if let Err(why) = witness(&spec, limit, &mut body).await {
             body.insert("error".into(), Value::String(why));
             return Reply::ok(body);
         }
@@ -762,36 +766,30 @@ const WITNESS_NAMES: usize = 5;
 /// (or why the check could not run: then `witness` is `failed`).
 async fn witness(
     spec: &rs::RsyncSpec,
+    limit: Duration,
     body: &mut serde_json::Map<String, Value>,
 ) -> Result<(), String> {
-    let mut argv = rs::argv(spec, true);
-    argv.insert(0, "--checksum".into());
-    let output = tokio::process::Command::new(&spec.rsync)
-        .args(argv)
-        .env("LC_ALL", rs::LOCALE)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await;
-    let output = match output {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            body.insert("witness".into(), Value::String("failed".into()));
-            let code = o.status.code().unwrap_or(-1);
-            return Err(format!(
-                "relay witness: rsync --dry-run --checksum against the source failed with {code} ({})",
-                rs::exit_meaning(code)
-            ));
-        }
-        Err(e) => {
-            body.insert("witness".into(), Value::String("failed".into()));
-            return Err(format!(
-                "relay witness: cannot run {}: {e}",
-                spec.rsync.display()
-            ));
-        }
+    // `--checksum` as one more option; `default_flags` (--archive --delete --force) stay.
+    let mut check = spec.clone();
+    check.option.push("--checksum".into());
+    let failed = |body: &mut serde_json::Map<String, Value>, why: String| {
+        body.insert("witness".into(), Value::String("failed".into()));
+        Err(format!(
+            "relay witness: rsync --dry-run --checksum against the source {why}"
+        ))
     };
-    let differences = rs::output::differences(&String::from_utf8_lossy(&output.stdout));
+    let output = match rs::run_foreground(&check, true, limit).await {
+        Ok(out) if out.status_code == Some(0) => out.output,
+        Ok(out) => {
+            let code = out.status_code.unwrap_or(-1);
+            return failed(
+                body,
+                format!("failed with {code} ({})", rs::exit_meaning(code)),
+            );
+        }
+        Err(e) => return failed(body, format!("could not run: {e}")),
+    };
+    let differences = rs::output::differences(&String::from_utf8_lossy(&output));
     if differences.is_empty() {
         body.insert("witness".into(), Value::String("verified".into()));
         return Ok(());

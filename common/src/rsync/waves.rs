@@ -379,7 +379,7 @@ async fn drive(
     } else {
         Verdict::Alone
     };
-    if matches!(verdict, Verdict::Alone) {
+    if witness.is_none() {
         for finished in held.drain(..) {
             let _ = tx.send(FanoutEvent::Done(finished)).await;
         }
